@@ -1,0 +1,143 @@
+"""The `edgebox` command: a thin front that parses, calls into the packages, and prints."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn
+from rich.table import Table
+
+from edgebox import __version__
+
+app = typer.Typer(
+    help="edgebox: serve quantised models on your own boxes behind an OpenAI-compatible API.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+out = Console()
+err = Console(stderr=True)
+
+
+def _fail(message: str, code: int = 1) -> typer.Exit:
+    err.print(f"[red]error:[/red] {message}", highlight=False)
+    return typer.Exit(code)
+
+
+def _default_threads() -> int:
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+
+
+def _progress_factory(progress: Progress) -> Callable[[str, int], Callable[[int], None]]:
+    def start(label: str, total: int) -> Callable[[int], None]:
+        task = progress.add_task(label, total=total)
+        return lambda n: progress.advance(task, n)
+
+    return start
+
+
+@app.command()
+def serve(
+    model: Annotated[
+        str | None,
+        typer.Option("--model", "-m", help="Bundled name, path to a .gguf, or ORG/REPO:FILE.gguf."),
+    ] = None,
+    alias: Annotated[str | None, typer.Option(help="Model id shown in /v1/models.")] = None,
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on (0 picks a free one).")] = 8080,
+    ctx: Annotated[int, typer.Option(help="Context tokens per request.")] = 4096,
+    parallel: Annotated[int, typer.Option(help="Sequences decoded together.")] = 4,
+    threads: Annotated[int | None, typer.Option(help="CPU threads (default: all usable cores).")] = None,
+    max_queue: Annotated[int, typer.Option(help="Waiting requests before 429.")] = 64,
+    gpu_layers: Annotated[int, typer.Option(help="Layers to offload (-1: all that the build allows).")] = -1,
+    api_key: Annotated[
+        str | None,
+        typer.Option(envvar="EDGEBOX_API_KEY", help="Require this bearer key on /v1 routes.", show_default=False),
+    ] = None,
+    access_log: Annotated[bool, typer.Option(help="Log each HTTP request.")] = False,
+    verbose: Annotated[bool, typer.Option(help="Show llama.cpp's own log.")] = False,
+) -> None:
+    """Serve a model on a local OpenAI-compatible endpoint (default: the bundled SmolLM2-135M)."""
+    from edgebox.models import ModelNotAvailable, resolve_model
+    from edgebox.node.server import serve as run_server
+    from edgebox.node.state import NodeState
+    from edgebox.runtimes.base import BackendError
+    from edgebox.runtimes.llamacpp import EngineConfig, LlamaCppRuntime
+
+    try:
+        with Progress(
+            "[progress.description]{task.description}", BarColumn(), DownloadColumn(),
+            TimeRemainingColumn(), console=err, transient=True,
+        ) as progress:
+            resolved = resolve_model(model, alias=alias, progress=_progress_factory(progress))
+    except ModelNotAvailable as exc:
+        raise _fail(str(exc)) from None
+    config = EngineConfig(
+        n_ctx=ctx, parallel=parallel, n_threads=threads or _default_threads(), max_queue=max_queue
+    )
+    err.print(f"loading {resolved.alias} from {resolved.path} …", highlight=False)
+    try:
+        runtime = LlamaCppRuntime(
+            resolved.path, name=resolved.alias, config=config, n_gpu_layers=gpu_layers, verbose=verbose
+        )
+    except BackendError as exc:
+        raise _fail(str(exc)) from None
+    state = NodeState({resolved.alias: runtime})
+
+    def ready(url: str) -> None:
+        info = runtime.info
+        out.print(
+            f"[bold green]edgebox[/] serving [bold]{resolved.alias}[/] ({info.description}, "
+            f"{info.n_ctx} ctx × {config.parallel} slots, {config.n_threads} threads) at "
+            f"[bold]{url}/v1[/]",
+            highlight=False,
+        )
+        auth = ' -H "Authorization: Bearer $EDGEBOX_API_KEY"' if api_key else ""
+        body = json.dumps({"model": resolved.alias, "messages": [{"role": "user", "content": "Hello!"}]})
+        out.print(
+            f"try:  curl -s {url}/v1/chat/completions -H 'Content-Type: application/json'{auth} "
+            f"-d '{body}'",
+            highlight=False, soft_wrap=True,
+        )
+        out.print("Ctrl-C to stop.", style="dim")
+
+    try:
+        run_server(state, host=host, port=port, api_key=api_key, access_log=access_log, on_ready=ready)
+    except KeyboardInterrupt:
+        pass
+    err.print("stopped.", style="dim")
+
+
+@app.command("models")
+def models_cmd(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
+) -> None:
+    """List the models that ship with edgebox and work offline."""
+    from edgebox.models import BUNDLED, DEFAULT_MODEL
+
+    rows = [
+        {"name": m.alias, "default": m.alias == DEFAULT_MODEL, "package": m.package, "summary": m.summary}
+        for m in BUNDLED.values()
+    ]
+    if as_json:
+        out.print_json(data=rows)
+        return
+    table = Table("name", "package", "summary")
+    for row in rows:
+        table.add_row(row["name"] + (" (default)" if row["default"] else ""), row["package"], row["summary"])
+    out.print(table)
+
+
+@app.command()
+def version() -> None:
+    """Print edgebox's version."""
+    out.print(__version__)
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,11 @@
+"""Where model files come from: bundled packages, local paths, or the Hugging Face cache."""
+
+from edgebox.models.resolve import (
+    BUNDLED,
+    DEFAULT_MODEL,
+    ModelNotAvailable,
+    ResolvedModel,
+    resolve_model,
+)
+
+__all__ = ["BUNDLED", "DEFAULT_MODEL", "ModelNotAvailable", "ResolvedModel", "resolve_model"]

@@ -1,0 +1,96 @@
+"""Turn what the user typed after `--model` into a local GGUF path and a served alias."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from edgebox.models.bundled import BUNDLED, Progress
+
+DEFAULT_MODEL = "smollm2-135m"
+
+# org/repo:file.gguf, org/repo/file.gguf or hf://org/repo/file.gguf
+_HF_SPEC = re.compile(r"^(?:hf://)?(?P<repo>[\w.-]+/[\w.-]+)(?::|/)(?P<file>[\w./-]+\.gguf)$")
+
+
+class ModelNotAvailable(Exception):
+    """The model cannot be had here; the message says what to do instead."""
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    path: Path
+    alias: str
+    source: str  # "bundled", "file" or "huggingface"
+
+
+def default_alias(path: Path) -> str:
+    stem = path.name.removesuffix(".gguf").lower()
+    return re.sub(r"[^a-z0-9._-]+", "-", stem).strip("-") or "model"
+
+
+def resolve_model(
+    spec: str | None, *, alias: str | None = None, progress: Progress | None = None
+) -> ResolvedModel:
+    spec = spec or DEFAULT_MODEL
+    if spec in BUNDLED:
+        bundled = BUNDLED[spec]
+        try:
+            path = bundled.locate(progress)
+        except FileNotFoundError as exc:
+            raise ModelNotAvailable(f"bundled model {spec} is not installed: run `{exc}`") from exc
+        return ResolvedModel(path, alias or bundled.alias, "bundled")
+    local = Path(spec).expanduser()
+    if local.is_file():
+        return ResolvedModel(local.resolve(), alias or default_alias(local), "file")
+    match = _HF_SPEC.match(spec)
+    if match:
+        path = _from_hub(match["repo"], match["file"])
+        return ResolvedModel(path, alias or default_alias(path), "huggingface")
+    if spec.endswith(".gguf") or "/" in spec or spec.startswith("."):
+        if re.fullmatch(r"[\w.-]+/[\w.-]+", spec) and not local.exists():
+            raise ModelNotAvailable(
+                f"{spec} looks like a Hugging Face repo: name the file too, "
+                f"e.g. --model {spec}:MODEL.Q4_K_M.gguf"
+            )
+        raise ModelNotAvailable(f"model file not found: {local}")
+    names = ", ".join(BUNDLED)
+    raise ModelNotAvailable(
+        f"unknown model {spec!r}: pass a bundled name ({names}), a path to a .gguf file, "
+        "or a Hugging Face repo and file as ORG/REPO:FILE.gguf"
+    )
+
+
+def _from_hub(repo: str, filename: str) -> Path:
+    """Fetch into (or find in) the Hugging Face cache; huggingface_hub draws the progress bar."""
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import (
+        EntryNotFoundError,
+        GatedRepoError,
+        HfHubHTTPError,
+        HFValidationError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+    )
+
+    try:
+        return Path(hf_hub_download(repo_id=repo, filename=filename))
+    except LocalEntryNotFoundError as exc:
+        raise ModelNotAvailable(
+            f"{repo}:{filename} is not in the local Hugging Face cache and the hub cannot be "
+            f"reached; download it where there is a network (`hf download {repo} {filename}`) "
+            "or pass a local .gguf path"
+        ) from exc
+    except GatedRepoError as exc:
+        raise ModelNotAvailable(
+            f"{repo} is gated: accept its licence on the hub and log in (`hf auth login`)"
+        ) from exc
+    except RepositoryNotFoundError as exc:
+        raise ModelNotAvailable(f"no Hugging Face repo named {repo} (or it is private)") from exc
+    except EntryNotFoundError as exc:
+        raise ModelNotAvailable(f"{repo} has no file named {filename}") from exc
+    except HFValidationError as exc:
+        raise ModelNotAvailable(f"{repo!r} is not a valid Hugging Face repo id") from exc
+    except (HfHubHTTPError, OSError) as exc:  # network errors not mapped above
+        raise ModelNotAvailable(f"could not fetch {repo}:{filename}: {exc}") from exc

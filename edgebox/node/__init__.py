@@ -1,0 +1,1 @@
+"""The node agent: serves local runtimes on an OpenAI-compatible HTTP API."""

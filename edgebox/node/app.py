@@ -1,0 +1,58 @@
+"""The node's ASGI app: OpenAI routes, health and metrics, errors, API key."""
+
+from __future__ import annotations
+
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from edgebox.node import openai_api
+from edgebox.node.errors import (
+    APIError,
+    api_error_handler,
+    http_error_handler,
+    unhandled_error_handler,
+)
+from edgebox.node.metrics import RequestCounterMiddleware
+from edgebox.node.security import APIKeyMiddleware
+from edgebox.node.state import NodeState
+
+
+def health(request: Request) -> Response:
+    state: NodeState = request.app.state.node
+    return JSONResponse(state.health())
+
+
+def metrics(request: Request) -> Response:
+    state: NodeState = request.app.state.node
+    return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+def create_app(state: NodeState, *, api_key: str | None = None) -> Starlette:
+    """An app serving `state`'s runtimes; closing the runtimes stays with the caller."""
+    routes = [
+        Route("/health", health, methods=["GET"]),
+        Route("/metrics", metrics, methods=["GET"]),
+        Route("/v1/models", openai_api.list_models, methods=["GET"]),
+        Route("/v1/models/{model:path}", openai_api.get_model, methods=["GET"]),
+        Route("/v1/chat/completions", openai_api.chat_completions, methods=["POST"]),
+        Route("/v1/completions", openai_api.completions, methods=["POST"]),
+    ]
+    middleware = [Middleware(RequestCounterMiddleware, metrics=state.metrics)]
+    if api_key:
+        middleware.append(Middleware(APIKeyMiddleware, api_key=api_key))
+    app = Starlette(
+        routes=routes,
+        middleware=middleware,
+        exception_handlers={
+            APIError: api_error_handler,
+            HTTPException: http_error_handler,
+            Exception: unhandled_error_handler,
+        },
+    )
+    app.state.node = state
+    return app

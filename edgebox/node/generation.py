@@ -1,0 +1,112 @@
+"""Bridge from a runtime's engine thread to asyncio: submit n choices, iterate their events."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+
+from edgebox.runtimes.base import (
+    ContextLengthError,
+    Event,
+    FinishEvent,
+    GenerationRequest,
+    GrammarError,
+    QueueFullError,
+    RequestHandle,
+    Runtime,
+    TokenEvent,
+)
+from edgebox.node.errors import APIError
+from edgebox.node.metrics import NodeMetrics, now
+
+
+class ChoiceStreams:
+    """The events of one or more sequences generated for one HTTP request.
+
+    `start()` submits every choice, or none: a refusal (queue full, bad grammar)
+    raises before a response has begun, so it can still become a proper 4xx.
+    """
+
+    def __init__(
+        self,
+        runtime: Runtime,
+        requests: Sequence[GenerationRequest],
+        *,
+        metrics: NodeMetrics,
+        model: str,
+        arrived: float,
+        prompt_param: str,
+    ) -> None:
+        self._runtime = runtime
+        self._requests = requests
+        self._metrics = metrics
+        self._model = model
+        self._arrived = arrived
+        self._prompt_param = prompt_param
+        self._queue: asyncio.Queue[tuple[int, Event]] = asyncio.Queue()
+        self._handles: list[RequestHandle] = []
+
+    def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        queue = self._queue
+
+        def sink_for(index: int):  # type: ignore[no-untyped-def]
+            def sink(event: Event) -> None:
+                try:
+                    loop.call_soon_threadsafe(queue.put_nowait, (index, event))
+                except RuntimeError:  # the loop is gone: the server is shutting down
+                    pass
+
+            return sink
+
+        try:
+            for index, request in enumerate(self._requests):
+                self._handles.append(self._runtime.submit(request, sink_for(index)))
+        except QueueFullError as exc:
+            self.cancel()
+            raise APIError(
+                429,
+                f"{exc}; retry later",
+                type="rate_limit_error",
+                code="queue_full",
+                headers={"Retry-After": str(max(1, round(exc.retry_after)))},
+            ) from exc
+        except ContextLengthError as exc:
+            self.cancel()
+            raise APIError(400, str(exc), param=self._prompt_param, code="context_length_exceeded") from exc
+        except GrammarError as exc:
+            self.cancel()
+            raise APIError(400, str(exc), param="response_format", code="invalid_value") from exc
+
+    async def events(self) -> AsyncIterator[tuple[int, Event]]:
+        """Yields (choice index, event) until every choice has finished; cancels on exit."""
+        remaining = len(self._requests)
+        last_token_at: dict[int, float] = {}
+        ttft = self._metrics.ttft.labels(self._model)
+        itl = self._metrics.itl.labels(self._model)
+        try:
+            while remaining:
+                index, event = await self._queue.get()
+                if isinstance(event, TokenEvent):
+                    t = now()
+                    previous = last_token_at.get(index)
+                    if previous is None:
+                        ttft.observe(t - self._arrived)
+                    else:
+                        itl.observe(t - previous)
+                    last_token_at[index] = t
+                elif isinstance(event, FinishEvent):
+                    remaining -= 1
+                    self._count(event)
+                yield index, event
+        finally:
+            self.cancel()
+
+    def _count(self, event: FinishEvent) -> None:
+        self._metrics.generated.labels(self._model).inc(event.completion_tokens)
+        self._metrics.prompt.labels(self._model).inc(event.prompt_tokens)
+        self._metrics.cached.labels(self._model).inc(event.cached_tokens)
+
+    def cancel(self) -> None:
+        for handle in self._handles:
+            handle.cancel()

@@ -1,0 +1,109 @@
+"""Prometheus metrics for one node, in a registry of its own (several apps per process in tests)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from edgebox.runtimes.base import RuntimeStats
+
+disable_created_metrics()  # the *_created series only add noise to every scrape
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+_ITL_BUCKETS = (0.002, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56)
+
+
+class _RuntimeCollector(Collector):
+    """Reads queue depth and slot use from the runtimes at scrape time."""
+
+    def __init__(self, stats: Callable[[], dict[str, RuntimeStats]]) -> None:
+        self._stats = stats
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        families = {
+            "queued": GaugeMetricFamily(
+                "edgebox_queue_depth", "Requests waiting for a sequence slot", labels=["model"]
+            ),
+            "running": GaugeMetricFamily(
+                "edgebox_running_requests", "Requests holding a sequence slot", labels=["model"]
+            ),
+            "slots": GaugeMetricFamily(
+                "edgebox_sequence_slots", "Sequence slots decoded together", labels=["model"]
+            ),
+        }
+        for model, stats in self._stats().items():
+            for field, family in families.items():
+                family.add_metric([model], getattr(stats, field))
+        yield from families.values()
+
+
+class NodeMetrics:
+    def __init__(self, runtime_stats: Callable[[], dict[str, RuntimeStats]]) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "edgebox_requests", "HTTP requests by route and status", ["route", "status"], registry=r
+        )
+        self.ttft = Histogram(
+            "edgebox_time_to_first_token_seconds",
+            "Time from request arrival to the first generated token",
+            ["model"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.itl = Histogram(
+            "edgebox_inter_token_seconds",
+            "Time between consecutive generated tokens of one sequence",
+            ["model"],
+            buckets=_ITL_BUCKETS,
+            registry=r,
+        )
+        self.generated = Counter(
+            "edgebox_generated_tokens", "Tokens generated", ["model"], registry=r
+        )
+        self.prompt = Counter(
+            "edgebox_prompt_tokens", "Prompt tokens received", ["model"], registry=r
+        )
+        self.cached = Counter(
+            "edgebox_prompt_tokens_cached",
+            "Prompt tokens served from a reused KV-cache prefix",
+            ["model"],
+            registry=r,
+        )
+        r.register(_RuntimeCollector(runtime_stats))
+
+
+class RequestCounterMiddleware:
+    """Counts every response by route template and status (pure ASGI; streaming-safe)."""
+
+    def __init__(self, app: ASGIApp, metrics: NodeMetrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        status = 500
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            route = scope.get("route")
+            path = getattr(route, "path", None) or ("unmatched" if status == 404 else "other")
+            self.metrics.requests.labels(path, str(status)).inc()
+
+
+def now() -> float:
+    return time.perf_counter()

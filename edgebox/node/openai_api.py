@@ -1,0 +1,273 @@
+"""The OpenAI-compatible routes: /v1/models, /v1/chat/completions, /v1/completions."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+
+from edgebox.node.errors import APIError, from_validation_error
+from edgebox.node.generation import ChoiceStreams
+from edgebox.node.metrics import now
+from edgebox.node.prompts import (
+    PreparedPrompt,
+    chat_prompt,
+    check_context,
+    completion_prompts,
+    generation_requests,
+)
+from edgebox.node.protocol import ChatCompletionRequest, CompletionRequest
+from edgebox.node.responses import (
+    SSE_DONE,
+    ChoiceResult,
+    ResponseShape,
+    chat_logprob_content,
+    finish_reason,
+    sse,
+    usage,
+)
+from edgebox.node.state import NodeState
+from edgebox.runtimes.base import FinishEvent, Runtime, TokenEvent
+
+DISCONNECT_POLL_S = 0.2
+
+
+async def read_json(request: Request, limit: int) -> Any:
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise _too_large(limit)
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise _too_large(limit)
+        chunks.append(chunk)
+    raw = b"".join(chunks)
+    if not raw.strip():
+        raise APIError(400, "the request body is empty; send a JSON object", code="invalid_json")
+    try:
+        return json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise APIError(400, f"the request body is not valid JSON: {exc}", code="invalid_json") from exc
+
+
+def _too_large(limit: int) -> APIError:
+    return APIError(
+        413, f"the request body is larger than {limit} bytes", code="request_too_large"
+    )
+
+
+def parse(model: type[BaseModel], data: Any) -> Any:
+    if not isinstance(data, dict):
+        raise APIError(400, "the request body must be a JSON object", code="invalid_json")
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise from_validation_error(exc) from exc
+
+
+def lookup(state: NodeState, model: str) -> Runtime:
+    runtime = state.runtimes.get(model)
+    if runtime is None:
+        served = ", ".join(state.runtimes) or "none"
+        raise APIError(
+            404,
+            f"the model '{model}' is not served here (served: {served})",
+            param="model",
+            code="model_not_found",
+        )
+    return runtime
+
+
+def list_models(request: Request) -> Response:
+    state: NodeState = request.app.state.node
+    return JSONResponse({"object": "list", "data": [state.model_card(a) for a in state.runtimes]})
+
+
+def get_model(request: Request) -> Response:
+    state: NodeState = request.app.state.node
+    model = request.path_params["model"]
+    lookup(state, model)
+    return JSONResponse(state.model_card(model))
+
+
+async def chat_completions(request: Request) -> Response:
+    arrived = now()
+    state: NodeState = request.app.state.node
+    body: ChatCompletionRequest = parse(ChatCompletionRequest, await read_json(request, state.max_body))
+    runtime = lookup(state, body.model)
+    if body.top_logprobs is not None and not body.logprobs:
+        raise APIError(400, "top_logprobs needs logprobs set to true", param="top_logprobs")
+    prompt = chat_prompt(runtime, body)
+    limit = body.max_completion_tokens or body.max_tokens
+    param = "max_completion_tokens" if body.max_completion_tokens else "max_tokens"
+    try:
+        max_tokens = check_context(runtime, prompt, limit, "messages")
+    except APIError as exc:
+        if exc.param == "max_tokens":
+            exc.param = param
+        raise
+    logprobs = (body.top_logprobs or 0) if body.logprobs else None
+    return await _generate(
+        request, state, runtime, body, "chat", [prompt], max_tokens, logprobs, arrived, "messages"
+    )
+
+
+async def completions(request: Request) -> Response:
+    arrived = now()
+    state: NodeState = request.app.state.node
+    body: CompletionRequest = parse(CompletionRequest, await read_json(request, state.max_body))
+    runtime = lookup(state, body.model)
+    if body.suffix:
+        raise APIError(400, "suffix (fill-in-the-middle) is not supported", param="suffix")
+    if body.best_of is not None and body.best_of != body.n:
+        raise APIError(400, "best_of other than n is not supported", param="best_of")
+    prompts = completion_prompts(runtime, body)
+    max_tokens = body.max_tokens
+    for prompt in prompts:
+        max_tokens = check_context(runtime, prompt, max_tokens, "prompt")
+    return await _generate(
+        request, state, runtime, body, "completion", prompts, max_tokens, body.logprobs, arrived, "prompt"
+    )
+
+
+async def _generate(
+    request: Request,
+    state: NodeState,
+    runtime: Runtime,
+    body: ChatCompletionRequest | CompletionRequest,
+    kind: Any,
+    prompts: list[PreparedPrompt],
+    max_tokens: int | None,
+    logprobs: int | None,
+    arrived: float,
+    prompt_param: str,
+) -> Response:
+    streams = ChoiceStreams(
+        runtime,
+        generation_requests(body, prompts, max_tokens=max_tokens, logprobs=logprobs),
+        metrics=state.metrics,
+        model=body.model,
+        arrived=arrived,
+        prompt_param=prompt_param,
+    )
+    streams.start()  # refusals (429, context, grammar) raise here, before any byte is sent
+    shape = ResponseShape(kind, body.model, state.fingerprint)
+    echo = [p.text for p in prompts] if isinstance(body, CompletionRequest) and body.echo else None
+    if body.stream:
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        return StreamingResponse(
+            _stream(streams, shape, body.n, logprobs is not None, include_usage, echo),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+    return await _collect(request, streams, shape, body.n, logprobs is not None, echo)
+
+
+async def _collect(
+    request: Request,
+    streams: ChoiceStreams,
+    shape: ResponseShape,
+    n: int,
+    logprobs: bool,
+    echo: list[str] | None,
+) -> Response:
+    results: dict[int, ChoiceResult] = {}
+    watcher = asyncio.create_task(_cancel_on_disconnect(request, streams))
+    try:
+        async for index, event in streams.events():
+            result = results.setdefault(index, ChoiceResult())
+            if echo is not None and not result.text:
+                result.text.append(echo[index // n])
+                result.length = len(echo[index // n])
+            if isinstance(event, TokenEvent):
+                if logprobs and event.logprob is not None:
+                    result.chat_logprobs.append(chat_logprob_content(event))
+                    result.completion_logprobs.add(event, result.length)
+                result.text.append(event.text)
+                result.length += len(event.text)
+            elif isinstance(event, FinishEvent):
+                result.text.append(event.text)
+                result.finish = event
+    finally:
+        watcher.cancel()
+    choices = [results[i] for i in sorted(results)]
+    failed = next((c.finish for c in choices if c.finish and c.finish.reason == "error"), None)
+    if failed is not None:
+        raise APIError(500, failed.error or "generation failed", type="server_error")
+    finishes = [c.finish for c in choices if c.finish]
+    return JSONResponse(shape.complete(choices, usage(finishes, n), logprobs))
+
+
+async def _cancel_on_disconnect(request: Request, streams: ChoiceStreams) -> None:
+    with contextlib.suppress(asyncio.CancelledError):
+        while not await request.is_disconnected():
+            await asyncio.sleep(DISCONNECT_POLL_S)
+        streams.cancel()
+
+
+async def _stream(
+    streams: ChoiceStreams,
+    shape: ResponseShape,
+    n: int,
+    logprobs: bool,
+    include_usage: bool,
+    echo: list[str] | None,
+) -> AsyncIterator[bytes]:
+    """SSE chunks; the generator being closed (client gone) cancels the sequences at once."""
+    started: set[int] = set()
+    finishes: list[tuple[int, FinishEvent]] = []
+    offsets: dict[int, int] = {}
+    async for index, event in streams.events():
+        if index not in started:
+            started.add(index)
+            first = echo[index // n] if echo is not None else ("" if shape.kind == "chat" else None)
+            if shape.kind == "chat" or first:
+                yield sse(shape.chunk(index, text=first, role=True, with_usage_field=include_usage))
+            offsets[index] = len(first or "")
+        if isinstance(event, TokenEvent):
+            if not event.text and not logprobs:
+                continue
+            lp = None
+            if logprobs and event.logprob is not None:
+                if shape.kind == "chat":
+                    lp = {"content": [chat_logprob_content(event)]}
+                else:
+                    lp = _completion_chunk_logprobs(event, offsets[index])
+            offsets[index] += len(event.text)
+            yield sse(shape.chunk(index, text=event.text, logprobs=lp, with_usage_field=include_usage))
+        elif isinstance(event, FinishEvent):
+            finishes.append((index, event))
+            if event.reason == "error":
+                yield sse({"error": {"message": event.error or "generation failed", "type": "server_error", "param": None, "code": None}})
+                continue
+            if event.text:
+                yield sse(shape.chunk(index, text=event.text, with_usage_field=include_usage))
+            yield sse(
+                shape.chunk(
+                    index,
+                    text=None if shape.kind == "chat" else "",
+                    finish=finish_reason(event),
+                    with_usage_field=include_usage,
+                )
+            )
+    if include_usage:
+        ordered = [f for _, f in sorted(finishes, key=lambda item: item[0])]
+        yield sse(shape.usage_chunk(usage(ordered, n)))
+    yield SSE_DONE
+
+
+def _completion_chunk_logprobs(event: TokenEvent, offset: int) -> dict[str, Any]:
+    assert event.logprob is not None
+    return {
+        "tokens": [event.logprob.token],
+        "token_logprobs": [event.logprob.logprob],
+        "top_logprobs": [{t.token: t.logprob for t in event.top_logprobs}],
+        "text_offset": [offset],
+    }

@@ -1,0 +1,155 @@
+"""From validated wire requests to runtime `GenerationRequest`s: prompts, limits, sampling."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from edgebox.node.errors import APIError
+from edgebox.node.protocol import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    OtherPart,
+    ResponseFormat,
+    TextPart,
+)
+from edgebox.runtimes.base import BackendError, GenerationRequest, Runtime, SamplingParams
+
+
+@dataclass(frozen=True)
+class PreparedPrompt:
+    tokens: list[int]
+    text: str  # what the tokens render to, for `echo`
+
+
+def chat_messages(body: ChatCompletionRequest) -> list[dict[str, Any]]:
+    """Messages as chat templates expect them: plain-text content, known roles."""
+    out: list[dict[str, Any]] = []
+    for i, message in enumerate(body.messages):
+        content = message.content
+        if isinstance(content, list):
+            for j, part in enumerate(content):
+                if isinstance(part, OtherPart):
+                    raise APIError(
+                        400,
+                        f"this model reads text only; '{part.type}' content is not supported",
+                        param=f"messages[{i}].content[{j}].type",
+                        code="unsupported_content",
+                    )
+            content = "".join(p.text for p in content if isinstance(p, TextPart))
+        role = "system" if message.role == "developer" else message.role
+        entry: dict[str, Any] = {"role": role, "content": content or ""}
+        if message.name:
+            entry["name"] = message.name
+        out.append(entry)
+    return out
+
+
+def chat_prompt(runtime: Runtime, body: ChatCompletionRequest) -> PreparedPrompt:
+    try:
+        text = runtime.render_chat(chat_messages(body))
+    except BackendError as exc:
+        raise APIError(400, str(exc), param="messages", code="invalid_value") from exc
+    return PreparedPrompt(runtime.tokenize(text), text)
+
+
+def completion_prompts(runtime: Runtime, body: CompletionRequest) -> list[PreparedPrompt]:
+    prompt = body.prompt
+    if isinstance(prompt, str):
+        prompts: list[str | list[int]] = [prompt]
+    elif prompt and all(isinstance(p, int) for p in prompt):
+        prompts = [prompt]  # type: ignore[list-item]
+    else:
+        prompts = list(prompt)  # type: ignore[arg-type]
+    if not prompts:
+        raise APIError(400, "'prompt' must not be an empty list", param="prompt", code="invalid_value")
+    n_vocab = int(runtime.info.metadata.get("n_vocab", 0))
+    out = []
+    for i, p in enumerate(prompts):
+        param = "prompt" if len(prompts) == 1 else f"prompt[{i}]"
+        if isinstance(p, str):
+            tokens = runtime.tokenize(p)
+            text = p
+        else:
+            bad = [t for t in p if t < 0 or (n_vocab and t >= n_vocab)]
+            if bad:
+                raise APIError(
+                    400, f"token id {bad[0]} is outside the vocabulary", param=param, code="invalid_value"
+                )
+            tokens, text = list(p), runtime.detokenize(p)
+        if not tokens:
+            raise APIError(400, "the prompt is empty", param=param, code="invalid_value")
+        out.append(PreparedPrompt(tokens, text))
+    return out
+
+
+def check_context(runtime: Runtime, prompt: PreparedPrompt, max_tokens: int | None, param: str) -> int | None:
+    """Refuse prompts that cannot fit and absurd limits; returns the max_tokens to use."""
+    n_ctx = runtime.info.n_ctx
+    if len(prompt.tokens) >= n_ctx:
+        raise APIError(
+            400,
+            f"this model's context is {n_ctx} tokens per request, but the prompt is "
+            f"{len(prompt.tokens)} tokens; shorten it",
+            param=param,
+            code="context_length_exceeded",
+        )
+    if max_tokens is not None and max_tokens > n_ctx:
+        raise APIError(
+            400,
+            f"max_tokens is {max_tokens}, more than this model's whole context ({n_ctx} tokens)",
+            param="max_tokens",
+            code="invalid_value",
+        )
+    return max_tokens
+
+
+def sampling(
+    body: ChatCompletionRequest | CompletionRequest, *, logprobs: int | None, choice: int
+) -> SamplingParams:
+    fmt: ResponseFormat | None = body.response_format
+    json_schema = None
+    if fmt is not None and fmt.type == "json_schema":
+        if fmt.json_schema is None:
+            raise APIError(
+                400,
+                "response_format of type json_schema needs a 'json_schema' object with a 'schema'",
+                param="response_format.json_schema",
+                code="missing_required_parameter",
+            )
+        json_schema = fmt.json_schema.schema_
+    seed = None if body.seed is None else body.seed + choice
+    return SamplingParams(
+        temperature=body.temperature,
+        top_p=body.top_p,
+        top_k=body.top_k,
+        min_p=body.min_p,
+        repeat_penalty=body.repeat_penalty,
+        frequency_penalty=body.frequency_penalty,
+        presence_penalty=body.presence_penalty,
+        seed=seed,
+        grammar=body.grammar,
+        json_mode=fmt is not None and fmt.type == "json_object",
+        json_schema=json_schema,
+        logprobs=logprobs,
+    )
+
+
+def generation_requests(
+    body: ChatCompletionRequest | CompletionRequest,
+    prompts: list[PreparedPrompt],
+    *,
+    max_tokens: int | None,
+    logprobs: int | None,
+) -> list[GenerationRequest]:
+    """n choices per prompt, in the order OpenAI numbers them (prompt-major)."""
+    return [
+        GenerationRequest(
+            prompt_tokens=prompt.tokens,
+            sampling=sampling(body, logprobs=logprobs, choice=j),
+            max_tokens=max_tokens,
+            stop=tuple(body.stop or ()),
+        )
+        for prompt in prompts
+        for j in range(body.n)
+    ]

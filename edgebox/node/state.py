@@ -1,0 +1,64 @@
+"""What one running node holds: its runtimes by alias, metrics and limits."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from edgebox import __version__
+from edgebox.node.metrics import NodeMetrics
+from edgebox.runtimes.base import Runtime
+
+DEFAULT_MAX_BODY = 16 * 1024 * 1024
+
+
+@dataclass
+class NodeState:
+    runtimes: dict[str, Runtime]
+    max_body: int = DEFAULT_MAX_BODY
+    started: float = field(default_factory=time.time)
+    metrics: NodeMetrics = field(init=False)
+    fingerprint: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.metrics = NodeMetrics(lambda: {a: r.stats() for a, r in self.runtimes.items()})
+        # Changes when the served models or edgebox change, as OpenAI's system_fingerprint does.
+        digest = hashlib.sha256(__version__.encode())
+        for alias, runtime in sorted(self.runtimes.items()):
+            digest.update(f"{alias}={runtime.info.path}:{runtime.info.size_bytes}".encode())
+        self.fingerprint = "fp_" + digest.hexdigest()[:12]
+
+    def model_card(self, alias: str) -> dict[str, Any]:
+        runtime = self.runtimes[alias]
+        info = runtime.info
+        return {
+            "id": alias,
+            "object": "model",
+            "created": int(self.started),
+            "owned_by": "edgebox",
+            "meta": {
+                "runtime": type(runtime).__name__,
+                "architecture": info.architecture,
+                "context_length": info.n_ctx,
+                "context_length_trained": info.n_ctx_train,
+                "parameters": info.n_params,
+                "size_bytes": info.size_bytes,
+                "description": info.description,
+                "chat_template": info.metadata.get("chat_template"),
+                "capabilities": [k for k, v in vars(runtime.capabilities).items() if v],
+            },
+        }
+
+    def health(self) -> dict[str, Any]:
+        models = {}
+        for alias, runtime in self.runtimes.items():
+            stats = runtime.stats()
+            models[alias] = {"slots": stats.slots, "running": stats.running, "queued": stats.queued}
+        return {
+            "status": "ok",
+            "version": __version__,
+            "uptime_s": round(time.time() - self.started, 1),
+            "models": models,
+        }

@@ -1,0 +1,157 @@
+"""The one interface every backend implements, and the plain data it exchanges.
+
+Runtimes know nothing of HTTP: the node's OpenAI app turns wire requests into
+`GenerationRequest`s and the events a runtime emits back into wire responses.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+FinishReason = Literal["stop", "length", "cancelled", "error"]
+
+
+class BackendError(Exception):
+    """A runtime could not do what was asked; the message says why and what to do."""
+
+
+class ContextLengthError(BackendError):
+    """The prompt does not fit in the model's context."""
+
+
+class GrammarError(BackendError):
+    """A structured-output constraint (JSON schema or grammar) could not be compiled."""
+
+
+class QueueFullError(BackendError):
+    """The runtime's admission queue is full; retry after `retry_after` seconds."""
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """Per-request decoding settings; temperature 0 means greedy."""
+
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    min_p: float = 0.0
+    repeat_penalty: float = 1.0
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
+    seed: int | None = None
+    grammar: str | None = None  # raw GBNF, root rule `root` (llama.cpp only)
+    json_mode: bool = False  # output must be one JSON value
+    json_schema: Mapping[str, Any] | None = None  # output must match this JSON schema
+    logprobs: int | None = None  # None: off; k >= 0: chosen token plus k alternatives
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    prompt_tokens: Sequence[int]
+    sampling: SamplingParams = field(default_factory=SamplingParams)
+    max_tokens: int | None = None  # None: until end of generation or context
+    stop: Sequence[str] = ()
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    token: str
+    logprob: float
+    bytes: bytes
+
+
+@dataclass(frozen=True)
+class TokenEvent:
+    """One sampled token and the text it released (may be empty while a stop
+    string or a multi-byte character is still undecided)."""
+
+    token_id: int
+    text: str
+    logprob: TokenLogprob | None = None
+    top_logprobs: tuple[TokenLogprob, ...] = ()
+
+
+@dataclass(frozen=True)
+class FinishEvent:
+    reason: FinishReason
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int = 0
+    text: str = ""  # text held back until the end (e.g. a partial stop-string prefix)
+    error: str | None = None
+
+
+Event = TokenEvent | FinishEvent
+EventSink = Callable[[Event], None]
+
+
+class RequestHandle(Protocol):
+    def cancel(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    chat: bool = True
+    completions: bool = True
+    embeddings: bool = False
+    grammar: bool = False
+    logprobs: bool = False
+    kv_export: bool = False
+    batching: bool = False
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What a loaded model is, as reported in /v1/models and to the fleet."""
+
+    path: str
+    architecture: str
+    n_ctx_train: int
+    n_ctx: int  # usable context per sequence
+    n_params: int
+    size_bytes: int
+    description: str
+    has_chat_template: bool
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RuntimeStats:
+    slots: int
+    running: int
+    queued: int
+    prompt_tokens_total: int
+    cached_tokens_total: int
+    generated_tokens_total: int
+
+
+class Runtime(Protocol):
+    """A loaded model that can tokenize, render chats and generate, off the caller's thread."""
+
+    name: str
+    info: ModelInfo
+    capabilities: Capabilities
+
+    def tokenize(self, text: str, *, add_special: bool = True) -> list[int]: ...
+
+    def detokenize(self, tokens: Sequence[int]) -> str: ...
+
+    def render_chat(self, messages: Sequence[dict[str, Any]]) -> str:
+        """Apply the model's chat template with a generation prompt appended."""
+        ...
+
+    def submit(self, request: GenerationRequest, sink: EventSink) -> RequestHandle:
+        """Queue a generation; `sink` is called from the runtime's thread for each event.
+
+        Raises QueueFullError when the bounded queue is full."""
+        ...
+
+    def stats(self) -> RuntimeStats: ...
+
+    def close(self) -> None: ...

@@ -1,0 +1,104 @@
+"""Chat templates: the GGUF's own jinja template, rendered in a sandbox, or a fallback.
+
+Templates come from model files, i.e. from strangers, so they run in Jinja's
+immutable sandbox. A model without a template (base models such as the bundled
+Gemma 3 270M) gets the conversation format its architecture family was trained on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+import jinja2
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from edgebox.runtimes.base import BackendError
+
+_CHATML = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+# Gemma has no system role: the system text is prepended to the first user turn.
+_GEMMA = (
+    "{{ bos_token }}{% set sys = namespace(text='') %}"
+    "{% for m in messages %}{% if m['role'] == 'system' %}"
+    "{% set sys.text = sys.text + m['content'] + '\n\n' %}"
+    "{% else %}{% set role = 'model' if m['role'] == 'assistant' else 'user' %}"
+    "<start_of_turn>{{ role }}\n{% if role == 'user' %}{{ sys.text }}{% set sys.text = '' %}"
+    "{% endif %}{{ m['content'] | trim }}<end_of_turn>\n{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}"
+)
+
+_LLAMA3 = (
+    "{{ bos_token }}{% for m in messages %}<|start_header_id|>{{ m['role'] }}<|end_header_id|>"
+    "\n\n{{ m['content'] | trim }}<|eot_id|>{% endfor %}"
+    "{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}"
+)
+
+_PHI3 = (
+    "{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}<|end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+)
+
+# Plain transcript for base models whose vocabulary has no chat markers at all.
+_TRANSCRIPT = (
+    "{% for m in messages %}{{ m['role'] | capitalize }}: {{ m['content'] }}\n\n{% endfor %}"
+    "{% if add_generation_prompt %}Assistant:{% endif %}"
+)
+
+
+def fallback_template(architecture: str, vocab_has: Mapping[str, bool]) -> tuple[str, str]:
+    """Pick a template for a model whose GGUF carries none; returns (name, template)."""
+    if architecture.startswith("gemma"):
+        return "gemma", _GEMMA
+    if vocab_has.get("<|start_header_id|>"):
+        return "llama3", _LLAMA3
+    if architecture.startswith("phi3") and vocab_has.get("<|assistant|>"):
+        return "phi3", _PHI3
+    if vocab_has.get("<|im_start|>"):
+        return "chatml", _CHATML
+    return "transcript", _TRANSCRIPT
+
+
+def _raise_exception(message: str) -> None:
+    raise BackendError(f"chat template rejected the conversation: {message}")
+
+
+def _strftime_now(fmt: str) -> str:
+    return datetime.now().strftime(fmt)
+
+
+class ChatTemplate:
+    """A compiled, sandboxed chat template."""
+
+    def __init__(self, source: str, *, name: str, bos_token: str, eos_token: str) -> None:
+        env = ImmutableSandboxedEnvironment(
+            trim_blocks=True, lstrip_blocks=True, undefined=jinja2.ChainableUndefined
+        )
+        env.globals["raise_exception"] = _raise_exception
+        env.globals["strftime_now"] = _strftime_now
+        try:
+            self._template = env.from_string(source)
+        except jinja2.TemplateError as exc:
+            raise BackendError(f"the model's chat template does not compile: {exc}") from exc
+        self.name = name
+        self.source = source
+        self.bos_token = bos_token
+        self.eos_token = eos_token
+
+    def render(self, messages: Sequence[Mapping[str, Any]], **extra: Any) -> str:
+        try:
+            return self._template.render(
+                messages=list(messages),
+                add_generation_prompt=True,
+                bos_token=self.bos_token,
+                eos_token=self.eos_token,
+                **extra,
+            )
+        except BackendError:
+            raise
+        except jinja2.TemplateError as exc:
+            raise BackendError(f"chat template failed to render: {exc}") from exc

@@ -1,0 +1,160 @@
+"""A GGUF model loaded through llama.cpp's C API: weights, vocabulary and metadata.
+
+Contexts (KV caches) are created by the engine; one model can back several.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+import llama_cpp
+
+from edgebox.runtimes.base import BackendError
+
+_backend_lock = threading.Lock()
+_backend_ready = False
+
+
+def _quiet_log(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
+    """Drop llama.cpp's chatter; errors surface through return codes instead."""
+
+
+_LOG_CALLBACK = llama_cpp.llama_log_callback(_quiet_log)
+
+
+def init_backend(verbose: bool = False) -> None:
+    global _backend_ready
+    with _backend_lock:
+        if _backend_ready:
+            return
+        if not verbose:
+            llama_cpp.llama_log_set(_LOG_CALLBACK, ctypes.c_void_p(0))
+        llama_cpp.llama_backend_init()
+        _backend_ready = True
+
+
+def gpu_offload_supported() -> bool:
+    return bool(llama_cpp.llama_supports_gpu_offload())
+
+
+def _read_str(fn: object, *args: object, size: int = 256) -> str:
+    buf = ctypes.create_string_buffer(size)
+    n = fn(*args, buf, size)  # type: ignore[operator]
+    if n < 0:
+        return ""
+    if n >= size:  # truncated: retry with the exact size
+        buf = ctypes.create_string_buffer(n + 1)
+        fn(*args, buf, n + 1)  # type: ignore[operator]
+    return buf.value.decode("utf-8", errors="replace")
+
+
+class LlamaCppModel:
+    """Owns a `llama_model*`; tokenization and piece lookup are thread-safe."""
+
+    def __init__(self, path: str | Path, *, n_gpu_layers: int = -1, verbose: bool = False):
+        init_backend(verbose)
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise BackendError(f"model file not found: {self.path}")
+        params = llama_cpp.llama_model_default_params()
+        params.n_gpu_layers = (
+            (999 if n_gpu_layers < 0 else n_gpu_layers) if gpu_offload_supported() else 0
+        )
+        self.n_gpu_layers = params.n_gpu_layers
+        ptr = llama_cpp.llama_model_load_from_file(str(self.path).encode(), params)
+        if not ptr:
+            raise BackendError(
+                f"llama.cpp could not load {self.path.name}: not a GGUF file, or an "
+                "architecture this llama.cpp build does not know"
+            )
+        self.ptr = ptr
+        self.vocab = llama_cpp.llama_model_get_vocab(ptr)
+        self.n_vocab = llama_cpp.llama_vocab_n_tokens(self.vocab)
+        self.metadata = self._read_metadata()
+        self.architecture = self.metadata.get("general.architecture", "unknown")
+        self.n_ctx_train = llama_cpp.llama_model_n_ctx_train(ptr)
+        self.n_layer = llama_cpp.llama_model_n_layer(ptr)
+        self.n_head_kv = llama_cpp.llama_model_n_head_kv(ptr)
+        self.n_embd = llama_cpp.llama_model_n_embd(ptr)
+        self.n_params = llama_cpp.llama_model_n_params(ptr)
+        self.size_bytes = llama_cpp.llama_model_size(ptr)
+        self.description = _read_str(llama_cpp.llama_model_desc, ptr)
+        self.add_bos = bool(llama_cpp.llama_vocab_get_add_bos(self.vocab))
+        self.bos_id = llama_cpp.llama_vocab_bos(self.vocab)
+        self.eos_id = llama_cpp.llama_vocab_eos(self.vocab)
+        self.bos_text = self.token_text(self.bos_id) if self.bos_id >= 0 else ""
+        self.eos_text = self.token_text(self.eos_id) if self.eos_id >= 0 else ""
+
+    def _read_metadata(self) -> dict[str, str]:
+        out: dict[str, str] = {}
+        for i in range(llama_cpp.llama_model_meta_count(self.ptr)):
+            key = _read_str(llama_cpp.llama_model_meta_key_by_index, self.ptr, i)
+            # Large arrays (token lists) are summarised by llama.cpp; the chat template is long.
+            size = 65536 if key == "tokenizer.chat_template" else 512
+            out[key] = _read_str(llama_cpp.llama_model_meta_val_str_by_index, self.ptr, i, size=size)
+        return out
+
+    @property
+    def chat_template(self) -> str | None:
+        return self.metadata.get("tokenizer.chat_template") or None
+
+    def tokenize(self, text: str, *, add_special: bool = True, parse_special: bool = True) -> list[int]:
+        data = text.encode("utf-8")
+        capacity = len(data) + 8
+        buf = (llama_cpp.llama_token * capacity)()
+        n = llama_cpp.llama_tokenize(self.vocab, data, len(data), buf, capacity, add_special, parse_special)
+        if n < 0:
+            capacity = -n
+            buf = (llama_cpp.llama_token * capacity)()
+            n = llama_cpp.llama_tokenize(
+                self.vocab, data, len(data), buf, capacity, add_special, parse_special
+            )
+        if n < 0:
+            raise BackendError("tokenization failed")
+        return list(buf[:n])
+
+    @functools.lru_cache(maxsize=65536)  # noqa: B019 - one model per process lifetime, bounded
+    def piece(self, token: int) -> bytes:
+        """The bytes a token renders to in output (control tokens render to nothing)."""
+        buf = ctypes.create_string_buffer(64)
+        n = llama_cpp.llama_token_to_piece(self.vocab, token, buf, 64, 0, False)
+        if n < 0:
+            buf = ctypes.create_string_buffer(-n)
+            n = llama_cpp.llama_token_to_piece(self.vocab, token, buf, -n, 0, False)
+        return buf.raw[:n]
+
+    def token_text(self, token: int) -> str:
+        """The token's own text, special tokens included (for templates and logprobs)."""
+        buf = ctypes.create_string_buffer(64)
+        n = llama_cpp.llama_token_to_piece(self.vocab, token, buf, 64, 0, True)
+        if n < 0:
+            buf = ctypes.create_string_buffer(-n)
+            n = llama_cpp.llama_token_to_piece(self.vocab, token, buf, -n, 0, True)
+        return buf.raw[:n].decode("utf-8", errors="replace")
+
+    def detokenize(self, tokens: Sequence[int]) -> str:
+        return b"".join(self.piece(t) for t in tokens).decode("utf-8", errors="replace")
+
+    def is_eog(self, token: int) -> bool:
+        return bool(llama_cpp.llama_vocab_is_eog(self.vocab, token))
+
+    def has_token_text(self, text: str) -> bool:
+        """Whether `text` is one special token of this vocabulary."""
+        ids = self.tokenize(text, add_special=False, parse_special=True)
+        return len(ids) == 1 and self.token_text(ids[0]) == text
+
+    def kv_bytes_per_token(self, bytes_per_element: float = 2.0) -> int:
+        head_dim = self.n_embd // max(1, llama_cpp.llama_model_n_head(self.ptr))
+        return int(2 * self.n_layer * self.n_head_kv * head_dim * bytes_per_element)
+
+    def close(self) -> None:
+        if getattr(self, "ptr", None):
+            llama_cpp.llama_model_free(self.ptr)
+            self.ptr = None
+
+    def __del__(self) -> None:
+        self.close()

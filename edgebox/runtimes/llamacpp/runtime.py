@@ -1,0 +1,87 @@
+"""The llama.cpp `Runtime`: a GGUF model, its chat template and a batching engine."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from edgebox.runtimes.base import (
+    Capabilities,
+    EventSink,
+    GenerationRequest,
+    ModelInfo,
+    RequestHandle,
+    RuntimeStats,
+)
+from edgebox.runtimes.chat_template import ChatTemplate, fallback_template
+from edgebox.runtimes.llamacpp.engine import EngineConfig, LlamaCppEngine
+from edgebox.runtimes.llamacpp.model import LlamaCppModel
+
+_CHAT_MARKERS = ("<|im_start|>", "<|start_header_id|>", "<|assistant|>")
+
+
+class LlamaCppRuntime:
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        name: str,
+        config: EngineConfig | None = None,
+        n_gpu_layers: int = -1,
+        verbose: bool = False,
+    ) -> None:
+        self.name = name
+        self.model = LlamaCppModel(path, n_gpu_layers=n_gpu_layers, verbose=verbose)
+        config = config or EngineConfig()
+        if config.n_ctx > self.model.n_ctx_train:
+            config = EngineConfig(**{**config.__dict__, "n_ctx": self.model.n_ctx_train})
+        self.engine = LlamaCppEngine(self.model, config)
+        source = self.model.chat_template
+        if source:
+            template_name = "gguf"
+        else:
+            vocab_has = {m: self.model.has_token_text(m) for m in _CHAT_MARKERS}
+            template_name, source = fallback_template(self.model.architecture, vocab_has)
+        self.template = ChatTemplate(
+            source, name=template_name, bos_token=self.model.bos_text, eos_token=self.model.eos_text
+        )
+        self.info = ModelInfo(
+            path=str(self.model.path),
+            architecture=self.model.architecture,
+            n_ctx_train=self.model.n_ctx_train,
+            n_ctx=self.engine.n_ctx_seq,
+            n_params=self.model.n_params,
+            size_bytes=self.model.size_bytes,
+            description=self.model.description,
+            has_chat_template=template_name == "gguf",
+            metadata={
+                "chat_template": template_name,
+                "gpu_layers": self.model.n_gpu_layers,
+                "n_vocab": self.model.n_vocab,
+            },
+        )
+        self.capabilities = Capabilities(
+            chat=True, completions=True, grammar=True, logprobs=True, kv_export=False, batching=True
+        )
+
+    def tokenize(self, text: str, *, add_special: bool = True) -> list[int]:
+        # A rendered chat prompt may already start with BOS text; never add a second one.
+        add_bos = add_special and not (self.model.bos_text and text.startswith(self.model.bos_text))
+        return self.model.tokenize(text, add_special=add_bos and self.model.add_bos)
+
+    def detokenize(self, tokens: Sequence[int]) -> str:
+        return self.model.detokenize(tokens)
+
+    def render_chat(self, messages: Sequence[dict[str, Any]]) -> str:
+        return self.template.render(messages)
+
+    def submit(self, request: GenerationRequest, sink: EventSink) -> RequestHandle:
+        return self.engine.submit(request, sink)
+
+    def stats(self) -> RuntimeStats:
+        return self.engine.stats()
+
+    def close(self) -> None:
+        self.engine.close()
+        self.model.close()

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Set up a virtual environment and run every check CI runs: lint, format, types, tests.
+# Usage: bash scripts/test.sh [pytest args]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PYTHON" -m venv .venv
+fi
+.venv/bin/python -m pip install --quiet --upgrade pip
+# llama-cpp-python compiles from source on first install (~7 min on 2 cores); pip caches the wheel.
+.venv/bin/python -m pip install --quiet --progress-bar off -e '.[test]'
+.venv/bin/ruff check edgebox tests benchmarks
+.venv/bin/ruff format --check edgebox tests benchmarks
+.venv/bin/mypy
+.venv/bin/python -m pytest -q "$@"
