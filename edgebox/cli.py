@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import Callable
@@ -30,7 +31,9 @@ def _fail(message: str, code: int = 1) -> typer.Exit:
 
 
 def _default_threads() -> int:
-    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+    return max(
+        1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    )
 
 
 def _progress_factory(progress: Progress) -> Callable[[str, int], Callable[[int], None]]:
@@ -52,12 +55,20 @@ def serve(
     port: Annotated[int, typer.Option(help="Port to listen on (0 picks a free one).")] = 8080,
     ctx: Annotated[int, typer.Option(help="Context tokens per request.")] = 4096,
     parallel: Annotated[int, typer.Option(help="Sequences decoded together.")] = 4,
-    threads: Annotated[int | None, typer.Option(help="CPU threads (default: all usable cores).")] = None,
+    threads: Annotated[
+        int | None, typer.Option(help="CPU threads (default: all usable cores).")
+    ] = None,
     max_queue: Annotated[int, typer.Option(help="Waiting requests before 429.")] = 64,
-    gpu_layers: Annotated[int, typer.Option(help="Layers to offload (-1: all that the build allows).")] = -1,
+    gpu_layers: Annotated[
+        int, typer.Option(help="Layers to offload (-1: all that the build allows).")
+    ] = -1,
     api_key: Annotated[
         str | None,
-        typer.Option(envvar="EDGEBOX_API_KEY", help="Require this bearer key on /v1 routes.", show_default=False),
+        typer.Option(
+            envvar="EDGEBOX_API_KEY",
+            help="Require this bearer key on /v1 routes.",
+            show_default=False,
+        ),
     ] = None,
     access_log: Annotated[bool, typer.Option(help="Log each HTTP request.")] = False,
     verbose: Annotated[bool, typer.Option(help="Show llama.cpp's own log.")] = False,
@@ -71,8 +82,12 @@ def serve(
 
     try:
         with Progress(
-            "[progress.description]{task.description}", BarColumn(), DownloadColumn(),
-            TimeRemainingColumn(), console=err, transient=True,
+            "[progress.description]{task.description}",
+            BarColumn(),
+            DownloadColumn(),
+            TimeRemainingColumn(),
+            console=err,
+            transient=True,
         ) as progress:
             resolved = resolve_model(model, alias=alias, progress=_progress_factory(progress))
     except ModelNotAvailable as exc:
@@ -83,7 +98,11 @@ def serve(
     err.print(f"loading {resolved.alias} from {resolved.path} …", highlight=False)
     try:
         runtime = LlamaCppRuntime(
-            resolved.path, name=resolved.alias, config=config, n_gpu_layers=gpu_layers, verbose=verbose
+            resolved.path,
+            name=resolved.alias,
+            config=config,
+            n_gpu_layers=gpu_layers,
+            verbose=verbose,
         )
     except BackendError as exc:
         raise _fail(str(exc)) from None
@@ -93,23 +112,26 @@ def serve(
         info = runtime.info
         out.print(
             f"[bold green]edgebox[/] serving [bold]{resolved.alias}[/] ({info.description}, "
-            f"{info.n_ctx} ctx × {config.parallel} slots, {config.n_threads} threads) at "
+            f"{info.n_ctx} ctx x {config.parallel} slots, {config.n_threads} threads) at "
             f"[bold]{url}/v1[/]",
             highlight=False,
         )
         auth = ' -H "Authorization: Bearer $EDGEBOX_API_KEY"' if api_key else ""
-        body = json.dumps({"model": resolved.alias, "messages": [{"role": "user", "content": "Hello!"}]})
+        body = json.dumps(
+            {"model": resolved.alias, "messages": [{"role": "user", "content": "Hello!"}]}
+        )
         out.print(
             f"try:  curl -s {url}/v1/chat/completions -H 'Content-Type: application/json'{auth} "
             f"-d '{body}'",
-            highlight=False, soft_wrap=True,
+            highlight=False,
+            soft_wrap=True,
         )
         out.print("Ctrl-C to stop.", style="dim")
 
-    try:
-        run_server(state, host=host, port=port, api_key=api_key, access_log=access_log, on_ready=ready)
-    except KeyboardInterrupt:
-        pass
+    with contextlib.suppress(KeyboardInterrupt):  # uvicorn already shut down cleanly
+        run_server(
+            state, host=host, port=port, api_key=api_key, access_log=access_log, on_ready=ready
+        )
     err.print("stopped.", style="dim")
 
 
@@ -121,7 +143,12 @@ def models_cmd(
     from edgebox.models import BUNDLED, DEFAULT_MODEL
 
     rows = [
-        {"name": m.alias, "default": m.alias == DEFAULT_MODEL, "package": m.package, "summary": m.summary}
+        {
+            "name": m.alias,
+            "default": m.alias == DEFAULT_MODEL,
+            "package": m.package,
+            "summary": m.summary,
+        }
         for m in BUNDLED.values()
     ]
     if as_json:
@@ -129,7 +156,9 @@ def models_cmd(
         return
     table = Table("name", "package", "summary")
     for row in rows:
-        table.add_row(row["name"] + (" (default)" if row["default"] else ""), row["package"], row["summary"])
+        table.add_row(
+            row["name"] + (" (default)" if row["default"] else ""), row["package"], row["summary"]
+        )
     out.print(table)
 
 

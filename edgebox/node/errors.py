@@ -57,9 +57,7 @@ def param_path(loc: tuple[int | str, ...]) -> str:
 def from_validation_error(exc: ValidationError) -> APIError:
     err = exc.errors(include_url=False)[0]
     # Union members add their type name to the location; drop those for a readable param.
-    loc = tuple(
-        p for p in err["loc"] if not (isinstance(p, str) and (p[:1].isupper() or "[" in p))
-    )
+    loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and (p[:1].isupper() or "[" in p)))
     param = param_path(loc) or None
     kind = err["type"]
     if kind == "missing":
@@ -72,7 +70,12 @@ def from_validation_error(exc: ValidationError) -> APIError:
         message = f"invalid value for '{param}': {err['msg']}" + (
             f" (got {shown})" if shown else ""
         )
-    return APIError(400, message, param=param, code="invalid_value" if kind != "missing" else "missing_required_parameter")
+    return APIError(
+        400,
+        message,
+        param=param,
+        code="invalid_value" if kind != "missing" else "missing_required_parameter",
+    )
 
 
 async def api_error_handler(request: Request, exc: Exception) -> Response:

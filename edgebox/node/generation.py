@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+import contextlib
+from collections.abc import AsyncIterator, Callable, Sequence
 
+from edgebox.node.errors import APIError
+from edgebox.node.metrics import NodeMetrics, now
 from edgebox.runtimes.base import (
     ContextLengthError,
     Event,
@@ -16,8 +19,6 @@ from edgebox.runtimes.base import (
     Runtime,
     TokenEvent,
 )
-from edgebox.node.errors import APIError
-from edgebox.node.metrics import NodeMetrics, now
 
 
 class ChoiceStreams:
@@ -50,12 +51,11 @@ class ChoiceStreams:
         loop = asyncio.get_running_loop()
         queue = self._queue
 
-        def sink_for(index: int):  # type: ignore[no-untyped-def]
+        def sink_for(index: int) -> Callable[[Event], None]:
             def sink(event: Event) -> None:
-                try:
+                # RuntimeError: the loop is gone because the server is shutting down.
+                with contextlib.suppress(RuntimeError):
                     loop.call_soon_threadsafe(queue.put_nowait, (index, event))
-                except RuntimeError:  # the loop is gone: the server is shutting down
-                    pass
 
             return sink
 
@@ -73,7 +73,9 @@ class ChoiceStreams:
             ) from exc
         except ContextLengthError as exc:
             self.cancel()
-            raise APIError(400, str(exc), param=self._prompt_param, code="context_length_exceeded") from exc
+            raise APIError(
+                400, str(exc), param=self._prompt_param, code="context_length_exceeded"
+            ) from exc
         except GrammarError as exc:
             self.cancel()
             raise APIError(400, str(exc), param="response_format", code="invalid_value") from exc

@@ -54,13 +54,13 @@ async def read_json(request: Request, limit: int) -> Any:
     try:
         return json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise APIError(400, f"the request body is not valid JSON: {exc}", code="invalid_json") from exc
+        raise APIError(
+            400, f"the request body is not valid JSON: {exc}", code="invalid_json"
+        ) from exc
 
 
 def _too_large(limit: int) -> APIError:
-    return APIError(
-        413, f"the request body is larger than {limit} bytes", code="request_too_large"
-    )
+    return APIError(413, f"the request body is larger than {limit} bytes", code="request_too_large")
 
 
 def parse(model: type[BaseModel], data: Any) -> Any:
@@ -100,7 +100,9 @@ def get_model(request: Request) -> Response:
 async def chat_completions(request: Request) -> Response:
     arrived = now()
     state: NodeState = request.app.state.node
-    body: ChatCompletionRequest = parse(ChatCompletionRequest, await read_json(request, state.max_body))
+    body: ChatCompletionRequest = parse(
+        ChatCompletionRequest, await read_json(request, state.max_body)
+    )
     runtime = lookup(state, body.model)
     if body.top_logprobs is not None and not body.logprobs:
         raise APIError(400, "top_logprobs needs logprobs set to true", param="top_logprobs")
@@ -133,7 +135,16 @@ async def completions(request: Request) -> Response:
     for prompt in prompts:
         max_tokens = check_context(runtime, prompt, max_tokens, "prompt")
     return await _generate(
-        request, state, runtime, body, "completion", prompts, max_tokens, body.logprobs, arrived, "prompt"
+        request,
+        state,
+        runtime,
+        body,
+        "completion",
+        prompts,
+        max_tokens,
+        body.logprobs,
+        arrived,
+        "prompt",
     )
 
 
@@ -241,11 +252,22 @@ async def _stream(
                 else:
                     lp = _completion_chunk_logprobs(event, offsets[index])
             offsets[index] += len(event.text)
-            yield sse(shape.chunk(index, text=event.text, logprobs=lp, with_usage_field=include_usage))
+            yield sse(
+                shape.chunk(index, text=event.text, logprobs=lp, with_usage_field=include_usage)
+            )
         elif isinstance(event, FinishEvent):
             finishes.append((index, event))
             if event.reason == "error":
-                yield sse({"error": {"message": event.error or "generation failed", "type": "server_error", "param": None, "code": None}})
+                yield sse(
+                    {
+                        "error": {
+                            "message": event.error or "generation failed",
+                            "type": "server_error",
+                            "param": None,
+                            "code": None,
+                        }
+                    }
+                )
                 continue
             if event.text:
                 yield sse(shape.chunk(index, text=event.text, with_usage_field=include_usage))

@@ -62,7 +62,9 @@ def completion_prompts(runtime: Runtime, body: CompletionRequest) -> list[Prepar
     else:
         prompts = list(prompt)  # type: ignore[arg-type]
     if not prompts:
-        raise APIError(400, "'prompt' must not be an empty list", param="prompt", code="invalid_value")
+        raise APIError(
+            400, "'prompt' must not be an empty list", param="prompt", code="invalid_value"
+        )
     n_vocab = int(runtime.info.metadata.get("n_vocab", 0))
     out = []
     for i, p in enumerate(prompts):
@@ -74,7 +76,10 @@ def completion_prompts(runtime: Runtime, body: CompletionRequest) -> list[Prepar
             bad = [t for t in p if t < 0 or (n_vocab and t >= n_vocab)]
             if bad:
                 raise APIError(
-                    400, f"token id {bad[0]} is outside the vocabulary", param=param, code="invalid_value"
+                    400,
+                    f"token id {bad[0]} is outside the vocabulary",
+                    param=param,
+                    code="invalid_value",
                 )
             tokens, text = list(p), runtime.detokenize(p)
         if not tokens:
@@ -83,7 +88,9 @@ def completion_prompts(runtime: Runtime, body: CompletionRequest) -> list[Prepar
     return out
 
 
-def check_context(runtime: Runtime, prompt: PreparedPrompt, max_tokens: int | None, param: str) -> int | None:
+def check_context(
+    runtime: Runtime, prompt: PreparedPrompt, max_tokens: int | None, param: str
+) -> int | None:
     """Refuse prompts that cannot fit and absurd limits; returns the max_tokens to use."""
     n_ctx = runtime.info.n_ctx
     if len(prompt.tokens) >= n_ctx:

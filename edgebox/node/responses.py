@@ -106,7 +106,9 @@ class ResponseShape:
             "system_fingerprint": self.fingerprint,
         }
 
-    def complete(self, choices: list[ChoiceResult], usage_: dict[str, Any], logprobs: bool) -> dict[str, Any]:
+    def complete(
+        self, choices: list[ChoiceResult], usage_: dict[str, Any], logprobs: bool
+    ) -> dict[str, Any]:
         out = []
         for index, choice in enumerate(choices):
             assert choice.finish is not None

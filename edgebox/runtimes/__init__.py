@@ -1,16 +1,16 @@
 """Backend adapters: each runtime serves one model behind the small interface in `base`."""
 
 from edgebox.runtimes.base import (
+    BackendError,
     Capabilities,
     ContextLengthError,
     FinishEvent,
-    GrammarError,
     GenerationRequest,
+    GrammarError,
     ModelInfo,
     QueueFullError,
     RequestHandle,
     Runtime,
-    BackendError,
     RuntimeStats,
     SamplingParams,
     TokenEvent,
@@ -18,16 +18,16 @@ from edgebox.runtimes.base import (
 )
 
 __all__ = [
+    "BackendError",
     "Capabilities",
     "ContextLengthError",
     "FinishEvent",
-    "GrammarError",
     "GenerationRequest",
+    "GrammarError",
     "ModelInfo",
     "QueueFullError",
     "RequestHandle",
     "Runtime",
-    "BackendError",
     "RuntimeStats",
     "SamplingParams",
     "TokenEvent",

@@ -235,9 +235,12 @@ class LlamaCppEngine:
             assert slot.job and slot.job.next_token is not None
             add(slot, slot.job.next_token, True)
             slot.job.next_token = None
-        budget = self.n_batch - n if not decoding else min(self.config.prefill_chunk, self.n_batch - n)
+        budget = (
+            self.n_batch - n if not decoding else min(self.config.prefill_chunk, self.n_batch - n)
+        )
         for slot in sorted(
-            (s for s in self._slots if s.job and s.job.pending), key=lambda s: s.job.submitted  # type: ignore[union-attr]
+            (s for s in self._slots if s.job and s.job.pending),
+            key=lambda s: s.job.submitted,  # type: ignore[union-attr]
         ):
             if budget <= 0:
                 break
@@ -276,7 +279,9 @@ class LlamaCppEngine:
         limit = job.request.max_tokens
         if job.matcher.stopped:
             self._release(slot, "stop")
-        elif (limit is not None and job.generated >= limit) or len(slot.cached) + 1 >= self.n_ctx_seq:
+        elif (limit is not None and job.generated >= limit) or len(
+            slot.cached
+        ) + 1 >= self.n_ctx_seq:
             self._release(slot, "length")
         else:
             job.next_token = token

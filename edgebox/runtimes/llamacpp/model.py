@@ -95,18 +95,24 @@ class LlamaCppModel:
             key = _read_str(llama_cpp.llama_model_meta_key_by_index, self.ptr, i)
             # Large arrays (token lists) are summarised by llama.cpp; the chat template is long.
             size = 65536 if key == "tokenizer.chat_template" else 512
-            out[key] = _read_str(llama_cpp.llama_model_meta_val_str_by_index, self.ptr, i, size=size)
+            out[key] = _read_str(
+                llama_cpp.llama_model_meta_val_str_by_index, self.ptr, i, size=size
+            )
         return out
 
     @property
     def chat_template(self) -> str | None:
         return self.metadata.get("tokenizer.chat_template") or None
 
-    def tokenize(self, text: str, *, add_special: bool = True, parse_special: bool = True) -> list[int]:
+    def tokenize(
+        self, text: str, *, add_special: bool = True, parse_special: bool = True
+    ) -> list[int]:
         data = text.encode("utf-8")
         capacity = len(data) + 8
         buf = (llama_cpp.llama_token * capacity)()
-        n = llama_cpp.llama_tokenize(self.vocab, data, len(data), buf, capacity, add_special, parse_special)
+        n = llama_cpp.llama_tokenize(
+            self.vocab, data, len(data), buf, capacity, add_special, parse_special
+        )
         if n < 0:
             capacity = -n
             buf = (llama_cpp.llama_token * capacity)()

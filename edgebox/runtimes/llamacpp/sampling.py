@@ -49,9 +49,13 @@ def build_sampler(model: LlamaCppModel, params: SamplingParams) -> ctypes.c_void
     if params.top_k > 0:
         llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_top_k(params.top_k))
     if params.top_p < 1.0:
-        llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_top_p(params.top_p, 1))
+        llama_cpp.llama_sampler_chain_add(
+            chain, llama_cpp.llama_sampler_init_top_p(params.top_p, 1)
+        )
     if params.min_p > 0.0:
-        llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_min_p(params.min_p, 1))
+        llama_cpp.llama_sampler_chain_add(
+            chain, llama_cpp.llama_sampler_init_min_p(params.min_p, 1)
+        )
     llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_temp(params.temperature))
     seed = llama_cpp.LLAMA_DEFAULT_SEED if params.seed is None else params.seed & 0xFFFFFFFF
     llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_dist(seed))

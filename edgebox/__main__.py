@@ -1,0 +1,3 @@
+from edgebox.cli import app
+
+app()

@@ -1,0 +1,84 @@
+"""Fixtures that start real edgebox node processes on loopback and always stop them."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from edgebox.models import resolve_model
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class NodeProcess:
+    url: str  # http://127.0.0.1:PORT
+    proc: subprocess.Popen[bytes]
+    log: Path
+
+    @property
+    def base_url(self) -> str:
+        return self.url + "/v1"
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def start_node(tmp_path: Path, *args: str, env: dict[str, str] | None = None) -> NodeProcess:
+    port = free_port()
+    log = tmp_path / f"node-{port}.log"
+    cmd = [sys.executable, "-m", "edgebox", "serve", "--port", str(port), "--threads", "2", *args]
+    proc = subprocess.Popen(
+        cmd, stdout=log.open("wb"), stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}
+    )
+    node = NodeProcess(f"http://127.0.0.1:{port}", proc, log)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"node exited early:\n{log.read_text()}")
+        try:
+            if httpx.get(node.url + "/health", timeout=1).status_code == 200:
+                return node
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    node.stop()
+    raise RuntimeError(f"node did not become healthy:\n{log.read_text()}")
+
+
+@pytest.fixture(scope="session")
+def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]:
+    """One shared node with the bundled default model, 4 slots."""
+    proc = start_node(tmp_path_factory.mktemp("node"), "--parallel", "4", "--ctx", "2048")
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture(scope="session")
+def smollm2_path() -> Path:
+    return resolve_model("smollm2-135m").path
+
+
+@pytest.fixture(scope="session")
+def gemma_path() -> Path:
+    return resolve_model("gemma3-270m").path

@@ -1,0 +1,202 @@
+"""A real `edgebox serve` process driven by the real openai SDK."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import openai
+import pytest
+
+from edgebox.runtimes.llamacpp import EngineConfig, LlamaCppRuntime
+from tests.conftest import NodeProcess
+
+MODEL = "smollm2-135m"
+QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
+
+
+@pytest.fixture(scope="module")
+def client(node: NodeProcess) -> openai.OpenAI:
+    return openai.OpenAI(base_url=node.base_url, api_key="unused", max_retries=0, timeout=60)
+
+
+@pytest.fixture(scope="module")
+def tokenizer(smollm2_path):  # type: ignore[no-untyped-def]
+    rt = LlamaCppRuntime(
+        smollm2_path, name="t", config=EngineConfig(n_ctx=256, parallel=1, n_threads=1)
+    )
+    yield rt
+    rt.close()
+
+
+def test_models_lists_the_alias_with_metadata(client: openai.OpenAI) -> None:
+    models = client.models.list().data
+    assert [m.id for m in models] == [MODEL]
+    assert client.models.retrieve(MODEL).id == MODEL
+    meta = models[0].model_extra["meta"]  # type: ignore[index]
+    assert meta["context_length"] == 2048 and meta["architecture"] == "llama"
+
+
+def test_chat_answers_with_usage_matching_the_tokenizer(
+    client: openai.OpenAI, tokenizer: LlamaCppRuntime
+) -> None:
+    reply = client.chat.completions.create(
+        model=MODEL, messages=QUESTION, temperature=0, max_tokens=40
+    )
+    choice = reply.choices[0]
+    assert (choice.message.content or "").strip()
+    assert choice.finish_reason in ("stop", "length")
+    expected_prompt = len(tokenizer.tokenize(tokenizer.render_chat(QUESTION)))
+    assert reply.usage is not None
+    assert reply.usage.prompt_tokens == expected_prompt
+    assert reply.usage.total_tokens == reply.usage.prompt_tokens + reply.usage.completion_tokens
+    assert reply.id.startswith("chatcmpl-") and reply.model == MODEL
+
+
+def test_streamed_chat_equals_the_unstreamed_reply(client: openai.OpenAI) -> None:
+    whole = client.chat.completions.create(
+        model=MODEL, messages=QUESTION, temperature=0, max_tokens=30
+    )
+    chunks = list(
+        client.chat.completions.create(
+            model=MODEL,
+            messages=QUESTION,
+            temperature=0,
+            max_tokens=30,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == whole.choices[0].message.content
+    assert chunks[0].choices[0].delta.role == "assistant"
+    finishes = [
+        c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason
+    ]
+    assert finishes == [whole.choices[0].finish_reason]
+    assert chunks[-1].choices == [] and chunks[-1].usage is not None
+    assert chunks[-1].usage.completion_tokens == whole.usage.completion_tokens  # type: ignore[union-attr]
+
+
+def test_completions_plain_streamed_and_length_limited(client: openai.OpenAI) -> None:
+    plain = client.completions.create(
+        model=MODEL, prompt="The capital of France is", max_tokens=6, temperature=0
+    )
+    assert plain.choices[0].finish_reason == "length"
+    assert plain.usage is not None and plain.usage.completion_tokens == 6
+    streamed = client.completions.create(
+        model=MODEL, prompt="The capital of France is", max_tokens=6, temperature=0, stream=True
+    )
+    assert "".join(c.choices[0].text for c in streamed) == plain.choices[0].text
+    echoed = client.completions.create(
+        model=MODEL, prompt="The capital of France is", max_tokens=6, temperature=0, echo=True
+    )
+    assert echoed.choices[0].text == "The capital of France is" + plain.choices[0].text
+
+
+def test_stop_sequence_cuts_the_output_before_it(client: openai.OpenAI) -> None:
+    free = (
+        client.completions.create(model=MODEL, prompt="1, 2, 3, 4,", max_tokens=20, temperature=0)
+        .choices[0]
+        .text
+    )
+    assert " 6" in free
+    stopped = client.completions.create(
+        model=MODEL, prompt="1, 2, 3, 4,", max_tokens=20, temperature=0, stop=[" 6", "never"]
+    ).choices[0]
+    assert stopped.finish_reason == "stop"
+    assert stopped.text == free[: free.index(" 6")]
+
+
+def test_seed_makes_sampling_repeatable(client: openai.OpenAI) -> None:
+    def sample(seed: int) -> str:
+        reply = client.chat.completions.create(
+            model=MODEL,
+            messages=[{"role": "user", "content": "Tell me a story."}],
+            max_tokens=20,
+            seed=seed,
+        )
+        return reply.choices[0].message.content or ""
+
+    assert sample(1234) == sample(1234)
+    assert len({sample(s) for s in (1, 2, 3)}) > 1
+
+
+def test_n_choices_are_numbered_and_counted(client: openai.OpenAI) -> None:
+    reply = client.chat.completions.create(
+        model=MODEL, messages=QUESTION, max_tokens=5, n=3, seed=9
+    )
+    assert [c.index for c in reply.choices] == [0, 1, 2]
+    assert len({c.message.content for c in reply.choices}) > 1  # seeds differ per choice
+    single = client.chat.completions.create(model=MODEL, messages=QUESTION, max_tokens=5, seed=9)
+    assert reply.usage is not None and single.usage is not None
+    assert reply.usage.prompt_tokens == single.usage.prompt_tokens  # the prompt is billed once
+    assert reply.usage.completion_tokens <= 15
+    assert reply.choices[0].message.content == single.choices[0].message.content
+
+
+def test_json_object_and_json_schema_outputs_parse(client: openai.OpenAI) -> None:
+    obj = client.chat.completions.create(
+        model=MODEL,
+        messages=[
+            {
+                "role": "user",
+                "content": "Reply with a JSON object with the keys name and colour of a cat.",
+            }
+        ],
+        response_format={"type": "json_object"},
+        max_tokens=400,
+        temperature=0,
+    )
+    assert obj.choices[0].finish_reason == "stop"  # the grammar completed the object
+    assert isinstance(json.loads(obj.choices[0].message.content or ""), dict)
+    schema = {
+        "type": "object",
+        "properties": {"city": {"type": "string"}, "population": {"type": "integer"}},
+        "required": ["city", "population"],
+        "additionalProperties": False,
+    }
+    typed = client.chat.completions.create(
+        model=MODEL,
+        messages=[{"role": "user", "content": "Describe Paris."}],
+        response_format={"type": "json_schema", "json_schema": {"name": "city", "schema": schema}},
+        max_tokens=80,
+        temperature=0,
+    )
+    value = json.loads(typed.choices[0].message.content or "")
+    assert set(value) == {"city", "population"} and isinstance(value["population"], int)
+
+
+def test_chat_logprobs(client: openai.OpenAI) -> None:
+    reply = client.chat.completions.create(
+        model=MODEL, messages=QUESTION, max_tokens=5, temperature=0, logprobs=True, top_logprobs=2
+    )
+    content = reply.choices[0].logprobs.content  # type: ignore[union-attr]
+    assert content and len(content) == reply.usage.completion_tokens  # type: ignore[union-attr]
+    for entry in content:
+        assert entry.logprob <= 0 and len(entry.top_logprobs) == 2
+        assert entry.token == entry.top_logprobs[0].token  # greedy takes the most likely token
+    assert "".join(e.token for e in content) == reply.choices[0].message.content
+
+
+def test_completion_logprobs_legacy_shape(client: openai.OpenAI) -> None:
+    reply = client.completions.create(
+        model=MODEL, prompt="Hello", max_tokens=4, temperature=0, logprobs=2
+    )
+    lp = reply.choices[0].logprobs
+    assert lp is not None and len(lp.tokens or []) == 4 and len(lp.top_logprobs or []) == 4
+    assert lp.text_offset == [sum(len(t) for t in (lp.tokens or [])[:i]) for i in range(4)]
+
+
+def test_health_and_metrics_answer_during_a_long_generation(node: NodeProcess) -> None:
+    body = {"model": MODEL, "prompt": "Once upon a time", "max_tokens": 300, "stream": True}
+    with httpx.stream("POST", node.base_url + "/completions", json=body, timeout=60) as response:
+        lines = response.iter_lines()
+        for _ in range(3):
+            next(lines)
+        health = httpx.get(node.url + "/health", timeout=2)
+        assert health.status_code == 200 and health.json()["models"][MODEL]["running"] >= 1
+        metrics = httpx.get(node.url + "/metrics", timeout=2).text
+    assert "edgebox_time_to_first_token_seconds_count" in metrics
+    assert 'edgebox_requests_total{route="/v1/completions",status="200"}' in metrics
+    assert "edgebox_inter_token_seconds_bucket" in metrics

@@ -1,0 +1,193 @@
+"""The llama.cpp runtime on the real bundled models, in process."""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from edgebox.runtimes.base import (
+    ContextLengthError,
+    Event,
+    FinishEvent,
+    GenerationRequest,
+    GrammarError,
+    SamplingParams,
+    TokenEvent,
+)
+from edgebox.runtimes.llamacpp import EngineConfig, LlamaCppRuntime
+
+
+class Collector:
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+        self.done = threading.Event()
+
+    def __call__(self, event: Event) -> None:
+        self.events.append(event)
+        if isinstance(event, FinishEvent):
+            self.done.set()
+
+    def wait(self) -> tuple[str, FinishEvent]:
+        assert self.done.wait(60), "generation did not finish"
+        finish = self.events[-1]
+        assert isinstance(finish, FinishEvent)
+        text = "".join(e.text for e in self.events if isinstance(e, TokenEvent)) + finish.text
+        return text, finish
+
+
+@pytest.fixture(scope="module")
+def runtime(smollm2_path: Path) -> Iterator[LlamaCppRuntime]:
+    rt = LlamaCppRuntime(
+        smollm2_path, name="smollm2", config=EngineConfig(n_ctx=1024, parallel=8, n_threads=2)
+    )
+    yield rt
+    rt.close()
+
+
+def chat(
+    rt: LlamaCppRuntime, content: str, max_tokens: int = 24, **sampling: object
+) -> GenerationRequest:
+    tokens = rt.tokenize(rt.render_chat([{"role": "user", "content": content}]))
+    params = SamplingParams(**{"temperature": 0.0, **sampling})  # type: ignore[arg-type]
+    return GenerationRequest(tokens, params, max_tokens=max_tokens)
+
+
+def run(rt: LlamaCppRuntime, request: GenerationRequest) -> tuple[str, FinishEvent]:
+    collector = Collector()
+    rt.submit(request, collector)
+    return collector.wait()
+
+
+def test_concurrent_greedy_requests_match_their_solo_runs(runtime: LlamaCppRuntime) -> None:
+    prompts = [f"Write one sentence about the colour number {i}." for i in range(8)]
+    solo = [run(runtime, chat(runtime, p))[0] for p in prompts]
+    collectors = [Collector() for _ in prompts]
+    for prompt, collector in zip(prompts, collectors, strict=True):
+        runtime.submit(chat(runtime, prompt), collector)
+    together = [c.wait()[0] for c in collectors]
+    assert together == solo
+    assert len(set(solo)) > 1  # the prompts really produce different text
+
+
+def test_engine_matches_llama_cpp_python_reference(smollm2_path: Path) -> None:
+    """Greedy output equals llama-cpp-python's own high-level API (flash attention off on both
+    sides: it changes float rounding, and this small model's top tokens are close)."""
+    from llama_cpp import Llama
+
+    reference = Llama(str(smollm2_path), n_ctx=512, n_threads=2, verbose=False, flash_attn=False)
+    rt = LlamaCppRuntime(
+        smollm2_path,
+        name="ref",
+        config=EngineConfig(n_ctx=512, parallel=2, n_threads=2, flash_attn="off"),
+    )
+    try:
+        for question in ("What is the capital of France?", "Name three colours."):
+            messages = [{"role": "user", "content": question}]
+            expected = reference.create_chat_completion(messages, temperature=0, max_tokens=32)  # type: ignore[arg-type]
+            tokens = rt.tokenize(rt.render_chat(messages))
+            text, _ = run(
+                rt, GenerationRequest(tokens, SamplingParams(temperature=0), max_tokens=32)
+            )
+            assert text == expected["choices"][0]["message"]["content"]  # type: ignore[index]
+    finally:
+        rt.close()
+        reference.close()
+
+
+def test_shared_prefix_is_reused_from_a_free_slot(runtime: LlamaCppRuntime) -> None:
+    system = "You are a meticulous assistant. " * 20
+    first = [{"role": "system", "content": system}, {"role": "user", "content": "Name a fruit."}]
+    second = [{"role": "system", "content": system}, {"role": "user", "content": "Name a tree."}]
+    for messages, expect_cached in ((first, False), (second, True)):
+        tokens = runtime.tokenize(runtime.render_chat(messages))
+        _, finish = run(
+            runtime, GenerationRequest(tokens, SamplingParams(temperature=0), max_tokens=4)
+        )
+        if expect_cached:
+            assert finish.cached_tokens > 100
+            assert finish.cached_tokens < finish.prompt_tokens
+
+
+def test_max_tokens_and_usage(runtime: LlamaCppRuntime) -> None:
+    request = chat(runtime, "Count from one to one hundred in words.", max_tokens=7)
+    _, finish = run(runtime, request)
+    assert finish.reason == "length"
+    assert finish.completion_tokens == 7
+    assert finish.prompt_tokens == len(request.prompt_tokens)
+
+
+def test_same_seed_same_text_and_seeds_differ(runtime: LlamaCppRuntime) -> None:
+    def sample(seed: int) -> str:
+        return run(runtime, chat(runtime, "Tell me a story.", temperature=1.0, seed=seed))[0]
+
+    assert sample(7) == sample(7)
+    assert len({sample(s) for s in range(4)}) > 1
+
+
+def test_cancel_frees_the_slot_promptly(runtime: LlamaCppRuntime) -> None:
+    collector = Collector()
+    handle = runtime.submit(chat(runtime, "Write a very long essay.", max_tokens=800), collector)
+    while sum(isinstance(e, TokenEvent) for e in collector.events) < 3:
+        threading.Event().wait(0.01)
+    handle.cancel()
+    _, finish = collector.wait()
+    assert finish.reason == "cancelled"
+    assert finish.completion_tokens < 50
+    assert runtime.stats().running == 0
+
+
+def test_logprobs_are_normalised_and_greedy_picks_the_top(runtime: LlamaCppRuntime) -> None:
+    collector = Collector()
+    runtime.submit(chat(runtime, "Say hi.", max_tokens=5, logprobs=3), collector)
+    collector.wait()
+    tokens = [e for e in collector.events if isinstance(e, TokenEvent)]
+    assert tokens
+    for event in tokens:
+        assert event.logprob is not None and len(event.top_logprobs) == 3
+        assert event.logprob.logprob <= 0
+        assert math.isclose(event.logprob.logprob, event.top_logprobs[0].logprob)
+        assert sum(math.exp(t.logprob) for t in event.top_logprobs) <= 1.0 + 1e-6
+
+
+def test_json_schema_constrains_output(runtime: LlamaCppRuntime) -> None:
+    schema = {
+        "type": "object",
+        "properties": {"name": {"type": "string"}, "age": {"type": "integer"}},
+        "required": ["name", "age"],
+    }
+    import json
+
+    text, _ = run(
+        runtime, chat(runtime, "Describe a person as JSON.", max_tokens=80, json_schema=schema)
+    )
+    value = json.loads(text)
+    assert isinstance(value["name"], str) and isinstance(value["age"], int)
+
+
+def test_bad_grammar_and_overlong_prompt_are_refused(runtime: LlamaCppRuntime) -> None:
+    with pytest.raises(GrammarError):
+        runtime.submit(chat(runtime, "x", grammar="root ::= [unterminated"), Collector())
+    with pytest.raises(ContextLengthError):
+        runtime.submit(GenerationRequest([1] * 2000), Collector())
+
+
+def test_gemma_base_model_uses_the_gemma_fallback_template(gemma_path: Path) -> None:
+    rt = LlamaCppRuntime(
+        gemma_path, name="gemma", config=EngineConfig(n_ctx=512, parallel=1, n_threads=2)
+    )
+    try:
+        assert rt.info.architecture == "gemma3"
+        assert rt.info.metadata["chat_template"] == "gemma"
+        prompt = rt.render_chat([{"role": "user", "content": "What is 2 + 2?"}])
+        tokens = rt.tokenize(prompt)
+        assert tokens.count(rt.model.bos_id) == 1  # the template's BOS is not doubled
+        text, finish = run(
+            rt, GenerationRequest(tokens, SamplingParams(temperature=0), max_tokens=12)
+        )
+        assert finish.completion_tokens > 0 and text.strip()
+    finally:
+        rt.close()

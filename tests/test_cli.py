@@ -1,0 +1,42 @@
+import json
+import os
+import subprocess
+import sys
+
+
+def edgebox(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "edgebox", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def test_models_json_lists_the_bundled_models() -> None:
+    result = edgebox("models", "--json")
+    assert result.returncode == 0
+    rows = json.loads(result.stdout)
+    assert {r["name"] for r in rows} == {"smollm2-135m", "gemma3-270m"}
+    assert [r["name"] for r in rows if r["default"]] == ["smollm2-135m"]
+
+
+def test_serve_with_an_unavailable_model_fails_in_one_line_without_traceback() -> None:
+    result = edgebox(
+        "serve",
+        "--model",
+        "someorg/somerepo:x.gguf",
+        env={"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": "/nonexistent"},
+    )
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert lines[0].startswith("error:") and "Hugging Face cache" in result.stderr
+
+
+def test_help_lists_the_serve_options() -> None:
+    result = edgebox("serve", "--help")
+    assert result.returncode == 0
+    for option in ("--model", "--alias", "--port", "--ctx", "--threads", "--api-key", "--parallel"):
+        assert option in result.stdout
