@@ -155,10 +155,9 @@ def models_cmd(
         out.print_json(data=rows)
         return
     table = Table("name", "package", "summary")
-    for row in rows:
-        table.add_row(
-            row["name"] + (" (default)" if row["default"] else ""), row["package"], row["summary"]
-        )
+    for m in BUNDLED.values():
+        default = " (default)" if m.alias == DEFAULT_MODEL else ""
+        table.add_row(m.alias + default, m.package, m.summary)
     out.print(table)
 
 
