@@ -34,7 +34,8 @@ class NodeProcess:
     def base_url(self) -> str:
         return self.url + "/v1"
 
-    def stop(self) -> None:
+    def stop(self) -> int:
+        """Ctrl-C the node, as a user would; returns its exit code (-9 if it had to be killed)."""
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGINT)
             try:
@@ -42,6 +43,8 @@ class NodeProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+                return -9
+        return self.proc.returncode
 
 
 def start_node(tmp_path: Path, *args: str, env: dict[str, str] | None = None) -> NodeProcess:
@@ -71,7 +74,7 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]:
     """One shared node with the bundled default model, 4 slots."""
     proc = start_node(tmp_path_factory.mktemp("node"), "--parallel", "4", "--ctx", "2048")
     yield proc
-    proc.stop()
+    assert proc.stop() == 0, f"node did not shut down cleanly on Ctrl-C:\n{proc.log.read_text()}"
 
 
 @pytest.fixture(scope="session")
