@@ -123,24 +123,22 @@ class LlamaCppModel:
             raise BackendError("tokenization failed")
         return list(buf[:n])
 
+    def _token_bytes(self, token: int, special: bool) -> bytes:
+        buf = ctypes.create_string_buffer(64)
+        n = llama_cpp.llama_token_to_piece(self.vocab, token, buf, 64, 0, special)
+        if n < 0:  # longer than 64 bytes: -n is the size needed
+            buf = ctypes.create_string_buffer(-n)
+            n = llama_cpp.llama_token_to_piece(self.vocab, token, buf, -n, 0, special)
+        return buf.raw[:n]
+
     @functools.lru_cache(maxsize=65536)  # noqa: B019 - one model per process lifetime, bounded
     def piece(self, token: int) -> bytes:
         """The bytes a token renders to in output (control tokens render to nothing)."""
-        buf = ctypes.create_string_buffer(64)
-        n = llama_cpp.llama_token_to_piece(self.vocab, token, buf, 64, 0, False)
-        if n < 0:
-            buf = ctypes.create_string_buffer(-n)
-            n = llama_cpp.llama_token_to_piece(self.vocab, token, buf, -n, 0, False)
-        return buf.raw[:n]
+        return self._token_bytes(token, special=False)
 
     def token_text(self, token: int) -> str:
         """The token's own text, special tokens included (for templates and logprobs)."""
-        buf = ctypes.create_string_buffer(64)
-        n = llama_cpp.llama_token_to_piece(self.vocab, token, buf, 64, 0, True)
-        if n < 0:
-            buf = ctypes.create_string_buffer(-n)
-            n = llama_cpp.llama_token_to_piece(self.vocab, token, buf, -n, 0, True)
-        return buf.raw[:n].decode("utf-8", errors="replace")
+        return self._token_bytes(token, special=True).decode("utf-8", errors="replace")
 
     def detokenize(self, tokens: Sequence[int]) -> str:
         return b"".join(self.piece(t) for t in tokens).decode("utf-8", errors="replace")
