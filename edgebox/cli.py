@@ -142,17 +142,18 @@ def models_cmd(
     """List the models that ship with edgebox and work offline."""
     from edgebox.models import BUNDLED, DEFAULT_MODEL
 
-    rows = [
-        {
-            "name": m.alias,
-            "default": m.alias == DEFAULT_MODEL,
-            "package": m.package,
-            "summary": m.summary,
-        }
-        for m in BUNDLED.values()
-    ]
     if as_json:
-        out.print_json(data=rows)
+        out.print_json(
+            data=[
+                {
+                    "name": m.alias,
+                    "default": m.alias == DEFAULT_MODEL,
+                    "package": m.package,
+                    "summary": m.summary,
+                }
+                for m in BUNDLED.values()
+            ]
+        )
         return
     table = Table("name", "package", "summary")
     for m in BUNDLED.values():

@@ -18,7 +18,8 @@ from edgebox.node.metrics import now
 from edgebox.node.prompts import (
     PreparedPrompt,
     chat_prompt,
-    check_context,
+    check_max_tokens,
+    check_prompt_fits,
     completion_prompts,
     generation_requests,
 )
@@ -107,14 +108,10 @@ async def chat_completions(request: Request) -> Response:
     if body.top_logprobs is not None and not body.logprobs:
         raise APIError(400, "top_logprobs needs logprobs set to true", param="top_logprobs")
     prompt = chat_prompt(runtime, body)
-    limit = body.max_completion_tokens or body.max_tokens
+    check_prompt_fits(runtime, prompt, "messages")
+    max_tokens = body.max_completion_tokens or body.max_tokens
     param = "max_completion_tokens" if body.max_completion_tokens else "max_tokens"
-    try:
-        max_tokens = check_context(runtime, prompt, limit, "messages")
-    except APIError as exc:
-        if exc.param == "max_tokens":
-            exc.param = param
-        raise
+    check_max_tokens(runtime, max_tokens, param)
     logprobs = (body.top_logprobs or 0) if body.logprobs else None
     return await _generate(
         request, state, runtime, body, "chat", [prompt], max_tokens, logprobs, arrived, "messages"
@@ -131,9 +128,10 @@ async def completions(request: Request) -> Response:
     if body.best_of is not None and body.best_of != body.n:
         raise APIError(400, "best_of other than n is not supported", param="best_of")
     prompts = completion_prompts(runtime, body)
-    max_tokens = body.max_tokens
     for prompt in prompts:
-        max_tokens = check_context(runtime, prompt, max_tokens, "prompt")
+        check_prompt_fits(runtime, prompt, "prompt")
+    max_tokens = body.max_tokens
+    check_max_tokens(runtime, max_tokens, "max_tokens")
     return await _generate(
         request,
         state,

@@ -88,10 +88,8 @@ def completion_prompts(runtime: Runtime, body: CompletionRequest) -> list[Prepar
     return out
 
 
-def check_context(
-    runtime: Runtime, prompt: PreparedPrompt, max_tokens: int | None, param: str
-) -> int | None:
-    """Refuse prompts that cannot fit and absurd limits; returns the max_tokens to use."""
+def check_prompt_fits(runtime: Runtime, prompt: PreparedPrompt, param: str) -> None:
+    """Refuse a prompt that leaves no room to generate in the model's context."""
     n_ctx = runtime.info.n_ctx
     if len(prompt.tokens) >= n_ctx:
         raise APIError(
@@ -101,14 +99,18 @@ def check_context(
             param=param,
             code="context_length_exceeded",
         )
-    if max_tokens is not None and max_tokens > n_ctx:
+
+
+def check_max_tokens(runtime: Runtime, limit: int | None, param: str) -> None:
+    """Refuse a limit larger than the whole context (prompt + output past it end as `length`)."""
+    n_ctx = runtime.info.n_ctx
+    if limit is not None and limit > n_ctx:
         raise APIError(
             400,
-            f"max_tokens is {max_tokens}, more than this model's whole context ({n_ctx} tokens)",
-            param="max_tokens",
+            f"{param} is {limit}, more than this model's whole context ({n_ctx} tokens)",
+            param=param,
             code="invalid_value",
         )
-    return max_tokens
 
 
 def sampling(

@@ -54,6 +54,7 @@ class _Job:
     request: GenerationRequest
     sink: EventSink
     sampler: ctypes.c_void_p
+    matcher: StopMatcher
     submitted: float = field(default_factory=time.monotonic)
     pending: list[int] = field(default_factory=list)  # prompt tokens still to prefill
     cached_tokens: int = 0
@@ -61,7 +62,6 @@ class _Job:
     next_token: int | None = None  # sampled, not yet in the KV cache
     cancelled: bool = False
     decoder: TokenTextDecoder = field(default_factory=TokenTextDecoder)
-    matcher: StopMatcher = field(default_factory=lambda: StopMatcher(()))
 
     def cancel(self) -> None:
         self.cancelled = True
@@ -126,8 +126,9 @@ class LlamaCppEngine:
                 f"the prompt is {len(request.prompt_tokens)} tokens; this model's context is "
                 f"{self.n_ctx_seq} tokens per request"
             )
-        job = _Job(request, sink, build_sampler(self.model, request.sampling))
-        job.matcher = StopMatcher(tuple(request.stop))
+        job = _Job(
+            request, sink, build_sampler(self.model, request.sampling), StopMatcher(request.stop)
+        )
         with self._cond:
             if len(self._queue) >= self.config.max_queue:
                 free_sampler(job.sampler)
