@@ -59,6 +59,19 @@ def serve(
         int | None, typer.Option(help="CPU threads (default: all usable cores).")
     ] = None,
     max_queue: Annotated[int, typer.Option(help="Waiting requests before 429.")] = 64,
+    request_timeout: Annotated[
+        float,
+        typer.Option(help="Seconds a request may take, queue wait included (0: no limit)."),
+    ] = 600.0,
+    prefill_chunk: Annotated[
+        int, typer.Option(help="Prompt tokens per step while other requests decode.")
+    ] = 256,
+    flash_attn: Annotated[
+        str, typer.Option(help="Flash attention: auto, on or off.", case_sensitive=False)
+    ] = "auto",
+    kv_upload_mib: Annotated[
+        int, typer.Option(help="MiB of uploaded KV snapshots held for pending requests.")
+    ] = 2048,
     gpu_layers: Annotated[
         int, typer.Option(help="Layers to offload (-1: all that the build allows).")
     ] = -1,
@@ -75,6 +88,7 @@ def serve(
 ) -> None:
     """Serve a model on a local OpenAI-compatible endpoint (default: the bundled SmolLM2-135M)."""
     from edgebox.models import ModelNotAvailable, resolve_model
+    from edgebox.node.kv_transfer import KVStore
     from edgebox.node.server import serve as run_server
     from edgebox.node.state import NodeState
     from edgebox.runtimes.base import BackendError
@@ -92,8 +106,16 @@ def serve(
             resolved = resolve_model(model, alias=alias, progress=_progress_factory(progress))
     except ModelNotAvailable as exc:
         raise _fail(str(exc)) from None
+    if flash_attn.lower() not in ("auto", "on", "off"):
+        raise _fail(f"--flash-attn must be auto, on or off, not {flash_attn!r}")
     config = EngineConfig(
-        n_ctx=ctx, parallel=parallel, n_threads=threads or _default_threads(), max_queue=max_queue
+        n_ctx=ctx,
+        parallel=parallel,
+        n_threads=threads or _default_threads(),
+        prefill_chunk=prefill_chunk,
+        max_queue=max_queue,
+        flash_attn=flash_attn.lower(),
+        request_timeout=request_timeout or None,
     )
     err.print(f"loading {resolved.alias} from {resolved.path} …", highlight=False)
     try:
@@ -106,7 +128,7 @@ def serve(
         )
     except BackendError as exc:
         raise _fail(str(exc)) from None
-    state = NodeState({resolved.alias: runtime})
+    state = NodeState({resolved.alias: runtime}, kv_store=KVStore(max_bytes=kv_upload_mib << 20))
 
     def ready(url: str) -> None:
         info = runtime.info

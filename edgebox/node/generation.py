@@ -14,6 +14,7 @@ from edgebox.runtimes.base import (
     FinishEvent,
     GenerationRequest,
     GrammarError,
+    KVMismatchError,
     QueueFullError,
     RequestHandle,
     Runtime,
@@ -79,6 +80,9 @@ class ChoiceStreams:
         except GrammarError as exc:
             self.cancel()
             raise APIError(400, str(exc), param="response_format", code="invalid_value") from exc
+        except KVMismatchError as exc:
+            self.cancel()
+            raise APIError(409, str(exc), param="x-edgebox-kv", code="kv_incompatible") from exc
 
     async def events(self) -> AsyncIterator[tuple[int, Event]]:
         """Yields (choice index, event) until every choice has finished; cancels on exit."""
@@ -105,6 +109,7 @@ class ChoiceStreams:
             self.cancel()
 
     def _count(self, event: FinishEvent) -> None:
+        self._metrics.queue_wait.labels(self._model).observe(event.queue_wait_s)
         self._metrics.generated.labels(self._model).inc(event.completion_tokens)
         self._metrics.prompt.labels(self._model).inc(event.prompt_tokens)
         self._metrics.cached.labels(self._model).inc(event.cached_tokens)

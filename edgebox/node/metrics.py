@@ -6,11 +6,16 @@ import time
 from collections.abc import Callable, Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from edgebox.runtimes.base import RuntimeStats
+from edgebox.runtimes.base import BATCH_BUCKETS, RuntimeStats
 
 disable_created_metrics()  # the *_created series only add noise to every scrape
 
@@ -19,13 +24,13 @@ _ITL_BUCKETS = (0.002, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.
 
 
 class _RuntimeCollector(Collector):
-    """Reads queue depth and slot use from the runtimes at scrape time."""
+    """Reads queue depth, slot use and batching figures from the runtimes at scrape time."""
 
     def __init__(self, stats: Callable[[], dict[str, RuntimeStats]]) -> None:
         self._stats = stats
 
-    def collect(self) -> Iterable[GaugeMetricFamily]:
-        families = {
+    def collect(self) -> Iterable[Metric]:
+        families: dict[str, GaugeMetricFamily] = {
             "queued": GaugeMetricFamily(
                 "edgebox_queue_depth", "Requests waiting for a sequence slot", labels=["model"]
             ),
@@ -35,11 +40,35 @@ class _RuntimeCollector(Collector):
             "slots": GaugeMetricFamily(
                 "edgebox_sequence_slots", "Sequence slots decoded together", labels=["model"]
             ),
+            "decode_tokens_per_s": GaugeMetricFamily(
+                "edgebox_decode_tokens_per_second",
+                "Tokens generated per second over the last few seconds, all sequences",
+                labels=["model"],
+            ),
         }
+        steps = CounterMetricFamily(
+            "edgebox_engine_steps", "Batched decode calls", labels=["model"]
+        )
+        step_seconds = CounterMetricFamily(
+            "edgebox_engine_step_seconds", "Time spent in batched decode steps", labels=["model"]
+        )
+        batch = HistogramMetricFamily(
+            "edgebox_engine_batch_tokens",
+            "Tokens per batched decode step (decode tokens plus prefill chunks)",
+            labels=["model"],
+        )
         for model, stats in self._stats().items():
             for field, family in families.items():
                 family.add_metric([model], getattr(stats, field))
+            steps.add_metric([model], stats.steps_total)
+            step_seconds.add_metric([model], stats.step_seconds_total)
+            if stats.batch_size_buckets:
+                counts = list(stats.batch_size_buckets)
+                buckets = [(str(b), c) for b, c in zip(BATCH_BUCKETS, counts, strict=True)]
+                buckets.append(("+Inf", stats.steps_total))
+                batch.add_metric([model], buckets, sum_value=stats.batch_tokens_total)
         yield from families.values()
+        yield from (steps, step_seconds, batch)
 
 
 class NodeMetrics:
@@ -61,6 +90,13 @@ class NodeMetrics:
             "Time between consecutive generated tokens of one sequence",
             ["model"],
             buckets=_ITL_BUCKETS,
+            registry=r,
+        )
+        self.queue_wait = Histogram(
+            "edgebox_queue_wait_seconds",
+            "Time a request waited for a sequence slot",
+            ["model"],
+            buckets=_LATENCY_BUCKETS,
             registry=r,
         )
         self.generated = Counter(

@@ -14,6 +14,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from edgebox.node.errors import APIError, from_validation_error
 from edgebox.node.generation import ChoiceStreams
+from edgebox.node.kv_transfer import kv_for_request
 from edgebox.node.metrics import now
 from edgebox.node.prompts import (
     PreparedPrompt,
@@ -158,9 +159,17 @@ async def _generate(
     arrived: float,
     prompt_param: str,
 ) -> Response:
+    kv = kv_for_request(request, state.kv_store, body.model)
     streams = ChoiceStreams(
         runtime,
-        generation_requests(body, prompts, max_tokens=max_tokens, logprobs=logprobs),
+        generation_requests(
+            body,
+            prompts,
+            max_tokens=max_tokens,
+            logprobs=logprobs,
+            timeout=state.request_timeout,
+            kv=kv,
+        ),
         metrics=state.metrics,
         model=body.model,
         arrived=arrived,
@@ -207,11 +216,18 @@ async def _collect(
     finally:
         watcher.cancel()
     choices = [results[i] for i in sorted(results)]
-    failed = next((c.finish for c in choices if c.finish and c.finish.reason == "error"), None)
+    failed = next((c.finish for c in choices if c.finish and c.finish.error), None)
     if failed is not None:
-        raise APIError(500, failed.error or "generation failed", type="server_error")
+        raise failure_error(failed)
     finishes = [c.finish for c in choices if c.finish]
     return JSONResponse(shape.complete(choices, usage(finishes, n), logprobs))
+
+
+def failure_error(finish: FinishEvent) -> APIError:
+    """A sequence that ended in an error or a timeout, as the error a client sees."""
+    if finish.reason == "timeout":
+        return APIError(504, finish.error or "timed out", type="server_error", code="timeout")
+    return APIError(500, finish.error or "generation failed", type="server_error")
 
 
 async def _cancel_on_disconnect(request: Request, streams: ChoiceStreams) -> None:
@@ -255,17 +271,8 @@ async def _stream(
             )
         elif isinstance(event, FinishEvent):
             finishes.append((index, event))
-            if event.reason == "error":
-                yield sse(
-                    {
-                        "error": {
-                            "message": event.error or "generation failed",
-                            "type": "server_error",
-                            "param": None,
-                            "code": None,
-                        }
-                    }
-                )
+            if event.error:
+                yield sse(failure_error(event).body())
                 continue
             if event.text:
                 yield sse(shape.chunk(index, text=event.text, with_usage_field=include_usage))

@@ -13,7 +13,13 @@ from edgebox.node.protocol import (
     ResponseFormat,
     TextPart,
 )
-from edgebox.runtimes.base import BackendError, GenerationRequest, Runtime, SamplingParams
+from edgebox.runtimes.base import (
+    BackendError,
+    GenerationRequest,
+    KVSnapshot,
+    Runtime,
+    SamplingParams,
+)
 
 
 @dataclass(frozen=True)
@@ -150,6 +156,8 @@ def generation_requests(
     *,
     max_tokens: int | None,
     logprobs: int | None,
+    timeout: float | None = None,
+    kv: KVSnapshot | None = None,
 ) -> list[GenerationRequest]:
     """n choices per prompt, in the order OpenAI numbers them (prompt-major)."""
     return [
@@ -158,6 +166,8 @@ def generation_requests(
             sampling=sampling(body, logprobs=logprobs, choice=j),
             max_tokens=max_tokens,
             stop=tuple(body.stop or ()),
+            timeout=timeout,
+            kv=kv,
         )
         for prompt in prompts
         for j in range(body.n)

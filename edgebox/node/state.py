@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from edgebox import __version__
+from edgebox.node.kv_transfer import KVStore
 from edgebox.node.metrics import NodeMetrics
 from edgebox.runtimes.base import Runtime
 
@@ -18,6 +19,8 @@ DEFAULT_MAX_BODY = 16 * 1024 * 1024
 class NodeState:
     runtimes: dict[str, Runtime]
     max_body: int = DEFAULT_MAX_BODY
+    request_timeout: float | None = None  # per-request override of the runtimes' default
+    kv_store: KVStore = field(default_factory=KVStore)
     started: float = field(default_factory=time.time)
     metrics: NodeMetrics = field(init=False)
     fingerprint: str = field(init=False)

@@ -10,7 +10,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
-FinishReason = Literal["stop", "length", "cancelled", "error"]
+FinishReason = Literal["stop", "length", "cancelled", "timeout", "error"]
 
 
 class BackendError(Exception):
@@ -31,6 +31,35 @@ class QueueFullError(BackendError):
     def __init__(self, message: str, retry_after: float) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class KVMismatchError(BackendError):
+    """A KV snapshot was made by an incompatible engine (model, llama.cpp, KV layout)."""
+
+
+@dataclass(frozen=True)
+class KVSnapshot:
+    """One sequence's KV cache, taken after prefilling `tokens`, as opaque backend bytes.
+
+    `fingerprint` names everything the bytes depend on; an engine imports a snapshot
+    only when the fingerprints are equal.
+    """
+
+    fingerprint: Mapping[str, str]
+    tokens: Sequence[int]
+    data: bytes
+
+
+def fingerprint_mismatch(ours: Mapping[str, str], theirs: Mapping[str, str]) -> str | None:
+    """None when equal, else a message naming each differing field."""
+    diffs = [
+        f"{key} {theirs.get(key, '<missing>')!r} != {ours.get(key, '<missing>')!r}"
+        for key in sorted(set(ours) | set(theirs))
+        if ours.get(key) != theirs.get(key)
+    ]
+    if not diffs:
+        return None
+    return "KV snapshot is incompatible with this engine (snapshot vs here): " + "; ".join(diffs)
 
 
 @dataclass(frozen=True)
@@ -57,6 +86,11 @@ class GenerationRequest:
     sampling: SamplingParams = field(default_factory=SamplingParams)
     max_tokens: int | None = None  # None: until end of generation or context
     stop: Sequence[str] = ()
+    timeout: float | None = None  # seconds from submission; None: the engine's default
+    # Prefill only, then finish with the sequence's KV state in FinishEvent.kv. The
+    # caller leaves the prompt's last token out, so the importer samples the first token.
+    export_kv: bool = False
+    kv: KVSnapshot | None = None  # import this prefix's KV instead of prefilling it
 
 
 @dataclass(frozen=True)
@@ -85,6 +119,8 @@ class FinishEvent:
     cached_tokens: int = 0
     text: str = ""  # text held back until the end (e.g. a partial stop-string prefix)
     error: str | None = None
+    queue_wait_s: float = 0.0  # from submission until a slot took the request
+    kv: KVSnapshot | None = None  # set for export_kv requests
 
 
 Event = TokenEvent | FinishEvent
@@ -129,6 +165,15 @@ class RuntimeStats:
     prompt_tokens_total: int
     cached_tokens_total: int
     generated_tokens_total: int
+    steps_total: int = 0  # batched decode calls
+    step_seconds_total: float = 0.0
+    batch_tokens_total: int = 0
+    # cumulative counts of steps by batch size, for the upper bounds in BATCH_BUCKETS
+    batch_size_buckets: tuple[int, ...] = ()
+    decode_tokens_per_s: float = 0.0  # recent aggregate generation rate
+
+
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 
 
 class Runtime(Protocol):
@@ -149,7 +194,12 @@ class Runtime(Protocol):
     def submit(self, request: GenerationRequest, sink: EventSink) -> RequestHandle:
         """Queue a generation; `sink` is called from the runtime's thread for each event.
 
-        Raises QueueFullError when the bounded queue is full."""
+        Raises QueueFullError when the bounded queue is full, KVMismatchError when
+        `request.kv` came from an incompatible engine."""
+        ...
+
+    def kv_fingerprint(self) -> Mapping[str, str] | None:
+        """What a KV snapshot from this runtime depends on; None without KV export."""
         ...
 
     def stats(self) -> RuntimeStats: ...

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import threading
 import time
@@ -116,3 +117,45 @@ def test_queue_overflow_gets_429_with_retry_after(
     for w in workers:
         w.join()
     assert results == [200, 200]  # nothing already accepted was lost
+
+
+@pytest.fixture(scope="module")
+def impatient_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]:
+    node = start_node(
+        tmp_path_factory.mktemp("timeout"),
+        "--parallel",
+        "1",
+        "--ctx",
+        "2048",
+        "--request-timeout",
+        "1.5",
+    )
+    yield node
+    assert node.stop() == 0
+
+
+def test_request_timeout_gives_504_and_a_clear_stream_error(impatient_node: NodeProcess) -> None:
+    counting = ", ".join(str(i) for i in range(1, 30)) + ","
+    long = {"model": MODEL, "prompt": counting, "max_tokens": 1500}
+    started = time.monotonic()
+    reply = httpx.post(impatient_node.base_url + "/completions", json=long, timeout=60)
+    assert reply.status_code == 504
+    error = reply.json()["error"]
+    assert error["code"] == "timeout" and "1.5 s" in error["message"]
+    assert time.monotonic() - started < 10
+
+    with httpx.stream(
+        "POST", impatient_node.base_url + "/completions", json={**long, "stream": True}, timeout=60
+    ) as r:
+        assert r.status_code == 200  # headers went out before the limit passed
+        events = [line[6:] for line in r.iter_lines() if line.startswith("data: ")]
+    assert json.loads(events[-2])["error"]["code"] == "timeout"
+    assert events[-1] == "[DONE]"
+    assert sum('"text"' in e for e in events) > 3  # tokens streamed before the limit
+
+    quick = httpx.post(
+        impatient_node.base_url + "/completions",
+        json={"model": MODEL, "prompt": "Hi", "max_tokens": 3},
+        timeout=30,
+    )
+    assert quick.status_code == 200

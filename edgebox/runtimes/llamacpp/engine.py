@@ -8,27 +8,34 @@ goes to the slot whose cached tokens share the longest prefix with its prompt.
 
 from __future__ import annotations
 
+import bisect
 import collections
 import ctypes
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import llama_cpp
 
+from edgebox.models.digest import file_sha256
 from edgebox.runtimes.base import (
+    BATCH_BUCKETS,
     BackendError,
     ContextLengthError,
     EventSink,
     FinishEvent,
     FinishReason,
     GenerationRequest,
+    KVMismatchError,
+    KVSnapshot,
     QueueFullError,
     RuntimeStats,
     TokenEvent,
+    fingerprint_mismatch,
 )
-from edgebox.runtimes.llamacpp.model import LlamaCppModel
+from edgebox.runtimes.llamacpp.model import LlamaCppModel, captured_log
 from edgebox.runtimes.llamacpp.sampling import build_sampler, free_sampler, token_logprobs
 from edgebox.runtimes.text import StopMatcher, TokenTextDecoder
 
@@ -47,6 +54,20 @@ class EngineConfig:
     prefill_chunk: int = 256  # prompt tokens per step while other streams decode
     max_queue: int = 64  # requests waiting for a slot before 429
     flash_attn: str = "auto"
+    request_timeout: float | None = 600.0  # seconds from submission, queue wait included
+
+
+_RATE_WINDOW_S = 5.0
+_GGML_TYPES = {
+    0: "f32",
+    1: "f16",
+    2: "q4_0",
+    3: "q4_1",
+    6: "q5_0",
+    7: "q5_1",
+    8: "q8_0",
+    30: "bf16",
+}
 
 
 @dataclass(eq=False)
@@ -55,13 +76,19 @@ class _Job:
     sink: EventSink
     sampler: ctypes.c_void_p
     matcher: StopMatcher
+    timeout: float | None
     submitted: float = field(default_factory=time.monotonic)
+    admitted: float | None = None
     pending: list[int] = field(default_factory=list)  # prompt tokens still to prefill
     cached_tokens: int = 0
     generated: int = 0
-    next_token: int | None = None  # sampled, not yet in the KV cache
+    next_token: int | None = None  # to decode next: the prompt's last token, then each sampled one
     cancelled: bool = False
     decoder: TokenTextDecoder = field(default_factory=TokenTextDecoder)
+
+    @property
+    def deadline(self) -> float | None:
+        return None if self.timeout is None else self.submitted + self.timeout
 
     def cancel(self) -> None:
         self.cancelled = True
@@ -97,7 +124,8 @@ class LlamaCppEngine:
         params.swa_full = True  # keeps partial KV removal (prefix reuse) possible on SWA models
         params.flash_attn_type = FLASH_ATTN[config.flash_attn]
         params.no_perf = True
-        ctx = llama_cpp.llama_init_from_model(model.ptr, params)
+        with captured_log() as log:
+            ctx = llama_cpp.llama_init_from_model(model.ptr, params)
         if not ctx:
             raise BackendError(
                 f"could not create a context of {params.n_ctx} tokens; lower --ctx or --parallel"
@@ -106,28 +134,60 @@ class LlamaCppEngine:
         self.n_ctx_seq = llama_cpp.llama_n_ctx_seq(ctx)
         self.n_batch = params.n_batch
         self.memory = llama_cpp.llama_get_memory(ctx)
+        self.flash_attn = _resolved_flash_attn(config.flash_attn, log)
+        self._kv_layout = {
+            "type_k": _GGML_TYPES.get(params.type_k, str(params.type_k)),
+            "type_v": _GGML_TYPES.get(params.type_v, str(params.type_v)),
+            "flash_attn": self.flash_attn,
+            "swa_full": str(params.swa_full).lower(),
+            "kv_unified": str(params.kv_unified).lower(),
+            "n_stream": str(1 if params.kv_unified else config.parallel),
+            "n_ctx": str(self.n_ctx_seq),
+        }
+        # The model's digest is read once in the background; only KV export/import waits.
+        self._hasher = ThreadPoolExecutor(1, thread_name_prefix="gguf-sha256")
+        self._model_sha: Future[str] = self._hasher.submit(file_sha256, model.path)
         self._batch = llama_cpp.llama_batch_init(self.n_batch, 0, 1)
         self._slots = [_Slot(i) for i in range(config.parallel)]
         self._queue: collections.deque[_Job] = collections.deque()
         self._cond = threading.Condition()
         self._closing = False
-        self._counters = {"prompt": 0, "cached": 0, "generated": 0}
+        self._counters = {"prompt": 0, "cached": 0, "generated": 0, "steps": 0, "batch": 0}
+        self._step_seconds = 0.0
+        self._batch_hist = [0] * len(BATCH_BUCKETS)
+        self._recent: collections.deque[tuple[float, int]] = collections.deque()
         self._avg_job_s = 1.0
         self._thread = threading.Thread(target=self._run, name="llamacpp-engine", daemon=True)
         self._thread.start()
 
     # -- public, any thread ---------------------------------------------------------------
 
+    def fingerprint(self) -> Mapping[str, str]:
+        """Everything a sequence's KV bytes depend on; equal fingerprints can swap KV."""
+        return {
+            "model_sha256": self._model_sha.result(),
+            "llama_cpp_python": llama_cpp.__version__,
+            **self._kv_layout,
+        }
+
     def submit(self, request: GenerationRequest, sink: EventSink) -> _Job:
-        if not request.prompt_tokens:
+        prompt = request.prompt_tokens
+        if not prompt:
             raise BackendError("the prompt is empty")
-        if len(request.prompt_tokens) >= self.n_ctx_seq:
+        if len(prompt) >= self.n_ctx_seq:
             raise ContextLengthError(
-                f"the prompt is {len(request.prompt_tokens)} tokens; this model's context is "
+                f"the prompt is {len(prompt)} tokens; this model's context is "
                 f"{self.n_ctx_seq} tokens per request"
             )
+        if request.kv is not None:
+            self._check_snapshot(request.kv, prompt)
+        timeout = request.timeout if request.timeout is not None else self.config.request_timeout
         job = _Job(
-            request, sink, build_sampler(self.model, request.sampling), StopMatcher(request.stop)
+            request,
+            sink,
+            build_sampler(self.model, request.sampling),
+            StopMatcher(request.stop),
+            timeout=timeout,
         )
         with self._cond:
             if len(self._queue) >= self.config.max_queue:
@@ -140,8 +200,21 @@ class LlamaCppEngine:
             self._cond.notify()
         return job
 
+    def _check_snapshot(self, kv: KVSnapshot, prompt: Sequence[int]) -> None:
+        problem = fingerprint_mismatch(self.fingerprint(), kv.fingerprint)
+        if problem:
+            raise KVMismatchError(problem)
+        n = len(kv.tokens)
+        if not n or n >= len(prompt) or list(prompt[:n]) != list(kv.tokens):
+            raise KVMismatchError(
+                f"the KV snapshot's {n} tokens are not a proper prefix of this "
+                f"{len(prompt)}-token prompt"
+            )
+
     def stats(self) -> RuntimeStats:
         with self._cond:
+            self._trim_recent(time.monotonic())
+            rate = sum(n for _, n in self._recent) / _RATE_WINDOW_S
             return RuntimeStats(
                 slots=len(self._slots),
                 running=sum(1 for s in self._slots if s.job),
@@ -149,13 +222,30 @@ class LlamaCppEngine:
                 prompt_tokens_total=self._counters["prompt"],
                 cached_tokens_total=self._counters["cached"],
                 generated_tokens_total=self._counters["generated"],
+                steps_total=self._counters["steps"],
+                step_seconds_total=self._step_seconds,
+                batch_tokens_total=self._counters["batch"],
+                batch_size_buckets=tuple(self._cumulative_batch_hist()),
+                decode_tokens_per_s=rate,
             )
+
+    def _cumulative_batch_hist(self) -> list[int]:
+        out, total = [], 0
+        for count in self._batch_hist:
+            total += count
+            out.append(total)
+        return out
+
+    def _trim_recent(self, t: float) -> None:
+        while self._recent and self._recent[0][0] < t - _RATE_WINDOW_S:
+            self._recent.popleft()
 
     def close(self) -> None:
         with self._cond:
             self._closing = True
             self._cond.notify()
         self._thread.join(timeout=30)
+        self._hasher.shutdown(wait=False, cancel_futures=True)
         if self.ctx:
             llama_cpp.llama_batch_free(self._batch)
             llama_cpp.llama_free(self.ctx)
@@ -173,6 +263,7 @@ class LlamaCppEngine:
                         self._finish_job(job, "cancelled", error="the node is shutting down")
                     self._queue.clear()
                     return
+                self._expire_queued(time.monotonic())
                 self._admit()
             try:
                 self._step()
@@ -185,6 +276,12 @@ class LlamaCppEngine:
 
     def _busy(self) -> bool:
         return any(s.job for s in self._slots)
+
+    def _expire_queued(self, t: float) -> None:
+        expired = [j for j in self._queue if j.deadline is not None and t > j.deadline]
+        for job in expired:
+            self._queue.remove(job)
+            self._finish_job(job, "timeout", error=_timeout_message(job, "waiting for a slot"))
 
     def _admit(self) -> None:
         """Move queued jobs into free slots, each to the slot sharing its longest prefix."""
@@ -200,24 +297,61 @@ class LlamaCppEngine:
             self._queue.popleft()
             prompt = list(job.request.prompt_tokens)
             slot = max(free, key=lambda s: (common_prefix_len(s.cached, prompt), -s.last_used))
+            kv = job.request.kv
+            if kv is not None and common_prefix_len(slot.cached, prompt) < len(kv.tokens):
+                slot = min(free, key=lambda s: s.last_used)  # keep the best cached prefixes
+                self._import(slot, kv)
             keep = min(common_prefix_len(slot.cached, prompt), len(prompt) - 1)
             if not llama_cpp.llama_memory_seq_rm(self.memory, slot.seq_id, keep, -1):
                 llama_cpp.llama_memory_seq_rm(self.memory, slot.seq_id, -1, -1)
                 keep = 0
             slot.cached = prompt[:keep]
-            job.pending = prompt[keep:]
+            if job.request.export_kv:
+                job.pending = prompt[keep:]
+            else:
+                # The last prompt token always goes through a decode step of its own, so the
+                # first sampled token is computed the same way whether the prefix was just
+                # prefilled, reused from a slot, or imported from another node's KV.
+                job.pending, job.next_token = prompt[keep:-1], prompt[-1]
             job.cached_tokens = keep
+            job.admitted = time.monotonic()
             self._counters["prompt"] += len(prompt)
             self._counters["cached"] += keep
             slot.job = job
 
+    def _import(self, slot: _Slot, kv: KVSnapshot) -> None:
+        """Load a snapshot into the slot's sequence; on failure the slot is left empty and
+        the prompt is simply prefilled (the fingerprint was checked, so this is rare)."""
+        data = kv.data
+        buf = (ctypes.c_uint8 * len(data)).from_buffer_copy(data)
+        with captured_log():
+            read = llama_cpp.llama_state_seq_set_data(self.ctx, buf, len(data), slot.seq_id)
+        if read == len(data):
+            slot.cached = list(kv.tokens)
+        else:
+            llama_cpp.llama_memory_seq_rm(self.memory, slot.seq_id, -1, -1)
+            slot.cached = []
+
+    def _export(self, slot: _Slot) -> KVSnapshot:
+        size = llama_cpp.llama_state_seq_get_size(self.ctx, slot.seq_id)
+        buf = (ctypes.c_uint8 * size)()
+        written = llama_cpp.llama_state_seq_get_data(self.ctx, buf, size, slot.seq_id)
+        if written == 0:
+            raise BackendError("llama.cpp could not export the sequence's KV state")
+        return KVSnapshot(self.fingerprint(), tuple(slot.cached), ctypes.string_at(buf, written))
+
     def _step(self) -> None:
+        t = time.monotonic()
         for slot in self._slots:
-            if slot.job and slot.job.cancelled:
+            job = slot.job
+            if job and job.cancelled:
                 self._release(slot, "cancelled")
+            elif job and job.deadline is not None and t > job.deadline:
+                self._release(slot, "timeout", error=_timeout_message(job, "generating"))
         batch = self._batch
         n = 0
         outputs: list[tuple[_Slot, int]] = []  # slot, index of its logits row in the batch
+        exports: list[_Slot] = []
 
         def add(slot: _Slot, token: int, logits: bool) -> None:
             nonlocal n
@@ -231,7 +365,9 @@ class LlamaCppEngine:
                 outputs.append((slot, n))
             n += 1
 
-        decoding = [s for s in self._slots if s.job and s.job.next_token is not None]
+        decoding = [
+            s for s in self._slots if s.job and not s.job.pending and s.job.next_token is not None
+        ]
         for slot in decoding:
             assert slot.job and slot.job.next_token is not None
             add(slot, slot.job.next_token, True)
@@ -249,8 +385,10 @@ class LlamaCppEngine:
             assert job is not None
             chunk, job.pending = job.pending[:budget], job.pending[budget:]
             budget -= len(chunk)
-            for i, token in enumerate(chunk):
-                add(slot, token, logits=(not job.pending and i == len(chunk) - 1))
+            for token in chunk:
+                add(slot, token, logits=False)
+            if job.request.export_kv and not job.pending:
+                exports.append(slot)
         if n == 0:
             return
         batch.n_tokens = n
@@ -259,6 +397,21 @@ class LlamaCppEngine:
             raise BackendError(f"llama_decode returned {rc}")
         for slot, index in outputs:
             self._sample(slot, index)
+        for slot in exports:
+            self._release(slot, "stop", kv=self._export(slot))
+        self._account_step(n, len(outputs), time.monotonic() - t)
+
+    def _account_step(self, n_tokens: int, n_sampled: int, seconds: float) -> None:
+        with self._cond:
+            self._counters["steps"] += 1
+            self._counters["batch"] += n_tokens
+            self._step_seconds += seconds
+            self._batch_hist[
+                min(bisect.bisect_left(BATCH_BUCKETS, n_tokens), len(BATCH_BUCKETS) - 1)
+            ] += 1
+            t = time.monotonic()
+            self._recent.append((t, n_sampled))
+            self._trim_recent(t)
 
     def _sample(self, slot: _Slot, index: int) -> None:
         job = slot.job
@@ -287,7 +440,13 @@ class LlamaCppEngine:
         else:
             job.next_token = token
 
-    def _release(self, slot: _Slot, reason: FinishReason, error: str | None = None) -> None:
+    def _release(
+        self,
+        slot: _Slot,
+        reason: FinishReason,
+        error: str | None = None,
+        kv: KVSnapshot | None = None,
+    ) -> None:
         job = slot.job
         slot.job = None
         slot.last_used = time.monotonic()
@@ -296,16 +455,22 @@ class LlamaCppEngine:
         if job.pending:  # prompt only partly prefilled: those cells are useless
             llama_cpp.llama_memory_seq_rm(self.memory, slot.seq_id, -1, -1)
             slot.cached = []
-        self._finish_job(job, reason, error)
+        self._finish_job(job, reason, error, kv)
 
-    def _finish_job(self, job: _Job, reason: FinishReason, error: str | None = None) -> None:
+    def _finish_job(
+        self,
+        job: _Job,
+        reason: FinishReason,
+        error: str | None = None,
+        kv: KVSnapshot | None = None,
+    ) -> None:
         tail = ""
         if reason in ("stop", "length") and not job.matcher.stopped:
             tail = job.matcher.feed(job.decoder.flush()) + job.matcher.flush()
         free_sampler(job.sampler)
         job.sampler = ctypes.c_void_p(0)
-        elapsed = time.monotonic() - job.submitted
-        self._avg_job_s = 0.8 * self._avg_job_s + 0.2 * elapsed
+        finished = time.monotonic()
+        self._avg_job_s = 0.8 * self._avg_job_s + 0.2 * (finished - job.submitted)
         job.sink(
             FinishEvent(
                 reason=reason,
@@ -314,5 +479,21 @@ class LlamaCppEngine:
                 cached_tokens=job.cached_tokens,
                 text=tail,
                 error=error,
+                queue_wait_s=(job.admitted or finished) - job.submitted,
+                kv=kv,
             )
         )
+
+
+def _timeout_message(job: _Job, doing: str) -> str:
+    return f"the request timed out after {job.timeout:g} s ({doing})"
+
+
+def _resolved_flash_attn(configured: str, log: Sequence[str]) -> str:
+    """What `auto` became: llama.cpp logs its decision while creating the context."""
+    if configured != "auto":
+        return configured
+    for line in log:
+        if "Flash Attention" in line:
+            return "off" if "disabled" in line else "on"
+    return "auto"

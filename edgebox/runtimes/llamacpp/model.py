@@ -5,10 +5,12 @@ Contexts (KV caches) are created by the engine; one model can back several.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
+import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import llama_cpp
@@ -17,24 +19,46 @@ from edgebox.runtimes.base import BackendError
 
 _backend_lock = threading.Lock()
 _backend_ready = False
+_verbose = False
+_captures: list[list[str]] = []
 
 
-def _quiet_log(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
-    """Drop llama.cpp's chatter; errors surface through return codes instead."""
+def _log(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
+    """llama.cpp's log: shown with --verbose, otherwise dropped (errors surface through
+    return codes), and handed to any active `captured_log()`."""
+    message = text.decode("utf-8", errors="replace")
+    for capture in _captures:
+        capture.append(message)
+    if _verbose:
+        sys.stderr.write(message)
 
 
-_LOG_CALLBACK = llama_cpp.llama_log_callback(_quiet_log)
+_LOG_CALLBACK = llama_cpp.llama_log_callback(_log)
 
 
 def init_backend(verbose: bool = False) -> None:
-    global _backend_ready
+    global _backend_ready, _verbose
     with _backend_lock:
+        _verbose = _verbose or verbose
         if _backend_ready:
             return
-        if not verbose:
-            llama_cpp.llama_log_set(_LOG_CALLBACK, ctypes.c_void_p(0))
+        llama_cpp.llama_log_set(_LOG_CALLBACK, ctypes.c_void_p(0))
         llama_cpp.llama_backend_init()
         _backend_ready = True
+
+
+@contextlib.contextmanager
+def captured_log() -> Iterator[list[str]]:
+    """Collect llama.cpp's log lines while the block runs (for facts the C API does
+    not expose, such as what flash-attention `auto` resolved to)."""
+    lines: list[str] = []
+    with _backend_lock:
+        _captures.append(lines)
+    try:
+        yield lines
+    finally:
+        with _backend_lock:
+            _captures.remove(lines)
 
 
 def gpu_offload_supported() -> bool:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -62,7 +62,7 @@ class LlamaCppRuntime:
             },
         )
         self.capabilities = Capabilities(
-            chat=True, completions=True, grammar=True, logprobs=True, kv_export=False, batching=True
+            chat=True, completions=True, grammar=True, logprobs=True, kv_export=True, batching=True
         )
 
     def tokenize(self, text: str, *, add_special: bool = True) -> list[int]:
@@ -78,6 +78,9 @@ class LlamaCppRuntime:
 
     def submit(self, request: GenerationRequest, sink: EventSink) -> RequestHandle:
         return self.engine.submit(request, sink)
+
+    def kv_fingerprint(self) -> Mapping[str, str]:
+        return self.engine.fingerprint()
 
     def stats(self) -> RuntimeStats:
         return self.engine.stats()

@@ -1,0 +1,71 @@
+"""HTTP routes for KV export and import (format and store in `kv_transfer`)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from edgebox.node.errors import APIError
+from edgebox.node.kv_transfer import (
+    prefill_export,
+    read_snapshot,
+    snapshot_response,
+    upload_response,
+)
+from edgebox.node.openai_api import lookup, parse, read_json
+from edgebox.node.prompts import PreparedPrompt, chat_prompt, check_prompt_fits, completion_prompts
+from edgebox.node.protocol import ChatCompletionRequest, CompletionRequest
+from edgebox.node.state import NodeState
+from edgebox.runtimes.base import Runtime
+
+
+def _kv_runtime(state: NodeState, model: str) -> Runtime:
+    runtime = lookup(state, model)
+    if not runtime.capabilities.kv_export:
+        raise APIError(
+            400,
+            f"the model '{model}' runs on a runtime without KV export",
+            param="model",
+            code="kv_unsupported",
+        )
+    return runtime
+
+
+async def prefill(request: Request) -> Response:
+    """Prefill a chat or completion prompt, less its last token, and stream the KV back."""
+    state: NodeState = request.app.state.node
+    data = await read_json(request, state.max_body)
+    is_chat = isinstance(data, dict) and "messages" in data
+    body = parse(ChatCompletionRequest if is_chat else CompletionRequest, data)
+    runtime = _kv_runtime(state, body.model)
+    prompt: PreparedPrompt
+    if isinstance(body, ChatCompletionRequest):
+        prompt = chat_prompt(runtime, body)
+    else:
+        prompts = completion_prompts(runtime, body)
+        if len(prompts) != 1:
+            raise APIError(400, "KV prefill takes exactly one prompt", param="prompt")
+        prompt = prompts[0]
+    param = "messages" if is_chat else "prompt"
+    check_prompt_fits(runtime, prompt, param)
+    started = time.perf_counter()
+    finish = await prefill_export(runtime, prompt.tokens, state.request_timeout)
+    if finish.kv is None:
+        status, kind = (504, "timeout") if finish.reason == "timeout" else (500, "kv_export_failed")
+        raise APIError(status, finish.error or "KV export failed", type="server_error", code=kind)
+    return snapshot_response(finish.kv, time.perf_counter() - started, finish.cached_tokens)
+
+
+async def upload(request: Request) -> Response:
+    """Receive a streamed snapshot for a later request's `X-Edgebox-KV` header."""
+    state: NodeState = request.app.state.node
+    model = request.path_params["model"]
+    runtime = _kv_runtime(state, model)
+    expected = await asyncio.to_thread(runtime.kv_fingerprint)
+    assert expected is not None
+    kv = await read_snapshot(request.stream(), expected, state.kv_store.max_bytes)
+    key = state.kv_store.put(model, kv)
+    return upload_response(key, model, kv, state.kv_store.ttl_s)

@@ -1,0 +1,225 @@
+"""Moving one sequence's KV cache between nodes, for the router's prefill/decode split.
+
+Wire format of a snapshot (`application/x-edgebox-kv`), streamed in chunks both ways:
+
+    b"EBKV1\\n" + JSON header + b"\\n" + raw llama.cpp sequence state
+
+The header holds the fingerprint, the prefilled token ids and the byte count, so a
+receiver refuses an incompatible or oversized snapshot before reading the payload.
+
+Routes:
+- `POST /v1/edgebox/kv/prefill`: body as for chat or completions (one prompt). Prefills
+  all but the prompt's last token and streams the snapshot back.
+- `PUT /v1/edgebox/kv/{model}`: upload a snapshot; answers `{"id": ...}`. A following
+  `/v1/chat/completions` or `/v1/completions` with header `X-Edgebox-KV: <id>` imports it
+  instead of prefilling those tokens (single use; expires after `KVStore.ttl_s`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+import threading
+import time
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+
+from edgebox.node.errors import APIError
+from edgebox.runtimes.base import (
+    FinishEvent,
+    GenerationRequest,
+    KVSnapshot,
+    Runtime,
+    fingerprint_mismatch,
+)
+
+MAGIC = b"EBKV1\n"
+MEDIA_TYPE = "application/x-edgebox-kv"
+KV_HEADER = "x-edgebox-kv"
+CHUNK_BYTES = 1 << 20
+_MAX_HEADER_BYTES = 16 << 20
+
+
+def encode_header(kv: KVSnapshot) -> bytes:
+    header = {"fingerprint": dict(kv.fingerprint), "tokens": list(kv.tokens), "bytes": len(kv.data)}
+    return MAGIC + json.dumps(header, separators=(",", ":")).encode() + b"\n"
+
+
+def iter_snapshot(kv: KVSnapshot, chunk: int = CHUNK_BYTES) -> AsyncIterator[bytes]:
+    async def chunks() -> AsyncIterator[bytes]:
+        yield encode_header(kv)
+        view = memoryview(kv.data)
+        for start in range(0, len(view), chunk):
+            yield bytes(view[start : start + chunk])
+
+    return chunks()
+
+
+@dataclass(frozen=True)
+class SnapshotHeader:
+    fingerprint: Mapping[str, str]
+    tokens: Sequence[int]
+    n_bytes: int
+
+
+def _bad_snapshot(message: str) -> APIError:
+    return APIError(400, f"not an edgebox KV snapshot: {message}", param="body", code="invalid_kv")
+
+
+def parse_header(line: bytes) -> SnapshotHeader:
+    try:
+        data = json.loads(line)
+        fingerprint = {str(k): str(v) for k, v in data["fingerprint"].items()}
+        tokens = [int(t) for t in data["tokens"]]
+        n_bytes = int(data["bytes"])
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise _bad_snapshot(f"unreadable header ({exc})") from exc
+    if n_bytes <= 0 or not tokens:
+        raise _bad_snapshot("empty snapshot")
+    return SnapshotHeader(fingerprint, tokens, n_bytes)
+
+
+async def read_snapshot(
+    chunks: AsyncIterator[bytes], expected: Mapping[str, str], max_bytes: int
+) -> KVSnapshot:
+    """Read a streamed snapshot, refusing a mismatch or an oversized one from its header."""
+    buf = bytearray()
+    header: SnapshotHeader | None = None
+    async for chunk in chunks:
+        buf += chunk
+        if header is None:
+            end = buf.find(b"\n", len(MAGIC))
+            if len(buf) >= len(MAGIC) and not buf.startswith(MAGIC):
+                raise _bad_snapshot("wrong magic")
+            if end < 0:
+                if len(buf) > _MAX_HEADER_BYTES:
+                    raise _bad_snapshot("header too long")
+                continue
+            header = parse_header(bytes(buf[len(MAGIC) : end]))
+            problem = fingerprint_mismatch(expected, header.fingerprint)
+            if problem:
+                raise APIError(409, problem, param="fingerprint", code="kv_incompatible")
+            if header.n_bytes > max_bytes:
+                raise APIError(
+                    413,
+                    f"the KV snapshot is {header.n_bytes} bytes; "
+                    f"this node takes at most {max_bytes}",
+                    code="request_too_large",
+                )
+            del buf[: end + 1]
+        if len(buf) > header.n_bytes:
+            raise _bad_snapshot(f"more than the {header.n_bytes} bytes its header declares")
+    if header is None:
+        raise _bad_snapshot("no header")
+    if len(buf) != header.n_bytes:
+        raise _bad_snapshot(f"{len(buf)} bytes received, {header.n_bytes} declared")
+    return KVSnapshot(header.fingerprint, tuple(header.tokens), bytes(buf))
+
+
+class KVStore:
+    """Uploaded snapshots waiting for the request that uses them: bounded, expiring, single use."""
+
+    def __init__(self, max_bytes: int = 2 << 30, ttl_s: float = 120.0) -> None:
+        self.max_bytes = max_bytes
+        self.ttl_s = ttl_s
+        self._items: dict[str, tuple[str, KVSnapshot, float]] = {}
+        self._lock = threading.Lock()
+
+    def _expire(self, t: float) -> None:
+        for key in [k for k, (_, _, deadline) in self._items.items() if deadline < t]:
+            del self._items[key]
+
+    def used_bytes(self) -> int:
+        with self._lock:
+            self._expire(time.monotonic())
+            return sum(len(kv.data) for _, kv, _ in self._items.values())
+
+    def put(self, model: str, kv: KVSnapshot) -> str:
+        with self._lock:
+            t = time.monotonic()
+            self._expire(t)
+            used = sum(len(s.data) for _, s, _ in self._items.values())
+            if used + len(kv.data) > self.max_bytes:
+                raise APIError(
+                    503,
+                    f"the node holds {used} bytes of uploaded KV awaiting use; "
+                    f"this snapshot would pass its {self.max_bytes}-byte limit",
+                    type="server_error",
+                    code="kv_store_full",
+                    headers={"Retry-After": "5"},
+                )
+            key = "kv-" + secrets.token_urlsafe(12)
+            self._items[key] = (model, kv, t + self.ttl_s)
+            return key
+
+    def take(self, key: str, model: str) -> KVSnapshot:
+        with self._lock:
+            self._expire(time.monotonic())
+            item = self._items.get(key)
+            if item is None or item[0] != model:
+                raise APIError(
+                    404,
+                    f"no uploaded KV snapshot '{key}' for model '{model}' "
+                    "(unknown, already used or expired)",
+                    param=KV_HEADER,
+                    code="kv_not_found",
+                )
+            del self._items[key]
+            return item[1]
+
+
+def kv_for_request(request: Request, store: KVStore, model: str) -> KVSnapshot | None:
+    key = request.headers.get(KV_HEADER)
+    return store.take(key, model) if key else None
+
+
+async def prefill_export(runtime: Runtime, prompt: Sequence[int], timeout: float | None) -> Any:
+    """Prefill prompt[:-1] and return the FinishEvent holding its snapshot."""
+    if len(prompt) < 2:
+        raise APIError(400, "the prompt must be at least 2 tokens to split", param="messages")
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[FinishEvent] = loop.create_future()
+
+    def sink(event: object) -> None:
+        if isinstance(event, FinishEvent):
+            loop.call_soon_threadsafe(done.set_result, event)
+
+    handle = runtime.submit(
+        GenerationRequest(prompt_tokens=list(prompt[:-1]), export_kv=True, timeout=timeout), sink
+    )
+    try:
+        return await done
+    finally:
+        handle.cancel()
+
+
+def snapshot_response(kv: KVSnapshot, prefill_s: float, cached: int) -> Response:
+    return StreamingResponse(
+        iter_snapshot(kv),
+        media_type=MEDIA_TYPE,
+        headers={
+            "x-edgebox-kv-tokens": str(len(kv.tokens)),
+            "x-edgebox-kv-bytes": str(len(kv.data)),
+            "x-edgebox-kv-cached-tokens": str(cached),
+            "x-edgebox-prefill-ms": f"{prefill_s * 1000:.1f}",
+        },
+    )
+
+
+def upload_response(key: str, model: str, kv: KVSnapshot, ttl_s: float) -> Response:
+    return JSONResponse(
+        {
+            "id": key,
+            "object": "edgebox.kv",
+            "model": model,
+            "tokens": len(kv.tokens),
+            "bytes": len(kv.data),
+            "expires_in": ttl_s,
+        },
+        status_code=201,
+    )

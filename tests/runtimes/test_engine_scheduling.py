@@ -1,0 +1,210 @@
+"""Engine scheduling on the real bundled model: chunked prefill fairness, timeouts,
+batching figures, and KV snapshots within one process (across processes: tests/node)."""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from edgebox.runtimes.base import (
+    Event,
+    FinishEvent,
+    GenerationRequest,
+    KVMismatchError,
+    KVSnapshot,
+    SamplingParams,
+    TokenEvent,
+)
+from edgebox.runtimes.llamacpp import EngineConfig, LlamaCppRuntime
+
+GREEDY = SamplingParams(temperature=0.0)
+CHUNK = 256
+
+
+class Timeline:
+    """Events of one request with the time each arrived."""
+
+    def __init__(self) -> None:
+        self.tokens: list[float] = []
+        self.ids: list[int] = []
+        self.finish: FinishEvent | None = None
+        self.done = threading.Event()
+
+    def __call__(self, event: Event) -> None:
+        if isinstance(event, TokenEvent):
+            self.tokens.append(time.perf_counter())
+            self.ids.append(event.token_id)
+        elif isinstance(event, FinishEvent):
+            self.finish = event
+            self.done.set()
+
+    def wait(self, timeout: float = 120) -> FinishEvent:
+        assert self.done.wait(timeout), "the request did not finish"
+        assert self.finish is not None
+        return self.finish
+
+
+@pytest.fixture(scope="module")
+def runtime(smollm2_path: Path) -> Iterator[LlamaCppRuntime]:
+    rt = LlamaCppRuntime(
+        smollm2_path,
+        name="smollm2",
+        config=EngineConfig(n_ctx=2304, parallel=4, n_threads=2, prefill_chunk=CHUNK),
+    )
+    yield rt
+    rt.close()
+
+
+def prose_tokens(rt: LlamaCppRuntime, n: int, seed: str) -> list[int]:
+    """n tokens of varied text, unique per seed so no slot holds a prefix of it."""
+    sentences = [
+        f"{seed}: note {i} says the {w} crossed the {p} at {i % 24} o'clock."
+        for i, (w, p) in enumerate(
+            zip(
+                ["heron", "ferry", "cyclist", "comet"] * 200,
+                ["river", "bay", "pass"] * 300,
+                strict=False,
+            )
+        )
+    ]
+    tokens = rt.tokenize(" ".join(sentences))
+    assert len(tokens) >= n
+    return tokens[:n]
+
+
+def counting(rt: LlamaCppRuntime) -> list[int]:
+    """A prompt the model continues for hundreds of tokens without ending."""
+    return rt.tokenize(", ".join(str(i) for i in range(1, 30)) + ",")
+
+
+def submit(rt: LlamaCppRuntime, request: GenerationRequest) -> tuple[Timeline, object]:
+    timeline = Timeline()
+    handle = rt.submit(request, timeline)
+    return timeline, handle
+
+
+def test_long_prompt_never_stalls_running_streams_longer_than_a_chunk(
+    runtime: LlamaCppRuntime,
+) -> None:
+    # One chunk's cost, measured here and now: a lone prefill of exactly CHUNK tokens.
+    chunk_times = []
+    for i in range(2):
+        alone, _ = submit(
+            runtime, GenerationRequest(prose_tokens(runtime, CHUNK, f"chunk{i}"), GREEDY, 1)
+        )
+        started = time.perf_counter()
+        alone.wait()
+        chunk_times.append(alone.tokens[0] - started)
+    chunk_s = min(chunk_times)
+
+    count = counting(runtime)
+    streams = [
+        submit(runtime, GenerationRequest(count[: len(count) - i], GREEDY, max_tokens=2000))
+        for i in range(3)
+    ]
+    deadline = time.monotonic() + 60
+    while any(len(t.tokens) < 3 for t, _ in streams):
+        assert time.monotonic() < deadline, "the decoding streams did not start"
+        time.sleep(0.01)
+
+    long_prompt = prose_tokens(runtime, 2000, "long")
+    long_started = time.perf_counter()
+    long_timeline, _ = submit(runtime, GenerationRequest(long_prompt, GREEDY, max_tokens=1))
+    long_timeline.wait()
+    long_first = long_timeline.tokens[0]
+    for _, handle in streams:
+        handle.cancel()  # type: ignore[attr-defined]
+    for timeline, _ in streams:
+        timeline.wait()
+
+    gaps = []
+    for timeline, _ in streams:
+        during = [t for t in timeline.tokens if long_started <= t <= long_first]
+        assert len(during) >= 4, "a stream stopped decoding while the long prompt was prefilled"
+        gaps.extend(b - a for a, b in itertools.pairwise(during))
+    prefill_s = long_first - long_started
+    # Unchunked, the 2,000 tokens would be one ~8-chunk step and one gap of ~8 chunk times.
+    assert prefill_s > 4 * chunk_s, (prefill_s, chunk_s)
+    assert max(gaps) < 2.5 * chunk_s, (max(gaps), chunk_s)
+    assert long_timeline.finish is not None and long_timeline.finish.cached_tokens == 0
+
+
+def test_request_timeout_ends_generation_and_queue_wait(smollm2_path: Path) -> None:
+    rt = LlamaCppRuntime(
+        smollm2_path,
+        name="smollm2",
+        config=EngineConfig(n_ctx=1024, parallel=1, n_threads=2, request_timeout=None),
+    )
+    try:
+        prompt = counting(rt)
+        running, _ = submit(rt, GenerationRequest(prompt, GREEDY, max_tokens=900, timeout=1.0))
+        queued, _ = submit(rt, GenerationRequest(prompt, GREEDY, max_tokens=5, timeout=0.5))
+        finish = queued.wait()
+        assert finish.reason == "timeout" and "waiting for a slot" in (finish.error or "")
+        assert finish.completion_tokens == 0
+        finish = running.wait()
+        assert finish.reason == "timeout" and "generating" in (finish.error or "")
+        assert 0 < finish.completion_tokens < 900
+        # The slot is free again and the engine keeps serving.
+        after, _ = submit(rt, GenerationRequest(prompt, GREEDY, max_tokens=3))
+        assert after.wait().reason == "length"
+        stats = rt.stats()
+        assert stats.running == 0 and stats.queued == 0
+    finally:
+        rt.close()
+
+
+def test_batching_figures_count_every_step(runtime: LlamaCppRuntime) -> None:
+    before = runtime.stats()
+    timelines = [
+        submit(runtime, GenerationRequest(prose_tokens(runtime, 40, f"b{i}"), GREEDY, 8))[0]
+        for i in range(3)
+    ]
+    produced = sum(t.wait().completion_tokens for t in timelines)
+    after = runtime.stats()
+    steps = after.steps_total - before.steps_total
+    assert steps >= 8  # at least one step per generated position
+    assert after.batch_tokens_total - before.batch_tokens_total >= 3 * 40 + produced - 3
+    assert after.batch_size_buckets[-1] == after.steps_total  # cumulative buckets
+    assert after.step_seconds_total > before.step_seconds_total
+    assert after.decode_tokens_per_s > 0
+    assert all(t.finish and t.finish.queue_wait_s >= 0 for t in timelines)
+
+
+def test_kv_snapshot_continues_exactly_in_another_engine(
+    runtime: LlamaCppRuntime, smollm2_path: Path
+) -> None:
+    prompt = runtime.tokenize(
+        runtime.render_chat([{"role": "user", "content": "Name three rivers in Europe."}])
+    )
+    whole, _ = submit(runtime, GenerationRequest(prompt, GREEDY, max_tokens=24))
+    whole.wait()
+    exported, _ = submit(runtime, GenerationRequest(prompt[:-1], export_kv=True))
+    finish = exported.wait()
+    assert finish.reason == "stop" and finish.kv is not None and finish.completion_tokens == 0
+    kv = finish.kv
+    assert list(kv.tokens) == prompt[:-1] and len(kv.data) > 1000
+    assert kv.fingerprint["n_ctx"] == "2304" and len(kv.fingerprint["model_sha256"]) == 64
+
+    other = LlamaCppRuntime(
+        smollm2_path, name="other", config=EngineConfig(n_ctx=2304, parallel=4, n_threads=2)
+    )
+    try:
+        assert other.kv_fingerprint() == kv.fingerprint
+        split, _ = submit(other, GenerationRequest(prompt, GREEDY, max_tokens=24, kv=kv))
+        split_finish = split.wait()
+        assert split_finish.cached_tokens == len(prompt) - 1  # only the last token prefilled
+        assert split.ids == whole.ids
+
+        with pytest.raises(KVMismatchError, match="not a proper prefix"):
+            other.submit(GenerationRequest([*prompt[:5], 1], GREEDY, kv=kv), Timeline())
+        forged = KVSnapshot({**kv.fingerprint, "type_k": "q8_0"}, kv.tokens, kv.data)
+        with pytest.raises(KVMismatchError, match="type_k 'q8_0' != 'f16'"):
+            other.submit(GenerationRequest(prompt, GREEDY, kv=forged), Timeline())
+    finally:
+        other.close()
