@@ -50,10 +50,19 @@ def time_stream(chunks: Iterator[str]) -> tuple[float, float, int]:
     return ttft, decode, n
 
 
-def in_process(model: Path, threads: int) -> Callable[[str], tuple[float, float, int]]:
+def in_process(
+    model: Path, threads: int, flash_attn: bool = False
+) -> Callable[[str], tuple[float, float, int]]:
     from llama_cpp import Llama
 
-    llm = Llama(str(model), n_ctx=4096, n_threads=threads, n_threads_batch=threads, verbose=False)
+    llm = Llama(
+        str(model),
+        n_ctx=4096,
+        n_threads=threads,
+        n_threads_batch=threads,
+        flash_attn=flash_attn,
+        verbose=False,
+    )
 
     def run(prompt: str) -> tuple[float, float, int]:
         stream = llm.create_completion(prompt, max_tokens=TOKENS, temperature=0, stream=True)

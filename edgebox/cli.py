@@ -54,7 +54,13 @@ def serve(
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on (0 picks a free one).")] = 8080,
     ctx: Annotated[int, typer.Option(help="Context tokens per request.")] = 4096,
-    parallel: Annotated[int, typer.Option(help="Sequences decoded together.")] = 4,
+    parallel: Annotated[
+        int,
+        typer.Option(
+            help="Sequences decoded together (0: as many full-context KV caches as fit in a "
+            "quarter of free memory, at most 8)."
+        ),
+    ] = 0,
     threads: Annotated[
         int | None, typer.Option(help="CPU threads (default: all usable cores).")
     ] = None,
@@ -134,7 +140,7 @@ def serve(
         info = runtime.info
         out.print(
             f"[bold green]edgebox[/] serving [bold]{resolved.alias}[/] ({info.description}, "
-            f"{info.n_ctx} ctx x {config.parallel} slots, {config.n_threads} threads) at "
+            f"{info.n_ctx} ctx x {runtime.stats().slots} slots, {config.n_threads} threads) at "
             f"[bold]{url}/v1[/]",
             highlight=False,
         )

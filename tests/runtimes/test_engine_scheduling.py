@@ -9,6 +9,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 
 from edgebox.runtimes.base import (
@@ -21,6 +22,7 @@ from edgebox.runtimes.base import (
     TokenEvent,
 )
 from edgebox.runtimes.llamacpp import EngineConfig, LlamaCppRuntime
+from edgebox.runtimes.llamacpp.engine import auto_parallel
 
 GREEDY = SamplingParams(temperature=0.0)
 CHUNK = 256
@@ -208,3 +210,20 @@ def test_kv_snapshot_continues_exactly_in_another_engine(
             other.submit(GenerationRequest(prompt, GREEDY, kv=forged), Timeline())
     finally:
         other.close()
+
+
+def test_auto_parallel_sizes_slots_from_kv_and_memory(smollm2_path: Path) -> None:
+    gib = 1 << 30
+    assert auto_parallel(23_040, 4096, 16 * gib) == 8  # small model: capped at 8
+    assert auto_parallel(23_040, 4096, 1 * gib) == 2  # 94 MB per slot, 256 MiB budget
+    assert auto_parallel(500_000, 8192, 1 * gib) == 1  # never below one slot
+    rt = LlamaCppRuntime(
+        smollm2_path, name="auto", config=EngineConfig(n_ctx=512, parallel=0, n_threads=2)
+    )
+    try:
+        expected = auto_parallel(
+            rt.model.kv_bytes_per_token(), 512, psutil.virtual_memory().available
+        )
+        assert rt.stats().slots == expected >= 1
+    finally:
+        rt.close()

@@ -49,7 +49,7 @@ FLASH_ATTN = {
 @dataclass(frozen=True)
 class EngineConfig:
     n_ctx: int = 4096  # tokens per sequence
-    parallel: int = 4  # sequence slots decoded together
+    parallel: int = 4  # sequence slots decoded together (0: sized by `auto_parallel`)
     n_threads: int = 0  # 0: all physical cores llama.cpp sees
     prefill_chunk: int = 256  # prompt tokens per step while other streams decode
     max_queue: int = 64  # requests waiting for a slot before 429
@@ -58,6 +58,22 @@ class EngineConfig:
 
 
 _RATE_WINDOW_S = 5.0
+MAX_AUTO_PARALLEL = 8
+KV_MEMORY_SHARE = 0.25  # of the memory available at start, for all slots' KV caches
+
+
+def auto_parallel(kv_bytes_per_token: int, n_ctx: int, available_bytes: int) -> int:
+    """Slots whose full-context KV caches fit in a quarter of the available memory, 1..8.
+
+    Eight is where batched decode on one box stops paying (benchmarks/bench_concurrency.py);
+    memory is the host's (unified on Apple and GB10; a discrete GPU's own memory is a
+    tighter bound the hardware probe will supply).
+    """
+    per_slot = max(1, kv_bytes_per_token * n_ctx)
+    fit = int(available_bytes * KV_MEMORY_SHARE) // per_slot
+    return max(1, min(MAX_AUTO_PARALLEL, fit))
+
+
 _GGML_TYPES = {
     0: "f32",
     1: "f16",

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+import psutil
 
 from edgebox.runtimes.base import (
     Capabilities,
@@ -15,7 +18,7 @@ from edgebox.runtimes.base import (
     RuntimeStats,
 )
 from edgebox.runtimes.chat_template import ChatTemplate, fallback_template
-from edgebox.runtimes.llamacpp.engine import EngineConfig, LlamaCppEngine
+from edgebox.runtimes.llamacpp.engine import EngineConfig, LlamaCppEngine, auto_parallel
 from edgebox.runtimes.llamacpp.model import LlamaCppModel
 
 _CHAT_MARKERS = ("<|im_start|>", "<|start_header_id|>", "<|assistant|>")
@@ -35,7 +38,11 @@ class LlamaCppRuntime:
         self.model = LlamaCppModel(path, n_gpu_layers=n_gpu_layers, verbose=verbose)
         config = config or EngineConfig()
         if config.n_ctx > self.model.n_ctx_train:
-            config = EngineConfig(**{**config.__dict__, "n_ctx": self.model.n_ctx_train})
+            config = dataclasses.replace(config, n_ctx=self.model.n_ctx_train)
+        if config.parallel <= 0:
+            available = psutil.virtual_memory().available
+            slots = auto_parallel(self.model.kv_bytes_per_token(), config.n_ctx, available)
+            config = dataclasses.replace(config, parallel=slots)
         self.engine = LlamaCppEngine(self.model, config)
         source = self.model.chat_template
         if source:
