@@ -128,6 +128,18 @@ def test_same_seed_same_text_and_seeds_differ(runtime: LlamaCppRuntime) -> None:
     assert len({sample(s) for s in range(4)}) > 1
 
 
+def test_seeded_sampling_is_the_same_alone_and_among_others(runtime: LlamaCppRuntime) -> None:
+    requests = [
+        chat(runtime, f"Tell me a story about island {i}.", temperature=0.9, top_p=0.95, seed=i)
+        for i in range(6)
+    ]
+    solo = [run(runtime, r)[0] for r in requests]
+    collectors = [Collector() for _ in requests]
+    for request, collector in zip(requests, collectors, strict=True):
+        runtime.submit(request, collector)
+    assert [c.wait()[0] for c in collectors] == solo
+
+
 def test_cancel_frees_the_slot_promptly(runtime: LlamaCppRuntime) -> None:
     collector = Collector()
     handle = runtime.submit(chat(runtime, "Write a very long essay.", max_tokens=800), collector)
