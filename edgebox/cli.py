@@ -191,6 +191,53 @@ def models_cmd(
 
 
 @app.command()
+def doctor(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
+    measure: Annotated[
+        bool,
+        typer.Option(help="Measure memory bandwidth when the device is not in the known table."),
+    ] = True,
+) -> None:
+    """What this box is, which runtimes it can use, and how to enable the missing ones."""
+    from rich.markup import escape
+
+    from edgebox.hardware import probe
+    from edgebox.hardware.doctor import report
+
+    result = report(probe(measure=measure))
+    if as_json:
+        out.print_json(data=result)
+        return
+    hw = result["hardware"]
+    gib = 1 << 30
+    out.print(
+        f"[bold]{hw['hostname']}[/]: {hw['hw_class']}, {hw['cpu_model']} "
+        f"({hw['cores_physical']} cores / {hw['cores_logical']} threads; "
+        f"{' '.join(hw['simd']) or 'no SIMD flags read'})",
+        highlight=False,
+    )
+    out.print(
+        f"memory {hw['memory_total'] / gib:.1f} GiB, {hw['memory_available'] / gib:.1f} GiB free"
+        f"{' (unified)' if hw['unified_memory'] else ''}; bandwidth {hw['bandwidth_gbps']} GB/s "
+        f"({hw['bandwidth_source']})",
+        highlight=False,
+    )
+    for accel in hw["accelerators"]:
+        out.print(f"accelerator: {accel['kind']} {accel['name']}", highlight=False)
+    table = Table("runtime", "usable", "detail", "to enable or speed up")
+    for check in result["runtimes"]:
+        table.add_row(
+            check["runtime"], "yes" if check["usable"] else "no", escape(check["detail"]),
+            escape(check["enable"] or ""),
+        )  # fmt: skip
+    out.print(table)
+    paths = Table("model format", "runtime", "why")
+    for path in result["fast_paths"]:
+        paths.add_row(path["model_format"], path["runtime"] or "-", escape(path["reason"]))
+    out.print(paths)
+
+
+@app.command()
 def version() -> None:
     """Print edgebox's version."""
     out.print(__version__)
