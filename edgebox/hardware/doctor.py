@@ -39,7 +39,11 @@ def check_llama_cpp(profile: HardwareProfile) -> RuntimeCheck:
     if not _installed("llama_cpp"):
         return RuntimeCheck("llama.cpp", False, "llama-cpp-python is not installed",
                             f'pip install "{LLAMA_CPP_PYTHON}"')  # fmt: skip
-    import llama_cpp
+    try:
+        import llama_cpp
+    except (ImportError, OSError, RuntimeError) as exc:  # e.g. a CUDA build without its driver
+        return RuntimeCheck("llama.cpp", False, f"llama-cpp-python fails to load: {exc}",
+                            f'pip install --force-reinstall "{LLAMA_CPP_PYTHON}"')  # fmt: skip
 
     offload = bool(llama_cpp.llama_supports_gpu_offload())
     detail = f"llama-cpp-python {llama_cpp.__version__}, " + (
@@ -66,7 +70,10 @@ def check_onnxruntime(profile: HardwareProfile) -> RuntimeCheck:
     if not _installed("onnxruntime"):
         install = "pip install onnxruntime-gpu tensorrt" if nvidia else "pip install onnxruntime"
         return RuntimeCheck("onnxruntime", False, "onnxruntime is not installed", install)
-    import onnxruntime
+    try:
+        import onnxruntime
+    except (ImportError, OSError, RuntimeError) as exc:
+        return RuntimeCheck("onnxruntime", False, f"onnxruntime fails to load: {exc}")
 
     providers = onnxruntime.get_available_providers()
     enable: str | None = None

@@ -66,6 +66,7 @@ async def upload(request: Request) -> Response:
     runtime = _kv_runtime(state, model)
     expected = await asyncio.to_thread(runtime.kv_fingerprint)
     assert expected is not None
-    kv = await read_snapshot(request.stream(), expected, state.kv_store.max_bytes)
-    key = state.kv_store.put(model, kv)
+    with state.kv_store.receiving() as reserve:
+        kv = await read_snapshot(request.stream(), expected, state.kv_store.max_bytes, reserve)
+        key = state.kv_store.put(model, kv)
     return upload_response(key, model, kv, state.kv_store.ttl_s)

@@ -18,15 +18,15 @@ Routes:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import secrets
 import threading
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from edgebox.node.errors import APIError
@@ -34,6 +34,7 @@ from edgebox.runtimes.base import (
     FinishEvent,
     GenerationRequest,
     KVSnapshot,
+    QueueFullError,
     Runtime,
     fingerprint_mismatch,
 )
@@ -85,9 +86,15 @@ def parse_header(line: bytes) -> SnapshotHeader:
 
 
 async def read_snapshot(
-    chunks: AsyncIterator[bytes], expected: Mapping[str, str], max_bytes: int
+    chunks: AsyncIterator[bytes],
+    expected: Mapping[str, str],
+    max_bytes: int,
+    reserve: Callable[[int], None] = lambda n: None,
 ) -> KVSnapshot:
-    """Read a streamed snapshot, refusing a mismatch or an oversized one from its header."""
+    """Read a streamed snapshot, refusing a mismatch or an oversized one from its header.
+
+    `reserve(n)` is called with the declared size before the payload is read (it raises to
+    refuse), so concurrent uploads cannot together outgrow the store's limit."""
     buf = bytearray()
     header: SnapshotHeader | None = None
     async for chunk in chunks:
@@ -111,6 +118,7 @@ async def read_snapshot(
                     f"this node takes at most {max_bytes}",
                     code="request_too_large",
                 )
+            reserve(header.n_bytes)
             del buf[: end + 1]
         if len(buf) > header.n_bytes:
             raise _bad_snapshot(f"more than the {header.n_bytes} bytes its header declares")
@@ -128,6 +136,7 @@ class KVStore:
         self.max_bytes = max_bytes
         self.ttl_s = ttl_s
         self._items: dict[str, tuple[str, KVSnapshot, float]] = {}
+        self._reserved = 0  # bytes of uploads still being received
         self._lock = threading.Lock()
 
     def _expire(self, t: float) -> None:
@@ -139,22 +148,39 @@ class KVStore:
             self._expire(time.monotonic())
             return sum(len(kv.data) for _, kv, _ in self._items.values())
 
-    def put(self, model: str, kv: KVSnapshot) -> str:
+    @contextlib.contextmanager
+    def receiving(self) -> Iterator[Callable[[int], None]]:
+        """Reserve room for one upload while it is read; the reservation ends with the block."""
+        held = 0
+
+        def reserve(n: int) -> None:
+            nonlocal held
+            with self._lock:
+                self._expire(time.monotonic())
+                used = self._reserved + sum(len(s.data) for _, s, _ in self._items.values())
+                if used + n > self.max_bytes:
+                    raise APIError(
+                        503,
+                        f"the node holds {used} bytes of uploaded KV awaiting use; "
+                        f"this {n}-byte snapshot would pass its {self.max_bytes}-byte limit",
+                        type="server_error",
+                        code="kv_store_full",
+                        headers={"Retry-After": "5"},
+                    )
+                self._reserved += n
+                held += n
+
+        try:
+            yield reserve
+        finally:
+            with self._lock:
+                self._reserved -= held
+
+    def put(self, model: str, kv: KVSnapshot, key: str | None = None) -> str:
+        """Store a received snapshot (its room was reserved while it was read)."""
         with self._lock:
-            t = time.monotonic()
-            self._expire(t)
-            used = sum(len(s.data) for _, s, _ in self._items.values())
-            if used + len(kv.data) > self.max_bytes:
-                raise APIError(
-                    503,
-                    f"the node holds {used} bytes of uploaded KV awaiting use; "
-                    f"this snapshot would pass its {self.max_bytes}-byte limit",
-                    type="server_error",
-                    code="kv_store_full",
-                    headers={"Retry-After": "5"},
-                )
-            key = "kv-" + secrets.token_urlsafe(12)
-            self._items[key] = (model, kv, t + self.ttl_s)
+            key = key or "kv-" + secrets.token_urlsafe(12)
+            self._items[key] = (model, kv, time.monotonic() + self.ttl_s)
             return key
 
     def take(self, key: str, model: str) -> KVSnapshot:
@@ -173,11 +199,6 @@ class KVStore:
             return item[1]
 
 
-def kv_for_request(request: Request, store: KVStore, model: str) -> KVSnapshot | None:
-    key = request.headers.get(KV_HEADER)
-    return store.take(key, model) if key else None
-
-
 async def prefill_export(runtime: Runtime, prompt: Sequence[int], timeout: float | None) -> Any:
     """Prefill prompt[:-1] and return the FinishEvent holding its snapshot."""
     if len(prompt) < 2:
@@ -187,11 +208,21 @@ async def prefill_export(runtime: Runtime, prompt: Sequence[int], timeout: float
 
     def sink(event: object) -> None:
         if isinstance(event, FinishEvent):
-            loop.call_soon_threadsafe(done.set_result, event)
+            with contextlib.suppress(RuntimeError):  # the loop is gone: shutting down
+                loop.call_soon_threadsafe(done.set_result, event)
 
-    handle = runtime.submit(
-        GenerationRequest(prompt_tokens=list(prompt[:-1]), export_kv=True, timeout=timeout), sink
-    )
+    await asyncio.to_thread(runtime.kv_fingerprint)  # the model hash, off the engine thread
+    request = GenerationRequest(prompt_tokens=list(prompt[:-1]), export_kv=True, timeout=timeout)
+    try:
+        handle = runtime.submit(request, sink)
+    except QueueFullError as exc:
+        raise APIError(
+            429,
+            f"{exc}; retry later",
+            type="rate_limit_error",
+            code="queue_full",
+            headers={"Retry-After": str(max(1, round(exc.retry_after)))},
+        ) from exc
     try:
         return await done
     finally:

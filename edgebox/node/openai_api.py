@@ -14,7 +14,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from edgebox.node.errors import APIError, from_validation_error
 from edgebox.node.generation import ChoiceStreams
-from edgebox.node.kv_transfer import kv_for_request
+from edgebox.node.kv_transfer import KV_HEADER
 from edgebox.node.metrics import now
 from edgebox.node.prompts import (
     PreparedPrompt,
@@ -159,7 +159,8 @@ async def _generate(
     arrived: float,
     prompt_param: str,
 ) -> Response:
-    kv = kv_for_request(request, state.kv_store, body.model)
+    kv_key = request.headers.get(KV_HEADER)
+    kv = state.kv_store.take(kv_key, body.model) if kv_key else None
     streams = ChoiceStreams(
         runtime,
         generation_requests(
@@ -175,7 +176,12 @@ async def _generate(
         arrived=arrived,
         prompt_param=prompt_param,
     )
-    streams.start()  # refusals (429, context, grammar) raise here, before any byte is sent
+    try:
+        streams.start()  # refusals (429, context, grammar) raise here, before any byte is sent
+    except APIError as exc:
+        if kv is not None and kv_key and exc.status == 429:
+            state.kv_store.put(body.model, kv, key=kv_key)  # still usable by the retry
+        raise
     shape = ResponseShape(kind, body.model, state.fingerprint)
     echo = [p.text for p in prompts] if isinstance(body, CompletionRequest) and body.echo else None
     if body.stream:

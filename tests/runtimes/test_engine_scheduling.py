@@ -205,6 +205,17 @@ def test_kv_snapshot_continues_exactly_in_another_engine(
 
         with pytest.raises(KVMismatchError, match="not a proper prefix"):
             other.submit(GenerationRequest([*prompt[:5], 1], GREEDY, kv=kv), Timeline())
+        # Imported cells are never offered to another request's prefix match.
+        reuse, _ = submit(other, GenerationRequest(prompt, GREEDY, max_tokens=4))
+        assert reuse.wait().cached_tokens == 0
+        # A snapshot whose token list claims more cells than its bytes hold is not trusted:
+        # the prompt is prefilled instead, and the output is still right.
+        longer = [*kv.tokens, 7777]
+        mislabelled = KVSnapshot(kv.fingerprint, longer, kv.data)
+        checked, _ = submit(
+            other, GenerationRequest([*longer, 7778], GREEDY, max_tokens=4, kv=mislabelled)
+        )
+        assert checked.wait().cached_tokens == 0
         forged = KVSnapshot({**kv.fingerprint, "type_k": "q8_0"}, kv.tokens, kv.data)
         with pytest.raises(KVMismatchError, match="type_k 'q8_0' != 'f16'"):
             other.submit(GenerationRequest(prompt, GREEDY, kv=forged), Timeline())

@@ -116,6 +116,9 @@ class _Slot:
     cached: list[int] = field(default_factory=list)  # tokens whose KV cells this seq holds
     job: _Job | None = None
     last_used: float = 0.0
+    # Holds cells loaded from a client's snapshot: labelled by that client's token list,
+    # so they are never offered to another request's prefix match.
+    imported: bool = False
 
 
 def common_prefix_len(a: Sequence[int], b: Sequence[int]) -> int:
@@ -289,6 +292,7 @@ class LlamaCppEngine:
                         self._release(slot, "error", error=f"generation failed: {exc}")
                         llama_cpp.llama_memory_seq_rm(self.memory, slot.seq_id, -1, -1)
                         slot.cached = []
+                        slot.imported = False
 
     def _busy(self) -> bool:
         return any(s.job for s in self._slots)
@@ -342,10 +346,17 @@ class LlamaCppEngine:
         buf = (ctypes.c_uint8 * len(data)).from_buffer_copy(data)
         with captured_log():
             read = llama_cpp.llama_state_seq_set_data(self.ctx, buf, len(data), slot.seq_id)
-        if read == len(data):
+        n = len(kv.tokens)
+        seq = slot.seq_id
+        if (
+            read == len(data)
+            and llama_cpp.llama_memory_seq_pos_min(self.memory, seq) == 0
+            and llama_cpp.llama_memory_seq_pos_max(self.memory, seq) == n - 1
+        ):
             slot.cached = list(kv.tokens)
-        else:
-            llama_cpp.llama_memory_seq_rm(self.memory, slot.seq_id, -1, -1)
+            slot.imported = True
+        else:  # the bytes do not hold the cells the header claims: prefill instead
+            llama_cpp.llama_memory_seq_rm(self.memory, seq, -1, -1)
             slot.cached = []
 
     def _export(self, slot: _Slot) -> KVSnapshot:
@@ -414,7 +425,12 @@ class LlamaCppEngine:
         for slot, index in outputs:
             self._sample(slot, index)
         for slot in exports:
-            self._release(slot, "stop", kv=self._export(slot))
+            try:
+                snapshot = self._export(slot)
+            except Exception as exc:  # only this request fails, not the whole batch
+                self._release(slot, "error", error=f"KV export failed: {exc}")
+            else:
+                self._release(slot, "stop", kv=snapshot)
         self._account_step(n, len(outputs), time.monotonic() - t)
 
     def _account_step(self, n_tokens: int, n_sampled: int, seconds: float) -> None:
@@ -422,9 +438,9 @@ class LlamaCppEngine:
             self._counters["steps"] += 1
             self._counters["batch"] += n_tokens
             self._step_seconds += seconds
-            self._batch_hist[
-                min(bisect.bisect_left(BATCH_BUCKETS, n_tokens), len(BATCH_BUCKETS) - 1)
-            ] += 1
+            bucket = bisect.bisect_left(BATCH_BUCKETS, n_tokens)
+            if bucket < len(BATCH_BUCKETS):  # larger steps count only in +Inf (steps_total)
+                self._batch_hist[bucket] += 1
             t = time.monotonic()
             self._recent.append((t, n_sampled))
             self._trim_recent(t)
@@ -468,9 +484,10 @@ class LlamaCppEngine:
         slot.last_used = time.monotonic()
         if job is None:
             return
-        if job.pending:  # prompt only partly prefilled: those cells are useless
+        if job.pending or slot.imported:  # partly prefilled, or not ours to share
             llama_cpp.llama_memory_seq_rm(self.memory, slot.seq_id, -1, -1)
             slot.cached = []
+            slot.imported = False
         self._finish_job(job, reason, error, kv)
 
     def _finish_job(
