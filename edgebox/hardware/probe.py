@@ -1,7 +1,7 @@
 """What this box is: CPU, memory, accelerators, and the memory bandwidth that bounds decode.
 
-Only the CPU path is probed for real so far; NVIDIA (NVML) and Apple (sysctl) details are
-filled in where their libraries or tools answer, and are not yet verified on such hardware.
+The CPU path is probed for real; NVIDIA GPUs come from NVML (`nvidia.py`, tested against
+replayed answers, not yet on the hardware); Apple chips are named from sysctl (not verified).
 """
 
 from __future__ import annotations
@@ -83,7 +83,7 @@ class HardwareProfile:
     memory_available: int
     unified_memory: bool
     bandwidth_gbps: float
-    bandwidth_source: str  # "spec:<device>" or "measured"
+    bandwidth_source: str  # "spec:<device>", "measured", or "unknown" (not measured)
     accelerators: tuple[Accelerator, ...] = field(default_factory=tuple)
 
     def to_dict(self) -> dict[str, Any]:
@@ -158,8 +158,14 @@ def classify(system: str, arch: str, accelerators: tuple[Accelerator, ...]) -> H
     return "cpu"
 
 
-def probe(*, measure: bool = True, accelerators: tuple[Accelerator, ...] = ()) -> HardwareProfile:
-    """Probe this machine. `accelerators` comes from the NVIDIA/Apple probes when present."""
+def probe(
+    *, measure: bool = True, accelerators: tuple[Accelerator, ...] | None = None
+) -> HardwareProfile:
+    """Probe this machine; `accelerators` None asks NVML for NVIDIA GPUs."""
+    if accelerators is None:
+        from edgebox.hardware.nvidia import nvidia_accelerators
+
+        accelerators = nvidia_accelerators()
     system, arch = platform.system(), platform.machine()
     cpu_model, simd = _cpu()
     memory = psutil.virtual_memory()
@@ -170,7 +176,7 @@ def probe(*, measure: bool = True, accelerators: tuple[Accelerator, ...] = ()) -
     if spec:
         bandwidth, source = spec[1], f"spec:{spec[0]}"
     else:
-        bandwidth, source = (measure_copy_bandwidth() if measure else 0.0), "measured"
+        bandwidth, source = (measure_copy_bandwidth(), "measured") if measure else (0.0, "unknown")
     return HardwareProfile(
         hw_class=hw_class,
         hostname=socket.gethostname(),
