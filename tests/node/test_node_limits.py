@@ -149,7 +149,7 @@ def test_request_timeout_gives_504_and_a_clear_stream_error(impatient_node: Node
     ) as r:
         assert r.status_code == 200  # headers went out before the limit passed
         events = [line[6:] for line in r.iter_lines() if line.startswith("data: ")]
-    assert json.loads(events[-2])["error"]["code"] == "timeout"
+    assert json.loads(events[-2]).get("error", {}).get("code") == "timeout", events[-3:]
     assert events[-1] == "[DONE]"
     assert sum('"text"' in e for e in events) > 3  # tokens streamed before the limit
 
