@@ -60,7 +60,14 @@ def generated_tokens(node: NodeProcess) -> float:
 
 
 def test_disconnect_mid_stream_frees_the_slot(one_slot_node: NodeProcess) -> None:
-    body = {"model": MODEL, "prompt": "Once upon a time", "max_tokens": 1000, "stream": True}
+    counting = ", ".join(str(i) for i in range(1, 30)) + ","  # greedy: never ends early
+    body = {
+        "model": MODEL,
+        "prompt": counting,
+        "max_tokens": 1000,
+        "stream": True,
+        "temperature": 0,
+    }
     before = generated_tokens(one_slot_node)
     with httpx.stream(
         "POST", one_slot_node.base_url + "/completions", json=body, headers=auth(), timeout=60
@@ -89,7 +96,8 @@ def test_disconnect_mid_stream_frees_the_slot(one_slot_node: NodeProcess) -> Non
 def test_queue_overflow_gets_429_with_retry_after(
     one_slot_node: NodeProcess, tmp_path: Path
 ) -> None:
-    long = {"model": MODEL, "prompt": "Once upon a time", "max_tokens": 400}
+    counting = ", ".join(str(i) for i in range(1, 30)) + ","  # greedy: never ends early
+    long = {"model": MODEL, "prompt": counting, "max_tokens": 400, "temperature": 0}
     results: list[int] = []
 
     def send() -> None:
@@ -136,10 +144,10 @@ def impatient_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodePro
 
 def test_request_timeout_gives_504_and_a_clear_stream_error(impatient_node: NodeProcess) -> None:
     counting = ", ".join(str(i) for i in range(1, 30)) + ","
-    long = {"model": MODEL, "prompt": counting, "max_tokens": 1500}
+    long = {"model": MODEL, "prompt": counting, "max_tokens": 1500, "temperature": 0}
     started = time.monotonic()
     reply = httpx.post(impatient_node.base_url + "/completions", json=long, timeout=60)
-    assert reply.status_code == 504
+    assert reply.status_code == 504, reply.text[:500]
     error = reply.json()["error"]
     assert error["code"] == "timeout" and "1.5 s" in error["message"]
     assert time.monotonic() - started < 10
