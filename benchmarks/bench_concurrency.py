@@ -38,7 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from bench_serve import TOKENS, in_process, prompt_for, start  # noqa: E402
+from bench_serve import TOKENS, emit, in_process, prompt_for, start  # noqa: E402
 
 from edgebox.models import resolve_model  # noqa: E402
 from tests.conftest import free_port  # noqa: E402
@@ -230,11 +230,7 @@ def main() -> None:
     ]
     if not binary:
         lines += ["", "llama-server (C++) was skipped: its build failed or was not asked for."]
-    table = "\n".join(lines) + "\n"
-    print(table)
-    if args.write:
-        with (ROOT / "docs" / "benchmarks.md").open("a") as f:
-            f.write("\n" + table)
+    emit(lines, args.write)
 
 
 if __name__ == "__main__":

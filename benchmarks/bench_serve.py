@@ -96,6 +96,15 @@ def start(cmd: list[str], url: str) -> subprocess.Popen[bytes]:
     raise RuntimeError(f"{cmd[:4]} did not start")
 
 
+def emit(lines: list[str], write: bool) -> None:
+    """Print a result section; with `write`, append it to docs/benchmarks.md."""
+    table = "\n".join(lines) + "\n"
+    print(table)
+    if write:
+        with (ROOT / "docs" / "benchmarks.md").open("a") as f:
+            f.write("\n" + table)
+
+
 def measure(
     name: str, run: Callable[[str], tuple[float, float, int]], runs: int
 ) -> dict[str, object]:
@@ -187,11 +196,7 @@ def main() -> None:
             f"| {row['name']} | {row['short_ttft_ms']:.1f} | {row['short_tok_s']:.1f} | "
             f"{row['long_ttft_ms']:.1f} | {row['long_tok_s']:.1f} | {ratio:.1%} |"
         )
-    table = "\n".join(lines) + "\n"
-    print(table)
-    if args.write:
-        with (ROOT / "docs" / "benchmarks.md").open("a") as f:
-            f.write("\n" + table)
+    emit(lines, args.write)
 
 
 if __name__ == "__main__":

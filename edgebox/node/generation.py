@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable, Sequence
 
-from edgebox.node.errors import APIError
+from edgebox.node.errors import APIError, queue_full_error
 from edgebox.node.metrics import NodeMetrics, now
 from edgebox.runtimes.base import (
     ContextLengthError,
@@ -65,13 +65,7 @@ class ChoiceStreams:
                 self._handles.append(self._runtime.submit(request, sink_for(index)))
         except QueueFullError as exc:
             self.cancel()
-            raise APIError(
-                429,
-                f"{exc}; retry later",
-                type="rate_limit_error",
-                code="queue_full",
-                headers={"Retry-After": str(max(1, round(exc.retry_after)))},
-            ) from exc
+            raise queue_full_error(exc) from exc
         except ContextLengthError as exc:
             self.cancel()
             raise APIError(

@@ -29,7 +29,7 @@ from typing import Any
 
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
-from edgebox.node.errors import APIError
+from edgebox.node.errors import APIError, queue_full_error
 from edgebox.runtimes.base import (
     FinishEvent,
     GenerationRequest,
@@ -216,13 +216,7 @@ async def prefill_export(runtime: Runtime, prompt: Sequence[int], timeout: float
     try:
         handle = runtime.submit(request, sink)
     except QueueFullError as exc:
-        raise APIError(
-            429,
-            f"{exc}; retry later",
-            type="rate_limit_error",
-            code="queue_full",
-            headers={"Retry-After": str(max(1, round(exc.retry_after)))},
-        ) from exc
+        raise queue_full_error(exc) from exc
     try:
         return await done
     finally:

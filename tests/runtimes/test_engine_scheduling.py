@@ -22,7 +22,7 @@ from edgebox.runtimes.base import (
     TokenEvent,
 )
 from edgebox.runtimes.llamacpp import EngineConfig, LlamaCppRuntime
-from edgebox.runtimes.llamacpp.engine import auto_parallel
+from edgebox.runtimes.llamacpp.runtime import auto_parallel
 
 GREEDY = SamplingParams(temperature=0.0)
 CHUNK = 256

@@ -35,6 +35,12 @@ from edgebox.runtimes.base import (
     TokenEvent,
     fingerprint_mismatch,
 )
+from edgebox.runtimes.llamacpp.kv_state import (
+    kv_layout,
+    load_sequence,
+    resolved_flash_attn,
+    save_sequence,
+)
 from edgebox.runtimes.llamacpp.model import LlamaCppModel, captured_log
 from edgebox.runtimes.llamacpp.sampling import build_sampler, free_sampler, token_logprobs
 from edgebox.runtimes.text import StopMatcher, TokenTextDecoder
@@ -49,7 +55,7 @@ FLASH_ATTN = {
 @dataclass(frozen=True)
 class EngineConfig:
     n_ctx: int = 4096  # tokens per sequence
-    parallel: int = 4  # sequence slots decoded together (0: sized by `auto_parallel`)
+    parallel: int = 4  # sequence slots decoded together (0: sized by the runtime from memory)
     n_threads: int = 0  # 0: all physical cores llama.cpp sees
     prefill_chunk: int = 256  # prompt tokens per step while other streams decode
     max_queue: int = 64  # requests waiting for a slot before 429
@@ -58,32 +64,6 @@ class EngineConfig:
 
 
 _RATE_WINDOW_S = 5.0
-MAX_AUTO_PARALLEL = 8
-KV_MEMORY_SHARE = 0.25  # of the memory available at start, for all slots' KV caches
-
-
-def auto_parallel(kv_bytes_per_token: int, n_ctx: int, available_bytes: int) -> int:
-    """Slots whose full-context KV caches fit in a quarter of the available memory, 1..8.
-
-    Eight is where batched decode on one box stops paying (benchmarks/bench_concurrency.py);
-    memory is the host's (unified on Apple and GB10; a discrete GPU's own memory is a
-    tighter bound the hardware probe will supply).
-    """
-    per_slot = max(1, kv_bytes_per_token * n_ctx)
-    fit = int(available_bytes * KV_MEMORY_SHARE) // per_slot
-    return max(1, min(MAX_AUTO_PARALLEL, fit))
-
-
-_GGML_TYPES = {
-    0: "f32",
-    1: "f16",
-    2: "q4_0",
-    3: "q4_1",
-    6: "q5_0",
-    7: "q5_1",
-    8: "q8_0",
-    30: "bf16",
-}
 
 
 @dataclass(eq=False)
@@ -153,16 +133,8 @@ class LlamaCppEngine:
         self.n_ctx_seq = llama_cpp.llama_n_ctx_seq(ctx)
         self.n_batch = params.n_batch
         self.memory = llama_cpp.llama_get_memory(ctx)
-        self.flash_attn = _resolved_flash_attn(config.flash_attn, log)
-        self._kv_layout = {
-            "type_k": _GGML_TYPES.get(params.type_k, str(params.type_k)),
-            "type_v": _GGML_TYPES.get(params.type_v, str(params.type_v)),
-            "flash_attn": self.flash_attn,
-            "swa_full": str(params.swa_full).lower(),
-            "kv_unified": str(params.kv_unified).lower(),
-            "n_stream": str(1 if params.kv_unified else config.parallel),
-            "n_ctx": str(self.n_ctx_seq),
-        }
+        flash_attn = resolved_flash_attn(config.flash_attn, log)
+        self._kv_layout = kv_layout(params, flash_attn, self.n_ctx_seq, config.parallel)
         # The model's digest is read once in the background; only KV export/import waits.
         self._hasher = ThreadPoolExecutor(1, thread_name_prefix="gguf-sha256")
         self._model_sha: Future[str] = self._hasher.submit(file_sha256, model.path)
@@ -342,30 +314,15 @@ class LlamaCppEngine:
     def _import(self, slot: _Slot, kv: KVSnapshot) -> None:
         """Load a snapshot into the slot's sequence; on failure the slot is left empty and
         the prompt is simply prefilled (the fingerprint was checked, so this is rare)."""
-        data = kv.data
-        buf = (ctypes.c_uint8 * len(data)).from_buffer_copy(data)
-        with captured_log():
-            read = llama_cpp.llama_state_seq_set_data(self.ctx, buf, len(data), slot.seq_id)
-        n = len(kv.tokens)
-        seq = slot.seq_id
-        if (
-            read == len(data)
-            and llama_cpp.llama_memory_seq_pos_min(self.memory, seq) == 0
-            and llama_cpp.llama_memory_seq_pos_max(self.memory, seq) == n - 1
-        ):
+        if load_sequence(self.ctx, self.memory, slot.seq_id, kv.data, len(kv.tokens)):
             slot.cached = list(kv.tokens)
             slot.imported = True
-        else:  # the bytes do not hold the cells the header claims: prefill instead
-            llama_cpp.llama_memory_seq_rm(self.memory, seq, -1, -1)
+        else:
             slot.cached = []
 
     def _export(self, slot: _Slot) -> KVSnapshot:
-        size = llama_cpp.llama_state_seq_get_size(self.ctx, slot.seq_id)
-        buf = (ctypes.c_uint8 * size)()
-        written = llama_cpp.llama_state_seq_get_data(self.ctx, buf, size, slot.seq_id)
-        if written == 0:
-            raise BackendError("llama.cpp could not export the sequence's KV state")
-        return KVSnapshot(self.fingerprint(), tuple(slot.cached), ctypes.string_at(buf, written))
+        data = save_sequence(self.ctx, slot.seq_id)
+        return KVSnapshot(self.fingerprint(), tuple(slot.cached), data)
 
     def _step(self) -> None:
         t = time.monotonic()
@@ -520,13 +477,3 @@ class LlamaCppEngine:
 
 def _timeout_message(job: _Job, doing: str) -> str:
     return f"the request timed out after {job.timeout:g} s ({doing})"
-
-
-def _resolved_flash_attn(configured: str, log: Sequence[str]) -> str:
-    """What `auto` became: llama.cpp logs its decision while creating the context."""
-    if configured != "auto":
-        return configured
-    for line in log:
-        if "Flash Attention" in line:
-            return "off" if "disabled" in line else "on"
-    return "auto"

@@ -18,10 +18,25 @@ from edgebox.runtimes.base import (
     RuntimeStats,
 )
 from edgebox.runtimes.chat_template import ChatTemplate, fallback_template
-from edgebox.runtimes.llamacpp.engine import EngineConfig, LlamaCppEngine, auto_parallel
+from edgebox.runtimes.llamacpp.engine import EngineConfig, LlamaCppEngine
 from edgebox.runtimes.llamacpp.model import LlamaCppModel
 
 _CHAT_MARKERS = ("<|im_start|>", "<|start_header_id|>", "<|assistant|>")
+
+MAX_AUTO_PARALLEL = 8
+KV_MEMORY_SHARE = 0.25  # of the memory available at start, for all slots' KV caches
+
+
+def auto_parallel(kv_bytes_per_token: int, n_ctx: int, available_bytes: int) -> int:
+    """Slots whose full-context KV caches fit in a quarter of the available memory, 1..8.
+
+    Eight is where batched decode on one box stops paying (benchmarks/bench_concurrency.py);
+    memory is the host's (unified on Apple and GB10; a discrete GPU's own memory is a
+    tighter bound the hardware probe will supply).
+    """
+    per_slot = max(1, kv_bytes_per_token * n_ctx)
+    fit = int(available_bytes * KV_MEMORY_SHARE) // per_slot
+    return max(1, min(MAX_AUTO_PARALLEL, fit))
 
 
 class LlamaCppRuntime:
