@@ -22,8 +22,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -38,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from bench_serve import TOKENS, emit, in_process, prompt_for, start  # noqa: E402
+from bench_serve import TOKENS, emit, in_process, machine, prompt_for, start  # noqa: E402
 
 from edgebox.models import resolve_model  # noqa: E402
 from tests.conftest import free_port  # noqa: E402
@@ -154,14 +152,17 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--skip-llama-server", action="store_true")
+    parser.add_argument(
+        "--gpu-layers", type=int, default=-1, help="layers to offload where the build has a GPU"
+    )
     parser.add_argument("--write", action="store_true", help="append to docs/benchmarks.md")
     args = parser.parse_args()
     model = resolve_model(args.model)
-    path, threads = str(model.path), str(args.threads)
+    path, threads, gpu = str(model.path), str(args.threads), str(args.gpu_layers)
     py = sys.executable
 
     # flash attention on, as `auto` resolves on this CPU for edgebox and llama-server
-    ceiling_run = in_process(model.path, args.threads, flash_attn=True)
+    ceiling_run = in_process(model.path, args.threads, flash_attn=True, gpu_layers=args.gpu_layers)
     ceiling_run(prompt_for("Warm-up.", 0))
     ceiling = statistics.median(
         ceiling_run(prompt_for(f"Write a short story about {TOPICS[i]}.", i))[1]
@@ -172,14 +173,14 @@ def main() -> None:
     port = free_port()
     servers["edgebox"] = run_server(
         [py, "-m", "edgebox", "serve", "-m", path, "--alias", "m", "--port", str(port),
-         "--threads", threads, "--parallel", "8", "--ctx", str(SLOT_CTX)],
+         "--threads", threads, "--parallel", "8", "--ctx", str(SLOT_CTX), "--gpu-layers", gpu],
         port, "m", args.rounds,
     )  # fmt: skip
     port = free_port()
     servers["llama_cpp.server"] = run_server(
         [py, "-m", "llama_cpp.server", "--model", path, "--model_alias", "m", "--port", str(port),
          "--n_threads", threads, "--n_threads_batch", threads, "--n_ctx", str(SLOT_CTX),
-         "--interrupt_requests", "False"],
+         "--interrupt_requests", "False", "--n_gpu_layers", gpu],
         port, "m", args.rounds,
     )  # fmt: skip
     binary = None if args.skip_llama_server else llama_server_binary()
@@ -187,7 +188,7 @@ def main() -> None:
         port = free_port()
         servers["llama-server (C++)"] = run_server(
             [binary, "-m", path, "-a", "m", "--port", str(port), "-t", threads, "-tb", threads,
-             "-np", "8", "-c", str(SLOT_CTX * 8), "--no-webui"],
+             "-np", "8", "-c", str(SLOT_CTX * 8), "--no-webui", "-ngl", "999" if args.gpu_layers < 0 else gpu],
             port, "m", args.rounds,
         )  # fmt: skip
 
@@ -195,7 +196,7 @@ def main() -> None:
         f"### Concurrent streams ({time.strftime('%Y-%m-%d')})",
         "",
         f"`python benchmarks/bench_concurrency.py --rounds {args.rounds} --threads {args.threads}`"
-        f" on {platform.machine()}, {os.cpu_count()} CPUs, model {model.alias} "
+        f" --gpu-layers {args.gpu_layers} on {machine()}, model {model.alias} "
         f"({model.path.name}), {TOKENS}-token streamed completions, {args.rounds} rounds per "
         f"level, slot context {SLOT_CTX}. In-process single-stream decode (ceiling): "
         f"**{ceiling:.1f} tok/s**.",

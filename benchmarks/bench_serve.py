@@ -51,13 +51,14 @@ def time_stream(chunks: Iterator[str]) -> tuple[float, float, int]:
 
 
 def in_process(
-    model: Path, threads: int, flash_attn: bool = False
+    model: Path, threads: int, flash_attn: bool = False, gpu_layers: int = -1
 ) -> Callable[[str], tuple[float, float, int]]:
     from llama_cpp import Llama
 
     llm = Llama(
         str(model),
         n_ctx=4096,
+        n_gpu_layers=gpu_layers,  # ignored by a CPU-only build
         n_threads=threads,
         n_threads_batch=threads,
         flash_attn=flash_attn,
@@ -96,6 +97,25 @@ def start(cmd: list[str], url: str) -> subprocess.Popen[bytes]:
     raise RuntimeError(f"{cmd[:4]} did not start")
 
 
+def machine() -> str:
+    """This machine in one line, with its accelerators and the probe's bandwidth limit."""
+    from edgebox.hardware import probe
+
+    hw = probe(measure=True)
+    gpus = ", ".join(a.name for a in hw.accelerators)
+    return (
+        f"{platform.machine()}, {os.cpu_count()} CPUs ({hw.cpu_model}), "
+        f"{gpus + ', ' if gpus else ''}Python {platform.python_version()}; bandwidth limit "
+        f"{hw.bandwidth_gbps} GB/s ({hw.bandwidth_source})"
+    )
+
+
+def bandwidth_gbps() -> float:
+    from edgebox.hardware import probe
+
+    return probe(measure=True).bandwidth_gbps
+
+
 def emit(lines: list[str], write: bool) -> None:
     """Print a result section; with `write`, append it to docs/benchmarks.md."""
     table = "\n".join(lines) + "\n"
@@ -122,10 +142,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--gpu-layers", type=int, default=-1, help="layers to offload where the build has a GPU"
+    )
     parser.add_argument("--write", action="store_true", help="append results to docs/benchmarks.md")
     args = parser.parse_args()
     model = resolve_model("smollm2-135m").path
-    rows = [measure("in-process llama-cpp-python", in_process(model, args.threads), args.runs)]
+    gpu = str(args.gpu_layers)
+    rows = [
+        measure(
+            "in-process llama-cpp-python",
+            in_process(model, args.threads, gpu_layers=args.gpu_layers),
+            args.runs,
+        )
+    ]
 
     port = free_port()
     cmd = [
@@ -137,6 +167,8 @@ def main() -> None:
         str(port),
         "--threads",
         str(args.threads),
+        "--gpu-layers",
+        gpu,
     ]
     proc = start(cmd, f"http://127.0.0.1:{port}/health")
     try:
@@ -166,6 +198,8 @@ def main() -> None:
         str(args.threads),
         "--n_ctx",
         "4096",
+        "--n_gpu_layers",
+        gpu,
     ]
     proc = start(cmd, f"http://127.0.0.1:{port}/v1/models")
     try:
@@ -181,20 +215,25 @@ def main() -> None:
         proc.wait()
 
     base = rows[0]
+    # decode reads every weight once per token: bandwidth / model bytes is its speed of light
+    limit = bandwidth_gbps() * 1e9 / model.stat().st_size
     lines = [
         f"### Single stream, SmolLM2-135M Q4_1, {args.threads} threads, {TOKENS} tokens, median of {args.runs}",
         "",
-        f"Machine: {platform.machine()}, {os.cpu_count()} CPUs, {platform.python_version()}; "
-        f"command: `python benchmarks/bench_serve.py --runs {args.runs} --threads {args.threads}`",
+        f"Machine: {machine()}; command: `python benchmarks/bench_serve.py --runs {args.runs} "
+        f"--threads {args.threads} --gpu-layers {args.gpu_layers}`. Bandwidth limit for this "
+        f"{model.stat().st_size / 1e6:.0f} MB model: {limit:.0f} tok/s.",
         "",
-        "| path | TTFT short (ms) | decode short (tok/s) | TTFT ~1k prompt (ms) | decode ~1k (tok/s) | decode vs in-process |",
-        "|---|---|---|---|---|---|",
+        "| path | TTFT short (ms) | decode short (tok/s) | TTFT ~1k prompt (ms) | decode ~1k (tok/s) | decode vs in-process | decode vs bandwidth limit |",
+        "|---|---|---|---|---|---|---|",
     ]
     for row in rows:
-        ratio = float(row["short_tok_s"]) / float(base["short_tok_s"])  # type: ignore[arg-type]
+        rate = float(row["short_tok_s"])  # type: ignore[arg-type]
+        ratio = rate / float(base["short_tok_s"])  # type: ignore[arg-type]
         lines.append(
-            f"| {row['name']} | {row['short_ttft_ms']:.1f} | {row['short_tok_s']:.1f} | "
-            f"{row['long_ttft_ms']:.1f} | {row['long_tok_s']:.1f} | {ratio:.1%} |"
+            f"| {row['name']} | {row['short_ttft_ms']:.1f} | {rate:.1f} | "
+            f"{row['long_ttft_ms']:.1f} | {row['long_tok_s']:.1f} | {ratio:.1%} | "
+            f"{rate / limit:.1%} |"
         )
     emit(lines, args.write)
 
