@@ -74,8 +74,11 @@ def test_concurrent_greedy_requests_match_their_solo_runs(runtime: LlamaCppRunti
 
 
 def test_engine_matches_llama_cpp_python_reference(smollm2_path: Path) -> None:
-    """Greedy output equals llama-cpp-python's own high-level API (flash attention off on both
-    sides: it changes float rounding, and this small model's top tokens are close)."""
+    """Greedy output follows llama-cpp-python's own evaluation token by token (flash attention
+    off on both sides). Batched kernels round differently from single-sequence ones on some
+    CPUs, so a divergence is accepted only where the reference itself sees a near tie between
+    its token and ours, and never in the first tokens."""
+    import numpy as np
     from llama_cpp import Llama
 
     reference = Llama(str(smollm2_path), n_ctx=512, n_threads=2, verbose=False, flash_attn=False)
@@ -86,13 +89,30 @@ def test_engine_matches_llama_cpp_python_reference(smollm2_path: Path) -> None:
     )
     try:
         for question in ("What is the capital of France?", "Name three colours."):
-            messages = [{"role": "user", "content": question}]
-            expected = reference.create_chat_completion(messages, temperature=0, max_tokens=32)  # type: ignore[arg-type]
-            tokens = rt.tokenize(rt.render_chat(messages))
-            text, _ = run(
-                rt, GenerationRequest(tokens, SamplingParams(temperature=0), max_tokens=32)
+            tokens = rt.tokenize(rt.render_chat([{"role": "user", "content": question}]))
+            collector = Collector()
+            rt.submit(
+                GenerationRequest(tokens, SamplingParams(temperature=0), max_tokens=32), collector
             )
-            assert text == expected["choices"][0]["message"]["content"]  # type: ignore[index]
+            collector.wait()
+            ours = [e.token_id for e in collector.events if isinstance(e, TokenEvent)]
+            assert len(ours) >= 4
+
+            reference.reset()
+            reference.eval(tokens)
+            for position, token in enumerate(ours):
+                logits = np.ctypeslib.as_array(
+                    reference._ctx.get_logits_ith(-1), shape=(reference.n_vocab(),)
+                )
+                best = int(logits.argmax())
+                if best != token:
+                    gap = float(logits[best] - logits[token])
+                    assert position >= 3 and gap < 0.5, (
+                        f"{question!r}: token {position} is {token}, reference {best} "
+                        f"(logit gap {gap:.3f})"
+                    )
+                    break
+                reference.eval([token])
     finally:
         rt.close()
         reference.close()
