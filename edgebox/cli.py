@@ -243,5 +243,9 @@ def version() -> None:
     out.print(__version__)
 
 
+from edgebox.commands import router as _router_command  # noqa: E402
+
+_router_command.register(app)
+
 if __name__ == "__main__":
     app()

@@ -1,0 +1,1 @@
+"""CLI commands, one module each, registered on the Typer app by `edgebox.cli`."""
