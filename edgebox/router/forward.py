@@ -68,8 +68,29 @@ async def send(
     route: str,
     on_usage: Callable[[Mapping[str, Any]], None] | None,
     timeout: float,
+    on_done: Callable[[], None] = lambda: None,
 ) -> Response:
-    """Forward one request; raises `TargetFailed` when the next target should be tried."""
+    """Forward one request; raises `TargetFailed` when the next target should be tried.
+
+    `on_done` runs once the answer is complete (for a stream: when it ends or breaks)."""
+    try:
+        response = await _send(client, out, route, on_usage, timeout, on_done)
+    except BaseException:
+        on_done()
+        raise
+    if not isinstance(response, StreamingResponse):
+        on_done()
+    return response
+
+
+async def _send(
+    client: httpx.AsyncClient,
+    out: Outgoing,
+    route: str,
+    on_usage: Callable[[Mapping[str, Any]], None] | None,
+    timeout: float,
+    on_done: Callable[[], None],
+) -> Response:
     request = client.build_request(
         "POST", out.url, json=out.body, headers=out.headers, timeout=timeout
     )
@@ -99,12 +120,14 @@ async def send(
                 on_usage(usage)
         return Response(content, status, headers=_passed(upstream.headers, route))
     return StreamingResponse(
-        _relay(upstream, on_usage), status, headers=_passed(upstream.headers, route)
+        _relay(upstream, on_usage, on_done), status, headers=_passed(upstream.headers, route)
     )
 
 
 async def _relay(
-    upstream: httpx.Response, on_usage: Callable[[Mapping[str, Any]], None] | None
+    upstream: httpx.Response,
+    on_usage: Callable[[Mapping[str, Any]], None] | None,
+    on_done: Callable[[], None],
 ) -> AsyncIterator[bytes]:
     buffer = bytearray()
     usage: dict[str, Any] | None = None
@@ -130,6 +153,7 @@ async def _relay(
         yield sse(error.body())
         yield SSE_DONE
     finally:
+        on_done()
         await upstream.aclose()
         if on_usage and usage:
             on_usage(usage)

@@ -55,6 +55,20 @@ class NodeStatus:
         return self.healthy and now >= self.cooldown_until
 
 
+def with_inflight(node: NodeStatus, inflight: int) -> NodeStatus:
+    """The node's load, counting at least the requests this router has open on it.
+
+    Polls lag by up to the poll interval; the router's own count keeps a burst from piling
+    onto the node that looked idle at the last poll."""
+    if not inflight:
+        return node
+    models = {
+        m: replace(load, running=max(load.running + load.queued, inflight) - load.queued)
+        for m, load in node.models.items()
+    }
+    return replace(node, models=models)
+
+
 class NodeSource(Protocol):
     """Somewhere node addresses come from (static list, mDNS, hub)."""
 

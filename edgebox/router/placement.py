@@ -7,8 +7,9 @@ Filters drop nodes that cannot serve the request (each says why); scorers rate t
           + w_speed · rate / max(rate of candidates)           speed: measured decode tokens/s
           + w_affinity · [node served this prefix last]        affinity: its KV cache has it
 
-The affinity key hashes the request's first N messages (or the prompt's head), so turns of one
-conversation, or requests sharing a long system prompt, land where that prefix is cached.
+Affinity keys are chained hashes of the request's first 1..N messages (or the prompt's head),
+so requests sharing a long system prompt, and later turns of one conversation, land on the
+node that served that prefix last, where its KV cache still holds it.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ _CHARS_PER_TOKEN = 4  # the router has no tokenizer; estimates are only for the 
 @dataclass(frozen=True)
 class RouteRequest:
     model: str
-    prefix_key: str | None = None
+    prefix_keys: tuple[str, ...] = ()  # chained hashes of the prompt's head, shortest first
     prompt_tokens: int = 0  # estimated
 
 
@@ -79,9 +80,10 @@ def speed_score(
 def affinity_score(
     req: RouteRequest, node: NodeStatus, _: Sequence[NodeStatus], ctx: PlacementContext
 ) -> float:
-    if req.prefix_key is None:
-        return 0.0
-    return 1.0 if ctx.affinity.get(req.prefix_key) == node.name else 0.0
+    for key in reversed(req.prefix_keys):  # the longest prefix the router has placed decides
+        if key in ctx.affinity:
+            return 1.0 if ctx.affinity[key] == node.name else 0.0
+    return 0.0
 
 
 @dataclass(frozen=True)
@@ -130,17 +132,25 @@ def place(
     return ranked, rejected
 
 
-def prefix_key(body: Mapping[str, Any], n_messages: int) -> str | None:
-    """Hash of the first `n_messages` messages, or of the prompt's head."""
-    head: Any
-    if isinstance(body.get("messages"), list) and body["messages"]:
-        head = body["messages"][:n_messages]
+def prefix_keys(body: Mapping[str, Any], n_messages: int) -> tuple[str, ...]:
+    """Chained hashes of the first 1..`n_messages` messages (or one of the prompt's head).
+
+    A shared system prompt matches on the first key; later turns of one conversation match
+    on the longer ones, so the longest prefix placed before picks the node."""
+    heads: list[Any]
+    messages = body.get("messages")
+    if isinstance(messages, list) and messages:
+        heads = [messages[i] for i in range(min(n_messages, len(messages)))]
     elif isinstance(body.get("prompt"), str) and body["prompt"]:
-        head = body["prompt"][:_PROMPT_HEAD_CHARS]
+        heads = [body["prompt"][:_PROMPT_HEAD_CHARS]]
     else:
-        return None
-    text = json.dumps([body.get("model"), head], sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+        return ()
+    keys = []
+    digest = hashlib.sha256(str(body.get("model")).encode())
+    for head in heads:
+        digest.update(json.dumps(head, sort_keys=True, separators=(",", ":")).encode())
+        keys.append(digest.copy().hexdigest()[:16])
+    return tuple(keys)
 
 
 def estimate_prompt_tokens(body: Mapping[str, Any]) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import time
 from collections import OrderedDict
 from collections.abc import Mapping
@@ -17,7 +18,7 @@ from edgebox.router.config import RouterConfig
 from edgebox.router.disagg import Handoff, SplitFailed, hand_off, should_split
 from edgebox.router.forward import Outgoing, TargetFailed, send
 from edgebox.router.metrics import RouterMetrics
-from edgebox.router.nodes import NodePoller, NodeSource, NodeStatus
+from edgebox.router.nodes import NodePoller, NodeSource, NodeStatus, with_inflight
 from edgebox.router.placement import (
     Candidate,
     PlacementContext,
@@ -25,7 +26,7 @@ from edgebox.router.placement import (
     RouteRequest,
     estimate_prompt_tokens,
     place,
-    prefix_key,
+    prefix_keys,
 )
 
 LOCAL_ONLY_HEADER = "x-edgebox-local-only"
@@ -56,6 +57,7 @@ class Router:
         self.policy = PlacementPolicy.from_weights(config.weights)
         self.affinity: OrderedDict[str, str] = OrderedDict()
         self.prefill_rates: dict[str, float] = {}  # tokens/s, measured from splits
+        self.inflight: dict[str, int] = {}  # requests this router has open on each node
         self.metrics = RouterMetrics(ledger.spent_today)
         node_key = config.node_api_key_env
         self._node_headers = {"authorization": f"Bearer {k}"} if node_key and (
@@ -95,9 +97,12 @@ class Router:
                 param="model",
                 code="model_not_found",
             )
-        nodes = {n.name: n for n in self.poller.status.values()}
+        nodes = {
+            n.name: with_inflight(n, self.inflight.get(n.name, 0))
+            for n in self.poller.status.values()
+        }
         req = RouteRequest(
-            model, prefix_key(body, self.config.affinity_messages), estimate_prompt_tokens(body)
+            model, prefix_keys(body, self.config.affinity_messages), estimate_prompt_tokens(body)
         )
         ctx = PlacementContext(time.monotonic(), self.affinity)
         local, rejected = place(req, list(nodes.values()), self.policy, ctx)
@@ -170,6 +175,16 @@ class Router:
             self.prefill_rates[helper.node] = rate if old is None else 0.7 * old + 0.3 * rate
         return Split(first.node, f"{reason},prefill@{helper.node}", handoff)
 
+    def _remember(self, keys: tuple[str, ...], node: str) -> None:
+        for key in keys:
+            self.affinity[key] = node
+            self.affinity.move_to_end(key)
+        while len(self.affinity) > _AFFINITY_ENTRIES:
+            self.affinity.popitem(last=False)
+
+    def _finished(self, name: str) -> None:
+        self.inflight[name] = max(0, self.inflight.get(name, 0) - 1)
+
     def _prefill_rate(self, node: NodeStatus) -> float | None:
         return self.prefill_rates.get(node.name) or node.address.prefill_tokens_per_s
 
@@ -192,7 +207,12 @@ class Router:
                 route += f";split={split.reason}"
             try:
                 out, on_usage = self._outgoing(path, body, target, nodes, split)
-                response = await send(self.client, out, route, on_usage, _TIMEOUT.read or 600.0)
+                name = _target_name(target)
+                self.inflight[name] = self.inflight.get(name, 0) + 1
+                response = await send(
+                    self.client, out, route, on_usage, _TIMEOUT.read or 600.0,
+                    on_done=functools.partial(self._finished, name),
+                )  # fmt: skip
             except TargetFailed as exc:
                 failures.append(f"{_target_name(target)}:{exc.reason}")
                 self.metrics.failovers.labels(_target_name(target)).inc()
@@ -201,11 +221,8 @@ class Router:
                 last = exc.response or last
                 continue
             self.metrics.routed.labels(_target_name(target), str(response.status_code)).inc()
-            if isinstance(target, Candidate) and req.prefix_key and response.status_code < 400:
-                self.affinity[req.prefix_key] = target.node
-                self.affinity.move_to_end(req.prefix_key)
-                while len(self.affinity) > _AFFINITY_ENTRIES:
-                    self.affinity.popitem(last=False)
+            if isinstance(target, Candidate) and response.status_code < 400:
+                self._remember(req.prefix_keys, target.node)
             return response
         if last is not None:
             return last
