@@ -2,7 +2,8 @@
 
 Policy per upstream (`when`):
 - `always`: the cloud first, local nodes as fallback;
-- `overflow`: the cloud first when every local candidate queues >= `overflow_queue_depth`;
+- `overflow`: the cloud first when every local candidate queues >= `overflow_queue_depth`,
+  otherwise as `fallback`;
 - `fallback`: local nodes first, the cloud when they all fail.
 A model no local node serves (or no node is up) goes to the cloud under any policy. A request
 marked local-only (`x-edgebox-local-only: 1`) never goes to the cloud, and nothing bursts once

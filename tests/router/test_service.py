@@ -32,7 +32,18 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, NodePr
     started: dict[str, NodeProcess] = {}
     with ThreadPoolExecutor(3) as pool:
         futures = {
-            name: pool.submit(start_node, tmp, "--parallel", "2", "--ctx", "1024", *args, env=env)
+            name: pool.submit(
+                start_node,
+                tmp,
+                "--parallel",
+                "2",
+                "--ctx",
+                "1024",
+                "--threads",
+                "1",
+                *args,
+                env=env,
+            )
             for name, (args, env) in specs.items()
         }
         for name, future in futures.items():
@@ -141,8 +152,8 @@ def test_concurrent_requests_spread_over_both_nodes(fleet: dict[str, NodeProcess
     def one(i: int) -> str:
         raw = httpx.post(
             fleet["router"].base_url + "/completions",
-            json={"model": MODEL, "prompt": f"Story {i}: once upon a time", "max_tokens": 48},
-            timeout=120,
+            json={"model": MODEL, "prompt": f"Story {i}: once upon a time", "max_tokens": 16},
+            timeout=300,
         )
         assert raw.status_code == 200, raw.text
         return route_of(raw.headers)[0]
@@ -241,7 +252,8 @@ def test_a_node_dying_mid_stream_ends_it_with_an_error_then_requests_fail_over(
     messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "Count to 500."}]
     body = {"model": MODEL, "messages": messages, "max_tokens": 400, "stream": True,
             "temperature": 0}  # fmt: skip
-    with httpx.stream("POST", fleet["router"].base_url + "/chat/completions", json=body) as stream:
+    url = fleet["router"].base_url + "/chat/completions"
+    with httpx.stream("POST", url, json=body, timeout=120) as stream:
         victim_name = route_of(stream.headers)[0]
         victim = next(fleet[n] for n in ("a", "b") if node_name(fleet[n]) == victim_name)
         lines = stream.iter_lines()
