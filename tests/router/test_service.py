@@ -69,6 +69,22 @@ prices = {{ "{MODEL}" = {{ input = 1.0, output = 2.0 }} }}
             tmp, "--node", started["a"].url, "--node", started["b"].url,
             "--config", str(config), env=env, ready_models=2,
         )  # fmt: skip
+        capped = tmp / "capped.toml"
+        capped.write_text(
+            config.read_text()
+            .replace("max_usd_per_day = 5.0", "max_usd_per_day = 0.00001")
+            .replace("input = 1.0", "input = 100.0")
+        )
+        started["capped"] = start_router(
+            tmp, "--node", started["a"].url, "--config", str(capped), env=env, ready_models=2
+        )
+        # A node with another per-sequence context has an incompatible KV layout.
+        mismatch = tmp / "mismatch.toml"
+        mismatch.write_text('node_api_key_env = "TEST_CLOUD_KEY"\n')
+        started["mismatch"] = start_router(
+            tmp, "--node", started["a"].url, "--node", started["cloud"].url,
+            "--config", str(mismatch), "--disagg", "always", env=env,
+        )  # fmt: skip
         started["split"] = start_router(
             tmp, "--node", started["a"].url, "--node", started["b"].url, "--disagg", "always",
         )  # fmt: skip
@@ -224,7 +240,7 @@ def test_local_only_requests_never_reach_the_cloud(fleet: dict[str, NodeProcess]
 
 
 def test_the_cloud_key_never_reaches_logs_or_errors(fleet: dict[str, NodeProcess]) -> None:
-    for proc in (fleet["router"], fleet["split"]):
+    for proc in (fleet["router"], fleet["capped"], fleet["mismatch"]):
         assert CLOUD_KEY not in proc.log.read_text()
     bad = httpx.post(fleet["router"].base_url + "/chat/completions", json={"model": "x"})
     assert CLOUD_KEY not in bad.text
@@ -233,6 +249,40 @@ def test_the_cloud_key_never_reaches_logs_or_errors(fleet: dict[str, NodeProcess
 def test_split_prefill_gives_the_same_greedy_text(fleet: dict[str, NodeProcess]) -> None:
     _, reason, text = chat(fleet["split"], "What is seven times six?")
     assert "split=split-always,prefill@" in reason, reason
+    direct = openai.OpenAI(base_url=fleet["a"].base_url, api_key="x", max_retries=0)
+    expected = direct.chat.completions.create(
+        model=MODEL,
+        messages=[
+            {"role": "system", "content": SYSTEM},
+            {"role": "user", "content": "What is seven times six?"},
+        ],
+        max_tokens=12,
+        temperature=0,
+    )
+    assert text == expected.choices[0].message.content
+
+
+def test_the_spend_cap_stops_bursting(fleet: dict[str, NodeProcess]) -> None:
+    capped = client(fleet["capped"])
+    first = capped.chat.completions.with_raw_response.create(
+        model="cloud-smol", messages=[{"role": "user", "content": "Hello"}], max_tokens=3
+    )
+    assert route_of(first.headers)[0] == "cloud:testcloud"  # type: ignore[arg-type]
+    # that request cost more than the cap: no more bursting today, even after a restart
+    with pytest.raises(openai.RateLimitError) as caught:
+        capped.chat.completions.create(
+            model="cloud-smol", messages=[{"role": "user", "content": "Hello"}], max_tokens=3
+        )
+    error = caught.value.body
+    assert isinstance(error, dict) and error["code"] == "spend_cap_reached"
+    assert "max_usd_per_day" in caught.value.message and CLOUD_KEY not in caught.value.message
+    # local models are still served
+    assert capped.completions.create(model=MODEL, prompt="Hi", max_tokens=2).choices
+
+
+def test_an_incompatible_kv_split_falls_back_to_one_node(fleet: dict[str, NodeProcess]) -> None:
+    _, reason, text = chat(fleet["mismatch"], "What is seven times six?")
+    assert "failed-import-409-kv_incompatible" in reason, reason
     direct = openai.OpenAI(base_url=fleet["a"].base_url, api_key="x", max_retries=0)
     expected = direct.chat.completions.create(
         model=MODEL,
