@@ -243,5 +243,10 @@ def version() -> None:
     out.print(__version__)
 
 
+from edgebox.commands import telemetry as _telemetry_cmd  # noqa: E402
+
+_telemetry_cmd.register(app)
+
+
 if __name__ == "__main__":
     app()
