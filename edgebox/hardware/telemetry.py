@@ -85,8 +85,12 @@ class _NvmlDevices:
             except nvml.NVMLError:  # no driver or library: never ask again
                 self.nvml, self.handles = None, []
                 return []
-            count = nvml.nvmlDeviceGetCount()
-            self.handles = [nvml.nvmlDeviceGetHandleByIndex(i) for i in range(count)]
+            try:
+                count = nvml.nvmlDeviceGetCount()
+                self.handles = [nvml.nvmlDeviceGetHandleByIndex(i) for i in range(count)]
+            except nvml.NVMLError:  # a driver in a bad state: try again next sample
+                nvml.nvmlShutdown()
+                return []
         samples = []
         for i, handle in enumerate(self.handles):
             try:

@@ -16,8 +16,10 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import psutil
+import pynvml
 import pytest
 from typer.testing import CliRunner
 
@@ -101,6 +103,24 @@ def test_h100_nvml_is_opened_once_and_kept_open() -> None:
     assert samples[-1].sources == ("psutil", "nvml")
     sampler.close()
     assert nvml.initialised == 0
+
+
+class LostGpuNVML(ReplayedNVML):
+    """The second GPU fell off the bus: NVML answers GPU_IS_LOST for it."""
+
+    def nvmlDeviceGetName(self, d: dict[str, Any]) -> str:
+        if d.get("lost"):
+            raise pynvml.NVMLError(pynvml.NVML_ERROR_GPU_IS_LOST)
+        return super().nvmlDeviceGetName(d)
+
+
+def test_a_lost_gpu_is_left_out_and_the_others_still_reported() -> None:
+    nvml = LostGpuNVML([H100, {**H100, "lost": True}])
+    sampler = TelemetrySampler(nvml=nvml, system="Linux", arch="x86_64")
+    assert [(g.index, g.name) for g in sampler.sample().accelerators] == [
+        (0, "NVIDIA H100 80GB HBM3")
+    ]
+    sampler.close()
 
 
 def test_gb10_reports_unified_memory_from_meminfo_and_process_usage(
