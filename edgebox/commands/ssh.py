@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import logging
 import signal
@@ -64,8 +65,9 @@ def run_ssh(argv: list[str], directory: NodeDirectory) -> int:
     tail = bytearray()
 
     def pump() -> None:
-        assert proc.stderr is not None
-        for chunk in iter(lambda: proc.stderr.read1(4096), b""):  # type: ignore[attr-defined]
+        stream = proc.stderr
+        assert isinstance(stream, io.BufferedReader)
+        for chunk in iter(lambda: stream.read1(4096), b""):
             sys.stderr.buffer.write(chunk)
             sys.stderr.buffer.flush()
             tail.extend(chunk)
