@@ -41,7 +41,7 @@ _PASS_THROUGH = {"allow_extra_args": True, "ignore_unknown_options": True}
 
 
 def _fail(message: str, code: int = 1) -> typer.Exit:
-    err.print(f"[red]error:[/red] {message}", highlight=False)
+    err.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
     return typer.Exit(code)
 
 
@@ -85,7 +85,7 @@ def run_ssh(argv: list[str], directory: NodeDirectory) -> int:
         code, tail.decode(errors="replace"), directory.hub(), directory.nodes()
     )
     if message:
-        err.print(f"[red]edgebox:[/red] {message}", highlight=False)
+        err.print(f"[red]edgebox:[/red] {message}", highlight=False, soft_wrap=True)
     return code
 
 

@@ -1,0 +1,320 @@
+"""`edgebox ssh` end to end: real OpenSSH servers in network namespaces (laptop, hub, node-a,
+node-b), the hub running the relay sshd edgebox renders, node-a running the tunnel supervisor."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from edgebox.provisioning.relay import (
+    NodeRecord,
+    RelaySettings,
+    UserRecord,
+    render_node_keys,
+    render_sshd_config,
+    render_user_keys,
+)
+from edgebox.provisioning.tunnel import Backoff, TunnelSpec, TunnelSupervisor
+from tests.sshnet import Cafe, keygen, missing_prerequisites, node_sshd_config, wait_for_log
+
+REPO = Path(__file__).resolve().parents[2]
+RELAY_PORT = 2222
+PORTS = {"node-a": 42001, "node-b": 42002}
+# Existing no-login accounts stand in for edgebox-tunnel / edgebox-jump on the test hub.
+TUNNEL_USER, JUMP_USER = "daemon", "nobody"
+
+
+@dataclass
+class Fleet:
+    cafe: Cafe
+    dir: Path
+    host_keys: dict[str, str]  # role → public host key
+    tunnel_keys: dict[str, Path]  # node → private key it logs in to the hub with
+    laptop_home: Path
+    relay_settings: RelaySettings
+
+    def directory(
+        self, *, lan: dict[str, list[str]] | None = None, keys: dict[str, str] | None = None
+    ) -> dict:
+        lan, keys = lan or {}, {**self.host_keys, **(keys or {})}
+        return {
+            "hub": {
+                "host": self.cafe.ns("hub").address,
+                "port": RELAY_PORT,
+                "user": JUMP_USER,
+                "host_key": keys["hub"],
+            },
+            "nodes": [
+                {
+                    "name": n,
+                    "id": f"id-{n}",
+                    "host_key": keys[n],
+                    "tunnel_port": PORTS[n],
+                    "lan_addresses": lan.get(n, []),
+                    "user": "root",
+                }
+                for n in PORTS
+            ],
+        }
+
+    def home(self, name: str, directory: dict) -> Path:
+        """An EDGEBOX_HOME holding the laptop's key and `directory` as fleet_nodes.json."""
+        home = self.dir / name
+        home.mkdir(exist_ok=True)
+        for suffix in ("", ".pub"):
+            src = self.laptop_home / f"id_ed25519{suffix}"
+            (home / src.name).write_bytes(src.read_bytes())
+            (home / src.name).chmod(0o600)
+        (home / "fleet_nodes.json").write_text(json.dumps(directory))
+        return home
+
+    def edgebox(
+        self, role: str, home: Path, *args: str, timeout: float = 30
+    ) -> subprocess.CompletedProcess[str]:
+        return self.cafe.ns(role).run(
+            [sys.executable, "-m", "edgebox", *args],
+            timeout=timeout,
+            env={"EDGEBOX_HOME": str(home)},
+            cwd=REPO,
+        )
+
+    def start_relay(self, log_name: str) -> Path:
+        log = self.dir / log_name
+        self.cafe.start_sshd("hub", self.dir / "relay_sshd_config", log)
+        return log
+
+    def tunnel_spec(self, node: str) -> TunnelSpec:
+        return TunnelSpec(
+            hub_host=self.cafe.ns("hub").address,
+            hub_port=RELAY_PORT,
+            hub_host_key=self.host_keys["hub"],
+            identity_file=self.tunnel_keys[node],
+            tunnel_port=PORTS[node],
+            user=TUNNEL_USER,
+            known_hosts_file=self.dir / f"{node}_hub_known_hosts",
+            server_alive_interval=2,
+        )
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
+    missing = missing_prerequisites()
+    if missing:
+        pytest.fail("the SSH namespace tests need: " + "; ".join(missing))
+    work = tmp_path_factory.mktemp("cafe")
+    cafe = Cafe(work)
+    cleanup: list[Path] = []
+    try:
+        cafe.build()
+        laptop_home = work / "laptop"
+        laptop_home.mkdir()
+        laptop_key = keygen(laptop_home / "id_ed25519")
+        host_keys, tunnel_keys, nodes = {}, {}, []
+        for role in ("hub", *PORTS):
+            host_keys[role] = keygen(work / f"{role}_host_key")
+        for node in PORTS:
+            tunnel_keys[node] = work / f"{node}_tunnel_key"
+            nodes.append(
+                NodeRecord(
+                    node, f"id-{node}", keygen(tunnel_keys[node]), host_keys[node], PORTS[node]
+                )
+            )
+            (work / f"{node}_authorized_keys").write_text(laptop_key + "\n")
+            config = work / f"{node}_sshd_config"
+            config.write_text(
+                node_sshd_config(work, work / f"{node}_host_key", work / f"{node}_authorized_keys")
+            )
+            cafe.start_sshd(node, config, work / f"{node}_sshd.log")
+        # sshd reads authorized_keys as the relay account, so they live where it can read them.
+        keys_dir = Path(tempfile.mkdtemp(prefix="edgebox-relay-"))
+        cleanup.append(keys_dir)
+        keys_dir.chmod(0o755)
+        settings = RelaySettings(
+            port=RELAY_PORT,
+            host_key_file=str(work / "hub_host_key"),
+            node_keys_file=str(keys_dir / "authorized_nodes"),
+            user_keys_file=str(keys_dir / "authorized_users"),
+            pid_file="none",
+            tunnel_user=TUNNEL_USER,
+            jump_user=JUMP_USER,
+            strict_modes=False,
+        )
+        Path(settings.node_keys_file).write_text(render_node_keys(nodes))
+        Path(settings.user_keys_file).write_text(
+            render_user_keys([UserRecord("laptop", laptop_key)], nodes)
+        )
+        for path in (settings.node_keys_file, settings.user_keys_file):
+            Path(path).chmod(0o644)
+        (work / "relay_sshd_config").write_text(render_sshd_config(settings))
+        fleet = Fleet(cafe, work, host_keys, tunnel_keys, laptop_home, settings)
+        fleet.start_relay("relay.log")
+        yield fleet
+    finally:
+        cafe.close()
+        for path in cleanup:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def tunnel_a(fleet: Fleet) -> Iterator[TunnelSupervisor]:
+    backoff = Backoff(initial=0.2, maximum=1.0, stable_after=30)
+    supervisor = TunnelSupervisor(
+        fleet.tunnel_spec("node-a"), backoff, ssh=fleet.cafe.ns("node-a").argv(["ssh"])
+    )
+    supervisor.start()
+    try:
+        assert supervisor.wait_up(15), f"tunnel never came up: {supervisor.last_error}"
+        yield supervisor
+    finally:
+        supervisor.stop()
+
+
+def _ssh(
+    fleet: Fleet, role: str, key: Path, user: str, *args: str, timeout: float = 15
+) -> subprocess.CompletedProcess[str]:
+    known = fleet.dir / "hub_known"
+    known.write_text(f"[{fleet.cafe.ns('hub').address}]:{RELAY_PORT} {fleet.host_keys['hub']}\n")
+    return fleet.cafe.ns(role).run(
+        ["ssh", "-F", "none", "-i", str(key), "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes",
+         "-o", f"UserKnownHostsFile={known}", "-o", "StrictHostKeyChecking=yes",
+         "-p", str(RELAY_PORT), *args[:-1], f"{user}@{fleet.cafe.ns('hub').address}", *args[-1:]],
+        timeout=timeout,
+    )  # fmt: skip
+
+
+def test_ssh_reaches_node_through_hub_from_cafe(fleet: Fleet, tunnel_a: TunnelSupervisor) -> None:
+    home = fleet.home("cafe-home", fleet.directory())
+    # The café really cannot reach the node directly.
+    direct = fleet.cafe.ns("laptop").run(
+        ["ssh-keyscan", "-T", "2", fleet.cafe.ns("node-a").address]
+    )
+    assert "ssh-ed25519" not in direct.stdout
+    done = fleet.edgebox("laptop", home, "ssh", "node-a", "--", "echo", "ok")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "ok"
+    assert "via hub" in done.stderr
+
+
+def test_relay_gives_no_shell_to_users_or_nodes(fleet: Fleet) -> None:
+    laptop_key = fleet.laptop_home / "id_ed25519"
+    for role, key, user in (
+        ("laptop", laptop_key, JUMP_USER),
+        ("node-b", fleet.tunnel_keys["node-b"], TUNNEL_USER),
+    ):
+        done = _ssh(fleet, role, key, user, "echo PWNED")
+        assert "PWNED" not in done.stdout
+        assert done.returncode == 1, (done.returncode, done.stderr)
+        assert "not available" in done.stdout + done.stderr  # nologin answered, not a shell
+        tty = _ssh(fleet, role, key, user, "-tt", "id")
+        assert "uid=" not in tty.stdout and tty.returncode != 0
+        assert "PTY allocation request failed" in tty.stderr
+
+
+def test_node_key_cannot_listen_on_another_nodes_port(fleet: Fleet) -> None:
+    key = fleet.tunnel_keys["node-b"]
+    stolen = _ssh(fleet, "node-b", key, TUNNEL_USER, "-N", "-o", "ExitOnForwardFailure=yes",
+                  "-R", f"127.0.0.1:{PORTS['node-a']}:127.0.0.1:22", "")  # fmt: skip
+    assert stolen.returncode == 255
+    assert f"remote port forwarding failed for listen port {PORTS['node-a']}" in stolen.stderr
+    wait_for_log(fleet.dir / "relay.log", f"port {PORTS['node-a']}, but the request was denied")
+    # Control: the same key may listen on its own port (the refusal above is the permission).
+    supervisor = TunnelSupervisor(fleet.tunnel_spec("node-b"), Backoff(initial=0.2, maximum=1.0),
+                                  ssh=fleet.cafe.ns("node-b").argv(["ssh"]))  # fmt: skip
+    supervisor.start()
+    try:
+        assert supervisor.wait_up(10), supervisor.last_error
+    finally:
+        supervisor.stop()
+
+
+def test_user_key_opens_only_registered_node_ports(fleet: Fleet) -> None:
+    laptop_key = fleet.laptop_home / "id_ed25519"
+    done = _ssh(fleet, "laptop", laptop_key, JUMP_USER, "-W", f"127.0.0.1:{RELAY_PORT}", "")
+    assert done.returncode == 255
+    assert "administratively prohibited" in done.stderr
+    # A node key may not open anything, not even a registered node's port.
+    node_b = _ssh(
+        fleet,
+        "node-b",
+        fleet.tunnel_keys["node-b"],
+        TUNNEL_USER,
+        "-W",
+        f"127.0.0.1:{PORTS['node-a']}",
+        "",
+    )
+    assert node_b.returncode == 255
+    assert "administratively prohibited" in node_b.stderr
+
+
+def test_lan_route_only_when_the_pinned_key_answers(
+    fleet: Fleet, tunnel_a: TunnelSupervisor
+) -> None:
+    node_a, node_b = fleet.cafe.ns("node-a").address, fleet.cafe.ns("node-b").address
+    # From the hub's network node-a is on the "LAN": its pinned key answers there → direct.
+    home = fleet.home("lan-home", fleet.directory(lan={"node-a": [node_a]}))
+    done = fleet.edgebox("hub", home, "ssh", "node-a", "--", "hostname", "-I")
+    assert done.returncode == 0, done.stderr
+    assert f"via lan ({node_a}:22)" in done.stderr
+    # A hint pointing at another box (node-b's key answers) is skipped: through the hub instead.
+    home = fleet.home("lying-hint", fleet.directory(lan={"node-a": [node_b]}))
+    done = fleet.edgebox("hub", home, "ssh", "node-a", "--", "echo", "ok")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "ok" and "via hub" in done.stderr
+
+
+def test_changed_node_host_key_is_refused(fleet: Fleet, tunnel_a: TunnelSupervisor) -> None:
+    # The registry pins node-b's key for node-a: what node-a presents now "differs".
+    home = fleet.home("changed", fleet.directory(keys={"node-a": fleet.host_keys["node-b"]}))
+    done = fleet.edgebox("laptop", home, "ssh", "node-a", "--", "echo", "PWNED")
+    assert done.returncode == 255
+    assert "PWNED" not in done.stdout
+    assert "REMOTE HOST IDENTIFICATION HAS CHANGED" in done.stderr
+    assert "host key presented for node 'node-a' differs from the key pinned" in done.stderr
+
+
+def test_tunnel_returns_after_hub_restart_and_rebind_refusal(
+    fleet: Fleet, tunnel_a: TunnelSupervisor
+) -> None:
+    hub = fleet.cafe.ns("hub")
+    ups = tunnel_a.ups
+    hub.kill_all()  # the hub loses power: relay and every session die
+    # An old session still holding node-a's port, as after a drop the hub has not noticed yet.
+    squatter = subprocess.Popen(hub.argv([sys.executable, "-c", (
+        "import socket,time; s=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1);"
+        f"s.bind(('127.0.0.1', {PORTS['node-a']})); s.listen(); print('held', flush=True); time.sleep(60)")]),
+        stdout=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        assert squatter.stdout is not None and squatter.stdout.readline().strip() == "held"
+        fleet.start_relay("relay-restarted.log")
+        deadline = time.monotonic() + 10
+        while "refused the port" not in tunnel_a.last_error and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert "refused the port" in tunnel_a.last_error
+        assert tunnel_a.ups == ups  # not up while the port is held
+    finally:
+        squatter.kill()
+        squatter.wait()
+    deadline = time.monotonic() + 10
+    while tunnel_a.ups == ups and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert tunnel_a.ups == ups + 1, tunnel_a.last_error
+    done = fleet.edgebox(
+        "laptop",
+        fleet.home("after-restart", fleet.directory()),
+        "ssh",
+        "node-a",
+        "--",
+        "echo",
+        "ok",
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "ok"
