@@ -154,7 +154,7 @@ def register(app: typer.Typer) -> None:
         except DirectoryError as exc:
             raise _fail(str(exc)) from None
         user_config = Path.home() / ".ssh" / "config"
-        user_config.parent.mkdir(mode=0o700, exist_ok=True)
+        user_config.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         before = user_config.read_text() if user_config.exists() else ""
         after = with_include(before, config)
         if after != before:
