@@ -76,10 +76,12 @@ def run_ssh(argv: list[str], directory: NodeDirectory) -> int:
     pumper = threading.Thread(target=pump, daemon=True)
     pumper.start()
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C belongs to ssh
+    previous_term = signal.signal(signal.SIGTERM, lambda *_: proc.terminate())
     try:
         code = proc.wait()
     finally:
         signal.signal(signal.SIGINT, previous)
+        signal.signal(signal.SIGTERM, previous_term)
     pumper.join(2)
     message = explain_ssh_failure(
         code, tail.decode(errors="replace"), directory.hub(), directory.nodes()

@@ -4,6 +4,7 @@ node-b), the hub running the relay sshd edgebox renders, node-a running the tunn
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -279,6 +280,37 @@ def test_changed_node_host_key_is_refused(fleet: Fleet, tunnel_a: TunnelSupervis
     assert "PWNED" not in done.stdout
     assert "REMOTE HOST IDENTIFICATION HAS CHANGED" in done.stderr
     assert "host key presented for node 'node-a' differs from the key pinned" in done.stderr
+
+
+def test_forward_brings_a_node_port_to_the_laptop(fleet: Fleet, tunnel_a: TunnelSupervisor) -> None:
+    site = fleet.dir / "site"
+    site.mkdir()
+    (site / "index.html").write_text("hello from node-a")
+    node = fleet.cafe.ns("node-a")
+    server = node.popen(
+        [sys.executable, "-m", "http.server", "-b", "127.0.0.1", "-d", str(site), "18080"],
+        fleet.dir / "http.log",
+    )
+    home = fleet.home("forward", fleet.directory())
+    forward = subprocess.Popen(
+        fleet.cafe.ns("laptop").argv([sys.executable, "-m", "edgebox", "forward", "node-a", "18080:28080"]),
+        env={**os.environ, "EDGEBOX_HOME": str(home)}, cwd=REPO, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    fetch = "import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:28080/', timeout=2).read().decode())"
+    try:
+        deadline, body = time.monotonic() + 15, ""
+        while time.monotonic() < deadline and forward.poll() is None:
+            body = fleet.cafe.ns("laptop").run([sys.executable, "-c", fetch]).stdout
+            if body:
+                break
+            time.sleep(0.2)
+        assert body.strip() == "hello from node-a"
+    finally:
+        forward.terminate()
+        _, stderr = forward.communicate(timeout=10)
+        server.kill()
+        server.wait()
+    assert "node-a:18080 on http://127.0.0.1:28080 via hub" in stderr
 
 
 def test_tunnel_returns_after_hub_restart_and_rebind_refusal(
