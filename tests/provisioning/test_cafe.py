@@ -3,107 +3,27 @@ node-b), the hub running the relay sshd edgebox renders, node-a running the tunn
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from edgebox.provisioning.relay import (
-    NodeRecord,
-    RelaySettings,
-    UserRecord,
-    render_node_keys,
-    render_sshd_config,
-    render_user_keys,
+from edgebox.provisioning.tunnel import Backoff, TunnelSupervisor
+from tests.sshnet import (
+    JUMP_USER,
+    PORTS,
+    RELAY_PORT,
+    REPO,
+    TUNNEL_USER,
+    Fleet,
+    cafe_fleet,
+    missing_prerequisites,
+    wait_for_log,
 )
-from edgebox.provisioning.tunnel import Backoff, TunnelSpec, TunnelSupervisor
-from tests.sshnet import Cafe, keygen, missing_prerequisites, node_sshd_config, wait_for_log
-
-REPO = Path(__file__).resolve().parents[2]
-RELAY_PORT = 2222
-PORTS = {"node-a": 42001, "node-b": 42002}
-# Existing no-login accounts stand in for edgebox-tunnel / edgebox-jump on the test hub.
-TUNNEL_USER, JUMP_USER = "daemon", "nobody"
-
-
-@dataclass
-class Fleet:
-    cafe: Cafe
-    dir: Path
-    host_keys: dict[str, str]  # role → public host key
-    tunnel_keys: dict[str, Path]  # node → private key it logs in to the hub with
-    laptop_home: Path
-    relay_settings: RelaySettings
-
-    def directory(
-        self, *, lan: dict[str, list[str]] | None = None, keys: dict[str, str] | None = None
-    ) -> dict:
-        lan, keys = lan or {}, {**self.host_keys, **(keys or {})}
-        return {
-            "hub": {
-                "host": self.cafe.ns("hub").address,
-                "port": RELAY_PORT,
-                "user": JUMP_USER,
-                "host_key": keys["hub"],
-            },
-            "nodes": [
-                {
-                    "name": n,
-                    "id": f"id-{n}",
-                    "host_key": keys[n],
-                    "tunnel_port": PORTS[n],
-                    "lan_addresses": lan.get(n, []),
-                    "user": "root",
-                }
-                for n in PORTS
-            ],
-        }
-
-    def home(self, name: str, directory: dict) -> Path:
-        """An EDGEBOX_HOME holding the laptop's key and `directory` as fleet_nodes.json."""
-        home = self.dir / name
-        home.mkdir(exist_ok=True)
-        for suffix in ("", ".pub"):
-            src = self.laptop_home / f"id_ed25519{suffix}"
-            (home / src.name).write_bytes(src.read_bytes())
-            (home / src.name).chmod(0o600)
-        (home / "fleet_nodes.json").write_text(json.dumps(directory))
-        return home
-
-    def edgebox(
-        self, role: str, home: Path, *args: str, timeout: float = 30
-    ) -> subprocess.CompletedProcess[str]:
-        return self.cafe.ns(role).run(
-            [sys.executable, "-m", "edgebox", *args],
-            timeout=timeout,
-            env={"EDGEBOX_HOME": str(home)},
-            cwd=REPO,
-        )
-
-    def start_relay(self, log_name: str) -> Path:
-        log = self.dir / log_name
-        self.cafe.start_sshd("hub", self.dir / "relay_sshd_config", log)
-        return log
-
-    def tunnel_spec(self, node: str) -> TunnelSpec:
-        return TunnelSpec(
-            hub_host=self.cafe.ns("hub").address,
-            hub_port=RELAY_PORT,
-            hub_host_key=self.host_keys["hub"],
-            identity_file=self.tunnel_keys[node],
-            tunnel_port=PORTS[node],
-            user=TUNNEL_USER,
-            known_hosts_file=self.dir / f"{node}_hub_known_hosts",
-            server_alive_interval=2,
-        )
 
 
 @pytest.fixture(scope="module")
@@ -111,58 +31,8 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
     missing = missing_prerequisites()
     if missing:
         pytest.fail("the SSH namespace tests need: " + "; ".join(missing))
-    work = tmp_path_factory.mktemp("cafe")
-    cafe = Cafe(work)
-    cleanup: list[Path] = []
-    try:
-        cafe.build()
-        laptop_home = work / "laptop"
-        laptop_home.mkdir()
-        laptop_key = keygen(laptop_home / "id_ed25519")
-        host_keys, tunnel_keys, nodes = {}, {}, []
-        for role in ("hub", *PORTS):
-            host_keys[role] = keygen(work / f"{role}_host_key")
-        for node in PORTS:
-            tunnel_keys[node] = work / f"{node}_tunnel_key"
-            nodes.append(
-                NodeRecord(
-                    node, f"id-{node}", keygen(tunnel_keys[node]), host_keys[node], PORTS[node]
-                )
-            )
-            (work / f"{node}_authorized_keys").write_text(laptop_key + "\n")
-            config = work / f"{node}_sshd_config"
-            config.write_text(
-                node_sshd_config(work, work / f"{node}_host_key", work / f"{node}_authorized_keys")
-            )
-            cafe.start_sshd(node, config, work / f"{node}_sshd.log")
-        # sshd reads authorized_keys as the relay account, so they live where it can read them.
-        keys_dir = Path(tempfile.mkdtemp(prefix="edgebox-relay-"))
-        cleanup.append(keys_dir)
-        keys_dir.chmod(0o755)
-        settings = RelaySettings(
-            port=RELAY_PORT,
-            host_key_file=str(work / "hub_host_key"),
-            node_keys_file=str(keys_dir / "authorized_nodes"),
-            user_keys_file=str(keys_dir / "authorized_users"),
-            pid_file="none",
-            tunnel_user=TUNNEL_USER,
-            jump_user=JUMP_USER,
-            strict_modes=False,
-        )
-        Path(settings.node_keys_file).write_text(render_node_keys(nodes))
-        Path(settings.user_keys_file).write_text(
-            render_user_keys([UserRecord("laptop", laptop_key)], nodes)
-        )
-        for path in (settings.node_keys_file, settings.user_keys_file):
-            Path(path).chmod(0o644)
-        (work / "relay_sshd_config").write_text(render_sshd_config(settings))
-        fleet = Fleet(cafe, work, host_keys, tunnel_keys, laptop_home, settings)
-        fleet.start_relay("relay.log")
+    with cafe_fleet(tmp_path_factory.mktemp("cafe")) as fleet:
         yield fleet
-    finally:
-        cafe.close()
-        for path in cleanup:
-            shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
