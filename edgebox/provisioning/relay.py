@@ -84,7 +84,7 @@ def node_key_line(node: NodeRecord) -> str:
     options = (
         f'restrict,port-forwarding,permitlisten="127.0.0.1:{node.tunnel_port}",command="{NOLOGIN}"'
     )
-    return f"{options} {key_material(node.public_key)} node:{node.id}"
+    return f"{options} {key_material(node.public_key)} node:{_safe_label(node.id)}"
 
 
 def user_key_line(user: UserRecord, nodes: Iterable[NodeRecord]) -> str:
@@ -99,6 +99,7 @@ def user_key_line(user: UserRecord, nodes: Iterable[NodeRecord]) -> str:
 
 
 def _safe_label(name: str) -> str:
+    """A comment that cannot break out of its line or field (registry data is untrusted)."""
     return re.sub(r"[^A-Za-z0-9_.@-]", "_", name)[:64]
 
 

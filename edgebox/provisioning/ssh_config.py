@@ -21,6 +21,7 @@ from edgebox.provisioning.relay import RelayConfigError, key_material
 HUB_ALIAS = "edgebox-hub"
 ALIAS_SUFFIX = ".edgebox"
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+_HOST_RE = re.compile(r"^[A-Za-z0-9\[][A-Za-z0-9.:%\[\]_-]{0,253}$")
 
 
 class DirectoryError(ValueError):
@@ -77,6 +78,23 @@ def _checked_name(value: object, what: str) -> str:
     return value
 
 
+def _checked_host(value: object, what: str) -> str:
+    # Goes into ssh_config and argv: no spaces, newlines or a leading '-' (option injection).
+    if not isinstance(value, str) or not _HOST_RE.match(value):
+        raise DirectoryError(f"{what} must be a host name or address (got {value!r})")
+    return value
+
+
+def _checked_port(value: object, what: str) -> int:
+    try:
+        port = int(value)  # type: ignore[call-overload]
+    except (TypeError, ValueError):
+        raise DirectoryError(f"{what} must be a port number (got {value!r})") from None
+    if not 1 <= port <= 65535:
+        raise DirectoryError(f"{what} must be a port number 1-65535 (got {port})")
+    return port
+
+
 def _checked_key(value: object, what: str) -> str:
     try:
         return key_material(str(value))
@@ -91,9 +109,11 @@ def parse_directory(data: object) -> tuple[HubEndpoint, list[NodeEntry]]:
     h = data["hub"]
     try:
         hub = HubEndpoint(
-            host=str(h["host"]), port=int(h.get("port", 22)), user=str(h["user"]),
+            host=_checked_host(h["host"], "hub.host"),
+            port=_checked_port(h.get("port", 22), "hub.port"),
+            user=_checked_name(h["user"], "hub.user"),
             host_key=_checked_key(h["host_key"], "hub.host_key"),
-        )  # fmt: skip
+        )
         nodes = []
         for i, n in enumerate(data.get("nodes", [])):
             nodes.append(
@@ -101,10 +121,13 @@ def parse_directory(data: object) -> tuple[HubEndpoint, list[NodeEntry]]:
                     name=_checked_name(n["name"], f"nodes[{i}].name"),
                     id=_checked_name(n["id"], f"nodes[{i}].id"),
                     host_key=_checked_key(n["host_key"], f"nodes[{i}].host_key"),
-                    tunnel_port=int(n["tunnel_port"]),
-                    lan_addresses=tuple(str(a) for a in n.get("lan_addresses", [])),
-                    user=str(n.get("user", "root")),
-                    ssh_port=int(n.get("ssh_port", 22)),
+                    tunnel_port=_checked_port(n["tunnel_port"], f"nodes[{i}].tunnel_port"),
+                    lan_addresses=tuple(
+                        _checked_host(a, f"nodes[{i}].lan_addresses")
+                        for a in n.get("lan_addresses", [])
+                    ),
+                    user=_checked_name(n.get("user", "root"), f"nodes[{i}].user"),
+                    ssh_port=_checked_port(n.get("ssh_port", 22), f"nodes[{i}].ssh_port"),
                 )
             )
     except KeyError as exc:

@@ -32,6 +32,8 @@ def test_node_lines_listen_only_on_their_own_port_and_get_no_command() -> None:
     assert 'permitlisten="127.0.0.1:42002"' in lines[1]
     assert "a@box" not in lines[0]  # the key's own comment is not carried over
     assert all("permitopen" not in line for line in lines)  # closed by the account instead
+    evil = NodeRecord("c", "x\nssh-ed25519 AAAAC3Nza attacker", KEY_A, KEY_A, 42003)
+    assert len(render_node_keys([evil]).splitlines()) == 2  # the id cannot add a key line
 
 
 def test_user_lines_open_only_registered_node_ports() -> None:

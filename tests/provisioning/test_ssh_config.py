@@ -57,6 +57,24 @@ def test_directory_file_round_trip_and_field_errors(tmp_path: Path) -> None:
         find_node(directory.nodes(), "gpu")
 
 
+@pytest.mark.parametrize(
+    ("patch", "field"),
+    [
+        ({"hub": {**DOC["hub"], "host": "h\n    ProxyCommand sh -c id"}}, "hub.host"),
+        ({"hub": {**DOC["hub"], "user": "u\nProxyCommand x"}}, "hub.user"),
+        ({"nodes": [{**DOC["nodes"][0], "user": "root\n    LocalCommand x"}]}, "nodes[0].user"),
+        (
+            {"nodes": [{**DOC["nodes"][0], "lan_addresses": ["-oProxyCommand=x"]}]},
+            "nodes[0].lan_addresses",
+        ),
+        ({"nodes": [{**DOC["nodes"][0], "tunnel_port": 70000}]}, "nodes[0].tunnel_port"),
+    ],
+)
+def test_registry_data_cannot_inject_ssh_options(patch: dict, field: str) -> None:
+    with pytest.raises(DirectoryError, match=re.escape(field)):
+        parse_directory({**DOC, **patch})
+
+
 def test_config_pins_keys_and_jumps_through_the_hub(tmp_path: Path) -> None:
     hub, nodes = parse_directory(DOC)
     config = render_ssh_config(hub, nodes, tmp_path, tmp_path / "id_ed25519")
