@@ -3,6 +3,7 @@ node-b), the hub running the relay sshd edgebox renders, node-a running the tunn
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -181,6 +182,35 @@ def test_forward_brings_a_node_port_to_the_laptop(fleet: Fleet, tunnel_a: Tunnel
         server.kill()
         server.wait()
     assert "node-a:18080 on http://127.0.0.1:28080 via hub" in stderr
+
+
+def test_tunnel_command_keeps_node_b_reachable(fleet: Fleet) -> None:
+    hub = fleet.cafe.ns("hub")
+    tunnel = subprocess.Popen(
+        fleet.cafe.ns("node-b").argv([
+            sys.executable, "-m", "edgebox", "tunnel", "--hub", f"{hub.address}:{RELAY_PORT}",
+            "--hub-key", fleet.host_keys["hub"], "--port", str(PORTS["node-b"]),
+            "--identity", str(fleet.tunnel_keys["node-b"]), "--user", TUNNEL_USER,
+        ]),
+        env={**os.environ, "EDGEBOX_HOME": str(fleet.dir / "node-b-home")}, cwd=REPO,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert tunnel.stderr is not None
+        deadline, line = time.monotonic() + 15, ""
+        while "tunnel up" not in line and time.monotonic() < deadline and tunnel.poll() is None:
+            line = tunnel.stderr.readline()
+        assert "tunnel up" in line, line
+        done = fleet.edgebox(
+            "laptop", fleet.home("to-b", fleet.directory()), "ssh", "node-b", "--", "echo", "b"
+        )
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.strip() == "b"
+    finally:
+        tunnel.terminate()
+        stdout, _ = tunnel.communicate(timeout=10)
+    assert tunnel.returncode == 0
+    assert json.loads(stdout)["ups"] == 1
 
 
 def test_tunnel_returns_after_hub_restart_and_rebind_refusal(
