@@ -243,5 +243,9 @@ def version() -> None:
     out.print(__version__)
 
 
+from edgebox.commands import ssh as _ssh_commands  # noqa: E402
+
+_ssh_commands.register(app)
+
 if __name__ == "__main__":
     app()
