@@ -244,8 +244,13 @@ def version() -> None:
 
 
 from edgebox.commands import router as _router_command  # noqa: E402
+from edgebox.commands import ssh as _ssh_commands  # noqa: E402
+from edgebox.commands import telemetry as _telemetry_cmd  # noqa: E402
 
+_ssh_commands.register(app)
+_telemetry_cmd.register(app)
 _router_command.register(app)
+
 
 if __name__ == "__main__":
     app()

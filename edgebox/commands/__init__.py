@@ -1,1 +1,1 @@
-"""CLI commands, one module each, registered on the Typer app by `edgebox.cli`."""
+"""CLI command groups, one module each; every module exposes `register(app)`."""
