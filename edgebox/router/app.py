@@ -118,4 +118,9 @@ def create_app(router: Router) -> Starlette:
 def new_client() -> httpx.AsyncClient:
     """One pooled client for every node and upstream."""
     limits = httpx.Limits(max_connections=512, max_keepalive_connections=128)
-    return httpx.AsyncClient(limits=limits, timeout=httpx.Timeout(600.0, connect=3.0))
+    return httpx.AsyncClient(
+        limits=limits,
+        timeout=httpx.Timeout(600.0, connect=3.0),
+        # Relayed bytes go out as they came in (aiter_raw), so ask upstreams not to compress.
+        headers={"accept-encoding": "identity"},
+    )
