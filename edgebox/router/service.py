@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import time
 from collections import OrderedDict
 from collections.abc import Mapping
@@ -282,6 +283,4 @@ def _card(model: str, owner: str) -> dict[str, Any]:
 
 
 def _env(name: str) -> str | None:
-    import os
-
     return os.environ.get(name) or None
