@@ -46,7 +46,9 @@ def one_token(base_url: str, model: str) -> Callable[[int], float]:
     client = httpx.Client(timeout=120)
 
     def run(i: int) -> float:
-        body = {"model": model, "prompt": f"{i} {SHORT}", "max_tokens": 1, "temperature": 0}
+        # A prompt of its own per path and request: no path gains from another's prefix cache.
+        prompt = f"{base_url} {i} {SHORT}"
+        body = {"model": model, "prompt": prompt, "max_tokens": 1, "temperature": 0}
         started = time.perf_counter()
         response = client.post(base_url + "/completions", json=body)
         elapsed = time.perf_counter() - started
