@@ -47,10 +47,18 @@ def _progress_factory(progress: Progress) -> Callable[[str, int], Callable[[int]
 @app.command()
 def serve(
     model: Annotated[
-        str | None,
-        typer.Option("--model", "-m", help="Bundled name, path to a .gguf, or ORG/REPO:FILE.gguf."),
+        list[str] | None,
+        typer.Option(
+            "--model",
+            "-m",
+            help="Bundled name, path to a .gguf or .onnx, or ORG/REPO:FILE.gguf; repeat to serve "
+            "several (default: smollm2-135m and the all-minilm-l6-v2 embedding model).",
+        ),
     ] = None,
-    alias: Annotated[str | None, typer.Option(help="Model id shown in /v1/models.")] = None,
+    alias: Annotated[
+        list[str] | None,
+        typer.Option(help="Model id shown in /v1/models; repeat in the order of --model."),
+    ] = None,
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on (0 picks a free one).")] = 8080,
     ctx: Annotated[int, typer.Option(help="Context tokens per request.")] = 4096,
@@ -81,6 +89,9 @@ def serve(
     gpu_layers: Annotated[
         int, typer.Option(help="Layers to offload (-1: all that the build allows).")
     ] = -1,
+    embedding_batch: Annotated[
+        int, typer.Option(help="Embedding inputs per ONNX Runtime call.")
+    ] = 32,
     api_key: Annotated[
         str | None,
         typer.Option(
@@ -92,14 +103,29 @@ def serve(
     access_log: Annotated[bool, typer.Option(help="Log each HTTP request.")] = False,
     verbose: Annotated[bool, typer.Option(help="Show llama.cpp's own log.")] = False,
 ) -> None:
-    """Serve a model on a local OpenAI-compatible endpoint (default: the bundled SmolLM2-135M)."""
-    from edgebox.models import ModelNotAvailable, resolve_model
+    """Serve models on a local OpenAI-compatible endpoint (default: the bundled SmolLM2-135M
+    for chat and all-MiniLM-L6-v2 for /v1/embeddings)."""
+    from typing import cast
+
+    from edgebox.models import (
+        DEFAULT_EMBEDDING_MODEL,
+        DEFAULT_MODEL,
+        ModelNotAvailable,
+        ResolvedModel,
+        resolve_model,
+    )
     from edgebox.node.kv_transfer import KVStore
     from edgebox.node.server import serve as run_server
     from edgebox.node.state import NodeState
-    from edgebox.runtimes.base import BackendError
-    from edgebox.runtimes.llamacpp import EngineConfig, LlamaCppRuntime
+    from edgebox.runtimes.base import BackendError, EmbeddingRuntime, Runtime
+    from edgebox.runtimes.factory import RuntimeConfig, open_runtime
+    from edgebox.runtimes.llamacpp import EngineConfig
 
+    specs = model or [DEFAULT_MODEL, DEFAULT_EMBEDDING_MODEL]
+    aliases = alias or []
+    if len(aliases) > len(specs):
+        raise _fail(f"{len(aliases)} --alias for {len(specs)} --model; give one alias per model")
+    resolved_models: list[ResolvedModel] = []
     try:
         with Progress(
             "[progress.description]{task.description}",
@@ -109,48 +135,81 @@ def serve(
             console=err,
             transient=True,
         ) as progress:
-            resolved = resolve_model(model, alias=alias, progress=_progress_factory(progress))
+            for i, spec in enumerate(specs):
+                name = aliases[i] if i < len(aliases) else None
+                try:
+                    resolved_models.append(
+                        resolve_model(spec, alias=name, progress=_progress_factory(progress))
+                    )
+                except ModelNotAvailable as exc:
+                    if model or spec != DEFAULT_EMBEDDING_MODEL:
+                        raise
+                    err.print(f"[yellow]not serving embeddings:[/] {exc}", highlight=False)
     except ModelNotAvailable as exc:
         raise _fail(str(exc)) from None
+    ids = [m.alias for m in resolved_models]
+    if len(set(ids)) < len(ids):
+        raise _fail(f"two models would be served as the same id ({', '.join(ids)}); use --alias")
     if flash_attn.lower() not in ("auto", "on", "off"):
         raise _fail(f"--flash-attn must be auto, on or off, not {flash_attn!r}")
-    config = EngineConfig(
-        n_ctx=ctx,
-        parallel=parallel,
-        n_threads=threads or _default_threads(),
-        prefill_chunk=prefill_chunk,
-        max_queue=max_queue,
-        flash_attn=flash_attn.lower(),
-        request_timeout=request_timeout or None,
+    config = RuntimeConfig(
+        engine=EngineConfig(
+            n_ctx=ctx,
+            parallel=parallel,
+            n_threads=threads or _default_threads(),
+            prefill_chunk=prefill_chunk,
+            max_queue=max_queue,
+            flash_attn=flash_attn.lower(),
+            request_timeout=request_timeout or None,
+        ),
+        gpu_layers=gpu_layers,
+        verbose=verbose,
+        embedding_batch=embedding_batch,
     )
-    err.print(f"loading {resolved.alias} from {resolved.path} …", highlight=False)
-    try:
-        runtime = LlamaCppRuntime(
-            resolved.path,
-            name=resolved.alias,
-            config=config,
-            n_gpu_layers=gpu_layers,
-            verbose=verbose,
-        )
-    except BackendError as exc:
-        raise _fail(str(exc)) from None
-    state = NodeState({resolved.alias: runtime}, kv_store=KVStore(max_bytes=kv_upload_mib << 20))
+    chat: dict[str, Runtime] = {}
+    embedders: dict[str, EmbeddingRuntime] = {}
+    for resolved in resolved_models:
+        err.print(f"loading {resolved.alias} from {resolved.path} …", highlight=False)
+        try:
+            runtime = open_runtime(resolved, None, config)
+        except BackendError as exc:
+            for loaded in chat.values():
+                loaded.close()
+            for embedder in embedders.values():
+                embedder.close()
+            raise _fail(str(exc)) from None
+        if runtime.capabilities.embeddings:
+            embedders[resolved.alias] = cast(EmbeddingRuntime, runtime)
+        else:
+            chat[resolved.alias] = cast(Runtime, runtime)
+    state = NodeState(chat, embedders=embedders, kv_store=KVStore(max_bytes=kv_upload_mib << 20))
 
     def ready(url: str) -> None:
-        info = runtime.info
-        out.print(
-            f"[bold green]edgebox[/] serving [bold]{resolved.alias}[/] ({info.description}, "
-            f"{info.n_ctx} ctx x {runtime.stats().slots} slots, {config.n_threads} threads) at "
-            f"[bold]{url}/v1[/]",
-            highlight=False,
-        )
+        for alias_, rt in chat.items():
+            info = rt.info
+            out.print(
+                f"[bold green]edgebox[/] serving [bold]{alias_}[/] ({info.description}, "
+                f"{info.n_ctx} ctx x {rt.stats().slots} slots, {config.engine.n_threads} "
+                f"threads) at [bold]{url}/v1[/]",
+                highlight=False,
+            )
+        for alias_, emb in embedders.items():
+            providers = ", ".join(emb.info.metadata.get("providers", []))
+            out.print(
+                f"[bold green]edgebox[/] serving [bold]{alias_}[/] ({emb.dimensions}-d "
+                f"embeddings, {emb.info.n_ctx} tokens max, {providers}) at [bold]{url}/v1[/]",
+                highlight=False,
+            )
         auth = ' -H "Authorization: Bearer $EDGEBOX_API_KEY"' if api_key else ""
-        body = json.dumps(
-            {"model": resolved.alias, "messages": [{"role": "user", "content": "Hello!"}]}
-        )
+        if chat:
+            first = next(iter(chat))
+            body = json.dumps({"model": first, "messages": [{"role": "user", "content": "Hello!"}]})
+            route = "chat/completions"
+        else:
+            body = json.dumps({"model": next(iter(embedders)), "input": "Hello!"})
+            route = "embeddings"
         out.print(
-            f"try:  curl -s {url}/v1/chat/completions -H 'Content-Type: application/json'{auth} "
-            f"-d '{body}'",
+            f"try:  curl -s {url}/v1/{route} -H 'Content-Type: application/json'{auth} -d '{body}'",
             highlight=False,
             soft_wrap=True,
         )
