@@ -53,9 +53,10 @@ def resolve_model(
         return ResolvedModel(path, alias or bundled.alias, "bundled", tokenizer)
     local = Path(spec).expanduser()
     if local.is_file():
-        local = local.resolve()
-        tokenizer = _onnx_tokenizer(local) if local.suffix.lower() == ".onnx" else None
-        return ResolvedModel(local, alias or default_alias(local), "file", tokenizer)
+        # beside the path as given: a symlinked model (the Hugging Face cache) has its
+        # tokenizer next to the link, not next to the blob it points at
+        tokenizer = _onnx_tokenizer(local.absolute()) if local.suffix.lower() == ".onnx" else None
+        return ResolvedModel(local.resolve(), alias or default_alias(local), "file", tokenizer)
     match = _HF_SPEC.match(spec)
     if match:
         path = _from_hub(match["repo"], match["file"])
