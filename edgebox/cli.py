@@ -227,14 +227,17 @@ def models_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
 ) -> None:
     """List the models that ship with edgebox and work offline."""
-    from edgebox.models import BUNDLED, DEFAULT_MODEL
+    from edgebox.models import BUNDLED, DEFAULT_EMBEDDING_MODEL, DEFAULT_MODEL
 
+    defaults = (DEFAULT_MODEL, DEFAULT_EMBEDDING_MODEL)
     if as_json:
         out.print_json(
             data=[
                 {
                     "name": m.alias,
-                    "default": m.alias == DEFAULT_MODEL,
+                    "aliases": list(m.names),
+                    "kind": m.kind,
+                    "default": m.alias in defaults,
                     "package": m.package,
                     "summary": m.summary,
                 }
@@ -244,7 +247,7 @@ def models_cmd(
         return
     table = Table("name", "package", "summary")
     for m in BUNDLED.values():
-        default = " (default)" if m.alias == DEFAULT_MODEL else ""
+        default = " (default)" if m.alias in defaults else ""
         table.add_row(m.alias + default, m.package, m.summary)
     out.print(table)
 

@@ -23,6 +23,7 @@ class BundledModel:
     # embedding models: where their tokenizer.json comes from (a separate package)
     locate_tokenizer: Callable[[], Path] | None = None
     names: tuple[str, ...] = ()  # other names that resolve to this model
+    kind: str = "chat"  # or "embeddings"
 
 
 def cache_dir() -> Path:
@@ -123,6 +124,7 @@ BUNDLED: dict[str, BundledModel] = {
             _minilm,
             locate_tokenizer=_minilm_tokenizer,
             names=("minilm",),
+            kind="embeddings",
         ),
     )
 }
