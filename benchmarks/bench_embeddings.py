@@ -34,37 +34,10 @@ from edgebox.models import resolve_model  # noqa: E402
 from edgebox.runtimes.onnx.pooling import mean_pool, normalise, pad_batch  # noqa: E402
 from tests.conftest import free_port  # noqa: E402
 
-WORDS = [
-    "the",
-    "a",
-    "river",
-    "city",
-    "model",
-    "quiet",
-    "engine",
-    "bright",
-    "cloud",
-    "table",
-    "under",
-    "over",
-    "quickly",
-    "server",
-    "memory",
-    "token",
-    "light",
-    "green",
-    "small",
-    "large",
-    "north",
-    "south",
-    "market",
-    "music",
-    "garden",
-    "winter",
-    "summer",
-    "train",
-    "road",
-]
+WORDS = (  # noqa: SIM905
+    "the a river city model quiet engine bright cloud table under over quickly server memory "
+    "token light green small large north south market music garden winter summer train road"
+).split()
 
 
 def sentences(n: int, seed: int = 7) -> list[str]:

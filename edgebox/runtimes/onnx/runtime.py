@@ -73,6 +73,9 @@ class OnnxEmbeddingRuntime:
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads or 0  # 0: ONNX Runtime's default, all cores
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # Idle worker threads would otherwise spin after each run, taking the cores the
+        # HTTP event loop needs to answer the request that just finished.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         chosen = providers or choose_providers(
             ort.get_available_providers(), trt_cache=trt_cache_dir()
         )
