@@ -1,0 +1,1 @@
+"""The fleet: registry, hub control plane, join tokens, node identity and heartbeats."""
