@@ -156,10 +156,15 @@ def serve(
         )
         out.print("Ctrl-C to stop.", style="dim")
 
+    from edgebox.fleet.heartbeat import start_background
+
+    beats = start_background(models=lambda: [resolved.alias])  # only once joined to a hub
     with contextlib.suppress(KeyboardInterrupt):  # uvicorn already shut down cleanly
         run_server(
             state, host=host, port=port, api_key=api_key, access_log=access_log, on_ready=ready
         )
+    if beats:
+        beats.stop()
     err.print("stopped.", style="dim")
 
 
@@ -242,6 +247,11 @@ def version() -> None:
     """Print edgebox's version."""
     out.print(__version__)
 
+
+from edgebox.commands import hub, join, token  # noqa: E402
+
+for _commands in (hub, token, join):
+    _commands.register(app)
 
 if __name__ == "__main__":
     app()

@@ -1,6 +1,7 @@
 """Join tokens: one pasteable line that names the hub, pins its certificate, and proves a grant.
 
-Wire form: ``ebx1_<base64url(JSON {"u": [hub urls], "f": cert fingerprint, "i": token id})>.<secret>``.
+Wire form: ``ebx1_<base64url(JSON)>.<secret>`` where the JSON is
+``{"u": [hub urls], "f": cert fingerprint, "i": token id}``.
 The part before the dot is public (it tells the node where to go and whom to trust); the secret
 after it is shown once, and the hub keeps only its sha256.
 """

@@ -34,6 +34,7 @@ from edgebox.node.errors import (
 M = TypeVar("M", bound=BaseModel)
 log = logging.getLogger("edgebox.hub")
 MAX_BODY = 1 << 20
+NODE_NAME = r"^[A-Za-z0-9._-]+$"
 MISSED_BEATS = 3  # a node is offline after this many heartbeat intervals without one
 
 
@@ -53,7 +54,7 @@ class JoinRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     token_id: str = Field(min_length=1, max_length=64)
     secret: str = Field(min_length=1, max_length=256)
-    name: str | None = Field(default=None, min_length=1, max_length=63, pattern=r"^[A-Za-z0-9._-]+$")
+    name: str | None = Field(default=None, min_length=1, max_length=63, pattern=NODE_NAME)
     ssh_public_key: str = Field(min_length=16, max_length=4096, pattern=r"^ssh-[a-z0-9-]+ ")
     host_key: str | None = Field(default=None, max_length=4096)
     profile: dict[str, Any]
@@ -69,7 +70,7 @@ class HeartbeatRequest(BaseModel):
 class TokenCreateRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     ttl_seconds: float = Field(default=1800, gt=0, le=30 * 86400)
-    name: str | None = Field(default=None, min_length=1, max_length=63, pattern=r"^[A-Za-z0-9._-]+$")
+    name: str | None = Field(default=None, min_length=1, max_length=63, pattern=NODE_NAME)
 
 
 async def _body(request: Request, model: type[M]) -> M:
@@ -209,7 +210,7 @@ def create_app(store: HubStore, config: HubConfig) -> Starlette:
     ]
     handlers = {APIError: api_error_handler, HTTPException: http_error_handler,
                 Exception: unhandled_error_handler}  # fmt: skip
-    return Starlette(routes=routes, exception_handlers=handlers, lifespan=lifespan)  # type: ignore[arg-type]
+    return Starlette(routes=routes, exception_handlers=handlers, lifespan=lifespan)
 
 
 async def _sweep_offline(store: HubStore, config: HubConfig) -> None:

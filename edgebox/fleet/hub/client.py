@@ -103,6 +103,7 @@ class HubClient:
                     err = resp.json()["error"]
                     raise HubError(resp.status_code, err.get("code"), err["message"])
                 except (ValueError, KeyError, TypeError):
-                    raise HubError(resp.status_code, None, f"hub answered {resp.status_code}")
+                    message = f"hub answered {resp.status_code}"
+                    raise HubError(resp.status_code, None, message) from None
             return resp.json()
         raise HubError(0, "unreachable", f"cannot reach the hub at {', '.join(self.urls)}: {last}")

@@ -24,6 +24,7 @@ from edgebox.fleet.keys import edgebox_home, write_private
 CERT_FILE = "hub-cert.pem"
 KEY_FILE = "hub-key.pem"
 ADMIN_KEY_FILE = "admin.key"
+HUB_FILE = "hub.json"  # where the local CLI finds the running hub's address and fingerprint
 
 
 def default_data_dir() -> Path:

@@ -12,8 +12,6 @@ from edgebox.fleet.hub import identity
 from edgebox.fleet.hub.app import HubConfig, create_app
 from edgebox.fleet.hub.store import DB_FILE, HubStore
 
-HUB_FILE = "hub.json"  # where the local CLI finds the running hub's address and fingerprint
-
 
 def public_urls(host: str, port: int, given: list[str]) -> list[str]:
     if given:
@@ -48,7 +46,7 @@ def serve(
         ssh_port=ssh_port,
         ssh_user=ssh_user,
     )
-    (data_dir / HUB_FILE).write_text(
+    (data_dir / identity.HUB_FILE).write_text(
         json.dumps({"urls": hub_urls, "fingerprint": ident.fingerprint}, indent=2) + "\n"
     )
     logging.getLogger("edgebox.hub").info(

@@ -109,7 +109,8 @@ class HubStore:
             rows = self._db.execute("SELECT * FROM tokens ORDER BY created_at").fetchall()
         out = []
         for row in rows:
-            item = {k: row[k] for k in row.keys() if k != "secret_hash"}
+            item = dict(row)
+            del item["secret_hash"]
             item["state"] = tokens.state(
                 expires_at=row["expires_at"], used_at=row["used_at"],
                 revoked_at=row["revoked_at"], now=now,
@@ -155,12 +156,14 @@ class HubStore:
                           revoked_at=row["revoked_at"], now=now)  # fmt: skip
         if st is not TokenState.VALID:
             raise JoinRefused(*_REFUSALS[st])
-        name = row["name"] or reg.name or str(reg.profile.get("hostname") or "node")
-        taken = self._db.execute(
-            "SELECT 1 FROM nodes WHERE name = ? AND revoked_at IS NULL", (name,)
-        ).fetchone()
-        if taken:
-            raise JoinRefused(409, "name_taken", f"a node named {name!r} is already registered")
+        chosen = row["name"] or reg.name
+        name = chosen or str(reg.profile.get("hostname") or "node")
+        if self._name_taken(name):
+            if chosen:  # an explicit name is never silently changed
+                raise JoinRefused(409, "name_taken", f"a node named {name!r} is already registered")
+            base, n = name, 2
+            while self._name_taken(name := f"{base}-{n}"):
+                n += 1
         node_id, node_secret = "node_" + secrets.token_hex(6), secrets.token_urlsafe(32)
         port = self._free_tunnel_port()
         self._db.execute(
@@ -176,6 +179,10 @@ class HubStore:
         node = self._node_locked(node_id)
         assert node is not None
         return node | {"node_secret": node_secret}
+
+    def _name_taken(self, name: str) -> bool:
+        sql = "SELECT 1 FROM nodes WHERE name = ? AND revoked_at IS NULL"
+        return self._db.execute(sql, (name,)).fetchone() is not None
 
     def _free_tunnel_port(self) -> int:
         used = {r[0] for r in self._db.execute("SELECT tunnel_port FROM nodes")}
@@ -253,7 +260,8 @@ class HubStore:
 
 
 def _node_dict(row: sqlite3.Row) -> dict[str, Any]:
-    item = {k: row[k] for k in row.keys() if k != "secret_hash"}
+    item = dict(row)
+    del item["secret_hash"]
     for key in ("profile", "models", "telemetry"):
         item[key] = json.loads(item[key])
     return item

@@ -1,0 +1,1 @@
+"""Getting boxes into the fleet: service units, provisioning over SSH."""

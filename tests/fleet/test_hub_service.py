@@ -1,0 +1,35 @@
+"""Service units rendered for systemd and launchd (content only; installing needs a real init)."""
+
+from __future__ import annotations
+
+import plistlib
+from pathlib import Path
+
+from edgebox.provisioning.service import (
+    LAUNCHD_LABEL,
+    node_command,
+    render_launchd_plist,
+    render_systemd_unit,
+)
+
+
+def test_systemd_unit_runs_the_node_with_its_home_and_restarts() -> None:
+    cmd = node_command("/opt/edgebox venv/bin/python")
+    unit = render_systemd_unit(cmd, home=Path("/var/lib/edgebox"), user="edgebox")
+    lines = unit.splitlines()
+    assert "ExecStart='/opt/edgebox venv/bin/python' -m edgebox serve" in lines
+    assert 'Environment="EDGEBOX_HOME=/var/lib/edgebox"' in lines
+    assert "Restart=on-failure" in lines and "User=edgebox" in lines
+    assert "WantedBy=multi-user.target" in lines
+    assert lines.index("[Service]") < lines.index("[Install]")
+    user_unit = render_systemd_unit(cmd, home=Path("/h"))
+    assert "WantedBy=default.target" in user_unit and "User=" not in user_unit
+
+
+def test_launchd_plist_is_valid_and_keeps_the_node_alive() -> None:
+    cmd = ["/Users/a&b/.venv/bin/python", "-m", "edgebox", "serve"]
+    plist = plistlib.loads(render_launchd_plist(cmd, home=Path("/Users/a&b/.edgebox")).encode())
+    assert plist["Label"] == LAUNCHD_LABEL
+    assert plist["ProgramArguments"] == cmd
+    assert plist["EnvironmentVariables"] == {"EDGEBOX_HOME": "/Users/a&b/.edgebox"}
+    assert plist["RunAtLoad"] is True and plist["KeepAlive"] is True
