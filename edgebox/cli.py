@@ -248,9 +248,9 @@ def version() -> None:
     out.print(__version__)
 
 
-from edgebox.commands import hub, join, token  # noqa: E402
+from edgebox.commands import hub, join, provision, token  # noqa: E402
 
-for _commands in (hub, token, join):
+for _commands in (hub, token, join, provision):
     _commands.register(app)
 
 if __name__ == "__main__":

@@ -14,7 +14,9 @@ node_app = typer.Typer(help="This box as a fleet node.", no_args_is_help=True)
 
 
 def join(
-    token: Annotated[str, typer.Argument(help="The ebx1_... line from `edgebox token create`.")],
+    token: Annotated[
+        str, typer.Argument(help="The ebx1_... line from `edgebox token create` (- reads stdin).")
+    ],
     name: Annotated[str | None, typer.Option(help="Node name (default: the hostname).")] = None,
     service: Annotated[
         bool, typer.Option(help="Install the node service (systemd/launchd).")
@@ -33,6 +35,10 @@ def join(
     from edgebox.fleet.tokens import TokenError
     from edgebox.provisioning import service as svc
 
+    if token == "-":  # keeps the secret out of the process list (used by `edgebox provision`)
+        import sys
+
+        token = sys.stdin.readline()
     try:
         member = do_join(token, name=name)
     except TokenError as exc:
