@@ -132,12 +132,20 @@ def test_token_create_then_join_registers_the_node(slow_hub: Hub, tmp_path: Path
     assert node["profile"]["hw_class"] in ("cpu", "nvidia-rtx", "nvidia-datacenter")
     assert "secret_hash" not in node and "node_secret" not in node
 
+    beat = _cli("node", "heartbeat", "--count", "1", home=node_home)
+    assert beat.returncode == 0, beat.stderr
+    beaten = hub.get(f"/v1/hub/nodes/{node['id']}")
+    assert beaten["last_heartbeat"] > node["last_heartbeat"] and beaten["telemetry"]["memory_total"]
+    not_joined = _cli("node", "heartbeat", "--count", "1", home=tmp_path / "elsewhere")
+    assert not_joined.returncode == 1 and "edgebox join" in not_joined.stderr
+
     tokens_ls = _cli("token", "ls", "--json", "--data", str(hub.data), home=tmp_path)
     (row,) = json.loads(tokens_ls.stdout)
     assert row["state"] == "used" and row["node_id"] == node["id"]
     # The secrets appear nowhere but where they belong (the token line, fleet.json).
     hub_log = hub.log.read_text()
-    for text in (hub_log, joined.stdout, joined.stderr, listed.stdout, tokens_ls.stdout):
+    for text in (hub_log, joined.stdout, joined.stderr, listed.stdout, tokens_ls.stdout,
+                 beat.stdout, beat.stderr):  # fmt: skip
         assert secret not in text and fleet["node_secret"] not in text
     assert row["id"] in hub_log  # the log does talk about the token, by id
     db = (hub.data / "hub.sqlite3").read_bytes()

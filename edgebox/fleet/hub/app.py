@@ -219,5 +219,10 @@ async def _sweep_offline(store: HubStore, config: HubConfig) -> None:
         await asyncio.sleep(config.heartbeat_interval / 2)
         t = config.clock()
         cutoff = t - MISSED_BEATS * config.heartbeat_interval
-        for node_id in await asyncio.to_thread(store.mark_offline, older_than=cutoff, now=t):
+        try:
+            gone = await asyncio.to_thread(store.mark_offline, older_than=cutoff, now=t)
+        except Exception:  # a locked or full disk must not end the sweeper for good
+            log.exception("offline sweep failed; retrying")
+            continue
+        for node_id in gone:
             log.warning("node %s offline: no heartbeat for %d intervals", node_id, MISSED_BEATS)
