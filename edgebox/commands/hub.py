@@ -44,6 +44,8 @@ def serve(
     from edgebox.fleet.hub import identity
     from edgebox.fleet.hub.server import serve as run
 
+    if not 0 < port < 65536:
+        raise _fail("--port must be a fixed port (1-65535): tokens carry it")
     if heartbeat_interval <= 0:
         raise _fail("--heartbeat-interval must be positive")
     run(

@@ -5,8 +5,11 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
+import ssl
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -17,6 +20,7 @@ import pytest
 
 from edgebox.fleet import tokens
 from edgebox.fleet.heartbeat import Heartbeat
+from edgebox.fleet.hub import identity
 from edgebox.fleet.hub.client import HubClient, HubError
 from edgebox.fleet.join import join
 from tests.conftest import free_port
@@ -186,6 +190,10 @@ def test_replayed_expired_and_revoked_tokens_are_refused_distinctly(
     assert cli.returncode == 1 and "already used" in cli.stderr
     kinds = [e["detail"] for e in hub.get("/v1/hub/events")["data"] if e["kind"] == "join_refused"]
     assert kinds.count("token_used") == 2 and "token_expired" in kinds
+    hub_log = hub.log.read_text()
+    assert "token_used" in hub_log  # refusals are logged, by token id and reason only
+    for line in (used, expiring, revoked["token"], tokens.encode(fresh)):
+        assert line.rsplit(".", 1)[1] not in hub_log + cli.stderr
 
 
 def test_wrong_fingerprint_is_refused_before_anything_is_sent(hub: Hub, tmp_path: Path) -> None:
@@ -201,6 +209,40 @@ def test_wrong_fingerprint_is_refused_before_anything_is_sent(hub: Hub, tmp_path
     # The hub never saw the request: no refusal logged, and the token still works.
     assert not any(e["kind"] == "join_refused" for e in hub.get("/v1/hub/events")["data"])
     join(tokens.encode(real), home=tmp_path / "ok", profile=PROFILE)
+
+
+def test_an_imposter_hub_receives_no_bytes_at_all(hub: Hub, tmp_path: Path) -> None:
+    """A server with another certificate at the token's address: the handshake is aborted by
+    the client, so not one byte of HTTP (let alone the secret) reaches it."""
+    other = identity.load_or_create(tmp_path / "imposter")
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(other.cert_path, other.key_path)
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    received: list[bytes] = []
+
+    def serve_one() -> None:
+        conn, _ = listener.accept()
+        try:
+            with ctx.wrap_socket(conn, server_side=True) as tls:
+                tls.settimeout(5)
+                while chunk := tls.recv(65536):
+                    received.append(chunk)
+        except (OSError, ssl.SSLError):
+            pass
+
+    thread = threading.Thread(target=serve_one, daemon=True)
+    thread.start()
+    real = tokens.parse(hub.token()["token"])
+    pointed = tokens.JoinToken((f"https://127.0.0.1:{port}",), real.fingerprint, real.token_id,
+                               real.secret)  # fmt: skip
+    with pytest.raises(HubError) as caught:
+        join(tokens.encode(pointed), home=tmp_path / "node", profile=PROFILE)
+    thread.join(10)
+    listener.close()
+    assert caught.value.code == "fingerprint_mismatch"
+    assert other.fingerprint in caught.value.message and real.secret not in caught.value.message
+    assert b"".join(received) == b""
 
 
 def test_restart_keeps_registry_identity_and_tokens(hub: Hub, tmp_path: Path) -> None:
