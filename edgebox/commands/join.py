@@ -10,6 +10,7 @@ from rich.console import Console
 from edgebox.commands._hubopts import fail as _fail
 
 out = Console()
+err = Console(stderr=True)
 node_app = typer.Typer(help="This box as a fleet node.", no_args_is_help=True)
 
 
@@ -45,10 +46,20 @@ def join(
         raise _fail(str(exc)) from None
     except HubError as exc:
         raise _fail(f"join refused: {exc.message}" if exc.status else exc.message) from None
-    installed = svc.install(edgebox_home(), start=start) if service else None
+    installed, service_error = None, None
+    if service:
+        try:
+            installed = svc.install(edgebox_home(), start=start)
+        except svc.ServiceError as exc:  # joined all the same; say how to run the node by hand
+            service_error = str(exc)
+            err.print(
+                f"[yellow]warning:[/yellow] {exc}; run `edgebox serve` yourself", highlight=False
+            )
     if as_json:
         shown = {k: v for k, v in member.items() if k != "node_secret"}
-        out.print_json(data=shown | {"service": installed.message if installed else None})
+        service_info = {"service": installed.message if installed else None,
+                        "service_error": service_error}  # fmt: skip
+        out.print_json(data=shown | service_info)
         return
     out.print(
         f"joined as [bold]{member['name']}[/] ({member['node_id']}); tunnel port "

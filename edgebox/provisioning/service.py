@@ -19,9 +19,18 @@ UNIT_NAME = "edgebox-node.service"
 LAUNCHD_LABEL = "dev.edgebox.node"
 
 
-def node_command(python: str | None = None) -> list[str]:
-    """What the service runs: this interpreter's edgebox, serving and beating to the hub."""
-    return [python or sys.executable, "-m", "edgebox", "serve"]
+def node_command(python: str | None = None, pipx: str | None = None) -> list[str]:
+    """What the service runs: this interpreter's edgebox, serving and beating to the hub.
+
+    Under `pipx run` the interpreter lives in a cache pipx prunes, so the service runs the same
+    version through `pipx run` instead (pipx re-creates the cache when needed).
+    """
+    python = python or sys.executable
+    if ephemeral_python(python) and pipx:
+        from edgebox import __version__
+
+        return [pipx, "run", "--spec", f"edgebox=={__version__}", "edgebox", "serve"]
+    return [python, "-m", "edgebox", "serve"]
 
 
 def render_systemd_unit(command: list[str], *, home: Path, user: str | None = None) -> str:
@@ -71,6 +80,10 @@ def render_launchd_plist(command: list[str], *, home: Path) -> str:
 """
 
 
+class ServiceError(Exception):
+    pass
+
+
 @dataclass(frozen=True)
 class ServiceResult:
     path: Path | None
@@ -78,9 +91,24 @@ class ServiceResult:
     message: str
 
 
+def ephemeral_python(python: str) -> bool:
+    """`pipx run` keeps its venvs in a cache it prunes; a service must not point there."""
+    return "/pipx/.cache/" in python or "/pipx/cache/" in python
+
+
 def install(home: Path, *, start: bool = True, user: str | None = None) -> ServiceResult:
-    """Install (and start) the node service for this platform; skips where none applies."""
-    command = node_command()
+    """Install (and start) the node service for this platform; skips where none applies.
+
+    Raises ServiceError with what went wrong (no init system running, no permission...).
+    """
+    try:
+        return _install(home, start=start, user=user)
+    except (OSError, subprocess.CalledProcessError) as exc:
+        raise ServiceError(f"installing the node service failed: {exc}") from None
+
+
+def _install(home: Path, *, start: bool, user: str | None) -> ServiceResult:
+    command = node_command(pipx=shutil.which("pipx"))
     if sys.platform == "darwin":
         path = Path.home() / "Library/LaunchAgents" / f"{LAUNCHD_LABEL}.plist"
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -26,6 +26,15 @@ def test_systemd_unit_runs_the_node_with_its_home_and_restarts() -> None:
     assert "WantedBy=default.target" in user_unit and "User=" not in user_unit
 
 
+def test_a_pipx_run_join_points_the_service_at_pipx_not_its_cache() -> None:
+    cached = "/root/.local/pipx/.cache/1a2b3c/bin/python"
+    cmd = node_command(cached, pipx="/usr/bin/pipx")
+    assert cmd[:3] == ["/usr/bin/pipx", "run", "--spec"] and cmd[3].startswith("edgebox==")
+    assert cmd[-2:] == ["edgebox", "serve"]
+    lasting = "/root/.local/pipx/venvs/edgebox/bin/python"
+    assert node_command(lasting, pipx="/usr/bin/pipx") == [lasting, "-m", "edgebox", "serve"]
+
+
 def test_launchd_plist_is_valid_and_keeps_the_node_alive() -> None:
     cmd = ["/Users/a&b/.venv/bin/python", "-m", "edgebox", "serve"]
     plist = plistlib.loads(render_launchd_plist(cmd, home=Path("/Users/a&b/.edgebox")).encode())
