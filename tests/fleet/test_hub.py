@@ -307,4 +307,7 @@ def test_bad_requests_get_openai_shaped_errors_and_the_hub_keeps_serving(hub: Hu
         with pytest.raises(HubError) as caught:
             admin.request("DELETE", "/v1/hub/tokens/tok_nope")
         assert caught.value.status == 404
+        with pytest.raises(HubError) as caught:
+            admin.request("POST", "/v1/hub/tokens", json={"name": "x" * (2 << 20)})
+        assert caught.value.status == 413
         assert admin.request("GET", "/health")["status"] == "ok"

@@ -74,9 +74,14 @@ class TokenCreateRequest(BaseModel):
 
 
 async def _body(request: Request, model: type[M]) -> M:
-    raw = await request.body()
-    if len(raw) > MAX_BODY:
-        raise APIError(413, "request body is larger than 1 MiB", code="body_too_large")
+    too_large = APIError(413, "request body is larger than 1 MiB", code="body_too_large")
+    if int(request.headers.get("content-length") or 0) > MAX_BODY:
+        raise too_large
+    raw = b""
+    async for chunk in request.stream():  # chunked bodies are counted as they arrive
+        raw += chunk
+        if len(raw) > MAX_BODY:
+            raise too_large
     try:
         data = json.loads(raw or b"{}")
     except ValueError:
