@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import sysconfig
@@ -34,34 +35,40 @@ def _keygen(path: Path) -> str:
     return path.with_suffix(".pub").read_text().strip()
 
 
-@pytest.fixture
-def sshd(tmp_path: Path) -> Iterator[Sshd]:
+def start_sshd(d: Path, address: str = "127.0.0.1", netns: str | None = None) -> Sshd:
+    """A real OpenSSH sshd with its own host key, accepting one fresh client key."""
     if not os.path.exists(SSHD) or shutil.which("ssh-keygen") is None:
         pytest.fail("OpenSSH is required: apt-get install openssh-server openssh-client")
-    d = tmp_path / "sshd"
     d.mkdir()
     host_pub = _keygen(d / "host_key")
     client_pub = _keygen(d / "client_key")
     (d / "authorized_keys").write_text(client_pub + "\n")
     port = free_port()
     (d / "sshd_config").write_text(
-        f"Port {port}\nListenAddress 127.0.0.1\nHostKey {d / 'host_key'}\n"
+        f"Port {port}\nListenAddress {address}\nHostKey {d / 'host_key'}\n"
         f"PidFile {d / 'sshd.pid'}\nAuthorizedKeysFile {d / 'authorized_keys'}\n"
         "StrictModes no\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n"
         "PubkeyAuthentication yes\nPermitRootLogin prohibit-password\nUsePAM no\n"
     )
     known = d / "known_hosts"
-    known.write_text(f"[127.0.0.1]:{port} {host_pub}\n")
+    known.write_text(f"[{address}]:{port} {host_pub}\n")
     Path("/run/sshd").mkdir(exist_ok=True)
-    proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(d / "sshd_config")],
+    prefix = ["ip", "netns", "exec", netns] if netns else []
+    proc = subprocess.Popen([*prefix, SSHD, "-D", "-e", "-f", str(d / "sshd_config")],
                             stderr=(d / "sshd.log").open("wb"))  # fmt: skip
     deadline = time.monotonic() + 10
     while "Server listening" not in (d / "sshd.log").read_text():
         assert proc.poll() is None and time.monotonic() < deadline, (d / "sshd.log").read_text()
         time.sleep(0.05)
-    yield Sshd(port, d / "client_key", known, proc)
-    proc.terminate()
-    proc.wait(5)
+    return Sshd(port, d / "client_key", known, proc)
+
+
+@pytest.fixture
+def sshd(tmp_path: Path) -> Iterator[Sshd]:
+    server = start_sshd(tmp_path / "sshd")
+    yield server
+    server.proc.terminate()
+    server.proc.wait(5)
 
 
 @pytest.fixture
@@ -121,3 +128,83 @@ def test_provision_refuses_an_unknown_host_key(
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
     assert done.returncode == 1 and "cannot open SSH" in done.stderr
     assert hub.get("/v1/hub/tokens")["data"] == []  # no token was made for an unverified box
+
+
+@dataclass
+class Lan:
+    hub_ns: str
+    node_ns: str
+    hub_ip: str
+    node_ip: str
+
+
+def _ip(*args: str) -> None:
+    subprocess.run(["ip", *args], check=True, capture_output=True)
+
+
+@pytest.fixture
+def lan() -> Iterator[Lan]:
+    """Two network namespaces joined by a veth pair: a hub box and a node box."""
+    if shutil.which("ip") is None:
+        pytest.fail("iproute2 is required: apt-get install iproute2")
+    tag = f"{os.getpid() % 100000}"
+    net = f"10.{200 + os.getpid() % 50}.{os.getpid() % 250}"
+    lan = Lan(f"ebxhub{tag}", f"ebxnode{tag}", f"{net}.1", f"{net}.2")
+    _ip("netns", "add", lan.hub_ns)
+    _ip("netns", "add", lan.node_ns)
+    try:
+        _ip("link", "add", f"ebxh{tag}", "netns", lan.hub_ns, "type", "veth", "peer", "name",
+            f"ebxn{tag}", "netns", lan.node_ns)  # fmt: skip
+        for ns, dev, ip in ((lan.hub_ns, f"ebxh{tag}", lan.hub_ip),
+                            (lan.node_ns, f"ebxn{tag}", lan.node_ip)):  # fmt: skip
+            _ip("-n", ns, "addr", "add", f"{ip}/24", "dev", dev)
+            _ip("-n", ns, "link", "set", dev, "up")
+            _ip("-n", ns, "link", "set", "lo", "up")
+        yield lan
+    finally:
+        _ip("netns", "del", lan.hub_ns)
+        _ip("netns", "del", lan.node_ns)
+
+
+def test_provision_across_network_namespaces(lan: Lan, box_python: Path, tmp_path: Path) -> None:
+    """The hub, the admin and the node on different network stacks: the node reaches the hub
+    only at its LAN address, as a real box would."""
+    hub_port = free_port()
+    data = tmp_path / "hub"
+    hub_log = (tmp_path / "hub.log").open("wb")
+    hub_cmd = ["ip", "netns", "exec", lan.hub_ns, sys.executable, "-m", "edgebox", "hub", "serve",
+               "--host", lan.hub_ip, "--port", str(hub_port), "--data", str(data),
+               "--heartbeat-interval", "30"]  # fmt: skip
+    hub = subprocess.Popen(hub_cmd, stdout=hub_log, stderr=subprocess.STDOUT)
+    server = start_sshd(tmp_path / "sshd", lan.node_ip, lan.node_ns)
+    try:
+        deadline = time.monotonic() + 30
+        while not (data / "hub.json").exists():
+            assert hub.poll() is None and time.monotonic() < deadline
+            time.sleep(0.1)
+        assert json.loads((data / "hub.json").read_text())["urls"] == [
+            f"https://{lan.hub_ip}:{hub_port}"
+        ]
+        box_home = tmp_path / "box-home"
+        cmd = ["ip", "netns", "exec", lan.hub_ns, sys.executable, "-m", "edgebox", "provision",
+               f"root@{lan.node_ip}", "--port", str(server.port), "-i", str(server.client_key),
+               "--known-hosts", str(server.known_hosts), "--name", "spark",
+               "--source", str(Path(__file__).resolve().parents[2]), "--python", str(box_python),
+               "--pip-arg=--no-deps", "--pip-arg=--ignore-installed", "--pip-arg=--no-index",
+               "--edgebox-home", str(box_home), "--no-service", "--json", "--data", str(data)]  # fmt: skip
+        for _ in range(50):  # the hub may still be binding its port
+            done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+            if "cannot reach the hub" not in done.stderr:
+                break
+            time.sleep(0.2)
+        assert done.returncode == 0, done.stderr
+        node = json.loads(done.stdout)
+        assert node["name"] == "spark" and node["status"] == "online"
+        fleet = json.loads((box_home / "fleet.json").read_text())
+        assert fleet["hub_urls"] == [f"https://{lan.hub_ip}:{hub_port}"]
+        assert fleet["hub_ssh"]["host"] == lan.hub_ip
+    finally:
+        hub.send_signal(signal.SIGINT)
+        hub.wait(15)
+        server.proc.terminate()
+        server.proc.wait(5)
