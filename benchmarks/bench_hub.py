@@ -23,7 +23,7 @@ from pathlib import Path
 import httpx
 import psutil
 
-from edgebox.fleet.heartbeat import psutil_telemetry
+from edgebox.fleet.heartbeat import box_telemetry
 from edgebox.fleet.hub.client import HubClient, pinned_context
 from edgebox.fleet.join import join
 
@@ -56,7 +56,7 @@ async def node_loop(
     lat: list[float],
     once: bool = False,
 ) -> None:
-    body = {"telemetry": psutil_telemetry(), "models": ["smollm2-135m"]}
+    body = {"telemetry": box_telemetry(), "models": ["smollm2-135m"]}
     headers = {"authorization": f"Bearer {secret}"}
     while once or time.monotonic() < until:
         t = time.perf_counter()

@@ -248,9 +248,16 @@ def version() -> None:
     out.print(__version__)
 
 
-from edgebox.commands import hub, join, provision, token  # noqa: E402
+from edgebox.commands import hub as _hub_cmd  # noqa: E402
+from edgebox.commands import join as _join_cmd  # noqa: E402
+from edgebox.commands import provision as _provision_cmd  # noqa: E402
+from edgebox.commands import ssh as _ssh_commands  # noqa: E402
+from edgebox.commands import telemetry as _telemetry_cmd  # noqa: E402
+from edgebox.commands import token as _token_cmd  # noqa: E402
 
-for _commands in (hub, token, join, provision):
+_ssh_commands.register(app)
+_telemetry_cmd.register(app)
+for _commands in (_hub_cmd, _token_cmd, _join_cmd, _provision_cmd):
     _commands.register(app)
 
 if __name__ == "__main__":

@@ -1,1 +1,1 @@
-"""CLI command groups; each module exposes `register(app)` and is wired in edgebox/cli.py."""
+"""CLI command groups, one module each; every module exposes `register(app)`."""

@@ -14,8 +14,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import psutil
-
 from edgebox.fleet.hub.client import HubClient, HubError
 from edgebox.fleet.join import load_fleet
 
@@ -25,16 +23,11 @@ TelemetrySource = Callable[[], dict[str, Any]]
 ModelsSource = Callable[[], list[Any]]
 
 
-def psutil_telemetry() -> dict[str, Any]:
-    """CPU and memory now; the place to swap in edgebox.hardware.telemetry's sampler."""
-    memory = psutil.virtual_memory()
-    return {
-        "time": time.time(),
-        "cpu_percent": psutil.cpu_percent(interval=None),
-        "memory_total": memory.total,
-        "memory_used": memory.total - memory.available,
-        "load_avg": list(psutil.getloadavg()),
-    }
+def box_telemetry() -> dict[str, Any]:
+    """This box now (CPU, memory, load, accelerators) from edgebox.hardware.telemetry."""
+    from edgebox.hardware import telemetry
+
+    return telemetry.sample().to_dict()
 
 
 class Heartbeat:
@@ -45,7 +38,7 @@ class Heartbeat:
         fleet: dict[str, Any],
         *,
         interval: float | None = None,
-        telemetry: TelemetrySource = psutil_telemetry,
+        telemetry: TelemetrySource = box_telemetry,
         models: ModelsSource = list,
     ) -> None:
         self.fleet = fleet

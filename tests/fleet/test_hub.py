@@ -270,7 +270,7 @@ def test_heartbeats_then_three_missed_beats_mark_the_node_offline(hub: Hub, tmp_
     beats.run(count=3)
     node = hub.get(f"/v1/hub/nodes/{member['node_id']}")
     assert node["status"] == "online" and node["models"] == ["smollm2-135m"]
-    assert node["telemetry"]["memory_total"] > 0 and "cpu_percent" in node["telemetry"]
+    assert node["telemetry"]["memory_total"] > 0 and "cpu_pct" in node["telemetry"]
 
     deadline = time.monotonic() + 5
     while hub.get(f"/v1/hub/nodes/{member['node_id']}")["status"] != "offline":
