@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -37,8 +38,14 @@ def serve(
         float, typer.Option(help="Seconds between node heartbeats; offline after 3 missed.")
     ] = 5.0,
     ssh_host: Annotated[str | None, typer.Option(help="SSH relay host nodes connect to.")] = None,
-    ssh_port: Annotated[int, typer.Option(help="SSH relay port.")] = 22,
-    ssh_user: Annotated[str, typer.Option(help="SSH relay user.")] = "edgebox",
+    ssh_port: Annotated[int, typer.Option(help="SSH relay port.")] = 2222,
+    ssh_user: Annotated[
+        str, typer.Option(help="SSH relay account for tunnels.")
+    ] = "edgebox-tunnel",
+    relay_node_keys: Annotated[
+        Path | None,
+        typer.Option(help="Keep this authorized_keys file (the relay's tunnel account) in step."),
+    ] = None,
 ) -> None:
     """Serve the hub over HTTPS with its own pinned certificate (made on first start)."""
     from edgebox.fleet.hub import identity
@@ -57,6 +64,7 @@ def serve(
         ssh_host=ssh_host,
         ssh_port=ssh_port,
         ssh_user=ssh_user,
+        relay_node_keys=relay_node_keys,
     )
 
 

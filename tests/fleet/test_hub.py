@@ -35,6 +35,7 @@ class Hub:
     port: int
     log: Path
     interval: float = INTERVAL
+    extra: tuple[str, ...] = ()
     proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -49,7 +50,7 @@ class Hub:
         (self.data / "hub.json").unlink(missing_ok=True)
         cmd = [sys.executable, "-m", "edgebox", "hub", "serve", "--host", "127.0.0.1",
                "--port", str(self.port), "--data", str(self.data),
-               "--heartbeat-interval", str(self.interval)]  # fmt: skip
+               "--heartbeat-interval", str(self.interval), *self.extra]  # fmt: skip
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 30
@@ -311,3 +312,35 @@ def test_bad_requests_get_openai_shaped_errors_and_the_hub_keeps_serving(hub: Hu
             admin.request("POST", "/v1/hub/tokens", json={"name": "x" * (2 << 20)})
         assert caught.value.status == 413
         assert admin.request("GET", "/health")["status"] == "ok"
+
+
+def test_relay_authorized_keys_follow_joins_rejoins_and_revocations(tmp_path: Path) -> None:
+    keys_file = tmp_path / "authorized_nodes"
+    hub = Hub(tmp_path / "hub", free_port(), tmp_path / "hub.log", interval=30,
+              extra=("--relay-node-keys", str(keys_file)))  # fmt: skip
+    hub.start()
+    try:
+        assert keys_file.read_text().count("\n") == 1  # the header alone, before any node
+
+        def lines() -> list[str]:
+            return [x for x in keys_file.read_text().splitlines() if not x.startswith("#")]
+
+        a = join(hub.token()["token"], home=tmp_path / "a", profile=PROFILE)
+        b = join(hub.token()["token"], home=tmp_path / "b", profile=PROFILE)
+        assert len(lines()) == 2 and keys_file.stat().st_mode & 0o777 == 0o644
+        key_a = (tmp_path / "a" / "node_ed25519.pub").read_text().split()[1]
+        (line_a,) = [x for x in lines() if key_a in x]
+        assert f'permitlisten="127.0.0.1:{a["tunnel_port"]}"' in line_a
+        assert 'command="/usr/sbin/nologin"' in line_a and line_a.startswith("restrict,")
+
+        again = join(hub.token()["token"], home=tmp_path / "a", profile=PROFILE)  # same box
+        assert again["tunnel_port"] == a["tunnel_port"] and again["node_id"] != a["node_id"]
+        assert len(lines()) == 2
+        states = {n["id"]: n["status"] for n in hub.get("/v1/hub/nodes")["data"]}
+        assert states[a["node_id"]] == "revoked" and states[again["node_id"]] == "online"
+
+        with hub.admin() as c:
+            c.request("DELETE", f"/v1/hub/nodes/{b['node_id']}")
+        assert len(lines()) == 1 and key_a in lines()[0]
+    finally:
+        hub.stop()

@@ -10,8 +10,8 @@ import pytest
 from edgebox.fleet.hub.store import HubStore, JoinRefused, Registration
 
 
-def reg(name: str | None = None, hostname: str = "box") -> Registration:
-    return Registration(name, "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAI test", None,
+def reg(name: str | None = None, hostname: str = "box", key: str = "A") -> Registration:
+    return Registration(name, f"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAI{key} test", None,
                         {"hostname": hostname}, [])  # fmt: skip
 
 
@@ -39,14 +39,14 @@ def test_one_token_cannot_register_two_nodes_even_when_raced(tmp_path: Path) -> 
 def test_names_ports_and_offline(tmp_path: Path) -> None:
     store = HubStore(tmp_path / "hub.sqlite3", tunnel_port_base=30000)
     nodes = []
-    for _ in range(3):
+    for i in range(3):
         token_id, secret, _ = store.create_token(ttl=60, name=None, now=0)
-        nodes.append(store.redeem(token_id, secret, reg(), now=1))
+        nodes.append(store.redeem(token_id, secret, reg(key=str(i)), now=1))
     assert [n["name"] for n in nodes] == ["box", "box-2", "box-3"]
     assert [n["tunnel_port"] for n in nodes] == [30000, 30001, 30002]
     token_id, secret, _ = store.create_token(ttl=60, name=None, now=0)
     with pytest.raises(JoinRefused) as caught:
-        store.redeem(token_id, secret, reg(name="box-2"), now=1)
+        store.redeem(token_id, secret, reg(name="box-2", key="new"), now=1)
     assert caught.value.code == "name_taken"
     assert store.list_tokens(now=2)[-1]["state"] == "valid"  # a refused name keeps the token
 
@@ -55,6 +55,18 @@ def test_names_ports_and_offline(tmp_path: Path) -> None:
     assert [n["status"] for n in store.nodes()] == ["online", "offline", "offline"]
     assert store.revoke_node("box", now=12)["status"] == "revoked"
     assert store.heartbeat(nodes[0]["node_secret"], {}, [], now=13) is None
+
+
+def test_a_box_joining_again_replaces_its_record_and_keeps_its_port(tmp_path: Path) -> None:
+    store = HubStore(tmp_path / "hub.sqlite3")
+    first_id, first_secret, _ = store.create_token(ttl=60, name=None, now=0)
+    first = store.redeem(first_id, first_secret, reg(), now=1)
+    second_id, second_secret, _ = store.create_token(ttl=60, name=None, now=0)
+    second = store.redeem(second_id, second_secret, reg(), now=2)
+    assert second["name"] == "box" and second["tunnel_port"] == first["tunnel_port"]
+    assert store.node(first["id"])["status"] == "revoked"  # type: ignore[index]
+    assert store.heartbeat(first["node_secret"], {}, [], now=3) is None
+    assert "node_replaced" in [e["kind"] for e in store.events()]
 
 
 def test_schema_is_versioned_and_reopens(tmp_path: Path) -> None:

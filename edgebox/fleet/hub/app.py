@@ -12,6 +12,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -45,8 +46,9 @@ class HubConfig:
     admin_key: str
     heartbeat_interval: float = 5.0
     ssh_host: str = "127.0.0.1"
-    ssh_port: int = 22
-    ssh_user: str = "edgebox"
+    ssh_port: int = 2222
+    ssh_user: str = "edgebox-tunnel"
+    relay_node_keys: Path | None = None  # authorized_keys of the relay's tunnel account
     clock: Callable[[], float] = field(default=time.time)
 
 
@@ -110,6 +112,12 @@ def _require_admin(request: Request, config: HubConfig) -> None:
 def create_app(store: HubStore, config: HubConfig) -> Starlette:
     now = config.clock
 
+    async def sync_relay() -> None:
+        if config.relay_node_keys is not None:
+            from edgebox.fleet.hub.relay_sync import write_node_keys
+
+            await asyncio.to_thread(write_node_keys, config.relay_node_keys, store.nodes())
+
     async def health(request: Request) -> Response:
         return JSONResponse({"status": "ok", "fingerprint": config.fingerprint})
 
@@ -123,6 +131,7 @@ def create_app(store: HubStore, config: HubConfig) -> Starlette:
             raise APIError(refusal.status, refusal.message, type="join_refused",
                            code=refusal.code) from None  # fmt: skip
         log.info("node %s (%s) joined with token %s", node["id"], node["name"], body.token_id)
+        await sync_relay()
         answer = {
             "node_id": node["id"],
             "name": node["name"],
@@ -162,6 +171,7 @@ def create_app(store: HubStore, config: HubConfig) -> Starlette:
         if node is None:
             raise APIError(404, f"no node {key!r}", param="node", code="node_not_found")
         log.info("node %s revoked", node["id"])
+        await sync_relay()
         return JSONResponse(node)
 
     async def create_token(request: Request) -> Response:
@@ -197,6 +207,7 @@ def create_app(store: HubStore, config: HubConfig) -> Starlette:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await sync_relay()
         sweeper = asyncio.create_task(_sweep_offline(store, config))
         yield
         sweeper.cancel()

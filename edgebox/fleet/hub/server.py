@@ -31,6 +31,7 @@ def serve(
     ssh_host: str | None,
     ssh_port: int,
     ssh_user: str,
+    relay_node_keys: Path | None = None,
 ) -> None:
     """Serve until SIGINT/SIGTERM."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -45,6 +46,7 @@ def serve(
         ssh_host=ssh_host or hub_urls[0].split("://", 1)[1].rsplit(":", 1)[0].strip("[]"),
         ssh_port=ssh_port,
         ssh_user=ssh_user,
+        relay_node_keys=relay_node_keys,
     )
     (data_dir / identity.HUB_FILE).write_text(
         json.dumps({"urls": hub_urls, "fingerprint": ident.fingerprint}, indent=2) + "\n"

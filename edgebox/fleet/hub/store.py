@@ -26,8 +26,9 @@ _MIGRATIONS = [
         id TEXT PRIMARY KEY, name TEXT NOT NULL, ssh_public_key TEXT NOT NULL,
         host_key TEXT, profile TEXT NOT NULL, models TEXT NOT NULL DEFAULT '[]',
         telemetry TEXT NOT NULL DEFAULT '{}', secret_hash TEXT NOT NULL UNIQUE,
-        tunnel_port INTEGER NOT NULL UNIQUE, status TEXT NOT NULL, token_id TEXT,
+        tunnel_port INTEGER NOT NULL, status TEXT NOT NULL, token_id TEXT,
         joined_at REAL NOT NULL, last_heartbeat REAL, revoked_at REAL);
+    CREATE UNIQUE INDEX nodes_live_port ON nodes (tunnel_port) WHERE revoked_at IS NULL;
     CREATE TABLE tokens (
         id TEXT PRIMARY KEY, secret_hash TEXT NOT NULL, name TEXT, created_at REAL NOT NULL,
         expires_at REAL NOT NULL, used_at REAL, revoked_at REAL, node_id TEXT);
@@ -156,6 +157,14 @@ class HubStore:
                           revoked_at=row["revoked_at"], now=now)  # fmt: skip
         if st is not TokenState.VALID:
             raise JoinRefused(*_REFUSALS[st])
+        # A box joining again (same node key) replaces its old record and keeps its tunnel port.
+        old = self._db.execute(
+            "SELECT id, tunnel_port FROM nodes WHERE ssh_public_key = ? AND revoked_at IS NULL",
+            (reg.ssh_public_key,),
+        ).fetchone()
+        if old is not None:
+            self._db.execute("UPDATE nodes SET status = 'revoked', revoked_at = ? WHERE id = ?",
+                             (now, old["id"]))  # fmt: skip
         chosen = row["name"] or reg.name
         name = chosen or str(reg.profile.get("hostname") or "node")
         if self._name_taken(name):
@@ -165,7 +174,7 @@ class HubStore:
             while self._name_taken(name := f"{base}-{n}"):
                 n += 1
         node_id, node_secret = "node_" + secrets.token_hex(6), secrets.token_urlsafe(32)
-        port = self._free_tunnel_port()
+        port = old["tunnel_port"] if old is not None else self._free_tunnel_port()
         self._db.execute(
             "INSERT INTO nodes (id, name, ssh_public_key, host_key, profile, models, secret_hash,"
             " tunnel_port, status, token_id, joined_at, last_heartbeat)"
@@ -175,6 +184,8 @@ class HubStore:
         )  # fmt: skip
         self._db.execute("UPDATE tokens SET used_at = ?, node_id = ? WHERE id = ?",
                          (now, node_id, token_id))  # fmt: skip
+        if old is not None:
+            self._event(now, "node_replaced", node_id=old["id"], detail=f"by {node_id}")
         self._event(now, "join", node_id=node_id, token_id=token_id, detail=name)
         node = self._node_locked(node_id)
         assert node is not None
@@ -185,7 +196,8 @@ class HubStore:
         return self._db.execute(sql, (name,)).fetchone() is not None
 
     def _free_tunnel_port(self) -> int:
-        used = {r[0] for r in self._db.execute("SELECT tunnel_port FROM nodes")}
+        sql = "SELECT tunnel_port FROM nodes WHERE revoked_at IS NULL"
+        used = {r[0] for r in self._db.execute(sql)}
         port = self.tunnel_port_base
         while port in used:
             port += 1
