@@ -46,6 +46,10 @@ def serve(
         Path | None,
         typer.Option(help="Keep this authorized_keys file (the relay's tunnel account) in step."),
     ] = None,
+    ssh_host_key_file: Annotated[
+        Path | None,
+        typer.Option(help="The relay sshd's public host key (.pub), handed to joining nodes."),
+    ] = None,
 ) -> None:
     """Serve the hub over HTTPS with its own pinned certificate (made on first start)."""
     from edgebox.fleet.hub import identity
@@ -65,6 +69,7 @@ def serve(
         ssh_port=ssh_port,
         ssh_user=ssh_user,
         relay_node_keys=relay_node_keys,
+        ssh_host_key_file=ssh_host_key_file,
     )
 
 

@@ -316,8 +316,11 @@ def test_bad_requests_get_openai_shaped_errors_and_the_hub_keeps_serving(hub: Hu
 
 def test_relay_authorized_keys_follow_joins_rejoins_and_revocations(tmp_path: Path) -> None:
     keys_file = tmp_path / "authorized_nodes"
+    relay_key = tmp_path / "relay_host_key.pub"
+    relay_key.write_text("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIRelayHostKey relay\n")
     hub = Hub(tmp_path / "hub", free_port(), tmp_path / "hub.log", interval=30,
-              extra=("--relay-node-keys", str(keys_file)))  # fmt: skip
+              extra=("--relay-node-keys", str(keys_file), "--ssh-host", "relay.example",
+                     "--ssh-host-key-file", str(relay_key)))  # fmt: skip
     hub.start()
     try:
         assert keys_file.read_text().count("\n") == 1  # the header alone, before any node
@@ -327,6 +330,8 @@ def test_relay_authorized_keys_follow_joins_rejoins_and_revocations(tmp_path: Pa
 
         a = join(hub.token()["token"], home=tmp_path / "a", profile=PROFILE)
         b = join(hub.token()["token"], home=tmp_path / "b", profile=PROFILE)
+        assert b["hub_ssh"] == {"host": "relay.example", "port": 2222, "user": "edgebox-tunnel",
+                                "host_key": relay_key.read_text().strip()}  # fmt: skip
         assert len(lines()) == 2 and keys_file.stat().st_mode & 0o777 == 0o644
         key_a = (tmp_path / "a" / "node_ed25519.pub").read_text().split()[1]
         (line_a,) = [x for x in lines() if key_a in x]

@@ -48,6 +48,7 @@ class HubConfig:
     ssh_host: str = "127.0.0.1"
     ssh_port: int = 2222
     ssh_user: str = "edgebox-tunnel"
+    ssh_host_key: str | None = None  # the relay sshd's public host key, pinned by nodes
     relay_node_keys: Path | None = None  # authorized_keys of the relay's tunnel account
     clock: Callable[[], float] = field(default=time.time)
 
@@ -137,7 +138,12 @@ def create_app(store: HubStore, config: HubConfig) -> Starlette:
             "name": node["name"],
             "node_secret": node["node_secret"],
             "tunnel_port": node["tunnel_port"],
-            "hub_ssh": {"host": config.ssh_host, "port": config.ssh_port, "user": config.ssh_user},
+            "hub_ssh": {
+                "host": config.ssh_host,
+                "port": config.ssh_port,
+                "user": config.ssh_user,
+                "host_key": config.ssh_host_key,
+            },
             "heartbeat_interval": config.heartbeat_interval,
         }
         return JSONResponse(answer, status_code=201)

@@ -32,6 +32,7 @@ def serve(
     ssh_port: int,
     ssh_user: str,
     relay_node_keys: Path | None = None,
+    ssh_host_key_file: Path | None = None,
 ) -> None:
     """Serve until SIGINT/SIGTERM."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -47,6 +48,7 @@ def serve(
         ssh_port=ssh_port,
         ssh_user=ssh_user,
         relay_node_keys=relay_node_keys,
+        ssh_host_key=ssh_host_key_file.read_text().strip() if ssh_host_key_file else None,
     )
     (data_dir / identity.HUB_FILE).write_text(
         json.dumps({"urls": hub_urls, "fingerprint": ident.fingerprint}, indent=2) + "\n"
