@@ -14,6 +14,7 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColu
 from rich.table import Table
 
 from edgebox import __version__
+from edgebox.commands import nodes as nodes_commands
 
 app = typer.Typer(
     help="edgebox: serve quantised models on your own boxes behind an OpenAI-compatible API.",
@@ -242,6 +243,8 @@ def version() -> None:
     """Print edgebox's version."""
     out.print(__version__)
 
+
+nodes_commands.register(app)
 
 if __name__ == "__main__":
     app()
