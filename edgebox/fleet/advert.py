@@ -89,7 +89,7 @@ def txt_properties(
 
 def parse_advert(
     service_name: str,
-    properties: Mapping[bytes | str, bytes | str | None],
+    properties: Mapping[bytes, bytes | None],
     addresses: Sequence[str],
 ) -> DiscoveredNode | None:
     """A DiscoveredNode from a resolved service, or None when it is not a node we can use
@@ -115,5 +115,5 @@ def parse_advert(
     )
 
 
-def _text(value: bytes | str) -> str:
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+def _text(value: bytes) -> str:
+    return value.decode("utf-8", "replace")

@@ -22,6 +22,7 @@ class NodeState:
     request_timeout: float | None = None  # per-request override of the runtimes' default
     kv_store: KVStore = field(default_factory=KVStore)
     started: float = field(default_factory=time.time)
+    node: dict[str, Any] | None = None  # this node's public identity (id, name, host key)
     metrics: NodeMetrics = field(init=False)
     fingerprint: str = field(init=False)
 
@@ -64,4 +65,5 @@ class NodeState:
             "version": __version__,
             "uptime_s": round(time.time() - self.started, 1),
             "models": models,
+            **({"node": self.node} if self.node is not None else {}),
         }
