@@ -66,6 +66,7 @@ def _rows(wait: float, interfaces: list[str] | None) -> list[dict[str, Any]]:
                 "accelerator": None,
                 "model_digest": None,
                 "protocol_version": None,
+                "txt": {},
                 "sources": [],
             },
         )
@@ -103,6 +104,41 @@ def nodes(
             r["ssh_host_key_fingerprint"] + mismatch,
         )  # fmt: skip
     out.print(table)
+
+
+def watch(
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
+    interface: InterfaceOpt = None,
+) -> None:
+    """Print nodes as they appear, change and leave the LAN, until Ctrl-C."""
+    import json
+
+    from edgebox.fleet.advert import NodeEvent
+    from edgebox.fleet.mdns import NodeBrowser
+
+    def show(event: NodeEvent) -> None:
+        node = event.node
+        if as_json:
+            print(json.dumps({"event": event.kind, "node": node.to_json()}), flush=True)
+        else:
+            where = ", ".join(node.addresses)
+            out.print(f"{event.kind:8} {node.name} ({node.node_id[:8]}) {where}", highlight=False)
+
+    browser = NodeBrowser(_interfaces(interface), on_event=show)
+
+    async def run() -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            asyncio.get_running_loop().add_signal_handler(sig, task.cancel)
+        await browser.start()
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await browser.stop()
+
+    with contextlib.suppress(asyncio.CancelledError, KeyboardInterrupt):
+        asyncio.run(run())
 
 
 def add(
@@ -190,6 +226,7 @@ def register(app: typer.Typer) -> None:
     """Add the `nodes` command group to the edgebox CLI."""
     group = typer.Typer(no_args_is_help=False)
     group.callback(invoke_without_command=True)(nodes)
+    group.command()(watch)
     group.command()(add)
     group.command()(rm)
     group.command(hidden=True)(advertise)

@@ -30,6 +30,7 @@ class DiscoveredNode:
     model_digest: str
     protocol_version: int
     service_name: str  # the mDNS instance name, e.g. "spark-1a2b3c4d._edgebox._tcp.local."
+    txt: tuple[tuple[str, str], ...] = ()  # the whole TXT record as received, keys sorted
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -41,6 +42,7 @@ class DiscoveredNode:
             "accelerator": self.accelerator,
             "model_digest": self.model_digest,
             "protocol_version": self.protocol_version,
+            "txt": dict(self.txt),
         }
 
 
@@ -112,6 +114,7 @@ def parse_advert(
         model_digest=props.get("md", ""),
         protocol_version=version,
         service_name=service_name,
+        txt=tuple(sorted(props.items())),
     )
 
 

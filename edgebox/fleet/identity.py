@@ -29,6 +29,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from edgebox.fleet._files import write_atomic
 
 SSHD_HOST_KEY = Path("/etc/ssh/ssh_host_ed25519_key.pub")
+# Another sshd host key path, or empty to pin the edgebox key (sshd on a custom HostKey).
+SSHD_HOST_KEY_ENV = "EDGEBOX_SSHD_HOST_KEY"
 
 
 class IdentityError(Exception):
@@ -71,13 +73,17 @@ def ssh_fingerprint(public_key_line: str) -> str:
 
 
 def load_identity(
-    home: Path | None = None, *, sshd_host_key: Path = SSHD_HOST_KEY, name: str | None = None
+    home: Path | None = None, *, sshd_host_key: Path | None = None, name: str | None = None
 ) -> NodeIdentity:
     """Load this node's identity from `home` (default EDGEBOX_HOME), creating what is missing.
 
     `name` renames the node (stored); otherwise the stored name, or the hostname at creation.
+    `sshd_host_key` defaults to $EDGEBOX_SSHD_HOST_KEY, else /etc/ssh/ssh_host_ed25519_key.pub.
     """
     home = home or edgebox_home()
+    if sshd_host_key is None:
+        env = os.environ.get(SSHD_HOST_KEY_ENV)
+        sshd_host_key = SSHD_HOST_KEY if env is None else Path(env) if env else None
     home.mkdir(parents=True, exist_ok=True)
     record = _load_or_create_record(home / "node.json", name)
     private_path, public_line = _load_or_create_key(home / "ssh")
@@ -144,8 +150,10 @@ def _load_or_create_key(ssh_dir: Path) -> tuple[Path, str]:
     return private_path, line
 
 
-def _host_fingerprint(sshd_host_key: Path, own_public_line: str) -> tuple[str, str]:
-    try:
-        return ssh_fingerprint(sshd_host_key.read_text()), "sshd"
-    except (OSError, ValueError):
-        return ssh_fingerprint(own_public_line), "edgebox"
+def _host_fingerprint(sshd_host_key: Path | None, own_public_line: str) -> tuple[str, str]:
+    if sshd_host_key is not None:
+        try:
+            return ssh_fingerprint(sshd_host_key.read_text()), "sshd"
+        except (OSError, ValueError):
+            pass
+    return ssh_fingerprint(own_public_line), "edgebox"
