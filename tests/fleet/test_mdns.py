@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -69,11 +70,24 @@ def start_advertisers(tmp_path: Path, spec: list[tuple[Namespace, str]]) -> list
     return started
 
 
-def list_nodes(ns: Namespace, tmp_path: Path, *args: str) -> list[dict]:
-    home = tmp_path / f"browser-{ns.name}"
-    result = ns.run(_edgebox("nodes", "--json", "--wait", "3", *args), env=_env(home))
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)
+def list_nodes(ns: Namespace, tmp_path: Path, *variants: tuple[str, ...]) -> list[list[dict]]:
+    """`edgebox nodes --json --wait 2 [ARGS]` in `ns`, once per variant, all at the same time."""
+    procs = [
+        subprocess.Popen(
+            ns.command(_edgebox("nodes", "--json", "--wait", "2", *args)),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, **_env(tmp_path / f"browser{i}")},
+        )
+        for i, args in enumerate(variants or [()])
+    ]
+    results = []
+    for proc in procs:
+        stdout, stderr = proc.communicate(timeout=30)
+        assert proc.returncode == 0, stderr
+        results.append(json.loads(stdout))
+    return results
 
 
 def test_three_nodes_appear_on_a_fourth(netns_lab: NetnsLab, tmp_path: Path) -> None:
@@ -81,7 +95,7 @@ def test_three_nodes_appear_on_a_fourth(netns_lab: NetnsLab, tmp_path: Path) -> 
     observer = netns_lab.add_node("obs", 9)
     advertisers = start_advertisers(tmp_path, [(ns, f"box{i}") for i, ns in enumerate(boxes, 1)])
     try:
-        nodes = list_nodes(observer, tmp_path)
+        (nodes,) = list_nodes(observer, tmp_path)
     finally:
         for adv in advertisers:
             adv.stop()
@@ -138,9 +152,8 @@ def test_excluded_interfaces_are_ignored(netns_lab: NetnsLab, tmp_path: Path) ->
     netns_lab.link(box, "docker0", box_peer, "eth0", third_octet=6)
     advertisers = start_advertisers(tmp_path, [(box, "box"), (container, "ctr")])
     try:
-        default = list_nodes(observer, tmp_path)
         # Control: naming docker0 explicitly does reach the container's advertisement.
-        chosen = list_nodes(observer, tmp_path, "--interface", "docker0")
+        default, chosen = list_nodes(observer, tmp_path, (), ("--interface", "docker0"))
     finally:
         for adv in advertisers:
             adv.stop()
