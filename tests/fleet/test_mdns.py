@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from edgebox.fleet.advert import model_digest
 from edgebox.fleet.identity import load_identity
 from tests.netns import Namespace, NetnsLab
 
@@ -173,3 +174,45 @@ def _wait_events(log: Path, done, timeout: float) -> list[dict]:
             return events
         time.sleep(0.05)
     raise AssertionError(f"events so far: {_events(log)}\n{log.read_text()}")
+
+
+@pytest.mark.slow
+def test_serve_advertises_answers_nodes_add_and_says_goodbye(
+    netns_lab: NetnsLab, tmp_path: Path
+) -> None:
+    box, observer = netns_lab.add_node("srv", 1), netns_lab.add_node("obs", 9)
+    log = tmp_path / "watch.log"
+    watcher = observer.popen(_edgebox("nodes", "watch", "--json"), log=log,
+                             env=_env(tmp_path / "watch"))  # fmt: skip
+    secret = "sk-edgebox-test-9f8e7d6c5b4a"
+    argv = _edgebox("serve", "--host", "0.0.0.0", "--port", "8080", "--parallel", "1",
+                    "--ctx", "512", "--threads", "1")  # fmt: skip
+    serve_log = tmp_path / "serve.log"
+    server = box.popen(
+        argv, log=serve_log, env=_env(tmp_path / "srv") | {"EDGEBOX_API_KEY": secret}
+    )
+    try:
+        (added,) = _wait_events(log, lambda ev: len(ev) >= 1, timeout=60)
+        node = added["node"]
+        assert added["event"] == "added"
+        assert (node["addresses"], node["api_port"]) == (["10.77.0.1"], 8080)
+        assert node["model_digest"] == model_digest(["smollm2-135m"])
+        assert node["id"] == load_identity(tmp_path / "srv", sshd_host_key=NO_SSHD).node_id
+        env = _env(tmp_path / "obs")
+        result = observer.run(_edgebox("nodes", "add", "10.77.0.1:8080", "--json"), env=env)
+        assert result.returncode == 0, result.stderr
+        assert json.loads(result.stdout)["id"] == node["id"]
+        result = observer.run(_edgebox("nodes", "--json", "--wait", "2"), env=env)
+        (row,) = json.loads(result.stdout)
+        assert row["sources"] == ["mdns", "manual"] and "fingerprint_mismatch" not in row
+        server.send_signal(signal.SIGINT)
+        assert server.wait(timeout=20) == 0, serve_log.read_text()
+        events = _wait_events(log, lambda ev: len(ev) >= 2, timeout=5)
+        assert (events[1]["event"], events[1]["node"]["id"]) == ("removed", node["id"])
+        assert secret not in log.read_text() + result.stdout + serve_log.read_text()
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
+        watcher.send_signal(signal.SIGTERM)
+        watcher.wait(timeout=10)
