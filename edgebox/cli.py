@@ -14,7 +14,6 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColu
 from rich.table import Table
 
 from edgebox import __version__
-from edgebox.commands import nodes as nodes_commands
 
 app = typer.Typer(
     help="edgebox: serve quantised models on your own boxes behind an OpenAI-compatible API.",
@@ -269,7 +268,13 @@ def version() -> None:
     out.print(__version__)
 
 
-nodes_commands.register(app)
+from edgebox.commands import nodes as _nodes_commands  # noqa: E402
+from edgebox.commands import ssh as _ssh_commands  # noqa: E402
+from edgebox.commands import telemetry as _telemetry_cmd  # noqa: E402
+
+_ssh_commands.register(app)
+_telemetry_cmd.register(app)
+_nodes_commands.register(app)
 
 if __name__ == "__main__":
     app()

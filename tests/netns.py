@@ -1,18 +1,21 @@
 """Linux network namespaces for fleet tests: real multicast between "boxes" on one machine.
 
 `NetnsLab` builds a LAN: a "switch" namespace holding a bridge, and node namespaces each plugged
-into it by a veth pair (`eth0`, 10.77.<subnet>.<n>/24, with a multicast route). Extra point-to-
+into it by a veth pair (`eth0`, 10.77.0.<n>/24, with a multicast route). Extra point-to-
 point links (say, an interface named `docker0`) can join two namespaces outside the bridge.
 Names carry a random run token, so parallel runs never collide, and `close()` deletes every
-namespace (and with them every veth), also after a failed setup.
+namespace (and with them every veth) after killing what still runs in them, also after a failed
+setup.
 
 Needs root and iproute2; without them the fixture FAILS with what is missing (never skips).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
 import subprocess
 import uuid
 from collections.abc import Iterator, Sequence
@@ -127,7 +130,12 @@ class NetnsLab:
         ns.addresses[ifname] = address
 
     def close(self) -> None:
+        """Kill what still runs in the namespaces (a failed test's processes), then delete them."""
         for ns in reversed(self.namespaces):
+            pids = subprocess.run(["ip", "netns", "pids", ns.name], capture_output=True, text=True)
+            for pid in pids.stdout.split():
+                with contextlib.suppress(ProcessLookupError, ValueError):
+                    os.kill(int(pid), signal.SIGKILL)
             subprocess.run(["ip", "netns", "del", ns.name], capture_output=True, check=False)
         self.namespaces.clear()
 
