@@ -51,6 +51,7 @@ class Advertiser:
         self.interfaces = list(interfaces) if interfaces is not None else None
         self._zc: AsyncZeroconf | None = None
         self._info: AsyncServiceInfo | None = None
+        self._api: tuple[int, bool, list[str]] = (0, False, [])
 
     @property
     def service_name(self) -> str | None:
@@ -63,6 +64,27 @@ class Advertiser:
         record: peers still learn the box and its SSH host key, but not an unreachable port.
         """
         interfaces = self.interfaces if self.interfaces is not None else lan_interfaces()
+        self._api = (api_port, api_on_lan, [i.address for i in interfaces])
+        self._info = self._service_info()
+        self._zc = _zeroconf(interfaces)
+        try:
+            announced = await self._zc.async_register_service(self._info, allow_name_change=True)
+            await announced
+        except BaseException:
+            await self.stop()
+            raise
+        log.info("mDNS: advertising %s on %s", self._info.name, _names(interfaces))
+
+    async def update_models(self, models: Sequence[str]) -> None:
+        """Re-announce with a new model digest (browsers see an `updated` event)."""
+        self.models = list(models)
+        if self._zc is not None and self._info is not None:
+            name = self._info.name  # keep a name zeroconf may have changed on a conflict
+            self._info = self._service_info(name)
+            await (await self._zc.async_update_service(self._info))
+
+    def _service_info(self, name: str | None = None) -> AsyncServiceInfo:
+        api_port, api_on_lan, addresses = self._api
         props = txt_properties(
             node_id=self.identity.node_id,
             name=self.identity.name,
@@ -72,22 +94,14 @@ class Advertiser:
             models=self.models,
         )
         label = instance_name(self.identity.name, self.identity.node_id)
-        self._info = AsyncServiceInfo(
+        return AsyncServiceInfo(
             SERVICE_TYPE,
-            f"{label}.{SERVICE_TYPE}",
+            name or f"{label}.{SERVICE_TYPE}",
             port=api_port,
             properties=props,
             server=f"edgebox-{self.identity.node_id[:12]}.local.",
-            parsed_addresses=[i.address for i in interfaces],
+            parsed_addresses=addresses,
         )
-        self._zc = _zeroconf(interfaces)
-        try:
-            announced = await self._zc.async_register_service(self._info, allow_name_change=True)
-            await announced
-        except BaseException:
-            await self.stop()
-            raise
-        log.info("mDNS: advertising %s on %s", self._info.name, _names(interfaces))
 
     async def stop(self) -> None:
         zc, info, self._zc = self._zc, self._info, None

@@ -1,7 +1,9 @@
-"""Real mDNS between Linux network namespaces: advertisers, `edgebox nodes`, the browser."""
+"""Real mDNS on loopback and between Linux network namespaces: advertisers, `edgebox nodes`,
+the browser."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -13,8 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from edgebox.fleet.advert import model_digest
+from edgebox.fleet.advert import NodeEvent, model_digest
 from edgebox.fleet.identity import load_identity
+from edgebox.fleet.interfaces import LanInterface
+from edgebox.fleet.mdns import Advertiser, NodeBrowser
 from tests.netns import Namespace, NetnsLab
 
 REPO = Path(__file__).resolve().parents[2]
@@ -22,7 +26,7 @@ NO_SSHD = Path("/nonexistent")  # as EDGEBOX_SSHD_HOST_KEY="" in the nodes: thei
 
 
 @dataclass
-class Advertiser:
+class AdvertiserProcess:
     ns: Namespace
     home: Path
     proc: subprocess.Popen[bytes]
@@ -51,7 +55,7 @@ def _edgebox(*args: str) -> list[str]:
     return [sys.executable, "-m", "edgebox", *args]
 
 
-def start_advertisers(tmp_path: Path, spec: list[tuple[Namespace, str]]) -> list[Advertiser]:
+def start_advertisers(tmp_path: Path, spec: list[tuple[Namespace, str]]) -> list[AdvertiserProcess]:
     """Start `edgebox nodes advertise` in each namespace and wait until each has announced."""
     started = []
     for ns, name in spec:
@@ -59,7 +63,7 @@ def start_advertisers(tmp_path: Path, spec: list[tuple[Namespace, str]]) -> list
         log = tmp_path / f"{name}.log"
         argv = _edgebox("nodes", "advertise", "--name", name, "--port", "8080",
                         "--model", "smollm2-135m", "--accelerator", "cpu")  # fmt: skip
-        started.append(Advertiser(ns, home, ns.popen(argv, log=log, env=_env(home)), log))
+        started.append(AdvertiserProcess(ns, home, ns.popen(argv, log=log, env=_env(home)), log))
     deadline = time.monotonic() + 20
     for adv in started:
         while "advertising" not in adv.log.read_text():
@@ -89,6 +93,48 @@ def list_nodes(ns: Namespace, tmp_path: Path, *variants: tuple[str, ...]) -> lis
         assert proc.returncode == 0, stderr
         results.append(json.loads(stdout))
     return results
+
+
+LOOPBACK = [LanInterface("lo", "127.0.0.1", "255.0.0.0")]
+
+
+def test_browser_api_events_on_loopback(tmp_path: Path) -> None:
+    """In process, on 127.0.0.1: added, updated (new models), removed (goodbye), in order."""
+    identity = load_identity(tmp_path, sshd_host_key=NO_SSHD)
+    seen: list[NodeEvent] = []
+
+    async def next_ours(browser: NodeBrowser) -> NodeEvent:
+        while True:  # other edgebox nodes on this machine's loopback are not ours to judge
+            event = await browser.next_event(timeout=10)
+            if event.node.node_id == identity.node_id:
+                return event
+
+    async def scenario() -> None:
+        browser = NodeBrowser(LOOPBACK, on_event=seen.append)
+        await browser.start()
+        advertiser = Advertiser(identity, accelerator="cpu", models=["a"], interfaces=LOOPBACK)
+        try:
+            await advertiser.start(8080, api_on_lan=False)
+            added = await next_ours(browser)
+            assert added.kind == "added"
+            assert added.node.addresses == ("127.0.0.1",) and added.node.api_port is None
+            assert browser.nodes[added.node.service_name] == added.node
+            await advertiser.update_models(["a", "b"])
+            updated = await next_ours(browser)
+            assert updated.kind == "updated"
+            assert updated.node.model_digest == model_digest(["b", "a"])
+            await advertiser.stop()
+            removed = await next_ours(browser)
+            assert removed.kind == "removed" and removed.node == updated.node
+            assert added.node.service_name not in browser.nodes
+        finally:
+            await advertiser.stop()
+            await browser.stop()
+
+    asyncio.run(scenario())
+    assert [e.kind for e in seen if e.node.node_id == identity.node_id] == [
+        "added", "updated", "removed",
+    ]  # fmt: skip
 
 
 def test_three_nodes_appear_on_a_fourth(netns_lab: NetnsLab, tmp_path: Path) -> None:
