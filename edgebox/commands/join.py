@@ -30,9 +30,9 @@ def join(
     The hub's certificate is checked against the token's fingerprint before anything is sent.
     """
     from edgebox.fleet.hub.client import HubError
+    from edgebox.fleet.identity import edgebox_home
     from edgebox.fleet.join import fleet_path
     from edgebox.fleet.join import join as do_join
-    from edgebox.fleet.keys import edgebox_home
     from edgebox.fleet.tokens import TokenError
     from edgebox.provisioning import service as svc
 

@@ -1,1 +1,2 @@
-"""The fleet: registry, hub control plane, join tokens, node identity and heartbeats."""
+"""The fleet: this node's identity, LAN discovery over mDNS, the nodes this box knows, and the
+hub (registry, join tokens, heartbeats)."""

@@ -13,8 +13,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from edgebox.fleet import keys, tokens
+from edgebox.fleet import tokens
+from edgebox.fleet._files import write_atomic
 from edgebox.fleet.hub.client import HubClient
+from edgebox.fleet.identity import edgebox_home, load_identity
 
 FLEET_FILE = "fleet.json"
 HOST_KEY_PATHS = (
@@ -24,7 +26,7 @@ HOST_KEY_PATHS = (
 
 
 def fleet_path(home: Path | None = None) -> Path:
-    return (home or keys.edgebox_home()) / FLEET_FILE
+    return (home or edgebox_home()) / FLEET_FILE
 
 
 def load_fleet(home: Path | None = None) -> dict[str, Any] | None:
@@ -58,13 +60,13 @@ def join(
 ) -> dict[str, Any]:
     """Join the hub the token names; returns what was saved to fleet.json (with the secret)."""
     token = tokens.parse(token_line)  # TokenError for a bad line, before any network
-    home = home or keys.edgebox_home()
-    key = keys.load_or_create(home)
+    home = home or edgebox_home()
+    node = load_identity(home)  # creates the node's Ed25519 key on first use
     body = {
         "token_id": token.token_id,
         "secret": token.secret,
         "name": name,
-        "ssh_public_key": key.public_openssh,
+        "ssh_public_key": node.ssh_public_key,
         "host_key": local_host_key(),
         "profile": profile if profile is not None else local_profile(),
         "models": models or [],
@@ -80,8 +82,8 @@ def join(
         "tunnel_port": answer["tunnel_port"],
         "hub_ssh": answer["hub_ssh"],
         "heartbeat_interval": answer["heartbeat_interval"],
-        "node_key": str(key.private_path),
+        "node_key": str(node.ssh_private_key_path),
         "joined_at": time.time(),
     }
-    keys.write_private(fleet_path(home), (json.dumps(membership, indent=2) + "\n").encode())
+    write_atomic(fleet_path(home), (json.dumps(membership, indent=2) + "\n").encode(), mode=0o600)
     return membership

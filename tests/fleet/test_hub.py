@@ -125,7 +125,7 @@ def test_token_create_then_join_registers_the_node(slow_hub: Hub, tmp_path: Path
     fleet = json.loads((node_home / "fleet.json").read_text())
     assert fleet["name"] == "spark-1" and fleet["tunnel_port"] >= 20000
     assert fleet["hub_fingerprint"] == hub.info["fingerprint"]
-    for private in ("fleet.json", "node_ed25519"):
+    for private in ("fleet.json", "ssh/id_ed25519"):
         assert (node_home / private).stat().st_mode & 0o777 == 0o600
     assert (hub.data / "admin.key").stat().st_mode & 0o777 == 0o600
 
@@ -133,7 +133,7 @@ def test_token_create_then_join_registers_the_node(slow_hub: Hub, tmp_path: Path
     assert listed.returncode == 0, listed.stderr
     (node,) = json.loads(listed.stdout)
     assert node["id"] == fleet["node_id"] and node["status"] == "online"
-    assert node["ssh_public_key"] == (node_home / "node_ed25519.pub").read_text().strip()
+    assert node["ssh_public_key"] == (node_home / "ssh" / "id_ed25519.pub").read_text().strip()
     assert node["profile"]["hw_class"] in ("cpu", "nvidia-rtx", "nvidia-datacenter")
     assert "secret_hash" not in node and "node_secret" not in node
 
@@ -339,7 +339,7 @@ def test_relay_authorized_keys_follow_joins_rejoins_and_revocations(tmp_path: Pa
         assert b["hub_ssh"] == {"host": "relay.example", "port": 2222, "user": "edgebox-tunnel",
                                 "host_key": relay_key.read_text().strip()}  # fmt: skip
         assert len(lines()) == 2 and keys_file.stat().st_mode & 0o777 == 0o644
-        key_a = (tmp_path / "a" / "node_ed25519.pub").read_text().split()[1]
+        key_a = (tmp_path / "a" / "ssh" / "id_ed25519.pub").read_text().split()[1]
         (line_a,) = [x for x in lines() if key_a in x]
         assert f'permitlisten="127.0.0.1:{a["tunnel_port"]}"' in line_a
         assert 'command="/usr/sbin/nologin"' in line_a and line_a.startswith("restrict,")

@@ -111,7 +111,7 @@ def test_provision_installs_a_wheel_over_ssh_and_joins(
     assert where.stdout.startswith(str(box_python.parents[1]))
     fleet = json.loads((box_home / "fleet.json").read_text())
     assert fleet["node_id"] == node["id"]
-    assert node["ssh_public_key"] == (box_home / "node_ed25519.pub").read_text().strip()
+    assert node["ssh_public_key"] == (box_home / "ssh" / "id_ed25519.pub").read_text().strip()
     (used,) = hub.get("/v1/hub/tokens")["data"]
     assert used["state"] == "used" and used["node_id"] == node["id"]
 

@@ -19,7 +19,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.x509.oid import NameOID
 
-from edgebox.fleet.keys import edgebox_home, write_private
+from edgebox.fleet._files import write_atomic
+from edgebox.fleet.identity import edgebox_home
 
 CERT_FILE = "hub-cert.pem"
 KEY_FILE = "hub-key.pem"
@@ -77,17 +78,15 @@ def load_or_create(data_dir: Path) -> HubIdentity:
     if not (cert_path.exists() and key_path.exists()):
         key = Ed25519PrivateKey.generate()
         cert = _self_signed(key, ["localhost", "127.0.0.1", "::1", socket.gethostname()])
-        write_private(
-            key_path,
-            key.private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption(),
-            ),
+        pem = key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
         )
+        write_atomic(key_path, pem, mode=0o600)
         cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     if not admin_path.exists():
-        write_private(admin_path, (secrets.token_urlsafe(32) + "\n").encode())
+        write_atomic(admin_path, (secrets.token_urlsafe(32) + "\n").encode(), mode=0o600)
     cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
     der = cert.public_bytes(serialization.Encoding.DER)
     return HubIdentity(cert_path, key_path, fingerprint_der(der), admin_path)

@@ -8,10 +8,10 @@ provisioning/relay.py; this module only maps registry rows to its records.
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
+from edgebox.fleet._files import write_atomic
 from edgebox.provisioning.relay import NodeRecord, RelayConfigError, render_node_keys
 
 log = logging.getLogger("edgebox.hub")
@@ -40,7 +40,4 @@ def write_node_keys(path: Path, nodes: list[dict[str, Any]]) -> None:
     except RelayConfigError as exc:  # keep the last good file rather than open or empty it
         log.error("relay keys not rewritten: %s", exc)
         return
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
+    write_atomic(path, text.encode(), mode=0o644)
