@@ -175,6 +175,9 @@ def serve(
         )
         out.print("Ctrl-C to stop.", style="dim")
 
+    from edgebox.fleet.heartbeat import start_background
+
+    beats = start_background(models=lambda: [resolved.alias])  # only once joined to a hub
     with contextlib.suppress(KeyboardInterrupt):  # uvicorn already shut down cleanly
         run_server(
             state,
@@ -185,6 +188,8 @@ def serve(
             on_ready=ready,
             advertiser=advertiser,
         )
+    if beats:
+        beats.stop()
     err.print("stopped.", style="dim")
 
 
@@ -268,12 +273,18 @@ def version() -> None:
     out.print(__version__)
 
 
+from edgebox.commands import hub as _hub_cmd  # noqa: E402
+from edgebox.commands import join as _join_cmd  # noqa: E402
 from edgebox.commands import nodes as _nodes_commands  # noqa: E402
+from edgebox.commands import provision as _provision_cmd  # noqa: E402
 from edgebox.commands import ssh as _ssh_commands  # noqa: E402
 from edgebox.commands import telemetry as _telemetry_cmd  # noqa: E402
+from edgebox.commands import token as _token_cmd  # noqa: E402
 
 _ssh_commands.register(app)
 _telemetry_cmd.register(app)
+for _commands in (_hub_cmd, _token_cmd, _join_cmd, _provision_cmd):
+    _commands.register(app)
 _nodes_commands.register(app)
 
 if __name__ == "__main__":
