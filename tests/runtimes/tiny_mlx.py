@@ -18,7 +18,8 @@ _CORPUS = (
 )
 
 
-def _tokenizer(directory: Path) -> int:
+def write_tokenizer(directory: Path) -> int:
+    """tokenizer.json + tokenizer_config.json (ChatML template); returns the vocabulary size."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     tok = Tokenizer(models.BPE())
@@ -52,7 +53,7 @@ def write_tiny_mlx_model(directory: Path, *, seed: int = 0) -> Path:
     from mlx_lm.utils import save_model
 
     directory.mkdir(parents=True, exist_ok=True)
-    vocab = _tokenizer(directory)
+    vocab = write_tokenizer(directory)
     config = {
         "model_type": "llama",
         "architectures": ["LlamaForCausalLM"],
