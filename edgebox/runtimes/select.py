@@ -112,8 +112,6 @@ def _mlx(profile: HardwareProfile, installed: Installed) -> Selection:
 
 
 def _trtllm(profile: HardwareProfile, installed: Installed) -> Selection:
-    if _platform(profile) != "nvidia":
-        return Selection("trt-engine", None, "a TensorRT-LLM engine needs an NVIDIA GPU")
     return Selection(
         "trt-engine", "trtllm",
         f"TensorRT-LLM engine on {_gpu_name(profile)} through a supervised trtllm-serve "
@@ -169,6 +167,8 @@ def select_runtime(
                 f"runtime {requested} loads {loads[requested]} models, not {model_format}; "
                 f"use --runtime auto or {runtime}",
             )  # fmt: skip
+    if runtime == "trtllm" and _platform(profile) != "nvidia":  # before any install advice
+        return Selection(model_format, None, "a TensorRT-LLM engine needs an NVIDIA GPU")
     if runtime not in installed.runtimes:
         return Selection(model_format, None, f"{runtime} is not installed: {INSTALL_HINT[runtime]}")
     return _RULES[runtime](profile, installed)
