@@ -97,8 +97,10 @@ class TrtllmRuntime:
         log_path: Path | None = None,
         command: CommandFactory | None = None,
     ) -> None:
-        from tokenizers import Tokenizer
-
+        try:
+            from tokenizers import Tokenizer
+        except ImportError as exc:
+            raise BackendError('the trtllm runtime needs: pip install "edgebox[trtllm]"') from exc
         self.name = name
         self.config = config or TrtllmConfig()
         engine = Path(engine_dir)
