@@ -184,3 +184,26 @@ def test_logprobs_are_log_probabilities_of_the_chosen_token(runtime: MlxRuntime)
         assert len(t.top_logprobs) == 3
         # greedy picks the most likely token
         assert t.top_logprobs[0].logprob == pytest.approx(t.logprob.logprob)
+
+
+def test_close_cancels_the_running_request_and_the_queue(tiny_mlx_path: Path) -> None:
+    rt = MlxRuntime(tiny_mlx_path, name="tiny", config=MlxConfig(n_ctx=512))
+    events: queue.Queue[Event] = queue.Queue()
+    p = rt.tokenize(rt.render_chat(CHAT))
+    started = threading.Event()
+
+    def first(event: Event) -> None:
+        events.put(event)
+        started.set()
+
+    rt.submit(GenerationRequest(p, GREEDY, max_tokens=480), first)
+    rt.submit(GenerationRequest(p, GREEDY, max_tokens=480), events.put)
+    assert started.wait(60)
+    rt.close()
+    finishes = []
+    while len(finishes) < 2:
+        event = events.get(timeout=30)
+        if isinstance(event, FinishEvent):
+            finishes.append(event)
+    assert sorted(f.reason for f in finishes) == ["cancelled", "cancelled"]
+    assert all(f.completion_tokens < 480 for f in finishes)

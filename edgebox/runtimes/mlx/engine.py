@@ -62,6 +62,7 @@ class MlxEngine:
         self._queue: collections.deque[_Job] = collections.deque()
         self._cond = threading.Condition()
         self._running = 0
+        self._current: _Job | None = None
         self._closed = False
         self._totals = {"prompt": 0, "generated": 0}
         self._recent: collections.deque[float] = collections.deque()  # token times, last 5 s
@@ -109,6 +110,8 @@ class MlxEngine:
             self._closed = True
             pending = list(self._queue)
             self._queue.clear()
+            if self._current is not None:
+                self._current.cancel()  # stops at its next token
             self._cond.notify_all()
         for job in pending:
             job.sink(FinishEvent("cancelled", len(job.request.prompt_tokens), 0))
@@ -123,6 +126,7 @@ class MlxEngine:
                     return
                 job = self._queue.popleft()
                 self._running = 1
+                self._current = job
             try:
                 self._run(job)
             except Exception as exc:  # a failed generation must not kill the worker
@@ -130,6 +134,7 @@ class MlxEngine:
             finally:
                 with self._cond:
                     self._running = 0
+                    self._current = None
 
     def _run(self, job: _Job) -> None:
         import mlx.core as mx
