@@ -8,15 +8,23 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import struct
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from edgebox.hardware.probe import HardwareProfile
 from edgebox.models import ResolvedModel, resolve_model
 from edgebox.models.bundled import Progress
 from edgebox.models.resolve import default_alias
 from edgebox.runtimes.base import BackendError, Runtime
-from edgebox.runtimes.select import Installed, Selection, detect_model_format, select_runtime
+from edgebox.runtimes.select import (
+    Installed,
+    ModelSize,
+    Selection,
+    detect_model_format,
+    select_runtime,
+)
 
 RUNTIME_CHOICES = ("auto", "llamacpp", "mlx", "onnx", "trtllm")
 TRTLLM_SERVE_ENV = "EDGEBOX_TRTLLM_SERVE"  # the trtllm-serve command, when not on PATH
@@ -73,7 +81,8 @@ def open_model(
             "(config.json + rank0.engine)"
         )
     profile, installed = box or _box()
-    chosen = select_runtime(profile, fmt, installed, requested=requested)
+    size = gguf_model_size(path) if fmt == "gguf" else None
+    chosen = select_runtime(profile, fmt, installed, requested=requested, model_size=size)
     if chosen.runtime is None:
         raise BackendError(f"cannot serve {path.name}: {chosen.reason}")
     return _build(chosen, path, name, options), chosen
@@ -118,3 +127,43 @@ def _build(chosen: Selection, path: Path, name: str, options: RuntimeOptions) ->
         f"the {chosen.runtime} runtime is not part of this edgebox build; "
         "serve a GGUF, MLX or TensorRT-LLM model"
     )
+
+
+# GGUF metadata value types: fixed-size scalars by struct format, 8 = string, 9 = array.
+_GGUF_SCALARS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q",
+                 11: "q", 12: "d"}  # fmt: skip
+
+
+def _gguf_value(f: BinaryIO, kind: int) -> object:
+    if kind in _GGUF_SCALARS:
+        fmt = "<" + _GGUF_SCALARS[kind]
+        return struct.unpack(fmt, f.read(struct.calcsize(fmt)))[0]
+    if kind == 8:
+        (n,) = struct.unpack("<Q", f.read(8))
+        return f.read(n).decode("utf-8", errors="replace")
+    if kind == 9:
+        item, count = struct.unpack("<IQ", f.read(12))
+        return [_gguf_value(f, item) for _ in range(count)]
+    raise ValueError(f"unknown GGUF value type {kind}")
+
+
+def gguf_model_size(path: Path) -> ModelSize | None:
+    """The file's size and `<arch>.block_count` from the GGUF header; None if unreadable."""
+    try:
+        with path.open("rb") as f:
+            magic, _version, _tensors, n_kv = struct.unpack("<4sIQQ", f.read(24))
+            if magic != b"GGUF":
+                return None
+            values: dict[str, object] = {}
+            for _ in range(n_kv):
+                (n,) = struct.unpack("<Q", f.read(8))
+                key = f.read(n).decode("utf-8", errors="replace")
+                (kind,) = struct.unpack("<I", f.read(4))
+                values[key] = _gguf_value(f, kind)
+                arch = values.get("general.architecture")
+                if arch and f"{arch}.block_count" in values:
+                    layers = int(values[f"{arch}.block_count"])  # type: ignore[call-overload]
+                    return ModelSize(path.stat().st_size, layers)
+    except (OSError, ValueError, struct.error):
+        return None
+    return None

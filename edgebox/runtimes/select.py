@@ -62,6 +62,33 @@ class Installed:
 
 
 @dataclass(frozen=True)
+class ModelSize:
+    """What the offload rule needs to know about a GGUF: its bytes and its repeating layers."""
+
+    bytes: int
+    layers: int
+
+
+# Of a discrete GPU's memory, the share weights may take; the rest holds the KV cache,
+# CUDA context and compute buffers.
+GPU_WEIGHT_SHARE = 0.8
+
+
+def gpu_layers_that_fit(size: ModelSize | None, gpu_bytes: int | None) -> int:
+    """-1 (all) when the weights fit in GPU_WEIGHT_SHARE of the GPU, else the layers that do.
+
+    layers = floor(layers_total * GPU_WEIGHT_SHARE * gpu_bytes / model_bytes); unknown sizes
+    and unified memory (GB10, Apple: the GPU shares host memory) mean all.
+    """
+    if size is None or gpu_bytes is None or size.bytes <= 0 or size.layers <= 0:
+        return -1
+    budget = GPU_WEIGHT_SHARE * gpu_bytes
+    if size.bytes <= budget:
+        return -1
+    return int(size.layers * budget / size.bytes)
+
+
+@dataclass(frozen=True)
 class Selection:
     """The chosen runtime (None: this box cannot serve the format) and its settings."""
 
@@ -82,15 +109,22 @@ def _gpu_name(profile: HardwareProfile) -> str:
     return cuda[0] if cuda else "the GPU"
 
 
-def _llamacpp(profile: HardwareProfile, installed: Installed) -> Selection:
+def _llamacpp(
+    profile: HardwareProfile, installed: Installed, size: ModelSize | None = None
+) -> Selection:
     where = _platform(profile)
     if where in ("nvidia", "apple") and installed.llama_gpu_offload:
         backend = "CUDA" if where == "nvidia" else "Metal"
         target = _gpu_name(profile) if where == "nvidia" else "the Apple GPU"
-        return Selection(
-            "gguf", "llamacpp", f"llama.cpp with {backend}: every layer offloaded to {target}",
-            {"n_gpu_layers": -1, "backend": backend.lower()},
-        )  # fmt: skip
+        cuda = [a for a in profile.accelerators if a.kind == "cuda" and not a.unified]
+        layers = gpu_layers_that_fit(size, cuda[0].memory_total if cuda else None)
+        if layers == -1:
+            what = f"every layer offloaded to {target}"
+        else:
+            assert size is not None
+            what = f"{layers} of {size.layers} layers on {target} (the rest does not fit)"
+        return Selection("gguf", "llamacpp", f"llama.cpp with {backend}: {what}",
+                         {"n_gpu_layers": layers, "backend": backend.lower()})  # fmt: skip
     if where in ("nvidia", "apple"):
         return Selection(
             "gguf", "llamacpp",
@@ -144,6 +178,7 @@ def select_runtime(
     installed: Installed,
     *,
     requested: str = "auto",
+    model_size: ModelSize | None = None,
 ) -> Selection:
     """The runtime for a model of `model_format` on this box; `requested` overrides `auto`.
 
@@ -171,6 +206,8 @@ def select_runtime(
         return Selection(model_format, None, "a TensorRT-LLM engine needs an NVIDIA GPU")
     if runtime not in installed.runtimes:
         return Selection(model_format, None, f"{runtime} is not installed: {INSTALL_HINT[runtime]}")
+    if runtime == "llamacpp":
+        return _llamacpp(profile, installed, model_size)
     return _RULES[runtime](profile, installed)
 
 

@@ -18,8 +18,8 @@ import uvicorn
 from edgebox.node.app import create_app
 from edgebox.node.state import NodeState
 from edgebox.runtimes.base import BackendError
-from edgebox.runtimes.open import TRTLLM_SERVE_ENV, RuntimeOptions, open_model
-from edgebox.runtimes.select import Installed
+from edgebox.runtimes.open import TRTLLM_SERVE_ENV, RuntimeOptions, gguf_model_size, open_model
+from edgebox.runtimes.select import Installed, ModelSize
 from edgebox.runtimes.trtllm import TrtllmRuntime
 from tests.conftest import NodeProcess, free_port, start_node
 from tests.runtimes.test_select import CPU, RTX
@@ -128,3 +128,11 @@ def test_an_engine_on_an_nvidia_box_is_served_through_trtllm_serve(
         server.should_exit = True
         thread.join(timeout=10)
         runtime.close()
+
+
+def test_the_gguf_header_gives_the_layer_count(smollm2_path: Path, tmp_path: Path) -> None:
+    size = gguf_model_size(smollm2_path)
+    assert size == ModelSize(smollm2_path.stat().st_size, 30)  # SmolLM2-135M has 30 blocks
+    junk = tmp_path / "junk.gguf"
+    junk.write_bytes(b"GGUF\x03\x00\x00\x00" + b"\xff" * 8)  # truncated header
+    assert gguf_model_size(junk) is None

@@ -7,7 +7,13 @@ from pathlib import Path
 import pytest
 
 from edgebox.hardware.probe import Accelerator, HardwareProfile
-from edgebox.runtimes.select import Installed, detect_model_format, select_runtime
+from edgebox.runtimes.select import (
+    Installed,
+    ModelSize,
+    detect_model_format,
+    gpu_layers_that_fit,
+    select_runtime,
+)
 
 GIB = 1 << 30
 
@@ -136,3 +142,26 @@ def test_formats_are_detected_from_the_files(tmp_path: Path) -> None:
     assert detect_model_format(bare) is None
     assert detect_model_format(other) is None
     assert detect_model_format(tmp_path / "missing.gguf") is None
+
+
+@pytest.mark.parametrize(
+    ("size", "gpu", "layers"),
+    [
+        (ModelSize(4 * GIB, 32), 24 * GIB, -1),  # fits: all layers
+        (ModelSize(40 * GIB, 80), 24 * GIB, 38),  # 80 * 0.8 * 24 / 40 = 38.4
+        (ModelSize(200 * GIB, 100), 24 * GIB, 9),
+        (None, 24 * GIB, -1),  # unknown model size: all
+        (ModelSize(40 * GIB, 80), None, -1),  # unified memory: all
+    ],
+)
+def test_gpu_layers_that_fit(size: ModelSize | None, gpu: int | None, layers: int) -> None:
+    assert gpu_layers_that_fit(size, gpu) == layers
+
+
+def test_a_gguf_larger_than_the_gpu_is_split() -> None:
+    big = ModelSize(40 * GIB, 80)
+    chosen = select_runtime(RTX, "gguf", GPU_BUILDS, model_size=big)
+    assert chosen.settings["n_gpu_layers"] == 38
+    assert "38 of 80 layers on NVIDIA GeForce RTX 4090" in chosen.reason
+    # a GB10's GPU shares the host's memory: all layers
+    assert select_runtime(SPARK, "gguf", GPU_BUILDS, model_size=big).settings["n_gpu_layers"] == -1
