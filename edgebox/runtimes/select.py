@@ -5,7 +5,7 @@ installed, so every rule is tested over hand-built profiles. The rules, per form
 
 | format       | Apple Silicon        | NVIDIA                         | CPU only            |
 |--------------|----------------------|--------------------------------|---------------------|
-| `gguf`       | llama.cpp, Metal     | llama.cpp, CUDA, all layers    | llama.cpp, CPU      |
+| `gguf`       | llama.cpp, Metal     | llama.cpp, CUDA, layers that fit | llama.cpp, CPU    |
 | `mlx`        | mlx-lm, Metal        | mlx-lm, CPU backend            | mlx-lm, CPU backend |
 | `trt-engine` | (needs NVIDIA)       | TensorRT-LLM (`trtllm-serve`)  | (needs NVIDIA)      |
 | `onnx`       | ORT, CoreML EP       | ORT, TensorRT EP > CUDA EP     | ORT, CPU EP         |
