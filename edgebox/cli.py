@@ -103,9 +103,13 @@ def serve(
         ),
     ] = None,
     access_log: Annotated[bool, typer.Option(help="Log each HTTP request.")] = False,
+    mdns: Annotated[
+        bool, typer.Option(help="Advertise this node on the LAN (_edgebox._tcp, mDNS).")
+    ] = True,
     verbose: Annotated[bool, typer.Option(help="Show llama.cpp's own log.")] = False,
 ) -> None:
     """Serve a model on a local OpenAI-compatible endpoint (default: the bundled SmolLM2-135M)."""
+    from edgebox.fleet.identity import IdentityError, load_identity
     from edgebox.models import ModelNotAvailable
     from edgebox.node.kv_transfer import KVStore
     from edgebox.node.server import serve as run_server
@@ -147,7 +151,22 @@ def serve(
     except BackendError as exc:
         raise _fail(str(exc)) from None
     err.print(f"runtime {chosen.runtime}: {chosen.reason}", highlight=False)
-    state = NodeState({resolved.alias: runtime}, kv_store=KVStore(max_bytes=kv_upload_mib << 20))
+    try:
+        identity = load_identity()
+    except IdentityError as exc:
+        raise _fail(str(exc)) from None
+    state = NodeState(
+        {resolved.alias: runtime},
+        kv_store=KVStore(max_bytes=kv_upload_mib << 20),
+        node=identity.public(),
+    )
+    advertiser = None
+    if mdns:
+        from edgebox.fleet.mdns import Advertiser
+        from edgebox.hardware import probe
+
+        accel = probe(measure=False).hw_class
+        advertiser = Advertiser(identity, accelerator=accel, models=list(state.runtimes))
 
     def ready(url: str) -> None:
         info = runtime.info
@@ -171,7 +190,13 @@ def serve(
 
     with contextlib.suppress(KeyboardInterrupt):  # uvicorn already shut down cleanly
         run_server(
-            state, host=host, port=port, api_key=api_key, access_log=access_log, on_ready=ready
+            state,
+            host=host,
+            port=port,
+            api_key=api_key,
+            access_log=access_log,
+            on_ready=ready,
+            advertiser=advertiser,
         )
     err.print("stopped.", style="dim")
 
@@ -256,12 +281,13 @@ def version() -> None:
     out.print(__version__)
 
 
+from edgebox.commands import nodes as _nodes_commands  # noqa: E402
 from edgebox.commands import ssh as _ssh_commands  # noqa: E402
 from edgebox.commands import telemetry as _telemetry_cmd  # noqa: E402
 
 _ssh_commands.register(app)
 _telemetry_cmd.register(app)
-
+_nodes_commands.register(app)
 
 if __name__ == "__main__":
     app()
