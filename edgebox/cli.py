@@ -51,10 +51,19 @@ def serve(
         typer.Option(
             "--model",
             "-m",
-            help="Bundled name, path to a .gguf or .onnx, or ORG/REPO:FILE.gguf; repeat to serve "
-            "several (default: smollm2-135m and the all-minilm-l6-v2 embedding model).",
+            help="Bundled name, path to a .gguf or .onnx, ORG/REPO:FILE.gguf, or a directory "
+            "holding an MLX model or a TensorRT-LLM engine; repeat to serve several (default: "
+            "smollm2-135m and the all-minilm-l6-v2 embedding model).",
         ),
     ] = None,
+    runtime_name: Annotated[
+        str,
+        typer.Option(
+            "--runtime",
+            help="auto (the fast path `edgebox doctor` shows), llamacpp, mlx, onnx or trtllm.",
+            case_sensitive=False,
+        ),
+    ] = "auto",
     alias: Annotated[
         list[str] | None,
         typer.Option(help="Model id shown in /v1/models; repeat in the order of --model."),
@@ -101,25 +110,28 @@ def serve(
         ),
     ] = None,
     access_log: Annotated[bool, typer.Option(help="Log each HTTP request.")] = False,
+    mdns: Annotated[
+        bool, typer.Option(help="Advertise this node on the LAN (_edgebox._tcp, mDNS).")
+    ] = True,
     verbose: Annotated[bool, typer.Option(help="Show llama.cpp's own log.")] = False,
 ) -> None:
     """Serve models on a local OpenAI-compatible endpoint (default: the bundled SmolLM2-135M
     for chat and all-MiniLM-L6-v2 for /v1/embeddings)."""
     from typing import cast
 
+    from edgebox.fleet.identity import IdentityError, load_identity
     from edgebox.models import (
         DEFAULT_EMBEDDING_MODEL,
         DEFAULT_MODEL,
         ModelNotAvailable,
         ResolvedModel,
-        resolve_model,
     )
     from edgebox.node.kv_transfer import KVStore
     from edgebox.node.server import serve as run_server
     from edgebox.node.state import NodeState
     from edgebox.runtimes.base import BackendError, EmbeddingRuntime, Runtime
-    from edgebox.runtimes.factory import RuntimeConfig, open_runtime
-    from edgebox.runtimes.llamacpp import EngineConfig
+    from edgebox.runtimes.open import RuntimeOptions, open_model
+    from edgebox.runtimes.open import resolve_model_or_dir as resolve_model
 
     specs = model or [DEFAULT_MODEL, DEFAULT_EMBEDDING_MODEL]
     aliases = alias or []
@@ -152,16 +164,14 @@ def serve(
         raise _fail(f"two models would be served as the same id ({', '.join(ids)}); use --alias")
     if flash_attn.lower() not in ("auto", "on", "off"):
         raise _fail(f"--flash-attn must be auto, on or off, not {flash_attn!r}")
-    config = RuntimeConfig(
-        engine=EngineConfig(
-            n_ctx=ctx,
-            parallel=parallel,
-            n_threads=threads or _default_threads(),
-            prefill_chunk=prefill_chunk,
-            max_queue=max_queue,
-            flash_attn=flash_attn.lower(),
-            request_timeout=request_timeout or None,
-        ),
+    config = RuntimeOptions(
+        n_ctx=ctx,
+        parallel=parallel,
+        n_threads=threads or _default_threads(),
+        prefill_chunk=prefill_chunk,
+        max_queue=max_queue,
+        flash_attn=flash_attn.lower(),
+        request_timeout=request_timeout or None,
         gpu_layers=gpu_layers,
         verbose=verbose,
         embedding_batch=embedding_batch,
@@ -170,26 +180,51 @@ def serve(
     embedders: dict[str, EmbeddingRuntime] = {}
     for resolved in resolved_models:
         err.print(f"loading {resolved.alias} from {resolved.path} …", highlight=False)
+        # --runtime names the chat models' runtime; an embedding model always takes ONNX Runtime
+        requested = "auto" if resolved.format == "onnx" else runtime_name.lower()
         try:
-            runtime = open_runtime(resolved, None, config)
+            runtime, chosen = open_model(
+                resolved.path,
+                name=resolved.alias,
+                requested=requested,
+                options=config,
+                tokenizer=resolved.tokenizer,
+            )
         except BackendError as exc:
             for loaded in chat.values():
                 loaded.close()
             for embedder in embedders.values():
                 embedder.close()
             raise _fail(str(exc)) from None
+        err.print(f"{resolved.alias}: runtime {chosen.runtime}: {chosen.reason}", highlight=False)
         if runtime.capabilities.embeddings:
             embedders[resolved.alias] = cast(EmbeddingRuntime, runtime)
         else:
             chat[resolved.alias] = cast(Runtime, runtime)
-    state = NodeState(chat, embedders=embedders, kv_store=KVStore(max_bytes=kv_upload_mib << 20))
+    try:
+        identity = load_identity()
+    except IdentityError as exc:
+        raise _fail(str(exc)) from None
+    state = NodeState(
+        chat,
+        embedders=embedders,
+        kv_store=KVStore(max_bytes=kv_upload_mib << 20),
+        node=identity.public(),
+    )
+    advertiser = None
+    if mdns:
+        from edgebox.fleet.mdns import Advertiser
+        from edgebox.hardware import probe
+
+        accel = probe(measure=False).hw_class
+        advertiser = Advertiser(identity, accelerator=accel, models=list(state.all_models()))
 
     def ready(url: str) -> None:
         for alias_, rt in chat.items():
             info = rt.info
             out.print(
                 f"[bold green]edgebox[/] serving [bold]{alias_}[/] ({info.description}, "
-                f"{info.n_ctx} ctx x {rt.stats().slots} slots, {config.engine.n_threads} "
+                f"{info.n_ctx} ctx x {rt.stats().slots} slots, {config.n_threads} "
                 f"threads) at [bold]{url}/v1[/]",
                 highlight=False,
             )
@@ -215,10 +250,21 @@ def serve(
         )
         out.print("Ctrl-C to stop.", style="dim")
 
+    from edgebox.fleet.heartbeat import start_background
+
+    beats = start_background(models=lambda: list(state.all_models()))  # only once joined to a hub
     with contextlib.suppress(KeyboardInterrupt):  # uvicorn already shut down cleanly
         run_server(
-            state, host=host, port=port, api_key=api_key, access_log=access_log, on_ready=ready
+            state,
+            host=host,
+            port=port,
+            api_key=api_key,
+            access_log=access_log,
+            on_ready=ready,
+            advertiser=advertiser,
         )
+    if beats:
+        beats.stop()
     err.print("stopped.", style="dim")
 
 
@@ -304,6 +350,22 @@ def version() -> None:
     """Print edgebox's version."""
     out.print(__version__)
 
+
+from edgebox.commands import hub as _hub_cmd  # noqa: E402
+from edgebox.commands import join as _join_cmd  # noqa: E402
+from edgebox.commands import nodes as _nodes_commands  # noqa: E402
+from edgebox.commands import provision as _provision_cmd  # noqa: E402
+from edgebox.commands import ssh as _ssh_commands  # noqa: E402
+from edgebox.commands import telemetry as _telemetry_cmd  # noqa: E402
+from edgebox.commands import token as _token_cmd  # noqa: E402
+from edgebox.commands import top as _top  # noqa: E402
+
+_ssh_commands.register(app)
+_telemetry_cmd.register(app)
+for _commands in (_hub_cmd, _token_cmd, _join_cmd, _provision_cmd):
+    _commands.register(app)
+_nodes_commands.register(app)
+_top.register(app)
 
 if __name__ == "__main__":
     app()
