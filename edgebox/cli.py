@@ -243,5 +243,9 @@ def version() -> None:
     out.print(__version__)
 
 
+from edgebox.commands import top as _top  # noqa: E402
+
+_top.register(app)
+
 if __name__ == "__main__":
     app()

@@ -1,0 +1,1 @@
+"""One module per `edgebox` subcommand, each exposing `register(app)`."""
