@@ -114,7 +114,12 @@ class FleetApp(App[None]):
             return
         self.selected = node.id
         text.update(view.detail_text(node, now=self.snapshot.taken_at))
-        spark.data = list(self.history.get(node.id, ()))
+        series = list(self.history.get(node.id, ()))
+        spark.data = series
+        peak = f", peak {max(series):.1f}" if series else ""
+        self.query_one("#spark-label", Label).update(
+            f"tokens/s over the last {len(series)} polls{peak}"
+        )
 
     @on(DataTable.RowHighlighted, "#nodes")
     def _row_highlighted(self, event: DataTable.RowHighlighted) -> None:

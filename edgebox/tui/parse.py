@@ -186,8 +186,8 @@ def node_from_health(
     for alias, figures in _models(health.get("models")).items():
         gauges = metrics.gauges.get(alias, {}) if metrics else {}
         rate = None
-        if metrics and previous and elapsed_s and alias in metrics.generated:
-            delta = metrics.generated[alias] - previous.generated.get(alias, 0.0)
+        if metrics and previous and elapsed_s:  # a counter appears with its first token
+            delta = metrics.generated.get(alias, 0.0) - previous.generated.get(alias, 0.0)
             rate = max(delta, 0.0) / elapsed_s
         if rate is not None:
             total_rate = (total_rate or 0.0) + rate

@@ -10,7 +10,8 @@ from rich.text import Text
 from edgebox.tui.snapshot import FleetSnapshot, NodeSnapshot
 
 COLUMNS = ("node", "status", "class", "accel", "util", "memory", "temp", "power", "cpu",
-           "models", "run/queue", "tok/s", "p50 ttft")  # fmt: skip
+           "models", "run/q", "tok/s", "ttft")  # fmt: skip
+_VENDORS = ("NVIDIA GeForce ", "NVIDIA ", "Apple ", "AMD ", "Intel ")
 
 STATUS_STYLE = {"online": "bold green", "offline": "dim", "unreachable": "bold red"}
 _STATUS_RANK = {"online": 0, "unreachable": 1, "offline": 2}
@@ -58,22 +59,46 @@ def memory_text(node: NodeSnapshot) -> str:
     return f"{gib(node.memory_used)}/{gib(node.memory_total)} GiB{mark}"
 
 
+def short_memory(node: NodeSnapshot) -> str:
+    if node.memory_total is None:
+        return "-"
+    used = "-" if node.memory_used is None else f"{node.memory_used / (1 << 30):.0f}"
+    return f"{used}/{node.memory_total / (1 << 30):.0f}G{' U' if node.memory_unified else ''}"
+
+
+def short_accelerators(names: Sequence[str]) -> str:
+    """'NVIDIA RTX PRO 6000' → 'RTX PRO 6000'; several devices of one kind → '2x ...'."""
+    short = [next((n[len(v) :] for v in _VENDORS if n.startswith(v)), n) for n in names]
+    if not short:
+        return "-"
+    if len(set(short)) == 1 and len(short) > 1:
+        return f"{len(short)}x {short[0]}"
+    return ", ".join(short)
+
+
+def short_models(node: NodeSnapshot) -> str:
+    if not node.models:
+        return "-"
+    first = node.models[0].name
+    return first if len(node.models) == 1 else f"{first} +{len(node.models) - 1}"
+
+
 def row_cells(node: NodeSnapshot) -> list[Text]:
     """One table row; offline and unreachable rows are dimmed so the live ones stand out."""
     cells = [
         node.name,
         node.status,
         node.hw_class or "-",
-        ", ".join(node.accelerators) or "-",
+        short_accelerators(node.accelerators),
         _num(node.utilization_pct, ".0f", "%"),
-        memory_text(node),
-        _num(node.temperature_c, ".0f", "°C"),
-        _num(node.power_w, ".0f", " W"),
+        short_memory(node),
+        _num(node.temperature_c, ".0f", "°"),
+        _num(node.power_w, ".0f", "W"),
         _num(node.cpu_pct, ".0f", "%"),
-        ", ".join(m.name for m in node.models) or "-",
+        short_models(node),
         f"{node.running}/{node.queued}" if node.status == "online" else "-",
         _num(node.tokens_per_s, ".1f"),
-        _num(node.p50_ttft_s * 1000 if node.p50_ttft_s is not None else None, ".0f", " ms"),
+        _num(node.p50_ttft_s * 1000 if node.p50_ttft_s is not None else None, ".0f", "ms"),
     ]
     base = "" if node.status == "online" else "dim"
     texts = [Text(c, style=base) for c in cells]
@@ -118,6 +143,8 @@ def detail_text(node: NodeSnapshot, *, now: float) -> Text:
     if node.hw_class or node.accelerators:
         accel = ", ".join(node.accelerators) or "no accelerator"
         text.append(f"{node.hw_class or 'unknown class'}: {accel}\n")
+    if node.p50_ttft_s is not None:
+        text.append(f"median time to first token {node.p50_ttft_s * 1000:.0f} ms\n")
     text.append(f"memory {memory_text(node)}   ")
     text.append(f"util {_num(node.utilization_pct, '.0f', '%')}   ")
     text.append(f"temp {_num(node.temperature_c, '.0f', '°C')}   ")

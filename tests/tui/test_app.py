@@ -61,7 +61,7 @@ def test_offline_and_unreachable_rows_are_marked_and_dimmed() -> None:
         assert "red" in str(rows["http://127.0.0.1:9"][1].style)
         assert str(rows["spark"][1]) == "online" and "green" in str(rows["spark"][1].style)
         assert rows["spark"][0].style == ""
-        assert str(rows["spark"][5]) == "61.0/128.0 GiB U"  # unified memory is marked
+        assert str(rows["spark"][5]) == "61/128G U"  # unified memory is marked
 
     drive(ReplaySource([fleet()]), steps)
 
