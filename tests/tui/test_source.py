@@ -1,13 +1,21 @@
-"""DirectSource against a real node process on loopback, and against a closed port."""
+"""Sources against real node processes on loopback, closed ports and a hub stand-in."""
 
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
+from pathlib import Path
 
 import openai
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
 
-from edgebox.tui.source import DirectSource
-from tests.conftest import NodeProcess, free_port
+from edgebox.tui.source import DirectSource, HubSource
+from tests.conftest import NodeProcess, free_port, start_node
 
 MODEL = "smollm2-135m"
 
@@ -58,3 +66,79 @@ def test_a_closed_port_shows_unreachable_beside_a_live_node(node: NodeProcess) -
     assert [n.status for n in snap.nodes] == ["unreachable", "online"]
     assert snap.nodes[0].url == dead and snap.nodes[0].error
     assert snap.online == 1
+
+
+def test_a_node_that_stops_turns_unreachable_and_keeps_its_last_seen(tmp_path: Path) -> None:
+    proc = start_node(tmp_path, "--parallel", "1", "--ctx", "512")
+    source = DirectSource([proc.url])
+
+    async def poll():
+        return (await source.poll()).nodes[0]
+
+    try:
+        loop = asyncio.new_event_loop()
+        alive = loop.run_until_complete(poll())
+        assert proc.stop() == 0
+        gone = loop.run_until_complete(poll())
+        loop.run_until_complete(source.aclose())
+        loop.close()
+    finally:
+        proc.stop()
+    assert alive.status == "online" and alive.last_seen is not None
+    assert gone.status == "unreachable" and gone.error
+    assert gone.last_seen == alive.last_seen
+
+
+def test_hub_source_sends_its_token_and_lists_the_hub_nodes() -> None:
+    """Against a loopback stand-in for the hub API (the hub is not merged yet)."""
+    seen: list[str | None] = []
+
+    async def nodes(request: Request) -> JSONResponse:
+        seen.append(request.headers.get("authorization"))
+        return JSONResponse(
+            {"nodes": [
+                {"id": "a", "name": "spark", "status": "online", "last_heartbeat": 10.0,
+                 "hardware": {"hw_class": "nvidia-dgx-spark"}, "telemetry": {}, "models": ["m"]},
+                {"id": "b", "name": "mac", "status": "offline", "last_heartbeat": 1.0,
+                 "hardware": {}, "telemetry": {}, "models": []},
+            ]}
+        )  # fmt: skip
+
+    app = Starlette(routes=[Route("/v1/hub/nodes", nodes)])
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        while not server.started:
+            time.sleep(0.02)
+
+        async def poll():
+            source = HubSource(f"http://127.0.0.1:{port}", "secret-token")
+            try:
+                return await source.poll()
+            finally:
+                await source.aclose()
+
+        snap = asyncio.run(poll())
+    finally:
+        server.should_exit = True
+        thread.join(10)
+    assert seen == ["Bearer secret-token"]
+    assert [(n.name, n.status, n.via) for n in snap.nodes] == [
+        ("spark", "online", "hub"),
+        ("mac", "offline", "hub"),
+    ]
+
+
+def test_an_unreachable_hub_is_one_unreachable_row_without_the_token() -> None:
+    async def poll():
+        source = HubSource(f"http://127.0.0.1:{free_port()}", "secret-token")
+        try:
+            return await source.poll()
+        finally:
+            await source.aclose()
+
+    (hub,) = asyncio.run(poll()).nodes
+    assert hub.status == "unreachable" and hub.error and hub.error.startswith("hub:")
+    assert "secret" not in hub.model_dump_json()
