@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections import deque
 from typing import ClassVar
 
+from rich.text import Text
 from textual import on, work
 from textual.app import App, ComposeResult
 from textual.binding import Binding, BindingType
@@ -52,10 +53,11 @@ class FleetApp(App[None]):
         self.needle = ""
         self.selected: str | None = None  # node id
         self.history: dict[str, deque[float]] = {}
+        self._rows: dict[str, list[Text]] = {}  # the table's cells by node id, in table order
 
     def compose(self) -> ComposeResult:
         yield Static(id="totals")
-        yield DataTable(id="nodes", cursor_type="row", zebra_stripes=True)
+        yield DataTable[Text](id="nodes", cursor_type="row", zebra_stripes=True)
         with Vertical(id="detail"):
             yield Static("waiting for the first poll…", id="detail-text")
             yield Label("tokens/s", id="spark-label")
@@ -65,8 +67,8 @@ class FleetApp(App[None]):
 
     def on_mount(self) -> None:
         table = self.query_one("#nodes", DataTable)
-        for column in view.COLUMNS:
-            table.add_column(column, key=column)
+        for column, width in view.COLUMNS.items():
+            table.add_column(column, key=column, width=width)
         self.poll_fleet()
         self.set_interval(self.interval, self.poll_fleet)
 
@@ -90,16 +92,33 @@ class FleetApp(App[None]):
         self.query_one("#totals", Static).update(
             view.totals_text(snap, sort=self.sort, needle=self.needle)
         )
-        table = self.query_one("#nodes", DataTable)
+        table: DataTable[Text] = self.query_one("#nodes", DataTable)
         nodes = view.visible_nodes(snap.nodes, sort=self.sort, needle=self.needle)
         keep = self.selected
-        table.clear()
-        for node in nodes:
-            table.add_row(*view.row_cells(node), key=node.id)
         ids = [n.id for n in nodes]
+        rows = {n.id: view.row_cells(n) for n in nodes}
+        if ids == list(self._rows):
+            self._update_changed_cells(table, rows)
+        else:  # rows came, went or moved: rebuild
+            table.clear()
+            for node_id, cells in rows.items():
+                table.add_row(*cells, key=node_id)
+        self._rows = rows
         if keep in ids:
             table.move_cursor(row=ids.index(keep), animate=False)
         self._show_detail(self._node(keep) if keep in ids else (nodes[0] if nodes else None))
+
+    def _update_changed_cells(self, table: DataTable[Text], rows: dict[str, list[Text]]) -> None:
+        """Same rows in the same order: touch only the cells whose text or style changed.
+
+        Columns have fixed widths, so nothing is re-measured (Textual would re-measure a whole
+        column for every shrinking cell).
+        """
+        for node_id, cells in rows.items():
+            before = self._rows[node_id]
+            for column, cell, old in zip(view.COLUMNS, cells, before, strict=True):
+                if cell.plain != old.plain or cell.style != old.style:
+                    table.update_cell(node_id, column, cell)
 
     def _node(self, node_id: str | None) -> NodeSnapshot | None:
         return next((n for n in self.snapshot.nodes if n.id == node_id), None)
@@ -118,7 +137,7 @@ class FleetApp(App[None]):
         spark.data = series
         peak = f", peak {max(series):.1f}" if series else ""
         self.query_one("#spark-label", Label).update(
-            f"tokens/s over the last {len(series)} polls{peak}"
+            f"tokens/s over the last {len(series)} poll{'' if len(series) == 1 else 's'}{peak}"
         )
 
     @on(DataTable.RowHighlighted, "#nodes")

@@ -33,11 +33,16 @@ _GAUGES = {
     "edgebox_decode_tokens_per_second": "decode_tokens_per_s",
 }
 
+_WANTED = ("edgebox_generated_tokens_total{", "edgebox_time_to_first_token_seconds_bucket{",
+           *(name + "{" for name in _GAUGES))  # fmt: skip
+
 
 def parse_metrics(text: str) -> MetricsSample:
     """Read the figures `top` needs from Prometheus text exposition; unknown series are ignored."""
     sample = MetricsSample()
-    for family in text_string_to_metric_families(text):
+    # Parse only the series used here: a scrape holds many more, and parsing is the poll's cost.
+    wanted = "\n".join(line for line in text.splitlines() if line.startswith(_WANTED))
+    for family in text_string_to_metric_families(wanted):
         for s in family.samples:
             model = s.labels.get("model")
             if model is None:

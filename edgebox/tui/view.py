@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -9,8 +10,23 @@ from rich.text import Text
 
 from edgebox.tui.snapshot import FleetSnapshot, NodeSnapshot
 
-COLUMNS = ("node", "status", "class", "accel", "util", "memory", "temp", "power", "cpu",
-           "models", "run/q", "tok/s", "ttft")  # fmt: skip
+# Column → fixed width: measuring every cell of a large fleet on every refresh costs more than
+# the rest of a frame; longer text is cropped here and shown whole in the detail pane.
+COLUMNS = {
+    "node": 18,
+    "status": 11,
+    "class": 16,
+    "accel": 14,
+    "util": 4,
+    "memory": 11,
+    "temp": 4,
+    "power": 5,
+    "cpu": 4,
+    "models": 18,
+    "run/q": 6,
+    "tok/s": 7,
+    "ttft": 6,
+}
 _VENDORS = ("NVIDIA GeForce ", "NVIDIA ", "Apple ", "AMD ", "Intel ")
 
 STATUS_STYLE = {"online": "bold green", "offline": "dim", "unreachable": "bold red"}
@@ -66,7 +82,8 @@ def short_memory(node: NodeSnapshot) -> str:
     return f"{used}/{node.memory_total / (1 << 30):.0f}G{' U' if node.memory_unified else ''}"
 
 
-def short_accelerators(names: Sequence[str]) -> str:
+@functools.lru_cache(maxsize=1024)
+def short_accelerators(names: tuple[str, ...]) -> str:
     """'NVIDIA RTX PRO 6000' → 'RTX PRO 6000'; several devices of one kind → '2x ...'."""
     short = [next((n[len(v) :] for v in _VENDORS if n.startswith(v)), n) for n in names]
     if not short:
