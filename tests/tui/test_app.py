@@ -1,4 +1,4 @@
-"""Pilot tests of the fleet monitor over a fixed fleet (no network)."""
+"""Pilot tests of the fleet monitor over a fixed fleet, and once over a real node."""
 
 from __future__ import annotations
 
@@ -10,12 +10,13 @@ from textual.pilot import Pilot
 from textual.widgets import DataTable, Sparkline, Static
 
 from edgebox.tui.app import FleetApp
-from edgebox.tui.source import ReplaySource
+from edgebox.tui.source import DirectSource, FleetSource, ReplaySource
+from tests.conftest import NodeProcess, free_port
 from tests.tui.fleet import T0, fleet
 
 
 def drive(
-    source: ReplaySource, steps: Callable[[FleetApp, Pilot[None]], Awaitable[None]]
+    source: FleetSource, steps: Callable[[FleetApp, Pilot[None]], Awaitable[None]]
 ) -> FleetApp:
     app = FleetApp(source, interval=3600)
 
@@ -114,3 +115,16 @@ def test_q_quits() -> None:
 
     app = drive(ReplaySource([fleet()]), steps)
     assert app.return_code == 0
+
+
+def test_live_node_and_a_dead_one_through_direct_source(node: NodeProcess) -> None:
+    dead = f"http://127.0.0.1:{free_port()}"
+
+    async def steps(app: FleetApp, pilot: Pilot[None]) -> None:
+        rows = {str(r[0]): r for r in (table(app).get_row_at(i) for i in range(2))}
+        assert str(rows[node.url][1]) == "online" and str(rows[node.url][9]) == "smollm2-135m"
+        assert str(rows[dead][1]) == "unreachable"
+        await pilot.press("down")
+        assert app.selected == node.url and "smollm2-135m  running 0/4 slots" in detail(app)
+
+    drive(DirectSource([dead, node.url]), steps)
