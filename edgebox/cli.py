@@ -243,9 +243,14 @@ def version() -> None:
     out.print(__version__)
 
 
+from edgebox.commands import ssh as _ssh_commands  # noqa: E402
+from edgebox.commands import telemetry as _telemetry_cmd  # noqa: E402
 from edgebox.commands import top as _top  # noqa: E402
 
+_ssh_commands.register(app)
+_telemetry_cmd.register(app)
 _top.register(app)
+
 
 if __name__ == "__main__":
     app()

@@ -1,1 +1,1 @@
-"""One module per `edgebox` subcommand, each exposing `register(app)`."""
+"""CLI command groups, one module each; every module exposes `register(app)`."""

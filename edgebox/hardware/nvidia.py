@@ -31,7 +31,7 @@ class GpuSample:
         return asdict(self)
 
 
-def _load_nvml() -> Any | None:
+def load_nvml() -> Any | None:
     try:
         import pynvml
     except ImportError:
@@ -88,7 +88,7 @@ def _memory(nvml: Any, handle: Any) -> tuple[int | None, int | None, bool]:
 
 
 def nvidia_accelerators(nvml: Any | None = None) -> tuple[Accelerator, ...]:
-    lib: Any = nvml if nvml is not None else _load_nvml()
+    lib: Any = nvml if nvml is not None else load_nvml()
     with _Session(lib) as session:
         if not session.ok:
             return ()
@@ -112,29 +112,31 @@ def nvidia_accelerators(nvml: Any | None = None) -> tuple[Accelerator, ...]:
         return tuple(out)
 
 
+def sample_device(nvml: Any, index: int, handle: Any) -> GpuSample:
+    """One device's figures now; NVML must be initialised (a session, or a long-lived sampler)."""
+    used, total, unified = _memory(nvml, handle)
+    util = _maybe(nvml, "nvmlDeviceGetUtilizationRates", handle)
+    temp = _maybe(nvml, "nvmlDeviceGetTemperature", handle, nvml.NVML_TEMPERATURE_GPU)
+    power_mw = _maybe(nvml, "nvmlDeviceGetPowerUsage", handle)
+    return GpuSample(
+        index=index,
+        name=_text(nvml.nvmlDeviceGetName(handle)),
+        utilization_pct=float(util.gpu) if util is not None else None,
+        memory_used=used,
+        memory_total=total,
+        memory_unified=unified,
+        temperature_c=float(temp) if temp is not None else None,
+        power_w=power_mw / 1000 if power_mw is not None else None,
+    )
+
+
 def nvidia_telemetry(nvml: Any | None = None) -> list[GpuSample]:
-    lib: Any = nvml if nvml is not None else _load_nvml()
+    """One sample of every GPU, opening and closing NVML (the sampler keeps it open instead)."""
+    lib: Any = nvml if nvml is not None else load_nvml()
     with _Session(lib) as session:
         if not session.ok:
             return []
-        nvml = lib
-        samples = []
-        for i in range(nvml.nvmlDeviceGetCount()):
-            handle = nvml.nvmlDeviceGetHandleByIndex(i)
-            used, total, unified = _memory(nvml, handle)
-            util = _maybe(nvml, "nvmlDeviceGetUtilizationRates", handle)
-            temp = _maybe(nvml, "nvmlDeviceGetTemperature", handle, nvml.NVML_TEMPERATURE_GPU)
-            power_mw = _maybe(nvml, "nvmlDeviceGetPowerUsage", handle)
-            samples.append(
-                GpuSample(
-                    index=i,
-                    name=_text(nvml.nvmlDeviceGetName(handle)),
-                    utilization_pct=float(util.gpu) if util is not None else None,
-                    memory_used=used,
-                    memory_total=total,
-                    memory_unified=unified,
-                    temperature_c=float(temp) if temp is not None else None,
-                    power_w=power_mw / 1000 if power_mw is not None else None,
-                )
-            )
-        return samples
+        return [
+            sample_device(lib, i, lib.nvmlDeviceGetHandleByIndex(i))
+            for i in range(lib.nvmlDeviceGetCount())
+        ]

@@ -1,7 +1,8 @@
 """What this box is: CPU, memory, accelerators, and the memory bandwidth that bounds decode.
 
-The CPU path is probed for real; NVIDIA GPUs come from NVML (`nvidia.py`, tested against
-replayed answers, not yet on the hardware); Apple chips are named from sysctl (not verified).
+The CPU path is probed for real; NVIDIA GPUs come from NVML (`nvidia.py`), Apple chips and
+their GPU from sysctl and system_profiler (`apple.py`); both are tested against replayed
+answers and not verified on the hardware.
 """
 
 from __future__ import annotations
@@ -153,22 +154,37 @@ def classify(system: str, arch: str, accelerators: tuple[Accelerator, ...]) -> H
         if "RTX" in name or "GeForce" in name or "TITAN" in name:
             return "nvidia-rtx"
         return "nvidia-datacenter"
-    if system == "Darwin" and arch == "arm64":
+    if any(a.kind == "metal" for a in accelerators) or (system == "Darwin" and arch == "arm64"):
         return "apple-silicon"
     return "cpu"
+
+
+def _local_accelerators(system: str, arch: str) -> tuple[Accelerator, ...]:
+    from edgebox.hardware.nvidia import nvidia_accelerators
+
+    found = nvidia_accelerators()
+    if system == "Darwin" and arch == "arm64":
+        from edgebox.hardware.apple import apple_accelerators
+
+        found += apple_accelerators()
+    return found
 
 
 def probe(
     *, measure: bool = True, accelerators: tuple[Accelerator, ...] | None = None
 ) -> HardwareProfile:
-    """Probe this machine; `accelerators` None asks NVML for NVIDIA GPUs."""
-    if accelerators is None:
-        from edgebox.hardware.nvidia import nvidia_accelerators
-
-        accelerators = nvidia_accelerators()
+    """Probe this machine; `accelerators` None asks NVML for NVIDIA GPUs and, on a Mac,
+    sysctl and system_profiler for the Apple GPU."""
     system, arch = platform.system(), platform.machine()
+    if accelerators is None:
+        accelerators = _local_accelerators(system, arch)
     cpu_model, simd = _cpu()
     memory = psutil.virtual_memory()
+    memory_total = memory.total
+    if system == "Darwin":
+        from edgebox.hardware.apple import unified_memory_bytes
+
+        memory_total = unified_memory_bytes() or memory_total
     hw_class = classify(system, arch, accelerators)
     unified = hw_class in ("nvidia-dgx-spark", "apple-silicon")
     names = [a.name for a in accelerators] + [cpu_model]
@@ -186,7 +202,7 @@ def probe(
         cores_physical=psutil.cpu_count(logical=False) or os.cpu_count() or 1,
         cores_logical=psutil.cpu_count(logical=True) or os.cpu_count() or 1,
         simd=simd,
-        memory_total=memory.total,
+        memory_total=memory_total,
         memory_available=memory.available,
         unified_memory=unified,
         bandwidth_gbps=round(bandwidth, 1),

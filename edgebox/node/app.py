@@ -22,9 +22,9 @@ from edgebox.node.security import APIKeyMiddleware
 from edgebox.node.state import NodeState
 
 
-def health(request: Request) -> Response:
+async def health(request: Request) -> Response:
     state: NodeState = request.app.state.node
-    return JSONResponse(state.health())
+    return JSONResponse(await state.full_health())
 
 
 def metrics(request: Request) -> Response:

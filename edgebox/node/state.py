@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from edgebox import __version__
+from edgebox.hardware.probe import probe
+from edgebox.hardware.telemetry import CachedTelemetry
 from edgebox.node.kv_transfer import KVStore
 from edgebox.node.metrics import NodeMetrics
 from edgebox.runtimes.base import Runtime
 
 DEFAULT_MAX_BODY = 16 * 1024 * 1024
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -22,6 +27,8 @@ class NodeState:
     request_timeout: float | None = None  # per-request override of the runtimes' default
     kv_store: KVStore = field(default_factory=KVStore)
     started: float = field(default_factory=time.time)
+    telemetry: CachedTelemetry = field(default_factory=CachedTelemetry)
+    hardware: dict[str, Any] | None = None  # the probe profile, taken on first /health
     metrics: NodeMetrics = field(init=False)
     fingerprint: str = field(init=False)
 
@@ -55,13 +62,36 @@ class NodeState:
         }
 
     def health(self) -> dict[str, Any]:
-        models = {}
+        """What /health reports without touching the hardware: status, version, models, load."""
+        models, load_models = {}, {}
         for alias, runtime in self.runtimes.items():
             stats = runtime.stats()
             models[alias] = {"slots": stats.slots, "running": stats.running, "queued": stats.queued}
+            load_models[alias] = {"active": stats.running, "queued": stats.queued}
         return {
             "status": "ok",
             "version": __version__,
             "uptime_s": round(time.time() - self.started, 1),
             "models": models,
+            "load": {
+                "active": sum(m["active"] for m in load_models.values()),
+                "queued": sum(m["queued"] for m in load_models.values()),
+                "models": load_models,
+            },
         }
+
+    async def full_health(self) -> dict[str, Any]:
+        """`health()` plus the hardware profile (probed once) and a telemetry sample at most a
+        second old; both are taken off the event loop."""
+        report = self.health()
+        if self.hardware is None:
+            # No bandwidth measurement: it would copy 512 MiB next to a serving model.
+            profile = await asyncio.to_thread(probe, measure=False)
+            self.hardware = profile.to_dict()
+        report["hardware"] = self.hardware
+        try:
+            report["telemetry"] = (await self.telemetry.get()).to_dict()
+        except Exception:  # a sensor failing must not take /health down
+            log.exception("telemetry sample failed")
+            report["telemetry"] = None
+        return report

@@ -130,6 +130,10 @@ class Resources:
     cpu_pct: float | None = None
 
 
+def _unified(gpu: dict[str, Any]) -> bool:
+    return bool(gpu.get("unified") or gpu.get("memory_unified"))  # telemetry / NVML sample keys
+
+
 def parse_resources(hardware: Any, telemetry: Any) -> Resources:
     """Accelerator memory when the devices report it, else system memory (unified on GB10/Apple)."""
     hw, tel = _dict(hardware), _dict(telemetry)
@@ -149,7 +153,7 @@ def parse_resources(hardware: Any, telemetry: Any) -> Resources:
         total = sum(t or 0.0 for t in gpu_totals)
         used = sum(_num(g.get("memory_used")) or 0.0 for g in gpus)
         unified = False
-    elif any(g.get("memory_unified") for g in gpus):
+    elif any(map(_unified, gpus)):
         unified = True
 
     def most(key: str) -> float | None:
@@ -203,7 +207,7 @@ def node_from_health(
         models.append(
             ModelLoad(
                 name=alias,
-                running=int(_first(figures, "running") or gauges.get("running") or 0),
+                running=int(_first(figures, "running", "active") or gauges.get("running") or 0),
                 queued=int(_first(figures, "queued") or gauges.get("queued") or 0),
                 slots=int(s) if (s := _first(figures, "slots")) is not None else None,
                 tokens_per_s=rate,
@@ -247,7 +251,7 @@ def node_from_hub(entry: Mapping[str, Any]) -> NodeSnapshot:
     models = tuple(
         ModelLoad(
             name=name,
-            running=int(_first(f, "running") or 0),
+            running=int(_first(f, "running", "active") or 0),
             queued=int(_first(f, "queued") or 0),
             slots=int(s) if (s := _first(f, "slots")) is not None else None,
             tokens_per_s=_first(f, "tokens_per_s"),

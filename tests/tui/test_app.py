@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import Awaitable, Callable
 
 from rich.text import Text
@@ -121,10 +122,13 @@ def test_live_node_and_a_dead_one_through_direct_source(node: NodeProcess) -> No
     dead = f"http://127.0.0.1:{free_port()}"
 
     async def steps(app: FleetApp, pilot: Pilot[None]) -> None:
-        rows = {str(r[0]): r for r in (table(app).get_row_at(i) for i in range(2))}
-        assert str(rows[node.url][1]) == "online" and str(rows[node.url][9]) == "smollm2-135m"
-        assert str(rows[dead][1]) == "unreachable"
-        await pilot.press("down")
-        assert app.selected == node.url and "smollm2-135m  running 0/4 slots" in detail(app)
+        live, gone = table(app).get_row(node.url), table(app).get_row(dead)  # keyed by node id
+        assert str(live[0]) == socket.gethostname()  # named by its hardware profile
+        assert str(live[1]) == "online" and str(live[9]) == "smollm2-135m"
+        assert str(gone[0]) == dead and str(gone[1]) == "unreachable"
+        if app.selected != node.url:  # two rows, sorted by name
+            await pilot.press("down")
+        assert app.selected == node.url
+        assert "smollm2-135m  running 0/4 slots" in detail(app)
 
     drive(DirectSource([dead, node.url]), steps)

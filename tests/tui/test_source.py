@@ -49,6 +49,10 @@ def test_direct_source_reads_models_and_a_positive_token_rate(node: NodeProcess)
     assert after.models[0].tokens_per_s == after.tokens_per_s
     assert after.p50_ttft_s is not None and 0 < after.p50_ttft_s < 30
     assert after.version and after.last_seen and after.url == node.url
+    # /health's hardware and telemetry: this machine's class and memory, its CPU load.
+    assert after.hw_class and after.memory_total and after.memory_total > 0
+    assert after.memory_used is not None and 0 < after.memory_used <= after.memory_total
+    assert after.cpu_pct is not None
     assert second.online == 1 and second.tokens_per_s == after.tokens_per_s
 
 

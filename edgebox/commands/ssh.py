@@ -1,0 +1,215 @@
+"""`edgebox ssh`, `edgebox forward`, `edgebox ssh-config install` (laptop) and `edgebox tunnel`
+(node): reach any node by name, on the LAN or through the hub relay, with pinned host keys."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import logging
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from edgebox.provisioning.ssh_config import (
+    DirectoryError,
+    FileNodeDirectory,
+    NodeDirectory,
+    NodeEntry,
+    choose_route,
+    edgebox_home,
+    explain_ssh_failure,
+    find_node,
+    scan_host_keys,
+    ssh_command,
+    with_include,
+    write_client_files,
+)
+from edgebox.provisioning.tunnel import Backoff, TunnelSpec, TunnelSupervisor
+
+err = Console(stderr=True)
+out = Console()
+ssh_config_app = typer.Typer(help="The generated ssh_config (~/.edgebox/ssh_config).",
+                             no_args_is_help=True)  # fmt: skip
+_PASS_THROUGH = {"allow_extra_args": True, "ignore_unknown_options": True}
+
+
+def _fail(message: str, code: int = 1) -> typer.Exit:
+    err.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
+    return typer.Exit(code)
+
+
+def _directory() -> NodeDirectory:
+    return FileNodeDirectory()
+
+
+def _prepare(name: str) -> tuple[NodeDirectory, NodeEntry, Path]:
+    directory = _directory()
+    try:
+        config = write_client_files(directory)
+        return directory, find_node(directory.nodes(), name), config
+    except DirectoryError as exc:
+        raise _fail(str(exc)) from None
+
+
+def run_ssh(argv: list[str], directory: NodeDirectory) -> int:
+    """Run ssh with the terminal attached; stderr is passed through and kept to explain failure."""
+    proc = subprocess.Popen(argv, stderr=subprocess.PIPE)
+    assert proc.stderr is not None
+    tail = bytearray()
+
+    def pump() -> None:
+        stream = proc.stderr
+        assert isinstance(stream, io.BufferedReader)
+        for chunk in iter(lambda: stream.read1(4096), b""):
+            sys.stderr.buffer.write(chunk)
+            sys.stderr.buffer.flush()
+            tail.extend(chunk)
+            del tail[:-16384]
+
+    pumper = threading.Thread(target=pump, daemon=True)
+    pumper.start()
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C belongs to ssh
+    previous_term = signal.signal(signal.SIGTERM, lambda *_: proc.terminate())
+    try:
+        code = proc.wait()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        signal.signal(signal.SIGTERM, previous_term)
+    pumper.join(2)
+    message = explain_ssh_failure(
+        code, tail.decode(errors="replace"), directory.hub(), directory.nodes()
+    )
+    if message:
+        err.print(f"[red]edgebox:[/red] {message}", highlight=False, soft_wrap=True)
+    return code
+
+
+def _route_options(node: NodeEntry, via: str) -> tuple[str, NodeEntry]:
+    if via == "hub":
+        return "hub", dataclasses.replace(node, lan_addresses=())
+    if via not in ("auto", "lan"):
+        raise _fail("--via must be auto, lan or hub")
+    return via, node
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ssh commands to the edgebox CLI."""
+
+    @app.command(context_settings=_PASS_THROUGH)
+    def ssh(
+        node: Annotated[str, typer.Argument(help="Node name (as in `edgebox nodes`).")],
+        command: Annotated[
+            list[str] | None, typer.Argument(help="Remote command, after `--`.")
+        ] = None,
+        via: Annotated[str, typer.Option(help="auto (LAN if its key answers), lan, hub.")] = "auto",
+        dry_run: Annotated[bool, typer.Option(help="Print the ssh command and exit.")] = False,
+    ) -> None:
+        """SSH to a node: direct on the LAN when its pinned host key answers there, else
+        through the hub relay. Host keys are pinned from the fleet registry."""
+        directory, entry, config = _prepare(node)
+        mode, entry = _route_options(entry, via)
+        route = choose_route(entry, scan_host_keys)
+        if mode == "lan" and route.via != "lan":
+            raise _fail(f"no LAN address of {entry.name} presented its pinned host key")
+        argv = ssh_command(config, entry, route, [], command or [])
+        if dry_run:
+            out.print(" ".join(argv), highlight=False, soft_wrap=True)
+            return
+        err.print(f"edgebox: {entry.name} via {route.via} ({route.host}:{route.port})",
+                  style="dim", highlight=False)  # fmt: skip
+        raise typer.Exit(run_ssh(argv, directory))
+
+    @app.command()
+    def forward(
+        node: Annotated[str, typer.Argument(help="Node name.")],
+        ports: Annotated[str, typer.Argument(help="REMOTE_PORT[:LOCAL_PORT], e.g. 8080.")],
+    ) -> None:
+        """Bring a port of a node (on its loopback) to 127.0.0.1 on this machine."""
+        remote, _, local = ports.partition(":")
+        try:
+            remote_port, local_port = int(remote), int(local or remote)
+        except ValueError:
+            raise _fail(f"ports: expected REMOTE_PORT[:LOCAL_PORT], got {ports!r}") from None
+        directory, entry, config = _prepare(node)
+        route = choose_route(entry, scan_host_keys)
+        options = ["-N", "-o", "ExitOnForwardFailure=yes",
+                   "-L", f"127.0.0.1:{local_port}:127.0.0.1:{remote_port}"]  # fmt: skip
+        err.print(f"edgebox: {entry.name}:{remote_port} on http://127.0.0.1:{local_port} "
+                  f"via {route.via} (Ctrl-C to stop)", highlight=False)  # fmt: skip
+        raise typer.Exit(run_ssh(ssh_command(config, entry, route, options, []), directory))
+
+    @ssh_config_app.command("install")
+    def install(
+        as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+    ) -> None:
+        """Write ~/.edgebox/ssh_config and include it at the top of ~/.ssh/config, so plain
+        `ssh NODE.edgebox` works too. Running it again changes nothing."""
+        try:
+            config = write_client_files(_directory())
+        except DirectoryError as exc:
+            raise _fail(str(exc)) from None
+        user_config = Path.home() / ".ssh" / "config"
+        user_config.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        before = user_config.read_text() if user_config.exists() else ""
+        after = with_include(before, config)
+        if after != before:
+            user_config.write_text(after)
+            user_config.chmod(0o600)
+        result = {"ssh_config": str(config), "included_from": str(user_config),
+                  "changed": after != before}  # fmt: skip
+        if as_json:
+            out.print_json(data=result)
+        else:
+            state = "added to" if result["changed"] else "already in"
+            out.print(f"Include {config}: {state} {user_config}", highlight=False)
+
+    @ssh_config_app.command("print")
+    def print_config() -> None:
+        """Print the generated ssh_config."""
+        try:
+            out.print(write_client_files(_directory()).read_text(), highlight=False, end="")
+        except DirectoryError as exc:
+            raise _fail(str(exc)) from None
+
+    @app.command()
+    def tunnel(
+        hub: Annotated[str, typer.Option(help="Relay address HOST[:PORT].")],
+        hub_key: Annotated[str, typer.Option(help="The relay's pinned host key (TYPE BASE64).")],
+        port: Annotated[int, typer.Option(help="This node's tunnel port on the hub.")],
+        identity: Annotated[Path, typer.Option(help="Private key the node logs in with.")],
+        user: Annotated[str, typer.Option(help="Relay account for nodes.")] = "edgebox-tunnel",
+        api_port: Annotated[
+            str | None, typer.Option(help="Also forward HUB_PORT:LOCAL_PORT (the node API).")
+        ] = None,
+    ) -> None:
+        """Keep this node reachable through the hub (node side; runs until Ctrl-C)."""
+        host, _, hub_port = hub.partition(":")
+        api = None
+        if api_port:
+            a, _, b = api_port.partition(":")
+            api = (int(a), int(b or a))
+        spec = TunnelSpec(
+            hub_host=host, hub_port=int(hub_port or 22), hub_host_key=hub_key,
+            identity_file=identity, tunnel_port=port, user=user, api_forward=api,
+            known_hosts_file=edgebox_home() / "hub_known_hosts",
+        )  # fmt: skip
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+        supervisor = TunnelSupervisor(spec, Backoff())
+        supervisor.start()
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
+        try:
+            threading.Event().wait()
+        except KeyboardInterrupt:
+            pass
+        finally:
+            supervisor.stop()
+            print(json.dumps({"attempts": supervisor.attempts, "ups": supervisor.ups}))
+
+    app.add_typer(ssh_config_app, name="ssh-config")

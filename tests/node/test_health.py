@@ -1,0 +1,38 @@
+"""/health of a real node process: hardware profile, telemetry, load, and the old fields."""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+import psutil
+
+from tests.conftest import NodeProcess
+
+MODEL = "smollm2-135m"
+
+
+def test_health_reports_hardware_telemetry_and_load(node: NodeProcess) -> None:
+    body = httpx.get(node.url + "/health", timeout=5).json()
+    assert body["status"] == "ok" and body["models"][MODEL]["slots"] == 4
+    hw = body["hardware"]
+    assert hw["hw_class"] == "cpu" and hw["memory_total"] == psutil.virtual_memory().total
+    assert hw["accelerators"] == [] and hw["cores_logical"] >= 1
+    tel = body["telemetry"]
+    assert tel["memory_total"] == psutil.virtual_memory().total
+    assert 0 < tel["memory_used"] < tel["memory_total"] and 0 <= tel["cpu_pct"] <= 100
+    assert tel["accelerators"] == [] and len(tel["load_avg"]) == 3
+    load = body["load"]
+    assert set(load["models"]) == {MODEL}
+    assert load["active"] == sum(m["active"] for m in load["models"].values())
+    assert load["queued"] == sum(m["queued"] for m in load["models"].values())
+
+
+def test_telemetry_in_health_is_cached_for_at_most_a_second(node: NodeProcess) -> None:
+    first = httpx.get(node.url + "/health", timeout=5).json()["telemetry"]["timestamp"]
+    again = httpx.get(node.url + "/health", timeout=5).json()["telemetry"]["timestamp"]
+    # The same sample, unless the first answer's was about to expire.
+    assert again == first or first < time.time() - 0.9
+    time.sleep(1.1)
+    later = httpx.get(node.url + "/health", timeout=5).json()["telemetry"]["timestamp"]
+    assert later > first
