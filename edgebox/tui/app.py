@@ -13,14 +13,14 @@ from rich.text import Text
 from textual import on, work
 from textual.app import App, ComposeResult
 from textual.binding import Binding, BindingType
-from textual.containers import Vertical
+from textual.containers import Horizontal, Vertical
 from textual.widgets import DataTable, Footer, Input, Label, Sparkline, Static
 
 from edgebox.tui import view
 from edgebox.tui.snapshot import FleetSnapshot, NodeSnapshot
 from edgebox.tui.source import FleetSource
 
-HISTORY = 120  # samples of tokens/s kept per node for the sparkline
+HISTORY = 120  # samples per node and series kept for the sparklines
 
 
 class FleetApp(App[None]):
@@ -31,8 +31,10 @@ class FleetApp(App[None]):
     #totals { height: 1; padding: 0 1; background: $boost; }
     #nodes { height: 1fr; }
     #detail { height: auto; max-height: 50%; border-top: solid $accent; padding: 0 1; }
-    #spark-label { color: $text-muted; }
-    #spark { height: 3; }
+    #sparks { height: 4; }
+    #sparks > Vertical { width: 1fr; padding-right: 2; }
+    #sparks Label { color: $text-muted; }
+    #sparks Sparkline { height: 3; }
     #filter { dock: bottom; display: none; }
     #filter.visible { display: block; }
     """
@@ -52,7 +54,7 @@ class FleetApp(App[None]):
         self.sort = "name"
         self.needle = ""
         self.selected: str | None = None  # node id
-        self.history: dict[str, deque[float]] = {}
+        self.history: dict[str, dict[str, deque[float]]] = {}  # node id → series → samples
         self._rows: dict[str, list[Text]] = {}  # the table's cells by node id, in table order
 
     def compose(self) -> ComposeResult:
@@ -60,8 +62,11 @@ class FleetApp(App[None]):
         yield DataTable[Text](id="nodes", cursor_type="row", zebra_stripes=True)
         with Vertical(id="detail"):
             yield Static("waiting for the first poll…", id="detail-text")
-            yield Label("tokens/s", id="spark-label")
-            yield Sparkline([], id="spark")
+            with Horizontal(id="sparks"):
+                for key in view.SERIES:
+                    with Vertical():
+                        yield Label(key, id=f"label-{key}")
+                        yield Sparkline([], id=f"spark-{key}")
         yield Input(placeholder="filter by name, class, accelerator or model", id="filter")
         yield Footer()
 
@@ -83,8 +88,9 @@ class FleetApp(App[None]):
         """Render one snapshot: totals, table rows (cursor kept on the same node), detail."""
         self.snapshot = snap
         for node in snap.nodes:
-            series = self.history.setdefault(node.id, deque(maxlen=HISTORY))
-            series.append(node.tokens_per_s or 0.0)
+            history = self.history.setdefault(node.id, {})
+            for key, value in view.series_values(node).items():
+                history.setdefault(key, deque(maxlen=HISTORY)).append(value)
         self._render()
 
     def _render(self) -> None:
@@ -125,20 +131,17 @@ class FleetApp(App[None]):
 
     def _show_detail(self, node: NodeSnapshot | None) -> None:
         text = self.query_one("#detail-text", Static)
-        spark = self.query_one("#spark", Sparkline)
         if node is None:
             self.selected = None
             text.update("no nodes match" if self.needle else "no nodes")
-            spark.data = []
-            return
-        self.selected = node.id
-        text.update(view.detail_text(node, now=self.snapshot.taken_at))
-        series = list(self.history.get(node.id, ()))
-        spark.data = series
-        peak = f", peak {max(series):.1f}" if series else ""
-        self.query_one("#spark-label", Label).update(
-            f"tokens/s over the last {len(series)} poll{'' if len(series) == 1 else 's'}{peak}"
-        )
+        else:
+            self.selected = node.id
+            text.update(view.detail_text(node, now=self.snapshot.taken_at))
+        history = self.history.get(node.id, {}) if node else {}
+        for key in view.SERIES:
+            series = list(history.get(key, ()))
+            self.query_one(f"#spark-{key}", Sparkline).data = series
+            self.query_one(f"#label-{key}", Label).update(view.series_label(key, series))
 
     @on(DataTable.RowHighlighted, "#nodes")
     def _row_highlighted(self, event: DataTable.RowHighlighted) -> None:

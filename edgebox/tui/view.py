@@ -176,3 +176,25 @@ def detail_text(node: NodeSnapshot, *, now: float) -> Text:
             f"  {_num(m.tokens_per_s, '.1f')} tok/s\n"
         )
     return text
+
+
+# Sparkline series in the detail pane: key → (label, unit).
+SERIES = {"tokens": ("tok/s", ""), "util": ("util", "%"), "memory": ("memory", " GiB"),
+          "queue": ("run+queue", "")}  # fmt: skip
+
+
+def series_values(node: NodeSnapshot) -> dict[str, float]:
+    """This poll's sample of each sparkline series (unknown figures count as 0)."""
+    return {
+        "tokens": node.tokens_per_s or 0.0,
+        "util": node.utilization_pct or 0.0,
+        "memory": (node.memory_used or 0) / (1 << 30),
+        "queue": float(node.running + node.queued),
+    }
+
+
+def series_label(key: str, samples: Sequence[float]) -> str:
+    label, unit = SERIES[key]
+    if not samples:
+        return label
+    return f"{label} {samples[-1]:.1f}{unit}, max {max(samples):.1f}"

@@ -83,7 +83,8 @@ def test_selecting_a_row_shows_its_detail_and_sparkline() -> None:
         assert "spark" in text and "nvidia-dgx-spark: NVIDIA GB10" in text
         assert "llama-3.1-8b" in text and "running 3/4 slots  queued 2" in text
         assert "last seen 1s ago" in text
-        assert app.query_one("#spark", Sparkline).data == [10.0, 20.0, 30.0]
+        assert app.query_one("#spark-tokens", Sparkline).data == [10.0, 20.0, 30.0]
+        assert app.query_one("#spark-queue", Sparkline).data == [5.0, 5.0, 5.0]
         await pilot.press("up")
         assert app.selected == "n-rtx" and "qwen2.5-7b" in detail(app)
 
