@@ -14,6 +14,7 @@ from textual import on, work
 from textual.app import App, ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical
+from textual.css.query import NoMatches
 from textual.widgets import DataTable, Footer, Input, Label, Sparkline, Static
 
 from edgebox.tui import view
@@ -79,7 +80,11 @@ class FleetApp(App[None]):
 
     @work(exclusive=True, group="poll")
     async def poll_fleet(self) -> None:
-        self.show(await self.source.poll())
+        snap = await self.source.poll()
+        try:
+            self.show(snap)
+        except NoMatches:  # the app is closing and its widgets are gone: drop the snapshot
+            return
 
     async def on_unmount(self) -> None:
         await self.source.aclose()
