@@ -90,9 +90,13 @@ def serve(
         ),
     ] = None,
     access_log: Annotated[bool, typer.Option(help="Log each HTTP request.")] = False,
+    mdns: Annotated[
+        bool, typer.Option(help="Advertise this node on the LAN (_edgebox._tcp, mDNS).")
+    ] = True,
     verbose: Annotated[bool, typer.Option(help="Show llama.cpp's own log.")] = False,
 ) -> None:
     """Serve a model on a local OpenAI-compatible endpoint (default: the bundled SmolLM2-135M)."""
+    from edgebox.fleet.identity import IdentityError, load_identity
     from edgebox.models import ModelNotAvailable, resolve_model
     from edgebox.node.kv_transfer import KVStore
     from edgebox.node.server import serve as run_server
@@ -134,7 +138,22 @@ def serve(
         )
     except BackendError as exc:
         raise _fail(str(exc)) from None
-    state = NodeState({resolved.alias: runtime}, kv_store=KVStore(max_bytes=kv_upload_mib << 20))
+    try:
+        identity = load_identity()
+    except IdentityError as exc:
+        raise _fail(str(exc)) from None
+    state = NodeState(
+        {resolved.alias: runtime},
+        kv_store=KVStore(max_bytes=kv_upload_mib << 20),
+        node=identity.public(),
+    )
+    advertiser = None
+    if mdns:
+        from edgebox.fleet.mdns import Advertiser
+        from edgebox.hardware import probe
+
+        accel = probe(measure=False).hw_class
+        advertiser = Advertiser(identity, accelerator=accel, models=list(state.runtimes))
 
     def ready(url: str) -> None:
         info = runtime.info
@@ -156,10 +175,21 @@ def serve(
         )
         out.print("Ctrl-C to stop.", style="dim")
 
+    from edgebox.fleet.heartbeat import start_background
+
+    beats = start_background(models=lambda: [resolved.alias])  # only once joined to a hub
     with contextlib.suppress(KeyboardInterrupt):  # uvicorn already shut down cleanly
         run_server(
-            state, host=host, port=port, api_key=api_key, access_log=access_log, on_ready=ready
+            state,
+            host=host,
+            port=port,
+            api_key=api_key,
+            access_log=access_log,
+            on_ready=ready,
+            advertiser=advertiser,
         )
+    if beats:
+        beats.stop()
     err.print("stopped.", style="dim")
 
 
@@ -243,14 +273,21 @@ def version() -> None:
     out.print(__version__)
 
 
+from edgebox.commands import hub as _hub_cmd  # noqa: E402
+from edgebox.commands import join as _join_cmd  # noqa: E402
+from edgebox.commands import nodes as _nodes_commands  # noqa: E402
+from edgebox.commands import provision as _provision_cmd  # noqa: E402
 from edgebox.commands import ssh as _ssh_commands  # noqa: E402
 from edgebox.commands import telemetry as _telemetry_cmd  # noqa: E402
+from edgebox.commands import token as _token_cmd  # noqa: E402
 from edgebox.commands import top as _top  # noqa: E402
 
 _ssh_commands.register(app)
 _telemetry_cmd.register(app)
+for _commands in (_hub_cmd, _token_cmd, _join_cmd, _provision_cmd):
+    _commands.register(app)
+_nodes_commands.register(app)
 _top.register(app)
-
 
 if __name__ == "__main__":
     app()

@@ -69,6 +69,19 @@ def start_node(tmp_path: Path, *args: str, env: dict[str, str] | None = None) ->
     raise RuntimeError(f"node did not become healthy:\n{log.read_text()}")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def edgebox_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Nodes started by tests keep their identity (node id, SSH key) in a temp dir, not ~."""
+    home = tmp_path_factory.mktemp("edgebox-home")
+    before = os.environ.get("EDGEBOX_HOME")
+    os.environ["EDGEBOX_HOME"] = str(home)
+    yield home
+    if before is None:
+        os.environ.pop("EDGEBOX_HOME", None)
+    else:
+        os.environ["EDGEBOX_HOME"] = before
+
+
 @pytest.fixture(scope="session")
 def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]:
     """One shared node with the bundled default model, 4 slots."""

@@ -4,17 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
+from edgebox.fleet.identity import edgebox_home
+
 LOCAL_NODE = "http://127.0.0.1:8080"  # `edgebox serve`'s default address
-
-
-def edgebox_home() -> Path:
-    return Path(os.environ.get("EDGEBOX_HOME") or Path.home() / ".edgebox")
 
 
 def _entry_url(entry: Any) -> str | None:
@@ -72,8 +69,12 @@ def register(app: typer.Typer) -> None:
         hub_token: Annotated[
             str | None,
             typer.Option(
-                envvar="EDGEBOX_HUB_TOKEN", help="Bearer token for the hub.", show_default=False
+                envvar="EDGEBOX_HUB_TOKEN", help="Hub admin key (bearer).", show_default=False
             ),
+        ] = None,
+        hub_fingerprint: Annotated[
+            str | None,
+            typer.Option(help="Pin the hub's certificate: sha256:... (as in the join token)."),
         ] = None,
         interval: Annotated[float, typer.Option(min=0.2, help="Seconds between polls.")] = 2.0,
         once: Annotated[bool, typer.Option(help="Take one snapshot, print it and exit.")] = False,
@@ -86,7 +87,10 @@ def register(app: typer.Typer) -> None:
         if node or not hub:
             sources.append(DirectSource(node or default_node_urls()))
         if hub:
-            sources.append(HubSource(hub, hub_token))
+            from edgebox.fleet.hub.client import pinned_context
+
+            verify = pinned_context(hub_fingerprint) if hub_fingerprint else True
+            sources.append(HubSource(hub, hub_token, verify=verify))
         source: FleetSource = sources[0] if len(sources) == 1 else MergedSource(sources)
         if once or as_json:
             typer.echo(_snapshot_output(source, interval, as_json))

@@ -29,6 +29,7 @@ class NodeState:
     started: float = field(default_factory=time.time)
     telemetry: CachedTelemetry = field(default_factory=CachedTelemetry)
     hardware: dict[str, Any] | None = None  # the probe profile, taken on first /health
+    node: dict[str, Any] | None = None  # this node's public identity (id, name, host key)
     metrics: NodeMetrics = field(init=False)
     fingerprint: str = field(init=False)
 
@@ -78,6 +79,7 @@ class NodeState:
                 "queued": sum(m["queued"] for m in load_models.values()),
                 "models": load_models,
             },
+            **({"node": self.node} if self.node is not None else {}),
         }
 
     async def full_health(self) -> dict[str, Any]:

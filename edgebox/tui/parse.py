@@ -245,8 +245,9 @@ def unreachable_node(url: str, error: str, *, last_seen: float | None = None) ->
 
 
 def node_from_hub(entry: Mapping[str, Any]) -> NodeSnapshot:
-    """One entry of the hub's `GET /v1/hub/nodes`; anything but "online" shows as offline."""
-    res = parse_resources(entry.get("hardware"), entry.get("telemetry"))
+    """One node of the hub's `GET /v1/hub/nodes` (its hardware is `profile`, its telemetry the
+    last heartbeat's); anything but "online" shows as offline."""
+    res = parse_resources(entry.get("hardware") or entry.get("profile"), entry.get("telemetry"))
     tel, load = _dict(entry.get("telemetry")), _dict(entry.get("load"))
     models = tuple(
         ModelLoad(

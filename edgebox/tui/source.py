@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ssl
 import time
 from collections.abc import Iterable, Sequence
 from typing import Protocol
@@ -84,30 +85,44 @@ class DirectSource:
 
 
 class HubSource:
-    """The hub's view: `GET {hub}/v1/hub/nodes` → `{"nodes": [...]}` (bearer token if given)."""
+    """The hub's view: `GET {hub}/v1/hub/nodes` (admin bearer token) → `{"data": [node, ...]}`.
+
+    `verify` is the TLS check: the hub's pinned-fingerprint context
+    (`edgebox.fleet.hub.client.pinned_context`) for a real hub, True for a CA-signed one.
+    """
 
     def __init__(
         self,
         hub_url: str,
         token: str | None = None,
         *,
+        verify: ssl.SSLContext | bool = True,
         timeout: httpx.Timeout = DEFAULT_TIMEOUT,
     ) -> None:
         self.hub_url = hub_url.rstrip("/")
         headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self._client = httpx.AsyncClient(timeout=timeout, headers=headers)
+        self._client = httpx.AsyncClient(
+            timeout=timeout, headers=headers, verify=verify, trust_env=False
+        )
 
     async def poll(self) -> FleetSnapshot:
         try:
             r = await self._client.get(self.hub_url + "/v1/hub/nodes")
             r.raise_for_status()
-            entries = r.json().get("nodes", [])
+            body = r.json()
+            entries = body.get(
+                "data", body.get("nodes", [])
+            )  # the hub answers an OpenAI-style list
         except (httpx.HTTPError, ValueError, AttributeError) as exc:
             hub = unreachable_node(self.hub_url, "hub: " + _describe(exc))
             return FleetSnapshot(
                 taken_at=time.time(), nodes=(hub.model_copy(update={"via": "hub"}),)
             )
-        nodes = tuple(node_from_hub(e) for e in entries if isinstance(e, dict))
+        nodes = tuple(
+            node_from_hub(e)
+            for e in entries
+            if isinstance(e, dict) and e.get("status") != "revoked"
+        )
         return FleetSnapshot(taken_at=time.time(), nodes=nodes)
 
     async def aclose(self) -> None:

@@ -189,6 +189,8 @@ def test_completion_logprobs_legacy_shape(client: openai.OpenAI) -> None:
 
 
 def test_health_and_metrics_answer_during_a_long_generation(node: NodeProcess) -> None:
+    short = {"model": MODEL, "prompt": "Hello", "max_tokens": 2}
+    assert httpx.post(node.base_url + "/completions", json=short, timeout=60).status_code == 200
     body = {"model": MODEL, "prompt": "Once upon a time", "max_tokens": 300, "stream": True}
     with httpx.stream("POST", node.base_url + "/completions", json=body, timeout=60) as response:
         lines = response.iter_lines()

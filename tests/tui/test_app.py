@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 from collections.abc import Awaitable, Callable
 
+import httpx
 from rich.text import Text
 from textual.pilot import Pilot
 from textual.widgets import DataTable, Sparkline, Static
@@ -123,13 +123,14 @@ def test_live_node_and_a_dead_one_through_direct_source(node: NodeProcess) -> No
     dead = f"http://127.0.0.1:{free_port()}"
 
     async def steps(app: FleetApp, pilot: Pilot[None]) -> None:
-        live, gone = table(app).get_row(node.url), table(app).get_row(dead)  # keyed by node id
-        assert str(live[0]) == socket.gethostname()  # named by its hardware profile
+        identity = httpx.get(node.url + "/health").json()["node"]
+        live, gone = table(app).get_row(identity["id"]), table(app).get_row(dead)  # by node id
+        assert str(live[0]) == identity["name"]
         assert str(live[1]) == "online" and str(live[9]) == "smollm2-135m"
         assert str(gone[0]) == dead and str(gone[1]) == "unreachable"
-        if app.selected != node.url:  # two rows, sorted by name
+        if app.selected != identity["id"]:  # two rows, sorted by name
             await pilot.press("down")
-        assert app.selected == node.url
+        assert app.selected == identity["id"]
         assert "smollm2-135m  running 0/4 slots" in detail(app)
 
     drive(DirectSource([dead, node.url]), steps)

@@ -100,11 +100,13 @@ def test_hub_source_sends_its_token_and_lists_the_hub_nodes() -> None:
     async def nodes(request: Request) -> JSONResponse:
         seen.append(request.headers.get("authorization"))
         return JSONResponse(
-            {"nodes": [
+            {"object": "list", "data": [  # the shape of edgebox.fleet.hub's answer
                 {"id": "a", "name": "spark", "status": "online", "last_heartbeat": 10.0,
-                 "hardware": {"hw_class": "nvidia-dgx-spark"}, "telemetry": {}, "models": ["m"]},
+                 "profile": {"hw_class": "nvidia-dgx-spark"}, "telemetry": {}, "models": ["m"]},
                 {"id": "b", "name": "mac", "status": "offline", "last_heartbeat": 1.0,
-                 "hardware": {}, "telemetry": {}, "models": []},
+                 "profile": {}, "telemetry": {}, "models": []},
+                {"id": "c", "name": "old", "status": "revoked", "last_heartbeat": 1.0,
+                 "profile": {}, "telemetry": {}, "models": []},
             ]}
         )  # fmt: skip
 
@@ -129,10 +131,10 @@ def test_hub_source_sends_its_token_and_lists_the_hub_nodes() -> None:
         server.should_exit = True
         thread.join(10)
     assert seen == ["Bearer secret-token"]
-    assert [(n.name, n.status, n.via) for n in snap.nodes] == [
-        ("spark", "online", "hub"),
-        ("mac", "offline", "hub"),
-    ]
+    assert [(n.name, n.status, n.via, n.hw_class) for n in snap.nodes] == [
+        ("spark", "online", "hub", "nvidia-dgx-spark"),
+        ("mac", "offline", "hub", None),
+    ]  # a revoked node is not part of the fleet
 
 
 def test_an_unreachable_hub_is_one_unreachable_row_without_the_token() -> None:
