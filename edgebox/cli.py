@@ -293,12 +293,14 @@ from edgebox.commands import provision as _provision_cmd  # noqa: E402
 from edgebox.commands import ssh as _ssh_commands  # noqa: E402
 from edgebox.commands import telemetry as _telemetry_cmd  # noqa: E402
 from edgebox.commands import token as _token_cmd  # noqa: E402
+from edgebox.commands import top as _top  # noqa: E402
 
 _ssh_commands.register(app)
 _telemetry_cmd.register(app)
 for _commands in (_hub_cmd, _token_cmd, _join_cmd, _provision_cmd):
     _commands.register(app)
 _nodes_commands.register(app)
+_top.register(app)
 
 if __name__ == "__main__":
     app()
