@@ -99,3 +99,21 @@ def test_mean_pool_ignores_padding() -> None:
     pooled = mean_pool(hidden, batch["attention_mask"])
     assert pooled.tolist() == [[3.0, 4.0, 5.0], [9.0, 10.0, 11.0]]
     assert np.allclose(np.linalg.norm(normalise(pooled), axis=1), 1.0)
+
+
+def test_open_model_serves_an_onnx_file_as_an_embedder_on_a_cpu_box() -> None:
+    from edgebox.runtimes.base import BackendError
+    from edgebox.runtimes.open import open_model
+    from edgebox.runtimes.select import Installed
+    from tests.runtimes.test_select import CPU
+
+    model = resolve_model("minilm")
+    box = (CPU, Installed(frozenset({"onnx"}), onnx_providers=("CPUExecutionProvider",)))
+    runtime, chosen = open_model(model.path, name="mini", box=box, tokenizer=model.tokenizer)
+    try:
+        assert chosen.runtime == "onnx" and isinstance(runtime, OnnxEmbeddingRuntime)
+        assert runtime.capabilities.embeddings and not runtime.capabilities.chat
+    finally:
+        runtime.close()
+    with pytest.raises(BackendError, match=r"tokenizer\.json"):
+        open_model(model.path, name="mini", box=box)
