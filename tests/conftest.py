@@ -47,7 +47,9 @@ class NodeProcess:
         return self.proc.returncode
 
 
-def start_node(tmp_path: Path, *args: str, env: dict[str, str] | None = None) -> NodeProcess:
+def start_node(
+    tmp_path: Path, *args: str, env: dict[str, str] | None = None, startup_s: float = 60
+) -> NodeProcess:
     port = free_port()
     log = tmp_path / f"node-{port}.log"
     cmd = [sys.executable, "-m", "edgebox", "serve", "--port", str(port), "--threads", "2", *args]
@@ -55,7 +57,7 @@ def start_node(tmp_path: Path, *args: str, env: dict[str, str] | None = None) ->
         cmd, stdout=log.open("wb"), stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}
     )
     node = NodeProcess(f"http://127.0.0.1:{port}", proc, log)
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + startup_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"node exited early:\n{log.read_text()}")
@@ -67,6 +69,19 @@ def start_node(tmp_path: Path, *args: str, env: dict[str, str] | None = None) ->
         time.sleep(0.1)
     node.stop()
     raise RuntimeError(f"node did not become healthy:\n{log.read_text()}")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def edgebox_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Nodes started by tests keep their identity (node id, SSH key) in a temp dir, not ~."""
+    home = tmp_path_factory.mktemp("edgebox-home")
+    before = os.environ.get("EDGEBOX_HOME")
+    os.environ["EDGEBOX_HOME"] = str(home)
+    yield home
+    if before is None:
+        os.environ.pop("EDGEBOX_HOME", None)
+    else:
+        os.environ["EDGEBOX_HOME"] = before
 
 
 @pytest.fixture(scope="session")

@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
+import logging
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import uvicorn
 
 from edgebox.node.app import create_app
 from edgebox.node.state import NodeState
+
+if TYPE_CHECKING:
+    from edgebox.fleet.mdns import Advertiser
+
+log = logging.getLogger(__name__)
 
 
 def serve(
@@ -19,8 +27,12 @@ def serve(
     api_key: str | None = None,
     access_log: bool = False,
     on_ready: Callable[[str], None] | None = None,
+    advertiser: Advertiser | None = None,
 ) -> None:
-    """Serve until SIGINT/SIGTERM; uvicorn finishes open responses before returning."""
+    """Serve until SIGINT/SIGTERM; uvicorn finishes open responses before returning.
+
+    `advertiser` publishes the node over mDNS once the port is bound and says goodbye at exit.
+    """
     app = create_app(state, api_key=api_key)
     config = uvicorn.Config(
         app,
@@ -37,16 +49,42 @@ def serve(
         task = asyncio.create_task(server.serve())
         while not server.started and not task.done():
             await asyncio.sleep(0.05)
+        bound = server.servers[0].sockets[0].getsockname() if server.servers else (host, port)
         if server.started and on_ready:
-            bound = server.servers[0].sockets[0].getsockname() if server.servers else (host, port)
             on_ready(f"http://{_url_host(host)}:{bound[1]}")
-        await task
+        advertised = (
+            server.started
+            and advertiser is not None
+            and await _advertise(advertiser, host, bound[1])
+        )
+        try:
+            await task
+        finally:
+            if advertised and advertiser is not None:
+                await advertiser.stop()
 
     try:
         asyncio.run(run())
     finally:
-        for runtime in state.runtimes.values():
+        for runtime in state.all_models().values():
             runtime.close()
+
+
+async def _advertise(advertiser: Advertiser, host: str, port: int) -> bool:
+    """Start mDNS; a failure is logged and the node serves on (mDNS is only a hint)."""
+    try:
+        await advertiser.start(port, api_on_lan=not _is_loopback(host))
+    except Exception as exc:
+        log.warning("mDNS advertising is off: %s", exc)
+        return False
+    return True
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 def _url_host(host: str) -> str:

@@ -31,7 +31,7 @@ def tokenizer(smollm2_path):  # type: ignore[no-untyped-def]
 
 def test_models_lists_the_alias_with_metadata(client: openai.OpenAI) -> None:
     models = client.models.list().data
-    assert [m.id for m in models] == [MODEL]
+    assert [m.id for m in models] == [MODEL, "all-minilm-l6-v2"]  # chat first
     assert client.models.retrieve(MODEL).id == MODEL
     meta = models[0].model_extra["meta"]  # type: ignore[index]
     assert meta["context_length"] == 2048 and meta["architecture"] == "llama"
@@ -189,6 +189,8 @@ def test_completion_logprobs_legacy_shape(client: openai.OpenAI) -> None:
 
 
 def test_health_and_metrics_answer_during_a_long_generation(node: NodeProcess) -> None:
+    short = {"model": MODEL, "prompt": "Hello", "max_tokens": 2}
+    assert httpx.post(node.base_url + "/completions", json=short, timeout=60).status_code == 200
     body = {"model": MODEL, "prompt": "Once upon a time", "max_tokens": 300, "stream": True}
     with httpx.stream("POST", node.base_url + "/completions", json=body, timeout=60) as response:
         lines = response.iter_lines()

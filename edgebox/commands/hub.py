@@ -1,0 +1,130 @@
+"""`edgebox hub serve|nodes|events`: run the control plane and look at the fleet registry."""
+
+from __future__ import annotations
+
+import datetime
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from edgebox.commands._hubopts import AdminKeyFile, AsJson, DataDir, Fingerprint, HubUrl, client
+from edgebox.commands._hubopts import fail as _fail
+
+out = Console()
+hub_app = typer.Typer(
+    help="The hub: fleet registry, join tokens, heartbeats.", no_args_is_help=True
+)
+
+
+def _when(ts: float | None) -> str:
+    if ts is None:
+        return "-"
+    return datetime.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")
+
+
+@hub_app.command("serve")
+def serve(
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "0.0.0.0",
+    port: Annotated[int, typer.Option(help="HTTPS port.")] = 8443,
+    data: DataDir = None,
+    url: Annotated[
+        list[str] | None,
+        typer.Option("--url", help="Public https:// address put in tokens (repeatable)."),
+    ] = None,
+    heartbeat_interval: Annotated[
+        float, typer.Option(help="Seconds between node heartbeats; offline after 3 missed.")
+    ] = 5.0,
+    ssh_host: Annotated[str | None, typer.Option(help="SSH relay host nodes connect to.")] = None,
+    ssh_port: Annotated[int, typer.Option(help="SSH relay port.")] = 2222,
+    ssh_user: Annotated[
+        str, typer.Option(help="SSH relay account for tunnels.")
+    ] = "edgebox-tunnel",
+    relay_node_keys: Annotated[
+        Path | None,
+        typer.Option(help="Keep this authorized_keys file (the relay's tunnel account) in step."),
+    ] = None,
+    ssh_host_key_file: Annotated[
+        Path | None,
+        typer.Option(help="The relay sshd's public host key (.pub), handed to joining nodes."),
+    ] = None,
+) -> None:
+    """Serve the hub over HTTPS with its own pinned certificate (made on first start)."""
+    from edgebox.fleet.hub import identity
+    from edgebox.fleet.hub.server import serve as run
+
+    if not 0 < port < 65536:
+        raise _fail("--port must be a fixed port (1-65535): tokens carry it")
+    if heartbeat_interval <= 0:
+        raise _fail("--heartbeat-interval must be positive")
+    run(
+        data or identity.default_data_dir(),
+        host=host,
+        port=port,
+        urls=url or [],
+        heartbeat_interval=heartbeat_interval,
+        ssh_host=ssh_host,
+        ssh_port=ssh_port,
+        ssh_user=ssh_user,
+        relay_node_keys=relay_node_keys,
+        ssh_host_key_file=ssh_host_key_file,
+    )
+
+
+@hub_app.command("nodes")
+def nodes(
+    as_json: AsJson = False,
+    hub: HubUrl = None,
+    admin_key_file: AdminKeyFile = None,
+    fingerprint: Fingerprint = None,
+    data: DataDir = None,
+) -> None:
+    """List every registered node, online, offline or revoked."""
+    from edgebox.fleet.hub.client import HubError
+
+    try:
+        with client(hub, admin_key_file, fingerprint, data) as c:
+            rows = c.request("GET", "/v1/hub/nodes")["data"]
+    except HubError as exc:
+        raise _fail(exc.message) from None
+    if as_json:
+        out.print_json(data=rows)
+        return
+    table = Table("name", "id", "status", "class", "last heartbeat", "tunnel port", "models")
+    for n in rows:
+        table.add_row(n["name"], n["id"], n["status"], str(n["profile"].get("hw_class", "?")),
+                      _when(n["last_heartbeat"]), str(n["tunnel_port"]),
+                      ", ".join(map(str, n["models"])) or "-")  # fmt: skip
+    out.print(table)
+
+
+@hub_app.command("events")
+def events(
+    as_json: AsJson = False,
+    hub: HubUrl = None,
+    admin_key_file: AdminKeyFile = None,
+    fingerprint: Fingerprint = None,
+    data: DataDir = None,
+) -> None:
+    """The hub's audit log: joins, refusals, revocations, nodes going offline."""
+    from edgebox.fleet.hub.client import HubError
+
+    try:
+        with client(hub, admin_key_file, fingerprint, data) as c:
+            rows = c.request("GET", "/v1/hub/events")["data"]
+    except HubError as exc:
+        raise _fail(exc.message) from None
+    if as_json:
+        out.print_json(data=rows)
+        return
+    table = Table("when", "event", "node", "token", "detail")
+    for e in rows:
+        table.add_row(_when(e["at"]), e["kind"], e["node_id"] or "-", e["token_id"] or "-",
+                      e["detail"])  # fmt: skip
+    out.print(table)
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(hub_app, name="hub")

@@ -1,0 +1,87 @@
+"""The node's heartbeat to its hub: telemetry and models every few seconds, over pinned HTTPS.
+
+Authenticated by the per-node secret the hub issued at join (bearer, stored 0600 in
+fleet.json; the hub keeps its sha256). A failed beat is logged without secrets and retried at
+the next tick; the hub marks the node offline after three missed beats.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from edgebox.fleet.hub.client import HubClient, HubError
+from edgebox.fleet.join import load_fleet
+
+log = logging.getLogger("edgebox.heartbeat")
+
+TelemetrySource = Callable[[], dict[str, Any]]
+ModelsSource = Callable[[], list[Any]]
+
+
+def box_telemetry() -> dict[str, Any]:
+    """This box now (CPU, memory, load, accelerators) from edgebox.hardware.telemetry."""
+    from edgebox.hardware import telemetry
+
+    return telemetry.sample().to_dict()
+
+
+class Heartbeat:
+    """Beats until stopped; `run()` blocks, `start()` runs it on a daemon thread."""
+
+    def __init__(
+        self,
+        fleet: dict[str, Any],
+        *,
+        interval: float | None = None,
+        telemetry: TelemetrySource = box_telemetry,
+        models: ModelsSource = list,
+    ) -> None:
+        self.fleet = fleet
+        self.interval = interval or float(fleet.get("heartbeat_interval", 5.0))
+        self.telemetry, self.models = telemetry, models
+        self.sent = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def beat(self, client: HubClient) -> dict[str, Any]:
+        body = {"telemetry": self.telemetry(), "models": self.models()}
+        answer: dict[str, Any] = client.request(
+            "POST", "/v1/hub/heartbeat", json=body, bearer=self.fleet["node_secret"]
+        )
+        self.sent += 1
+        return answer
+
+    def run(self, *, count: int | None = None) -> None:
+        with HubClient(self.fleet["hub_urls"], self.fleet["hub_fingerprint"], timeout=5) as hub:
+            while not self._stop.is_set():
+                started = time.monotonic()
+                try:
+                    self.beat(hub)
+                except HubError as exc:
+                    log.warning("heartbeat to hub failed: %s", exc.message)
+                if count is not None and self.sent >= count:
+                    return
+                self._stop.wait(max(0.0, self.interval - (time.monotonic() - started)))
+
+    def start(self) -> Heartbeat:
+        self._thread = threading.Thread(target=self.run, name="edgebox-heartbeat", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread:
+            self._thread.join(timeout=10)
+
+
+def start_background(home: Path | None = None, *, models: ModelsSource = list) -> Heartbeat | None:
+    """Start heartbeats when this box has joined a hub (EDGEBOX_HOME/fleet.json); else None."""
+    fleet = load_fleet(home)
+    if fleet is None:
+        return None
+    return Heartbeat(fleet, models=models).start()

@@ -1,0 +1,250 @@
+"""The hub's HTTP API (Starlette): join, heartbeat, nodes, tokens, events. Exact routes in
+docs/architecture.md. Admin routes take ``Authorization: Bearer <admin key>``; heartbeats take
+the node's own secret issued at join."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from edgebox.fleet import tokens
+from edgebox.fleet.hub.store import HubStore, JoinRefused, Registration
+from edgebox.node.errors import (
+    APIError,
+    api_error_handler,
+    from_validation_error,
+    http_error_handler,
+    unhandled_error_handler,
+)
+
+M = TypeVar("M", bound=BaseModel)
+log = logging.getLogger("edgebox.hub")
+MAX_BODY = 1 << 20
+NODE_NAME = r"^[A-Za-z0-9._-]+$"
+MISSED_BEATS = 3  # a node is offline after this many heartbeat intervals without one
+
+
+@dataclass
+class HubConfig:
+    urls: list[str]  # https:// addresses put into tokens
+    fingerprint: str
+    admin_key: str
+    heartbeat_interval: float = 5.0
+    ssh_host: str = "127.0.0.1"
+    ssh_port: int = 2222
+    ssh_user: str = "edgebox-tunnel"
+    ssh_host_key: str | None = None  # the relay sshd's public host key, pinned by nodes
+    relay_node_keys: Path | None = None  # authorized_keys of the relay's tunnel account
+    clock: Callable[[], float] = field(default=time.time)
+
+
+class JoinRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    token_id: str = Field(min_length=1, max_length=64)
+    secret: str = Field(min_length=1, max_length=256)
+    name: str | None = Field(default=None, min_length=1, max_length=63, pattern=NODE_NAME)
+    ssh_public_key: str = Field(min_length=16, max_length=4096, pattern=r"^ssh-[a-z0-9-]+ ")
+    host_key: str | None = Field(default=None, max_length=4096)
+    profile: dict[str, Any]
+    models: list[Any] = Field(default_factory=list)
+
+
+class HeartbeatRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    telemetry: dict[str, Any] = Field(default_factory=dict)
+    models: list[Any] = Field(default_factory=list)
+
+
+class TokenCreateRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    ttl_seconds: float = Field(default=1800, gt=0, le=30 * 86400)
+    name: str | None = Field(default=None, min_length=1, max_length=63, pattern=NODE_NAME)
+
+
+async def _body(request: Request, model: type[M]) -> M:
+    too_large = APIError(413, "request body is larger than 1 MiB", code="body_too_large")
+    if int(request.headers.get("content-length") or 0) > MAX_BODY:
+        raise too_large
+    raw = b""
+    async for chunk in request.stream():  # chunked bodies are counted as they arrive
+        raw += chunk
+        if len(raw) > MAX_BODY:
+            raise too_large
+    try:
+        data = json.loads(raw or b"{}")
+    except ValueError:
+        raise APIError(400, "request body is not valid JSON", code="invalid_json") from None
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise from_validation_error(exc) from None
+
+
+def _bearer(request: Request) -> str:
+    header = request.headers.get("authorization", "")
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() != "bearer" or not value:
+        raise APIError(401, "missing 'Authorization: Bearer <key>' header",
+                       type="authentication_error", code="missing_credentials")  # fmt: skip
+    return value.strip()
+
+
+def _require_admin(request: Request, config: HubConfig) -> None:
+    if not hmac.compare_digest(_bearer(request).encode(), config.admin_key.encode()):
+        raise APIError(401, "the admin key is not valid for this hub",
+                       type="authentication_error", code="invalid_admin_key")  # fmt: skip
+
+
+def create_app(store: HubStore, config: HubConfig) -> Starlette:
+    now = config.clock
+
+    async def sync_relay() -> None:
+        if config.relay_node_keys is not None:
+            from edgebox.fleet.hub.relay_sync import write_node_keys
+
+            await asyncio.to_thread(write_node_keys, config.relay_node_keys, store.nodes())
+
+    async def health(request: Request) -> Response:
+        return JSONResponse({"status": "ok", "fingerprint": config.fingerprint})
+
+    async def join(request: Request) -> Response:
+        body = await _body(request, JoinRequest)
+        reg = Registration(body.name, body.ssh_public_key, body.host_key, body.profile, body.models)
+        try:
+            node = await asyncio.to_thread(store.redeem, body.token_id, body.secret, reg, now())
+        except JoinRefused as refusal:
+            log.warning("join refused: token %s: %s", body.token_id, refusal.code)
+            raise APIError(refusal.status, refusal.message, type="join_refused",
+                           code=refusal.code) from None  # fmt: skip
+        log.info("node %s (%s) joined with token %s", node["id"], node["name"], body.token_id)
+        await sync_relay()
+        answer = {
+            "node_id": node["id"],
+            "name": node["name"],
+            "node_secret": node["node_secret"],
+            "tunnel_port": node["tunnel_port"],
+            "hub_ssh": {
+                "host": config.ssh_host,
+                "port": config.ssh_port,
+                "user": config.ssh_user,
+                "host_key": config.ssh_host_key,
+            },
+            "heartbeat_interval": config.heartbeat_interval,
+        }
+        return JSONResponse(answer, status_code=201)
+
+    async def heartbeat(request: Request) -> Response:
+        secret = _bearer(request)
+        body = await _body(request, HeartbeatRequest)
+        node = await asyncio.to_thread(store.heartbeat, secret, body.telemetry, body.models, now())
+        if node is None:
+            raise APIError(401, "this node is not registered on the hub (or was revoked)",
+                           type="authentication_error", code="unknown_node")  # fmt: skip
+        return JSONResponse({"node_id": node["id"], "status": node["status"],
+                             "heartbeat_interval": config.heartbeat_interval})  # fmt: skip
+
+    async def list_nodes(request: Request) -> Response:
+        _require_admin(request, config)
+        return JSONResponse({"object": "list", "data": await asyncio.to_thread(store.nodes)})
+
+    async def get_node(request: Request) -> Response:
+        _require_admin(request, config)
+        key = request.path_params["node"]
+        node = await asyncio.to_thread(store.node, key)
+        if node is None:
+            raise APIError(404, f"no node {key!r}", param="node", code="node_not_found")
+        return JSONResponse(node)
+
+    async def delete_node(request: Request) -> Response:
+        _require_admin(request, config)
+        key = request.path_params["node"]
+        node = await asyncio.to_thread(store.revoke_node, key, now())
+        if node is None:
+            raise APIError(404, f"no node {key!r}", param="node", code="node_not_found")
+        log.info("node %s revoked", node["id"])
+        await sync_relay()
+        return JSONResponse(node)
+
+    async def create_token(request: Request) -> Response:
+        _require_admin(request, config)
+        body = await _body(request, TokenCreateRequest)
+        token_id, secret, expires = await asyncio.to_thread(
+            store.create_token, ttl=body.ttl_seconds, name=body.name, now=now()
+        )
+        line = tokens.encode(tokens.JoinToken(tuple(config.urls), config.fingerprint, token_id,
+                                              secret))  # fmt: skip
+        log.info("token %s created (expires in %.0f s)", token_id, body.ttl_seconds)
+        return JSONResponse({"id": token_id, "name": body.name, "expires_at": expires,
+                             "token": line, "join_command": tokens.join_command(line)},
+                            status_code=201)  # fmt: skip
+
+    async def list_tokens(request: Request) -> Response:
+        _require_admin(request, config)
+        data = await asyncio.to_thread(store.list_tokens, now())
+        return JSONResponse({"object": "list", "data": data})
+
+    async def revoke_token(request: Request) -> Response:
+        _require_admin(request, config)
+        token_id = request.path_params["token"]
+        if not await asyncio.to_thread(store.revoke_token, token_id, now()):
+            raise APIError(404, f"no unrevoked token {token_id!r}", param="token",
+                           code="token_not_found")  # fmt: skip
+        log.info("token %s revoked", token_id)
+        return JSONResponse({"id": token_id, "revoked": True})
+
+    async def events(request: Request) -> Response:
+        _require_admin(request, config)
+        return JSONResponse({"object": "list", "data": await asyncio.to_thread(store.events)})
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await sync_relay()
+        sweeper = asyncio.create_task(_sweep_offline(store, config))
+        yield
+        sweeper.cancel()
+
+    routes = [
+        Route("/health", health),
+        Route("/v1/hub/join", join, methods=["POST"]),
+        Route("/v1/hub/heartbeat", heartbeat, methods=["POST"]),
+        Route("/v1/hub/nodes", list_nodes),
+        Route("/v1/hub/nodes/{node}", get_node),
+        Route("/v1/hub/nodes/{node}", delete_node, methods=["DELETE"]),
+        Route("/v1/hub/tokens", create_token, methods=["POST"]),
+        Route("/v1/hub/tokens", list_tokens),
+        Route("/v1/hub/tokens/{token}", revoke_token, methods=["DELETE"]),
+        Route("/v1/hub/events", events),
+    ]
+    handlers = {APIError: api_error_handler, HTTPException: http_error_handler,
+                Exception: unhandled_error_handler}  # fmt: skip
+    return Starlette(routes=routes, exception_handlers=handlers, lifespan=lifespan)
+
+
+async def _sweep_offline(store: HubStore, config: HubConfig) -> None:
+    """Mark nodes offline after MISSED_BEATS intervals of silence; checked twice an interval."""
+    while True:
+        await asyncio.sleep(config.heartbeat_interval / 2)
+        t = config.clock()
+        cutoff = t - MISSED_BEATS * config.heartbeat_interval
+        try:
+            gone = await asyncio.to_thread(store.mark_offline, older_than=cutoff, now=t)
+        except Exception:  # a locked or full disk must not end the sweeper for good
+            log.exception("offline sweep failed; retrying")
+            continue
+        for node_id in gone:
+            log.warning("node %s offline: no heartbeat for %d intervals", node_id, MISSED_BEATS)
