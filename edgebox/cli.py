@@ -93,6 +93,9 @@ def serve(
     mdns: Annotated[
         bool, typer.Option(help="Advertise this node on the LAN (_edgebox._tcp, mDNS).")
     ] = True,
+    tunnel: Annotated[
+        bool, typer.Option(help="Keep the SSH tunnel to the hub relay up (once joined).")
+    ] = True,
     verbose: Annotated[bool, typer.Option(help="Show llama.cpp's own log.")] = False,
 ) -> None:
     """Serve a model on a local OpenAI-compatible endpoint (default: the bundled SmolLM2-135M)."""
@@ -178,6 +181,11 @@ def serve(
     from edgebox.fleet.heartbeat import start_background
 
     beats = start_background(models=lambda: [resolved.alias])  # only once joined to a hub
+    tunnel_supervisor = None
+    if tunnel:
+        from edgebox.fleet.node_tunnel import start_background as start_tunnel
+
+        tunnel_supervisor = start_tunnel()  # only once joined to a hub that runs a relay
     with contextlib.suppress(KeyboardInterrupt):  # uvicorn already shut down cleanly
         run_server(
             state,
@@ -190,6 +198,8 @@ def serve(
         )
     if beats:
         beats.stop()
+    if tunnel_supervisor:
+        tunnel_supervisor.stop()
     err.print("stopped.", style="dim")
 
 
@@ -273,6 +283,7 @@ def version() -> None:
     out.print(__version__)
 
 
+from edgebox.commands import fleet as _fleet_cmd  # noqa: E402
 from edgebox.commands import hub as _hub_cmd  # noqa: E402
 from edgebox.commands import join as _join_cmd  # noqa: E402
 from edgebox.commands import nodes as _nodes_commands  # noqa: E402
@@ -286,6 +297,7 @@ _telemetry_cmd.register(app)
 for _commands in (_hub_cmd, _token_cmd, _join_cmd, _provision_cmd):
     _commands.register(app)
 _nodes_commands.register(app)
+_fleet_cmd.register(app)
 
 if __name__ == "__main__":
     app()
