@@ -128,7 +128,11 @@ def _require_reader(request: Request, config: HubConfig, store: HubStore) -> Non
                        type="authentication_error", code="invalid_user_token")  # fmt: skip
 
 
-def create_app(store: HubStore, config: HubConfig) -> Starlette:
+def create_app(
+    store: HubStore, config: HubConfig, on_shutdown: Callable[[], None] | None = None
+) -> Starlette:
+    """The hub app; `on_shutdown` runs when the server stops (uvicorn re-raises SIGTERM after
+    its shutdown, so code after `uvicorn.run` may never run)."""
     now = config.clock
 
     def write_relay_files() -> None:
@@ -277,6 +281,8 @@ def create_app(store: HubStore, config: HubConfig) -> Starlette:
         sweeper = asyncio.create_task(_sweep_offline(store, config))
         yield
         sweeper.cancel()
+        if on_shutdown is not None:
+            await asyncio.to_thread(on_shutdown)
 
     routes = [
         Route("/health", health),

@@ -3,15 +3,17 @@
 `prepare_relay` writes what the relay sshd reads (its sshd_config, its Ed25519 host key and the
 two authorized_keys files, all under DATA/relay, or /etc/edgebox/relay when the accounts could
 not reach DATA: a data dir in root's 0700 home) and makes sure the tunnel and jump accounts
-exist. `RelayProcess` runs `/usr/sbin/sshd -D -e -f DATA/relay/sshd_config` as a child, restarts
-it when it exits (backoff 1 s doubling to 30 s) and stops it with the hub. sshd reads the
-authorized_keys files as the logged-in account, so the data dir becomes traversable (0711: no
-listing; its secrets stay 0600) and DATA/relay is 0755 with root-owned 0644 files, which also
-satisfies sshd's StrictModes check of every directory on the path.
+exist. `RelayProcess` runs `/usr/sbin/sshd -D -e -f DATA/relay/sshd_config` as a child,
+restarts it when it exits (backoff 1 s doubling to 30 s) and stops it, with its sessions, with
+the hub. sshd reads the authorized_keys files as the logged-in account, so the data dir
+becomes traversable (0711: no listing; its secrets stay 0600) and DATA/relay is 0755 with
+root-owned 0644 files, which also satisfies sshd's StrictModes check of every directory on the
+path.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
 import os
@@ -25,6 +27,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -221,10 +224,20 @@ class RelayProcess:
             self._stop.set()
             proc = self._proc
         if proc is not None and proc.poll() is None:
+            # sshd keeps its sessions (each in its own session id) when the listener ends; the
+            # hub's relay ends with the hub, so its tunnels and jumps end too.
+            try:
+                sessions = psutil.Process(proc.pid).children(recursive=True)
+            except psutil.NoSuchProcess:
+                sessions = []
             proc.terminate()
+            for child in sessions:
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    child.terminate()
             try:
                 proc.wait(timeout)
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+            psutil.wait_procs(sessions, timeout=timeout)
         self._thread.join(timeout)

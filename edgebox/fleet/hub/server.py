@@ -75,7 +75,6 @@ def serve(
     logging.getLogger("edgebox.hub").info(
         "hub serving %s (fingerprint %s, data %s)", ", ".join(hub_urls), ident.fingerprint, data_dir
     )
-    app = create_app(store, config)
     relay_process = None
     if relay_paths is not None:
         from edgebox.fleet.hub.relay_runner import RelayProcess
@@ -88,6 +87,7 @@ def serve(
             "relay sshd on port %d (accounts %s, %s; files in %s)",
             ssh_port, ssh_user, jump_user, relay_paths.dir,
         )  # fmt: skip
+    app = create_app(store, config, on_shutdown=relay_process.stop if relay_process else None)
     try:
         _run_uvicorn(app, host, port, ident)
     finally:
