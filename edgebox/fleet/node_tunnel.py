@@ -49,6 +49,14 @@ def start_background(home: Path | None = None) -> TunnelSupervisor | None:
     except NoTunnel as exc:
         log.warning("%s", exc)
         return None
+    tunnel_log = logging.getLogger("edgebox.provisioning.tunnel")
+    if not tunnel_log.handlers and not logging.getLogger().handlers:  # `serve` sets up no logging
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s edgebox %(message)s"))
+        tunnel_log.addHandler(handler)
+        tunnel_log.setLevel(logging.INFO)
     supervisor = TunnelSupervisor(spec, Backoff())
     supervisor.start()
+    tunnel_log.info("tunnel: keeping port %d on %s:%d open to this box's sshd",
+             spec.tunnel_port, spec.hub_host, spec.hub_port)  # fmt: skip
     return supervisor

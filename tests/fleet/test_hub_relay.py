@@ -2,8 +2,8 @@
 laptop, hub, node-a, node-b; the laptop has a route to the hub only):
 
 the hub namespace runs `edgebox hub serve --relay` (which writes the relay files and supervises
-its sshd), node-a runs a real sshd, `edgebox join` and `edgebox tunnel` from fleet.json, the
-laptop runs `edgebox login` (a user added with `edgebox hub user add`) and `edgebox ssh node-a`.
+its sshd), node-a runs a real sshd, `edgebox join`, and `edgebox serve` (bundled SmolLM2-135M),
+which starts the tunnel from fleet.json next to its heartbeats; the laptop runs `edgebox login` (a user added with `edgebox hub user add`) and `edgebox ssh node-a`.
 Then the hub process is stopped and started again on the same data dir: the registry survives,
 the relay comes back with the same host key, the node's tunnel reconnects and ssh works again.
 
@@ -23,6 +23,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 
 from tests.sshnet import (
@@ -120,11 +121,12 @@ def test_hub_relay_join_tunnel_ssh_and_hub_restart(cafe: Cafe, tmp_path: Path) -
         member = json.loads(joined.stdout)
         assert member["hub_ssh"]["host_key"].split()[:2] == relay_key
         assert "node:" in (relay / "authorized_nodes").read_text()
-        tunnel_log = tmp_path / "tunnel.log"
-        tunnel = cafe.ns("node-a").popen(
-            ["env", f"EDGEBOX_HOME={node_home}", sys.executable, "-m", "edgebox", "tunnel"],
+        tunnel_log = tmp_path / "serve.log"
+        serve = cafe.ns("node-a").popen(
+            ["env", f"EDGEBOX_HOME={node_home}", sys.executable, "-m", "edgebox", "serve",
+             "--no-mdns", "--host", "127.0.0.1", "--port", "18080"],
             tunnel_log,
-        )
+        )  # fmt: skip
         _wait_count(tunnel_log, "tunnel up", 1, timeout=15)
 
         # The laptop: log in (pulls the node list), then ssh through the hub.
@@ -152,8 +154,10 @@ def test_hub_relay_join_tunnel_ssh_and_hub_restart(cafe: Cafe, tmp_path: Path) -
         assert again.returncode == 0, again.stderr
         assert again.stdout.strip() == "ok"
         assert "warning" not in again.stderr  # the node list was refreshed from the new hub
-        tunnel.terminate()
-        tunnel.wait(10)
+        serve.terminate()  # SIGTERM, as systemd stops it: the tunnel's ssh must go with it
+        serve.wait(20)
+        left = [p.cmdline() for p in map(psutil.Process, cafe.ns("node-a").pids())]
+        assert not [c for c in left if c[:1] == ["ssh"]], left
     finally:
         hub.terminate()
         try:

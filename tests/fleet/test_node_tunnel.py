@@ -35,3 +35,18 @@ def test_missing_accounts_name_the_command_to_create_them() -> None:
         in message
     )
     assert "--ssh-user/--jump-user" in message
+
+
+def test_tunnel_command_without_membership_says_to_join(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner
+
+    from edgebox.cli import app
+
+    monkeypatch.setenv("EDGEBOX_HOME", str(tmp_path))
+    result = CliRunner().invoke(app, ["tunnel"])
+    assert result.exit_code == 1
+    assert "has not joined a hub" in result.output and "edgebox join" in result.output
+    result = CliRunner().invoke(app, ["tunnel", "--hub", "h:22"])
+    assert result.exit_code == 1 and "--hub needs --hub-key" in result.output

@@ -14,14 +14,11 @@ path.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import logging
 import os
 import pwd
 import shutil
-import signal
 import subprocess
-import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -32,6 +29,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from edgebox.fleet._files import write_atomic
+from edgebox.provisioning._proc import die_with_parent
 from edgebox.provisioning.relay import NOLOGIN, RelaySettings, render_sshd_config
 
 log = logging.getLogger("edgebox.hub.relay")
@@ -178,12 +176,6 @@ def prepare_relay(
     return paths, host_key
 
 
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
-    """Linux: sshd gets SIGTERM when the hub dies, so a killed hub leaves no relay behind."""
-    if sys.platform.startswith("linux"):
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-
 class RelayProcess:
     """Keeps `sshd -D` running until `stop()`."""
 
@@ -207,7 +199,7 @@ class RelayProcess:
                 if self._stop.is_set():
                     break
                 self._proc = subprocess.Popen(
-                    self.argv, stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent
+                    self.argv, stdin=subprocess.DEVNULL, preexec_fn=die_with_parent
                 )
                 self.starts += 1
             log.info("relay sshd started (pid %d)", self._proc.pid)
