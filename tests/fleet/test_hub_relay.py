@@ -138,6 +138,14 @@ def test_hub_relay_join_tunnel_ssh_and_hub_restart(cafe: Cafe, tmp_path: Path) -
         done = _edgebox(cafe, "laptop", laptop, "ssh", "node-a", "--", "echo", "ok")
         assert done.returncode == 0, done.stderr
         assert done.stdout.strip() == "ok" and "via hub" in done.stderr
+        # The user token reads the node list, and is no admin key.
+        (laptop / "user.key").write_text(login_line.split(".", 1)[1])
+        hub_url = f"https://{cafe.ns('hub').address}:{HUB_PORT}"
+        fingerprint = json.loads((data / "hub.json").read_text())["fingerprint"]
+        minted = _edgebox(cafe, "laptop", laptop, "token", "create", "--hub", hub_url,
+                          "--fingerprint", fingerprint, "--admin-key-file",
+                          str(laptop / "user.key"))  # fmt: skip
+        assert minted.returncode == 1 and "admin key is not valid" in minted.stderr
 
         # Restart the hub process: its relay sshd goes with it and comes back with it.
         hub.terminate()
