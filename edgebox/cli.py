@@ -48,8 +48,21 @@ def _progress_factory(progress: Progress) -> Callable[[str, int], Callable[[int]
 def serve(
     model: Annotated[
         str | None,
-        typer.Option("--model", "-m", help="Bundled name, path to a .gguf, or ORG/REPO:FILE.gguf."),
+        typer.Option(
+            "--model",
+            "-m",
+            help="Bundled name, path to a .gguf, or ORG/REPO:FILE.gguf; or a directory holding "
+            "an MLX model or a TensorRT-LLM engine.",
+        ),
     ] = None,
+    runtime_name: Annotated[
+        str,
+        typer.Option(
+            "--runtime",
+            help="auto (the fast path `edgebox doctor` shows), llamacpp, mlx, onnx or trtllm.",
+            case_sensitive=False,
+        ),
+    ] = "auto",
     alias: Annotated[str | None, typer.Option(help="Model id shown in /v1/models.")] = None,
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on (0 picks a free one).")] = 8080,
@@ -100,12 +113,13 @@ def serve(
 ) -> None:
     """Serve a model on a local OpenAI-compatible endpoint (default: the bundled SmolLM2-135M)."""
     from edgebox.fleet.identity import IdentityError, load_identity
-    from edgebox.models import ModelNotAvailable, resolve_model
+    from edgebox.models import ModelNotAvailable
     from edgebox.node.kv_transfer import KVStore
     from edgebox.node.server import serve as run_server
     from edgebox.node.state import NodeState
     from edgebox.runtimes.base import BackendError
-    from edgebox.runtimes.llamacpp import EngineConfig, LlamaCppRuntime
+    from edgebox.runtimes.open import RuntimeOptions, open_model
+    from edgebox.runtimes.open import resolve_model_or_dir as resolve_model
 
     try:
         with Progress(
@@ -121,7 +135,7 @@ def serve(
         raise _fail(str(exc)) from None
     if flash_attn.lower() not in ("auto", "on", "off"):
         raise _fail(f"--flash-attn must be auto, on or off, not {flash_attn!r}")
-    config = EngineConfig(
+    config = RuntimeOptions(
         n_ctx=ctx,
         parallel=parallel,
         n_threads=threads or _default_threads(),
@@ -129,18 +143,17 @@ def serve(
         max_queue=max_queue,
         flash_attn=flash_attn.lower(),
         request_timeout=request_timeout or None,
+        gpu_layers=gpu_layers,
+        verbose=verbose,
     )
     err.print(f"loading {resolved.alias} from {resolved.path} …", highlight=False)
     try:
-        runtime = LlamaCppRuntime(
-            resolved.path,
-            name=resolved.alias,
-            config=config,
-            n_gpu_layers=gpu_layers,
-            verbose=verbose,
+        runtime, chosen = open_model(
+            resolved.path, name=resolved.alias, requested=runtime_name.lower(), options=config
         )
     except BackendError as exc:
         raise _fail(str(exc)) from None
+    err.print(f"runtime {chosen.runtime}: {chosen.reason}", highlight=False)
     try:
         identity = load_identity()
     except IdentityError as exc:
@@ -291,12 +304,14 @@ from edgebox.commands import provision as _provision_cmd  # noqa: E402
 from edgebox.commands import ssh as _ssh_commands  # noqa: E402
 from edgebox.commands import telemetry as _telemetry_cmd  # noqa: E402
 from edgebox.commands import token as _token_cmd  # noqa: E402
+from edgebox.commands import top as _top  # noqa: E402
 
 _ssh_commands.register(app)
 _telemetry_cmd.register(app)
 for _commands in (_hub_cmd, _token_cmd, _join_cmd, _provision_cmd):
     _commands.register(app)
 _nodes_commands.register(app)
+_top.register(app)
 _fleet_cmd.register(app)
 
 if __name__ == "__main__":

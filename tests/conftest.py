@@ -47,7 +47,9 @@ class NodeProcess:
         return self.proc.returncode
 
 
-def start_node(tmp_path: Path, *args: str, env: dict[str, str] | None = None) -> NodeProcess:
+def start_node(
+    tmp_path: Path, *args: str, env: dict[str, str] | None = None, startup_s: float = 60
+) -> NodeProcess:
     port = free_port()
     log = tmp_path / f"node-{port}.log"
     cmd = [sys.executable, "-m", "edgebox", "serve", "--port", str(port), "--threads", "2", *args]
@@ -55,7 +57,7 @@ def start_node(tmp_path: Path, *args: str, env: dict[str, str] | None = None) ->
         cmd, stdout=log.open("wb"), stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}
     )
     node = NodeProcess(f"http://127.0.0.1:{port}", proc, log)
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + startup_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"node exited early:\n{log.read_text()}")

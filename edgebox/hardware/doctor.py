@@ -1,13 +1,20 @@
 """`edgebox doctor`: which runtimes this box can use, which fast path each model format takes,
-and the exact command that enables each missing piece."""
+and the exact command that enables each missing piece.
+
+The fast paths come from the runtime selection policy (`runtimes/select.py`), the same
+function `edgebox serve --runtime auto` calls, so doctor shows what serve will do. This is the
+one module under hardware/ that looks at runtimes: it reports on installed software.
+"""
 
 from __future__ import annotations
 
 import importlib.util
-from dataclasses import asdict, dataclass
+import shutil
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from edgebox.hardware.probe import HardwareProfile
+from edgebox.runtimes.select import MODEL_FORMATS, Installed, select_runtime
 
 LLAMA_CPP_PYTHON = "llama-cpp-python==0.3.36"
 
@@ -18,13 +25,15 @@ class RuntimeCheck:
     usable: bool
     detail: str
     enable: str | None = None  # command that makes it usable (or faster) here
+    features: tuple[str, ...] = ()  # "gpu_offload"; ONNX Runtime's execution providers
 
 
 @dataclass(frozen=True)
 class FastPath:
     model_format: str
-    runtime: str | None
+    runtime: str | None  # a `--runtime` value: llamacpp, mlx, onnx, trtllm
     reason: str
+    settings: dict[str, Any] = field(default_factory=dict)
 
 
 def _installed(module: str) -> bool:
@@ -54,7 +63,8 @@ def check_llama_cpp(profile: HardwareProfile) -> RuntimeCheck:
         enable = _reinstall_llama("-DGGML_CUDA=on")
     elif not offload and profile.hw_class == "apple-silicon":
         enable = _reinstall_llama("-DGGML_METAL=on")
-    return RuntimeCheck("llama.cpp", True, detail, enable)
+    features = ("gpu_offload",) if offload else ()
+    return RuntimeCheck("llama.cpp", True, detail, enable, features)
 
 
 def check_mlx(profile: HardwareProfile) -> RuntimeCheck:
@@ -79,16 +89,22 @@ def check_onnxruntime(profile: HardwareProfile) -> RuntimeCheck:
     enable: str | None = None
     if nvidia and "CUDAExecutionProvider" not in providers:
         enable = "pip uninstall -y onnxruntime && pip install onnxruntime-gpu tensorrt"
-    return RuntimeCheck("onnxruntime", True, "providers: " + ", ".join(providers), enable)
+    detail = "providers: " + ", ".join(providers)
+    return RuntimeCheck("onnxruntime", True, detail, enable, tuple(providers))
 
 
 def check_tensorrt_llm(profile: HardwareProfile) -> RuntimeCheck:
+    """edgebox runs TensorRT-LLM engines through the `trtllm-serve` command it installs."""
+    if not profile.hw_class.startswith("nvidia"):
+        return RuntimeCheck("tensorrt-llm", False, "needs an NVIDIA GPU")
+    serve = shutil.which("trtllm-serve")
+    if serve:
+        return RuntimeCheck("tensorrt-llm", True, f"trtllm-serve at {serve}")
     if _installed("tensorrt_llm"):
-        return RuntimeCheck("tensorrt-llm", True, "tensorrt_llm installed")
-    if profile.hw_class.startswith("nvidia"):
-        return RuntimeCheck("tensorrt-llm", False, "tensorrt_llm is not installed",
-                            "pip install tensorrt-llm")  # fmt: skip
-    return RuntimeCheck("tensorrt-llm", False, "needs an NVIDIA GPU")
+        missing = "tensorrt_llm is installed but trtllm-serve is not on PATH"
+        return RuntimeCheck("tensorrt-llm", False, missing, "add its environment's bin/ to PATH")
+    return RuntimeCheck("tensorrt-llm", False, "tensorrt_llm is not installed",
+                        "pip install tensorrt-llm")  # fmt: skip
 
 
 def check_runtimes(profile: HardwareProfile) -> list[RuntimeCheck]:
@@ -98,33 +114,29 @@ def check_runtimes(profile: HardwareProfile) -> list[RuntimeCheck]:
     ]
 
 
+_SELECT_NAME = {"llama.cpp": "llamacpp", "mlx": "mlx", "onnxruntime": "onnx",
+                "tensorrt-llm": "trtllm"}  # fmt: skip
+
+
+def installed_runtimes(checks: list[RuntimeCheck]) -> Installed:
+    """What the selection policy needs to know from the checks."""
+    usable = {c.runtime: c for c in checks if c.usable}
+    llama = usable.get("llama.cpp")
+    ort = usable.get("onnxruntime")
+    return Installed(
+        runtimes=frozenset(_SELECT_NAME[name] for name in usable if name in _SELECT_NAME),
+        llama_gpu_offload=llama is not None and "gpu_offload" in llama.features,
+        onnx_providers=ort.features if ort else (),
+    )
+
+
 def fast_paths(profile: HardwareProfile, checks: list[RuntimeCheck]) -> list[FastPath]:
     """Which runtime each model format would use on this box, and why."""
-    usable = {c.runtime: c for c in checks if c.usable}
+    installed = installed_runtimes(checks)
     out = []
-    llama = usable.get("llama.cpp")
-    if llama is None:
-        out.append(FastPath("gguf", None, "llama-cpp-python is not installed"))
-    else:
-        accel = "GPU offload" if "GPU offload" in llama.detail else "CPU"
-        out.append(FastPath("gguf", "llama.cpp", f"llama.cpp on {accel}"))
-    if "mlx" in usable:
-        where = "Metal" if profile.hw_class == "apple-silicon" else "CPU (mlx[cpu])"
-        out.append(FastPath("mlx", "mlx", f"mlx-lm on {where}"))
-    else:
-        out.append(FastPath("mlx", None, "mlx-lm is not installed"))
-    ort = usable.get("onnxruntime")
-    if ort is None:
-        out.append(FastPath("onnx", None, "onnxruntime is not installed"))
-    else:
-        order = ("TensorrtExecutionProvider", "CUDAExecutionProvider",
-                 "CoreMLExecutionProvider", "CPUExecutionProvider")  # fmt: skip
-        best = next((p for p in order if p in ort.detail), "CPUExecutionProvider")
-        out.append(FastPath("onnx", "onnxruntime", f"ONNX Runtime with {best}"))
-    if "tensorrt-llm" in usable:
-        out.append(FastPath("trt-engine", "tensorrt-llm", "TensorRT-LLM engine"))
-    else:
-        out.append(FastPath("trt-engine", None, "tensorrt_llm is not installed"))
+    for model_format in MODEL_FORMATS:
+        chosen = select_runtime(profile, model_format, installed)
+        out.append(FastPath(model_format, chosen.runtime, chosen.reason, dict(chosen.settings)))
     return out
 
 

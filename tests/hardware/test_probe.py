@@ -89,7 +89,8 @@ def test_doctor_names_the_cuda_build_on_an_nvidia_box_with_a_cpu_build() -> None
     assert check.enable is not None and 'CMAKE_ARGS="-DGGML_CUDA=on"' in check.enable
     assert "llama-cpp-python==0.3.36" in check.enable
     gguf = next(p for p in fast_paths(spark, [check]) if p.model_format == "gguf")
-    assert gguf.runtime == "llama.cpp" and gguf.reason == "llama.cpp on CPU"
+    assert gguf.runtime == "llamacpp" and gguf.settings["n_gpu_layers"] == 0
+    assert "no GPU offload" in gguf.reason
 
 
 def test_doctor_cli_json() -> None:
@@ -105,7 +106,15 @@ def test_doctor_cli_json() -> None:
     runtimes = {r["runtime"]: r for r in data["runtimes"]}
     assert runtimes["llama.cpp"]["usable"] is True
     assert runtimes["tensorrt-llm"] == {
-        "runtime": "tensorrt-llm", "usable": False, "detail": "needs an NVIDIA GPU", "enable": None
+        "runtime": "tensorrt-llm", "usable": False, "detail": "needs an NVIDIA GPU", "enable": None,
+        "features": [],
     }  # fmt: skip
     paths = {p["model_format"]: p for p in data["fast_paths"]}
-    assert paths["gguf"]["runtime"] == "llama.cpp"
+    assert paths["gguf"]["runtime"] == "llamacpp"
+    assert paths["gguf"]["reason"] == "llama.cpp on CPU (no GPU on this box)"
+    assert paths["mlx"]["runtime"] == "mlx" and paths["mlx"]["settings"] == {"device": "cpu"}
+    assert paths["onnx"]["settings"] == {"providers": ["CPUExecutionProvider"]}
+    assert paths["trt-engine"] == {
+        "model_format": "trt-engine", "runtime": None, "settings": {},
+        "reason": "a TensorRT-LLM engine needs an NVIDIA GPU",
+    }  # fmt: skip

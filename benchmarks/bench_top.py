@@ -1,0 +1,168 @@
+"""`edgebox top` costs: polling N nodes, and the TUI's CPU share refreshing 200 nodes at 2 Hz.
+
+Part 1 polls one real node's /health and /metrics through DirectSource with its URL repeated N
+times (N real nodes would not fit this machine); the node answers each copy for real.
+Part 2 runs the Textual app headless over a simulated 200-node fleet refreshed every 0.5 s and
+reads the process's CPU time (the target in issue 7: at most 10% of one core).
+
+Usage: python benchmarks/bench_top.py [--sizes 1 10 50 200] [--seconds 10] [--write]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import socket
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from bench_serve import emit, machine, start  # noqa: E402
+
+from edgebox.tui.app import FleetApp  # noqa: E402
+from edgebox.tui.snapshot import FleetSnapshot, ModelLoad, NodeSnapshot  # noqa: E402
+from edgebox.tui.source import DirectSource  # noqa: E402
+
+GIB = 1 << 30
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def poll_times(url: str, n: int, rounds: int) -> tuple[float, float]:
+    """Median wall and CPU milliseconds of one poll of `n` copies of `url`."""
+    # One node answers all N copies here, so it (not the poller) is slow at large N: allow 10 s.
+    source = DirectSource([url] * n, timeout=httpx.Timeout(10.0))
+    walls, cpus = [], []
+    try:
+        await source.poll()  # warm-up: connections, first sample
+        for _ in range(rounds):
+            w, c = time.perf_counter(), time.process_time()
+            snap = await source.poll()
+            walls.append(time.perf_counter() - w)
+            cpus.append(time.process_time() - c)
+            errors = {x.error for x in snap.nodes if x.status != "online"}
+            assert snap.online == n, f"only {snap.online}/{n} nodes answered: {errors}"
+    finally:
+        await source.aclose()
+    return statistics.median(walls) * 1000, statistics.median(cpus) * 1000
+
+
+class SimulatedFleet:
+    """`n` nodes whose figures change on every poll, so every refresh redraws every row."""
+
+    def __init__(self, n: int, *, changing: bool = True) -> None:
+        self.n, self.tick, self.changing = n, 0, changing
+
+    async def poll(self) -> FleetSnapshot:
+        self.tick += 1 if self.changing or not self.tick else 0
+        t = self.tick
+        nodes = tuple(
+            NodeSnapshot(
+                name=f"node-{i:03d}", id=f"n{i}", url=f"http://10.0.{i // 250}.{i % 250}:8080",
+                status="offline" if i % 17 == 0 else "online", hw_class="nvidia-gpu",
+                accelerators=("NVIDIA RTX 4090",), memory_used=(i + t) % 24 * GIB,
+                memory_total=24 * GIB, utilization_pct=float((i * 7 + t) % 100),
+                temperature_c=40.0 + (i + t) % 40, power_w=100.0 + (i * t) % 300,
+                cpu_pct=float((i + 3 * t) % 100),
+                models=(ModelLoad(name="llama-3.1-8b", running=(i + t) % 4, queued=t % 3, slots=4,
+                                  tokens_per_s=float((i * t) % 200)),),
+                tokens_per_s=float((i * t) % 200), p50_ttft_s=0.1 + (i % 10) / 100,
+                last_seen=time.time(),
+            )
+            for i in range(self.n)
+        )  # fmt: skip
+        return FleetSnapshot(taken_at=time.time(), nodes=nodes)
+
+    async def aclose(self) -> None:
+        return None
+
+
+async def tui_cpu_share(
+    n: int, hz: float, seconds: float, *, changing: bool = True
+) -> tuple[float, float, int]:
+    """(CPU share of one core, median ms per refresh, refreshes) for the headless app."""
+    app = FleetApp(SimulatedFleet(n, changing=changing), interval=1 / hz)
+    frames: list[float] = []
+    show = app.show
+
+    def timed_show(snap: FleetSnapshot) -> None:
+        t = time.perf_counter()
+        show(snap)
+        frames.append(time.perf_counter() - t)
+
+    app.show = timed_show  # type: ignore[method-assign]
+    async with app.run_test(size=(160, 50)) as pilot:
+        await pilot.pause(2)  # settle: first polls, layout
+        frames.clear()
+        c, w = time.process_time(), time.perf_counter()
+        await asyncio.sleep(seconds)
+        share = (time.process_time() - c) / (time.perf_counter() - w)
+    return share, statistics.median(frames) * 1000, len(frames)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[1, 10, 50, 200])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--tui-nodes", type=int, default=200)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--write", action="store_true", help="append to docs/benchmarks.md")
+    args = parser.parse_args()
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    cmd = [sys.executable, "-m", "edgebox", "serve", "--port", str(port), "--threads", "1"]
+    proc = start(cmd, url + "/health")
+    try:
+        polls = [(n, *asyncio.run(poll_times(url, n, args.rounds))) for n in args.sizes]
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    tui = {
+        changing: asyncio.run(tui_cpu_share(args.tui_nodes, 2.0, args.seconds, changing=changing))
+        for changing in (True, False)
+    }
+
+    lines = [
+        "## `edgebox top` (`benchmarks/bench_top.py`)",
+        "",
+        f"Run on {time.strftime('%Y-%m-%d')}. Machine: {machine()}. Command: "
+        f"`python benchmarks/bench_top.py --sizes {' '.join(map(str, args.sizes))} "
+        f"--rounds {args.rounds} --tui-nodes {args.tui_nodes} --seconds {args.seconds:g}`.",
+        "",
+        "Polling: one real `edgebox serve` node (SmolLM2-135M, idle) whose URL is repeated N "
+        "times, /health and /metrics per copy, all concurrent; median of "
+        f"{args.rounds} polls (node and poller share this machine's cores; at large N the one "
+        "node answering every copy is the bottleneck, which a real fleet spreads out).",
+        "",
+        "| nodes polled | wall per poll (ms) | poller CPU per poll (ms) |",
+        "|---|---|---|",
+        *(f"| {n} | {wall:.1f} | {cpu:.1f} |" for n, wall, cpu in polls),
+        "",
+        f"TUI: headless `FleetApp` (160x50) over {args.tui_nodes} simulated nodes, refreshed "
+        f"at 2 Hz for {args.seconds:g} s; CPU share = process CPU time / wall time (the "
+        "simulated source's own snapshot building included), target at most 10% of one core.",
+        "",
+        "| figures | CPU share of one core | median refresh, snapshot → widgets (ms) | refreshes |",
+        "|---|---|---|---|",
+        *(
+            f"| {'all change every poll' if changing else 'unchanged'} | {share * 100:.1f}% "
+            f"| {frame_ms:.1f} | {frames} |"
+            for changing, (share, frame_ms, frames) in tui.items()
+        ),
+    ]
+    emit(lines, args.write)
+
+
+if __name__ == "__main__":
+    main()

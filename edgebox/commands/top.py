@@ -1,0 +1,121 @@
+"""`edgebox top`: the live fleet monitor, or one JSON snapshot for scripts (`--once --json`)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from edgebox.fleet.identity import edgebox_home
+
+LOCAL_NODE = "http://127.0.0.1:8080"  # `edgebox serve`'s default address
+
+
+def _entry_url(entry: Any) -> str | None:
+    if isinstance(entry, str):
+        return entry
+    if not isinstance(entry, dict):
+        return None
+    for key in ("api_url", "url"):
+        if isinstance(entry.get(key), str):
+            return str(entry[key])
+    host = entry.get("address") or entry.get("host")
+    if isinstance(host, str) and isinstance(entry.get("port"), int):
+        return f"http://{f'[{host}]' if ':' in host else host}:{entry['port']}"
+    return None
+
+
+def known_node_urls(path: Path) -> list[str]:
+    """Node URLs from nodes.json (written by `edgebox nodes add`); a missing/bad file adds none.
+
+    Accepts a list, `{"nodes": [...]}` or `{name: entry}`; entries are URLs or objects with
+    `api_url`/`url` or `address`/`host` + `port`.
+    """
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return []
+    if isinstance(data, dict):
+        data = data.get("nodes", data)
+    entries = list(data.values()) if isinstance(data, dict) else data
+    if not isinstance(entries, list):
+        return []
+    return [url for e in entries if (url := _entry_url(e))]
+
+
+def default_node_urls() -> list[str]:
+    urls = [LOCAL_NODE, *known_node_urls(edgebox_home() / "nodes.json")]
+    return list(dict.fromkeys(u.rstrip("/") for u in urls))  # in order, without repeats
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    def top(
+        node: Annotated[
+            list[str] | None,
+            typer.Option(
+                "--node",
+                metavar="URL",
+                help="Node URL to poll (repeatable). Default: the local node plus "
+                "$EDGEBOX_HOME/nodes.json.",
+            ),
+        ] = None,
+        hub: Annotated[
+            str | None, typer.Option(help="Hub URL: show the nodes it knows (GET /v1/hub/nodes).")
+        ] = None,
+        hub_token: Annotated[
+            str | None,
+            typer.Option(
+                envvar="EDGEBOX_HUB_TOKEN", help="Hub admin key (bearer).", show_default=False
+            ),
+        ] = None,
+        hub_fingerprint: Annotated[
+            str | None,
+            typer.Option(help="Pin the hub's certificate: sha256:... (as in the join token)."),
+        ] = None,
+        interval: Annotated[float, typer.Option(min=0.2, help="Seconds between polls.")] = 2.0,
+        once: Annotated[bool, typer.Option(help="Take one snapshot, print it and exit.")] = False,
+        as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
+    ) -> None:
+        """Live fleet monitor: every node's load, memory, models and tokens/s (q quits)."""
+        from edgebox.tui.source import DirectSource, FleetSource, HubSource, MergedSource
+
+        sources: list[FleetSource] = []
+        if node or not hub:
+            sources.append(DirectSource(node or default_node_urls()))
+        if hub:
+            from edgebox.fleet.hub.client import pinned_context
+
+            verify = pinned_context(hub_fingerprint) if hub_fingerprint else True
+            sources.append(HubSource(hub, hub_token, verify=verify))
+        source: FleetSource = sources[0] if len(sources) == 1 else MergedSource(sources)
+        if once or as_json:
+            typer.echo(_snapshot_output(source, interval, as_json))
+            return
+        from edgebox.tui.app import FleetApp
+
+        FleetApp(source, interval=interval).run()
+
+
+def _snapshot_output(source: Any, interval: float, as_json: bool) -> str:
+    """Two polls `interval` apart, so tokens/s is a real rate rather than empty."""
+
+    async def take() -> Any:
+        try:
+            await source.poll()
+            await asyncio.sleep(min(interval, 1.0))
+            return await source.poll()
+        finally:
+            await source.aclose()
+
+    snap = asyncio.run(take())
+    if as_json:
+        return json.dumps(snap.to_json(), indent=2)
+    from edgebox.tui.view import COLUMNS, row_cells
+
+    lines = ["\t".join(COLUMNS)]
+    lines += ["\t".join(c.plain for c in row_cells(n)) for n in snap.nodes]
+    return "\n".join(lines)

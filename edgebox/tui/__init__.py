@@ -1,0 +1,1 @@
+"""`edgebox top`: a Textual fleet monitor over snapshots from a FleetSource."""

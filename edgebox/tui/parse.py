@@ -1,0 +1,284 @@
+"""Pure parsing: a node's /health JSON, /metrics text and a hub's node list → `NodeSnapshot`.
+
+Nodes of different edgebox versions report different fields (`hardware`, `telemetry`, `load`
+arrived later than `models`), so every field is optional here and a missing one stays None.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from edgebox.tui.snapshot import ModelLoad, NodeSnapshot
+
+
+@dataclass
+class MetricsSample:
+    """The counters of one /metrics scrape that `top` turns into rates, per model."""
+
+    generated: dict[str, float] = field(default_factory=dict)  # tokens generated so far
+    ttft_buckets: dict[str, list[tuple[float, float]]] = field(default_factory=dict)  # (le, n)
+    gauges: dict[str, dict[str, float]] = field(default_factory=dict)  # model → name → value
+
+
+_GAUGES = {
+    "edgebox_running_requests": "running",
+    "edgebox_queue_depth": "queued",
+    "edgebox_sequence_slots": "slots",
+    "edgebox_decode_tokens_per_second": "decode_tokens_per_s",
+}
+
+_WANTED = ("edgebox_generated_tokens_total{", "edgebox_time_to_first_token_seconds_bucket{",
+           *(name + "{" for name in _GAUGES))  # fmt: skip
+
+
+def parse_metrics(text: str) -> MetricsSample:
+    """Read the figures `top` needs from Prometheus text exposition; unknown series are ignored."""
+    sample = MetricsSample()
+    # Parse only the series used here: a scrape holds many more, and parsing is the poll's cost.
+    wanted = "\n".join(line for line in text.splitlines() if line.startswith(_WANTED))
+    for family in text_string_to_metric_families(wanted):
+        for s in family.samples:
+            model = s.labels.get("model")
+            if model is None:
+                continue
+            if s.name == "edgebox_generated_tokens_total":
+                sample.generated[model] = s.value
+            elif s.name == "edgebox_time_to_first_token_seconds_bucket":
+                le = float(s.labels["le"])
+                sample.ttft_buckets.setdefault(model, []).append((le, s.value))
+            elif s.name in _GAUGES:
+                sample.gauges.setdefault(model, {})[_GAUGES[s.name]] = s.value
+    for buckets in sample.ttft_buckets.values():
+        buckets.sort()
+    return sample
+
+
+def histogram_median(buckets: list[tuple[float, float]]) -> float | None:
+    """Median of a cumulative histogram, interpolated inside its bucket (as PromQL does)."""
+    if not buckets or buckets[-1][1] <= 0:
+        return None
+    target = buckets[-1][1] / 2
+    lower, below = 0.0, 0.0
+    for le, count in buckets:
+        if count >= target:
+            if math.isinf(le):
+                return lower  # past the last finite bound: report that bound
+            if count == below:
+                return le
+            return lower + (le - lower) * (target - below) / (count - below)
+        lower, below = le, count
+    return None
+
+
+def _delta_buckets(
+    now: list[tuple[float, float]], before: list[tuple[float, float]] | None
+) -> list[tuple[float, float]]:
+    if not before or len(before) != len(now):
+        return now
+    return [(le, c - b) for (le, c), (_, b) in zip(now, before, strict=True)]
+
+
+def _num(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value)
+
+
+def _first(mapping: Mapping[str, Any], *keys: str) -> float | None:
+    for key in keys:
+        if (value := _num(mapping.get(key))) is not None:
+            return value
+    return None
+
+
+def _dict(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _models(raw: Any) -> dict[str, dict[str, Any]]:
+    """Models as name → figures, from `{"m": {...}}`, `["m", ...]` or `[{"name": "m"}, ...]`."""
+    if isinstance(raw, dict):
+        return {str(k): _dict(v) for k, v in raw.items()}
+    out: dict[str, dict[str, Any]] = {}
+    if isinstance(raw, list):
+        for item in raw:
+            if isinstance(item, str):
+                out[item] = {}
+            elif isinstance(item, dict) and (name := item.get("name") or item.get("id")):
+                out[str(name)] = item
+    return out
+
+
+@dataclass(frozen=True)
+class Resources:
+    """Hardware and telemetry figures, whichever a node or hub reported."""
+
+    hw_class: str | None = None
+    accelerators: tuple[str, ...] = ()
+    memory_used: int | None = None
+    memory_total: int | None = None
+    memory_unified: bool = False
+    utilization_pct: float | None = None
+    temperature_c: float | None = None
+    power_w: float | None = None
+    cpu_pct: float | None = None
+
+
+def _unified(gpu: dict[str, Any]) -> bool:
+    return bool(gpu.get("unified") or gpu.get("memory_unified"))  # telemetry / NVML sample keys
+
+
+def parse_resources(hardware: Any, telemetry: Any) -> Resources:
+    """Accelerator memory when the devices report it, else system memory (unified on GB10/Apple)."""
+    hw, tel = _dict(hardware), _dict(telemetry)
+    accels = tuple(str(a.get("name")) for a in hw.get("accelerators") or [] if isinstance(a, dict))
+    gpus = [g for g in tel.get("gpus") or tel.get("accelerators") or [] if isinstance(g, dict)]
+    unified = bool(hw.get("unified_memory"))
+    used = _first(tel, "memory_used")
+    total = _first(tel, "memory_total") or _first(hw, "memory_total")
+    if used is None and (avail := _first(tel, "memory_available")) is not None and total:
+        used = total - avail
+    gpu_totals = [_num(g.get("memory_total")) for g in gpus]
+    if (
+        gpus
+        and all(t is not None for t in gpu_totals)
+        and not any(g.get("memory_unified") for g in gpus)
+    ):
+        total = sum(t or 0.0 for t in gpu_totals)
+        used = sum(_num(g.get("memory_used")) or 0.0 for g in gpus)
+        unified = False
+    elif any(map(_unified, gpus)):
+        unified = True
+
+    def most(key: str) -> float | None:
+        values = [v for g in gpus if (v := _num(g.get(key))) is not None]
+        return max(values) if values else None
+
+    power = [v for g in gpus if (v := _num(g.get("power_w"))) is not None]
+    if not accels:
+        accels = tuple(str(g["name"]) for g in gpus if g.get("name"))
+    return Resources(
+        hw_class=str(hw["hw_class"]) if hw.get("hw_class") else None,
+        accelerators=accels,
+        memory_used=int(used) if used is not None else None,
+        memory_total=int(total) if total is not None else None,
+        memory_unified=unified,
+        utilization_pct=most("utilization_pct"),
+        temperature_c=most("temperature_c"),
+        power_w=sum(power) if power else None,
+        cpu_pct=_first(tel, "cpu_pct", "cpu_percent"),
+    )
+
+
+def node_from_health(
+    *,
+    url: str,
+    health: Mapping[str, Any],
+    metrics: MetricsSample | None,
+    previous: MetricsSample | None,
+    elapsed_s: float | None,
+    seen_at: float,
+) -> NodeSnapshot:
+    """A reachable node: /health gives models and load, /metrics the counters for rates."""
+    res = parse_resources(health.get("hardware"), health.get("telemetry"))
+    node = _dict(health.get("node"))
+    name = str(node.get("name") or _dict(health.get("hardware")).get("hostname") or url)
+    models = []
+    total_rate: float | None = None
+    ttft_now: list[tuple[float, float]] = []
+    for alias, figures in _models(health.get("models")).items():
+        gauges = metrics.gauges.get(alias, {}) if metrics else {}
+        rate = None
+        if metrics and previous and elapsed_s:  # a counter appears with its first token
+            delta = metrics.generated.get(alias, 0.0) - previous.generated.get(alias, 0.0)
+            rate = max(delta, 0.0) / elapsed_s
+        if rate is not None:
+            total_rate = (total_rate or 0.0) + rate
+        if metrics and alias in metrics.ttft_buckets:
+            before = previous.ttft_buckets.get(alias) if previous else None
+            delta_b = _delta_buckets(metrics.ttft_buckets[alias], before)
+            ttft_now = delta_b if not ttft_now else _sum_buckets(ttft_now, delta_b)
+        models.append(
+            ModelLoad(
+                name=alias,
+                running=int(_first(figures, "running", "active") or gauges.get("running") or 0),
+                queued=int(_first(figures, "queued") or gauges.get("queued") or 0),
+                slots=int(s) if (s := _first(figures, "slots")) is not None else None,
+                tokens_per_s=rate,
+            )
+        )
+    load = _dict(health.get("load"))
+    if total_rate is None:
+        total_rate = _first(load, "tokens_per_s")
+    return NodeSnapshot(
+        name=name,
+        id=str(node.get("id") or url),
+        url=url,
+        status="online",
+        version=str(health["version"]) if health.get("version") else None,
+        **vars(res),
+        models=tuple(models),
+        tokens_per_s=total_rate,
+        p50_ttft_s=histogram_median(ttft_now),
+        last_seen=seen_at,
+    )
+
+
+def _sum_buckets(
+    a: list[tuple[float, float]], b: list[tuple[float, float]]
+) -> list[tuple[float, float]]:
+    if len(a) != len(b):
+        return a
+    return [(le, x + y) for (le, x), (_, y) in zip(a, b, strict=True)]
+
+
+def unreachable_node(url: str, error: str, *, last_seen: float | None = None) -> NodeSnapshot:
+    return NodeSnapshot(
+        name=url, id=url, url=url, status="unreachable", error=error, last_seen=last_seen
+    )
+
+
+def node_from_hub(entry: Mapping[str, Any]) -> NodeSnapshot:
+    """One node of the hub's `GET /v1/hub/nodes` (its hardware is `profile`, its telemetry the
+    last heartbeat's); anything but "online" shows as offline."""
+    res = parse_resources(entry.get("hardware") or entry.get("profile"), entry.get("telemetry"))
+    tel, load = _dict(entry.get("telemetry")), _dict(entry.get("load"))
+    models = tuple(
+        ModelLoad(
+            name=name,
+            running=int(_first(f, "running", "active") or 0),
+            queued=int(_first(f, "queued") or 0),
+            slots=int(s) if (s := _first(f, "slots")) is not None else None,
+            tokens_per_s=_first(f, "tokens_per_s"),
+        )
+        for name, f in _models(entry.get("models")).items()
+    )
+    ident = str(entry.get("id") or entry.get("name") or "?")
+    return NodeSnapshot(
+        name=str(entry.get("name") or ident),
+        id=ident,
+        url=str(entry["api_url"]) if entry.get("api_url") else None,
+        status="online" if entry.get("status") == "online" else "offline",
+        via="hub",
+        **vars(res),
+        models=models,
+        tokens_per_s=_first(load, "tokens_per_s") or _first(tel, "tokens_per_s"),
+        last_seen=_timestamp(entry.get("last_heartbeat")),
+    )
+
+
+def _timestamp(value: Any) -> float | None:
+    """Unix seconds from a number or an ISO-8601 string."""
+    if isinstance(value, str):
+        try:
+            moment = datetime.fromisoformat(value)
+        except ValueError:
+            return None
+        return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
+    return _num(value)

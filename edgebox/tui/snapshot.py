@@ -1,0 +1,93 @@
+"""What `edgebox top` shows: one frozen snapshot of the fleet, built by a `FleetSource`."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict
+
+NodeStatus = Literal["online", "offline", "unreachable"]
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+
+class ModelLoad(_Frozen):
+    """One model served by a node and the requests it holds right now."""
+
+    name: str
+    running: int = 0
+    queued: int = 0
+    slots: int | None = None
+    tokens_per_s: float | None = None  # generated tokens per second between two polls
+
+
+class NodeSnapshot(_Frozen):
+    """One node as last seen. Figures a node does not report are None, never guessed."""
+
+    name: str
+    id: str
+    url: str | None = None
+    status: NodeStatus
+    via: Literal["direct", "hub"] = "direct"
+    error: str | None = None  # why the node is unreachable, in one line
+    version: str | None = None
+    hw_class: str | None = None
+    accelerators: tuple[str, ...] = ()
+    memory_used: int | None = None  # bytes
+    memory_total: int | None = None
+    memory_unified: bool = False
+    utilization_pct: float | None = None  # accelerator utilisation (max over devices)
+    temperature_c: float | None = None
+    power_w: float | None = None
+    cpu_pct: float | None = None
+    models: tuple[ModelLoad, ...] = ()
+    tokens_per_s: float | None = None
+    p50_ttft_s: float | None = None  # median time to first token since the previous poll
+    last_seen: float | None = None  # unix time of the last answer
+
+    @property
+    def running(self) -> int:
+        return sum(m.running for m in self.models)
+
+    @property
+    def queued(self) -> int:
+        return sum(m.queued for m in self.models)
+
+
+class FleetSnapshot(_Frozen):
+    """Every node at one moment (`taken_at`, unix time)."""
+
+    taken_at: float
+    nodes: tuple[NodeSnapshot, ...] = ()
+
+    @property
+    def online(self) -> int:
+        return sum(1 for n in self.nodes if n.status == "online")
+
+    @property
+    def tokens_per_s(self) -> float:
+        return sum(n.tokens_per_s or 0.0 for n in self.nodes if n.status == "online")
+
+    @property
+    def memory_used(self) -> int:
+        return sum(n.memory_used or 0 for n in self.nodes if n.status == "online")
+
+    @property
+    def memory_total(self) -> int:
+        return sum(n.memory_total or 0 for n in self.nodes if n.status == "online")
+
+    def to_json(self) -> dict[str, object]:
+        """The `--json` form: the snapshot plus fleet totals."""
+        return {
+            "taken_at": self.taken_at,
+            "totals": {
+                "nodes": len(self.nodes),
+                "online": self.online,
+                "tokens_per_s": round(self.tokens_per_s, 2),
+                "memory_used": self.memory_used,
+                "memory_total": self.memory_total,
+            },
+            "nodes": [n.model_dump(mode="json") for n in self.nodes],
+        }

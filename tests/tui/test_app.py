@@ -1,0 +1,136 @@
+"""Pilot tests of the fleet monitor over a fixed fleet, and once over a real node."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+import httpx
+from rich.text import Text
+from textual.pilot import Pilot
+from textual.widgets import DataTable, Sparkline, Static
+
+from edgebox.tui.app import FleetApp
+from edgebox.tui.source import DirectSource, FleetSource, ReplaySource
+from tests.conftest import NodeProcess, free_port
+from tests.tui.fleet import T0, fleet
+
+
+def drive(
+    source: FleetSource, steps: Callable[[FleetApp, Pilot[None]], Awaitable[None]]
+) -> FleetApp:
+    app = FleetApp(source, interval=3600)
+
+    async def run() -> None:
+        async with app.run_test(size=(160, 40)) as pilot:
+            await app.workers.wait_for_complete()
+            await pilot.pause()
+            await steps(app, pilot)
+
+    asyncio.run(run())
+    return app
+
+
+def table(app: FleetApp) -> DataTable:
+    return app.query_one("#nodes", DataTable)
+
+
+def names(app: FleetApp) -> list[str]:
+    t = table(app)
+    return [str(t.get_row_at(i)[0]) for i in range(t.row_count)]
+
+
+def detail(app: FleetApp) -> str:
+    content = app.query_one("#detail-text", Static).render()
+    return content.plain if isinstance(content, Text) else str(content)
+
+
+def test_one_row_per_node_and_totals() -> None:
+    async def steps(app: FleetApp, pilot: Pilot[None]) -> None:
+        assert table(app).row_count == 4
+        assert names(app) == ["http://127.0.0.1:9", "mac", "rtx", "spark"]
+        totals = app.query_one("#totals", Static).render()
+        assert "2/4 online" in str(totals) and "161.5 tok/s" in str(totals)
+
+    drive(ReplaySource([fleet()]), steps)
+
+
+def test_offline_and_unreachable_rows_are_marked_and_dimmed() -> None:
+    async def steps(app: FleetApp, pilot: Pilot[None]) -> None:
+        rows = {str(r[0]): r for r in (table(app).get_row_at(i) for i in range(4))}
+        assert str(rows["mac"][1]) == "offline" and rows["mac"][0].style == "dim"
+        assert str(rows["http://127.0.0.1:9"][1]) == "unreachable"
+        assert "red" in str(rows["http://127.0.0.1:9"][1].style)
+        assert str(rows["spark"][1]) == "online" and "green" in str(rows["spark"][1].style)
+        assert rows["spark"][0].style == ""
+        assert str(rows["spark"][5]) == "61/128G U"  # unified memory is marked
+
+    drive(ReplaySource([fleet()]), steps)
+
+
+def test_selecting_a_row_shows_its_detail_and_sparkline() -> None:
+    snaps = [fleet(T0, 10.0), fleet(T0 + 2, 20.0), fleet(T0 + 4, 30.0)]
+
+    async def steps(app: FleetApp, pilot: Pilot[None]) -> None:
+        for _ in range(2):
+            await pilot.press("r")
+            await app.workers.wait_for_complete()
+        await pilot.pause()
+        assert "cannot connect" in detail(app)  # first row (unreachable) selected at start
+        await pilot.press("down", "down", "down")
+        assert app.selected == "n-spark"
+        text = detail(app)
+        assert "spark" in text and "nvidia-dgx-spark: NVIDIA GB10" in text
+        assert "llama-3.1-8b" in text and "running 3/4 slots  queued 2" in text
+        assert "last seen 1s ago" in text
+        assert app.query_one("#spark-tokens", Sparkline).data == [10.0, 20.0, 30.0]
+        assert app.query_one("#spark-queue", Sparkline).data == [5.0, 5.0, 5.0]
+        await pilot.press("up")
+        assert app.selected == "n-rtx" and "qwen2.5-7b" in detail(app)
+
+    drive(ReplaySource(snaps), steps)
+
+
+def test_sort_keeps_the_selected_node_and_filter_narrows_rows() -> None:
+    async def steps(app: FleetApp, pilot: Pilot[None]) -> None:
+        await pilot.press("down", "down")  # rtx
+        await pilot.press("s")  # by status: online first
+        assert app.sort == "status"
+        assert names(app)[:2] == ["rtx", "spark"] and app.selected == "n-rtx"
+        await pilot.press("s")  # by tokens/s, highest first
+        assert names(app)[:2] == ["rtx", "spark"]
+        await pilot.press("slash", *"llama")
+        assert names(app) == ["spark"] and app.selected == "n-spark"
+        await pilot.press("enter")
+        assert names(app) == ["spark"]
+        await pilot.press("escape")
+        assert table(app).row_count == 4
+
+    drive(ReplaySource([fleet()]), steps)
+
+
+def test_q_quits() -> None:
+    async def steps(app: FleetApp, pilot: Pilot[None]) -> None:
+        await pilot.press("q")
+        await pilot.pause()
+        assert not app.is_running
+
+    app = drive(ReplaySource([fleet()]), steps)
+    assert app.return_code == 0
+
+
+def test_live_node_and_a_dead_one_through_direct_source(node: NodeProcess) -> None:
+    dead = f"http://127.0.0.1:{free_port()}"
+
+    async def steps(app: FleetApp, pilot: Pilot[None]) -> None:
+        identity = httpx.get(node.url + "/health").json()["node"]
+        live, gone = table(app).get_row(identity["id"]), table(app).get_row(dead)  # by node id
+        assert str(live[0]) == identity["name"]
+        assert str(live[1]) == "online" and str(live[9]) == "smollm2-135m"
+        assert str(gone[0]) == dead and str(gone[1]) == "unreachable"
+        if app.selected != identity["id"]:  # two rows, sorted by name
+            await pilot.press("down")
+        assert app.selected == identity["id"]
+        assert "smollm2-135m  running 0/4 slots" in detail(app)
+
+    drive(DirectSource([dead, node.url]), steps)
