@@ -113,6 +113,9 @@ def serve(
     mdns: Annotated[
         bool, typer.Option(help="Advertise this node on the LAN (_edgebox._tcp, mDNS).")
     ] = True,
+    tunnel: Annotated[
+        bool, typer.Option(help="Keep the SSH tunnel to the hub relay up (once joined).")
+    ] = True,
     verbose: Annotated[bool, typer.Option(help="Show llama.cpp's own log.")] = False,
 ) -> None:
     """Serve models on a local OpenAI-compatible endpoint (default: the bundled SmolLM2-135M
@@ -253,6 +256,11 @@ def serve(
     from edgebox.fleet.heartbeat import start_background
 
     beats = start_background(models=lambda: list(state.all_models()))  # only once joined to a hub
+    tunnel_supervisor = None
+    if tunnel:
+        from edgebox.fleet.node_tunnel import start_background as start_tunnel
+
+        tunnel_supervisor = start_tunnel()  # only once joined to a hub that runs a relay
     with contextlib.suppress(KeyboardInterrupt):  # uvicorn already shut down cleanly
         run_server(
             state,
@@ -265,6 +273,8 @@ def serve(
         )
     if beats:
         beats.stop()
+    if tunnel_supervisor:
+        tunnel_supervisor.stop()
     err.print("stopped.", style="dim")
 
 
@@ -351,6 +361,7 @@ def version() -> None:
     out.print(__version__)
 
 
+from edgebox.commands import fleet as _fleet_cmd  # noqa: E402
 from edgebox.commands import hub as _hub_cmd  # noqa: E402
 from edgebox.commands import join as _join_cmd  # noqa: E402
 from edgebox.commands import nodes as _nodes_commands  # noqa: E402
@@ -367,6 +378,7 @@ for _commands in (_hub_cmd, _token_cmd, _join_cmd, _provision_cmd):
     _commands.register(app)
 _nodes_commands.register(app)
 _top.register(app)
+_fleet_cmd.register(app)
 _router_command.register(app)
 
 if __name__ == "__main__":
