@@ -366,6 +366,7 @@ from edgebox.commands import hub as _hub_cmd  # noqa: E402
 from edgebox.commands import join as _join_cmd  # noqa: E402
 from edgebox.commands import nodes as _nodes_commands  # noqa: E402
 from edgebox.commands import provision as _provision_cmd  # noqa: E402
+from edgebox.commands import router as _router_command  # noqa: E402
 from edgebox.commands import ssh as _ssh_commands  # noqa: E402
 from edgebox.commands import telemetry as _telemetry_cmd  # noqa: E402
 from edgebox.commands import token as _token_cmd  # noqa: E402
@@ -378,6 +379,7 @@ for _commands in (_hub_cmd, _token_cmd, _join_cmd, _provision_cmd):
 _nodes_commands.register(app)
 _top.register(app)
 _fleet_cmd.register(app)
+_router_command.register(app)
 
 if __name__ == "__main__":
     app()
