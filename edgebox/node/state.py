@@ -79,7 +79,12 @@ class NodeState:
         models, load_models = {}, {}
         for alias, runtime in self.all_models().items():
             stats = runtime.stats()
-            models[alias] = {"slots": stats.slots, "running": stats.running, "queued": stats.queued}
+            models[alias] = {
+                "slots": stats.slots,
+                "running": stats.running,
+                "queued": stats.queued,
+                "n_ctx": runtime.info.n_ctx,  # tokens one sequence may hold
+            }
             load_models[alias] = {"active": stats.running, "queued": stats.queued}
         return {
             "status": "ok",

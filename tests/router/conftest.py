@@ -19,7 +19,7 @@ def start_router(
     """An `edgebox router` subprocess, returned once /v1/models lists `ready_models` models."""
     port = free_port()
     log = tmp_path / f"router-{port}.log"
-    cmd = [sys.executable, "-m", "edgebox", "router", "--port", str(port), *args]
+    cmd = [sys.executable, "-m", "edgebox", "router", "--port", str(port), "--no-mdns", *args]
     full_env = {**os.environ, "EDGEBOX_HOME": str(tmp_path / "home"), **(env or {})}
     proc = subprocess.Popen(cmd, stdout=log.open("wb"), stderr=subprocess.STDOUT, env=full_env)
     router = NodeProcess(f"http://127.0.0.1:{port}", proc, log)
