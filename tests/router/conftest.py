@@ -14,7 +14,11 @@ from tests.conftest import NodeProcess, free_port
 
 
 def start_router(
-    tmp_path: Path, *args: str, env: dict[str, str] | None = None, ready_models: int = 1
+    tmp_path: Path,
+    *args: str,
+    env: dict[str, str] | None = None,
+    ready_models: int = 1,
+    api_key: str | None = None,
 ) -> NodeProcess:
     """An `edgebox router` subprocess, returned once /v1/models lists `ready_models` models."""
     port = free_port()
@@ -28,7 +32,8 @@ def start_router(
         if proc.poll() is not None:
             raise RuntimeError(f"router exited early:\n{log.read_text()}")
         try:
-            models = httpx.get(router.base_url + "/models", timeout=1)
+            auth = {"authorization": f"Bearer {api_key}"} if api_key else {}
+            models = httpx.get(router.base_url + "/models", headers=auth, timeout=1)
             if models.status_code == 200 and len(models.json()["data"]) >= ready_models:
                 return router
         except httpx.TransportError:
