@@ -90,6 +90,23 @@ async def forward(request: Request) -> Response:
     return await router.handle(request.url.path, data, request.headers, key_local_only=local_only)
 
 
+async def start_router(router: Router) -> None:
+    """Start the node sources that need it, poll once, then keep polling."""
+    for source in router.poller.sources:
+        if (start := getattr(source, "start", None)) is not None:
+            await start()
+    await router.poller.poll_once()
+    router.poller.start()
+
+
+async def stop_router(router: Router) -> None:
+    await router.poller.stop()
+    for source in router.poller.sources:
+        if (stop := getattr(source, "stop", None)) is not None:
+            await stop()
+    await router.client.aclose()
+
+
 def client_keys(router: Router, api_key: str | None) -> tuple[list[str], set[int]]:
     """The keys clients may send (`api_key` first, then `[[keys]]` whose variable is set) and
     the indexes of the local-only ones."""
@@ -109,19 +126,11 @@ def client_keys(router: Router, api_key: str | None) -> tuple[list[str], set[int
 def create_app(router: Router, *, api_key: str | None = None) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        for source in router.poller.sources:
-            if (start := getattr(source, "start", None)) is not None:
-                await start()
-        await router.poller.poll_once()
-        router.poller.start()
+        await start_router(router)
         try:
             yield
         finally:
-            await router.poller.stop()
-            for source in router.poller.sources:
-                if (stop := getattr(source, "stop", None)) is not None:
-                    await stop()
-            await router.client.aclose()
+            await stop_router(router)
 
     routes = [
         Route("/health", health, methods=["GET"]),

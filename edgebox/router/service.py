@@ -39,6 +39,7 @@ from edgebox.router.placement import (
 )
 
 LOCAL_ONLY_HEADER = "x-edgebox-local-only"
+ROUTED_HEADER = "x-edgebox-routed"  # on requests the router sends to nodes (see embed.py)
 _AFFINITY_ENTRIES = 4096
 _SPLIT_PATHS = ("/v1/chat/completions", "/v1/completions")
 _TIMEOUT = httpx.Timeout(600.0, connect=3.0)
@@ -58,6 +59,8 @@ class Router:
         sources: list[NodeSource],
         client: httpx.AsyncClient,
         ledger: SpendLedger,
+        *,
+        node_api_key: str | None = None,
     ) -> None:
         self.config = config
         self.client = client
@@ -69,9 +72,8 @@ class Router:
         self.inflight: dict[str, int] = {}  # requests this router has open on each node
         self.metrics = RouterMetrics(ledger.spent_today)
         node_key = config.node_api_key_env
-        self._node_headers = {"authorization": f"Bearer {k}"} if node_key and (
-            k := _env(node_key)
-        ) else {}  # fmt: skip
+        key = node_api_key or (_env(node_key) if node_key else None)
+        self._node_headers = {"authorization": f"Bearer {key}"} if key else {}
 
     # -- models ---------------------------------------------------------------------------------
 
@@ -267,7 +269,7 @@ class Router:
         split: Split | None,
     ) -> tuple[Outgoing, Any]:
         if isinstance(target, Candidate):
-            headers = dict(self._node_headers)
+            headers = {**self._node_headers, ROUTED_HEADER: "1"}
             if split and split.handoff and target.node == split.decode_node:
                 headers.update(split.handoff.headers())
             return Outgoing(nodes[target.node].address.url + path, body, headers), None

@@ -37,8 +37,11 @@ def mdns_address(node: DiscoveredNode) -> NodeAddress | None:
 class MdnsNodes:
     """Nodes seen on mDNS that advertise their API port."""
 
-    def __init__(self, interfaces: Sequence[LanInterface] | None = None) -> None:
+    def __init__(
+        self, interfaces: Sequence[LanInterface] | None = None, *, exclude_id: str | None = None
+    ) -> None:
         self.interfaces = interfaces
+        self.exclude_id = exclude_id  # this node's own id under `serve --fleet`
         self._browser: Any = None
 
     async def start(self) -> None:
@@ -57,7 +60,9 @@ class MdnsNodes:
             await browser.stop()
 
     def discovered(self) -> list[DiscoveredNode]:
-        return list(self._browser.nodes.values()) if self._browser is not None else []
+        if self._browser is None:
+            return []
+        return [n for n in self._browser.nodes.values() if n.node_id != self.exclude_id]
 
     def addresses(self) -> Iterable[NodeAddress]:
         return [a for n in self.discovered() if (a := mdns_address(n)) is not None]
