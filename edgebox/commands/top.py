@@ -76,6 +76,14 @@ def register(app: typer.Typer) -> None:
             str | None,
             typer.Option(help="Pin the hub's certificate: sha256:... (as in the join token)."),
         ] = None,
+        api_key: Annotated[
+            str | None,
+            typer.Option(
+                envvar="EDGEBOX_API_KEY",
+                help="Nodes' API key, sent only to their /admin routes (d: drain).",
+                show_default=False,
+            ),
+        ] = None,
         interval: Annotated[float, typer.Option(min=0.2, help="Seconds between polls.")] = 2.0,
         once: Annotated[bool, typer.Option(help="Take one snapshot, print it and exit.")] = False,
         as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
@@ -97,7 +105,7 @@ def register(app: typer.Typer) -> None:
             return
         from edgebox.tui.app import FleetApp
 
-        FleetApp(source, interval=interval).run()
+        FleetApp(source, interval=interval, api_key=api_key).run()
 
 
 def _snapshot_output(source: Any, interval: float, as_json: bool) -> str:

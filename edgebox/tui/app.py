@@ -6,18 +6,19 @@ node never blocks the UI, and tests drive the app with a `ReplaySource`.
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from typing import ClassVar
 
 from rich.text import Text
 from textual import on, work
-from textual.app import App, ComposeResult
+from textual.app import App, ComposeResult, SuspendNotSupported
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical
 from textual.css.query import NoMatches
 from textual.widgets import DataTable, Footer, Input, Label, Sparkline, Static
 
-from edgebox.tui import view
+from edgebox.tui import actions, view
 from edgebox.tui.snapshot import FleetSnapshot, NodeSnapshot
 from edgebox.tui.source import FleetSource
 
@@ -38,19 +39,33 @@ class FleetApp(App[None]):
     #sparks Sparkline { height: 3; }
     #filter { dock: bottom; display: none; }
     #filter.visible { display: block; }
+    #status { height: 1; padding: 0 1; color: $text-muted; }
+    FleetApp.zoom #nodes { display: none; }
+    FleetApp.zoom #detail { height: 1fr; max-height: 100%; }
+    FleetApp.zoom #sparks { height: 1fr; }
+    FleetApp.zoom #sparks Sparkline { height: 1fr; }
     """
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("q", "quit", "Quit"),
         Binding("r", "refresh_now", "Refresh"),
-        Binding("s", "cycle_sort", "Sort"),
+        Binding("o", "cycle_sort", "Order"),
+        Binding("enter", "zoom", "Detail", show=True, priority=False),
+        Binding("s", "ssh", "SSH"),
+        Binding("d", "drain", "Drain"),
+        Binding("l", "load_model", "Load"),
+        Binding("u", "unload_model", "Unload"),
         Binding("slash", "filter", "Filter", key_display="/"),
-        Binding("escape", "clear_filter", "Clear filter", show=False),
+        Binding("escape", "clear_filter", "Back", show=False),
     ]
 
-    def __init__(self, source: FleetSource, *, interval: float = 2.0) -> None:
+    def __init__(
+        self, source: FleetSource, *, interval: float = 2.0, api_key: str | None = None
+    ) -> None:
         super().__init__()
         self.source = source
         self.interval = interval
+        self.api_key = api_key  # sent to nodes' /admin routes (drain), never shown
+        self.message = ""  # the last action's outcome, on the status line
         self.snapshot = FleetSnapshot(taken_at=0.0)
         self.sort = "name"
         self.needle = ""
@@ -69,6 +84,7 @@ class FleetApp(App[None]):
                         yield Label(key, id=f"label-{key}")
                         yield Sparkline([], id=f"spark-{key}")
         yield Input(placeholder="filter by name, class, accelerator or model", id="filter")
+        yield Static(id="status")
         yield Footer()
 
     def on_mount(self) -> None:
@@ -80,7 +96,9 @@ class FleetApp(App[None]):
 
     @work(exclusive=True, group="poll")
     async def poll_fleet(self) -> None:
+        started = time.monotonic()
         snap = await self.source.poll()
+        self.poll_s = time.monotonic() - started
         try:
             self.show(snap)
         except NoMatches:  # the app is closing and its widgets are gone: drop the snapshot
@@ -118,6 +136,19 @@ class FleetApp(App[None]):
         if keep in ids:
             table.move_cursor(row=ids.index(keep), animate=False)
         self._show_detail(self._node(keep) if keep in ids else (nodes[0] if nodes else None))
+        self._show_status()
+
+    def _show_status(self) -> None:
+        line = (
+            f"{len(self.snapshot.nodes)} nodes, last poll took {getattr(self, 'poll_s', 0.0):.1f} s"
+        )
+        if self.message:
+            line += f"   {self.message}"
+        self.query_one("#status", Static).update(line)
+
+    def say(self, message: str) -> None:
+        self.message = message
+        self._show_status()
 
     def _update_changed_cells(self, table: DataTable[Text], rows: dict[str, list[Text]]) -> None:
         """Same rows in the same order: touch only the cells whose text or style changed.
@@ -156,6 +187,67 @@ class FleetApp(App[None]):
     def action_refresh_now(self) -> None:
         self.poll_fleet()
 
+    @on(DataTable.RowSelected, "#nodes")
+    def _row_selected(self) -> None:  # Enter on a row
+        self.action_zoom()
+
+    def action_zoom(self) -> None:
+        """Enter: the selected node's detail and sparklines fill the screen (Esc/Enter back)."""
+        self.toggle_class("zoom")
+        if not self.has_class("zoom"):
+            self.query_one("#nodes", DataTable).focus()
+
+    def _selected_node(self) -> NodeSnapshot | None:
+        node = self._node(self.selected)
+        if node is None:
+            self.say("no node selected")
+        return node
+
+    def action_ssh(self) -> None:
+        node = self._selected_node()
+        if node is None:
+            return
+        try:
+            with self.suspend():
+                code = actions.run_ssh(node)
+        except SuspendNotSupported:
+            self.say(f"cannot suspend here: run `edgebox ssh {node.name}` in a terminal")
+            return
+        self.say(f"ssh {node.name} exited with {code}")
+
+    def action_drain(self) -> None:
+        node = self._selected_node()
+        if node is None or node.url is None or node.status != "online":
+            if node is not None:
+                self.say(f"{node.name} is not reachable directly: cannot drain it")
+            return
+        drain = not node.draining
+        verb = "Drain" if drain else "Undrain"
+        question = f"{verb} {node.name}? " + (
+            "It finishes running requests and refuses new ones."
+            if drain
+            else "It takes requests again."
+        )
+
+        def answered(yes: bool | None) -> None:
+            if yes and node.url is not None:
+                self._set_draining(node.url, drain)
+            else:
+                self.say(f"{verb.lower()} cancelled")
+
+        self.push_screen(actions.Confirm(question), answered)
+
+    @work(group="admin")
+    async def _set_draining(self, url: str, drain: bool) -> None:
+        self.say(await actions.set_draining(url, drain, self.api_key))
+        self.poll_fleet()
+
+    def action_load_model(self) -> None:
+        self.say(actions.NOT_SUPPORTED)
+
+    def action_unload_model(self) -> None:
+        self.say(actions.NOT_SUPPORTED)
+
     def action_cycle_sort(self) -> None:
         self.sort = view.next_sort(self.sort)
         self._render()
@@ -167,6 +259,7 @@ class FleetApp(App[None]):
         box.focus()
 
     def action_clear_filter(self) -> None:
+        self.remove_class("zoom")
         box = self.query_one("#filter", Input)
         box.remove_class("visible")
         self.needle = ""

@@ -94,10 +94,10 @@ def test_selecting_a_row_shows_its_detail_and_sparkline() -> None:
 def test_sort_keeps_the_selected_node_and_filter_narrows_rows() -> None:
     async def steps(app: FleetApp, pilot: Pilot[None]) -> None:
         await pilot.press("down", "down")  # rtx
-        await pilot.press("s")  # by status: online first
+        await pilot.press("o")  # by status: online first
         assert app.sort == "status"
         assert names(app)[:2] == ["rtx", "spark"] and app.selected == "n-rtx"
-        await pilot.press("s")  # by tokens/s, highest first
+        await pilot.press("o")  # by tokens/s, highest first
         assert names(app)[:2] == ["rtx", "spark"]
         await pilot.press("slash", *"llama")
         assert names(app) == ["spark"] and app.selected == "n-spark"
