@@ -93,7 +93,7 @@ def register(app: typer.Typer) -> None:
 
         sources: list[FleetSource] = []
         if node or not hub:
-            sources.append(DirectSource(node or default_node_urls()))
+            sources.append(DirectSource(node or default_node_urls(), offline_after=3 * interval))
         if hub:
             from edgebox.fleet.hub.client import pinned_context
 

@@ -34,10 +34,21 @@ class FleetSource(Protocol):
 
 
 class DirectSource:
-    """Polls each node's `/health` and `/metrics` concurrently; rates come from two polls."""
+    """Polls each node's `/health` and `/metrics` concurrently; rates come from two polls.
 
-    def __init__(self, urls: Iterable[str], *, timeout: httpx.Timeout = DEFAULT_TIMEOUT) -> None:
+    A node that stops answering is `unreachable` at once and `offline` once it has not answered
+    for `offline_after` seconds (`edgebox top` uses 3 poll intervals, as the hub's heartbeat TTL).
+    """
+
+    def __init__(
+        self,
+        urls: Iterable[str],
+        *,
+        timeout: httpx.Timeout = DEFAULT_TIMEOUT,
+        offline_after: float | None = None,
+    ) -> None:
         self.urls = [u.rstrip("/") for u in urls]
+        self.offline_after = offline_after
         # A small kept-alive pool per node: one shared pool scans all its connections for every
         # request, which made polling 200 nodes cost seconds of CPU.
         self._clients = [httpx.AsyncClient(timeout=timeout, limits=_LIMITS) for _ in self.urls]
@@ -59,7 +70,12 @@ class DirectSource:
             if not isinstance(health, dict):
                 raise ValueError("/health did not answer a JSON object")
         except (httpx.HTTPError, ValueError) as exc:
-            return unreachable_node(url, _describe(exc), last_seen=self._last_seen.get(index))
+            last = self._last_seen.get(index)
+            row = unreachable_node(url, _describe(exc), last_seen=last)
+            ttl = self.offline_after
+            if last is not None and ttl is not None and time.time() - last > ttl:
+                row = row.model_copy(update={"status": "offline"})
+            return row
         clock, seen = time.monotonic(), time.time()
         metrics = None
         if metrics_r.status_code == 200:
