@@ -84,6 +84,12 @@ def register(app: typer.Typer) -> None:
                 show_default=False,
             ),
         ] = None,
+        mdns: Annotated[
+            bool,
+            typer.Option(
+                help="Also poll nodes found over mDNS on the LAN (when no --node is given)."
+            ),
+        ] = True,
         interval: Annotated[float, typer.Option(min=0.2, help="Seconds between polls.")] = 2.0,
         once: Annotated[bool, typer.Option(help="Take one snapshot, print it and exit.")] = False,
         as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
@@ -93,7 +99,13 @@ def register(app: typer.Typer) -> None:
 
         sources: list[FleetSource] = []
         if node or not hub:
-            sources.append(DirectSource(node or default_node_urls(), offline_after=3 * interval))
+            ttl = 3 * interval  # as the hub: offline after 3 missed beats
+            if node or not mdns:
+                sources.append(DirectSource(node or default_node_urls(), offline_after=ttl))
+            else:
+                from edgebox.tui.mdns_source import MdnsSource
+
+                sources.append(MdnsSource(default_node_urls(), offline_after=ttl))
         if hub:
             from edgebox.fleet.hub.client import pinned_context
 
