@@ -76,6 +76,10 @@ def register(app: typer.Typer) -> None:
             str | None,
             typer.Option(help="Pin the hub's certificate: sha256:... (as in the join token)."),
         ] = None,
+        router: Annotated[
+            str | None,
+            typer.Option(metavar="URL", help="Router URL: a pane of requests by route and spend."),
+        ] = None,
         api_key: Annotated[
             str | None,
             typer.Option(
@@ -116,8 +120,10 @@ def register(app: typer.Typer) -> None:
             typer.echo(_snapshot_output(source, interval, as_json))
             return
         from edgebox.tui.app import FleetApp
+        from edgebox.tui.router import RouterSource
 
-        FleetApp(source, interval=interval, api_key=api_key).run()
+        pane = RouterSource(router) if router else None
+        FleetApp(source, interval=interval, api_key=api_key, router=pane).run()
 
 
 def _snapshot_output(source: Any, interval: float, as_json: bool) -> str:

@@ -19,6 +19,7 @@ from textual.css.query import NoMatches
 from textual.widgets import DataTable, Footer, Input, Label, Sparkline, Static
 
 from edgebox.tui import actions, view
+from edgebox.tui.router import RouterSource, RouterStats, router_text
 from edgebox.tui.snapshot import FleetSnapshot, NodeSnapshot
 from edgebox.tui.source import FleetSource
 
@@ -31,6 +32,8 @@ class FleetApp(App[None]):
     TITLE = "edgebox top"
     CSS = """
     #totals { height: 1; padding: 0 1; background: $boost; }
+    #router { height: 1; padding: 0 1; display: none; }
+    #router.visible { display: block; }
     #nodes { height: 1fr; }
     #detail { height: auto; max-height: 50%; border-top: solid $accent; padding: 0 1; }
     #sparks { height: 4; }
@@ -59,9 +62,16 @@ class FleetApp(App[None]):
     ]
 
     def __init__(
-        self, source: FleetSource, *, interval: float = 2.0, api_key: str | None = None
+        self,
+        source: FleetSource,
+        *,
+        interval: float = 2.0,
+        api_key: str | None = None,
+        router: RouterSource | None = None,
     ) -> None:
         super().__init__()
+        self.router = router
+        self.router_stats: RouterStats | None = None
         self.source = source
         self.interval = interval
         self.api_key = api_key  # sent to nodes' /admin routes (drain), never shown
@@ -75,6 +85,7 @@ class FleetApp(App[None]):
 
     def compose(self) -> ComposeResult:
         yield Static(id="totals")
+        yield Static(id="router", classes="visible" if self.router else "")
         yield DataTable[Text](id="nodes", cursor_type="row", zebra_stripes=True)
         with Vertical(id="detail"):
             yield Static("waiting for the first poll…", id="detail-text")
@@ -98,14 +109,20 @@ class FleetApp(App[None]):
     async def poll_fleet(self) -> None:
         started = time.monotonic()
         snap = await self.source.poll()
+        if self.router is not None:
+            self.router_stats = await self.router.poll()
         self.poll_s = time.monotonic() - started
         try:
+            if self.router is not None:
+                self.query_one("#router", Static).update(router_text(self.router_stats))
             self.show(snap)
         except NoMatches:  # the app is closing and its widgets are gone: drop the snapshot
             return
 
     async def on_unmount(self) -> None:
         await self.source.aclose()
+        if self.router is not None:
+            await self.router.aclose()
 
     def show(self, snap: FleetSnapshot) -> None:
         """Render one snapshot: totals, table rows (cursor kept on the same node), detail."""

@@ -11,15 +11,18 @@ from textual.pilot import Pilot
 from textual.widgets import DataTable, Sparkline, Static
 
 from edgebox.tui.app import FleetApp
+from edgebox.tui.router import RouterSource
 from edgebox.tui.source import DirectSource, FleetSource, ReplaySource
 from tests.conftest import NodeProcess, free_port
 from tests.tui.fleet import T0, fleet
 
 
 def drive(
-    source: FleetSource, steps: Callable[[FleetApp, Pilot[None]], Awaitable[None]]
+    source: FleetSource,
+    steps: Callable[[FleetApp, Pilot[None]], Awaitable[None]],
+    router: RouterSource | None = None,
 ) -> FleetApp:
-    app = FleetApp(source, interval=3600)
+    app = FleetApp(source, interval=3600, router=router)
 
     async def run() -> None:
         async with app.run_test(size=(160, 40)) as pilot:
