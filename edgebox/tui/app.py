@@ -24,6 +24,7 @@ from edgebox.tui.snapshot import FleetSnapshot, NodeSnapshot
 from edgebox.tui.source import FleetSource
 
 HISTORY = 120  # samples per node and series kept for the sparklines
+SPARK_MIN_S = 1.0  # sparklines redraw at most this often for the same node
 
 
 class FleetApp(App[None]):
@@ -81,7 +82,11 @@ class FleetApp(App[None]):
         self.needle = ""
         self.selected: str | None = None  # node id
         self.history: dict[str, dict[str, deque[float]]] = {}  # node id → series → samples
-        self._rows: dict[str, list[Text]] = {}  # the table's cells by node id, in table order
+        self._rows: dict[str, tuple[str, ...]] = {}  # the table's cells by node id, in order
+        self._columns = tuple(view.COLUMNS)
+        self._shown: dict[str, Text | str] = {}  # what each Static shows now
+        self._spark_node: str | None = None
+        self._spark_at = 0.0  # monotonic time of the last sparkline redraw
 
     def compose(self) -> ComposeResult:
         yield Static(id="totals")
@@ -114,7 +119,7 @@ class FleetApp(App[None]):
         self.poll_s = time.monotonic() - started
         try:
             if self.router is not None:
-                self.query_one("#router", Static).update(router_text(self.router_stats))
+                self._update("#router", router_text(self.router_stats))
             self.show(snap)
         except NoMatches:  # the app is closing and its widgets are gone: drop the snapshot
             return
@@ -135,25 +140,30 @@ class FleetApp(App[None]):
 
     def _render(self) -> None:
         snap = self.snapshot
-        self.query_one("#totals", Static).update(
-            view.totals_text(snap, sort=self.sort, needle=self.needle)
-        )
+        self._update("#totals", view.totals_text(snap, sort=self.sort, needle=self.needle))
         table: DataTable[Text] = self.query_one("#nodes", DataTable)
         nodes = view.visible_nodes(snap.nodes, sort=self.sort, needle=self.needle)
         keep = self.selected
         ids = [n.id for n in nodes]
-        rows = {n.id: view.row_cells(n) for n in nodes}
+        rows = {n.id: view.row_plain(n) for n in nodes}
         if ids == list(self._rows):
             self._update_changed_cells(table, rows)
         else:  # rows came, went or moved: rebuild
             table.clear()
-            for node_id, cells in rows.items():
+            for node_id, plain in rows.items():
+                cells = [view.cell_text(i, c, plain[1]) for i, c in enumerate(plain)]
                 table.add_row(*cells, key=node_id)
         self._rows = rows
-        if keep in ids:
+        if keep in ids and table.cursor_row != ids.index(keep):
             table.move_cursor(row=ids.index(keep), animate=False)
         self._show_detail(self._node(keep) if keep in ids else (nodes[0] if nodes else None))
         self._show_status()
+
+    def _update(self, selector: str, content: Text | str) -> None:
+        """Static.update re-lays the screen out, so skip it when the content is unchanged."""
+        if self._shown.get(selector) != content:
+            self._shown[selector] = content
+            self.query_one(selector, Static).update(content)
 
     def _show_status(self) -> None:
         line = (
@@ -161,35 +171,46 @@ class FleetApp(App[None]):
         )
         if self.message:
             line += f"   {self.message}"
-        self.query_one("#status", Static).update(line)
+        self._update("#status", line)
 
     def say(self, message: str) -> None:
         self.message = message
         self._show_status()
 
-    def _update_changed_cells(self, table: DataTable[Text], rows: dict[str, list[Text]]) -> None:
-        """Same rows in the same order: touch only the cells whose text or style changed.
+    def _update_changed_cells(
+        self, table: DataTable[Text], rows: dict[str, tuple[str, ...]]
+    ) -> None:
+        """Same rows in the same order: touch only the cells whose text changed (all of a row's
+        cells when its status, hence its style, changed); a Text is built only for those.
 
         Columns have fixed widths, so nothing is re-measured (Textual would re-measure a whole
         column for every shrinking cell).
         """
-        for node_id, cells in rows.items():
+        for node_id, plain in rows.items():
             before = self._rows[node_id]
-            for column, cell, old in zip(view.COLUMNS, cells, before, strict=True):
-                if cell.plain != old.plain or cell.style != old.style:
-                    table.update_cell(node_id, column, cell)
+            if plain == before:
+                continue
+            restyle = plain[1] != before[1]
+            for i, (column, cell, old) in enumerate(zip(self._columns, plain, before, strict=True)):
+                if restyle or cell != old:
+                    table.update_cell(node_id, column, view.cell_text(i, cell, plain[1]))
 
     def _node(self, node_id: str | None) -> NodeSnapshot | None:
         return next((n for n in self.snapshot.nodes if n.id == node_id), None)
 
     def _show_detail(self, node: NodeSnapshot | None) -> None:
-        text = self.query_one("#detail-text", Static)
         if node is None:
             self.selected = None
-            text.update("no nodes match" if self.needle else "no nodes")
+            self._update("#detail-text", "no nodes match" if self.needle else "no nodes")
         else:
             self.selected = node.id
-            text.update(view.detail_text(node, now=self.snapshot.taken_at))
+            self._update("#detail-text", view.detail_text(node, now=self.snapshot.taken_at))
+        # Sparklines redraw at most once a second (and at once for another node or on `r`).
+        clock = time.monotonic()
+        shown = node.id if node else None
+        if shown == self._spark_node and clock - self._spark_at < SPARK_MIN_S:
+            return
+        self._spark_node, self._spark_at = shown, clock
         history = self.history.get(node.id, {}) if node else {}
         for key in view.SERIES:
             series = list(history.get(key, ()))
@@ -202,6 +223,7 @@ class FleetApp(App[None]):
             self._show_detail(self._node(event.row_key.value))
 
     def action_refresh_now(self) -> None:
+        self._spark_at = 0.0  # `r` redraws the sparklines too
         self.poll_fleet()
 
     @on(DataTable.RowSelected, "#nodes")

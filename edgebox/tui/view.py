@@ -102,11 +102,11 @@ def short_models(node: NodeSnapshot) -> str:
     return first if len(node.models) == 1 else f"{first} +{len(node.models) - 1}"
 
 
-def row_cells(node: NodeSnapshot) -> list[Text]:
-    """One table row; offline and unreachable rows are dimmed so the live ones stand out."""
-    cells = [
+def row_plain(node: NodeSnapshot) -> tuple[str, ...]:
+    """One table row as plain strings (cheap to compare; `cell_text` styles a cell)."""
+    return (
         node.name,
-        node.status,
+        status_word(node),
         node.hw_class or "-",
         short_accelerators(node.accelerators),
         _num(node.utilization_pct, ".0f", "%"),
@@ -119,12 +119,19 @@ def row_cells(node: NodeSnapshot) -> list[Text]:
         _num(node.tokens_per_s, ".1f"),
         _num(node.bandwidth_pct, ".0f", "%"),
         _num(node.p50_ttft_s * 1000 if node.p50_ttft_s is not None else None, ".0f", "ms"),
-    ]
-    base = "" if node.status == "online" else "dim"
-    texts = [Text(c, style=base) for c in cells]
-    status = status_word(node)
-    texts[1] = Text(status, style=STATUS_STYLE[status])
-    return texts
+    )
+
+
+def cell_text(column: int, plain: str, status: str) -> Text:
+    """A styled cell: offline and unreachable rows are dimmed so the live ones stand out."""
+    if column == 1:
+        return Text(plain, style=STATUS_STYLE[status])
+    return Text(plain, style="" if status in ("online", "draining") else "dim")
+
+
+def row_cells(node: NodeSnapshot) -> list[Text]:
+    plain = row_plain(node)
+    return [cell_text(i, c, plain[1]) for i, c in enumerate(plain)]
 
 
 def status_word(node: NodeSnapshot) -> str:
