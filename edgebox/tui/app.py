@@ -83,6 +83,8 @@ class FleetApp(App[None]):
         self.selected: str | None = None  # node id
         self.history: dict[str, dict[str, deque[float]]] = {}  # node id → series → samples
         self._rows: dict[str, tuple[str, ...]] = {}  # the table's cells by node id, in order
+        self._want: dict[str, tuple[str, ...]] = {}  # the latest poll's cells (rows off screen
+        # are updated when they scroll into view)
         self._columns = tuple(view.COLUMNS)
         self._shown: dict[str, Text | str] = {}  # what each Static shows now
         self._spark_node: str | None = None
@@ -107,6 +109,7 @@ class FleetApp(App[None]):
         table = self.query_one("#nodes", DataTable)
         for column, width in view.COLUMNS.items():
             table.add_column(column, key=column, width=width)
+        self.watch(table, "scroll_y", self._sync_visible, init=False)
         self.poll_fleet()
         self.set_interval(self.interval, self.poll_fleet)
 
@@ -147,13 +150,14 @@ class FleetApp(App[None]):
         ids = [n.id for n in nodes]
         rows = {n.id: view.row_plain(n) for n in nodes}
         if ids == list(self._rows):
-            self._update_changed_cells(table, rows)
+            self._want = rows
+            self._sync_visible()
         else:  # rows came, went or moved: rebuild
             table.clear()
             for node_id, plain in rows.items():
                 cells = [view.cell_text(i, c, plain[1]) for i, c in enumerate(plain)]
                 table.add_row(*cells, key=node_id)
-        self._rows = rows
+            self._rows, self._want = dict(rows), rows
         if keep in ids and table.cursor_row != ids.index(keep):
             table.move_cursor(row=ids.index(keep), animate=False)
         self._show_detail(self._node(keep) if keep in ids else (nodes[0] if nodes else None))
@@ -177,23 +181,26 @@ class FleetApp(App[None]):
         self.message = message
         self._show_status()
 
-    def _update_changed_cells(
-        self, table: DataTable[Text], rows: dict[str, tuple[str, ...]]
-    ) -> None:
-        """Same rows in the same order: touch only the cells whose text changed (all of a row's
-        cells when its status, hence its style, changed); a Text is built only for those.
+    def _sync_visible(self) -> None:
+        """Bring the rows on screen up to date: only the cells whose text changed (all of a
+        row's cells when its status, hence its style, changed), a Text built only for those.
 
-        Columns have fixed widths, so nothing is re-measured (Textual would re-measure a whole
-        column for every shrinking cell).
+        Rows scrolled out of view are brought up to date when they scroll in: every
+        `update_cell` costs a refresh, so updating 200 rows to show 40 was most of a frame.
+        Columns have fixed widths, so nothing is re-measured.
         """
-        for node_id, plain in rows.items():
-            before = self._rows[node_id]
-            if plain == before:
+        table: DataTable[Text] = self.query_one("#nodes", DataTable)
+        order = list(self._want)
+        top = int(table.scroll_offset.y)
+        for node_id in order[max(top - 1, 0) : top + table.size.height + 1]:
+            plain, before = self._want[node_id], self._rows.get(node_id)
+            if before is None or plain == before:
                 continue
             restyle = plain[1] != before[1]
             for i, (column, cell, old) in enumerate(zip(self._columns, plain, before, strict=True)):
                 if restyle or cell != old:
                     table.update_cell(node_id, column, view.cell_text(i, cell, plain[1]))
+            self._rows[node_id] = plain
 
     def _node(self, node_id: str | None) -> NodeSnapshot | None:
         return next((n for n in self.snapshot.nodes if n.id == node_id), None)
