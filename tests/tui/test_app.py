@@ -12,6 +12,7 @@ from textual.widgets import DataTable, Sparkline, Static
 
 from edgebox.tui.app import FleetApp
 from edgebox.tui.router import RouterSource
+from edgebox.tui.snapshot import FleetSnapshot
 from edgebox.tui.source import DirectSource, FleetSource, ReplaySource
 from tests.conftest import NodeProcess, free_port
 from tests.tui.fleet import T0, fleet
@@ -137,3 +138,27 @@ def test_live_node_and_a_dead_one_through_direct_source(node: NodeProcess) -> No
         assert "smollm2-135m  running 0/4 slots" in detail(app)
 
     drive(DirectSource([dead, node.url]), steps)
+
+
+def test_rows_scrolled_into_view_show_the_latest_poll() -> None:
+    """Only on-screen rows are updated per poll; the rest must catch up when scrolled to."""
+    base = fleet().nodes[1]
+
+    def many(rate: float) -> FleetSnapshot:
+        nodes = tuple(
+            base.model_copy(update={"name": f"n{i:02d}", "id": f"n{i:02d}", "tokens_per_s": rate})
+            for i in range(80)
+        )
+        return FleetSnapshot(taken_at=T0, nodes=nodes)
+
+    async def steps(app: FleetApp, pilot: Pilot[None]) -> None:
+        await pilot.press("r")
+        await app.workers.wait_for_complete()
+        await pilot.pause()
+        assert str(table(app).get_row_at(0)[11]) == "7.0"
+        await pilot.press("ctrl+end")
+        await pilot.pause()
+        assert str(table(app).get_row_at(79)[0]) == "n79"
+        assert str(table(app).get_row_at(79)[11]) == "7.0"
+
+    drive(ReplaySource([many(1.0), many(7.0)]), steps)
