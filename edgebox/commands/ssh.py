@@ -49,7 +49,20 @@ def _directory() -> NodeDirectory:
     return FileNodeDirectory()
 
 
+def _refresh() -> None:
+    """When logged in to a hub, refresh the node list first (keeping the last one on failure)."""
+    from edgebox.fleet import directory
+
+    try:
+        if directory.load_login() is None:
+            return
+        directory.sync()
+    except directory.SyncError as exc:
+        err.print(f"[yellow]warning:[/yellow] {exc}; using the last node list", highlight=False)
+
+
 def _prepare(name: str) -> tuple[NodeDirectory, NodeEntry, Path]:
+    _refresh()
     directory = _directory()
     try:
         config = write_client_files(directory)
@@ -89,6 +102,20 @@ def run_ssh(argv: list[str], directory: NodeDirectory) -> int:
     if message:
         err.print(f"[red]edgebox:[/red] {message}", highlight=False, soft_wrap=True)
     return code
+
+
+def _spec_from_membership(local_port: int) -> TunnelSpec:
+    from edgebox.fleet.join import fleet_path, load_fleet
+    from edgebox.fleet.node_tunnel import NoTunnel, spec_from_fleet
+
+    fleet = load_fleet()
+    if fleet is None:
+        raise _fail(f"this box has not joined a hub ({fleet_path()} is missing); run "
+                    "`edgebox join TOKEN`, or pass --hub/--hub-key/--port/--identity")  # fmt: skip
+    try:
+        return spec_from_fleet(fleet, edgebox_home(), local_port)
+    except NoTunnel as exc:
+        raise _fail(str(exc)) from None
 
 
 def _route_options(node: NodeEntry, via: str) -> tuple[str, NodeEntry]:
@@ -180,26 +207,42 @@ def register(app: typer.Typer) -> None:
 
     @app.command()
     def tunnel(
-        hub: Annotated[str, typer.Option(help="Relay address HOST[:PORT].")],
-        hub_key: Annotated[str, typer.Option(help="The relay's pinned host key (TYPE BASE64).")],
-        port: Annotated[int, typer.Option(help="This node's tunnel port on the hub.")],
-        identity: Annotated[Path, typer.Option(help="Private key the node logs in with.")],
+        hub: Annotated[
+            str | None, typer.Option(help="Relay address HOST[:PORT] (default: fleet.json).")
+        ] = None,
+        hub_key: Annotated[
+            str | None, typer.Option(help="The relay's pinned host key (TYPE BASE64).")
+        ] = None,
+        port: Annotated[
+            int | None, typer.Option(help="This node's tunnel port on the hub.")
+        ] = None,
+        identity: Annotated[
+            Path | None, typer.Option(help="Private key the node logs in with.")
+        ] = None,
         user: Annotated[str, typer.Option(help="Relay account for nodes.")] = "edgebox-tunnel",
         api_port: Annotated[
             str | None, typer.Option(help="Also forward HUB_PORT:LOCAL_PORT (the node API).")
         ] = None,
+        local_port: Annotated[int, typer.Option(help="This box's sshd port.")] = 22,
     ) -> None:
-        """Keep this node reachable through the hub (node side; runs until Ctrl-C)."""
-        host, _, hub_port = hub.partition(":")
+        """Keep this node reachable through the hub (node side; runs until Ctrl-C). Without
+        --hub it uses the membership `edgebox join` saved (EDGEBOX_HOME/fleet.json)."""
         api = None
         if api_port:
             a, _, b = api_port.partition(":")
             api = (int(a), int(b or a))
-        spec = TunnelSpec(
-            hub_host=host, hub_port=int(hub_port or 22), hub_host_key=hub_key,
-            identity_file=identity, tunnel_port=port, user=user, api_forward=api,
-            known_hosts_file=edgebox_home() / "hub_known_hosts",
-        )  # fmt: skip
+        if hub is None:
+            spec = _spec_from_membership(local_port)
+        elif hub_key is None or port is None or identity is None:
+            raise _fail("--hub needs --hub-key, --port and --identity")
+        else:
+            host, _, hub_port = hub.partition(":")
+            spec = TunnelSpec(
+                hub_host=host, hub_port=int(hub_port or 22), hub_host_key=hub_key,
+                identity_file=identity, tunnel_port=port, user=user,
+                known_hosts_file=edgebox_home() / "hub_known_hosts", local_ssh_port=local_port,
+            )  # fmt: skip
+        spec = dataclasses.replace(spec, api_forward=api)
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
         supervisor = TunnelSupervisor(spec, Backoff())
         supervisor.start()

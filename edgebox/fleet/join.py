@@ -36,7 +36,15 @@ def load_fleet(home: Path | None = None) -> dict[str, Any] | None:
 
 
 def local_host_key() -> str | None:
-    """The sshd host key, so clients can pin it when they reach this box through the hub."""
+    """The sshd host key, so clients can pin it when they reach this box through the hub
+    ($EDGEBOX_SSHD_HOST_KEY names another .pub file; empty means none)."""
+    import os
+
+    from edgebox.fleet.identity import SSHD_HOST_KEY_ENV
+
+    env = os.environ.get(SSHD_HOST_KEY_ENV)
+    if env is not None:
+        return Path(env).read_text().strip() if env and Path(env).exists() else None
     for candidate in HOST_KEY_PATHS:
         path = Path(candidate)
         if path.exists():

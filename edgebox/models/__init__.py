@@ -2,10 +2,18 @@
 
 from edgebox.models.resolve import (
     BUNDLED,
+    DEFAULT_EMBEDDING_MODEL,
     DEFAULT_MODEL,
     ModelNotAvailable,
     ResolvedModel,
     resolve_model,
 )
 
-__all__ = ["BUNDLED", "DEFAULT_MODEL", "ModelNotAvailable", "ResolvedModel", "resolve_model"]
+__all__ = [
+    "BUNDLED",
+    "DEFAULT_EMBEDDING_MODEL",
+    "DEFAULT_MODEL",
+    "ModelNotAvailable",
+    "ResolvedModel",
+    "resolve_model",
+]

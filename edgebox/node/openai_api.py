@@ -76,9 +76,19 @@ def parse(model: type[BaseModel], data: Any) -> Any:
 
 
 def lookup(state: NodeState, model: str) -> Runtime:
+    """The chat/completion runtime serving `model`; 400 for an embedding model, else 404."""
     runtime = state.runtimes.get(model)
+    if runtime is None and model in state.embedders:
+        chat = ", ".join(state.runtimes) or "none"
+        raise APIError(
+            400,
+            f"'{model}' is an embedding model: use /v1/embeddings, or pick a chat model "
+            f"(served: {chat})",
+            param="model",
+            code="model_not_supported",
+        )
     if runtime is None:
-        served = ", ".join(state.runtimes) or "none"
+        served = ", ".join(state.all_models()) or "none"
         raise APIError(
             404,
             f"the model '{model}' is not served here (served: {served})",
@@ -90,13 +100,15 @@ def lookup(state: NodeState, model: str) -> Runtime:
 
 def list_models(request: Request) -> Response:
     state: NodeState = request.app.state.node
-    return JSONResponse({"object": "list", "data": [state.model_card(a) for a in state.runtimes]})
+    cards = [state.model_card(a) for a in state.all_models()]
+    return JSONResponse({"object": "list", "data": cards})
 
 
 def get_model(request: Request) -> Response:
     state: NodeState = request.app.state.node
     model = request.path_params["model"]
-    lookup(state, model)
+    if model not in state.embedders:
+        lookup(state, model)
     return JSONResponse(state.model_card(model))
 
 

@@ -66,7 +66,7 @@ def serve(
     try:
         asyncio.run(run())
     finally:
-        for runtime in state.runtimes.values():
+        for runtime in state.all_models().values():
             runtime.close()
 
 

@@ -14,7 +14,7 @@ from edgebox.hardware.probe import probe
 from edgebox.hardware.telemetry import CachedTelemetry
 from edgebox.node.kv_transfer import KVStore
 from edgebox.node.metrics import NodeMetrics
-from edgebox.runtimes.base import Runtime
+from edgebox.runtimes.base import EmbeddingRuntime, Runtime
 
 DEFAULT_MAX_BODY = 16 * 1024 * 1024
 log = logging.getLogger(__name__)
@@ -22,7 +22,8 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class NodeState:
-    runtimes: dict[str, Runtime]
+    runtimes: dict[str, Runtime]  # chat and completion models
+    embedders: dict[str, EmbeddingRuntime] = field(default_factory=dict)
     max_body: int = DEFAULT_MAX_BODY
     request_timeout: float | None = None  # per-request override of the runtimes' default
     kv_store: KVStore = field(default_factory=KVStore)
@@ -35,17 +36,24 @@ class NodeState:
     fingerprint: str = field(init=False)
 
     def __post_init__(self) -> None:
-        self.metrics = NodeMetrics(lambda: {a: r.stats() for a, r in self.runtimes.items()})
+        both = set(self.runtimes) & set(self.embedders)
+        if both:
+            raise ValueError(f"model ids must be unique; served twice: {', '.join(sorted(both))}")
+        self.metrics = NodeMetrics(lambda: {a: r.stats() for a, r in self.all_models().items()})
         # Changes when the served models or edgebox change, as OpenAI's system_fingerprint does.
         digest = hashlib.sha256(__version__.encode())
-        for alias, runtime in sorted(self.runtimes.items()):
+        for alias, runtime in sorted(self.all_models().items()):
             digest.update(f"{alias}={runtime.info.path}:{runtime.info.size_bytes}".encode())
         self.fingerprint = "fp_" + digest.hexdigest()[:12]
 
+    def all_models(self) -> dict[str, Runtime | EmbeddingRuntime]:
+        """Every served model by id, chat models first."""
+        return {**self.runtimes, **self.embedders}
+
     def model_card(self, alias: str) -> dict[str, Any]:
-        runtime = self.runtimes[alias]
+        runtime = self.all_models()[alias]
         info = runtime.info
-        return {
+        card: dict[str, Any] = {
             "id": alias,
             "object": "model",
             "created": int(self.started),
@@ -62,11 +70,15 @@ class NodeState:
                 "capabilities": [k for k, v in vars(runtime.capabilities).items() if v],
             },
         }
+        if alias in self.embedders:
+            card["meta"]["dimensions"] = self.embedders[alias].dimensions
+            card["meta"]["providers"] = info.metadata.get("providers")
+        return card
 
     def health(self) -> dict[str, Any]:
         """What /health reports without touching the hardware: status, version, models, load."""
         models, load_models = {}, {}
-        for alias, runtime in self.runtimes.items():
+        for alias, runtime in self.all_models().items():
             stats = runtime.stats()
             models[alias] = {
                 "slots": stats.slots,

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from edgebox.provisioning._proc import die_with_parent
 from edgebox.provisioning.relay import key_material
 
 log = logging.getLogger(__name__)
@@ -183,6 +184,7 @@ class TunnelSupervisor:
         proc = subprocess.Popen(
             tunnel_argv(self.spec, self._ssh), stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+            preexec_fn=die_with_parent,  # no tunnel left behind by a node agent killed hard
         )  # fmt: skip
         self._proc = proc
         if self._stop.is_set():  # stop() ran between the loop check and Popen

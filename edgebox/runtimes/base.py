@@ -7,6 +7,7 @@ Runtimes know nothing of HTTP: the node's OpenAI app turns wire requests into
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -133,6 +134,8 @@ class RequestHandle(Protocol):
 
 @dataclass(frozen=True)
 class Capabilities:
+    """What a runtime can do; the node routes by it (chat models never embed, and back)."""
+
     chat: bool = True
     completions: bool = True
     embeddings: bool = False
@@ -200,6 +203,34 @@ class Runtime(Protocol):
 
     def kv_fingerprint(self) -> Mapping[str, str] | None:
         """What a KV snapshot from this runtime depends on; None without KV export."""
+        ...
+
+    def stats(self) -> RuntimeStats: ...
+
+    def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class Embeddings:
+    """One unit-length vector per input text, in input order, and the tokens they took."""
+
+    vectors: Any  # numpy float32 array, shape (len(inputs), dimensions)
+    prompt_tokens: int  # tokens fed to the model, after truncation, special tokens included
+    token_counts: tuple[int, ...] = ()  # per input
+
+
+class EmbeddingRuntime(Protocol):
+    """A loaded embedding model: texts in, normalised vectors out, off the caller's thread."""
+
+    name: str
+    info: ModelInfo
+    capabilities: Capabilities
+    dimensions: int
+
+    def embed(self, texts: Sequence[str]) -> Future[Embeddings]:
+        """Queue the texts; the future resolves on the runtime's worker thread.
+
+        Raises QueueFullError when the bounded queue is full."""
         ...
 
     def stats(self) -> RuntimeStats: ...

@@ -17,7 +17,7 @@ from edgebox.hardware.probe import HardwareProfile
 from edgebox.models import ResolvedModel, resolve_model
 from edgebox.models.bundled import Progress
 from edgebox.models.resolve import default_alias
-from edgebox.runtimes.base import BackendError, Runtime
+from edgebox.runtimes.base import BackendError, EmbeddingRuntime, Runtime
 from edgebox.runtimes.select import (
     Installed,
     ModelSize,
@@ -43,6 +43,7 @@ class RuntimeOptions:
     request_timeout: float | None = 600.0
     gpu_layers: int = -1  # -1: what the selection says (all on a GPU build)
     verbose: bool = False
+    embedding_batch: int = 32  # inputs per ONNX Runtime call
 
 
 def resolve_model_or_dir(
@@ -70,7 +71,8 @@ def open_model(
     requested: str = "auto",
     options: RuntimeOptions | None = None,
     box: tuple[HardwareProfile, Installed] | None = None,
-) -> tuple[Runtime, Selection]:
+    tokenizer: Path | None = None,
+) -> tuple[Runtime | EmbeddingRuntime, Selection]:
     """Build the runtime for the model at `path`; BackendError says why it cannot be served."""
     options = options or RuntimeOptions()
     fmt = detect_model_format(path)
@@ -85,7 +87,26 @@ def open_model(
     chosen = select_runtime(profile, fmt, installed, requested=requested, model_size=size)
     if chosen.runtime is None:
         raise BackendError(f"cannot serve {path.name}: {chosen.reason}")
+    if chosen.runtime == "onnx":
+        return _onnx(path, tokenizer, name, options), chosen
     return _build(chosen, path, name, options), chosen
+
+
+def _onnx(
+    path: Path, tokenizer: Path | None, name: str, options: RuntimeOptions
+) -> EmbeddingRuntime:
+    from edgebox.runtimes.onnx import OnnxEmbeddingRuntime
+
+    if tokenizer is None:
+        raise BackendError(f"{name}: an ONNX model needs the tokenizer.json it was trained with")
+    return OnnxEmbeddingRuntime(
+        path,
+        tokenizer,
+        name=name,
+        threads=options.n_threads,
+        max_queue=options.max_queue,
+        batch_size=options.embedding_batch,
+    )
 
 
 def _build(chosen: Selection, path: Path, name: str, options: RuntimeOptions) -> Runtime:

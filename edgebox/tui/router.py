@@ -2,9 +2,11 @@
 the router's Prometheus `/metrics`.
 
 Parsing is generic so it follows the router as it grows: every series of
-`edgebox_router_requests_total` is summed by its `route` label, and
-`edgebox_router_cloud_spend_usd` (a gauge, or a counter exposed as `..._total`) is summed over
-its labels. A router that is down, or that exposes neither, is shown as "no router".
+`edgebox_router_requests_total` is summed by its `route` label (or `target`, which
+`edgebox.router` uses: a node name or `cloud:NAME`), and cloud spend is the sum of
+`edgebox_router_cloud_usd_total` (the router's counter by upstream) or of
+`edgebox_router_cloud_spend_usd` (gauge or counter); `edgebox_router_cloud_usd_today` is shown
+too when present. A router that is down, or that exposes none of these, is "no router".
 """
 
 from __future__ import annotations
@@ -16,14 +18,17 @@ from prometheus_client.parser import text_string_to_metric_families
 from rich.text import Text
 
 REQUESTS = "edgebox_router_requests_total"
-SPEND = "edgebox_router_cloud_spend_usd"
-_WANTED = (REQUESTS, SPEND)
+SPEND = ("edgebox_router_cloud_usd_total", "edgebox_router_cloud_spend_usd",
+         "edgebox_router_cloud_spend_usd_total")  # fmt: skip
+TODAY = "edgebox_router_cloud_usd_today"
+_WANTED = (REQUESTS, TODAY, *SPEND)
 
 
 @dataclass(frozen=True)
 class RouterStats:
     requests: dict[str, float] = field(default_factory=dict)  # route → requests so far
     cloud_spend_usd: float | None = None
+    cloud_today_usd: float | None = None
     error: str | None = None  # set when there is no router to show
 
     @property
@@ -36,14 +41,17 @@ def parse_router_metrics(text: str) -> RouterStats:
     lines = "\n".join(line for line in text.splitlines() if line.startswith(_WANTED))
     requests: dict[str, float] = {}
     spend: float | None = None
+    today: float | None = None
     for family in text_string_to_metric_families(lines):
         for s in family.samples:
             if s.name == REQUESTS:
-                route = s.labels.get("route", "?")
+                route = s.labels.get("route") or s.labels.get("target") or "?"
                 requests[route] = requests.get(route, 0.0) + s.value
-            elif s.name in (SPEND, SPEND + "_total"):
+            elif s.name in SPEND:
                 spend = (spend or 0.0) + s.value
-    return RouterStats(requests=requests, cloud_spend_usd=spend)
+            elif s.name == TODAY:
+                today = s.value
+    return RouterStats(requests=requests, cloud_spend_usd=spend, cloud_today_usd=today)
 
 
 class RouterSource:
@@ -77,4 +85,6 @@ def router_text(stats: RouterStats | None) -> Text:
         text.append(f"   {route} {n:.0f}")
     if stats.cloud_spend_usd is not None:
         text.append(f"   cloud spend ${stats.cloud_spend_usd:.2f}", style="yellow")
+    if stats.cloud_today_usd is not None:
+        text.append(f" (today ${stats.cloud_today_usd:.2f})", style="yellow")
     return text

@@ -74,7 +74,7 @@ def test_schema_is_versioned_and_reopens(tmp_path: Path) -> None:
     token_id, _, _ = store.create_token(ttl=60, name="n", now=0)
     store.close()
     again = HubStore(tmp_path / "hub.sqlite3")
-    assert again.schema_version() == 1
+    assert again.schema_version() == 2  # 1: nodes, tokens, events; 2: users
     assert again.list_tokens(now=1)[0]["id"] == token_id
     journal = again._db.execute("PRAGMA journal_mode").fetchone()[0]
     assert journal == "wal"

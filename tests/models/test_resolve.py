@@ -59,3 +59,21 @@ def test_hub_model_offline_and_uncached_says_what_to_do(
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
     with pytest.raises(ModelNotAvailable, match="not in the local Hugging Face cache"):
         resolve_model("someorg/somerepo:model.Q4_K_M.gguf")
+
+
+def test_minilm_names_the_bundled_embedding_model_and_its_tokenizer() -> None:
+    for name in ("minilm", "all-minilm-l6-v2"):
+        model = resolve_model(name)
+        assert model.alias == "all-minilm-l6-v2" and model.format == "onnx"
+        assert model.tokenizer is not None and model.tokenizer.name == "tokenizer.json"
+
+
+def test_an_onnx_file_needs_its_tokenizer_beside_it(tmp_path: Path) -> None:
+    path = tmp_path / "onnx" / "model.onnx"
+    path.parent.mkdir()
+    path.write_bytes(b"onnx")
+    with pytest.raises(ModelNotAvailable, match=r"no tokenizer\.json beside"):
+        resolve_model(str(path))
+    (tmp_path / "tokenizer.json").write_text("{}")  # Hugging Face exports keep it one level up
+    model = resolve_model(str(path))
+    assert model.tokenizer == tmp_path / "tokenizer.json" and model.alias == "model"

@@ -31,7 +31,7 @@ def tokenizer(smollm2_path):  # type: ignore[no-untyped-def]
 
 def test_models_lists_the_alias_with_metadata(client: openai.OpenAI) -> None:
     models = client.models.list().data
-    assert [m.id for m in models] == [MODEL]
+    assert [m.id for m in models] == [MODEL, "all-minilm-l6-v2"]  # chat first
     assert client.models.retrieve(MODEL).id == MODEL
     meta = models[0].model_extra["meta"]  # type: ignore[index]
     assert meta["context_length"] == 2048 and meta["architecture"] == "llama"

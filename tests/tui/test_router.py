@@ -14,6 +14,7 @@ from rich.text import Text
 from textual.pilot import Pilot
 from textual.widgets import Static
 
+from edgebox.router.metrics import RouterMetrics
 from edgebox.tui.app import FleetApp
 from edgebox.tui.router import RouterSource, parse_router_metrics, router_text
 from edgebox.tui.source import ReplaySource
@@ -44,6 +45,19 @@ def test_requests_by_route_and_spend_from_a_real_registry() -> None:
     assert counted.cloud_spend_usd == 0.25
     line = router_text(stats).plain
     assert "12 requests" in line and "local 10" in line and "$1.50" in line
+
+
+def test_the_routers_own_registry() -> None:
+    """edgebox.router's RouterMetrics: requests by target and status, spend by upstream."""
+    metrics = RouterMetrics(spent_today=lambda: 0.75)
+    metrics.routed.labels("spark", "200").inc(5)
+    metrics.routed.labels("spark", "503").inc(1)
+    metrics.routed.labels("cloud:openai", "200").inc(2)
+    metrics.cloud_usd.labels("openai").inc(1.25)
+    stats = parse_router_metrics(generate_latest(metrics.registry).decode())
+    assert stats.requests == {"spark": 6.0, "cloud:openai": 2.0}
+    assert stats.cloud_spend_usd == 1.25 and stats.cloud_today_usd == 0.75
+    assert "today $0.75" in router_text(stats).plain
 
 
 def test_metrics_without_router_series_show_no_router() -> None:

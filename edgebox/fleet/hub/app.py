@@ -22,7 +22,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from edgebox.fleet import tokens
+from edgebox.fleet import logins, tokens
 from edgebox.fleet.hub.store import HubStore, JoinRefused, Registration
 from edgebox.node.errors import (
     APIError,
@@ -50,6 +50,8 @@ class HubConfig:
     ssh_user: str = "edgebox-tunnel"
     ssh_host_key: str | None = None  # the relay sshd's public host key, pinned by nodes
     relay_node_keys: Path | None = None  # authorized_keys of the relay's tunnel account
+    relay_user_keys: Path | None = None  # authorized_keys of the relay's jump account
+    jump_user: str = "edgebox-jump"  # the relay account people log in to
     clock: Callable[[], float] = field(default=time.time)
 
 
@@ -68,6 +70,12 @@ class HeartbeatRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     telemetry: dict[str, Any] = Field(default_factory=dict)
     models: list[Any] = Field(default_factory=list)
+
+
+class UserAddRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(min_length=1, max_length=63, pattern=NODE_NAME)
+    ssh_public_key: str = Field(min_length=16, max_length=4096, pattern=r"^(ssh|ecdsa|sk)-\S+ ")
 
 
 class TokenCreateRequest(BaseModel):
@@ -110,14 +118,38 @@ def _require_admin(request: Request, config: HubConfig) -> None:
                        type="authentication_error", code="invalid_admin_key")  # fmt: skip
 
 
-def create_app(store: HubStore, config: HubConfig) -> Starlette:
+def _require_reader(request: Request, config: HubConfig, store: HubStore) -> None:
+    """The admin key or a user's read token (`edgebox hub user add`)."""
+    bearer = _bearer(request)
+    if not bearer.startswith("ebu_"):
+        _require_admin(request, config)
+    elif store.user_for_token(bearer) is None:
+        raise APIError(401, "this user token is not valid for this hub (removed?)",
+                       type="authentication_error", code="invalid_user_token")  # fmt: skip
+
+
+def create_app(
+    store: HubStore, config: HubConfig, on_shutdown: Callable[[], None] | None = None
+) -> Starlette:
+    """The hub app; `on_shutdown` runs when the server stops (uvicorn re-raises SIGTERM after
+    its shutdown, so code after `uvicorn.run` may never run)."""
     now = config.clock
 
-    async def sync_relay() -> None:
-        if config.relay_node_keys is not None:
-            from edgebox.fleet.hub.relay_sync import write_node_keys
+    def write_relay_files() -> None:
+        from edgebox.fleet.hub.relay_sync import write_node_keys, write_user_keys
 
-            await asyncio.to_thread(write_node_keys, config.relay_node_keys, store.nodes())
+        nodes = store.nodes()
+        if config.relay_node_keys is not None:
+            write_node_keys(config.relay_node_keys, nodes)
+        if config.relay_user_keys is not None:
+            write_user_keys(config.relay_user_keys, store.users(), nodes)
+
+    async def sync_relay() -> None:
+        await asyncio.to_thread(write_relay_files)
+
+    def relay_info() -> dict[str, Any]:
+        return {"host": config.ssh_host, "port": config.ssh_port, "tunnel_user": config.ssh_user,
+                "jump_user": config.jump_user, "host_key": config.ssh_host_key}  # fmt: skip
 
     async def health(request: Request) -> Response:
         return JSONResponse({"status": "ok", "fingerprint": config.fingerprint})
@@ -159,8 +191,40 @@ def create_app(store: HubStore, config: HubConfig) -> Starlette:
                              "heartbeat_interval": config.heartbeat_interval})  # fmt: skip
 
     async def list_nodes(request: Request) -> Response:
+        await asyncio.to_thread(_require_reader, request, config, store)
+        data = await asyncio.to_thread(store.nodes)
+        return JSONResponse({"object": "list", "data": data, "relay": relay_info()})
+
+    async def add_user(request: Request) -> Response:
         _require_admin(request, config)
-        return JSONResponse({"object": "list", "data": await asyncio.to_thread(store.nodes)})
+        body = await _body(request, UserAddRequest)
+        try:
+            from edgebox.provisioning.relay import key_material
+
+            key = key_material(body.ssh_public_key)
+        except ValueError:
+            raise APIError(400, "not an OpenSSH public key line", param="ssh_public_key",
+                           code="invalid_key") from None  # fmt: skip
+        token = await asyncio.to_thread(store.add_user, body.name, key, now())
+        log.info("user %s added", body.name)
+        await sync_relay()
+        login = logins.encode(config.urls, config.fingerprint, token)
+        answer = {"name": body.name, "ssh_public_key": key, "login": login,
+                  "login_command": f"edgebox login {login}"}  # fmt: skip
+        return JSONResponse(answer, status_code=201)
+
+    async def list_users(request: Request) -> Response:
+        _require_admin(request, config)
+        return JSONResponse({"object": "list", "data": await asyncio.to_thread(store.users)})
+
+    async def remove_user(request: Request) -> Response:
+        _require_admin(request, config)
+        name = request.path_params["user"]
+        if not await asyncio.to_thread(store.remove_user, name, now()):
+            raise APIError(404, f"no user {name!r}", param="user", code="user_not_found")
+        log.info("user %s removed", name)
+        await sync_relay()
+        return JSONResponse({"name": name, "removed": True})
 
     async def get_node(request: Request) -> Response:
         _require_admin(request, config)
@@ -217,6 +281,8 @@ def create_app(store: HubStore, config: HubConfig) -> Starlette:
         sweeper = asyncio.create_task(_sweep_offline(store, config))
         yield
         sweeper.cancel()
+        if on_shutdown is not None:
+            await asyncio.to_thread(on_shutdown)
 
     routes = [
         Route("/health", health),
@@ -229,6 +295,9 @@ def create_app(store: HubStore, config: HubConfig) -> Starlette:
         Route("/v1/hub/tokens", list_tokens),
         Route("/v1/hub/tokens/{token}", revoke_token, methods=["DELETE"]),
         Route("/v1/hub/events", events),
+        Route("/v1/hub/users", add_user, methods=["POST"]),
+        Route("/v1/hub/users", list_users),
+        Route("/v1/hub/users/{user}", remove_user, methods=["DELETE"]),
     ]
     handlers = {APIError: api_error_handler, HTTPException: http_error_handler,
                 Exception: unhandled_error_handler}  # fmt: skip

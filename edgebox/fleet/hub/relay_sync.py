@@ -1,7 +1,7 @@
-"""Keep the relay's node authorized_keys in step with the registry.
+"""Keep the relay's two authorized_keys files in step with the registry.
 
-The hub rewrites the file (atomically) after every join and revocation; the relay sshd reads
-it at each login, so no reload is needed. The rendering and its policy live in
+The hub rewrites them (atomically) after every join, revocation and user change; the relay
+sshd reads them at each login, so no reload is needed. The rendering and its policy live in
 provisioning/relay.py; this module only maps registry rows to its records.
 """
 
@@ -12,7 +12,13 @@ from pathlib import Path
 from typing import Any
 
 from edgebox.fleet._files import write_atomic
-from edgebox.provisioning.relay import NodeRecord, RelayConfigError, render_node_keys
+from edgebox.provisioning.relay import (
+    NodeRecord,
+    RelayConfigError,
+    UserRecord,
+    render_node_keys,
+    render_user_keys,
+)
 
 log = logging.getLogger("edgebox.hub")
 
@@ -39,5 +45,16 @@ def write_node_keys(path: Path, nodes: list[dict[str, Any]]) -> None:
         text = render_node_keys(relay_nodes(nodes))
     except RelayConfigError as exc:  # keep the last good file rather than open or empty it
         log.error("relay keys not rewritten: %s", exc)
+        return
+    write_atomic(path, text.encode(), mode=0o644)
+
+
+def write_user_keys(path: Path, users: list[dict[str, Any]], nodes: list[dict[str, Any]]) -> None:
+    """Rewrite the jump account's authorized_keys: each user may open the live nodes' ports."""
+    try:
+        records = [UserRecord(u["name"], u["ssh_public_key"]) for u in users]
+        text = render_user_keys(records, relay_nodes(nodes))
+    except RelayConfigError as exc:
+        log.error("relay user keys not rewritten: %s", exc)
         return
     write_atomic(path, text.encode(), mode=0o644)

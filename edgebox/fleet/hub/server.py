@@ -33,12 +33,29 @@ def serve(
     ssh_user: str,
     relay_node_keys: Path | None = None,
     ssh_host_key_file: Path | None = None,
+    relay: bool = False,
+    jump_user: str = "edgebox-jump",
+    relay_listen: str = "0.0.0.0",
 ) -> None:
-    """Serve until SIGINT/SIGTERM."""
+    """Serve until SIGINT/SIGTERM; with `relay`, also run and supervise the relay sshd.
+    Raises RelaySetupError when the relay cannot run here."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     ident = identity.load_or_create(data_dir)
     store = HubStore(data_dir / DB_FILE)
+    for suffix in ("", "-wal", "-shm"):  # hashes only, but nobody else needs to read them
+        db_file = data_dir / (DB_FILE + suffix)
+        if db_file.exists():
+            db_file.chmod(0o600)
+    relay_paths, relay_key = None, None
+    if relay:
+        from edgebox.fleet.hub.relay_runner import prepare_relay
+
+        relay_paths, relay_key = prepare_relay(
+            data_dir, port=ssh_port, listen_address=relay_listen, tunnel_user=ssh_user,
+            jump_user=jump_user,
+        )  # fmt: skip
     hub_urls = public_urls(host, port, urls)
+    given_key = ssh_host_key_file.read_text().strip() if ssh_host_key_file else None
     config = HubConfig(
         urls=hub_urls,
         fingerprint=ident.fingerprint,
@@ -47,8 +64,10 @@ def serve(
         ssh_host=ssh_host or hub_urls[0].split("://", 1)[1].rsplit(":", 1)[0].strip("[]"),
         ssh_port=ssh_port,
         ssh_user=ssh_user,
-        relay_node_keys=relay_node_keys,
-        ssh_host_key=ssh_host_key_file.read_text().strip() if ssh_host_key_file else None,
+        relay_node_keys=relay_paths.node_keys if relay_paths else relay_node_keys,
+        relay_user_keys=relay_paths.user_keys if relay_paths else None,
+        jump_user=jump_user,
+        ssh_host_key=relay_key or given_key,
     )
     (data_dir / identity.HUB_FILE).write_text(
         json.dumps({"urls": hub_urls, "fingerprint": ident.fingerprint}, indent=2) + "\n"
@@ -56,8 +75,30 @@ def serve(
     logging.getLogger("edgebox.hub").info(
         "hub serving %s (fingerprint %s, data %s)", ", ".join(hub_urls), ident.fingerprint, data_dir
     )
+    relay_process = None
+    if relay_paths is not None:
+        from edgebox.fleet.hub.relay_runner import RelayProcess
+        from edgebox.fleet.hub.relay_sync import write_node_keys, write_user_keys
+
+        write_node_keys(relay_paths.node_keys, store.nodes())  # before sshd takes logins
+        write_user_keys(relay_paths.user_keys, store.users(), store.nodes())
+        relay_process = RelayProcess(relay_paths.config).start()
+        logging.getLogger("edgebox.hub").info(
+            "relay sshd on port %d (accounts %s, %s; files in %s)",
+            ssh_port, ssh_user, jump_user, relay_paths.dir,
+        )  # fmt: skip
+    app = create_app(store, config, on_shutdown=relay_process.stop if relay_process else None)
+    try:
+        _run_uvicorn(app, host, port, ident)
+    finally:
+        if relay_process is not None:
+            relay_process.stop()
+        store.close()
+
+
+def _run_uvicorn(app: object, host: str, port: int, ident: identity.HubIdentity) -> None:
     uvicorn.run(
-        create_app(store, config),
+        app,  # type: ignore[arg-type]
         host=host,
         port=port,
         ssl_certfile=str(ident.cert_path),
@@ -66,4 +107,3 @@ def serve(
         access_log=False,
         timeout_graceful_shutdown=3,
     )
-    store.close()

@@ -36,6 +36,11 @@ _MIGRATIONS = [
         seq INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL, kind TEXT NOT NULL,
         node_id TEXT, token_id TEXT, detail TEXT NOT NULL DEFAULT '');
     """,
+    """
+    CREATE TABLE users (
+        name TEXT PRIMARY KEY, ssh_public_key TEXT NOT NULL, token_hash TEXT NOT NULL UNIQUE,
+        created_at REAL NOT NULL);
+    """,
 ]
 
 _REFUSALS = {
@@ -262,6 +267,42 @@ class HubStore:
             (key, key),
         ).fetchone()
         return _node_dict(row) if row else None
+
+    # users (people who reach nodes through the relay, and read the node list)
+
+    def add_user(self, name: str, ssh_public_key: str, now: float) -> str:
+        """Add or replace a user's SSH key; returns a new read token (stored hashed)."""
+        token = "ebu_" + secrets.token_urlsafe(32)
+        with self._lock:
+            self._db.execute(
+                "INSERT OR REPLACE INTO users (name, ssh_public_key, token_hash, created_at)"
+                " VALUES (?, ?, ?, ?)",
+                (name, ssh_public_key, tokens.hash_secret(token), now),
+            )
+            self._event(now, "user_add", detail=name)
+        return token
+
+    def remove_user(self, name: str, now: float) -> bool:
+        with self._lock:
+            cur = self._db.execute("DELETE FROM users WHERE name = ?", (name,))
+            if cur.rowcount:
+                self._event(now, "user_remove", detail=name)
+        return cur.rowcount > 0
+
+    def users(self) -> list[dict[str, Any]]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT name, ssh_public_key, created_at FROM users ORDER BY name"
+            ).fetchall()
+        return [dict(r) for r in rows]
+
+    def user_for_token(self, token: str) -> str | None:
+        """The user holding this read token, or None."""
+        digest = tokens.hash_secret(token)
+        with self._lock:
+            row = self._db.execute("SELECT name FROM users WHERE token_hash = ?", (digest,))
+            found = row.fetchone()
+        return found["name"] if found else None
 
     def events(self, limit: int = 100) -> list[dict[str, Any]]:
         with self._lock:

@@ -1,0 +1,175 @@
+"""Router overhead: the same requests direct to a node and through `edgebox router`.
+
+One node (the bundled SmolLM2-135M) and one router in front of it (--disagg off), plus, when
+`--litellm PATH` names a LiteLLM venv's `litellm` executable, a LiteLLM proxy configured for
+the same node. Requests alternate between the paths so drift on a noisy machine hits each alike.
+
+(a) added latency: non-streamed /v1/completions with max_tokens=1 (a lone request's round
+    trip is then mostly HTTP and the router); reported as p50/p99 of each path and of the
+    difference from direct.
+(b) streaming: 64-token streamed completions; TTFT and decode tok/s medians, and the
+    router/direct ratio.
+
+    python benchmarks/bench_router.py --requests 60 --streams 8 --write
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from bench_serve import SHORT, emit, machine, over_http, prompt_for, start  # noqa: E402
+
+from tests.conftest import free_port  # noqa: E402
+
+MODEL = "smollm2-135m"
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def one_token(base_url: str, model: str) -> Callable[[int], float]:
+    client = httpx.Client(timeout=120)
+
+    def run(i: int) -> float:
+        # A prompt of its own per path and request: no path gains from another's prefix cache.
+        prompt = f"{base_url} {i} {SHORT}"
+        body = {"model": model, "prompt": prompt, "max_tokens": 1, "temperature": 0}
+        started = time.perf_counter()
+        response = client.post(base_url + "/completions", json=body)
+        elapsed = time.perf_counter() - started
+        response.raise_for_status()
+        return elapsed
+
+    return run
+
+
+def litellm_proxy(exe: str, node_url: str, port: int, tmp: Path) -> subprocess.Popen[bytes]:
+    config = tmp / "litellm.yaml"
+    config.write_text(
+        "model_list:\n"
+        f"  - model_name: {MODEL}\n"
+        "    litellm_params:\n"
+        f"      model: openai/{MODEL}\n"
+        f"      api_base: {node_url}/v1\n"
+        "      api_key: none\n"
+    )
+    cmd = [exe, "--config", str(config), "--port", str(port), "--num_workers", "1"]
+    return start(cmd, f"http://127.0.0.1:{port}/health/liveliness")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=60)
+    parser.add_argument("--streams", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--litellm", help="path of a `litellm` executable (its own venv)")
+    parser.add_argument("--write", action="store_true", help="append results to docs/benchmarks.md")
+    args = parser.parse_args()
+
+    py = sys.executable
+    node_port, router_port, litellm_port = free_port(), free_port(), free_port()
+    node_url = f"http://127.0.0.1:{node_port}"
+    procs = [
+        start(
+            [
+                py,
+                "-m",
+                "edgebox",
+                "serve",
+                "--port",
+                str(node_port),
+                "--threads",
+                str(args.threads),
+                "--parallel",
+                "2",
+                "--ctx",
+                "2048",
+            ],
+            node_url + "/health",
+        )
+    ]
+    tmp = Path(tempfile.mkdtemp(prefix="bench-router-"))
+    try:
+        procs.append(
+            start(
+                [
+                    py,
+                    "-m",
+                    "edgebox",
+                    "router",
+                    "--port",
+                    str(router_port),
+                    "--node",
+                    node_url,
+                    "--disagg",
+                    "off",
+                ],
+                f"http://127.0.0.1:{router_port}/health",
+            )
+        )
+        paths = {"direct": node_url + "/v1", "router": f"http://127.0.0.1:{router_port}/v1"}
+        if args.litellm:
+            procs.append(litellm_proxy(args.litellm, node_url, litellm_port, tmp))
+            paths["litellm"] = f"http://127.0.0.1:{litellm_port}/v1"
+
+        latency: dict[str, list[float]] = {name: [] for name in paths}
+        runners = {name: one_token(url, MODEL) for name, url in paths.items()}
+        for name in paths:
+            runners[name](-1)  # warm-up: connections, caches
+        for i in range(args.requests):
+            for name, run in runners.items():
+                latency[name].append(run(i))
+
+        streams: dict[str, list[tuple[float, float, int]]] = {name: [] for name in paths}
+        streamers = {name: over_http(url, MODEL) for name, url in paths.items()}
+        for i in range(args.streams):
+            for name, stream in streamers.items():
+                streams[name].append(stream(prompt_for(SHORT, i)))
+    finally:
+        for proc in reversed(procs):
+            proc.terminate()
+            proc.wait(timeout=30)
+
+    direct = latency["direct"]
+    lines = [
+        "## Router overhead (`benchmarks/bench_router.py`)",
+        "",
+        f"Machine: {machine()}. Command: `python benchmarks/bench_router.py --requests "
+        f"{args.requests} --streams {args.streams}"
+        f"{' --litellm ...' if args.litellm else ''} --write`. One node (SmolLM2-135M, "
+        f"--parallel 2, --threads {args.threads}), all paths on loopback, requests alternating.",
+        "",
+        "| path | 1-token request p50 ms | p99 ms | added p50 ms | added p99 ms "
+        "| stream TTFT p50 ms | decode tok/s p50 | tok/s vs direct |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    base_tps = statistics.median(s[1] for s in streams["direct"])
+    for name in paths:
+        added = [a - d for a, d in zip(latency[name], direct, strict=True)]
+        tps = statistics.median(s[1] for s in streams[name])
+        ttft = statistics.median(s[0] for s in streams[name]) * 1000
+        lines.append(
+            f"| {name} | {pct(latency[name], 0.5) * 1000:.2f} | {pct(latency[name], 0.99) * 1000:.2f}"
+            f" | {pct(added, 0.5) * 1000:.2f} | {pct(added, 0.99) * 1000:.2f} | {ttft:.1f}"
+            f" | {tps:.1f} | {tps / base_tps:.3f} |"
+        )
+    emit(lines, args.write)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,96 @@
+"""`edgebox hub user add|ls|rm`: people who may reach nodes through the relay (admin)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from edgebox.commands._hubopts import AdminKeyFile, AsJson, DataDir, Fingerprint, HubUrl, client
+from edgebox.commands._hubopts import fail as _fail
+
+out = Console()
+err = Console(stderr=True)
+user_app = typer.Typer(help="Users: SSH keys allowed through the relay.", no_args_is_help=True)
+
+
+@user_app.command("add")
+def add(
+    name: Annotated[str, typer.Argument(help="User name (letters, digits, . _ -).")],
+    key: Annotated[Path, typer.Option("--key", help="The user's SSH public key file (.pub).")],
+    as_json: AsJson = False,
+    hub: HubUrl = None,
+    admin_key_file: AdminKeyFile = None,
+    fingerprint: Fingerprint = None,
+    data: DataDir = None,
+) -> None:
+    """Allow this key through the relay to every node, and print the user's login line
+    (`edgebox login ebu1_...`, shown once) for reading the node list."""
+    from edgebox.fleet.hub.client import HubError
+
+    try:
+        public_key = key.expanduser().read_text().strip()
+    except OSError as exc:
+        raise _fail(f"cannot read {key}: {exc.strerror}") from None
+    try:
+        with client(hub, admin_key_file, fingerprint, data) as c:
+            answer = c.request(
+                "POST", "/v1/hub/users", json={"name": name, "ssh_public_key": public_key}
+            )
+    except HubError as exc:
+        raise _fail(exc.message) from None
+    if as_json:
+        out.print_json(data=answer)
+        return
+    out.print(answer["login_command"], highlight=False, soft_wrap=True)
+    err.print(
+        f"user {name} added; run the line above on their laptop (it is shown only once)",
+        highlight=False,
+    )
+
+
+@user_app.command("ls")
+def ls(
+    as_json: AsJson = False,
+    hub: HubUrl = None,
+    admin_key_file: AdminKeyFile = None,
+    fingerprint: Fingerprint = None,
+    data: DataDir = None,
+) -> None:
+    """List users and their SSH keys."""
+    from edgebox.fleet.hub.client import HubError
+
+    try:
+        with client(hub, admin_key_file, fingerprint, data) as c:
+            rows = c.request("GET", "/v1/hub/users")["data"]
+    except HubError as exc:
+        raise _fail(exc.message) from None
+    if as_json:
+        out.print_json(data=rows)
+        return
+    table = Table("name", "key")
+    for u in rows:
+        table.add_row(u["name"], u["ssh_public_key"][:40] + "...")
+    out.print(table)
+
+
+@user_app.command("rm")
+def rm(
+    name: Annotated[str, typer.Argument(help="User name.")],
+    hub: HubUrl = None,
+    admin_key_file: AdminKeyFile = None,
+    fingerprint: Fingerprint = None,
+    data: DataDir = None,
+) -> None:
+    """Remove a user: their key stops opening the relay and their login stops working."""
+    from edgebox.fleet.hub.client import HubError
+
+    try:
+        with client(hub, admin_key_file, fingerprint, data) as c:
+            c.request("DELETE", f"/v1/hub/users/{name}")
+    except HubError as exc:
+        raise _fail(exc.message) from None
+    out.print(f"user {name} removed", highlight=False)

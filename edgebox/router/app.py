@@ -1,0 +1,126 @@
+"""The router's ASGI app: the same OpenAI surface and error shapes as a node."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from edgebox.node.errors import (
+    APIError,
+    api_error_handler,
+    http_error_handler,
+    unhandled_error_handler,
+)
+from edgebox.node.openai_api import read_json
+from edgebox.node.state import DEFAULT_MAX_BODY
+from edgebox.router.service import Router
+
+
+def _router(request: Request) -> Router:
+    router: Router = request.app.state.router
+    return router
+
+
+async def health(request: Request) -> Response:
+    router = _router(request)
+    nodes = {
+        name: {"healthy": s.healthy, "models": {m: vars(load) for m, load in s.models.items()}}
+        for name, s in router.poller.status.items()
+    }
+    up = any(s.healthy for s in router.poller.status.values()) or bool(router.config.cloud)
+    return JSONResponse({"status": "ok" if up else "degraded", "nodes": nodes})
+
+
+def metrics(request: Request) -> Response:
+    return Response(
+        generate_latest(_router(request).metrics.registry), media_type=CONTENT_TYPE_LATEST
+    )
+
+
+def list_models(request: Request) -> Response:
+    cards = list(_router(request).models().values())
+    return JSONResponse({"object": "list", "data": cards})
+
+
+def get_model(request: Request) -> Response:
+    model = request.path_params["model"]
+    card = _router(request).models().get(model)
+    if card is None:
+        raise APIError(
+            404, f"the model '{model}' is not served", param="model", code="model_not_found"
+        )
+    return JSONResponse(card)
+
+
+def check_body(data: Any) -> dict[str, Any]:
+    """The router reads only `model`; the node validates the rest and its errors pass through."""
+    if not isinstance(data, dict):
+        raise APIError(
+            400, "the request body must be a JSON object", param="body", code="invalid_value"
+        )
+    model = data.get("model")
+    if model is None:
+        raise APIError(400, "'model' is required", param="model", code="missing_required_parameter")
+    if not isinstance(model, str) or not model:
+        raise APIError(
+            400, "invalid value for 'model': a model id string", param="model", code="invalid_value"
+        )
+    return data
+
+
+async def forward(request: Request) -> Response:
+    data = check_body(await read_json(request, DEFAULT_MAX_BODY))
+    return await _router(request).handle(request.url.path, data, request.headers)
+
+
+def create_app(router: Router) -> Starlette:
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await router.poller.poll_once()
+        router.poller.start()
+        try:
+            yield
+        finally:
+            await router.poller.stop()
+            await router.client.aclose()
+
+    routes = [
+        Route("/health", health, methods=["GET"]),
+        Route("/metrics", metrics, methods=["GET"]),
+        Route("/v1/models", list_models, methods=["GET"]),
+        Route("/v1/models/{model:path}", get_model, methods=["GET"]),
+        Route("/v1/chat/completions", forward, methods=["POST"]),
+        Route("/v1/completions", forward, methods=["POST"]),
+        Route("/v1/embeddings", forward, methods=["POST"]),
+    ]
+    app = Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        exception_handlers={
+            APIError: api_error_handler,
+            HTTPException: http_error_handler,
+            Exception: unhandled_error_handler,
+        },
+    )
+    app.state.router = router
+    return app
+
+
+def new_client() -> httpx.AsyncClient:
+    """One pooled client for every node and upstream."""
+    limits = httpx.Limits(max_connections=512, max_keepalive_connections=128)
+    return httpx.AsyncClient(
+        limits=limits,
+        timeout=httpx.Timeout(600.0, connect=3.0),
+        # Relayed bytes go out as they came in (aiter_raw), so ask upstreams not to compress.
+        headers={"accept-encoding": "identity"},
+    )

@@ -1,0 +1,103 @@
+"""Router configuration (TOML): nodes, placement weights, cloud upstreams, split settings.
+
+API keys are never in the file: a cloud upstream names the environment variable that holds it.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Price(_Strict):
+    """US dollars per 1M tokens."""
+
+    input: float = Field(default=0.0, ge=0)
+    output: float = Field(default=0.0, ge=0)
+
+
+class CloudUpstream(_Strict):
+    name: str
+    base_url: str  # e.g. https://api.example.com/v1
+    api_key_env: str | None = None  # the NAME of the env var holding the key
+    models: dict[str, str]  # local model name -> cloud model name
+    when: Literal["overflow", "fallback", "always"] = "fallback"
+    # overflow: burst when every local candidate queues at least this many requests
+    overflow_queue_depth: int = Field(default=4, ge=0)
+    prices: dict[str, Price] = {}  # by cloud model name
+
+    def api_key(self) -> str | None:
+        return os.environ.get(self.api_key_env) if self.api_key_env else None
+
+
+class NodeEntry(_Strict):
+    url: str
+    name: str | None = None
+    prefill_tokens_per_s: float | None = Field(default=None, gt=0)  # seeds the split cost model
+
+
+class Weights(_Strict):
+    """Weights of the placement scorers (see `placement.score`)."""
+
+    load: float = 1.0
+    speed: float = 0.5
+    affinity: float = 2.0
+
+
+class Disagg(_Strict):
+    mode: Literal["auto", "off", "always"] = "auto"
+    min_prompt_tokens: int = Field(default=1024, ge=2)
+    link_mbps: float = Field(default=1000.0, gt=0)  # network between nodes, megabits per second
+    kv_bytes_per_token: int = Field(default=23_040, gt=0)  # SmolLM2-135M f16 K and V
+
+
+class RouterConfig(_Strict):
+    nodes: list[NodeEntry] = []
+    cloud: list[CloudUpstream] = []
+    weights: Weights = Weights()
+    disagg: Disagg = Disagg()
+    max_usd_per_day: float | None = Field(default=None, ge=0)  # daily cloud spend cap; None: no cap
+    max_attempts: int = Field(default=3, ge=1)
+    affinity_messages: int = Field(default=2, ge=1)  # the first N messages key the prefix affinity
+    poll_interval_s: float = Field(default=2.0, gt=0)
+    node_api_key_env: str | None = None
+
+
+class ConfigError(Exception):
+    pass
+
+
+def load_config(path: Path | None) -> RouterConfig:
+    """Read a router TOML file; errors say which file and which field."""
+    if path is None:
+        return RouterConfig()
+    try:
+        data = tomllib.loads(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path} is not valid TOML: {exc}") from None
+    for upstream in data.get("cloud", []):
+        if isinstance(upstream, dict) and "api_key" in upstream:
+            raise ConfigError(
+                f"{path}: [[cloud]] '{upstream.get('name', '?')}' has api_key; put the key in "
+                "an environment variable and name it with api_key_env"
+            )
+    try:
+        return RouterConfig.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors(include_url=False)[0]
+        where = ".".join(str(p) for p in err["loc"])
+        raise ConfigError(f"{path}: {where}: {err['msg']}") from None
+
+
+def edgebox_home() -> Path:
+    return Path(os.environ.get("EDGEBOX_HOME") or Path.home() / ".edgebox")

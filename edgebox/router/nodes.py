@@ -1,0 +1,183 @@
+"""What the router knows about each node, where node addresses come from, and the poller.
+
+A `NodeSource` yields node addresses (static `--node` URLs and config entries here; mDNS and
+the hub plug in the same way). The `NodePoller` reads each node's `/health` (models, running
+and queued sequences, slots) and `/metrics` (decode tokens/s) and keeps a `NodeStatus` each.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Protocol
+from urllib.parse import urlsplit
+
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
+log = logging.getLogger("edgebox.router")
+
+COOLDOWN_S = 5.0  # a node that failed a request is skipped this long, then probed back
+
+
+@dataclass(frozen=True)
+class ModelLoad:
+    slots: int = 1
+    running: int = 0
+    queued: int = 0
+    decode_tokens_per_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class NodeAddress:
+    name: str
+    url: str  # http://host:port, without /v1
+    prefill_tokens_per_s: float | None = None
+
+
+@dataclass(frozen=True)
+class NodeStatus:
+    address: NodeAddress
+    healthy: bool = False
+    models: Mapping[str, ModelLoad] = field(default_factory=dict)
+    cooldown_until: float = 0.0  # monotonic time
+    checked_at: float = 0.0
+
+    @property
+    def name(self) -> str:
+        return self.address.name
+
+    def usable(self, now: float) -> bool:
+        return self.healthy and now >= self.cooldown_until
+
+
+def with_inflight(node: NodeStatus, inflight: int) -> NodeStatus:
+    """The node's load, counting at least the requests this router has open on it.
+
+    Polls lag by up to the poll interval; the router's own count keeps a burst from piling
+    onto the node that looked idle at the last poll."""
+    if not inflight:
+        return node
+    models = {
+        m: replace(load, running=max(load.running + load.queued, inflight) - load.queued)
+        for m, load in node.models.items()
+    }
+    return replace(node, models=models)
+
+
+class NodeSource(Protocol):
+    """Somewhere node addresses come from (static list, mDNS, hub)."""
+
+    def addresses(self) -> Iterable[NodeAddress]: ...
+
+
+def node_name(url: str) -> str:
+    parts = urlsplit(url)
+    return parts.netloc or url
+
+
+class StaticNodes:
+    """Nodes named on the command line or in the config file."""
+
+    def __init__(self, entries: Iterable[NodeAddress]) -> None:
+        self._entries = list(entries)
+
+    @classmethod
+    def from_urls(cls, urls: Iterable[str]) -> StaticNodes:
+        return cls(NodeAddress(node_name(u), normalise_url(u)) for u in urls)
+
+    def addresses(self) -> Iterable[NodeAddress]:
+        return list(self._entries)
+
+
+def normalise_url(url: str) -> str:
+    url = url.rstrip("/")
+    if url.endswith("/v1"):
+        url = url[: -len("/v1")]
+    if "://" not in url:
+        url = "http://" + url
+    return url
+
+
+def parse_metrics(text: str) -> dict[str, float]:
+    """Decode tokens/s per model from a node's Prometheus text."""
+    rates: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        if family.name == "edgebox_decode_tokens_per_second":
+            for sample in family.samples:
+                rates[sample.labels.get("model", "")] = float(sample.value)
+    return rates
+
+
+def status_from_health(
+    address: NodeAddress, health: Mapping[str, object], rates: Mapping[str, float], now: float
+) -> NodeStatus:
+    models: dict[str, ModelLoad] = {}
+    raw = health.get("models")
+    if isinstance(raw, Mapping):
+        for alias, load in raw.items():
+            if isinstance(load, Mapping):
+                models[str(alias)] = ModelLoad(
+                    slots=int(load.get("slots", 1) or 1),
+                    running=int(load.get("running", 0) or 0),
+                    queued=int(load.get("queued", 0) or 0),
+                    decode_tokens_per_s=float(rates.get(str(alias), 0.0)),
+                )
+    return NodeStatus(address, healthy=health.get("status") == "ok", models=models, checked_at=now)
+
+
+class NodePoller:
+    """Keeps a `NodeStatus` per node from its sources, polled every `interval` seconds."""
+
+    def __init__(self, sources: list[NodeSource], client: httpx.AsyncClient, interval: float):
+        self.sources = sources
+        self.client = client
+        self.interval = interval
+        self.status: dict[str, NodeStatus] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    async def poll_once(self) -> None:
+        addresses = {a.name: a for s in self.sources for a in s.addresses()}
+        for gone in set(self.status) - set(addresses):
+            del self.status[gone]
+        results = await asyncio.gather(*(self._probe(a) for a in addresses.values()))
+        for status in results:
+            old = self.status.get(status.name)
+            cooldown = old.cooldown_until if old else 0.0
+            self.status[status.name] = replace(status, cooldown_until=cooldown)
+
+    async def _probe(self, address: NodeAddress) -> NodeStatus:
+        now = time.monotonic()
+        try:
+            health = await self.client.get(address.url + "/health", timeout=2.0)
+            health.raise_for_status()
+            metrics = await self.client.get(address.url + "/metrics", timeout=2.0)
+            rates = parse_metrics(metrics.text) if metrics.status_code == 200 else {}
+            return status_from_health(address, health.json(), rates, now)
+        except (httpx.HTTPError, ValueError) as exc:
+            log.info("node %s is unreachable: %s", address.name, type(exc).__name__)
+            return NodeStatus(address, healthy=False, checked_at=now)
+
+    def mark_failed(self, name: str) -> None:
+        """Skip a node that just failed a request until its cooldown ends."""
+        old = self.status.get(name)
+        if old:
+            self.status[name] = replace(old, cooldown_until=time.monotonic() + COOLDOWN_S)
+
+    def start(self) -> None:
+        async def loop() -> None:
+            while True:
+                await asyncio.sleep(self.interval)
+                await self.poll_once()
+
+        self._task = asyncio.create_task(loop())
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task

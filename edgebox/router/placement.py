@@ -1,0 +1,164 @@
+"""Placement: a pure pipeline from (request, node states, policy) to ranked candidates.
+
+Filters drop nodes that cannot serve the request (each says why); scorers rate the rest in
+[0, 1]; the score is their weighted sum and the highest goes first:
+
+    score = w_load · 1/(1 + (running + queued)/slots)        load: free capacity now
+          + w_speed · rate / max(rate of candidates)           speed: measured decode tokens/s
+          + w_affinity · [node served this prefix last]        affinity: its KV cache has it
+
+Affinity keys are chained hashes of the request's first 1..N messages (or the prompt's head),
+so requests sharing a long system prompt, and later turns of one conversation, land on the
+node that served that prefix last, where its KV cache still holds it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from edgebox.router.config import Weights
+from edgebox.router.nodes import NodeStatus
+
+_PROMPT_HEAD_CHARS = 2048  # what keys the affinity of a completions prompt
+_CHARS_PER_TOKEN = 4  # the router has no tokenizer; estimates are only for the split cost
+
+
+@dataclass(frozen=True)
+class RouteRequest:
+    model: str
+    prefix_keys: tuple[str, ...] = ()  # chained hashes of the prompt's head, shortest first
+    prompt_tokens: int = 0  # estimated
+
+
+@dataclass(frozen=True)
+class Candidate:
+    node: str
+    score: float
+    reasons: tuple[str, ...]
+
+    @property
+    def reason(self) -> str:
+        return "+".join(self.reasons) or "only-choice"
+
+
+@dataclass(frozen=True)
+class PlacementContext:
+    now: float
+    affinity: Mapping[str, str] = field(default_factory=dict)  # prefix key -> node name
+
+
+Filter = Callable[[RouteRequest, NodeStatus, PlacementContext], str | None]
+Scorer = Callable[[RouteRequest, NodeStatus, Sequence[NodeStatus], PlacementContext], float]
+
+
+def serves_model(req: RouteRequest, node: NodeStatus, ctx: PlacementContext) -> str | None:
+    return None if req.model in node.models else "model-not-served"
+
+
+def is_healthy(req: RouteRequest, node: NodeStatus, ctx: PlacementContext) -> str | None:
+    if not node.healthy:
+        return "unhealthy"
+    return None if node.usable(ctx.now) else "cooling-down"
+
+
+def load_score(req: RouteRequest, node: NodeStatus, _: Sequence[NodeStatus], __: Any) -> float:
+    load = node.models[req.model]
+    return 1.0 / (1.0 + (load.running + load.queued) / max(1, load.slots))
+
+
+def speed_score(
+    req: RouteRequest, node: NodeStatus, pool: Sequence[NodeStatus], _: PlacementContext
+) -> float:
+    best = max(n.models[req.model].decode_tokens_per_s for n in pool)
+    return node.models[req.model].decode_tokens_per_s / best if best > 0 else 0.0
+
+
+def affinity_score(
+    req: RouteRequest, node: NodeStatus, _: Sequence[NodeStatus], ctx: PlacementContext
+) -> float:
+    for key in reversed(req.prefix_keys):  # the longest prefix the router has placed decides
+        if key in ctx.affinity:
+            return 1.0 if ctx.affinity[key] == node.name else 0.0
+    return 0.0
+
+
+@dataclass(frozen=True)
+class PlacementPolicy:
+    filters: tuple[Filter, ...] = (serves_model, is_healthy)
+    scorers: tuple[tuple[str, Scorer, float], ...] = ()
+
+    @classmethod
+    def from_weights(cls, w: Weights) -> PlacementPolicy:
+        return cls(
+            scorers=(
+                ("least-loaded", load_score, w.load),
+                ("fastest", speed_score, w.speed),
+                ("affinity", affinity_score, w.affinity),
+            )
+        )
+
+
+def place(
+    req: RouteRequest,
+    nodes: Sequence[NodeStatus],
+    policy: PlacementPolicy,
+    ctx: PlacementContext,
+) -> tuple[list[Candidate], dict[str, str]]:
+    """Ranked candidates, best first, and why each other node was filtered out."""
+    rejected: dict[str, str] = {}
+    pool: list[NodeStatus] = []
+    for node in nodes:
+        reason = next((r for f in policy.filters if (r := f(req, node, ctx))), None)
+        if reason:
+            rejected[node.name] = reason
+        else:
+            pool.append(node)
+    scored: list[tuple[float, str, dict[str, float]]] = []
+    for node in pool:
+        parts = {name: w * fn(req, node, pool, ctx) for name, fn, w in policy.scorers}
+        scored.append((sum(parts.values()), node.name, parts))
+    scored.sort(key=lambda s: (-s[0], s[1]))
+    ranked = []
+    for total, name, parts in scored:
+        # Reasons: the terms where this node leads (or ties) the pool.
+        reasons = tuple(
+            k for k, v in parts.items() if v > 0 and v >= max(p[2][k] for p in scored) - 1e-9
+        )
+        ranked.append(Candidate(name, round(total, 4), reasons if len(pool) > 1 else ()))
+    return ranked, rejected
+
+
+def prefix_keys(body: Mapping[str, Any], n_messages: int) -> tuple[str, ...]:
+    """Chained hashes of the first 1..`n_messages` messages (or one of the prompt's head).
+
+    A shared system prompt matches on the first key; later turns of one conversation match
+    on the longer ones, so the longest prefix placed before picks the node."""
+    heads: list[Any]
+    messages = body.get("messages")
+    if isinstance(messages, list) and messages:
+        heads = [messages[i] for i in range(min(n_messages, len(messages)))]
+    elif isinstance(body.get("prompt"), str) and body["prompt"]:
+        heads = [body["prompt"][:_PROMPT_HEAD_CHARS]]
+    else:
+        return ()
+    keys = []
+    digest = hashlib.sha256(str(body.get("model")).encode())
+    for head in heads:
+        digest.update(json.dumps(head, sort_keys=True, separators=(",", ":")).encode())
+        keys.append(digest.copy().hexdigest()[:16])
+    return tuple(keys)
+
+
+def estimate_prompt_tokens(body: Mapping[str, Any]) -> int:
+    """Rough prompt length in tokens (characters / 4), for the split cost model."""
+    if isinstance(body.get("messages"), list):
+        chars = sum(
+            len(json.dumps(m.get("content", ""))) for m in body["messages"] if isinstance(m, dict)
+        )
+    else:
+        chars = len(json.dumps(body.get("prompt", "")))
+    return chars // _CHARS_PER_TOKEN

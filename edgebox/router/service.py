@@ -1,0 +1,286 @@
+"""The router's request path: place, maybe split, then try targets in order until one answers."""
+
+from __future__ import annotations
+
+import functools
+import os
+import time
+from collections import OrderedDict
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+from starlette.responses import Response
+
+from edgebox.node.errors import APIError
+from edgebox.router.cloud import CloudTarget, SpendLedger, Target, cost_usd, plan_targets
+from edgebox.router.config import RouterConfig
+from edgebox.router.disagg import Handoff, SplitFailed, hand_off, should_split
+from edgebox.router.forward import Outgoing, TargetFailed, send
+from edgebox.router.metrics import RouterMetrics
+from edgebox.router.nodes import NodePoller, NodeSource, NodeStatus, with_inflight
+from edgebox.router.placement import (
+    Candidate,
+    PlacementContext,
+    PlacementPolicy,
+    RouteRequest,
+    estimate_prompt_tokens,
+    place,
+    prefix_keys,
+)
+
+LOCAL_ONLY_HEADER = "x-edgebox-local-only"
+_AFFINITY_ENTRIES = 4096
+_SPLIT_PATHS = ("/v1/chat/completions", "/v1/completions")
+_TIMEOUT = httpx.Timeout(600.0, connect=3.0)
+
+
+@dataclass
+class Split:
+    decode_node: str
+    reason: str
+    handoff: Handoff | None = None
+
+
+class Router:
+    def __init__(
+        self,
+        config: RouterConfig,
+        sources: list[NodeSource],
+        client: httpx.AsyncClient,
+        ledger: SpendLedger,
+    ) -> None:
+        self.config = config
+        self.client = client
+        self.ledger = ledger
+        self.poller = NodePoller(sources, client, config.poll_interval_s)
+        self.policy = PlacementPolicy.from_weights(config.weights)
+        self.affinity: OrderedDict[str, str] = OrderedDict()
+        self.prefill_rates: dict[str, float] = {}  # tokens/s, measured from splits
+        self.inflight: dict[str, int] = {}  # requests this router has open on each node
+        self.metrics = RouterMetrics(ledger.spent_today)
+        node_key = config.node_api_key_env
+        self._node_headers = {"authorization": f"Bearer {k}"} if node_key and (
+            k := _env(node_key)
+        ) else {}  # fmt: skip
+
+    # -- models ---------------------------------------------------------------------------------
+
+    def models(self) -> dict[str, dict[str, Any]]:
+        """Every model a request can name: served by an up node, or mapped to a cloud."""
+        cards: dict[str, dict[str, Any]] = {}
+        for node in self.poller.status.values():
+            if not node.healthy:
+                continue
+            for model in node.models:
+                card = cards.setdefault(model, _card(model, "edgebox"))
+                card["meta"]["nodes"].append(node.name)
+        for upstream in self.config.cloud:
+            for model in upstream.models:
+                card = cards.setdefault(model, _card(model, "cloud:" + upstream.name))
+                card["meta"]["cloud"].append(upstream.name)
+        return cards
+
+    def _known(self, model: str) -> bool:
+        in_cloud = any(model in u.models for u in self.config.cloud)
+        return in_cloud or any(model in n.models for n in self.poller.status.values())
+
+    # -- routing --------------------------------------------------------------------------------
+
+    async def handle(self, path: str, body: dict[str, Any], headers: Mapping[str, str]) -> Response:
+        model = body["model"]
+        if not self._known(model):
+            raise APIError(
+                404,
+                f"the model '{model}' is not served by any node or cloud upstream "
+                "(GET /v1/models lists them)",
+                param="model",
+                code="model_not_found",
+            )
+        nodes = {
+            n.name: with_inflight(n, self.inflight.get(n.name, 0))
+            for n in self.poller.status.values()
+        }
+        req = RouteRequest(
+            model, prefix_keys(body, self.config.affinity_messages), estimate_prompt_tokens(body)
+        )
+        ctx = PlacementContext(time.monotonic(), self.affinity)
+        local, rejected = place(req, list(nodes.values()), self.policy, ctx)
+        queued = {n: s.models[model].queued for n, s in nodes.items() if model in s.models}
+        local_only = headers.get(LOCAL_ONLY_HEADER, "").lower() in ("1", "true", "yes")
+        plan, no_cloud = plan_targets(
+            model, local, queued, self.config.cloud,
+            local_only=local_only, over_cap=self.ledger.over_cap(),
+        )  # fmt: skip
+        if not plan:
+            raise self._nothing_up(model, rejected, no_cloud)
+        split = await self._maybe_split(path, body, req, plan, nodes)
+        return await self._attempt(path, body, plan, nodes, split, req)
+
+    def _nothing_up(self, model: str, rejected: dict[str, str], no_cloud: str | None) -> APIError:
+        why = ", ".join(f"{n}: {r}" for n, r in rejected.items()) or "no nodes known"
+        if no_cloud == "spend-cap":
+            return APIError(
+                429,
+                f"no node serving '{model}' is up ({why}) and the daily cloud spend cap "
+                f"(${self.ledger.cap_usd:.2f}) is reached; retry later or raise max_usd_per_day",
+                type="rate_limit_error",
+                code="spend_cap_reached",
+                headers={"Retry-After": "60"},
+            )
+        extra = "; the request is local-only" if no_cloud == "local-only" else ""
+        return APIError(
+            503,
+            f"no node serving '{model}' is up ({why}){extra}",
+            type="server_error",
+            code="no_node_available",
+            headers={"Retry-After": "5"},
+        )
+
+    async def _maybe_split(
+        self,
+        path: str,
+        body: dict[str, Any],
+        req: RouteRequest,
+        plan: list[tuple[Target, str]],
+        nodes: dict[str, NodeStatus],
+    ) -> Split | None:
+        first = plan[0][0]
+        if path not in _SPLIT_PATHS or not isinstance(first, Candidate):
+            return None
+        others = [t for t, _ in plan[1:] if isinstance(t, Candidate)]
+        if not others:
+            return None
+        helper = max(others, key=lambda c: self._prefill_rate(nodes[c.node]) or 0.0)
+        decide, reason = should_split(
+            self.config.disagg,
+            req.prompt_tokens,
+            self._prefill_rate(nodes[first.node]),
+            self._prefill_rate(nodes[helper.node]),
+        )
+        if not decide:
+            return Split(first.node, reason) if reason != "split-off" else None
+        try:
+            handoff = await hand_off(
+                self.client, nodes[helper.node].address.url, nodes[first.node].address.url,
+                req.model, body, self._node_headers,
+            )  # fmt: skip
+        except SplitFailed as exc:
+            self.metrics.splits.labels("failed").inc()
+            return Split(first.node, f"{reason},failed-{exc}")
+        self.metrics.splits.labels("ok").inc()
+        if handoff.prefill_s > 0:
+            rate = handoff.tokens / handoff.prefill_s
+            old = self.prefill_rates.get(helper.node)
+            self.prefill_rates[helper.node] = rate if old is None else 0.7 * old + 0.3 * rate
+        return Split(first.node, f"{reason},prefill@{helper.node}", handoff)
+
+    def _remember(self, keys: tuple[str, ...], node: str) -> None:
+        for key in keys:
+            self.affinity[key] = node
+            self.affinity.move_to_end(key)
+        while len(self.affinity) > _AFFINITY_ENTRIES:
+            self.affinity.popitem(last=False)
+
+    def _finished(self, name: str) -> None:
+        self.inflight[name] = max(0, self.inflight.get(name, 0) - 1)
+
+    def _prefill_rate(self, node: NodeStatus) -> float | None:
+        return self.prefill_rates.get(node.name) or node.address.prefill_tokens_per_s
+
+    async def _attempt(
+        self,
+        path: str,
+        body: dict[str, Any],
+        plan: list[tuple[Target, str]],
+        nodes: dict[str, NodeStatus],
+        split: Split | None,
+        req: RouteRequest,
+    ) -> Response:
+        failures: list[str] = []
+        last: Response | None = None
+        for target, reason in plan[: self.config.max_attempts]:
+            route = f"{_target_name(target)};reason={reason}"
+            if failures:
+                route += ";failover=" + ",".join(failures)
+            if split and isinstance(target, Candidate) and target.node == split.decode_node:
+                route += f";split={split.reason}"
+            try:
+                out, on_usage = self._outgoing(path, body, target, nodes, split)
+                name = _target_name(target)
+                self.inflight[name] = self.inflight.get(name, 0) + 1
+                response = await send(
+                    self.client, out, route, on_usage, _TIMEOUT.read or 600.0,
+                    on_done=functools.partial(self._finished, name),
+                )  # fmt: skip
+            except TargetFailed as exc:
+                failures.append(f"{_target_name(target)}:{exc.reason}")
+                self.metrics.failovers.labels(_target_name(target)).inc()
+                if isinstance(target, Candidate) and exc.reason != "http-429":
+                    self.poller.mark_failed(target.node)
+                last = exc.response or last
+                continue
+            self.metrics.routed.labels(_target_name(target), str(response.status_code)).inc()
+            if isinstance(target, Candidate) and response.status_code < 400:
+                self._remember(req.prefix_keys, target.node)
+            return response
+        if last is not None:
+            return last
+        raise APIError(
+            502,
+            f"every target for '{req.model}' failed before answering: {', '.join(failures)}",
+            type="server_error",
+            code="upstream_failed",
+        )
+
+    def _outgoing(
+        self,
+        path: str,
+        body: dict[str, Any],
+        target: Target,
+        nodes: dict[str, NodeStatus],
+        split: Split | None,
+    ) -> tuple[Outgoing, Any]:
+        if isinstance(target, Candidate):
+            headers = dict(self._node_headers)
+            if split and split.handoff and target.node == split.decode_node:
+                headers.update(split.handoff.headers())
+            return Outgoing(nodes[target.node].address.url + path, body, headers), None
+        return self._cloud_outgoing(path, body, target)
+
+    def _cloud_outgoing(
+        self, path: str, body: dict[str, Any], target: CloudTarget
+    ) -> tuple[Outgoing, Any]:
+        upstream = target.upstream
+        key = upstream.api_key()
+        if upstream.api_key_env and not key:
+            raise TargetFailed(f"key-env-{upstream.api_key_env}-unset")
+        cloud_body = {**body, "model": target.model}
+        if body.get("stream"):  # usage is what the spend cap counts
+            cloud_body["stream_options"] = {
+                **(body.get("stream_options") or {}),
+                "include_usage": True,
+            }
+        headers = {"authorization": f"Bearer {key}"} if key else {}
+
+        def on_usage(usage: Mapping[str, Any]) -> None:
+            usd = cost_usd(upstream, target.model, usage)
+            self.ledger.add(target.model, usd)
+            self.metrics.cloud_usd.labels(upstream.name).inc(usd)
+
+        url = upstream.base_url.rstrip("/") + path.removeprefix("/v1")
+        return Outgoing(url, cloud_body, headers), on_usage
+
+
+def _target_name(target: Target) -> str:
+    return target.node if isinstance(target, Candidate) else target.name
+
+
+def _card(model: str, owner: str) -> dict[str, Any]:
+    meta: dict[str, Any] = {"nodes": [], "cloud": []}
+    return {"id": model, "object": "model", "created": 0, "owned_by": owner, "meta": meta}
+
+
+def _env(name: str) -> str | None:
+    return os.environ.get(name) or None

@@ -1,0 +1,97 @@
+"""Placement is a pure function: these run without any network."""
+
+from __future__ import annotations
+
+from edgebox.router.config import Weights
+from edgebox.router.nodes import ModelLoad, NodeAddress, NodeStatus, with_inflight
+from edgebox.router.placement import (
+    PlacementContext,
+    PlacementPolicy,
+    RouteRequest,
+    estimate_prompt_tokens,
+    place,
+    prefix_keys,
+)
+
+POLICY = PlacementPolicy.from_weights(Weights())
+
+
+def node(
+    name: str, running: int = 0, queued: int = 0, tps: float = 0.0, **kw: object
+) -> NodeStatus:
+    load = ModelLoad(slots=2, running=running, queued=queued, decode_tokens_per_s=tps)
+    models = kw.pop("models", {"m": load})
+    return NodeStatus(NodeAddress(name, f"http://{name}"), models=models, **kw)  # type: ignore[arg-type]
+
+
+def ranked(req: RouteRequest, nodes: list[NodeStatus], **ctx: object) -> list[str]:
+    candidates, _ = place(req, nodes, POLICY, PlacementContext(now=100.0, **ctx))  # type: ignore[arg-type]
+    return [c.node for c in candidates]
+
+
+def test_filters_drop_nodes_without_the_model_or_health_and_say_why() -> None:
+    nodes = [
+        node("a", healthy=True, models={"other": ModelLoad()}),
+        node("b", healthy=False),
+        node("c", healthy=True, cooldown_until=200.0),
+        node("d", healthy=True),
+    ]
+    candidates, rejected = place(RouteRequest("m"), nodes, POLICY, PlacementContext(now=100.0))
+    assert [c.node for c in candidates] == ["d"]
+    assert rejected == {"a": "model-not-served", "b": "unhealthy", "c": "cooling-down"}
+    assert candidates[0].reason == "only-choice"
+
+
+def test_the_least_loaded_node_goes_first() -> None:
+    nodes = [node("busy", running=2, queued=3, healthy=True), node("idle", healthy=True)]
+    candidates, _ = place(RouteRequest("m"), nodes, POLICY, PlacementContext(now=0.0))
+    assert [c.node for c in candidates] == ["idle", "busy"]
+    assert "least-loaded" in candidates[0].reasons
+    assert candidates[0].score > candidates[1].score
+
+
+def test_a_faster_node_wins_at_equal_load() -> None:
+    nodes = [node("slow", tps=10, healthy=True), node("fast", tps=40, healthy=True)]
+    assert ranked(RouteRequest("m"), nodes) == ["fast", "slow"]
+
+
+def test_prefix_affinity_outweighs_a_little_load() -> None:
+    keys = prefix_keys({"model": "m", "messages": [{"role": "system", "content": "long"}]}, 2)
+    nodes = [node("a", running=1, healthy=True), node("b", healthy=True)]
+    assert ranked(RouteRequest("m", keys), nodes, affinity={keys[-1]: "a"}) == ["a", "b"]
+    # ...but not a node that is swamped
+    swamped = [node("a", running=2, queued=40, healthy=True), node("b", healthy=True)]
+    policy = PlacementPolicy.from_weights(Weights(affinity=0.5))
+    got, _ = place(RouteRequest("m", keys), swamped, policy, PlacementContext(0, {keys[-1]: "a"}))
+    assert got[0].node == "b"
+
+
+def test_the_longest_known_prefix_decides() -> None:
+    system = {"role": "system", "content": "You are terse."}
+    first = prefix_keys({"model": "m", "messages": [system, {"role": "user", "content": "a"}]}, 2)
+    second = prefix_keys({"model": "m", "messages": [system, {"role": "user", "content": "b"}]}, 2)
+    assert first[0] == second[0] and first[1] != second[1]  # shared system prompt, other turn
+    nodes = [node("a", healthy=True), node("b", healthy=True)]
+    affinity = {first[0]: "b", first[1]: "a"}
+    assert ranked(RouteRequest("m", first), nodes, affinity=affinity)[0] == "a"
+    assert ranked(RouteRequest("m", second), nodes, affinity=affinity)[0] == "b"
+
+
+def test_keys_differ_by_model_and_prompts_have_one() -> None:
+    body = {"messages": [{"role": "user", "content": "hi"}]}
+    assert prefix_keys({"model": "x", **body}, 2) != prefix_keys({"model": "y", **body}, 2)
+    assert len(prefix_keys({"model": "x", "prompt": "Once upon"}, 2)) == 1
+    assert prefix_keys({"model": "x"}, 2) == ()
+
+
+def test_the_routers_own_open_requests_count_as_load() -> None:
+    seen = node("a", running=0, healthy=True)
+    assert with_inflight(seen, 3).models["m"].running == 3
+    polled = node("a", running=1, queued=4, healthy=True)
+    assert with_inflight(polled, 2) == polled  # the poll already shows more
+
+
+def test_prompt_length_estimate() -> None:
+    assert estimate_prompt_tokens({"prompt": "x" * 400}) in range(95, 106)
+    messages = [{"role": "user", "content": "y" * 800}]
+    assert estimate_prompt_tokens({"messages": messages}) in range(195, 206)
