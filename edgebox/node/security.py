@@ -1,4 +1,4 @@
-"""Optional bearer API key for the OpenAI routes, compared in constant time."""
+"""Optional bearer API key for the OpenAI and admin routes, compared in constant time."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-PROTECTED_PREFIX = "/v1/"
+PROTECTED_PREFIXES = ("/v1/", "/admin/")
 
 _UNAUTHORISED = json.dumps(
     {
@@ -29,7 +29,7 @@ class APIKeyMiddleware:
         self._key = api_key.encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not scope["path"].startswith(PROTECTED_PREFIX):
+        if scope["type"] != "http" or not scope["path"].startswith(PROTECTED_PREFIXES):
             await self.app(scope, receive, send)
             return
         supplied = b""
