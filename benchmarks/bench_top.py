@@ -117,7 +117,16 @@ def main() -> None:
     parser.add_argument("--tui-nodes", type=int, default=200)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--write", action="store_true", help="append to docs/benchmarks.md")
+    parser.add_argument("--tui-only", action="store_true", help="skip polling; TUI part only")
     args = parser.parse_args()
+    if args.tui_only:
+        for changing in (True, False):
+            share, ms, n = asyncio.run(
+                tui_cpu_share(args.tui_nodes, 2.0, args.seconds, changing=changing)
+            )
+            print(f"| {'all change every poll' if changing else 'unchanged'} "
+                  f"| {share * 100:.1f}% | {ms:.1f} | {n} |")  # fmt: skip
+        return
 
     port = free_port()
     url = f"http://127.0.0.1:{port}"

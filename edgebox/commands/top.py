@@ -76,6 +76,24 @@ def register(app: typer.Typer) -> None:
             str | None,
             typer.Option(help="Pin the hub's certificate: sha256:... (as in the join token)."),
         ] = None,
+        router: Annotated[
+            str | None,
+            typer.Option(metavar="URL", help="Router URL: a pane of requests by route and spend."),
+        ] = None,
+        api_key: Annotated[
+            str | None,
+            typer.Option(
+                envvar="EDGEBOX_API_KEY",
+                help="Nodes' API key, sent only to their /admin routes (d: drain).",
+                show_default=False,
+            ),
+        ] = None,
+        mdns: Annotated[
+            bool,
+            typer.Option(
+                help="Also poll nodes found over mDNS on the LAN (when no --node is given)."
+            ),
+        ] = True,
         interval: Annotated[float, typer.Option(min=0.2, help="Seconds between polls.")] = 2.0,
         once: Annotated[bool, typer.Option(help="Take one snapshot, print it and exit.")] = False,
         as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
@@ -85,7 +103,13 @@ def register(app: typer.Typer) -> None:
 
         sources: list[FleetSource] = []
         if node or not hub:
-            sources.append(DirectSource(node or default_node_urls()))
+            ttl = 3 * interval  # as the hub: offline after 3 missed beats
+            if node or not mdns:
+                sources.append(DirectSource(node or default_node_urls(), offline_after=ttl))
+            else:
+                from edgebox.tui.mdns_source import MdnsSource
+
+                sources.append(MdnsSource(default_node_urls(), offline_after=ttl))
         if hub:
             from edgebox.fleet.hub.client import pinned_context
 
@@ -96,8 +120,10 @@ def register(app: typer.Typer) -> None:
             typer.echo(_snapshot_output(source, interval, as_json))
             return
         from edgebox.tui.app import FleetApp
+        from edgebox.tui.router import RouterSource
 
-        FleetApp(source, interval=interval).run()
+        pane = RouterSource(router) if router else None
+        FleetApp(source, interval=interval, api_key=api_key, router=pane).run()
 
 
 def _snapshot_output(source: Any, interval: float, as_json: bool) -> str:

@@ -10,7 +10,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from edgebox.node import embeddings, kv_api, openai_api
+from edgebox.node import admin, embeddings, kv_api, openai_api
 from edgebox.node.errors import (
     APIError,
     api_error_handler,
@@ -44,6 +44,8 @@ def create_app(state: NodeState, *, api_key: str | None = None) -> Starlette:
         Route("/v1/embeddings", embeddings.create_embeddings, methods=["POST"]),
         Route("/v1/edgebox/kv/prefill", kv_api.prefill, methods=["POST"]),
         Route("/v1/edgebox/kv/{model:path}", kv_api.upload, methods=["PUT"]),
+        Route("/admin/drain", admin.drain, methods=["POST"]),
+        Route("/admin/undrain", admin.undrain, methods=["POST"]),
     ]
     middleware = [Middleware(RequestCounterMiddleware, metrics=state.metrics)]
     if api_key:

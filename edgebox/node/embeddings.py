@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from edgebox.node.admin import refuse_if_draining
 from edgebox.node.errors import APIError, queue_full_error
 from edgebox.node.openai_api import parse, read_json
 from edgebox.node.state import NodeState
@@ -103,6 +104,7 @@ def embedding_response(
 
 async def create_embeddings(request: Request) -> Response:
     state: NodeState = request.app.state.node
+    refuse_if_draining(state)
     body: EmbeddingRequest = parse(EmbeddingRequest, await read_json(request, state.max_body))
     runtime = lookup_embedder(state, body.model)
     texts = texts_from_input(body.input)

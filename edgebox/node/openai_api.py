@@ -12,6 +12,7 @@ from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
+from edgebox.node.admin import refuse_if_draining
 from edgebox.node.errors import APIError, from_validation_error
 from edgebox.node.generation import ChoiceStreams
 from edgebox.node.kv_transfer import KV_HEADER
@@ -114,6 +115,7 @@ def get_model(request: Request) -> Response:
 async def chat_completions(request: Request) -> Response:
     arrived = now()
     state: NodeState = request.app.state.node
+    refuse_if_draining(state)
     body: ChatCompletionRequest = parse(
         ChatCompletionRequest, await read_json(request, state.max_body)
     )
@@ -134,6 +136,7 @@ async def chat_completions(request: Request) -> Response:
 async def completions(request: Request) -> Response:
     arrived = now()
     state: NodeState = request.app.state.node
+    refuse_if_draining(state)
     body: CompletionRequest = parse(CompletionRequest, await read_json(request, state.max_body))
     runtime = lookup(state, body.model)
     if body.suffix:

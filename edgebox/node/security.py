@@ -1,4 +1,4 @@
-"""Optional bearer API key for the OpenAI routes, compared in constant time."""
+"""Optional bearer API key for the OpenAI and admin routes, compared in constant time."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-PROTECTED_PREFIX = "/v1/"
+PROTECTED_PREFIXES = ("/v1/", "/admin/")
 
 _UNAUTHORISED = json.dumps(
     {
@@ -33,7 +33,7 @@ class APIKeyMiddleware:
         self._keys = [k.encode() for k in ([api_key] if isinstance(api_key, str) else api_key)]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not scope["path"].startswith(PROTECTED_PREFIX):
+        if scope["type"] != "http" or not scope["path"].startswith(PROTECTED_PREFIXES):
             await self.app(scope, receive, send)
             return
         supplied = b""

@@ -31,6 +31,7 @@ class NodeState:
     telemetry: CachedTelemetry = field(default_factory=CachedTelemetry)
     hardware: dict[str, Any] | None = None  # the probe profile, taken on first /health
     node: dict[str, Any] | None = None  # this node's public identity (id, name, host key)
+    draining: bool = False  # set by POST /admin/drain: new generation requests get 503
     metrics: NodeMetrics = field(init=False)
     fingerprint: str = field(init=False)
 
@@ -84,10 +85,11 @@ class NodeState:
                 "running": stats.running,
                 "queued": stats.queued,
                 "n_ctx": runtime.info.n_ctx,  # tokens one sequence may hold
+                "size_bytes": runtime.info.size_bytes,  # bounds decode: bandwidth / size
             }
             load_models[alias] = {"active": stats.running, "queued": stats.queued}
         return {
-            "status": "ok",
+            "status": "draining" if self.draining else "ok",
             "version": __version__,
             "uptime_s": round(time.time() - self.started, 1),
             "models": models,
@@ -98,6 +100,11 @@ class NodeState:
             },
             **({"node": self.node} if self.node is not None else {}),
         }
+
+    def load(self) -> dict[str, int]:
+        """Requests running and queued over all models."""
+        stats = [r.stats() for r in self.runtimes.values()]
+        return {"running": sum(s.running for s in stats), "queued": sum(s.queued for s in stats)}
 
     async def full_health(self) -> dict[str, Any]:
         """`health()` plus the hardware profile (probed once) and a telemetry sample at most a

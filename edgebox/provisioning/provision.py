@@ -55,9 +55,29 @@ class ProvisionPlan:
     client_keys: list[Path] = field(default_factory=list)
 
 
+def _can_build_in_place() -> bool:
+    """Whether this environment's setuptools can make a wheel itself (it gained bdist_wheel in
+    70.1; older ones need the `wheel` package). Building in place works offline; otherwise pip
+    fetches the build requirements into an isolated environment."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        major, minor = (int(p) for p in version("setuptools").split(".")[:2])
+    except (PackageNotFoundError, ValueError):
+        return False
+    if (major, minor) >= (70, 1):
+        return True
+    try:
+        version("wheel")
+    except PackageNotFoundError:
+        return False
+    return True
+
+
 def build_wheel(checkout: Path, out_dir: Path) -> Path:
     """A wheel of edgebox from a source checkout (no deps; pip on the box resolves them)."""
-    cmd = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+    isolation = ["--no-build-isolation"] if _can_build_in_place() else []
+    cmd = [sys.executable, "-m", "pip", "wheel", "--no-deps", *isolation, "-q",
            "-w", str(out_dir), str(checkout)]  # fmt: skip
     done = subprocess.run(cmd, capture_output=True, text=True)
     wheels = sorted(out_dir.glob("edgebox-*.whl"))

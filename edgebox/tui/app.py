@@ -6,22 +6,25 @@ node never blocks the UI, and tests drive the app with a `ReplaySource`.
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from typing import ClassVar
 
 from rich.text import Text
 from textual import on, work
-from textual.app import App, ComposeResult
+from textual.app import App, ComposeResult, SuspendNotSupported
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical
 from textual.css.query import NoMatches
 from textual.widgets import DataTable, Footer, Input, Label, Sparkline, Static
 
-from edgebox.tui import view
+from edgebox.tui import actions, view
+from edgebox.tui.router import RouterSource, RouterStats, router_text
 from edgebox.tui.snapshot import FleetSnapshot, NodeSnapshot
 from edgebox.tui.source import FleetSource
 
 HISTORY = 120  # samples per node and series kept for the sparklines
+SPARK_MIN_S = 1.0  # sparklines redraw at most this often for the same node
 
 
 class FleetApp(App[None]):
@@ -30,6 +33,8 @@ class FleetApp(App[None]):
     TITLE = "edgebox top"
     CSS = """
     #totals { height: 1; padding: 0 1; background: $boost; }
+    #router { height: 1; padding: 0 1; display: none; }
+    #router.visible { display: block; }
     #nodes { height: 1fr; }
     #detail { height: auto; max-height: 50%; border-top: solid $accent; padding: 0 1; }
     #sparks { height: 4; }
@@ -38,28 +43,56 @@ class FleetApp(App[None]):
     #sparks Sparkline { height: 3; }
     #filter { dock: bottom; display: none; }
     #filter.visible { display: block; }
+    #status { height: 1; padding: 0 1; color: $text-muted; }
+    FleetApp.zoom #nodes { display: none; }
+    FleetApp.zoom #detail { height: 1fr; max-height: 100%; }
+    FleetApp.zoom #sparks { height: 1fr; }
+    FleetApp.zoom #sparks Sparkline { height: 1fr; }
     """
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("q", "quit", "Quit"),
         Binding("r", "refresh_now", "Refresh"),
-        Binding("s", "cycle_sort", "Sort"),
+        Binding("o", "cycle_sort", "Order"),
+        Binding("enter", "zoom", "Detail", show=True, priority=False),
+        Binding("s", "ssh", "SSH"),
+        Binding("d", "drain", "Drain"),
+        Binding("l", "load_model", "Load"),
+        Binding("u", "unload_model", "Unload"),
         Binding("slash", "filter", "Filter", key_display="/"),
-        Binding("escape", "clear_filter", "Clear filter", show=False),
+        Binding("escape", "clear_filter", "Back", show=False),
     ]
 
-    def __init__(self, source: FleetSource, *, interval: float = 2.0) -> None:
+    def __init__(
+        self,
+        source: FleetSource,
+        *,
+        interval: float = 2.0,
+        api_key: str | None = None,
+        router: RouterSource | None = None,
+    ) -> None:
         super().__init__()
+        self.router = router
+        self.router_stats: RouterStats | None = None
         self.source = source
         self.interval = interval
+        self.api_key = api_key  # sent to nodes' /admin routes (drain), never shown
+        self.message = ""  # the last action's outcome, on the status line
         self.snapshot = FleetSnapshot(taken_at=0.0)
         self.sort = "name"
         self.needle = ""
         self.selected: str | None = None  # node id
         self.history: dict[str, dict[str, deque[float]]] = {}  # node id → series → samples
-        self._rows: dict[str, list[Text]] = {}  # the table's cells by node id, in table order
+        self._rows: dict[str, tuple[str, ...]] = {}  # the table's cells by node id, in order
+        self._want: dict[str, tuple[str, ...]] = {}  # the latest poll's cells (rows off screen
+        # are updated when they scroll into view)
+        self._columns = tuple(view.COLUMNS)
+        self._shown: dict[str, Text | str] = {}  # what each Static shows now
+        self._spark_node: str | None = None
+        self._spark_at = 0.0  # monotonic time of the last sparkline redraw
 
     def compose(self) -> ComposeResult:
         yield Static(id="totals")
+        yield Static(id="router", classes="visible" if self.router else "")
         yield DataTable[Text](id="nodes", cursor_type="row", zebra_stripes=True)
         with Vertical(id="detail"):
             yield Static("waiting for the first poll…", id="detail-text")
@@ -69,25 +102,35 @@ class FleetApp(App[None]):
                         yield Label(key, id=f"label-{key}")
                         yield Sparkline([], id=f"spark-{key}")
         yield Input(placeholder="filter by name, class, accelerator or model", id="filter")
+        yield Static(id="status")
         yield Footer()
 
     def on_mount(self) -> None:
         table = self.query_one("#nodes", DataTable)
         for column, width in view.COLUMNS.items():
             table.add_column(column, key=column, width=width)
+        self.watch(table, "scroll_y", self._sync_visible, init=False)
         self.poll_fleet()
         self.set_interval(self.interval, self.poll_fleet)
 
     @work(exclusive=True, group="poll")
     async def poll_fleet(self) -> None:
+        started = time.monotonic()
         snap = await self.source.poll()
+        if self.router is not None:
+            self.router_stats = await self.router.poll()
+        self.poll_s = time.monotonic() - started
         try:
+            if self.router is not None:
+                self._update("#router", router_text(self.router_stats))
             self.show(snap)
         except NoMatches:  # the app is closing and its widgets are gone: drop the snapshot
             return
 
     async def on_unmount(self) -> None:
         await self.source.aclose()
+        if self.router is not None:
+            await self.router.aclose()
 
     def show(self, snap: FleetSnapshot) -> None:
         """Render one snapshot: totals, table rows (cursor kept on the same node), detail."""
@@ -100,48 +143,81 @@ class FleetApp(App[None]):
 
     def _render(self) -> None:
         snap = self.snapshot
-        self.query_one("#totals", Static).update(
-            view.totals_text(snap, sort=self.sort, needle=self.needle)
-        )
+        self._update("#totals", view.totals_text(snap, sort=self.sort, needle=self.needle))
         table: DataTable[Text] = self.query_one("#nodes", DataTable)
         nodes = view.visible_nodes(snap.nodes, sort=self.sort, needle=self.needle)
         keep = self.selected
         ids = [n.id for n in nodes]
-        rows = {n.id: view.row_cells(n) for n in nodes}
+        rows = {n.id: view.row_plain(n) for n in nodes}
         if ids == list(self._rows):
-            self._update_changed_cells(table, rows)
+            self._want = rows
+            self._sync_visible()
         else:  # rows came, went or moved: rebuild
             table.clear()
-            for node_id, cells in rows.items():
+            for node_id, plain in rows.items():
+                cells = [view.cell_text(i, c, plain[1]) for i, c in enumerate(plain)]
                 table.add_row(*cells, key=node_id)
-        self._rows = rows
-        if keep in ids:
+            self._rows, self._want = dict(rows), rows
+        if keep in ids and table.cursor_row != ids.index(keep):
             table.move_cursor(row=ids.index(keep), animate=False)
         self._show_detail(self._node(keep) if keep in ids else (nodes[0] if nodes else None))
+        self._show_status()
 
-    def _update_changed_cells(self, table: DataTable[Text], rows: dict[str, list[Text]]) -> None:
-        """Same rows in the same order: touch only the cells whose text or style changed.
+    def _update(self, selector: str, content: Text | str) -> None:
+        """Static.update re-lays the screen out, so skip it when the content is unchanged."""
+        if self._shown.get(selector) != content:
+            self._shown[selector] = content
+            self.query_one(selector, Static).update(content)
 
-        Columns have fixed widths, so nothing is re-measured (Textual would re-measure a whole
-        column for every shrinking cell).
+    def _show_status(self) -> None:
+        line = (
+            f"{len(self.snapshot.nodes)} nodes, last poll took {getattr(self, 'poll_s', 0.0):.1f} s"
+        )
+        if self.message:
+            line += f"   {self.message}"
+        self._update("#status", line)
+
+    def say(self, message: str) -> None:
+        self.message = message
+        self._show_status()
+
+    def _sync_visible(self) -> None:
+        """Bring the rows on screen up to date: only the cells whose text changed (all of a
+        row's cells when its status, hence its style, changed), a Text built only for those.
+
+        Rows scrolled out of view are brought up to date when they scroll in: every
+        `update_cell` costs a refresh, so updating 200 rows to show 40 was most of a frame.
+        Columns have fixed widths, so nothing is re-measured.
         """
-        for node_id, cells in rows.items():
-            before = self._rows[node_id]
-            for column, cell, old in zip(view.COLUMNS, cells, before, strict=True):
-                if cell.plain != old.plain or cell.style != old.style:
-                    table.update_cell(node_id, column, cell)
+        table: DataTable[Text] = self.query_one("#nodes", DataTable)
+        order = list(self._want)
+        top = int(table.scroll_offset.y)
+        for node_id in order[max(top - 1, 0) : top + table.size.height + 1]:
+            plain, before = self._want[node_id], self._rows.get(node_id)
+            if before is None or plain == before:
+                continue
+            restyle = plain[1] != before[1]
+            for i, (column, cell, old) in enumerate(zip(self._columns, plain, before, strict=True)):
+                if restyle or cell != old:
+                    table.update_cell(node_id, column, view.cell_text(i, cell, plain[1]))
+            self._rows[node_id] = plain
 
     def _node(self, node_id: str | None) -> NodeSnapshot | None:
         return next((n for n in self.snapshot.nodes if n.id == node_id), None)
 
     def _show_detail(self, node: NodeSnapshot | None) -> None:
-        text = self.query_one("#detail-text", Static)
         if node is None:
             self.selected = None
-            text.update("no nodes match" if self.needle else "no nodes")
+            self._update("#detail-text", "no nodes match" if self.needle else "no nodes")
         else:
             self.selected = node.id
-            text.update(view.detail_text(node, now=self.snapshot.taken_at))
+            self._update("#detail-text", view.detail_text(node, now=self.snapshot.taken_at))
+        # Sparklines redraw at most once a second (and at once for another node or on `r`).
+        clock = time.monotonic()
+        shown = node.id if node else None
+        if shown == self._spark_node and clock - self._spark_at < SPARK_MIN_S:
+            return
+        self._spark_node, self._spark_at = shown, clock
         history = self.history.get(node.id, {}) if node else {}
         for key in view.SERIES:
             series = list(history.get(key, ()))
@@ -154,7 +230,69 @@ class FleetApp(App[None]):
             self._show_detail(self._node(event.row_key.value))
 
     def action_refresh_now(self) -> None:
+        self._spark_at = 0.0  # `r` redraws the sparklines too
         self.poll_fleet()
+
+    @on(DataTable.RowSelected, "#nodes")
+    def _row_selected(self) -> None:  # Enter on a row
+        self.action_zoom()
+
+    def action_zoom(self) -> None:
+        """Enter: the selected node's detail and sparklines fill the screen (Esc/Enter back)."""
+        self.toggle_class("zoom")
+        if not self.has_class("zoom"):
+            self.query_one("#nodes", DataTable).focus()
+
+    def _selected_node(self) -> NodeSnapshot | None:
+        node = self._node(self.selected)
+        if node is None:
+            self.say("no node selected")
+        return node
+
+    def action_ssh(self) -> None:
+        node = self._selected_node()
+        if node is None:
+            return
+        try:
+            with self.suspend():
+                code = actions.run_ssh(node)
+        except SuspendNotSupported:
+            self.say(f"cannot suspend here: run `edgebox ssh {node.name}` in a terminal")
+            return
+        self.say(f"ssh {node.name} exited with {code}")
+
+    def action_drain(self) -> None:
+        node = self._selected_node()
+        if node is None or node.url is None or node.status != "online":
+            if node is not None:
+                self.say(f"{node.name} is not reachable directly: cannot drain it")
+            return
+        drain = not node.draining
+        verb = "Drain" if drain else "Undrain"
+        question = f"{verb} {node.name}? " + (
+            "It finishes running requests and refuses new ones."
+            if drain
+            else "It takes requests again."
+        )
+
+        def answered(yes: bool | None) -> None:
+            if yes and node.url is not None:
+                self._set_draining(node.url, drain)
+            else:
+                self.say(f"{verb.lower()} cancelled")
+
+        self.push_screen(actions.Confirm(question), answered)
+
+    @work(group="admin")
+    async def _set_draining(self, url: str, drain: bool) -> None:
+        self.say(await actions.set_draining(url, drain, self.api_key))
+        self.poll_fleet()
+
+    def action_load_model(self) -> None:
+        self.say(actions.NOT_SUPPORTED)
+
+    def action_unload_model(self) -> None:
+        self.say(actions.NOT_SUPPORTED)
 
     def action_cycle_sort(self) -> None:
         self.sort = view.next_sort(self.sort)
@@ -167,6 +305,7 @@ class FleetApp(App[None]):
         box.focus()
 
     def action_clear_filter(self) -> None:
+        self.remove_class("zoom")
         box = self.query_one("#filter", Input)
         box.remove_class("visible")
         self.needle = ""

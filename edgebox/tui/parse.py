@@ -128,6 +128,7 @@ class Resources:
     temperature_c: float | None = None
     power_w: float | None = None
     cpu_pct: float | None = None
+    bandwidth_gbps: float | None = None
 
 
 def _unified(gpu: dict[str, Any]) -> bool:
@@ -173,6 +174,7 @@ def parse_resources(hardware: Any, telemetry: Any) -> Resources:
         temperature_c=most("temperature_c"),
         power_w=sum(power) if power else None,
         cpu_pct=_first(tel, "cpu_pct", "cpu_percent"),
+        bandwidth_gbps=_first(hw, "bandwidth_gbps") or None,  # 0: not measured
     )
 
 
@@ -211,6 +213,7 @@ def node_from_health(
                 queued=int(_first(figures, "queued") or gauges.get("queued") or 0),
                 slots=int(s) if (s := _first(figures, "slots")) is not None else None,
                 tokens_per_s=rate,
+                size_bytes=int(b) if (b := _first(figures, "size_bytes")) else None,
             )
         )
     load = _dict(health.get("load"))
@@ -221,6 +224,7 @@ def node_from_health(
         id=str(node.get("id") or url),
         url=url,
         status="online",
+        draining=health.get("status") == "draining",
         version=str(health["version"]) if health.get("version") else None,
         **vars(res),
         models=tuple(models),

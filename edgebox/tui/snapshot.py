@@ -21,6 +21,7 @@ class ModelLoad(_Frozen):
     queued: int = 0
     slots: int | None = None
     tokens_per_s: float | None = None  # generated tokens per second between two polls
+    size_bytes: int | None = None  # the weights: decode reads them once per step
 
 
 class NodeSnapshot(_Frozen):
@@ -32,6 +33,7 @@ class NodeSnapshot(_Frozen):
     status: NodeStatus
     via: Literal["direct", "hub"] = "direct"
     error: str | None = None  # why the node is unreachable, in one line
+    draining: bool = False  # online, but refusing new requests (POST /admin/drain)
     version: str | None = None
     hw_class: str | None = None
     accelerators: tuple[str, ...] = ()
@@ -42,6 +44,7 @@ class NodeSnapshot(_Frozen):
     temperature_c: float | None = None
     power_w: float | None = None
     cpu_pct: float | None = None
+    bandwidth_gbps: float | None = None  # the probe's memory bandwidth (spec or measured)
     models: tuple[ModelLoad, ...] = ()
     tokens_per_s: float | None = None
     p50_ttft_s: float | None = None  # median time to first token since the previous poll
@@ -54,6 +57,20 @@ class NodeSnapshot(_Frozen):
     @property
     def queued(self) -> int:
         return sum(m.queued for m in self.models)
+
+    @property
+    def bandwidth_pct(self) -> float | None:
+        """Decode speed as a share of the bandwidth-bound limit (bandwidth / model bytes
+        tokens/s per model), summed over models. Batched decode reads the weights once per step
+        for every sequence in the batch, so this can pass 100 %."""
+        if not self.bandwidth_gbps:
+            return None
+        shares = [
+            m.tokens_per_s * m.size_bytes / (self.bandwidth_gbps * 1e9)
+            for m in self.models
+            if m.tokens_per_s is not None and m.size_bytes
+        ]
+        return 100 * sum(shares) if shares else None
 
 
 class FleetSnapshot(_Frozen):

@@ -34,22 +34,49 @@ class FleetSource(Protocol):
 
 
 class DirectSource:
-    """Polls each node's `/health` and `/metrics` concurrently; rates come from two polls."""
+    """Polls each node's `/health` and `/metrics` concurrently; rates come from two polls.
 
-    def __init__(self, urls: Iterable[str], *, timeout: httpx.Timeout = DEFAULT_TIMEOUT) -> None:
-        self.urls = [u.rstrip("/") for u in urls]
+    A node that stops answering is `unreachable` at once and `offline` once it has not answered
+    for `offline_after` seconds (`edgebox top` uses 3 poll intervals, as the hub's heartbeat TTL).
+    """
+
+    def __init__(
+        self,
+        urls: Iterable[str],
+        *,
+        timeout: httpx.Timeout = DEFAULT_TIMEOUT,
+        offline_after: float | None = None,
+    ) -> None:
+        self.offline_after = offline_after
+        self._timeout = timeout
         # A small kept-alive pool per node: one shared pool scans all its connections for every
         # request, which made polling 200 nodes cost seconds of CPU.
-        self._clients = [httpx.AsyncClient(timeout=timeout, limits=_LIMITS) for _ in self.urls]
-        self._previous: dict[int, tuple[float, MetricsSample]] = {}  # index → (monotonic, sample)
-        self._last_seen: dict[int, float] = {}
+        self._clients: dict[str, httpx.AsyncClient] = {}
+        self._previous: dict[str, tuple[float, MetricsSample]] = {}  # url → (monotonic, sample)
+        self._last_seen: dict[str, float] = {}
+        for url in urls:
+            self.add(url)
+
+    @property
+    def urls(self) -> list[str]:
+        return list(self._clients)
+
+    def add(self, url: str) -> None:
+        """Poll `url` too (from the next poll on); adding a known URL does nothing."""
+        url = url.rstrip("/")
+        if url not in self._clients:
+            self._clients[url] = httpx.AsyncClient(timeout=self._timeout, limits=_LIMITS)
+
+    async def remove(self, url: str) -> None:
+        client = self._clients.pop(url.rstrip("/"), None)
+        if client is not None:
+            await client.aclose()
 
     async def poll(self) -> FleetSnapshot:
-        nodes = await asyncio.gather(*(self._poll_one(i, u) for i, u in enumerate(self.urls)))
+        nodes = await asyncio.gather(*(self._poll_one(u, c) for u, c in self._clients.items()))
         return FleetSnapshot(taken_at=time.time(), nodes=tuple(nodes))
 
-    async def _poll_one(self, index: int, url: str) -> NodeSnapshot:
-        client = self._clients[index]
+    async def _poll_one(self, url: str, client: httpx.AsyncClient) -> NodeSnapshot:
         try:
             health_r, metrics_r = await asyncio.gather(
                 client.get(url + "/health"), client.get(url + "/metrics")
@@ -59,7 +86,12 @@ class DirectSource:
             if not isinstance(health, dict):
                 raise ValueError("/health did not answer a JSON object")
         except (httpx.HTTPError, ValueError) as exc:
-            return unreachable_node(url, _describe(exc), last_seen=self._last_seen.get(index))
+            last = self._last_seen.get(url)
+            row = unreachable_node(url, _describe(exc), last_seen=last)
+            ttl = self.offline_after
+            if last is not None and ttl is not None and time.time() - last > ttl:
+                row = row.model_copy(update={"status": "offline"})
+            return row
         clock, seen = time.monotonic(), time.time()
         metrics = None
         if metrics_r.status_code == 200:
@@ -67,10 +99,10 @@ class DirectSource:
                 metrics = parse_metrics(metrics_r.text)
             except ValueError:
                 metrics = None  # an older or foreign /metrics: show the node without rates
-        before = self._previous.get(index)
+        before = self._previous.get(url)
         if metrics is not None:
-            self._previous[index] = (clock, metrics)
-        self._last_seen[index] = seen
+            self._previous[url] = (clock, metrics)
+        self._last_seen[url] = seen
         return node_from_health(
             url=url,
             health=health,
@@ -81,7 +113,7 @@ class DirectSource:
         )
 
     async def aclose(self) -> None:
-        await asyncio.gather(*(c.aclose() for c in self._clients))
+        await asyncio.gather(*(c.aclose() for c in self._clients.values()))
 
 
 class HubSource:

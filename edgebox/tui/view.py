@@ -25,11 +25,13 @@ COLUMNS = {
     "models": 18,
     "run/q": 6,
     "tok/s": 7,
+    "bw%": 4,
     "ttft": 6,
 }
 _VENDORS = ("NVIDIA GeForce ", "NVIDIA ", "Apple ", "AMD ", "Intel ")
 
-STATUS_STYLE = {"online": "bold green", "offline": "dim", "unreachable": "bold red"}
+STATUS_STYLE = {"online": "bold green", "offline": "dim", "unreachable": "bold red",
+                "draining": "bold yellow"}  # fmt: skip
 _STATUS_RANK = {"online": 0, "unreachable": 1, "offline": 2}
 
 SORTS: dict[str, Callable[[NodeSnapshot], Any]] = {
@@ -100,11 +102,11 @@ def short_models(node: NodeSnapshot) -> str:
     return first if len(node.models) == 1 else f"{first} +{len(node.models) - 1}"
 
 
-def row_cells(node: NodeSnapshot) -> list[Text]:
-    """One table row; offline and unreachable rows are dimmed so the live ones stand out."""
-    cells = [
+def row_plain(node: NodeSnapshot) -> tuple[str, ...]:
+    """One table row as plain strings (cheap to compare; `cell_text` styles a cell)."""
+    return (
         node.name,
-        node.status,
+        status_word(node),
         node.hw_class or "-",
         short_accelerators(node.accelerators),
         _num(node.utilization_pct, ".0f", "%"),
@@ -115,12 +117,25 @@ def row_cells(node: NodeSnapshot) -> list[Text]:
         short_models(node),
         f"{node.running}/{node.queued}" if node.status == "online" else "-",
         _num(node.tokens_per_s, ".1f"),
+        _num(node.bandwidth_pct, ".0f", "%"),
         _num(node.p50_ttft_s * 1000 if node.p50_ttft_s is not None else None, ".0f", "ms"),
-    ]
-    base = "" if node.status == "online" else "dim"
-    texts = [Text(c, style=base) for c in cells]
-    texts[1] = Text(node.status, style=STATUS_STYLE[node.status])
-    return texts
+    )
+
+
+def cell_text(column: int, plain: str, status: str) -> Text:
+    """A styled cell: offline and unreachable rows are dimmed so the live ones stand out."""
+    if column == 1:
+        return Text(plain, style=STATUS_STYLE[status])
+    return Text(plain, style="" if status in ("online", "draining") else "dim")
+
+
+def row_cells(node: NodeSnapshot) -> list[Text]:
+    plain = row_plain(node)
+    return [cell_text(i, c, plain[1]) for i, c in enumerate(plain)]
+
+
+def status_word(node: NodeSnapshot) -> str:
+    return "draining" if node.draining and node.status == "online" else node.status
 
 
 def totals_text(snap: FleetSnapshot, *, sort: str, needle: str) -> Text:
@@ -147,7 +162,7 @@ def detail_text(node: NodeSnapshot, *, now: float) -> Text:
     """The selected node: how it is reached, its resources and each model's load."""
     text = Text()
     text.append(node.name, style="bold")
-    text.append(f"  {node.status}", style=STATUS_STYLE[node.status])
+    text.append(f"  {status_word(node)}", style=STATUS_STYLE[status_word(node)])
     text.append(f"  via {node.via}")
     if node.url:
         text.append(f"  {node.url}", style="dim")
@@ -160,6 +175,10 @@ def detail_text(node: NodeSnapshot, *, now: float) -> Text:
     if node.hw_class or node.accelerators:
         accel = ", ".join(node.accelerators) or "no accelerator"
         text.append(f"{node.hw_class or 'unknown class'}: {accel}\n")
+    if node.bandwidth_gbps:
+        pct = node.bandwidth_pct
+        share = f", decode at {pct:.0f}% of the bandwidth bound" if pct is not None else ""
+        text.append(f"memory bandwidth {node.bandwidth_gbps:.0f} GB/s{share}\n")
     if node.p50_ttft_s is not None:
         text.append(f"median time to first token {node.p50_ttft_s * 1000:.0f} ms\n")
     text.append(f"memory {memory_text(node)}   ")
@@ -170,10 +189,13 @@ def detail_text(node: NodeSnapshot, *, now: float) -> Text:
         text.append("no models reported\n", style="dim")
     for m in node.models:
         slots = f"/{m.slots} slots" if m.slots is not None else ""
+        limit = ""
+        if node.bandwidth_gbps and m.size_bytes:
+            limit = f" of ~{node.bandwidth_gbps * 1e9 / m.size_bytes:.0f} bound"
         text.append(f"  {m.name}", style="bold cyan")
         text.append(
             f"  running {m.running}{slots}  queued {m.queued}"
-            f"  {_num(m.tokens_per_s, '.1f')} tok/s\n"
+            f"  {_num(m.tokens_per_s, '.1f')} tok/s{limit}\n"
         )
     return text
 

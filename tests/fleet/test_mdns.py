@@ -242,7 +242,7 @@ def test_serve_advertises_answers_nodes_add_and_says_goodbye(
         node = added["node"]
         assert added["event"] == "added"
         assert (node["addresses"], node["api_port"]) == (["10.77.0.1"], 8080)
-        assert node["model_digest"] == model_digest(["smollm2-135m"])
+        assert node["model_digest"] == model_digest(["smollm2-135m", "all-minilm-l6-v2"])
         assert node["id"] == load_identity(tmp_path / "srv", sshd_host_key=NO_SSHD).node_id
         env = _env(tmp_path / "obs")
         result = observer.run(_edgebox("nodes", "add", "10.77.0.1:8080", "--json"), env=env)

@@ -23,7 +23,7 @@ def test_health_reports_hardware_telemetry_and_load(node: NodeProcess) -> None:
     assert 0 < tel["memory_used"] < tel["memory_total"] and 0 <= tel["cpu_pct"] <= 100
     assert tel["accelerators"] == [] and len(tel["load_avg"]) == 3
     load = body["load"]
-    assert set(load["models"]) == {MODEL}
+    assert MODEL in load["models"]  # next to the default embedding model
     assert load["active"] == sum(m["active"] for m in load["models"].values())
     assert load["queued"] == sum(m["queued"] for m in load["models"].values())
 

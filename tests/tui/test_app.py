@@ -11,15 +11,19 @@ from textual.pilot import Pilot
 from textual.widgets import DataTable, Sparkline, Static
 
 from edgebox.tui.app import FleetApp
+from edgebox.tui.router import RouterSource
+from edgebox.tui.snapshot import FleetSnapshot
 from edgebox.tui.source import DirectSource, FleetSource, ReplaySource
 from tests.conftest import NodeProcess, free_port
 from tests.tui.fleet import T0, fleet
 
 
 def drive(
-    source: FleetSource, steps: Callable[[FleetApp, Pilot[None]], Awaitable[None]]
+    source: FleetSource,
+    steps: Callable[[FleetApp, Pilot[None]], Awaitable[None]],
+    router: RouterSource | None = None,
 ) -> FleetApp:
-    app = FleetApp(source, interval=3600)
+    app = FleetApp(source, interval=3600, router=router)
 
     async def run() -> None:
         async with app.run_test(size=(160, 40)) as pilot:
@@ -94,10 +98,10 @@ def test_selecting_a_row_shows_its_detail_and_sparkline() -> None:
 def test_sort_keeps_the_selected_node_and_filter_narrows_rows() -> None:
     async def steps(app: FleetApp, pilot: Pilot[None]) -> None:
         await pilot.press("down", "down")  # rtx
-        await pilot.press("s")  # by status: online first
+        await pilot.press("o")  # by status: online first
         assert app.sort == "status"
         assert names(app)[:2] == ["rtx", "spark"] and app.selected == "n-rtx"
-        await pilot.press("s")  # by tokens/s, highest first
+        await pilot.press("o")  # by tokens/s, highest first
         assert names(app)[:2] == ["rtx", "spark"]
         await pilot.press("slash", *"llama")
         assert names(app) == ["spark"] and app.selected == "n-spark"
@@ -126,7 +130,7 @@ def test_live_node_and_a_dead_one_through_direct_source(node: NodeProcess) -> No
         identity = httpx.get(node.url + "/health").json()["node"]
         live, gone = table(app).get_row(identity["id"]), table(app).get_row(dead)  # by node id
         assert str(live[0]) == identity["name"]
-        assert str(live[1]) == "online" and str(live[9]) == "smollm2-135m"
+        assert str(live[1]) == "online" and str(live[9]).startswith("smollm2-135m")  # + embeddings
         assert str(gone[0]) == dead and str(gone[1]) == "unreachable"
         if app.selected != identity["id"]:  # two rows, sorted by name
             await pilot.press("down")
@@ -134,3 +138,27 @@ def test_live_node_and_a_dead_one_through_direct_source(node: NodeProcess) -> No
         assert "smollm2-135m  running 0/4 slots" in detail(app)
 
     drive(DirectSource([dead, node.url]), steps)
+
+
+def test_rows_scrolled_into_view_show_the_latest_poll() -> None:
+    """Only on-screen rows are updated per poll; the rest must catch up when scrolled to."""
+    base = fleet().nodes[1]
+
+    def many(rate: float) -> FleetSnapshot:
+        nodes = tuple(
+            base.model_copy(update={"name": f"n{i:02d}", "id": f"n{i:02d}", "tokens_per_s": rate})
+            for i in range(80)
+        )
+        return FleetSnapshot(taken_at=T0, nodes=nodes)
+
+    async def steps(app: FleetApp, pilot: Pilot[None]) -> None:
+        await pilot.press("r")
+        await app.workers.wait_for_complete()
+        await pilot.pause()
+        assert str(table(app).get_row_at(0)[11]) == "7.0"
+        await pilot.press("ctrl+end")
+        await pilot.pause()
+        assert str(table(app).get_row_at(79)[0]) == "n79"
+        assert str(table(app).get_row_at(79)[11]) == "7.0"
+
+    drive(ReplaySource([many(1.0), many(7.0)]), steps)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -23,7 +24,7 @@ def test_once_json_prints_the_live_node_and_an_unreachable_one(node: NodeProcess
     assert snap["totals"]["nodes"] == 2 and snap["totals"]["online"] == 1
     live, gone = snap["nodes"]
     assert live["status"] == "online" and live["url"] == node.url
-    assert [m["name"] for m in live["models"]] == ["smollm2-135m"]
+    assert "smollm2-135m" in [m["name"] for m in live["models"]]  # + embeddings
     assert live["tokens_per_s"] is not None and live["tokens_per_s"] >= 0
     assert gone["status"] == "unreachable" and gone["error"]
 
@@ -54,3 +55,17 @@ def test_nodes_json_is_read_tolerantly(tmp_path: Path, monkeypatch: pytest.Monke
     ]  # fmt: skip
     path.write_text(json.dumps({"spark": {"url": "http://127.0.0.1:8080"}}))
     assert default_node_urls() == ["http://127.0.0.1:8080"]  # no repeats
+
+
+@pytest.mark.parametrize("mdns", ["--mdns", "--no-mdns"])
+def test_default_sources_read_nodes_json_with_and_without_mdns(
+    node: NodeProcess, tmp_path: Path, mdns: str
+) -> None:
+    (tmp_path / "nodes.json").write_text(json.dumps([node.url]))
+    cmd = [sys.executable, "-m", "edgebox", "top", "--once", "--json", "--interval", "0.2", mdns]
+    env = {**os.environ, "EDGEBOX_HOME": str(tmp_path)}
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=60, env=env)
+    assert done.returncode == 0, done.stderr
+    rows = {n["url"]: n for n in json.loads(done.stdout)["nodes"]}
+    assert rows[node.url]["status"] == "online"
+    assert "http://127.0.0.1:8080" in rows  # the local node's default address is always polled
