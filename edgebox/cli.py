@@ -116,6 +116,17 @@ def serve(
     tunnel: Annotated[
         bool, typer.Option(help="Keep the SSH tunnel to the hub relay up (once joined).")
     ] = True,
+    fleet: Annotated[
+        bool,
+        typer.Option(
+            help="Route this port's chat/completions/embeddings across the fleet (this node, "
+            "--fleet-node peers, and mDNS peers when --mdns)."
+        ),
+    ] = False,
+    fleet_node: Annotated[
+        list[str] | None,
+        typer.Option("--fleet-node", help="A peer node's URL for --fleet (repeatable)."),
+    ] = None,
     verbose: Annotated[bool, typer.Option(help="Show llama.cpp's own log.")] = False,
 ) -> None:
     """Serve models on a local OpenAI-compatible endpoint (default: the bundled SmolLM2-135M
@@ -270,6 +281,7 @@ def serve(
             access_log=access_log,
             on_ready=ready,
             advertiser=advertiser,
+            fleet=list(fleet_node or []) if fleet else None,
         )
     if beats:
         beats.stop()

@@ -29,15 +29,35 @@ def router(
         str | None,
         typer.Option(help="Prefill/decode split: auto, off or always (overrides the config)."),
     ] = None,
+    mdns: Annotated[
+        bool, typer.Option("--mdns/--no-mdns", help="Add nodes that advertise their API on mDNS.")
+    ] = True,
+    hub: Annotated[
+        bool | None,
+        typer.Option(
+            "--hub/--no-hub",
+            help="Add the hub's nodes (reachable ones only: seen on mDNS). Default: on when "
+            "`edgebox login` stored a login.",
+        ),
+    ] = None,
+    api_key: Annotated[
+        str | None,
+        typer.Option(
+            envvar="EDGEBOX_API_KEY",
+            help="Require this bearer key from clients (besides [[keys]] in the config).",
+        ),
+    ] = None,
 ) -> None:
     """One OpenAI endpoint for many nodes: placement, failover, cloud burst, split prefill."""
     import uvicorn
 
+    from edgebox.fleet.directory import SyncError, load_login
     from edgebox.router.app import create_app, new_client
     from edgebox.router.cloud import SpendLedger
     from edgebox.router.config import ConfigError, edgebox_home, load_config
-    from edgebox.router.nodes import NodeAddress, StaticNodes, node_name, normalise_url
+    from edgebox.router.nodes import NodeAddress, NodeSource, StaticNodes, node_name, normalise_url
     from edgebox.router.service import Router
+    from edgebox.router.sources import HubNodes, MdnsNodes
 
     try:
         cfg = load_config(config)
@@ -54,16 +74,32 @@ def router(
         for n in cfg.nodes
     ]
     entries += [NodeAddress(node_name(u), normalise_url(u)) for u in node or []]
-    if not entries and not cfg.cloud:
-        err.print("[red]error:[/red] no nodes: pass --node URL or list [[nodes]] in --config")
+    sources: list[NodeSource] = [StaticNodes(entries)]
+    lan = MdnsNodes() if mdns else None
+    sources += [lan] if lan else []
+    try:
+        login = load_login() if hub is not False else None
+    except SyncError as exc:
+        err.print(f"[yellow]warning:[/yellow] {exc}; the hub's nodes are left out")
+        login = None
+    if hub and login is None:
+        err.print("[red]error:[/red] --hub needs a login: run `edgebox login ...` first")
+        raise typer.Exit(1)
+    sources += [HubNodes(login, lan)] if login else []
+    if len(sources) == 1 and not entries and not cfg.cloud:
+        err.print(
+            "[red]error:[/red] no nodes: pass --node URL, list [[nodes]] in --config, "
+            "or leave mDNS on"
+        )
         raise typer.Exit(1)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     ledger = SpendLedger(edgebox_home() / "router_spend.json", cfg.max_usd_per_day)
-    service = Router(cfg, [StaticNodes(entries)], new_client(), ledger)
-    err.print(f"edgebox router on http://{host}:{port}/v1 ({len(entries)} nodes)", highlight=False)
+    service = Router(cfg, sources, new_client(), ledger)
+    found = f"{len(entries)} static nodes" + (", mDNS" if lan else "") + (", hub" if login else "")
+    err.print(f"edgebox router on http://{host}:{port}/v1 ({found})", highlight=False)
     uvicorn.run(
-        create_app(service), host=host, port=port, log_level="warning", access_log=False,
-        timeout_graceful_shutdown=5,
+        create_app(service, api_key=api_key), host=host, port=port, log_level="warning",
+        access_log=False, timeout_graceful_shutdown=5,
     )  # fmt: skip
 
 

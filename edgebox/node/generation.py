@@ -104,6 +104,8 @@ class ChoiceStreams:
 
     def _count(self, event: FinishEvent) -> None:
         self._metrics.queue_wait.labels(self._model).observe(event.queue_wait_s)
+        held = now() - self._arrived - event.queue_wait_s
+        self._metrics.service.labels(self._model).observe(max(0.0, held))
         self._metrics.generated.labels(self._model).inc(event.completion_tokens)
         self._metrics.prompt.labels(self._model).inc(event.prompt_tokens)
         self._metrics.cached.labels(self._model).inc(event.cached_tokens)

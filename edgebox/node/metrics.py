@@ -99,6 +99,13 @@ class NodeMetrics:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
+        self.service = Histogram(
+            "edgebox_request_service_seconds",
+            "Time a request held a sequence slot (arrival to finish, less the queue wait)",
+            ["model"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
         self.generated = Counter(
             "edgebox_generated_tokens", "Tokens generated", ["model"], registry=r
         )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hmac
 import json
+from collections.abc import Sequence
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -22,11 +23,14 @@ _UNAUTHORISED = json.dumps(
 
 
 class APIKeyMiddleware:
-    """Pure ASGI so streamed responses pass through untouched."""
+    """Pure ASGI so streamed responses pass through untouched.
 
-    def __init__(self, app: ASGIApp, api_key: str) -> None:
+    With several keys, every one is compared (no early exit) and the index of the one that
+    matched is left in `scope["state"]["api_key_index"]` for the app."""
+
+    def __init__(self, app: ASGIApp, api_key: str | Sequence[str]) -> None:
         self.app = app
-        self._key = api_key.encode()
+        self._keys = [k.encode() for k in ([api_key] if isinstance(api_key, str) else api_key)]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or not scope["path"].startswith(PROTECTED_PREFIXES):
@@ -39,7 +43,9 @@ class APIKeyMiddleware:
                 if scheme.lower() == b"bearer":
                     supplied = token.strip()
                 break
-        if hmac.compare_digest(supplied, self._key):
+        matched = [i for i, key in enumerate(self._keys) if hmac.compare_digest(supplied, key)]
+        if matched:
+            scope.setdefault("state", {})["api_key_index"] = matched[0]
             await self.app(scope, receive, send)
             return
         await send(

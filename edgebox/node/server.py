@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import uvicorn
+from starlette.types import ASGIApp
 
 from edgebox.node.app import create_app
 from edgebox.node.state import NodeState
@@ -28,12 +29,25 @@ def serve(
     access_log: bool = False,
     on_ready: Callable[[str], None] | None = None,
     advertiser: Advertiser | None = None,
+    fleet: list[str] | None = None,
 ) -> None:
     """Serve until SIGINT/SIGTERM; uvicorn finishes open responses before returning.
 
     `advertiser` publishes the node over mDNS once the port is bound and says goodbye at exit.
+    `fleet` (a list of peer URLs, possibly empty) puts the router in front of this node's
+    OpenAI routes on the same port (`edgebox.router.embed`); mDNS peers join when advertising.
     """
-    app = create_app(state, api_key=api_key)
+    app: ASGIApp = create_app(state, api_key=api_key)
+    fleet_parts = None
+    if fleet is not None:
+        from edgebox.router.embed import FleetDispatch, fleet_router
+
+        own_id = str(state.node.get("id")) if state.node else None
+        router, local, router_app = fleet_router(
+            fleet, mdns=advertiser is not None, api_key=api_key, own_id=own_id
+        )
+        app = FleetDispatch(app, router_app)
+        fleet_parts = (router, local)
     config = uvicorn.Config(
         app,
         host=host,
@@ -57,11 +71,20 @@ def serve(
             and advertiser is not None
             and await _advertise(advertiser, host, bound[1])
         )
+        if fleet_parts is not None and server.started:
+            from edgebox.router.app import start_router
+
+            fleet_parts[1].url = f"http://{_url_host(host)}:{bound[1]}"
+            await start_router(fleet_parts[0])
         try:
             await task
         finally:
             if advertised and advertiser is not None:
                 await advertiser.stop()
+            if fleet_parts is not None:
+                from edgebox.router.app import stop_router
+
+                await stop_router(fleet_parts[0])
 
     try:
         asyncio.run(run())

@@ -84,6 +84,7 @@ class NodeState:
                 "slots": stats.slots,
                 "running": stats.running,
                 "queued": stats.queued,
+                "n_ctx": runtime.info.n_ctx,  # tokens one sequence may hold
                 "size_bytes": runtime.info.size_bytes,  # bounds decode: bandwidth / size
             }
             load_models[alias] = {"active": stats.running, "queued": stats.queued}

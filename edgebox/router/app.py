@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -10,6 +11,7 @@ import httpx
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -21,8 +23,11 @@ from edgebox.node.errors import (
     unhandled_error_handler,
 )
 from edgebox.node.openai_api import read_json
+from edgebox.node.security import APIKeyMiddleware
 from edgebox.node.state import DEFAULT_MAX_BODY
 from edgebox.router.service import Router
+
+log = logging.getLogger("edgebox.router")
 
 
 def _router(request: Request) -> Router:
@@ -79,19 +84,53 @@ def check_body(data: Any) -> dict[str, Any]:
 
 async def forward(request: Request) -> Response:
     data = check_body(await read_json(request, DEFAULT_MAX_BODY))
-    return await _router(request).handle(request.url.path, data, request.headers)
+    router = _router(request)
+    index = request.scope.get("state", {}).get("api_key_index")
+    local_only = index is not None and index in request.app.state.local_only_keys
+    return await router.handle(request.url.path, data, request.headers, key_local_only=local_only)
 
 
-def create_app(router: Router) -> Starlette:
+async def start_router(router: Router) -> None:
+    """Start the node sources that need it, poll once, then keep polling."""
+    for source in router.poller.sources:
+        if (start := getattr(source, "start", None)) is not None:
+            await start()
+    await router.poller.poll_once()
+    router.poller.start()
+
+
+async def stop_router(router: Router) -> None:
+    await router.poller.stop()
+    for source in router.poller.sources:
+        if (stop := getattr(source, "stop", None)) is not None:
+            await stop()
+    await router.client.aclose()
+
+
+def client_keys(router: Router, api_key: str | None) -> tuple[list[str], set[int]]:
+    """The keys clients may send (`api_key` first, then `[[keys]]` whose variable is set) and
+    the indexes of the local-only ones."""
+    keys = [api_key] if api_key else []
+    local_only: set[int] = set()
+    for entry in router.config.keys:
+        value = entry.value()
+        if value is None:
+            log.warning("[[keys]] %s is not set in the environment; that key is off", entry.env)
+            continue
+        if entry.local_only:
+            local_only.add(len(keys))
+        keys.append(value)
+    return keys, local_only
+
+
+def create_app(router: Router, *, api_key: str | None = None) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        await router.poller.poll_once()
-        router.poller.start()
+        await start_router(router)
         try:
             yield
         finally:
-            await router.poller.stop()
-            await router.client.aclose()
+            await stop_router(router)
 
     routes = [
         Route("/health", health, methods=["GET"]),
@@ -102,9 +141,11 @@ def create_app(router: Router) -> Starlette:
         Route("/v1/completions", forward, methods=["POST"]),
         Route("/v1/embeddings", forward, methods=["POST"]),
     ]
+    keys, local_only = client_keys(router, api_key)
     app = Starlette(
         routes=routes,
         lifespan=lifespan,
+        middleware=[Middleware(APIKeyMiddleware, api_key=keys)] if keys else [],
         exception_handlers={
             APIError: api_error_handler,
             HTTPException: http_error_handler,
@@ -112,6 +153,7 @@ def create_app(router: Router) -> Starlette:
         },
     )
     app.state.router = router
+    app.state.local_only_keys = local_only
     return app
 
 

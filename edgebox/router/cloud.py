@@ -5,9 +5,11 @@ Policy per upstream (`when`):
 - `overflow`: the cloud first when every local candidate queues >= `overflow_queue_depth`,
   otherwise as `fallback`;
 - `fallback`: local nodes first, the cloud when they all fail.
-A model no local node serves (or no node is up) goes to the cloud under any policy. A request
-marked local-only (`x-edgebox-local-only: 1`) never goes to the cloud, and nothing bursts once
-the day's spend reaches `max_usd_per_day`.
+Under any policy, `ttft_target_s` puts the cloud first when every local candidate's predicted
+wait for a slot (`predicted_wait_s`) exceeds it. A model no local node serves (or no node is
+up, or none has the context for the request) goes to the cloud under any policy. A request
+marked local-only (`x-edgebox-local-only: 1`, or sent with a local-only API key) never goes to
+the cloud, and nothing bursts once the day's spend reaches `max_usd_per_day`.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from edgebox.router.config import CloudUpstream
+from edgebox.router.nodes import ModelLoad
 from edgebox.router.placement import Candidate
 
 
@@ -41,6 +44,13 @@ def upstream_for(upstreams: Sequence[CloudUpstream], model: str) -> CloudUpstrea
     return next((u for u in upstreams if model in u.models), None)
 
 
+def predicted_wait_s(load: ModelLoad) -> float:
+    """Seconds a new request would wait for a slot: the requests ahead of it (beyond the free
+    slots) over the slots, times the measured mean time a request holds a slot."""
+    ahead = max(0, load.running + load.queued + 1 - load.slots)
+    return ahead / max(1, load.slots) * load.mean_request_s
+
+
 def plan_targets(
     model: str,
     local: Sequence[Candidate],
@@ -49,6 +59,8 @@ def plan_targets(
     *,
     local_only: bool,
     over_cap: bool,
+    waits: Mapping[str, float] | None = None,
+    no_local_reason: str = "no-local-node",
 ) -> tuple[list[tuple[Target, str]], str | None]:
     """Ordered targets with the reason each is there, and why the cloud was left out (if so)."""
     plan: list[tuple[Target, str]] = [(c, c.reason) for c in local]
@@ -61,7 +73,10 @@ def plan_targets(
         return plan, "spend-cap"
     cloud = CloudTarget(upstream, upstream.models[model])
     if not local:
-        return [(cloud, "no-local-node")], None
+        return [(cloud, no_local_reason)], None
+    target = upstream.ttft_target_s
+    if target is not None and all((waits or {}).get(c.node, 0.0) > target for c in local):
+        return [(cloud, "ttft"), *plan], None
     if upstream.when == "always":
         return [(cloud, "policy-always"), *plan], None
     if upstream.when == "overflow" and all(

@@ -33,9 +33,21 @@ class CloudUpstream(_Strict):
     # overflow: burst when every local candidate queues at least this many requests
     overflow_queue_depth: int = Field(default=4, ge=0)
     prices: dict[str, Price] = {}  # by cloud model name
+    # burst when every local candidate's predicted wait for a slot exceeds this (seconds)
+    ttft_target_s: float | None = Field(default=None, gt=0)
 
     def api_key(self) -> str | None:
         return os.environ.get(self.api_key_env) if self.api_key_env else None
+
+
+class ApiKey(_Strict):
+    """A key clients of the router may send; the key itself lives in the variable `env`."""
+
+    env: str
+    local_only: bool = False  # requests with this key never go to a cloud upstream
+
+    def value(self) -> str | None:
+        return os.environ.get(self.env) or None
 
 
 class NodeEntry(_Strict):
@@ -69,6 +81,7 @@ class RouterConfig(_Strict):
     affinity_messages: int = Field(default=2, ge=1)  # the first N messages key the prefix affinity
     poll_interval_s: float = Field(default=2.0, gt=0)
     node_api_key_env: str | None = None
+    keys: list[ApiKey] = []  # when any is set (or --api-key), clients must send one
 
 
 class ConfigError(Exception):

@@ -1,8 +1,9 @@
 """What the router knows about each node, where node addresses come from, and the poller.
 
 A `NodeSource` yields node addresses (static `--node` URLs and config entries here; mDNS and
-the hub plug in the same way). The `NodePoller` reads each node's `/health` (models, running
-and queued sequences, slots) and `/metrics` (decode tokens/s) and keeps a `NodeStatus` each.
+the hub in `sources.py`). The `NodePoller` reads each node's `/health` (models, running and
+queued sequences, slots, per-sequence context) and `/metrics` (decode tokens/s, mean time a
+request holds a slot) and keeps a `NodeStatus` each.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ class ModelLoad:
     running: int = 0
     queued: int = 0
     decode_tokens_per_s: float = 0.0
+    n_ctx: int = 0  # tokens per sequence; 0: the node does not say
+    mean_request_s: float = 0.0  # measured time a request holds a slot; 0: none finished yet
 
 
 @dataclass(frozen=True)
@@ -70,7 +73,9 @@ def with_inflight(node: NodeStatus, inflight: int) -> NodeStatus:
 
 
 class NodeSource(Protocol):
-    """Somewhere node addresses come from (static list, mDNS, hub)."""
+    """Somewhere node addresses come from (static list, mDNS, hub).
+
+    A source may also have `async start()` / `async stop()`; the router calls them."""
 
     def addresses(self) -> Iterable[NodeAddress]: ...
 
@@ -103,29 +108,51 @@ def normalise_url(url: str) -> str:
     return url
 
 
-def parse_metrics(text: str) -> dict[str, float]:
-    """Decode tokens/s per model from a node's Prometheus text."""
+@dataclass(frozen=True)
+class ModelFigures:
+    decode_tokens_per_s: float = 0.0
+    mean_request_s: float = 0.0
+
+
+def parse_metrics(text: str) -> dict[str, ModelFigures]:
+    """Decode tokens/s and mean slot-holding time per model from a node's Prometheus text."""
     rates: dict[str, float] = {}
+    sums: dict[str, float] = {}
+    counts: dict[str, float] = {}
     for family in text_string_to_metric_families(text):
-        if family.name == "edgebox_decode_tokens_per_second":
-            for sample in family.samples:
-                rates[sample.labels.get("model", "")] = float(sample.value)
-    return rates
+        for sample in family.samples:
+            model = sample.labels.get("model", "")
+            if sample.name == "edgebox_decode_tokens_per_second":
+                rates[model] = float(sample.value)
+            elif sample.name == "edgebox_request_service_seconds_sum":
+                sums[model] = float(sample.value)
+            elif sample.name == "edgebox_request_service_seconds_count":
+                counts[model] = float(sample.value)
+    return {
+        m: ModelFigures(rates.get(m, 0.0), sums.get(m, 0.0) / c if (c := counts.get(m)) else 0.0)
+        for m in set(rates) | set(counts)
+    }
 
 
 def status_from_health(
-    address: NodeAddress, health: Mapping[str, object], rates: Mapping[str, float], now: float
+    address: NodeAddress,
+    health: Mapping[str, object],
+    figures: Mapping[str, ModelFigures],
+    now: float,
 ) -> NodeStatus:
     models: dict[str, ModelLoad] = {}
     raw = health.get("models")
     if isinstance(raw, Mapping):
         for alias, load in raw.items():
             if isinstance(load, Mapping):
+                seen = figures.get(str(alias), ModelFigures())
                 models[str(alias)] = ModelLoad(
                     slots=int(load.get("slots", 1) or 1),
                     running=int(load.get("running", 0) or 0),
                     queued=int(load.get("queued", 0) or 0),
-                    decode_tokens_per_s=float(rates.get(str(alias), 0.0)),
+                    decode_tokens_per_s=seen.decode_tokens_per_s,
+                    n_ctx=int(load.get("n_ctx", 0) or 0),
+                    mean_request_s=seen.mean_request_s,
                 )
     return NodeStatus(address, healthy=health.get("status") == "ok", models=models, checked_at=now)
 
@@ -141,7 +168,13 @@ class NodePoller:
         self._task: asyncio.Task[None] | None = None
 
     async def poll_once(self) -> None:
-        addresses = {a.name: a for s in self.sources for a in s.addresses()}
+        addresses: dict[str, NodeAddress] = {}
+        urls: set[str] = set()
+        for source in self.sources:  # the first source naming a URL wins (static before mDNS)
+            for a in source.addresses():
+                if a.url not in urls and a.name not in addresses:
+                    addresses[a.name] = a
+                    urls.add(a.url)
         for gone in set(self.status) - set(addresses):
             del self.status[gone]
         results = await asyncio.gather(*(self._probe(a) for a in addresses.values()))
@@ -156,8 +189,8 @@ class NodePoller:
             health = await self.client.get(address.url + "/health", timeout=2.0)
             health.raise_for_status()
             metrics = await self.client.get(address.url + "/metrics", timeout=2.0)
-            rates = parse_metrics(metrics.text) if metrics.status_code == 200 else {}
-            return status_from_health(address, health.json(), rates, now)
+            figures = parse_metrics(metrics.text) if metrics.status_code == 200 else {}
+            return status_from_health(address, health.json(), figures, now)
         except (httpx.HTTPError, ValueError) as exc:
             log.info("node %s is unreachable: %s", address.name, type(exc).__name__)
             return NodeStatus(address, healthy=False, checked_at=now)

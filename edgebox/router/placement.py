@@ -32,6 +32,7 @@ class RouteRequest:
     model: str
     prefix_keys: tuple[str, ...] = ()  # chained hashes of the prompt's head, shortest first
     prompt_tokens: int = 0  # estimated
+    max_tokens: int = 0  # the request's max_tokens (0: not given)
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,13 @@ def is_healthy(req: RouteRequest, node: NodeStatus, ctx: PlacementContext) -> st
     return None if node.usable(ctx.now) else "cooling-down"
 
 
+def fits_context(req: RouteRequest, node: NodeStatus, ctx: PlacementContext) -> str | None:
+    """The prompt estimate plus max_tokens must fit one sequence (unknown n_ctx passes)."""
+    n_ctx = node.models[req.model].n_ctx if req.model in node.models else 0
+    need = req.prompt_tokens + req.max_tokens
+    return "context-too-small" if n_ctx and need > n_ctx else None
+
+
 def load_score(req: RouteRequest, node: NodeStatus, _: Sequence[NodeStatus], __: Any) -> float:
     load = node.models[req.model]
     return 1.0 / (1.0 + (load.running + load.queued) / max(1, load.slots))
@@ -88,7 +96,7 @@ def affinity_score(
 
 @dataclass(frozen=True)
 class PlacementPolicy:
-    filters: tuple[Filter, ...] = (serves_model, is_healthy)
+    filters: tuple[Filter, ...] = (serves_model, is_healthy, fits_context)
     scorers: tuple[tuple[str, Scorer, float], ...] = ()
 
     @classmethod
@@ -153,8 +161,13 @@ def prefix_keys(body: Mapping[str, Any], n_messages: int) -> tuple[str, ...]:
     return tuple(keys)
 
 
+def requested_max_tokens(body: Mapping[str, Any]) -> int:
+    value = body.get("max_completion_tokens", body.get("max_tokens"))
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+
+
 def estimate_prompt_tokens(body: Mapping[str, Any]) -> int:
-    """Rough prompt length in tokens (characters / 4), for the split cost model."""
+    """Rough prompt length in tokens (characters / 4), for the split cost and context fit."""
     if isinstance(body.get("messages"), list):
         chars = sum(
             len(json.dumps(m.get("content", ""))) for m in body["messages"] if isinstance(m, dict)

@@ -14,7 +14,14 @@ import httpx
 from starlette.responses import Response
 
 from edgebox.node.errors import APIError
-from edgebox.router.cloud import CloudTarget, SpendLedger, Target, cost_usd, plan_targets
+from edgebox.router.cloud import (
+    CloudTarget,
+    SpendLedger,
+    Target,
+    cost_usd,
+    plan_targets,
+    predicted_wait_s,
+)
 from edgebox.router.config import RouterConfig
 from edgebox.router.disagg import Handoff, SplitFailed, hand_off, should_split
 from edgebox.router.forward import Outgoing, TargetFailed, send
@@ -28,9 +35,11 @@ from edgebox.router.placement import (
     estimate_prompt_tokens,
     place,
     prefix_keys,
+    requested_max_tokens,
 )
 
 LOCAL_ONLY_HEADER = "x-edgebox-local-only"
+ROUTED_HEADER = "x-edgebox-routed"  # on requests the router sends to nodes (see embed.py)
 _AFFINITY_ENTRIES = 4096
 _SPLIT_PATHS = ("/v1/chat/completions", "/v1/completions")
 _TIMEOUT = httpx.Timeout(600.0, connect=3.0)
@@ -50,6 +59,8 @@ class Router:
         sources: list[NodeSource],
         client: httpx.AsyncClient,
         ledger: SpendLedger,
+        *,
+        node_api_key: str | None = None,
     ) -> None:
         self.config = config
         self.client = client
@@ -61,9 +72,8 @@ class Router:
         self.inflight: dict[str, int] = {}  # requests this router has open on each node
         self.metrics = RouterMetrics(ledger.spent_today)
         node_key = config.node_api_key_env
-        self._node_headers = {"authorization": f"Bearer {k}"} if node_key and (
-            k := _env(node_key)
-        ) else {}  # fmt: skip
+        key = node_api_key or (_env(node_key) if node_key else None)
+        self._node_headers = {"authorization": f"Bearer {key}"} if key else {}
 
     # -- models ---------------------------------------------------------------------------------
 
@@ -88,7 +98,14 @@ class Router:
 
     # -- routing --------------------------------------------------------------------------------
 
-    async def handle(self, path: str, body: dict[str, Any], headers: Mapping[str, str]) -> Response:
+    async def handle(
+        self,
+        path: str,
+        body: dict[str, Any],
+        headers: Mapping[str, str],
+        *,
+        key_local_only: bool = False,
+    ) -> Response:
         model = body["model"]
         if not self._known(model):
             raise APIError(
@@ -103,15 +120,24 @@ class Router:
             for n in self.poller.status.values()
         }
         req = RouteRequest(
-            model, prefix_keys(body, self.config.affinity_messages), estimate_prompt_tokens(body)
+            model,
+            prefix_keys(body, self.config.affinity_messages),
+            estimate_prompt_tokens(body),
+            requested_max_tokens(body),
         )
         ctx = PlacementContext(time.monotonic(), self.affinity)
         local, rejected = place(req, list(nodes.values()), self.policy, ctx)
-        queued = {n: s.models[model].queued for n, s in nodes.items() if model in s.models}
-        local_only = headers.get(LOCAL_ONLY_HEADER, "").lower() in ("1", "true", "yes")
+        serving = {n: s.models[model] for n, s in nodes.items() if model in s.models}
+        queued = {n: load.queued for n, load in serving.items()}
+        waits = {n: predicted_wait_s(load) for n, load in serving.items()}
+        local_only = key_local_only or (
+            headers.get(LOCAL_ONLY_HEADER, "").lower() in ("1", "true", "yes")
+        )
+        too_small = any(r == "context-too-small" for r in rejected.values())
         plan, no_cloud = plan_targets(
             model, local, queued, self.config.cloud,
-            local_only=local_only, over_cap=self.ledger.over_cap(),
+            local_only=local_only, over_cap=self.ledger.over_cap(), waits=waits,
+            no_local_reason="context" if too_small else "no-local-node",
         )  # fmt: skip
         if not plan:
             raise self._nothing_up(model, rejected, no_cloud)
@@ -243,7 +269,7 @@ class Router:
         split: Split | None,
     ) -> tuple[Outgoing, Any]:
         if isinstance(target, Candidate):
-            headers = dict(self._node_headers)
+            headers = {**self._node_headers, ROUTED_HEADER: "1"}
             if split and split.handoff and target.node == split.decode_node:
                 headers.update(split.handoff.headers())
             return Outgoing(nodes[target.node].address.url + path, body, headers), None

@@ -14,12 +14,16 @@ from tests.conftest import NodeProcess, free_port
 
 
 def start_router(
-    tmp_path: Path, *args: str, env: dict[str, str] | None = None, ready_models: int = 1
+    tmp_path: Path,
+    *args: str,
+    env: dict[str, str] | None = None,
+    ready_models: int = 1,
+    api_key: str | None = None,
 ) -> NodeProcess:
     """An `edgebox router` subprocess, returned once /v1/models lists `ready_models` models."""
     port = free_port()
     log = tmp_path / f"router-{port}.log"
-    cmd = [sys.executable, "-m", "edgebox", "router", "--port", str(port), *args]
+    cmd = [sys.executable, "-m", "edgebox", "router", "--port", str(port), "--no-mdns", *args]
     full_env = {**os.environ, "EDGEBOX_HOME": str(tmp_path / "home"), **(env or {})}
     proc = subprocess.Popen(cmd, stdout=log.open("wb"), stderr=subprocess.STDOUT, env=full_env)
     router = NodeProcess(f"http://127.0.0.1:{port}", proc, log)
@@ -28,7 +32,8 @@ def start_router(
         if proc.poll() is not None:
             raise RuntimeError(f"router exited early:\n{log.read_text()}")
         try:
-            models = httpx.get(router.base_url + "/models", timeout=1)
+            auth = {"authorization": f"Bearer {api_key}"} if api_key else {}
+            models = httpx.get(router.base_url + "/models", headers=auth, timeout=1)
             if models.status_code == 200 and len(models.json()["data"]) >= ready_models:
                 return router
         except httpx.TransportError:

@@ -7,8 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from edgebox.router.cloud import CloudTarget, SpendLedger, cost_usd, plan_targets
+from edgebox.router.cloud import (
+    CloudTarget,
+    SpendLedger,
+    cost_usd,
+    plan_targets,
+    predicted_wait_s,
+)
 from edgebox.router.config import CloudUpstream, ConfigError, load_config
+from edgebox.router.nodes import ModelLoad
 from edgebox.router.placement import Candidate
 
 
@@ -100,3 +107,33 @@ def test_config_reads_toml_and_refuses_keys_in_the_file(tmp_path: Path) -> None:
     typo.write_text('[[cloud]]\nname = "c"\nbase_url = "x"\nmodels = {}\nwhen = "sometimes"\n')
     with pytest.raises(ConfigError, match=r"cloud\.0\.when"):
         load_config(typo)
+
+
+def test_predicted_wait_counts_the_requests_ahead_over_the_slots() -> None:
+    assert predicted_wait_s(ModelLoad(slots=1, running=0, mean_request_s=4.0)) == 0.0
+    assert predicted_wait_s(ModelLoad(slots=1, running=1, mean_request_s=4.0)) == 4.0
+    assert predicted_wait_s(ModelLoad(slots=2, running=2, queued=3, mean_request_s=4.0)) == 8.0
+    assert predicted_wait_s(ModelLoad(slots=2, running=2, queued=3)) == 0.0  # nothing measured
+
+
+def test_a_predicted_wait_over_the_ttft_target_bursts_first() -> None:
+    up = upstream("fallback").model_copy(update={"ttft_target_s": 2.0})
+    for waits, expected, why in (
+        ({"a": 3.0, "b": 2.5}, ["cloud:c", "a", "b"], "ttft"),
+        ({"a": 3.0, "b": 1.0}, ["a", "b", "cloud:c"], "least-loaded"),
+        ({}, ["a", "b", "cloud:c"], "least-loaded"),
+    ):
+        plan, _ = plan_targets("m", LOCAL, {}, [up], local_only=False, over_cap=False, waits=waits)
+        assert names(plan) == expected and plan[0][1] == why
+    plan, skipped = plan_targets(
+        "m", LOCAL, {}, [up], local_only=True, over_cap=False, waits={"a": 9.0, "b": 9.0}
+    )
+    assert names(plan) == ["a", "b"] and skipped == "local-only"
+
+
+def test_no_node_with_enough_context_bursts_with_reason_context() -> None:
+    plan, _ = plan_targets(
+        "m", [], {}, [upstream("fallback")], local_only=False, over_cap=False,
+        no_local_reason="context",
+    )  # fmt: skip
+    assert names(plan) == ["cloud:c"] and plan[0][1] == "context"

@@ -11,6 +11,7 @@ from edgebox.router.placement import (
     estimate_prompt_tokens,
     place,
     prefix_keys,
+    requested_max_tokens,
 )
 
 POLICY = PlacementPolicy.from_weights(Weights())
@@ -95,3 +96,20 @@ def test_prompt_length_estimate() -> None:
     assert estimate_prompt_tokens({"prompt": "x" * 400}) in range(95, 106)
     messages = [{"role": "user", "content": "y" * 800}]
     assert estimate_prompt_tokens({"messages": messages}) in range(195, 206)
+
+
+def test_nodes_whose_context_cannot_hold_prompt_and_max_tokens_are_filtered() -> None:
+    def sized(name: str, n_ctx: int) -> NodeStatus:
+        return node(name, healthy=True, models={"m": ModelLoad(slots=2, n_ctx=n_ctx)})
+
+    nodes = [sized("small", 1024), sized("big", 8192), sized("unknown", 0)]
+    body = {"model": "m", "messages": [{"role": "user", "content": "x" * 4000}], "max_tokens": 200}
+    req = RouteRequest("m", (), estimate_prompt_tokens(body), requested_max_tokens(body))
+    assert 1000 <= req.prompt_tokens <= 1010 and req.max_tokens == 200
+    candidates, rejected = place(req, nodes, POLICY, PlacementContext(now=100.0))
+    assert sorted(c.node for c in candidates) == ["big", "unknown"]
+    assert rejected == {"small": "context-too-small"}
+    fits = RouteRequest("m", (), 800, 200)  # 1000 <= 1024
+    assert sorted(ranked(fits, nodes)) == ["big", "small", "unknown"]
+    assert requested_max_tokens({"max_completion_tokens": 7, "max_tokens": 9}) == 7
+    assert requested_max_tokens({"max_tokens": True}) == 0

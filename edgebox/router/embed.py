@@ -1,0 +1,65 @@
+"""`edgebox serve --fleet`: the router inside the node process, on the node's own port.
+
+`FleetDispatch` sends a client's POST to /v1/chat/completions, /v1/completions or
+/v1/embeddings through the router (this node is one of its nodes); everything else, and every
+request the router itself forwards (marked with `x-edgebox-routed`), goes to the node's app.
+The mark is what keeps a request from bouncing between `--fleet` nodes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from edgebox.router.app import create_app, new_client
+from edgebox.router.cloud import SpendLedger
+from edgebox.router.config import RouterConfig, edgebox_home
+from edgebox.router.nodes import NodeAddress, NodeSource, StaticNodes, node_name, normalise_url
+from edgebox.router.service import ROUTED_HEADER, Router
+from edgebox.router.sources import MdnsNodes
+
+_ROUTED_PATHS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings")
+
+
+class LocalNode:
+    """This node, once its port is bound."""
+
+    def __init__(self) -> None:
+        self.url: str | None = None
+
+    def addresses(self) -> Iterable[NodeAddress]:
+        return [NodeAddress("local", self.url)] if self.url else []
+
+
+class FleetDispatch:
+    def __init__(self, node_app: ASGIApp, router_app: ASGIApp) -> None:
+        self.node_app = node_app
+        self.router_app = router_app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (
+            scope["type"] == "http"
+            and scope["method"] == "POST"
+            and scope["path"] in _ROUTED_PATHS
+            and not any(name == ROUTED_HEADER.encode() for name, _ in scope["headers"])
+        ):
+            await self.router_app(scope, receive, send)
+        else:
+            await self.node_app(scope, receive, send)
+
+
+def fleet_router(
+    peers: Iterable[str], *, mdns: bool, api_key: str | None, own_id: str | None = None
+) -> tuple[Router, LocalNode, ASGIApp]:
+    """The router for `serve --fleet`: this node, the `peers` URLs, and mDNS when on (this
+    node's own advert left out). The peers must accept the same API key as this node."""
+    local = LocalNode()
+    statics = StaticNodes(NodeAddress(node_name(u), normalise_url(u)) for u in peers)
+    sources: list[NodeSource] = [local, statics]
+    if mdns:
+        sources.append(MdnsNodes(exclude_id=own_id))
+    config = RouterConfig(poll_interval_s=1.0)
+    ledger = SpendLedger(edgebox_home() / "router_spend.json", None)
+    router = Router(config, sources, new_client(), ledger, node_api_key=api_key)
+    return router, local, create_app(router, api_key=api_key)

@@ -1,0 +1,95 @@
+"""Node sources: real mDNS on loopback (in process) in front of a real node; hub records matched
+to mDNS adverts by SSH host-key fingerprint."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import httpx
+
+from edgebox.fleet.advert import DiscoveredNode
+from edgebox.fleet.identity import load_identity
+from edgebox.fleet.interfaces import LanInterface
+from edgebox.fleet.mdns import Advertiser
+from edgebox.router.nodes import NodePoller
+from edgebox.router.sources import MdnsNodes, hub_addresses
+from tests.conftest import NodeProcess
+
+LOOPBACK = [LanInterface("lo", "127.0.0.1", "255.0.0.0")]
+NO_SSHD = Path("/nonexistent")
+MODEL = "smollm2-135m"
+
+
+def test_mdns_source_finds_a_real_node_by_the_api_port_in_its_advert(
+    node: NodeProcess, tmp_path: Path
+) -> None:
+    port = int(node.url.rsplit(":", 1)[1])
+    shown = load_identity(tmp_path / "shown", sshd_host_key=NO_SSHD, name="shown")
+    hidden = load_identity(tmp_path / "hidden", sshd_host_key=NO_SSHD, name="hidden")
+
+    async def scenario() -> tuple[dict[str, str], int, int]:
+        source = MdnsNodes(LOOPBACK)
+        await source.start()
+        adverts = [
+            Advertiser(shown, accelerator="cpu", models=[MODEL], interfaces=LOOPBACK),
+            Advertiser(hidden, accelerator="cpu", models=[MODEL], interfaces=LOOPBACK),
+        ]
+        try:
+            await adverts[0].start(port, api_on_lan=True)
+            await adverts[1].start(port + 1, api_on_lan=False)  # API on loopback only: no port
+            ids = {shown.node_id, hidden.node_id}
+            deadline = time.monotonic() + 15
+            while {n.node_id for n in source.discovered()} & ids != ids:
+                assert time.monotonic() < deadline, "mDNS adverts not seen on loopback"
+                await asyncio.sleep(0.1)
+            async with httpx.AsyncClient() as client:
+                poller = NodePoller([source], client, interval=60)
+                await poller.poll_once()
+            urls = {a.name: a.url for a in source.addresses()}
+            status = poller.status["shown"]
+            load = status.models[MODEL]
+            return urls, load.slots, load.n_ctx if status.healthy else -1
+        finally:
+            for advert in adverts:
+                await advert.stop()
+            await source.stop()
+
+    urls, slots, n_ctx = asyncio.run(scenario())
+    assert urls["shown"] == f"http://127.0.0.1:{port}"
+    assert "hidden" not in urls  # seen, but it advertised no API port
+    assert slots == 4 and n_ctx == 2048  # the shared node: --ctx 2048 per sequence
+
+
+def _discovered(name: str, fingerprint: str, api_port: int | None) -> DiscoveredNode:
+    return DiscoveredNode(
+        node_id=name * 4, name=name, addresses=("10.0.0.7",), api_port=api_port,
+        host_key_fingerprint=fingerprint, accelerator="cpu", model_digest="", protocol_version=1,
+        service_name=f"{name}._edgebox._tcp.local.",
+    )  # fmt: skip
+
+
+def test_hub_nodes_are_routable_only_when_seen_on_the_lan_with_an_api_port(
+    tmp_path: Path,
+) -> None:
+    ids = {n: load_identity(tmp_path / n, sshd_host_key=NO_SSHD, name=n) for n in "abcd"}
+    host_key = {n: i.ssh_public_key for n, i in ids.items()}  # what the hub stores per node
+    answer = {
+        "data": [
+            {"name": "a", "status": "online", "host_key": host_key["a"]},
+            {"name": "b", "status": "online", "host_key": host_key["b"]},
+            {"name": "c", "status": "offline", "host_key": host_key["c"]},
+            {"name": "d", "status": "online", "host_key": host_key["d"]},
+        ]
+    }
+    from edgebox.fleet.identity import ssh_fingerprint
+
+    lan = [
+        _discovered("a-lan", ssh_fingerprint(host_key["a"]), 8080),
+        _discovered("c-lan", ssh_fingerprint(host_key["c"]), 8080),
+        _discovered("d-lan", ssh_fingerprint(host_key["d"]), None),  # API on loopback only
+    ]
+    found, skipped = hub_addresses(answer, lan)
+    assert [(a.name, a.url) for a in found] == [("a", "http://10.0.0.7:8080")]
+    assert sorted(skipped) == ["b", "d"]  # c is offline: not listed at all
