@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
+import sys
 from collections.abc import Callable
 from typing import Annotated
 
@@ -288,6 +290,13 @@ def serve(
     if tunnel_supervisor:
         tunnel_supervisor.stop()
     err.print("stopped.", style="dim")
+    # Every runtime is closed by now. The interpreter's final garbage collection can still crash
+    # inside native extensions (seen with mlx-lm on CPU), turning a clean stop into a segfault;
+    # with nothing left to release, skip it.
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 @app.command("models")
