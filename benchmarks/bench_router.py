@@ -35,6 +35,9 @@ from bench_serve import SHORT, emit, machine, over_http, prompt_for, start  # no
 from tests.conftest import free_port  # noqa: E402
 
 MODEL = "smollm2-135m"
+# LiteLLM's proxy refuses to start without a master key; every path gets the same bearer header
+# (the node and the router run without keys here and ignore it).
+BENCH_KEY = "sk-edgebox-bench-only"
 
 
 def pct(values: list[float], q: float) -> float:
@@ -43,7 +46,7 @@ def pct(values: list[float], q: float) -> float:
 
 
 def one_token(base_url: str, model: str) -> Callable[[int], float]:
-    client = httpx.Client(timeout=120)
+    client = httpx.Client(timeout=120, headers={"Authorization": f"Bearer {BENCH_KEY}"})
 
     def run(i: int) -> float:
         # A prompt of its own per path and request: no path gains from another's prefix cache.
@@ -67,6 +70,8 @@ def litellm_proxy(exe: str, node_url: str, port: int, tmp: Path) -> subprocess.P
         f"      model: openai/{MODEL}\n"
         f"      api_base: {node_url}/v1\n"
         "      api_key: none\n"
+        "general_settings:\n"
+        f"  master_key: {BENCH_KEY}\n"
     )
     cmd = [exe, "--config", str(config), "--port", str(port), "--num_workers", "1"]
     return start(cmd, f"http://127.0.0.1:{port}/health/liveliness")
@@ -136,7 +141,7 @@ def main() -> None:
                 latency[name].append(run(i))
 
         streams: dict[str, list[tuple[float, float, int]]] = {name: [] for name in paths}
-        streamers = {name: over_http(url, MODEL) for name, url in paths.items()}
+        streamers = {name: over_http(url, MODEL, BENCH_KEY) for name, url in paths.items()}
         for i in range(args.streams):
             for name, stream in streamers.items():
                 streams[name].append(stream(prompt_for(SHORT, i)))

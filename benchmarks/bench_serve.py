@@ -72,8 +72,10 @@ def in_process(
     return run
 
 
-def over_http(base_url: str, model: str) -> Callable[[str], tuple[float, float, int]]:
-    client = openai.OpenAI(base_url=base_url, api_key="x", max_retries=0, timeout=300)
+def over_http(
+    base_url: str, model: str, api_key: str = "x"
+) -> Callable[[str], tuple[float, float, int]]:
+    client = openai.OpenAI(base_url=base_url, api_key=api_key, max_retries=0, timeout=300)
 
     def run(prompt: str) -> tuple[float, float, int]:
         stream = client.completions.create(
