@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -40,3 +40,23 @@ def client(
         return admin_client(hub=hub, admin_key_file=key, fingerprint=fingerprint, data_dir=data)
     except AdminConfigError as exc:
         raise fail(str(exc)) from None
+
+
+def admin_request(
+    hub: str | None,
+    key: Path | None,
+    fingerprint: str | None,
+    data: Path | None,
+    method: str,
+    path: str,
+    *,
+    json: dict[str, Any] | None = None,
+) -> Any:
+    """One admin call to the hub; a refusal or an unreachable hub becomes a clean CLI error."""
+    from edgebox.fleet.hub.client import HubError
+
+    try:
+        with client(hub, key, fingerprint, data) as c:
+            return c.request(method, path, json=json)
+    except HubError as exc:
+        raise fail(exc.message) from None

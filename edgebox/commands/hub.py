@@ -10,7 +10,14 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from edgebox.commands._hubopts import AdminKeyFile, AsJson, DataDir, Fingerprint, HubUrl, client
+from edgebox.commands._hubopts import (
+    AdminKeyFile,
+    AsJson,
+    DataDir,
+    Fingerprint,
+    HubUrl,
+    admin_request,
+)
 from edgebox.commands._hubopts import fail as _fail
 
 out = Console()
@@ -102,13 +109,7 @@ def nodes(
     data: DataDir = None,
 ) -> None:
     """List every registered node, online, offline or revoked."""
-    from edgebox.fleet.hub.client import HubError
-
-    try:
-        with client(hub, admin_key_file, fingerprint, data) as c:
-            rows = c.request("GET", "/v1/hub/nodes")["data"]
-    except HubError as exc:
-        raise _fail(exc.message) from None
+    rows = admin_request(hub, admin_key_file, fingerprint, data, "GET", "/v1/hub/nodes")["data"]
     if as_json:
         out.print_json(data=rows)
         return
@@ -129,13 +130,7 @@ def events(
     data: DataDir = None,
 ) -> None:
     """The hub's audit log: joins, refusals, revocations, nodes going offline."""
-    from edgebox.fleet.hub.client import HubError
-
-    try:
-        with client(hub, admin_key_file, fingerprint, data) as c:
-            rows = c.request("GET", "/v1/hub/events")["data"]
-    except HubError as exc:
-        raise _fail(exc.message) from None
+    rows = admin_request(hub, admin_key_file, fingerprint, data, "GET", "/v1/hub/events")["data"]
     if as_json:
         out.print_json(data=rows)
         return

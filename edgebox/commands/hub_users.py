@@ -9,7 +9,14 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from edgebox.commands._hubopts import AdminKeyFile, AsJson, DataDir, Fingerprint, HubUrl, client
+from edgebox.commands._hubopts import (
+    AdminKeyFile,
+    AsJson,
+    DataDir,
+    Fingerprint,
+    HubUrl,
+    admin_request,
+)
 from edgebox.commands._hubopts import fail as _fail
 
 out = Console()
@@ -29,19 +36,20 @@ def add(
 ) -> None:
     """Allow this key through the relay to every node, and print the user's login line
     (`edgebox login ebu1_...`, shown once) for reading the node list."""
-    from edgebox.fleet.hub.client import HubError
 
     try:
         public_key = key.expanduser().read_text().strip()
     except OSError as exc:
         raise _fail(f"cannot read {key}: {exc.strerror}") from None
-    try:
-        with client(hub, admin_key_file, fingerprint, data) as c:
-            answer = c.request(
-                "POST", "/v1/hub/users", json={"name": name, "ssh_public_key": public_key}
-            )
-    except HubError as exc:
-        raise _fail(exc.message) from None
+    answer = admin_request(
+        hub,
+        admin_key_file,
+        fingerprint,
+        data,
+        "POST",
+        "/v1/hub/users",
+        json={"name": name, "ssh_public_key": public_key},
+    )
     if as_json:
         out.print_json(data=answer)
         return
@@ -61,13 +69,7 @@ def ls(
     data: DataDir = None,
 ) -> None:
     """List users and their SSH keys."""
-    from edgebox.fleet.hub.client import HubError
-
-    try:
-        with client(hub, admin_key_file, fingerprint, data) as c:
-            rows = c.request("GET", "/v1/hub/users")["data"]
-    except HubError as exc:
-        raise _fail(exc.message) from None
+    rows = admin_request(hub, admin_key_file, fingerprint, data, "GET", "/v1/hub/users")["data"]
     if as_json:
         out.print_json(data=rows)
         return
@@ -86,11 +88,5 @@ def rm(
     data: DataDir = None,
 ) -> None:
     """Remove a user: their key stops opening the relay and their login stops working."""
-    from edgebox.fleet.hub.client import HubError
-
-    try:
-        with client(hub, admin_key_file, fingerprint, data) as c:
-            c.request("DELETE", f"/v1/hub/users/{name}")
-    except HubError as exc:
-        raise _fail(exc.message) from None
+    admin_request(hub, admin_key_file, fingerprint, data, "DELETE", f"/v1/hub/users/{name}")
     out.print(f"user {name} removed", highlight=False)

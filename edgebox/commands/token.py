@@ -9,7 +9,14 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from edgebox.commands._hubopts import AdminKeyFile, AsJson, DataDir, Fingerprint, HubUrl, client
+from edgebox.commands._hubopts import (
+    AdminKeyFile,
+    AsJson,
+    DataDir,
+    Fingerprint,
+    HubUrl,
+    admin_request,
+)
 from edgebox.commands._hubopts import fail as _fail
 
 out = Console()
@@ -30,18 +37,21 @@ def create(
     data: DataDir = None,
 ) -> None:
     """Create a single-use token and print the command to paste on the new box."""
-    from edgebox.fleet.hub.client import HubError
     from edgebox.fleet.tokens import parse_duration
 
     try:
         seconds = parse_duration(ttl)
     except ValueError as exc:
         raise _fail(f"--ttl: {exc}") from None
-    try:
-        with client(hub, admin_key_file, fingerprint, data) as c:
-            made = c.request("POST", "/v1/hub/tokens", json={"ttl_seconds": seconds, "name": name})
-    except HubError as exc:
-        raise _fail(exc.message) from None
+    made = admin_request(
+        hub,
+        admin_key_file,
+        fingerprint,
+        data,
+        "POST",
+        "/v1/hub/tokens",
+        json={"ttl_seconds": seconds, "name": name},
+    )
     if as_json:
         out.print_json(data=made)
         return
@@ -60,13 +70,7 @@ def ls(
     data: DataDir = None,
 ) -> None:
     """List tokens and their state (secrets are never shown; the hub only has their hash)."""
-    from edgebox.fleet.hub.client import HubError
-
-    try:
-        with client(hub, admin_key_file, fingerprint, data) as c:
-            rows = c.request("GET", "/v1/hub/tokens")["data"]
-    except HubError as exc:
-        raise _fail(exc.message) from None
+    rows = admin_request(hub, admin_key_file, fingerprint, data, "GET", "/v1/hub/tokens")["data"]
     if as_json:
         out.print_json(data=rows)
         return
@@ -86,13 +90,7 @@ def revoke(
     data: DataDir = None,
 ) -> None:
     """Revoke a token so it can no longer join a box."""
-    from edgebox.fleet.hub.client import HubError
-
-    try:
-        with client(hub, admin_key_file, fingerprint, data) as c:
-            c.request("DELETE", f"/v1/hub/tokens/{token_id}")
-    except HubError as exc:
-        raise _fail(exc.message) from None
+    admin_request(hub, admin_key_file, fingerprint, data, "DELETE", f"/v1/hub/tokens/{token_id}")
     typer.echo(f"revoked {token_id}")
 
 
