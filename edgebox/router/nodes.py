@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 from urllib.parse import urlsplit
@@ -157,6 +157,29 @@ def status_from_health(
     return NodeStatus(address, healthy=health.get("status") == "ok", models=models, checked_at=now)
 
 
+class Every:
+    """Runs an async step every `interval` seconds (after a first wait) until stopped."""
+
+    def __init__(self, interval: float, step: Callable[[], Awaitable[None]]):
+        self.interval = interval
+        self.step = step
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        async def loop() -> None:
+            while True:
+                await asyncio.sleep(self.interval)
+                await self.step()
+
+        self._task = asyncio.create_task(loop())
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+
 class NodePoller:
     """Keeps a `NodeStatus` per node from its sources, polled every `interval` seconds."""
 
@@ -165,7 +188,7 @@ class NodePoller:
         self.client = client
         self.interval = interval
         self.status: dict[str, NodeStatus] = {}
-        self._task: asyncio.Task[None] | None = None
+        self._every = Every(interval, self.poll_once)
 
     async def poll_once(self) -> None:
         addresses: dict[str, NodeAddress] = {}
@@ -202,15 +225,7 @@ class NodePoller:
             self.status[name] = replace(old, cooldown_until=time.monotonic() + COOLDOWN_S)
 
     def start(self) -> None:
-        async def loop() -> None:
-            while True:
-                await asyncio.sleep(self.interval)
-                await self.poll_once()
-
-        self._task = asyncio.create_task(loop())
+        self._every.start()
 
     async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await self._every.stop()

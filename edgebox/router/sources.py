@@ -11,7 +11,6 @@ the others are skipped with one log line each.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -20,7 +19,7 @@ from edgebox.fleet.advert import DiscoveredNode
 from edgebox.fleet.identity import ssh_fingerprint
 from edgebox.fleet.interfaces import LanInterface
 from edgebox.fleet.logins import Login
-from edgebox.router.nodes import NodeAddress
+from edgebox.router.nodes import Every, NodeAddress
 
 log = logging.getLogger("edgebox.router")
 
@@ -101,7 +100,7 @@ class HubNodes:
         self.refresh_s = refresh_s
         self._answer: Mapping[str, Any] = {}
         self._logged: set[str] = set()
-        self._task: asyncio.Task[None] | None = None
+        self._every = Every(refresh_s, self.refresh)
 
     def fetch(self) -> Mapping[str, Any]:
         from edgebox.fleet.hub.client import HubClient
@@ -120,19 +119,10 @@ class HubNodes:
 
     async def start(self) -> None:
         await self.refresh()
-
-        async def loop() -> None:
-            while True:
-                await asyncio.sleep(self.refresh_s)
-                await self.refresh()
-
-        self._task = asyncio.create_task(loop())
+        self._every.start()
 
     async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await self._every.stop()
 
     def addresses(self) -> Iterable[NodeAddress]:
         found, skipped = hub_addresses(self._answer, self.lan.discovered() if self.lan else ())
