@@ -12,6 +12,7 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
+from openai.types.chat import ChatCompletionMessageParam
 
 from tests.conftest import NodeProcess, start_node
 from tests.router.conftest import start_router
@@ -107,10 +108,26 @@ def node_name(node: NodeProcess) -> str:
     return node.url.removeprefix("http://")
 
 
+def messages(user: str) -> list[ChatCompletionMessageParam]:
+    return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": user}]
+
+
+def direct_reply(node: NodeProcess, user: str, api_key: str = "x") -> str | None:
+    """The node's own greedy answer, bypassing the router."""
+    direct = openai.OpenAI(base_url=node.base_url, api_key=api_key, max_retries=0)
+    reply = direct.chat.completions.create(
+        model=MODEL,
+        messages=messages(user),
+        max_tokens=12,
+        temperature=0,
+    )
+    return reply.choices[0].message.content
+
+
 def chat(router: NodeProcess, user: str, **extra: object) -> tuple[str, str, str]:
     raw = client(router).chat.completions.with_raw_response.create(
         model=MODEL,
-        messages=[{"role": "system", "content": SYSTEM}, {"role": "user", "content": user}],
+        messages=messages(user),
         max_tokens=12,
         temperature=0,
         **extra,  # type: ignore[arg-type]
@@ -131,23 +148,10 @@ def test_streamed_and_plain_answers_match_the_node_and_say_where_they_ran(
 ) -> None:
     node, reason, text = chat(fleet["router"], "What is 2 + 2?")
     assert node in (node_name(fleet["a"]), node_name(fleet["b"])) and "reason=" in reason
-    direct = openai.OpenAI(base_url=fleet["a"].base_url, api_key="x", max_retries=0)
-    expected = direct.chat.completions.create(
-        model=MODEL,
-        messages=[
-            {"role": "system", "content": SYSTEM},
-            {"role": "user", "content": "What is 2 + 2?"},
-        ],
-        max_tokens=12,
-        temperature=0,
-    )
-    assert text == expected.choices[0].message.content
+    assert text == direct_reply(fleet["a"], "What is 2 + 2?")
     with client(fleet["router"]).chat.completions.with_streaming_response.create(
         model=MODEL,
-        messages=[
-            {"role": "system", "content": SYSTEM},
-            {"role": "user", "content": "What is 2 + 2?"},
-        ],
+        messages=messages("What is 2 + 2?"),
         max_tokens=12,
         temperature=0,
         stream=True,
@@ -260,17 +264,7 @@ def test_the_cloud_key_never_reaches_logs_or_errors(fleet: dict[str, NodeProcess
 def test_split_prefill_gives_the_same_greedy_text(fleet: dict[str, NodeProcess]) -> None:
     _, reason, text = chat(fleet["split"], "What is seven times six?")
     assert "split=split-always,prefill@" in reason, reason
-    direct = openai.OpenAI(base_url=fleet["a"].base_url, api_key="x", max_retries=0)
-    expected = direct.chat.completions.create(
-        model=MODEL,
-        messages=[
-            {"role": "system", "content": SYSTEM},
-            {"role": "user", "content": "What is seven times six?"},
-        ],
-        max_tokens=12,
-        temperature=0,
-    )
-    assert text == expected.choices[0].message.content
+    assert text == direct_reply(fleet["a"], "What is seven times six?")
 
 
 def test_the_spend_cap_stops_bursting(fleet: dict[str, NodeProcess]) -> None:
@@ -297,17 +291,7 @@ def test_an_incompatible_kv_split_falls_back_to_one_node(fleet: dict[str, NodePr
     # the same text as that node gives unsplit (the two nodes' n_ctx differ, and with it
     # llama.cpp's float rounding, so compare with the node that answered)
     node = next(fleet[n] for n in ("a", "cloud") if node_name(fleet[n]) == served)
-    direct = openai.OpenAI(base_url=node.base_url, api_key=CLOUD_KEY, max_retries=0)
-    expected = direct.chat.completions.create(
-        model=MODEL,
-        messages=[
-            {"role": "system", "content": SYSTEM},
-            {"role": "user", "content": "What is seven times six?"},
-        ],
-        max_tokens=12,
-        temperature=0,
-    )
-    assert text == expected.choices[0].message.content
+    assert text == direct_reply(node, "What is seven times six?", CLOUD_KEY)
 
 
 def test_a_node_dying_mid_stream_ends_it_with_an_error_then_requests_fail_over(
