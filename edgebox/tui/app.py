@@ -16,12 +16,13 @@ from textual.app import App, ComposeResult, SuspendNotSupported
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical
 from textual.css.query import NoMatches
-from textual.widgets import DataTable, Footer, Input, Label, Sparkline, Static
+from textual.widgets import Footer, Input, Label, Sparkline, Static
 
 from edgebox.tui import actions, view
 from edgebox.tui.router import RouterSource, RouterStats, router_text
 from edgebox.tui.snapshot import FleetSnapshot, NodeSnapshot
 from edgebox.tui.source import FleetSource
+from edgebox.tui.table import NodeTable
 
 HISTORY = 120  # samples per node and series kept for the sparklines
 SPARK_MIN_S = 1.0  # sparklines redraw at most this often for the same node
@@ -82,10 +83,6 @@ class FleetApp(App[None]):
         self.needle = ""
         self.selected: str | None = None  # node id
         self.history: dict[str, dict[str, deque[float]]] = {}  # node id → series → samples
-        self._rows: dict[str, tuple[str, ...]] = {}  # the table's cells by node id, in order
-        self._want: dict[str, tuple[str, ...]] = {}  # the latest poll's cells (rows off screen
-        # are updated when they scroll into view)
-        self._columns = tuple(view.COLUMNS)
         self._shown: dict[str, Text | str] = {}  # what each Static shows now
         self._spark_node: str | None = None
         self._spark_at = 0.0  # monotonic time of the last sparkline redraw
@@ -93,7 +90,7 @@ class FleetApp(App[None]):
     def compose(self) -> ComposeResult:
         yield Static(id="totals")
         yield Static(id="router", classes="visible" if self.router else "")
-        yield DataTable[Text](id="nodes", cursor_type="row", zebra_stripes=True)
+        yield NodeTable(view.COLUMNS, view.cell_style, id="nodes")
         with Vertical(id="detail"):
             yield Static("waiting for the first poll…", id="detail-text")
             with Horizontal(id="sparks"):
@@ -106,10 +103,6 @@ class FleetApp(App[None]):
         yield Footer()
 
     def on_mount(self) -> None:
-        table = self.query_one("#nodes", DataTable)
-        for column, width in view.COLUMNS.items():
-            table.add_column(column, key=column, width=width)
-        self.watch(table, "scroll_y", self._sync_visible, init=False)
         self.poll_fleet()
         self.set_interval(self.interval, self.poll_fleet)
 
@@ -144,22 +137,11 @@ class FleetApp(App[None]):
     def _render(self) -> None:
         snap = self.snapshot
         self._update("#totals", view.totals_text(snap, sort=self.sort, needle=self.needle))
-        table: DataTable[Text] = self.query_one("#nodes", DataTable)
         nodes = view.visible_nodes(snap.nodes, sort=self.sort, needle=self.needle)
         keep = self.selected
+        # The table keeps its cursor on the same node and redraws only changed, visible rows.
+        self.query_one("#nodes", NodeTable).set_rows([(n.id, view.row_plain(n)) for n in nodes])
         ids = [n.id for n in nodes]
-        rows = {n.id: view.row_plain(n) for n in nodes}
-        if ids == list(self._rows):
-            self._want = rows
-            self._sync_visible()
-        else:  # rows came, went or moved: rebuild
-            table.clear()
-            for node_id, plain in rows.items():
-                cells = [view.cell_text(i, c, plain[1]) for i, c in enumerate(plain)]
-                table.add_row(*cells, key=node_id)
-            self._rows, self._want = dict(rows), rows
-        if keep in ids and table.cursor_row != ids.index(keep):
-            table.move_cursor(row=ids.index(keep), animate=False)
         self._show_detail(self._node(keep) if keep in ids else (nodes[0] if nodes else None))
         self._show_status()
 
@@ -180,27 +162,6 @@ class FleetApp(App[None]):
     def say(self, message: str) -> None:
         self.message = message
         self._show_status()
-
-    def _sync_visible(self) -> None:
-        """Bring the rows on screen up to date: only the cells whose text changed (all of a
-        row's cells when its status, hence its style, changed), a Text built only for those.
-
-        Rows scrolled out of view are brought up to date when they scroll in: every
-        `update_cell` costs a refresh, so updating 200 rows to show 40 was most of a frame.
-        Columns have fixed widths, so nothing is re-measured.
-        """
-        table: DataTable[Text] = self.query_one("#nodes", DataTable)
-        order = list(self._want)
-        top = int(table.scroll_offset.y)
-        for node_id in order[max(top - 1, 0) : top + table.size.height + 1]:
-            plain, before = self._want[node_id], self._rows.get(node_id)
-            if before is None or plain == before:
-                continue
-            restyle = plain[1] != before[1]
-            for i, (column, cell, old) in enumerate(zip(self._columns, plain, before, strict=True)):
-                if restyle or cell != old:
-                    table.update_cell(node_id, column, view.cell_text(i, cell, plain[1]))
-            self._rows[node_id] = plain
 
     def _node(self, node_id: str | None) -> NodeSnapshot | None:
         return next((n for n in self.snapshot.nodes if n.id == node_id), None)
@@ -224,16 +185,15 @@ class FleetApp(App[None]):
             self.query_one(f"#spark-{key}", Sparkline).data = series
             self.query_one(f"#label-{key}", Label).update(view.series_label(key, series))
 
-    @on(DataTable.RowHighlighted, "#nodes")
-    def _row_highlighted(self, event: DataTable.RowHighlighted) -> None:
-        if event.row_key.value is not None:
-            self._show_detail(self._node(event.row_key.value))
+    @on(NodeTable.RowHighlighted, "#nodes")
+    def _row_highlighted(self, event: NodeTable.RowHighlighted) -> None:
+        self._show_detail(self._node(event.row_key))
 
     def action_refresh_now(self) -> None:
         self._spark_at = 0.0  # `r` redraws the sparklines too
         self.poll_fleet()
 
-    @on(DataTable.RowSelected, "#nodes")
+    @on(NodeTable.RowSelected, "#nodes")
     def _row_selected(self) -> None:  # Enter on a row
         self.action_zoom()
 
@@ -241,7 +201,7 @@ class FleetApp(App[None]):
         """Enter: the selected node's detail and sparklines fill the screen (Esc/Enter back)."""
         self.toggle_class("zoom")
         if not self.has_class("zoom"):
-            self.query_one("#nodes", DataTable).focus()
+            self.query_one("#nodes", NodeTable).focus()
 
     def _selected_node(self) -> NodeSnapshot | None:
         node = self._node(self.selected)
@@ -309,7 +269,7 @@ class FleetApp(App[None]):
         box = self.query_one("#filter", Input)
         box.remove_class("visible")
         self.needle = ""
-        self.query_one("#nodes", DataTable).focus()
+        self.query_one("#nodes", NodeTable).focus()
         self._render()
 
     @on(Input.Changed, "#filter")
@@ -320,4 +280,4 @@ class FleetApp(App[None]):
     @on(Input.Submitted, "#filter")
     def _filter_done(self) -> None:
         self.query_one("#filter", Input).remove_class("visible")
-        self.query_one("#nodes", DataTable).focus()
+        self.query_one("#nodes", NodeTable).focus()

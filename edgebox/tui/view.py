@@ -103,7 +103,7 @@ def short_models(node: NodeSnapshot) -> str:
 
 
 def row_plain(node: NodeSnapshot) -> tuple[str, ...]:
-    """One table row as plain strings (cheap to compare; `cell_text` styles a cell)."""
+    """One table row as plain strings (cheap to compare; `cell_style` styles a cell)."""
     return (
         node.name,
         status_word(node),
@@ -122,16 +122,17 @@ def row_plain(node: NodeSnapshot) -> tuple[str, ...]:
     )
 
 
-def cell_text(column: int, plain: str, status: str) -> Text:
-    """A styled cell: offline and unreachable rows are dimmed so the live ones stand out."""
+def cell_style(column: int, row: tuple[str, ...]) -> str:
+    """A cell's style: offline and unreachable rows are dimmed so the live ones stand out."""
+    status = row[1]
     if column == 1:
-        return Text(plain, style=STATUS_STYLE[status])
-    return Text(plain, style="" if status in ("online", "draining") else "dim")
+        return STATUS_STYLE[status]
+    return "" if status in ("online", "draining") else "dim"
 
 
 def row_cells(node: NodeSnapshot) -> list[Text]:
     plain = row_plain(node)
-    return [cell_text(i, c, plain[1]) for i, c in enumerate(plain)]
+    return [Text(cell, style=cell_style(i, plain)) for i, cell in enumerate(plain)]
 
 
 def status_word(node: NodeSnapshot) -> str:

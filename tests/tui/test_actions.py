@@ -9,11 +9,12 @@ import httpx
 import pytest
 from rich.text import Text
 from textual.pilot import Pilot
-from textual.widgets import DataTable, Static
+from textual.widgets import Static
 
 from edgebox.tui.actions import Confirm, ssh_command
 from edgebox.tui.app import FleetApp
 from edgebox.tui.source import DirectSource, ReplaySource
+from edgebox.tui.table import NodeTable
 from tests.conftest import NodeProcess, start_node
 from tests.tui.fleet import fleet
 from tests.tui.test_app import drive
@@ -54,7 +55,7 @@ def test_drain_cancelled_does_nothing_confirmed_drains(keyed_node: NodeProcess) 
         await pilot.pause()
         assert health_status(keyed_node) == "draining"
         assert "draining" in status_line(app)
-        assert str(app.query_one("#nodes", DataTable).get_row_at(0)[1]) == "draining"
+        assert str(app.query_one("#nodes", NodeTable).get_row_at(0)[1]) == "draining"
 
         await pilot.press("d")  # a draining node offers undrain
         assert isinstance(app.screen, Confirm) and "Undrain" in app.screen.question
@@ -79,7 +80,7 @@ def test_drain_without_the_key_is_refused_and_says_why(keyed_node: NodeProcess) 
 
 def test_enter_zooms_the_detail_and_escape_returns() -> None:
     async def steps(app: FleetApp, pilot: Pilot[None]) -> None:
-        nodes = app.query_one("#nodes", DataTable)
+        nodes = app.query_one("#nodes", NodeTable)
         await pilot.press("enter")
         assert app.has_class("zoom") and not nodes.display
         await pilot.press("escape")
