@@ -6,15 +6,23 @@ Part 2 runs the Textual app headless over a simulated 200-node fleet refreshed e
 reads the process's CPU time (the target in issue 7: at most 10% of one core).
 
 Usage: python benchmarks/bench_top.py [--sizes 1 10 50 200] [--seconds 10] [--write]
+       python benchmarks/bench_top.py --compare REV [--tui-rounds 3] [--seconds 10] [--write]
+`--compare REV` measures part 2 only, on this tree and on git revision REV's `edgebox/` (this
+same benchmark code drives both), alternating the two in separate processes for several rounds
+so that the load of a shared machine falls on both alike.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
+import os
 import socket
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -110,6 +118,68 @@ async def tui_cpu_share(
     return share, statistics.median(frames) * 1000, len(frames)
 
 
+CASES = {True: "all change every poll", False: "unchanged"}
+
+
+def run_tui(script: Path, nodes: int, seconds: float) -> dict[str, list[float]]:
+    """One `--tui-only --json` run of `script` in its own process: case → [share, ms, refreshes]."""
+    cmd = [sys.executable, str(script), "--tui-only", "--json", "--tui-nodes", str(nodes),
+           "--seconds", str(seconds)]  # fmt: skip
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    result: dict[str, list[float]] = json.loads(out.strip().splitlines()[-1])
+    return result
+
+
+def compare(rev: str, nodes: int, seconds: float, rounds: int) -> list[str]:
+    """Before (git `rev`) and after (this tree), alternated per round; markdown lines."""
+    label = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", rev], text=True,
+                           capture_output=True, check=True).stdout.strip()  # fmt: skip
+    runs: dict[str, list[dict[str, list[float]]]] = {"before": [], "after": []}
+    loads: list[float] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev, "edgebox", "benchmarks",
+                                  "tests"], capture_output=True, check=True).stdout  # fmt: skip
+        subprocess.run(["tar", "-x", "-C", tmp], input=archive, check=True)
+        old = Path(tmp) / "benchmarks" / "bench_top.py"
+        old.write_text(Path(__file__).read_text())  # the same measurement, the old edgebox/
+        for r in range(rounds):
+            order = [("before", old), ("after", Path(__file__))]
+            for name, script in order if r % 2 == 0 else order[::-1]:
+                loads.append(os.getloadavg()[0])
+                runs[name].append(run_tui(script, nodes, seconds))
+                print(name, runs[name][-1], f"load {loads[-1]:.1f}", file=sys.stderr)
+    loads.append(os.getloadavg()[0])
+
+    def med(name: str, case: str, i: int) -> float:
+        return statistics.median(run[case][i] for run in runs[name])
+
+    lines = [
+        f"Run on {time.strftime('%Y-%m-%d')}. Machine: {machine()}. Command: "
+        f"`python benchmarks/bench_top.py --compare {rev} --tui-rounds {rounds} "
+        f"--tui-nodes {nodes} --seconds {seconds:g}`: headless `FleetApp` (160x50), {nodes} "
+        f"simulated nodes refreshed at 2 Hz for {seconds:g} s per case; before = `{label}`'s "
+        f"`edgebox/`, after = this tree; {rounds} rounds, before and after alternated, each in "
+        "its own process. CPU share = process CPU time / wall time (the simulated source's "
+        "snapshot building included); medians over the rounds. 1-minute load average during "
+        f"the run: {min(loads):.1f} to {max(loads):.1f}.",
+        "",
+        "| figures | before: CPU share | after: CPU share | after / before | before: median "
+        "refresh (ms) | after: median refresh (ms) | per-round CPU shares, before → after |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for case in CASES.values():
+        b, a = med("before", case, 0), med("after", case, 0)
+        pairs = ", ".join(
+            f"{x[case][0] * 100:.1f} → {y[case][0] * 100:.1f}"
+            for x, y in zip(runs["before"], runs["after"], strict=True)
+        )
+        lines.append(
+            f"| {case} | {b * 100:.1f}% | {a * 100:.1f}% | {a / b:.2f} "
+            f"| {med('before', case, 1):.1f} | {med('after', case, 1):.1f} | {pairs} |"
+        )
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[1, 10, 50, 200])
@@ -118,14 +188,24 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--write", action="store_true", help="append to docs/benchmarks.md")
     parser.add_argument("--tui-only", action="store_true", help="skip polling; TUI part only")
+    parser.add_argument("--json", action="store_true", help="with --tui-only: one JSON line")
+    parser.add_argument("--compare", metavar="REV", help="TUI part before (git REV) and after")
+    parser.add_argument("--tui-rounds", type=int, default=3, help="rounds for --compare")
     args = parser.parse_args()
+    if args.compare:
+        lines = compare(args.compare, args.tui_nodes, args.seconds, args.tui_rounds)
+        emit(["### TUI before and after (`--compare`)", "", *lines], args.write)
+        return
     if args.tui_only:
-        for changing in (True, False):
-            share, ms, n = asyncio.run(
-                tui_cpu_share(args.tui_nodes, 2.0, args.seconds, changing=changing)
-            )
-            print(f"| {'all change every poll' if changing else 'unchanged'} "
-                  f"| {share * 100:.1f}% | {ms:.1f} | {n} |")  # fmt: skip
+        results = {
+            case: asyncio.run(tui_cpu_share(args.tui_nodes, 2.0, args.seconds, changing=changing))
+            for changing, case in CASES.items()
+        }
+        if args.json:
+            print(json.dumps(results))
+            return
+        for case, (share, ms, n) in results.items():
+            print(f"| {case} | {share * 100:.1f}% | {ms:.1f} | {n} |")
         return
 
     port = free_port()
