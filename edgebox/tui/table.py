@@ -208,12 +208,18 @@ class NodeTable(ScrollView, can_focus=True):
         return self._styles[spec]
 
     def _strip(self, row: Row, cell_style: CellStyle) -> Strip:
-        """One row: each cell cropped or padded to its column, one space either side."""
-        pad = Segment(" ")
+        """One row: each cell cropped or padded to its column, one space either side; cells of
+        one style share a segment (a row is 2-3 segments, not 42, for everything downstream)."""
         segments: list[Segment] = []
-        for column, (text, width) in enumerate(zip(row, self.columns.values(), strict=True)):
-            style = self._style(cell_style(column, row))
-            segments += [pad, Segment(set_cell_size(text, width), style), pad]
+        text, style = "", Style.null()
+        for column, (cell, width) in enumerate(zip(row, self.columns.values(), strict=True)):
+            cell_style_ = self._style(cell_style(column, row))
+            if cell_style_ != style and text:
+                segments.append(Segment(text, style))
+                text = ""
+            text += f" {set_cell_size(cell, width)} "
+            style = cell_style_
+        segments.append(Segment(text, style))
         return Strip(segments, sum(self.columns.values()) + 2 * len(self.columns))
 
     def render_line(self, y: int) -> Strip:

@@ -49,8 +49,8 @@ def screen_rows(app: FleetApp) -> list[Strip]:
 
 
 def cell_style(line: Strip, text: str) -> Style:
-    """The style of the rendered segment that starts with `text`."""
-    return next(s.style or Style() for s in line if s.text.startswith(text))
+    """The style of the rendered segment that holds `text`."""
+    return next(s.style or Style() for s in line if text in s.text)
 
 
 def names(app: FleetApp) -> list[str]:

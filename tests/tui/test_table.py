@@ -60,7 +60,7 @@ def test_rows_render_cropped_to_their_columns_under_a_header() -> None:
         assert shown[1].startswith(" alpha-  1.0  ") and shown[2].startswith(" beta    -    ")
         assert all(len(line) == table.scrollable_content_region.width for line in shown)
         beta = table.render_line(2)
-        assert next(s for s in beta if s.text.startswith("beta")).style.dim  # type: ignore[union-attr]
+        assert next(s for s in beta if "beta" in s.text).style.dim  # type: ignore[union-attr]
 
     run(steps)
 
