@@ -70,19 +70,25 @@ def _discovered(name: str, fingerprint: str, api_port: int | None) -> Discovered
     )  # fmt: skip
 
 
-def test_hub_nodes_are_routable_only_when_seen_on_the_lan_with_an_api_port(
+def test_hub_nodes_go_to_their_mdns_address_else_to_the_address_the_hub_recorded(
     tmp_path: Path,
 ) -> None:
-    ids = {n: load_identity(tmp_path / n, sshd_host_key=NO_SSHD, name=n) for n in "abcd"}
+    ids = {n: load_identity(tmp_path / n, sshd_host_key=NO_SSHD, name=n) for n in "abcdef"}
     host_key = {n: i.ssh_public_key for n, i in ids.items()}  # what the hub stores per node
     answer = {
         "data": [
-            {"name": "a", "status": "online", "host_key": host_key["a"]},
+            {"name": "a", "status": "online", "host_key": host_key["a"],
+             "api_url": "http://192.0.2.1:8080"},  # also on mDNS: the LAN address wins
             {"name": "b", "status": "online", "host_key": host_key["b"]},
-            {"name": "c", "status": "offline", "host_key": host_key["c"]},
+            {"name": "c", "status": "offline", "host_key": host_key["c"],
+             "api_url": "http://192.0.2.3:8080"},
             {"name": "d", "status": "online", "host_key": host_key["d"]},
+            {"name": "e", "status": "online", "host_key": host_key["e"],
+             "api_url": "http://192.0.2.5:9000"},  # hub-only
+            {"name": "f", "status": "online", "host_key": None,
+             "api_url": "http://127.0.0.1:9001"},  # on the hub's own box
         ]
-    }
+    }  # fmt: skip
     from edgebox.fleet.identity import ssh_fingerprint
 
     lan = [
@@ -90,6 +96,10 @@ def test_hub_nodes_are_routable_only_when_seen_on_the_lan_with_an_api_port(
         _discovered("c-lan", ssh_fingerprint(host_key["c"]), 8080),
         _discovered("d-lan", ssh_fingerprint(host_key["d"]), None),  # API on loopback only
     ]
-    found, skipped = hub_addresses(answer, lan)
-    assert [(a.name, a.url) for a in found] == [("a", "http://10.0.0.7:8080")]
+    found, skipped = hub_addresses(answer, lan, "https://hub.example:8443")
+    assert [(a.name, a.url) for a in found] == [
+        ("a", "http://10.0.0.7:8080"),
+        ("e", "http://192.0.2.5:9000"),
+        ("f", "http://hub.example:9001"),
+    ]
     assert sorted(skipped) == ["b", "d"]  # c is offline: not listed at all
