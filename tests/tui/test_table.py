@@ -38,10 +38,12 @@ class TableApp(App[None]):
         self.events.append(("selected", event.row_key))
 
 
-def run(steps: Callable[[TableApp, NodeTable, Pilot[None]], Awaitable[None]]) -> None:
+def run(
+    steps: Callable[[TableApp, NodeTable, Pilot[None]], Awaitable[None]], width: int = 40
+) -> None:
     async def go() -> None:
         app = TableApp()
-        async with app.run_test(size=(40, 8)) as pilot:
+        async with app.run_test(size=(width, 8)) as pilot:
             await steps(app, app.query_one(NodeTable), pilot)
 
     asyncio.run(go())
@@ -92,11 +94,17 @@ def test_keys_scroll_with_the_cursor_and_enter_selects() -> None:
         await pilot.press("home", "pagedown", "enter")
         await pilot.pause()
         assert table.cursor_row > 0 and app.events[-1] == ("selected", f"n{table.cursor_row}")
+        await pilot.press("right")  # the table is wider than the screen: scrolls sideways
+        await pilot.wait_for_scheduled_animations()
+        assert table.scroll_x > 0 and lines(table)[0].startswith("name"[int(table.scroll_x) - 1 :])
+        await pilot.press("left")
+        await pilot.wait_for_scheduled_animations()
+        assert table.scroll_x == 0
         await pilot.click(NodeTable, offset=(2, 2))  # the second row on screen
         await pilot.pause()
         assert app.events[-1][0] == "highlighted" and table.cursor_row == int(table.scroll_y) + 1
 
-    run(steps)
+    run(steps, width=12)
 
 
 def test_enter_is_listed_in_the_footer_of_the_fleet_app() -> None:
