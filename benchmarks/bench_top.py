@@ -16,13 +16,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import fcntl
 import json
 import os
 import socket
 import statistics
+import struct
 import subprocess
 import sys
 import tempfile
+import termios
 import time
 from pathlib import Path
 
@@ -95,10 +98,8 @@ class SimulatedFleet:
         return None
 
 
-async def tui_cpu_share(
-    n: int, hz: float, seconds: float, *, changing: bool = True
-) -> tuple[float, float, int]:
-    """(CPU share of one core, median ms per refresh, refreshes) for the headless app."""
+def timed_app(n: int, hz: float, changing: bool) -> tuple[FleetApp, list[float]]:
+    """The app over a simulated fleet, and the list its refreshes' durations go to."""
     app = FleetApp(SimulatedFleet(n, changing=changing), interval=1 / hz)
     frames: list[float] = []
     show = app.show
@@ -109,28 +110,72 @@ async def tui_cpu_share(
         frames.append(time.perf_counter() - t)
 
     app.show = timed_show  # type: ignore[method-assign]
-    async with app.run_test(size=(160, 50)) as pilot:
-        await pilot.pause(2)  # settle: first polls, layout
-        frames.clear()
-        c, w = time.process_time(), time.perf_counter()
-        await asyncio.sleep(seconds)
-        share = (time.process_time() - c) / (time.perf_counter() - w)
+    return app, frames
+
+
+async def measure(frames: list[float], seconds: float) -> tuple[float, float, int]:
+    await asyncio.sleep(2)  # settle: first polls, layout
+    frames.clear()
+    c, w = time.process_time(), time.perf_counter()
+    await asyncio.sleep(seconds)
+    share = (time.process_time() - c) / (time.perf_counter() - w)
     return share, statistics.median(frames) * 1000, len(frames)
+
+
+async def tui_cpu_share(
+    n: int, hz: float, seconds: float, *, changing: bool = True
+) -> tuple[float, float, int]:
+    """(CPU share of one core, median ms per refresh, refreshes) for the headless app."""
+    app, frames = timed_app(n, hz, changing)
+    async with app.run_test(size=(160, 50)):
+        return await measure(frames, seconds)
+
+
+async def tui_child(n: int, seconds: float, changing: bool) -> tuple[float, float, int]:
+    """The app on its real terminal driver (stdout is a pty the parent reads)."""
+    app, frames = timed_app(n, 2.0, changing)
+    result = asyncio.ensure_future(measure(frames, seconds))
+    result.add_done_callback(lambda _: app.exit())
+    await app.run_async()
+    return await result
+
+
+def pty_cpu_share(n: int, seconds: float, *, changing: bool) -> tuple[float, float, int]:
+    """`tui_cpu_share` with the app drawing to a 160x50 pseudo-terminal that is read as fast
+    as it writes: the terminal driver's escape codes and writes are counted too."""
+    master, slave = os.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 50, 160, 0, 0))
+    env = {**os.environ, "TERM": "xterm-256color", "COLORTERM": "truecolor"}
+    with tempfile.NamedTemporaryFile(suffix=".json") as out:
+        cmd = [sys.executable, __file__, "--tui-child", out.name, "--tui-nodes", str(n),
+               "--seconds", str(seconds), *([] if changing else ["--unchanged"])]  # fmt: skip
+        proc = subprocess.Popen(cmd, stdin=slave, stdout=slave, stderr=slave, env=env)
+        os.close(slave)
+        while True:  # drain until the child closes the terminal (EIO)
+            try:
+                if not os.read(master, 1 << 16):
+                    break
+            except OSError:
+                break
+        os.close(master)
+        assert proc.wait(30) == 0, f"the pty child failed: {proc.returncode}"
+        share, ms, frames = json.loads(Path(out.name).read_text())
+    return share, ms, frames
 
 
 CASES = {True: "all change every poll", False: "unchanged"}
 
 
-def run_tui(script: Path, nodes: int, seconds: float) -> dict[str, list[float]]:
+def run_tui(script: Path, nodes: int, seconds: float, pty: bool) -> dict[str, list[float]]:
     """One `--tui-only --json` run of `script` in its own process: case → [share, ms, refreshes]."""
     cmd = [sys.executable, str(script), "--tui-only", "--json", "--tui-nodes", str(nodes),
-           "--seconds", str(seconds)]  # fmt: skip
+           "--seconds", str(seconds), *(["--pty"] if pty else [])]  # fmt: skip
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
     result: dict[str, list[float]] = json.loads(out.strip().splitlines()[-1])
     return result
 
 
-def compare(rev: str, nodes: int, seconds: float, rounds: int) -> list[str]:
+def compare(rev: str, nodes: int, seconds: float, rounds: int, pty: bool) -> list[str]:
     """Before (git `rev`) and after (this tree), alternated per round; markdown lines."""
     label = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", rev], text=True,
                            capture_output=True, check=True).stdout.strip()  # fmt: skip
@@ -146,7 +191,7 @@ def compare(rev: str, nodes: int, seconds: float, rounds: int) -> list[str]:
             order = [("before", old), ("after", Path(__file__))]
             for name, script in order if r % 2 == 0 else order[::-1]:
                 loads.append(os.getloadavg()[0])
-                runs[name].append(run_tui(script, nodes, seconds))
+                runs[name].append(run_tui(script, nodes, seconds, pty))
                 print(name, runs[name][-1], f"load {loads[-1]:.1f}", file=sys.stderr)
     loads.append(os.getloadavg()[0])
 
@@ -156,7 +201,13 @@ def compare(rev: str, nodes: int, seconds: float, rounds: int) -> list[str]:
     lines = [
         f"Run on {time.strftime('%Y-%m-%d')}. Machine: {machine()}. Command: "
         f"`python benchmarks/bench_top.py --compare {rev} --tui-rounds {rounds} "
-        f"--tui-nodes {nodes} --seconds {seconds:g}`: headless `FleetApp` (160x50), {nodes} "
+        f"--tui-nodes {nodes} --seconds {seconds:g}{' --pty' if pty else ''}`: `FleetApp` "
+        + (
+            "on its terminal driver, drawing to a 160x50 pty that is read as fast as it is written"
+            if pty
+            else "headless (160x50)"
+        )
+        + f", {nodes} "
         f"simulated nodes refreshed at 2 Hz for {seconds:g} s per case; before = `{label}`'s "
         f"`edgebox/`, after = this tree; {rounds} rounds, before and after alternated, each in "
         "its own process. CPU share = process CPU time / wall time (the simulated source's "
@@ -191,14 +242,24 @@ def main() -> None:
     parser.add_argument("--json", action="store_true", help="with --tui-only: one JSON line")
     parser.add_argument("--compare", metavar="REV", help="TUI part before (git REV) and after")
     parser.add_argument("--tui-rounds", type=int, default=3, help="rounds for --compare")
+    parser.add_argument("--pty", action="store_true", help="TUI on a pty, not headless")
+    parser.add_argument("--tui-child", metavar="OUT", help=argparse.SUPPRESS)  # pty_cpu_share's
+    parser.add_argument("--unchanged", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.tui_child:
+        result = asyncio.run(tui_child(args.tui_nodes, args.seconds, not args.unchanged))
+        Path(args.tui_child).write_text(json.dumps(result))
+        return
     if args.compare:
-        lines = compare(args.compare, args.tui_nodes, args.seconds, args.tui_rounds)
-        emit(["### TUI before and after (`--compare`)", "", *lines], args.write)
+        lines = compare(args.compare, args.tui_nodes, args.seconds, args.tui_rounds, args.pty)
+        title = "on a pty" if args.pty else "headless"
+        emit([f"### TUI before and after, {title} (`--compare`)", "", *lines], args.write)
         return
     if args.tui_only:
         results = {
-            case: asyncio.run(tui_cpu_share(args.tui_nodes, 2.0, args.seconds, changing=changing))
+            case: pty_cpu_share(args.tui_nodes, args.seconds, changing=changing)
+            if args.pty
+            else asyncio.run(tui_cpu_share(args.tui_nodes, 2.0, args.seconds, changing=changing))
             for changing, case in CASES.items()
         }
         if args.json:

@@ -40,7 +40,7 @@ class FleetApp(App[None]):
     #detail { height: auto; max-height: 50%; border-top: solid $accent; padding: 0 1; }
     #sparks { height: 4; }
     #sparks > Vertical { width: 1fr; padding-right: 2; }
-    #sparks Label { color: $text-muted; }
+    #sparks Label { color: $text-muted; width: 1fr; }
     #sparks Sparkline { height: 3; }
     #filter { dock: bottom; display: none; }
     #filter.visible { display: block; }
@@ -146,10 +146,15 @@ class FleetApp(App[None]):
         self._show_status()
 
     def _update(self, selector: str, content: Text | str) -> None:
-        """Static.update re-lays the screen out, so skip it when the content is unchanged."""
+        """Set a Static's content when it changed; re-lay the screen out (which redraws every
+        container and scrollbar) only when the Static's height changes with it."""
         if self._shown.get(selector) != content:
             self._shown[selector] = content
-            self.query_one(selector, Static).update(content)
+            static = self.query_one(selector, Static)
+            static.update(content, layout=False)
+            box = static.content_size
+            if static.get_content_height(box, box, box.width) != box.height:
+                static.refresh(layout=True)
 
     def _show_status(self) -> None:
         line = (
@@ -183,7 +188,7 @@ class FleetApp(App[None]):
         for key in view.SERIES:
             series = list(history.get(key, ()))
             self.query_one(f"#spark-{key}", Sparkline).data = series
-            self.query_one(f"#label-{key}", Label).update(view.series_label(key, series))
+            self._update(f"#label-{key}", view.series_label(key, series))
 
     @on(NodeTable.RowHighlighted, "#nodes")
     def _row_highlighted(self, event: NodeTable.RowHighlighted) -> None:
