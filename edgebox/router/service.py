@@ -183,12 +183,12 @@ class Router:
         others = [t for t, _ in plan[1:] if isinstance(t, Candidate)]
         if not others:
             return None
-        helper = max(others, key=lambda c: self._prefill_rate(nodes[c.node]) or 0.0)
+        helper = max(others, key=lambda c: self._prefill_rate(nodes[c.node], req.model) or 0.0)
         decide, reason = should_split(
             self.config.disagg,
             req.prompt_tokens,
-            self._prefill_rate(nodes[first.node]),
-            self._prefill_rate(nodes[helper.node]),
+            self._prefill_rate(nodes[first.node], req.model),
+            self._prefill_rate(nodes[helper.node], req.model),
         )
         if not decide:
             return Split(first.node, reason) if reason != "split-off" else None
@@ -217,8 +217,12 @@ class Router:
     def _finished(self, name: str) -> None:
         self.inflight[name] = max(0, self.inflight.get(name, 0) - 1)
 
-    def _prefill_rate(self, node: NodeStatus) -> float | None:
-        return self.prefill_rates.get(node.name) or node.address.prefill_tokens_per_s
+    def _prefill_rate(self, node: NodeStatus, model: str) -> float | None:
+        """Prompt tokens/s: what the node measures itself (its /metrics; the same yardstick on
+        every node), else what this router measured in splits, else the configured seed."""
+        load = node.models.get(model)
+        reported = load.prefill_tokens_per_s if load is not None else 0.0
+        return reported or self.prefill_rates.get(node.name) or node.address.prefill_tokens_per_s
 
     async def _attempt(
         self,

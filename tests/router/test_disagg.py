@@ -1,11 +1,17 @@
-"""The prefill/decode split cost model: pure, no network."""
+"""The prefill/decode split cost model and where its rates come from: pure, no network."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import httpx
 import pytest
 
-from edgebox.router.config import Disagg
+from edgebox.router.cloud import SpendLedger
+from edgebox.router.config import Disagg, RouterConfig
 from edgebox.router.disagg import estimate_split, should_split
+from edgebox.router.nodes import ModelLoad, NodeAddress, NodeStatus
+from edgebox.router.service import Router
 
 
 def test_estimate_adds_remote_prefill_transfer_and_overhead() -> None:
@@ -48,3 +54,17 @@ def test_crossover_moves_with_link_bandwidth() -> None:
 
     assert 0 < crossover(10_000) < crossover(1_000) < crossover(500)
     assert crossover(300) == -1  # the link is slower than prefilling locally
+
+
+def test_split_rates_come_from_the_nodes_own_measurement_first(tmp_path: Path) -> None:
+    """`auto` needs no configured rates once nodes publish theirs; a configured seed or a rate
+    this router measured in splits is used only where a node has not measured one."""
+    router = Router(RouterConfig(), [], httpx.AsyncClient(), SpendLedger(tmp_path / "s.json", None))
+    seeded = NodeAddress("gpu", "http://gpu:8000", prefill_tokens_per_s=5000.0)
+    measured = NodeStatus(seeded, True, {"m": ModelLoad(prefill_tokens_per_s=900.0)})
+    unmeasured = NodeStatus(seeded, True, {"m": ModelLoad()})
+    assert router._prefill_rate(measured, "m") == 900.0
+    assert router._prefill_rate(unmeasured, "m") == 5000.0
+    router.prefill_rates["gpu"] = 4000.0
+    assert router._prefill_rate(unmeasured, "m") == 4000.0
+    assert router._prefill_rate(NodeStatus(NodeAddress("cpu", "http://cpu:8000")), "m") is None
