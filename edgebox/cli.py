@@ -194,6 +194,7 @@ def serve(
     )
     chat: dict[str, Runtime] = {}
     embedders: dict[str, EmbeddingRuntime] = {}
+    fast_paths: dict[str, str] = {}
     for resolved in resolved_models:
         err.print(f"loading {resolved.alias} from {resolved.path} …", highlight=False)
         # --runtime names the chat models' runtime; an embedding model always takes ONNX Runtime
@@ -213,6 +214,7 @@ def serve(
                 embedder.close()
             raise _fail(str(exc)) from None
         err.print(f"{resolved.alias}: runtime {chosen.runtime}: {chosen.reason}", highlight=False)
+        fast_paths[resolved.alias] = f"{chosen.runtime}: {chosen.reason}"
         if runtime.capabilities.embeddings:
             embedders[resolved.alias] = cast(EmbeddingRuntime, runtime)
         else:
@@ -226,6 +228,9 @@ def serve(
         embedders=embedders,
         kv_store=KVStore(max_bytes=kv_upload_mib << 20),
         node=identity.public(),
+        runtime_options=config,  # models loaded later over /admin/models/load take the same
+        default_runtime=runtime_name.lower(),
+        fast_paths=fast_paths,
     )
     advertiser = None
     if mdns:
