@@ -406,6 +406,9 @@ _nodes_commands.register(app)
 _top.register(app)
 _fleet_cmd.register(app)
 _router_command.register(app)
+from edgebox.commands import node_models as _node_models  # noqa: E402
+
+_node_models.register(app)
 
 if __name__ == "__main__":
     app()
