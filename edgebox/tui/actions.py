@@ -69,6 +69,13 @@ async def set_draining(url: str, drain: bool, api_key: str | None) -> str:
     return f"{'draining' if drain else 'undrained'}: new requests {'refused' if drain else 'taken'}"
 
 
+def unreachable_reason(node: NodeSnapshot) -> str:
+    """Why the admin API of a node that is not online, or has no URL, cannot be used."""
+    if node.url is None:
+        return f"{node.name} is known through the hub only; its admin API is not reachable"
+    return f"{node.name} is {node.status}"
+
+
 def ssh_command(node: NodeSnapshot) -> list[str]:
     """`edgebox ssh NAME` with this interpreter, so it works from a venv without PATH."""
     return [sys.executable, "-m", "edgebox", "ssh", node.name]

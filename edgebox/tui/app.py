@@ -61,8 +61,8 @@ class FleetApp(App[None]):
         Binding("enter", "zoom", "Detail", show=True, priority=False),
         Binding("s", "ssh", "SSH"),
         Binding("d", "drain", "Drain"),
-        Binding("l", "load_model", "Load"),
-        Binding("u", "unload_model", "Unload"),
+        Binding("l", "model(True)", "Load"),
+        Binding("u", "model(False)", "Unload"),
         Binding("slash", "filter", "Filter", key_display="/"),
         Binding("escape", "clear_filter", "Back", show=False),
     ]
@@ -263,19 +263,13 @@ class FleetApp(App[None]):
         if node is None:
             return
         if node.url is None or node.status != "online":
-            text = recent_text(f"recent requests: {self._unreachable(node)}")
+            text = recent_text(f"recent requests: {actions.unreachable_reason(node)}")
         else:
             text = recent_text(await actions.recent_requests(node.url, self.api_key))
         try:
             self._update("#recent", text)
         except NoMatches:  # closing
             return
-
-    @staticmethod
-    def _unreachable(node: NodeSnapshot) -> str:
-        if node.url is None:
-            return f"{node.name} is known through the hub only; its admin API is not reachable"
-        return f"{node.name} is {node.status}"
 
     def _selected_node(self) -> NodeSnapshot | None:
         node = self._node(self.selected)
@@ -322,24 +316,17 @@ class FleetApp(App[None]):
         self.say(await actions.set_draining(url, drain, self.api_key))
         self.poll_fleet()
 
-    def _admin_node(self, verb: str) -> NodeSnapshot | None:
+    def action_model(self, load: bool) -> None:
+        """l: pick (or type) a model the node can load and load it; u: pick a loaded model,
+        confirm (y/n) and unload it. The node is asked in workers."""
         node = self._selected_node()
-        if node is not None and (node.url is None or node.status != "online"):
-            self.say(f"cannot {verb} models: {self._unreachable(node)}")
-            return None
-        return node
-
-    def action_load_model(self) -> None:
-        """l: pick (or type) a model the node can load, then load it in a worker."""
-        node = self._admin_node("load")
-        if node is not None and node.url is not None:
-            self._pick_model(node.url, node.name, load=True)
-
-    def action_unload_model(self) -> None:
-        """u: pick a loaded model, confirm (y/n), then unload it in a worker."""
-        node = self._admin_node("unload")
-        if node is not None and node.url is not None:
-            self._pick_model(node.url, node.name, load=False)
+        if node is None:
+            return
+        if node.url is None or node.status != "online":
+            verb = "load" if load else "unload"
+            self.say(f"cannot {verb} models: {actions.unreachable_reason(node)}")
+            return
+        self._pick_model(node.url, node.name, load=load)
 
     @work(group="admin")
     async def _pick_model(self, url: str, name: str, *, load: bool) -> None:

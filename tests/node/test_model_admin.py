@@ -26,10 +26,11 @@ LOOPBACK = [LanInterface("lo", "127.0.0.1", "255.0.0.0")]
 
 @pytest.fixture(scope="module")
 def keyed_node(tmp_path_factory: pytest.TempPathFactory, gemma_path: Path) -> Iterator[NodeProcess]:
+    tmp = tmp_path_factory.mktemp("models")
     node = start_node(
-        tmp_path_factory.mktemp("models"),
-        "--model", "smollm2-135m", "--ctx", "512", "--mdns",
-        env={"EDGEBOX_API_KEY": KEY, "EDGEBOX_MDNS_INTERFACES": "lo"},
+        tmp, "--model", "smollm2-135m", "--ctx", "512", "--mdns",
+        # a home of its own: a node id no other test node advertises on loopback
+        env={"EDGEBOX_API_KEY": KEY, "EDGEBOX_MDNS_INTERFACES": "lo", "EDGEBOX_HOME": str(tmp)},
     )  # fmt: skip
     yield node
     node.stop()
@@ -144,9 +145,9 @@ def digest_of(node_id: str, want: str | None = None, timeout: float = 10) -> str
 
 
 def test_unload_refuses_a_model_with_running_requests(keyed_node: NodeProcess) -> None:
-    stream = client(keyed_node).chat.completions.create(
-        model="smollm2-135m", messages=[{"role": "user", "content": "Count to a hundred."}],
-        max_tokens=200, stream=True,
+    stream = client(keyed_node).completions.create(  # counting on: it does not stop early
+        model="smollm2-135m", prompt="1, 2, 3, 4, 5, 6, 7, 8, 9, 10,", max_tokens=200,
+        temperature=0, stream=True,
     )  # fmt: skip
     next(iter(stream))
     busy = admin(keyed_node, "POST", "/admin/models/unload", {"model": "smollm2-135m"})
