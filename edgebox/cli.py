@@ -8,7 +8,8 @@ import logging
 import os
 import sys
 from collections.abc import Callable
-from typing import Annotated
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -16,6 +17,9 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColu
 from rich.table import Table
 
 from edgebox import __version__
+
+if TYPE_CHECKING:
+    from edgebox.router.config import RouterConfig
 
 app = typer.Typer(
     help="edgebox: serve quantised models on your own boxes behind an OpenAI-compatible API.",
@@ -129,6 +133,14 @@ def serve(
         list[str] | None,
         typer.Option("--fleet-node", help="A peer node's URL for --fleet (repeatable)."),
     ] = None,
+    router_config: Annotated[
+        Path | None,
+        typer.Option(
+            "--router-config",
+            help="Router TOML for --fleet (the `edgebox router --config` format): more nodes, "
+            "cloud upstreams, weights, spend cap.",
+        ),
+    ] = None,
     verbose: Annotated[bool, typer.Option(help="Show llama.cpp's own log.")] = False,
 ) -> None:
     """Serve models on a local OpenAI-compatible endpoint (default: the bundled SmolLM2-135M
@@ -153,6 +165,7 @@ def serve(
     aliases = alias or []
     if len(aliases) > len(specs):
         raise _fail(f"{len(aliases)} --alias for {len(specs)} --model; give one alias per model")
+    fleet_config = _fleet_config(router_config, fleet)
     resolved_models: list[ResolvedModel] = []
     try:
         with Progress(
@@ -271,9 +284,13 @@ def serve(
         )
         out.print("Ctrl-C to stop.", style="dim")
 
-    from edgebox.fleet.heartbeat import start_background
+    from edgebox.fleet.heartbeat import api_endpoint, start_background
+    from edgebox.node.server import is_loopback
 
-    beats = start_background(models=lambda: list(state.all_models()))  # only once joined to a hub
+    beats = start_background(  # only once joined to a hub
+        models=lambda: list(state.all_models()),
+        api=api_endpoint(port, loopback_only=is_loopback(host)),
+    )
     tunnel_supervisor = None
     if tunnel:
         from edgebox.fleet.node_tunnel import start_background as start_tunnel
@@ -289,6 +306,7 @@ def serve(
             on_ready=ready,
             advertiser=advertiser,
             fleet=list(fleet_node or []) if fleet else None,
+            fleet_config=fleet_config,
         )
     if beats:
         beats.stop()
@@ -302,6 +320,20 @@ def serve(
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)
+
+
+def _fleet_config(path: Path | None, fleet: bool) -> RouterConfig | None:
+    """The router TOML for `serve --fleet --router-config`, read before any model loads."""
+    if path is None:
+        return None
+    if not fleet:
+        raise _fail("--router-config configures the router that --fleet adds; pass --fleet too")
+    from edgebox.router.config import ConfigError, load_config
+
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        raise _fail(str(exc)) from None
 
 
 @app.command("models")

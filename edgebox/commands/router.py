@@ -36,8 +36,8 @@ def router(
         bool | None,
         typer.Option(
             "--hub/--no-hub",
-            help="Add the hub's nodes (reachable ones only: seen on mDNS). Default: on when "
-            "`edgebox login` stored a login.",
+            help="Add the hub's nodes (at their mDNS address, else the address the hub saw "
+            "their heartbeats from). Default: on when `edgebox login` stored a login.",
         ),
     ] = None,
     api_key: Annotated[

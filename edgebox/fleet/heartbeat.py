@@ -1,5 +1,7 @@
 """The node's heartbeat to its hub: telemetry and models every few seconds, over pinned HTTPS.
 
+Each beat also says where the node's OpenAI API listens (`api`: port, scheme, and whether it
+is bound to loopback only); the hub pairs the port with the address it sees the beat come from.
 Authenticated by the per-node secret the hub issued at join (bearer, stored 0600 in
 fleet.json; the hub keeps its sha256). A failed beat is logged without secrets and retried at
 the next tick; the hub marks the node offline after three missed beats.
@@ -40,8 +42,10 @@ class Heartbeat:
         interval: float | None = None,
         telemetry: TelemetrySource = box_telemetry,
         models: ModelsSource = list,
+        api: dict[str, Any] | None = None,
     ) -> None:
         self.fleet = fleet
+        self.api = api
         self.interval = interval or float(fleet.get("heartbeat_interval", 5.0))
         self.telemetry, self.models = telemetry, models
         self.sent = 0
@@ -50,6 +54,8 @@ class Heartbeat:
 
     def beat(self, client: HubClient) -> dict[str, Any]:
         body = {"telemetry": self.telemetry(), "models": self.models()}
+        if self.api is not None:
+            body["api"] = self.api
         answer: dict[str, Any] = client.request(
             "POST", "/v1/hub/heartbeat", json=body, bearer=self.fleet["node_secret"]
         )
@@ -79,9 +85,18 @@ class Heartbeat:
             self._thread.join(timeout=10)
 
 
-def start_background(home: Path | None = None, *, models: ModelsSource = list) -> Heartbeat | None:
+def api_endpoint(port: int, *, loopback_only: bool, scheme: str = "http") -> dict[str, Any] | None:
+    """The `api` part of a beat for a node listening on `port` (None for an OS-chosen port 0)."""
+    if port <= 0:
+        return None
+    return {"port": port, "scheme": scheme, "loopback_only": loopback_only}
+
+
+def start_background(
+    home: Path | None = None, *, models: ModelsSource = list, api: dict[str, Any] | None = None
+) -> Heartbeat | None:
     """Start heartbeats when this box has joined a hub (EDGEBOX_HOME/fleet.json); else None."""
     fleet = load_fleet(home)
     if fleet is None:
         return None
-    return Heartbeat(fleet, models=models).start()
+    return Heartbeat(fleet, models=models, api=api).start()

@@ -16,6 +16,7 @@ from edgebox.node.state import NodeState
 
 if TYPE_CHECKING:
     from edgebox.fleet.mdns import Advertiser
+    from edgebox.router.config import RouterConfig
 
 log = logging.getLogger(__name__)
 
@@ -30,12 +31,14 @@ def serve(
     on_ready: Callable[[str], None] | None = None,
     advertiser: Advertiser | None = None,
     fleet: list[str] | None = None,
+    fleet_config: RouterConfig | None = None,
 ) -> None:
     """Serve until SIGINT/SIGTERM; uvicorn finishes open responses before returning.
 
     `advertiser` publishes the node over mDNS once the port is bound and says goodbye at exit.
     `fleet` (a list of peer URLs, possibly empty) puts the router in front of this node's
-    OpenAI routes on the same port (`edgebox.router.embed`); mDNS peers join when advertising.
+    OpenAI routes on the same port (`edgebox.router.embed`); mDNS peers join when advertising,
+    and `fleet_config` (`--router-config`) adds its nodes, cloud upstreams and settings.
     """
     app: ASGIApp = create_app(state, api_key=api_key)
     fleet_parts = None
@@ -44,7 +47,7 @@ def serve(
 
         own_id = str(state.node.get("id")) if state.node else None
         router, local, router_app = fleet_router(
-            fleet, mdns=advertiser is not None, api_key=api_key, own_id=own_id
+            fleet, mdns=advertiser is not None, api_key=api_key, own_id=own_id, config=fleet_config
         )
         app = FleetDispatch(app, router_app)
         fleet_parts = (router, local)
@@ -98,14 +101,14 @@ def serve(
 async def _advertise(advertiser: Advertiser, host: str, port: int) -> bool:
     """Start mDNS; a failure is logged and the node serves on (mDNS is only a hint)."""
     try:
-        await advertiser.start(port, api_on_lan=not _is_loopback(host))
+        await advertiser.start(port, api_on_lan=not is_loopback(host))
     except Exception as exc:
         log.warning("mDNS advertising is off: %s", exc)
         return False
     return True
 
 
-def _is_loopback(host: str) -> bool:
+def is_loopback(host: str) -> bool:
     try:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:

@@ -22,7 +22,7 @@ from edgebox.node.errors import (
     http_error_handler,
     unhandled_error_handler,
 )
-from edgebox.node.openai_api import read_json
+from edgebox.node.openai_api import decode_json, read_body
 from edgebox.node.security import APIKeyMiddleware
 from edgebox.node.state import DEFAULT_MAX_BODY
 from edgebox.router.service import Router
@@ -83,11 +83,14 @@ def check_body(data: Any) -> dict[str, Any]:
 
 
 async def forward(request: Request) -> Response:
-    data = check_body(await read_json(request, DEFAULT_MAX_BODY))
+    raw = await read_body(request, DEFAULT_MAX_BODY)
+    data = check_body(decode_json(raw))
     router = _router(request)
     index = request.scope.get("state", {}).get("api_key_index")
     local_only = index is not None and index in request.app.state.local_only_keys
-    return await router.handle(request.url.path, data, request.headers, key_local_only=local_only)
+    return await router.handle(
+        request.url.path, data, request.headers, key_local_only=local_only, raw=raw
+    )
 
 
 async def start_router(router: Router) -> None:
@@ -101,6 +104,7 @@ async def start_router(router: Router) -> None:
 
 async def stop_router(router: Router) -> None:
     await router.poller.stop()
+    await router.relay.aclose()
     for source in router.poller.sources:
         if (stop := getattr(source, "stop", None)) is not None:
             await stop()

@@ -1,9 +1,11 @@
 """`edgebox serve --fleet`: the router inside the node process, on the node's own port.
 
 `FleetDispatch` sends a client's POST to /v1/chat/completions, /v1/completions or
-/v1/embeddings through the router (this node is one of its nodes); everything else, and every
-request the router itself forwards (marked with `x-edgebox-routed`), goes to the node's app.
-The mark is what keeps a request from bouncing between `--fleet` nodes.
+/v1/embeddings, and GET /v1/models[/ID], through the router (this node is one of its nodes), so
+the port lists and serves every fleet model (and cloud model, with `--router-config`), not
+only its own; everything else, and every request the router itself forwards (marked with
+`x-edgebox-routed`), goes to the node's app. The mark is what keeps a request from bouncing
+between `--fleet` nodes. The router polls nodes' /health, which stays the node's own.
 """
 
 from __future__ import annotations
@@ -32,34 +34,50 @@ class LocalNode:
         return [NodeAddress("local", self.url)] if self.url else []
 
 
+def _routed(scope: Scope) -> bool:
+    if scope["type"] != "http" or any(n == ROUTED_HEADER.encode() for n, _ in scope["headers"]):
+        return False
+    path = scope["path"]
+    if scope["method"] == "POST":
+        return path in _ROUTED_PATHS
+    return scope["method"] == "GET" and (path == "/v1/models" or path.startswith("/v1/models/"))
+
+
 class FleetDispatch:
     def __init__(self, node_app: ASGIApp, router_app: ASGIApp) -> None:
         self.node_app = node_app
         self.router_app = router_app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if (
-            scope["type"] == "http"
-            and scope["method"] == "POST"
-            and scope["path"] in _ROUTED_PATHS
-            and not any(name == ROUTED_HEADER.encode() for name, _ in scope["headers"])
-        ):
+        if _routed(scope):
             await self.router_app(scope, receive, send)
         else:
             await self.node_app(scope, receive, send)
 
 
 def fleet_router(
-    peers: Iterable[str], *, mdns: bool, api_key: str | None, own_id: str | None = None
+    peers: Iterable[str],
+    *,
+    mdns: bool,
+    api_key: str | None,
+    own_id: str | None = None,
+    config: RouterConfig | None = None,
 ) -> tuple[Router, LocalNode, ASGIApp]:
-    """The router for `serve --fleet`: this node, the `peers` URLs, and mDNS when on (this
-    node's own advert left out). The peers must accept the same API key as this node."""
+    """The router for `serve --fleet`: this node, the `peers` URLs, `config`'s [[nodes]] and
+    [[cloud]] upstreams, and mDNS when on (this node's own advert left out). The peers must
+    accept the same API key as this node (or `config.node_api_key_env`'s)."""
+    config = config or RouterConfig()
+    if "poll_interval_s" not in config.model_fields_set:  # a node's peers are near: poll often
+        config = config.model_copy(update={"poll_interval_s": 1.0})
     local = LocalNode()
-    statics = StaticNodes(NodeAddress(node_name(u), normalise_url(u)) for u in peers)
-    sources: list[NodeSource] = [local, statics]
+    entries = [
+        NodeAddress(n.name or node_name(n.url), normalise_url(n.url), n.prefill_tokens_per_s)
+        for n in config.nodes
+    ]
+    entries += [NodeAddress(node_name(u), normalise_url(u)) for u in peers]
+    sources: list[NodeSource] = [local, StaticNodes(entries)]
     if mdns:
         sources.append(MdnsNodes(exclude_id=own_id))
-    config = RouterConfig(poll_interval_s=1.0)
-    ledger = SpendLedger(edgebox_home() / "router_spend.json", None)
+    ledger = SpendLedger(edgebox_home() / "router_spend.json", config.max_usd_per_day)
     router = Router(config, sources, new_client(), ledger, node_api_key=api_key)
     return router, local, create_app(router, api_key=api_key)

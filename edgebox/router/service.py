@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import json
 import os
 import time
 from collections import OrderedDict
@@ -24,7 +25,7 @@ from edgebox.router.cloud import (
 )
 from edgebox.router.config import RouterConfig
 from edgebox.router.disagg import Handoff, SplitFailed, hand_off, should_split
-from edgebox.router.forward import Outgoing, TargetFailed, send
+from edgebox.router.forward import Outgoing, Relay, TargetFailed, send
 from edgebox.router.metrics import RouterMetrics
 from edgebox.router.nodes import NodePoller, NodeSource, NodeStatus, with_inflight
 from edgebox.router.placement import (
@@ -63,7 +64,8 @@ class Router:
         node_api_key: str | None = None,
     ) -> None:
         self.config = config
-        self.client = client
+        self.client = client  # control plane: polling, KV hand-off
+        self.relay = Relay(read_timeout_s=_TIMEOUT.read or 600.0)  # the request hot path
         self.ledger = ledger
         self.poller = NodePoller(sources, client, config.poll_interval_s)
         self.policy = PlacementPolicy.from_weights(config.weights)
@@ -105,7 +107,9 @@ class Router:
         headers: Mapping[str, str],
         *,
         key_local_only: bool = False,
+        raw: bytes | None = None,
     ) -> Response:
+        """Route one request. `raw` is the client's encoded body, sent to nodes unchanged."""
         model = body["model"]
         if not self._known(model):
             raise APIError(
@@ -142,7 +146,8 @@ class Router:
         if not plan:
             raise self._nothing_up(model, rejected, no_cloud)
         split = await self._maybe_split(path, body, req, plan, nodes)
-        return await self._attempt(path, body, plan, nodes, split, req)
+        encoded = raw if raw is not None else json.dumps(body).encode()
+        return await self._attempt(path, body, encoded, plan, nodes, split, req)
 
     def _nothing_up(self, model: str, rejected: dict[str, str], no_cloud: str | None) -> APIError:
         why = ", ".join(f"{n}: {r}" for n, r in rejected.items()) or "no nodes known"
@@ -219,6 +224,7 @@ class Router:
         self,
         path: str,
         body: dict[str, Any],
+        encoded: bytes,
         plan: list[tuple[Target, str]],
         nodes: dict[str, NodeStatus],
         split: Split | None,
@@ -233,13 +239,12 @@ class Router:
             if split and isinstance(target, Candidate) and target.node == split.decode_node:
                 route += f";split={split.reason}"
             try:
-                out, on_usage = self._outgoing(path, body, target, nodes, split)
+                out, on_usage = self._outgoing(path, body, encoded, target, nodes, split)
                 name = _target_name(target)
                 self.inflight[name] = self.inflight.get(name, 0) + 1
                 response = await send(
-                    self.client, out, route, on_usage, _TIMEOUT.read or 600.0,
-                    on_done=functools.partial(self._finished, name),
-                )  # fmt: skip
+                    self.relay, out, route, on_usage, functools.partial(self._finished, name)
+                )
             except TargetFailed as exc:
                 failures.append(f"{_target_name(target)}:{exc.reason}")
                 self.metrics.failovers.labels(_target_name(target)).inc()
@@ -264,6 +269,7 @@ class Router:
         self,
         path: str,
         body: dict[str, Any],
+        encoded: bytes,
         target: Target,
         nodes: dict[str, NodeStatus],
         split: Split | None,
@@ -272,7 +278,7 @@ class Router:
             headers = {**self._node_headers, ROUTED_HEADER: "1"}
             if split and split.handoff and target.node == split.decode_node:
                 headers.update(split.handoff.headers())
-            return Outgoing(nodes[target.node].address.url + path, body, headers), None
+            return Outgoing(nodes[target.node].address.url + path, encoded, headers), None
         return self._cloud_outgoing(path, body, target)
 
     def _cloud_outgoing(
@@ -296,7 +302,7 @@ class Router:
             self.metrics.cloud_usd.labels(upstream.name).inc(usd)
 
         url = upstream.base_url.rstrip("/") + path.removeprefix("/v1")
-        return Outgoing(url, cloud_body, headers), on_usage
+        return Outgoing(url, json.dumps(cloud_body).encode(), headers), on_usage
 
 
 def _target_name(target: Target) -> str:

@@ -2,18 +2,22 @@
 
 `MdnsNodes` browses `_edgebox._tcp.local.` and yields every node that advertises its API port
 in the TXT record (`api=PORT`; a node whose API listens on loopback only leaves it out and is
-not routable from here). `HubNodes` reads `GET /v1/hub/nodes` with the stored user login. The
-hub's records carry no API address (only the SSH tunnel port on the relay), so a hub node is
-routable only when this router also sees it on mDNS with the same SSH host-key fingerprint;
-the others are skipped with one log line each.
+not routable from here). `HubNodes` reads `GET /v1/hub/nodes` with the stored user login. A
+hub node seen on mDNS with the same SSH host-key fingerprint is reached at its mDNS address
+(the LAN path); otherwise at the `api_url` the hub recorded (the address the hub saw its
+heartbeats come from, with the API port the node reported). A loopback `api_url` means "on the
+hub's box", so it is reached at the hub's own host. Hub nodes with neither are skipped with
+one log line each.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
+from urllib.parse import urlsplit
 
 from edgebox.fleet.advert import DiscoveredNode
 from edgebox.fleet.identity import ssh_fingerprint
@@ -67,10 +71,26 @@ class MdnsNodes:
         return [a for n in self.discovered() if (a := mdns_address(n)) is not None]
 
 
+def seen_from_hub(api_url: str, hub_url: str) -> str:
+    """`api_url` as the hub recorded it, reachable from here: a loopback host (node on the hub's
+    own box) becomes the hub's host."""
+    parts = urlsplit(api_url)
+    try:
+        loopback = ipaddress.ip_address(parts.hostname or "").is_loopback
+    except ValueError:
+        loopback = False
+    hub_host = urlsplit(hub_url).hostname
+    if not loopback or not hub_host:
+        return api_url
+    host = f"[{hub_host}]" if ":" in hub_host else hub_host
+    return f"{parts.scheme}://{host}:{parts.port}"
+
+
 def hub_addresses(
-    answer: Mapping[str, Any], discovered: Iterable[DiscoveredNode]
+    answer: Mapping[str, Any], discovered: Iterable[DiscoveredNode], hub_url: str = ""
 ) -> tuple[list[NodeAddress], list[str]]:
-    """Hub nodes (online, not revoked) matched to mDNS adverts by SSH host-key fingerprint.
+    """Hub nodes (online, not revoked) at their mDNS address when an advert with the same SSH
+    host-key fingerprint is seen, else at the API address the hub recorded.
 
     Returns the routable addresses and the names of hub nodes skipped for want of one."""
     by_fp = {d.host_key_fingerprint: d for d in discovered}
@@ -82,17 +102,20 @@ def hub_addresses(
             fp = ssh_fingerprint(str(node.get("host_key") or ""))
         except ValueError:
             fp = ""
-        seen = by_fp.get(fp)
+        seen = by_fp.get(fp) if fp else None
         address = mdns_address(seen) if seen is not None else None
-        if address is None:
-            skipped.append(str(node.get("name")))
-        else:
+        recorded = node.get("api_url")
+        if address is not None:
             found.append(NodeAddress(str(node.get("name")), address.url))
+        elif isinstance(recorded, str) and recorded:
+            found.append(NodeAddress(str(node.get("name")), seen_from_hub(recorded, hub_url)))
+        else:
+            skipped.append(str(node.get("name")))
     return found, skipped
 
 
 class HubNodes:
-    """The hub's online nodes that this router can reach on the LAN (see module doc)."""
+    """The hub's online nodes, at their mDNS or hub-recorded address (see module doc)."""
 
     def __init__(self, login: Login, lan: MdnsNodes | None, refresh_s: float = HUB_REFRESH_S):
         self.login = login
@@ -125,11 +148,12 @@ class HubNodes:
         await self._every.stop()
 
     def addresses(self) -> Iterable[NodeAddress]:
-        found, skipped = hub_addresses(self._answer, self.lan.discovered() if self.lan else ())
+        lan = self.lan.discovered() if self.lan else ()
+        found, skipped = hub_addresses(self._answer, lan, self.login.hub_urls[0])
         for name in set(skipped) - self._logged:
             log.warning(
-                "hub node %s skipped: the hub records no API address and it is not seen on "
-                "this LAN's mDNS with an API port",
+                "hub node %s skipped: the hub records no API address for it (an older node, or "
+                "its API listens on loopback only) and it is not seen on this LAN's mDNS",
                 name,
             )
         self._logged |= set(skipped)

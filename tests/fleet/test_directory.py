@@ -69,5 +69,5 @@ def test_users_are_stored_with_hashed_tokens(tmp_path: Path) -> None:
     assert [u["name"] for u in store.users()] == ["ana"]
     assert store.remove_user("ana", now=2.0) and not store.remove_user("ana", now=3.0)
     assert store.user_for_token(token) is None
-    assert store.schema_version() == 2
+    assert store.schema_version() >= 2  # the users table came with version 2
     store.close()

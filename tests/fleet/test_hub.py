@@ -355,3 +355,18 @@ def test_relay_authorized_keys_follow_joins_rejoins_and_revocations(tmp_path: Pa
         assert len(lines()) == 1 and key_a in lines()[0]
     finally:
         hub.stop()
+
+
+def test_the_recorded_api_address_is_the_peer_the_beat_came_from_never_a_node_claim() -> None:
+    from edgebox.fleet.hub.app import NodeApi, observed_api_url
+
+    lan = NodeApi(port=8080)
+    assert observed_api_url("10.0.0.7", lan) == "http://10.0.0.7:8080"
+    assert observed_api_url("::ffff:10.0.0.7", lan) == "http://10.0.0.7:8080"
+    assert observed_api_url("fd00::7", NodeApi(port=443, scheme="https")) == "https://[fd00::7]:443"
+    assert observed_api_url("10.0.0.7", None) is None  # an older node says no port
+    loopback_only = NodeApi(port=8080, loopback_only=True)
+    assert observed_api_url("10.0.0.7", loopback_only) is None  # unreachable from there
+    assert observed_api_url("127.0.0.1", loopback_only) == "http://127.0.0.1:8080"
+    with pytest.raises(ValueError):
+        NodeApi.model_validate({"port": 8080, "host": "evil.example"})  # no host field at all

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 from pathlib import Path
 
 import pytest
 
-from edgebox.fleet.hub.store import HubStore, JoinRefused, Registration
+from edgebox.fleet import tokens
+from edgebox.fleet.hub.store import _MIGRATIONS, HubStore, JoinRefused, Registration
 
 
 def reg(name: str | None = None, hostname: str = "box", key: str = "A") -> Registration:
@@ -74,7 +76,27 @@ def test_schema_is_versioned_and_reopens(tmp_path: Path) -> None:
     token_id, _, _ = store.create_token(ttl=60, name="n", now=0)
     store.close()
     again = HubStore(tmp_path / "hub.sqlite3")
-    assert again.schema_version() == 2  # 1: nodes, tokens, events; 2: users
+    assert again.schema_version() == 3  # 1: nodes, tokens, events; 2: users; 3: api_url
     assert again.list_tokens(now=1)[0]["id"] == token_id
     journal = again._db.execute("PRAGMA journal_mode").fetchone()[0]
     assert journal == "wal"
+
+
+def test_a_version_2_data_dir_gains_api_url_and_keeps_its_nodes(tmp_path: Path) -> None:
+    path = tmp_path / "hub.sqlite3"
+    old = sqlite3.connect(path, isolation_level=None)  # a hub data dir from before api_url
+    for step, script in enumerate(_MIGRATIONS[:2], start=1):
+        old.executescript(f"BEGIN; {script}; PRAGMA user_version={step}; COMMIT;")
+    old.execute(
+        "INSERT INTO nodes (id, name, ssh_public_key, profile, secret_hash, tunnel_port, status,"
+        " joined_at) VALUES ('node_old', 'old', 'ssh-ed25519 AAAA', '{}', ?, 20000, 'online', 1)",
+        (tokens.hash_secret("s3cret"),),
+    )
+    old.close()
+    store = HubStore(path)
+    assert store.schema_version() == 3
+    assert store.node("old")["api_url"] is None  # type: ignore[index]
+    beat = store.heartbeat("s3cret", {}, [], now=2, api_url="http://10.0.0.9:8080")
+    assert beat is not None and beat["api_url"] == "http://10.0.0.9:8080"
+    cleared = store.heartbeat("s3cret", {}, [], now=3)  # a beat without `api` clears it
+    assert cleared is not None and cleared["api_url"] is None

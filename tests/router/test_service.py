@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import signal
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -159,6 +160,34 @@ def test_streamed_and_plain_answers_match_the_node_and_say_where_they_ran(
         assert route_of(response.headers)[0] == node  # the same prefix, the same node
         streamed = "".join(c.choices[0].delta.content or "" for c in response.parse() if c.choices)
     assert streamed == text
+
+
+def test_a_client_leaving_a_stream_stops_the_node_generating(
+    fleet: dict[str, NodeProcess],
+) -> None:
+    """The router drops its upstream connection when the client goes, so the node cancels the
+    sequence instead of decoding the rest of max_tokens for nobody."""
+    body = {
+        "model": MODEL,
+        "messages": messages("Count from one to five hundred in words."),
+        "max_tokens": 900,
+        "temperature": 0,
+        "stream": True,
+    }
+    with httpx.stream("POST", fleet["router"].base_url + "/chat/completions", json=body) as r:
+        name, _ = route_of(r.headers)
+        events = (line for line in r.iter_lines() if line.startswith("data: "))
+        assert [next(events) for _ in range(3)]  # a few tokens, then the client leaves
+    node = next(fleet[n] for n in ("a", "b") if node_name(fleet[n]) == name)
+    deadline = time.monotonic() + 5.0  # 900 tokens on one thread take far longer than this
+    while (running := running_on(node)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert running == 0
+
+
+def running_on(node: NodeProcess) -> int:
+    health = httpx.get(node.url + "/health", timeout=5).json()
+    return int(health["models"][MODEL]["running"])
 
 
 def test_one_conversation_prefix_sticks_to_one_node(fleet: dict[str, NodeProcess]) -> None:
@@ -321,6 +350,6 @@ def test_a_node_dying_mid_stream_ends_it_with_an_error_then_requests_fail_over(
     )
     assert raw.status_code == 200, raw.text
     node, reason = route_of(raw.headers)
-    assert node == survivor and f"failover={victim_name}:ConnectError" in reason
+    assert node == survivor and f"failover={victim_name}:connect-error" in reason
     for _ in range(3):  # and every later request succeeds on the survivor
         assert chat(fleet["router"], "And then?")[0] == survivor

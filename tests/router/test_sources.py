@@ -1,5 +1,6 @@
 """Node sources: real mDNS on loopback (in process) in front of a real node; hub records matched
-to mDNS adverts by SSH host-key fingerprint."""
+to mDNS adverts by SSH host-key fingerprint, else reached at the address the hub recorded; and
+a real node known only through a real hub, served a chat through a real `edgebox router`."""
 
 from __future__ import annotations
 
@@ -8,14 +9,20 @@ import time
 from pathlib import Path
 
 import httpx
+from openai import OpenAI
 
+from edgebox.fleet import logins
 from edgebox.fleet.advert import DiscoveredNode
+from edgebox.fleet.directory import save_login
 from edgebox.fleet.identity import load_identity
 from edgebox.fleet.interfaces import LanInterface
+from edgebox.fleet.join import join
 from edgebox.fleet.mdns import Advertiser
 from edgebox.router.nodes import NodePoller
 from edgebox.router.sources import MdnsNodes, hub_addresses
-from tests.conftest import NodeProcess
+from tests.conftest import NodeProcess, free_port, start_node
+from tests.fleet.test_hub import PROFILE, Hub
+from tests.router.conftest import start_router
 
 LOOPBACK = [LanInterface("lo", "127.0.0.1", "255.0.0.0")]
 NO_SSHD = Path("/nonexistent")
@@ -70,19 +77,25 @@ def _discovered(name: str, fingerprint: str, api_port: int | None) -> Discovered
     )  # fmt: skip
 
 
-def test_hub_nodes_are_routable_only_when_seen_on_the_lan_with_an_api_port(
+def test_hub_nodes_go_to_their_mdns_address_else_to_the_address_the_hub_recorded(
     tmp_path: Path,
 ) -> None:
-    ids = {n: load_identity(tmp_path / n, sshd_host_key=NO_SSHD, name=n) for n in "abcd"}
+    ids = {n: load_identity(tmp_path / n, sshd_host_key=NO_SSHD, name=n) for n in "abcdef"}
     host_key = {n: i.ssh_public_key for n, i in ids.items()}  # what the hub stores per node
     answer = {
         "data": [
-            {"name": "a", "status": "online", "host_key": host_key["a"]},
+            {"name": "a", "status": "online", "host_key": host_key["a"],
+             "api_url": "http://192.0.2.1:8080"},  # also on mDNS: the LAN address wins
             {"name": "b", "status": "online", "host_key": host_key["b"]},
-            {"name": "c", "status": "offline", "host_key": host_key["c"]},
+            {"name": "c", "status": "offline", "host_key": host_key["c"],
+             "api_url": "http://192.0.2.3:8080"},
             {"name": "d", "status": "online", "host_key": host_key["d"]},
+            {"name": "e", "status": "online", "host_key": host_key["e"],
+             "api_url": "http://192.0.2.5:9000"},  # hub-only
+            {"name": "f", "status": "online", "host_key": None,
+             "api_url": "http://127.0.0.1:9001"},  # on the hub's own box
         ]
-    }
+    }  # fmt: skip
     from edgebox.fleet.identity import ssh_fingerprint
 
     lan = [
@@ -90,6 +103,56 @@ def test_hub_nodes_are_routable_only_when_seen_on_the_lan_with_an_api_port(
         _discovered("c-lan", ssh_fingerprint(host_key["c"]), 8080),
         _discovered("d-lan", ssh_fingerprint(host_key["d"]), None),  # API on loopback only
     ]
-    found, skipped = hub_addresses(answer, lan)
-    assert [(a.name, a.url) for a in found] == [("a", "http://10.0.0.7:8080")]
+    found, skipped = hub_addresses(answer, lan, "https://hub.example:8443")
+    assert [(a.name, a.url) for a in found] == [
+        ("a", "http://10.0.0.7:8080"),
+        ("e", "http://192.0.2.5:9000"),
+        ("f", "http://hub.example:9001"),
+    ]
     assert sorted(skipped) == ["b", "d"]  # c is offline: not listed at all
+
+
+def test_a_node_known_only_through_the_hub_answers_a_chat_through_the_router(
+    tmp_path: Path,
+) -> None:
+    hub = Hub(tmp_path / "hub", free_port(), tmp_path / "hub.log", interval=0.5)
+    hub.start()
+    running: list[NodeProcess] = []
+    try:
+        home = tmp_path / "node"
+        member = join(hub.token(name="hub-only")["token"], home=home, profile=PROFILE)
+        node = start_node(
+            home, "--model", MODEL, "--parallel", "1", "--ctx", "512", "--threads", "1",
+            "--no-mdns", "--no-tunnel", env={"EDGEBOX_HOME": str(home)},
+        )  # fmt: skip
+        running.append(node)
+        port = int(node.url.rsplit(":", 1)[1])
+        deadline = time.monotonic() + 30
+        while True:  # the hub pairs the beat's peer address (loopback here) with the API port
+            record = hub.get(f"/v1/hub/nodes/{member['node_id']}")
+            if record["api_url"] == f"http://127.0.0.1:{port}" and record["status"] == "online":
+                break
+            assert time.monotonic() < deadline, record
+            time.sleep(0.2)
+        user_key = load_identity(tmp_path / "user", sshd_host_key=NO_SSHD).ssh_public_key
+        with hub.admin() as admin:
+            added = admin.request(
+                "POST", "/v1/hub/users", json={"name": "me", "ssh_public_key": user_key}
+            )
+        router_home = tmp_path / "router-home"
+        save_login(logins.parse(added["login"]), home=router_home)
+        router = start_router(tmp_path, "--hub", env={"EDGEBOX_HOME": str(router_home)})
+        running.append(router)  # --no-mdns: the hub is the only way it knows the node
+
+        client = OpenAI(base_url=router.base_url, api_key="unused", max_retries=0)
+        raw = client.chat.completions.with_raw_response.create(
+            model=MODEL, messages=[{"role": "user", "content": "Say hi."}], max_tokens=4,
+            temperature=0,
+        )  # fmt: skip
+        assert raw.headers["x-edgebox-route"].split(";")[0] == "hub-only"
+        completion = raw.parse()
+        assert completion.model == MODEL and completion.choices[0].message.content
+    finally:
+        for proc in reversed(running):
+            proc.stop()
+        hub.stop()

@@ -7,13 +7,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
+import ipaddress
 import json
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.applications import Starlette
@@ -66,10 +67,39 @@ class JoinRequest(BaseModel):
     models: list[Any] = Field(default_factory=list)
 
 
+class NodeApi(BaseModel):
+    """Where the node's OpenAI API listens: the port, never a host (see `observed_api_url`)."""
+
+    model_config = ConfigDict(extra="forbid")
+    port: int = Field(ge=1, le=65535)
+    scheme: Literal["http", "https"] = "http"
+    loopback_only: bool = False  # bound to 127.0.0.1/::1: reachable only on the node's own box
+
+
 class HeartbeatRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     telemetry: dict[str, Any] = Field(default_factory=dict)
     models: list[Any] = Field(default_factory=list)
+    api: NodeApi | None = None
+
+
+def observed_api_url(peer: str | None, api: NodeApi | None) -> str | None:
+    """The node's API address as this hub sees it: the heartbeat's TCP peer address with the
+    node's port. The host is never taken from the node, so a node cannot point routers at
+    arbitrary hosts (proxy headers are off for the same reason). A loopback-only API is
+    recorded only when the beat itself came over loopback (node and hub on one box)."""
+    if api is None or not peer:
+        return None
+    try:
+        ip = ipaddress.ip_address(peer)
+    except ValueError:
+        return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped  # a dual-stack listener reports IPv4 peers as ::ffff:a.b.c.d
+    if api.loopback_only and not ip.is_loopback:
+        return None
+    host = f"[{ip}]" if ip.version == 6 else str(ip)
+    return f"{api.scheme}://{host}:{api.port}"
 
 
 class UserAddRequest(BaseModel):
@@ -183,7 +213,10 @@ def create_app(
     async def heartbeat(request: Request) -> Response:
         secret = _bearer(request)
         body = await _body(request, HeartbeatRequest)
-        node = await asyncio.to_thread(store.heartbeat, secret, body.telemetry, body.models, now())
+        api_url = observed_api_url(request.client.host if request.client else None, body.api)
+        node = await asyncio.to_thread(
+            store.heartbeat, secret, body.telemetry, body.models, now(), api_url
+        )
         if node is None:
             raise APIError(401, "this node is not registered on the hub (or was revoked)",
                            type="authentication_error", code="unknown_node")  # fmt: skip

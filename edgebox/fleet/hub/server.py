@@ -106,4 +106,5 @@ def _run_uvicorn(app: object, host: str, port: int, ident: identity.HubIdentity)
         log_level="warning",
         access_log=False,
         timeout_graceful_shutdown=3,
+        proxy_headers=False,  # heartbeats record the TCP peer address, never X-Forwarded-For
     )

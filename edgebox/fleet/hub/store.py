@@ -41,6 +41,8 @@ _MIGRATIONS = [
         name TEXT PRIMARY KEY, ssh_public_key TEXT NOT NULL, token_hash TEXT NOT NULL UNIQUE,
         created_at REAL NOT NULL);
     """,
+    # the node's API as the hub saw it: the heartbeat's peer address and the node's API port
+    "ALTER TABLE nodes ADD COLUMN api_url TEXT",
 ]
 
 _REFUSALS = {
@@ -209,9 +211,16 @@ class HubStore:
         return port
 
     def heartbeat(
-        self, node_secret: str, telemetry: dict[str, Any], models: list[Any], now: float
+        self,
+        node_secret: str,
+        telemetry: dict[str, Any],
+        models: list[Any],
+        now: float,
+        api_url: str | None = None,
     ) -> dict[str, Any] | None:
-        """Record a beat from the node owning this secret; None if no live node has it."""
+        """Record a beat from the node owning this secret; None if no live node has it.
+
+        `api_url` replaces the recorded API address (None clears it: the node stopped saying)."""
         digest = tokens.hash_secret(node_secret)
         with self._lock:
             row = self._db.execute(
@@ -221,9 +230,9 @@ class HubStore:
             if row is None:
                 return None
             self._db.execute(
-                "UPDATE nodes SET last_heartbeat = ?, telemetry = ?, models = ?, status = 'online'"
-                " WHERE id = ?",
-                (now, json.dumps(telemetry), json.dumps(models), row["id"]),
+                "UPDATE nodes SET last_heartbeat = ?, telemetry = ?, models = ?, api_url = ?,"
+                " status = 'online' WHERE id = ?",
+                (now, json.dumps(telemetry), json.dumps(models), api_url, row["id"]),
             )
             if row["status"] != "online":
                 self._event(now, "online", node_id=row["id"])
