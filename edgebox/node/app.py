@@ -19,7 +19,7 @@ from edgebox.node.errors import (
 )
 from edgebox.node.metrics import RequestCounterMiddleware
 from edgebox.node.recent import RecentRequestsMiddleware
-from edgebox.node.security import APIKeyMiddleware
+from edgebox.node.security import APIKeyMiddleware, LoopbackAdminMiddleware
 from edgebox.node.state import NodeState
 
 
@@ -58,6 +58,8 @@ def create_app(state: NodeState, *, api_key: str | None = None) -> Starlette:
     ]
     if api_key:
         middleware.append(Middleware(APIKeyMiddleware, api_key=api_key))
+    else:
+        middleware.append(Middleware(LoopbackAdminMiddleware))
     app = Starlette(
         routes=routes,
         middleware=middleware,

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 PROTECTED_PREFIXES = ("/v1/", "/admin/")
+_LOOPBACK = ("127.", "::1", "localhost")
 
 _UNAUTHORISED = json.dumps(
     {
@@ -20,6 +21,42 @@ _UNAUTHORISED = json.dumps(
         }
     }
 ).encode()
+
+
+_ADMIN_NEEDS_KEY = json.dumps(
+    {
+        "error": {
+            "message": "this node has no API key, so its /admin/ routes answer only on loopback; "
+            "start it with --api-key (or EDGEBOX_API_KEY) to administer it from elsewhere",
+            "type": "invalid_request_error",
+            "param": None,
+            "code": "admin_needs_api_key",
+        }
+    }
+).encode()
+
+
+class LoopbackAdminMiddleware:
+    """Without an API key, /admin/ (drain, load and unload models) answers loopback clients
+    only: a node bound to the LAN without a key must not let any neighbour load files on it."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        client = scope.get("client")
+        host = str(client[0]) if client else ""
+        admin = scope["type"] == "http" and scope["path"].startswith("/admin/")
+        if admin and not host.startswith(_LOOPBACK):
+            await _refuse(send, 403, _ADMIN_NEEDS_KEY)
+            return
+        await self.app(scope, receive, send)
+
+
+async def _refuse(send: Send, status: int, body: bytes, *extra: tuple[bytes, bytes]) -> None:
+    headers = [(b"content-type", b"application/json"), *extra]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
 
 
 class APIKeyMiddleware:
@@ -48,14 +85,4 @@ class APIKeyMiddleware:
             scope.setdefault("state", {})["api_key_index"] = matched[0]
             await self.app(scope, receive, send)
             return
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 401,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"www-authenticate", b"Bearer"),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": _UNAUTHORISED})
+        await _refuse(send, 401, _UNAUTHORISED, (b"www-authenticate", b"Bearer"))
