@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import json
 from collections.abc import Sequence
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 PROTECTED_PREFIXES = ("/v1/", "/admin/")
-_LOOPBACK = ("127.", "::1", "localhost")
 
 _UNAUTHORISED = json.dumps(
     {
@@ -47,10 +47,19 @@ class LoopbackAdminMiddleware:
         client = scope.get("client")
         host = str(client[0]) if client else ""
         admin = scope["type"] == "http" and scope["path"].startswith("/admin/")
-        if admin and not host.startswith(_LOOPBACK):
+        if admin and not _is_loopback(host):
             await _refuse(send, 403, _ADMIN_NEEDS_KEY)
             return
         await self.app(scope, receive, send)
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    mapped = getattr(ip, "ipv4_mapped", None)  # ::ffff:127.0.0.1 from a dual-stack socket
+    return ip.is_loopback or (mapped is not None and mapped.is_loopback)
 
 
 async def _refuse(send: Send, status: int, body: bytes, *extra: tuple[bytes, bytes]) -> None:
