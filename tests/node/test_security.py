@@ -33,7 +33,9 @@ async def test_loopback_clients_may_administer_a_keyless_node(host: str) -> None
 
 
 @pytest.mark.asyncio
-@pytest.mark.parametrize("host", ["192.168.1.20", "10.0.0.5", "fe80::1", "::ffff:10.0.0.5", "testclient"])
+@pytest.mark.parametrize(
+    "host", ["192.168.1.20", "10.0.0.5", "fe80::1", "::ffff:10.0.0.5", "testclient"]
+)
 async def test_other_clients_get_a_403_that_says_how_to_allow_it(host: str) -> None:
     reply = await call(host, "/admin/drain", "POST")
     assert reply.status_code == 403
