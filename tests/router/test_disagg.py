@@ -35,6 +35,9 @@ def test_auto_splits_long_prompts_only_when_it_predicts_a_lower_ttft() -> None:
     # a prefill node no faster than the decode node never pays
     assert should_split(auto, 4000, 800, 800) == (False, "split-slower")
     assert should_split(auto, 4000, None, 8000) == (False, "prefill-rates-unknown")
+    # Measured link and KV size (from earlier splits) override the settings.
+    assert should_split(auto, 4000, 500, 8000, link_bytes_per_s=1e6)[1] == "split-slower"
+    assert should_split(slow, 4000, 500, 8000, link_bytes_per_s=1e10, kv_bytes_per_token=1)[0]
 
 
 def test_modes_off_and_always_ignore_the_cost_model() -> None:
