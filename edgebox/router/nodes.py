@@ -109,6 +109,14 @@ def normalise_url(url: str) -> str:
     return url
 
 
+_WANTED = (
+    "edgebox_decode_tokens_per_second{",
+    "edgebox_prefill_tokens_per_second{",
+    "edgebox_request_service_seconds_sum{",
+    "edgebox_request_service_seconds_count{",
+)
+
+
 @dataclass(frozen=True)
 class ModelFigures:
     decode_tokens_per_s: float = 0.0
@@ -123,7 +131,9 @@ def parse_metrics(text: str) -> dict[str, ModelFigures]:
     prefill: dict[str, float] = {}
     sums: dict[str, float] = {}
     counts: dict[str, float] = {}
-    for family in text_string_to_metric_families(text):
+    # Parse only the samples used here: a node's full text is ~100 families (several ms).
+    wanted = "\n".join(line for line in text.splitlines() if line.startswith(_WANTED))
+    for family in text_string_to_metric_families(wanted):
         for sample in family.samples:
             model = sample.labels.get("model", "")
             if sample.name == "edgebox_decode_tokens_per_second":
