@@ -124,6 +124,8 @@ class NodeState:
                 "queued": stats.queued,
                 "n_ctx": runtime.info.n_ctx,  # tokens one sequence may hold
                 "size_bytes": runtime.info.size_bytes,  # bounds decode: bandwidth / size
+                "runtime": type(runtime).__name__,
+                "fast_path": self.fast_paths.get(alias),  # "runtime: why it was chosen"
             }
             load_models[alias] = {"active": stats.running, "queued": stats.queued}
         return {
