@@ -87,6 +87,8 @@ class NodeState:
                 "n_ctx": runtime.info.n_ctx,  # tokens one sequence may hold
                 "size_bytes": runtime.info.size_bytes,  # bounds decode: bandwidth / size
             }
+            if hasattr(runtime, "prefix_cache"):  # block hashes of cached prompts, for routers
+                models[alias].update(runtime.prefix_cache())
             load_models[alias] = {"active": stats.running, "queued": stats.queued}
         return {
             "status": "draining" if self.draining else "ok",

@@ -14,11 +14,13 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Protocol
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
+
+from edgebox.runtimes.prefix_blocks import BLOCK_TOKENS
 
 log = logging.getLogger("edgebox.router")
 
@@ -33,6 +35,8 @@ class ModelLoad:
     decode_tokens_per_s: float = 0.0
     n_ctx: int = 0  # tokens per sequence; 0: the node does not say
     mean_request_s: float = 0.0  # measured time a request holds a slot; 0: none finished yet
+    prefix_blocks: frozenset[str] = frozenset()  # chained block hashes the node has cached
+    model_sha256: str = ""  # the GGUF digest those hashes' tokens come from; "": not said
 
 
 @dataclass(frozen=True)
@@ -153,8 +157,21 @@ def status_from_health(
                     decode_tokens_per_s=seen.decode_tokens_per_s,
                     n_ctx=int(load.get("n_ctx", 0) or 0),
                     mean_request_s=seen.mean_request_s,
+                    **_prefix_cache(load),
                 )
     return NodeStatus(address, healthy=health.get("status") == "ok", models=models, checked_at=now)
+
+
+def _prefix_cache(load: Mapping[str, object]) -> dict[str, Any]:
+    """The node's cached prefix blocks, if it reports them with this router's block size."""
+    blocks = load.get("prefix_blocks")
+    if load.get("block_tokens") != BLOCK_TOKENS or not isinstance(blocks, list):
+        return {}
+    sha = load.get("model_sha256")
+    return {
+        "prefix_blocks": frozenset(b for b in blocks if isinstance(b, str)),
+        "model_sha256": sha if isinstance(sha, str) else "",
+    }
 
 
 class Every:
@@ -188,6 +205,7 @@ class NodePoller:
         self.client = client
         self.interval = interval
         self.status: dict[str, NodeStatus] = {}
+        self.after_poll: list[Callable[[], Awaitable[None]]] = []  # run after each poll
         self._every = Every(interval, self.poll_once)
 
     async def poll_once(self) -> None:
@@ -205,6 +223,8 @@ class NodePoller:
             old = self.status.get(status.name)
             cooldown = old.cooldown_until if old else 0.0
             self.status[status.name] = replace(status, cooldown_until=cooldown)
+        for hook in self.after_poll:
+            await hook()
 
     async def _probe(self, address: NodeAddress) -> NodeStatus:
         now = time.monotonic()

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import json
 import os
 import time
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Container, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,10 +39,13 @@ from edgebox.router.placement import (
     prefix_keys,
     requested_max_tokens,
 )
+from edgebox.router.tokens import Tokenizers
+from edgebox.runtimes.prefix_blocks import matched_blocks
 
 LOCAL_ONLY_HEADER = "x-edgebox-local-only"
 ROUTED_HEADER = "x-edgebox-routed"  # on requests the router sends to nodes (see embed.py)
 _AFFINITY_ENTRIES = 4096
+_RECENT_BLOCKS = 4096  # per node: blocks this router sent there, until a poll reports them
 _SPLIT_PATHS = ("/v1/chat/completions", "/v1/completions")
 _TIMEOUT = httpx.Timeout(600.0, connect=3.0)
 
@@ -70,6 +74,12 @@ class Router:
         self.poller = NodePoller(sources, client, config.poll_interval_s)
         self.policy = PlacementPolicy.from_weights(config.weights)
         self.affinity: OrderedDict[str, str] = OrderedDict()
+        self.tokenizers = Tokenizers(config.tokenizers)
+        # node -> block hash -> until when (monotonic) to trust that the node holds it
+        self.recent_blocks: dict[str, OrderedDict[str, float]] = {}
+        self.recent_ttl_s = max(10.0, 2 * config.poll_interval_s)
+        self._loading = False
+        self.poller.after_poll.append(self._load_tokenizers)
         self.prefill_rates: dict[str, float] = {}  # tokens/s, measured from splits
         self.inflight: dict[str, int] = {}  # requests this router has open on each node
         self.metrics = RouterMetrics(ledger.spent_today)
@@ -123,13 +133,19 @@ class Router:
             n.name: with_inflight(n, self.inflight.get(n.name, 0))
             for n in self.poller.status.values()
         }
-        req = RouteRequest(
-            model,
-            prefix_keys(body, self.config.affinity_messages),
-            estimate_prompt_tokens(body),
-            requested_max_tokens(body),
-        )
-        ctx = PlacementContext(time.monotonic(), self.affinity)
+        now = time.monotonic()
+        prompt = self.tokenizers.encode(body)
+        if prompt is not None:
+            req = RouteRequest(
+                model, (), prompt.tokens, requested_max_tokens(body), blocks=prompt.blocks
+            )
+            ctx = PlacementContext(now, self.affinity, self._held_blocks(model, nodes, now))
+        else:  # not tokenizable here: message-level keys, size estimated
+            keys = prefix_keys(body, self.config.affinity_messages)
+            req = RouteRequest(
+                model, keys, estimate_prompt_tokens(body), requested_max_tokens(body)
+            )
+            ctx = PlacementContext(now, self.affinity)
         local, rejected = place(req, list(nodes.values()), self.policy, ctx)
         serving = {n: s.models[model] for n, s in nodes.items() if model in s.models}
         queued = {n: load.queued for n, load in serving.items()}
@@ -147,7 +163,8 @@ class Router:
             raise self._nothing_up(model, rejected, no_cloud)
         split = await self._maybe_split(path, body, req, plan, nodes)
         encoded = raw if raw is not None else json.dumps(body).encode()
-        return await self._attempt(path, body, encoded, plan, nodes, split, req)
+        held = ctx.blocks
+        return await self._attempt(path, body, encoded, plan, nodes, split, req, held)
 
     def _nothing_up(self, model: str, rejected: dict[str, str], no_cloud: str | None) -> APIError:
         why = ", ".join(f"{n}: {r}" for n, r in rejected.items()) or "no nodes known"
@@ -207,12 +224,52 @@ class Router:
             self.prefill_rates[helper.node] = rate if old is None else 0.7 * old + 0.3 * rate
         return Split(first.node, f"{reason},prefill@{helper.node}", handoff)
 
+    async def _load_tokenizers(self) -> None:
+        """After a poll: load the vocabulary of each newly seen model, off the event loop."""
+        models = {m for n in self.poller.status.values() for m in n.models}
+        if self._loading or not self.tokenizers.pending(models):
+            return
+        self._loading = True
+        try:
+            await asyncio.to_thread(self.tokenizers.load, models)
+        finally:
+            self._loading = False
+
+    def _held_blocks(
+        self, model: str, nodes: Mapping[str, NodeStatus], now: float
+    ) -> dict[str, Sequence[Container[str]]]:
+        """Per node, the block sets it holds: what it reported, if its model file is the one
+        this router tokenizes with, and what this router sent it lately."""
+        sha = self.tokenizers.sha256(model)
+        held: dict[str, Sequence[Container[str]]] = {}
+        for name, node in nodes.items():
+            load = node.models.get(model)
+            if load is None or (load.model_sha256 and load.model_sha256 != sha):
+                continue  # another model file: its tokens, and so its hashes, differ
+            sets: list[Container[str]] = [load.prefix_blocks] if load.model_sha256 else []
+            recent = self.recent_blocks.get(name)
+            while recent and next(iter(recent.values())) < now:
+                recent.popitem(last=False)
+            if recent:
+                sets.append(recent)
+            held[name] = sets
+        return held
+
     def _remember(self, keys: tuple[str, ...], node: str) -> None:
         for key in keys:
             self.affinity[key] = node
             self.affinity.move_to_end(key)
         while len(self.affinity) > _AFFINITY_ENTRIES:
             self.affinity.popitem(last=False)
+
+    def _remember_blocks(self, blocks: tuple[str, ...], node: str) -> None:
+        recent = self.recent_blocks.setdefault(node, OrderedDict())
+        until = time.monotonic() + self.recent_ttl_s
+        for block in blocks:
+            recent[block] = until
+            recent.move_to_end(block)
+        while len(recent) > _RECENT_BLOCKS:
+            recent.popitem(last=False)
 
     def _finished(self, name: str) -> None:
         self.inflight[name] = max(0, self.inflight.get(name, 0) - 1)
@@ -229,6 +286,7 @@ class Router:
         nodes: dict[str, NodeStatus],
         split: Split | None,
         req: RouteRequest,
+        held: Mapping[str, Sequence[Container[str]]],
     ) -> Response:
         failures: list[str] = []
         last: Response | None = None
@@ -238,6 +296,8 @@ class Router:
                 route += ";failover=" + ",".join(failures)
             if split and isinstance(target, Candidate) and target.node == split.decode_node:
                 route += f";split={split.reason}"
+            if isinstance(target, Candidate):  # token blocks matched there, or message keys
+                route += _prefix_note(req, held.get(target.node, ()))
             try:
                 out, on_usage = self._outgoing(path, body, encoded, target, nodes, split)
                 name = _target_name(target)
@@ -255,6 +315,7 @@ class Router:
             self.metrics.routed.labels(_target_name(target), str(response.status_code)).inc()
             if isinstance(target, Candidate) and response.status_code < 400:
                 self._remember(req.prefix_keys, target.node)
+                self._remember_blocks(req.blocks, target.node)
             return response
         if last is not None:
             return last
@@ -303,6 +364,12 @@ class Router:
 
         url = upstream.base_url.rstrip("/") + path.removeprefix("/v1")
         return Outgoing(url, json.dumps(cloud_body).encode(), headers), on_usage
+
+
+def _prefix_note(req: RouteRequest, held: Sequence[Container[str]]) -> str:
+    if not req.blocks:
+        return ";prefix=messages"
+    return f";prefix=blocks:{matched_blocks(req.blocks, *held)}/{len(req.blocks)}"
 
 
 def _target_name(target: Target) -> str:
