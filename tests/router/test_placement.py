@@ -13,6 +13,7 @@ from edgebox.router.placement import (
     prefix_keys,
     requested_max_tokens,
 )
+from edgebox.runtimes.prefix_blocks import chain
 
 POLICY = PlacementPolicy.from_weights(Weights())
 
@@ -113,3 +114,34 @@ def test_nodes_whose_context_cannot_hold_prompt_and_max_tokens_are_filtered() ->
     assert sorted(ranked(fits, nodes)) == ["big", "small", "unknown"]
     assert requested_max_tokens({"max_completion_tokens": 7, "max_tokens": 9}) == 7
     assert requested_max_tokens({"max_tokens": True}) == 0
+
+
+def test_token_overlap_is_the_share_of_leading_blocks_each_node_holds() -> None:
+    blocks = tuple(chain(list(range(320))))  # ten blocks
+    req = RouteRequest("m", prompt_tokens=320, blocks=blocks)
+    nodes = [node("most", healthy=True), node("some", healthy=True), node("none", healthy=True)]
+    held = {"most": [set(blocks[:8])], "some": [set(blocks[:3])], "none": []}
+    candidates, _ = place(req, nodes, POLICY, PlacementContext(now=0.0, blocks=held))
+    assert [c.node for c in candidates] == ["most", "some", "none"]
+    w = Weights()
+    load = w.load * 1.0  # idle: 1/(1 + 0/2)
+    assert [c.score for c in candidates] == [
+        round(load + w.affinity * 0.8, 4),
+        round(load + w.affinity * 0.3, 4),
+        load,
+    ]
+    assert "affinity" in candidates[0].reasons and "affinity" not in candidates[1].reasons
+
+
+def test_token_overlap_ignores_message_keys_and_a_busy_node_can_still_lose() -> None:
+    blocks = tuple(chain(list(range(64))))
+    req = RouteRequest("m", ("k",), 64, blocks=blocks)
+    nodes = [node("cached", running=2, queued=6, healthy=True), node("idle", healthy=True)]
+    ctx = PlacementContext(now=0.0, affinity={"k": "idle"}, blocks={"cached": [set(blocks)]})
+    # cached: 1/(1+8/2) + 2·1 = 2.2; idle: 1 (the message key pointing at it is not used)
+    assert [c.node for c in place(req, nodes, POLICY, ctx)[0]] == ["cached", "idle"]
+    # a quarter of the prompt cached on a queue of 60: 1/31 + 2·0.25 < 1
+    long_req = RouteRequest("m", (), 128, blocks=tuple(chain(list(range(128)))))
+    nodes[0] = node("cached", running=2, queued=60, healthy=True)
+    ctx = PlacementContext(now=0.0, blocks={"cached": [set(long_req.blocks[:1])]})
+    assert [c.node for c in place(long_req, nodes, POLICY, ctx)[0]] == ["idle", "cached"]
