@@ -12,7 +12,7 @@ characters/4 size estimate (`placement.prefix_keys`, `placement.estimate_prompt_
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,7 +23,7 @@ from edgebox.models.bundled import BUNDLED
 from edgebox.models.digest import file_sha256
 from edgebox.models.resolve import ModelNotAvailable, resolve_model
 from edgebox.node.errors import APIError
-from edgebox.node.prompts import chat_prompt
+from edgebox.node.prompts import chat_messages
 from edgebox.node.protocol import ChatCompletionRequest
 from edgebox.runtimes.base import BackendError
 from edgebox.runtimes.prefix_blocks import BLOCK_TOKENS, chain
@@ -97,17 +97,19 @@ class Tokenizers:
         local = self.models.get(str(body.get("model")))
         if local is None:
             return None
-        tokens = _tokens(local.tokenizer, body)
-        if tokens is None:
+        encoded = _encode(local.tokenizer, body)
+        if encoded is None:
             return None
-        return PromptBlocks(len(tokens), tuple(chain(tokens)))
+        return PromptBlocks(len(encoded[0]), tuple(encoded[1]))
 
     def sha256(self, model: str) -> str | None:
         local = self.models.get(model)
         return local.sha256 if local else None
 
 
-def _tokens(tokenizer: Any, body: Mapping[str, Any]) -> list[int] | None:
+def _encode(tokenizer: Any, body: Mapping[str, Any]) -> tuple[Sequence[int], list[str]] | None:
+    """The node's message handling and template (`chat_messages`, `render_chat`), then its
+    tokenizer through the head cache."""
     messages = body.get("messages")
     if isinstance(messages, list):
         chars = sum(_chars(m.get("content")) for m in messages if isinstance(m, dict))
@@ -116,18 +118,19 @@ def _tokens(tokenizer: Any, body: Mapping[str, Any]) -> list[int] | None:
         try:
             # The node's own parsing and template code, so the tokens are the node's.
             request = ChatCompletionRequest.model_validate(body)
-            return chat_prompt(tokenizer, request).tokens
-        except (ValidationError, APIError, TypeError):
+            text = tokenizer.render_chat(chat_messages(request))
+        except (ValidationError, APIError, BackendError):
             return None  # the node will refuse it and say why
+        return tokenizer.encode(text)
     prompt = body.get("prompt")
     if isinstance(prompt, str) and len(prompt) >= MIN_CHARS:
-        return tokenizer.tokenize(prompt)  # as `completion_prompts` does for one string
+        return tokenizer.encode(prompt)
     if (
         isinstance(prompt, list)
         and len(prompt) >= BLOCK_TOKENS
         and all(isinstance(t, int) and not isinstance(t, bool) for t in prompt)
     ):
-        return list(prompt)
+        return prompt, chain(prompt)
     return None
 
 

@@ -19,7 +19,7 @@ _DIGEST = 8  # bytes: 64-bit hashes, collision-free enough for a few thousand ca
 
 
 def _block_bytes(tokens: Sequence[int]) -> bytes:
-    packed = array("i", tokens)  # int32
+    packed = tokens if isinstance(tokens, array) and tokens.typecode == "i" else array("i", tokens)
     if sys.byteorder == "big":
         packed.byteswap()  # little-endian everywhere
     return packed.tobytes()
@@ -30,11 +30,14 @@ def next_hash(previous: bytes, block: Sequence[int]) -> bytes:
     return hashlib.blake2b(previous + _block_bytes(block), digest_size=_DIGEST).digest()
 
 
-def chain(tokens: Sequence[int], block_tokens: int = BLOCK_TOKENS) -> list[str]:
-    """Hex hashes of every full block of `tokens`, first block first."""
-    out: list[str] = []
-    h = b""
-    for start in range(0, len(tokens) - block_tokens + 1, block_tokens):
+def chain(
+    tokens: Sequence[int], block_tokens: int = BLOCK_TOKENS, known: Sequence[str] = ()
+) -> list[str]:
+    """Hex hashes of every full block of `tokens`, first block first; `known` are the hashes
+    of its first blocks, already computed (only the blocks after them are hashed)."""
+    out = list(known)
+    h = bytes.fromhex(out[-1]) if out else b""
+    for start in range(len(out) * block_tokens, len(tokens) - block_tokens + 1, block_tokens):
         h = next_hash(h, tokens[start : start + block_tokens])
         out.append(h.hex())
     return out

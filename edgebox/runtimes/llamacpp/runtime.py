@@ -10,6 +10,7 @@ from typing import Any
 import psutil
 
 from edgebox.runtimes.base import (
+    BackendError,
     Capabilities,
     EventSink,
     GenerationRequest,
@@ -20,6 +21,7 @@ from edgebox.runtimes.base import (
 from edgebox.runtimes.chat_template import ChatTemplate, fallback_template
 from edgebox.runtimes.llamacpp.engine import EngineConfig, LlamaCppEngine
 from edgebox.runtimes.llamacpp.model import LlamaCppModel
+from edgebox.runtimes.llamacpp.prompt_cache import PromptCache
 
 _CHAT_MARKERS = ("<|im_start|>", "<|start_header_id|>", "<|assistant|>")
 
@@ -58,11 +60,41 @@ def tokenize_prompt(model: LlamaCppModel, text: str, *, add_special: bool = True
 
 class LlamaCppTokenizer:
     """A GGUF's vocabulary and chat template without its weights (a router's view of a
-    model): renders and tokenizes prompts exactly as `LlamaCppRuntime` does."""
+    model): renders and tokenizes prompts exactly as `LlamaCppRuntime` does, remembering
+    the tokens of recent prompt heads (`prompt_cache`)."""
 
     def __init__(self, path: str | Path) -> None:
         self.model = LlamaCppModel(path, vocab_only=True)
         self.template = chat_template_for(self.model)
+        self.cache = PromptCache(self.model, self.tokenize)
+        if self.cache.enabled and not self._cache_agrees():
+            self.cache.disable()
+
+    def encode(self, text: str) -> tuple[Sequence[int], list[str]]:
+        """Tokens of a prompt, as `tokenize` gives them, and their chained block hashes."""
+        return self.cache.encode(text)
+
+    def _cache_agrees(self) -> bool:
+        """Head-cached tokenization equals whole-text tokenization on sample conversations."""
+        first = [
+            {"role": "system", "content": "You check things carefully. " * 80},
+            {"role": "user", "content": "One?"},
+        ]
+        later = [
+            *first,
+            {"role": "assistant", "content": " Two."},
+            {"role": "user", "content": "3\n\n x"},
+        ]
+        try:
+            for messages in (first, later, first):
+                text = self.render_chat(messages)
+                if list(self.cache.encode(text)[0]) != self.tokenize(text):
+                    return False
+        except BackendError:
+            return False
+        finally:
+            self.cache.clear()
+        return True
 
     def tokenize(self, text: str, *, add_special: bool = True) -> list[int]:
         return tokenize_prompt(self.model, text, add_special=add_special)
