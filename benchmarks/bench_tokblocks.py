@@ -115,14 +115,15 @@ def main() -> None:
             NodeStatus(
                 NodeAddress(name, f"http://{name}"),
                 healthy=True,
-                models={MODEL: ModelLoad(slots=4, prefix_blocks=frozenset(blocks))},
+                models={MODEL: ModelLoad(slots=4)},
+                prefix_blocks={MODEL: frozenset(blocks)},
             )
             for name, blocks in (
                 ("a", [f"{i:016x}" for i in range(1024)]),
                 ("b", [*enc.blocks[: len(enc.blocks) // 2], *(f"{i:016x}" for i in range(1000))]),
             )
         ]
-        held = {n.name: [n.models[MODEL].prefix_blocks] for n in nodes}
+        held = {n.name: [n.prefix_blocks[MODEL]] for n in nodes}
         req = RouteRequest(MODEL, (), enc.tokens, 16, blocks=enc.blocks)
         ctx = PlacementContext(0.0, {}, held)
         assert place(req, nodes, policy, ctx)[0][0].node == "b"

@@ -14,7 +14,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any, Protocol
+from typing import Protocol
 from urllib.parse import urlsplit
 
 import httpx
@@ -35,8 +35,7 @@ class ModelLoad:
     decode_tokens_per_s: float = 0.0
     n_ctx: int = 0  # tokens per sequence; 0: the node does not say
     mean_request_s: float = 0.0  # measured time a request holds a slot; 0: none finished yet
-    prefix_blocks: frozenset[str] = frozenset()  # chained block hashes the node has cached
-    model_sha256: str = ""  # the GGUF digest those hashes' tokens come from; "": not said
+    model_sha256: str = ""  # the GGUF digest its prefix blocks' tokens come from; "": not said
 
 
 @dataclass(frozen=True)
@@ -53,6 +52,8 @@ class NodeStatus:
     models: Mapping[str, ModelLoad] = field(default_factory=dict)
     cooldown_until: float = 0.0  # monotonic time
     checked_at: float = 0.0
+    # per model: the chained block hashes of the prompts the node has cached
+    prefix_blocks: Mapping[str, frozenset[str]] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -145,11 +146,15 @@ def status_from_health(
     now: float,
 ) -> NodeStatus:
     models: dict[str, ModelLoad] = {}
+    blocks: dict[str, frozenset[str]] = {}
     raw = health.get("models")
     if isinstance(raw, Mapping):
         for alias, load in raw.items():
             if isinstance(load, Mapping):
                 seen = figures.get(str(alias), ModelFigures())
+                cached = _prefix_blocks(load)
+                if cached:
+                    blocks[str(alias)] = cached
                 models[str(alias)] = ModelLoad(
                     slots=int(load.get("slots", 1) or 1),
                     running=int(load.get("running", 0) or 0),
@@ -157,21 +162,18 @@ def status_from_health(
                     decode_tokens_per_s=seen.decode_tokens_per_s,
                     n_ctx=int(load.get("n_ctx", 0) or 0),
                     mean_request_s=seen.mean_request_s,
-                    **_prefix_cache(load),
+                    model_sha256=str(load.get("model_sha256") or "") if cached else "",
                 )
-    return NodeStatus(address, healthy=health.get("status") == "ok", models=models, checked_at=now)
+    healthy = health.get("status") == "ok"
+    return NodeStatus(address, healthy, models, checked_at=now, prefix_blocks=blocks)
 
 
-def _prefix_cache(load: Mapping[str, object]) -> dict[str, Any]:
+def _prefix_blocks(load: Mapping[str, object]) -> frozenset[str]:
     """The node's cached prefix blocks, if it reports them with this router's block size."""
     blocks = load.get("prefix_blocks")
     if load.get("block_tokens") != BLOCK_TOKENS or not isinstance(blocks, list):
-        return {}
-    sha = load.get("model_sha256")
-    return {
-        "prefix_blocks": frozenset(b for b in blocks if isinstance(b, str)),
-        "model_sha256": sha if isinstance(sha, str) else "",
-    }
+        return frozenset()
+    return frozenset(b for b in blocks if isinstance(b, str))
 
 
 class Every:

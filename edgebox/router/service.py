@@ -246,7 +246,8 @@ class Router:
             load = node.models.get(model)
             if load is None or (load.model_sha256 and load.model_sha256 != sha):
                 continue  # another model file: its tokens, and so its hashes, differ
-            sets: list[Container[str]] = [load.prefix_blocks] if load.model_sha256 else []
+            reported = node.prefix_blocks.get(model, frozenset())
+            sets: list[Container[str]] = [reported] if load.model_sha256 else []
             recent = self.recent_blocks.get(name)
             while recent and next(iter(recent.values())) < now:
                 recent.popitem(last=False)

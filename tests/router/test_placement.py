@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 from edgebox.router.config import Weights
-from edgebox.router.nodes import ModelLoad, NodeAddress, NodeStatus, with_inflight
+from edgebox.router.nodes import (
+    ModelLoad,
+    NodeAddress,
+    NodeStatus,
+    status_from_health,
+    with_inflight,
+)
 from edgebox.router.placement import (
     PlacementContext,
     PlacementPolicy,
@@ -145,3 +151,22 @@ def test_token_overlap_ignores_message_keys_and_a_busy_node_can_still_lose() -> 
     nodes[0] = node("cached", running=2, queued=60, healthy=True)
     ctx = PlacementContext(now=0.0, blocks={"cached": [set(long_req.blocks[:1])]})
     assert [c.node for c in place(long_req, nodes, POLICY, ctx)[0]] == ["idle", "cached"]
+
+
+def test_the_poller_takes_reported_blocks_only_at_its_own_block_size() -> None:
+    health = {
+        "status": "ok",
+        "models": {
+            "m": {
+                "slots": 2,
+                "block_tokens": 32,
+                "prefix_blocks": ["aa", "bb"],
+                "model_sha256": "s",
+            },
+            "other": {"slots": 2, "block_tokens": 16, "prefix_blocks": ["cc"]},
+            "embed": {"slots": 1},
+        },
+    }
+    status = status_from_health(NodeAddress("n", "http://n"), health, {}, 0.0)
+    assert status.prefix_blocks == {"m": frozenset({"aa", "bb"})}
+    assert status.models["m"].model_sha256 == "s" and status.models["other"].model_sha256 == ""

@@ -347,7 +347,10 @@ def test_a_node_reports_the_block_hashes_the_router_computes(
     body = contract("bakery", "May we sell bread on Sundays?")
     reply = httpx.post(fleet["b"].base_url + "/chat/completions", json=body, timeout=120)
     assert reply.status_code == 200, reply.text
-    health = httpx.get(fleet["b"].url + "/health", timeout=5).json()["models"][MODEL]
+    models = httpx.get(fleet["b"].url + "/health", timeout=5).json()["models"]
+    health = models[MODEL]
+    embedders = [m for m in models if m != MODEL]
+    assert embedders and all("prefix_blocks" not in models[m] for m in embedders)  # no cache
     ours = tokenizers.encode(body)
     assert ours is not None and len(ours.blocks) >= 4
     assert ours.tokens == reply.json()["usage"]["prompt_tokens"]  # the node's own count
