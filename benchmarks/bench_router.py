@@ -9,6 +9,10 @@ the same node. Requests alternate between the paths so drift on a noisy machine 
     difference from direct.
 (b) streaming: 64-token streamed completions; TTFT and decode tok/s medians, and the
     router/direct ratio.
+(c) proxy CPU: the CPU time (user + system, child processes included) each proxy process
+    spends per request over `--cpu-requests` back-to-back 1-token requests (its background
+    work in that time, e.g. the router's 2 s node poll, included): what the proxy costs, and
+    the figure least moved by other load on a shared machine.
 
     python benchmarks/bench_router.py --requests 60 --streams 8 --write
 """
@@ -25,6 +29,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import httpx
+import psutil
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -61,6 +66,19 @@ def one_token(base_url: str, model: str) -> Callable[[int], float]:
     return run
 
 
+def cpu_seconds(proc: subprocess.Popen[bytes]) -> float:
+    """User + system CPU of a process and its children (LiteLLM may fork workers)."""
+    root = psutil.Process(proc.pid)
+    total = 0.0
+    for p in [root, *root.children(recursive=True)]:
+        try:
+            times = p.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += times.user + times.system
+    return total
+
+
 def litellm_proxy(exe: str, node_url: str, port: int, tmp: Path) -> subprocess.Popen[bytes]:
     config = tmp / "litellm.yaml"
     config.write_text(
@@ -81,6 +99,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=60)
     parser.add_argument("--streams", type=int, default=8)
+    parser.add_argument("--cpu-requests", type=int, default=200)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--litellm", help="path of a `litellm` executable (its own venv)")
     parser.add_argument("--write", action="store_true", help="append results to docs/benchmarks.md")
@@ -110,26 +129,27 @@ def main() -> None:
     ]
     tmp = Path(tempfile.mkdtemp(prefix="bench-router-"))
     try:
-        procs.append(
-            start(
-                [
-                    py,
-                    "-m",
-                    "edgebox",
-                    "router",
-                    "--port",
-                    str(router_port),
-                    "--node",
-                    node_url,
-                    "--disagg",
-                    "off",
-                ],
-                f"http://127.0.0.1:{router_port}/health",
-            )
+        proxies: dict[str, subprocess.Popen[bytes]] = {}
+        proxies["router"] = start(
+            [
+                py,
+                "-m",
+                "edgebox",
+                "router",
+                "--port",
+                str(router_port),
+                "--node",
+                node_url,
+                "--disagg",
+                "off",
+            ],
+            f"http://127.0.0.1:{router_port}/health",
         )
+        procs.append(proxies["router"])
         paths = {"direct": node_url + "/v1", "router": f"http://127.0.0.1:{router_port}/v1"}
         if args.litellm:
-            procs.append(litellm_proxy(args.litellm, node_url, litellm_port, tmp))
+            proxies["litellm"] = litellm_proxy(args.litellm, node_url, litellm_port, tmp)
+            procs.append(proxies["litellm"])
             paths["litellm"] = f"http://127.0.0.1:{litellm_port}/v1"
 
         latency: dict[str, list[float]] = {name: [] for name in paths}
@@ -139,6 +159,12 @@ def main() -> None:
         for i in range(args.requests):
             for name, run in runners.items():
                 latency[name].append(run(i))
+        cpu_ms = {}
+        for name, proc in proxies.items():  # (c): back to back, so idle time does not count
+            before = cpu_seconds(proc)
+            for i in range(args.cpu_requests):
+                runners[name](args.requests + i)
+            cpu_ms[name] = (cpu_seconds(proc) - before) / args.cpu_requests * 1000
 
         streams: dict[str, list[tuple[float, float, int]]] = {name: [] for name in paths}
         streamers = {name: over_http(url, MODEL, BENCH_KEY) for name, url in paths.items()}
@@ -155,13 +181,13 @@ def main() -> None:
         "## Router overhead (`benchmarks/bench_router.py`)",
         "",
         f"Machine: {machine()}. Command: `python benchmarks/bench_router.py --requests "
-        f"{args.requests} --streams {args.streams}"
+        f"{args.requests} --streams {args.streams} --cpu-requests {args.cpu_requests}"
         f"{' --litellm ...' if args.litellm else ''} --write`. One node (SmolLM2-135M, "
         f"--parallel 2, --threads {args.threads}), all paths on loopback, requests alternating.",
         "",
         "| path | 1-token request p50 ms | p99 ms | added p50 ms | added p99 ms "
-        "| stream TTFT p50 ms | decode tok/s p50 | tok/s vs direct |",
-        "|---|---|---|---|---|---|---|---|",
+        "| proxy CPU ms/request | stream TTFT p50 ms | decode tok/s p50 | tok/s vs direct |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     base_tps = statistics.median(s[1] for s in streams["direct"])
     for name in paths:
@@ -170,7 +196,8 @@ def main() -> None:
         ttft = statistics.median(s[0] for s in streams[name]) * 1000
         lines.append(
             f"| {name} | {pct(latency[name], 0.5) * 1000:.2f} | {pct(latency[name], 0.99) * 1000:.2f}"
-            f" | {pct(added, 0.5) * 1000:.2f} | {pct(added, 0.99) * 1000:.2f} | {ttft:.1f}"
+            f" | {pct(added, 0.5) * 1000:.2f} | {pct(added, 0.99) * 1000:.2f}"
+            f" | {f'{cpu_ms[name]:.2f}' if name in cpu_ms else '-'} | {ttft:.1f}"
             f" | {tps:.1f} | {tps / base_tps:.3f} |"
         )
     emit(lines, args.write)

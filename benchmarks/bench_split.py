@@ -37,6 +37,7 @@ from bench_serve import emit, machine, start  # noqa: E402
 
 from edgebox.router.config import Disagg  # noqa: E402
 from edgebox.router.disagg import estimate_split, hand_off  # noqa: E402
+from edgebox.router.nodes import parse_metrics  # noqa: E402
 from tests.conftest import free_port  # noqa: E402
 
 MODEL = "smollm2-135m"
@@ -144,6 +145,11 @@ def main() -> None:
         started = time.monotonic()
         rows = asyncio.run(run(args, urls[0], urls[1]))
         wall = time.monotonic() - started
+        # What `--disagg auto` would use: each node's own prefill measurement (its /metrics).
+        reported = [
+            parse_metrics(httpx.get(u + "/metrics", timeout=10).text)[MODEL].prefill_tokens_per_s
+            for u in urls
+        ]
     finally:
         for proc in procs:
             proc.terminate()
@@ -180,10 +186,22 @@ def main() -> None:
             f"| {r['prefill'] * 1000:.0f} | {r['transfer'] * 1000:.0f} | {r['decode'] * 1000:.0f} "
             f"| {r['kv_bytes'] / 1e6:.1f} | {est.local_s * 1000:.0f} | {est.split_s * 1000:.0f} |"
         )
+    node_cross = next(
+        (
+            int(r["tokens"])
+            for r in rows
+            if (e := estimate_split(int(r["tokens"]), reported[1], reported[0],
+                                    cfg.kv_bytes_per_token, link)).split_s < e.local_s
+        ),
+        None,
+    ) if all(reported) else None  # fmt: skip
     lines += [
         "",
         f"Crossover (smallest measured prompt where split wins): predicted "
-        f"{predicted_cross or 'none'}, measured {measured_cross or 'none'}.",
+        f"{predicted_cross or 'none'}, measured {measured_cross or 'none'}. The nodes' own "
+        f"prefill measurements (`edgebox_prefill_tokens_per_second`, what `--disagg auto` uses): "
+        f"P {reported[0]:.0f}, D {reported[1]:.0f} tok/s, predicting a crossover at "
+        f"{node_cross or 'none'}.",
     ]
     emit(lines, args.write)
 

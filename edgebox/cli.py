@@ -207,6 +207,7 @@ def serve(
     )
     chat: dict[str, Runtime] = {}
     embedders: dict[str, EmbeddingRuntime] = {}
+    fast_paths: dict[str, str] = {}
     for resolved in resolved_models:
         err.print(f"loading {resolved.alias} from {resolved.path} …", highlight=False)
         # --runtime names the chat models' runtime; an embedding model always takes ONNX Runtime
@@ -226,6 +227,7 @@ def serve(
                 embedder.close()
             raise _fail(str(exc)) from None
         err.print(f"{resolved.alias}: runtime {chosen.runtime}: {chosen.reason}", highlight=False)
+        fast_paths[resolved.alias] = f"{chosen.runtime}: {chosen.reason}"
         if runtime.capabilities.embeddings:
             embedders[resolved.alias] = cast(EmbeddingRuntime, runtime)
         else:
@@ -239,6 +241,9 @@ def serve(
         embedders=embedders,
         kv_store=KVStore(max_bytes=kv_upload_mib << 20),
         node=identity.public(),
+        runtime_options=config,  # models loaded later over /admin/models/load take the same
+        default_runtime=runtime_name.lower(),
+        fast_paths=fast_paths,
     )
     advertiser = None
     if mdns:
@@ -433,6 +438,9 @@ _nodes_commands.register(app)
 _top.register(app)
 _fleet_cmd.register(app)
 _router_command.register(app)
+from edgebox.commands import node_models as _node_models  # noqa: E402
+
+_node_models.register(app)
 
 if __name__ == "__main__":
     app()

@@ -10,7 +10,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from edgebox.node import admin, embeddings, kv_api, openai_api
+from edgebox.node import admin, embeddings, kv_api, model_admin, openai_api
 from edgebox.node.errors import (
     APIError,
     api_error_handler,
@@ -18,7 +18,8 @@ from edgebox.node.errors import (
     unhandled_error_handler,
 )
 from edgebox.node.metrics import RequestCounterMiddleware
-from edgebox.node.security import APIKeyMiddleware
+from edgebox.node.recent import RecentRequestsMiddleware
+from edgebox.node.security import APIKeyMiddleware, LoopbackAdminMiddleware
 from edgebox.node.state import NodeState
 
 
@@ -46,10 +47,19 @@ def create_app(state: NodeState, *, api_key: str | None = None) -> Starlette:
         Route("/v1/edgebox/kv/{model:path}", kv_api.upload, methods=["PUT"]),
         Route("/admin/drain", admin.drain, methods=["POST"]),
         Route("/admin/undrain", admin.undrain, methods=["POST"]),
+        Route("/admin/models", model_admin.list_models, methods=["GET"]),
+        Route("/admin/models/load", model_admin.load_model, methods=["POST"]),
+        Route("/admin/models/unload", model_admin.unload_model, methods=["POST"]),
+        Route("/admin/requests", model_admin.recent_requests, methods=["GET"]),
     ]
-    middleware = [Middleware(RequestCounterMiddleware, metrics=state.metrics)]
+    middleware = [
+        Middleware(RequestCounterMiddleware, metrics=state.metrics),
+        Middleware(RecentRequestsMiddleware, recent=state.recent),
+    ]
     if api_key:
         middleware.append(Middleware(APIKeyMiddleware, api_key=api_key))
+    else:
+        middleware.append(Middleware(LoopbackAdminMiddleware))
     app = Starlette(
         routes=routes,
         middleware=middleware,

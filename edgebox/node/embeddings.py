@@ -14,6 +14,7 @@ from starlette.responses import JSONResponse, Response
 from edgebox.node.admin import refuse_if_draining
 from edgebox.node.errors import APIError, queue_full_error
 from edgebox.node.openai_api import parse, read_json
+from edgebox.node.recent import usage_of
 from edgebox.node.state import NodeState
 from edgebox.runtimes.base import BackendError, EmbeddingRuntime, QueueFullError
 
@@ -106,6 +107,8 @@ async def create_embeddings(request: Request) -> Response:
     state: NodeState = request.app.state.node
     refuse_if_draining(state)
     body: EmbeddingRequest = parse(EmbeddingRequest, await read_json(request, state.max_body))
+    record = usage_of(request)
+    record.model = body.model
     runtime = lookup_embedder(state, body.model)
     texts = texts_from_input(body.input)
     if body.dimensions is not None and body.dimensions != runtime.dimensions:
@@ -122,6 +125,7 @@ async def create_embeddings(request: Request) -> Response:
         raise queue_full_error(exc) from exc
     except BackendError as exc:
         raise APIError(500, str(exc), type="server_error") from exc
+    record.prompt_tokens = result.prompt_tokens
     return JSONResponse(
         embedding_response(result.vectors, body.model, result.prompt_tokens, body.encoding_format)
     )

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 
 from edgebox.node.errors import APIError, queue_full_error
 from edgebox.node.metrics import NodeMetrics, now
+from edgebox.node.recent import RequestRecord
 from edgebox.runtimes.base import (
     ContextLengthError,
     Event,
@@ -38,8 +39,10 @@ class ChoiceStreams:
         model: str,
         arrived: float,
         prompt_param: str,
+        record: RequestRecord | None = None,
     ) -> None:
         self._runtime = runtime
+        self._record = record  # the request's entry in the node's recent requests
         self._requests = requests
         self._metrics = metrics
         self._model = model
@@ -92,6 +95,8 @@ class ChoiceStreams:
                     previous = last_token_at.get(index)
                     if previous is None:
                         ttft.observe(t - self._arrived)
+                        if self._record is not None and self._record.ttft_s is None:
+                            self._record.ttft_s = t - self._arrived
                     else:
                         itl.observe(t - previous)
                     last_token_at[index] = t
@@ -109,6 +114,8 @@ class ChoiceStreams:
         self._metrics.generated.labels(self._model).inc(event.completion_tokens)
         self._metrics.prompt.labels(self._model).inc(event.prompt_tokens)
         self._metrics.cached.labels(self._model).inc(event.cached_tokens)
+        if self._record is not None:
+            self._record.completion_tokens += event.completion_tokens
 
     def cancel(self) -> None:
         for handle in self._handles:

@@ -18,6 +18,7 @@ from edgebox.node.kv_transfer import (
 from edgebox.node.openai_api import lookup, parse, read_json
 from edgebox.node.prompts import PreparedPrompt, chat_prompt, check_prompt_fits, completion_prompts
 from edgebox.node.protocol import ChatCompletionRequest, CompletionRequest
+from edgebox.node.recent import usage_of
 from edgebox.node.state import NodeState
 from edgebox.runtimes.base import Runtime
 
@@ -40,6 +41,8 @@ async def prefill(request: Request) -> Response:
     data = await read_json(request, state.max_body)
     is_chat = isinstance(data, dict) and "messages" in data
     body = parse(ChatCompletionRequest if is_chat else CompletionRequest, data)
+    record = usage_of(request)
+    record.model = body.model
     runtime = _kv_runtime(state, body.model)
     prompt: PreparedPrompt
     if isinstance(body, ChatCompletionRequest):
@@ -51,6 +54,7 @@ async def prefill(request: Request) -> Response:
         prompt = prompts[0]
     param = "messages" if is_chat else "prompt"
     check_prompt_fits(runtime, prompt, param)
+    record.prompt_tokens = len(prompt.tokens)
     started = time.perf_counter()
     finish = await prefill_export(runtime, prompt.tokens, state.request_timeout)
     if finish.kv is None:
@@ -63,10 +67,13 @@ async def upload(request: Request) -> Response:
     """Receive a streamed snapshot for a later request's `X-Edgebox-KV` header."""
     state: NodeState = request.app.state.node
     model = request.path_params["model"]
+    record = usage_of(request)
+    record.model = model
     runtime = _kv_runtime(state, model)
     expected = await asyncio.to_thread(runtime.kv_fingerprint)
     assert expected is not None
     with state.kv_store.receiving() as reserve:
         kv = await read_snapshot(request.stream(), expected, state.kv_store.max_bytes, reserve)
         key = state.kv_store.put(model, kv)
+    record.prompt_tokens = len(kv.tokens)
     return upload_response(key, model, kv, state.kv_store.ttl_s)

@@ -45,6 +45,12 @@ class _RuntimeCollector(Collector):
                 "Tokens generated per second over the last few seconds, all sequences",
                 labels=["model"],
             ),
+            "prefill_tokens_per_s": GaugeMetricFamily(
+                "edgebox_prefill_tokens_per_second",
+                "Prompt tokens processed per second, measured on prefill-dominated steps "
+                "(0: not measured yet)",
+                labels=["model"],
+            ),
         }
         steps = CounterMetricFamily(
             "edgebox_engine_steps", "Batched decode calls", labels=["model"]

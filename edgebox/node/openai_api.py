@@ -26,6 +26,7 @@ from edgebox.node.prompts import (
     generation_requests,
 )
 from edgebox.node.protocol import ChatCompletionRequest, CompletionRequest
+from edgebox.node.recent import usage_of
 from edgebox.node.responses import (
     SSE_DONE,
     ChoiceResult,
@@ -127,6 +128,7 @@ async def chat_completions(request: Request) -> Response:
     body: ChatCompletionRequest = parse(
         ChatCompletionRequest, await read_json(request, state.max_body)
     )
+    usage_of(request).model = body.model
     runtime = lookup(state, body.model)
     if body.top_logprobs is not None and not body.logprobs:
         raise APIError(400, "top_logprobs needs logprobs set to true", param="top_logprobs")
@@ -146,6 +148,7 @@ async def completions(request: Request) -> Response:
     state: NodeState = request.app.state.node
     refuse_if_draining(state)
     body: CompletionRequest = parse(CompletionRequest, await read_json(request, state.max_body))
+    usage_of(request).model = body.model
     runtime = lookup(state, body.model)
     if body.suffix:
         raise APIError(400, "suffix (fill-in-the-middle) is not supported", param="suffix")
@@ -182,6 +185,9 @@ async def _generate(
     arrived: float,
     prompt_param: str,
 ) -> Response:
+    record = usage_of(request)
+    record.stream = bool(body.stream)
+    record.prompt_tokens = sum(len(p.tokens) for p in prompts)
     kv_key = request.headers.get(KV_HEADER)
     kv = state.kv_store.take(kv_key, body.model) if kv_key else None
     streams = ChoiceStreams(
@@ -198,6 +204,7 @@ async def _generate(
         model=body.model,
         arrived=arrived,
         prompt_param=prompt_param,
+        record=record,
     )
     try:
         streams.start()  # refusals (429, context, grammar) raise here, before any byte is sent

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import json
 from collections.abc import Sequence
 
@@ -20,6 +21,51 @@ _UNAUTHORISED = json.dumps(
         }
     }
 ).encode()
+
+
+_ADMIN_NEEDS_KEY = json.dumps(
+    {
+        "error": {
+            "message": "this node has no API key, so its /admin/ routes answer only on loopback; "
+            "start it with --api-key (or EDGEBOX_API_KEY) to administer it from elsewhere",
+            "type": "invalid_request_error",
+            "param": None,
+            "code": "admin_needs_api_key",
+        }
+    }
+).encode()
+
+
+class LoopbackAdminMiddleware:
+    """Without an API key, /admin/ (drain, load and unload models) answers loopback clients
+    only: a node bound to the LAN without a key must not let any neighbour load files on it."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        client = scope.get("client")
+        host = str(client[0]) if client else ""
+        admin = scope["type"] == "http" and scope["path"].startswith("/admin/")
+        if admin and not _is_loopback(host):
+            await _refuse(send, 403, _ADMIN_NEEDS_KEY)
+            return
+        await self.app(scope, receive, send)
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    mapped = getattr(ip, "ipv4_mapped", None)  # ::ffff:127.0.0.1 from a dual-stack socket
+    return ip.is_loopback or (mapped is not None and mapped.is_loopback)
+
+
+async def _refuse(send: Send, status: int, body: bytes, *extra: tuple[bytes, bytes]) -> None:
+    headers = [(b"content-type", b"application/json"), *extra]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
 
 
 class APIKeyMiddleware:
@@ -48,14 +94,4 @@ class APIKeyMiddleware:
             scope.setdefault("state", {})["api_key_index"] = matched[0]
             await self.app(scope, receive, send)
             return
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 401,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"www-authenticate", b"Bearer"),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": _UNAUTHORISED})
+        await _refuse(send, 401, _UNAUTHORISED, (b"www-authenticate", b"Bearer"))

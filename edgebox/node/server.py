@@ -74,6 +74,8 @@ def serve(
             and advertiser is not None
             and await _advertise(advertiser, host, bound[1])
         )
+        if advertised and advertiser is not None:  # /admin/models load|unload: new TXT digest
+            state.on_models_changed.append(advertiser.update_models)
         if fleet_parts is not None and server.started:
             from edgebox.router.app import start_router
 

@@ -6,15 +6,18 @@ import asyncio
 import hashlib
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from edgebox import __version__
 from edgebox.hardware.probe import probe
 from edgebox.hardware.telemetry import CachedTelemetry
 from edgebox.node.kv_transfer import KVStore
 from edgebox.node.metrics import NodeMetrics
+from edgebox.node.recent import RecentRequests
 from edgebox.runtimes.base import EmbeddingRuntime, Runtime
+from edgebox.runtimes.open import RuntimeOptions
 
 DEFAULT_MAX_BODY = 16 * 1024 * 1024
 log = logging.getLogger(__name__)
@@ -32,6 +35,13 @@ class NodeState:
     hardware: dict[str, Any] | None = None  # the probe profile, taken on first /health
     node: dict[str, Any] | None = None  # this node's public identity (id, name, host key)
     draining: bool = False  # set by POST /admin/drain: new generation requests get 503
+    runtime_options: RuntimeOptions = field(default_factory=RuntimeOptions)  # for /admin loads
+    default_runtime: str = "auto"  # `serve --runtime`, for chat models loaded later
+    fast_paths: dict[str, str] = field(default_factory=dict)  # model id → "runtime: why"
+    recent: RecentRequests = field(default_factory=RecentRequests)
+    loading: dict[str, str] = field(default_factory=dict)  # model id → what is being loaded
+    # Called on the event loop after a model was loaded or unloaded (the mDNS advertiser).
+    on_models_changed: list[Callable[[list[str]], Awaitable[None]]] = field(default_factory=list)
     metrics: NodeMetrics = field(init=False)
     fingerprint: str = field(init=False)
 
@@ -40,11 +50,39 @@ class NodeState:
         if both:
             raise ValueError(f"model ids must be unique; served twice: {', '.join(sorted(both))}")
         self.metrics = NodeMetrics(lambda: {a: r.stats() for a, r in self.all_models().items()})
+        self._refresh_fingerprint()
+
+    def _refresh_fingerprint(self) -> None:
         # Changes when the served models or edgebox change, as OpenAI's system_fingerprint does.
         digest = hashlib.sha256(__version__.encode())
         for alias, runtime in sorted(self.all_models().items()):
             digest.update(f"{alias}={runtime.info.path}:{runtime.info.size_bytes}".encode())
         self.fingerprint = "fp_" + digest.hexdigest()[:12]
+
+    async def add_model(self, alias: str, runtime: Runtime | EmbeddingRuntime) -> None:
+        """Serve `runtime` as `alias` from now on (called on the event loop)."""
+        if alias in self.all_models():
+            raise ValueError(f"model ids must be unique; {alias} is served already")
+        if runtime.capabilities.embeddings:
+            self.embedders[alias] = cast(EmbeddingRuntime, runtime)
+        else:
+            self.runtimes[alias] = cast(Runtime, runtime)
+        await self._models_changed()
+
+    async def remove_model(self, alias: str) -> Runtime | EmbeddingRuntime:
+        """Stop serving `alias`; closing the returned runtime stays with the caller."""
+        runtime = self.runtimes.pop(alias, None) or self.embedders.pop(alias)
+        await self._models_changed()
+        return runtime
+
+    async def _models_changed(self) -> None:
+        self._refresh_fingerprint()
+        models = list(self.all_models())
+        for listener in self.on_models_changed:
+            try:
+                await listener(models)
+            except Exception:  # mDNS is a hint: a failed update must not fail the load
+                log.exception("model change listener failed")
 
     def all_models(self) -> dict[str, Runtime | EmbeddingRuntime]:
         """Every served model by id, chat models first."""
@@ -86,6 +124,8 @@ class NodeState:
                 "queued": stats.queued,
                 "n_ctx": runtime.info.n_ctx,  # tokens one sequence may hold
                 "size_bytes": runtime.info.size_bytes,  # bounds decode: bandwidth / size
+                "runtime": type(runtime).__name__,
+                "fast_path": self.fast_paths.get(alias),  # "runtime: why it was chosen"
             }
             if hasattr(runtime, "prefix_cache"):  # block hashes of cached prompts, for routers
                 models[alias].update(runtime.prefix_cache())

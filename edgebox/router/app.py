@@ -42,7 +42,12 @@ async def health(request: Request) -> Response:
         for name, s in router.poller.status.items()
     }
     up = any(s.healthy for s in router.poller.status.values()) or bool(router.config.cloud)
-    return JSONResponse({"status": "ok" if up else "degraded", "nodes": nodes})
+    learnt = {  # what splits measured; the cost model uses these over the [disagg] settings
+        "prefill_tokens_per_s": router.prefill_rates,
+        "link_bytes_per_s": {f"{p}>{d}": rate for (p, d), rate in router.link_rates.items()},
+        "kv_bytes_per_token": router.kv_bytes_per_token,
+    }
+    return JSONResponse({"status": "ok" if up else "degraded", "nodes": nodes, "split": learnt})
 
 
 def metrics(request: Request) -> Response:

@@ -13,6 +13,7 @@ Time to first token, all on the decode node vs split (prefill elsewhere, KV over
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,8 +53,12 @@ def should_split(
     prompt_tokens: int,
     local_prefill_tps: float | None,
     remote_prefill_tps: float | None,
+    *,
+    link_bytes_per_s: float | None = None,
+    kv_bytes_per_token: float | None = None,
 ) -> tuple[bool, str]:
-    """Whether to split, and the reason (for the route header)."""
+    """Whether to split, and the reason (for the route header). The link rate and KV bytes
+    per token are the measured ones when a split between the pair has run, else `settings`."""
     if settings.mode == "off":
         return False, "split-off"
     if settings.mode == "always":
@@ -66,8 +71,8 @@ def should_split(
         prompt_tokens,
         local_prefill_tps,
         remote_prefill_tps,
-        settings.kv_bytes_per_token,
-        settings.link_mbps * 1e6 / 8,
+        round(kv_bytes_per_token or settings.kv_bytes_per_token),
+        link_bytes_per_s or settings.link_mbps * 1e6 / 8,
     )
     if est.split_s < est.local_s:
         return True, f"split-saves-{(est.local_s - est.split_s) * 1000:.0f}ms"
@@ -84,6 +89,7 @@ class Handoff:
     tokens: int
     kv_bytes: int
     prefill_s: float
+    transfer_s: float = 0.0  # KV streamed out of the prefill node and imported by the decoder
 
     def headers(self) -> dict[str, str]:
         return {KV_HEADER: self.kv_id}
@@ -106,18 +112,20 @@ async def hand_off(
             if exported.status_code != 200:
                 await exported.aread()
                 raise SplitFailed(f"prefill-{exported.status_code}-{_code(exported)}")
+            started = time.perf_counter()  # the prefill is done once the snapshot's head arrives
             uploaded = await client.put(
                 decode_url + f"/v1/edgebox/kv/{model}",
                 content=exported.aiter_raw(),
                 headers=headers,
             )
             prefill_s = float(exported.headers.get("x-edgebox-prefill-ms", 0)) / 1000
+            transfer_s = time.perf_counter() - started
     except httpx.HTTPError as exc:
         raise SplitFailed(f"transfer-{type(exc).__name__}") from None
     if uploaded.status_code != 201:
         raise SplitFailed(f"import-{uploaded.status_code}-{_code(uploaded)}")
     handle = uploaded.json()
-    return Handoff(handle["id"], int(handle["tokens"]), int(handle["bytes"]), prefill_s)
+    return Handoff(handle["id"], int(handle["tokens"]), int(handle["bytes"]), prefill_s, transfer_s)
 
 
 def _code(response: httpx.Response) -> str:

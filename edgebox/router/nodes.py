@@ -36,6 +36,7 @@ class ModelLoad:
     n_ctx: int = 0  # tokens per sequence; 0: the node does not say
     mean_request_s: float = 0.0  # measured time a request holds a slot; 0: none finished yet
     model_sha256: str = ""  # the GGUF digest its prefix blocks' tokens come from; "": not said
+    prefill_tokens_per_s: float = 0.0  # the node's measured prompt rate; 0: not measured
 
 
 @dataclass(frozen=True)
@@ -113,29 +114,48 @@ def normalise_url(url: str) -> str:
     return url
 
 
+_WANTED = (
+    "edgebox_decode_tokens_per_second{",
+    "edgebox_prefill_tokens_per_second{",
+    "edgebox_request_service_seconds_sum{",
+    "edgebox_request_service_seconds_count{",
+)
+
+
 @dataclass(frozen=True)
 class ModelFigures:
     decode_tokens_per_s: float = 0.0
     mean_request_s: float = 0.0
+    prefill_tokens_per_s: float = 0.0
 
 
 def parse_metrics(text: str) -> dict[str, ModelFigures]:
-    """Decode tokens/s and mean slot-holding time per model from a node's Prometheus text."""
+    """Decode and prefill tokens/s and mean slot-holding time per model from a node's
+    Prometheus text."""
     rates: dict[str, float] = {}
+    prefill: dict[str, float] = {}
     sums: dict[str, float] = {}
     counts: dict[str, float] = {}
-    for family in text_string_to_metric_families(text):
+    # Parse only the samples used here: a node's full text is ~100 families (several ms).
+    wanted = "\n".join(line for line in text.splitlines() if line.startswith(_WANTED))
+    for family in text_string_to_metric_families(wanted):
         for sample in family.samples:
             model = sample.labels.get("model", "")
             if sample.name == "edgebox_decode_tokens_per_second":
                 rates[model] = float(sample.value)
+            elif sample.name == "edgebox_prefill_tokens_per_second":
+                prefill[model] = float(sample.value)
             elif sample.name == "edgebox_request_service_seconds_sum":
                 sums[model] = float(sample.value)
             elif sample.name == "edgebox_request_service_seconds_count":
                 counts[model] = float(sample.value)
     return {
-        m: ModelFigures(rates.get(m, 0.0), sums.get(m, 0.0) / c if (c := counts.get(m)) else 0.0)
-        for m in set(rates) | set(counts)
+        m: ModelFigures(
+            rates.get(m, 0.0),
+            sums.get(m, 0.0) / c if (c := counts.get(m)) else 0.0,
+            prefill.get(m, 0.0),
+        )
+        for m in set(rates) | set(counts) | set(prefill)
     }
 
 
@@ -163,6 +183,7 @@ def status_from_health(
                     n_ctx=int(load.get("n_ctx", 0) or 0),
                     mean_request_s=seen.mean_request_s,
                     model_sha256=str(load.get("model_sha256") or "") if cached else "",
+                    prefill_tokens_per_s=seen.prefill_tokens_per_s,
                 )
     healthy = health.get("status") == "ok"
     return NodeStatus(address, healthy, models, checked_at=now, prefix_blocks=blocks)

@@ -81,6 +81,9 @@ class Router:
         self._loading = False
         self.poller.after_poll.append(self._load_tokenizers)
         self.prefill_rates: dict[str, float] = {}  # tokens/s, measured from splits
+        # measured in splits: (prefill node, decode node) → bytes/s; model → KV bytes/token
+        self.link_rates: dict[tuple[str, str], float] = {}
+        self.kv_bytes_per_token: dict[str, float] = {}
         self.inflight: dict[str, int] = {}  # requests this router has open on each node
         self.metrics = RouterMetrics(ledger.spent_today)
         node_key = config.node_api_key_env
@@ -200,12 +203,14 @@ class Router:
         others = [t for t, _ in plan[1:] if isinstance(t, Candidate)]
         if not others:
             return None
-        helper = max(others, key=lambda c: self._prefill_rate(nodes[c.node]) or 0.0)
+        helper = max(others, key=lambda c: self._prefill_rate(nodes[c.node], req.model) or 0.0)
         decide, reason = should_split(
             self.config.disagg,
             req.prompt_tokens,
-            self._prefill_rate(nodes[first.node]),
-            self._prefill_rate(nodes[helper.node]),
+            self._prefill_rate(nodes[first.node], req.model),
+            self._prefill_rate(nodes[helper.node], req.model),
+            link_bytes_per_s=self.link_rates.get((helper.node, first.node)),
+            kv_bytes_per_token=self.kv_bytes_per_token.get(req.model),
         )
         if not decide:
             return Split(first.node, reason) if reason != "split-off" else None
@@ -218,10 +223,7 @@ class Router:
             self.metrics.splits.labels("failed").inc()
             return Split(first.node, f"{reason},failed-{exc}")
         self.metrics.splits.labels("ok").inc()
-        if handoff.prefill_s > 0:
-            rate = handoff.tokens / handoff.prefill_s
-            old = self.prefill_rates.get(helper.node)
-            self.prefill_rates[helper.node] = rate if old is None else 0.7 * old + 0.3 * rate
+        self._learn(handoff, helper.node, first.node, req.model)
         return Split(first.node, f"{reason},prefill@{helper.node}", handoff)
 
     async def _load_tokenizers(self) -> None:
@@ -256,6 +258,15 @@ class Router:
             held[name] = sets
         return held
 
+    def _learn(self, handoff: Handoff, prefill: str, decode: str, model: str) -> None:
+        """Fold one split's measurements into the cost model's inputs (exponential averages)."""
+        if handoff.prefill_s > 0:
+            _average(self.prefill_rates, prefill, handoff.tokens / handoff.prefill_s)
+        if handoff.transfer_s > 0 and handoff.kv_bytes > 0:
+            _average(self.link_rates, (prefill, decode), handoff.kv_bytes / handoff.transfer_s)
+        if handoff.tokens > 0:
+            _average(self.kv_bytes_per_token, model, handoff.kv_bytes / handoff.tokens)
+
     def _remember(self, keys: tuple[str, ...], node: str) -> None:
         for key in keys:
             self.affinity[key] = node
@@ -275,8 +286,12 @@ class Router:
     def _finished(self, name: str) -> None:
         self.inflight[name] = max(0, self.inflight.get(name, 0) - 1)
 
-    def _prefill_rate(self, node: NodeStatus) -> float | None:
-        return self.prefill_rates.get(node.name) or node.address.prefill_tokens_per_s
+    def _prefill_rate(self, node: NodeStatus, model: str) -> float | None:
+        """Prompt tokens/s: what the node measures itself (its /metrics; the same yardstick on
+        every node), else what this router measured in splits, else the configured seed."""
+        load = node.models.get(model)
+        reported = load.prefill_tokens_per_s if load is not None else 0.0
+        return reported or self.prefill_rates.get(node.name) or node.address.prefill_tokens_per_s
 
     async def _attempt(
         self,
@@ -371,6 +386,11 @@ def _prefix_note(req: RouteRequest, held: Sequence[Container[str]]) -> str:
     if not req.blocks:
         return ";prefix=messages"
     return f";prefix=blocks:{matched_blocks(req.blocks, *held)}/{len(req.blocks)}"
+
+
+def _average(table: dict[Any, float], key: Any, sample: float) -> None:
+    old = table.get(key)
+    table[key] = sample if old is None else 0.7 * old + 0.3 * sample
 
 
 def _target_name(target: Target) -> str:

@@ -174,6 +174,7 @@ class RuntimeStats:
     # cumulative counts of steps by batch size, for the upper bounds in BATCH_BUCKETS
     batch_size_buckets: tuple[int, ...] = ()
     decode_tokens_per_s: float = 0.0  # recent aggregate generation rate
+    prefill_tokens_per_s: float = 0.0  # measured prompt processing rate; 0: not measured
 
 
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import ClassVar
 
 from rich.text import Text
@@ -19,6 +20,8 @@ from textual.css.query import NoMatches
 from textual.widgets import DataTable, Footer, Input, Label, Sparkline, Static
 
 from edgebox.tui import actions, view
+from edgebox.tui.model_picker import ModelPicker
+from edgebox.tui.requests_view import recent_text
 from edgebox.tui.router import RouterSource, RouterStats, router_text
 from edgebox.tui.snapshot import FleetSnapshot, NodeSnapshot
 from edgebox.tui.source import FleetSource
@@ -48,6 +51,8 @@ class FleetApp(App[None]):
     FleetApp.zoom #detail { height: 1fr; max-height: 100%; }
     FleetApp.zoom #sparks { height: 1fr; }
     FleetApp.zoom #sparks Sparkline { height: 1fr; }
+    #recent { height: auto; display: none; }
+    FleetApp.zoom #recent { display: block; }
     """
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("q", "quit", "Quit"),
@@ -56,8 +61,8 @@ class FleetApp(App[None]):
         Binding("enter", "zoom", "Detail", show=True, priority=False),
         Binding("s", "ssh", "SSH"),
         Binding("d", "drain", "Drain"),
-        Binding("l", "load_model", "Load"),
-        Binding("u", "unload_model", "Unload"),
+        Binding("l", "model(True)", "Load"),
+        Binding("u", "model(False)", "Unload"),
         Binding("slash", "filter", "Filter", key_display="/"),
         Binding("escape", "clear_filter", "Back", show=False),
     ]
@@ -96,6 +101,7 @@ class FleetApp(App[None]):
         yield DataTable[Text](id="nodes", cursor_type="row", zebra_stripes=True)
         with Vertical(id="detail"):
             yield Static("waiting for the first poll…", id="detail-text")
+            yield Static("", id="recent")  # the node's recent requests, in the zoomed detail
             with Horizontal(id="sparks"):
                 for key in view.SERIES:
                     with Vertical():
@@ -238,10 +244,32 @@ class FleetApp(App[None]):
         self.action_zoom()
 
     def action_zoom(self) -> None:
-        """Enter: the selected node's detail and sparklines fill the screen (Esc/Enter back)."""
+        """Enter: the selected node's detail, sparklines and recent requests fill the screen
+        (Esc/Enter back); the recent requests are fetched in a worker at each poll interval."""
         self.toggle_class("zoom")
         if not self.has_class("zoom"):
             self.query_one("#nodes", DataTable).focus()
+            return
+        self._update("#recent", recent_text("recent requests: fetching…"))
+        self.fetch_recent()
+        if getattr(self, "_recent_timer", None) is None:
+            self._recent_timer = self.set_interval(self.interval, self.fetch_recent)
+
+    @work(exclusive=True, group="recent")
+    async def fetch_recent(self) -> None:
+        if not self.has_class("zoom"):
+            return
+        node = self._node(self.selected)
+        if node is None:
+            return
+        if node.url is None or node.status != "online":
+            text = recent_text(f"recent requests: {actions.unreachable_reason(node)}")
+        else:
+            text = recent_text(await actions.recent_requests(node.url, self.api_key))
+        try:
+            self._update("#recent", text)
+        except NoMatches:  # closing
+            return
 
     def _selected_node(self) -> NodeSnapshot | None:
         node = self._node(self.selected)
@@ -288,11 +316,59 @@ class FleetApp(App[None]):
         self.say(await actions.set_draining(url, drain, self.api_key))
         self.poll_fleet()
 
-    def action_load_model(self) -> None:
-        self.say(actions.NOT_SUPPORTED)
+    def action_model(self, load: bool) -> None:
+        """l: pick (or type) a model the node can load and load it; u: pick a loaded model,
+        confirm (y/n) and unload it. The node is asked in workers."""
+        node = self._selected_node()
+        if node is None:
+            return
+        if node.url is None or node.status != "online":
+            verb = "load" if load else "unload"
+            self.say(f"cannot {verb} models: {actions.unreachable_reason(node)}")
+            return
+        self._pick_model(node.url, node.name, load=load)
 
-    def action_unload_model(self) -> None:
-        self.say(actions.NOT_SUPPORTED)
+    @work(group="admin")
+    async def _pick_model(self, url: str, name: str, *, load: bool) -> None:
+        listing = await actions.node_models(url, self.api_key)
+        if isinstance(listing, str):
+            self.say(listing)
+            return
+        if load:
+            title = f"Load a model on {name}"
+            picker = ModelPicker(title, listing.loadable, free_entry=True)
+        else:
+            picker = ModelPicker(f"Unload a model from {name}", listing.loaded, free_entry=False)
+
+        def picked(model: str | None) -> None:
+            if model is None:
+                self.say(f"{'load' if load else 'unload'} cancelled")
+            elif load:
+                self._change_model(url, model, load=True)
+            else:
+                question = f"Unload {model} from {name}? Requests for it will get 404."
+                self.push_screen(actions.Confirm(question), confirmed(model))
+
+        def confirmed(model: str) -> Callable[[bool | None], None]:
+            def answered(yes: bool | None) -> None:
+                if yes:
+                    self._change_model(url, model, load=False)
+                else:
+                    self.say("unload cancelled")
+
+            return answered
+
+        self.push_screen(picker, picked)
+
+    @work(group="admin")
+    async def _change_model(self, url: str, model: str, *, load: bool) -> None:
+        self.say(f"{'loading' if load else 'unloading'} {model}…")
+        if load:
+            self.say(await actions.load_model(url, model, self.api_key))
+        else:
+            self.say(await actions.unload_model(url, model, self.api_key))
+        self.poll_fleet()
+        self.fetch_recent()
 
     def action_cycle_sort(self) -> None:
         self.sort = view.next_sort(self.sort)

@@ -101,6 +101,10 @@ def _dict(value: Any) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
+def _text(value: Any) -> str | None:
+    return str(value) if isinstance(value, str) and value else None
+
+
 def _models(raw: Any) -> dict[str, dict[str, Any]]:
     """Models as name → figures, from `{"m": {...}}`, `["m", ...]` or `[{"name": "m"}, ...]`."""
     if isinstance(raw, dict):
@@ -214,6 +218,8 @@ def node_from_health(
                 slots=int(s) if (s := _first(figures, "slots")) is not None else None,
                 tokens_per_s=rate,
                 size_bytes=int(b) if (b := _first(figures, "size_bytes")) else None,
+                runtime=_text(figures.get("runtime")),
+                fast_path=_text(figures.get("fast_path")),
             )
         )
     load = _dict(health.get("load"))
@@ -260,6 +266,8 @@ def node_from_hub(entry: Mapping[str, Any]) -> NodeSnapshot:
             queued=int(_first(f, "queued") or 0),
             slots=int(s) if (s := _first(f, "slots")) is not None else None,
             tokens_per_s=_first(f, "tokens_per_s"),
+            runtime=_text(f.get("runtime")),
+            fast_path=_text(f.get("fast_path")),
         )
         for name, f in _models(entry.get("models")).items()
     )

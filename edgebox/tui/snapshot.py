@@ -22,6 +22,8 @@ class ModelLoad(_Frozen):
     slots: int | None = None
     tokens_per_s: float | None = None  # generated tokens per second between two polls
     size_bytes: int | None = None  # the weights: decode reads them once per step
+    runtime: str | None = None  # the runtime class serving it
+    fast_path: str | None = None  # "runtime: why it was chosen" (edgebox serve's selection)
 
 
 class NodeSnapshot(_Frozen):

@@ -10,6 +10,7 @@ from typing import Protocol
 
 import httpx
 
+from edgebox.router.sources import seen_from_hub
 from edgebox.tui.parse import (
     MetricsSample,
     node_from_health,
@@ -151,11 +152,18 @@ class HubSource:
                 taken_at=time.time(), nodes=(hub.model_copy(update={"via": "hub"}),)
             )
         nodes = tuple(
-            node_from_hub(e)
+            self._reachable(node_from_hub(e))
             for e in entries
             if isinstance(e, dict) and e.get("status") != "revoked"
         )
         return FleetSnapshot(taken_at=time.time(), nodes=nodes)
+
+    def _reachable(self, node: NodeSnapshot) -> NodeSnapshot:
+        """The hub records a node on its own box at a loopback address; from here that node
+        is at the hub's host."""
+        if node.url is None:
+            return node
+        return node.model_copy(update={"url": seen_from_hub(node.url, self.hub_url)})
 
     async def aclose(self) -> None:
         await self._client.aclose()

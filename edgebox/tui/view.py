@@ -197,6 +197,8 @@ def detail_text(node: NodeSnapshot, *, now: float) -> Text:
             f"  running {m.running}{slots}  queued {m.queued}"
             f"  {_num(m.tokens_per_s, '.1f')} tok/s{limit}\n"
         )
+        if m.fast_path or m.runtime:
+            text.append(f"    {m.fast_path or m.runtime}\n", style="dim")
     return text
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import time
+import uuid
 
 import httpx
 import openai
@@ -202,3 +204,24 @@ def test_health_and_metrics_answer_during_a_long_generation(node: NodeProcess) -
     assert "edgebox_time_to_first_token_seconds_count" in metrics
     assert 'edgebox_requests_total{route="/v1/completions",status="200"}' in metrics
     assert "edgebox_inter_token_seconds_bucket" in metrics
+
+
+def test_the_node_measures_its_prefill_rate_for_the_router(node: NodeProcess) -> None:
+    """A long uncached prompt is prefilled in large steps; the node publishes the rate it saw
+    and the router's metrics parser reads the same figure (the split cost model uses it)."""
+    from edgebox.router.nodes import parse_metrics
+
+    words = " ".join(f"item{i} is number {i * 7 % 13}." for i in range(60))
+    body = {"model": MODEL, "prompt": f"{uuid.uuid4().hex} {words}", "max_tokens": 1}  # uncached
+    started = time.perf_counter()
+    reply = httpx.post(node.base_url + "/completions", json=body, timeout=120)
+    wall_s = time.perf_counter() - started
+    assert reply.status_code == 200, reply.text
+    prompt_tokens = reply.json()["usage"]["prompt_tokens"]
+    assert prompt_tokens >= 128
+    text = httpx.get(node.url + "/metrics", timeout=5).text
+    rate = parse_metrics(text)[MODEL].prefill_tokens_per_s
+    assert f'edgebox_prefill_tokens_per_second{{model="{MODEL}"}}' in text
+    # The prefill of this prompt fits inside the request's wall time, and dominates it.
+    assert rate > 0 and prompt_tokens / rate <= wall_s
+    assert prompt_tokens / rate >= wall_s / 10, (prompt_tokens, rate, wall_s)

@@ -1,11 +1,17 @@
-"""The prefill/decode split cost model: pure, no network."""
+"""The prefill/decode split cost model and where its rates come from: pure, no network."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import httpx
 import pytest
 
-from edgebox.router.config import Disagg
+from edgebox.router.cloud import SpendLedger
+from edgebox.router.config import Disagg, RouterConfig
 from edgebox.router.disagg import estimate_split, should_split
+from edgebox.router.nodes import ModelLoad, NodeAddress, NodeStatus
+from edgebox.router.service import Router
 
 
 def test_estimate_adds_remote_prefill_transfer_and_overhead() -> None:
@@ -29,6 +35,9 @@ def test_auto_splits_long_prompts_only_when_it_predicts_a_lower_ttft() -> None:
     # a prefill node no faster than the decode node never pays
     assert should_split(auto, 4000, 800, 800) == (False, "split-slower")
     assert should_split(auto, 4000, None, 8000) == (False, "prefill-rates-unknown")
+    # Measured link and KV size (from earlier splits) override the settings.
+    assert should_split(auto, 4000, 500, 8000, link_bytes_per_s=1e6)[1] == "split-slower"
+    assert should_split(slow, 4000, 500, 8000, link_bytes_per_s=1e10, kv_bytes_per_token=1)[0]
 
 
 def test_modes_off_and_always_ignore_the_cost_model() -> None:
@@ -48,3 +57,17 @@ def test_crossover_moves_with_link_bandwidth() -> None:
 
     assert 0 < crossover(10_000) < crossover(1_000) < crossover(500)
     assert crossover(300) == -1  # the link is slower than prefilling locally
+
+
+def test_split_rates_come_from_the_nodes_own_measurement_first(tmp_path: Path) -> None:
+    """`auto` needs no configured rates once nodes publish theirs; a configured seed or a rate
+    this router measured in splits is used only where a node has not measured one."""
+    router = Router(RouterConfig(), [], httpx.AsyncClient(), SpendLedger(tmp_path / "s.json", None))
+    seeded = NodeAddress("gpu", "http://gpu:8000", prefill_tokens_per_s=5000.0)
+    measured = NodeStatus(seeded, True, {"m": ModelLoad(prefill_tokens_per_s=900.0)})
+    unmeasured = NodeStatus(seeded, True, {"m": ModelLoad()})
+    assert router._prefill_rate(measured, "m") == 900.0
+    assert router._prefill_rate(unmeasured, "m") == 5000.0
+    router.prefill_rates["gpu"] = 4000.0
+    assert router._prefill_rate(unmeasured, "m") == 4000.0
+    assert router._prefill_rate(NodeStatus(NodeAddress("cpu", "http://cpu:8000")), "m") is None

@@ -292,9 +292,15 @@ def test_the_cloud_key_never_reaches_logs_or_errors(fleet: dict[str, NodeProcess
 
 
 def test_split_prefill_gives_the_same_greedy_text(fleet: dict[str, NodeProcess]) -> None:
-    _, reason, text = chat(fleet["split"], "What is seven times six?")
+    decode, reason, text = chat(fleet["split"], "What is seven times six?")
     assert "split=split-always,prefill@" in reason, reason
     assert text == direct_reply(fleet["a"], "What is seven times six?")
+    prefill = reason.split("prefill@")[1].split(";")[0]
+    learnt = httpx.get(fleet["split"].url + "/health", timeout=5).json()["split"]
+    # SmolLM2-135M: 30 layers x (K + V) x 3 KV heads x 64 dims x 2 bytes (f16) per token.
+    assert learnt["kv_bytes_per_token"][MODEL] == pytest.approx(30 * 2 * 3 * 64 * 2, rel=0.05)
+    assert learnt["link_bytes_per_s"][f"{prefill}>{decode}"] > 0
+    assert learnt["prefill_tokens_per_s"][prefill] > 0
 
 
 def test_the_spend_cap_stops_bursting(fleet: dict[str, NodeProcess]) -> None:

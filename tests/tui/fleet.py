@@ -20,7 +20,8 @@ def fleet(t: float = T0, spark_rate: float = 41.5) -> FleetSnapshot:
                 bandwidth_gbps=273.0,
                 models=(
                     ModelLoad(name="llama-3.1-8b", running=3, queued=2, slots=4,
-                              tokens_per_s=spark_rate, size_bytes=4_920_000_000),
+                              tokens_per_s=spark_rate, size_bytes=4_920_000_000,
+                              fast_path="llamacpp: CUDA build, unified memory"),
                     ModelLoad(name="smollm2-135m", running=0, queued=0, slots=8, tokens_per_s=0.0,
                               size_bytes=270_000_000),
                 ),

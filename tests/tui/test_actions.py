@@ -1,5 +1,5 @@
 """Node actions from `edgebox top`: drain asks first (a real node on loopback answers), Enter
-zooms the detail, load/unload say they are not supported, and the status line reports."""
+zooms the detail, and the status line reports (load/unload: test_model_picker.py)."""
 
 from __future__ import annotations
 
@@ -88,12 +88,8 @@ def test_enter_zooms_the_detail_and_escape_returns() -> None:
     drive(ReplaySource([fleet()]), steps)
 
 
-def test_load_and_unload_say_not_supported_and_ssh_names_the_node() -> None:
+def test_ssh_names_the_node() -> None:
     async def steps(app: FleetApp, pilot: Pilot[None]) -> None:
-        await pilot.press("l")
-        assert "not supported by this node" in status_line(app)
-        await pilot.press("u")
-        assert "not supported by this node" in status_line(app)
         await pilot.press("s")  # headless: no terminal to hand over, so it says what to run
         assert "edgebox ssh http://127.0.0.1:9" in status_line(app)
 

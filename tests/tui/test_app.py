@@ -86,6 +86,7 @@ def test_selecting_a_row_shows_its_detail_and_sparkline() -> None:
         text = detail(app)
         assert "spark" in text and "nvidia-dgx-spark: NVIDIA GB10" in text
         assert "llama-3.1-8b" in text and "running 3/4 slots  queued 2" in text
+        assert "llamacpp: CUDA build, unified memory" in text  # runtime and fast path
         assert "last seen 1s ago" in text
         assert app.query_one("#spark-tokens", Sparkline).data == [10.0, 20.0, 30.0]
         assert app.query_one("#spark-queue", Sparkline).data == [5.0, 5.0, 5.0]

@@ -11,7 +11,7 @@ import pytest
 from edgebox.fleet.heartbeat import Heartbeat
 from edgebox.fleet.hub.client import HubClient, pinned_context
 from edgebox.fleet.join import join
-from edgebox.tui.snapshot import FleetSnapshot
+from edgebox.tui.snapshot import FleetSnapshot, NodeSnapshot
 from edgebox.tui.source import HubSource
 from tests.conftest import free_port
 from tests.fleet.test_hub import PROFILE, Hub
@@ -56,3 +56,12 @@ def test_a_wrong_fingerprint_is_an_unreachable_hub_row(hub: Hub) -> None:
     assert row.status == "unreachable" and row.error and row.error.startswith("hub:")
     key = (hub.data / "admin.key").read_text().strip()
     assert key not in row.model_dump_json()
+
+
+def test_a_node_on_the_hubs_own_box_is_shown_at_the_hubs_host() -> None:
+    source = HubSource("https://hub.example.net:8443")
+    here = NodeSnapshot(name="n", id="n", url="http://127.0.0.1:8080", status="online", via="hub")
+    away = here.model_copy(update={"url": "http://10.1.2.3:8080"})
+    assert source._reachable(here).url == "http://hub.example.net:8080"
+    assert source._reachable(away).url == "http://10.1.2.3:8080"
+    asyncio.run(source.aclose())

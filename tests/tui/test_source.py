@@ -47,6 +47,8 @@ def test_direct_source_reads_models_and_a_positive_token_rate(node: NodeProcess)
     assert after.models[0].slots == 4
     assert after.tokens_per_s is not None and after.tokens_per_s > 0
     assert after.models[0].tokens_per_s == after.tokens_per_s
+    chat = next(m for m in after.models if m.name == MODEL)  # how it is served, for the detail
+    assert chat.runtime == "LlamaCppRuntime" and (chat.fast_path or "").startswith("llamacpp: ")
     assert after.p50_ttft_s is not None and 0 < after.p50_ttft_s < 30
     assert after.version and after.last_seen and after.url == node.url
     # /health's hardware and telemetry: this machine's class and memory, its CPU load.

@@ -66,6 +66,12 @@ class EngineConfig:
 
 _RATE_WINDOW_S = 5.0
 MAX_REPORTED_BLOCKS = 1024  # per model in /health: 16 hex chars each
+# A step measures the prefill rate when it carries at least this many prompt tokens and they
+# outnumber its decode tokens this many times (the decode tokens' share of the time is then
+# small); the rate is an exponential average over such steps.
+_PREFILL_SAMPLE_TOKENS = 64
+_PREFILL_DOMINANCE = 8
+_PREFILL_EWMA = 0.3
 
 
 @dataclass(eq=False)
@@ -155,6 +161,7 @@ class LlamaCppEngine:
         self._step_seconds = 0.0
         self._batch_hist = [0] * len(BATCH_BUCKETS)
         self._recent: collections.deque[tuple[float, int]] = collections.deque()
+        self._prefill_rate = 0.0  # prompt tokens/s, measured (see _PREFILL_SAMPLE_TOKENS)
         self._avg_job_s = 1.0
         self._thread = threading.Thread(target=self._run, name="llamacpp-engine", daemon=True)
         self._thread.start()
@@ -246,6 +253,7 @@ class LlamaCppEngine:
                 batch_tokens_total=self._counters["batch"],
                 batch_size_buckets=tuple(self._cumulative_batch_hist()),
                 decode_tokens_per_s=rate,
+                prefill_tokens_per_s=self._prefill_rate,
             )
 
     def _cumulative_batch_hist(self) -> list[int]:
@@ -416,10 +424,20 @@ class LlamaCppEngine:
                 self._release(slot, "error", error=f"KV export failed: {exc}")
             else:
                 self._release(slot, "stop", kv=snapshot)
-        self._account_step(n, len(outputs), time.monotonic() - t)
+        self._account_step(n, len(outputs), time.monotonic() - t, n - len(decoding))
 
-    def _account_step(self, n_tokens: int, n_sampled: int, seconds: float) -> None:
+    def _account_step(
+        self, n_tokens: int, n_sampled: int, seconds: float, n_prompt: int = 0
+    ) -> None:
         with self._cond:
+            if (
+                seconds > 0
+                and n_prompt >= _PREFILL_SAMPLE_TOKENS
+                and n_prompt >= _PREFILL_DOMINANCE * (n_tokens - n_prompt)
+            ):
+                sample = n_prompt / seconds
+                old = self._prefill_rate
+                self._prefill_rate = sample if not old else old + _PREFILL_EWMA * (sample - old)
             self._counters["steps"] += 1
             self._counters["batch"] += n_tokens
             self._step_seconds += seconds

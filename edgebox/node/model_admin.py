@@ -1,0 +1,199 @@
+"""Load and unload models on a running node: `GET /admin/models`, `POST /admin/models/load`,
+`POST /admin/models/unload`, and `GET /admin/requests` (the recent-requests ring).
+
+A load resolves and opens the model in a worker thread, as `edgebox serve --model` does at
+start (same names: bundled, a local path, `ORG/REPO:FILE.gguf`; same runtime selection, same
+`serve` options), while the event loop keeps serving the other models; the answer comes once
+the model serves. An unload is refused with 409 `model_busy` while the model has running or
+queued requests (drain the node, or wait, and retry): refusing keeps every request that was
+accepted whole, where waiting would hold the operator's call open for an unknown time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import logging
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from edgebox.models import BUNDLED, ModelNotAvailable, ResolvedModel
+from edgebox.node.errors import APIError
+from edgebox.node.openai_api import parse, read_json
+from edgebox.node.state import NodeState
+from edgebox.runtimes.base import BackendError, EmbeddingRuntime, Runtime
+
+log = logging.getLogger(__name__)
+UNLOAD_RETRY_AFTER_S = 5
+RuntimeChoice = Literal["auto", "llamacpp", "mlx", "onnx", "trtllm"]  # open.RUNTIME_CHOICES
+
+
+class LoadRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model: str  # as `serve --model`: a bundled name, a path, or ORG/REPO:FILE.gguf
+    runtime: RuntimeChoice | None = None  # None: the node's own choice (`serve --runtime`)
+    alias: str | None = None  # the id it is served as (default: as `serve` names it)
+
+
+class UnloadRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model: str
+
+
+def _state(request: Request) -> NodeState:
+    state: NodeState = request.app.state.node
+    return state
+
+
+def loadable_models() -> list[dict[str, Any]]:
+    """What this node could load by name: installed bundled models and Hugging Face cached
+    GGUF/ONNX files. Reads only directory listings (blocking: call it off the event loop)."""
+    found: list[dict[str, Any]] = []
+    for bundled in BUNDLED.values():
+        if importlib.util.find_spec(bundled.package.replace("-", "_")) is not None:
+            found.append({"name": bundled.alias, "kind": bundled.kind, "source": "bundled"})
+    try:
+        from huggingface_hub import scan_cache_dir
+
+        cache = scan_cache_dir()
+    except Exception:  # no cache yet, or an unreadable one: bundled models only
+        return found
+    for repo in sorted(cache.repos, key=lambda r: r.repo_id):
+        names = {f.file_name for rev in repo.revisions for f in rev.files}
+        for name in sorted(n for n in names if n.endswith((".gguf", ".onnx"))):
+            kind = "embeddings" if name.endswith(".onnx") else "chat"
+            found.append({"name": f"{repo.repo_id}:{name}", "kind": kind, "source": "huggingface"})
+    return found
+
+
+def _loaded(state: NodeState, alias: str, runtime: Runtime | EmbeddingRuntime) -> dict[str, Any]:
+    stats = runtime.stats()
+    return {
+        "id": alias,
+        "kind": "embeddings" if alias in state.embedders else "chat",
+        "runtime": type(runtime).__name__,
+        "fast_path": state.fast_paths.get(alias),
+        "running": stats.running,
+        "queued": stats.queued,
+        "size_bytes": runtime.info.size_bytes,
+    }
+
+
+async def list_models(request: Request) -> Response:
+    state = _state(request)
+    loadable = await asyncio.to_thread(loadable_models)
+    served = state.all_models()
+    for entry in loadable:
+        entry["loaded"] = entry["name"] in served
+    return JSONResponse(
+        {
+            "object": "list",
+            "data": [_loaded(state, a, r) for a, r in served.items()],
+            "loading": sorted(state.loading),
+            "loadable": loadable,
+        }
+    )
+
+
+def _already(state: NodeState, alias: str) -> None:
+    if alias in state.all_models():
+        raise APIError(409, f"'{alias}' is loaded already", param="model",
+                       code="model_already_loaded")  # fmt: skip
+    if alias in state.loading:
+        raise APIError(409, f"'{alias}' is being loaded", param="model", code="model_loading")
+
+
+def _resolve(spec: str, alias: str | None) -> ResolvedModel:
+    from edgebox.runtimes.open import resolve_model_or_dir
+
+    return resolve_model_or_dir(spec, alias=alias)
+
+
+async def load_model(request: Request) -> Response:
+    state = _state(request)
+    body: LoadRequest = parse(LoadRequest, await read_json(request, state.max_body))
+    if not body.model.strip():
+        raise APIError(400, "'model' is empty; name a model to load", param="model",
+                       code="invalid_value")  # fmt: skip
+    if body.alias is not None and not body.alias.strip():
+        raise APIError(400, "'alias' is empty; leave it out or name the id to serve as",
+                       param="alias", code="invalid_value")  # fmt: skip
+    _already(state, body.alias or body.model)
+    try:
+        resolved = await asyncio.to_thread(_resolve, body.model, body.alias)
+    except ModelNotAvailable as exc:
+        raise APIError(404, str(exc), param="model", code="model_not_found") from exc
+    _already(state, resolved.alias)
+    state.loading[resolved.alias] = body.model
+    try:
+        runtime, fast_path = await asyncio.to_thread(_open, state, resolved, body.runtime)
+    except BackendError as exc:
+        raise APIError(400, str(exc), param="runtime" if body.runtime else "model",
+                       code="model_not_loadable") from exc  # fmt: skip
+    finally:
+        state.loading.pop(resolved.alias, None)
+    state.fast_paths[resolved.alias] = fast_path
+    await state.add_model(resolved.alias, runtime)
+    log.info("loaded %s (%s)", resolved.alias, fast_path)
+    return JSONResponse({"status": "loaded", **_loaded(state, resolved.alias, runtime)})
+
+
+def _open(
+    state: NodeState, resolved: ResolvedModel, requested: str | None
+) -> tuple[Runtime | EmbeddingRuntime, str]:
+    from edgebox.runtimes.open import open_model
+
+    if requested is None:  # as `serve`: an embedding model always takes ONNX Runtime
+        requested = "auto" if resolved.format == "onnx" else state.default_runtime
+    runtime, chosen = open_model(
+        Path(resolved.path),
+        name=resolved.alias,
+        requested=requested,
+        options=state.runtime_options,
+        tokenizer=resolved.tokenizer,
+    )
+    return runtime, f"{chosen.runtime}: {chosen.reason}"
+
+
+async def unload_model(request: Request) -> Response:
+    state = _state(request)
+    body: UnloadRequest = parse(UnloadRequest, await read_json(request, state.max_body))
+    runtime = state.all_models().get(body.model)
+    if runtime is None:
+        served = ", ".join(state.all_models()) or "none"
+        raise APIError(404, f"the model '{body.model}' is not served here (served: {served})",
+                       param="model", code="model_not_found")  # fmt: skip
+    stats = runtime.stats()
+    if stats.running or stats.queued:
+        raise APIError(
+            409,
+            f"'{body.model}' has {stats.running} running and {stats.queued} queued requests; "
+            "drain the node or retry once they finish",
+            param="model",
+            code="model_busy",
+            headers={"Retry-After": str(UNLOAD_RETRY_AFTER_S)},
+        )
+    await state.remove_model(body.model)  # new requests get 404 from here on
+    state.fast_paths.pop(body.model, None)
+    await asyncio.to_thread(runtime.close)
+    log.info("unloaded %s", body.model)
+    return JSONResponse({"status": "unloaded", "id": body.model})
+
+
+async def recent_requests(request: Request) -> Response:
+    state = _state(request)
+    limit_arg = request.query_params.get("limit")
+    limit = None
+    if limit_arg is not None:
+        if not limit_arg.isdigit():
+            raise APIError(400, "'limit' must be a whole number", param="limit",
+                           code="invalid_value")  # fmt: skip
+        limit = int(limit_arg)
+    records = state.recent.newest_first(limit)
+    return JSONResponse({"object": "list", "data": [r.to_json() for r in records]})

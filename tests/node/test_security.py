@@ -1,0 +1,44 @@
+"""Who may reach a node's /admin/ routes when it runs without an API key."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+from starlette.applications import Starlette
+from starlette.responses import PlainTextResponse
+from starlette.routing import Route
+
+from edgebox.node.security import LoopbackAdminMiddleware
+
+
+def ok(_request: object) -> PlainTextResponse:
+    return PlainTextResponse("done")
+
+
+APP = LoopbackAdminMiddleware(
+    Starlette(routes=[Route("/admin/drain", ok, methods=["POST"]), Route("/v1/models", ok)])
+)
+
+
+async def call(client_host: str, path: str, method: str = "GET") -> httpx.Response:
+    transport = httpx.ASGITransport(app=APP, client=(client_host, 50123))
+    async with httpx.AsyncClient(transport=transport, base_url="http://node") as client:
+        return await client.request(method, path)
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("host", ["127.0.0.1", "127.8.9.10", "::1", "::ffff:127.0.0.1"])
+async def test_loopback_clients_may_administer_a_keyless_node(host: str) -> None:
+    assert (await call(host, "/admin/drain", "POST")).text == "done"
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(
+    "host", ["192.168.1.20", "10.0.0.5", "fe80::1", "::ffff:10.0.0.5", "testclient"]
+)
+async def test_other_clients_get_a_403_that_says_how_to_allow_it(host: str) -> None:
+    reply = await call(host, "/admin/drain", "POST")
+    assert reply.status_code == 403
+    error = reply.json()["error"]
+    assert error["code"] == "admin_needs_api_key" and "--api-key" in error["message"]
+    assert (await call(host, "/v1/models")).text == "done"  # the OpenAI routes stay open
