@@ -39,13 +39,11 @@ from edgebox.router.placement import (
     prefix_keys,
     requested_max_tokens,
 )
-from edgebox.router.tokens import Tokenizers
-from edgebox.runtimes.prefix_blocks import matched_blocks
+from edgebox.router.tokens import RecentBlocks, Tokenizers, prefix_note
 
 LOCAL_ONLY_HEADER = "x-edgebox-local-only"
 ROUTED_HEADER = "x-edgebox-routed"  # on requests the router sends to nodes (see embed.py)
 _AFFINITY_ENTRIES = 4096
-_RECENT_BLOCKS = 4096  # per node: blocks this router sent there, until a poll reports them
 _SPLIT_PATHS = ("/v1/chat/completions", "/v1/completions")
 _TIMEOUT = httpx.Timeout(600.0, connect=3.0)
 
@@ -75,9 +73,7 @@ class Router:
         self.policy = PlacementPolicy.from_weights(config.weights)
         self.affinity: OrderedDict[str, str] = OrderedDict()
         self.tokenizers = Tokenizers(config.tokenizers)
-        # node -> block hash -> until when (monotonic) to trust that the node holds it
-        self.recent_blocks: dict[str, OrderedDict[str, float]] = {}
-        self.recent_ttl_s = max(10.0, 2 * config.poll_interval_s)
+        self.recent_blocks = RecentBlocks(ttl_s=max(10.0, 2 * config.poll_interval_s))
         self._loading = False
         self.poller.after_poll.append(self._load_tokenizers)
         self.prefill_rates: dict[str, float] = {}  # tokens/s, measured from splits
@@ -142,7 +138,10 @@ class Router:
             req = RouteRequest(
                 model, (), prompt.tokens, requested_max_tokens(body), blocks=prompt.blocks
             )
-            ctx = PlacementContext(now, self.affinity, self._held_blocks(model, nodes, now))
+            sha = self.tokenizers.sha256(model)
+            ctx = PlacementContext(
+                now, self.affinity, self.recent_blocks.held(model, sha, nodes, now)
+            )
         else:  # not tokenizable here: message-level keys, size estimated
             keys = prefix_keys(body, self.config.affinity_messages)
             req = RouteRequest(
@@ -237,27 +236,6 @@ class Router:
         finally:
             self._loading = False
 
-    def _held_blocks(
-        self, model: str, nodes: Mapping[str, NodeStatus], now: float
-    ) -> dict[str, Sequence[Container[str]]]:
-        """Per node, the block sets it holds: what it reported, if its model file is the one
-        this router tokenizes with, and what this router sent it lately."""
-        sha = self.tokenizers.sha256(model)
-        held: dict[str, Sequence[Container[str]]] = {}
-        for name, node in nodes.items():
-            load = node.models.get(model)
-            if load is None or (load.model_sha256 and load.model_sha256 != sha):
-                continue  # another model file: its tokens, and so its hashes, differ
-            reported = node.prefix_blocks.get(model, frozenset())
-            sets: list[Container[str]] = [reported] if load.model_sha256 else []
-            recent = self.recent_blocks.get(name)
-            while recent and next(iter(recent.values())) < now:
-                recent.popitem(last=False)
-            if recent:
-                sets.append(recent)
-            held[name] = sets
-        return held
-
     def _learn(self, handoff: Handoff, prefill: str, decode: str, model: str) -> None:
         """Fold one split's measurements into the cost model's inputs (exponential averages)."""
         if handoff.prefill_s > 0:
@@ -273,15 +251,6 @@ class Router:
             self.affinity.move_to_end(key)
         while len(self.affinity) > _AFFINITY_ENTRIES:
             self.affinity.popitem(last=False)
-
-    def _remember_blocks(self, blocks: tuple[str, ...], node: str) -> None:
-        recent = self.recent_blocks.setdefault(node, OrderedDict())
-        until = time.monotonic() + self.recent_ttl_s
-        for block in blocks:
-            recent[block] = until
-            recent.move_to_end(block)
-        while len(recent) > _RECENT_BLOCKS:
-            recent.popitem(last=False)
 
     def _finished(self, name: str) -> None:
         self.inflight[name] = max(0, self.inflight.get(name, 0) - 1)
@@ -313,7 +282,7 @@ class Router:
             if split and isinstance(target, Candidate) and target.node == split.decode_node:
                 route += f";split={split.reason}"
             if isinstance(target, Candidate):  # token blocks matched there, or message keys
-                route += _prefix_note(req, held.get(target.node, ()))
+                route += prefix_note(req.blocks, held.get(target.node, ()))
             try:
                 out, on_usage = self._outgoing(path, body, encoded, target, nodes, split)
                 name = _target_name(target)
@@ -331,7 +300,7 @@ class Router:
             self.metrics.routed.labels(_target_name(target), str(response.status_code)).inc()
             if isinstance(target, Candidate) and response.status_code < 400:
                 self._remember(req.prefix_keys, target.node)
-                self._remember_blocks(req.blocks, target.node)
+                self.recent_blocks.sent(req.blocks, target.node, time.monotonic())
             return response
         if last is not None:
             return last
@@ -380,12 +349,6 @@ class Router:
 
         url = upstream.base_url.rstrip("/") + path.removeprefix("/v1")
         return Outgoing(url, json.dumps(cloud_body).encode(), headers), on_usage
-
-
-def _prefix_note(req: RouteRequest, held: Sequence[Container[str]]) -> str:
-    if not req.blocks:
-        return ";prefix=messages"
-    return f";prefix=blocks:{matched_blocks(req.blocks, *held)}/{len(req.blocks)}"
 
 
 def _average(table: dict[Any, float], key: Any, sample: float) -> None:

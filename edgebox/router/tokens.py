@@ -12,7 +12,8 @@ characters/4 size estimate (`placement.prefix_keys`, `placement.estimate_prompt_
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections import OrderedDict
+from collections.abc import Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,12 +26,14 @@ from edgebox.models.resolve import ModelNotAvailable, resolve_model
 from edgebox.node.errors import APIError
 from edgebox.node.prompts import chat_messages
 from edgebox.node.protocol import ChatCompletionRequest
+from edgebox.router.nodes import NodeStatus
 from edgebox.runtimes.base import BackendError
-from edgebox.runtimes.prefix_blocks import BLOCK_TOKENS, chain
+from edgebox.runtimes.prefix_blocks import BLOCK_TOKENS, chain, matched_blocks
 
 log = logging.getLogger("edgebox.router")
 
 MIN_CHARS = BLOCK_TOKENS * 4  # shorter prompts cannot fill one block: not worth tokenizing
+RECENT_BLOCKS = 4096  # per node: blocks this router sent there, until a poll reports them
 
 
 @dataclass(frozen=True)
@@ -136,3 +139,47 @@ def _encode(tokenizer: Any, body: Mapping[str, Any]) -> tuple[Sequence[int], lis
 
 def _chars(content: object) -> int:
     return len(content) if isinstance(content, str) else MIN_CHARS if content else 0
+
+
+class RecentBlocks:
+    """Blocks this router sent to each node lately (trusted for `ttl_s`: between polls, as
+    Dynamo's approximate mode), merged with what each node reports."""
+
+    def __init__(self, ttl_s: float) -> None:
+        self.ttl_s = ttl_s
+        self._sent: dict[str, OrderedDict[str, float]] = {}  # node -> hash -> trusted until
+
+    def sent(self, blocks: Sequence[str], node: str, now: float) -> None:
+        recent = self._sent.setdefault(node, OrderedDict())
+        for block in blocks:
+            recent[block] = now + self.ttl_s
+            recent.move_to_end(block)
+        while len(recent) > RECENT_BLOCKS:
+            recent.popitem(last=False)
+
+    def held(
+        self, model: str, sha256: str | None, nodes: Mapping[str, NodeStatus], now: float
+    ) -> dict[str, Sequence[Container[str]]]:
+        """Per node, the block sets it holds: what it reported, when its model file is the one
+        the router tokenizes with (`sha256`), and what this router sent it lately."""
+        held: dict[str, Sequence[Container[str]]] = {}
+        for name, node in nodes.items():
+            load = node.models.get(model)
+            if load is None or (load.model_sha256 and load.model_sha256 != sha256):
+                continue  # another model file: its tokens, and so its hashes, differ
+            reported = node.prefix_blocks.get(model, frozenset())
+            sets: list[Container[str]] = [reported] if load.model_sha256 else []
+            recent = self._sent.get(name)
+            while recent and next(iter(recent.values())) < now:
+                recent.popitem(last=False)
+            if recent:
+                sets.append(recent)
+            held[name] = sets
+        return held
+
+
+def prefix_note(blocks: Sequence[str], held: Sequence[Container[str]]) -> str:
+    """For the route header: blocks matched on the chosen node, or the message-key fallback."""
+    if not blocks:
+        return ";prefix=messages"
+    return f";prefix=blocks:{matched_blocks(blocks, *held)}/{len(blocks)}"
