@@ -152,7 +152,9 @@ def main() -> None:
         "",
         f"Machine: {machine()}. Load average {load:.1f} at the end. Command: "
         f"`python benchmarks/bench_tokblocks.py --runs {args.runs} --write`. SmolLM2-135M "
-        f"vocabulary loaded vocab-only in {load_ms:.0f} ms (once, at the router's first poll); "
+        f"vocabulary loaded vocab-only in {load_ms:.0f} ms (once, at the router's first poll, "
+        "off the event loop: model, chat template, head-cache boundary scan and self-check, "
+        "GGUF sha256); "
         f"medians of {args.runs} calls, microseconds.",
         "",
         "| prompt tokens | blocks | parse + render | tokenize (whole) | hash (whole) "
