@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from edgebox.node.errors import APIError
 from edgebox.node.protocol import (
@@ -20,6 +21,14 @@ from edgebox.runtimes.base import (
     Runtime,
     SamplingParams,
 )
+
+
+class ChatTokenizer(Protocol):
+    """What turns messages into tokens: a runtime, or a router's vocab-only model."""
+
+    def tokenize(self, text: str, *, add_special: bool = True) -> list[int]: ...
+
+    def render_chat(self, messages: Sequence[dict[str, Any]]) -> str: ...
 
 
 @dataclass(frozen=True)
@@ -51,7 +60,7 @@ def chat_messages(body: ChatCompletionRequest) -> list[dict[str, Any]]:
     return out
 
 
-def chat_prompt(runtime: Runtime, body: ChatCompletionRequest) -> PreparedPrompt:
+def chat_prompt(runtime: ChatTokenizer, body: ChatCompletionRequest) -> PreparedPrompt:
     try:
         text = runtime.render_chat(chat_messages(body))
     except BackendError as exc:

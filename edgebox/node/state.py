@@ -127,6 +127,8 @@ class NodeState:
                 "runtime": type(runtime).__name__,
                 "fast_path": self.fast_paths.get(alias),  # "runtime: why it was chosen"
             }
+            if hasattr(runtime, "prefix_cache"):  # block hashes of cached prompts, for routers
+                models[alias].update(runtime.prefix_cache())
             load_models[alias] = {"active": stats.running, "queued": stats.queued}
         return {
             "status": "draining" if self.draining else "ok",

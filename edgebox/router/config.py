@@ -82,6 +82,8 @@ class RouterConfig(_Strict):
     poll_interval_s: float = Field(default=2.0, gt=0)
     node_api_key_env: str | None = None
     keys: list[ApiKey] = []  # when any is set (or --api-key), clients must send one
+    # model name -> local GGUF path, so the router tokenizes it (bundled models need none)
+    tokenizers: dict[str, str] = {}
 
 
 class ConfigError(Exception):

@@ -20,6 +20,8 @@ from urllib.parse import urlsplit
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
+from edgebox.runtimes.prefix_blocks import BLOCK_TOKENS
+
 log = logging.getLogger("edgebox.router")
 
 COOLDOWN_S = 5.0  # a node that failed a request is skipped this long, then probed back
@@ -33,6 +35,7 @@ class ModelLoad:
     decode_tokens_per_s: float = 0.0
     n_ctx: int = 0  # tokens per sequence; 0: the node does not say
     mean_request_s: float = 0.0  # measured time a request holds a slot; 0: none finished yet
+    model_sha256: str = ""  # the GGUF digest its prefix blocks' tokens come from; "": not said
     prefill_tokens_per_s: float = 0.0  # the node's measured prompt rate; 0: not measured
 
 
@@ -50,6 +53,8 @@ class NodeStatus:
     models: Mapping[str, ModelLoad] = field(default_factory=dict)
     cooldown_until: float = 0.0  # monotonic time
     checked_at: float = 0.0
+    # per model: the chained block hashes of the prompts the node has cached
+    prefix_blocks: Mapping[str, frozenset[str]] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -161,11 +166,15 @@ def status_from_health(
     now: float,
 ) -> NodeStatus:
     models: dict[str, ModelLoad] = {}
+    blocks: dict[str, frozenset[str]] = {}
     raw = health.get("models")
     if isinstance(raw, Mapping):
         for alias, load in raw.items():
             if isinstance(load, Mapping):
                 seen = figures.get(str(alias), ModelFigures())
+                cached = _prefix_blocks(load)
+                if cached:
+                    blocks[str(alias)] = cached
                 models[str(alias)] = ModelLoad(
                     slots=int(load.get("slots", 1) or 1),
                     running=int(load.get("running", 0) or 0),
@@ -173,9 +182,19 @@ def status_from_health(
                     decode_tokens_per_s=seen.decode_tokens_per_s,
                     n_ctx=int(load.get("n_ctx", 0) or 0),
                     mean_request_s=seen.mean_request_s,
+                    model_sha256=str(load.get("model_sha256") or "") if cached else "",
                     prefill_tokens_per_s=seen.prefill_tokens_per_s,
                 )
-    return NodeStatus(address, healthy=health.get("status") == "ok", models=models, checked_at=now)
+    healthy = health.get("status") == "ok"
+    return NodeStatus(address, healthy, models, checked_at=now, prefix_blocks=blocks)
+
+
+def _prefix_blocks(load: Mapping[str, object]) -> frozenset[str]:
+    """The node's cached prefix blocks, if it reports them with this router's block size."""
+    blocks = load.get("prefix_blocks")
+    if load.get("block_tokens") != BLOCK_TOKENS or not isinstance(blocks, list):
+        return frozenset()
+    return frozenset(b for b in blocks if isinstance(b, str))
 
 
 class Every:
@@ -209,6 +228,7 @@ class NodePoller:
         self.client = client
         self.interval = interval
         self.status: dict[str, NodeStatus] = {}
+        self.after_poll: list[Callable[[], Awaitable[None]]] = []  # run after each poll
         self._every = Every(interval, self.poll_once)
 
     async def poll_once(self) -> None:
@@ -226,6 +246,8 @@ class NodePoller:
             old = self.status.get(status.name)
             cooldown = old.cooldown_until if old else 0.0
             self.status[status.name] = replace(status, cooldown_until=cooldown)
+        for hook in self.after_poll:
+            await hook()
 
     async def _probe(self, address: NodeAddress) -> NodeStatus:
         now = time.monotonic()

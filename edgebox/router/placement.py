@@ -5,23 +5,27 @@ Filters drop nodes that cannot serve the request (each says why); scorers rate t
 
     score = w_load · 1/(1 + (running + queued)/slots)        load: free capacity now
           + w_speed · rate / max(rate of candidates)           speed: measured decode tokens/s
-          + w_affinity · [node served this prefix last]        affinity: its KV cache has it
+          + w_affinity · overlap                               affinity: its KV cache has it
 
-Affinity keys are chained hashes of the request's first 1..N messages (or the prompt's head),
-so requests sharing a long system prompt, and later turns of one conversation, land on the
-node that served that prefix last, where its KV cache still holds it.
+When the router can tokenize the request (`tokens.py`), overlap is token-level, as in
+Dynamo's KV router: (leading request blocks the node holds) / (request blocks), over chained
+32-token block hashes, "holds" meaning the node reported the block in /health or this router
+sent it there recently. Otherwise overlap is 1 for the node that served the request's
+longest message-level prefix last (chained hashes of its first 1..N messages, or the
+prompt's head), else 0, and prompt size is estimated as characters / 4.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Container, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from edgebox.router.config import Weights
 from edgebox.router.nodes import NodeStatus
+from edgebox.runtimes.prefix_blocks import matched_blocks
 
 _PROMPT_HEAD_CHARS = 2048  # what keys the affinity of a completions prompt
 _CHARS_PER_TOKEN = 4  # the router has no tokenizer; estimates are only for the split cost
@@ -31,8 +35,9 @@ _CHARS_PER_TOKEN = 4  # the router has no tokenizer; estimates are only for the 
 class RouteRequest:
     model: str
     prefix_keys: tuple[str, ...] = ()  # chained hashes of the prompt's head, shortest first
-    prompt_tokens: int = 0  # estimated
+    prompt_tokens: int = 0  # exact when `blocks` were computed, else estimated
     max_tokens: int = 0  # the request's max_tokens (0: not given)
+    blocks: tuple[str, ...] = ()  # chained token-block hashes (empty: not tokenized)
 
 
 @dataclass(frozen=True)
@@ -50,6 +55,8 @@ class Candidate:
 class PlacementContext:
     now: float
     affinity: Mapping[str, str] = field(default_factory=dict)  # prefix key -> node name
+    # node name -> the block-hash sets it holds (its /health report, this router's placements)
+    blocks: Mapping[str, Sequence[Container[str]]] = field(default_factory=dict)
 
 
 Filter = Callable[[RouteRequest, NodeStatus, PlacementContext], str | None]
@@ -88,6 +95,8 @@ def speed_score(
 def affinity_score(
     req: RouteRequest, node: NodeStatus, _: Sequence[NodeStatus], ctx: PlacementContext
 ) -> float:
+    if req.blocks:
+        return matched_blocks(req.blocks, *ctx.blocks.get(node.name, ())) / len(req.blocks)
     for key in reversed(req.prefix_keys):  # the longest prefix the router has placed decides
         if key in ctx.affinity:
             return 1.0 if ctx.affinity[key] == node.name else 0.0

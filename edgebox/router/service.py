@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import json
 import os
 import time
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Container, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,6 +39,7 @@ from edgebox.router.placement import (
     prefix_keys,
     requested_max_tokens,
 )
+from edgebox.router.tokens import RecentBlocks, Tokenizers, prefix_note
 
 LOCAL_ONLY_HEADER = "x-edgebox-local-only"
 ROUTED_HEADER = "x-edgebox-routed"  # on requests the router sends to nodes (see embed.py)
@@ -70,6 +72,10 @@ class Router:
         self.poller = NodePoller(sources, client, config.poll_interval_s)
         self.policy = PlacementPolicy.from_weights(config.weights)
         self.affinity: OrderedDict[str, str] = OrderedDict()
+        self.tokenizers = Tokenizers(config.tokenizers)
+        self.recent_blocks = RecentBlocks(ttl_s=max(10.0, 2 * config.poll_interval_s))
+        self._loading = False
+        self.poller.after_poll.append(self._load_tokenizers)
         self.prefill_rates: dict[str, float] = {}  # tokens/s, measured from splits
         # measured in splits: (prefill node, decode node) → bytes/s; model → KV bytes/token
         self.link_rates: dict[tuple[str, str], float] = {}
@@ -126,13 +132,22 @@ class Router:
             n.name: with_inflight(n, self.inflight.get(n.name, 0))
             for n in self.poller.status.values()
         }
-        req = RouteRequest(
-            model,
-            prefix_keys(body, self.config.affinity_messages),
-            estimate_prompt_tokens(body),
-            requested_max_tokens(body),
-        )
-        ctx = PlacementContext(time.monotonic(), self.affinity)
+        now = time.monotonic()
+        prompt = self.tokenizers.encode(body)
+        if prompt is not None:
+            req = RouteRequest(
+                model, (), prompt.tokens, requested_max_tokens(body), blocks=prompt.blocks
+            )
+            sha = self.tokenizers.sha256(model)
+            ctx = PlacementContext(
+                now, self.affinity, self.recent_blocks.held(model, sha, nodes, now)
+            )
+        else:  # not tokenizable here: message-level keys, size estimated
+            keys = prefix_keys(body, self.config.affinity_messages)
+            req = RouteRequest(
+                model, keys, estimate_prompt_tokens(body), requested_max_tokens(body)
+            )
+            ctx = PlacementContext(now, self.affinity)
         local, rejected = place(req, list(nodes.values()), self.policy, ctx)
         serving = {n: s.models[model] for n, s in nodes.items() if model in s.models}
         queued = {n: load.queued for n, load in serving.items()}
@@ -150,7 +165,8 @@ class Router:
             raise self._nothing_up(model, rejected, no_cloud)
         split = await self._maybe_split(path, body, req, plan, nodes)
         encoded = raw if raw is not None else json.dumps(body).encode()
-        return await self._attempt(path, body, encoded, plan, nodes, split, req)
+        held = ctx.blocks
+        return await self._attempt(path, body, encoded, plan, nodes, split, req, held)
 
     def _nothing_up(self, model: str, rejected: dict[str, str], no_cloud: str | None) -> APIError:
         why = ", ".join(f"{n}: {r}" for n, r in rejected.items()) or "no nodes known"
@@ -209,6 +225,17 @@ class Router:
         self._learn(handoff, helper.node, first.node, req.model)
         return Split(first.node, f"{reason},prefill@{helper.node}", handoff)
 
+    async def _load_tokenizers(self) -> None:
+        """After a poll: load the vocabulary of each newly seen model, off the event loop."""
+        models = {m for n in self.poller.status.values() for m in n.models}
+        if self._loading or not self.tokenizers.pending(models):
+            return
+        self._loading = True
+        try:
+            await asyncio.to_thread(self.tokenizers.load, models)
+        finally:
+            self._loading = False
+
     def _learn(self, handoff: Handoff, prefill: str, decode: str, model: str) -> None:
         """Fold one split's measurements into the cost model's inputs (exponential averages)."""
         if handoff.prefill_s > 0:
@@ -244,6 +271,7 @@ class Router:
         nodes: dict[str, NodeStatus],
         split: Split | None,
         req: RouteRequest,
+        held: Mapping[str, Sequence[Container[str]]],
     ) -> Response:
         failures: list[str] = []
         last: Response | None = None
@@ -253,6 +281,8 @@ class Router:
                 route += ";failover=" + ",".join(failures)
             if split and isinstance(target, Candidate) and target.node == split.decode_node:
                 route += f";split={split.reason}"
+            if isinstance(target, Candidate):  # token blocks matched there, or message keys
+                route += prefix_note(req.blocks, held.get(target.node, ()))
             try:
                 out, on_usage = self._outgoing(path, body, encoded, target, nodes, split)
                 name = _target_name(target)
@@ -270,6 +300,7 @@ class Router:
             self.metrics.routed.labels(_target_name(target), str(response.status_code)).inc()
             if isinstance(target, Candidate) and response.status_code < 400:
                 self._remember(req.prefix_keys, target.node)
+                self.recent_blocks.sent(req.blocks, target.node, time.monotonic())
             return response
         if last is not None:
             return last

@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 from edgebox.router.config import Weights
-from edgebox.router.nodes import ModelLoad, NodeAddress, NodeStatus, with_inflight
+from edgebox.router.nodes import (
+    ModelLoad,
+    NodeAddress,
+    NodeStatus,
+    status_from_health,
+    with_inflight,
+)
 from edgebox.router.placement import (
     PlacementContext,
     PlacementPolicy,
@@ -13,6 +19,7 @@ from edgebox.router.placement import (
     prefix_keys,
     requested_max_tokens,
 )
+from edgebox.runtimes.prefix_blocks import chain
 
 POLICY = PlacementPolicy.from_weights(Weights())
 
@@ -113,3 +120,53 @@ def test_nodes_whose_context_cannot_hold_prompt_and_max_tokens_are_filtered() ->
     assert sorted(ranked(fits, nodes)) == ["big", "small", "unknown"]
     assert requested_max_tokens({"max_completion_tokens": 7, "max_tokens": 9}) == 7
     assert requested_max_tokens({"max_tokens": True}) == 0
+
+
+def test_token_overlap_is_the_share_of_leading_blocks_each_node_holds() -> None:
+    blocks = tuple(chain(list(range(320))))  # ten blocks
+    req = RouteRequest("m", prompt_tokens=320, blocks=blocks)
+    nodes = [node("most", healthy=True), node("some", healthy=True), node("none", healthy=True)]
+    held = {"most": [set(blocks[:8])], "some": [set(blocks[:3])], "none": []}
+    candidates, _ = place(req, nodes, POLICY, PlacementContext(now=0.0, blocks=held))
+    assert [c.node for c in candidates] == ["most", "some", "none"]
+    w = Weights()
+    load = w.load * 1.0  # idle: 1/(1 + 0/2)
+    assert [c.score for c in candidates] == [
+        round(load + w.affinity * 0.8, 4),
+        round(load + w.affinity * 0.3, 4),
+        load,
+    ]
+    assert "affinity" in candidates[0].reasons and "affinity" not in candidates[1].reasons
+
+
+def test_token_overlap_ignores_message_keys_and_a_busy_node_can_still_lose() -> None:
+    blocks = tuple(chain(list(range(64))))
+    req = RouteRequest("m", ("k",), 64, blocks=blocks)
+    nodes = [node("cached", running=2, queued=6, healthy=True), node("idle", healthy=True)]
+    ctx = PlacementContext(now=0.0, affinity={"k": "idle"}, blocks={"cached": [set(blocks)]})
+    # cached: 1/(1+8/2) + 2·1 = 2.2; idle: 1 (the message key pointing at it is not used)
+    assert [c.node for c in place(req, nodes, POLICY, ctx)[0]] == ["cached", "idle"]
+    # a quarter of the prompt cached on a queue of 60: 1/31 + 2·0.25 < 1
+    long_req = RouteRequest("m", (), 128, blocks=tuple(chain(list(range(128)))))
+    nodes[0] = node("cached", running=2, queued=60, healthy=True)
+    ctx = PlacementContext(now=0.0, blocks={"cached": [set(long_req.blocks[:1])]})
+    assert [c.node for c in place(long_req, nodes, POLICY, ctx)[0]] == ["idle", "cached"]
+
+
+def test_the_poller_takes_reported_blocks_only_at_its_own_block_size() -> None:
+    health = {
+        "status": "ok",
+        "models": {
+            "m": {
+                "slots": 2,
+                "block_tokens": 32,
+                "prefix_blocks": ["aa", "bb"],
+                "model_sha256": "s",
+            },
+            "other": {"slots": 2, "block_tokens": 16, "prefix_blocks": ["cc"]},
+            "embed": {"slots": 1},
+        },
+    }
+    status = status_from_health(NodeAddress("n", "http://n"), health, {}, 0.0)
+    assert status.prefix_blocks == {"m": frozenset({"aa", "bb"})}
+    assert status.models["m"].model_sha256 == "s" and status.models["other"].model_sha256 == ""

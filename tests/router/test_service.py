@@ -15,6 +15,7 @@ import openai
 import pytest
 from openai.types.chat import ChatCompletionMessageParam
 
+from edgebox.router.tokens import Tokenizers
 from tests.conftest import NodeProcess, start_node
 from tests.router.conftest import start_router
 
@@ -327,6 +328,85 @@ def test_an_incompatible_kv_split_falls_back_to_one_node(fleet: dict[str, NodePr
     # llama.cpp's float rounding, so compare with the node that answered)
     node = next(fleet[n] for n in ("a", "cloud") if node_name(fleet[n]) == served)
     assert text == direct_reply(node, "What is seven times six?", CLOUD_KEY)
+
+
+@pytest.fixture(scope="module")
+def tokenizers() -> Tokenizers:
+    loaded = Tokenizers()
+    loaded.load([MODEL, "not-a-local-model"])
+    return loaded
+
+
+def contract(topic: str, user: str) -> dict[str, object]:
+    system = f"You review {topic} contracts; quote the clause you rely on, then explain. " * 10
+    return {
+        "model": MODEL,
+        "messages": [{"role": "system", "content": system}, {"role": "user", "content": user}],
+        "max_tokens": 4,
+        "temperature": 0,
+    }
+
+
+def test_a_node_reports_the_block_hashes_the_router_computes(
+    fleet: dict[str, NodeProcess], tokenizers: Tokenizers
+) -> None:
+    body = contract("bakery", "May we sell bread on Sundays?")
+    reply = httpx.post(fleet["b"].base_url + "/chat/completions", json=body, timeout=120)
+    assert reply.status_code == 200, reply.text
+    models = httpx.get(fleet["b"].url + "/health", timeout=5).json()["models"]
+    health = models[MODEL]
+    embedders = [m for m in models if m != MODEL]
+    assert embedders and all("prefix_blocks" not in models[m] for m in embedders)  # no cache
+    ours = tokenizers.encode(body)
+    assert ours is not None and len(ours.blocks) >= 4
+    assert ours.tokens == reply.json()["usage"]["prompt_tokens"]  # the node's own count
+    assert health["block_tokens"] == 32 and health["model_sha256"] == tokenizers.sha256(MODEL)
+    assert set(ours.blocks) <= set(health["prefix_blocks"])
+    assert tokenizers.encode({**body, "model": "not-a-local-model"}) is None
+
+
+def test_a_cached_system_prompt_sticks_to_its_node_for_a_router_that_never_placed_it(
+    fleet: dict[str, NodeProcess], tmp_path: Path
+) -> None:
+    """Each node is warmed directly; a router started afterwards has placed nothing, so only
+    the blocks the nodes report in /health can send each prompt back to its node."""
+    warm = {"a": contract("orchard", "Hello."), "b": contract("ferry", "Hello.")}
+    for name, body in warm.items():
+        assert httpx.post(fleet[name].base_url + "/chat/completions", json=body, timeout=120)
+    router = start_router(tmp_path, "--node", fleet["a"].url, "--node", fleet["b"].url)
+    try:
+        for name, body in [*warm.items(), *reversed(warm.items())]:
+            asked = {**body, "messages": [body["messages"][0], {"role": "user", "content": "Why?"}]}  # type: ignore[index]
+            raw = httpx.post(router.base_url + "/chat/completions", json=asked, timeout=120)
+            assert raw.status_code == 200, raw.text
+            node, reason = route_of(raw.headers)
+            assert node == node_name(fleet[name]) and "affinity" in reason, reason
+            matched, total = reason.rpartition("prefix=blocks:")[2].split("/")
+            assert int(matched) >= int(total) - 1  # all but the block holding the question
+    finally:
+        router.stop()
+
+
+def test_a_model_the_router_cannot_tokenize_falls_back_to_message_keys(
+    fleet: dict[str, NodeProcess], tmp_path: Path
+) -> None:
+    config = tmp_path / "no-tokenizer.toml"
+    config.write_text(f'[tokenizers]\n"{MODEL}" = "{tmp_path / "missing.gguf"}"\n')
+    router = start_router(
+        tmp_path, "--node", fleet["a"].url, "--node", fleet["b"].url, "--config", str(config)
+    )
+    try:
+        body = contract("garden", "Hello.")
+        routes = []
+        for _ in range(3):
+            raw = httpx.post(router.base_url + "/chat/completions", json=body, timeout=120)
+            assert raw.status_code == 200, raw.text
+            routes.append(route_of(raw.headers))
+        assert all("prefix=messages" in reason for _, reason in routes), routes
+        assert {node for node, _ in routes} == {routes[0][0]}  # message keys keep it there
+        assert all("affinity" in reason for _, reason in routes[1:]), routes
+    finally:
+        router.stop()
 
 
 def test_a_node_dying_mid_stream_ends_it_with_an_error_then_requests_fail_over(

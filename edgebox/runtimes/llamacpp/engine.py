@@ -43,6 +43,7 @@ from edgebox.runtimes.llamacpp.kv_state import (
 )
 from edgebox.runtimes.llamacpp.model import LlamaCppModel, captured_log
 from edgebox.runtimes.llamacpp.sampling import build_sampler, free_sampler, token_logprobs
+from edgebox.runtimes.prefix_blocks import BLOCK_TOKENS, BlockChain
 from edgebox.runtimes.text import StopMatcher, TokenTextDecoder
 
 FLASH_ATTN = {
@@ -64,6 +65,7 @@ class EngineConfig:
 
 
 _RATE_WINDOW_S = 5.0
+MAX_REPORTED_BLOCKS = 1024  # per model in /health: 16 hex chars each
 # A step measures the prefill rate when it carries at least this many prompt tokens and they
 # outnumber its decode tokens this many times (the decode tokens' share of the time is then
 # small); the rate is an exponential average over such steps.
@@ -105,6 +107,12 @@ class _Slot:
     # Holds cells loaded from a client's snapshot: labelled by that client's token list,
     # so they are never offered to another request's prefix match.
     imported: bool = False
+    blocks: BlockChain = field(default_factory=BlockChain)  # chained hashes of `cached`
+
+    def clear(self) -> None:
+        self.cached = []
+        self.imported = False
+        self.blocks.truncate(0)
 
 
 def common_prefix_len(a: Sequence[int], b: Sequence[int]) -> int:
@@ -167,6 +175,26 @@ class LlamaCppEngine:
             "llama_cpp_python": llama_cpp.__version__,
             **self._kv_layout,
         }
+
+    def prefix_cache(self) -> dict[str, object]:
+        """What /health tells routers about the prefixes the slots hold: chained block hashes
+        (see `prefix_blocks`), shallow blocks of every slot before deeper ones, and the model
+        digest that says whose tokens they are. Hashes are kept as tokens enter the cache."""
+        chains = [list(s.blocks.hashes) for s in self._slots if not s.imported]
+        seen: dict[str, None] = {}
+        for depth in range(max((len(c) for c in chains), default=0)):
+            for c in chains:
+                if depth < len(c):
+                    seen.setdefault(c[depth])
+            if len(seen) >= MAX_REPORTED_BLOCKS:
+                break
+        out: dict[str, object] = {
+            "block_tokens": BLOCK_TOKENS,
+            "prefix_blocks": list(seen)[:MAX_REPORTED_BLOCKS],
+        }
+        if self._model_sha.done() and not self._model_sha.exception():
+            out["model_sha256"] = self._model_sha.result()
+        return out
 
     def submit(self, request: GenerationRequest, sink: EventSink) -> _Job:
         prompt = request.prompt_tokens
@@ -271,8 +299,7 @@ class LlamaCppEngine:
                     if slot.job:
                         self._release(slot, "error", error=f"generation failed: {exc}")
                         llama_cpp.llama_memory_seq_rm(self.memory, slot.seq_id, -1, -1)
-                        slot.cached = []
-                        slot.imported = False
+                        slot.clear()
 
     def _busy(self) -> bool:
         return any(s.job for s in self._slots)
@@ -306,6 +333,7 @@ class LlamaCppEngine:
                 llama_cpp.llama_memory_seq_rm(self.memory, slot.seq_id, -1, -1)
                 keep = 0
             slot.cached = prompt[:keep]
+            slot.blocks.truncate(keep)  # an imported slot has none: not shared
             if job.request.export_kv:
                 job.pending = prompt[keep:]
             else:
@@ -322,11 +350,10 @@ class LlamaCppEngine:
     def _import(self, slot: _Slot, kv: KVSnapshot) -> None:
         """Load a snapshot into the slot's sequence; on failure the slot is left empty and
         the prompt is simply prefilled (the fingerprint was checked, so this is rare)."""
+        slot.clear()
         if load_sequence(self.ctx, self.memory, slot.seq_id, kv.data, len(kv.tokens)):
             slot.cached = list(kv.tokens)
             slot.imported = True
-        else:
-            slot.cached = []
 
     def _export(self, slot: _Slot) -> KVSnapshot:
         data = save_sequence(self.ctx, slot.seq_id)
@@ -353,6 +380,7 @@ class LlamaCppEngine:
             batch.seq_id[n][0] = slot.seq_id
             batch.logits[n] = logits
             slot.cached.append(token)
+            slot.blocks.extended(slot.cached)
             if logits:
                 outputs.append((slot, n))
             n += 1
@@ -461,8 +489,7 @@ class LlamaCppEngine:
             return
         if job.pending or slot.imported:  # partly prefilled, or not ours to share
             llama_cpp.llama_memory_seq_rm(self.memory, slot.seq_id, -1, -1)
-            slot.cached = []
-            slot.imported = False
+            slot.clear()
         self._finish_job(job, reason, error, kv)
 
     def _finish_job(

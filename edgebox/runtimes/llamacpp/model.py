@@ -79,7 +79,14 @@ def _read_str(fn: object, *args: object, size: int = 256) -> str:
 class LlamaCppModel:
     """Owns a `llama_model*`; tokenization and piece lookup are thread-safe."""
 
-    def __init__(self, path: str | Path, *, n_gpu_layers: int = -1, verbose: bool = False):
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        n_gpu_layers: int = -1,
+        verbose: bool = False,
+        vocab_only: bool = False,  # vocabulary and metadata only: tokenizing, no generation
+    ):
         init_backend(verbose)
         self.path = Path(path)
         if not self.path.is_file():
@@ -89,6 +96,7 @@ class LlamaCppModel:
             (999 if n_gpu_layers < 0 else n_gpu_layers) if gpu_offload_supported() else 0
         )
         self.n_gpu_layers = params.n_gpu_layers
+        params.vocab_only = vocab_only
         ptr = llama_cpp.llama_model_load_from_file(str(self.path).encode(), params)
         if not ptr:
             raise BackendError(
@@ -100,12 +108,14 @@ class LlamaCppModel:
         self.n_vocab = llama_cpp.llama_vocab_n_tokens(self.vocab)
         self.metadata = self._read_metadata()
         self.architecture = self.metadata.get("general.architecture", "unknown")
-        self.n_ctx_train = llama_cpp.llama_model_n_ctx_train(ptr)
-        self.n_layer = llama_cpp.llama_model_n_layer(ptr)
-        self.n_head_kv = llama_cpp.llama_model_n_head_kv(ptr)
-        self.n_embd = llama_cpp.llama_model_n_embd(ptr)
-        self.n_params = llama_cpp.llama_model_n_params(ptr)
-        self.size_bytes = llama_cpp.llama_model_size(ptr)
+        self.vocab_only = vocab_only
+        if not vocab_only:  # a vocab-only model has no hyperparameters (llama.cpp aborts)
+            self.n_ctx_train = llama_cpp.llama_model_n_ctx_train(ptr)
+            self.n_layer = llama_cpp.llama_model_n_layer(ptr)
+            self.n_head_kv = llama_cpp.llama_model_n_head_kv(ptr)
+            self.n_embd = llama_cpp.llama_model_n_embd(ptr)
+            self.n_params = llama_cpp.llama_model_n_params(ptr)
+            self.size_bytes = llama_cpp.llama_model_size(ptr)
         self.description = _read_str(llama_cpp.llama_model_desc, ptr)
         self.add_bos = bool(llama_cpp.llama_vocab_get_add_bos(self.vocab))
         self.bos_id = llama_cpp.llama_vocab_bos(self.vocab)

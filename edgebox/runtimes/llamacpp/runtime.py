@@ -10,6 +10,7 @@ from typing import Any
 import psutil
 
 from edgebox.runtimes.base import (
+    BackendError,
     Capabilities,
     EventSink,
     GenerationRequest,
@@ -20,6 +21,7 @@ from edgebox.runtimes.base import (
 from edgebox.runtimes.chat_template import ChatTemplate, fallback_template
 from edgebox.runtimes.llamacpp.engine import EngineConfig, LlamaCppEngine
 from edgebox.runtimes.llamacpp.model import LlamaCppModel
+from edgebox.runtimes.llamacpp.prompt_cache import PromptCache
 
 _CHAT_MARKERS = ("<|im_start|>", "<|start_header_id|>", "<|assistant|>")
 
@@ -37,6 +39,71 @@ def auto_parallel(kv_bytes_per_token: int, n_ctx: int, available_bytes: int) -> 
     per_slot = max(1, kv_bytes_per_token * n_ctx)
     fit = int(available_bytes * KV_MEMORY_SHARE) // per_slot
     return max(1, min(MAX_AUTO_PARALLEL, fit))
+
+
+def chat_template_for(model: LlamaCppModel) -> ChatTemplate:
+    """The GGUF's own chat template, or the fallback for its family."""
+    source = model.chat_template
+    if source:
+        name = "gguf"
+    else:
+        vocab_has = {m: model.has_token_text(m) for m in _CHAT_MARKERS}
+        name, source = fallback_template(model.architecture, vocab_has)
+    return ChatTemplate(source, name=name, bos_token=model.bos_text, eos_token=model.eos_text)
+
+
+def tokenize_prompt(model: LlamaCppModel, text: str, *, add_special: bool = True) -> list[int]:
+    # A rendered chat prompt may already start with BOS text; never add a second one.
+    add_bos = add_special and not (model.bos_text and text.startswith(model.bos_text))
+    return model.tokenize(text, add_special=add_bos and model.add_bos)
+
+
+class LlamaCppTokenizer:
+    """A GGUF's vocabulary and chat template without its weights (a router's view of a
+    model): renders and tokenizes prompts exactly as `LlamaCppRuntime` does, remembering
+    the tokens of recent prompt heads (`prompt_cache`)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.model = LlamaCppModel(path, vocab_only=True)
+        self.template = chat_template_for(self.model)
+        self.cache = PromptCache(self.model, self.tokenize)
+        if self.cache.enabled and not self._cache_agrees():
+            self.cache.disable()
+
+    def encode(self, text: str) -> tuple[Sequence[int], list[str]]:
+        """Tokens of a prompt, as `tokenize` gives them, and their chained block hashes."""
+        return self.cache.encode(text)
+
+    def _cache_agrees(self) -> bool:
+        """Head-cached tokenization equals whole-text tokenization on sample conversations."""
+        first = [
+            {"role": "system", "content": "You check things carefully. " * 80},
+            {"role": "user", "content": "One?"},
+        ]
+        later = [
+            *first,
+            {"role": "assistant", "content": " Two."},
+            {"role": "user", "content": "3\n\n x"},
+        ]
+        try:
+            for messages in (first, later, first):
+                text = self.render_chat(messages)
+                if list(self.cache.encode(text)[0]) != self.tokenize(text):
+                    return False
+        except BackendError:
+            return False
+        finally:
+            self.cache.clear()
+        return True
+
+    def tokenize(self, text: str, *, add_special: bool = True) -> list[int]:
+        return tokenize_prompt(self.model, text, add_special=add_special)
+
+    def render_chat(self, messages: Sequence[dict[str, Any]]) -> str:
+        return self.template.render(messages)
+
+    def close(self) -> None:
+        self.model.close()
 
 
 class LlamaCppRuntime:
@@ -59,15 +126,8 @@ class LlamaCppRuntime:
             slots = auto_parallel(self.model.kv_bytes_per_token(), config.n_ctx, available)
             config = dataclasses.replace(config, parallel=slots)
         self.engine = LlamaCppEngine(self.model, config)
-        source = self.model.chat_template
-        if source:
-            template_name = "gguf"
-        else:
-            vocab_has = {m: self.model.has_token_text(m) for m in _CHAT_MARKERS}
-            template_name, source = fallback_template(self.model.architecture, vocab_has)
-        self.template = ChatTemplate(
-            source, name=template_name, bos_token=self.model.bos_text, eos_token=self.model.eos_text
-        )
+        self.template = chat_template_for(self.model)
+        template_name = self.template.name
         self.info = ModelInfo(
             path=str(self.model.path),
             architecture=self.model.architecture,
@@ -88,9 +148,7 @@ class LlamaCppRuntime:
         )
 
     def tokenize(self, text: str, *, add_special: bool = True) -> list[int]:
-        # A rendered chat prompt may already start with BOS text; never add a second one.
-        add_bos = add_special and not (self.model.bos_text and text.startswith(self.model.bos_text))
-        return self.model.tokenize(text, add_special=add_bos and self.model.add_bos)
+        return tokenize_prompt(self.model, text, add_special=add_special)
 
     def detokenize(self, tokens: Sequence[int]) -> str:
         return self.model.detokenize(tokens)
@@ -103,6 +161,10 @@ class LlamaCppRuntime:
 
     def kv_fingerprint(self) -> Mapping[str, str]:
         return self.engine.fingerprint()
+
+    def prefix_cache(self) -> dict[str, object]:
+        """Chained block hashes of the slots' cached tokens, for /health (routers)."""
+        return self.engine.prefix_cache()
 
     def stats(self) -> RuntimeStats:
         return self.engine.stats()
