@@ -2,13 +2,16 @@
 
 One node (the bundled SmolLM2-135M) and one router in front of it (--disagg off), plus, when
 `--litellm PATH` names a LiteLLM venv's `litellm` executable, a LiteLLM proxy configured for
-the same node. Requests alternate between the paths so drift on a noisy machine hits each alike.
+the same node. Requests alternate between the paths, in a rotating order, so drift on a noisy
+machine and whatever the previous request left behind hit each path alike.
 
 (a) added latency: non-streamed /v1/completions with max_tokens=1 (a lone request's round
     trip is then mostly HTTP and the router); reported as p50/p99 of each path and of the
     difference from direct.
 (b) streaming: 64-token streamed completions; TTFT and decode tok/s medians, and the
     router/direct ratio.
+(d) a fast upstream: one short sentence to /v1/embeddings (a few ms at the node), so the
+    node's own time, and its noise, hide less of what the proxy adds; p50/p99 as in (a).
 (c) proxy CPU: the CPU time (user + system, child processes included) each proxy process
     spends per request over `--cpu-requests` back-to-back 1-token requests (its background
     work in that time, e.g. the router's 2 s node poll, included): what the proxy costs, and
@@ -40,6 +43,7 @@ from bench_serve import SHORT, emit, machine, over_http, prompt_for, start  # no
 from tests.conftest import free_port  # noqa: E402
 
 MODEL = "smollm2-135m"
+EMBED_MODEL = "all-minilm-l6-v2"
 # LiteLLM's proxy refuses to start without a master key; every path gets the same bearer header
 # (the node and the router run without keys here and ignore it).
 BENCH_KEY = "sk-edgebox-bench-only"
@@ -79,6 +83,26 @@ def cpu_seconds(proc: subprocess.Popen[bytes]) -> float:
     return total
 
 
+def rotated(paths: dict[str, str], i: int) -> list[str]:
+    """The paths in a different order each round, so no path always follows the same one."""
+    names = list(paths)
+    return names[i % len(names) :] + names[: i % len(names)]
+
+
+def one_embedding(base_url: str) -> Callable[[int], float]:
+    client = httpx.Client(timeout=60, headers={"Authorization": f"Bearer {BENCH_KEY}"})
+
+    def run(i: int) -> float:
+        body = {"model": EMBED_MODEL, "input": f"Sentence number {i} about the weather."}
+        started = time.perf_counter()
+        response = client.post(base_url + "/embeddings", json=body)
+        elapsed = time.perf_counter() - started
+        response.raise_for_status()
+        return elapsed
+
+    return run
+
+
 def litellm_proxy(exe: str, node_url: str, port: int, tmp: Path) -> subprocess.Popen[bytes]:
     config = tmp / "litellm.yaml"
     config.write_text(
@@ -86,6 +110,11 @@ def litellm_proxy(exe: str, node_url: str, port: int, tmp: Path) -> subprocess.P
         f"  - model_name: {MODEL}\n"
         "    litellm_params:\n"
         f"      model: openai/{MODEL}\n"
+        f"      api_base: {node_url}/v1\n"
+        "      api_key: none\n"
+        f"  - model_name: {EMBED_MODEL}\n"
+        "    litellm_params:\n"
+        f"      model: openai/{EMBED_MODEL}\n"
         f"      api_base: {node_url}/v1\n"
         "      api_key: none\n"
         "general_settings:\n"
@@ -100,6 +129,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=60)
     parser.add_argument("--streams", type=int, default=8)
     parser.add_argument("--cpu-requests", type=int, default=200)
+    parser.add_argument("--fast-requests", type=int, default=300)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--litellm", help="path of a `litellm` executable (its own venv)")
     parser.add_argument("--write", action="store_true", help="append results to docs/benchmarks.md")
@@ -157,8 +187,15 @@ def main() -> None:
         for name in paths:
             runners[name](-1)  # warm-up: connections, caches
         for i in range(args.requests):
-            for name, run in runners.items():
-                latency[name].append(run(i))
+            for name in rotated(paths, i):
+                latency[name].append(runners[name](i))
+        fast: dict[str, list[float]] = {name: [] for name in paths}
+        embedders = {name: one_embedding(url) for name, url in paths.items()}
+        for name in paths:
+            embedders[name](-1)
+        for i in range(args.fast_requests):
+            for name in rotated(paths, i):
+                fast[name].append(embedders[name](i))
         cpu_ms = {}
         for name, proc in proxies.items():  # (c): back to back, so idle time does not count
             before = cpu_seconds(proc)
@@ -169,8 +206,8 @@ def main() -> None:
         streams: dict[str, list[tuple[float, float, int]]] = {name: [] for name in paths}
         streamers = {name: over_http(url, MODEL, BENCH_KEY) for name, url in paths.items()}
         for i in range(args.streams):
-            for name, stream in streamers.items():
-                streams[name].append(stream(prompt_for(SHORT, i)))
+            for name in rotated(paths, i):
+                streams[name].append(streamers[name](prompt_for(SHORT, i)))
     finally:
         for proc in reversed(procs):
             proc.terminate()
@@ -181,9 +218,9 @@ def main() -> None:
         "## Router overhead (`benchmarks/bench_router.py`)",
         "",
         f"Machine: {machine()}. Command: `python benchmarks/bench_router.py --requests "
-        f"{args.requests} --streams {args.streams} --cpu-requests {args.cpu_requests}"
+        f"{args.requests} --streams {args.streams} --cpu-requests {args.cpu_requests} --fast-requests {args.fast_requests}"
         f"{' --litellm ...' if args.litellm else ''} --write`. One node (SmolLM2-135M, "
-        f"--parallel 2, --threads {args.threads}), all paths on loopback, requests alternating.",
+        f"--parallel 2, --threads {args.threads}), all paths on loopback, requests alternating in a rotating order.",
         "",
         "| path | 1-token request p50 ms | p99 ms | added p50 ms | added p99 ms "
         "| proxy CPU ms/request | stream TTFT p50 ms | decode tok/s p50 | tok/s vs direct |",
@@ -199,6 +236,20 @@ def main() -> None:
             f" | {pct(added, 0.5) * 1000:.2f} | {pct(added, 0.99) * 1000:.2f}"
             f" | {f'{cpu_ms[name]:.2f}' if name in cpu_ms else '-'} | {ttft:.1f}"
             f" | {tps:.1f} | {tps / base_tps:.3f} |"
+        )
+    lines += [
+        "",
+        f"Fast upstream ({args.fast_requests} alternating requests per path: one short sentence "
+        f"to /v1/embeddings, {EMBED_MODEL}):",
+        "",
+        "| path | p50 ms | p99 ms | added p50 ms | added p99 ms |",
+        "|---|---|---|---|---|",
+    ]
+    for name in paths:
+        added = [a - d for a, d in zip(fast[name], fast["direct"], strict=True)]
+        lines.append(
+            f"| {name} | {pct(fast[name], 0.5) * 1000:.2f} | {pct(fast[name], 0.99) * 1000:.2f}"
+            f" | {pct(added, 0.5) * 1000:.2f} | {pct(added, 0.99) * 1000:.2f} |"
         )
     emit(lines, args.write)
 
