@@ -133,7 +133,7 @@ class Router:
             for n in self.poller.status.values()
         }
         now = time.monotonic()
-        prompt = self.tokenizers.encode(body)
+        prompt = await self.tokenizers.encode_async(body)
         if prompt is not None:
             req = RouteRequest(
                 model, (), prompt.tokens, requested_max_tokens(body), blocks=prompt.blocks

@@ -11,7 +11,9 @@ characters/4 size estimate (`placement.prefix_keys`, `placement.estimate_prompt_
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import threading
 from collections import OrderedDict
 from collections.abc import Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -33,6 +35,9 @@ from edgebox.runtimes.prefix_blocks import BLOCK_TOKENS, chain, matched_blocks
 log = logging.getLogger("edgebox.router")
 
 MIN_CHARS = BLOCK_TOKENS * 4  # shorter prompts cannot fill one block: not worth tokenizing
+# Longer prompts are tokenized in a worker thread: a new 4k-token prompt takes ~9 ms here,
+# which would hold up every other request's relaying if done on the event loop.
+INLINE_CHARS = 2048
 RECENT_BLOCKS = 4096  # per node: blocks this router sent there, until a poll reports them
 
 
@@ -54,6 +59,7 @@ class Tokenizers:
     def __init__(self, paths: Mapping[str, str] | None = None) -> None:
         self.paths = dict(paths or {})
         self.models: dict[str, LocalModel | None] = {}  # None: cannot tokenize this model
+        self._lock = threading.Lock()  # one encoder at a time (the head caches are shared)
 
     def pending(self, names: Iterable[str]) -> list[str]:
         return [n for n in names if n not in self.models]
@@ -95,8 +101,25 @@ class Tokenizers:
             return None
         return path if path.suffix.lower() == ".gguf" else None
 
+    async def encode_async(self, body: Mapping[str, Any]) -> PromptBlocks | None:
+        """`encode` on the event loop for short prompts; long ones, or any while a long one is
+        being tokenized, go to a worker thread so the loop never waits on the tokenizer."""
+        if str(body.get("model")) not in self.models:
+            return None
+        if _size(body) < INLINE_CHARS and self._lock.acquire(blocking=False):
+            try:
+                return self.encode(body)
+            finally:
+                self._lock.release()
+        return await asyncio.to_thread(self._encode_locked, body)
+
+    def _encode_locked(self, body: Mapping[str, Any]) -> PromptBlocks | None:
+        with self._lock:
+            return self.encode(body)
+
     def encode(self, body: Mapping[str, Any]) -> PromptBlocks | None:
-        """The request's tokens and block hashes, or None (fall back to message keys)."""
+        """The request's tokens and block hashes, or None (fall back to message keys).
+        Not thread-safe: callers hold `_lock` (see `encode_async`)."""
         local = self.models.get(str(body.get("model")))
         if local is None:
             return None
@@ -135,6 +158,15 @@ def _encode(tokenizer: Any, body: Mapping[str, Any]) -> tuple[Sequence[int], lis
     ):
         return prompt, chain(prompt)
     return None
+
+
+def _size(body: Mapping[str, Any]) -> int:
+    """Characters of the prompt or the messages' contents (list prompts count as one each)."""
+    messages = body.get("messages")
+    if isinstance(messages, list):
+        return sum(_chars(m.get("content")) for m in messages if isinstance(m, dict))
+    prompt = body.get("prompt")
+    return len(prompt) if isinstance(prompt, str | list) else 0
 
 
 def _chars(content: object) -> int:

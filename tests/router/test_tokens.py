@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from pathlib import Path
 
 import pytest
 
 from edgebox.router.nodes import ModelLoad, NodeAddress, NodeStatus
-from edgebox.router.tokens import MIN_CHARS, RecentBlocks, Tokenizers, prefix_note
+from edgebox.router.tokens import (
+    INLINE_CHARS,
+    MIN_CHARS,
+    RecentBlocks,
+    Tokenizers,
+    prefix_note,
+)
 from edgebox.runtimes.llamacpp.runtime import LlamaCppRuntime
 from edgebox.runtimes.prefix_blocks import chain
 
@@ -86,3 +94,27 @@ def test_held_blocks_trust_reports_of_the_same_file_and_recent_sends_until_they_
     assert recent.held("m", "S", nodes, now=11.0)["silent"] == []  # expired
     assert prefix_note(("a", "b"), [{"a"}]) == ";prefix=blocks:1/2"
     assert prefix_note((), []) == ";prefix=messages"
+
+
+def test_long_prompts_are_tokenized_off_the_event_loop(
+    tokenizers: Tokenizers, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    threads: list[str] = []
+    real = Tokenizers.encode
+
+    def spy(self: Tokenizers, body: dict[str, object]) -> object:
+        threads.append(threading.current_thread().name)
+        return real(self, body)
+
+    monkeypatch.setattr(Tokenizers, "encode", spy)
+    short = {"model": MODEL, "prompt": "A quiet morning by the sea. " * 6}
+    long = {"model": MODEL, "prompt": "A quiet morning by the sea. " * 200}
+    assert len(str(short["prompt"])) < INLINE_CHARS <= len(str(long["prompt"]))
+
+    async def both() -> tuple[object, object]:
+        return await tokenizers.encode_async(short), await tokenizers.encode_async(long)
+
+    got_short, got_long = asyncio.run(both())
+    loop_thread = threading.current_thread().name  # asyncio.run's loop runs on this thread
+    assert threads == [loop_thread, threads[1]] and threads[1] != loop_thread
+    assert got_short == real(tokenizers, short) and got_long == real(tokenizers, long)
