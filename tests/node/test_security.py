@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import httpx
 import pytest
 from starlette.applications import Starlette
@@ -20,25 +22,26 @@ APP = LoopbackAdminMiddleware(
 )
 
 
-async def call(client_host: str, path: str, method: str = "GET") -> httpx.Response:
-    transport = httpx.ASGITransport(app=APP, client=(client_host, 50123))
-    async with httpx.AsyncClient(transport=transport, base_url="http://node") as client:
-        return await client.request(method, path)
+def call(client_host: str, path: str, method: str = "GET") -> httpx.Response:
+    async def once() -> httpx.Response:
+        transport = httpx.ASGITransport(app=APP, client=(client_host, 50123))
+        async with httpx.AsyncClient(transport=transport, base_url="http://node") as client:
+            return await client.request(method, path)
+
+    return asyncio.run(once())
 
 
-@pytest.mark.asyncio
 @pytest.mark.parametrize("host", ["127.0.0.1", "127.8.9.10", "::1", "::ffff:127.0.0.1"])
-async def test_loopback_clients_may_administer_a_keyless_node(host: str) -> None:
-    assert (await call(host, "/admin/drain", "POST")).text == "done"
+def test_loopback_clients_may_administer_a_keyless_node(host: str) -> None:
+    assert (call(host, "/admin/drain", "POST")).text == "done"
 
 
-@pytest.mark.asyncio
 @pytest.mark.parametrize(
     "host", ["192.168.1.20", "10.0.0.5", "fe80::1", "::ffff:10.0.0.5", "testclient"]
 )
-async def test_other_clients_get_a_403_that_says_how_to_allow_it(host: str) -> None:
-    reply = await call(host, "/admin/drain", "POST")
+def test_other_clients_get_a_403_that_says_how_to_allow_it(host: str) -> None:
+    reply = call(host, "/admin/drain", "POST")
     assert reply.status_code == 403
     error = reply.json()["error"]
     assert error["code"] == "admin_needs_api_key" and "--api-key" in error["message"]
-    assert (await call(host, "/v1/models")).text == "done"  # the OpenAI routes stay open
+    assert (call(host, "/v1/models")).text == "done"  # the OpenAI routes stay open
