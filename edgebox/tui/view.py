@@ -30,8 +30,10 @@ COLUMNS = {
 }
 _VENDORS = ("NVIDIA GeForce ", "NVIDIA ", "Apple ", "AMD ", "Intel ")
 
-STATUS_STYLE = {"online": "bold green", "offline": "dim", "unreachable": "bold red",
-                "draining": "bold yellow"}  # fmt: skip
+# The status column says how a live node is reached: LAN (the monitor polls it itself: mDNS,
+# --node, nodes.json) or hub (only the hub's record); else draining, offline or unreachable.
+STATUS_STYLE = {"LAN": "bold green", "hub": "bold green", "offline": "dim",
+                "unreachable": "bold red", "draining": "bold yellow"}  # fmt: skip
 _STATUS_RANK = {"online": 0, "unreachable": 1, "offline": 2}
 
 SORTS: dict[str, Callable[[NodeSnapshot], Any]] = {
@@ -127,7 +129,7 @@ def cell_style(column: int, row: tuple[str, ...]) -> str:
     status = row[1]
     if column == 1:
         return STATUS_STYLE[status]
-    return "" if status in ("online", "draining") else "dim"
+    return "" if status in ("LAN", "hub", "draining") else "dim"
 
 
 def row_cells(node: NodeSnapshot) -> list[Text]:
@@ -136,7 +138,11 @@ def row_cells(node: NodeSnapshot) -> list[Text]:
 
 
 def status_word(node: NodeSnapshot) -> str:
-    return "draining" if node.draining and node.status == "online" else node.status
+    if node.status != "online":
+        return node.status
+    if node.draining:
+        return "draining"
+    return "hub" if node.via == "hub" else "LAN"
 
 
 def totals_text(snap: FleetSnapshot, *, sort: str, needle: str) -> Text:
@@ -163,8 +169,10 @@ def detail_text(node: NodeSnapshot, *, now: float) -> Text:
     """The selected node: how it is reached, its resources and each model's load."""
     text = Text()
     text.append(node.name, style="bold")
-    text.append(f"  {status_word(node)}", style=STATUS_STYLE[status_word(node)])
-    text.append(f"  via {node.via}")
+    word = status_word(node)
+    shown = "online" if word in ("LAN", "hub") else word
+    text.append(f"  {shown}", style=STATUS_STYLE[word])
+    text.append(f"  via {'the hub' if node.via == 'hub' else 'LAN (polled directly)'}")
     if node.url:
         text.append(f"  {node.url}", style="dim")
     text.append("\n")

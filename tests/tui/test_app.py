@@ -77,14 +77,14 @@ def test_offline_and_unreachable_rows_are_marked_and_dimmed() -> None:
     async def steps(app: FleetApp, pilot: Pilot[None]) -> None:
         rows = {r[0]: r for r in (table(app).get_row_at(i) for i in range(4))}
         assert rows["mac"][1] == "offline" and rows["http://127.0.0.1:9"][1] == "unreachable"
-        assert rows["spark"][1] == "online"
+        assert rows["spark"][1] == "LAN"  # online, polled directly
         assert rows["spark"][5] == "61/128G U"  # unified memory is marked
         await pilot.press("down", "down")  # the cursor (which restyles a row) off mac and spark
         lines = {line.text.split()[0]: line for line in screen_rows(app)[1:5]}
         assert cell_style(lines["mac"], "mac").dim and cell_style(lines["mac"], "offline").dim
         unreachable = cell_style(lines["http://127.0.0.1:9"], "unreachable")
         assert unreachable.color is not None and unreachable.color.name == "red"
-        assert cell_style(lines["spark"], "online").color.name == "green"  # type: ignore[union-attr]
+        assert cell_style(lines["spark"], "LAN").color.name == "green"  # type: ignore[union-attr]
         assert not cell_style(lines["spark"], "spark").dim
 
     drive(ReplaySource([fleet()]), steps)
@@ -149,7 +149,7 @@ def test_live_node_and_a_dead_one_through_direct_source(node: NodeProcess) -> No
         identity = httpx.get(node.url + "/health").json()["node"]
         live, gone = table(app).get_row(identity["id"]), table(app).get_row(dead)  # by node id
         assert str(live[0]) == identity["name"]
-        assert str(live[1]) == "online" and str(live[9]).startswith("smollm2-135m")  # + embeddings
+        assert str(live[1]) == "LAN" and str(live[9]).startswith("smollm2-135m")  # + embeddings
         assert str(gone[0]) == dead and str(gone[1]) == "unreachable"
         if app.selected != identity["id"]:  # two rows, sorted by name
             await pilot.press("down")

@@ -83,7 +83,7 @@ def test_two_live_nodes_then_a_killed_one_turns_offline(hub: Hub, tmp_path: Path
         async def shows_both_live(app: FleetApp, pilot: Pilot[None]) -> None:
             for node_id, name in zip(ids, ("box-0", "box-1"), strict=True):
                 row = table(app).get_row(node_id)
-                assert (str(row[0]), str(row[1])) == (name, "online")
+                assert (str(row[0]), str(row[1])) == (name, "hub")  # online, known through the hub
                 assert str(row[9]).startswith("smollm2-135m")  # models from the heartbeat
 
         drive(source(hub), shows_both_live)
@@ -94,7 +94,7 @@ def test_two_live_nodes_then_a_killed_one_turns_offline(hub: Hub, tmp_path: Path
         assert {n.id: n.status for n in snapshot.nodes}[ids[0]] == "online"
 
         async def shows_one_offline(app: FleetApp, pilot: Pilot[None]) -> None:
-            assert str(table(app).get_row(ids[0])[1]) == "online"
+            assert str(table(app).get_row(ids[0])[1]) == "hub"  # still online
             assert str(table(app).get_row(ids[1])[1]) == "offline"  # still listed, marked
 
         drive(source(hub), shows_one_offline)
