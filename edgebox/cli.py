@@ -307,6 +307,7 @@ def serve(
             advertiser=advertiser,
             fleet=list(fleet_node or []) if fleet else None,
             fleet_config=fleet_config,
+            hub_peers=beats,
         )
     if beats:
         beats.stop()

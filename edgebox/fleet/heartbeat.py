@@ -49,6 +49,8 @@ class Heartbeat:
         self.interval = interval or float(fleet.get("heartbeat_interval", 5.0))
         self.telemetry, self.models = telemetry, models
         self.sent = 0
+        # The hub's other online nodes, from its last answer (`serve --fleet` routes to them).
+        self.peers: list[dict[str, Any]] = []
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -60,7 +62,16 @@ class Heartbeat:
             "POST", "/v1/hub/heartbeat", json=body, bearer=self.fleet["node_secret"]
         )
         self.sent += 1
+        peers = answer.get("peers")
+        if isinstance(peers, list):  # every online node; this one left out here
+            me = self.fleet.get("node_id")
+            self.peers = [p for p in peers if isinstance(p, dict) and p.get("id") != me]
         return answer
+
+    @property
+    def hub_url(self) -> str:
+        urls = self.fleet.get("hub_urls") or [""]
+        return str(urls[0])
 
     def run(self, *, count: int | None = None) -> None:
         with HubClient(self.fleet["hub_urls"], self.fleet["hub_fingerprint"], timeout=5) as hub:

@@ -17,6 +17,7 @@ from edgebox.node.state import NodeState
 if TYPE_CHECKING:
     from edgebox.fleet.mdns import Advertiser
     from edgebox.router.config import RouterConfig
+    from edgebox.router.sources import PeerRecords
 
 log = logging.getLogger(__name__)
 
@@ -32,13 +33,15 @@ def serve(
     advertiser: Advertiser | None = None,
     fleet: list[str] | None = None,
     fleet_config: RouterConfig | None = None,
+    hub_peers: PeerRecords | None = None,
 ) -> None:
     """Serve until SIGINT/SIGTERM; uvicorn finishes open responses before returning.
 
     `advertiser` publishes the node over mDNS once the port is bound and says goodbye at exit.
     `fleet` (a list of peer URLs, possibly empty) puts the router in front of this node's
     OpenAI routes on the same port (`edgebox.router.embed`); mDNS peers join when advertising,
-    and `fleet_config` (`--router-config`) adds its nodes, cloud upstreams and settings.
+    `fleet_config` (`--router-config`) adds its nodes, cloud upstreams and settings, and
+    `hub_peers` (the heartbeat, once joined to a hub) the hub's other online nodes.
     """
     app: ASGIApp = create_app(state, api_key=api_key)
     fleet_parts = None
@@ -47,8 +50,9 @@ def serve(
 
         own_id = str(state.node.get("id")) if state.node else None
         router, local, router_app = fleet_router(
-            fleet, mdns=advertiser is not None, api_key=api_key, own_id=own_id, config=fleet_config
-        )
+            fleet, mdns=advertiser is not None, api_key=api_key, own_id=own_id,
+            config=fleet_config, hub_peers=hub_peers,
+        )  # fmt: skip
         app = FleetDispatch(app, router_app)
         fleet_parts = (router, local)
     config = uvicorn.Config(

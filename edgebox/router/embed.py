@@ -19,7 +19,7 @@ from edgebox.router.cloud import SpendLedger
 from edgebox.router.config import RouterConfig, edgebox_home
 from edgebox.router.nodes import NodeAddress, NodeSource, StaticNodes, node_name, normalise_url
 from edgebox.router.service import ROUTED_HEADER, Router
-from edgebox.router.sources import MdnsNodes
+from edgebox.router.sources import HubPeers, MdnsNodes, PeerRecords
 
 _ROUTED_PATHS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings")
 
@@ -62,9 +62,11 @@ def fleet_router(
     api_key: str | None,
     own_id: str | None = None,
     config: RouterConfig | None = None,
+    hub_peers: PeerRecords | None = None,
 ) -> tuple[Router, LocalNode, ASGIApp]:
     """The router for `serve --fleet`: this node, the `peers` URLs, `config`'s [[nodes]] and
-    [[cloud]] upstreams, and mDNS when on (this node's own advert left out). The peers must
+    [[cloud]] upstreams, mDNS when on (this node's own advert left out), and the hub's other
+    nodes when `hub_peers` (this node's heartbeat) is given. The peers must
     accept the same API key as this node (or `config.node_api_key_env`'s)."""
     config = config or RouterConfig()
     if "poll_interval_s" not in config.model_fields_set:  # a node's peers are near: poll often
@@ -76,8 +78,11 @@ def fleet_router(
     ]
     entries += [NodeAddress(node_name(u), normalise_url(u)) for u in peers]
     sources: list[NodeSource] = [local, StaticNodes(entries)]
-    if mdns:
-        sources.append(MdnsNodes(exclude_id=own_id))
+    lan = MdnsNodes(exclude_id=own_id) if mdns else None
+    if lan is not None:
+        sources.append(lan)
+    if hub_peers is not None:  # joined to a hub: its other nodes, from the heartbeat answers
+        sources.append(HubPeers(hub_peers, lan))
     ledger = SpendLedger(edgebox_home() / "router_spend.json", config.max_usd_per_day)
     router = Router(config, sources, new_client(), ledger, node_api_key=api_key)
     return router, local, create_app(router, api_key=api_key)

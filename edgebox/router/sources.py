@@ -16,7 +16,7 @@ import asyncio
 import ipaddress
 import logging
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from edgebox.fleet.advert import DiscoveredNode
@@ -157,4 +157,28 @@ class HubNodes:
                 name,
             )
         self._logged |= set(skipped)
+        return found
+
+
+class PeerRecords(Protocol):
+    """What `HubPeers` reads: the peers in the hub's last heartbeat answer (a `Heartbeat`)."""
+
+    peers: list[dict[str, Any]]
+
+    @property
+    def hub_url(self) -> str: ...
+
+
+class HubPeers:
+    """For `serve --fleet` on a node joined to a hub: the other online nodes the hub lists in
+    its heartbeat answers (no user login needed), at their mDNS address when seen on the LAN,
+    else at the address the hub recorded."""
+
+    def __init__(self, beats: PeerRecords, lan: MdnsNodes | None = None) -> None:
+        self.beats = beats
+        self.lan = lan
+
+    def addresses(self) -> Iterable[NodeAddress]:
+        lan = self.lan.discovered() if self.lan else ()
+        found, _ = hub_addresses({"data": self.beats.peers}, lan, self.beats.hub_url)
         return found

@@ -222,6 +222,7 @@ def test_the_node_measures_its_prefill_rate_for_the_router(node: NodeProcess) ->
     text = httpx.get(node.url + "/metrics", timeout=5).text
     rate = parse_metrics(text)[MODEL].prefill_tokens_per_s
     assert f'edgebox_prefill_tokens_per_second{{model="{MODEL}"}}' in text
-    # The prefill of this prompt fits inside the request's wall time, and dominates it.
-    assert rate > 0 and prompt_tokens / rate <= wall_s
+    # The rate is an average over earlier prefill steps too (this module's other requests), so
+    # it only has to put this prompt's prefill at the right order of the request's wall time.
+    assert rate > 0 and prompt_tokens / rate <= 3 * wall_s, (prompt_tokens, rate, wall_s)
     assert prompt_tokens / rate >= wall_s / 10, (prompt_tokens, rate, wall_s)

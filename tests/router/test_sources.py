@@ -156,3 +156,45 @@ def test_a_node_known_only_through_the_hub_answers_a_chat_through_the_router(
         for proc in reversed(running):
             proc.stop()
         hub.stop()
+
+
+def test_serve_fleet_on_a_joined_node_routes_to_the_hubs_other_nodes(tmp_path: Path) -> None:
+    """No mDNS, no user login: a `--fleet` node learns its peers from its heartbeat answers."""
+    hub = Hub(tmp_path / "hub", free_port(), tmp_path / "hub.log", interval=0.5)
+    hub.start()
+    running: list[NodeProcess] = []
+    try:
+        homes = {name: tmp_path / name for name in ("front", "peer")}
+        for name, home in homes.items():
+            join(hub.token(name=name)["token"], home=home, profile=PROFILE)
+        common = ("--model", MODEL, "--parallel", "1", "--ctx", "512", "--threads", "1",
+                  "--no-mdns", "--no-tunnel")  # fmt: skip
+        peer = start_node(
+            homes["peer"], *common, "--alias", "peer-smol", env={"EDGEBOX_HOME": str(homes["peer"])}
+        )
+        running.append(peer)
+        front = start_node(
+            homes["front"], *common, "--fleet", env={"EDGEBOX_HOME": str(homes["front"])}
+        )
+        running.append(front)
+        deadline = time.monotonic() + 30
+        while "peer-smol" not in (ids := model_ids(front)):
+            assert time.monotonic() < deadline, ids  # heartbeats every 0.5 s carry the peers
+            time.sleep(0.3)
+        assert MODEL in ids
+
+        client = OpenAI(base_url=front.base_url, api_key="unused", max_retries=0)
+        raw = client.chat.completions.with_raw_response.create(
+            model="peer-smol", messages=[{"role": "user", "content": "Say hi."}], max_tokens=4,
+            temperature=0,
+        )  # fmt: skip
+        assert raw.headers["x-edgebox-route"].split(";")[0] == "peer"
+        assert raw.parse().choices[0].message.content
+    finally:
+        for proc in reversed(running):
+            proc.stop()
+        hub.stop()
+
+
+def model_ids(node: NodeProcess) -> list[str]:
+    return [m["id"] for m in httpx.get(node.base_url + "/models", timeout=5).json()["data"]]

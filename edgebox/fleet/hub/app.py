@@ -34,6 +34,8 @@ from edgebox.node.errors import (
 )
 
 M = TypeVar("M", bound=BaseModel)
+PEERS_REFRESH_S = 1.0  # heartbeat answers share one read of the node table per second
+
 log = logging.getLogger("edgebox.hub")
 MAX_BODY = 1 << 20
 NODE_NAME = r"^[A-Za-z0-9._-]+$"
@@ -220,8 +222,30 @@ def create_app(
         if node is None:
             raise APIError(401, "this node is not registered on the hub (or was revoked)",
                            type="authentication_error", code="unknown_node")  # fmt: skip
-        return JSONResponse({"node_id": node["id"], "status": node["status"],
-                             "heartbeat_interval": config.heartbeat_interval})  # fmt: skip
+        head = json.dumps({"node_id": node["id"], "status": node["status"],
+                           "heartbeat_interval": config.heartbeat_interval})  # fmt: skip
+        # `peers` lists every online node, this one included (the node leaves itself out), so
+        # the encoded list is shared by every answer within a second.
+        answer = head[:-1].encode() + b', "peers": ' + await peers_json() + b"}"
+        return Response(answer, media_type="application/json")
+
+    peers_cache: dict[str, Any] = {"at": -1.0, "json": b"[]"}
+
+    async def peers_json() -> bytes:
+        """The online nodes as a `serve --fleet` router needs them (name, API address, host key
+        to match mDNS adverts, models): no telemetry, no secrets. Read and encoded at most once
+        a second, however many nodes beat."""
+        if time.monotonic() - peers_cache["at"] >= PEERS_REFRESH_S:
+            records = await asyncio.to_thread(store.nodes)
+            peers = [
+                {k: r.get(k) for k in ("id", "name", "api_url", "host_key", "models", "status")}
+                for r in records
+                if r.get("status") == "online" and r.get("api_url")
+            ]
+            peers_cache["json"] = json.dumps(peers).encode()
+            peers_cache["at"] = time.monotonic()
+        cached: bytes = peers_cache["json"]
+        return cached
 
     async def list_nodes(request: Request) -> Response:
         await asyncio.to_thread(_require_reader, request, config, store)
