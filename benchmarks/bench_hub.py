@@ -56,7 +56,9 @@ async def node_loop(
     lat: list[float],
     once: bool = False,
 ) -> None:
-    body = {"telemetry": box_telemetry(), "models": ["smollm2-135m"]}
+    # With an API address every node is in every answer's `peers` (what `serve --fleet` reads).
+    api = {"port": 8080, "scheme": "http", "loopback_only": False}
+    body = {"telemetry": box_telemetry(), "models": ["smollm2-135m"], "api": api}
     headers = {"authorization": f"Bearer {secret}"}
     while once or time.monotonic() < until:
         t = time.perf_counter()
