@@ -54,20 +54,28 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-def one_token(base_url: str, model: str) -> Callable[[int], float]:
+def timed_post(
+    base_url: str, route: str, body_for: Callable[[int], dict]
+) -> Callable[[int], float]:
+    """A function that POSTs request `i`'s body to `route` and returns its round trip in s."""
     client = httpx.Client(timeout=120, headers={"Authorization": f"Bearer {BENCH_KEY}"})
 
     def run(i: int) -> float:
-        # A prompt of its own per path and request: no path gains from another's prefix cache.
-        prompt = f"{base_url} {i} {SHORT}"
-        body = {"model": model, "prompt": prompt, "max_tokens": 1, "temperature": 0}
+        body = body_for(i)
         started = time.perf_counter()
-        response = client.post(base_url + "/completions", json=body)
+        response = client.post(base_url + route, json=body)
         elapsed = time.perf_counter() - started
         response.raise_for_status()
         return elapsed
 
     return run
+
+
+def one_token(base_url: str, model: str) -> Callable[[int], float]:
+    # A prompt of its own per path and request: no path gains from another's prefix cache.
+    return timed_post(base_url, "/completions", lambda i: {
+        "model": model, "prompt": f"{base_url} {i} {SHORT}", "max_tokens": 1, "temperature": 0,
+    })  # fmt: skip
 
 
 def cpu_seconds(proc: subprocess.Popen[bytes]) -> float:
@@ -90,17 +98,9 @@ def rotated(paths: dict[str, str], i: int) -> list[str]:
 
 
 def one_embedding(base_url: str) -> Callable[[int], float]:
-    client = httpx.Client(timeout=60, headers={"Authorization": f"Bearer {BENCH_KEY}"})
-
-    def run(i: int) -> float:
-        body = {"model": EMBED_MODEL, "input": f"Sentence number {i} about the weather."}
-        started = time.perf_counter()
-        response = client.post(base_url + "/embeddings", json=body)
-        elapsed = time.perf_counter() - started
-        response.raise_for_status()
-        return elapsed
-
-    return run
+    return timed_post(base_url, "/embeddings", lambda i: {
+        "model": EMBED_MODEL, "input": f"Sentence number {i} about the weather.",
+    })  # fmt: skip
 
 
 def litellm_proxy(exe: str, node_url: str, port: int, tmp: Path) -> subprocess.Popen[bytes]:

@@ -97,7 +97,9 @@ def test_queue_overflow_gets_429_with_retry_after(
     one_slot_node: NodeProcess, tmp_path: Path
 ) -> None:
     counting = ", ".join(str(i) for i in range(1, 30)) + ","  # greedy: never ends early
-    long = {"model": MODEL, "prompt": counting, "max_tokens": 200, "temperature": 0}
+    # Long enough that the running request is still decoding when the third one arrives, even
+    # when a busy machine delays the second request's thread by seconds.
+    long = {"model": MODEL, "prompt": counting, "max_tokens": 600, "temperature": 0}
     results: list[int] = []
 
     def send() -> None:
@@ -110,11 +112,12 @@ def test_queue_overflow_gets_429_with_retry_after(
     workers = [threading.Thread(target=send) for _ in range(2)]  # one runs, one waits
     for w in workers:
         w.start()
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
+    deadline = time.monotonic() + 20
+    while True:
         health = httpx.get(one_slot_node.url + "/health").json()["models"][MODEL]
         if health["running"] == 1 and health["queued"] == 1:
             break
+        assert time.monotonic() < deadline, f"never one running and one queued: {health}"
         time.sleep(0.02)
     overflow = httpx.post(
         one_slot_node.base_url + "/completions", json=long, headers=auth(), timeout=30
