@@ -63,6 +63,9 @@ def serve(
         access_log=access_log,
         timeout_graceful_shutdown=5,
         lifespan="off",
+        # scope["client"] stays the real peer: keyless /admin/ answers only loopback clients,
+        # so a forwarded-for header from a local proxy must not decide who that is.
+        proxy_headers=False,
     )
     server = uvicorn.Server(config)
 

@@ -21,6 +21,7 @@ from typing import Any
 import aiohttp
 from multidict import CIMultiDictProxy
 from starlette.responses import Response, StreamingResponse
+from starlette.types import Receive, Scope, Send
 
 from edgebox.node.errors import APIError
 from edgebox.node.responses import SSE_DONE, sse
@@ -55,8 +56,10 @@ class Relay:
     (a session belongs to the event loop it was made in)."""
 
     def __init__(self, *, connect_timeout_s: float = 3.0, read_timeout_s: float = 600.0) -> None:
+        # `connect` bounds the wait for a pooled connection and DNS too; `sock_read` is the
+        # longest gap between two chunks, so long streams are fine.
         self._timeout = aiohttp.ClientTimeout(
-            total=None, sock_connect=connect_timeout_s, sock_read=read_timeout_s
+            total=None, connect=10.0, sock_connect=connect_timeout_s, sock_read=read_timeout_s
         )
         self._session: aiohttp.ClientSession | None = None
 
@@ -64,11 +67,15 @@ class Relay:
     def session(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=512, limit_per_host=0, ttl_dns_cache=60),
+                # Idle connections are dropped before uvicorn's 5 s keep-alive ends on the node
+                # side, so a request is not sent down a socket the node is closing.
+                connector=aiohttp.TCPConnector(
+                    limit=512, limit_per_host=0, ttl_dns_cache=60, keepalive_timeout=4.0
+                ),
                 timeout=self._timeout,
-                # Relayed bytes go out as they came in, so ask upstreams not to compress.
+                # Ask upstreams not to compress; a cloud that does anyway is decompressed here
+                # (the client gets plain bytes, and usage can be read for the spend cap).
                 headers={"accept-encoding": "identity"},
-                auto_decompress=False,
                 skip_auto_headers=("User-Agent",),
             )
         return self._session
@@ -129,7 +136,12 @@ async def _send(
 ) -> Response:
     headers = {"content-type": "application/json", **out.headers}
     try:
-        upstream = await relay.session.post(out.url, data=out.content, headers=headers)
+        try:
+            upstream = await relay.session.post(out.url, data=out.content, headers=headers)
+        except aiohttp.ServerDisconnectedError:
+            # A kept-alive connection the upstream had just closed: nothing was answered, so
+            # send once more on a fresh one before calling the target failed.
+            upstream = await relay.session.post(out.url, data=out.content, headers=headers)
     except _ERRORS as exc:
         raise TargetFailed(_failure(exc)) from None
     status = upstream.status
@@ -157,9 +169,52 @@ async def _send(
             if usage:
                 on_usage(usage)
         return Response(content, status, headers=_passed(upstream.headers, route))
-    return StreamingResponse(
-        _relay(upstream, on_usage, on_done), status, headers=_passed(upstream.headers, route)
+    finish = _Finish(upstream, on_done)
+    return _RelayedStream(
+        _relay(upstream, on_usage, finish), finish, status, _passed(upstream.headers, route)
     )
+
+
+class _RelayedStream(StreamingResponse):
+    """A relayed stream that ends its upstream however the response ends: also when the client
+    left before the body started (Starlette then never starts the body iterator, so the
+    iterator's own `finally` cannot be relied on) or sending to it failed."""
+
+    def __init__(
+        self,
+        body: AsyncIterator[bytes],
+        finish: _Finish,
+        status: int,
+        headers: Mapping[str, str],
+    ) -> None:
+        super().__init__(body, status, headers=headers)
+        self._finish = finish
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._finish()
+
+
+class _Finish:
+    """Ends one relayed stream exactly once: release the connection when the body was read to
+    the end, else close it (so the node stops generating), then `on_done`."""
+
+    def __init__(self, upstream: aiohttp.ClientResponse, on_done: Callable[[], None]) -> None:
+        self.upstream = upstream
+        self.on_done = on_done
+        self.done = False
+
+    def __call__(self) -> None:
+        if self.done:
+            return
+        self.done = True
+        if self.upstream.content.at_eof():
+            self.upstream.release()
+        else:
+            self.upstream.close()
+        self.on_done()
 
 
 def _failure(exc: BaseException) -> str:
@@ -178,7 +233,7 @@ def _failure(exc: BaseException) -> str:
 async def _relay(
     upstream: aiohttp.ClientResponse,
     on_usage: Callable[[Mapping[str, Any]], None] | None,
-    on_done: Callable[[], None],
+    finish: _Finish,
 ) -> AsyncIterator[bytes]:
     buffer = bytearray()
     usage: dict[str, Any] | None = None
@@ -204,10 +259,6 @@ async def _relay(
         yield sse(error.body())
         yield SSE_DONE
     finally:
-        on_done()
-        if upstream.content.at_eof():
-            upstream.release()
-        else:  # the client went away: drop the connection so the node stops generating
-            upstream.close()
+        finish()  # the client went away mid-stream: the connection is closed, not reused
         if on_usage and usage:
             on_usage(usage)

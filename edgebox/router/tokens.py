@@ -170,7 +170,16 @@ def _size(body: Mapping[str, Any]) -> int:
 
 
 def _chars(content: object) -> int:
-    return len(content) if isinstance(content, str) else MIN_CHARS if content else 0
+    """Characters of a message's content: a string, or the text of its content parts."""
+    if isinstance(content, str):
+        return len(content)
+    if isinstance(content, list):
+        return sum(
+            len(part["text"])
+            for part in content
+            if isinstance(part, dict) and isinstance(part.get("text"), str)
+        )
+    return 0
 
 
 class RecentBlocks:

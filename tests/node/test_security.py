@@ -11,6 +11,7 @@ from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
 from edgebox.node.security import LoopbackAdminMiddleware
+from tests.conftest import NodeProcess
 
 
 def ok(_request: object) -> PlainTextResponse:
@@ -45,3 +46,11 @@ def test_other_clients_get_a_403_that_says_how_to_allow_it(host: str) -> None:
     error = reply.json()["error"]
     assert error["code"] == "admin_needs_api_key" and "--api-key" in error["message"]
     assert (call(host, "/v1/models")).text == "done"  # the OpenAI routes stay open
+
+
+def test_a_forwarded_for_header_does_not_change_who_the_client_is(node: NodeProcess) -> None:
+    """The node ignores X-Forwarded-For (uvicorn's proxy headers are off), so a local proxy
+    cannot make a remote client look like loopback, nor a loopback client look remote."""
+    spoofed = {"x-forwarded-for": "10.0.0.5", "forwarded": "for=10.0.0.5"}
+    reply = httpx.get(node.url + "/admin/requests", headers=spoofed, timeout=10)
+    assert reply.status_code == 200, reply.text

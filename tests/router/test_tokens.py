@@ -111,10 +111,17 @@ def test_long_prompts_are_tokenized_off_the_event_loop(
     long = {"model": MODEL, "prompt": "A quiet morning by the sea. " * 200}
     assert len(str(short["prompt"])) < INLINE_CHARS <= len(str(long["prompt"]))
 
+    # Content parts count by their text, so a long prompt in parts goes off the loop too.
+    parts = {"model": MODEL, "messages": [
+        {"role": "user", "content": [{"type": "text", "text": str(long["prompt"])}]},
+    ]}  # fmt: skip
+
     async def both() -> tuple[object, object]:
+        await tokenizers.encode_async(parts)
         return await tokenizers.encode_async(short), await tokenizers.encode_async(long)
 
     got_short, got_long = asyncio.run(both())
     loop_thread = threading.current_thread().name  # asyncio.run's loop runs on this thread
-    assert threads == [loop_thread, threads[1]] and threads[1] != loop_thread
+    assert threads[1] == loop_thread  # the short prompt: inline
+    assert loop_thread not in (threads[0], threads[2])  # the long ones: in the worker
     assert got_short == real(tokenizers, short) and got_long == real(tokenizers, long)

@@ -115,6 +115,13 @@ class _Slot:
         self.blocks.truncate(0)
 
 
+def _prefill_dominated(n_tokens: int, n_prompt: int) -> bool:
+    """Whether a step measures the prefill rate (see _PREFILL_SAMPLE_TOKENS)."""
+    return n_prompt >= _PREFILL_SAMPLE_TOKENS and n_prompt >= _PREFILL_DOMINANCE * (
+        n_tokens - n_prompt
+    )
+
+
 def common_prefix_len(a: Sequence[int], b: Sequence[int]) -> int:
     n = min(len(a), len(b))
     i = 0
@@ -412,9 +419,15 @@ class LlamaCppEngine:
         if n == 0:
             return
         batch.n_tokens = n
+        n_prompt = n - len(decoding)
+        decode_started = time.monotonic()
         rc = llama_cpp.llama_decode(self.ctx, batch)
         if rc != 0:
             raise BackendError(f"llama_decode returned {rc}")
+        prefill_s = None
+        if _prefill_dominated(n, n_prompt):
+            llama_cpp.llama_synchronize(self.ctx)  # GPU backends return before the work ends
+            prefill_s = time.monotonic() - decode_started  # the decode alone: no sampling/export
         for slot, index in outputs:
             self._sample(slot, index)
         for slot in exports:
@@ -424,18 +437,19 @@ class LlamaCppEngine:
                 self._release(slot, "error", error=f"KV export failed: {exc}")
             else:
                 self._release(slot, "stop", kv=snapshot)
-        self._account_step(n, len(outputs), time.monotonic() - t, n - len(decoding))
+        self._account_step(n, len(outputs), time.monotonic() - t, n_prompt, prefill_s)
 
     def _account_step(
-        self, n_tokens: int, n_sampled: int, seconds: float, n_prompt: int = 0
+        self,
+        n_tokens: int,
+        n_sampled: int,
+        seconds: float,
+        n_prompt: int = 0,
+        prefill_s: float | None = None,
     ) -> None:
         with self._cond:
-            if (
-                seconds > 0
-                and n_prompt >= _PREFILL_SAMPLE_TOKENS
-                and n_prompt >= _PREFILL_DOMINANCE * (n_tokens - n_prompt)
-            ):
-                sample = n_prompt / seconds
+            if prefill_s:
+                sample = n_prompt / prefill_s
                 old = self._prefill_rate
                 self._prefill_rate = sample if not old else old + _PREFILL_EWMA * (sample - old)
             self._counters["steps"] += 1
