@@ -52,6 +52,9 @@ class Advertiser:
         self._zc: AsyncZeroconf | None = None
         self._info: AsyncServiceInfo | None = None
         self._api: tuple[int, bool, list[str]] = (0, False, [])
+        # A model change during registration waits for it: an update racing the probe left
+        # the old TXT registered (browsers that started later were answered the old digest).
+        self._changing = asyncio.Lock()
 
     @property
     def service_name(self) -> str | None:
@@ -65,23 +68,27 @@ class Advertiser:
         """
         interfaces = self.interfaces if self.interfaces is not None else lan_interfaces()
         self._api = (api_port, api_on_lan, [i.address for i in interfaces])
-        self._info = self._service_info()
-        self._zc = _zeroconf(interfaces)
-        try:
-            announced = await self._zc.async_register_service(self._info, allow_name_change=True)
-            await announced
-        except BaseException:
-            await self.stop()
-            raise
+        async with self._changing:
+            self._info = self._service_info()
+            self._zc = _zeroconf(interfaces)
+            try:
+                announced = await self._zc.async_register_service(
+                    self._info, allow_name_change=True
+                )
+                await announced
+            except BaseException:
+                await self.stop()
+                raise
         log.info("mDNS: advertising %s on %s", self._info.name, _names(interfaces))
 
     async def update_models(self, models: Sequence[str]) -> None:
         """Re-announce with a new model digest (browsers see an `updated` event)."""
-        self.models = list(models)
-        if self._zc is not None and self._info is not None:
-            name = self._info.name  # keep a name zeroconf may have changed on a conflict
-            self._info = self._service_info(name)
-            await (await self._zc.async_update_service(self._info))
+        async with self._changing:
+            self.models = list(models)
+            if self._zc is not None and self._info is not None:
+                name = self._info.name  # keep a name zeroconf may have changed on a conflict
+                self._info = self._service_info(name)
+                await (await self._zc.async_update_service(self._info))
 
     def _service_info(self, name: str | None = None) -> AsyncServiceInfo:
         api_port, api_on_lan, addresses = self._api

@@ -76,13 +76,16 @@ def serve(
         bound = server.servers[0].sockets[0].getsockname() if server.servers else (host, port)
         if server.started and on_ready:
             on_ready(f"http://{_url_host(host)}:{bound[1]}")
+        if advertiser is not None:  # /admin/models load|unload: new TXT digest
+            # Listen before the advert starts: a load that ends while it is being registered
+            # must still reach it (update_models before start only sets the list it starts with).
+            advertiser.models = list(state.all_models())
+            state.on_models_changed.append(advertiser.update_models)
         advertised = (
             server.started
             and advertiser is not None
             and await _advertise(advertiser, host, bound[1])
         )
-        if advertised and advertiser is not None:  # /admin/models load|unload: new TXT digest
-            state.on_models_changed.append(advertiser.update_models)
         if fleet_parts is not None and server.started:
             from edgebox.router.app import start_router
 

@@ -137,6 +137,34 @@ def test_browser_api_events_on_loopback(tmp_path: Path) -> None:
     ]  # fmt: skip
 
 
+def test_a_model_change_during_registration_is_what_later_browsers_see(tmp_path: Path) -> None:
+    """`update_models` while `start` is still probing (a model loaded right after `serve`
+    starts) waits for the registration, so a browser started afterwards gets the new digest."""
+    identity = load_identity(tmp_path, sshd_host_key=NO_SSHD)
+
+    async def scenario() -> str | None:
+        advertiser = Advertiser(identity, accelerator="cpu", models=["a"], interfaces=LOOPBACK)
+        browser = NodeBrowser(LOOPBACK)
+        try:
+            starting = asyncio.create_task(advertiser.start(8080, api_on_lan=False))
+            await asyncio.sleep(0.05)  # registration has begun; probing takes ~1.5 s
+            await advertiser.update_models(["a", "b"])
+            await starting
+            await browser.start()  # a browser that knows nothing of the first record
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                ours = [n for n in browser.nodes.values() if n.node_id == identity.node_id]
+                if ours and ours[0].model_digest == model_digest(["a", "b"]):
+                    break
+                await asyncio.sleep(0.1)
+            return ours[0].model_digest if ours else None
+        finally:
+            await advertiser.stop()
+            await browser.stop()
+
+    assert asyncio.run(scenario()) == model_digest(["a", "b"])
+
+
 def test_three_nodes_appear_on_a_fourth(netns_lab: NetnsLab, tmp_path: Path) -> None:
     boxes = [netns_lab.add_node(f"n{i}", i) for i in (1, 2, 3)]
     observer = netns_lab.add_node("obs", 9)
