@@ -285,7 +285,7 @@ def serve(
         out.print("Ctrl-C to stop.", style="dim")
 
     from edgebox.fleet.heartbeat import api_endpoint, start_background
-    from edgebox.node.server import is_loopback
+    from edgebox.node.security import is_loopback
 
     beats = start_background(  # only once joined to a hub
         models=lambda: list(state.all_models()),

@@ -47,17 +47,18 @@ class LoopbackAdminMiddleware:
         client = scope.get("client")
         host = str(client[0]) if client else ""
         admin = scope["type"] == "http" and scope["path"].startswith("/admin/")
-        if admin and not _is_loopback(host):
+        if admin and not is_loopback(host):
             await _refuse(send, 403, _ADMIN_NEEDS_KEY)
             return
         await self.app(scope, receive, send)
 
 
-def _is_loopback(host: str) -> bool:
+def is_loopback(host: str) -> bool:
+    """A loopback address or "localhost" (a bind host, a client address or a URL's host)."""
     try:
         ip = ipaddress.ip_address(host)
     except ValueError:
-        return False
+        return host == "localhost"
     mapped = getattr(ip, "ipv4_mapped", None)  # ::ffff:127.0.0.1 from a dual-stack socket
     return ip.is_loopback or (mapped is not None and mapped.is_loopback)
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -12,6 +11,7 @@ import uvicorn
 from starlette.types import ASGIApp
 
 from edgebox.node.app import create_app
+from edgebox.node.security import is_loopback
 from edgebox.node.state import NodeState
 
 if TYPE_CHECKING:
@@ -116,13 +116,6 @@ async def _advertise(advertiser: Advertiser, host: str, port: int) -> bool:
         log.warning("mDNS advertising is off: %s", exc)
         return False
     return True
-
-
-def is_loopback(host: str) -> bool:
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return host == "localhost"
 
 
 def _url_host(host: str) -> str:

@@ -13,7 +13,6 @@ one log line each.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Protocol
@@ -23,6 +22,7 @@ from edgebox.fleet.advert import DiscoveredNode
 from edgebox.fleet.identity import ssh_fingerprint
 from edgebox.fleet.interfaces import LanInterface
 from edgebox.fleet.logins import Login
+from edgebox.node.security import is_loopback
 from edgebox.router.nodes import Every, NodeAddress
 
 log = logging.getLogger("edgebox.router")
@@ -75,12 +75,8 @@ def seen_from_hub(api_url: str, hub_url: str) -> str:
     """`api_url` as the hub recorded it, reachable from here: a loopback host (node on the hub's
     own box) becomes the hub's host."""
     parts = urlsplit(api_url)
-    try:
-        loopback = ipaddress.ip_address(parts.hostname or "").is_loopback
-    except ValueError:
-        loopback = False
     hub_host = urlsplit(hub_url).hostname
-    if not loopback or not hub_host:
+    if not is_loopback(parts.hostname or "") or not hub_host:
         return api_url
     host = f"[{hub_host}]" if ":" in hub_host else hub_host
     return f"{parts.scheme}://{host}:{parts.port}"

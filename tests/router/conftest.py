@@ -41,3 +41,8 @@ def start_router(
         time.sleep(0.1)
     router.stop()
     raise RuntimeError(f"router did not become ready:\n{log.read_text()}")
+
+
+def running_on(node: NodeProcess, model: str = "smollm2-135m") -> int:
+    """Requests holding a sequence slot on `node` right now (its /health)."""
+    return int(httpx.get(node.url + "/health", timeout=5).json()["models"][model]["running"])

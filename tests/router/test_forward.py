@@ -8,18 +8,14 @@ import asyncio
 import json
 import time
 
-import httpx
 import pytest
 from starlette.responses import StreamingResponse
 
 from edgebox.router.forward import Outgoing, Relay, send
 from tests.conftest import NodeProcess
+from tests.router.conftest import running_on
 
 MODEL = "smollm2-135m"
-
-
-def running_on(node: NodeProcess) -> int:
-    return int(httpx.get(node.url + "/health", timeout=5).json()["models"][MODEL]["running"])
 
 
 def test_a_client_gone_before_the_body_starts_ends_the_upstream_once(node: NodeProcess) -> None:

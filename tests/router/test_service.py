@@ -17,7 +17,7 @@ from openai.types.chat import ChatCompletionMessageParam
 
 from edgebox.router.tokens import Tokenizers
 from tests.conftest import NodeProcess, start_node
-from tests.router.conftest import start_router
+from tests.router.conftest import running_on, start_router
 
 MODEL = "smollm2-135m"
 CLOUD_KEY = "sk-test-cloud-7f3a9c"  # reaches only the cloud node, never a log
@@ -184,11 +184,6 @@ def test_a_client_leaving_a_stream_stops_the_node_generating(
     while (running := running_on(node)) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert running == 0
-
-
-def running_on(node: NodeProcess) -> int:
-    health = httpx.get(node.url + "/health", timeout=5).json()
-    return int(health["models"][MODEL]["running"])
 
 
 def test_one_conversation_prefix_sticks_to_one_node(fleet: dict[str, NodeProcess]) -> None:
