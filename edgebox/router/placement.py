@@ -4,8 +4,12 @@ Filters drop nodes that cannot serve the request (each says why); scorers rate t
 [0, 1]; the score is their weighted sum and the highest goes first:
 
     score = w_load · 1/(1 + (running + queued)/slots)        load: free capacity now
-          + w_speed · rate / max(rate of candidates)           speed: measured decode tokens/s
+          + w_speed · rate / max(rate of candidates) · load     speed: one more stream's tokens/s
           + w_affinity · overlap                               affinity: its KV cache has it
+
+`rate` is the per-stream decode rate the router estimates (`speed.py`), not the node's current
+total: ranking by the total would favour whichever node is busiest. The speed term is scaled by
+the load term, so a saturated node's speed counts for little and load dominates.
 
 When the router can tokenize the request (`tokens.py`), overlap is token-level, as in
 Dynamo's KV router: (leading request blocks the node holds) / (request blocks), over chained
@@ -89,7 +93,8 @@ def speed_score(
     req: RouteRequest, node: NodeStatus, pool: Sequence[NodeStatus], _: PlacementContext
 ) -> float:
     best = max(n.models[req.model].decode_tokens_per_s for n in pool)
-    return node.models[req.model].decode_tokens_per_s / best if best > 0 else 0.0
+    relative = node.models[req.model].decode_tokens_per_s / best if best > 0 else 0.0
+    return relative * load_score(req, node, pool, None)
 
 
 def affinity_score(

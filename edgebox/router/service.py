@@ -39,6 +39,7 @@ from edgebox.router.placement import (
     prefix_keys,
     requested_max_tokens,
 )
+from edgebox.router.speed import SpeedBook
 from edgebox.router.tokens import RecentBlocks, Tokenizers, prefix_note
 
 LOCAL_ONLY_HEADER = "x-edgebox-local-only"
@@ -81,6 +82,7 @@ class Router:
         self.link_rates: dict[tuple[str, str], float] = {}
         self.kv_bytes_per_token: dict[str, float] = {}
         self.inflight: dict[str, int] = {}  # requests this router has open on each node
+        self.speeds = SpeedBook()  # per-stream decode rates, for placement's speed term
         self.metrics = RouterMetrics(ledger.spent_today)
         node_key = config.node_api_key_env
         key = node_api_key or (_env(node_key) if node_key else None)
@@ -128,11 +130,16 @@ class Router:
                 param="model",
                 code="model_not_found",
             )
-        nodes = {
-            n.name: with_inflight(n, self.inflight.get(n.name, 0))
-            for n in self.poller.status.values()
-        }
         now = time.monotonic()
+        for polled in self.poller.status.values():
+            self.speeds.observe(polled)
+        nodes = self.speeds.apply(
+            {
+                n.name: with_inflight(n, self.inflight.get(n.name, 0))
+                for n in self.poller.status.values()
+            },
+            now,
+        )
         prompt = await self.tokenizers.encode_async(body)
         if prompt is not None:
             req = RouteRequest(
