@@ -13,8 +13,6 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 MAX_N = 16
 MAX_STOP = 4
 MAX_STOP_CHARS = 256  # per stop sequence: the engine holds back this much text per token
-MAX_MESSAGES = 4096  # a tighter, context-relative limit is checked per model (`prompts`)
-MAX_PROMPTS = 64  # prompts in one completion request; prompts x n is bounded too
 MAX_NAME_CHARS = 256
 INT64 = 2**63 - 1
 C_INT = 2**31 - 1  # what llama.cpp's int parameters hold
@@ -93,7 +91,7 @@ class _SamplingFields(_Wire):
 
 
 class ChatCompletionRequest(_SamplingFields):
-    messages: list[ChatMessage] = Field(min_length=1, max_length=MAX_MESSAGES)
+    messages: list[ChatMessage] = Field(min_length=1)  # at most n_ctx: `check_chat_size`
     max_tokens: int | None = Field(None, ge=1)
     max_completion_tokens: int | None = Field(None, ge=1)
     logprobs: bool = False
