@@ -114,7 +114,7 @@ def chat_prompt(runtime: ChatTokenizer, body: ChatCompletionRequest) -> Prepared
             return PreparedPrompt(tokens, text)
         text = runtime.render_chat(messages)
     except ControlTextError as exc:
-        param = f"messages[{exc.index}].content"
+        param = f"messages[{exc.index}].{exc.field}"
         raise APIError(400, str(exc), param=param, code="invalid_value") from exc
     except BackendError as exc:
         raise APIError(400, str(exc), param="messages", code="invalid_value") from exc

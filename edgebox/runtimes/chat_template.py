@@ -71,11 +71,12 @@ _CLIENT_TEXT = ("content", "name")
 
 class ControlTextError(BackendError):
     """Message text holds control-token text that cannot be kept apart from the template's
-    own markup; `index` is the message's position."""
+    own markup; `index` is the message's position, `field` "content" or "name"."""
 
-    def __init__(self, message: str, index: int) -> None:
+    def __init__(self, message: str, index: int, field: str = "content") -> None:
         super().__init__(message)
         self.index = index
+        self.field = field
 
 
 def _raise_exception(message: str) -> None:

@@ -88,7 +88,7 @@ def chat_tokens(
     becomes plain-text tokens (whole-text tokenization, the fast path, when there is none)."""
     text = template.render(messages)
     held = [
-        (i, found)
+        (i, key, found)
         for i, message in enumerate(messages)
         for key in ("content", "name")
         if isinstance(value := message.get(key), str) and (found := controls.find(value))
@@ -97,12 +97,13 @@ def chat_tokens(
         return tokenize_text(model, controls, text), text
     pieces = template.render_pieces(messages, text)
     if pieces is None or not controls.splittable:
-        index, found = held[0]
+        index, key, found = held[0]
         raise ControlTextError(
-            f"message {index} holds the text of the control token {found!r}, and this model's "
-            "chat template reworks message text, so it cannot be kept apart from the "
-            "template's own markup; remove it",
+            f"message {index} holds the text of the control token {found!r} in its {key}, and "
+            "this model's chat template reworks message text, so it cannot be kept apart from "
+            "the template's own markup; remove it",
             index,
+            key,
         )
     add_bos = not (model.bos_text and text.startswith(model.bos_text)) and model.add_bos
     return controls.tokenize(pieces, add_special=add_bos), text
