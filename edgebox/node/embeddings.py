@@ -19,6 +19,9 @@ from edgebox.node.state import NodeState
 from edgebox.runtimes.base import BackendError, EmbeddingRuntime, QueueFullError
 
 MAX_INPUTS = 2048  # OpenAI's limit per request
+# Texts are truncated to the model's window after tokenizing; these bound that tokenizing.
+MAX_INPUT_CHARS = 100_000  # per input
+MAX_TOTAL_CHARS = 1_000_000  # all inputs of one request
 
 
 class EmbeddingRequest(BaseModel):
@@ -35,6 +38,7 @@ def texts_from_input(value: Any) -> list[str]:
     if isinstance(value, str):
         if not value:
             raise _bad_input("input", "'input' is an empty string; send text to embed")
+        _check_chars("input", value)
         return [value]
     if not isinstance(value, list):
         raise _bad_input("input", "'input' must be a string or a list of strings")
@@ -53,7 +57,20 @@ def texts_from_input(value: Any) -> list[str]:
             raise _bad_input(f"input[{i}]", f"'input[{i}]' must be a string")
         if not item:
             raise _bad_input(f"input[{i}]", f"'input[{i}]' is an empty string; send text to embed")
+        _check_chars(f"input[{i}]", item)
+    total = sum(len(item) for item in value)
+    if total > MAX_TOTAL_CHARS:
+        raise _bad_input(
+            "input", f"'input' holds {total} characters; at most {MAX_TOTAL_CHARS} per request"
+        )
     return list(value)
+
+
+def _check_chars(param: str, text: str) -> None:
+    if len(text) > MAX_INPUT_CHARS:
+        raise _bad_input(
+            param, f"'{param}' is {len(text)} characters; at most {MAX_INPUT_CHARS} per input"
+        )
 
 
 def _bad_input(param: str, message: str) -> APIError:

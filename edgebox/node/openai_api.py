@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -13,17 +12,23 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from edgebox.node.admin import refuse_if_draining
+from edgebox.node.body import decode_json as decode_json  # re-exported for the router
+from edgebox.node.body import read_body as read_body
+from edgebox.node.body import read_json as read_json
 from edgebox.node.errors import APIError, from_validation_error
 from edgebox.node.generation import ChoiceStreams
 from edgebox.node.kv_transfer import KV_HEADER
 from edgebox.node.metrics import now
+from edgebox.node.offload import off_loop
 from edgebox.node.prompts import (
     PreparedPrompt,
     chat_prompt,
+    check_chat_size,
     check_max_tokens,
     check_prompt_fits,
     completion_prompts,
     generation_requests,
+    sampling,
 )
 from edgebox.node.protocol import ChatCompletionRequest, CompletionRequest
 from edgebox.node.recent import usage_of
@@ -37,42 +42,10 @@ from edgebox.node.responses import (
     usage,
 )
 from edgebox.node.state import NodeState
+from edgebox.node.structured import prepare_constraint
 from edgebox.runtimes.base import FinishEvent, Runtime, TokenEvent
 
 DISCONNECT_POLL_S = 0.2
-
-
-async def read_json(request: Request, limit: int) -> Any:
-    return decode_json(await read_body(request, limit))
-
-
-async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, refused with 413 past `limit` bytes."""
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit:
-        raise _too_large(limit)
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise _too_large(limit)
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-def decode_json(raw: bytes) -> Any:
-    if not raw.strip():
-        raise APIError(400, "the request body is empty; send a JSON object", code="invalid_json")
-    try:
-        return json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise APIError(
-            400, f"the request body is not valid JSON: {exc}", code="invalid_json"
-        ) from exc
-
-
-def _too_large(limit: int) -> APIError:
-    return APIError(413, f"the request body is larger than {limit} bytes", code="request_too_large")
 
 
 def parse(model: type[BaseModel], data: Any) -> Any:
@@ -132,15 +105,39 @@ async def chat_completions(request: Request) -> Response:
     runtime = lookup(state, body.model)
     if body.top_logprobs is not None and not body.logprobs:
         raise APIError(400, "top_logprobs needs logprobs set to true", param="top_logprobs")
-    prompt = chat_prompt(runtime, body)
-    check_prompt_fits(runtime, prompt, "messages")
+    check_chat_size(runtime, body)
     max_tokens = body.max_completion_tokens or body.max_tokens
     param = "max_completion_tokens" if body.max_completion_tokens else "max_tokens"
     check_max_tokens(runtime, max_tokens, param)
     logprobs = (body.top_logprobs or 0) if body.logprobs else None
+    prompt = await off_loop(_prepare_chat, runtime, body, logprobs)
+    check_prompt_fits(runtime, prompt, "messages")
     return await _generate(
         request, state, runtime, body, "chat", [prompt], max_tokens, logprobs, arrived, "messages"
     )
+
+
+def _prepare_chat(
+    runtime: Runtime, body: ChatCompletionRequest, logprobs: int | None
+) -> PreparedPrompt:
+    """Blocking: the grammar checked and compiled, the chat rendered and tokenized."""
+    _prepare_constraint(runtime, body, logprobs)
+    return chat_prompt(runtime, body)
+
+
+def _prepare_completion(
+    runtime: Runtime, body: CompletionRequest, logprobs: int | None
+) -> list[PreparedPrompt]:
+    _prepare_constraint(runtime, body, logprobs)
+    return completion_prompts(runtime, body)
+
+
+def _prepare_constraint(
+    runtime: Runtime, body: ChatCompletionRequest | CompletionRequest, logprobs: int | None
+) -> None:
+    fmt = body.response_format
+    if body.grammar or (fmt is not None and fmt.type != "text"):
+        prepare_constraint(runtime, body, sampling(body, logprobs=logprobs, choice=0))
 
 
 async def completions(request: Request) -> Response:
@@ -154,11 +151,11 @@ async def completions(request: Request) -> Response:
         raise APIError(400, "suffix (fill-in-the-middle) is not supported", param="suffix")
     if body.best_of is not None and body.best_of != body.n:
         raise APIError(400, "best_of other than n is not supported", param="best_of")
-    prompts = completion_prompts(runtime, body)
-    for prompt in prompts:
-        check_prompt_fits(runtime, prompt, "prompt")
     max_tokens = body.max_tokens
     check_max_tokens(runtime, max_tokens, "max_tokens")
+    prompts = await off_loop(_prepare_completion, runtime, body, body.logprobs)
+    for prompt in prompts:
+        check_prompt_fits(runtime, prompt, "prompt")
     return await _generate(
         request,
         state,

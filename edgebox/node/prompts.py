@@ -21,6 +21,14 @@ from edgebox.runtimes.base import (
     Runtime,
     SamplingParams,
 )
+from edgebox.runtimes.chat_template import ControlTextError
+
+# A prompt with more characters than this per token of context cannot fit (a token covers
+# 2-6 characters of prose; the longest tokens of common vocabularies, runs of spaces or
+# `=`, 50-80), so it is refused before the tokenizer spends time on it.
+MAX_CHARS_PER_TOKEN = 64
+MAX_PROMPTS = 64  # prompts in one completion request
+MAX_SEQUENCES = 64  # prompts x n: the sequences one request may start
 
 
 class ChatTokenizer(Protocol):
@@ -60,9 +68,54 @@ def chat_messages(body: ChatCompletionRequest) -> list[dict[str, Any]]:
     return out
 
 
+def check_chat_size(runtime: Runtime, body: ChatCompletionRequest) -> None:
+    """Refuse, before rendering or tokenizing, a chat that cannot fit the model's context:
+    more messages than tokens, or more characters than tokens could hold."""
+    n_ctx = runtime.info.n_ctx
+    if len(body.messages) > n_ctx:
+        raise _too_long(
+            f"{len(body.messages)} messages cannot fit in this model's context of {n_ctx} "
+            "tokens (each takes at least one)",
+            "messages",
+        )
+    chars = sum(_text_chars(m.content) + len(m.name or "") for m in body.messages)
+    _check_chars(chars, n_ctx, "messages")
+
+
+def _text_chars(content: object) -> int:
+    if isinstance(content, str):
+        return len(content)
+    if isinstance(content, list):
+        return sum(len(p.text) for p in content if isinstance(p, TextPart))
+    return 0
+
+
+def _check_chars(chars: int, n_ctx: int, param: str) -> None:
+    if chars > n_ctx * MAX_CHARS_PER_TOKEN:
+        raise _too_long(
+            f"the prompt has {chars} characters, more than this model's context of {n_ctx} "
+            f"tokens can hold (at most {n_ctx * MAX_CHARS_PER_TOKEN}); shorten it",
+            param,
+        )
+
+
+def _too_long(message: str, param: str) -> APIError:
+    return APIError(400, message, param=param, code="context_length_exceeded")
+
+
 def chat_prompt(runtime: ChatTokenizer, body: ChatCompletionRequest) -> PreparedPrompt:
+    """The chat's prompt; blocking (render and tokenize), so handlers run it off the loop.
+    Message text is never parsed into control tokens where the runtime can tell them apart."""
+    messages = chat_messages(body)
+    tokenize_chat = getattr(runtime, "tokenize_chat", None)
     try:
-        text = runtime.render_chat(chat_messages(body))
+        if tokenize_chat is not None:
+            tokens, text = tokenize_chat(messages)
+            return PreparedPrompt(tokens, text)
+        text = runtime.render_chat(messages)
+    except ControlTextError as exc:
+        param = f"messages[{exc.index}].{exc.field}"
+        raise APIError(400, str(exc), param=param, code="invalid_value") from exc
     except BackendError as exc:
         raise APIError(400, str(exc), param="messages", code="invalid_value") from exc
     return PreparedPrompt(runtime.tokenize(text), text)
@@ -80,14 +133,18 @@ def completion_prompts(runtime: Runtime, body: CompletionRequest) -> list[Prepar
         raise APIError(
             400, "'prompt' must not be an empty list", param="prompt", code="invalid_value"
         )
+    check_sequences(len(prompts), body.n)
     n_vocab = int(runtime.info.metadata.get("n_vocab", 0))
     out = []
     for i, p in enumerate(prompts):
         param = "prompt" if len(prompts) == 1 else f"prompt[{i}]"
         if isinstance(p, str):
+            _check_chars(len(p), runtime.info.n_ctx, param)
             tokens = runtime.tokenize(p)
             text = p
         else:
+            if len(p) >= runtime.info.n_ctx:
+                check_prompt_fits(runtime, PreparedPrompt(list(p), ""), param)
             bad = [t for t in p if t < 0 or (n_vocab and t >= n_vocab)]
             if bad:
                 raise APIError(
@@ -101,6 +158,25 @@ def completion_prompts(runtime: Runtime, body: CompletionRequest) -> list[Prepar
             raise APIError(400, "the prompt is empty", param=param, code="invalid_value")
         out.append(PreparedPrompt(tokens, text))
     return out
+
+
+def check_sequences(prompts: int, n: int) -> None:
+    """Refuse a completion request that would start too many sequences at once."""
+    if prompts > MAX_PROMPTS:
+        raise APIError(
+            400,
+            f"'prompt' holds {prompts} prompts; at most {MAX_PROMPTS} per request",
+            param="prompt",
+            code="invalid_value",
+        )
+    if prompts * n > MAX_SEQUENCES:
+        raise APIError(
+            400,
+            f"{prompts} prompts x n={n} is {prompts * n} sequences; at most {MAX_SEQUENCES} "
+            "per request",
+            param="n",
+            code="invalid_value",
+        )
 
 
 def check_prompt_fits(runtime: Runtime, prompt: PreparedPrompt, param: str) -> None:

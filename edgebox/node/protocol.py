@@ -12,11 +12,16 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 MAX_N = 16
 MAX_STOP = 4
+MAX_STOP_CHARS = 256  # per stop sequence: the engine holds back this much text per token
+MAX_NAME_CHARS = 256
+INT64 = 2**63 - 1
+C_INT = 2**31 - 1  # what llama.cpp's int parameters hold
 
 
 class _Wire(BaseModel):
     # Unknown fields are ignored, as OpenAI-compatible servers do, so newer SDKs keep working.
-    model_config = ConfigDict(extra="ignore")
+    # NaN and Infinity (which Python's JSON reader accepts) never reach the samplers.
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
 
 
 class TextPart(_Wire):
@@ -34,7 +39,7 @@ ContentPart = Annotated[TextPart | OtherPart, Field(discriminator="type")]
 class ChatMessage(_Wire):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[ContentPart] | None = None
-    name: str | None = None
+    name: str | None = Field(None, max_length=MAX_NAME_CHARS)
 
 
 class StreamOptions(_Wire):
@@ -62,10 +67,10 @@ class _SamplingFields(_Wire):
     stop: str | list[str] | None = None
     presence_penalty: float = Field(0.0, ge=-2.0, le=2.0)
     frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0)
-    seed: int | None = None
+    seed: int | None = Field(None, ge=-INT64 - 1, le=INT64)
     user: str | None = None
     # llama.cpp-style extensions, as llama-server and Ollama accept them
-    top_k: int = Field(0, ge=0)
+    top_k: int = Field(0, ge=0, le=C_INT)
     min_p: float = Field(0.0, ge=0.0, le=1.0)
     repeat_penalty: float = Field(1.0, gt=0.0)
     grammar: str | None = None
@@ -80,11 +85,13 @@ class _SamplingFields(_Wire):
             raise ValueError(f"at most {MAX_STOP} stop sequences are allowed")
         if any(s == "" for s in stops):
             raise ValueError("stop sequences must not be empty")
+        if any(len(s) > MAX_STOP_CHARS for s in stops):
+            raise ValueError(f"each stop sequence may be at most {MAX_STOP_CHARS} characters")
         return stops
 
 
 class ChatCompletionRequest(_SamplingFields):
-    messages: list[ChatMessage] = Field(min_length=1)
+    messages: list[ChatMessage] = Field(min_length=1)  # at most n_ctx: `check_chat_size`
     max_tokens: int | None = Field(None, ge=1)
     max_completion_tokens: int | None = Field(None, ge=1)
     logprobs: bool = False

@@ -19,7 +19,7 @@ from edgebox.node.recent import RecentRequests
 from edgebox.runtimes.base import EmbeddingRuntime, Runtime
 from edgebox.runtimes.open import RuntimeOptions
 
-DEFAULT_MAX_BODY = 16 * 1024 * 1024
+DEFAULT_MAX_BODY = 4 * 1024 * 1024  # a full 128k-token context as text or token ids fits
 log = logging.getLogger(__name__)
 
 

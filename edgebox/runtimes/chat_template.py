@@ -7,6 +7,8 @@ Gemma 3 270M) gets the conversation format its architecture family was trained o
 
 from __future__ import annotations
 
+import re
+import secrets
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
@@ -63,6 +65,20 @@ def fallback_template(architecture: str, vocab_has: Mapping[str, bool]) -> tuple
     return "transcript", _TRANSCRIPT
 
 
+# Fields of a message whose text comes from the client, not from the template.
+_CLIENT_TEXT = ("content", "name")
+
+
+class ControlTextError(BackendError):
+    """Message text holds control-token text that cannot be kept apart from the template's
+    own markup; `index` is the message's position, `field` "content" or "name"."""
+
+    def __init__(self, message: str, index: int, field: str = "content") -> None:
+        super().__init__(message)
+        self.index = index
+        self.field = field
+
+
 def _raise_exception(message: str) -> None:
     raise BackendError(f"chat template rejected the conversation: {message}")
 
@@ -102,3 +118,55 @@ class ChatTemplate:
             raise
         except jinja2.TemplateError as exc:
             raise BackendError(f"chat template failed to render: {exc}") from exc
+
+    def render_pieces(
+        self, messages: Sequence[Mapping[str, Any]], rendered: str
+    ) -> list[tuple[str, bool]] | None:
+        """`rendered` (this template's rendering of `messages`) cut into (text, is_client_text)
+        pieces: message contents and names apart from the template's own markup.
+
+        The template is rendered again with each client text replaced by a unique mark, and
+        the marks are put back (as given, or trimmed, for templates that `| trim`); None when
+        that does not reproduce `rendered`, i.e. the template transforms or inspects the text.
+        """
+        nonce = secrets.token_hex(6)
+        texts: dict[str, str] = {}
+        marked_messages = []
+        for message in messages:
+            marked = dict(message)
+            for key in _CLIENT_TEXT:
+                value = message.get(key)
+                if isinstance(value, str) and value:
+                    mark = f"\ue000{nonce}.{len(texts)}\ue001"
+                    texts[mark] = value
+                    marked[key] = mark
+            marked_messages.append(marked)
+        parts = re.split(f"(\ue000{nonce}\\.\\d+\ue001)", self.render(marked_messages))
+        return _put_back(parts, texts, rendered)
+
+
+def _put_back(
+    parts: list[str], texts: dict[str, str], rendered: str
+) -> list[tuple[str, bool]] | None:
+    """Template text (even parts) and marks (odd parts) matched against `rendered` in order."""
+    pieces: list[tuple[str, bool]] = []
+    cursor = 0
+    for i, part in enumerate(parts):
+        if i % 2 == 0:
+            if not rendered.startswith(part, cursor):
+                return None
+            pieces.append((part, False))
+            cursor += len(part)
+            continue
+        value, after = texts[part], parts[i + 1]
+        for candidate in (value, value.strip(), value.lstrip(), value.rstrip()):
+            end = cursor + len(candidate)
+            if rendered.startswith(candidate, cursor) and rendered.startswith(after, end):
+                pieces.append((candidate, True))
+                cursor = end
+                break
+        else:
+            return None
+    if cursor != len(rendered):
+        return None
+    return [p for p in pieces if p[0]]

@@ -17,11 +17,14 @@ from edgebox.runtimes.base import (
     ModelInfo,
     RequestHandle,
     RuntimeStats,
+    SamplingParams,
 )
-from edgebox.runtimes.chat_template import ChatTemplate, fallback_template
+from edgebox.runtimes.chat_template import ChatTemplate, ControlTextError, fallback_template
 from edgebox.runtimes.llamacpp.engine import EngineConfig, LlamaCppEngine
 from edgebox.runtimes.llamacpp.model import LlamaCppModel
 from edgebox.runtimes.llamacpp.prompt_cache import PromptCache
+from edgebox.runtimes.llamacpp.sampling import prepare_grammar
+from edgebox.runtimes.llamacpp.special_text import ControlTokens
 
 _CHAT_MARKERS = ("<|im_start|>", "<|start_header_id|>", "<|assistant|>")
 
@@ -52,10 +55,58 @@ def chat_template_for(model: LlamaCppModel) -> ChatTemplate:
     return ChatTemplate(source, name=name, bos_token=model.bos_text, eos_token=model.eos_text)
 
 
+# llama.cpp cuts text at special tokens in time quadratic in their number (16,000 chat
+# turns: seconds); past this many, `ControlTokens` cuts it instead, in linear time.
+LINEAR_AFTER_CONTROLS = 256
+
+
 def tokenize_prompt(model: LlamaCppModel, text: str, *, add_special: bool = True) -> list[int]:
     # A rendered chat prompt may already start with BOS text; never add a second one.
     add_bos = add_special and not (model.bos_text and text.startswith(model.bos_text))
     return model.tokenize(text, add_special=add_bos and model.add_bos)
+
+
+def tokenize_text(
+    model: LlamaCppModel, controls: ControlTokens, text: str, *, add_special: bool = True
+) -> list[int]:
+    """`tokenize_prompt`, in linear time however many control tokens the text holds."""
+    if len(text) < LINEAR_AFTER_CONTROLS * 4 or not controls.splittable:
+        return tokenize_prompt(model, text, add_special=add_special)
+    if controls.count(text, LINEAR_AFTER_CONTROLS) <= LINEAR_AFTER_CONTROLS:
+        return tokenize_prompt(model, text, add_special=add_special)
+    add_bos = add_special and not (model.bos_text and text.startswith(model.bos_text))
+    return controls.tokenize([(text, False)], add_special=add_bos and model.add_bos)
+
+
+def chat_tokens(
+    model: LlamaCppModel,
+    template: ChatTemplate,
+    controls: ControlTokens,
+    messages: Sequence[dict[str, Any]],
+) -> tuple[list[int], str]:
+    """A chat's prompt tokens and text; control-token text inside message contents and names
+    becomes plain-text tokens (whole-text tokenization, the fast path, when there is none)."""
+    text = template.render(messages)
+    held = [
+        (i, key, found)
+        for i, message in enumerate(messages)
+        for key in ("content", "name")
+        if isinstance(value := message.get(key), str) and (found := controls.find(value))
+    ]
+    if not held:
+        return tokenize_text(model, controls, text), text
+    pieces = template.render_pieces(messages, text)
+    if pieces is None or not controls.splittable:
+        index, key, found = held[0]
+        raise ControlTextError(
+            f"message {index} holds the text of the control token {found!r} in its {key}, and "
+            "this model's chat template reworks message text, so it cannot be kept apart from "
+            "the template's own markup; remove it",
+            index,
+            key,
+        )
+    add_bos = not (model.bos_text and text.startswith(model.bos_text)) and model.add_bos
+    return controls.tokenize(pieces, add_special=add_bos), text
 
 
 class LlamaCppTokenizer:
@@ -127,6 +178,7 @@ class LlamaCppRuntime:
             config = dataclasses.replace(config, parallel=slots)
         self.engine = LlamaCppEngine(self.model, config)
         self.template = chat_template_for(self.model)
+        self.controls = ControlTokens(self.model)
         template_name = self.template.name
         self.info = ModelInfo(
             path=str(self.model.path),
@@ -148,13 +200,22 @@ class LlamaCppRuntime:
         )
 
     def tokenize(self, text: str, *, add_special: bool = True) -> list[int]:
-        return tokenize_prompt(self.model, text, add_special=add_special)
+        return tokenize_text(self.model, self.controls, text, add_special=add_special)
 
     def detokenize(self, tokens: Sequence[int]) -> str:
         return self.model.detokenize(tokens)
 
     def render_chat(self, messages: Sequence[dict[str, Any]]) -> str:
         return self.template.render(messages)
+
+    def tokenize_chat(self, messages: Sequence[dict[str, Any]]) -> tuple[list[int], str]:
+        """Prompt tokens and text of a chat, message text never parsed as control tokens."""
+        return chat_tokens(self.model, self.template, self.controls, messages)
+
+    def prepare_sampling(self, params: SamplingParams) -> None:
+        """Check and compile the request's grammar now (the caller's thread), so submitting
+        it later does not parse it; raises GrammarError."""
+        prepare_grammar(self.model, params)
 
     def submit(self, request: GenerationRequest, sink: EventSink) -> RequestHandle:
         return self.engine.submit(request, sink)

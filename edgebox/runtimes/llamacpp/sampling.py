@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 import ctypes
+import functools
 import json
+import threading
+import weakref
+from collections import OrderedDict
 
 import llama_cpp
 import numpy as np
 from llama_cpp.llama_grammar import JSON_GBNF, json_schema_to_gbnf
 
 from edgebox.runtimes.base import GrammarError, SamplingParams, TokenLogprob
+from edgebox.runtimes.grammar_limits import gbnf_problem, schema_problem
 from edgebox.runtimes.llamacpp.model import LlamaCppModel
 
 PENALTY_LAST_N = 64
+COMPILED_GRAMMARS = 32  # per model, most recently used
 
 
 def build_sampler(model: LlamaCppModel, params: SamplingParams) -> ctypes.c_void_p:
@@ -22,12 +28,9 @@ def build_sampler(model: LlamaCppModel, params: SamplingParams) -> ctypes.c_void
     top-p, min-p), temperature, then a seeded draw; temperature 0 is greedy.
     """
     gbnf = grammar_for(params)
+    grammar = _compiled(model).clone(gbnf) if gbnf else None
     chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
-    if gbnf:
-        grammar = llama_cpp.llama_sampler_init_grammar(model.vocab, gbnf.encode("utf-8"), b"root")
-        if not grammar:
-            llama_cpp.llama_sampler_free(chain)
-            raise GrammarError("the grammar could not be parsed by llama.cpp")
+    if grammar:
         llama_cpp.llama_sampler_chain_add(chain, grammar)
     if (
         params.repeat_penalty != 1.0
@@ -62,18 +65,86 @@ def build_sampler(model: LlamaCppModel, params: SamplingParams) -> ctypes.c_void
     return chain
 
 
+def prepare_grammar(model: LlamaCppModel, params: SamplingParams) -> None:
+    """Check and compile the request's grammar ahead of `build_sampler`, off the event loop;
+    raises GrammarError (naming the limit) for one that is too large or does not parse."""
+    gbnf = grammar_for(params)
+    if gbnf:
+        free_sampler(_compiled(model).clone(gbnf))
+
+
 def grammar_for(params: SamplingParams) -> str | None:
     """GBNF for the request's structured-output constraint, if any."""
     if params.grammar:
         return params.grammar
     if params.json_schema is not None:
-        try:
-            return json_schema_to_gbnf(json.dumps(params.json_schema))
-        except Exception as exc:  # the converter raises bare errors on schemas it cannot map
-            raise GrammarError(f"the JSON schema cannot be turned into a grammar: {exc}") from exc
+        return _schema_gbnf(json.dumps(params.json_schema, separators=(",", ":")))
     if params.json_mode:
         return JSON_GBNF
     return None
+
+
+@functools.lru_cache(maxsize=64)
+def _schema_gbnf(schema_json: str) -> str:
+    problem = schema_problem(json.loads(schema_json), schema_json)
+    if problem:
+        raise GrammarError(problem)
+    try:
+        return json_schema_to_gbnf(schema_json)
+    except Exception as exc:  # the converter raises bare errors on schemas it cannot map
+        raise GrammarError(f"the JSON schema cannot be turned into a grammar: {exc}") from exc
+
+
+class _CompiledGrammars:
+    """One model's compiled grammar samplers by GBNF text; callers get clones, so a grammar is
+    parsed once (by `prepare_grammar`, off the event loop) however often it is used."""
+
+    def __init__(self, model: LlamaCppModel) -> None:
+        self._vocab = model.vocab
+        self._lock = threading.Lock()
+        self._samplers: OrderedDict[str, ctypes.c_void_p] = OrderedDict()
+
+    def clone(self, gbnf: str) -> ctypes.c_void_p:
+        with self._lock:
+            compiled = self._samplers.get(gbnf)
+            if compiled is not None:
+                self._samplers.move_to_end(gbnf)
+                return llama_cpp.llama_sampler_clone(compiled)
+        compiled = self._compile(gbnf)  # outside the lock: a large grammar takes a while
+        with self._lock:
+            if gbnf in self._samplers:
+                llama_cpp.llama_sampler_free(compiled)
+                compiled = self._samplers[gbnf]
+            self._samplers[gbnf] = compiled
+            while len(self._samplers) > COMPILED_GRAMMARS:
+                llama_cpp.llama_sampler_free(self._samplers.popitem(last=False)[1])
+            return llama_cpp.llama_sampler_clone(compiled)
+
+    def _compile(self, gbnf: str) -> ctypes.c_void_p:
+        # Native parsing recurses per nested group: bound the grammar before it gets there.
+        problem = gbnf_problem(gbnf)
+        if problem:
+            raise GrammarError(problem)
+        grammar = llama_cpp.llama_sampler_init_grammar(self._vocab, gbnf.encode("utf-8"), b"root")
+        if not grammar:
+            raise GrammarError("the grammar could not be parsed by llama.cpp")
+        return grammar
+
+    def __del__(self) -> None:
+        for compiled in self._samplers.values():
+            llama_cpp.llama_sampler_free(compiled)
+
+
+_by_model: weakref.WeakKeyDictionary[LlamaCppModel, _CompiledGrammars] = weakref.WeakKeyDictionary()
+_by_model_lock = threading.Lock()
+
+
+def _compiled(model: LlamaCppModel) -> _CompiledGrammars:
+    with _by_model_lock:
+        cache = _by_model.get(model)
+        if cache is None:
+            cache = _by_model[model] = _CompiledGrammars(model)
+        return cache
 
 
 def free_sampler(chain: ctypes.c_void_p | None) -> None:
