@@ -24,7 +24,6 @@ import pytest
 from edgebox.fleet import tokens
 from edgebox.fleet.hub.client import pinned_context
 from edgebox.fleet.join import join
-from edgebox.netguard import log_field
 from tests.conftest import free_port
 from tests.fleet.test_hub import PROFILE, Hub
 
@@ -102,6 +101,8 @@ def test_client_text_reaches_the_log_escaped(hub: Hub) -> None:
         assert joined.status_code == 201, joined.text
         assert "\n" not in joined.json()["name"] and "\x1b" not in joined.json()["name"]
     hub.stop()
+    from edgebox.netguard import log_field
+
     log = hub.log.read_bytes()
     assert b"\x1b" not in log and b"\r" not in log and b"\x07" not in log
     assert not any(line.startswith(b"2026-01-01") for line in log.splitlines())
