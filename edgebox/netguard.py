@@ -106,6 +106,9 @@ class ConnectionCounter:
             self.open.pop(address, None)
 
 
+_REFUSAL_LOGS = TokenBuckets(rate=1 / 60, burst=1, max_keys=1000)
+
+
 class _Guard(asyncio.Protocol):
     """Sits between the (TLS) transport and uvicorn's protocol; see the module docstring."""
 
@@ -134,8 +137,9 @@ class _Guard(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         address = str(peer[0]) if isinstance(peer, tuple) and peer else "?"
         if not self.counter.admit(address):
-            log.warning("connection from %s refused: %d open already", log_field(address),
-                        self.counter.per_address)  # fmt: skip
+            if _REFUSAL_LOGS.take(address) == 0.0:  # one line a minute per address, not a flood
+                log.warning("connections from %s refused: %d open already", log_field(address),
+                            self.counter.per_address)  # fmt: skip
             transport.abort()
             return
         self.address, self._transport = address, transport

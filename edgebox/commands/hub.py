@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from edgebox.commands._hubopts import (
@@ -19,6 +20,7 @@ from edgebox.commands._hubopts import (
     admin_request,
 )
 from edgebox.commands._hubopts import fail as _fail
+from edgebox.netguard import log_field
 
 out = Console()
 hub_app = typer.Typer(
@@ -147,8 +149,10 @@ def events(
         return
     table = Table("when", "event", "node", "token", "detail")
     for e in rows:
-        table.add_row(_when(e["at"]), e["kind"], e["node_id"] or "-", e["token_id"] or "-",
-                      e["detail"])  # fmt: skip
+        detail = e["detail"] + (f" (x{e['count']})" if e.get("count", 1) > 1 else "")
+        cells = [e["kind"], e["node_id"] or "-", e["token_id"] or "-", detail]
+        # Registry text is shown as text, never as Rich markup or terminal control.
+        table.add_row(_when(e["at"]), *(escape(log_field(c)) for c in cells))
     out.print(table)
 
 

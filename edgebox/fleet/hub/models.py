@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import re
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -12,6 +13,13 @@ TOKEN_ID = r"^[A-Za-z0-9_-]+$"
 # One OpenSSH public key line: type, base64, an optional printable comment; no line breaks.
 KEY_LINE = r"^[a-z0-9@.-]+ [A-Za-z0-9+/]+={0,3}( [ -~]*)?$"
 NODE_KEY_LINE = r"^ssh-[a-z0-9-]+ [A-Za-z0-9+/]+={0,3}( [ -~]*)?$"
+
+
+def safe_name(hostname: str) -> str:
+    """A node name from a box's reported hostname: only [A-Za-z0-9._-], at most 63 chars
+    (names reach logs, relay key comments and laptops' ssh_config Host lines)."""
+    cleaned = re.sub(r"[^A-Za-z0-9._-]+", "-", hostname).strip("-.")[:63]
+    return cleaned or "node"
 
 
 class JoinRequest(BaseModel):

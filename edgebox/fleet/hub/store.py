@@ -14,7 +14,6 @@ per minute, so unauthenticated requests cannot grow the file without bound.
 from __future__ import annotations
 
 import json
-import re
 import secrets
 import sqlite3
 import threading
@@ -23,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from edgebox.fleet import proof, tokens
+from edgebox.fleet.hub.models import safe_name
 from edgebox.fleet.hub.schema import MIGRATIONS, key_id, migrate
 from edgebox.fleet.tokens import TokenState
 
@@ -53,13 +53,6 @@ class Registration:
     host_key: str | None
     profile: dict[str, Any]
     models: list[Any]
-
-
-def safe_name(hostname: str) -> str:
-    """A node name from a box's reported hostname: only [A-Za-z0-9._-], at most 63 chars
-    (names reach logs, relay key comments and laptops' ssh_config Host lines)."""
-    cleaned = re.sub(r"[^A-Za-z0-9._-]+", "-", hostname).strip("-.")[:63]
-    return cleaned or "node"
 
 
 class HubStore:
