@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from edgebox.commands._hubopts import (
@@ -19,6 +20,7 @@ from edgebox.commands._hubopts import (
     admin_request,
 )
 from edgebox.commands._hubopts import fail as _fail
+from edgebox.netguard import log_field
 
 out = Console()
 hub_app = typer.Typer(
@@ -70,16 +72,26 @@ def serve(
     relay_listen: Annotated[str, typer.Option(help="Address the relay sshd listens on.")] = (
         "0.0.0.0"
     ),
+    header_timeout: Annotated[
+        float,
+        typer.Option(help="Seconds a client has for the TLS handshake and a request's headers."),
+    ] = 10.0,
+    max_conns_per_address: Annotated[
+        int, typer.Option(help="Open connections allowed from one client address.")
+    ] = 256,
 ) -> None:
     """Serve the hub over HTTPS with its own pinned certificate (made on first start)."""
     from edgebox.fleet.hub import identity
     from edgebox.fleet.hub.relay_runner import RelaySetupError
+    from edgebox.fleet.hub.server import ConnLimits
     from edgebox.fleet.hub.server import serve as run
 
     if not 0 < port < 65536:
         raise _fail("--port must be a fixed port (1-65535): tokens carry it")
     if heartbeat_interval <= 0:
         raise _fail("--heartbeat-interval must be positive")
+    if header_timeout <= 0 or max_conns_per_address < 1:
+        raise _fail("--header-timeout must be positive and --max-conns-per-address at least 1")
     try:
         run(
             data or identity.default_data_dir(),
@@ -95,6 +107,7 @@ def serve(
             relay=relay,
             jump_user=jump_user,
             relay_listen=relay_listen,
+            conn_limits=ConnLimits(header_timeout, max_conns_per_address),
         )
     except RelaySetupError as exc:
         raise _fail(f"relay: {exc}") from None
@@ -136,8 +149,10 @@ def events(
         return
     table = Table("when", "event", "node", "token", "detail")
     for e in rows:
-        table.add_row(_when(e["at"]), e["kind"], e["node_id"] or "-", e["token_id"] or "-",
-                      e["detail"])  # fmt: skip
+        detail = e["detail"] + (f" (x{e['count']})" if e.get("count", 1) > 1 else "")
+        cells = [e["kind"], e["node_id"] or "-", e["token_id"] or "-", detail]
+        # Registry text is shown as text, never as Rich markup or terminal control.
+        table.add_row(_when(e["at"]), *(escape(log_field(c)) for c in cells))
     out.print(table)
 
 

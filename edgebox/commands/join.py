@@ -92,6 +92,33 @@ def heartbeat(
         Heartbeat(fleet, interval=interval).run(count=count)
 
 
+@node_app.command("rejoin")
+def rejoin(
+    rotate_key: Annotated[
+        bool, typer.Option(help="Replace the node key with a new one (signed by both).")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
+) -> None:
+    """Re-register this box with its hub, proving it holds the node key (no token needed).
+
+    The node keeps its id, name and tunnel port and gets a new heartbeat secret; with
+    --rotate-key its relay tunnel reconnects with the new key."""
+    from edgebox.fleet.hub.client import HubError
+    from edgebox.fleet.join import fleet_path
+    from edgebox.fleet.join import rejoin as do_rejoin
+
+    try:
+        member = do_rejoin(rotate=rotate_key)
+    except HubError as exc:
+        raise _fail(f"rejoin refused: {exc.message}" if exc.status else exc.message) from None
+    if as_json:
+        out.print_json(data={k: v for k, v in member.items() if k != "node_secret"})
+        return
+    what = "rotated its key" if rotate_key else "re-registered"
+    out.print(f"{member['name']} ({member['node_id']}) {what}; membership in {fleet_path()}",
+              highlight=False)  # fmt: skip
+
+
 def register(app: typer.Typer) -> None:
     app.command("join")(join)
     app.add_typer(node_app, name="node")

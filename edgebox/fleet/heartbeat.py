@@ -18,6 +18,7 @@ from typing import Any
 
 from edgebox.fleet.hub.client import HubClient, HubError
 from edgebox.fleet.join import load_fleet
+from edgebox.netguard import log_field
 
 log = logging.getLogger("edgebox.heartbeat")
 
@@ -80,7 +81,7 @@ class Heartbeat:
                 try:
                     self.beat(hub)
                 except HubError as exc:
-                    log.warning("heartbeat to hub failed: %s", exc.message)
+                    log.warning("heartbeat to hub failed: %s", log_field(exc.message))
                 if count is not None and self.sent >= count:
                     return
                 self._stop.wait(max(0.0, self.interval - (time.monotonic() - started)))

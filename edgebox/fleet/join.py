@@ -1,8 +1,13 @@
-"""`edgebox join`: register this box with a hub using a pasted token.
+"""`edgebox join`: register this box with a hub using a pasted token; `rejoin`: re-register it.
 
 Order matters: the token is parsed, the hub's certificate is checked against the pinned
 fingerprint in the TLS handshake, and only then is the secret sent. The hub's answer (node id,
 node secret, tunnel port, hub SSH address) is saved to EDGEBOX_HOME/fleet.json, mode 0600.
+
+A token only ever makes a new node. A box whose key the hub already has (it joined before)
+re-registers instead, by a statement signed with its key (fleet/proof.py): `join` does this by
+itself when the hub answers 409 `key_registered`, and `rejoin(rotate=True)` also replaces the
+node's key with a new one, signed by both.
 """
 
 from __future__ import annotations
@@ -13,10 +18,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from edgebox.fleet import tokens
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from edgebox.fleet import proof, tokens
 from edgebox.fleet._files import write_atomic
-from edgebox.fleet.hub.client import HubClient
-from edgebox.fleet.identity import edgebox_home, load_identity
+from edgebox.fleet.hub.client import HubClient, HubError
+from edgebox.fleet.identity import IdentityError, NodeIdentity, edgebox_home, load_identity
 
 FLEET_FILE = "fleet.json"
 HOST_KEY_PATHS = (
@@ -80,10 +88,64 @@ def join(
         "models": models or [],
     }
     with HubClient(token.hub_urls, token.fingerprint) as hub:
-        answer = hub.request("POST", "/v1/hub/join", json=body)
+        try:
+            answer = hub.request("POST", "/v1/hub/join", json=body)
+        except HubError as exc:
+            if exc.code != "key_registered":
+                raise
+            # This box is that node already: prove it, rather than spend the token.
+            answer = _rejoin_request(hub, node, token.fingerprint, None)
+    return _save(answer, list(token.hub_urls), token.fingerprint, node, home)
+
+
+def rejoin(*, home: Path | None = None, rotate: bool = False) -> dict[str, Any]:
+    """Re-register this box with the hub in fleet.json, signed by its key: a new node secret,
+    the same node id and tunnel port. With `rotate`, the node key is replaced by a new one."""
+    home = home or edgebox_home()
+    fleet = load_fleet(home)
+    if fleet is None:
+        raise HubError(0, "not_joined", f"this box has not joined a hub ({fleet_path(home)})")
+    node = load_identity(home)
+    staged = node.ssh_private_key_path.with_name("id_ed25519.next")
+    new = Ed25519PrivateKey.generate() if rotate else None
+    if new is not None:  # on disk before the hub knows it, so a crash cannot lose both
+        write_atomic(staged, _pem(new), mode=0o600)
+    with HubClient(fleet["hub_urls"], fleet["hub_fingerprint"]) as hub:
+        try:
+            answer = _rejoin_request(hub, node, fleet["hub_fingerprint"], new)
+        except HubError:
+            staged.unlink(missing_ok=True)
+            raise
+    if new is not None:
+        public = proof.public_line(new) + " " + node.ssh_public_key.split(" ", 2)[-1]
+        staged.replace(node.ssh_private_key_path)
+        write_atomic(node.ssh_private_key_path.with_suffix(".pub"), (public + "\n").encode())
+        node = load_identity(home)
+    return _save(answer, list(fleet["hub_urls"]), fleet["hub_fingerprint"], node, home)
+
+
+def _pem(key: Ed25519PrivateKey) -> bytes:
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
+                             serialization.NoEncryption())  # fmt: skip
+
+
+def _rejoin_request(
+    hub: HubClient, node: NodeIdentity, fingerprint: str, new: Ed25519PrivateKey | None
+) -> dict[str, Any]:
+    key = serialization.load_ssh_private_key(node.ssh_private_key_path.read_bytes(), None)
+    if not isinstance(key, Ed25519PrivateKey):
+        raise IdentityError(f"{node.ssh_private_key_path} is not an Ed25519 key")
+    body = proof.signed_request(key, hub=fingerprint, host_key=local_host_key(), new=new)
+    answer: dict[str, Any] = hub.request("POST", "/v1/hub/rejoin", json=body)
+    return answer
+
+
+def _save(
+    answer: dict[str, Any], urls: list[str], fingerprint: str, node: NodeIdentity, home: Path
+) -> dict[str, Any]:
     membership = {
-        "hub_urls": list(token.hub_urls),
-        "hub_fingerprint": token.fingerprint,
+        "hub_urls": urls,
+        "hub_fingerprint": fingerprint,
         "node_id": answer["node_id"],
         "name": answer["name"],
         "node_secret": answer["node_secret"],

@@ -344,11 +344,13 @@ def test_relay_authorized_keys_follow_joins_rejoins_and_revocations(tmp_path: Pa
         assert f'permitlisten="127.0.0.1:{a["tunnel_port"]}"' in line_a
         assert 'command="/usr/sbin/nologin"' in line_a and line_a.startswith("restrict,")
 
+        # The same box joining again re-registers, signed by its key: the same node and port
+        # (a token used to revoke the node and make a new one: identity takeover, issue 15).
         again = join(hub.token()["token"], home=tmp_path / "a", profile=PROFILE)  # same box
-        assert again["tunnel_port"] == a["tunnel_port"] and again["node_id"] != a["node_id"]
+        assert again["tunnel_port"] == a["tunnel_port"] and again["node_id"] == a["node_id"]
         assert len(lines()) == 2
         states = {n["id"]: n["status"] for n in hub.get("/v1/hub/nodes")["data"]}
-        assert states[a["node_id"]] == "revoked" and states[again["node_id"]] == "online"
+        assert states[a["node_id"]] == "online" and len(states) == 2
 
         with hub.admin() as c:
             c.request("DELETE", f"/v1/hub/nodes/{b['node_id']}")

@@ -173,3 +173,73 @@ def test_hub_relay_join_tunnel_ssh_and_hub_restart(cafe: Cafe, tmp_path: Path) -
         except subprocess.TimeoutExpired:
             hub.kill()
         shutil.rmtree(root, ignore_errors=True)
+
+
+def _listening(cafe: Cafe, port: int) -> bool:
+    done = cafe.ns("hub").run(["ss", "-ltnH", f"sport = :{port}"])
+    return f"127.0.0.1:{port}" in done.stdout
+
+
+def _wait_listening(cafe: Cafe, port: int, want: bool, timeout: float) -> float:
+    started = time.monotonic()
+    while _listening(cafe, port) != want:
+        assert time.monotonic() - started < timeout, f"port {port} listening != {want}"
+        time.sleep(0.1)
+    return time.monotonic() - started
+
+
+def test_rotation_and_revocation_end_live_relay_sessions(cafe: Cafe, tmp_path: Path) -> None:
+    """sshd reads authorized_keys only at login: a revoked node's tunnel used to live on until
+    it reconnected. Now the hub ends the session holding the node's port at once; a key
+    rotation ends the old key's session and the node comes back with the new key."""
+    root = Path(tempfile.mkdtemp(prefix="edgebox-hub-", dir="/run"))
+    root.chmod(0o755)
+    data, hub_log = root / "hub", tmp_path / "hub.log"
+    hub = _start_hub(cafe, data, hub_log)
+    tunnel = None
+    try:
+        wait_for_log(hub_log, "Server listening on", timeout=20)
+        token = _edgebox(cafe, "hub", root, "token", "create", "--json", "--data", str(data))
+        assert token.returncode == 0, token.stderr
+        home = tmp_path / "node-a-home"
+        joined = _edgebox(cafe, "node-a", home, "join", json.loads(token.stdout)["token"],
+                          "--no-service", "--json", env={"EDGEBOX_SSHD_HOST_KEY": ""})  # fmt: skip
+        assert joined.returncode == 0, joined.stderr
+        member = json.loads(joined.stdout)
+        port, tunnel_log = member["tunnel_port"], tmp_path / "tunnel.log"
+        tunnel = cafe.ns("node-a").popen(
+            ["env", f"EDGEBOX_HOME={home}", f"PYTHONPATH={REPO}", sys.executable, "-m",
+             "edgebox", "tunnel"], tunnel_log)  # fmt: skip
+        _wait_count(tunnel_log, "tunnel up", 1, timeout=15)
+        assert _listening(cafe, port)
+
+        old_key = (home / "ssh" / "id_ed25519.pub").read_text().split()[1]
+        rotated = _edgebox(cafe, "node-a", home, "node", "rejoin", "--rotate-key", "--json")
+        assert rotated.returncode == 0, rotated.stderr
+        assert old_key not in (data / "relay" / "authorized_nodes").read_text()
+        _wait_count(tunnel_log, "tunnel to", 1, timeout=10)  # the old key's session ended
+        _wait_count(tunnel_log, "tunnel up", 2, timeout=25)  # back, with the new key
+        assert "ended" in hub_log.read_text() and _listening(cafe, port)
+
+        revoke = (
+            "import json, sys; from edgebox.fleet.hub.client import HubClient; "
+            "h = json.load(open(sys.argv[1])); k = open(sys.argv[2]).read().strip(); "
+            "HubClient(h['urls'], h['fingerprint'], bearer=k).request("
+            "'DELETE', '/v1/hub/nodes/' + sys.argv[3])"
+        )
+        done = cafe.ns("hub").run([sys.executable, "-c", revoke, str(data / "hub.json"),
+                            str(data / "admin.key"), member["node_id"]], cwd=REPO)  # fmt: skip
+        took = _wait_listening(cafe, port, False, timeout=5)
+        print(f"revoked node's tunnel port closed {took:.1f} s after the revoke returned")
+        time.sleep(3)  # the node keeps retrying; the relay keeps refusing its key
+        assert done.returncode == 0 and not _listening(cafe, port), done.stderr
+    finally:
+        if tunnel is not None:
+            tunnel.terminate()
+            tunnel.wait(10)
+        hub.terminate()
+        try:
+            hub.wait(10)
+        except subprocess.TimeoutExpired:
+            hub.kill()
+        shutil.rmtree(root, ignore_errors=True)

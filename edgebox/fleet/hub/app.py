@@ -7,16 +7,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
-import ipaddress
 import json
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ValidationError
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -24,7 +23,18 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from edgebox.fleet import logins, tokens
+from edgebox.fleet.hub.limits import Limits, RateLimit
+from edgebox.fleet.hub.models import (
+    HeartbeatRequest,
+    JoinRequest,
+    NodeApi,
+    RejoinRequest,
+    TokenCreateRequest,
+    UserAddRequest,
+    observed_api_url,
+)
 from edgebox.fleet.hub.store import HubStore, JoinRefused, Registration
+from edgebox.netguard import log_field
 from edgebox.node.errors import (
     APIError,
     api_error_handler,
@@ -38,7 +48,6 @@ PEERS_REFRESH_S = 1.0  # heartbeat answers share one read of the node table per 
 
 log = logging.getLogger("edgebox.hub")
 MAX_BODY = 1 << 20
-NODE_NAME = r"^[A-Za-z0-9._-]+$"
 MISSED_BEATS = 3  # a node is offline after this many heartbeat intervals without one
 
 
@@ -56,64 +65,12 @@ class HubConfig:
     relay_user_keys: Path | None = None  # authorized_keys of the relay's jump account
     jump_user: str = "edgebox-jump"  # the relay account people log in to
     clock: Callable[[], float] = field(default=time.time)
+    limits: Limits = field(default_factory=Limits)
+    # Ends the relay sessions holding these tunnel ports (set when the hub runs the relay).
+    end_relay_sessions: Callable[[list[int]], object] | None = None
 
 
-class JoinRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    token_id: str = Field(min_length=1, max_length=64)
-    secret: str = Field(min_length=1, max_length=256)
-    name: str | None = Field(default=None, min_length=1, max_length=63, pattern=NODE_NAME)
-    ssh_public_key: str = Field(min_length=16, max_length=4096, pattern=r"^ssh-[a-z0-9-]+ ")
-    host_key: str | None = Field(default=None, max_length=4096)
-    profile: dict[str, Any]
-    models: list[Any] = Field(default_factory=list)
-
-
-class NodeApi(BaseModel):
-    """Where the node's OpenAI API listens: the port, never a host (see `observed_api_url`)."""
-
-    model_config = ConfigDict(extra="forbid")
-    port: int = Field(ge=1, le=65535)
-    scheme: Literal["http", "https"] = "http"
-    loopback_only: bool = False  # bound to 127.0.0.1/::1: reachable only on the node's own box
-
-
-class HeartbeatRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    telemetry: dict[str, Any] = Field(default_factory=dict)
-    models: list[Any] = Field(default_factory=list)
-    api: NodeApi | None = None
-
-
-def observed_api_url(peer: str | None, api: NodeApi | None) -> str | None:
-    """The node's API address as this hub sees it: the heartbeat's TCP peer address with the
-    node's port. The host is never taken from the node, so a node cannot point routers at
-    arbitrary hosts (proxy headers are off for the same reason). A loopback-only API is
-    recorded only when the beat itself came over loopback (node and hub on one box)."""
-    if api is None or not peer:
-        return None
-    try:
-        ip = ipaddress.ip_address(peer)
-    except ValueError:
-        return None
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped  # a dual-stack listener reports IPv4 peers as ::ffff:a.b.c.d
-    if api.loopback_only and not ip.is_loopback:
-        return None
-    host = f"[{ip}]" if ip.version == 6 else str(ip)
-    return f"{api.scheme}://{host}:{api.port}"
-
-
-class UserAddRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    name: str = Field(min_length=1, max_length=63, pattern=NODE_NAME)
-    ssh_public_key: str = Field(min_length=16, max_length=4096, pattern=r"^(ssh|ecdsa|sk)-\S+ ")
-
-
-class TokenCreateRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    ttl_seconds: float = Field(default=1800, gt=0, le=30 * 86400)
-    name: str | None = Field(default=None, min_length=1, max_length=63, pattern=NODE_NAME)
+__all__ = ["HubConfig", "NodeApi", "create_app", "observed_api_url"]
 
 
 async def _body(request: Request, model: type[M]) -> M:
@@ -162,7 +119,7 @@ def _require_reader(request: Request, config: HubConfig, store: HubStore) -> Non
 
 def create_app(
     store: HubStore, config: HubConfig, on_shutdown: Callable[[], None] | None = None
-) -> Starlette:
+) -> RateLimit:
     """The hub app; `on_shutdown` runs when the server stops (uvicorn re-raises SIGTERM after
     its shutdown, so code after `uvicorn.run` may never run)."""
     now = config.clock
@@ -192,12 +149,39 @@ def create_app(
         try:
             node = await asyncio.to_thread(store.redeem, body.token_id, body.secret, reg, now())
         except JoinRefused as refusal:
-            log.warning("join refused: token %s: %s", body.token_id, refusal.code)
+            log.warning("join refused: token %s: %s", log_field(body.token_id), refusal.code)
             raise APIError(refusal.status, refusal.message, type="join_refused",
                            code=refusal.code) from None  # fmt: skip
-        log.info("node %s (%s) joined with token %s", node["id"], node["name"], body.token_id)
+        log.info("node %s (%s) joined with token %s", node["id"], log_field(node["name"]),
+                 log_field(body.token_id))  # fmt: skip
         await sync_relay()
-        answer = {
+        return JSONResponse(membership(node), status_code=201)
+
+    async def rejoin(request: Request) -> Response:
+        """Re-register a live node, or rotate its key: signed by its current key, no token."""
+        body = await _body(request, RejoinRequest)
+        try:
+            node = await asyncio.to_thread(
+                store.rejoin, body.model_dump(), config.fingerprint, now()
+            )
+        except JoinRefused as refusal:
+            log.warning("rejoin refused: %s", refusal.code)
+            raise APIError(refusal.status, refusal.message, type="join_refused",
+                           code=refusal.code) from None  # fmt: skip
+        rotated = node.pop("old_key") is not None
+        log.info("node %s (%s) %s", node["id"], log_field(node["name"]),
+                 "rotated its key" if rotated else "re-registered")  # fmt: skip
+        await sync_relay()
+        if rotated:  # the old key's tunnel session ends now; the node reconnects with the new
+            await end_sessions([node["tunnel_port"]])
+        return JSONResponse(membership(node), status_code=200)
+
+    async def end_sessions(ports: list[int]) -> None:
+        if config.end_relay_sessions is not None:
+            await asyncio.to_thread(config.end_relay_sessions, ports)
+
+    def membership(node: dict[str, Any]) -> dict[str, Any]:
+        return {
             "node_id": node["id"],
             "name": node["name"],
             "node_secret": node["node_secret"],
@@ -210,7 +194,6 @@ def create_app(
             },
             "heartbeat_interval": config.heartbeat_interval,
         }
-        return JSONResponse(answer, status_code=201)
 
     async def heartbeat(request: Request) -> Response:
         secret = _bearer(request)
@@ -263,7 +246,7 @@ def create_app(
             raise APIError(400, "not an OpenSSH public key line", param="ssh_public_key",
                            code="invalid_key") from None  # fmt: skip
         token = await asyncio.to_thread(store.add_user, body.name, key, now())
-        log.info("user %s added", body.name)
+        log.info("user %s added", log_field(body.name))
         await sync_relay()
         login = logins.encode(config.urls, config.fingerprint, token)
         answer = {"name": body.name, "ssh_public_key": key, "login": login,
@@ -279,7 +262,7 @@ def create_app(
         name = request.path_params["user"]
         if not await asyncio.to_thread(store.remove_user, name, now()):
             raise APIError(404, f"no user {name!r}", param="user", code="user_not_found")
-        log.info("user %s removed", name)
+        log.info("user %s removed", log_field(name))
         await sync_relay()
         return JSONResponse({"name": name, "removed": True})
 
@@ -299,6 +282,7 @@ def create_app(
             raise APIError(404, f"no node {key!r}", param="node", code="node_not_found")
         log.info("node %s revoked", node["id"])
         await sync_relay()
+        await end_sessions([node["tunnel_port"]])  # live tunnels end now, not at next login
         return JSONResponse(node)
 
     async def create_token(request: Request) -> Response:
@@ -325,7 +309,7 @@ def create_app(
         if not await asyncio.to_thread(store.revoke_token, token_id, now()):
             raise APIError(404, f"no unrevoked token {token_id!r}", param="token",
                            code="token_not_found")  # fmt: skip
-        log.info("token %s revoked", token_id)
+        log.info("token %s revoked", log_field(token_id))
         return JSONResponse({"id": token_id, "revoked": True})
 
     async def events(request: Request) -> Response:
@@ -344,6 +328,7 @@ def create_app(
     routes = [
         Route("/health", health),
         Route("/v1/hub/join", join, methods=["POST"]),
+        Route("/v1/hub/rejoin", rejoin, methods=["POST"]),
         Route("/v1/hub/heartbeat", heartbeat, methods=["POST"]),
         Route("/v1/hub/nodes", list_nodes),
         Route("/v1/hub/nodes/{node}", get_node),
@@ -358,7 +343,8 @@ def create_app(
     ]
     handlers = {APIError: api_error_handler, HTTPException: http_error_handler,
                 Exception: unhandled_error_handler}  # fmt: skip
-    return Starlette(routes=routes, exception_handlers=handlers, lifespan=lifespan)
+    app = Starlette(routes=routes, exception_handlers=handlers, lifespan=lifespan)
+    return RateLimit(app, config.limits)
 
 
 async def _sweep_offline(store: HubStore, config: HubConfig) -> None:

@@ -211,6 +211,47 @@ class RelayProcess:
             log.warning("relay sshd exited with %s; restarting in %.0f s", code, delay / 2)
             self._stop.wait(delay / 2)
 
+    def end_sessions(self, ports: list[int]) -> list[int]:
+        """End the relay sessions listening on these tunnel ports (a revoked node's tunnel, or
+        the old key's after a rotation); returns the pids ended.
+
+        sshd reads authorized_keys only at login, so a live session outlives its key's removal.
+        The session holding a node's `-R` port is the unprivileged child of that login's
+        `[priv]` monitor; both are ended. Only this relay's own descendants are looked at, so
+        no other process on the box is ever touched."""
+        with self._lock:
+            proc = self._proc
+        if proc is None or proc.poll() is not None or not ports:
+            return []
+        wanted = set(ports)
+        try:
+            sessions = psutil.Process(proc.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            return []
+        ended: list[psutil.Process] = []
+        for child in sessions:
+            with contextlib.suppress(psutil.Error):
+                # net_connections is psutil >= 6's name for connections
+                conns = getattr(child, "net_connections", None) or child.connections
+                listening = {c.laddr.port for c in conns(kind="tcp")
+                             if c.status == psutil.CONN_LISTEN}  # fmt: skip
+                if listening & wanted:
+                    ended.append(child)
+                    parent = child.parent()
+                    if parent is not None and parent.pid != proc.pid and parent in sessions:
+                        ended.append(parent)
+        for victim in ended:
+            with contextlib.suppress(psutil.Error):
+                victim.terminate()
+        _, alive = psutil.wait_procs(ended, timeout=3)
+        for victim in alive:
+            with contextlib.suppress(psutil.Error):
+                victim.kill()
+        if ended:
+            log.info("ended %d relay session process(es) for tunnel port(s) %s", len(ended),
+                     ", ".join(map(str, sorted(wanted))))  # fmt: skip
+        return [p.pid for p in ended]
+
     def stop(self, timeout: float = 5.0) -> None:
         with self._lock:
             self._stop.set()

@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import uvicorn
 
 from edgebox.fleet.hub import identity
 from edgebox.fleet.hub.app import HubConfig, create_app
 from edgebox.fleet.hub.store import DB_FILE, HubStore
+
+if TYPE_CHECKING:
+    from edgebox.fleet.hub.relay_runner import RelayProcess
 
 
 def public_urls(host: str, port: int, given: list[str]) -> list[str]:
@@ -19,6 +24,16 @@ def public_urls(host: str, port: int, given: list[str]) -> list[str]:
     shown = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
     shown = f"[{shown}]" if ":" in shown else shown
     return [f"https://{shown}:{port}"]
+
+
+@dataclass(frozen=True)
+class ConnLimits:
+    """Slow-client limits (edgebox/netguard.py): seconds for the TLS handshake plus a request's
+    headers, open connections per client address, and uvicorn's idle keep-alive."""
+
+    header_timeout: float = 10.0
+    per_address: int = 256
+    keep_alive: float = 5.0
 
 
 def serve(
@@ -36,6 +51,7 @@ def serve(
     relay: bool = False,
     jump_user: str = "edgebox-jump",
     relay_listen: str = "0.0.0.0",
+    conn_limits: ConnLimits | None = None,
 ) -> None:
     """Serve until SIGINT/SIGTERM; with `relay`, also run and supervise the relay sshd.
     Raises RelaySetupError when the relay cannot run here."""
@@ -69,13 +85,13 @@ def serve(
         jump_user=jump_user,
         ssh_host_key=relay_key or given_key,
     )
+    relay_process: RelayProcess | None = None
     (data_dir / identity.HUB_FILE).write_text(
         json.dumps({"urls": hub_urls, "fingerprint": ident.fingerprint}, indent=2) + "\n"
     )
     logging.getLogger("edgebox.hub").info(
         "hub serving %s (fingerprint %s, data %s)", ", ".join(hub_urls), ident.fingerprint, data_dir
     )
-    relay_process = None
     if relay_paths is not None:
         from edgebox.fleet.hub.relay_runner import RelayProcess
         from edgebox.fleet.hub.relay_sync import write_node_keys, write_user_keys
@@ -87,24 +103,43 @@ def serve(
             "relay sshd on port %d (accounts %s, %s; files in %s)",
             ssh_port, ssh_user, jump_user, relay_paths.dir,
         )  # fmt: skip
+        config.end_relay_sessions = relay_process.end_sessions
     app = create_app(store, config, on_shutdown=relay_process.stop if relay_process else None)
     try:
-        _run_uvicorn(app, host, port, ident)
+        _run_uvicorn(app, host, port, ident, conn_limits or ConnLimits())
     finally:
         if relay_process is not None:
             relay_process.stop()
         store.close()
 
 
-def _run_uvicorn(app: object, host: str, port: int, ident: identity.HubIdentity) -> None:
-    uvicorn.run(
+def _run_uvicorn(
+    app: object, host: str, port: int, ident: identity.HubIdentity, limits: ConnLimits
+) -> None:
+    """uvicorn behind netguard: TLS handshakes and request headers have a deadline, connections
+    per address a cap (uvicorn alone lets a slow client hold a connection indefinitely)."""
+    from edgebox.netguard import guarded_protocol, raise_fd_limit, serve_uvicorn
+
+    try:
+        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol as inner
+    except ImportError:  # httptools missing: uvicorn's h11 protocol
+        from uvicorn.protocols.http.h11_impl import H11Protocol as inner  # type: ignore[assignment]
+    fds = raise_fd_limit()
+    protocol = guarded_protocol(inner, header_timeout=limits.header_timeout,
+                                per_address=limits.per_address)  # fmt: skip
+    config = uvicorn.Config(
         app,  # type: ignore[arg-type]
         host=host,
         port=port,
         ssl_certfile=str(ident.cert_path),
         ssl_keyfile=str(ident.key_path),
+        http=protocol,
         log_level="warning",
         access_log=False,
         timeout_graceful_shutdown=3,
+        timeout_keep_alive=max(1, int(limits.keep_alive)),
+        # uvicorn answers 503 past this many connections + tasks, below the descriptor limit
+        limit_concurrency=max(64, fds - 256),
         proxy_headers=False,  # heartbeats record the TCP peer address, never X-Forwarded-For
     )
+    serve_uvicorn(config, handshake_timeout=limits.header_timeout)

@@ -2,7 +2,13 @@
 
 One connection guarded by a lock: the hub's writes are tiny (a heartbeat is one UPDATE), so a
 lock costs less than a pool and keeps redeeming a token atomic. Schema changes bump
-``PRAGMA user_version`` and add a step to ``_MIGRATIONS``.
+``PRAGMA user_version`` and add a step to schema.MIGRATIONS.
+
+A join token only creates a new node; node keys and host keys are unique among live nodes
+(partial unique indexes). An existing node re-registers, or rotates its key, with a statement
+signed by its current key (fleet/proof.py). The events table is bounded: the newest
+MAX_EVENTS rows are kept, and refusals of unknown tokens are coalesced into one counted row
+per minute, so unauthenticated requests cannot grow the file without bound.
 """
 
 from __future__ import annotations
@@ -15,35 +21,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edgebox.fleet import tokens
+from edgebox.fleet import proof, tokens
+from edgebox.fleet.hub.models import safe_name
+from edgebox.fleet.hub.schema import MIGRATIONS, key_id, migrate
 from edgebox.fleet.tokens import TokenState
 
 DB_FILE = "hub.sqlite3"
 
-_MIGRATIONS = [
-    """
-    CREATE TABLE nodes (
-        id TEXT PRIMARY KEY, name TEXT NOT NULL, ssh_public_key TEXT NOT NULL,
-        host_key TEXT, profile TEXT NOT NULL, models TEXT NOT NULL DEFAULT '[]',
-        telemetry TEXT NOT NULL DEFAULT '{}', secret_hash TEXT NOT NULL UNIQUE,
-        tunnel_port INTEGER NOT NULL, status TEXT NOT NULL, token_id TEXT,
-        joined_at REAL NOT NULL, last_heartbeat REAL, revoked_at REAL);
-    CREATE UNIQUE INDEX nodes_live_port ON nodes (tunnel_port) WHERE revoked_at IS NULL;
-    CREATE TABLE tokens (
-        id TEXT PRIMARY KEY, secret_hash TEXT NOT NULL, name TEXT, created_at REAL NOT NULL,
-        expires_at REAL NOT NULL, used_at REAL, revoked_at REAL, node_id TEXT);
-    CREATE TABLE events (
-        seq INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL, kind TEXT NOT NULL,
-        node_id TEXT, token_id TEXT, detail TEXT NOT NULL DEFAULT '');
-    """,
-    """
-    CREATE TABLE users (
-        name TEXT PRIMARY KEY, ssh_public_key TEXT NOT NULL, token_hash TEXT NOT NULL UNIQUE,
-        created_at REAL NOT NULL);
-    """,
-    # the node's API as the hub saw it: the heartbeat's peer address and the node's API port
-    "ALTER TABLE nodes ADD COLUMN api_url TEXT",
-]
+_MIGRATIONS = MIGRATIONS  # the steps, in edgebox/fleet/hub/schema.py
+MAX_EVENTS = 10_000  # the audit log keeps the newest this many rows
+TRIM_EVERY = 100  # inserts between trims
+COALESCE_S = 60.0  # unknown-token refusals within this window share one row (with a count)
 
 _REFUSALS = {
     TokenState.REVOKED: (403, "token_revoked", "this join token was revoked on the hub"),
@@ -76,13 +64,17 @@ class HubStore:
         self._db.row_factory = sqlite3.Row
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
+        # The write-ahead log is checkpointed every 256 pages (1 MiB) and cut back to 1 MiB
+        # after, instead of SQLite's 1000 pages left at their largest size.
+        self._db.execute("PRAGMA wal_autocheckpoint=256")
+        self._db.execute(f"PRAGMA journal_size_limit={1 << 20}")
+        self._inserts = 0
+        self._coalescing: dict[str, tuple[int, float]] = {}  # key -> (event seq, window start)
         self._migrate()
 
     def _migrate(self) -> None:
         with self._lock:
-            version = self._db.execute("PRAGMA user_version").fetchone()[0]
-            for step, script in enumerate(_MIGRATIONS[version:], start=version + 1):
-                self._db.executescript(f"BEGIN; {script}; PRAGMA user_version={step}; COMMIT;")
+            migrate(self._db, _MIGRATIONS)
 
     def schema_version(self) -> int:
         return int(self._db.execute("PRAGMA user_version").fetchone()[0])
@@ -92,11 +84,29 @@ class HubStore:
             self._db.close()
 
     def _event(self, at: float, kind: str, node_id: str | None = None, token_id: str | None = None,
-               detail: str = "") -> None:  # fmt: skip
-        self._db.execute(
+               detail: str = "") -> int:  # fmt: skip
+        cur = self._db.execute(
             "INSERT INTO events (at, kind, node_id, token_id, detail) VALUES (?, ?, ?, ?, ?)",
             (at, kind, node_id, token_id, detail),
         )
+        seq = int(cur.lastrowid or 0)
+        self._inserts += 1
+        if self._inserts % TRIM_EVERY == 0:
+            self._db.execute("DELETE FROM events WHERE seq <= ?", (seq - MAX_EVENTS,))
+        return seq
+
+    def _coalesced_event(self, at: float, kind: str, token_id: str, detail: str) -> None:
+        """One row per COALESCE_S window for a flood of alike events (count, latest token id)."""
+        key = f"{kind}:{detail}"
+        seq, started = self._coalescing.get(key, (0, -COALESCE_S))
+        if at - started < COALESCE_S:
+            cur = self._db.execute(
+                "UPDATE events SET count = count + 1, at = ?, token_id = ? WHERE seq = ?",
+                (at, token_id, seq),
+            )
+            if cur.rowcount:
+                return
+        self._coalescing[key] = (self._event(at, kind, token_id=token_id, detail=detail), at)
 
     # tokens
 
@@ -146,7 +156,10 @@ class HubStore:
                 node = self._redeem_locked(token_id, secret, reg, now)
             except JoinRefused as refusal:
                 self._db.execute("ROLLBACK")
-                self._event(now, "join_refused", token_id=token_id, detail=refusal.code)
+                if refusal.code == "invalid_token":  # anyone can send these: coalesced
+                    self._coalesced_event(now, "join_refused", token_id[:64], refusal.code)
+                else:
+                    self._event(now, "join_refused", token_id=token_id, detail=refusal.code)
                 raise
             except BaseException:
                 self._db.execute("ROLLBACK")
@@ -164,16 +177,11 @@ class HubStore:
                           revoked_at=row["revoked_at"], now=now)  # fmt: skip
         if st is not TokenState.VALID:
             raise JoinRefused(*_REFUSALS[st])
-        # A box joining again (same node key) replaces its old record and keeps its tunnel port.
-        old = self._db.execute(
-            "SELECT id, tunnel_port FROM nodes WHERE ssh_public_key = ? AND revoked_at IS NULL",
-            (reg.ssh_public_key,),
-        ).fetchone()
-        if old is not None:
-            self._db.execute("UPDATE nodes SET status = 'revoked', revoked_at = ? WHERE id = ?",
-                             (now, old["id"]))  # fmt: skip
+        # A token makes a new node, never replaces one: a live node keeps its key and host key
+        # until it signs a re-registration (rejoin) or is revoked.
+        self._refuse_taken_keys(reg.ssh_public_key, reg.host_key)
         chosen = row["name"] or reg.name
-        name = chosen or str(reg.profile.get("hostname") or "node")
+        name = chosen or safe_name(str(reg.profile.get("hostname") or ""))
         if self._name_taken(name):
             if chosen:  # an explicit name is never silently changed
                 raise JoinRefused(409, "name_taken", f"a node named {name!r} is already registered")
@@ -181,22 +189,90 @@ class HubStore:
             while self._name_taken(name := f"{base}-{n}"):
                 n += 1
         node_id, node_secret = "node_" + secrets.token_hex(6), secrets.token_urlsafe(32)
-        port = old["tunnel_port"] if old is not None else self._free_tunnel_port()
-        self._db.execute(
-            "INSERT INTO nodes (id, name, ssh_public_key, host_key, profile, models, secret_hash,"
-            " tunnel_port, status, token_id, joined_at, last_heartbeat)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'online', ?, ?, ?)",
-            (node_id, name, reg.ssh_public_key, reg.host_key, json.dumps(reg.profile),
-             json.dumps(reg.models), tokens.hash_secret(node_secret), port, token_id, now, now),
-        )  # fmt: skip
+        try:
+            self._db.execute(
+                "INSERT INTO nodes (id, name, ssh_public_key, key_id, host_key, host_key_id,"
+                " profile, models, secret_hash, tunnel_port, status, token_id, joined_at,"
+                " last_heartbeat) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'online', ?, ?, ?)",
+                (node_id, name, reg.ssh_public_key, key_id(reg.ssh_public_key), reg.host_key,
+                 key_id(reg.host_key), json.dumps(reg.profile), json.dumps(reg.models),
+                 tokens.hash_secret(node_secret), self._free_tunnel_port(), token_id, now, now),
+            )  # fmt: skip
+        except sqlite3.IntegrityError:  # the unique indexes, should a check above miss
+            raise JoinRefused(409, "key_registered", "this key is already registered") from None
         self._db.execute("UPDATE tokens SET used_at = ?, node_id = ? WHERE id = ?",
                          (now, node_id, token_id))  # fmt: skip
-        if old is not None:
-            self._event(now, "node_replaced", node_id=old["id"], detail=f"by {node_id}")
         self._event(now, "join", node_id=node_id, token_id=token_id, detail=name)
         node = self._node_locked(node_id)
         assert node is not None
         return node | {"node_secret": node_secret}
+
+    def rejoin(self, body: dict[str, Any], hub: str, now: float) -> dict[str, Any]:
+        """Re-register the live node whose key signed `body` (fleet/proof.py): a new node
+        secret, the new key if it rotates, its host key; the same id, name and tunnel port.
+        Returns the node with `node_secret`, and `old_key` when the key changed."""
+        stmt, new_key = body["statement"], body["statement"]["new_key"]
+        if stmt.get("purpose") != proof.PURPOSE or stmt.get("hub") != hub:
+            raise JoinRefused(400, "wrong_statement", "the statement is not for this hub")
+        try:
+            proof.verify(stmt["key"], stmt, body["signature"])
+            if key_id(new_key) != key_id(stmt["key"]):
+                proof.verify(new_key, stmt, body.get("new_key_signature") or "")
+        except proof.ProofError as exc:
+            raise JoinRefused(401, "bad_signature", str(exc)) from None
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                node = self._rejoin_locked(stmt, now)
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+        return node
+
+    def _rejoin_locked(self, stmt: dict[str, Any], now: float) -> dict[str, Any]:
+        sql = (
+            "SELECT id, ssh_public_key, proof_ms FROM nodes WHERE key_id = ? AND revoked_at IS NULL"
+        )
+        row = self._db.execute(sql, (key_id(stmt["key"]),)).fetchone()
+        if row is None:
+            raise JoinRefused(404, "unknown_node_key", "no live node has this key on the hub "
+                              "(revoked? then join again with a new token)")  # fmt: skip
+        try:
+            proof.check_fresh(stmt["ts_ms"], now=now, last_ms=row["proof_ms"])
+        except proof.ProofError as exc:
+            raise JoinRefused(401, "stale_statement", str(exc)) from None
+        self._refuse_taken_keys(stmt["new_key"], stmt["host_key"], but=row["id"])
+        secret = secrets.token_urlsafe(32)
+        self._db.execute(
+            "UPDATE nodes SET ssh_public_key = ?, key_id = ?, host_key = ?, host_key_id = ?,"
+            " secret_hash = ?, proof_ms = ?, status = 'online', last_heartbeat = ? WHERE id = ?",
+            (stmt["new_key"], key_id(stmt["new_key"]), stmt["host_key"], key_id(stmt["host_key"]),
+             tokens.hash_secret(secret), stmt["ts_ms"], now, row["id"]),
+        )  # fmt: skip
+        rotated = key_id(stmt["new_key"]) != key_id(row["ssh_public_key"])
+        self._event(now, "node_key_rotate" if rotated else "node_rejoin", node_id=row["id"])
+        node = self._node_locked(row["id"])
+        assert node is not None
+        return node | {"node_secret": secret, "old_key": row["ssh_public_key"] if rotated else None}
+
+    def _refuse_taken_keys(self, key: str, host_key: str | None, *, but: str = "") -> None:
+        """409 when a live node other than `but` holds this node key or sshd host key."""
+        for column, value, code, what in (
+            ("key_id", key_id(key), "key_registered", "node key"),
+            ("host_key_id", key_id(host_key), "host_key_registered", "sshd host key"),
+        ):
+            if value is None:
+                continue
+            row = self._db.execute(
+                f"SELECT id, name FROM nodes WHERE {column} = ? AND revoked_at IS NULL AND id != ?",
+                (value, but),
+            ).fetchone()
+            if row is not None:
+                hint = ("; a join token never replaces a node: re-register it with "
+                        "`edgebox node rejoin` (signed by its key) or revoke it first")  # fmt: skip
+                raise JoinRefused(409, code, f"this {what} already belongs to node "
+                                  f"{row['name']} ({row['id']})" + hint)  # fmt: skip
 
     def _name_taken(self, name: str) -> bool:
         sql = "SELECT 1 FROM nodes WHERE name = ? AND revoked_at IS NULL"
@@ -323,7 +399,8 @@ class HubStore:
 
 def _node_dict(row: sqlite3.Row) -> dict[str, Any]:
     item = dict(row)
-    del item["secret_hash"]
+    for internal in ("secret_hash", "key_id", "host_key_id", "proof_ms"):
+        item.pop(internal, None)
     for key in ("profile", "models", "telemetry"):
         item[key] = json.loads(item[key])
     return item
