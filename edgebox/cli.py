@@ -253,7 +253,12 @@ def serve(
         accel = probe(measure=False).hw_class
         advertiser = Advertiser(identity, accelerator=accel, models=list(state.all_models()))
 
+    from edgebox.fleet import local_nodes
+
+    records: list[Path | None] = []  # its runtime record: tools here find it on any port
+
     def ready(url: str) -> None:
+        records.append(local_nodes.register(url, host, identity.public()))
         for alias_, rt in chat.items():
             info = rt.info
             out.print(
@@ -296,7 +301,8 @@ def serve(
         from edgebox.fleet.node_tunnel import start_background as start_tunnel
 
         tunnel_supervisor = start_tunnel()  # only once joined to a hub that runs a relay
-    with contextlib.suppress(KeyboardInterrupt):  # uvicorn already shut down cleanly
+    # uvicorn already shut down cleanly on Ctrl-C
+    with contextlib.suppress(KeyboardInterrupt), local_nodes.removed_at_exit(records):
         run_server(
             state,
             host=host,

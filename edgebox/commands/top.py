@@ -47,7 +47,12 @@ def known_node_urls(path: Path) -> list[str]:
 
 
 def default_node_urls() -> list[str]:
-    urls = [LOCAL_NODE, *known_node_urls(edgebox_home() / "nodes.json")]
+    """The nodes running on this box (their runtime records, any port; else the default
+    address), then those in nodes.json."""
+    from edgebox.fleet.local_nodes import local_nodes
+
+    here = [n.url for n in local_nodes()] or [LOCAL_NODE]
+    urls = [*here, *known_node_urls(edgebox_home() / "nodes.json")]
     return list(dict.fromkeys(u.rstrip("/") for u in urls))  # in order, without repeats
 
 
@@ -59,8 +64,8 @@ def register(app: typer.Typer) -> None:
             typer.Option(
                 "--node",
                 metavar="URL",
-                help="Node URL to poll (repeatable). Default: the local node plus "
-                "$EDGEBOX_HOME/nodes.json.",
+                help="Node URL to poll (repeatable). Default: the nodes running on this box "
+                "(any port) plus $EDGEBOX_HOME/nodes.json.",
             ),
         ] = None,
         hub: Annotated[
