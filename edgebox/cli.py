@@ -32,7 +32,8 @@ err = Console(stderr=True)
 
 
 def _fail(message: str, code: int = 1) -> typer.Exit:
-    err.print(f"[red]error:[/red] {message}", highlight=False)
+    # soft_wrap: a path longer than the terminal stays one string (copyable), not cut mid-word
+    err.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
     return typer.Exit(code)
 
 
@@ -40,6 +41,14 @@ def _default_threads() -> int:
     return max(
         1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     )
+
+
+def _log_with_timestamps() -> None:
+    """A running node's warnings (heartbeats, mDNS, tunnel) say when they happened."""
+    logging.basicConfig(
+        level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    logging.getLogger("edgebox.provisioning.tunnel").setLevel(logging.INFO)  # its state changes
 
 
 def _progress_factory(progress: Progress) -> Callable[[str, int], Callable[[int], None]]:
@@ -148,6 +157,8 @@ def serve(
     from typing import cast
 
     from edgebox.fleet.identity import IdentityError, load_identity
+
+    _log_with_timestamps()
     from edgebox.models import (
         DEFAULT_EMBEDDING_MODEL,
         DEFAULT_MODEL,
@@ -209,7 +220,9 @@ def serve(
     embedders: dict[str, EmbeddingRuntime] = {}
     fast_paths: dict[str, str] = {}
     for resolved in resolved_models:
-        err.print(f"loading {resolved.alias} from {resolved.path} …", highlight=False)
+        err.print(
+            f"loading {resolved.alias} from {resolved.path} …", highlight=False, soft_wrap=True
+        )
         # --runtime names the chat models' runtime; an embedding model always takes ONNX Runtime
         requested = "auto" if resolved.format == "onnx" else runtime_name.lower()
         try:
