@@ -32,7 +32,8 @@ err = Console(stderr=True)
 
 
 def _fail(message: str, code: int = 1) -> typer.Exit:
-    err.print(f"[red]error:[/red] {message}", highlight=False)
+    # soft_wrap: a path longer than the terminal stays one string (copyable), not cut mid-word
+    err.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
     return typer.Exit(code)
 
 
@@ -40,6 +41,14 @@ def _default_threads() -> int:
     return max(
         1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     )
+
+
+def _log_with_timestamps() -> None:
+    """A running node's warnings (heartbeats, mDNS, tunnel) say when they happened."""
+    logging.basicConfig(
+        level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    logging.getLogger("edgebox.provisioning.tunnel").setLevel(logging.INFO)  # its state changes
 
 
 def _progress_factory(progress: Progress) -> Callable[[str, int], Callable[[int], None]]:
@@ -148,6 +157,8 @@ def serve(
     from typing import cast
 
     from edgebox.fleet.identity import IdentityError, load_identity
+
+    _log_with_timestamps()
     from edgebox.models import (
         DEFAULT_EMBEDDING_MODEL,
         DEFAULT_MODEL,
@@ -209,7 +220,9 @@ def serve(
     embedders: dict[str, EmbeddingRuntime] = {}
     fast_paths: dict[str, str] = {}
     for resolved in resolved_models:
-        err.print(f"loading {resolved.alias} from {resolved.path} …", highlight=False)
+        err.print(
+            f"loading {resolved.alias} from {resolved.path} …", highlight=False, soft_wrap=True
+        )
         # --runtime names the chat models' runtime; an embedding model always takes ONNX Runtime
         requested = "auto" if resolved.format == "onnx" else runtime_name.lower()
         try:
@@ -253,7 +266,12 @@ def serve(
         accel = probe(measure=False).hw_class
         advertiser = Advertiser(identity, accelerator=accel, models=list(state.all_models()))
 
+    from edgebox.fleet import local_nodes
+
+    records: list[Path | None] = []  # its runtime record: tools here find it on any port
+
     def ready(url: str) -> None:
+        records.append(local_nodes.register(url, host, identity.public()))
         for alias_, rt in chat.items():
             info = rt.info
             out.print(
@@ -296,7 +314,8 @@ def serve(
         from edgebox.fleet.node_tunnel import start_background as start_tunnel
 
         tunnel_supervisor = start_tunnel()  # only once joined to a hub that runs a relay
-    with contextlib.suppress(KeyboardInterrupt):  # uvicorn already shut down cleanly
+    # uvicorn already shut down cleanly on Ctrl-C
+    with contextlib.suppress(KeyboardInterrupt), local_nodes.removed_at_exit(records):
         run_server(
             state,
             host=host,

@@ -1,4 +1,5 @@
-"""`edgebox nodes`: the nodes this box can see on the LAN (mDNS) plus those added by hand."""
+"""`edgebox nodes`: the nodes this box can see on the LAN (mDNS), those added by hand, and
+those running on this box (their runtime records, whatever their port)."""
 
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ InterfaceOpt = Annotated[
 
 
 def _fail(message: str) -> typer.Exit:
-    err.print(f"[red]error:[/red] {message}", highlight=False)
+    err.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
     return typer.Exit(1)
 
 
@@ -74,7 +75,31 @@ def _rows(wait: float, interfaces: list[str] | None) -> list[dict[str, Any]]:
         if row["ssh_host_key_fingerprint"] != k.host_key_fingerprint:
             # mDNS is a hint; a different key than the one pinned at `add` time is worth a flag.
             row["fingerprint_mismatch"] = True
+    _add_local(rows)
     return list(rows.values())
+
+
+def _add_local(rows: dict[str, dict[str, Any]]) -> None:
+    """Nodes running on this box (their runtime records): reachable here at `local_url` even
+    when their API listens on loopback and mDNS therefore carries no port."""
+    from edgebox.fleet.local_nodes import local_nodes
+
+    for local in local_nodes():
+        row = rows.setdefault(
+            local.node_id,
+            {"id": local.node_id, "name": local.name, "addresses": [local.host],
+             "api_port": None, "ssh_host_key_fingerprint": None, "accelerator": None,
+             "model_digest": None, "protocol_version": None, "txt": {}, "sources": []},
+        )  # fmt: skip
+        row["local_url"] = local.url
+        row["sources"].append("local")
+
+
+def _api_cell(row: dict[str, Any]) -> str:
+    if row["api_port"]:
+        return str(row["api_port"])
+    local = row.get("local_url")
+    return f"{local.rsplit(':', 1)[1]} (this box only)" if local else "-"
 
 
 def nodes(
@@ -85,7 +110,8 @@ def nodes(
     ] = 2.0,
     interface: InterfaceOpt = None,
 ) -> None:
-    """List edgebox nodes on the LAN (this box included) and nodes added with `nodes add`."""
+    """List edgebox nodes on the LAN (this box included, on any port) and nodes added with
+    `nodes add`."""
     if ctx.invoked_subcommand is not None:
         return
     rows = _rows(wait, interface)
@@ -100,8 +126,8 @@ def nodes(
         mismatch = " (MISMATCH)" if r.get("fingerprint_mismatch") else ""
         table.add_row(
             r["name"], r["id"][:8], ", ".join(r["addresses"]),
-            str(r["api_port"] or "-"), r["accelerator"] or "-", "+".join(r["sources"]),
-            r["ssh_host_key_fingerprint"] + mismatch,
+            _api_cell(r), r["accelerator"] or "-", "+".join(r["sources"]),
+            (r["ssh_host_key_fingerprint"] or "-") + mismatch,
         )  # fmt: skip
     out.print(table)
 

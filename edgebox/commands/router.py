@@ -10,6 +10,7 @@ import typer
 from rich.console import Console
 
 err = Console(stderr=True)
+ROUTER_PORT = 8090  # its own default, so a router and a node on one box do not collide
 
 
 def router(
@@ -24,7 +25,9 @@ def router(
         ),
     ] = None,
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8080,
+    port: Annotated[
+        int, typer.Option(help="Port to listen on (nodes take 8080, the router 8090).")
+    ] = ROUTER_PORT,
     disagg: Annotated[
         str | None,
         typer.Option(help="Prefill/decode split: auto, off or always (overrides the config)."),
@@ -44,7 +47,7 @@ def router(
         str | None,
         typer.Option(
             envvar="EDGEBOX_API_KEY",
-            help="Require this bearer key from clients (besides [[keys]] in the config).",
+            help="Require this bearer key from clients (besides \\[\\[keys]] in the config).",
         ),
     ] = None,
 ) -> None:

@@ -57,7 +57,8 @@ def create(
         return
     typer.echo(f"# token {made['id']}, single use, valid {ttl}. On the new box run:", err=True)
     typer.echo(made["join_command"])
-    typer.echo("# or, where edgebox is installed:", err=True)
+    typer.echo("# no pipx or no internet there? install edgebox (bash scripts/install.sh), "
+               "then run:", err=True)  # fmt: skip
     typer.echo(f"edgebox join {made['token']}", err=True)
 
 

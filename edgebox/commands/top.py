@@ -46,8 +46,13 @@ def known_node_urls(path: Path) -> list[str]:
     return [url for e in entries if (url := _entry_url(e))]
 
 
-def default_node_urls() -> list[str]:
-    urls = [LOCAL_NODE, *known_node_urls(edgebox_home() / "nodes.json")]
+def default_node_urls(guess: bool = True) -> list[str]:
+    """The nodes running on this box (their runtime records, any port; else, with `guess`, the
+    default address), then those in nodes.json."""
+    from edgebox.fleet.local_nodes import local_nodes
+
+    here = [n.url for n in local_nodes()] or ([LOCAL_NODE] if guess else [])
+    urls = [*here, *known_node_urls(edgebox_home() / "nodes.json")]
     return list(dict.fromkeys(u.rstrip("/") for u in urls))  # in order, without repeats
 
 
@@ -59,22 +64,32 @@ def register(app: typer.Typer) -> None:
             typer.Option(
                 "--node",
                 metavar="URL",
-                help="Node URL to poll (repeatable). Default: the local node plus "
-                "$EDGEBOX_HOME/nodes.json.",
+                help="Node URL to poll (repeatable). Default: the nodes running on this box "
+                "(any port) plus $EDGEBOX_HOME/nodes.json.",
             ),
         ] = None,
         hub: Annotated[
-            str | None, typer.Option(help="Hub URL: show the nodes it knows (GET /v1/hub/nodes).")
+            str | None,
+            typer.Option(
+                help="Hub URL: show the nodes it knows. Default: the hub this box runs, else "
+                "the one `edgebox login` stored (when no --node is given)."
+            ),
         ] = None,
         hub_token: Annotated[
             str | None,
             typer.Option(
-                envvar="EDGEBOX_HUB_TOKEN", help="Hub admin key (bearer).", show_default=False
+                envvar="EDGEBOX_HUB_TOKEN",
+                help="Hub key (bearer): the admin key, or a user's; default: this box's hub's "
+                "admin key, else the stored login.",
+                show_default=False,
             ),
         ] = None,
         hub_fingerprint: Annotated[
             str | None,
-            typer.Option(help="Pin the hub's certificate: sha256:... (as in the join token)."),
+            typer.Option(
+                help="Pin the hub's certificate: sha256:... (as in the join token; default: "
+                "from this box's hub or the stored login)."
+            ),
         ] = None,
         router: Annotated[
             str | None,
@@ -99,22 +114,16 @@ def register(app: typer.Typer) -> None:
         as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
     ) -> None:
         """Live fleet monitor: every node's load, memory, models and tokens/s (q quits)."""
-        from edgebox.tui.source import DirectSource, FleetSource, HubSource, MergedSource
+        from edgebox.tui.source import FleetSource, MergedSource
 
+        access = _hub_access(hub, hub_token, hub_fingerprint, auto=not node)
         sources: list[FleetSource] = []
         if node or not hub:
             ttl = 3 * interval  # as the hub: offline after 3 missed beats
-            if node or not mdns:
-                sources.append(DirectSource(node or default_node_urls(), offline_after=ttl))
-            else:
-                from edgebox.tui.mdns_source import MdnsSource
-
-                sources.append(MdnsSource(default_node_urls(), offline_after=ttl))
-        if hub:
-            from edgebox.fleet.hub.client import pinned_context
-
-            verify = pinned_context(hub_fingerprint) if hub_fingerprint else True
-            sources.append(HubSource(hub, hub_token, verify=verify))
+            urls = node or default_node_urls(guess=access is None)
+            sources += [_direct_source(urls, mdns=mdns and not node, offline_after=ttl)]
+        if access is not None:
+            sources.append(_hub_source(access))
         source: FleetSource = sources[0] if len(sources) == 1 else MergedSource(sources)
         if once or as_json:
             typer.echo(_snapshot_output(source, interval, as_json))
@@ -124,6 +133,40 @@ def register(app: typer.Typer) -> None:
 
         pane = RouterSource(router) if router else None
         FleetApp(source, interval=interval, api_key=api_key, router=pane).run()
+
+
+def _hub_access(hub: str | None, token: str | None, fingerprint: str | None, *, auto: bool) -> Any:
+    """The hub to show: --hub URL, else (`auto`) the hub this box runs or the stored login."""
+    from edgebox.fleet.hub_access import HubAccessError, find_hub
+
+    if hub is None and not auto:
+        return None
+    try:
+        return find_hub(hub, token=token, fingerprint=fingerprint)
+    except HubAccessError as exc:
+        if hub is None:  # not asked for: show the rest of the fleet
+            typer.echo(f"warning: {exc}; the hub's nodes are left out", err=True)
+            return None
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+
+
+def _direct_source(urls: list[str], *, mdns: bool, offline_after: float) -> Any:
+    from edgebox.tui.source import DirectSource
+
+    if not mdns:
+        return DirectSource(urls, offline_after=offline_after)
+    from edgebox.tui.mdns_source import MdnsSource
+
+    return MdnsSource(urls, offline_after=offline_after)
+
+
+def _hub_source(access: Any) -> Any:
+    from edgebox.fleet.hub.client import pinned_context
+    from edgebox.tui.source import HubSource
+
+    verify = pinned_context(access.fingerprint) if access.fingerprint else True
+    return HubSource(access.url, access.token, verify=verify)
 
 
 def _snapshot_output(source: Any, interval: float, as_json: bool) -> str:

@@ -63,6 +63,20 @@ def instance_name(name: str, node_id: str) -> str:
     return f"{clean}-{node_id[:8]}"
 
 
+def distinct_names(nodes: Iterable[DiscoveredNode]) -> dict[str, str]:
+    """Node id -> the name to show and key it by: its own name, or, when other nodes share it
+    (cloned images all called `ubuntu` or `raspberrypi`), that name plus the id's first 8
+    characters, as in its mDNS instance name. Identity is the node id, never the name."""
+    ids_by_name: dict[str, set[str]] = {}
+    for node in nodes:
+        ids_by_name.setdefault(node.name, set()).add(node.node_id)
+    return {
+        node_id: name if len(ids) == 1 else f"{name}-{node_id[:8]}"
+        for name, ids in ids_by_name.items()
+        for node_id in ids
+    }
+
+
 def txt_properties(
     *,
     node_id: str,

@@ -78,6 +78,7 @@ def load_identity(
     """Load this node's identity from `home` (default EDGEBOX_HOME), creating what is missing.
 
     `name` renames the node (stored); otherwise the stored name, or the hostname at creation.
+    Once the box has joined a hub, the name it joined as wins (one node, one name everywhere).
     `sshd_host_key` defaults to $EDGEBOX_SSHD_HOST_KEY, else /etc/ssh/ssh_host_ed25519_key.pub.
     """
     home = home or edgebox_home()
@@ -90,7 +91,7 @@ def load_identity(
     fingerprint, source = _host_fingerprint(sshd_host_key, public_line)
     return NodeIdentity(
         node_id=record["id"],
-        name=record["name"],
+        name=_joined_name(home) or record["name"],
         home=home,
         ssh_private_key_path=private_path,
         ssh_public_key=public_line,
@@ -118,6 +119,16 @@ def _load_or_create_record(path: Path, name: str | None) -> dict[str, str]:
     if changed:
         write_atomic(path, (json.dumps(record, indent=2) + "\n").encode(), mode=0o644)
     return record
+
+
+def _joined_name(home: Path) -> str | None:
+    """The name in fleet.json (written by `edgebox join`): the one the hub, `edgebox ssh` and
+    the relay know this node by, so /health and mDNS must say it too."""
+    try:
+        name = json.loads((home / "fleet.json").read_text()).get("name")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return name if isinstance(name, str) and name else None
 
 
 def _load_or_create_key(ssh_dir: Path) -> tuple[Path, str]:

@@ -15,10 +15,11 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import replace
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
-from edgebox.fleet.advert import DiscoveredNode
+from edgebox.fleet.advert import DiscoveredNode, distinct_names
 from edgebox.fleet.identity import ssh_fingerprint
 from edgebox.fleet.interfaces import LanInterface
 from edgebox.fleet.logins import Login
@@ -68,7 +69,9 @@ class MdnsNodes:
         return [n for n in self._browser.nodes.values() if n.node_id != self.exclude_id]
 
     def addresses(self) -> Iterable[NodeAddress]:
-        return [a for n in self.discovered() if (a := mdns_address(n)) is not None]
+        found = self.discovered()
+        names = distinct_names(found)  # the poller keys nodes by name: clones must not merge
+        return [replace(a, name=names[n.node_id]) for n in found if (a := mdns_address(n))]
 
 
 def seen_from_hub(api_url: str, hub_url: str) -> str:

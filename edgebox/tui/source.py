@@ -147,7 +147,7 @@ class HubSource:
                 "data", body.get("nodes", [])
             )  # the hub answers an OpenAI-style list
         except (httpx.HTTPError, ValueError, AttributeError) as exc:
-            hub = unreachable_node(self.hub_url, "hub: " + _describe(exc))
+            hub = unreachable_node(self.hub_url, "hub: " + _hub_problem(exc))
             return FleetSnapshot(
                 taken_at=time.time(), nodes=(hub.model_copy(update={"via": "hub"}),)
             )
@@ -201,6 +201,16 @@ class ReplaySource:
 
     async def aclose(self) -> None:
         return None
+
+
+def _hub_problem(exc: BaseException) -> str:
+    """Why the hub's list could not be read, and what to do about it."""
+    if isinstance(exc, httpx.HTTPStatusError) and exc.response.status_code in (401, 403):
+        return (f"HTTP {exc.response.status_code}: the hub refused this key; run `edgebox login "
+                "ebu1_...` again, or pass --hub-token with the admin key")  # fmt: skip
+    if isinstance(exc, httpx.ConnectError) and "certificate" in str(exc).lower():
+        return "its certificate is not the one pinned (check --hub-fingerprint and the URL)"
+    return _describe(exc)
 
 
 def _describe(exc: BaseException) -> str:

@@ -198,3 +198,66 @@ def test_serve_fleet_on_a_joined_node_routes_to_the_hubs_other_nodes(tmp_path: P
 
 def model_ids(node: NodeProcess) -> list[str]:
     return [m["id"] for m in httpx.get(node.base_url + "/models", timeout=5).json()["data"]]
+
+
+def test_two_nodes_that_share_a_hostname_are_two_nodes_to_the_router_and_top(
+    tmp_path: Path,
+) -> None:
+    """Cloned images: two real nodes both named `ubuntu` (different node ids) advertise on
+    loopback; the router polls both and `top` shows both. Before, the router keyed nodes by name
+    and kept one, sending it all traffic (`reason=only-choice`)."""
+    from edgebox.tui.mdns_source import MdnsSource
+
+    homes = [tmp_path / "clone-a", tmp_path / "clone-b"]
+    ids = [load_identity(h, sshd_host_key=NO_SSHD, name="ubuntu") for h in homes]
+    common = ("--model", MODEL, "--parallel", "1", "--ctx", "512", "--threads", "1",
+              "--no-mdns", "--no-tunnel")  # fmt: skip
+    running: list[NodeProcess] = []
+    for home in homes:
+        env = {"EDGEBOX_HOME": str(home), "EDGEBOX_SSHD_HOST_KEY": ""}
+        running.append(start_node(home, *common, env=env))
+    ports = [int(n.url.rsplit(":", 1)[1]) for n in running]
+
+    async def scenario() -> tuple[dict[str, str], set[str], set[str]]:
+        source, top = MdnsNodes(LOOPBACK), MdnsSource(interfaces=LOOPBACK)
+        await source.start()
+        adverts = [
+            Advertiser(i, accelerator="cpu", models=[MODEL], interfaces=LOOPBACK) for i in ids
+        ]
+        try:
+            for advert, port in zip(adverts, ports, strict=True):
+                await advert.start(port, api_on_lan=True)
+            want = {i.node_id for i in ids}
+            deadline = time.monotonic() + 15
+            while {n.node_id for n in source.discovered()} & want != want:
+                assert time.monotonic() < deadline, "mDNS adverts not seen on loopback"
+                await asyncio.sleep(0.1)
+            async with httpx.AsyncClient() as client:
+                poller = NodePoller([source], client, interval=60)
+                await poller.poll_once()
+            healthy = {s.address.url for s in poller.status.values() if s.healthy}
+            urls = {a.name: a.url for a in source.addresses()}
+            seen: set[str] = set()
+            while seen != want:  # top: one online row per node id
+                assert time.monotonic() < deadline + 15, seen
+                snap = await top.poll()
+                seen = {n.id for n in snap.nodes if n.status == "online"} & want
+                await asyncio.sleep(0.2)
+            return urls, healthy, seen
+        finally:
+            for advert in adverts:
+                await advert.stop()
+            await source.stop()
+            await top.aclose()
+
+    try:
+        urls, healthy, seen = asyncio.run(scenario())
+    finally:
+        for node in running:
+            node.stop()
+    mine = {n.url for n in running}
+    assert seen == {i.node_id for i in ids}
+    assert mine <= healthy, "the router must poll both clones"
+    assert {name: url for name, url in urls.items() if url in mine} == {
+        f"ubuntu-{i.node_id[:8]}": n.url for i, n in zip(ids, running, strict=True)
+    }  # a shared name gets the id's first 8 characters, as in `edgebox nodes`
