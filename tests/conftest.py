@@ -75,13 +75,19 @@ def start_node(
 def edgebox_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """Nodes started by tests keep their identity (node id, SSH key) in a temp dir, not ~."""
     home = tmp_path_factory.mktemp("edgebox-home")
-    before = os.environ.get("EDGEBOX_HOME")
+    # Nodes joined from this one box report no sshd host key unless a test names one: the hub
+    # refuses a second live node with the same host key, and on a box with
+    # /etc/ssh/ssh_host_ed25519_key.pub every test node would otherwise report that one.
+    wanted = {"EDGEBOX_HOME": str(home), "EDGEBOX_SSHD_HOST_KEY": ""}
+    before = {name: os.environ.get(name) for name in wanted}
     os.environ["EDGEBOX_HOME"] = str(home)
+    os.environ.setdefault("EDGEBOX_SSHD_HOST_KEY", "")
     yield home
-    if before is None:
-        os.environ.pop("EDGEBOX_HOME", None)
-    else:
-        os.environ["EDGEBOX_HOME"] = before
+    for name, value in before.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
 
 
 @pytest.fixture(scope="session")
