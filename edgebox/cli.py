@@ -120,10 +120,31 @@ def serve(
         str | None,
         typer.Option(
             envvar="EDGEBOX_API_KEY",
-            help="Require this bearer key on /v1 routes.",
+            help="Require this bearer key on /v1 routes (inference).",
             show_default=False,
         ),
     ] = None,
+    admin_key: Annotated[
+        str | None,
+        typer.Option(
+            envvar="EDGEBOX_ADMIN_KEY",
+            help="Require this bearer key on /admin routes (load/unload, drain); without it "
+            "/admin answers loopback clients only.",
+            show_default=False,
+        ),
+    ] = None,
+    fleet_key: Annotated[
+        str | None,
+        typer.Option(
+            envvar="EDGEBOX_FLEET_KEY",
+            help="The fleet's key: accepted on /v1 beside --api-key, and what --fleet sends "
+            "to verified peers (default: --api-key).",
+            show_default=False,
+        ),
+    ] = None,
+    key_max_inflight: Annotated[
+        int, typer.Option(min=0, help="Requests one key may have in flight (0: no limit).")
+    ] = 128,
     access_log: Annotated[bool, typer.Option(help="Log each HTTP request.")] = False,
     mdns: Annotated[
         bool, typer.Option(help="Advertise this node on the LAN (_edgebox._tcp, mDNS).")
@@ -150,6 +171,13 @@ def serve(
             "cloud upstreams, weights, spend cap.",
         ),
     ] = None,
+    trust_lan: Annotated[
+        bool,
+        typer.Option(
+            help="With --fleet: send requests (never keys) to mDNS peers that are neither "
+            "pinned nor known to the hub (a keyless LAN you trust).",
+        ),
+    ] = False,
     verbose: Annotated[bool, typer.Option(help="Show llama.cpp's own log.")] = False,
 ) -> None:
     """Serve models on a local OpenAI-compatible endpoint (default: the bundled SmolLM2-135M
@@ -314,13 +342,19 @@ def serve(
         from edgebox.fleet.node_tunnel import start_background as start_tunnel
 
         tunnel_supervisor = start_tunnel()  # only once joined to a hub that runs a relay
+    from edgebox.node.identity_api import NodeSigner
+    from edgebox.node.security import NodeKeys
+
+    keys = NodeKeys(api_key or None, admin_key or None, fleet_key or None, key_max_inflight)
     # uvicorn already shut down cleanly on Ctrl-C
     with contextlib.suppress(KeyboardInterrupt), local_nodes.removed_at_exit(records):
         run_server(
             state,
             host=host,
             port=port,
-            api_key=api_key,
+            keys=keys,
+            signer=NodeSigner.from_key_file(identity.node_id, identity.ssh_private_key_path),
+            trust_lan=trust_lan,
             access_log=access_log,
             on_ready=ready,
             advertiser=advertiser,

@@ -1,5 +1,6 @@
 """`edgebox node models|load|unload|requests`: a running node's models and recent requests,
-over its /admin routes (the node's API key, when it has one)."""
+over its /admin routes (the node's admin key; on a node without one, its API key, from
+loopback only)."""
 
 from __future__ import annotations
 
@@ -21,7 +22,13 @@ LOAD_TIMEOUT = httpx.Timeout(600.0, connect=5.0)  # a load may fetch and open a 
 NodeUrl = Annotated[str, typer.Option("--node", metavar="URL", help="The node's URL.")]
 ApiKey = Annotated[
     str | None,
-    typer.Option(envvar="EDGEBOX_API_KEY", help="The node's API key.", show_default=False),
+    typer.Option(
+        "--admin-key",
+        "--api-key",
+        envvar=["EDGEBOX_ADMIN_KEY", "EDGEBOX_API_KEY"],
+        help="The node's admin key (its API key on a node without one, from loopback).",
+        show_default=False,
+    ),
 ]
 MODEL_HELP = "As `serve --model`: a bundled name, a path on the node, or ORG/REPO:FILE.gguf."
 AsJson = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]

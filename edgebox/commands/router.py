@@ -50,6 +50,31 @@ def router(
             help="Require this bearer key from clients (besides \\[\\[keys]] in the config).",
         ),
     ] = None,
+    node_key: Annotated[
+        str | None,
+        typer.Option(
+            envvar="EDGEBOX_FLEET_KEY",
+            help="The key the router sends to trusted nodes (their --fleet-key or --api-key); "
+            "clients' keys are never passed on.",
+            show_default=False,
+        ),
+    ] = None,
+    trust_node: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--trust-node",
+            metavar="SHA256:...",
+            help="A node key fingerprint to trust when found on mDNS (repeatable; a node shows "
+            "its own at GET /edgebox/identity).",
+        ),
+    ] = None,
+    trust_lan: Annotated[
+        bool,
+        typer.Option(
+            help="Also route to mDNS nodes that are neither pinned nor known to the hub (never "
+            "with a key): for a LAN you trust.",
+        ),
+    ] = False,
 ) -> None:
     """One OpenAI endpoint for many nodes: placement, failover, cloud burst, split prefill."""
     import uvicorn
@@ -57,7 +82,13 @@ def router(
     from edgebox.fleet.directory import SyncError, load_login
     from edgebox.router.app import create_app, new_client
     from edgebox.router.cloud import SpendLedger
-    from edgebox.router.config import ConfigError, edgebox_home, load_config
+    from edgebox.router.config import (
+        ConfigError,
+        configured_nodes,
+        edgebox_home,
+        load_config,
+        with_trust,
+    )
     from edgebox.router.nodes import NodeAddress, NodeSource, StaticNodes, node_name, normalise_url
     from edgebox.router.service import Router
     from edgebox.router.sources import HubNodes, MdnsNodes
@@ -72,14 +103,16 @@ def router(
             err.print(f"[red]error:[/red] --disagg must be auto, off or always, not {disagg!r}")
             raise typer.Exit(1)
         cfg = cfg.model_copy(update={"disagg": cfg.disagg.model_copy(update={"mode": disagg})})
-    entries = [
-        NodeAddress(n.name or node_name(n.url), normalise_url(n.url), n.prefill_tokens_per_s)
-        for n in cfg.nodes
+    try:
+        cfg = with_trust(cfg, trust_node or [], trust_lan)
+    except ConfigError as exc:
+        err.print(f"[red]error:[/red] {exc}", highlight=False)
+        raise typer.Exit(1) from None
+    entries = configured_nodes(cfg) + [
+        NodeAddress(node_name(u), normalise_url(u)) for u in node or []
     ]
-    entries += [NodeAddress(node_name(u), normalise_url(u)) for u in node or []]
     sources: list[NodeSource] = [StaticNodes(entries)]
-    lan = MdnsNodes() if mdns else None
-    sources += [lan] if lan else []
+    lan = MdnsNodes(pins=cfg.trusted_node_keys) if mdns else None
     try:
         login = load_login() if hub is not False else None
     except SyncError as exc:
@@ -89,6 +122,7 @@ def router(
         err.print("[red]error:[/red] --hub needs a login: run `edgebox login ...` first")
         raise typer.Exit(1)
     sources += [HubNodes(login, lan)] if login else []
+    sources += [lan] if lan else []  # after the hub: a hub node's name and address win
     if len(sources) == 1 and not entries and not cfg.cloud:
         err.print(
             "[red]error:[/red] no nodes: pass --node URL, list [[nodes]] in --config, "
@@ -97,7 +131,7 @@ def router(
         raise typer.Exit(1)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     ledger = SpendLedger(edgebox_home() / "router_spend.json", cfg.max_usd_per_day)
-    service = Router(cfg, sources, new_client(), ledger)
+    service = Router(cfg, sources, new_client(), ledger, node_api_key=node_key or None)
     found = f"{len(entries)} static nodes" + (", mDNS" if lan else "") + (", hub" if login else "")
     err.print(f"edgebox router on http://{host}:{port}/v1 ({found})", highlight=False)
     uvicorn.run(

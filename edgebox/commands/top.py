@@ -98,8 +98,11 @@ def register(app: typer.Typer) -> None:
         api_key: Annotated[
             str | None,
             typer.Option(
-                envvar="EDGEBOX_API_KEY",
-                help="Nodes' API key, sent only to their /admin routes (d: drain).",
+                "--admin-key",
+                "--api-key",
+                envvar=["EDGEBOX_ADMIN_KEY", "EDGEBOX_API_KEY"],
+                help="Nodes' admin key (their API key where they have none), sent only to "
+                "their /admin routes (d: drain, l/u: load/unload).",
                 show_default=False,
             ),
         ] = None,

@@ -1,4 +1,4 @@
-"""The node's ASGI app: OpenAI routes, health and metrics, errors, API key."""
+"""The node's ASGI app: OpenAI routes, health and metrics, identity proof, errors, scoped keys."""
 
 from __future__ import annotations
 
@@ -10,16 +10,17 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from edgebox.node import admin, embeddings, kv_api, model_admin, openai_api
+from edgebox.node import admin, embeddings, identity_api, kv_api, model_admin, openai_api
 from edgebox.node.errors import (
     APIError,
     api_error_handler,
     http_error_handler,
     unhandled_error_handler,
 )
+from edgebox.node.identity_api import IDENTITY_PATH, NodeSigner
 from edgebox.node.metrics import RequestCounterMiddleware
 from edgebox.node.recent import RecentRequestsMiddleware
-from edgebox.node.security import APIKeyMiddleware, LoopbackAdminMiddleware
+from edgebox.node.security import NodeKeys, ScopedKeyMiddleware
 from edgebox.node.state import NodeState
 
 
@@ -33,11 +34,22 @@ def metrics(request: Request) -> Response:
     return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 
-def create_app(state: NodeState, *, api_key: str | None = None) -> Starlette:
-    """An app serving `state`'s runtimes; closing the runtimes stays with the caller."""
+def create_app(
+    state: NodeState,
+    *,
+    api_key: str | None = None,
+    keys: NodeKeys | None = None,
+    signer: NodeSigner | None = None,
+) -> Starlette:
+    """An app serving `state`'s runtimes; closing the runtimes stays with the caller.
+
+    `keys` (or just `api_key`, the inference key) guard `/v1/` and `/admin/` by scope (see
+    `node.security`); `signer` answers `GET /edgebox/identity` challenges."""
+    keys = keys or NodeKeys(api_key=api_key)
     routes = [
         Route("/health", health, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
+        Route(IDENTITY_PATH, identity_api.identity, methods=["GET"]),
         Route("/v1/models", openai_api.list_models, methods=["GET"]),
         Route("/v1/models/{model:path}", openai_api.get_model, methods=["GET"]),
         Route("/v1/chat/completions", openai_api.chat_completions, methods=["POST"]),
@@ -55,11 +67,8 @@ def create_app(state: NodeState, *, api_key: str | None = None) -> Starlette:
     middleware = [
         Middleware(RequestCounterMiddleware, metrics=state.metrics),
         Middleware(RecentRequestsMiddleware, recent=state.recent),
+        Middleware(ScopedKeyMiddleware, keys=keys),
     ]
-    if api_key:
-        middleware.append(Middleware(APIKeyMiddleware, api_key=api_key))
-    else:
-        middleware.append(Middleware(LoopbackAdminMiddleware))
     app = Starlette(
         routes=routes,
         middleware=middleware,
@@ -70,4 +79,5 @@ def create_app(state: NodeState, *, api_key: str | None = None) -> Starlette:
         },
     )
     app.state.node = state
+    app.state.signer = signer
     return app

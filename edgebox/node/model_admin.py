@@ -115,27 +115,62 @@ def _resolve(spec: str, alias: str | None) -> ResolvedModel:
     return resolve_model_or_dir(spec, alias=alias)
 
 
-async def load_model(request: Request) -> Response:
-    state = _state(request)
-    body: LoadRequest = parse(LoadRequest, await read_json(request, state.max_body))
+MAX_SPEC = 1024
+# What a bad spec or file can raise below the runtimes: a NUL in a path (ValueError), an
+# unreadable file (OSError), a corrupt header asking for absurd sizes (MemoryError).
+_FILE_ERRORS = (ValueError, OSError, MemoryError, RuntimeError)
+
+
+def _check_spec(body: LoadRequest) -> None:
     if not body.model.strip():
         raise APIError(400, "'model' is empty; name a model to load", param="model",
                        code="invalid_value")  # fmt: skip
+    if len(body.model) > MAX_SPEC or not body.model.isprintable():
+        raise APIError(400, f"'model' must be at most {MAX_SPEC} printable characters",
+                       param="model", code="invalid_value")  # fmt: skip
     if body.alias is not None and not body.alias.strip():
         raise APIError(400, "'alias' is empty; leave it out or name the id to serve as",
                        param="alias", code="invalid_value")  # fmt: skip
+
+
+def _scrub(message: str, spec: str, resolved: ResolvedModel | None) -> str:
+    """`message` naming the spec the client gave, never the resolved file or a symlink's
+    target (where a model really lives on the node is not the client's business)."""
+    if resolved is None:
+        return message
+    path = resolved.path
+    for shown in (str(path), str(path.parent), path.name):
+        if len(shown) > 3:
+            message = message.replace(shown, spec)
+    return message
+
+
+def _not_loadable(spec: str, exc: BaseException, param: str = "model") -> APIError:
+    return APIError(400, f"cannot load '{spec}': not a model file edgebox can read "
+                    f"({type(exc).__name__})", param=param, code="model_not_loadable")  # fmt: skip
+
+
+async def load_model(request: Request) -> Response:
+    state = _state(request)
+    body: LoadRequest = parse(LoadRequest, await read_json(request, state.max_body))
+    _check_spec(body)
     _already(state, body.alias or body.model)
     try:
         resolved = await asyncio.to_thread(_resolve, body.model, body.alias)
     except ModelNotAvailable as exc:
         raise APIError(404, str(exc), param="model", code="model_not_found") from exc
+    except _FILE_ERRORS as exc:
+        raise _not_loadable(body.model, exc) from exc
     _already(state, resolved.alias)
     state.loading[resolved.alias] = body.model
+    param = "runtime" if body.runtime else "model"
     try:
         runtime, fast_path = await asyncio.to_thread(_open, state, resolved, body.runtime)
     except BackendError as exc:
-        raise APIError(400, str(exc), param="runtime" if body.runtime else "model",
+        raise APIError(400, _scrub(str(exc), body.model, resolved), param=param,
                        code="model_not_loadable") from exc  # fmt: skip
+    except (*_FILE_ERRORS, ModelNotAvailable) as exc:
+        raise _not_loadable(body.model, exc) from exc
     finally:
         state.loading.pop(resolved.alias, None)
     state.fast_paths[resolved.alias] = fast_path

@@ -1,4 +1,19 @@
-"""Optional bearer API key for the OpenAI and admin routes, compared in constant time."""
+"""Who may use a node: bearer keys with scopes, compared in constant time, with a per-key limit.
+
+Scopes (the compatibility rule, also in the README):
+
+- `/v1/` (inference) needs the inference key (`--api-key`) or the fleet key (`--fleet-key`,
+  what peers' routers send) when either is set; without both it is open.
+- `/admin/` (drain, load and unload models, recent requests) needs the admin key
+  (`--admin-key`) from anywhere when one is set; the inference key does not open it. Without an
+  admin key, `/admin/` answers loopback clients only, and those must send the inference key
+  when the node has one (as before scopes existed); a remote client gets 403 saying to start
+  the node with `--admin-key`.
+- Each key may have at most `per_key_limit` requests in flight; one more gets 429 with
+  `Retry-After`, so one client (or one leaked key) cannot hold every slot and queue place.
+
+Keys never reach logs, error bodies or metrics: errors name the option, never the value.
+"""
 
 from __future__ import annotations
 
@@ -6,51 +21,47 @@ import hmac
 import ipaddress
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 PROTECTED_PREFIXES = ("/v1/", "/admin/")
-
-_UNAUTHORISED = json.dumps(
-    {
-        "error": {
-            "message": "missing or incorrect API key: send 'Authorization: Bearer <key>'",
-            "type": "invalid_request_error",
-            "param": None,
-            "code": "invalid_api_key",
-        }
-    }
-).encode()
+DEFAULT_PER_KEY_LIMIT = 128  # in-flight requests per key; above the node's slots plus its queue
+KEY_RETRY_AFTER_S = 1
 
 
-_ADMIN_NEEDS_KEY = json.dumps(
-    {
-        "error": {
-            "message": "this node has no API key, so its /admin/ routes answer only on loopback; "
-            "start it with --api-key (or EDGEBOX_API_KEY) to administer it from elsewhere",
-            "type": "invalid_request_error",
-            "param": None,
-            "code": "admin_needs_api_key",
-        }
-    }
-).encode()
+def _error(message: str, code: str, type: str = "invalid_request_error") -> bytes:
+    body = {"error": {"message": message, "type": type, "param": None, "code": code}}
+    return json.dumps(body).encode()
 
 
-class LoopbackAdminMiddleware:
-    """Without an API key, /admin/ (drain, load and unload models) answers loopback clients
-    only: a node bound to the LAN without a key must not let any neighbour load files on it."""
+_UNAUTHORISED = _error(
+    "missing or incorrect API key: send 'Authorization: Bearer <key>'", "invalid_api_key"
+)
+_ADMIN_UNAUTHORISED = _error(
+    "missing or incorrect admin key: /admin/ routes take the node's admin key "
+    "(--admin-key / EDGEBOX_ADMIN_KEY on the node), not its inference key",
+    "invalid_admin_key",
+)
+_ADMIN_NEEDS_KEY = _error(
+    "this node has no API key, so its /admin/ routes answer only on loopback; "
+    "start it with --api-key (or EDGEBOX_API_KEY) to administer it from elsewhere",
+    "admin_needs_api_key",
+)
+_ADMIN_NEEDS_ADMIN_KEY = _error(
+    "this node has no admin key, so its /admin/ routes answer only on loopback; start it with "
+    "--admin-key (or EDGEBOX_ADMIN_KEY) to administer it from elsewhere",
+    "admin_needs_admin_key",
+)
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        client = scope.get("client")
-        host = str(client[0]) if client else ""
-        admin = scope["type"] == "http" and scope["path"].startswith("/admin/")
-        if admin and not is_loopback(host):
-            await _refuse(send, 403, _ADMIN_NEEDS_KEY)
-            return
-        await self.app(scope, receive, send)
+def _busy(limit: int) -> bytes:
+    return _error(
+        f"this API key already has {limit} requests in flight on this node (the per-key "
+        "limit); retry when one finishes",
+        "key_concurrency_limit",
+        "rate_limit_error",
+    )
 
 
 def is_loopback(host: str) -> bool:
@@ -69,8 +80,116 @@ async def _refuse(send: Send, status: int, body: bytes, *extra: tuple[bytes, byt
     await send({"type": "http.response.body", "body": body})
 
 
+def _bearer(scope: Scope) -> bytes:
+    for name, value in scope["headers"]:
+        if name == b"authorization":
+            scheme, _, token = value.partition(b" ")
+            return token.strip() if scheme.lower() == b"bearer" else b""
+    return b""
+
+
+def _client_host(scope: Scope) -> str:
+    client = scope.get("client")
+    return str(client[0]) if client else ""
+
+
+def _matches(supplied: bytes, keys: Sequence[bytes]) -> list[int]:
+    """Indexes of the keys equal to `supplied`; every key is compared (no early exit)."""
+    return [i for i, key in enumerate(keys) if hmac.compare_digest(supplied, key)]
+
+
+@dataclass(frozen=True)
+class NodeKeys:
+    """The keys a node takes; empty strings are treated as unset."""
+
+    api_key: str | None = None  # inference scope, for clients
+    admin_key: str | None = None  # admin scope
+    fleet_key: str | None = None  # inference scope, for peers' routers (`serve --fleet`)
+    per_key_limit: int = DEFAULT_PER_KEY_LIMIT  # 0: no limit
+
+    @property
+    def inference(self) -> list[str]:
+        return [k for k in (self.api_key, self.fleet_key) if k]
+
+
+class ScopedKeyMiddleware:
+    """Pure ASGI (streamed responses pass through untouched): checks the scope of each request
+    and counts the requests each key has in flight until their responses are sent."""
+
+    def __init__(self, app: ASGIApp, keys: NodeKeys) -> None:
+        self.app = app
+        self.limit = keys.per_key_limit
+        self._inference = [k.encode() for k in keys.inference]
+        self._admin = keys.admin_key.encode() if keys.admin_key else None
+        self._inflight: dict[str, int] = {}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not scope["path"].startswith(PROTECTED_PREFIXES):
+            await self.app(scope, receive, send)
+            return
+        if scope["path"].startswith("/admin/"):
+            holder, refusal = self._admin_holder(scope)
+        else:
+            holder, refusal = self._inference_holder(scope)
+        if refusal is not None:
+            status, body = refusal
+            extra = [(b"www-authenticate", b"Bearer")] if status == 401 else []
+            await _refuse(send, status, body, *extra)
+            return
+        if holder is None:  # an open route: nothing to count
+            await self.app(scope, receive, send)
+            return
+        await self._counted(holder, scope, receive, send)
+
+    def _inference_holder(self, scope: Scope) -> tuple[str | None, tuple[int, bytes] | None]:
+        if not self._inference:
+            return None, None
+        matched = _matches(_bearer(scope), self._inference)
+        if not matched:
+            return None, (401, _UNAUTHORISED)
+        scope.setdefault("state", {})["api_key_index"] = matched[0]
+        return f"inference-{matched[0]}", None
+
+    def _admin_holder(self, scope: Scope) -> tuple[str | None, tuple[int, bytes] | None]:
+        if self._admin is not None:
+            if _matches(_bearer(scope), [self._admin]):
+                return "admin", None
+            return None, (401, _ADMIN_UNAUTHORISED)
+        if not is_loopback(_client_host(scope)):
+            return None, (403, _ADMIN_NEEDS_ADMIN_KEY if self._inference else _ADMIN_NEEDS_KEY)
+        return self._inference_holder(scope)  # loopback: the inference key, as before scopes
+
+    async def _counted(self, holder: str, scope: Scope, receive: Receive, send: Send) -> None:
+        held = self._inflight.get(holder, 0)
+        if self.limit and held >= self.limit:
+            retry = (b"retry-after", str(KEY_RETRY_AFTER_S).encode())
+            await _refuse(send, 429, _busy(self.limit), retry)
+            return
+        self._inflight[holder] = held + 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self._inflight[holder] -= 1
+
+
+class LoopbackAdminMiddleware:
+    """Without any key, /admin/ (drain, load and unload models) answers loopback clients
+    only: a node bound to the LAN without a key must not let any neighbour load files on it."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        admin = scope["type"] == "http" and scope["path"].startswith("/admin/")
+        if admin and not is_loopback(_client_host(scope)):
+            await _refuse(send, 403, _ADMIN_NEEDS_KEY)
+            return
+        await self.app(scope, receive, send)
+
+
 class APIKeyMiddleware:
-    """Pure ASGI so streamed responses pass through untouched.
+    """One scope for every protected route (the router's client keys). Pure ASGI so streamed
+    responses pass through untouched.
 
     With several keys, every one is compared (no early exit) and the index of the one that
     matched is left in `scope["state"]["api_key_index"]` for the app."""
@@ -83,14 +202,7 @@ class APIKeyMiddleware:
         if scope["type"] != "http" or not scope["path"].startswith(PROTECTED_PREFIXES):
             await self.app(scope, receive, send)
             return
-        supplied = b""
-        for name, value in scope["headers"]:
-            if name == b"authorization":
-                scheme, _, token = value.partition(b" ")
-                if scheme.lower() == b"bearer":
-                    supplied = token.strip()
-                break
-        matched = [i for i, key in enumerate(self._keys) if hmac.compare_digest(supplied, key)]
+        matched = _matches(_bearer(scope), self._keys)
         if matched:
             scope.setdefault("state", {})["api_key_index"] = matched[0]
             await self.app(scope, receive, send)

@@ -11,7 +11,14 @@ import uvicorn
 from starlette.types import ASGIApp
 
 from edgebox.node.app import create_app
-from edgebox.node.security import is_loopback
+from edgebox.node.conn_guard import (
+    ConnectionLimits,
+    guarded_protocol,
+    http_protocol,
+    raise_open_file_limit,
+)
+from edgebox.node.identity_api import NodeSigner
+from edgebox.node.security import NodeKeys, is_loopback
 from edgebox.node.state import NodeState
 
 if TYPE_CHECKING:
@@ -28,33 +35,43 @@ def serve(
     host: str,
     port: int,
     api_key: str | None = None,
+    keys: NodeKeys | None = None,
+    signer: NodeSigner | None = None,
     access_log: bool = False,
     on_ready: Callable[[str], None] | None = None,
     advertiser: Advertiser | None = None,
     fleet: list[str] | None = None,
     fleet_config: RouterConfig | None = None,
     hub_peers: PeerRecords | None = None,
+    trust_lan: bool = False,
+    limits: ConnectionLimits | None = None,
 ) -> None:
     """Serve until SIGINT/SIGTERM; uvicorn finishes open responses before returning.
 
-    `advertiser` publishes the node over mDNS once the port is bound and says goodbye at exit.
-    `fleet` (a list of peer URLs, possibly empty) puts the router in front of this node's
-    OpenAI routes on the same port (`edgebox.router.embed`); mDNS peers join when advertising,
+    `keys` (or just `api_key`, the inference key) guard the routes by scope; `signer` proves
+    the node's identity to routers. `advertiser` publishes the node over mDNS once the port is
+    bound and says goodbye at exit. `fleet` (a list of peer URLs, possibly empty) puts the
+    router in front of this node's OpenAI routes on the same port (`edgebox.router.embed`);
+    mDNS peers join when advertising (requests only once verified, or with `trust_lan`),
     `fleet_config` (`--router-config`) adds its nodes, cloud upstreams and settings, and
     `hub_peers` (the heartbeat, once joined to a hub) the hub's other online nodes.
+    `limits` bound slow and numerous connections (`node.conn_guard`).
     """
-    app: ASGIApp = create_app(state, api_key=api_key)
+    keys = keys or NodeKeys(api_key=api_key)
+    app: ASGIApp = create_app(state, keys=keys, signer=signer)
     fleet_parts = None
     if fleet is not None:
         from edgebox.router.embed import FleetDispatch, fleet_router
 
         own_id = str(state.node.get("id")) if state.node else None
         router, local, router_app = fleet_router(
-            fleet, mdns=advertiser is not None, api_key=api_key, own_id=own_id,
-            config=fleet_config, hub_peers=hub_peers,
+            fleet, mdns=advertiser is not None, api_key=keys.api_key, own_id=own_id,
+            config=fleet_config, hub_peers=hub_peers, fleet_key=keys.fleet_key,
+            trust_lan=trust_lan,
         )  # fmt: skip
         app = FleetDispatch(app, router_app)
         fleet_parts = (router, local)
+    raise_open_file_limit()
     config = uvicorn.Config(
         app,
         host=host,
@@ -66,6 +83,7 @@ def serve(
         # scope["client"] stays the real peer: keyless /admin/ answers only loopback clients,
         # so a forwarded-for header from a local proxy must not decide who that is.
         proxy_headers=False,
+        http=guarded_protocol(http_protocol(), limits or ConnectionLimits()),
     )
     server = uvicorn.Server(config)
 

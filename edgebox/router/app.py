@@ -25,6 +25,7 @@ from edgebox.node.errors import (
 from edgebox.node.openai_api import decode_json, read_body
 from edgebox.node.security import APIKeyMiddleware
 from edgebox.node.state import DEFAULT_MAX_BODY
+from edgebox.router.nodes import NodeStatus
 from edgebox.router.service import Router
 
 log = logging.getLogger("edgebox.router")
@@ -37,17 +38,27 @@ def _router(request: Request) -> Router:
 
 async def health(request: Request) -> Response:
     router = _router(request)
-    nodes = {
-        name: {"healthy": s.healthy, "models": {m: vars(load) for m, load in s.models.items()}}
-        for name, s in router.poller.status.items()
-    }
-    up = any(s.healthy for s in router.poller.status.values()) or bool(router.config.cloud)
+    nodes = {name: _node_health(s) for name, s in router.poller.status.items()}
+    up = any(s.healthy for s in router.routable().values()) or bool(router.config.cloud)
     learnt = {  # what splits measured; the cost model uses these over the [disagg] settings
         "prefill_tokens_per_s": router.prefill_rates,
         "link_bytes_per_s": {f"{p}>{d}": rate for (p, d), rate in router.link_rates.items()},
         "kv_bytes_per_token": router.kv_bytes_per_token,
     }
     return JSONResponse({"status": "ok" if up else "degraded", "nodes": nodes, "split": learnt})
+
+
+def _node_health(node: NodeStatus) -> dict[str, Any]:
+    """One node in /health: up or not, its models, and how far it is trusted (an unverified
+    mDNS node is listed, with why, but gets no requests)."""
+    shown: dict[str, Any] = {
+        "healthy": node.healthy,
+        "trust": node.address.trust,
+        "models": {m: vars(load) for m, load in node.models.items()},
+    }
+    if node.address.note:
+        shown["note"] = node.address.note
+    return shown
 
 
 def metrics(request: Request) -> Response:

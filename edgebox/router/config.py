@@ -1,16 +1,21 @@
-"""Router configuration (TOML): nodes, placement weights, cloud upstreams, split settings.
+"""Router configuration (TOML): nodes, placement weights, cloud upstreams, split settings,
+which mDNS nodes to trust.
 
-API keys are never in the file: a cloud upstream names the environment variable that holds it.
+API keys are never in the file: a cloud upstream, a node and the router's own fleet key each
+name the environment variable that holds theirs.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+
+from edgebox.router.nodes import NodeAddress, node_name, normalise_url
 
 
 class _Strict(BaseModel):
@@ -54,6 +59,14 @@ class NodeEntry(_Strict):
     url: str
     name: str | None = None
     prefill_tokens_per_s: float | None = Field(default=None, gt=0)  # seeds the split cost model
+    key_env: str | None = None  # the NAME of the env var holding this node's key
+
+    def key(self) -> str | None:
+        return os.environ.get(self.key_env) or None if self.key_env else None
+
+
+# A node key's fingerprint as `ssh-keygen -l` prints it (and `GET /edgebox/identity` answers).
+KEY_FINGERPRINT = r"^SHA256:[A-Za-z0-9+/]{43}$"
 
 
 class Weights(_Strict):
@@ -80,7 +93,10 @@ class RouterConfig(_Strict):
     max_attempts: int = Field(default=3, ge=1)
     affinity_messages: int = Field(default=2, ge=1)  # the first N messages key the prefix affinity
     poll_interval_s: float = Field(default=2.0, gt=0)
-    node_api_key_env: str | None = None
+    node_api_key_env: str | None = None  # the fleet key the router sends to trusted nodes
+    # Node-key fingerprints whose holders are trusted when found on mDNS (after they prove it).
+    trusted_node_keys: list[Annotated[str, StringConstraints(pattern=KEY_FINGERPRINT)]] = []
+    trust_mdns: bool = False  # route to unverified mDNS nodes too (never with a key)
     keys: list[ApiKey] = []  # when any is set (or --api-key), clients must send one
     # model name -> local GGUF path, so the router tokenizes it (bundled models need none)
     tokenizers: dict[str, str] = {}
@@ -116,3 +132,31 @@ def load_config(path: Path | None) -> RouterConfig:
 
 def edgebox_home() -> Path:
     return Path(os.environ.get("EDGEBOX_HOME") or Path.home() / ".edgebox")
+
+
+def with_trust(config: RouterConfig, pins: list[str], trust_lan: bool) -> RouterConfig:
+    """`config` plus the command line's `--trust-node` fingerprints and `--trust-lan`."""
+    if not pins and not trust_lan:
+        return config
+    data = config.model_dump()
+    data["trusted_node_keys"] = [*config.trusted_node_keys, *pins]
+    data["trust_mdns"] = config.trust_mdns or trust_lan
+    try:
+        return RouterConfig.model_validate(data)
+    except ValidationError:
+        bad = next(p for p in pins if not re.fullmatch(KEY_FINGERPRINT, p))
+        raise ConfigError(
+            f"--trust-node {bad!r} is not a node key fingerprint (SHA256: and 43 base64 "
+            "characters, as GET /edgebox/identity shows it)"
+        ) from None
+
+
+def configured_nodes(config: RouterConfig) -> list[NodeAddress]:
+    """The `[[nodes]]` entries as addresses (trusted: the operator named them), each with its
+    own key when it names one."""
+    return [
+        NodeAddress(
+            n.name or node_name(n.url), normalise_url(n.url), n.prefill_tokens_per_s, key=n.key()
+        )
+        for n in config.nodes
+    ]

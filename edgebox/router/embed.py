@@ -16,7 +16,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from edgebox.router.app import create_app, new_client
 from edgebox.router.cloud import SpendLedger
-from edgebox.router.config import RouterConfig, edgebox_home
+from edgebox.router.config import RouterConfig, configured_nodes, edgebox_home
 from edgebox.router.nodes import NodeAddress, NodeSource, StaticNodes, node_name, normalise_url
 from edgebox.router.service import ROUTED_HEADER, Router
 from edgebox.router.sources import HubPeers, MdnsNodes, PeerRecords
@@ -63,26 +63,32 @@ def fleet_router(
     own_id: str | None = None,
     config: RouterConfig | None = None,
     hub_peers: PeerRecords | None = None,
+    fleet_key: str | None = None,
+    trust_lan: bool = False,
 ) -> tuple[Router, LocalNode, ASGIApp]:
     """The router for `serve --fleet`: this node, the `peers` URLs, `config`'s [[nodes]] and
-    [[cloud]] upstreams, mDNS when on (this node's own advert left out), and the hub's other
-    nodes when `hub_peers` (this node's heartbeat) is given. The peers must
-    accept the same API key as this node (or `config.node_api_key_env`'s)."""
+    [[cloud]] upstreams, the hub's other nodes when `hub_peers` (this node's heartbeat) is
+    given, and mDNS peers when on (this node's own advert left out; they get requests only
+    once they prove a key the hub or `config.trusted_node_keys` names, or with `trust_lan`).
+
+    Clients reach the router with `api_key`; the router reaches trusted peers with
+    `fleet_key` (their `--fleet-key`), else `config.node_api_key_env`'s key, else `api_key`
+    (peers that share this node's key, as before fleet keys existed)."""
     config = config or RouterConfig()
     if "poll_interval_s" not in config.model_fields_set:  # a node's peers are near: poll often
         config = config.model_copy(update={"poll_interval_s": 1.0})
+    if trust_lan:
+        config = config.model_copy(update={"trust_mdns": True})
     local = LocalNode()
-    entries = [
-        NodeAddress(n.name or node_name(n.url), normalise_url(n.url), n.prefill_tokens_per_s)
-        for n in config.nodes
-    ]
+    entries = configured_nodes(config)
     entries += [NodeAddress(node_name(u), normalise_url(u)) for u in peers]
     sources: list[NodeSource] = [local, StaticNodes(entries)]
-    lan = MdnsNodes(exclude_id=own_id) if mdns else None
-    if lan is not None:
-        sources.append(lan)
+    lan = MdnsNodes(exclude_id=own_id, pins=config.trusted_node_keys) if mdns else None
     if hub_peers is not None:  # joined to a hub: its other nodes, from the heartbeat answers
         sources.append(HubPeers(hub_peers, lan))
+    if lan is not None:  # after the hub: a hub node's name and address win over an advert's
+        sources.append(lan)
     ledger = SpendLedger(edgebox_home() / "router_spend.json", config.max_usd_per_day)
-    router = Router(config, sources, new_client(), ledger, node_api_key=api_key)
+    node_key = fleet_key or (None if config.node_api_key_env else api_key)
+    router = Router(config, sources, new_client(), ledger, node_api_key=node_key)
     return router, local, create_app(router, api_key=api_key)

@@ -44,6 +44,13 @@ class NodeAddress:
     name: str
     url: str  # http://host:port, without /v1
     prefill_tokens_per_s: float | None = None
+    # configured, hub, verified, unverified or lan (see `router.trust`)
+    trust: str = "configured"
+    node_id: str | None = None  # the id an mDNS advert claims, checked by the identity proof
+    keys: frozenset[str] = frozenset()  # key fingerprints that would verify it
+    fallback_url: str | None = None  # a hub node's recorded address, if its LAN one fails
+    key: str | None = field(default=None, repr=False)  # its own bearer key ([[nodes]] key_env)
+    note: str = ""  # why it is not trusted, for /health
 
 
 @dataclass(frozen=True)
@@ -59,6 +66,11 @@ class NodeStatus:
     @property
     def name(self) -> str:
         return self.address.name
+
+    @property
+    def routable(self) -> bool:
+        """Whether requests may go there: anything but an unverified mDNS address."""
+        return self.address.trust != "unverified"
 
     def usable(self, now: float) -> bool:
         return self.healthy and now >= self.cooldown_until
@@ -223,22 +235,35 @@ class Every:
 class NodePoller:
     """Keeps a `NodeStatus` per node from its sources, polled every `interval` seconds."""
 
-    def __init__(self, sources: list[NodeSource], client: httpx.AsyncClient, interval: float):
+    def __init__(
+        self,
+        sources: list[NodeSource],
+        client: httpx.AsyncClient,
+        interval: float,
+        *,
+        trust_lan: bool = False,
+    ):
+        from edgebox.router.trust import Verifier
+
         self.sources = sources
         self.client = client
         self.interval = interval
+        self.verifier = Verifier(client, trust_lan=trust_lan)
         self.status: dict[str, NodeStatus] = {}
         self.after_poll: list[Callable[[], Awaitable[None]]] = []  # run after each poll
         self._every = Every(interval, self.poll_once)
 
     async def poll_once(self) -> None:
+        found = [a for source in self.sources for a in source.addresses()]
+        # Unverified (mDNS) addresses prove who they are first; a hub node whose LAN address
+        # fails keeps its hub address.
+        resolved = await asyncio.gather(*(self.verifier.resolve(a) for a in found))
         addresses: dict[str, NodeAddress] = {}
         urls: set[str] = set()
-        for source in self.sources:  # the first source naming a URL wins (static before mDNS)
-            for a in source.addresses():
-                if a.url not in urls and a.name not in addresses:
-                    addresses[a.name] = a
-                    urls.add(a.url)
+        for a in resolved:  # the first naming a URL or name wins (static, then hub, then mDNS)
+            if a.url not in urls and a.name not in addresses:
+                addresses[a.name] = a
+                urls.add(a.url)
         for gone in set(self.status) - set(addresses):
             del self.status[gone]
         results = await asyncio.gather(*(self._probe(a) for a in addresses.values()))

@@ -70,7 +70,9 @@ class Router:
         self.client = client  # control plane: polling, KV hand-off
         self.relay = Relay(read_timeout_s=_TIMEOUT.read or 600.0)  # the request hot path
         self.ledger = ledger
-        self.poller = NodePoller(sources, client, config.poll_interval_s)
+        self.poller = NodePoller(
+            sources, client, config.poll_interval_s, trust_lan=config.trust_mdns
+        )
         self.policy = PlacementPolicy.from_weights(config.weights)
         self.affinity: OrderedDict[str, str] = OrderedDict()
         self.tokenizers = Tokenizers(config.tokenizers)
@@ -84,16 +86,28 @@ class Router:
         self.inflight: dict[str, int] = {}  # requests this router has open on each node
         self.speeds = SpeedBook()  # per-stream decode rates, for placement's speed term
         self.metrics = RouterMetrics(ledger.spent_today)
+        # The router's own fleet credential; a client's key is never passed on to a node.
         node_key = config.node_api_key_env
-        key = node_api_key or (_env(node_key) if node_key else None)
-        self._node_headers = {"authorization": f"Bearer {key}"} if key else {}
+        self._fleet_key = node_api_key or (_env(node_key) if node_key else None)
+
+    def _node_headers(self, node: NodeStatus) -> dict[str, str]:
+        """The key a node gets: its own (`[[nodes]] key_env`), else the fleet key; none for a
+        node trusted only by `--trust-lan` (it proved nothing)."""
+        if node.address.trust == "lan":
+            return {}
+        key = node.address.key or self._fleet_key
+        return {"authorization": f"Bearer {key}"} if key else {}
+
+    def routable(self) -> dict[str, NodeStatus]:
+        """The nodes requests may go to: not those learned from mDNS that proved nothing."""
+        return {n: s for n, s in self.poller.status.items() if s.routable}
 
     # -- models ---------------------------------------------------------------------------------
 
     def models(self) -> dict[str, dict[str, Any]]:
         """Every model a request can name: served by an up node, or mapped to a cloud."""
         cards: dict[str, dict[str, Any]] = {}
-        for node in self.poller.status.values():
+        for node in self.routable().values():
             if not node.healthy:
                 continue
             for model in node.models:
@@ -107,7 +121,19 @@ class Router:
 
     def _known(self, model: str) -> bool:
         in_cloud = any(model in u.models for u in self.config.cloud)
-        return in_cloud or any(model in n.models for n in self.poller.status.values())
+        return in_cloud or any(model in n.models for n in self.routable().values())
+
+    def _unverified_note(self, model: str) -> str:
+        """Why a model served only by unverified mDNS nodes is not offered, and what to do."""
+        names = sorted(n for n, s in self.poller.status.items()
+                       if not s.routable and model in s.models)  # fmt: skip
+        if not names:
+            return ""
+        return (
+            f"; unverified nodes seen on mDNS serve it ({', '.join(names)}): pin their keys "
+            "(trusted_node_keys in the router config, or --trust-node) or, on a LAN you "
+            "trust, start the router with --trust-lan"
+        )
 
     # -- routing --------------------------------------------------------------------------------
 
@@ -126,7 +152,7 @@ class Router:
             raise APIError(
                 404,
                 f"the model '{model}' is not served by any node or cloud upstream "
-                "(GET /v1/models lists them)",
+                f"(GET /v1/models lists them){self._unverified_note(model)}",
                 param="model",
                 code="model_not_found",
             )
@@ -136,7 +162,7 @@ class Router:
         nodes = self.speeds.apply(
             {
                 n.name: with_inflight(n, self.inflight.get(n.name, 0))
-                for n in self.poller.status.values()
+                for n in self.routable().values()
             },
             now,
         )
@@ -220,10 +246,13 @@ class Router:
         )
         if not decide:
             return Split(first.node, reason) if reason != "split-off" else None
+        headers = self._node_headers(nodes[helper.node])
+        if headers != self._node_headers(nodes[first.node]):  # one key goes to both nodes
+            return Split(first.node, f"{reason},failed-keys-differ")
         try:
             handoff = await hand_off(
                 self.client, nodes[helper.node].address.url, nodes[first.node].address.url,
-                req.model, body, self._node_headers,
+                req.model, body, headers,
             )  # fmt: skip
         except SplitFailed as exc:
             self.metrics.splits.labels("failed").inc()
@@ -328,7 +357,7 @@ class Router:
         split: Split | None,
     ) -> tuple[Outgoing, Any]:
         if isinstance(target, Candidate):
-            headers = {**self._node_headers, ROUTED_HEADER: "1"}
+            headers = {**self._node_headers(nodes[target.node]), ROUTED_HEADER: "1"}
             if split and split.handoff and target.node == split.decode_node:
                 headers.update(split.handoff.headers())
             return Outgoing(nodes[target.node].address.url + path, encoded, headers), None

@@ -2,12 +2,15 @@
 
 `MdnsNodes` browses `_edgebox._tcp.local.` and yields every node that advertises its API port
 in the TXT record (`api=PORT`; a node whose API listens on loopback only leaves it out and is
-not routable from here). `HubNodes` reads `GET /v1/hub/nodes` with the stored user login. A
-hub node seen on mDNS with the same SSH host-key fingerprint is reached at its mDNS address
-(the LAN path); otherwise at the `api_url` the hub recorded (the address the hub saw its
-heartbeats come from, with the API port the node reported). A loopback `api_url` means "on the
-hub's box", so it is reached at the hub's own host. Hub nodes with neither are skipped with
-one log line each.
+not routable from here), as *unverified*: an advert is a claim anyone on the LAN can make, so
+the router asks the node to prove it holds a pinned key first (`router.trust`). `HubNodes`
+reads `GET /v1/hub/nodes` with the stored user login. A hub node is reached at the `api_url`
+the hub recorded (the address the hub saw its heartbeats come from, with the API port the node
+reported); when an advert with its fingerprint is seen on the LAN, the advert's address is
+tried first but used only once the node there proves it holds the key the hub recorded for
+that node (mDNS never overrides what the hub says by itself). A loopback `api_url` means "on
+the hub's box", so it is reached at the hub's own host. Hub nodes with no usable address are
+skipped with one log line each.
 """
 
 from __future__ import annotations
@@ -31,21 +34,35 @@ log = logging.getLogger("edgebox.router")
 HUB_REFRESH_S = 30.0
 
 
-def mdns_address(node: DiscoveredNode) -> NodeAddress | None:
-    """The node's API address from its advertisement; None when it advertises no API port."""
+def mdns_address(
+    node: DiscoveredNode, keys: Iterable[str] = (), name: str | None = None
+) -> NodeAddress | None:
+    """The node's API address from its advertisement, unverified until it proves it holds one
+    of `keys`; None when it advertises no API port."""
     if node.api_port is None or not node.addresses:
         return None
-    return NodeAddress(node.name, f"http://{node.addresses[0]}:{node.api_port}")
+    host = node.addresses[0]
+    host = f"[{host}]" if ":" in host else host
+    return NodeAddress(
+        name or node.name, f"http://{host}:{node.api_port}", trust="unverified",
+        node_id=node.node_id, keys=frozenset(keys),
+    )  # fmt: skip
 
 
 class MdnsNodes:
-    """Nodes seen on mDNS that advertise their API port."""
+    """Nodes seen on mDNS that advertise their API port (unverified; `pins` are the node-key
+    fingerprints the operator trusts)."""
 
     def __init__(
-        self, interfaces: Sequence[LanInterface] | None = None, *, exclude_id: str | None = None
+        self,
+        interfaces: Sequence[LanInterface] | None = None,
+        *,
+        exclude_id: str | None = None,
+        pins: Iterable[str] = (),
     ) -> None:
         self.interfaces = interfaces
         self.exclude_id = exclude_id  # this node's own id under `serve --fleet`
+        self.pins = frozenset(pins)
         self._browser: Any = None
 
     async def start(self) -> None:
@@ -71,7 +88,9 @@ class MdnsNodes:
     def addresses(self) -> Iterable[NodeAddress]:
         found = self.discovered()
         names = distinct_names(found)  # the poller keys nodes by name: clones must not merge
-        return [replace(a, name=names[n.node_id]) for n in found if (a := mdns_address(n))]
+        return [
+            replace(a, name=names[n.node_id]) for n in found if (a := mdns_address(n, self.pins))
+        ]
 
 
 def seen_from_hub(api_url: str, hub_url: str) -> str:
@@ -85,36 +104,55 @@ def seen_from_hub(api_url: str, hub_url: str) -> str:
     return f"{parts.scheme}://{host}:{parts.port}"
 
 
+def _fingerprints(*key_lines: object) -> set[str]:
+    found = set()
+    for line in key_lines:
+        try:
+            found.add(ssh_fingerprint(str(line or "")))
+        except ValueError:
+            continue
+    return found
+
+
+def hub_address(
+    node: Mapping[str, Any], by_fp: Mapping[str, DiscoveredNode], hub_url: str
+) -> NodeAddress | None:
+    """One online hub node: at its LAN address if an advert matches it (to be proved with the
+    key the hub recorded), falling back to the address the hub recorded; None with neither."""
+    name = str(node.get("name"))
+    recorded = node.get("api_url")
+    hub = seen_from_hub(recorded, hub_url) if isinstance(recorded, str) and recorded else None
+    # Adverts carry the sshd host key's fingerprint, or the node key's when sshd's is unreadable.
+    advert_fps = _fingerprints(node.get("host_key"), node.get("ssh_public_key"))
+    seen = next((by_fp[fp] for fp in sorted(advert_fps) if fp in by_fp), None)
+    provable = _fingerprints(node.get("ssh_public_key"))  # what the node signs with
+    lan = mdns_address(seen, provable, name) if seen is not None else None
+    if lan is not None and (provable or hub is None):
+        return replace(lan, fallback_url=hub)
+    return NodeAddress(name, hub, trust="hub") if hub else None
+
+
 def hub_addresses(
     answer: Mapping[str, Any], discovered: Iterable[DiscoveredNode], hub_url: str = ""
 ) -> tuple[list[NodeAddress], list[str]]:
-    """Hub nodes (online, not revoked) at their mDNS address when an advert with the same SSH
-    host-key fingerprint is seen, else at the API address the hub recorded.
+    """Hub nodes (online, not revoked), each by `hub_address`.
 
-    Returns the routable addresses and the names of hub nodes skipped for want of one."""
+    Returns the addresses and the names of hub nodes skipped for want of one."""
     by_fp = {d.host_key_fingerprint: d for d in discovered}
     found, skipped = [], []
     for node in answer.get("data", []):
         if not isinstance(node, Mapping) or node.get("status") != "online":
             continue
-        try:
-            fp = ssh_fingerprint(str(node.get("host_key") or ""))
-        except ValueError:
-            fp = ""
-        seen = by_fp.get(fp) if fp else None
-        address = mdns_address(seen) if seen is not None else None
-        recorded = node.get("api_url")
-        if address is not None:
-            found.append(NodeAddress(str(node.get("name")), address.url))
-        elif isinstance(recorded, str) and recorded:
-            found.append(NodeAddress(str(node.get("name")), seen_from_hub(recorded, hub_url)))
-        else:
+        address = hub_address(node, by_fp, hub_url)
+        if address is None:
             skipped.append(str(node.get("name")))
+        else:
+            found.append(address)
     return found, skipped
 
 
 class HubNodes:
-    """The hub's online nodes, at their mDNS or hub-recorded address (see module doc)."""
+    """The hub's online nodes, at their proved LAN or hub-recorded address (see module doc)."""
 
     def __init__(self, login: Login, lan: MdnsNodes | None, refresh_s: float = HUB_REFRESH_S):
         self.login = login
@@ -170,8 +208,8 @@ class PeerRecords(Protocol):
 
 class HubPeers:
     """For `serve --fleet` on a node joined to a hub: the other online nodes the hub lists in
-    its heartbeat answers (no user login needed), at their mDNS address when seen on the LAN,
-    else at the address the hub recorded."""
+    its heartbeat answers (no user login needed), at the address the hub recorded, or at their
+    LAN address when the heartbeat names their node key and the node there proves it."""
 
     def __init__(self, beats: PeerRecords, lan: MdnsNodes | None = None) -> None:
         self.beats = beats

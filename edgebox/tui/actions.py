@@ -21,6 +21,11 @@ from edgebox.tui.snapshot import NodeSnapshot
 ADMIN_TIMEOUT = httpx.Timeout(5.0, connect=2.0)
 LOAD_TIMEOUT = httpx.Timeout(600.0, connect=2.0)  # a load opens (maybe fetches) a model
 NOT_SUPPORTED = "loading and unloading models is not supported by this node (no admin endpoint)"
+# The node's admin key, or its inference (API) key on a node without one (loopback only).
+WANTS_KEY = (
+    "the node wants its admin key ($EDGEBOX_ADMIN_KEY), or its API key ($EDGEBOX_API_KEY) "
+    "on a node without one"
+)
 RECENT_LIMIT = 15
 
 
@@ -63,7 +68,9 @@ async def set_draining(url: str, drain: bool, api_key: str | None) -> str:
     if r.status_code == 404:
         return "drain is not supported by this node (no /admin/drain; upgrade edgebox)"
     if r.status_code == 401:
-        return f"{path}: the node wants an API key (set $EDGEBOX_API_KEY)"
+        return f"{path}: {WANTS_KEY}"
+    if r.status_code == 403:  # /admin from afar on a node without an admin key
+        return f"{path}: the node takes /admin only on loopback (start it with --admin-key)"
     if r.status_code != 200:
         return f"{path} failed: HTTP {r.status_code}"
     return f"{'draining' if drain else 'undrained'}: new requests {'refused' if drain else 'taken'}"
@@ -115,7 +122,7 @@ async def _admin(
         return f"{path} failed: HTTP {r.status_code}, not JSON"
     error = answer.get("error") if isinstance(answer, dict) else None
     if r.status_code == 401:
-        return f"{path}: the node wants an API key (set $EDGEBOX_API_KEY)"
+        return f"{path}: {WANTS_KEY}"
     if r.status_code == 404 and not (isinstance(error, dict) and error.get("param")):
         return NOT_SUPPORTED
     if r.status_code != 200:

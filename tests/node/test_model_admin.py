@@ -205,3 +205,43 @@ def test_recent_requests_record_a_real_request_without_its_text(keyed_node: Node
     assert 0 < done["ttft_s"] <= done["duration_s"]
     bad = admin(keyed_node, "GET", "/admin/requests?limit=many")
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "limit"
+
+
+def test_load_errors_name_the_spec_never_the_files_behind_it(
+    keyed_node: NodeProcess, tmp_path: Path
+) -> None:
+    hidden = tmp_path / "private-store" / "blob-target-7f3e.gguf"
+    hidden.parent.mkdir()
+    hidden.write_bytes(b"GGUF but not really a model" * 100)
+    link = tmp_path / "innocent.gguf"
+    link.symlink_to(hidden)
+    for spec, status in ((str(link), 400), ("~/no-such-model.gguf", 404),
+                         (str(tmp_path / "missing" / "x.gguf"), 404)):  # fmt: skip
+        r = admin(keyed_node, "POST", "/admin/models/load", {"model": spec})
+        assert r.status_code == status, r.text
+        error = r.json()["error"]
+        assert error["param"] == "model" and spec in error["message"], error
+        for secret in ("private-store", "blob-target", str(Path.home()) + "/no-such"):
+            assert secret not in error["message"], error
+    assert served(keyed_node) == ["smollm2-135m"]
+
+
+def test_a_spec_python_cannot_open_is_a_400_not_a_500(keyed_node: NodeProcess) -> None:
+    for spec in ("model\x00.gguf", "x" * 5000 + ".gguf"):
+        r = admin(keyed_node, "POST", "/admin/models/load", {"model": spec})
+        assert r.status_code == 400, r.text
+        assert r.json()["error"]["param"] == "model"
+    assert served(keyed_node) == ["smollm2-135m"]
+
+
+def test_an_uncached_hugging_face_spec_without_network_fails_fast(
+    keyed_node: NodeProcess,
+) -> None:
+    """This box has no route to huggingface.co (huggingface_hub alone retried for ~25 s)."""
+    spec = "edgebox-test-org/never-cached:model.Q4_K_M.gguf"
+    started = time.monotonic()
+    r = admin(keyed_node, "POST", "/admin/models/load", {"model": spec})
+    took = time.monotonic() - started
+    assert r.status_code == 404 and r.json()["error"]["param"] == "model", r.text
+    assert spec in r.json()["error"]["message"]
+    assert took < 3.0, took

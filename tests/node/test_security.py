@@ -1,8 +1,11 @@
-"""Who may reach a node's /admin/ routes when it runs without an API key."""
+"""Who may reach a node's routes: /admin/ on a keyless node, scoped inference and admin keys,
+the per-key request limit, and keys kept out of logs, /metrics and error bodies."""
 
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -10,8 +13,8 @@ from starlette.applications import Starlette
 from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
-from edgebox.node.security import LoopbackAdminMiddleware
-from tests.conftest import NodeProcess
+from edgebox.node.security import LoopbackAdminMiddleware, NodeKeys, ScopedKeyMiddleware
+from tests.conftest import NodeProcess, start_node
 
 
 def ok(_request: object) -> PlainTextResponse:
@@ -54,3 +57,124 @@ def test_a_forwarded_for_header_does_not_change_who_the_client_is(node: NodeProc
     spoofed = {"x-forwarded-for": "10.0.0.5", "forwarded": "for=10.0.0.5"}
     reply = httpx.get(node.url + "/admin/requests", headers=spoofed, timeout=10)
     assert reply.status_code == 200, reply.text
+
+
+# -- scoped keys ------------------------------------------------------------------------------
+
+API, ADMIN, FLEET = "sk-inference-7a1", "sk-admin-9b2", "sk-fleet-3c4"
+
+
+def scoped(keys: NodeKeys, app: Any = None) -> ScopedKeyMiddleware:
+    inner = app or Starlette(
+        routes=[Route("/admin/drain", ok, methods=["POST"]), Route("/v1/models", ok)]
+    )
+    return ScopedKeyMiddleware(inner, keys)
+
+
+def call_scoped(
+    app: ScopedKeyMiddleware, host: str, path: str, key: str | None, method: str = "GET"
+) -> httpx.Response:
+    async def once() -> httpx.Response:
+        transport = httpx.ASGITransport(app=app, client=(host, 50123))
+        headers = {"authorization": f"Bearer {key}"} if key else {}
+        async with httpx.AsyncClient(transport=transport, base_url="http://node") as client:
+            return await client.request(method, path, headers=headers)
+
+    return asyncio.run(once())
+
+
+def test_the_admin_key_opens_admin_only_and_the_inference_keys_inference_only() -> None:
+    app = scoped(NodeKeys(api_key=API, admin_key=ADMIN, fleet_key=FLEET))
+    for host in ("127.0.0.1", "10.0.0.5"):
+        assert call_scoped(app, host, "/admin/drain", ADMIN, "POST").text == "done"
+        refused = call_scoped(app, host, "/admin/drain", API, "POST")
+        assert refused.status_code == 401
+        assert refused.json()["error"]["code"] == "invalid_admin_key"
+        assert "--admin-key" in refused.json()["error"]["message"]
+        assert call_scoped(app, host, "/v1/models", API).text == "done"
+        assert call_scoped(app, host, "/v1/models", FLEET).text == "done"  # peers' routers
+        assert call_scoped(app, host, "/v1/models", ADMIN).status_code == 401
+    for reply in (call_scoped(app, "10.0.0.5", "/admin/drain", "nope", "POST"),
+                  call_scoped(app, "10.0.0.5", "/v1/models", "nope")):  # fmt: skip
+        assert not {API, ADMIN, FLEET} & set(reply.text.split("'"))
+        assert all(k not in reply.text for k in (API, ADMIN, FLEET))
+
+
+def test_with_only_an_inference_key_admin_is_loopback_only_and_says_what_to_do() -> None:
+    app = scoped(NodeKeys(api_key=API))
+    remote = call_scoped(app, "10.0.0.5", "/admin/drain", API, "POST")
+    assert remote.status_code == 403
+    error = remote.json()["error"]
+    assert error["code"] == "admin_needs_admin_key" and "--admin-key" in error["message"]
+    assert "EDGEBOX_ADMIN_KEY" in error["message"]
+    # On loopback the inference key still administers it, as before scopes existed.
+    assert call_scoped(app, "127.0.0.1", "/admin/drain", API, "POST").text == "done"
+    assert call_scoped(app, "127.0.0.1", "/admin/drain", None, "POST").status_code == 401
+
+
+def test_one_key_cannot_hold_more_than_its_limit_of_requests() -> None:
+    release = asyncio.Event()
+
+    async def slow(_request: object) -> PlainTextResponse:
+        await release.wait()
+        return PlainTextResponse("done")
+
+    app = scoped(
+        NodeKeys(api_key=API, fleet_key=FLEET, per_key_limit=2),
+        Starlette(routes=[Route("/v1/models", slow)]),
+    )
+
+    async def scenario() -> list[httpx.Response]:
+        transport = httpx.ASGITransport(app=app, client=("10.0.0.5", 50123))
+        async with httpx.AsyncClient(transport=transport, base_url="http://node") as client:
+
+            def get(key: str) -> Any:
+                return client.get("/v1/models", headers={"authorization": f"Bearer {key}"})
+
+            held = [asyncio.create_task(get(API)) for _ in range(2)]
+            await asyncio.sleep(0.05)  # both are inside the app, waiting
+            third, other_key = await asyncio.wait_for(
+                asyncio.gather(get(API), _released(get(FLEET), release)), 5
+            )
+            return [*(await asyncio.gather(*held)), third, other_key]
+
+    first, second, third, other_key = asyncio.run(scenario())
+    assert third.status_code == 429 and third.headers["retry-after"] == "1"
+    assert third.json()["error"]["code"] == "key_concurrency_limit"
+    assert (first.text, second.text, other_key.text) == ("done", "done", "done")
+
+
+async def _released(request: Any, release: asyncio.Event) -> httpx.Response:
+    """Another key's request runs while the first key is at its limit; then all finish."""
+    task = asyncio.ensure_future(request)
+    await asyncio.sleep(0.05)
+    release.set()
+    return await task
+
+
+def test_keys_reach_no_log_metrics_or_error_body_of_a_real_node(tmp_path: Path) -> None:
+    node = start_node(
+        tmp_path, "--ctx", "512", "--parallel", "1", "--no-mdns", "--access-log",
+        "--model", "smollm2-135m",
+        env={"EDGEBOX_API_KEY": API, "EDGEBOX_ADMIN_KEY": ADMIN, "EDGEBOX_FLEET_KEY": FLEET},
+    )  # fmt: skip
+    try:
+        bodies = []
+        for path, key, want in (("/admin/models", ADMIN, 200), ("/admin/models", API, 401),
+                                ("/v1/models", API, 200), ("/v1/models", FLEET, 200),
+                                ("/v1/models", ADMIN, 401), ("/v1/models", "wrong", 401)):  # fmt: skip
+            reply = httpx.get(node.url + path, headers={"authorization": f"Bearer {key}"})
+            assert reply.status_code == want, (path, reply.text)
+            bodies.append(reply.text)
+        chat = httpx.post(node.base_url + "/chat/completions", timeout=60,
+                          headers={"authorization": f"Bearer {API}"},
+                          json={"model": "smollm2-135m", "max_tokens": 2,
+                                "messages": [{"role": "user", "content": "hi"}]})  # fmt: skip
+        assert chat.status_code == 200
+        bodies.append(httpx.get(node.url + "/metrics").text)
+        bodies.append(httpx.get(node.url + "/health").text)
+    finally:
+        node.stop()
+    bodies.append(node.log.read_text())
+    for text in bodies:
+        assert all(k not in text for k in (API, ADMIN, FLEET))

@@ -80,12 +80,15 @@ def _discovered(name: str, fingerprint: str, api_port: int | None) -> Discovered
 def test_hub_nodes_go_to_their_mdns_address_else_to_the_address_the_hub_recorded(
     tmp_path: Path,
 ) -> None:
-    ids = {n: load_identity(tmp_path / n, sshd_host_key=NO_SSHD, name=n) for n in "abcdef"}
+    ids = {n: load_identity(tmp_path / n, sshd_host_key=NO_SSHD, name=n) for n in "abcdefg"}
     host_key = {n: i.ssh_public_key for n, i in ids.items()}  # what the hub stores per node
     answer = {
         "data": [
             {"name": "a", "status": "online", "host_key": host_key["a"],
-             "api_url": "http://192.0.2.1:8080"},  # also on mDNS: the LAN address wins
+             "ssh_public_key": host_key["a"],
+             "api_url": "http://192.0.2.1:8080"},  # also on mDNS: the LAN address, if proved
+            {"name": "g", "status": "online", "host_key": host_key["g"],
+             "api_url": "http://192.0.2.7:8080"},  # on mDNS, but no node key to prove it with
             {"name": "b", "status": "online", "host_key": host_key["b"]},
             {"name": "c", "status": "offline", "host_key": host_key["c"],
              "api_url": "http://192.0.2.3:8080"},
@@ -102,13 +105,18 @@ def test_hub_nodes_go_to_their_mdns_address_else_to_the_address_the_hub_recorded
         _discovered("a-lan", ssh_fingerprint(host_key["a"]), 8080),
         _discovered("c-lan", ssh_fingerprint(host_key["c"]), 8080),
         _discovered("d-lan", ssh_fingerprint(host_key["d"]), None),  # API on loopback only
+        _discovered("g-lan", ssh_fingerprint(host_key["g"]), 8080),
     ]
     found, skipped = hub_addresses(answer, lan, "https://hub.example:8443")
-    assert [(a.name, a.url) for a in found] == [
-        ("a", "http://10.0.0.7:8080"),
-        ("e", "http://192.0.2.5:9000"),
-        ("f", "http://hub.example:9001"),
+    # mDNS never overrides the hub by itself: a's LAN address is tried only as unverified,
+    # to be proved with the node key the hub recorded, else its hub address is used.
+    assert [(a.name, a.url, a.trust, a.fallback_url) for a in found] == [
+        ("a", "http://10.0.0.7:8080", "unverified", "http://192.0.2.1:8080"),
+        ("g", "http://192.0.2.7:8080", "hub", None),
+        ("e", "http://192.0.2.5:9000", "hub", None),
+        ("f", "http://hub.example:9001", "hub", None),
     ]
+    assert found[0].keys == {ssh_fingerprint(host_key["a"])}
     assert sorted(skipped) == ["b", "d"]  # c is offline: not listed at all
 
 

@@ -45,6 +45,9 @@ from edgebox.node.errors import (
 
 M = TypeVar("M", bound=BaseModel)
 PEERS_REFRESH_S = 1.0  # heartbeat answers share one read of the node table per second
+# what a peer needs of another: its name, address, the keys that match and verify its mDNS
+# advert (a public key, which the node proves it holds), models; no telemetry, no secrets
+PEER_FIELDS = ("id", "name", "api_url", "host_key", "ssh_public_key", "models", "status")
 
 log = logging.getLogger("edgebox.hub")
 MAX_BODY = 1 << 20
@@ -221,7 +224,7 @@ def create_app(
         if time.monotonic() - peers_cache["at"] >= PEERS_REFRESH_S:
             records = await asyncio.to_thread(store.nodes)
             peers = [
-                {k: r.get(k) for k in ("id", "name", "api_url", "host_key", "models", "status")}
+                {k: r.get(k) for k in PEER_FIELDS}
                 for r in records
                 if r.get("status") == "online" and r.get("api_url")
             ]
