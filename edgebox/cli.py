@@ -116,6 +116,15 @@ def serve(
     embedding_batch: Annotated[
         int, typer.Option(help="Embedding inputs per ONNX Runtime call.")
     ] = 32,
+    cpu_extra_buffers: Annotated[
+        str,
+        typer.Option(
+            envvar="EDGEBOX_CPU_EXTRA_BUFFERS",
+            help="llama.cpp's repacked/AMX CPU weights: auto (on unless a probe, cached per "
+            "CPU and build, sees them fault), on or off.",
+            case_sensitive=False,
+        ),
+    ] = "auto",
     api_key: Annotated[
         str | None,
         typer.Option(
@@ -232,6 +241,8 @@ def serve(
         raise _fail(f"two models would be served as the same id ({', '.join(ids)}); use --alias")
     if flash_attn.lower() not in ("auto", "on", "off"):
         raise _fail(f"--flash-attn must be auto, on or off, not {flash_attn!r}")
+    if cpu_extra_buffers.lower() not in ("auto", "on", "off"):
+        raise _fail(f"--cpu-extra-buffers must be auto, on or off, not {cpu_extra_buffers!r}")
     config = RuntimeOptions(
         n_ctx=ctx,
         parallel=parallel,
@@ -243,6 +254,7 @@ def serve(
         gpu_layers=gpu_layers,
         verbose=verbose,
         embedding_batch=embedding_batch,
+        cpu_extra_buffers=cpu_extra_buffers.lower(),
     )
     chat: dict[str, Runtime] = {}
     embedders: dict[str, EmbeddingRuntime] = {}
@@ -328,6 +340,9 @@ def serve(
             highlight=False,
             soft_wrap=True,
         )
+        notice = _extra_buffers_notice()
+        if notice:
+            out.print(f"[yellow]{notice}[/]", highlight=False)
         out.print("Ctrl-C to stop.", style="dim")
 
     from edgebox.fleet.heartbeat import api_endpoint, start_background
@@ -374,6 +389,15 @@ def serve(
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)
+
+
+def _extra_buffers_notice() -> str | None:
+    """The banner's line when llama.cpp's extra CPU buffers were turned off after a fault."""
+    if "edgebox.runtimes.llamacpp.cpu_probe" not in sys.modules:  # no llama.cpp model loaded
+        return None
+    from edgebox.runtimes.llamacpp import cpu_probe
+
+    return cpu_probe.fallback_notice(cpu_probe.current())
 
 
 def _fleet_config(path: Path | None, fleet: bool) -> RouterConfig | None:
@@ -425,7 +449,10 @@ def doctor(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
     measure: Annotated[
         bool,
-        typer.Option(help="Measure memory bandwidth when the device is not in the known table."),
+        typer.Option(
+            help="Measure memory bandwidth when the device is not in the known table, and probe "
+            "llama.cpp's repacked/AMX CPU weights when no answer is cached."
+        ),
     ] = True,
 ) -> None:
     """What this box is, which runtimes it can use, and how to enable the missing ones."""
@@ -434,7 +461,7 @@ def doctor(
     from edgebox.hardware import probe
     from edgebox.hardware.doctor import report
 
-    result = report(probe(measure=measure))
+    result = report(probe(measure=measure), probe_cpu=measure)
     if as_json:
         out.print_json(data=result)
         return
@@ -465,6 +492,21 @@ def doctor(
     for path in result["fast_paths"]:
         paths.add_row(path["model_format"], path["runtime"] or "-", escape(path["reason"]))
     out.print(paths)
+    extra = result["cpu_extra_buffers"]
+    if extra:
+        out.print(f"llama.cpp CPU extra buffers (repacked/AMX weights): {_extra_line(extra)}",
+                  highlight=False)  # fmt: skip
+
+
+def _extra_line(extra: dict[str, object]) -> str:
+    state = {True: "on", False: "off"}.get(extra["enabled"], "?")  # type: ignore[call-overload]
+    if extra["status"] == "not probed":
+        first = "`edgebox serve` probes at its first start, `edgebox doctor` unless --no-measure"
+        return f"{state} (not probed yet: {first})"
+    if extra["fallback"]:
+        return f"off (faulted: {extra['detail']}; --cpu-extra-buffers on to force)"
+    detail = f": {extra['detail']}" if extra["detail"] else ""
+    return f"{state} ({extra['status']}{detail})"
 
 
 @app.command()

@@ -140,10 +140,27 @@ def fast_paths(profile: HardwareProfile, checks: list[RuntimeCheck]) -> list[Fas
     return out
 
 
-def report(profile: HardwareProfile) -> dict[str, Any]:
+def cpu_extra_buffers(checks: list[RuntimeCheck], *, run_probe: bool) -> dict[str, Any] | None:
+    """Whether llama.cpp loads models with repacked/AMX CPU weights here (`cpu_probe`): forced
+    by $EDGEBOX_CPU_EXTRA_BUFFERS, probed ok, faulted (so off), or not probed yet; None
+    without a usable llama.cpp. `run_probe` runs the probe (a second or two) when none is cached.
+    """
+    if not any(c.runtime == "llama.cpp" and c.usable for c in checks):
+        return None
+    from edgebox.runtimes.llamacpp import cpu_probe
+
+    try:
+        decision = cpu_probe.status(run=run_probe)
+    except ValueError as exc:  # a bad $EDGEBOX_CPU_EXTRA_BUFFERS
+        return {"enabled": None, "status": "invalid", "detail": str(exc), "fallback": False}
+    return {**decision.to_dict(), "cache": str(cpu_probe.cache_path())}
+
+
+def report(profile: HardwareProfile, *, probe_cpu: bool = False) -> dict[str, Any]:
     checks = check_runtimes(profile)
     return {
         "hardware": profile.to_dict(),
         "runtimes": [asdict(c) for c in checks],
         "fast_paths": [asdict(p) for p in fast_paths(profile, checks)],
+        "cpu_extra_buffers": cpu_extra_buffers(checks, run_probe=probe_cpu),
     }

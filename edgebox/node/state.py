@@ -127,6 +127,8 @@ class NodeState:
                 "runtime": type(runtime).__name__,
                 "fast_path": self.fast_paths.get(alias),  # "runtime: why it was chosen"
             }
+            if "cpu_extra_buffers" in runtime.info.metadata:  # llama.cpp: repacked/AMX weights
+                models[alias]["cpu_extra_buffers"] = runtime.info.metadata["cpu_extra_buffers"]
             if hasattr(runtime, "prefix_cache"):  # block hashes of cached prompts, for routers
                 models[alias].update(runtime.prefix_cache())
             load_models[alias] = {"active": stats.running, "queued": stats.queued}

@@ -44,6 +44,7 @@ class RuntimeOptions:
     gpu_layers: int = -1  # -1: what the selection says (all on a GPU build)
     verbose: bool = False
     embedding_batch: int = 32  # inputs per ONNX Runtime call
+    cpu_extra_buffers: str = "auto"  # llama.cpp's repacked/AMX CPU weights: auto, on, off
 
 
 def resolve_model_or_dir(
@@ -126,7 +127,12 @@ def _build(chosen: Selection, path: Path, name: str, options: RuntimeOptions) ->
         if layers == -1:
             layers = int(chosen.settings.get("n_gpu_layers", -1))
         return LlamaCppRuntime(
-            path, name=name, config=config, n_gpu_layers=layers, verbose=options.verbose
+            path,
+            name=name,
+            config=config,
+            n_gpu_layers=layers,
+            verbose=options.verbose,
+            cpu_extra_buffers=options.cpu_extra_buffers,
         )
     if chosen.runtime == "mlx":
         from edgebox.runtimes.mlx import MlxConfig, MlxRuntime

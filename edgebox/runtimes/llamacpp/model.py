@@ -86,6 +86,7 @@ class LlamaCppModel:
         n_gpu_layers: int = -1,
         verbose: bool = False,
         vocab_only: bool = False,  # vocabulary and metadata only: tokenizing, no generation
+        extra_buffers: bool = True,  # repacked/AMX CPU weights (`cpu_probe` says if they work)
     ):
         init_backend(verbose)
         self.path = Path(path)
@@ -97,6 +98,10 @@ class LlamaCppModel:
         )
         self.n_gpu_layers = params.n_gpu_layers
         params.vocab_only = vocab_only
+        # Extra buffer types repack CPU weights at load (CPU_REPACK, AMX); on CPUs that
+        # advertise AMX but fault on it they kill the process at the first long prompt.
+        params.use_extra_bufts = extra_buffers and not vocab_only
+        self.extra_buffers = bool(params.use_extra_bufts)
         ptr = llama_cpp.llama_model_load_from_file(str(self.path).encode(), params)
         if not ptr:
             raise BackendError(

@@ -20,8 +20,9 @@ from edgebox.runtimes.base import (
     SamplingParams,
 )
 from edgebox.runtimes.chat_template import ChatTemplate, ControlTextError, fallback_template
+from edgebox.runtimes.llamacpp import cpu_probe
 from edgebox.runtimes.llamacpp.engine import EngineConfig, LlamaCppEngine
-from edgebox.runtimes.llamacpp.model import LlamaCppModel
+from edgebox.runtimes.llamacpp.model import LlamaCppModel, gpu_offload_supported
 from edgebox.runtimes.llamacpp.prompt_cache import PromptCache
 from edgebox.runtimes.llamacpp.sampling import prepare_grammar
 from edgebox.runtimes.llamacpp.special_text import ControlTokens
@@ -166,9 +167,19 @@ class LlamaCppRuntime:
         config: EngineConfig | None = None,
         n_gpu_layers: int = -1,
         verbose: bool = False,
+        cpu_extra_buffers: str = "auto",  # on, off, or auto: what `cpu_probe` found here
     ) -> None:
         self.name = name
-        self.model = LlamaCppModel(path, n_gpu_layers=n_gpu_layers, verbose=verbose)
+        all_on_gpu = n_gpu_layers < 0 and gpu_offload_supported()
+        self.extra_buffers = cpu_probe.extra_buffers(
+            cpu_extra_buffers, model=Path(path), all_on_gpu=all_on_gpu
+        )
+        self.model = LlamaCppModel(
+            path,
+            n_gpu_layers=n_gpu_layers,
+            verbose=verbose,
+            extra_buffers=self.extra_buffers.enabled,
+        )
         config = config or EngineConfig()
         if config.n_ctx > self.model.n_ctx_train:
             config = dataclasses.replace(config, n_ctx=self.model.n_ctx_train)
@@ -193,6 +204,7 @@ class LlamaCppRuntime:
                 "chat_template": template_name,
                 "gpu_layers": self.model.n_gpu_layers,
                 "n_vocab": self.model.n_vocab,
+                "cpu_extra_buffers": self.extra_buffers.summary(),
             },
         )
         self.capabilities = Capabilities(
