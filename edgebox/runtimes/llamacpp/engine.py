@@ -29,22 +29,18 @@ from edgebox.runtimes.base import (
     FinishEvent,
     FinishReason,
     GenerationRequest,
-    KVMismatchError,
     KVSnapshot,
     QueueFullError,
     RuntimeStats,
     TokenEvent,
-    fingerprint_mismatch,
 )
 from edgebox.runtimes.llamacpp.jobs import Job, Part, Slot, common_prefix_len, timeout_message
-from edgebox.runtimes.llamacpp.kv_format import StateLayout, reference_layout
+from edgebox.runtimes.llamacpp.kv_format import StateLayout
+from edgebox.runtimes.llamacpp.kv_import import KVTransfer
 from edgebox.runtimes.llamacpp.kv_state import (
     kv_layout,
-    load_sequence,
     logits_finite,
-    reference_state,
     resolved_flash_attn,
-    save_sequence,
 )
 from edgebox.runtimes.llamacpp.model import LlamaCppModel, captured_log
 from edgebox.runtimes.llamacpp.recovery import KV_INVALID, EngineHealth, Healing
@@ -96,7 +92,7 @@ def _prefill_dominated(n_tokens: int, n_prompt: int) -> bool:
     )
 
 
-class LlamaCppEngine(Healing):
+class LlamaCppEngine(Healing, KVTransfer):
     def __init__(self, model: LlamaCppModel, config: EngineConfig) -> None:
         self.model = model
         self.config = config
@@ -138,9 +134,10 @@ class LlamaCppEngine(Healing):
         self._prefill_rate = 0.0  # prompt tokens/s, measured (see _PREFILL_SAMPLE_TOKENS)
         self._avg_job_s = 1.0
         self.health = EngineHealth()
-        # This engine's own KV layout, from a one-token state it exports first thing on its
-        # thread: what an uploaded snapshot's every layer must match (kv_format).
-        self.kv_reference: Future[StateLayout] = Future()
+        # This engine's own KV layout, from a one-token state it exports on its thread when
+        # the first upload is checked: what a snapshot's every layer must match (kv_format).
+        self._kv_reference: Future[StateLayout] = Future()
+        self._reference_wanted = False
         self.unchecked_kv = os.environ.get(UNCHECKED_KV_ENV) == "1"
         self._thread = threading.Thread(target=self._run, name="llamacpp-engine", daemon=True)
         self._thread.start()
@@ -207,17 +204,6 @@ class LlamaCppEngine(Healing):
             self._cond.notify()
         return job
 
-    def _check_snapshot(self, kv: KVSnapshot, prompt: Sequence[int]) -> None:
-        problem = fingerprint_mismatch(self.fingerprint(), kv.fingerprint)
-        if problem:
-            raise KVMismatchError(problem)
-        n = len(kv.tokens)
-        if not n or n >= len(prompt) or list(prompt[:n]) != list(kv.tokens):
-            raise KVMismatchError(
-                f"the KV snapshot's {n} tokens are not a proper prefix of this "
-                f"{len(prompt)}-token prompt"
-            )
-
     def stats(self) -> RuntimeStats:
         with self._cond:
             self._trim_recent(time.monotonic())
@@ -264,11 +250,17 @@ class LlamaCppEngine(Healing):
     # -- scheduler thread -----------------------------------------------------------------
 
     def _run(self) -> None:
-        self._take_kv_reference()
         while True:
             with self._cond:
-                while not self._closing and not self._queue and not self._busy():
+                while (
+                    not self._closing
+                    and not self._queue
+                    and not self._busy()
+                    and not self._reference_due()
+                ):
                     self._cond.wait()
+                if self._reference_due():
+                    self._take_kv_reference()
                 if self._closing:
                     for job in [*self._queue, *(s.job for s in self._slots if s.job)]:
                         self._finish_job(job, "cancelled", error="the node is shutting down")
@@ -286,16 +278,6 @@ class LlamaCppEngine(Healing):
                         self._release(slot, "error", error=f"generation failed: {exc}")
                         llama_cpp.llama_memory_seq_rm(self.memory, slot.seq_id, -1, -1)
                         slot.clear()
-
-    def _take_kv_reference(self) -> None:
-        """Export a one-token state of this engine's own (kv_format.reference_layout)."""
-        try:
-            token = max(self.model.bos_id, 0)
-            blob = reference_state(self.ctx, self.memory, self._slots[0].seq_id, token)
-            n_stream = int(self._kv_layout["n_stream"])
-            self.kv_reference.set_result(reference_layout(blob, n_stream, self.model.n_vocab))
-        except Exception as exc:  # KV uploads are then refused, saying why
-            self.kv_reference.set_exception(exc)
 
     def _busy(self) -> bool:
         return any(s.job for s in self._slots)
@@ -349,24 +331,6 @@ class LlamaCppEngine(Healing):
             self._counters["cached"] += keep
         slot.job = job
 
-    def _import(self, slot: Slot, kv: KVSnapshot) -> bool:
-        """Load a snapshot into the slot's sequence; on failure the slot is left empty and
-        the prompt is simply prefilled (uploads are validated and probed, so this is rare)."""
-        slot.clear()
-        if self.unchecked_kv:  # test hook: load as today's checks would never have let through
-            load_sequence(self.ctx, self.memory, slot.seq_id, kv.data, len(kv.tokens), check=False)
-        elif not load_sequence(self.ctx, self.memory, slot.seq_id, kv.data, len(kv.tokens)):
-            if llama_cpp.llama_memory_seq_pos_max(self.memory, slot.seq_id) >= 0:
-                self._rebuild("an imported KV state left cells that could not be removed")
-            return False
-        slot.cached = list(kv.tokens)
-        slot.imported = True
-        return True
-
-    def _export(self, slot: Slot) -> KVSnapshot:
-        data = save_sequence(self.ctx, slot.seq_id)
-        return KVSnapshot(self.fingerprint(), tuple(slot.cached), data)
-
     def _step(self) -> None:
         t = time.monotonic()
         for slot in self._slots:
@@ -384,13 +348,14 @@ class LlamaCppEngine(Healing):
             self._decode_failed(parts, rc)  # recovery.Healing
             return
         n = sum(len(p.tokens) for p in parts)
-        n_prompt = n - sum(p.logits for p in parts)
+        n_sampled = sum(p.logits for p in parts)
+        n_prompt = n - n_sampled
         prefill_s = None
         if _prefill_dominated(n, n_prompt):
             llama_cpp.llama_synchronize(self.ctx)  # GPU backends return before the work ends
             prefill_s = time.monotonic() - decode_started  # the decode alone: no sampling/export
         self._after_decode(rows)
-        self._account_step(n, len(parts) - n_prompt, time.monotonic() - t, n_prompt, prefill_s)
+        self._account_step(n, n_sampled, time.monotonic() - t, n_prompt, prefill_s)
 
     def _plan(self) -> list[Part]:
         """This step's parts: the next token of every decoding slot, then prompt chunks

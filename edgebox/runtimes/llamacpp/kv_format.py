@@ -107,9 +107,12 @@ def _read_layers(
     each shape must equal `expected`'s as soon as it is read (no expectation: a reference)."""
 
     def check(il: int, shape: LayerShape) -> LayerShape:
-        if expected and shape != expected[il]:
+        mine = expected[il] if expected else shape
+        if shape != mine:
             raise KVFormatError(
-                f"layer {il}: shape {shape} differs from this engine's {expected[il]}"
+                f"layer {il}: V type {shape.v_type}, row {shape.v_row} bytes "
+                f"(width {shape.v_embd}); this engine has type {mine.v_type}, "
+                f"row {mine.v_row} bytes (width {mine.v_embd})"
             )
         return shape
 
@@ -236,7 +239,7 @@ def check_positions(cells: CacheCells, n_tokens: int, index: int) -> None:
     pos = np.sort(cells.positions)
     n = len(pos)
     start = 0 if index == 0 else n_tokens - n
-    if n == 0 or n > n_tokens or start < 0:
+    if n == 0 or start < 0 or (index == 0 and n != n_tokens):
         raise KVFormatError(f"cache {index} holds {n} cells for {n_tokens} tokens")
     expected = np.arange(start, n_tokens, dtype=np.int32)
     if not np.array_equal(pos, expected):

@@ -156,7 +156,9 @@ class Healing:
             for slot in self._slots:
                 held = slot.cached
                 slot.clear()
-                if slot.job is not None:
+                if slot.job is not None and slot.job.probe:  # its snapshot's cells are gone
+                    self._release(slot, "error", error="the engine was rebuilt; upload again")
+                elif slot.job is not None:
                     slot.job.readmit(held)
             self.health.rebuilds += 1
         finally:
