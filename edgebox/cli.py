@@ -109,7 +109,7 @@ def serve(
     ] = "auto",
     kv_upload_mib: Annotated[
         int, typer.Option(help="MiB of uploaded KV snapshots held for pending requests.")
-    ] = 2048,
+    ] = 1024,
     gpu_layers: Annotated[
         int, typer.Option(help="Layers to offload (-1: all that the build allows).")
     ] = -1,

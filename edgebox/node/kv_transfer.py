@@ -20,21 +20,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 import secrets
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, cast
 
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from edgebox.node.errors import APIError, queue_full_error
 from edgebox.runtimes.base import (
+    BackendError,
     FinishEvent,
     GenerationRequest,
+    KVInvalidError,
     KVSnapshot,
     QueueFullError,
+    RequestHandle,
     Runtime,
     fingerprint_mismatch,
 )
@@ -129,35 +133,93 @@ async def read_snapshot(
     return KVSnapshot(header.fingerprint, tuple(header.tokens), bytes(buf))
 
 
-class KVStore:
-    """Uploaded snapshots waiting for the request that uses them: bounded, expiring, single use."""
+@dataclass(frozen=True)
+class _Held:
+    model: str
+    kv: KVSnapshot
+    deadline: float
+    client: str
 
-    def __init__(self, max_bytes: int = 2 << 30, ttl_s: float = 120.0) -> None:
+
+class KVStore:
+    """Uploaded snapshots waiting for the request that uses them: bounded, expiring, single use.
+
+    Bounds: `max_bytes` over all uploads (stored and still arriving; 503 past it), and per
+    client address `per_client_uploads` and `per_client_bytes` (429 with Retry-After past
+    them), so one client cannot hold the whole store. An upload is kept `ttl_s`: a router
+    uses it within milliseconds of uploading it."""
+
+    def __init__(
+        self,
+        max_bytes: int = 1 << 30,
+        ttl_s: float = 30.0,
+        per_client_bytes: int = 512 << 20,
+        per_client_uploads: int = 8,
+    ) -> None:
         self.max_bytes = max_bytes
         self.ttl_s = ttl_s
-        self._items: dict[str, tuple[str, KVSnapshot, float]] = {}
-        self._reserved = 0  # bytes of uploads still being received
+        self.per_client_bytes = per_client_bytes
+        self.per_client_uploads = per_client_uploads
+        self._items: dict[str, _Held] = {}
+        self._reserved: dict[str, int] = {}  # bytes of uploads still being received, per client
+        self._arriving: dict[str, int] = {}  # uploads being received, per client
         self._lock = threading.Lock()
 
     def _expire(self, t: float) -> None:
-        for key in [k for k, (_, _, deadline) in self._items.items() if deadline < t]:
+        for key in [k for k, held in self._items.items() if held.deadline < t]:
             del self._items[key]
 
     def used_bytes(self) -> int:
         with self._lock:
             self._expire(time.monotonic())
-            return sum(len(kv.data) for _, kv, _ in self._items.values())
+            return sum(len(held.kv.data) for held in self._items.values())
+
+    def _client_use(self, client: str) -> tuple[int, int]:
+        """Uploads and bytes the client holds: stored and still arriving."""
+        mine = [h for h in self._items.values() if h.client == client]
+        uploads = len(mine) + self._arriving.get(client, 0)
+        return uploads, sum(len(h.kv.data) for h in mine) + self._reserved.get(client, 0)
+
+    def _client_limit(self, client: str, message: str) -> APIError:
+        deadlines = [h.deadline for h in self._items.values() if h.client == client]
+        wait = min(deadlines, default=time.monotonic() + 1) - time.monotonic()
+        return APIError(
+            429,
+            f"{message}; uploads are used by the next request or dropped after {self.ttl_s:g} s",
+            type="rate_limit_error",
+            code="kv_client_limit",
+            headers={"Retry-After": str(max(1, math.ceil(wait)))},
+        )
 
     @contextlib.contextmanager
-    def receiving(self) -> Iterator[Callable[[int], None]]:
-        """Reserve room for one upload while it is read; the reservation ends with the block."""
+    def receiving(self, client: str = "") -> Iterator[Callable[[int], None]]:
+        """Reserve room for one upload while it is read; the reservation ends with the block.
+
+        Refused at once (429) when the client already holds its share of uploads."""
         held = 0
+        with self._lock:
+            self._expire(time.monotonic())
+            uploads, _ = self._client_use(client)
+            if uploads >= self.per_client_uploads:
+                raise self._client_limit(
+                    client, f"this client holds {uploads} KV uploads awaiting use, the most allowed"
+                )
+            self._arriving[client] = self._arriving.get(client, 0) + 1
 
         def reserve(n: int) -> None:
             nonlocal held
             with self._lock:
                 self._expire(time.monotonic())
-                used = self._reserved + sum(len(s.data) for _, s, _ in self._items.values())
+                _, mine = self._client_use(client)
+                if mine + n > self.per_client_bytes:
+                    raise self._client_limit(
+                        client,
+                        f"this client holds {mine} bytes of KV uploads awaiting use; this "
+                        f"{n}-byte snapshot would pass the {self.per_client_bytes}-byte limit",
+                    )
+                used = sum(self._reserved.values()) + sum(
+                    len(h.kv.data) for h in self._items.values()
+                )
                 if used + n > self.max_bytes:
                     raise APIError(
                         503,
@@ -167,27 +229,30 @@ class KVStore:
                         code="kv_store_full",
                         headers={"Retry-After": "5"},
                     )
-                self._reserved += n
+                self._reserved[client] = self._reserved.get(client, 0) + n
                 held += n
 
         try:
             yield reserve
         finally:
             with self._lock:
-                self._reserved -= held
+                self._reserved[client] = self._reserved.get(client, 0) - held
+                self._arriving[client] -= 1
+                if not self._arriving[client]:
+                    del self._arriving[client], self._reserved[client]
 
-    def put(self, model: str, kv: KVSnapshot, key: str | None = None) -> str:
+    def put(self, model: str, kv: KVSnapshot, key: str | None = None, client: str = "") -> str:
         """Store a received snapshot (its room was reserved while it was read)."""
         with self._lock:
             key = key or "kv-" + secrets.token_urlsafe(12)
-            self._items[key] = (model, kv, time.monotonic() + self.ttl_s)
+            self._items[key] = _Held(model, kv, time.monotonic() + self.ttl_s, client)
             return key
 
     def take(self, key: str, model: str) -> KVSnapshot:
         with self._lock:
             self._expire(time.monotonic())
-            item = self._items.get(key)
-            if item is None or item[0] != model:
+            held = self._items.get(key)
+            if held is None or held.model != model:
                 raise APIError(
                     404,
                     f"no uploaded KV snapshot '{key}' for model '{model}' "
@@ -196,7 +261,49 @@ class KVStore:
                     code="kv_not_found",
                 )
             del self._items[key]
-            return item[1]
+            return held.kv
+
+
+class KVChecking(Protocol):
+    """What a runtime with KV export offers to check an upload (LlamaCppRuntime)."""
+
+    def validate_kv(self, kv: KVSnapshot) -> None: ...
+
+    def probe_kv(
+        self, kv: KVSnapshot, timeout: float | None, done: Callable[[Exception | None], None]
+    ) -> RequestHandle | None: ...
+
+
+async def check_upload(runtime: Runtime, kv: KVSnapshot, timeout: float | None) -> None:
+    """Refuse an upload whose bytes do not hold what it claims (400 `invalid_kv`) or on which
+    the model cannot decode a token (422 `kv_undecodable`), before it is stored."""
+    checking = cast(KVChecking, runtime)
+    try:
+        await asyncio.to_thread(checking.validate_kv, kv)
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[Exception | None] = loop.create_future()
+
+        def finished(outcome: Exception | None) -> None:
+            with contextlib.suppress(RuntimeError):  # the loop is gone: shutting down
+                loop.call_soon_threadsafe(done.set_result, outcome)
+
+        handle = checking.probe_kv(kv, timeout, finished)
+        if handle is None:
+            return
+        try:
+            outcome = await done
+        finally:
+            handle.cancel()
+        if outcome is not None:
+            raise outcome
+    except KVInvalidError as exc:
+        if exc.undecodable:
+            raise APIError(422, str(exc), param="body", code="kv_undecodable") from exc
+        raise APIError(400, str(exc), param="body", code="invalid_kv") from exc
+    except QueueFullError as exc:
+        raise queue_full_error(exc) from exc
+    except BackendError as exc:
+        raise APIError(500, str(exc), type="server_error", code="kv_check_failed") from exc
 
 
 async def prefill_export(runtime: Runtime, prompt: Sequence[int], timeout: float | None) -> Any:

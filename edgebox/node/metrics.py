@@ -63,9 +63,21 @@ class _RuntimeCollector(Collector):
             "Tokens per batched decode step (decode tokens plus prefill chunks)",
             labels=["model"],
         )
+        failures = CounterMetricFamily(
+            "edgebox_decode_failures",
+            "Failed batched decodes; the engine retries each sequence alone to find the cause",
+            labels=["model"],
+        )
+        rebuilds = CounterMetricFamily(
+            "edgebox_engine_rebuilds",
+            "Backend contexts rebuilt because a failure left them unusable",
+            labels=["model"],
+        )
         for model, stats in self._stats().items():
             for field, family in families.items():
                 family.add_metric([model], getattr(stats, field))
+            failures.add_metric([model], stats.decode_failures_total)
+            rebuilds.add_metric([model], stats.engine_rebuilds_total)
             steps.add_metric([model], stats.steps_total)
             step_seconds.add_metric([model], stats.step_seconds_total)
             if stats.batch_size_buckets:
@@ -74,7 +86,7 @@ class _RuntimeCollector(Collector):
                 buckets.append(("+Inf", stats.steps_total))
                 batch.add_metric([model], buckets, sum_value=stats.batch_tokens_total)
         yield from families.values()
-        yield from (steps, step_seconds, batch)
+        yield from (steps, step_seconds, batch, failures, rebuilds)
 
 
 class NodeMetrics:

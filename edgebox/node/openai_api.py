@@ -260,7 +260,10 @@ def failure_error(finish: FinishEvent) -> APIError:
     """A sequence that ended in an error or a timeout, as the error a client sees."""
     if finish.reason == "timeout":
         return APIError(504, finish.error or "timed out", type="server_error", code="timeout")
-    return APIError(500, finish.error or "generation failed", type="server_error")
+    if finish.error_code == "kv_invalid":  # the client's own uploaded KV failed to decode
+        return APIError(400, finish.error or "invalid KV", param=KV_HEADER, code="kv_invalid")
+    message = finish.error or "generation failed"
+    return APIError(500, message, type="server_error", code=finish.error_code)
 
 
 async def _cancel_on_disconnect(request: Request, streams: ChoiceStreams) -> None:

@@ -131,9 +131,11 @@ class NodeState:
                 models[alias]["cpu_extra_buffers"] = runtime.info.metadata["cpu_extra_buffers"]
             if hasattr(runtime, "prefix_cache"):  # block hashes of cached prompts, for routers
                 models[alias].update(runtime.prefix_cache())
+            if hasattr(runtime, "health"):  # {"status": "degraded", "reason": ...} after a fault
+                models[alias].update(runtime.health())
             load_models[alias] = {"active": stats.running, "queued": stats.queued}
         return {
-            "status": "draining" if self.draining else "ok",
+            "status": self._status(models),
             "version": __version__,
             "uptime_s": round(time.time() - self.started, 1),
             "models": models,
@@ -144,6 +146,15 @@ class NodeState:
             },
             **({"node": self.node} if self.node is not None else {}),
         }
+
+    def _status(self, models: dict[str, dict[str, Any]]) -> str:
+        """draining (set by an operator), degraded (a model's engine recently failed a decode
+        or is rebuilding; its entry says why), or ok."""
+        if self.draining:
+            return "draining"
+        if any(m.get("status") == "degraded" for m in models.values()):
+            return "degraded"
+        return "ok"
 
     def load(self) -> dict[str, int]:
         """Requests running and queued over all models."""

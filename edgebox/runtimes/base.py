@@ -38,6 +38,15 @@ class KVMismatchError(BackendError):
     """A KV snapshot was made by an incompatible engine (model, llama.cpp, KV layout)."""
 
 
+class KVInvalidError(BackendError):
+    """A KV snapshot's bytes do not hold what its header and fingerprint claim
+    (`undecodable`: well formed, but the model cannot decode on top of it)."""
+
+    def __init__(self, message: str, *, undecodable: bool = False) -> None:
+        super().__init__(message)
+        self.undecodable = undecodable
+
+
 @dataclass(frozen=True)
 class KVSnapshot:
     """One sequence's KV cache, taken after prefilling `tokens`, as opaque backend bytes.
@@ -120,6 +129,9 @@ class FinishEvent:
     cached_tokens: int = 0
     text: str = ""  # text held back until the end (e.g. a partial stop-string prefix)
     error: str | None = None
+    # Why, for an error a client can act on: "kv_invalid" (its uploaded KV; a 400),
+    # "decode_failed" (the backend failed this sequence; a 500). None: a plain 500.
+    error_code: str | None = None
     queue_wait_s: float = 0.0  # from submission until a slot took the request
     kv: KVSnapshot | None = None  # set for export_kv requests
 
@@ -175,6 +187,8 @@ class RuntimeStats:
     batch_size_buckets: tuple[int, ...] = ()
     decode_tokens_per_s: float = 0.0  # recent aggregate generation rate
     prefill_tokens_per_s: float = 0.0  # measured prompt processing rate; 0: not measured
+    decode_failures_total: int = 0  # failed batched decodes (the engine then heals)
+    engine_rebuilds_total: int = 0  # backend contexts rebuilt after a failure
 
 
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)

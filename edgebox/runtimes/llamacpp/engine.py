@@ -11,11 +11,12 @@ from __future__ import annotations
 import bisect
 import collections
 import ctypes
+import os
 import threading
 import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import llama_cpp
 
@@ -28,23 +29,28 @@ from edgebox.runtimes.base import (
     FinishEvent,
     FinishReason,
     GenerationRequest,
-    KVMismatchError,
     KVSnapshot,
     QueueFullError,
     RuntimeStats,
     TokenEvent,
-    fingerprint_mismatch,
 )
+from edgebox.runtimes.llamacpp.jobs import Job, Part, Slot, common_prefix_len, timeout_message
+from edgebox.runtimes.llamacpp.kv_format import StateLayout
+from edgebox.runtimes.llamacpp.kv_import import KVTransfer
 from edgebox.runtimes.llamacpp.kv_state import (
     kv_layout,
-    load_sequence,
+    logits_finite,
     resolved_flash_attn,
-    save_sequence,
 )
 from edgebox.runtimes.llamacpp.model import LlamaCppModel, captured_log
+from edgebox.runtimes.llamacpp.recovery import KV_INVALID, EngineHealth, Healing
 from edgebox.runtimes.llamacpp.sampling import build_sampler, free_sampler, token_logprobs
-from edgebox.runtimes.prefix_blocks import BLOCK_TOKENS, BlockChain
-from edgebox.runtimes.text import StopMatcher, TokenTextDecoder
+from edgebox.runtimes.prefix_blocks import BLOCK_TOKENS
+from edgebox.runtimes.text import StopMatcher
+
+# Test hook, never for serving: uploaded KV is neither validated nor checked after loading
+# (the behaviour before validation existed), so tests can reach the decode-failure path.
+UNCHECKED_KV_ENV = "EDGEBOX_TEST_UNCHECKED_KV"
 
 FLASH_ATTN = {
     "auto": llama_cpp.LLAMA_FLASH_ATTN_TYPE_AUTO,
@@ -74,45 +80,9 @@ _PREFILL_DOMINANCE = 8
 _PREFILL_EWMA = 0.3
 
 
-@dataclass(eq=False)
-class _Job:
-    request: GenerationRequest
-    sink: EventSink
-    sampler: ctypes.c_void_p
-    matcher: StopMatcher
-    timeout: float | None
-    submitted: float = field(default_factory=time.monotonic)
-    admitted: float | None = None
-    pending: list[int] = field(default_factory=list)  # prompt tokens still to prefill
-    cached_tokens: int = 0
-    generated: int = 0
-    next_token: int | None = None  # to decode next: the prompt's last token, then each sampled one
-    cancelled: bool = False
-    decoder: TokenTextDecoder = field(default_factory=TokenTextDecoder)
-
-    @property
-    def deadline(self) -> float | None:
-        return None if self.timeout is None else self.submitted + self.timeout
-
-    def cancel(self) -> None:
-        self.cancelled = True
-
-
-@dataclass(eq=False)
-class _Slot:
-    seq_id: int
-    cached: list[int] = field(default_factory=list)  # tokens whose KV cells this seq holds
-    job: _Job | None = None
-    last_used: float = 0.0
-    # Holds cells loaded from a client's snapshot: labelled by that client's token list,
-    # so they are never offered to another request's prefix match.
-    imported: bool = False
-    blocks: BlockChain = field(default_factory=BlockChain)  # chained hashes of `cached`
-
-    def clear(self) -> None:
-        self.cached = []
-        self.imported = False
-        self.blocks.truncate(0)
+def _submitted(slot: Slot) -> float:
+    assert slot.job is not None
+    return slot.job.submitted
 
 
 def _prefill_dominated(n_tokens: int, n_prompt: int) -> bool:
@@ -122,15 +92,7 @@ def _prefill_dominated(n_tokens: int, n_prompt: int) -> bool:
     )
 
 
-def common_prefix_len(a: Sequence[int], b: Sequence[int]) -> int:
-    n = min(len(a), len(b))
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i
-
-
-class LlamaCppEngine:
+class LlamaCppEngine(Healing, KVTransfer):
     def __init__(self, model: LlamaCppModel, config: EngineConfig) -> None:
         self.model = model
         self.config = config
@@ -151,6 +113,7 @@ class LlamaCppEngine:
                 f"could not create a context of {params.n_ctx} tokens; lower --ctx or --parallel"
             )
         self.ctx = ctx
+        self._params = params  # to build the context again (recovery.Healing._rebuild)
         self.n_ctx_seq = llama_cpp.llama_n_ctx_seq(ctx)
         self.n_batch = params.n_batch
         self.memory = llama_cpp.llama_get_memory(ctx)
@@ -160,8 +123,8 @@ class LlamaCppEngine:
         self._hasher = ThreadPoolExecutor(1, thread_name_prefix="gguf-sha256")
         self._model_sha: Future[str] = self._hasher.submit(file_sha256, model.path)
         self._batch = llama_cpp.llama_batch_init(self.n_batch, 0, 1)
-        self._slots = [_Slot(i) for i in range(config.parallel)]
-        self._queue: collections.deque[_Job] = collections.deque()
+        self._slots = [Slot(i) for i in range(config.parallel)]
+        self._queue: collections.deque[Job] = collections.deque()
         self._cond = threading.Condition()
         self._closing = False
         self._counters = {"prompt": 0, "cached": 0, "generated": 0, "steps": 0, "batch": 0}
@@ -170,6 +133,12 @@ class LlamaCppEngine:
         self._recent: collections.deque[tuple[float, int]] = collections.deque()
         self._prefill_rate = 0.0  # prompt tokens/s, measured (see _PREFILL_SAMPLE_TOKENS)
         self._avg_job_s = 1.0
+        self.health = EngineHealth()
+        # This engine's own KV layout, from a one-token state it exports on its thread when
+        # the first upload is checked: what a snapshot's every layer must match (kv_format).
+        self._kv_reference: Future[StateLayout] = Future()
+        self._reference_wanted = False
+        self.unchecked_kv = os.environ.get(UNCHECKED_KV_ENV) == "1"
         self._thread = threading.Thread(target=self._run, name="llamacpp-engine", daemon=True)
         self._thread.start()
 
@@ -203,7 +172,8 @@ class LlamaCppEngine:
             out["model_sha256"] = self._model_sha.result()
         return out
 
-    def submit(self, request: GenerationRequest, sink: EventSink) -> _Job:
+    def submit(self, request: GenerationRequest, sink: EventSink, *, probe: bool = False) -> Job:
+        """Queue a request; `probe` marks a trial of an uploaded snapshot (kv_import)."""
         prompt = request.prompt_tokens
         if not prompt:
             raise BackendError("the prompt is empty")
@@ -215,12 +185,13 @@ class LlamaCppEngine:
         if request.kv is not None:
             self._check_snapshot(request.kv, prompt)
         timeout = request.timeout if request.timeout is not None else self.config.request_timeout
-        job = _Job(
+        job = Job(
             request,
             sink,
             build_sampler(self.model, request.sampling),
             StopMatcher(request.stop),
             timeout=timeout,
+            probe=probe,
         )
         with self._cond:
             if len(self._queue) >= self.config.max_queue:
@@ -232,17 +203,6 @@ class LlamaCppEngine:
             self._queue.append(job)
             self._cond.notify()
         return job
-
-    def _check_snapshot(self, kv: KVSnapshot, prompt: Sequence[int]) -> None:
-        problem = fingerprint_mismatch(self.fingerprint(), kv.fingerprint)
-        if problem:
-            raise KVMismatchError(problem)
-        n = len(kv.tokens)
-        if not n or n >= len(prompt) or list(prompt[:n]) != list(kv.tokens):
-            raise KVMismatchError(
-                f"the KV snapshot's {n} tokens are not a proper prefix of this "
-                f"{len(prompt)}-token prompt"
-            )
 
     def stats(self) -> RuntimeStats:
         with self._cond:
@@ -261,6 +221,8 @@ class LlamaCppEngine:
                 batch_size_buckets=tuple(self._cumulative_batch_hist()),
                 decode_tokens_per_s=rate,
                 prefill_tokens_per_s=self._prefill_rate,
+                decode_failures_total=self.health.decode_failures,
+                engine_rebuilds_total=self.health.rebuilds,
             )
 
     def _cumulative_batch_hist(self) -> list[int]:
@@ -290,8 +252,15 @@ class LlamaCppEngine:
     def _run(self) -> None:
         while True:
             with self._cond:
-                while not self._closing and not self._queue and not self._busy():
+                while (
+                    not self._closing
+                    and not self._queue
+                    and not self._busy()
+                    and not self._reference_due()
+                ):
                     self._cond.wait()
+                if self._reference_due():
+                    self._take_kv_reference()
                 if self._closing:
                     for job in [*self._queue, *(s.job for s in self._slots if s.job)]:
                         self._finish_job(job, "cancelled", error="the node is shutting down")
@@ -300,6 +269,8 @@ class LlamaCppEngine:
                 self._expire_queued(time.monotonic())
                 self._admit()
             try:
+                if self.ctx is None:
+                    raise BackendError("the llama.cpp context could not be rebuilt")
                 self._step()
             except Exception as exc:  # a failed step must not kill the engine thread
                 for slot in self._slots:
@@ -315,7 +286,7 @@ class LlamaCppEngine:
         expired = [j for j in self._queue if j.deadline is not None and t > j.deadline]
         for job in expired:
             self._queue.remove(job)
-            self._finish_job(job, "timeout", error=_timeout_message(job, "waiting for a slot"))
+            self._finish_job(job, "timeout", error=timeout_message(job, "waiting for a slot"))
 
     def _admit(self) -> None:
         """Move queued jobs into free slots, each to the slot sharing its longest prefix."""
@@ -329,42 +300,36 @@ class LlamaCppEngine:
             if not free:
                 return
             self._queue.popleft()
-            prompt = list(job.request.prompt_tokens)
-            slot = max(free, key=lambda s: (common_prefix_len(s.cached, prompt), -s.last_used))
-            kv = job.request.kv
-            if kv is not None and common_prefix_len(slot.cached, prompt) < len(kv.tokens):
-                slot = min(free, key=lambda s: s.last_used)  # keep the best cached prefixes
-                self._import(slot, kv)
-            keep = min(common_prefix_len(slot.cached, prompt), len(prompt) - 1)
-            if not llama_cpp.llama_memory_seq_rm(self.memory, slot.seq_id, keep, -1):
-                llama_cpp.llama_memory_seq_rm(self.memory, slot.seq_id, -1, -1)
-                keep = 0
-            slot.cached = prompt[:keep]
-            slot.blocks.truncate(keep)  # an imported slot has none: not shared
-            if job.request.export_kv:
-                job.pending = prompt[keep:]
-            else:
-                # The last prompt token always goes through a decode step of its own, so the
-                # first sampled token is computed the same way whether the prefix was just
-                # prefilled, reused from a slot, or imported from another node's KV.
-                job.pending, job.next_token = prompt[keep:-1], prompt[-1]
-            job.cached_tokens = keep
-            job.admitted = time.monotonic()
+            self._place(job, free)
+
+    def _place(self, job: Job, free: list[Slot]) -> None:
+        prompt = list(job.request.prompt_tokens)
+        slot = max(free, key=lambda s: (common_prefix_len(s.cached, prompt), -s.last_used))
+        kv = job.request.kv
+        if kv is not None and common_prefix_len(slot.cached, prompt) < len(kv.tokens):
+            slot = min(free, key=lambda s: s.last_used)  # keep the best cached prefixes
+            if not self._import(slot, kv) and job.probe:
+                self._finish_job(job, "error", "llama.cpp refused the KV state", code=KV_INVALID)
+                return
+        keep = min(common_prefix_len(slot.cached, prompt), len(prompt) - 1)
+        if not llama_cpp.llama_memory_seq_rm(self.memory, slot.seq_id, keep, -1):
+            llama_cpp.llama_memory_seq_rm(self.memory, slot.seq_id, -1, -1)
+            keep = 0
+        slot.cached = prompt[:keep]
+        slot.blocks.truncate(keep)  # an imported slot has none: not shared
+        job.cached_tokens = keep
+        if job.request.export_kv:
+            job.pending = prompt[keep:]
+        else:
+            # The last prompt token always goes through a decode step of its own, so the
+            # first sampled token is computed the same way whether the prefix was just
+            # prefilled, reused from a slot, or imported from another node's KV.
+            job.pending, job.next_token = prompt[keep:-1], prompt[-1]
+        job.admitted = time.monotonic()
+        if not job.probe:
             self._counters["prompt"] += len(prompt)
             self._counters["cached"] += keep
-            slot.job = job
-
-    def _import(self, slot: _Slot, kv: KVSnapshot) -> None:
-        """Load a snapshot into the slot's sequence; on failure the slot is left empty and
-        the prompt is simply prefilled (the fingerprint was checked, so this is rare)."""
-        slot.clear()
-        if load_sequence(self.ctx, self.memory, slot.seq_id, kv.data, len(kv.tokens)):
-            slot.cached = list(kv.tokens)
-            slot.imported = True
-
-    def _export(self, slot: _Slot) -> KVSnapshot:
-        data = save_sequence(self.ctx, slot.seq_id)
-        return KVSnapshot(self.fingerprint(), tuple(slot.cached), data)
+        slot.job = job
 
     def _step(self) -> None:
         t = time.monotonic()
@@ -373,71 +338,82 @@ class LlamaCppEngine:
             if job and job.cancelled:
                 self._release(slot, "cancelled")
             elif job and job.deadline is not None and t > job.deadline:
-                self._release(slot, "timeout", error=_timeout_message(job, "generating"))
-        batch = self._batch
-        n = 0
-        outputs: list[tuple[_Slot, int]] = []  # slot, index of its logits row in the batch
-        exports: list[_Slot] = []
+                self._release(slot, "timeout", error=timeout_message(job, "generating"))
+        parts = self._plan()
+        if not parts:
+            return
+        decode_started = time.monotonic()
+        rc, rows = self._decode(parts)
+        if rc != 0:
+            self._decode_failed(parts, rc)  # recovery.Healing
+            return
+        n = sum(len(p.tokens) for p in parts)
+        n_sampled = sum(p.logits for p in parts)
+        n_prompt = n - n_sampled
+        prefill_s = None
+        if _prefill_dominated(n, n_prompt):
+            llama_cpp.llama_synchronize(self.ctx)  # GPU backends return before the work ends
+            prefill_s = time.monotonic() - decode_started  # the decode alone: no sampling/export
+        self._after_decode(rows)
+        self._account_step(n, n_sampled, time.monotonic() - t, n_prompt, prefill_s)
 
-        def add(slot: _Slot, token: int, logits: bool) -> None:
-            nonlocal n
-            batch.token[n] = token
-            batch.pos[n] = len(slot.cached)
-            batch.n_seq_id[n] = 1
-            batch.seq_id[n][0] = slot.seq_id
-            batch.logits[n] = logits
-            slot.cached.append(token)
-            slot.blocks.extended(slot.cached)
-            if logits:
-                outputs.append((slot, n))
-            n += 1
-
-        decoding = [
-            s for s in self._slots if s.job and not s.job.pending and s.job.next_token is not None
-        ]
-        for slot in decoding:
-            assert slot.job and slot.job.next_token is not None
-            add(slot, slot.job.next_token, True)
-            slot.job.next_token = None
-        budget = (
-            self.n_batch - n if not decoding else min(self.config.prefill_chunk, self.n_batch - n)
-        )
-        for slot in sorted(
-            (s for s in self._slots if s.job and s.job.pending),
-            key=lambda s: s.job.submitted,  # type: ignore[union-attr]
-        ):
+    def _plan(self) -> list[Part]:
+        """This step's parts: the next token of every decoding slot, then prompt chunks
+        (oldest request first) within the batch budget. Tokens enter `slot.cached` here."""
+        parts: list[Part] = []
+        for slot in self._slots:
+            job = slot.job
+            if job and not job.pending and job.next_token is not None:
+                parts.append(Part(slot, len(slot.cached), [job.next_token], logits=True))
+                job.next_token = None
+        room = self.n_batch - len(parts)
+        budget = min(self.config.prefill_chunk, room) if parts else room
+        waiting = sorted((s for s in self._slots if s.job and s.job.pending), key=_submitted)
+        for slot in waiting:
             if budget <= 0:
                 break
             job = slot.job
             assert job is not None
             chunk, job.pending = job.pending[:budget], job.pending[budget:]
             budget -= len(chunk)
-            for token in chunk:
-                add(slot, token, logits=False)
-            if job.request.export_kv and not job.pending:
-                exports.append(slot)
-        if n == 0:
-            return
+            export = job.request.export_kv and not job.pending
+            parts.append(Part(slot, len(slot.cached), chunk, logits=False, export=export))
+        for part in parts:
+            part.slot.cached.extend(part.tokens)
+            part.slot.blocks.extended(part.slot.cached)
+        return parts
+
+    def _decode(self, parts: Sequence[Part]) -> tuple[int, list[tuple[Part, int]]]:
+        """One llama_decode of `parts`; the code and each part's logits row in the batch."""
+        batch = self._batch
+        n = 0
+        rows: list[tuple[Part, int]] = []
+        for part in parts:
+            for i, token in enumerate(part.tokens):
+                batch.token[n] = token
+                batch.pos[n] = part.start + i
+                batch.n_seq_id[n] = 1
+                batch.seq_id[n][0] = part.slot.seq_id
+                batch.logits[n] = part.logits
+                n += 1
+            rows.append((part, n - 1))
         batch.n_tokens = n
-        n_prompt = n - len(decoding)
-        decode_started = time.monotonic()
-        rc = llama_cpp.llama_decode(self.ctx, batch)
-        if rc != 0:
-            raise BackendError(f"llama_decode returned {rc}")
-        prefill_s = None
-        if _prefill_dominated(n, n_prompt):
-            llama_cpp.llama_synchronize(self.ctx)  # GPU backends return before the work ends
-            prefill_s = time.monotonic() - decode_started  # the decode alone: no sampling/export
-        for slot, index in outputs:
-            self._sample(slot, index)
-        for slot in exports:
+        return llama_cpp.llama_decode(self.ctx, batch), rows
+
+    def _after_decode(self, rows: Sequence[tuple[Part, int]]) -> None:
+        """Sample the decoding parts, then export the parts whose prompt is complete."""
+        for part, index in rows:
+            if part.logits and part.slot.job is not None:
+                self._sample(part.slot, index)
+        for part, _ in rows:
+            if not part.export or part.slot.job is None:
+                continue
             try:
-                snapshot = self._export(slot)
+                snapshot = self._export(part.slot)
             except Exception as exc:  # only this request fails, not the whole batch
-                self._release(slot, "error", error=f"KV export failed: {exc}")
+                self._release(part.slot, "error", error=f"KV export failed: {exc}")
             else:
-                self._release(slot, "stop", kv=snapshot)
-        self._account_step(n, len(outputs), time.monotonic() - t, n_prompt, prefill_s)
+                self._release(part.slot, "stop", kv=snapshot)
 
     def _account_step(
         self,
@@ -462,12 +438,16 @@ class LlamaCppEngine:
             self._recent.append((t, n_sampled))
             self._trim_recent(t)
 
-    def _sample(self, slot: _Slot, index: int) -> None:
+    def _sample(self, slot: Slot, index: int) -> None:
         job = slot.job
         assert job is not None
         top_n = job.request.sampling.logprobs
         logprob = None
         top: tuple = ()
+        if job.probe and not logits_finite(self.ctx, index, self.model.n_vocab):
+            error = "the uploaded KV state makes the model compute non-finite logits"
+            self._release(slot, "error", error=error, code=KV_INVALID)
+            return
         token = llama_cpp.llama_sampler_sample(job.sampler, self.ctx, index)
         if top_n is not None:
             logits = llama_cpp.llama_get_logits_ith(self.ctx, index)
@@ -491,10 +471,11 @@ class LlamaCppEngine:
 
     def _release(
         self,
-        slot: _Slot,
+        slot: Slot,
         reason: FinishReason,
         error: str | None = None,
         kv: KVSnapshot | None = None,
+        code: str | None = None,
     ) -> None:
         job = slot.job
         slot.job = None
@@ -504,14 +485,15 @@ class LlamaCppEngine:
         if job.pending or slot.imported:  # partly prefilled, or not ours to share
             llama_cpp.llama_memory_seq_rm(self.memory, slot.seq_id, -1, -1)
             slot.clear()
-        self._finish_job(job, reason, error, kv)
+        self._finish_job(job, reason, error, kv, code)
 
     def _finish_job(
         self,
-        job: _Job,
+        job: Job,
         reason: FinishReason,
         error: str | None = None,
         kv: KVSnapshot | None = None,
+        code: str | None = None,
     ) -> None:
         tail = ""
         if reason in ("stop", "length") and not job.matcher.stopped:
@@ -528,11 +510,8 @@ class LlamaCppEngine:
                 cached_tokens=job.cached_tokens,
                 text=tail,
                 error=error,
+                error_code=code,
                 queue_wait_s=(job.admitted or finished) - job.submitted,
                 kv=kv,
             )
         )
-
-
-def _timeout_message(job: _Job, doing: str) -> str:
-    return f"the request timed out after {job.timeout:g} s ({doing})"

@@ -6,6 +6,7 @@ import ctypes
 from collections.abc import Sequence
 
 import llama_cpp
+import numpy as np
 
 from edgebox.runtimes.base import BackendError
 from edgebox.runtimes.llamacpp.model import captured_log
@@ -63,13 +64,19 @@ def load_sequence(
     seq_id: int,
     data: bytes,
     n_tokens: int,
+    *,
+    check: bool = True,
 ) -> bool:
     """Load saved cells into `seq_id`; True only when they span positions 0..n_tokens-1.
 
-    On False the sequence is left empty (the bytes did not hold what their header claims)."""
+    On False the sequence is emptied as far as `seq_rm` can (the bytes did not hold what
+    their header claims); a cell at position INT32_MAX it cannot remove, so the caller checks.
+    `check=False` (a test hook) loads and trusts whatever the bytes hold."""
     buf = (ctypes.c_uint8 * len(data)).from_buffer_copy(data)
     with captured_log():  # llama.cpp logs its own refusal; the caller reports it
         read = llama_cpp.llama_state_seq_set_data(ctx, buf, len(data), seq_id)
+    if not check:
+        return read == len(data)
     if (
         read == len(data)
         and llama_cpp.llama_memory_seq_pos_min(memory, seq_id) == 0
@@ -78,3 +85,32 @@ def load_sequence(
         return True
     llama_cpp.llama_memory_seq_rm(memory, seq_id, -1, -1)
     return False
+
+
+def reference_state(
+    ctx: llama_cpp.llama_context_p, memory: llama_cpp.llama_memory_t, seq_id: int, token: int
+) -> bytes:
+    """The state of a one-token sequence (decoded in `seq_id`, then removed): what this
+    context's saved states look like, layer by layer (kv_format.reference_layout)."""
+    batch = llama_cpp.llama_batch_init(1, 0, 1)
+    try:
+        batch.n_tokens = 1
+        batch.token[0], batch.pos[0], batch.n_seq_id[0] = token, 0, 1
+        batch.seq_id[0][0] = seq_id
+        batch.logits[0] = False
+        rc = llama_cpp.llama_decode(ctx, batch)
+        if rc != 0:
+            raise BackendError(f"llama_decode returned {rc} for a one-token sequence")
+        return save_sequence(ctx, seq_id)
+    finally:
+        llama_cpp.llama_memory_seq_rm(memory, seq_id, -1, -1)
+        llama_cpp.llama_batch_free(batch)
+
+
+def logits_finite(ctx: llama_cpp.llama_context_p, index: int, n_vocab: int) -> bool:
+    """Whether the logits row `index` of the last decode holds only finite numbers."""
+    ptr = llama_cpp.llama_get_logits_ith(ctx, index)
+    if not ptr:
+        return False
+    row = np.ctypeslib.as_array(ptr, shape=(n_vocab,))
+    return bool(np.isfinite(row).all())

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -12,15 +12,18 @@ import psutil
 from edgebox.runtimes.base import (
     BackendError,
     Capabilities,
+    Event,
     EventSink,
+    FinishEvent,
     GenerationRequest,
+    KVSnapshot,
     ModelInfo,
     RequestHandle,
     RuntimeStats,
     SamplingParams,
 )
 from edgebox.runtimes.chat_template import ChatTemplate, ControlTextError, fallback_template
-from edgebox.runtimes.llamacpp import cpu_probe
+from edgebox.runtimes.llamacpp import cpu_probe, kv_import
 from edgebox.runtimes.llamacpp.engine import EngineConfig, LlamaCppEngine
 from edgebox.runtimes.llamacpp.model import LlamaCppModel, gpu_offload_supported
 from edgebox.runtimes.llamacpp.prompt_cache import PromptCache
@@ -234,6 +237,33 @@ class LlamaCppRuntime:
 
     def kv_fingerprint(self) -> Mapping[str, str]:
         return self.engine.fingerprint()
+
+    def validate_kv(self, kv: KVSnapshot) -> None:
+        """Raise KVInvalidError unless the snapshot's bytes hold what it claims (any thread)."""
+        kv_import.validate(self.engine, kv)
+
+    def probe_kv(
+        self, kv: KVSnapshot, timeout: float | None, done: Callable[[Exception | None], None]
+    ) -> RequestHandle | None:
+        """Decode one token on top of the snapshot in a free slot; `done(None)` when it can
+        be used, `done(error)` when not. None: nothing to probe (the unchecked test hook)."""
+        if self.engine.unchecked_kv:
+            return None
+
+        def sink(event: Event) -> None:
+            if isinstance(event, FinishEvent):
+                try:
+                    kv_import.probe_outcome(event)
+                except Exception as exc:
+                    done(exc)
+                else:
+                    done(None)
+
+        return self.engine.submit(kv_import.probe_request(kv, timeout), sink, probe=True)
+
+    def health(self) -> dict[str, str]:
+        """{"status": "ok"} or {"status": "degraded", "reason": ...} (recovery.EngineHealth)."""
+        return self.engine.health.status()
 
     def prefix_cache(self) -> dict[str, object]:
         """Chained block hashes of the slots' cached tokens, for /health (routers)."""

@@ -1,0 +1,154 @@
+"""KV in and out of the engine's sequences (`KVTransfer`, mixed into the engine), and checking
+an uploaded KV snapshot before any request may use it: its bytes parsed in
+Python against this engine's own layout (kv_format), then a probe: the snapshot imported
+into a free slot's sequence and one token decoded on top of it, which must give finite
+logits. The probe's slot is emptied afterwards whatever happens (an imported slot is never
+kept), so a refused snapshot leaves nothing behind."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping, Sequence
+from concurrent.futures import Future
+from typing import TYPE_CHECKING, Any
+
+import llama_cpp
+
+from edgebox.runtimes.base import (
+    BackendError,
+    FinishEvent,
+    GenerationRequest,
+    KVInvalidError,
+    KVMismatchError,
+    KVSnapshot,
+    SamplingParams,
+    fingerprint_mismatch,
+)
+from edgebox.runtimes.llamacpp.jobs import Slot
+from edgebox.runtimes.llamacpp.kv_format import (
+    KVFormatError,
+    StateLayout,
+    reference_layout,
+    validate_state,
+)
+from edgebox.runtimes.llamacpp.kv_state import load_sequence, reference_state, save_sequence
+from edgebox.runtimes.llamacpp.model import LlamaCppModel
+from edgebox.runtimes.llamacpp.recovery import KV_INVALID
+
+if TYPE_CHECKING:
+    from edgebox.runtimes.llamacpp.engine import LlamaCppEngine
+
+REFERENCE_WAIT_S = 120.0  # the reference waits for a free slot: about one request's time
+
+
+def validate(engine: LlamaCppEngine, kv: KVSnapshot) -> None:
+    """Raise KVInvalidError unless the snapshot's bytes are exactly one sequence of its
+    tokens' length at positions 0..n-1, shaped like this engine's own states."""
+    if engine.unchecked_kv:
+        return
+    try:
+        reference = engine.kv_reference(REFERENCE_WAIT_S)
+    except Exception as exc:
+        raise BackendError(f"this engine cannot check uploaded KV states: {exc}") from exc
+    limits = (engine.n_ctx_seq - 1, engine.model.n_vocab)  # a request then adds a token
+    try:
+        validate_state(kv.data, reference, len(kv.tokens), limits)
+    except KVFormatError as exc:
+        raise KVInvalidError(f"the KV state does not hold what its header claims: {exc}") from exc
+
+
+def probe_request(kv: KVSnapshot, timeout: float | None) -> GenerationRequest:
+    """The probe: the snapshot's tokens and one more (any valid id), one greedy token."""
+    return GenerationRequest(
+        prompt_tokens=[*kv.tokens, kv.tokens[-1]],
+        sampling=SamplingParams(temperature=0.0),
+        max_tokens=1,
+        timeout=timeout,
+        kv=kv,
+    )
+
+
+def probe_outcome(finish: FinishEvent) -> None:
+    """Raise unless the probe decoded: KVInvalidError for the snapshot's fault."""
+    if finish.error_code == KV_INVALID:
+        raise KVInvalidError(finish.error or "the KV state cannot be decoded", undecodable=True)
+    if finish.reason in ("stop", "length") and finish.error is None:
+        return
+    raise BackendError(finish.error or f"the KV probe ended: {finish.reason}")
+
+
+class KVTransfer:
+    """The engine's KV import, export and reference layout (mixed into `LlamaCppEngine`,
+    which supplies these attributes); everything here runs on the engine thread except
+    `kv_reference` and `_check_snapshot`."""
+
+    model: LlamaCppModel
+    ctx: Any
+    memory: llama_cpp.llama_memory_t
+    unchecked_kv: bool
+    _slots: list[Slot]
+    _cond: threading.Condition
+    _kv_reference: Future[StateLayout]
+    _reference_wanted: bool
+    _kv_layout: dict[str, str]
+
+    def fingerprint(self) -> Mapping[str, str]:
+        raise NotImplementedError
+
+    def _rebuild(self, reason: str) -> None:
+        raise NotImplementedError
+
+    def _check_snapshot(self, kv: KVSnapshot, prompt: Sequence[int]) -> None:
+        problem = fingerprint_mismatch(self.fingerprint(), kv.fingerprint)
+        if problem:
+            raise KVMismatchError(problem)
+        n = len(kv.tokens)
+        if not n or n >= len(prompt) or list(prompt[:n]) != list(kv.tokens):
+            raise KVMismatchError(
+                f"the KV snapshot's {n} tokens are not a proper prefix of this "
+                f"{len(prompt)}-token prompt"
+            )
+
+    def kv_reference(self, timeout: float) -> StateLayout:
+        """This engine's own state layout (taken on the engine thread the first time)."""
+        with self._cond:
+            if not self._kv_reference.done():
+                self._reference_wanted = True
+                self._cond.notify()
+        return self._kv_reference.result(timeout=timeout)
+
+    def _reference_due(self) -> bool:
+        return self._reference_wanted and any(s.job is None for s in self._slots)
+
+    def _take_kv_reference(self) -> None:
+        """Export a one-token state of this engine's own (kv_format.reference_layout) in the
+        least recently used free slot, whose cached prefix it gives up."""
+        self._reference_wanted = False
+        slot = min((s for s in self._slots if s.job is None), key=lambda s: s.last_used)
+        llama_cpp.llama_memory_seq_rm(self.memory, slot.seq_id, -1, -1)
+        slot.clear()
+        try:
+            token = max(self.model.bos_id, 0)
+            blob = reference_state(self.ctx, self.memory, slot.seq_id, token)
+            n_stream = int(self._kv_layout["n_stream"])
+            self._kv_reference.set_result(reference_layout(blob, n_stream, self.model.n_vocab))
+        except Exception as exc:  # KV uploads are then refused, saying why
+            self._kv_reference.set_exception(exc)
+
+    def _import(self, slot: Slot, kv: KVSnapshot) -> bool:
+        """Load a snapshot into the slot's sequence; on failure the slot is left empty and
+        the prompt is simply prefilled (uploads are validated and probed, so this is rare)."""
+        slot.clear()
+        if self.unchecked_kv:  # test hook: load as today's checks would never have let through
+            load_sequence(self.ctx, self.memory, slot.seq_id, kv.data, len(kv.tokens), check=False)
+        elif not load_sequence(self.ctx, self.memory, slot.seq_id, kv.data, len(kv.tokens)):
+            if llama_cpp.llama_memory_seq_pos_max(self.memory, slot.seq_id) >= 0:
+                self._rebuild("an imported KV state left cells that could not be removed")
+            return False
+        slot.cached = list(kv.tokens)
+        slot.imported = True
+        return True
+
+    def _export(self, slot: Slot) -> KVSnapshot:
+        data = save_sequence(self.ctx, slot.seq_id)
+        return KVSnapshot(self.fingerprint(), tuple(slot.cached), data)
