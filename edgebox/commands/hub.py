@@ -1,4 +1,4 @@
-"""`edgebox hub serve|nodes|events`: run the control plane and look at the fleet registry."""
+"""`edgebox hub serve|nodes|revoke|events`: run the control plane; read and prune the registry."""
 
 from __future__ import annotations
 
@@ -132,6 +132,24 @@ def nodes(
                       _when(n["last_heartbeat"]), str(n["tunnel_port"]),
                       ", ".join(map(str, n["models"])) or "-")  # fmt: skip
     out.print(table)
+
+
+@hub_app.command("revoke")
+def revoke(
+    node: Annotated[str, typer.Argument(help="The node's name or id (`edgebox hub nodes`).")],
+    as_json: AsJson = False,
+    hub: HubUrl = None,
+    admin_key_file: AdminKeyFile = None,
+    fingerprint: Fingerprint = None,
+    data: DataDir = None,
+) -> None:
+    """Revoke a node (a lost or retired box): its heartbeats and relay key stop working and its
+    live relay tunnel ends now. It can only come back by joining with a new token."""
+    gone = admin_request(hub, admin_key_file, fingerprint, data, "DELETE", f"/v1/hub/nodes/{node}")
+    if as_json:
+        out.print_json(data=gone)
+        return
+    out.print(f"revoked {escape(log_field(gone['name']))} ({gone['id']})", highlight=False)
 
 
 @hub_app.command("events")

@@ -75,7 +75,10 @@ def heartbeat(
     interval: Annotated[
         float | None, typer.Option(help="Seconds between beats (default: the hub's).")
     ] = None,
-    count: Annotated[int | None, typer.Option(help="Stop after this many beats.")] = None,
+    count: Annotated[
+        int | None,
+        typer.Option(help="Stop after this many attempts (exit 1 if the last was refused)."),
+    ] = None,
 ) -> None:
     """Send heartbeats to the hub this box joined, without serving a model."""
     import contextlib
@@ -89,7 +92,8 @@ def heartbeat(
     if fleet is None:
         raise _fail(f"this box has not joined a hub ({fleet_path()} is missing); run edgebox join")
     with contextlib.suppress(KeyboardInterrupt):
-        Heartbeat(fleet, interval=interval).run(count=count)
+        if not Heartbeat(fleet, interval=interval).run(count=count) and count is not None:
+            raise typer.Exit(1)
 
 
 @node_app.command("rejoin")

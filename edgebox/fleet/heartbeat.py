@@ -74,17 +74,23 @@ class Heartbeat:
         urls = self.fleet.get("hub_urls") or [""]
         return str(urls[0])
 
-    def run(self, *, count: int | None = None) -> None:
+    def run(self, *, count: int | None = None) -> bool:
+        """Beat until stopped, or `count` attempts; whether the last attempt was answered."""
+        answered, attempts = False, 0
         with HubClient(self.fleet["hub_urls"], self.fleet["hub_fingerprint"], timeout=5) as hub:
             while not self._stop.is_set():
                 started = time.monotonic()
+                attempts += 1
                 try:
                     self.beat(hub)
+                    answered = True
                 except HubError as exc:
+                    answered = False
                     log.warning("heartbeat to hub failed: %s", log_field(exc.message))
-                if count is not None and self.sent >= count:
-                    return
+                if count is not None and attempts >= count:
+                    break
                 self._stop.wait(max(0.0, self.interval - (time.monotonic() - started)))
+        return answered
 
     def start(self) -> Heartbeat:
         self._thread = threading.Thread(target=self.run, name="edgebox-heartbeat", daemon=True)

@@ -156,6 +156,15 @@ def test_token_create_then_join_registers_the_node(slow_hub: Hub, tmp_path: Path
     db = (hub.data / "hub.sqlite3").read_bytes()
     assert secret.encode() not in db and fleet["node_secret"].encode() not in db
 
+    # A lost box is revoked by name: its heartbeats stop working.
+    gone = _cli("hub", "revoke", "spark-1", "--json", "--data", str(hub.data), home=tmp_path)
+    assert gone.returncode == 0, gone.stderr
+    assert json.loads(gone.stdout)["status"] == "revoked"
+    refused = _cli("node", "heartbeat", "--count", "1", home=node_home)
+    assert refused.returncode != 0
+    unknown = _cli("hub", "revoke", "no-such-box", "--data", str(hub.data), home=tmp_path)
+    assert unknown.returncode != 0 and "no-such-box" in unknown.stderr
+
 
 def test_replayed_expired_and_revoked_tokens_are_refused_distinctly(
     hub: Hub, tmp_path: Path
