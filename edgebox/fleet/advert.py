@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -63,18 +64,25 @@ def instance_name(name: str, node_id: str) -> str:
     return f"{clean}-{node_id[:8]}"
 
 
-def distinct_names(nodes: Iterable[DiscoveredNode]) -> dict[str, str]:
-    """Node id -> the name to show and key it by: its own name, or, when other nodes share it
-    (cloned images all called `ubuntu` or `raspberrypi`), that name plus the id's first 8
-    characters, as in its mDNS instance name. Identity is the node id, never the name."""
+def distinct_names(nodes: Sequence[DiscoveredNode]) -> list[str]:
+    """The name to show and key each node by, in order: its own name; when nodes with other
+    ids share it (cloned images all called `ubuntu` or `raspberrypi`), that name plus the id's
+    first 8 characters, as in its mDNS instance name; when even that repeats (two adverts
+    claiming one identity, at most one of them genuine), plus `@` and its mDNS instance
+    name, which mDNS keeps unique. Identity is the node
+    id, never the name, and a copied identity must not hide the node it copies."""
     ids_by_name: dict[str, set[str]] = {}
     for node in nodes:
         ids_by_name.setdefault(node.name, set()).add(node.node_id)
-    return {
-        node_id: name if len(ids) == 1 else f"{name}-{node_id[:8]}"
-        for name, ids in ids_by_name.items()
-        for node_id in ids
-    }
+    names = [
+        node.name if len(ids_by_name[node.name]) == 1 else f"{node.name}-{node.node_id[:8]}"
+        for node in nodes
+    ]
+    counts = Counter(names)
+    return [
+        name if counts[name] == 1 else f"{name}@{node.service_name.split('._edgebox', 1)[0]}"
+        for name, node in zip(names, nodes, strict=True)
+    ]
 
 
 def txt_properties(

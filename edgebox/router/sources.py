@@ -89,7 +89,9 @@ class MdnsNodes:
         found = self.discovered()
         names = distinct_names(found)  # the poller keys nodes by name: clones must not merge
         return [
-            replace(a, name=names[n.node_id]) for n in found if (a := mdns_address(n, self.pins))
+            replace(a, name=name)
+            for n, name in zip(found, names, strict=True)
+            if (a := mdns_address(n, self.pins))
         ]
 
 

@@ -63,10 +63,12 @@ class BlockChain:
         self._tip = bytes.fromhex(self.hashes[-1]) if self.hashes else b""
 
     def extended(self, tokens: Sequence[int]) -> None:
-        """Call after appending to the token list `tokens`: hashes the block it just filled."""
-        n = len(tokens)
-        if n and n % self.block_tokens == 0 and n // self.block_tokens == len(self.hashes) + 1:
-            self._tip = next_hash(self._tip, tokens[n - self.block_tokens : n])
+        """Call after appending to the token list `tokens` (one token or a whole chunk):
+        hashes every block filled since the last call."""
+        size = self.block_tokens
+        while len(self.hashes) < len(tokens) // size:
+            start = len(self.hashes) * size
+            self._tip = next_hash(self._tip, tokens[start : start + size])
             self.hashes.append(self._tip.hex())
 
 

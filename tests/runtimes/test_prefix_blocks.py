@@ -50,3 +50,14 @@ def test_a_match_is_the_leading_run_of_blocks_any_set_holds() -> None:
     assert matched_blocks(request, node, recent) == 3  # recent placements extend the run
     assert matched_blocks(request, set(request[1:])) == 0  # a later block alone is no prefix
     assert matched_blocks(request) == 0
+
+
+def test_a_chain_grown_by_chunks_matches_hashing_from_scratch() -> None:
+    """The engine appends prefill chunks of any size, not one token at a time."""
+    tokens: list[int] = []
+    grown = BlockChain()
+    for size in (5, 40, 1, 100, 31, 33):
+        tokens.extend(range(len(tokens), len(tokens) + size))
+        grown.extended(tokens)
+        assert grown.hashes == chain(tokens)
+    assert len(grown.hashes) == 210 // BLOCK_TOKENS
