@@ -23,8 +23,15 @@ from edgebox.node.kv_transfer import (
     snapshot_response,
     upload_response,
 )
+from edgebox.node.offload import off_loop
 from edgebox.node.openai_api import lookup, parse, read_json
-from edgebox.node.prompts import PreparedPrompt, chat_prompt, check_prompt_fits, completion_prompts
+from edgebox.node.prompts import (
+    PreparedPrompt,
+    chat_prompt,
+    check_chat_size,
+    check_prompt_fits,
+    completion_prompts,
+)
 from edgebox.node.protocol import ChatCompletionRequest, CompletionRequest
 from edgebox.node.recent import usage_of
 from edgebox.node.security import is_loopback
@@ -69,10 +76,12 @@ async def prefill(request: Request) -> Response:
     record.model = body.model
     runtime = _kv_runtime(state, body.model)
     prompt: PreparedPrompt
+    # Rendering and tokenizing are bounded and run off the event loop, as for generation.
     if isinstance(body, ChatCompletionRequest):
-        prompt = chat_prompt(runtime, body)
+        check_chat_size(runtime, body)
+        prompt = await off_loop(chat_prompt, runtime, body)
     else:
-        prompts = completion_prompts(runtime, body)
+        prompts = await off_loop(completion_prompts, runtime, body)
         if len(prompts) != 1:
             raise APIError(400, "KV prefill takes exactly one prompt", param="prompt")
         prompt = prompts[0]

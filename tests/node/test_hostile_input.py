@@ -121,6 +121,18 @@ def test_sixteen_thousand_messages_are_refused_fast_while_health_answers(
     assert_still_serving(hostile_node)
 
 
+def test_the_kv_prefill_route_bounds_chats_too(hostile_node: NodeProcess) -> None:
+    """The split's export route renders chats like generation does: bounded, off the loop."""
+    many = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}] * 16_000}
+    health_times = watch_health_while(
+        hostile_node, lambda: post(hostile_node, "/edgebox/kv/prefill", many)
+    )
+    response, elapsed = health_times.pop("result")
+    assert_refused(response, "messages", "context_length_exceeded", "2048")
+    assert elapsed < 3, f"refusing 16,000 messages took {elapsed:.1f} s"
+    assert_still_serving(hostile_node)
+
+
 def test_health_answers_while_large_allowed_prompts_are_tokenized(
     hostile_node: NodeProcess,
 ) -> None:
