@@ -54,3 +54,14 @@ def test_a_nodes_warnings_carry_timestamps(tmp_path: Path) -> None:
         assert re.match(stamp, failed[0]), failed
     finally:
         node.stop()
+
+
+def test_the_banner_names_the_model_by_its_own_name_and_size() -> None:
+    """llama.cpp's description says "llama 256M" for SmolLM2-135M (its size class)."""
+    from edgebox.models import resolve_model
+    from edgebox.runtimes.llamacpp.model import LlamaCppModel
+    from edgebox.runtimes.llamacpp.runtime import describe
+
+    text = describe(LlamaCppModel(resolve_model("smollm2-135m").path))
+    assert "135M params" in text and "Q4_1" in text and "256M" not in text
+    assert text.lower().startswith("smollm2")

@@ -201,7 +201,7 @@ class LlamaCppRuntime:
             n_ctx=self.engine.n_ctx_seq,
             n_params=self.model.n_params,
             size_bytes=self.model.size_bytes,
-            description=self.model.description,
+            description=describe(self.model),
             has_chat_template=template_name == "gguf",
             metadata={
                 "chat_template": template_name,
@@ -275,3 +275,13 @@ class LlamaCppRuntime:
     def close(self) -> None:
         self.engine.close()
         self.model.close()
+
+
+def describe(model: LlamaCppModel) -> str:
+    """The model in its own words: its GGUF name, parameter count and weight type. (llama.cpp's
+    own description names the architecture's size class: "llama 256M" for SmolLM2-135M.)"""
+    name = model.metadata.get("general.name") or model.architecture
+    params = model.n_params
+    size = f"{params / 1e9:.1f}B" if params >= 1e9 else f"{params / 1e6:.0f}M"
+    weights = model.description.split(" ", 2)[-1] if model.description.count(" ") >= 2 else ""
+    return f"{name}, {size} params" + (f", {weights}" if weights else "")
