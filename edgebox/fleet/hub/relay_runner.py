@@ -95,6 +95,27 @@ def ensure_accounts(names: list[str], *, create: bool = True) -> list[str]:
     return missing
 
 
+def unlock_for_keys(names: list[str], shadow: Path = Path("/etc/shadow")) -> list[str]:
+    """Give accounts whose password field is locked ("!", as useradd leaves it) the field
+    "*": still no password that works, but not "locked", which sshd without PAM refuses
+    outright, keys included ("User ... not allowed because account is locked"). Root only;
+    returns the accounts changed."""
+    if os.geteuid() != 0 or not shadow.exists():
+        return []
+    fields = {line.split(":", 2)[0]: line.split(":", 2)[1] for line in
+              shadow.read_text().splitlines() if line.count(":") >= 2}  # fmt: skip
+    changed = []
+    for name in names:
+        if fields.get(name, "").startswith("!"):
+            argv = ["usermod", "--password", "*", name]
+            done = subprocess.run(argv, capture_output=True, text=True, check=False)
+            if done.returncode != 0:
+                raise RelaySetupError(f"`{' '.join(argv)}` failed: {done.stderr.strip()}")
+            log.info("relay account %s: password field '*' (was locked for sshd)", name)
+            changed.append(name)
+    return changed
+
+
 FALLBACK_DIR = Path("/etc/edgebox/relay")
 
 
@@ -103,9 +124,24 @@ def _traversable(path: Path) -> bool:
     return all(parent.stat().st_mode & 0o001 for parent in path.resolve().parents)
 
 
+def _sshd_accepts(path: Path) -> bool:
+    """Would sshd's StrictModes accept files under `path`: every ancestor owned by root (or
+    by us) and writable by nobody else? A data dir under /tmp (world-writable) fails this."""
+    for parent in (path / "relay").resolve().parents:
+        if not parent.exists():
+            continue
+        info = parent.stat()
+        if info.st_uid not in (0, os.geteuid()) or info.st_mode & 0o022:
+            return False
+    return True
+
+
 def relay_dir_for(data_dir: Path) -> Path:
-    """DATA/relay, unless the relay accounts cannot reach it (then /etc/edgebox/relay)."""
-    return data_dir / "relay" if _traversable(data_dir) else FALLBACK_DIR
+    """DATA/relay, unless the relay accounts cannot reach it or sshd would refuse a directory
+    on its path (then /etc/edgebox/relay)."""
+    if _traversable(data_dir) and _sshd_accepts(data_dir):
+        return data_dir / "relay"
+    return FALLBACK_DIR
 
 
 def _host_key(paths: RelayPaths) -> str:
@@ -145,11 +181,13 @@ def prepare_relay(
             f"{sshd} not found; install OpenSSH's server (Debian: apt-get install openssh-server)"
         )
     ensure_accounts([tunnel_user, jump_user])
+    unlock_for_keys([tunnel_user, jump_user])
     paths = RelayPaths(relay_dir_for(data_dir))
     if paths.dir.parent == data_dir:
         data_dir.chmod(0o711)  # the accounts must traverse it to reach relay/; no listing
     else:
-        log.info("relay files in %s (the relay accounts cannot reach %s)", paths.dir, data_dir)
+        log.info("relay files in %s (the relay accounts cannot reach %s, or sshd would refuse "
+                 "a directory on its path)", paths.dir, data_dir)  # fmt: skip
     paths.dir.mkdir(mode=0o755, parents=True, exist_ok=True)
     paths.dir.chmod(0o755)
     host_key = _host_key(paths)
