@@ -104,7 +104,11 @@ def classify_exit(stderr: str) -> str:
     if "Host key verification failed" in stderr or "HOST IDENTIFICATION HAS CHANGED" in stderr:
         return "the hub's host key differs from the pinned key; refusing to connect"
     if "Permission denied" in stderr:
-        return "the hub refused this node's key (not registered, or revoked)"
+        return (
+            "the hub's relay refused this node's SSH login: the node was revoked or rejoined "
+            "with another key, or the relay's account or files are refused by its sshd (the "
+            "hub's log says which: 'account is locked', 'bad ownership or modes')"
+        )
     for line in reversed(stderr.splitlines()):
         if line and not line.startswith("debug"):
             return line.strip()[:200]
