@@ -112,8 +112,8 @@ def measure_copy_bandwidth(mib: int = 256, repeats: int = 3) -> float:
     return 2 * src.nbytes / best / 1e9
 
 
-def parse_cpuinfo(text: str) -> tuple[str, tuple[str, ...]]:
-    """(model name, SIMD features edgebox cares about) from /proc/cpuinfo's text."""
+def cpuinfo_fields(text: str) -> tuple[str, set[str]]:
+    """(model name, every CPU flag) from /proc/cpuinfo's text (x86 `flags`, ARM `Features`)."""
     model, flags = "", set()
     for line in text.splitlines():
         key, _, value = line.partition(":")
@@ -122,6 +122,12 @@ def parse_cpuinfo(text: str) -> tuple[str, tuple[str, ...]]:
             model = value.strip()
         elif key in ("flags", "features"):
             flags.update(value.split())
+    return model, flags
+
+
+def parse_cpuinfo(text: str) -> tuple[str, tuple[str, ...]]:
+    """(model name, SIMD features edgebox cares about) from /proc/cpuinfo's text."""
+    model, flags = cpuinfo_fields(text)
     wanted = _X86_SIMD if "avx" in flags or "sse2" in flags else _ARM_SIMD
     return model, tuple(f for f in wanted if f in flags)
 

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from edgebox import __version__
+from edgebox.hardware.probe import cpuinfo_fields
 from edgebox.models.bundled import cache_dir
 
 MODES = ("auto", "on", "off")
@@ -119,15 +120,10 @@ _KEY_ARM_FLAGS = ("asimddp", "i8mm", "sve", "sve2", "sme", "bf16")
 
 def cpu_identity() -> tuple[str, tuple[str, ...]]:
     """(CPU model, the flags that decide llama.cpp's repack/AMX kernels), from /proc/cpuinfo."""
-    model, flags = "", set()
+    text = ""
     with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines():
-            key, _, value = line.partition(":")
-            key = key.strip().lower()
-            if key in ("model name", "hardware", "cpu model") and not model:
-                model = value.strip()
-            elif key in ("flags", "features"):
-                flags.update(value.split())
+        text = Path("/proc/cpuinfo").read_text(errors="replace")
+    model, flags = cpuinfo_fields(text)
     wanted = {f for f in flags if f.startswith(_KEY_FLAG_PREFIXES) or f in _KEY_ARM_FLAGS}
     return model or platform.processor() or platform.machine(), tuple(sorted(wanted))
 
