@@ -42,7 +42,7 @@ from edgebox.runtimes.base import Runtime
 def _client(request: Request) -> str:
     """The caller's address, refused (403) when a keyless node is reached from elsewhere."""
     host = request.client.host if request.client else ""
-    # APIKeyMiddleware leaves the index of the key that matched; no index: a keyless node.
+    # ScopedKeyMiddleware leaves the index of the key that matched; none: a keyless node.
     if "api_key_index" not in request.scope.get("state", {}) and not is_loopback(host):
         raise APIError(
             403,
