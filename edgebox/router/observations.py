@@ -3,8 +3,9 @@ placement reads.
 
 The poller keeps each node's own report (`nodes.NodeStatus`); this keeps what the router
 learns itself: per-stream decode speed (`speed.SpeedBook`), the requests it has open on each
-node, which node it last sent each message prefix and each token block to (affinity), and what
-prefill/decode splits measured (prefill rates, link rates, KV bytes per token). Requests read
+node, which nodes failed a request lately (skipped for `COOLDOWN_S`), which node it last sent
+each message prefix and each token block to (affinity), and what prefill/decode splits
+measured (prefill rates, link rates, KV bytes per token). Requests read
 it through `nodes()` and the other readers below, which hand out values; the policies
 (`placement`, `cloud.plan_targets`, `disagg.should_split`) stay pure functions over those.
 """
@@ -13,11 +14,12 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Container, Iterable, Mapping, Sequence
+from dataclasses import replace
 from types import MappingProxyType
 from typing import Any
 
 from edgebox.router.disagg import Handoff
-from edgebox.router.nodes import NodeStatus, with_inflight
+from edgebox.router.nodes import COOLDOWN_S, NodeStatus, with_inflight
 from edgebox.router.placement import RouteRequest
 from edgebox.router.speed import SpeedBook
 from edgebox.router.tokens import RecentBlocks
@@ -34,6 +36,7 @@ class Observations:
         self.recent_blocks = RecentBlocks(ttl_s=recent_blocks_ttl_s)
         self._affinity: OrderedDict[str, str] = OrderedDict()  # prefix key → node placed on
         self.inflight: dict[str, int] = {}  # requests this router has open on each node
+        self._cooldown_until: dict[str, float] = {}  # node → skipped until (monotonic time)
         self.prefill_rates: dict[str, float] = {}  # node → tokens/s, measured in splits
         self.link_rates: dict[tuple[str, str], float] = {}  # (prefill, decode) → bytes/s
         self.kv_bytes_per_token: dict[str, float] = {}  # model → KV bytes/token
@@ -45,11 +48,19 @@ class Observations:
     ) -> dict[str, NodeStatus]:
         """The routable nodes as placement should see them: each counting at least the
         requests open on it here, and with this router's per-stream speed estimates. Every
-        polled status is folded into the speed book first (once per poll)."""
+        polled status is folded into the speed book first (once per poll), and a node that
+        failed a request lately is marked cooling down."""
         for status in polled:
             self.speeds.observe(status)
-        opened = {n.name: with_inflight(n, self.inflight.get(n.name, 0)) for n in routable}
-        return self.speeds.apply(opened, now)
+        open_here = self.inflight
+        seen = {
+            n.name: with_inflight(self._cooled(n, now), open_here.get(n.name, 0)) for n in routable
+        }
+        return self.speeds.apply(seen, now)
+
+    def _cooled(self, node: NodeStatus, now: float) -> NodeStatus:
+        until = self._cooldown_until.get(node.name, 0.0)
+        return replace(node, cooldown_until=until) if until > now else node
 
     @property
     def affinity(self) -> Mapping[str, str]:
@@ -84,6 +95,13 @@ class Observations:
 
     def closed(self, node: str) -> None:
         self.inflight[node] = max(0, self.inflight.get(node, 0) - 1)
+
+    def failed(self, node: str, now: float) -> None:
+        """Skip a node that just failed a request until its cooldown ends."""
+        expired = [n for n, until in self._cooldown_until.items() if until <= now]
+        for name in expired:
+            del self._cooldown_until[name]
+        self._cooldown_until[node] = now + COOLDOWN_S
 
     def served(self, req: RouteRequest, node: str, now: float) -> None:
         """A node took the request: its prefixes and blocks are likely cached there now."""

@@ -245,7 +245,7 @@ class Router:
                 failures.append(f"{name}:{exc.reason}")
                 self.metrics.failovers.labels(name).inc()
                 if isinstance(target, Candidate) and exc.reason != "http-429":
-                    self.poller.mark_failed(target.node)
+                    self.observed.failed(target.node, time.monotonic())
                 last = exc.response or last
                 continue
             self.metrics.routed.labels(name, str(response.status_code)).inc()

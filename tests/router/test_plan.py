@@ -7,7 +7,7 @@ import pytest
 
 from edgebox.router.config import CloudUpstream, RouterConfig
 from edgebox.router.disagg import Handoff
-from edgebox.router.nodes import ModelLoad, NodeAddress, NodeStatus
+from edgebox.router.nodes import COOLDOWN_S, ModelLoad, NodeAddress, NodeStatus
 from edgebox.router.observations import AFFINITY_ENTRIES, Observations
 from edgebox.router.placement import Candidate, PlacementContext, PlacementPolicy, RouteRequest
 from edgebox.router.plan import (
@@ -101,3 +101,11 @@ def test_observations_average_what_splits_measure() -> None:
     assert learnt["link_bytes_per_s"]["p>d"] == pytest.approx(2_000_000)
     assert learnt["kv_bytes_per_token"]["m"] == pytest.approx(20)
     assert seen.prefill_rate(node("p"), "m") == pytest.approx(2600)
+
+
+def test_a_node_that_failed_a_request_cools_down_then_comes_back() -> None:
+    seen = Observations(recent_blocks_ttl_s=10.0)
+    seen.failed("a", now=100.0)
+    assert not seen.nodes([], [node("a")], now=101.0)["a"].usable(101.0)
+    assert seen.nodes([], [node("a")], now=100.0 + COOLDOWN_S)["a"].usable(100.0 + COOLDOWN_S)
+    assert seen.nodes([], [node("b")], now=101.0)["b"].usable(101.0)
