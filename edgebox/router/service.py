@@ -231,6 +231,7 @@ class Router:
             self._loading = False
 
     def _prefill_rate(self, node: NodeStatus, model: str) -> float | None:
+        """The prefill rate the split decision uses for `node` (`Observations.prefill_rate`)."""
         return self.observed.prefill_rate(node, model)
 
     async def _attempt(self, attempt: Attempt) -> Response:
