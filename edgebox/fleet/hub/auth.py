@@ -23,7 +23,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from edgebox.fleet.hub.context import hub_context
-from edgebox.node.errors import APIError
+from edgebox.fleet.hub.web import APIError
 
 Scope = Literal["admin", "reader", "node"]
 Handler = Callable[[Request], Awaitable[Response]]

@@ -20,9 +20,8 @@ from edgebox.fleet.hub.models import (
     observed_api_url,
 )
 from edgebox.fleet.hub.repository import JoinRefused, Registration
-from edgebox.fleet.hub.web import read_body
+from edgebox.fleet.hub.web import APIError, read_body
 from edgebox.netguard import log_field
-from edgebox.node.errors import APIError
 
 log = logging.getLogger("edgebox.hub")
 

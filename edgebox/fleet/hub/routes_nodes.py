@@ -12,7 +12,7 @@ from starlette.routing import Route
 
 from edgebox.fleet.hub.auth import requires
 from edgebox.fleet.hub.context import hub_context
-from edgebox.node.errors import APIError
+from edgebox.fleet.hub.web import APIError
 
 log = logging.getLogger("edgebox.hub")
 

@@ -13,9 +13,8 @@ from edgebox.fleet import tokens
 from edgebox.fleet.hub.auth import requires
 from edgebox.fleet.hub.context import hub_context
 from edgebox.fleet.hub.models import TokenCreateRequest
-from edgebox.fleet.hub.web import read_body
+from edgebox.fleet.hub.web import APIError, read_body
 from edgebox.netguard import log_field
-from edgebox.node.errors import APIError
 
 log = logging.getLogger("edgebox.hub")
 

@@ -1,4 +1,6 @@
-"""Request bodies for the hub's routes: at most 1 MiB of JSON, checked by a pydantic model."""
+"""Request bodies for the hub's routes (at most 1 MiB of JSON, checked by a pydantic model)
+and the error they raise: `APIError`, the node's OpenAI-shaped error, which the routes import
+from here so the hub names its origin in one place."""
 
 from __future__ import annotations
 
@@ -9,6 +11,8 @@ from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
 
 from edgebox.node.errors import APIError, from_validation_error
+
+__all__ = ["MAX_BODY", "APIError", "read_body"]
 
 M = TypeVar("M", bound=BaseModel)
 MAX_BODY = 1 << 20
