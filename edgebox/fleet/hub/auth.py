@@ -63,6 +63,8 @@ def caller(request: Request) -> Caller:
 
 
 async def authenticate(request: Request, scope: Scope) -> Caller:
+    """The Caller this request's bearer makes it for `scope`, or a 401 APIError naming why
+    (missing_credentials, invalid_user_token, invalid_admin_key)."""
     bearer = _bearer(request)
     if scope == "node":
         return Caller(scope, "node", bearer)
