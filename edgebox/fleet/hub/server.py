@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 import uvicorn
 
+from edgebox.fleet._files import write_atomic
 from edgebox.fleet.hub import identity
 from edgebox.fleet.hub.app import HubConfig, create_app
 from edgebox.fleet.hub.store import DB_FILE, HubStore
@@ -115,7 +116,8 @@ def _url_host(url: str) -> str:
 def _announce(data_dir: Path, config: HubConfig) -> None:
     """Write hub.json (where the local CLI finds this hub) and log the addresses."""
     info = {"urls": config.urls, "fingerprint": config.fingerprint}
-    (data_dir / identity.HUB_FILE).write_text(json.dumps(info, indent=2) + "\n")
+    # atomic: the CLI (and tests) may read it while the hub starts
+    write_atomic(data_dir / identity.HUB_FILE, (json.dumps(info, indent=2) + "\n").encode())
     log.info(
         "hub serving %s (fingerprint %s, data %s)",
         ", ".join(config.urls),
