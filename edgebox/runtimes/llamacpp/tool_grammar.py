@@ -15,7 +15,9 @@ allow exactly the canonical start of a call, with the same whitespace the gramma
 from __future__ import annotations
 
 import json
+import math
 import re
+from typing import Any
 
 from llama_cpp.llama_grammar import SchemaConverter
 
@@ -75,7 +77,7 @@ def _schema_rules(schema_json: str, prefix: str, index: int) -> tuple[str, list[
         raise ToolSchemaError(problem, index)
     converter = SchemaConverter(prop_order={}, allow_fetch=False, dotall=False, raw_pattern=False)
     try:
-        resolved = converter.resolve_refs(schema, "args")
+        resolved = converter.resolve_refs(bounded_integers(schema), "args")
         converter.visit(resolved, "")
         text = converter.format_grammar()
     except Exception as exc:  # the converter raises bare errors on schemas it cannot map
@@ -98,6 +100,45 @@ def _schema_rules(schema_json: str, prefix: str, index: int) -> tuple[str, list[
         return "".join(out)
 
     return prefix + "root", [f"{prefix}{name} ::= {rename(body)}" for name, body in lines]
+
+
+MAX_INT_ENUM = 256
+
+
+def bounded_integers(schema: Any) -> Any:
+    """The schema with each integer of a small range (`minimum`..`maximum`) as an enum of its
+    values: llama.cpp's converter ignores numeric bounds, an enum it enforces exactly."""
+    if isinstance(schema, list):
+        return [bounded_integers(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {key: bounded_integers(value) for key, value in schema.items()}
+    if out.get("type") == "integer" and "enum" not in out:
+        low, high = _int_bound(out, "minimum", 1), _int_bound(out, "maximum", -1)
+        if low is not None and high is not None and 0 <= high - low < MAX_INT_ENUM:
+            rest = {k: v for k, v in out.items() if k not in _INT_KEYS}
+            return {**rest, "enum": list(range(low, high + 1))}
+    return out
+
+
+_INT_KEYS = ("type", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum")
+
+
+def _int_bound(schema: dict[str, Any], key: str, step: int) -> int | None:
+    """The inclusive integer bound from `minimum`/`maximum` and their exclusive forms."""
+    exclusive = "exclusiveM" + key[1:]
+    bounds = []
+    if isinstance(schema.get(key), int | float) and not isinstance(schema.get(key), bool):
+        value = schema[key]
+        bounds.append(math.ceil(value) if step > 0 else math.floor(value))
+    if isinstance(schema.get(exclusive), int | float) and not isinstance(
+        schema.get(exclusive), bool
+    ):
+        value = schema[exclusive]
+        bounds.append(math.floor(value) + 1 if step > 0 else math.ceil(value) - 1)
+    if not bounds:
+        return None
+    return max(bounds) if step > 0 else min(bounds)
 
 
 def _prefixed(word: str, names: set[str], prefix: str) -> str:
