@@ -11,11 +11,11 @@ from pathlib import Path
 import llama_cpp
 import pytest
 
+from edgebox.runtimes.base import SamplingParams, ToolSchemaError
 from edgebox.runtimes.chat_template import ChatTemplate
 from edgebox.runtimes.llamacpp.model import LlamaCppModel
 from edgebox.runtimes.llamacpp.sampling import build_sampler, free_sampler
 from edgebox.runtimes.llamacpp.tool_grammar import tool_call_gbnf, trigger_patterns
-from edgebox.runtimes.base import SamplingParams, ToolSchemaError
 from edgebox.runtimes.tool_format import (
     FORMATS,
     GENERIC,
