@@ -101,7 +101,9 @@ def tool_plan(runtime: Runtime, body: ChatCompletionRequest) -> ToolPlan | None:
         schemas = tuple(
             (f["name"], _compact(f.get("parameters", EMPTY_PARAMETERS))) for f in offered
         )
-        constraint = ToolConstraint(fmt, schemas, lazy=kind == "auto", parallel=parallel)
+        # a named function is called once, as OpenAI's models do when one is forced
+        once = kind == "named" or not parallel
+        constraint = ToolConstraint(fmt, schemas, lazy=kind == "auto", parallel=not once)
     return ToolPlan(kind, fmt, tuple(functions), constraint, parallel, chosen)
 
 
