@@ -326,9 +326,10 @@ def _access_failure(stderr: str, hub: HubEndpoint, target: NodeEntry | None) -> 
     if denied:
         user = target.user if target else denied.group(1)
         return (
-            f"{node} refused this laptop's key for {user}: {SETUP_HINT} and the node "
-            "installs it at its next heartbeat (a few seconds; nodes joined with "
-            "--no-user-keys need it added to that account's authorized_keys by hand)"
+            f"{node} refused this laptop's key for {user}. {SETUP_HINT} (`edgebox login` "
+            "did it, if you ran it here); the node installs it at its next heartbeat, a few "
+            "seconds once its node service runs. A node joined with --no-user-keys needs "
+            f"the key in {user}'s authorized_keys by hand."
         )
     if "administratively prohibited" in stderr:
         return (
