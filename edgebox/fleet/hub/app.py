@@ -23,6 +23,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from edgebox.fleet import logins, tokens
+from edgebox.fleet.hub import member_routes
 from edgebox.fleet.hub.limits import Limits, RateLimit
 from edgebox.fleet.hub.models import (
     HeartbeatRequest,
@@ -34,6 +35,7 @@ from edgebox.fleet.hub.models import (
     observed_api_url,
 )
 from edgebox.fleet.hub.store import HubStore, JoinRefused, Registration
+from edgebox.fleet.node_keys import node_api_key
 from edgebox.netguard import log_field
 from edgebox.node.errors import (
     APIError,
@@ -44,10 +46,6 @@ from edgebox.node.errors import (
 )
 
 M = TypeVar("M", bound=BaseModel)
-PEERS_REFRESH_S = 1.0  # heartbeat answers share one read of the node table per second
-# what a peer needs of another: its name, address, the keys that match and verify its mDNS
-# advert (a public key, which the node proves it holds), models; no telemetry, no secrets
-PEER_FIELDS = ("id", "name", "api_url", "host_key", "ssh_public_key", "models", "status")
 
 log = logging.getLogger("edgebox.hub")
 MAX_BODY = 1 << 20
@@ -71,6 +69,12 @@ class HubConfig:
     limits: Limits = field(default_factory=Limits)
     # Ends the relay sessions holding these tunnel ports (set when the hub runs the relay).
     end_relay_sessions: Callable[[list[int]], object] | None = None
+    # derives each node's API key (fleet/node_keys.py); "" derives them from the admin key
+    node_key_secret: str = ""
+
+    def node_api_key(self, node: dict[str, Any]) -> str:
+        secret = self.node_key_secret or "admin:" + self.admin_key
+        return node_api_key(secret, str(node["id"]), int(node.get("api_key_gen") or 0))
 
 
 __all__ = ["HubConfig", "NodeApi", "create_app", "observed_api_url"]
@@ -196,6 +200,7 @@ def create_app(
                 "host_key": config.ssh_host_key,
             },
             "heartbeat_interval": config.heartbeat_interval,
+            "api_key": config.node_api_key(node),  # the node's own; it serves /v1 with it
         }
 
     async def heartbeat(request: Request) -> Response:
@@ -203,35 +208,20 @@ def create_app(
         body = await _body(request, HeartbeatRequest)
         api_url = observed_api_url(request.client.host if request.client else None, body.api)
         node = await asyncio.to_thread(
-            store.heartbeat, secret, body.telemetry, body.models, now(), api_url
+            store.heartbeat, secret, body.telemetry, body.models, now(), api_url, body.ssh_user
         )
         if node is None:
             raise APIError(401, "this node is not registered on the hub (or was revoked)",
                            type="authentication_error", code="unknown_node")  # fmt: skip
         head = json.dumps({"node_id": node["id"], "status": node["status"],
                            "heartbeat_interval": config.heartbeat_interval})  # fmt: skip
-        # `peers` lists every online node, this one included (the node leaves itself out), so
-        # the encoded list is shared by every answer within a second.
-        answer = head[:-1].encode() + b', "peers": ' + await peers_json() + b"}"
+        # `peers` lists every online node, this one included (the node leaves itself out);
+        # `users` the users' SSH public keys, for the node's authorized_keys
+        peers, users = await fleet_view.parts(keyed=body.peer_keys)
+        answer = head[:-1].encode() + b', "peers": ' + peers + b', "users": ' + users + b"}"
         return Response(answer, media_type="application/json")
 
-    peers_cache: dict[str, Any] = {"at": -1.0, "json": b"[]"}
-
-    async def peers_json() -> bytes:
-        """The online nodes as a `serve --fleet` router needs them (name, API address, host key
-        to match mDNS adverts, models): no telemetry, no secrets. Read and encoded at most once
-        a second, however many nodes beat."""
-        if time.monotonic() - peers_cache["at"] >= PEERS_REFRESH_S:
-            records = await asyncio.to_thread(store.nodes)
-            peers = [
-                {k: r.get(k) for k in PEER_FIELDS}
-                for r in records
-                if r.get("status") == "online" and r.get("api_url")
-            ]
-            peers_cache["json"] = json.dumps(peers).encode()
-            peers_cache["at"] = time.monotonic()
-        cached: bytes = peers_cache["json"]
-        return cached
+    fleet_view = member_routes.FleetView(store, config)
 
     async def list_nodes(request: Request) -> Response:
         await asyncio.to_thread(_require_reader, request, config, store)
@@ -244,7 +234,7 @@ def create_app(
         try:
             from edgebox.provisioning.relay import key_material
 
-            key = key_material(body.ssh_public_key)
+            key = key_material(body.ssh_public_key) if body.ssh_public_key else ""
         except ValueError:
             raise APIError(400, "not an OpenSSH public key line", param="ssh_public_key",
                            code="invalid_key") from None  # fmt: skip
@@ -252,7 +242,7 @@ def create_app(
         log.info("user %s added", log_field(body.name))
         await sync_relay()
         login = logins.encode(config.urls, config.fingerprint, token)
-        answer = {"name": body.name, "ssh_public_key": key, "login": login,
+        answer = {"name": body.name, "ssh_public_key": key or None, "login": login,
                   "login_command": f"edgebox login {login}"}  # fmt: skip
         return JSONResponse(answer, status_code=201)
 
@@ -319,6 +309,15 @@ def create_app(
         _require_admin(request, config)
         return JSONResponse({"object": "list", "data": await asyncio.to_thread(store.events)})
 
+    async def node_keys(request: Request) -> Response:
+        return await member_routes.node_keys(request, store, config)
+
+    async def whoami(request: Request) -> Response:
+        return await member_routes.whoami(request, store)
+
+    async def set_my_key(request: Request) -> Response:
+        return await member_routes.set_my_key(request, store, sync_relay)
+
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await sync_relay()
@@ -343,6 +342,9 @@ def create_app(
         Route("/v1/hub/users", add_user, methods=["POST"]),
         Route("/v1/hub/users", list_users),
         Route("/v1/hub/users/{user}", remove_user, methods=["DELETE"]),
+        Route("/v1/hub/node-keys", node_keys),
+        Route("/v1/hub/me", whoami),
+        Route("/v1/hub/me/key", set_my_key, methods=["PUT"]),
     ]
     handlers = {APIError: api_error_handler, HTTPException: http_error_handler,
                 Exception: unhandled_error_handler}  # fmt: skip

@@ -13,6 +13,7 @@ import uvicorn
 from edgebox.fleet.hub import identity
 from edgebox.fleet.hub.app import HubConfig, create_app
 from edgebox.fleet.hub.store import DB_FILE, HubStore
+from edgebox.fleet.node_keys import load_or_create_secret
 
 if TYPE_CHECKING:
     from edgebox.fleet.hub.relay_runner import RelayProcess
@@ -76,6 +77,7 @@ def serve(
         urls=hub_urls,
         fingerprint=ident.fingerprint,
         admin_key=ident.admin_key(),
+        node_key_secret=load_or_create_secret(data_dir),
         heartbeat_interval=heartbeat_interval,
         ssh_host=ssh_host or hub_urls[0].split("://", 1)[1].rsplit(":", 1)[0].strip("[]"),
         ssh_port=ssh_port,
