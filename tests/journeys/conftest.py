@@ -57,11 +57,17 @@ class Journey:
             text = substitute(command.text, self.bound)
             machine = self.world[command.machine]
             started = time.monotonic()
-            done = subprocess.run(machine.argv(text, root=command.root), stdout=subprocess.PIPE,
-                                  stderr=subprocess.STDOUT, text=True, timeout=timeout)  # fmt: skip
+            done = subprocess.run(
+                machine.argv(text, root=command.root),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                timeout=timeout,
+            )
             took = time.monotonic() - started
-            self._log(step, f"{command.machine}{'#' if command.root else '$'} {text}",
-                      done.stdout, took)  # fmt: skip
+            self._log(
+                step, f"{command.machine}{'#' if command.root else '$'} {text}", done.stdout, took
+            )
             assert done.returncode == 0, (
                 f"{step.source} ({step.id}): `{text}` on {command.machine} exited "
                 f"{done.returncode}:\n{done.stdout[-4000:]}"
@@ -98,11 +104,19 @@ class Journey:
         runner = "python" if step.lang == "python" else "bash -e"
         root = step.options.get("as", "root") == "root"
         started = time.monotonic()
-        done = subprocess.run(machine.argv(f"{runner} {script}", root=root), stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True, timeout=timeout)  # fmt: skip
-        self._log(step, f"{step.lang} script on {machine.role}", done.stdout,
-                  time.monotonic() - started)  # fmt: skip
-        assert done.returncode == 0, f"{step.source} ({step.id}) exited {done.returncode}:\n{done.stdout[-4000:]}"
+        done = subprocess.run(
+            machine.argv(f"{runner} {script}", root=root),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            timeout=timeout,
+        )
+        self._log(
+            step, f"{step.lang} script on {machine.role}", done.stdout, time.monotonic() - started
+        )
+        assert done.returncode == 0, (
+            f"{step.source} ({step.id}) exited {done.returncode}:\n{done.stdout[-4000:]}"
+        )
         expect = step.options.get("expect")
         assert expect is None or expect in done.stdout, (
             f"{step.source} ({step.id}): no {expect!r} in its output:\n{done.stdout[-4000:]}"

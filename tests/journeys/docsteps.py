@@ -93,7 +93,9 @@ def parse(path: Path, root: Path) -> list[Step]:
                 raise DocError(f"{where}: a {step.lang} step needs on=MACHINE")
             step.script = "\n".join(body) + "\n"
         else:
-            raise DocError(f"{where}: journey blocks are console, bash or python, not {fence['lang']!r}")
+            raise DocError(
+                f"{where}: journey blocks are console, bash or python, not {fence['lang']!r}"
+            )
         steps.append(step)
         i = end + 1
     return steps
@@ -112,7 +114,9 @@ def _commands(body: list[str], where: str) -> list[Command]:
             commands.append(Command(prompt["machine"], prompt["prompt"] == "#", prompt["cmd"]))
             continued = line.endswith("\\")
         elif not commands:
-            raise DocError(f"{where}: a console block must start with a MACHINE# or MACHINE$ prompt")
+            raise DocError(
+                f"{where}: a console block must start with a MACHINE# or MACHINE$ prompt"
+            )
         else:
             commands[-1].expected.append(line.rstrip())
     return commands
@@ -124,7 +128,9 @@ def collect(root: Path, files: list[str]) -> dict[str, Step]:
     for name in files:
         for step in parse(root / name, root):
             if step.id in steps:
-                raise DocError(f"{step.source}: step id {step.id!r} is also at {steps[step.id].source}")
+                raise DocError(
+                    f"{step.source}: step id {step.id!r} is also at {steps[step.id].source}"
+                )
             steps[step.id] = step
     return steps
 

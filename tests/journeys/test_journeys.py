@@ -38,7 +38,8 @@ def test_every_quickstart_block_is_a_journey_step() -> None:
     unmarked = [
         f"docs/quickstart.md:{i + 1}"
         for i, line in enumerate(lines)
-        if (fence := FENCE.match(line)) and fence["lang"] in ("console", "python", "bash")
+        if (fence := FENCE.match(line))
+        and fence["lang"] in ("console", "python", "bash")
         and not (i > 0 and MARKER.match(lines[i - 1]))
     ]
     assert not unmarked, f"blocks with commands but no journey marker: {unmarked}"
@@ -47,10 +48,12 @@ def test_every_quickstart_block_is_a_journey_step() -> None:
 def test_one_node_and_the_openai_sdk(journey: Journey) -> None:
     journey.run("first-serve")
     journey.wait_http("box1", "http://127.0.0.1:8080/health")
-    journey.run("first-sdk")
-    journey.run("readme-curl")
-    journey.run("readme-sdk")
-    assert journey.stop("first-serve") == 0, "the node did not exit cleanly on Ctrl-C"
+    try:
+        journey.run("first-sdk")
+        journey.run("readme-curl")
+        journey.run("readme-sdk")
+    finally:  # Ctrl-C, as the docs say, before box1 joins (its node takes the same port)
+        assert journey.stop("first-serve") == 0, "the node did not exit cleanly on Ctrl-C"
 
 
 def test_hub_tokens_and_join(journey: Journey) -> None:
@@ -77,13 +80,10 @@ def _authorized(journey: Journey, box: str, key: str) -> bool:
 
 def test_laptop_through_the_relay(journey: Journey) -> None:
     journey.require("serve-box1", "serve-box2")
-    journey.run("laptop-key")
-    _, _, _, home = journey.world["laptop"].user or ("", 0, 0, None)
-    public = (home / ".ssh" / "id_ed25519.pub").read_text()
-    (journey.world["hub"].dir / "root" / "me.pub").write_text(public)  # "copy it to the hub"
     journey.run("user-add")
     journey.run("login")
-    material = public.split()[1]
+    _, _, _, home = journey.world["laptop"].user or ("", 0, 0, Path())
+    material = (home / ".edgebox" / "id_ed25519.pub").read_text().split()[1]
     for box in ("box1", "box2"):  # "at their next heartbeat (a few seconds)"
         wait_for(lambda b=box: _authorized(journey, b, material), f"the key on {box}", 20)
     top = journey.run("top")
@@ -91,7 +91,8 @@ def test_laptop_through_the_relay(journey: Journey) -> None:
     assert sorted(n["name"] for n in snapshot["nodes"]) == ["box1", "box2"], snapshot
     journey.run("ssh-relay")
     journey.run("forward-relay")
-    try:
+    try:  # it prints its line before ssh has the port: give it the moment a reader takes
+        journey.wait_http("laptop", "http://127.0.0.1:8080/health", timeout=30)
         journey.run("forward-use")
     finally:
         journey.stop("forward-relay")
@@ -116,9 +117,21 @@ with concurrent.futures.ThreadPoolExecutor(8) as pool:
 """
 
 
+def _routable(journey: Journey) -> list[str]:
+    """The boxes the laptop's router would send requests to now (its /health)."""
+    done = journey.world["laptop"].run("curl -s http://127.0.0.1:8090/health", timeout=10)
+    try:
+        nodes = json.loads(done.stdout)["nodes"]
+    except (ValueError, KeyError):
+        return []
+    return sorted(n for n, s in nodes.items() if s["healthy"] and s["trust"] != "unverified")
+
+
 def test_router_balances_and_fails_over(journey: Journey) -> None:
     journey.require("login", "sync-home")
     journey.run("router")
+    # "it finds the boxes within a few seconds": the hub's list, then each box's proof
+    wait_for(lambda: _routable(journey) == ["box1", "box2"], "both boxes in the router", 45)
     journey.run("router-sdk")
     laptop = journey.world["laptop"]
     probe = laptop.dir / "route_probe.py"

@@ -89,14 +89,25 @@ class Machine:
         inner = [*who, "env", "-i", *env, "bash", "-c", f"cd {cd} && {command}"]
         return ["ip", "netns", "exec", self.ns, "sh", "-c", mounts + 'exec "$@"', "sh", *inner]
 
-    def run(self, command: str, *, root: bool = True, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(self.argv(command, root=root), capture_output=True, text=True,
-                              timeout=timeout, check=False)  # fmt: skip
+    def run(
+        self, command: str, *, root: bool = True, timeout: float = 60
+    ) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            self.argv(command, root=root),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
 
     def start(self, command: str, log: Path, *, root: bool = True) -> subprocess.Popen[bytes]:
         with log.open("ab") as sink:
-            return subprocess.Popen(self.argv(command, root=root), stdout=sink,
-                                    stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+            return subprocess.Popen(
+                self.argv(command, root=root),
+                stdout=sink,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
 
     def pids(self) -> list[int]:
         return [int(p) for p in sh("ip", "netns", "pids", self.ns).split()]
@@ -174,16 +185,42 @@ class World:
             ns = self._namespace(role)
             self.machines[role] = Machine(role, ns, self.base / role)
             outer, inner = f"ebj{self.token}h{n}", f"ebj{self.token}x{n}"
-            sh("ip", "link", "add", outer, "netns", hub, "type", "veth", "peer", "name", inner,
-               "netns", ns)  # fmt: skip
+            sh(
+                "ip",
+                "link",
+                "add",
+                outer,
+                "netns",
+                hub,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                inner,
+                "netns",
+                ns,
+            )
             sh("ip", "-n", hub, "addr", "add", f"10.79.{n}.1/24", "dev", outer)
             sh("ip", "-n", hub, "link", "set", outer, "up")
             sh("ip", "-n", ns, "addr", "add", f"10.79.{n}.2/24", "dev", inner)
             sh("ip", "-n", ns, "link", "set", inner, "up")
             sh("ip", "-n", ns, "route", "add", HUB_ADDRESS, "via", f"10.79.{n}.1")
             port = f"p{n}"
-            sh("ip", "-n", switch, "link", "add", port, "type", "veth", "peer", "name", "eth0",
-               "netns", ns)  # fmt: skip
+            sh(
+                "ip",
+                "-n",
+                switch,
+                "link",
+                "add",
+                port,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "eth0",
+                "netns",
+                ns,
+            )
             sh("ip", "-n", switch, "link", "set", port, "master", "br0")
             sh("ip", "-n", switch, "link", "set", port, "up")
             sh("ip", "-n", ns, "addr", "add", f"{LAN[role]}/24", "dev", "eth0")
@@ -211,8 +248,9 @@ class World:
             root.chmod(0o711)  # so the laptop's user reaches that Python
             return
         etc_ssh = m.dir / "etc" / "ssh"
-        shutil.copytree("/etc/ssh", etc_ssh, symlinks=True,
-                        ignore=shutil.ignore_patterns("ssh_host_*"))  # fmt: skip
+        shutil.copytree(
+            "/etc/ssh", etc_ssh, symlinks=True, ignore=shutil.ignore_patterns("ssh_host_*")
+        )
         sh("ssh-keygen", "-A", "-f", str(m.dir))  # fresh host keys in DIR/etc/ssh
         config = etc_ssh / "sshd_config"
         text = config.read_text()  # Debian's stock config, without PAM (the box)
