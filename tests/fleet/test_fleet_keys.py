@@ -4,7 +4,8 @@ Three network namespaces on one bridged LAN (tests/netns.py): a hub, a node and 
 `edgebox router --hub`. The node joins with a token and runs the command its service unit
 runs (`serve --host 0.0.0.0`); the hub records its LAN API address; /v1 from another box
 without the node's key is 401; the router, logged in to the hub, gets the key from the hub
-and serves a chat through the node with the OpenAI SDK. The key appears in no log, no node
+and serves a chat through the node with the OpenAI SDK; so does a second joined node running
+`serve --fleet`, with the key from its heartbeat answers. The key appears in no log, no node
 list and no join output.
 """
 
@@ -185,5 +186,48 @@ def test_a_joined_node_serves_its_lan_address_with_its_key_and_a_hub_router_uses
         "router model list", lambda: _python(router_ns, MODELS, router_url) != "0", 60, router_log
     )
     assert _python(router_ns, CHAT, router_url, MODEL) == "box True"
-    for log in (hub_log, node_log, router_log):
+
+    # A second joined node with `serve --fleet`: its heartbeat brings the peer's key, and a
+    # client on its own box reaches the peer's model through it.
+    front_ns, front_home = netns_lab.add_node("front", 4), tmp_path / "front-home"
+    _edgebox(
+        front_ns,
+        front_home,
+        "join",
+        str(_edgebox(hub_ns, tmp_path, "token", "create", "--json", "--data", str(data))["token"]),
+        "--name",
+        "front",
+        "--no-service",
+    )
+    front_log = tmp_path / "front.log"
+    front_ns.popen(
+        [
+            *node_command(sys.executable),
+            "--port",
+            str(NODE_PORT),
+            "--no-mdns",
+            "--fleet",
+            "-m",
+            MODEL,
+            "--alias",
+            "front-smol",
+            "--ctx",
+            "512",
+            "--parallel",
+            "1",
+            "--threads",
+            "1",
+        ],
+        log=front_log,
+        env={"EDGEBOX_HOME": str(front_home)},
+    )
+    front_url = f"http://127.0.0.1:{NODE_PORT}/v1"
+    _wait(
+        "the peer's model at the --fleet node",
+        lambda: _python(front_ns, MODELS, front_url) == "2",
+        90,
+        front_log,
+    )
+    assert _python(front_ns, CHAT, front_url, MODEL) == "box True"
+    for log in (hub_log, node_log, router_log, front_log):
         assert key not in log.read_text(errors="replace"), f"the node key reached {log.name}"

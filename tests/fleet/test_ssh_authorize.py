@@ -100,6 +100,8 @@ def test_login_authorizes_a_fresh_laptop_on_the_node_and_errors_name_the_node(
         laptop_pub = (laptop / "id_ed25519.pub").read_text().split()[1]
         assert laptop_pub in (data / "relay" / "authorized_users").read_text()
         assert "registered this laptop's key" in logged.stderr
+        again = _edgebox(cafe, "laptop", laptop, "ssh", "--setup")  # changes nothing now
+        assert again.returncode == 0 and "this laptop's key is registered for ana" in again.stdout
 
         # The node has not beaten since: it does not know the key yet.
         denied = _edgebox(cafe, "laptop", laptop, "ssh", "node-a", "--", "true")
