@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.journeys.docsteps import Step, collect, match_output, substitute
-from tests.journeys.world import HUB_ADDRESS, REPO, World, missing_prerequisites
+from tests.journeys.world import HUB_ADDRESS, LAN, REPO, World, missing_prerequisites
 
 DOCS = ["README.md", "docs/quickstart.md"]
 
@@ -158,7 +158,8 @@ def journey(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Journey]:
     logs.mkdir(parents=True, exist_ok=True)
     world = World.build(logs)
     try:
-        yield Journey(world, collect(REPO, DOCS), logs, {"HUB": HUB_ADDRESS})
+        given = {"HUB": HUB_ADDRESS, "BOX1-LAN": LAN["box1"], "BOX2-LAN": LAN["box2"]}
+        yield Journey(world, collect(REPO, DOCS), logs, given)
     finally:
         world.close()
         print(f"journey logs in {logs}")
