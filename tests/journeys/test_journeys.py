@@ -60,6 +60,9 @@ def test_hub_tokens_and_join(journey: Journey) -> None:
     journey.run("token-box2")
     assert journey.bound["TOKEN1"] != journey.bound["TOKEN2"]
     journey.run("join-box1")
+    units = journey.world["box1"].binds.get("/etc/systemd/system")
+    if units is not None:  # systemctl is there but no systemd runs: nothing half-installed
+        assert not (units / "edgebox-node.service").exists(), "join left its unit file behind"
     journey.run("serve-box1")
     journey.run("join-box2")
     journey.run("serve-box2")
