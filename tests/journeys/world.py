@@ -22,13 +22,15 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pwd
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -157,8 +159,6 @@ class World:
 
     def _tools(self) -> None:
         """`edgebox` and `python` on every machine's PATH: this checkout, as after install.sh."""
-        import sys
-
         bin_dir = self.base / "bin"
         bin_dir.mkdir()
         python = Path(sys.executable)
@@ -271,8 +271,6 @@ class World:
         home = Path("/home") / name
         sh("useradd", "--create-home", "--home-dir", str(home), "--shell", "/bin/bash", name)
         self.account = name
-        import pwd
-
         entry = pwd.getpwnam(name)
         self["laptop"].user = (name, entry.pw_uid, entry.pw_gid, home)
 
@@ -308,8 +306,6 @@ class World:
 
 
 def _exists(account: str) -> bool:
-    import pwd
-
     try:
         pwd.getpwnam(account)
     except KeyError:
@@ -317,13 +313,9 @@ def _exists(account: str) -> bool:
     return True
 
 
-def wait_for(predicate, what: str, timeout: float, poll: float = 0.2) -> None:  # type: ignore[no-untyped-def]
+def wait_for(predicate: Callable[[], bool], what: str, timeout: float, poll: float = 0.2) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         time.sleep(poll)
-
-
-def first_words(argv: Sequence[str]) -> str:
-    return " ".join(argv[:3])
