@@ -7,7 +7,16 @@ from pathlib import Path
 import pytest
 
 from tests.journeys.conftest import DOCS
-from tests.journeys.docsteps import PLACEHOLDER, DocError, collect, match_output, parse, substitute
+from tests.journeys.docsteps import (
+    FENCE,
+    MARKER,
+    PLACEHOLDER,
+    DocError,
+    collect,
+    match_output,
+    parse,
+    substitute,
+)
 from tests.journeys.world import REPO
 
 DOC = """# t
@@ -76,3 +85,16 @@ def test_the_docs_parse_and_every_placeholder_is_given_or_printed_first() -> Non
             assert not unknown, f"{step.source}: {sorted(unknown)} used before a step prints it"
             for line in command.expected:
                 known |= {n for n in PLACEHOLDER.findall(line)}
+
+
+def test_every_quickstart_block_is_a_journey_step() -> None:
+    """A console block without a marker would be a documented command no test runs."""
+    lines = (REPO / "docs" / "quickstart.md").read_text().splitlines()
+    unmarked = [
+        f"docs/quickstart.md:{i + 1}"
+        for i, line in enumerate(lines)
+        if (fence := FENCE.match(line))
+        and fence["lang"] in ("console", "python", "bash")
+        and not (i > 0 and MARKER.match(lines[i - 1]))
+    ]
+    assert not unmarked, f"blocks with commands but no journey marker: {unmarked}"
