@@ -17,8 +17,9 @@ import pytest
 
 from edgebox.models import resolve_model
 
-# Marks tests that start processes `system` and keeps the fast tier honest (tests/tiers.py).
-pytest_plugins = ["tests.tiers"]
+# Marks tests that start processes `system` and keeps the fast tier honest (tests/tiers.py);
+# pytester runs the tiers' own tests.
+pytest_plugins = ["tests.tiers", "pytester"]
 
 
 def free_port() -> int:
