@@ -142,6 +142,7 @@ def test_max_tokens_and_usage(runtime: LlamaCppRuntime) -> None:
     assert finish.prompt_tokens == len(request.prompt_tokens)
 
 
+@pytest.mark.slow
 def test_same_seed_same_text_and_seeds_differ(runtime: LlamaCppRuntime) -> None:
     def sample(seed: int) -> str:
         return run(runtime, chat(runtime, "Tell me a story.", temperature=1.0, seed=seed))[0]
