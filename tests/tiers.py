@@ -116,7 +116,8 @@ def _fixture_functions(item: pytest.Item) -> Iterator[Callable[..., Any]]:
                 yield func
 
 
-def starts_processes(item: pytest.Item, scan: _Scan) -> bool:
+def is_system_test(item: pytest.Item, scan: _Scan) -> bool:
+    """Marked system or slow by hand, or its code or a fixture of it reaches a process start."""
     if item.get_closest_marker(MARKER) or item.get_closest_marker("slow"):
         return True
     function = getattr(item, "function", None)
@@ -132,7 +133,7 @@ def pytest_configure(config: pytest.Config) -> None:
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     scan = _Scan()
     for item in items:
-        if starts_processes(item, scan) and not item.get_closest_marker(MARKER):
+        if is_system_test(item, scan) and not item.get_closest_marker(MARKER):
             item.add_marker(MARKER)
 
 
