@@ -12,9 +12,9 @@ by hand (for one whose process is started inside edgebox's own code, out of sigh
 `@pytest.mark.slow` is for a test that starts no process but does seconds of real-model work
 in process (long or repeated generation, a second model load); it counts as system too.
 
-So that the fast tier stays fast and true, a test not marked `system` that starts a process
-anyway fails, naming the command, and says how to mark it: `pytest -m "not system"` runs only
-in-process tests, and a misplaced test cannot hide there.
+So that the fast tier stays fast and true, in a run that picks a tier (`-m "not system"`) a test
+not marked `system` that starts a process anyway fails, naming the command, and says how to mark
+it: the fast tier runs only in-process tests, and a misplaced test cannot hide there.
 """
 
 from __future__ import annotations
@@ -126,7 +126,14 @@ def is_system_test(item: pytest.Item, scan: _Scan) -> bool:
     return any(scan.function(f) for f in _fixture_functions(item))
 
 
+_GUARDED = pytest.StashKey[bool]()
+
+
 def pytest_configure(config: pytest.Config) -> None:
+    # The guard judges runs that pick a tier (-m "not system", -m system). A whole-suite run
+    # has nothing to keep honest, and a process a system test left behind (a supervisor
+    # restarting its child) could otherwise be blamed on whichever test runs next.
+    config.stash[_GUARDED] = "system" in (config.getoption("markexpr", "") or "")
     _install_guard()
 
 
@@ -161,7 +168,7 @@ def _install_guard() -> None:
 
 def _check(item: pytest.Item) -> None:
     spawned, _current["spawned"] = _current["spawned"], []
-    if spawned:
+    if spawned and item.config.stash.get(_GUARDED, False):
         first = spawned[0] if isinstance(spawned[0], str) else " ".join(spawned[0][:6])
         pytest.fail(
             f"{item.nodeid} is in the fast tier but started {len(spawned)} process(es), first "
