@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Set up a virtual environment and run every check CI runs: lint, format, types, tests.
 # Usage: bash scripts/test.sh [--fast] [pytest args]
-#   --fast  only the fast tier: tests that start no process (pytest -m "not system"; under a
-#           minute on 2 cores). Without it, every test runs: both tiers, as CI does.
+#   --fast  only the fast tier: tests that start no process (pytest -m "not system"; about
+#           35 s of CPU on 2 cores). Without it, every test runs: both tiers, as CI does.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 tier=()
