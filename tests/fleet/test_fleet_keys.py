@@ -108,7 +108,15 @@ def test_a_joined_node_serves_its_lan_address_with_its_key_and_a_hub_router_uses
 
     node_home = tmp_path / "node-home"
     joined = _edgebox(
-        node_ns, node_home, "join", str(token["token"]), "--name", "box", "--no-service", "--json"
+        node_ns,
+        node_home,
+        "join",
+        str(token["token"]),
+        "--name",
+        "box",
+        "--no-service",
+        "--no-user-keys",
+        "--json",
     )
     key = json.loads((node_home / "fleet.json").read_text())["api_key"]
     assert key.startswith("ebk_") and key not in json.dumps(joined)
@@ -198,6 +206,8 @@ def test_a_joined_node_serves_its_lan_address_with_its_key_and_a_hub_router_uses
         "--name",
         "front",
         "--no-service",
+        "--authorized-keys",
+        str(tmp_path / "front_keys"),
     )
     front_log = tmp_path / "front.log"
     front_ns.popen(
@@ -229,5 +239,6 @@ def test_a_joined_node_serves_its_lan_address_with_its_key_and_a_hub_router_uses
         front_log,
     )
     assert _python(front_ns, CHAT, front_url, MODEL) == "box True"
+    assert "edgebox-user:router" in (tmp_path / "front_keys").read_text()  # users' keys land
     for log in (hub_log, node_log, router_log, front_log):
         assert key not in log.read_text(errors="replace"), f"the node key reached {log.name}"
