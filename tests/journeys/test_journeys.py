@@ -3,11 +3,12 @@
 Each test runs the documented steps of one section of docs/quickstart.md (conftest.py extracts
 them from the Markdown at test time and checks what they print against the shown output), in
 document order; the last test fails when the docs hold a step the suite did not run. What the
-docs cannot say (which namespace is "box1", copying a public key to the hub, the laptop coming
-home to the LAN, a box losing power) is done here, in code, between steps.
+docs cannot say (which namespace is "box1", the laptop coming home to the LAN, a box losing
+power, waiting for the router to find the boxes) is done here, in code, between steps.
 
-System test: root, iproute2, OpenSSH and useradd, fails (never skips) without them; about
-2-3 minutes on 2 cores. Logs of every step: the path printed at the end (pytest -s).
+System test: root, iproute2, OpenSSH, useradd, setpriv and curl; fails (never skips) without
+them; about 3 minutes on 2 busy cores. Step logs: the path printed at the end (pytest -s), or
+a directory of your choice in $EDGEBOX_JOURNEY_LOGS.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import pytest
 from tests.journeys.conftest import Journey
 from tests.journeys.world import wait_for
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
+pytestmark = [pytest.mark.system, pytest.mark.timeout(900)]
 
 BOXES = ("box1", "box2")
 

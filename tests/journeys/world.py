@@ -14,7 +14,7 @@ directories are bind-mounted over /root, /etc/ssh and /run there (and /etc/edgeb
 where `hub serve --relay` puts relay files sshd must accept). Root commands get a clean
 environment (HOME=/root); the laptop's run as a real unprivileged account made with useradd.
 
-Needs root, iproute2, OpenSSH server and client, useradd and setpriv: without them the fixture
+Needs root, iproute2, OpenSSH server and client, useradd, setpriv and curl: without them the fixture
 FAILS saying what is missing (never skips).
 """
 
@@ -45,6 +45,7 @@ REQUIRED = {
     "ssh-keygen": "openssh-client",
     "useradd": "passwd",
     "setpriv": "util-linux",
+    "curl": "curl",
 }
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
