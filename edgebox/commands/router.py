@@ -110,7 +110,7 @@ def router(
     )
     static = len(static_nodes(spec))
     if not static and not mdns and login is None and not cfg.cloud:
-        raise fail("no nodes: pass --node URL, list [[nodes]] in --config, or leave mDNS on")
+        raise fail("no nodes: pass --node URL, list \\[\\[nodes]] in --config, or leave mDNS on")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     _, app = build_router(spec)
     err.print(
