@@ -54,8 +54,9 @@ def serve(
 ) -> None:
     """Serve models on a local OpenAI-compatible endpoint (default: the bundled SmolLM2-135M
     for chat and all-MiniLM-L6-v2 for /v1/embeddings)."""
+    options = dict(locals())  # the parameters, by name: NodeConfig's fields, nearly all
     _log_with_timestamps()
-    run_node(node_config(dict(locals())))
+    run_node(node_config(options))
 
 
 def node_config(options: dict[str, Any]) -> NodeConfig:
