@@ -106,3 +106,15 @@ def smollm2_path() -> Path:
 @pytest.fixture(scope="session")
 def gemma_path() -> Path:
     return resolve_model("gemma3-270m").path
+
+
+@pytest.fixture(scope="session", autouse=True)
+def own_authorized_keys_untouched() -> Iterator[None]:
+    """Tests run as root: a node joined with user keys on (the default) writes hub users'
+    keys into the authorized_keys of the account running it. Tests must pass `--no-user-keys`
+    or `--authorized-keys TMPFILE`; this fails the run if this machine's own file changed."""
+    path = Path.home() / ".ssh" / "authorized_keys"
+    before = path.read_bytes() if path.exists() else None
+    yield
+    after = path.read_bytes() if path.exists() else None
+    assert after == before, f"a test changed {path}: join test nodes with --no-user-keys"

@@ -178,3 +178,23 @@ def test_keys_reach_no_log_metrics_or_error_body_of_a_real_node(tmp_path: Path) 
     bodies.append(node.log.read_text())
     for text in bodies:
         assert all(k not in text for k in (API, ADMIN, FLEET))
+
+
+def test_a_joined_nodes_own_key_guards_v1_from_elsewhere_and_loopback_keeps_its_access() -> None:
+    """The key the hub minted at join (member_key): other addresses must send it; the box
+    itself needs none, as on a node bound to 127.0.0.1; /admin keeps its own rule."""
+    member = "ebk_node-own-5d6"
+    app = scoped(NodeKeys(member_key=member))
+    for host in ("10.0.0.5", "fe80::1"):
+        assert call_scoped(app, host, "/v1/models", None).status_code == 401
+        assert call_scoped(app, host, "/v1/models", "ebk_another-node").status_code == 401
+        assert call_scoped(app, host, "/v1/models", member).text == "done"
+        assert call_scoped(app, host, "/admin/drain", member, "POST").status_code == 403
+    for host in ("127.0.0.1", "::1"):
+        assert call_scoped(app, host, "/v1/models", None).text == "done"
+        assert call_scoped(app, host, "/admin/drain", None, "POST").text == "done"
+    # With an API key of the owner's own, loopback needs a key too (as before).
+    both = scoped(NodeKeys(api_key=API, member_key=member))
+    assert call_scoped(both, "127.0.0.1", "/v1/models", None).status_code == 401
+    assert call_scoped(both, "127.0.0.1", "/v1/models", member).text == "done"
+    assert call_scoped(both, "10.0.0.5", "/v1/models", API).text == "done"
