@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -25,6 +26,7 @@ if TYPE_CHECKING:
     from edgebox.fleet.heartbeat import Heartbeat
     from edgebox.fleet.identity import NodeIdentity
     from edgebox.fleet.mdns import Advertiser
+    from edgebox.node.security import NodeKeys
     from edgebox.node.server import NodeServer
     from edgebox.node.state import NodeState
     from edgebox.router.embed import LocalNode
@@ -123,13 +125,20 @@ class NodeAgent:
             self.state,
             host=self.config.host,
             port=self.config.port,
-            keys=self.config.keys(),
+            keys=self._keys(),
             signer=signer,
             access_log=self.config.access_log,
             wrap=wrap,
         )
         stack.push_async_callback(self.http.stop)
         return await self.http.start()
+
+    def _keys(self) -> NodeKeys:
+        """The keys from the command line, and the key a joined node's hub minted for it
+        (routers logged in to the hub send it)."""
+        from edgebox.fleet.join import member_api_key
+
+        return dataclasses.replace(self.config.keys(), member_key=member_api_key())
 
     def _register_locally(self, stack: contextlib.AsyncExitStack, url: str) -> None:
         """The runtime record that lets `edgebox nodes`/`top` here find the node on any port."""
@@ -172,7 +181,11 @@ class NodeAgent:
         state = self.state
         assert state is not None
         api = api_endpoint(self.config.port, loopback_only=is_loopback(self.config.host))
-        beats = start_background(models=lambda: list(state.all_models()), api=api)
+        beats = start_background(
+            models=lambda: list(state.all_models()),
+            api=api,
+            peer_keys=self.config.fleet,  # a --fleet node routes to its peers with their keys
+        )
         if beats is not None:
             self._hub_peers.beats = beats
             stack.push_async_callback(asyncio.to_thread, beats.stop)
