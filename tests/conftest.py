@@ -8,7 +8,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,11 +17,34 @@ import pytest
 
 from edgebox.models import resolve_model
 
+# Marks tests that start processes `system` and keeps the fast tier honest (tests/tiers.py);
+# pytester runs the tiers' own tests.
+pytest_plugins = ["tests.tiers", "pytester"]
+
 
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def wait_until(
+    condition: Callable[[], object],
+    timeout: float = 10,
+    what: str = "a condition",
+    interval: float = 0.02,
+) -> float:
+    """Poll `condition` until it is true, instead of sleeping a fixed time; returns the seconds
+    it took. Fails the test, naming `what`, if it is still false when checked after `timeout`
+    seconds (it is always checked once more after the deadline)."""
+    started = time.monotonic()
+    while True:
+        past_deadline = time.monotonic() - started > timeout
+        if condition():
+            return time.monotonic() - started
+        if past_deadline:
+            pytest.fail(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(interval)
 
 
 @dataclass

@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 from tests.conftest import NodeProcess, start_node
 from tests.router.conftest import start_router
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.system
 
 EXAMPLES = int(os.environ.get("EDGEBOX_FUZZ_EXAMPLES", "120"))
 SEED = int(os.environ.get("EDGEBOX_FUZZ_SEED", "0"))

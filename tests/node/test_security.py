@@ -4,6 +4,8 @@ the per-key request limit, and keys kept out of logs, /metrics and error bodies.
 from __future__ import annotations
 
 import asyncio
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -114,8 +116,11 @@ def test_with_only_an_inference_key_admin_is_loopback_only_and_says_what_to_do()
 
 def test_one_key_cannot_hold_more_than_its_limit_of_requests() -> None:
     release = asyncio.Event()
+    inside = 0  # requests that reached the app (past the key limit)
 
     async def slow(_request: object) -> PlainTextResponse:
+        nonlocal inside
+        inside += 1
         await release.wait()
         return PlainTextResponse("done")
 
@@ -132,10 +137,9 @@ def test_one_key_cannot_hold_more_than_its_limit_of_requests() -> None:
                 return client.get("/v1/models", headers={"authorization": f"Bearer {key}"})
 
             held = [asyncio.create_task(get(API)) for _ in range(2)]
-            await asyncio.sleep(0.05)  # both are inside the app, waiting
-            third, other_key = await asyncio.wait_for(
-                asyncio.gather(get(API), _released(get(FLEET), release)), 5
-            )
+            await _until(lambda: inside == 2)  # both are inside the app, waiting
+            other = _released(get(FLEET), release, lambda: inside == 3)
+            third, other_key = await asyncio.wait_for(asyncio.gather(get(API), other), 5)
             return [*(await asyncio.gather(*held)), third, other_key]
 
     first, second, third, other_key = asyncio.run(scenario())
@@ -144,12 +148,22 @@ def test_one_key_cannot_hold_more_than_its_limit_of_requests() -> None:
     assert (first.text, second.text, other_key.text) == ("done", "done", "done")
 
 
-async def _released(request: Any, release: asyncio.Event) -> httpx.Response:
-    """Another key's request runs while the first key is at its limit; then all finish."""
+async def _released(
+    request: Any, release: asyncio.Event, inside: Callable[[], bool]
+) -> httpx.Response:
+    """Another key's request gets into the app while the first key is at its limit; then all
+    finish."""
     task = asyncio.ensure_future(request)
-    await asyncio.sleep(0.05)
+    await _until(inside)
     release.set()
     return await task
+
+
+async def _until(condition: Callable[[], bool], timeout: float = 5) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out waiting for requests to reach the app"
+        await asyncio.sleep(0.005)
 
 
 def test_keys_reach_no_log_metrics_or_error_body_of_a_real_node(tmp_path: Path) -> None:
