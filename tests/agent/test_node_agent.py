@@ -35,6 +35,7 @@ def _closed(agent: NodeAgent) -> bool:
     return runtime.engine.ctx is None
 
 
+@pytest.mark.slow  # model loads and a real server in process
 def test_a_node_starts_in_order_and_stops_everything(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -58,6 +59,7 @@ def test_a_node_starts_in_order_and_stops_everything(
         httpx.get(record["url"] + "/health", timeout=2)
 
 
+@pytest.mark.slow
 def test_a_port_in_use_stops_the_start_and_closes_the_runtimes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
