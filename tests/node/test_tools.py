@@ -204,6 +204,8 @@ def _tool(name: str, parameters: Any) -> dict[str, Any]:
 
 
 BAD_PATTERN = {"type": "object", "properties": {"a": {"type": "string", "pattern": "(("}}}
+# llama.cpp's converter writes a string's minLength out char by char: 10 GB and a 503 before.
+LONG_STRING = {"type": "object", "properties": {"a": {"type": "string", "minLength": 10**9}}}
 BAD_INPUT = [
     ({"tools": [{"type": "web_search"}]}, "tools[0].type"),
     ({"tools": [{"type": "function"}]}, "tools[0].function"),
@@ -213,6 +215,7 @@ BAD_INPUT = [
     ({"tools": [_tool("f", {"type": "string"})]}, "tools[0].function.parameters"),
     ({"tools": [_tool("f", TIME), _tool("g", BAD_PATTERN)]}, "tools[1].function.parameters"),
     ({"tools": [_tool("f", {"type": "object", "required": "a"})]}, "tools[0].function.parameters"),
+    ({"tools": [_tool("f", LONG_STRING)]}, "tools[0].function.parameters"),
     ({"tools": [_tool("two words", TIME)]}, "tools[0].function.name"),
     ({"tools": [_tool("f", TIME), _tool("f", TIME)]}, "tools[1].function.name"),
     ({"tools": [_tool(f"f{i}", TIME) for i in range(129)]}, "tools"),
