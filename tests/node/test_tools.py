@@ -252,3 +252,16 @@ def test_the_sdk_sees_the_400_as_a_bad_request(client: openai.OpenAI) -> None:
             tool_choice={"type": "function", "function": {"name": "launch"}},
         )
     assert caught.value.body["param"] == "tool_choice.function.name"  # type: ignore[index]
+
+
+def test_a_past_call_with_arguments_nested_past_the_recursion_limit_is_no_500(
+    node: NodeProcess,
+) -> None:
+    deep = "[" * 3000 + "]" * 3000
+    call = {"id": "call_1", "type": "function", "function": {"name": "get_time", "arguments": deep}}
+    messages = [*ASK, {"role": "assistant", "content": None, "tool_calls": [call]}]
+    body = {"model": MODEL, "messages": messages, "tools": TOOLS, "max_tokens": 2}
+    reply = httpx.post(node.base_url + "/chat/completions", json=body, timeout=60)
+    assert reply.status_code in (200, 400), reply.text  # 500 before: a RecursionError
+    if reply.status_code == 400:
+        assert reply.json()["error"]["param"] == "messages"

@@ -66,6 +66,17 @@ def assemble(parser: ToolCallParser, pieces: list[str]) -> tuple[str, list[dict[
     return content, calls
 
 
+DEEP = "[" * 5000 + "]" * 5000  # past Python's recursion limit for json
+
+
+@pytest.mark.parametrize("fmt", [HERMES, MISTRAL, GENERIC], ids=lambda f: f.name)
+def test_arguments_nested_past_the_recursion_limit_pass_through_as_text(fmt: ToolFormat) -> None:
+    written = calls_text(fmt, [{"id": "c", "name": "f", "arguments": DEEP}])
+    assert DEEP in written  # a past call's arguments that cannot be parsed stay as sent
+    reply = calls_text(fmt, [{"id": "c", "name": "f", "arguments": "{}"}]).replace("{}", DEEP)
+    assert assemble(ToolCallParser(fmt), [reply]) == ("", [{"name": "f", "arguments": DEEP}])
+
+
 @pytest.mark.parametrize("fmt", [HERMES, MISTRAL, GENERIC], ids=lambda f: f.name)
 def test_a_reply_splits_into_content_and_calls_however_it_is_cut(fmt: ToolFormat) -> None:
     lead = "" if fmt.anchored else "Let me look that up.\n"
