@@ -243,3 +243,34 @@ def test_a_schema_the_grammar_cannot_take_names_its_function() -> None:
     with pytest.raises(ToolSchemaError) as caught:
         tool_call_gbnf(ToolConstraint(GENERIC, (*FUNCTIONS, ("f", bad)), lazy=False, parallel=True))
     assert caught.value.index == 2
+
+
+ODD_VALUES = ['say "hi"', "back\\slash", 'both \\" end', "line\nbreak"]
+
+
+@pytest.mark.parametrize("value", ODD_VALUES)
+def test_enum_values_and_names_with_quotes_and_backslashes_are_forced_exactly(
+    vocab_model: LlamaCppModel, value: str
+) -> None:
+    # llama-cpp-python's converter left backslashes unescaped: a parse failure for a valid
+    # schema, or a grammar forcing a different string than the enum's.
+    schema = {
+        "type": "object",
+        "properties": {value: {"enum": [value, "x"]}},
+        "required": [value],
+    }
+    compact = json.dumps(schema, separators=(",", ":"))
+    constraint = ToolConstraint(GENERIC, (("f", compact),), lazy=False, parallel=False)
+    params = [
+        SamplingParams(temperature=0, tools=constraint),
+        SamplingParams(temperature=0, json_schema=schema),
+    ]
+    call = [{"name": "f", "arguments": json.dumps({value: value})}]
+    texts = [calls_text(GENERIC, call), json.dumps({value: value})]
+    for param, text in zip(params, texts, strict=True):
+        for candidate, ok in ((text, True), (text.replace("\\", "\\\\", 1), False)):
+            sampler = build_sampler(vocab_model, param)
+            try:
+                assert _walk(vocab_model, sampler, candidate) is ok, candidate
+            finally:
+                free_sampler(sampler)
