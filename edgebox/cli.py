@@ -48,7 +48,7 @@ def _log_with_timestamps() -> None:
     logging.basicConfig(
         level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    logging.getLogger("edgebox.provisioning.tunnel").setLevel(logging.INFO)  # its state changes
+    logging.getLogger("edgebox.fleet.tunnel").setLevel(logging.INFO)  # its state changes
 
 
 def _progress_factory(progress: Progress) -> Callable[[str, int], Callable[[int], None]]:
@@ -345,8 +345,8 @@ def serve(
             out.print(f"[yellow]{notice}[/]", highlight=False)
         out.print("Ctrl-C to stop.", style="dim")
 
+    from edgebox.api.auth import is_loopback
     from edgebox.fleet.heartbeat import api_endpoint, start_background
-    from edgebox.node.security import is_loopback
 
     beats = start_background(  # only once joined to a hub
         models=lambda: list(state.all_models()),
@@ -357,8 +357,8 @@ def serve(
         from edgebox.fleet.node_tunnel import start_background as start_tunnel
 
         tunnel_supervisor = start_tunnel()  # only once joined to a hub that runs a relay
+    from edgebox.api.auth import NodeKeys
     from edgebox.node.identity_api import NodeSigner
-    from edgebox.node.security import NodeKeys
 
     keys = NodeKeys(api_key or None, admin_key or None, fleet_key or None, key_max_inflight)
     # uvicorn already shut down cleanly on Ctrl-C
@@ -459,7 +459,7 @@ def doctor(
     from rich.markup import escape
 
     from edgebox.hardware import probe
-    from edgebox.hardware.doctor import report
+    from edgebox.runtimes.doctor import report
 
     result = report(probe(measure=measure), probe_cpu=measure)
     if as_json:

@@ -6,13 +6,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from edgebox.node.errors import APIError
-from edgebox.node.protocol import (
+from edgebox.api.errors import APIError
+from edgebox.api.protocol import (
     ChatCompletionRequest,
     CompletionRequest,
-    OtherPart,
     ResponseFormat,
     TextPart,
+    chat_messages,
 )
 from edgebox.runtimes.base import (
     BackendError,
@@ -43,29 +43,6 @@ class ChatTokenizer(Protocol):
 class PreparedPrompt:
     tokens: list[int]
     text: str  # what the tokens render to, for `echo`
-
-
-def chat_messages(body: ChatCompletionRequest) -> list[dict[str, Any]]:
-    """Messages as chat templates expect them: plain-text content, known roles."""
-    out: list[dict[str, Any]] = []
-    for i, message in enumerate(body.messages):
-        content = message.content
-        if isinstance(content, list):
-            for j, part in enumerate(content):
-                if isinstance(part, OtherPart):
-                    raise APIError(
-                        400,
-                        f"this model reads text only; '{part.type}' content is not supported",
-                        param=f"messages[{i}].content[{j}].type",
-                        code="unsupported_content",
-                    )
-            content = "".join(p.text for p in content if isinstance(p, TextPart))
-        role = "system" if message.role == "developer" else message.role
-        entry: dict[str, Any] = {"role": role, "content": content or ""}
-        if message.name:
-            entry["name"] = message.name
-        out.append(entry)
-    return out
 
 
 def check_chat_size(runtime: Runtime, body: ChatCompletionRequest) -> None:

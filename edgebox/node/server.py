@@ -10,15 +10,15 @@ from typing import TYPE_CHECKING
 import uvicorn
 from starlette.types import ASGIApp
 
-from edgebox.node.app import create_app
-from edgebox.node.conn_guard import (
+from edgebox.api.auth import NodeKeys, is_loopback
+from edgebox.api.conn_guard import (
     ConnectionLimits,
     guarded_protocol,
     http_protocol,
     raise_open_file_limit,
 )
+from edgebox.node.app import create_app
 from edgebox.node.identity_api import NodeSigner
-from edgebox.node.security import NodeKeys, is_loopback
 from edgebox.node.state import NodeState
 
 if TYPE_CHECKING:

@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 from starlette.responses import Response
 
-from edgebox.node.errors import APIError
+from edgebox.api.errors import APIError
 from edgebox.router.cloud import (
     CloudTarget,
     SpendLedger,

@@ -22,6 +22,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from edgebox.api.errors import (
+    APIError,
+    api_error_handler,
+    from_validation_error,
+    http_error_handler,
+    unhandled_error_handler,
+)
+from edgebox.api.netguard import log_field
 from edgebox.fleet import logins, tokens
 from edgebox.fleet.hub.limits import Limits, RateLimit
 from edgebox.fleet.hub.models import (
@@ -34,14 +42,6 @@ from edgebox.fleet.hub.models import (
     observed_api_url,
 )
 from edgebox.fleet.hub.store import HubStore, JoinRefused, Registration
-from edgebox.netguard import log_field
-from edgebox.node.errors import (
-    APIError,
-    api_error_handler,
-    from_validation_error,
-    http_error_handler,
-    unhandled_error_handler,
-)
 
 M = TypeVar("M", bound=BaseModel)
 PEERS_REFRESH_S = 1.0  # heartbeat answers share one read of the node table per second
@@ -242,7 +242,7 @@ def create_app(
         _require_admin(request, config)
         body = await _body(request, UserAddRequest)
         try:
-            from edgebox.provisioning.relay import key_material
+            from edgebox.fleet.relay import key_material
 
             key = key_material(body.ssh_public_key)
         except ValueError:
