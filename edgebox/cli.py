@@ -351,6 +351,7 @@ def serve(
     beats = start_background(  # only once joined to a hub
         models=lambda: list(state.all_models()),
         api=api_endpoint(port, loopback_only=is_loopback(host)),
+        peer_keys=fleet,  # a --fleet node routes to its peers with their own keys
     )
     tunnel_supervisor = None
     if tunnel:
@@ -358,9 +359,17 @@ def serve(
 
         tunnel_supervisor = start_tunnel()  # only once joined to a hub that runs a relay
     from edgebox.api.auth import NodeKeys
+    from edgebox.fleet.join import member_api_key
     from edgebox.node.identity_api import NodeSigner
 
-    keys = NodeKeys(api_key or None, admin_key or None, fleet_key or None, key_max_inflight)
+    # a joined node also takes the key its hub minted for it (routers logged in to the hub)
+    keys = NodeKeys(
+        api_key or None,
+        admin_key or None,
+        fleet_key or None,
+        key_max_inflight,
+        member_key=member_api_key(),
+    )
     # uvicorn already shut down cleanly on Ctrl-C
     with contextlib.suppress(KeyboardInterrupt), local_nodes.removed_at_exit(records):
         run_server(

@@ -15,7 +15,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from edgebox.tui.source import DirectSource, HubSource
-from tests.conftest import NodeProcess, free_port, start_node
+from tests.conftest import NodeProcess, free_port, start_node, wait_until
 
 MODEL = "smollm2-135m"
 
@@ -86,8 +86,15 @@ def test_a_node_that_stops_turns_unreachable_then_offline_after_the_ttl(tmp_path
         alive = loop.run_until_complete(poll())
         assert proc.stop() == 0
         gone = loop.run_until_complete(poll())
-        time.sleep(1.1)
-        later = loop.run_until_complete(poll())
+        seen = [gone]
+
+        def offline() -> bool:
+            seen.append(loop.run_until_complete(poll()))
+            return seen[-1].status == "offline"
+
+        # Offline once the 1 s TTL has passed: polled for, at most 1.1 s.
+        wait_until(offline, timeout=1.1, what="the stopped node to turn offline")
+        later = seen[-1]
         loop.run_until_complete(source.aclose())
         loop.close()
     finally:

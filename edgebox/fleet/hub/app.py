@@ -22,7 +22,13 @@ from edgebox.api.errors import (
     http_error_handler,
     unhandled_error_handler,
 )
-from edgebox.fleet.hub import routes_membership, routes_nodes, routes_tokens, routes_users
+from edgebox.fleet.hub import (
+    routes_keys,
+    routes_membership,
+    routes_nodes,
+    routes_tokens,
+    routes_users,
+)
 from edgebox.fleet.hub.context import HubConfig, HubContext, hub_context
 from edgebox.fleet.hub.limits import RateLimit
 from edgebox.fleet.hub.models import NodeApi, observed_api_url
@@ -44,6 +50,7 @@ ROUTES: list[BaseRoute] = [
     *routes_nodes.ROUTES,
     *routes_tokens.ROUTES,
     *routes_users.ROUTES,
+    *routes_keys.ROUTES,
 ]
 
 
