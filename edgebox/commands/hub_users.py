@@ -91,11 +91,15 @@ def ls(
 @user_app.command("rm")
 def rm(
     name: Annotated[str, typer.Argument(help="User name.")],
+    as_json: AsJson = False,
     hub: HubUrl = None,
     admin_key_file: AdminKeyFile = None,
     fingerprint: Fingerprint = None,
     data: DataDir = None,
 ) -> None:
     """Remove a user: their key stops opening the relay and their login stops working."""
-    admin_request(hub, admin_key_file, fingerprint, data, "DELETE", f"/v1/hub/users/{name}")
+    gone = admin_request(hub, admin_key_file, fingerprint, data, "DELETE", f"/v1/hub/users/{name}")
+    if as_json:
+        out.print_json(data=gone)
+        return
     out.print(f"user {name} removed", highlight=False)

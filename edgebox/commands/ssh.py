@@ -8,9 +8,13 @@ import io
 import json
 import logging
 import signal
+import socket
 import subprocess
 import sys
 import threading
+import time
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Annotated
 
@@ -72,10 +76,17 @@ def _prepare(name: str) -> tuple[NodeDirectory, NodeEntry, Path]:
         raise _fail(str(exc)) from None
 
 
-def run_ssh(argv: list[str], directory: NodeDirectory, target: NodeEntry | None = None) -> int:
+def run_ssh(
+    argv: list[str],
+    directory: NodeDirectory,
+    target: NodeEntry | None = None,
+    started: Callable[[subprocess.Popen[bytes]], None] | None = None,
+) -> int:
     """Run ssh with the terminal attached; stderr is passed through and kept to explain failure
-    (naming `target`, the node it was for)."""
+    (naming `target`, the node it was for). `started` gets the ssh process once it runs."""
     proc = subprocess.Popen(argv, stderr=subprocess.PIPE)
+    if started is not None:
+        started(proc)
     assert proc.stderr is not None
     tail = bytearray()
 
@@ -218,12 +229,32 @@ def forward(
     route = choose_route(entry, scan_host_keys)
     forwarded = f"127.0.0.1:{local_port}:127.0.0.1:{remote_port}"
     options = ["-N", "-o", "ExitOnForwardFailure=yes", "-L", forwarded]
-    err.print(
+    err.print(f"edgebox: connecting to {entry.name} via {route.via} ...", highlight=False)
+    ready = (
         f"edgebox: {entry.name}:{remote_port} on http://127.0.0.1:{local_port} "
-        f"via {route.via} (Ctrl-C to stop)",
-        highlight=False,
+        f"via {route.via} (Ctrl-C to stop)"
     )
-    raise typer.Exit(run_ssh(ssh_command(config, entry, route, options, []), directory, entry))
+    argv = ssh_command(config, entry, route, options, [])
+    started = partial(_announce_when_listening, local_port, ready)
+    raise typer.Exit(run_ssh(argv, directory, entry, started=started))
+
+
+def _announce_when_listening(port: int, line: str, proc: subprocess.Popen[bytes]) -> None:
+    """Print `line` once the forwarded port takes connections, not before: a script that
+    starts `edgebox forward` and waits for the line can use the port at once."""
+
+    def wait() -> None:
+        while proc.poll() is None:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            except OSError:
+                time.sleep(0.1)
+                continue
+            if proc.poll() is None:  # not another program's port, with ssh failing on it
+                err.print(line, highlight=False)
+            return
+
+    threading.Thread(target=wait, daemon=True).start()
 
 
 @ssh_config_app.command("install")

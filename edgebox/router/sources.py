@@ -205,7 +205,8 @@ class HubNodes:
 class PeerRecords(Protocol):
     """What `HubPeers` reads: the peers in the hub's last heartbeat answer (a `Heartbeat`)."""
 
-    peers: list[dict[str, Any]]
+    @property
+    def peers(self) -> list[dict[str, Any]]: ...
 
     @property
     def hub_url(self) -> str: ...
