@@ -38,10 +38,46 @@ class OtherPart(_Wire):
 ContentPart = Annotated[TextPart | OtherPart, Field(discriminator="type")]
 
 
+class CalledFunction(_Wire):
+    name: str = Field(max_length=MAX_NAME_CHARS)
+    arguments: str
+
+
+class MessageToolCall(_Wire):
+    """A call the assistant made earlier in the conversation, sent back by the client."""
+
+    id: str = Field(max_length=MAX_NAME_CHARS)
+    type: Literal["function"] = "function"
+    function: CalledFunction
+
+
 class ChatMessage(_Wire):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[ContentPart] | None = None
     name: str | None = Field(None, max_length=MAX_NAME_CHARS)
+    tool_calls: list[MessageToolCall] | None = None  # assistant messages
+    tool_call_id: str | None = Field(None, max_length=MAX_NAME_CHARS)  # tool messages
+
+
+class FunctionDefinition(_Wire):
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class ToolDefinition(_Wire):
+    type: str  # only "function" is served; others are refused by name (`node.tools`)
+    function: FunctionDefinition | None = None
+
+
+class ChosenFunction(_Wire):
+    name: str
+
+
+class NamedToolChoice(_Wire):
+    type: Literal["function"]
+    function: ChosenFunction
 
 
 class StreamOptions(_Wire):
@@ -99,6 +135,9 @@ class ChatCompletionRequest(_SamplingFields):
     logprobs: bool = False
     top_logprobs: int | None = Field(None, ge=0, le=20)
     response_format: ResponseFormat | None = None
+    tools: list[ToolDefinition] | None = None  # bounded in `node.tools`
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool | None = None
 
 
 class CompletionRequest(_SamplingFields):
@@ -130,5 +169,12 @@ def chat_messages(body: ChatCompletionRequest) -> list[dict[str, Any]]:
         entry: dict[str, Any] = {"role": role, "content": content or ""}
         if message.name:
             entry["name"] = message.name
+        if message.tool_calls:
+            entry["tool_calls"] = [
+                {"id": c.id, "name": c.function.name, "arguments": c.function.arguments}
+                for c in message.tool_calls
+            ]
+        if message.tool_call_id:
+            entry["tool_call_id"] = message.tool_call_id
         out.append(entry)
     return out

@@ -43,7 +43,16 @@ from edgebox.node.responses import (
 )
 from edgebox.node.state import NodeState
 from edgebox.node.structured import prepare_constraint
-from edgebox.runtimes.base import FinishEvent, Runtime, TokenEvent
+from edgebox.node.tools import (
+    ToolCallEvent,
+    ToolPlan,
+    add_call,
+    check_tool_messages,
+    prepare_tools,
+    tool_plan,
+    with_tool_calls,
+)
+from edgebox.runtimes.base import Event, FinishEvent, Runtime, TokenEvent
 
 DISCONNECT_POLL_S = 0.2
 
@@ -107,9 +116,12 @@ async def chat_completions(request: Request) -> Response:
         raise APIError(400, "top_logprobs needs logprobs set to true", param="top_logprobs")
     check_chat_size(runtime, body)
     check_max_tokens(runtime, *max_tokens_of(body))
-    prompt = await off_loop(_prepare_chat, runtime, body)
+    check_tool_messages(body)
+    tools = tool_plan(runtime, body)
+    prompt = await off_loop(_prepare_chat, runtime, body, tools)
     check_prompt_fits(runtime, prompt, "messages")
-    return await _generate(request, state, runtime, _plan(request, state, body, [prompt], arrived))
+    plan = _plan(request, state, body, [prompt], arrived, tools)
+    return await _generate(request, state, runtime, plan)
 
 
 def _plan(
@@ -118,17 +130,21 @@ def _plan(
     body: ChatCompletionRequest | CompletionRequest,
     prompts: list[PreparedPrompt],
     arrived: float,
+    tools: ToolPlan | None = None,
 ) -> GenerationPlan:
     kv_key = request.headers.get(KV_HEADER)
     return generation_plan(
-        body, prompts, arrived=arrived, timeout=state.request_timeout, kv_key=kv_key
+        body, prompts, arrived=arrived, timeout=state.request_timeout, kv_key=kv_key, tools=tools
     )
 
 
-def _prepare_chat(runtime: Runtime, body: ChatCompletionRequest) -> PreparedPrompt:
+def _prepare_chat(
+    runtime: Runtime, body: ChatCompletionRequest, tools: ToolPlan | None
+) -> PreparedPrompt:
     """Blocking: the grammar checked and compiled, the chat rendered and tokenized."""
     _prepare_constraint(runtime, body)
-    return chat_prompt(runtime, body)
+    prepare_tools(runtime, tools)
+    return chat_prompt(runtime, body, tools)
 
 
 def _prepare_completion(runtime: Runtime, body: CompletionRequest) -> list[PreparedPrompt]:
@@ -193,8 +209,11 @@ async def _collect(
     results: dict[int, ChoiceResult] = {}
     watcher = asyncio.create_task(_cancel_on_disconnect(request, streams))
     try:
-        async for index, event in streams.events():
+        async for index, event in _events(streams, plan):
             result = results.setdefault(index, ChoiceResult())
+            if isinstance(event, ToolCallEvent):
+                add_call(result.tool_calls, event)
+                continue
             if echo is not None and not result.text:
                 result.text.append(echo[index // n])
                 result.length = len(echo[index // n])
@@ -242,14 +261,19 @@ async def _stream(
     started: set[int] = set()
     finishes: list[tuple[int, FinishEvent]] = []
     offsets: dict[int, int] = {}
-    async for index, event in streams.events():
+    called: set[int] = set()  # choices that made tool calls
+    async for index, event in _events(streams, plan):
         if index not in started:
             started.add(index)
             first = echo[index // n] if echo is not None else ("" if shape.kind == "chat" else None)
             if shape.kind == "chat" or first:
                 yield sse(shape.chunk(index, text=first, role=True, with_usage_field=include_usage))
             offsets[index] = len(first or "")
-        if isinstance(event, TokenEvent):
+        if isinstance(event, ToolCallEvent):
+            called.add(index)
+            delta = {"tool_calls": [event.delta()]}
+            yield sse(shape.chunk(index, delta=delta, with_usage_field=include_usage))
+        elif isinstance(event, TokenEvent):
             if not event.text and not logprobs:
                 continue
             lp = None
@@ -273,7 +297,7 @@ async def _stream(
                 shape.chunk(
                     index,
                     text=None if shape.kind == "chat" else "",
-                    finish=finish_reason(event),
+                    finish=finish_reason(event, called=index in called),
                     with_usage_field=include_usage,
                 )
             )
@@ -281,6 +305,15 @@ async def _stream(
         ordered = [f for _, f in sorted(finishes, key=lambda item: item[0])]
         yield sse(shape.usage_chunk(usage(ordered, n)))
     yield SSE_DONE
+
+
+def _events(
+    streams: ChoiceStreams, plan: GenerationPlan
+) -> AsyncIterator[tuple[int, Event | ToolCallEvent]]:
+    """The choices' events; with tools, their text split into content and tool calls."""
+    if plan.tools is None:
+        return streams.events()
+    return with_tool_calls(streams.events(), plan.tools.format)
 
 
 def _completion_chunk_logprobs(event: TokenEvent, offset: int) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
@@ -14,6 +15,7 @@ from edgebox.api.protocol import (
     TextPart,
     chat_messages,
 )
+from edgebox.node.tools import ToolPlan, template_input, tool_format_of
 from edgebox.runtimes.base import (
     BackendError,
     GenerationRequest,
@@ -80,18 +82,22 @@ def _too_long(message: str, param: str) -> APIError:
     return APIError(400, message, param=param, code="context_length_exceeded")
 
 
-def chat_prompt(runtime: ChatTokenizer, body: ChatCompletionRequest) -> PreparedPrompt:
+def chat_prompt(
+    runtime: ChatTokenizer, body: ChatCompletionRequest, tools: ToolPlan | None = None
+) -> PreparedPrompt:
     """The chat's prompt; blocking (render and tokenize), so handlers run it off the loop.
-    Message text is never parsed into control tokens where the runtime can tell them apart."""
-    messages = chat_messages(body)
+    Message text is never parsed into control tokens where the runtime can tell them apart.
+    Offered tools and past calls are rendered as the model's format has them (`node.tools`)."""
+    messages, template_tools = template_input(tool_format_of(runtime), chat_messages(body), tools)
+    extra = {"tools": template_tools} if template_tools else {}
     tokenize_chat = getattr(runtime, "tokenize_chat", None)
     try:
         if tokenize_chat is not None:
-            tokens, text = tokenize_chat(messages)
+            tokens, text = tokenize_chat(messages, **extra)
             return PreparedPrompt(tokens, text)
-        text = runtime.render_chat(messages)
+        text = runtime.render_chat(messages)  # runtimes without tokenize_chat: no native tools
     except ControlTextError as exc:
-        param = f"messages[{exc.index}].{exc.field}"
+        param = f"messages[{exc.index}].{exc.field}" if exc.index >= 0 else exc.field
         raise APIError(400, str(exc), param=param, code="invalid_value") from exc
     except BackendError as exc:
         raise APIError(400, str(exc), param="messages", code="invalid_value") from exc
@@ -246,6 +252,7 @@ class GenerationPlan:
     arrived: float  # when the request came in; time to first token counts from here
     timeout: float | None  # the node's deadline per sequence, seconds from submission
     kv_key: str | None = None  # X-Edgebox-KV: a KV snapshot uploaded for this prompt
+    tools: ToolPlan | None = None  # chat: how tool calls are offered and read back
 
     @property
     def n(self) -> int:
@@ -286,16 +293,21 @@ def generation_plan(
     arrived: float,
     timeout: float | None,
     kv_key: str | None = None,
+    tools: ToolPlan | None = None,
 ) -> GenerationPlan:
     """The plan for a validated request whose prompts are tokenized and checked."""
     chat = isinstance(body, ChatCompletionRequest)
     logprobs = logprobs_of(body)
+    constraint = tools.constraint if tools is not None else None
     return GenerationPlan(
         kind="chat" if chat else "completion",
         model=body.model,
         prompts=tuple(prompts),
         prompt_param="messages" if chat else "prompt",
-        sampling=tuple(sampling(body, logprobs=logprobs, choice=j) for j in range(body.n)),
+        sampling=tuple(
+            dataclasses.replace(sampling(body, logprobs=logprobs, choice=j), tools=constraint)
+            for j in range(body.n)
+        ),
         max_tokens=max_tokens_of(body)[0],
         stop=tuple(body.stop or ()),
         stream=bool(body.stream),
@@ -306,4 +318,5 @@ def generation_plan(
         arrived=arrived,
         timeout=timeout,
         kv_key=kv_key,
+        tools=tools,
     )

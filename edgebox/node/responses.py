@@ -59,6 +59,7 @@ class ChoiceResult:
     completion_logprobs: CompletionLogprobs = field(default_factory=CompletionLogprobs)
     finish: FinishEvent | None = None
     length: int = 0
+    tool_calls: list[dict[str, Any]] = field(default_factory=list)  # `message.tool_calls`
 
 
 def usage(finishes: list[FinishEvent], n: int) -> dict[str, Any]:
@@ -75,8 +76,11 @@ def usage(finishes: list[FinishEvent], n: int) -> dict[str, Any]:
     }
 
 
-def finish_reason(event: FinishEvent) -> str:
-    return "length" if event.reason == "length" else "stop"
+def finish_reason(event: FinishEvent, *, called: bool = False) -> str:
+    """OpenAI's finish reason; `called`: the choice made tool calls (and was not cut off)."""
+    if event.reason == "length":
+        return "length"
+    return "tool_calls" if called else "stop"
 
 
 class ResponseShape:
@@ -107,12 +111,17 @@ class ResponseShape:
             text = "".join(choice.text)
             if self.kind == "chat":
                 lp = {"content": choice.chat_logprobs} if logprobs else None
+                message: dict[str, Any] = {"role": "assistant", "content": text}
+                if choice.tool_calls:
+                    message = {**message, "content": text or None, "tool_calls": choice.tool_calls}
                 out.append(
                     {
                         "index": index,
-                        "message": {"role": "assistant", "content": text},
+                        "message": message,
                         "logprobs": lp,
-                        "finish_reason": finish_reason(choice.finish),
+                        "finish_reason": finish_reason(
+                            choice.finish, called=bool(choice.tool_calls)
+                        ),
                     }
                 )
             else:
@@ -137,9 +146,10 @@ class ResponseShape:
         logprobs: Any = None,
         finish: str | None = None,
         with_usage_field: bool = False,
+        delta: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         if self.kind == "chat":
-            delta: dict[str, Any] = {}
+            delta = dict(delta or {})
             if role:
                 delta["role"] = "assistant"
             if text is not None:

@@ -113,6 +113,7 @@ class NodeState:
                 "size_bytes": info.size_bytes,
                 "description": info.description,
                 "chat_template": info.metadata.get("chat_template"),
+                "tool_format": info.metadata.get("tool_format"),
                 "capabilities": [k for k, v in vars(runtime.capabilities).items() if v],
             },
         }

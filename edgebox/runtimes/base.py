@@ -11,6 +11,8 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
+from edgebox.runtimes.tool_format import ToolConstraint
+
 FinishReason = Literal["stop", "length", "cancelled", "timeout", "error"]
 
 
@@ -24,6 +26,14 @@ class ContextLengthError(BackendError):
 
 class GrammarError(BackendError):
     """A structured-output constraint (JSON schema or grammar) could not be compiled."""
+
+
+class ToolSchemaError(GrammarError):
+    """The parameters schema of the `index`th constrained function cannot become a grammar."""
+
+    def __init__(self, message: str, index: int) -> None:
+        super().__init__(message)
+        self.index = index
 
 
 class QueueFullError(BackendError):
@@ -88,6 +98,7 @@ class SamplingParams:
     json_mode: bool = False  # output must be one JSON value
     json_schema: Mapping[str, Any] | None = None  # output must match this JSON schema
     logprobs: int | None = None  # None: off; k >= 0: chosen token plus k alternatives
+    tools: ToolConstraint | None = None  # output must be (or, lazily, may become) tool calls
 
 
 @dataclass(frozen=True)

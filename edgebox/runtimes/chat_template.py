@@ -120,7 +120,7 @@ class ChatTemplate:
             raise BackendError(f"chat template failed to render: {exc}") from exc
 
     def render_pieces(
-        self, messages: Sequence[Mapping[str, Any]], rendered: str
+        self, messages: Sequence[Mapping[str, Any]], rendered: str, **extra: Any
     ) -> list[tuple[str, bool]] | None:
         """`rendered` (this template's rendering of `messages`) cut into (text, is_client_text)
         pieces: message contents and names apart from the template's own markup.
@@ -141,7 +141,7 @@ class ChatTemplate:
                     texts[mark] = value
                     marked[key] = mark
             marked_messages.append(marked)
-        parts = re.split(f"(\ue000{nonce}\\.\\d+\ue001)", self.render(marked_messages))
+        parts = re.split(f"(\ue000{nonce}\\.\\d+\ue001)", self.render(marked_messages, **extra))
         return _put_back(parts, texts, rendered)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ from edgebox.runtimes.llamacpp.model import LlamaCppModel, gpu_offload_supported
 from edgebox.runtimes.llamacpp.prompt_cache import PromptCache
 from edgebox.runtimes.llamacpp.sampling import prepare_grammar
 from edgebox.runtimes.llamacpp.special_text import ControlTokens
+from edgebox.runtimes.tool_format import detect_format
 
 _CHAT_MARKERS = ("<|im_start|>", "<|start_header_id|>", "<|assistant|>")
 
@@ -87,10 +89,15 @@ def chat_tokens(
     template: ChatTemplate,
     controls: ControlTokens,
     messages: Sequence[dict[str, Any]],
+    tools: Sequence[dict[str, Any]] | None = None,
 ) -> tuple[list[int], str]:
     """A chat's prompt tokens and text; control-token text inside message contents and names
-    becomes plain-text tokens (whole-text tokenization, the fast path, when there is none)."""
-    text = template.render(messages)
+    becomes plain-text tokens (whole-text tokenization, the fast path, when there is none).
+    `tools` (and messages' tool calls) reach templates that render them themselves; control
+    text in those cannot be kept apart, so it is refused."""
+    extra = {"tools": list(tools)} if tools else {}
+    _refuse_control_text_in_tools(controls, messages, tools)
+    text = template.render(messages, **extra)
     held = [
         (i, key, found)
         for i, message in enumerate(messages)
@@ -99,7 +106,7 @@ def chat_tokens(
     ]
     if not held:
         return tokenize_text(model, controls, text), text
-    pieces = template.render_pieces(messages, text)
+    pieces = template.render_pieces(messages, text, **extra)
     if pieces is None or not controls.splittable:
         index, key, found = held[0]
         raise ControlTextError(
@@ -111,6 +118,27 @@ def chat_tokens(
         )
     add_bos = not (model.bos_text and text.startswith(model.bos_text)) and model.add_bos
     return controls.tokenize(pieces, add_special=add_bos), text
+
+
+def _refuse_control_text_in_tools(
+    controls: ControlTokens,
+    messages: Sequence[dict[str, Any]],
+    tools: Sequence[dict[str, Any]] | None,
+) -> None:
+    for i, message in enumerate(messages):
+        if message.get("tool_calls") and (
+            found := controls.find(json.dumps(message["tool_calls"]))
+        ):
+            raise ControlTextError(
+                f"message {i} holds the text of the control token {found!r} in its tool_calls; "
+                "remove it",
+                i,
+                "tool_calls",
+            )
+    if tools and (found := controls.find(json.dumps(list(tools)))):
+        raise ControlTextError(
+            f"the tools hold the text of the control token {found!r}; remove it", -1, "tools"
+        )
 
 
 class LlamaCppTokenizer:
@@ -194,6 +222,8 @@ class LlamaCppRuntime:
         self.template = chat_template_for(self.model)
         self.controls = ControlTokens(self.model)
         template_name = self.template.name
+        # how this model writes tool calls: its own template's format, else the generic one
+        self.tool_format = detect_format(self.template.source if template_name == "gguf" else None)
         self.info = ModelInfo(
             path=str(self.model.path),
             architecture=self.model.architecture,
@@ -205,6 +235,7 @@ class LlamaCppRuntime:
             has_chat_template=template_name == "gguf",
             metadata={
                 "chat_template": template_name,
+                "tool_format": self.tool_format.name,
                 "gpu_layers": self.model.n_gpu_layers,
                 "n_vocab": self.model.n_vocab,
                 "cpu_extra_buffers": self.extra_buffers.summary(),
@@ -223,9 +254,11 @@ class LlamaCppRuntime:
     def render_chat(self, messages: Sequence[dict[str, Any]]) -> str:
         return self.template.render(messages)
 
-    def tokenize_chat(self, messages: Sequence[dict[str, Any]]) -> tuple[list[int], str]:
+    def tokenize_chat(
+        self, messages: Sequence[dict[str, Any]], tools: Sequence[dict[str, Any]] | None = None
+    ) -> tuple[list[int], str]:
         """Prompt tokens and text of a chat, message text never parsed as control tokens."""
-        return chat_tokens(self.model, self.template, self.controls, messages)
+        return chat_tokens(self.model, self.template, self.controls, messages, tools)
 
     def prepare_sampling(self, params: SamplingParams) -> None:
         """Check and compile the request's grammar now (the caller's thread), so submitting

@@ -16,6 +16,8 @@ from llama_cpp.llama_grammar import JSON_GBNF, json_schema_to_gbnf
 from edgebox.runtimes.base import GrammarError, SamplingParams, TokenLogprob
 from edgebox.runtimes.grammar_limits import gbnf_problem, schema_problem
 from edgebox.runtimes.llamacpp.model import LlamaCppModel
+from edgebox.runtimes.llamacpp.tool_grammar import tool_call_gbnf, trigger_patterns
+from edgebox.runtimes.tool_format import ToolConstraint
 
 PENALTY_LAST_N = 64
 COMPILED_GRAMMARS = 32  # per model, most recently used
@@ -28,7 +30,7 @@ def build_sampler(model: LlamaCppModel, params: SamplingParams) -> ctypes.c_void
     top-p, min-p), temperature, then a seeded draw; temperature 0 is greedy.
     """
     gbnf = grammar_for(params)
-    grammar = _compiled(model).clone(gbnf) if gbnf else None
+    grammar = _compiled(model).clone(gbnf, triggers_for(params)) if gbnf else None
     chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
     if grammar:
         llama_cpp.llama_sampler_chain_add(chain, grammar)
@@ -70,11 +72,13 @@ def prepare_grammar(model: LlamaCppModel, params: SamplingParams) -> None:
     raises GrammarError (naming the limit) for one that is too large or does not parse."""
     gbnf = grammar_for(params)
     if gbnf:
-        free_sampler(_compiled(model).clone(gbnf))
+        free_sampler(_compiled(model).clone(gbnf, triggers_for(params)))
 
 
 def grammar_for(params: SamplingParams) -> str | None:
     """GBNF for the request's structured-output constraint, if any."""
+    if params.tools is not None:
+        return _tools_gbnf(params.tools)
     if params.grammar:
         return params.grammar
     if params.json_schema is not None:
@@ -82,6 +86,18 @@ def grammar_for(params: SamplingParams) -> str | None:
     if params.json_mode:
         return JSON_GBNF
     return None
+
+
+def triggers_for(params: SamplingParams) -> tuple[str, ...]:
+    """Patterns that engage a lazy grammar (tool_choice auto); empty: the grammar is eager."""
+    if params.tools is not None and params.tools.lazy:
+        return tuple(trigger_patterns(params.tools))
+    return ()
+
+
+@functools.lru_cache(maxsize=64)
+def _tools_gbnf(constraint: ToolConstraint) -> str:
+    return tool_call_gbnf(constraint)
 
 
 @functools.lru_cache(maxsize=64)
@@ -102,30 +118,39 @@ class _CompiledGrammars:
     def __init__(self, model: LlamaCppModel) -> None:
         self._vocab = model.vocab
         self._lock = threading.Lock()
-        self._samplers: OrderedDict[str, ctypes.c_void_p] = OrderedDict()
+        self._samplers: OrderedDict[tuple[str, tuple[str, ...]], ctypes.c_void_p] = OrderedDict()
 
-    def clone(self, gbnf: str) -> ctypes.c_void_p:
+    def clone(self, gbnf: str, triggers: tuple[str, ...] = ()) -> ctypes.c_void_p:
+        key = (gbnf, triggers)
         with self._lock:
-            compiled = self._samplers.get(gbnf)
+            compiled = self._samplers.get(key)
             if compiled is not None:
-                self._samplers.move_to_end(gbnf)
+                self._samplers.move_to_end(key)
                 return llama_cpp.llama_sampler_clone(compiled)
-        compiled = self._compile(gbnf)  # outside the lock: a large grammar takes a while
+        compiled = self._compile(gbnf, triggers)  # outside the lock: large grammars take a while
         with self._lock:
-            if gbnf in self._samplers:
+            if key in self._samplers:
                 llama_cpp.llama_sampler_free(compiled)
-                compiled = self._samplers[gbnf]
-            self._samplers[gbnf] = compiled
+                compiled = self._samplers[key]
+            self._samplers[key] = compiled
             while len(self._samplers) > COMPILED_GRAMMARS:
                 llama_cpp.llama_sampler_free(self._samplers.popitem(last=False)[1])
             return llama_cpp.llama_sampler_clone(compiled)
 
-    def _compile(self, gbnf: str) -> ctypes.c_void_p:
+    def _compile(self, gbnf: str, triggers: tuple[str, ...]) -> ctypes.c_void_p:
         # Native parsing recurses per nested group: bound the grammar before it gets there.
         problem = gbnf_problem(gbnf)
         if problem:
             raise GrammarError(problem)
-        grammar = llama_cpp.llama_sampler_init_grammar(self._vocab, gbnf.encode("utf-8"), b"root")
+        if triggers:
+            patterns = (ctypes.c_char_p * len(triggers))(*(t.encode("utf-8") for t in triggers))
+            grammar = llama_cpp.llama_sampler_init_grammar_lazy_patterns(
+                self._vocab, gbnf.encode("utf-8"), b"root", patterns, len(triggers), None, 0
+            )
+        else:
+            grammar = llama_cpp.llama_sampler_init_grammar(
+                self._vocab, gbnf.encode("utf-8"), b"root"
+            )
         if not grammar:
             raise GrammarError("the grammar could not be parsed by llama.cpp")
         return grammar

@@ -1,0 +1,167 @@
+"""GBNF that forces well-formed tool calls, and the triggers that start it lazily.
+
+Each offered function becomes one call rule, `{"name": "<name>", "arguments": <schema>}`,
+with the arguments compiled from the function's JSON schema by llama.cpp's converter (one
+converter per function, its rules renamed `f<i>-…`, so `$defs` of different tools never
+collide). The calls are wrapped in the model's format (`tool_format.ToolFormat`).
+
+For tool_choice auto the grammar is lazy: llama.cpp leaves sampling free until the text
+generated so far matches a trigger pattern (the whole text, so each pattern ends where a
+call has just begun), then feeds the text from the pattern's first group to the grammar.
+The grammar must accept every text a pattern can match, or llama.cpp aborts; so patterns
+allow exactly the canonical start of a call, with the same whitespace the grammar allows.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from typing import Any
+
+from llama_cpp.llama_grammar import SchemaConverter
+
+from edgebox.runtimes.base import ToolSchemaError
+from edgebox.runtimes.grammar_limits import schema_problem
+from edgebox.runtimes.tool_format import ToolConstraint, ToolFormat
+
+WS_MAX = 20  # whitespace between the pieces of a call's markup, as llama.cpp's JSON grammar
+_WS_RULE = f"[ \\t\\n\\r]{{0,{WS_MAX}}}"
+_WS_RE = f"[ \\t\\n\\r]{{0,{WS_MAX}}}"
+_OPAQUE = re.compile(r'"(?:\\.|[^"\\])*"|\[(?:\\.|[^\]\\])*\]')
+_NAME = re.compile(r"[A-Za-z0-9-]+")
+
+
+def tool_call_gbnf(constraint: ToolConstraint) -> str:
+    """The grammar of one or more calls (one when not parallel) in the constraint's format."""
+    fmt = constraint.format
+    rules = [
+        "root ::= tc-ws tc-calls",
+        f"tc-ws ::= {_WS_RULE}",
+        f"tc-call ::= {_seq(fmt.call_open, 'tc-fn', fmt.call_close)}",
+    ]
+    parallel = constraint.parallel and fmt.parallel
+    body = f"tc-call ( tc-ws {_seq(fmt.separator, 'tc-call')} )*" if parallel else "tc-call"
+    rules.append(f"tc-calls ::= {_seq(fmt.list_open, body, fmt.list_close)}")
+    alternatives = []
+    for i, (name, schema_json) in enumerate(constraint.functions):
+        prefix = f"f{i}-"
+        args_rule, args_rules = _schema_rules(schema_json, prefix, i)
+        rules.extend(args_rules)
+        rules.append(f"{prefix}call ::= {_call_rule(fmt, name, args_rule)}")
+        alternatives.append(f"{prefix}call")
+    rules.append("tc-fn ::= " + " | ".join(alternatives))
+    return "\n".join(rules) + "\n"
+
+
+def _literal(text: str) -> str:
+    return json.dumps(text)  # GBNF string literals escape as JSON strings do
+
+
+def _seq(before: tuple[str, ...], middle: str, after: tuple[str, ...] = ()) -> str:
+    """Literal pieces, then `middle`, then literal pieces, whitespace allowed between all."""
+    parts = [_literal(p) for p in before] + [middle] + [_literal(p) for p in after]
+    return " tc-ws ".join(parts)
+
+
+def _call_rule(fmt: ToolFormat, name: str, args_rule: str) -> str:
+    pieces = ["{", '"name"', ":", json.dumps(name), ",", json.dumps(fmt.args_key), ":"]
+    return _seq(tuple(pieces), args_rule, ("}",))
+
+
+def _schema_rules(schema_json: str, prefix: str, index: int) -> tuple[str, list[str]]:
+    """(the arguments' rule name, every rule it needs), all names prefixed."""
+    schema = json.loads(schema_json)
+    problem = schema_problem(schema, schema_json)
+    if problem:
+        raise ToolSchemaError(problem, index)
+    converter = SchemaConverter(prop_order={}, allow_fetch=False, dotall=False, raw_pattern=False)
+    try:
+        resolved = converter.resolve_refs(bounded_integers(schema), "args")
+        converter.visit(resolved, "")
+        text = converter.format_grammar()
+    except Exception as exc:  # the converter raises bare errors on schemas it cannot map
+        message = f"the parameters schema cannot be turned into a grammar: {exc}"
+        raise ToolSchemaError(message, index) from exc
+    lines = [line.split(" ::= ", 1) for line in text.splitlines() if " ::= " in line]
+    names = {name for name, _ in lines}
+
+    def rename(body: str) -> str:
+        out, last = [], 0
+        for match in _OPAQUE.finditer(body):
+            out.append(
+                _NAME.sub(
+                    lambda m: _prefixed(m.group(0), names, prefix), body[last : match.start()]
+                )
+            )
+            out.append(match.group(0))
+            last = match.end()
+        out.append(_NAME.sub(lambda m: _prefixed(m.group(0), names, prefix), body[last:]))
+        return "".join(out)
+
+    return prefix + "root", [f"{prefix}{name} ::= {rename(body)}" for name, body in lines]
+
+
+MAX_INT_ENUM = 256
+
+
+def bounded_integers(schema: Any) -> Any:
+    """The schema with each integer of a small range (`minimum`..`maximum`) as an enum of its
+    values: llama.cpp's converter ignores numeric bounds, an enum it enforces exactly."""
+    if isinstance(schema, list):
+        return [bounded_integers(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {key: bounded_integers(value) for key, value in schema.items()}
+    if out.get("type") == "integer" and "enum" not in out:
+        low, high = _int_bound(out, "minimum", 1), _int_bound(out, "maximum", -1)
+        if low is not None and high is not None and 0 <= high - low < MAX_INT_ENUM:
+            rest = {k: v for k, v in out.items() if k not in _INT_KEYS}
+            return {**rest, "enum": list(range(low, high + 1))}
+    return out
+
+
+_INT_KEYS = ("type", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum")
+
+
+def _int_bound(schema: dict[str, Any], key: str, step: int) -> int | None:
+    """The inclusive integer bound from `minimum`/`maximum` and their exclusive forms."""
+    exclusive = "exclusiveM" + key[1:]
+    bounds = []
+    if isinstance(schema.get(key), int | float) and not isinstance(schema.get(key), bool):
+        value = schema[key]
+        bounds.append(math.ceil(value) if step > 0 else math.floor(value))
+    if isinstance(schema.get(exclusive), int | float) and not isinstance(
+        schema.get(exclusive), bool
+    ):
+        value = schema[exclusive]
+        bounds.append(math.floor(value) + 1 if step > 0 else math.ceil(value) - 1)
+    if not bounds:
+        return None
+    return max(bounds) if step > 0 else min(bounds)
+
+
+def _prefixed(word: str, names: set[str], prefix: str) -> str:
+    return prefix + word if word in names else word
+
+
+def trigger_patterns(constraint: ToolConstraint) -> list[str]:
+    """Regexes over the whole reply so far that say a call has just begun (lazy grammars):
+    the marker, then any prefix of the canonical start of the first call."""
+    fmt = constraint.format
+    start = [*fmt.list_open, *fmt.call_open, "{", '"name"', ":", '"']
+    head, tail = start[: len(fmt.marker)], start[len(fmt.marker) :]
+    lead = _WS_RE if fmt.anchored else r"[\s\S]*?"
+    marker = _WS_RE.join(re.escape(p) for p in head)
+    return [f"^{lead}({marker}){_prefix_regex(tail)}$"]
+
+
+def _prefix_regex(pieces: list[str]) -> str:
+    """Any prefix of the pieces, whitespace allowed before each one."""
+    out = ""
+    for piece in reversed(pieces):
+        inner = out
+        for ch in reversed(piece):
+            inner = f"(?:{re.escape(ch)}{inner})?"
+        out = f"(?:{_WS_RE}{inner})?"
+    return out

@@ -1,0 +1,234 @@
+"""Tool-call formats: detection from templates, the streaming parser, and the grammars
+llama.cpp builds from them (checked token by token against SmolLM2's real vocabulary)."""
+
+from __future__ import annotations
+
+import ctypes
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import llama_cpp
+import pytest
+
+from edgebox.runtimes.base import SamplingParams, ToolSchemaError
+from edgebox.runtimes.chat_template import ChatTemplate
+from edgebox.runtimes.llamacpp.model import LlamaCppModel
+from edgebox.runtimes.llamacpp.sampling import build_sampler, free_sampler
+from edgebox.runtimes.llamacpp.tool_grammar import tool_call_gbnf, trigger_patterns
+from edgebox.runtimes.tool_format import (
+    FORMATS,
+    GENERIC,
+    HERMES,
+    LLAMA3,
+    MISTRAL,
+    ToolConstraint,
+    ToolFormat,
+    calls_text,
+    detect_format,
+    native_messages,
+    template_tools,
+)
+from edgebox.runtimes.tool_parse import ArgsDelta, CallStart, ContentDelta, ToolCallParser
+
+WEATHER = {
+    "type": "object",
+    "properties": {
+        "city": {"type": "string", "maxLength": 30},
+        "days": {"type": "integer", "minimum": 1, "maximum": 7},
+        "unit": {"enum": ["c", "f"]},
+    },
+    "required": ["city", "days"],
+}
+FUNCTIONS = (("get_weather", json.dumps(WEATHER)), ("noop", '{"type":"object","properties":{}}'))
+CALLS = [
+    {
+        "id": "call_1",
+        "name": "get_weather",
+        "arguments": '{"city": "Paris \\"centre\\"", "days": 3}',
+    },
+    {"id": "call_2", "name": "noop", "arguments": "{}"},
+]
+
+
+def assemble(parser: ToolCallParser, pieces: list[str]) -> tuple[str, list[dict[str, str]]]:
+    """Content and calls as a client assembles them from the deltas."""
+    content, calls = "", []
+    deltas = [d for piece in pieces for d in parser.feed(piece)] + parser.finish()
+    for d in deltas:
+        if isinstance(d, ContentDelta):
+            content += d.text
+        elif isinstance(d, CallStart):
+            assert d.index == len(calls)
+            calls.append({"name": d.name, "arguments": ""})
+        elif isinstance(d, ArgsDelta):
+            calls[d.index]["arguments"] += d.text
+    return content, calls
+
+
+@pytest.mark.parametrize("fmt", [HERMES, MISTRAL, GENERIC], ids=lambda f: f.name)
+def test_a_reply_splits_into_content_and_calls_however_it_is_cut(fmt: ToolFormat) -> None:
+    lead = "" if fmt.anchored else "Let me look that up.\n"
+    reply = lead + calls_text(fmt, CALLS)
+    expected = [{"name": c["name"], "arguments": c["arguments"]} for c in CALLS]
+    whole = assemble(ToolCallParser(fmt), [reply])
+    by_char = assemble(ToolCallParser(fmt), list(reply))
+    by_three = assemble(ToolCallParser(fmt), [reply[i : i + 3] for i in range(0, len(reply), 3)])
+    assert whole == by_char == by_three == (lead, expected)
+
+
+def test_llama3_reads_its_parameters_key() -> None:
+    reply = calls_text(LLAMA3, CALLS[:1])
+    assert '"parameters"' in reply
+    assert assemble(ToolCallParser(LLAMA3), list(reply)) == (
+        "",
+        [{"name": "get_weather", "arguments": CALLS[0]["arguments"]}],
+    )
+
+
+def test_text_that_only_looks_like_a_marker_is_content() -> None:
+    assert assemble(ToolCallParser(HERMES), ["a <tool", "_c"]) == ("a <tool_c", [])
+    assert assemble(ToolCallParser(HERMES), ["1 < 2 and <b>"]) == ("1 < 2 and <b>", [])
+    reply = '{"answer": 42}'  # JSON, but not the envelope: plain content
+    assert assemble(ToolCallParser(GENERIC), list(reply)) == (reply, [])
+    assert assemble(ToolCallParser(GENERIC), ["  Hello"]) == ("  Hello", [])
+
+
+def test_partial_markup_is_held_back_until_it_is_decided() -> None:
+    parser = ToolCallParser(HERMES)
+    assert parser.feed("Hi <tool_") == [ContentDelta("Hi ")]
+    assert parser.feed("call>") == []
+
+
+def test_calls_in_another_key_order_are_read_when_they_close() -> None:
+    reply = (
+        '<tool_call>{"arguments": {"days": 2, "city": "Oslo"}, "name": "get_weather"}</tool_call>'
+    )
+    content, calls = assemble(ToolCallParser(HERMES), list(reply))
+    assert content == ""
+    assert calls == [{"name": "get_weather", "arguments": '{"days": 2, "city": "Oslo"}'}]
+
+
+def test_a_call_cut_off_before_its_name_comes_back_as_text() -> None:
+    assert assemble(ToolCallParser(HERMES), ["ok <tool_call>\n{"]) == ("ok <tool_call>\n{", [])
+    # cut off inside the arguments: the call and what it had so far
+    content, calls = assemble(ToolCallParser(HERMES), ['<tool_call>{"name": "f", "arguments": {"a'])
+    assert (content, calls) == ("", [{"name": "f", "arguments": '{"a'}])
+
+
+def test_formats_are_detected_from_the_template_text() -> None:
+    assert detect_format(None) is GENERIC
+    assert (
+        detect_format("{% for m in messages %}<|im_start|>{{ m.content }}{% endfor %}") is GENERIC
+    )
+    hermes = "{% if tools %}<tools>{{ tools | tojson }}</tools>{% endif %}<tool_call>"
+    assert detect_format(hermes) is HERMES
+    assert detect_format("[AVAILABLE_TOOLS]{{ tools }}[TOOL_CALLS]") is MISTRAL
+    llama = '<|start_header_id|>{% if tools %}{"name": fn, "parameters": {}}{% endif %}'
+    assert detect_format(llama) is LLAMA3
+
+
+def test_a_tool_aware_template_gets_tools_and_past_calls_in_its_own_context() -> None:
+    source = (
+        "{% if tools %}<tools>{% for t in tools %}{{ t.function.name }};{% endfor %}</tools>"
+        "{% endif %}{% for m in messages %}<|{{ m.role }}|>{{ m.content }}"
+        "{% for c in m.tool_calls or [] %}<tool_call>{{ c.function.name }} "
+        "{{ c.function.arguments | tojson }}</tool_call>{% endfor %}{% endfor %}<|assistant|>"
+    )
+    template = ChatTemplate(source, name="gguf", bos_token="", eos_token="")
+    messages = native_messages(
+        [
+            {"role": "user", "content": "Weather?"},
+            {"role": "assistant", "content": "", "tool_calls": CALLS[:1]},
+            {"role": "tool", "content": "21C", "tool_call_id": "call_1"},
+        ]
+    )
+    tools = template_tools([{"name": "get_weather", "parameters": WEATHER}])
+    text = template.render(messages, tools=tools)
+    assert text.startswith("<tools>get_weather;</tools>")
+    assert '<tool_call>get_weather {"city": "Paris \\"centre\\"", "days": 3}</tool_call>' in text
+    assert "<|tool|>21C" in text
+
+
+# --- grammars, on a real vocabulary ---
+
+
+@pytest.fixture(scope="module")
+def vocab_model(smollm2_path: Path) -> Iterator[LlamaCppModel]:
+    model = LlamaCppModel(smollm2_path, vocab_only=True)
+    yield model
+    model.close()
+
+
+def _allowed(sampler: ctypes.c_void_p, token: int) -> bool:
+    """Whether the sampler chain's grammar lets `token` through (apply, never a bad accept)."""
+    data = (llama_cpp.llama_token_data * 1)(llama_cpp.llama_token_data(token, 0.0, 0.0))
+    array = llama_cpp.llama_token_data_array(data, 1, -1, False)
+    llama_cpp.llama_sampler_apply(sampler, ctypes.byref(array))
+    return bool(data[0].logit > -1e30)
+
+
+def _walk(model: LlamaCppModel, sampler: ctypes.c_void_p, text: str) -> bool:
+    """Feed `text` token by token; False at the first token the grammar refuses."""
+    for token in model.tokenize(text, add_special=False):
+        if not _allowed(sampler, token):
+            return False
+        llama_cpp.llama_sampler_accept(sampler, token)
+    return True
+
+
+@pytest.mark.parametrize("name", sorted(FORMATS))
+def test_eager_grammars_take_well_formed_calls_and_nothing_else(
+    vocab_model: LlamaCppModel, name: str
+) -> None:
+    fmt = FORMATS[name]
+    constraint = ToolConstraint(fmt, FUNCTIONS, lazy=False, parallel=True)
+    calls = CALLS if fmt.parallel else CALLS[:1]
+    sampler = build_sampler(vocab_model, SamplingParams(temperature=0, tools=constraint))
+    try:
+        assert _walk(vocab_model, sampler, calls_text(fmt, calls))
+        hello = vocab_model.tokenize(" Hello", add_special=False)[0]
+        assert not _allowed(sampler, hello)  # complete: only the end of the reply may follow
+    finally:
+        free_sampler(sampler)
+    for wrong in ('{"city": "Paris"}', '{"city": "Paris", "days": 9}'):  # missing, out of range
+        bad = calls_text(fmt, [{"name": "get_weather", "arguments": wrong}])
+        sampler = build_sampler(vocab_model, SamplingParams(temperature=0, tools=constraint))
+        try:
+            assert not _walk(vocab_model, sampler, bad)
+        finally:
+            free_sampler(sampler)
+
+
+@pytest.mark.parametrize("name", sorted(FORMATS))
+def test_lazy_grammars_leave_text_free_and_engage_once_a_call_starts(
+    vocab_model: LlamaCppModel, name: str
+) -> None:
+    fmt = FORMATS[name]
+    constraint = ToolConstraint(fmt, FUNCTIONS, lazy=True, parallel=False)
+    lead = "" if fmt.anchored else "Sure, one moment.\n"
+    sampler = build_sampler(vocab_model, SamplingParams(temperature=0, tools=constraint))
+    try:
+        assert _walk(vocab_model, sampler, lead + calls_text(fmt, CALLS[:1]))
+        hello = vocab_model.tokenize(" Hello", add_special=False)[0]
+        assert not _allowed(sampler, hello)  # the grammar engaged, and the call is complete
+    finally:
+        free_sampler(sampler)
+    sampler = build_sampler(vocab_model, SamplingParams(temperature=0, tools=constraint))
+    try:  # plain text never triggers it
+        assert _walk(vocab_model, sampler, "It is sunny in Paris {today}, <b>warm</b> [1].")
+    finally:
+        free_sampler(sampler)
+
+
+def test_every_trigger_is_anchored_and_captures_the_marker() -> None:
+    for fmt in FORMATS.values():
+        (pattern,) = trigger_patterns(ToolConstraint(fmt, FUNCTIONS, lazy=True, parallel=True))
+        assert pattern.startswith("^") and pattern.endswith("$") and pattern.count("(") > 0
+
+
+def test_a_schema_the_grammar_cannot_take_names_its_function() -> None:
+    bad = '{"type":"object","properties":{"a":{"type":"string","pattern":"(("}}}'
+    with pytest.raises(ToolSchemaError) as caught:
+        tool_call_gbnf(ToolConstraint(GENERIC, (*FUNCTIONS, ("f", bad)), lazy=False, parallel=True))
+    assert caught.value.index == 2
