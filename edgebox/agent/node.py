@@ -23,10 +23,10 @@ from edgebox.agent.runtimes import Runtimes, open_runtimes, resolve_models
 if TYPE_CHECKING:
     from starlette.types import ASGIApp
 
+    from edgebox.api.auth import NodeKeys
     from edgebox.fleet.heartbeat import Heartbeat
     from edgebox.fleet.identity import NodeIdentity
     from edgebox.fleet.mdns import Advertiser
-    from edgebox.node.security import NodeKeys
     from edgebox.node.server import NodeServer
     from edgebox.node.state import NodeState
     from edgebox.router.embed import LocalNode
@@ -153,9 +153,9 @@ class NodeAgent:
         """mDNS, when on; a failure is logged and the node serves on (mDNS is only a hint)."""
         if not self.config.mdns:
             return
+        from edgebox.api.auth import is_loopback
         from edgebox.fleet.mdns import Advertiser
         from edgebox.hardware import probe
-        from edgebox.node.security import is_loopback
 
         assert self.identity is not None and self.state is not None and self.http is not None
         accel = probe(measure=False).hw_class
@@ -175,8 +175,8 @@ class NodeAgent:
     def _join_hub(self, stack: contextlib.AsyncExitStack) -> None:
         """Heartbeats (only once joined to a hub) and the relay tunnel (once joined to a hub
         that runs a relay, unless --no-tunnel)."""
+        from edgebox.api.auth import is_loopback
         from edgebox.fleet.heartbeat import api_endpoint, start_background
-        from edgebox.node.security import is_loopback
 
         state = self.state
         assert state is not None

@@ -10,7 +10,7 @@ from typing import TypeVar
 from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
 
-from edgebox.node.errors import APIError, from_validation_error
+from edgebox.api.errors import APIError, from_validation_error
 
 __all__ = ["MAX_BODY", "APIError", "read_body"]
 

@@ -7,11 +7,12 @@ from typing import Any
 
 from starlette.requests import Request
 
-from edgebox.node.errors import APIError
+from edgebox.api.errors import APIError
 
 # No OpenAI request nests deeper than a response schema does (body > response_format >
 # json_schema > schema > its own levels); Python's decoder itself gives up near 1,000.
 MAX_JSON_DEPTH = 64
+DEFAULT_MAX_BODY = 4 * 1024 * 1024  # a full 128k-token context as text or token ids fits
 
 
 async def read_json(request: Request, limit: int) -> Any:
