@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import signal
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -36,6 +37,14 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+def _terminate_as_interrupt(signum: int, frame: object) -> None:
+    """SIGTERM (systemd's stop, `kill`) ends the node as Ctrl-C does. uvicorn catches the
+    signal, finishes open responses, then raises it again under the handler that was there
+    before it: with the default one the process would die there, before the agent withdraws
+    its mDNS advert and local record and closes its runtimes."""
+    raise KeyboardInterrupt
+
+
 class NodeAgent:
     """One node process: `run` starts it, serves until a signal, and stops it."""
 
@@ -59,9 +68,11 @@ class NodeAgent:
         SIGINT ends in KeyboardInterrupt, as Python's asyncio has it); every runtime is closed
         by the time this returns or raises. `AgentError`: a start-up step the user can fix."""
         self.open()
+        previous = signal.signal(signal.SIGTERM, _terminate_as_interrupt)
         try:
             asyncio.run(self._serve())
         finally:
+            signal.signal(signal.SIGTERM, previous)
             self.close_runtimes()
 
     def open(self) -> None:
