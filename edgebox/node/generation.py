@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable
 
 from edgebox.node.errors import APIError, queue_full_error
 from edgebox.node.metrics import NodeMetrics, now
+from edgebox.node.prompts import GenerationPlan
 from edgebox.node.recent import RequestRecord
 from edgebox.runtimes.base import (
     ContextLengthError,
     Event,
     FinishEvent,
-    GenerationRequest,
     GrammarError,
     KVMismatchError,
+    KVSnapshot,
     QueueFullError,
     RequestHandle,
     Runtime,
@@ -26,28 +27,28 @@ from edgebox.runtimes.base import (
 class ChoiceStreams:
     """The events of one or more sequences generated for one HTTP request.
 
-    `start()` submits every choice, or none: a refusal (queue full, bad grammar)
-    raises before a response has begun, so it can still become a proper 4xx.
+    The plan says what to run (`GenerationPlan.requests`, one per choice), for which model,
+    and since when (time to first token counts from its arrival). `start()` submits every
+    choice, or none: a refusal (queue full, bad grammar) raises before a response has begun,
+    so it can still become a proper 4xx.
     """
 
     def __init__(
         self,
         runtime: Runtime,
-        requests: Sequence[GenerationRequest],
+        plan: GenerationPlan,
         *,
         metrics: NodeMetrics,
-        model: str,
-        arrived: float,
-        prompt_param: str,
+        kv: KVSnapshot | None = None,
         record: RequestRecord | None = None,
     ) -> None:
         self._runtime = runtime
         self._record = record  # the request's entry in the node's recent requests
-        self._requests = requests
+        self._requests = plan.requests(kv)
         self._metrics = metrics
-        self._model = model
-        self._arrived = arrived
-        self._prompt_param = prompt_param
+        self._model = plan.model
+        self._arrived = plan.arrived
+        self._prompt_param = plan.prompt_param
         self._queue: asyncio.Queue[tuple[int, Event]] = asyncio.Queue()
         self._handles: list[RequestHandle] = []
 

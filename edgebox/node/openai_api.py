@@ -21,13 +21,16 @@ from edgebox.node.kv_transfer import KV_HEADER
 from edgebox.node.metrics import now
 from edgebox.node.offload import off_loop
 from edgebox.node.prompts import (
+    GenerationPlan,
     PreparedPrompt,
     chat_prompt,
     check_chat_size,
     check_max_tokens,
     check_prompt_fits,
     completion_prompts,
-    generation_requests,
+    generation_plan,
+    logprobs_of,
+    max_tokens_of,
     sampling,
 )
 from edgebox.node.protocol import ChatCompletionRequest, CompletionRequest
@@ -106,38 +109,41 @@ async def chat_completions(request: Request) -> Response:
     if body.top_logprobs is not None and not body.logprobs:
         raise APIError(400, "top_logprobs needs logprobs set to true", param="top_logprobs")
     check_chat_size(runtime, body)
-    max_tokens = body.max_completion_tokens or body.max_tokens
-    param = "max_completion_tokens" if body.max_completion_tokens else "max_tokens"
-    check_max_tokens(runtime, max_tokens, param)
-    logprobs = (body.top_logprobs or 0) if body.logprobs else None
-    prompt = await off_loop(_prepare_chat, runtime, body, logprobs)
+    check_max_tokens(runtime, *max_tokens_of(body))
+    prompt = await off_loop(_prepare_chat, runtime, body)
     check_prompt_fits(runtime, prompt, "messages")
-    return await _generate(
-        request, state, runtime, body, "chat", [prompt], max_tokens, logprobs, arrived, "messages"
+    return await _generate(request, state, runtime, _plan(request, state, body, [prompt], arrived))
+
+
+def _plan(
+    request: Request,
+    state: NodeState,
+    body: ChatCompletionRequest | CompletionRequest,
+    prompts: list[PreparedPrompt],
+    arrived: float,
+) -> GenerationPlan:
+    kv_key = request.headers.get(KV_HEADER)
+    return generation_plan(
+        body, prompts, arrived=arrived, timeout=state.request_timeout, kv_key=kv_key
     )
 
 
-def _prepare_chat(
-    runtime: Runtime, body: ChatCompletionRequest, logprobs: int | None
-) -> PreparedPrompt:
+def _prepare_chat(runtime: Runtime, body: ChatCompletionRequest) -> PreparedPrompt:
     """Blocking: the grammar checked and compiled, the chat rendered and tokenized."""
-    _prepare_constraint(runtime, body, logprobs)
+    _prepare_constraint(runtime, body)
     return chat_prompt(runtime, body)
 
 
-def _prepare_completion(
-    runtime: Runtime, body: CompletionRequest, logprobs: int | None
-) -> list[PreparedPrompt]:
-    _prepare_constraint(runtime, body, logprobs)
+def _prepare_completion(runtime: Runtime, body: CompletionRequest) -> list[PreparedPrompt]:
+    _prepare_constraint(runtime, body)
     return completion_prompts(runtime, body)
 
 
-def _prepare_constraint(
-    runtime: Runtime, body: ChatCompletionRequest | CompletionRequest, logprobs: int | None
-) -> None:
+def _prepare_constraint(runtime: Runtime, body: ChatCompletionRequest | CompletionRequest) -> None:
     fmt = body.response_format
     if body.grammar or (fmt is not None and fmt.type != "text"):
-        prepare_constraint(runtime, body, sampling(body, logprobs=logprobs, choice=0))
+        params = sampling(body, logprobs=logprobs_of(body), choice=0)
+        prepare_constraint(runtime, body, params)
 
 
 async def completions(request: Request) -> Response:
@@ -151,84 +157,42 @@ async def completions(request: Request) -> Response:
         raise APIError(400, "suffix (fill-in-the-middle) is not supported", param="suffix")
     if body.best_of is not None and body.best_of != body.n:
         raise APIError(400, "best_of other than n is not supported", param="best_of")
-    max_tokens = body.max_tokens
-    check_max_tokens(runtime, max_tokens, "max_tokens")
-    prompts = await off_loop(_prepare_completion, runtime, body, body.logprobs)
+    check_max_tokens(runtime, body.max_tokens, "max_tokens")
+    prompts = await off_loop(_prepare_completion, runtime, body)
     for prompt in prompts:
         check_prompt_fits(runtime, prompt, "prompt")
-    return await _generate(
-        request,
-        state,
-        runtime,
-        body,
-        "completion",
-        prompts,
-        max_tokens,
-        body.logprobs,
-        arrived,
-        "prompt",
-    )
+    return await _generate(request, state, runtime, _plan(request, state, body, prompts, arrived))
 
 
 async def _generate(
-    request: Request,
-    state: NodeState,
-    runtime: Runtime,
-    body: ChatCompletionRequest | CompletionRequest,
-    kind: Any,
-    prompts: list[PreparedPrompt],
-    max_tokens: int | None,
-    logprobs: int | None,
-    arrived: float,
-    prompt_param: str,
+    request: Request, state: NodeState, runtime: Runtime, plan: GenerationPlan
 ) -> Response:
+    """Submit every sequence of the plan, then stream or collect the answer."""
     record = usage_of(request)
-    record.stream = bool(body.stream)
-    record.prompt_tokens = sum(len(p.tokens) for p in prompts)
-    kv_key = request.headers.get(KV_HEADER)
-    kv = state.kv_store.take(kv_key, body.model) if kv_key else None
-    streams = ChoiceStreams(
-        runtime,
-        generation_requests(
-            body,
-            prompts,
-            max_tokens=max_tokens,
-            logprobs=logprobs,
-            timeout=state.request_timeout,
-            kv=kv,
-        ),
-        metrics=state.metrics,
-        model=body.model,
-        arrived=arrived,
-        prompt_param=prompt_param,
-        record=record,
-    )
+    record.stream = plan.stream
+    record.prompt_tokens = plan.prompt_tokens
+    kv = state.kv_store.take(plan.kv_key, plan.model) if plan.kv_key else None
+    streams = ChoiceStreams(runtime, plan, metrics=state.metrics, kv=kv, record=record)
     try:
         streams.start()  # refusals (429, context, grammar) raise here, before any byte is sent
     except APIError as exc:
-        if kv is not None and kv_key and exc.status == 429:
-            state.kv_store.put(body.model, kv, key=kv_key)  # still usable by the retry
+        if kv is not None and plan.kv_key and exc.status == 429:
+            state.kv_store.put(plan.model, kv, key=plan.kv_key)  # still usable by the retry
         raise
-    shape = ResponseShape(kind, body.model, state.fingerprint)
-    echo = [p.text for p in prompts] if isinstance(body, CompletionRequest) and body.echo else None
-    if body.stream:
-        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+    shape = ResponseShape(plan.kind, plan.model, state.fingerprint)
+    if plan.stream:
         return StreamingResponse(
-            _stream(streams, shape, body.n, logprobs is not None, include_usage, echo),
+            _stream(streams, shape, plan),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
-    return await _collect(request, streams, shape, body.n, logprobs is not None, echo)
+    return await _collect(request, streams, shape, plan)
 
 
 async def _collect(
-    request: Request,
-    streams: ChoiceStreams,
-    shape: ResponseShape,
-    n: int,
-    logprobs: bool,
-    echo: list[str] | None,
+    request: Request, streams: ChoiceStreams, shape: ResponseShape, plan: GenerationPlan
 ) -> Response:
+    n, logprobs, echo = plan.n, plan.logprobs, plan.echo_texts()
     results: dict[int, ChoiceResult] = {}
     watcher = asyncio.create_task(_cancel_on_disconnect(request, streams))
     try:
@@ -274,14 +238,10 @@ async def _cancel_on_disconnect(request: Request, streams: ChoiceStreams) -> Non
 
 
 async def _stream(
-    streams: ChoiceStreams,
-    shape: ResponseShape,
-    n: int,
-    logprobs: bool,
-    include_usage: bool,
-    echo: list[str] | None,
+    streams: ChoiceStreams, shape: ResponseShape, plan: GenerationPlan
 ) -> AsyncIterator[bytes]:
     """SSE chunks; the generator being closed (client gone) cancels the sequences at once."""
+    n, logprobs, include_usage, echo = plan.n, plan.logprobs, plan.include_usage, plan.echo_texts()
     started: set[int] = set()
     finishes: list[tuple[int, FinishEvent]] = []
     offsets: dict[int, int] = {}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from edgebox.node.errors import APIError
 from edgebox.node.protocol import (
@@ -235,25 +235,98 @@ def sampling(
     )
 
 
-def generation_requests(
+def max_tokens_of(body: ChatCompletionRequest | CompletionRequest) -> tuple[int | None, str]:
+    """The output limit a request asks for, and the field it came from."""
+    if isinstance(body, ChatCompletionRequest) and body.max_completion_tokens:
+        return body.max_completion_tokens, "max_completion_tokens"
+    return body.max_tokens, "max_tokens"
+
+
+def logprobs_of(body: ChatCompletionRequest | CompletionRequest) -> int | None:
+    """Alternatives per token to report: None for off (a chat's `logprobs: true` alone is 0)."""
+    if isinstance(body, ChatCompletionRequest):
+        return (body.top_logprobs or 0) if body.logprobs else None
+    return body.logprobs
+
+
+@dataclass(frozen=True)
+class GenerationPlan:
+    """What the node will run for one request, decided once from the wire request.
+
+    The handlers validate and tokenize, build this, and hand it down: submission, streaming
+    and the response's shape read the plan, never the wire request again."""
+
+    kind: Literal["chat", "completion"]
+    model: str
+    prompts: tuple[PreparedPrompt, ...]
+    prompt_param: str  # the field a refused prompt is blamed on: "messages" or "prompt"
+    sampling: tuple[SamplingParams, ...]  # one per choice of a prompt (seeds differ by choice)
+    max_tokens: int | None
+    stop: tuple[str, ...]
+    stream: bool
+    include_usage: bool  # a stream ends with a usage chunk
+    echo: bool  # completions: each choice starts with its prompt's text
+    arrived: float  # when the request came in; time to first token counts from here
+    timeout: float | None  # the node's deadline per sequence, seconds from submission
+    kv_key: str | None = None  # X-Edgebox-KV: a KV snapshot uploaded for this prompt
+
+    @property
+    def n(self) -> int:
+        """Choices per prompt."""
+        return len(self.sampling)
+
+    @property
+    def logprobs(self) -> bool:
+        return self.sampling[0].logprobs is not None
+
+    @property
+    def prompt_tokens(self) -> int:
+        return sum(len(p.tokens) for p in self.prompts)
+
+    def echo_texts(self) -> list[str] | None:
+        return [p.text for p in self.prompts] if self.echo else None
+
+    def requests(self, kv: KVSnapshot | None = None) -> list[GenerationRequest]:
+        """n choices per prompt, in the order OpenAI numbers them (prompt-major)."""
+        return [
+            GenerationRequest(
+                prompt_tokens=prompt.tokens,
+                sampling=params,
+                max_tokens=self.max_tokens,
+                stop=self.stop,
+                timeout=self.timeout,
+                kv=kv,
+            )
+            for prompt in self.prompts
+            for params in self.sampling
+        ]
+
+
+def generation_plan(
     body: ChatCompletionRequest | CompletionRequest,
-    prompts: list[PreparedPrompt],
+    prompts: Sequence[PreparedPrompt],
     *,
-    max_tokens: int | None,
-    logprobs: int | None,
-    timeout: float | None = None,
-    kv: KVSnapshot | None = None,
-) -> list[GenerationRequest]:
-    """n choices per prompt, in the order OpenAI numbers them (prompt-major)."""
-    return [
-        GenerationRequest(
-            prompt_tokens=prompt.tokens,
-            sampling=sampling(body, logprobs=logprobs, choice=j),
-            max_tokens=max_tokens,
-            stop=tuple(body.stop or ()),
-            timeout=timeout,
-            kv=kv,
-        )
-        for prompt in prompts
-        for j in range(body.n)
-    ]
+    arrived: float,
+    timeout: float | None,
+    kv_key: str | None = None,
+) -> GenerationPlan:
+    """The plan for a validated request whose prompts are tokenized and checked."""
+    chat = isinstance(body, ChatCompletionRequest)
+    logprobs = logprobs_of(body)
+    return GenerationPlan(
+        kind="chat" if chat else "completion",
+        model=body.model,
+        prompts=tuple(prompts),
+        prompt_param="messages" if chat else "prompt",
+        sampling=tuple(sampling(body, logprobs=logprobs, choice=j) for j in range(body.n)),
+        max_tokens=max_tokens_of(body)[0],
+        stop=tuple(body.stop or ()),
+        stream=bool(body.stream),
+        include_usage=bool(
+            body.stream and body.stream_options and body.stream_options.include_usage
+        ),
+        echo=isinstance(body, CompletionRequest) and body.echo,
+        arrived=arrived,
+        timeout=timeout,
+        kv_key=kv_key,
+    )

@@ -40,11 +40,7 @@ async def health(request: Request) -> Response:
     router = _router(request)
     nodes = {name: _node_health(s) for name, s in router.poller.status.items()}
     up = any(s.healthy for s in router.routable().values()) or bool(router.config.cloud)
-    learnt = {  # what splits measured; the cost model uses these over the [disagg] settings
-        "prefill_tokens_per_s": router.prefill_rates,
-        "link_bytes_per_s": {f"{p}>{d}": rate for (p, d), rate in router.link_rates.items()},
-        "kv_bytes_per_token": router.kv_bytes_per_token,
-    }
+    learnt = router.observed.learnt()  # what splits measured; preferred to [disagg] settings
     return JSONResponse({"status": "ok" if up else "degraded", "nodes": nodes, "split": learnt})
 
 

@@ -58,7 +58,7 @@ class NodeStatus:
     address: NodeAddress
     healthy: bool = False
     models: Mapping[str, ModelLoad] = field(default_factory=dict)
-    cooldown_until: float = 0.0  # monotonic time
+    cooldown_until: float = 0.0  # monotonic time (the router's `Observations` set it)
     checked_at: float = 0.0
     # per model: the chained block hashes of the prompts the node has cached
     prefix_blocks: Mapping[str, frozenset[str]] = field(default_factory=dict)
@@ -268,9 +268,7 @@ class NodePoller:
             del self.status[gone]
         results = await asyncio.gather(*(self._probe(a) for a in addresses.values()))
         for status in results:
-            old = self.status.get(status.name)
-            cooldown = old.cooldown_until if old else 0.0
-            self.status[status.name] = replace(status, cooldown_until=cooldown)
+            self.status[status.name] = status
         for hook in self.after_poll:
             await hook()
 
@@ -285,12 +283,6 @@ class NodePoller:
         except (httpx.HTTPError, ValueError) as exc:
             log.info("node %s is unreachable: %s", address.name, type(exc).__name__)
             return NodeStatus(address, healthy=False, checked_at=now)
-
-    def mark_failed(self, name: str) -> None:
-        """Skip a node that just failed a request until its cooldown ends."""
-        old = self.status.get(name)
-        if old:
-            self.status[name] = replace(old, cooldown_until=time.monotonic() + COOLDOWN_S)
 
     def start(self) -> None:
         self._every.start()

@@ -1,4 +1,5 @@
-"""The router's request path: place, maybe split, then try targets in order until one answers."""
+"""The router's request path: observe, plan (a pure function, `plan.py`), then execute the
+plan: the split's KV hand-off, then the targets in order until one answers."""
 
 from __future__ import annotations
 
@@ -7,53 +8,35 @@ import functools
 import json
 import os
 import time
-from collections import OrderedDict
-from collections.abc import Container, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping
 from typing import Any
 
 import httpx
 from starlette.responses import Response
 
 from edgebox.node.errors import APIError
-from edgebox.router.cloud import (
-    CloudTarget,
-    SpendLedger,
-    Target,
-    cost_usd,
-    plan_targets,
-    predicted_wait_s,
-)
+from edgebox.router.cloud import CloudTarget, SpendLedger, Target, cost_usd
 from edgebox.router.config import RouterConfig
-from edgebox.router.disagg import Handoff, SplitFailed, hand_off, should_split
+from edgebox.router.disagg import SplitFailed, hand_off
 from edgebox.router.forward import Outgoing, Relay, TargetFailed, send
 from edgebox.router.metrics import RouterMetrics
-from edgebox.router.nodes import NodePoller, NodeSource, NodeStatus, with_inflight
+from edgebox.router.nodes import NodePoller, NodeSource, NodeStatus
+from edgebox.router.observations import Observations
 from edgebox.router.placement import (
     Candidate,
     PlacementContext,
     PlacementPolicy,
     RouteRequest,
     estimate_prompt_tokens,
-    place,
     prefix_keys,
     requested_max_tokens,
 )
-from edgebox.router.speed import SpeedBook
-from edgebox.router.tokens import RecentBlocks, Tokenizers, prefix_note
+from edgebox.router.plan import Attempt, Observed, RoutePlan, Split, plan_route, target_name
+from edgebox.router.tokens import Tokenizers
 
 LOCAL_ONLY_HEADER = "x-edgebox-local-only"
 ROUTED_HEADER = "x-edgebox-routed"  # on requests the router sends to nodes (see embed.py)
-_AFFINITY_ENTRIES = 4096
-_SPLIT_PATHS = ("/v1/chat/completions", "/v1/completions")
 _TIMEOUT = httpx.Timeout(600.0, connect=3.0)
-
-
-@dataclass
-class Split:
-    decode_node: str
-    reason: str
-    handoff: Handoff | None = None
 
 
 class Router:
@@ -74,17 +57,11 @@ class Router:
             sources, client, config.poll_interval_s, trust_lan=config.trust_mdns
         )
         self.policy = PlacementPolicy.from_weights(config.weights)
-        self.affinity: OrderedDict[str, str] = OrderedDict()
         self.tokenizers = Tokenizers(config.tokenizers)
-        self.recent_blocks = RecentBlocks(ttl_s=max(10.0, 2 * config.poll_interval_s))
+        # speeds, open requests, affinity, recent blocks and what splits measured
+        self.observed = Observations(recent_blocks_ttl_s=max(10.0, 2 * config.poll_interval_s))
         self._loading = False
         self.poller.after_poll.append(self._load_tokenizers)
-        self.prefill_rates: dict[str, float] = {}  # tokens/s, measured from splits
-        # measured in splits: (prefill node, decode node) → bytes/s; model → KV bytes/token
-        self.link_rates: dict[tuple[str, str], float] = {}
-        self.kv_bytes_per_token: dict[str, float] = {}
-        self.inflight: dict[str, int] = {}  # requests this router has open on each node
-        self.speeds = SpeedBook()  # per-stream decode rates, for placement's speed term
         self.metrics = RouterMetrics(ledger.spent_today)
         # The router's own fleet credential; a client's key is never passed on to a node.
         node_key = config.node_api_key_env
@@ -125,8 +102,8 @@ class Router:
 
     def _unverified_note(self, model: str) -> str:
         """Why a model served only by unverified mDNS nodes is not offered, and what to do."""
-        names = sorted(n for n, s in self.poller.status.items()
-                       if not s.routable and model in s.models)  # fmt: skip
+        status = self.poller.status
+        names = sorted(n for n, s in status.items() if not s.routable and model in s.models)
         if not names:
             return ""
         return (
@@ -146,8 +123,19 @@ class Router:
         key_local_only: bool = False,
         raw: bytes | None = None,
     ) -> Response:
-        """Route one request. `raw` is the client's encoded body, sent to nodes unchanged."""
-        model = body["model"]
+        """Route one request: observe, plan (pure), execute. `raw` is the client's encoded
+        body, sent to nodes unchanged."""
+        self._check_known(body["model"])
+        asked = headers.get(LOCAL_ONLY_HEADER, "").lower() in ("1", "true", "yes")
+        seen = await self._observe(body, local_only=key_local_only or asked)
+        plan = plan_route(path, seen, self.config, self.policy)
+        if not plan.targets:
+            raise self._nothing_up(plan)
+        split = await self._split(plan, body)
+        encoded = raw if raw is not None else json.dumps(body).encode()
+        return await self._attempt(Attempt(plan, body, encoded, split))
+
+    def _check_known(self, model: str) -> None:
         if not self._known(model):
             raise APIError(
                 404,
@@ -156,54 +144,40 @@ class Router:
                 param="model",
                 code="model_not_found",
             )
+
+    async def _observe(self, body: dict[str, Any], *, local_only: bool) -> Observed:
+        """The values a route decision reads: node states as placement should see them, the
+        request's size and prefix (token blocks where it can be tokenized here), and what
+        splits measured."""
+        model = body["model"]
         now = time.monotonic()
-        for polled in self.poller.status.values():
-            self.speeds.observe(polled)
-        nodes = self.speeds.apply(
-            {
-                n.name: with_inflight(n, self.inflight.get(n.name, 0))
-                for n in self.routable().values()
-            },
-            now,
-        )
+        seen = self.observed
+        nodes = seen.nodes(self.poller.status.values(), self.routable().values(), now)
         prompt = await self.tokenizers.encode_async(body)
+        max_tokens = requested_max_tokens(body)
         if prompt is not None:
-            req = RouteRequest(
-                model, (), prompt.tokens, requested_max_tokens(body), blocks=prompt.blocks
-            )
-            sha = self.tokenizers.sha256(model)
-            ctx = PlacementContext(
-                now, self.affinity, self.recent_blocks.held(model, sha, nodes, now)
-            )
+            req = RouteRequest(model, (), prompt.tokens, max_tokens, blocks=prompt.blocks)
+            held = seen.held_blocks(model, self.tokenizers.sha256(model), nodes, now)
+            ctx = PlacementContext(now, seen.affinity, held)
         else:  # not tokenizable here: message-level keys, size estimated
             keys = prefix_keys(body, self.config.affinity_messages)
-            req = RouteRequest(
-                model, keys, estimate_prompt_tokens(body), requested_max_tokens(body)
-            )
-            ctx = PlacementContext(now, self.affinity)
-        local, rejected = place(req, list(nodes.values()), self.policy, ctx)
-        serving = {n: s.models[model] for n, s in nodes.items() if model in s.models}
-        queued = {n: load.queued for n, load in serving.items()}
-        waits = {n: predicted_wait_s(load) for n, load in serving.items()}
-        local_only = key_local_only or (
-            headers.get(LOCAL_ONLY_HEADER, "").lower() in ("1", "true", "yes")
+            req = RouteRequest(model, keys, estimate_prompt_tokens(body), max_tokens)
+            ctx = PlacementContext(now, seen.affinity)
+        return Observed(
+            req,
+            nodes,
+            ctx,
+            local_only=local_only,
+            over_cap=self.ledger.over_cap(),
+            prefill_rates={n: seen.prefill_rate(s, model) for n, s in nodes.items()},
+            link_rates=dict(seen.link_rates),
+            kv_bytes_per_token=seen.kv_bytes_per_token.get(model),
         )
-        too_small = any(r == "context-too-small" for r in rejected.values())
-        plan, no_cloud = plan_targets(
-            model, local, queued, self.config.cloud,
-            local_only=local_only, over_cap=self.ledger.over_cap(), waits=waits,
-            no_local_reason="context" if too_small else "no-local-node",
-        )  # fmt: skip
-        if not plan:
-            raise self._nothing_up(model, rejected, no_cloud)
-        split = await self._maybe_split(path, body, req, plan, nodes)
-        encoded = raw if raw is not None else json.dumps(body).encode()
-        held = ctx.blocks
-        return await self._attempt(path, body, encoded, plan, nodes, split, req, held)
 
-    def _nothing_up(self, model: str, rejected: dict[str, str], no_cloud: str | None) -> APIError:
-        why = ", ".join(f"{n}: {r}" for n, r in rejected.items()) or "no nodes known"
-        if no_cloud == "spend-cap":
+    def _nothing_up(self, plan: RoutePlan) -> APIError:
+        model = plan.req.model
+        why = ", ".join(f"{n}: {r}" for n, r in plan.rejected.items()) or "no nodes known"
+        if plan.cloud_left_out == "spend-cap":
             return APIError(
                 429,
                 f"no node serving '{model}' is up ({why}) and the daily cloud spend cap "
@@ -212,7 +186,7 @@ class Router:
                 code="spend_cap_reached",
                 headers={"Retry-After": "60"},
             )
-        extra = "; the request is local-only" if no_cloud == "local-only" else ""
+        extra = "; the request is local-only" if plan.cloud_left_out == "local-only" else ""
         return APIError(
             503,
             f"no node serving '{model}' is up ({why}){extra}",
@@ -221,45 +195,29 @@ class Router:
             headers={"Retry-After": "5"},
         )
 
-    async def _maybe_split(
-        self,
-        path: str,
-        body: dict[str, Any],
-        req: RouteRequest,
-        plan: list[tuple[Target, str]],
-        nodes: dict[str, NodeStatus],
-    ) -> Split | None:
-        first = plan[0][0]
-        if path not in _SPLIT_PATHS or not isinstance(first, Candidate):
+    async def _split(self, plan: RoutePlan, body: dict[str, Any]) -> Split | None:
+        """Carry out the plan's split: prefill on the other node and hand its KV to the decode
+        node. A failure leaves the decode node to prefill itself, the reason saying why."""
+        wanted = plan.split
+        if wanted is None:
             return None
-        others = [t for t, _ in plan[1:] if isinstance(t, Candidate)]
-        if not others:
-            return None
-        helper = max(others, key=lambda c: self._prefill_rate(nodes[c.node], req.model) or 0.0)
-        decide, reason = should_split(
-            self.config.disagg,
-            req.prompt_tokens,
-            self._prefill_rate(nodes[first.node], req.model),
-            self._prefill_rate(nodes[helper.node], req.model),
-            link_bytes_per_s=self.link_rates.get((helper.node, first.node)),
-            kv_bytes_per_token=self.kv_bytes_per_token.get(req.model),
-        )
-        if not decide:
-            return Split(first.node, reason) if reason != "split-off" else None
-        headers = self._node_headers(nodes[helper.node])
-        if headers != self._node_headers(nodes[first.node]):  # one key goes to both nodes
-            return Split(first.node, f"{reason},failed-keys-differ")
+        if wanted.prefill is None:
+            return Split(wanted.decode, wanted.reason)
+        decode, prefill = plan.nodes[wanted.decode], plan.nodes[wanted.prefill]
+        headers = self._node_headers(prefill)
+        if headers != self._node_headers(decode):  # one key goes to both nodes
+            return Split(decode.name, f"{wanted.reason},failed-keys-differ")
+        model = plan.req.model
         try:
             handoff = await hand_off(
-                self.client, nodes[helper.node].address.url, nodes[first.node].address.url,
-                req.model, body, headers,
-            )  # fmt: skip
+                self.client, prefill.address.url, decode.address.url, model, body, headers
+            )
         except SplitFailed as exc:
             self.metrics.splits.labels("failed").inc()
-            return Split(first.node, f"{reason},failed-{exc}")
+            return Split(decode.name, f"{wanted.reason},failed-{exc}")
         self.metrics.splits.labels("ok").inc()
-        self._learn(handoff, helper.node, first.node, req.model)
-        return Split(first.node, f"{reason},prefill@{helper.node}", handoff)
+        self.observed.split_ran(handoff, prefill.name, decode.name, model)
+        return Split(decode.name, f"{wanted.reason},prefill@{prefill.name}", handoff)
 
     async def _load_tokenizers(self) -> None:
         """After a poll: load the vocabulary of each newly seen model, off the event loop."""
@@ -272,96 +230,59 @@ class Router:
         finally:
             self._loading = False
 
-    def _learn(self, handoff: Handoff, prefill: str, decode: str, model: str) -> None:
-        """Fold one split's measurements into the cost model's inputs (exponential averages)."""
-        if handoff.prefill_s > 0:
-            _average(self.prefill_rates, prefill, handoff.tokens / handoff.prefill_s)
-        if handoff.transfer_s > 0 and handoff.kv_bytes > 0:
-            _average(self.link_rates, (prefill, decode), handoff.kv_bytes / handoff.transfer_s)
-        if handoff.tokens > 0:
-            _average(self.kv_bytes_per_token, model, handoff.kv_bytes / handoff.tokens)
-
-    def _remember(self, keys: tuple[str, ...], node: str) -> None:
-        for key in keys:
-            self.affinity[key] = node
-            self.affinity.move_to_end(key)
-        while len(self.affinity) > _AFFINITY_ENTRIES:
-            self.affinity.popitem(last=False)
-
-    def _finished(self, name: str) -> None:
-        self.inflight[name] = max(0, self.inflight.get(name, 0) - 1)
-
     def _prefill_rate(self, node: NodeStatus, model: str) -> float | None:
-        """Prompt tokens/s: what the node measures itself (its /metrics; the same yardstick on
-        every node), else what this router measured in splits, else the configured seed."""
-        load = node.models.get(model)
-        reported = load.prefill_tokens_per_s if load is not None else 0.0
-        return reported or self.prefill_rates.get(node.name) or node.address.prefill_tokens_per_s
+        """The prefill rate the split decision uses for `node` (`Observations.prefill_rate`)."""
+        return self.observed.prefill_rate(node, model)
 
-    async def _attempt(
-        self,
-        path: str,
-        body: dict[str, Any],
-        encoded: bytes,
-        plan: list[tuple[Target, str]],
-        nodes: dict[str, NodeStatus],
-        split: Split | None,
-        req: RouteRequest,
-        held: Mapping[str, Sequence[Container[str]]],
-    ) -> Response:
+    async def _attempt(self, attempt: Attempt) -> Response:
+        """Try the plan's targets in order (at most `max_attempts`) until one answers."""
         failures: list[str] = []
         last: Response | None = None
-        for target, reason in plan[: self.config.max_attempts]:
-            route = f"{_target_name(target)};reason={reason}"
-            if failures:
-                route += ";failover=" + ",".join(failures)
-            if split and isinstance(target, Candidate) and target.node == split.decode_node:
-                route += f";split={split.reason}"
-            if isinstance(target, Candidate):  # token blocks matched there, or message keys
-                route += prefix_note(req.blocks, held.get(target.node, ()))
+        for target, reason in attempt.plan.targets[: self.config.max_attempts]:
+            name = target_name(target)
             try:
-                out, on_usage = self._outgoing(path, body, encoded, target, nodes, split)
-                name = _target_name(target)
-                self.inflight[name] = self.inflight.get(name, 0) + 1
-                response = await send(
-                    self.relay, out, route, on_usage, functools.partial(self._finished, name)
-                )
+                response = await self._send(attempt, target, reason, failures)
             except TargetFailed as exc:
-                failures.append(f"{_target_name(target)}:{exc.reason}")
-                self.metrics.failovers.labels(_target_name(target)).inc()
+                failures.append(f"{name}:{exc.reason}")
+                self.metrics.failovers.labels(name).inc()
                 if isinstance(target, Candidate) and exc.reason != "http-429":
-                    self.poller.mark_failed(target.node)
+                    self.observed.failed(target.node, time.monotonic())
                 last = exc.response or last
                 continue
-            self.metrics.routed.labels(_target_name(target), str(response.status_code)).inc()
+            self.metrics.routed.labels(name, str(response.status_code)).inc()
             if isinstance(target, Candidate) and response.status_code < 400:
-                self._remember(req.prefix_keys, target.node)
-                self.recent_blocks.sent(req.blocks, target.node, time.monotonic())
+                self.observed.served(attempt.plan.req, target.node, time.monotonic())
             return response
         if last is not None:
             return last
         raise APIError(
             502,
-            f"every target for '{req.model}' failed before answering: {', '.join(failures)}",
+            f"every target for '{attempt.plan.req.model}' failed before answering: "
+            f"{', '.join(failures)}",
             type="server_error",
             code="upstream_failed",
         )
 
-    def _outgoing(
-        self,
-        path: str,
-        body: dict[str, Any],
-        encoded: bytes,
-        target: Target,
-        nodes: dict[str, NodeStatus],
-        split: Split | None,
-    ) -> tuple[Outgoing, Any]:
+    async def _send(
+        self, attempt: Attempt, target: Target, reason: str, failures: list[str]
+    ) -> Response:
+        """One target: its request built, counted open on it until the answer is relayed."""
+        route = attempt.route_header(target, reason, failures)
+        out, on_usage = self._outgoing(attempt, target)
+        name = target_name(target)
+        self.observed.opened(name)
+        closed = functools.partial(self.observed.closed, name)
+        return await send(self.relay, out, route, on_usage, closed)
+
+    def _outgoing(self, attempt: Attempt, target: Target) -> tuple[Outgoing, Any]:
+        plan, split = attempt.plan, attempt.split
         if isinstance(target, Candidate):
-            headers = {**self._node_headers(nodes[target.node]), ROUTED_HEADER: "1"}
+            node = plan.nodes[target.node]
+            headers = {**self._node_headers(node), ROUTED_HEADER: "1"}
             if split and split.handoff and target.node == split.decode_node:
                 headers.update(split.handoff.headers())
-            return Outgoing(nodes[target.node].address.url + path, encoded, headers), None
-        return self._cloud_outgoing(path, body, target)
+            return Outgoing(node.address.url + plan.path, attempt.encoded, headers), None
+        return self._cloud_outgoing(plan.path, attempt.body, target)
 
     def _cloud_outgoing(
         self, path: str, body: dict[str, Any], target: CloudTarget
@@ -385,15 +306,6 @@ class Router:
 
         url = upstream.base_url.rstrip("/") + path.removeprefix("/v1")
         return Outgoing(url, json.dumps(cloud_body).encode(), headers), on_usage
-
-
-def _average(table: dict[Any, float], key: Any, sample: float) -> None:
-    old = table.get(key)
-    table[key] = sample if old is None else 0.7 * old + 0.3 * sample
-
-
-def _target_name(target: Target) -> str:
-    return target.node if isinstance(target, Candidate) else target.name
 
 
 def _card(model: str, owner: str) -> dict[str, Any]:

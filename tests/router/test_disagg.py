@@ -68,6 +68,6 @@ def test_split_rates_come_from_the_nodes_own_measurement_first(tmp_path: Path) -
     unmeasured = NodeStatus(seeded, True, {"m": ModelLoad()})
     assert router._prefill_rate(measured, "m") == 900.0
     assert router._prefill_rate(unmeasured, "m") == 5000.0
-    router.prefill_rates["gpu"] = 4000.0
+    router.observed.prefill_rates["gpu"] = 4000.0
     assert router._prefill_rate(unmeasured, "m") == 4000.0
     assert router._prefill_rate(NodeStatus(NodeAddress("cpu", "http://cpu:8000")), "m") is None

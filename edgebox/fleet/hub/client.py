@@ -69,12 +69,19 @@ def _mismatch_in(exc: BaseException) -> FingerprintMismatch | None:
 class HubClient:
     """A small sync client for the hub API; tries each hub URL in turn on connection errors."""
 
-    def __init__(self, urls: list[str] | tuple[str, ...], fingerprint: str, *,
-                 bearer: str | None = None, timeout: float = 10.0) -> None:  # fmt: skip
+    def __init__(
+        self,
+        urls: list[str] | tuple[str, ...],
+        fingerprint: str,
+        *,
+        bearer: str | None = None,
+        timeout: float = 10.0,
+    ) -> None:
         self.urls = list(urls)
         headers = {"authorization": f"Bearer {bearer}"} if bearer else {}
-        self._http = httpx.Client(verify=pinned_context(fingerprint), timeout=timeout,
-                                  headers=headers, trust_env=False)  # fmt: skip
+        self._http = httpx.Client(
+            verify=pinned_context(fingerprint), timeout=timeout, headers=headers, trust_env=False
+        )
 
     def close(self) -> None:
         self._http.close()
@@ -85,8 +92,9 @@ class HubClient:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def request(self, method: str, path: str, *, json: Any = None,
-                bearer: str | None = None) -> Any:  # fmt: skip
+    def request(
+        self, method: str, path: str, *, json: Any = None, bearer: str | None = None
+    ) -> Any:
         headers = {"authorization": f"Bearer {bearer}"} if bearer else None
         last: Exception | None = None
         for url in self.urls:

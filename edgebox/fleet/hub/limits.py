@@ -36,11 +36,22 @@ class Limits:
 def _too_many(wait: float) -> tuple[dict[str, Any], bytes]:
     seconds = max(1, math.ceil(wait))
     message = f"too many requests from this address; retry in {seconds} s"
-    body = {"error": {"message": message, "type": "rate_limit_error", "param": None,
-                      "code": "rate_limited"}}  # fmt: skip
-    start = {"type": "http.response.start", "status": 429,
-             "headers": [(b"content-type", b"application/json"),
-                         (b"retry-after", str(seconds).encode())]}  # fmt: skip
+    body = {
+        "error": {
+            "message": message,
+            "type": "rate_limit_error",
+            "param": None,
+            "code": "rate_limited",
+        }
+    }
+    start = {
+        "type": "http.response.start",
+        "status": 429,
+        "headers": [
+            (b"content-type", b"application/json"),
+            (b"retry-after", str(seconds).encode()),
+        ],
+    }
     return start, json.dumps(body).encode()
 
 

@@ -102,8 +102,11 @@ def unlock_for_keys(names: list[str], shadow: Path = Path("/etc/shadow")) -> lis
     returns the accounts changed."""
     if os.geteuid() != 0 or not shadow.exists():
         return []
-    fields = {line.split(":", 2)[0]: line.split(":", 2)[1] for line in
-              shadow.read_text().splitlines() if line.count(":") >= 2}  # fmt: skip
+    fields = {
+        line.split(":", 2)[0]: line.split(":", 2)[1]
+        for line in shadow.read_text().splitlines()
+        if line.count(":") >= 2
+    }
     changed = []
     for name in names:
         if fields.get(name, "").startswith("!"):
@@ -186,8 +189,12 @@ def prepare_relay(
     if paths.dir.parent == data_dir:
         data_dir.chmod(0o711)  # the accounts must traverse it to reach relay/; no listing
     else:
-        log.info("relay files in %s (the relay accounts cannot reach %s, or sshd would refuse "
-                 "a directory on its path)", paths.dir, data_dir)  # fmt: skip
+        log.info(
+            "relay files in %s (the relay accounts cannot reach %s, or sshd would refuse "
+            "a directory on its path)",
+            paths.dir,
+            data_dir,
+        )
     paths.dir.mkdir(mode=0o755, parents=True, exist_ok=True)
     paths.dir.chmod(0o755)
     host_key = _host_key(paths)
@@ -271,8 +278,9 @@ class RelayProcess:
             with contextlib.suppress(psutil.Error):
                 # net_connections is psutil >= 6's name for connections
                 conns = getattr(child, "net_connections", None) or child.connections
-                listening = {c.laddr.port for c in conns(kind="tcp")
-                             if c.status == psutil.CONN_LISTEN}  # fmt: skip
+                listening = {
+                    c.laddr.port for c in conns(kind="tcp") if c.status == psutil.CONN_LISTEN
+                }
                 if listening & wanted:
                     ended.append(child)
                     parent = child.parent()
@@ -286,8 +294,11 @@ class RelayProcess:
             with contextlib.suppress(psutil.Error):
                 victim.kill()
         if ended:
-            log.info("ended %d relay session process(es) for tunnel port(s) %s", len(ended),
-                     ", ".join(map(str, sorted(wanted))))  # fmt: skip
+            log.info(
+                "ended %d relay session process(es) for tunnel port(s) %s",
+                len(ended),
+                ", ".join(map(str, sorted(wanted))),
+            )
         return [p.pid for p in ended]
 
     def stop(self, timeout: float = 5.0) -> None:

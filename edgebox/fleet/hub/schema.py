@@ -33,8 +33,10 @@ def _unique_keys(db: sqlite3.Connection) -> None:
     db.execute("ALTER TABLE events ADD COLUMN count INTEGER NOT NULL DEFAULT 1")
     rows = db.execute("SELECT id, ssh_public_key, host_key FROM nodes").fetchall()
     for node_id, key, host_key in rows:
-        db.execute("UPDATE nodes SET key_id = ?, host_key_id = ? WHERE id = ?",
-                   (key_id(key), key_id(host_key), node_id))  # fmt: skip
+        db.execute(
+            "UPDATE nodes SET key_id = ?, host_key_id = ? WHERE id = ?",
+            (key_id(key), key_id(host_key), node_id),
+        )
     now = time.time()
     for column in ("key_id", "host_key_id"):
         dupes = db.execute(
@@ -44,10 +46,13 @@ def _unique_keys(db: sqlite3.Connection) -> None:
         ).fetchall()
         for (node_id,) in dupes:
             log.warning("node %s revoked at upgrade: a newer node has the same %s", node_id, column)
-            db.execute("UPDATE nodes SET status = 'revoked', revoked_at = ? WHERE id = ?",
-                       (now, node_id))  # fmt: skip
-            db.execute("INSERT INTO events (at, kind, node_id, detail) VALUES (?, ?, ?, ?)",
-                       (now, "node_revoke", node_id, f"duplicate {column} at upgrade"))  # fmt: skip
+            db.execute(
+                "UPDATE nodes SET status = 'revoked', revoked_at = ? WHERE id = ?", (now, node_id)
+            )
+            db.execute(
+                "INSERT INTO events (at, kind, node_id, detail) VALUES (?, ?, ?, ?)",
+                (now, "node_revoke", node_id, f"duplicate {column} at upgrade"),
+            )
     db.execute("CREATE UNIQUE INDEX nodes_live_key ON nodes (key_id) WHERE revoked_at IS NULL")
     db.execute(
         "CREATE UNIQUE INDEX nodes_live_host_key ON nodes (host_key_id)"

@@ -10,12 +10,15 @@ from typing import TYPE_CHECKING
 
 import uvicorn
 
+from edgebox.fleet._files import write_atomic
 from edgebox.fleet.hub import identity
 from edgebox.fleet.hub.app import HubConfig, create_app
 from edgebox.fleet.hub.store import DB_FILE, HubStore
 
 if TYPE_CHECKING:
-    from edgebox.fleet.hub.relay_runner import RelayProcess
+    from edgebox.fleet.hub.relay_runner import RelayPaths, RelayProcess
+
+log = logging.getLogger("edgebox.hub")
 
 
 def public_urls(host: str, port: int, given: list[str]) -> list[str]:
@@ -57,19 +60,18 @@ def serve(
     Raises RelaySetupError when the relay cannot run here."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     ident = identity.load_or_create(data_dir)
-    store = HubStore(data_dir / DB_FILE)
-    for suffix in ("", "-wal", "-shm"):  # hashes only, but nobody else needs to read them
-        db_file = data_dir / (DB_FILE + suffix)
-        if db_file.exists():
-            db_file.chmod(0o600)
+    store = open_store(data_dir)
     relay_paths, relay_key = None, None
     if relay:
         from edgebox.fleet.hub.relay_runner import prepare_relay
 
         relay_paths, relay_key = prepare_relay(
-            data_dir, port=ssh_port, listen_address=relay_listen, tunnel_user=ssh_user,
+            data_dir,
+            port=ssh_port,
+            listen_address=relay_listen,
+            tunnel_user=ssh_user,
             jump_user=jump_user,
-        )  # fmt: skip
+        )
     hub_urls = public_urls(host, port, urls)
     given_key = ssh_host_key_file.read_text().strip() if ssh_host_key_file else None
     config = HubConfig(
@@ -77,7 +79,7 @@ def serve(
         fingerprint=ident.fingerprint,
         admin_key=ident.admin_key(),
         heartbeat_interval=heartbeat_interval,
-        ssh_host=ssh_host or hub_urls[0].split("://", 1)[1].rsplit(":", 1)[0].strip("[]"),
+        ssh_host=ssh_host or _url_host(hub_urls[0]),
         ssh_port=ssh_port,
         ssh_user=ssh_user,
         relay_node_keys=relay_paths.node_keys if relay_paths else relay_node_keys,
@@ -85,25 +87,8 @@ def serve(
         jump_user=jump_user,
         ssh_host_key=relay_key or given_key,
     )
-    relay_process: RelayProcess | None = None
-    (data_dir / identity.HUB_FILE).write_text(
-        json.dumps({"urls": hub_urls, "fingerprint": ident.fingerprint}, indent=2) + "\n"
-    )
-    logging.getLogger("edgebox.hub").info(
-        "hub serving %s (fingerprint %s, data %s)", ", ".join(hub_urls), ident.fingerprint, data_dir
-    )
-    if relay_paths is not None:
-        from edgebox.fleet.hub.relay_runner import RelayProcess
-        from edgebox.fleet.hub.relay_sync import write_node_keys, write_user_keys
-
-        write_node_keys(relay_paths.node_keys, store.nodes())  # before sshd takes logins
-        write_user_keys(relay_paths.user_keys, store.users(), store.nodes())
-        relay_process = RelayProcess(relay_paths.config).start()
-        logging.getLogger("edgebox.hub").info(
-            "relay sshd on port %d (accounts %s, %s; files in %s)",
-            ssh_port, ssh_user, jump_user, relay_paths.dir,
-        )  # fmt: skip
-        config.end_relay_sessions = relay_process.end_sessions
+    _announce(data_dir, config)
+    relay_process = _start_relay(relay_paths, store, config) if relay_paths else None
     app = create_app(store, config, on_shutdown=relay_process.stop if relay_process else None)
     try:
         _run_uvicorn(app, host, port, ident, conn_limits or ConnLimits())
@@ -111,6 +96,54 @@ def serve(
         if relay_process is not None:
             relay_process.stop()
         store.close()
+
+
+def open_store(data_dir: Path) -> HubStore:
+    """The registry in the data dir, its files 0600 (hashes only, but nobody else needs them)."""
+    store = HubStore(data_dir / DB_FILE)
+    for suffix in ("", "-wal", "-shm"):
+        db_file = data_dir / (DB_FILE + suffix)
+        if db_file.exists():
+            db_file.chmod(0o600)
+    return store
+
+
+def _url_host(url: str) -> str:
+    """The host of an https:// URL, without port or IPv6 brackets."""
+    return url.split("://", 1)[1].rsplit(":", 1)[0].strip("[]")
+
+
+def _announce(data_dir: Path, config: HubConfig) -> None:
+    """Write hub.json (where the local CLI finds this hub) and log the addresses."""
+    info = {"urls": config.urls, "fingerprint": config.fingerprint}
+    # atomic: the CLI (and tests) may read it while the hub starts
+    write_atomic(data_dir / identity.HUB_FILE, (json.dumps(info, indent=2) + "\n").encode())
+    log.info(
+        "hub serving %s (fingerprint %s, data %s)",
+        ", ".join(config.urls),
+        config.fingerprint,
+        data_dir,
+    )
+
+
+def _start_relay(paths: RelayPaths, store: HubStore, config: HubConfig) -> RelayProcess:
+    """Write the relay's key files, then start its supervised sshd; revocations and key
+    rotations end relay sessions through it (config.end_relay_sessions)."""
+    from edgebox.fleet.hub.relay_runner import RelayProcess
+    from edgebox.fleet.hub.relay_sync import write_node_keys, write_user_keys
+
+    write_node_keys(paths.node_keys, store.nodes())  # before sshd takes logins
+    write_user_keys(paths.user_keys, store.users(), store.nodes())
+    process = RelayProcess(paths.config).start()
+    log.info(
+        "relay sshd on port %d (accounts %s, %s; files in %s)",
+        config.ssh_port,
+        config.ssh_user,
+        config.jump_user,
+        paths.dir,
+    )
+    config.end_relay_sessions = process.end_sessions
+    return process
 
 
 def _run_uvicorn(
@@ -125,8 +158,9 @@ def _run_uvicorn(
     except ImportError:  # httptools missing: uvicorn's h11 protocol
         from uvicorn.protocols.http.h11_impl import H11Protocol as inner  # type: ignore[assignment]
     fds = raise_fd_limit()
-    protocol = guarded_protocol(inner, header_timeout=limits.header_timeout,
-                                per_address=limits.per_address)  # fmt: skip
+    protocol = guarded_protocol(
+        inner, header_timeout=limits.header_timeout, per_address=limits.per_address
+    )
     config = uvicorn.Config(
         app,  # type: ignore[arg-type]
         host=host,

@@ -17,12 +17,12 @@ import json
 import secrets
 import sqlite3
 import threading
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from edgebox.fleet import proof, tokens
 from edgebox.fleet.hub.models import safe_name
+from edgebox.fleet.hub.repository import JoinRefused, Registration
 from edgebox.fleet.hub.schema import MIGRATIONS, key_id, migrate
 from edgebox.fleet.tokens import TokenState
 
@@ -38,21 +38,6 @@ _REFUSALS = {
     TokenState.USED: (409, "token_used", "this join token was already used; create a new one"),
     TokenState.EXPIRED: (410, "token_expired", "this join token has expired; create a new one"),
 }
-
-
-class JoinRefused(Exception):
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message)
-        self.status, self.code, self.message = status, code, message
-
-
-@dataclass(frozen=True)
-class Registration:
-    name: str | None
-    ssh_public_key: str
-    host_key: str | None
-    profile: dict[str, Any]
-    models: list[Any]
 
 
 class HubStore:
@@ -83,8 +68,14 @@ class HubStore:
         with self._lock:
             self._db.close()
 
-    def _event(self, at: float, kind: str, node_id: str | None = None, token_id: str | None = None,
-               detail: str = "") -> int:  # fmt: skip
+    def _event(
+        self,
+        at: float,
+        kind: str,
+        node_id: str | None = None,
+        token_id: str | None = None,
+        detail: str = "",
+    ) -> int:
         cur = self._db.execute(
             "INSERT INTO events (at, kind, node_id, token_id, detail) VALUES (?, ?, ?, ?, ?)",
             (at, kind, node_id, token_id, detail),
@@ -129,10 +120,7 @@ class HubStore:
         for row in rows:
             item = dict(row)
             del item["secret_hash"]
-            item["state"] = tokens.state(
-                expires_at=row["expires_at"], used_at=row["used_at"],
-                revoked_at=row["revoked_at"], now=now,
-            ).value  # fmt: skip
+            item["state"] = _token_state(row, now).value
             out.append(item)
         return out
 
@@ -173,39 +161,68 @@ class HubStore:
         row = self._db.execute("SELECT * FROM tokens WHERE id = ?", (token_id,)).fetchone()
         if row is None or not tokens.secret_matches(secret, row["secret_hash"]):
             raise JoinRefused(401, "invalid_token", "the hub does not know this join token")
-        st = tokens.state(expires_at=row["expires_at"], used_at=row["used_at"],
-                          revoked_at=row["revoked_at"], now=now)  # fmt: skip
+        st = _token_state(row, now)
         if st is not TokenState.VALID:
             raise JoinRefused(*_REFUSALS[st])
         # A token makes a new node, never replaces one: a live node keeps its key and host key
         # until it signs a re-registration (rejoin) or is revoked.
         self._refuse_taken_keys(reg.ssh_public_key, reg.host_key)
-        chosen = row["name"] or reg.name
-        name = chosen or safe_name(str(reg.profile.get("hostname") or ""))
-        if self._name_taken(name):
-            if chosen:  # an explicit name is never silently changed
-                raise JoinRefused(409, "name_taken", f"a node named {name!r} is already registered")
-            base, n = name, 2
-            while self._name_taken(name := f"{base}-{n}"):
-                n += 1
+        name = self._node_name(row["name"] or reg.name, reg)
         node_id, node_secret = "node_" + secrets.token_hex(6), secrets.token_urlsafe(32)
         try:
-            self._db.execute(
-                "INSERT INTO nodes (id, name, ssh_public_key, key_id, host_key, host_key_id,"
-                " profile, models, secret_hash, tunnel_port, status, token_id, joined_at,"
-                " last_heartbeat) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'online', ?, ?, ?)",
-                (node_id, name, reg.ssh_public_key, key_id(reg.ssh_public_key), reg.host_key,
-                 key_id(reg.host_key), json.dumps(reg.profile), json.dumps(reg.models),
-                 tokens.hash_secret(node_secret), self._free_tunnel_port(), token_id, now, now),
-            )  # fmt: skip
+            self._insert_node(node_id, name, reg, tokens.hash_secret(node_secret), token_id, now)
         except sqlite3.IntegrityError:  # the unique indexes, should a check above miss
             raise JoinRefused(409, "key_registered", "this key is already registered") from None
-        self._db.execute("UPDATE tokens SET used_at = ?, node_id = ? WHERE id = ?",
-                         (now, node_id, token_id))  # fmt: skip
+        self._db.execute(
+            "UPDATE tokens SET used_at = ?, node_id = ? WHERE id = ?", (now, node_id, token_id)
+        )
         self._event(now, "join", node_id=node_id, token_id=token_id, detail=name)
         node = self._node_locked(node_id)
         assert node is not None
         return node | {"node_secret": node_secret}
+
+    def _node_name(self, chosen: str | None, reg: Registration) -> str:
+        """The token's or the node's chosen name (409 when taken: an explicit name is never
+        silently changed), else the box's hostname with a free `-2`, `-3`... suffix."""
+        name = chosen or safe_name(str(reg.profile.get("hostname") or ""))
+        if self._name_taken(name):
+            if chosen:
+                raise JoinRefused(409, "name_taken", f"a node named {name!r} is already registered")
+            base, n = name, 2
+            while self._name_taken(name := f"{base}-{n}"):
+                n += 1
+        return name
+
+    def _insert_node(
+        self,
+        node_id: str,
+        name: str,
+        reg: Registration,
+        secret_hash: str,
+        token_id: str,
+        now: float,
+    ) -> None:
+        values = {
+            "id": node_id,
+            "name": name,
+            "key": reg.ssh_public_key,
+            "key_id": key_id(reg.ssh_public_key),
+            "host_key": reg.host_key,
+            "host_key_id": key_id(reg.host_key),
+            "profile": json.dumps(reg.profile),
+            "models": json.dumps(reg.models),
+            "secret_hash": secret_hash,
+            "port": self._free_tunnel_port(),
+            "token_id": token_id,
+            "now": now,
+        }
+        self._db.execute(
+            "INSERT INTO nodes (id, name, ssh_public_key, key_id, host_key, host_key_id,"
+            " profile, models, secret_hash, tunnel_port, status, token_id, joined_at,"
+            " last_heartbeat) VALUES (:id, :name, :key, :key_id, :host_key, :host_key_id,"
+            " :profile, :models, :secret_hash, :port, 'online', :token_id, :now, :now)",
+            values,
+        )
 
     def rejoin(self, body: dict[str, Any], hub: str, now: float) -> dict[str, Any]:
         """Re-register the live node whose key signed `body` (fleet/proof.py): a new node
@@ -236,8 +253,11 @@ class HubStore:
         )
         row = self._db.execute(sql, (key_id(stmt["key"]),)).fetchone()
         if row is None:
-            raise JoinRefused(404, "unknown_node_key", "no live node has this key on the hub "
-                              "(revoked? then join again with a new token)")  # fmt: skip
+            raise JoinRefused(
+                404,
+                "unknown_node_key",
+                "no live node has this key on the hub (revoked? then join again with a new token)",
+            )
         try:
             proof.check_fresh(stmt["ts_ms"], now=now, last_ms=row["proof_ms"])
         except proof.ProofError as exc:
@@ -247,9 +267,17 @@ class HubStore:
         self._db.execute(
             "UPDATE nodes SET ssh_public_key = ?, key_id = ?, host_key = ?, host_key_id = ?,"
             " secret_hash = ?, proof_ms = ?, status = 'online', last_heartbeat = ? WHERE id = ?",
-            (stmt["new_key"], key_id(stmt["new_key"]), stmt["host_key"], key_id(stmt["host_key"]),
-             tokens.hash_secret(secret), stmt["ts_ms"], now, row["id"]),
-        )  # fmt: skip
+            (
+                stmt["new_key"],
+                key_id(stmt["new_key"]),
+                stmt["host_key"],
+                key_id(stmt["host_key"]),
+                tokens.hash_secret(secret),
+                stmt["ts_ms"],
+                now,
+                row["id"],
+            ),
+        )
         rotated = key_id(stmt["new_key"]) != key_id(row["ssh_public_key"])
         self._event(now, "node_key_rotate" if rotated else "node_rejoin", node_id=row["id"])
         node = self._node_locked(row["id"])
@@ -269,10 +297,15 @@ class HubStore:
                 (value, but),
             ).fetchone()
             if row is not None:
-                hint = ("; a join token never replaces a node: re-register it with "
-                        "`edgebox node rejoin` (signed by its key) or revoke it first")  # fmt: skip
-                raise JoinRefused(409, code, f"this {what} already belongs to node "
-                                  f"{row['name']} ({row['id']})" + hint)  # fmt: skip
+                hint = (
+                    "; a join token never replaces a node: re-register it with "
+                    "`edgebox node rejoin` (signed by its key) or revoke it first"
+                )
+                raise JoinRefused(
+                    409,
+                    code,
+                    f"this {what} already belongs to node {row['name']} ({row['id']})" + hint,
+                )
 
     def _name_taken(self, name: str) -> bool:
         sql = "SELECT 1 FROM nodes WHERE name = ? AND revoked_at IS NULL"
@@ -332,8 +365,10 @@ class HubStore:
             node = self._node_locked(key)
             if node is None:
                 return None
-            self._db.execute("UPDATE nodes SET status = 'revoked', revoked_at = ? WHERE id = ?",
-                             (now, node["id"]))  # fmt: skip
+            self._db.execute(
+                "UPDATE nodes SET status = 'revoked', revoked_at = ? WHERE id = ?",
+                (now, node["id"]),
+            )
             self._event(now, "node_revoke", node_id=node["id"])
             return self._node_locked(node["id"])
 
@@ -395,6 +430,12 @@ class HubStore:
                 "SELECT * FROM events ORDER BY seq DESC LIMIT ?", (limit,)
             ).fetchall()
         return [dict(r) for r in reversed(rows)]
+
+
+def _token_state(row: sqlite3.Row, now: float) -> TokenState:
+    return tokens.state(
+        expires_at=row["expires_at"], used_at=row["used_at"], revoked_at=row["revoked_at"], now=now
+    )
 
 
 def _node_dict(row: sqlite3.Row) -> dict[str, Any]:

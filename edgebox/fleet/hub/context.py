@@ -1,0 +1,122 @@
+"""What every hub route reaches through `request.app.state.hub`: the config, the registry
+and the few actions several routes share (rewriting the relay's key files, ending relay
+sessions, the membership answer, the heartbeat's cached peer list)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, cast
+
+from starlette.requests import Request
+
+from edgebox.fleet.hub.limits import Limits
+from edgebox.fleet.hub.repository import HubRepository
+
+PEERS_REFRESH_S = 1.0  # heartbeat answers share one read of the node table per second
+# what a peer needs of another: its name, address, the keys that match and verify its mDNS
+# advert (a public key, which the node proves it holds), models; no telemetry, no secrets
+PEER_FIELDS = ("id", "name", "api_url", "host_key", "ssh_public_key", "models", "status")
+
+
+@dataclass
+class HubConfig:
+    urls: list[str]  # https:// addresses put into tokens
+    fingerprint: str
+    admin_key: str
+    heartbeat_interval: float = 5.0
+    ssh_host: str = "127.0.0.1"
+    ssh_port: int = 2222
+    ssh_user: str = "edgebox-tunnel"
+    ssh_host_key: str | None = None  # the relay sshd's public host key, pinned by nodes
+    relay_node_keys: Path | None = None  # authorized_keys of the relay's tunnel account
+    relay_user_keys: Path | None = None  # authorized_keys of the relay's jump account
+    jump_user: str = "edgebox-jump"  # the relay account people log in to
+    clock: Callable[[], float] = field(default=time.time)
+    limits: Limits = field(default_factory=Limits)
+    # Ends the relay sessions holding these tunnel ports (set when the hub runs the relay).
+    end_relay_sessions: Callable[[list[int]], object] | None = None
+
+
+@dataclass
+class HubContext:
+    """The hub app's state: one per app, made by `create_app`."""
+
+    store: HubRepository
+    config: HubConfig
+    _peers_at: float = -1.0
+    _peers_json: bytes = b"[]"
+
+    def now(self) -> float:
+        return self.config.clock()
+
+    async def sync_relay(self) -> None:
+        """Rewrite the relay's authorized_keys files from the registry (after every change to
+        nodes or users; sshd reads them at each login)."""
+        await asyncio.to_thread(self._write_relay_files)
+
+    def _write_relay_files(self) -> None:
+        from edgebox.fleet.hub.relay_sync import write_node_keys, write_user_keys
+
+        nodes = self.store.nodes()
+        if self.config.relay_node_keys is not None:
+            write_node_keys(self.config.relay_node_keys, nodes)
+        if self.config.relay_user_keys is not None:
+            write_user_keys(self.config.relay_user_keys, self.store.users(), nodes)
+
+    async def end_sessions(self, ports: list[int]) -> None:
+        """End the relay sessions holding these tunnel ports (only when the hub runs the relay:
+        sshd checks keys at login, so a removed key's live session would outlast it)."""
+        if self.config.end_relay_sessions is not None:
+            await asyncio.to_thread(self.config.end_relay_sessions, ports)
+
+    def relay_info(self) -> dict[str, Any]:
+        c = self.config
+        return {
+            "host": c.ssh_host,
+            "port": c.ssh_port,
+            "tunnel_user": c.ssh_user,
+            "jump_user": c.jump_user,
+            "host_key": c.ssh_host_key,
+        }
+
+    def membership(self, node: dict[str, Any]) -> dict[str, Any]:
+        """The answer to a join or rejoin: what the node saves as its membership."""
+        c = self.config
+        return {
+            "node_id": node["id"],
+            "name": node["name"],
+            "node_secret": node["node_secret"],
+            "tunnel_port": node["tunnel_port"],
+            "hub_ssh": {
+                "host": c.ssh_host,
+                "port": c.ssh_port,
+                "user": c.ssh_user,
+                "host_key": c.ssh_host_key,
+            },
+            "heartbeat_interval": c.heartbeat_interval,
+        }
+
+    async def peers_json(self) -> bytes:
+        """The online nodes as a `serve --fleet` router needs them (name, API address, host key
+        to match mDNS adverts, models): no telemetry, no secrets. Read and encoded at most once
+        a second, however many nodes beat."""
+        if time.monotonic() - self._peers_at >= PEERS_REFRESH_S:
+            records = await asyncio.to_thread(self.store.nodes)
+            peers = [
+                {k: r.get(k) for k in PEER_FIELDS}
+                for r in records
+                if r.get("status") == "online" and r.get("api_url")
+            ]
+            self._peers_json = json.dumps(peers).encode()
+            self._peers_at = time.monotonic()
+        return self._peers_json
+
+
+def hub_context(request: Request) -> HubContext:
+    """The HubContext of the app serving this request."""
+    return cast(HubContext, request.app.state.hub)

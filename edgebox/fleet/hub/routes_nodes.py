@@ -1,0 +1,65 @@
+"""The registry as admins and users read it: the node list (with the relay's address), one
+node, revoking a node, the audit events."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from edgebox.fleet.hub.auth import requires
+from edgebox.fleet.hub.context import hub_context
+from edgebox.fleet.hub.web import APIError
+
+log = logging.getLogger("edgebox.hub")
+
+
+def _no_node(key: str) -> APIError:
+    return APIError(404, f"no node {key!r}", param="node", code="node_not_found")
+
+
+@requires("reader")
+async def list_nodes(request: Request) -> Response:
+    hub = hub_context(request)
+    data = await asyncio.to_thread(hub.store.nodes)
+    return JSONResponse({"object": "list", "data": data, "relay": hub.relay_info()})
+
+
+@requires("admin")
+async def get_node(request: Request) -> Response:
+    key = request.path_params["node"]
+    node = await asyncio.to_thread(hub_context(request).store.node, key)
+    if node is None:
+        raise _no_node(key)
+    return JSONResponse(node)
+
+
+@requires("admin")
+async def delete_node(request: Request) -> Response:
+    """Revoke a node: its secret stops working, its relay key line goes, its tunnel ends."""
+    hub = hub_context(request)
+    key = request.path_params["node"]
+    node = await asyncio.to_thread(hub.store.revoke_node, key, hub.now())
+    if node is None:
+        raise _no_node(key)
+    log.info("node %s revoked", node["id"])
+    await hub.sync_relay()
+    await hub.end_sessions([node["tunnel_port"]])  # live tunnels end now, not at next login
+    return JSONResponse(node)
+
+
+@requires("admin")
+async def events(request: Request) -> Response:
+    data = await asyncio.to_thread(hub_context(request).store.events)
+    return JSONResponse({"object": "list", "data": data})
+
+
+ROUTES = [
+    Route("/v1/hub/nodes", list_nodes),
+    Route("/v1/hub/nodes/{node}", get_node),
+    Route("/v1/hub/nodes/{node}", delete_node, methods=["DELETE"]),
+    Route("/v1/hub/events", events),
+]
