@@ -8,7 +8,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,11 +17,34 @@ import pytest
 
 from edgebox.models import resolve_model
 
+# Marks tests that start processes `system` and keeps the fast tier honest (tests/tiers.py);
+# pytester runs the tiers' own tests.
+pytest_plugins = ["tests.tiers", "pytester"]
+
 
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def wait_until(
+    condition: Callable[[], object],
+    timeout: float = 10,
+    what: str = "a condition",
+    interval: float = 0.02,
+) -> float:
+    """Poll `condition` until it is true, instead of sleeping a fixed time; returns the seconds
+    it took. Fails the test, naming `what`, if it is still false when checked after `timeout`
+    seconds (it is always checked once more after the deadline)."""
+    started = time.monotonic()
+    while True:
+        past_deadline = time.monotonic() - started > timeout
+        if condition():
+            return time.monotonic() - started
+        if past_deadline:
+            pytest.fail(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(interval)
 
 
 @dataclass
@@ -106,3 +129,15 @@ def smollm2_path() -> Path:
 @pytest.fixture(scope="session")
 def gemma_path() -> Path:
     return resolve_model("gemma3-270m").path
+
+
+@pytest.fixture(scope="session", autouse=True)
+def own_authorized_keys_untouched() -> Iterator[None]:
+    """Tests run as root: a node joined with user keys on (the default) writes hub users'
+    keys into the authorized_keys of the account running it. Tests must pass `--no-user-keys`
+    or `--authorized-keys TMPFILE`; this fails the run if this machine's own file changed."""
+    path = Path.home() / ".ssh" / "authorized_keys"
+    before = path.read_bytes() if path.exists() else None
+    yield
+    after = path.read_bytes() if path.exists() else None
+    assert after == before, f"a test changed {path}: join test nodes with --no-user-keys"

@@ -26,6 +26,12 @@ def test_router_help_shows_keys_and_a_port_of_its_own() -> None:
     assert re.search(r"--port .*\[default: 8090\]", shown), shown
 
 
+def test_a_router_without_nodes_names_the_config_table() -> None:
+    done = edgebox("router", "--no-mdns", "--no-hub")
+    assert done.returncode == 1
+    assert "list [[nodes]] in --config" in done.stderr, done.stderr  # not eaten as markup
+
+
 def test_a_long_path_is_printed_whole_on_a_narrow_terminal() -> None:
     path = "/tmp/a-rather-long-directory-name-for-models/another-level/SmolLM2-135M-Q4.gguf"
     done = edgebox("serve", "--model", path, columns=60)

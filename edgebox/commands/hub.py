@@ -34,51 +34,61 @@ def _when(ts: float | None) -> str:
     return datetime.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")
 
 
+Host = Annotated[str, typer.Option(help="Address to listen on.")]
+Port = Annotated[int, typer.Option(help="HTTPS port.")]
+Url = Annotated[
+    list[str] | None,
+    typer.Option("--url", help="Public https:// address put in tokens (repeatable)."),
+]
+HeartbeatInterval = Annotated[
+    float, typer.Option(help="Seconds between node heartbeats; offline after 3 missed.")
+]
+SshHost = Annotated[str | None, typer.Option(help="SSH relay host nodes connect to.")]
+SshPort = Annotated[int, typer.Option(help="SSH relay port.")]
+SshUser = Annotated[str, typer.Option(help="SSH relay account for tunnels.")]
+RelayNodeKeys = Annotated[
+    Path | None,
+    typer.Option(help="Keep this authorized_keys file (the relay's tunnel account) in step."),
+]
+SshHostKeyFile = Annotated[
+    Path | None,
+    typer.Option(help="The relay sshd's public host key (.pub), handed to joining nodes."),
+]
+Relay = Annotated[
+    bool,
+    typer.Option(
+        help="Run the SSH relay: write its files, create its accounts, supervise "
+        "`sshd -D` on --ssh-port (needs root and openssh-server)."
+    ),
+]
+JumpUser = Annotated[str, typer.Option(help="SSH relay account for people (edgebox ssh).")]
+RelayListen = Annotated[str, typer.Option(help="Address the relay sshd listens on.")]
+HeaderTimeout = Annotated[
+    float,
+    typer.Option(help="Seconds a client has for the TLS handshake and a request's headers."),
+]
+MaxConnsPerAddress = Annotated[
+    int, typer.Option(help="Open connections allowed from one client address.")
+]
+
+
 @hub_app.command("serve")
 def serve(
-    host: Annotated[str, typer.Option(help="Address to listen on.")] = "0.0.0.0",
-    port: Annotated[int, typer.Option(help="HTTPS port.")] = 8443,
+    host: Host = "0.0.0.0",
+    port: Port = 8443,
     data: DataDir = None,
-    url: Annotated[
-        list[str] | None,
-        typer.Option("--url", help="Public https:// address put in tokens (repeatable)."),
-    ] = None,
-    heartbeat_interval: Annotated[
-        float, typer.Option(help="Seconds between node heartbeats; offline after 3 missed.")
-    ] = 5.0,
-    ssh_host: Annotated[str | None, typer.Option(help="SSH relay host nodes connect to.")] = None,
-    ssh_port: Annotated[int, typer.Option(help="SSH relay port.")] = 2222,
-    ssh_user: Annotated[
-        str, typer.Option(help="SSH relay account for tunnels.")
-    ] = "edgebox-tunnel",
-    relay_node_keys: Annotated[
-        Path | None,
-        typer.Option(help="Keep this authorized_keys file (the relay's tunnel account) in step."),
-    ] = None,
-    ssh_host_key_file: Annotated[
-        Path | None,
-        typer.Option(help="The relay sshd's public host key (.pub), handed to joining nodes."),
-    ] = None,
-    relay: Annotated[
-        bool,
-        typer.Option(
-            help="Run the SSH relay: write its files, create its accounts, supervise "
-            "`sshd -D` on --ssh-port (needs root and openssh-server)."
-        ),
-    ] = False,
-    jump_user: Annotated[
-        str, typer.Option(help="SSH relay account for people (edgebox ssh).")
-    ] = "edgebox-jump",
-    relay_listen: Annotated[str, typer.Option(help="Address the relay sshd listens on.")] = (
-        "0.0.0.0"
-    ),
-    header_timeout: Annotated[
-        float,
-        typer.Option(help="Seconds a client has for the TLS handshake and a request's headers."),
-    ] = 10.0,
-    max_conns_per_address: Annotated[
-        int, typer.Option(help="Open connections allowed from one client address.")
-    ] = 256,
+    url: Url = None,
+    heartbeat_interval: HeartbeatInterval = 5.0,
+    ssh_host: SshHost = None,
+    ssh_port: SshPort = 2222,
+    ssh_user: SshUser = "edgebox-tunnel",
+    relay_node_keys: RelayNodeKeys = None,
+    ssh_host_key_file: SshHostKeyFile = None,
+    relay: Relay = False,
+    jump_user: JumpUser = "edgebox-jump",
+    relay_listen: RelayListen = "0.0.0.0",
+    header_timeout: HeaderTimeout = 10.0,
+    max_conns_per_address: MaxConnsPerAddress = 256,
 ) -> None:
     """Serve the hub over HTTPS with its own pinned certificate (made on first start)."""
     from edgebox.fleet.hub import identity
@@ -128,9 +138,12 @@ def nodes(
         return
     table = Table("name", "id", "status", "class", "last heartbeat", "tunnel port", "models")
     for n in rows:
-        table.add_row(n["name"], n["id"], n["status"], str(n["profile"].get("hw_class", "?")),
-                      _when(n["last_heartbeat"]), str(n["tunnel_port"]),
-                      ", ".join(map(str, n["models"])) or "-")  # fmt: skip
+        hw_class = str(n["profile"].get("hw_class", "?"))
+        models = ", ".join(map(str, n["models"])) or "-"
+        when = _when(n["last_heartbeat"])
+        table.add_row(
+            n["name"], n["id"], n["status"], hw_class, when, str(n["tunnel_port"]), models
+        )
     out.print(table)
 
 

@@ -27,18 +27,26 @@ user_app = typer.Typer(help="Users: SSH keys allowed through the relay.", no_arg
 @user_app.command("add")
 def add(
     name: Annotated[str, typer.Argument(help="User name (letters, digits, . _ -).")],
-    key: Annotated[Path, typer.Option("--key", help="The user's SSH public key file (.pub).")],
+    key: Annotated[
+        Path | None,
+        typer.Option(
+            "--key",
+            help="The user's SSH public key file (.pub); without it, the user's "
+            "`edgebox login` registers their laptop's key.",
+        ),
+    ] = None,
     as_json: AsJson = False,
     hub: HubUrl = None,
     admin_key_file: AdminKeyFile = None,
     fingerprint: Fingerprint = None,
     data: DataDir = None,
 ) -> None:
-    """Allow this key through the relay to every node, and print the user's login line
-    (`edgebox login ebu1_...`, shown once) for reading the node list."""
+    """Add a user and print their login line (`edgebox login ebu1_...`, shown once): it reads
+    the node list and registers their laptop's SSH key, which the relay lets through to every
+    node and the nodes install for `edgebox ssh`."""
 
     try:
-        public_key = key.expanduser().read_text().strip()
+        public_key = key.expanduser().read_text().strip() if key else None
     except OSError as exc:
         raise _fail(f"cannot read {key}: {exc.strerror}") from None
     answer = admin_request(
@@ -75,18 +83,23 @@ def ls(
         return
     table = Table("name", "key")
     for u in rows:
-        table.add_row(u["name"], u["ssh_public_key"][:40] + "...")
+        shown = u["ssh_public_key"][:40] + "..." if u["ssh_public_key"] else "(none yet)"
+        table.add_row(u["name"], shown)
     out.print(table)
 
 
 @user_app.command("rm")
 def rm(
     name: Annotated[str, typer.Argument(help="User name.")],
+    as_json: AsJson = False,
     hub: HubUrl = None,
     admin_key_file: AdminKeyFile = None,
     fingerprint: Fingerprint = None,
     data: DataDir = None,
 ) -> None:
     """Remove a user: their key stops opening the relay and their login stops working."""
-    admin_request(hub, admin_key_file, fingerprint, data, "DELETE", f"/v1/hub/users/{name}")
+    gone = admin_request(hub, admin_key_file, fingerprint, data, "DELETE", f"/v1/hub/users/{name}")
+    if as_json:
+        out.print_json(data=gone)
+        return
     out.print(f"user {name} removed", highlight=False)

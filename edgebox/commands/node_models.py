@@ -38,8 +38,14 @@ def _call(method: str, url: str, path: str, api_key: str | None, **kwargs: Any) 
     """One admin request; an error (never the key) ends the command with the node's message."""
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     try:
-        r = httpx.request(method, url.rstrip("/") + path, headers=headers, timeout=LOAD_TIMEOUT,
-                          trust_env=False, **kwargs)  # fmt: skip
+        r = httpx.request(
+            method,
+            url.rstrip("/") + path,
+            headers=headers,
+            timeout=LOAD_TIMEOUT,
+            trust_env=False,
+            **kwargs,
+        )
     except httpx.HTTPError as exc:
         raise fail(f"{url}: {type(exc).__name__}: {exc}") from None
     try:
@@ -62,8 +68,8 @@ def models(node: NodeUrl = LOCAL_NODE, api_key: ApiKey = None, as_json: AsJson =
         return
     served = Table("model", "kind", "runtime", "running", "queued", "fast path")
     for m in body["data"]:
-        served.add_row(m["id"], m["kind"], m["runtime"], str(m["running"]), str(m["queued"]),
-                       m.get("fast_path") or "")  # fmt: skip
+        load = (str(m["running"]), str(m["queued"]))
+        served.add_row(m["id"], m["kind"], m["runtime"], *load, m.get("fast_path") or "")
     out.print(served)
     for name in body.get("loading", []):
         out.print(f"loading: {name}", highlight=False)

@@ -57,19 +57,7 @@ def _rows(wait: float, interfaces: list[str] | None) -> list[dict[str, Any]]:
         rows[node.node_id] = {**node.to_json(), "sources": ["mdns"]}
     for k in known:
         row = rows.setdefault(
-            k.node_id,
-            {
-                "id": k.node_id,
-                "name": k.name,
-                "addresses": [k.host],
-                "api_port": k.port,
-                "ssh_host_key_fingerprint": k.host_key_fingerprint,
-                "accelerator": None,
-                "model_digest": None,
-                "protocol_version": None,
-                "txt": {},
-                "sources": [],
-            },
+            k.node_id, _row(k.node_id, k.name, k.host, k.port, k.host_key_fingerprint)
         )
         row["sources"].append("manual")
         if row["ssh_host_key_fingerprint"] != k.host_key_fingerprint:
@@ -79,18 +67,31 @@ def _rows(wait: float, interfaces: list[str] | None) -> list[dict[str, Any]]:
     return list(rows.values())
 
 
+def _row(
+    node_id: str, name: str, host: str, port: int | None = None, fingerprint: str | None = None
+) -> dict[str, Any]:
+    """A node mDNS did not report, in the shape of a discovered one."""
+    return {
+        "id": node_id,
+        "name": name,
+        "addresses": [host],
+        "api_port": port,
+        "ssh_host_key_fingerprint": fingerprint,
+        "accelerator": None,
+        "model_digest": None,
+        "protocol_version": None,
+        "txt": {},
+        "sources": [],
+    }
+
+
 def _add_local(rows: dict[str, dict[str, Any]]) -> None:
     """Nodes running on this box (their runtime records): reachable here at `local_url` even
     when their API listens on loopback and mDNS therefore carries no port."""
     from edgebox.fleet.local_nodes import local_nodes
 
     for local in local_nodes():
-        row = rows.setdefault(
-            local.node_id,
-            {"id": local.node_id, "name": local.name, "addresses": [local.host],
-             "api_port": None, "ssh_host_key_fingerprint": None, "accelerator": None,
-             "model_digest": None, "protocol_version": None, "txt": {}, "sources": []},
-        )  # fmt: skip
+        row = rows.setdefault(local.node_id, _row(local.node_id, local.name, local.host))
         row["local_url"] = local.url
         row["sources"].append("local")
 
@@ -124,11 +125,10 @@ def nodes(
     table = Table("name", "id", "address", "api", "accelerator", "source", "host key")
     for r in rows:
         mismatch = " (MISMATCH)" if r.get("fingerprint_mismatch") else ""
-        table.add_row(
-            r["name"], r["id"][:8], ", ".join(r["addresses"]),
-            _api_cell(r), r["accelerator"] or "-", "+".join(r["sources"]),
-            (r["ssh_host_key_fingerprint"] or "-") + mismatch,
-        )  # fmt: skip
+        key = (r["ssh_host_key_fingerprint"] or "-") + mismatch
+        where = ", ".join(r["addresses"])
+        accel, sources = r["accelerator"] or "-", "+".join(r["sources"])
+        table.add_row(r["name"], r["id"][:8], where, _api_cell(r), accel, sources, key)
     out.print(table)
 
 
@@ -200,6 +200,7 @@ def add(
 
 def rm(
     name_or_id: Annotated[str, typer.Argument(help="The node's name, id or id prefix.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
 ) -> None:
     """Forget a node added with `edgebox nodes add`."""
     from edgebox.fleet.known import KnownNodes, KnownNodesError
@@ -208,6 +209,9 @@ def rm(
         node = KnownNodes().remove(name_or_id)
     except KnownNodesError as exc:
         raise _fail(str(exc)) from None
+    if as_json:
+        out.print_json(data={"id": node.node_id, "name": node.name, "removed": True})
+        return
     out.print(f"removed {node.name} ({node.node_id[:8]})", highlight=False)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -15,31 +15,42 @@ from edgebox.commands._hubopts import fail as _fail
 out = Console()
 
 
+Target = Annotated[str, typer.Argument(help="user@host of the box to set up.")]
+SshPort = Annotated[int, typer.Option(help="SSH port.")]
+Identity = Annotated[
+    list[Path] | None, typer.Option("--identity", "-i", help="SSH private key (repeatable).")
+]
+KnownHosts = Annotated[
+    Path | None, typer.Option(help="known_hosts file to check the box's key against.")
+]
+Name = Annotated[str | None, typer.Option(help="Node name (default: its hostname).")]
+Source = Annotated[
+    Path | None,
+    typer.Option(help="Checkout to build the wheel from (default: this one, if a checkout)."),
+]
+Package = Annotated[
+    str | None, typer.Option(help="Install this PyPI requirement instead of a local wheel.")
+]
+Python = Annotated[str, typer.Option(help="Python on the box.")]
+PipArg = Annotated[list[str] | None, typer.Option("--pip-arg", help="Extra pip install argument.")]
+EdgeboxHome = Annotated[
+    str | None, typer.Option(help="EDGEBOX_HOME on the box (default: ~/.edgebox).")
+]
+Service = Annotated[bool, typer.Option(help="Install the node service on the box.")]
+
+
 def provision(
-    target: Annotated[str, typer.Argument(help="user@host of the box to set up.")],
-    port: Annotated[int, typer.Option(help="SSH port.")] = 22,
-    identity: Annotated[
-        list[Path] | None, typer.Option("--identity", "-i", help="SSH private key (repeatable).")
-    ] = None,
-    known_hosts: Annotated[
-        Path | None, typer.Option(help="known_hosts file to check the box's key against.")
-    ] = None,
-    name: Annotated[str | None, typer.Option(help="Node name (default: its hostname).")] = None,
-    source: Annotated[
-        Path | None,
-        typer.Option(help="Checkout to build the wheel from (default: this one, if a checkout)."),
-    ] = None,
-    package: Annotated[
-        str | None, typer.Option(help="Install this PyPI requirement instead of a local wheel.")
-    ] = None,
-    python: Annotated[str, typer.Option(help="Python on the box.")] = "python3",
-    pip_arg: Annotated[
-        list[str] | None, typer.Option("--pip-arg", help="Extra pip install argument.")
-    ] = None,
-    edgebox_home: Annotated[
-        str | None, typer.Option(help="EDGEBOX_HOME on the box (default: ~/.edgebox).")
-    ] = None,
-    service: Annotated[bool, typer.Option(help="Install the node service on the box.")] = True,
+    target: Target,
+    port: SshPort = 22,
+    identity: Identity = None,
+    known_hosts: KnownHosts = None,
+    name: Name = None,
+    source: Source = None,
+    package: Package = None,
+    python: Python = "python3",
+    pip_arg: PipArg = None,
+    edgebox_home: EdgeboxHome = None,
+    service: Service = True,
     as_json: AsJson = False,
     hub: HubUrl = None,
     admin_key_file: AdminKeyFile = None,
@@ -60,10 +71,15 @@ def provision(
     keep = None
     try:
         plan = ProvisionPlan(
-            SshTarget.parse(target, port), python=python, pip_args=pip_arg or [], name=name,
-            service=service, edgebox_home=edgebox_home, known_hosts=known_hosts,
+            SshTarget.parse(target, port),
+            python=python,
+            pip_args=pip_arg or [],
+            name=name,
+            service=service,
+            edgebox_home=edgebox_home,
+            known_hosts=known_hosts,
             client_keys=identity or [],
-        )  # fmt: skip
+        )
         checkout = source or (None if package else default_wheel_source())
         if checkout is not None:
             plan.wheel, keep = wheel_from_checkout(checkout)
@@ -76,6 +92,10 @@ def provision(
     finally:
         if keep is not None:
             keep.cleanup()
+    _show(node, as_json)
+
+
+def _show(node: dict[str, Any], as_json: bool) -> None:
     if as_json:
         out.print_json(data=node)
         return

@@ -50,38 +50,40 @@ def render(sample: Telemetry) -> Table:
     return table
 
 
+def telemetry(
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print one JSON object per sample (JSON lines).")
+    ] = False,
+    watch: Annotated[
+        float | None,
+        typer.Option(help="Keep sampling every SECONDS (Ctrl-C to stop).", min=0.1),
+    ] = None,
+    count: Annotated[
+        int | None,
+        typer.Option(help="Stop after N samples (default: 1, or endless with --watch).", min=1),
+    ] = None,
+) -> None:
+    """CPU, RAM and load of this box, and each GPU's utilisation, memory, temperature and
+    power ("n/a"/null where the hardware does not say)."""
+    out = Console()
+    total = count if count is not None else (None if watch else 1)
+    sampler = TelemetrySampler()
+    taken = 0
+    try:
+        while total is None or taken < total:
+            if taken:
+                time.sleep(watch or 1.0)
+            sample = sampler.sample()
+            taken += 1
+            if as_json:
+                print(json.dumps(sample.to_dict()), flush=True)
+            else:
+                out.print(render(sample))
+    except KeyboardInterrupt:
+        pass
+    finally:
+        sampler.close()
+
+
 def register(app: typer.Typer) -> None:
-    @app.command()
-    def telemetry(
-        as_json: Annotated[
-            bool, typer.Option("--json", help="Print one JSON object per sample (JSON lines).")
-        ] = False,
-        watch: Annotated[
-            float | None,
-            typer.Option(help="Keep sampling every SECONDS (Ctrl-C to stop).", min=0.1),
-        ] = None,
-        count: Annotated[
-            int | None,
-            typer.Option(help="Stop after N samples (default: 1, or endless with --watch).", min=1),
-        ] = None,
-    ) -> None:
-        """CPU, RAM and load of this box, and each GPU's utilisation, memory, temperature and
-        power ("n/a"/null where the hardware does not say)."""
-        out = Console()
-        total = count if count is not None else (None if watch else 1)
-        sampler = TelemetrySampler()
-        taken = 0
-        try:
-            while total is None or taken < total:
-                if taken:
-                    time.sleep(watch or 1.0)
-                sample = sampler.sample()
-                taken += 1
-                if as_json:
-                    print(json.dumps(sample.to_dict()), flush=True)
-                else:
-                    out.print(render(sample))
-        except KeyboardInterrupt:
-            pass
-        finally:
-            sampler.close()
+    app.command()(telemetry)

@@ -20,8 +20,9 @@ from edgebox.commands._hubopts import (
 from edgebox.commands._hubopts import fail as _fail
 
 out = Console()
-token_app = typer.Typer(help="Join tokens: one line that joins a box to the fleet.",
-                        no_args_is_help=True)  # fmt: skip
+token_app = typer.Typer(
+    help="Join tokens: one line that joins a box to the fleet.", no_args_is_help=True
+)
 
 
 @token_app.command("create")
@@ -57,8 +58,8 @@ def create(
         return
     typer.echo(f"# token {made['id']}, single use, valid {ttl}. On the new box run:", err=True)
     typer.echo(made["join_command"])
-    typer.echo("# no pipx or no internet there? install edgebox (bash scripts/install.sh), "
-               "then run:", err=True)  # fmt: skip
+    offline = "# no pipx or no internet there? install edgebox (bash scripts/install.sh), then run:"
+    typer.echo(offline, err=True)
     typer.echo(f"edgebox join {made['token']}", err=True)
 
 
@@ -85,13 +86,18 @@ def ls(
 @token_app.command("revoke")
 def revoke(
     token_id: Annotated[str, typer.Argument(help="Token id from `edgebox token ls`.")],
+    as_json: AsJson = False,
     hub: HubUrl = None,
     admin_key_file: AdminKeyFile = None,
     fingerprint: Fingerprint = None,
     data: DataDir = None,
 ) -> None:
     """Revoke a token so it can no longer join a box."""
-    admin_request(hub, admin_key_file, fingerprint, data, "DELETE", f"/v1/hub/tokens/{token_id}")
+    path = f"/v1/hub/tokens/{token_id}"
+    gone = admin_request(hub, admin_key_file, fingerprint, data, "DELETE", path)
+    if as_json:
+        out.print_json(data=gone)
+        return
     typer.echo(f"revoked {token_id}")
 
 

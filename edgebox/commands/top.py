@@ -56,86 +56,94 @@ def default_node_urls(guess: bool = True) -> list[str]:
     return list(dict.fromkeys(u.rstrip("/") for u in urls))  # in order, without repeats
 
 
-def register(app: typer.Typer) -> None:
-    @app.command()
-    def top(
-        node: Annotated[
-            list[str] | None,
-            typer.Option(
-                "--node",
-                metavar="URL",
-                help="Node URL to poll (repeatable). Default: the nodes running on this box "
-                "(any port) plus $EDGEBOX_HOME/nodes.json.",
-            ),
-        ] = None,
-        hub: Annotated[
-            str | None,
-            typer.Option(
-                help="Hub URL: show the nodes it knows. Default: the hub this box runs, else "
-                "the one `edgebox login` stored (when no --node is given)."
-            ),
-        ] = None,
-        hub_token: Annotated[
-            str | None,
-            typer.Option(
-                envvar="EDGEBOX_HUB_TOKEN",
-                help="Hub key (bearer): the admin key, or a user's; default: this box's hub's "
-                "admin key, else the stored login.",
-                show_default=False,
-            ),
-        ] = None,
-        hub_fingerprint: Annotated[
-            str | None,
-            typer.Option(
-                help="Pin the hub's certificate: sha256:... (as in the join token; default: "
-                "from this box's hub or the stored login)."
-            ),
-        ] = None,
-        router: Annotated[
-            str | None,
-            typer.Option(metavar="URL", help="Router URL: a pane of requests by route and spend."),
-        ] = None,
-        api_key: Annotated[
-            str | None,
-            typer.Option(
-                "--admin-key",
-                "--api-key",
-                envvar=["EDGEBOX_ADMIN_KEY", "EDGEBOX_API_KEY"],
-                help="Nodes' admin key (their API key where they have none), sent only to "
-                "their /admin routes (d: drain, l/u: load/unload).",
-                show_default=False,
-            ),
-        ] = None,
-        mdns: Annotated[
-            bool,
-            typer.Option(
-                help="Also poll nodes found over mDNS on the LAN (when no --node is given)."
-            ),
-        ] = True,
-        interval: Annotated[float, typer.Option(min=0.2, help="Seconds between polls.")] = 2.0,
-        once: Annotated[bool, typer.Option(help="Take one snapshot, print it and exit.")] = False,
-        as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
-    ) -> None:
-        """Live fleet monitor: every node's load, memory, models and tokens/s (q quits)."""
-        from edgebox.tui.source import FleetSource, MergedSource
+NodeUrl = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--node",
+        metavar="URL",
+        help="Node URL to poll (repeatable). Default: the nodes running on this box "
+        "(any port) plus $EDGEBOX_HOME/nodes.json.",
+    ),
+]
+HubUrl = Annotated[
+    str | None,
+    typer.Option(
+        help="Hub URL: show the nodes it knows. Default: the hub this box runs, else "
+        "the one `edgebox login` stored (when no --node is given)."
+    ),
+]
+HubToken = Annotated[
+    str | None,
+    typer.Option(
+        envvar="EDGEBOX_HUB_TOKEN",
+        help="Hub key (bearer): the admin key, or a user's; default: this box's hub's "
+        "admin key, else the stored login.",
+        show_default=False,
+    ),
+]
+HubFingerprint = Annotated[
+    str | None,
+    typer.Option(
+        help="Pin the hub's certificate: sha256:... (as in the join token; default: "
+        "from this box's hub or the stored login)."
+    ),
+]
+RouterUrl = Annotated[
+    str | None,
+    typer.Option(metavar="URL", help="Router URL: a pane of requests by route and spend."),
+]
+AdminKey = Annotated[
+    str | None,
+    typer.Option(
+        "--admin-key",
+        "--api-key",
+        envvar=["EDGEBOX_ADMIN_KEY", "EDGEBOX_API_KEY"],
+        help="Nodes' admin key (their API key where they have none), sent only to "
+        "their /admin routes (d: drain, l/u: load/unload).",
+        show_default=False,
+    ),
+]
+Mdns = Annotated[
+    bool,
+    typer.Option(help="Also poll nodes found over mDNS on the LAN (when no --node is given)."),
+]
+Interval = Annotated[float, typer.Option(min=0.2, help="Seconds between polls.")]
+Once = Annotated[bool, typer.Option(help="Take one snapshot, print it and exit.")]
+AsJson = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 
-        access = _hub_access(hub, hub_token, hub_fingerprint, auto=not node)
-        sources: list[FleetSource] = []
-        if node or not hub:
-            ttl = 3 * interval  # as the hub: offline after 3 missed beats
-            urls = node or default_node_urls(guess=access is None)
-            sources += [_direct_source(urls, mdns=mdns and not node, offline_after=ttl)]
-        if access is not None:
-            sources.append(_hub_source(access))
-        source: FleetSource = sources[0] if len(sources) == 1 else MergedSource(sources)
-        if once or as_json:
-            typer.echo(_snapshot_output(source, interval, as_json))
-            return
-        from edgebox.tui.app import FleetApp
-        from edgebox.tui.router import RouterSource
 
-        pane = RouterSource(router) if router else None
-        FleetApp(source, interval=interval, api_key=api_key, router=pane).run()
+def top(
+    node: NodeUrl = None,
+    hub: HubUrl = None,
+    hub_token: HubToken = None,
+    hub_fingerprint: HubFingerprint = None,
+    router: RouterUrl = None,
+    api_key: AdminKey = None,
+    mdns: Mdns = True,
+    interval: Interval = 2.0,
+    once: Once = False,
+    as_json: AsJson = False,
+) -> None:
+    """Live fleet monitor: every node's load, memory, models and tokens/s (q quits)."""
+    from edgebox.tui.source import FleetSource, MergedSource
+
+    access = _hub_access(hub, hub_token, hub_fingerprint, auto=not node)
+    sources: list[FleetSource] = []
+    if node or not hub:
+        ttl = 3 * interval  # as the hub: offline after 3 missed beats
+        urls = node or default_node_urls(guess=access is None)
+        sources += [_direct_source(urls, mdns=mdns and not node, offline_after=ttl)]
+    if access is not None:
+        sources.append(_hub_source(access))
+    source: FleetSource = sources[0] if len(sources) == 1 else MergedSource(sources)
+    if once or as_json:
+        typer.echo(_snapshot_output(source, interval, as_json))
+        return
+    from edgebox.tui.app import FleetApp
+    from edgebox.tui.router import RouterSource
+
+    pane = RouterSource(router) if router else None
+    FleetApp(source, interval=interval, api_key=api_key, router=pane).run()
 
 
 def _hub_access(hub: str | None, token: str | None, fingerprint: str | None, *, auto: bool) -> Any:
@@ -191,3 +199,7 @@ def _snapshot_output(source: Any, interval: float, as_json: bool) -> str:
     lines = ["\t".join(COLUMNS)]
     lines += ["\t".join(c.plain for c in row_cells(n)) for n in snap.nodes]
     return "\n".join(lines)
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(top)

@@ -25,6 +25,11 @@ class SyncError(Exception):
     """The node list could not be refreshed; the message says why (never the token)."""
 
 
+class NoRelay(SyncError):
+    """The hub runs no SSH relay: a login still reads the registry (routers, `top`), but
+    `edgebox ssh` has no way through it."""
+
+
 def save_login(login: logins.Login, home: Path | None = None) -> Path:
     path = (home or edgebox_home()) / LOGIN_FILE
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -67,7 +72,7 @@ def directory_document(
     node keeps the hints of the previous document."""
     relay = answer.get("relay") or {}
     if not relay.get("host_key"):
-        raise SyncError(
+        raise NoRelay(
             "the hub runs no SSH relay (it hands out no relay host key); "
             "start it with `edgebox hub serve --relay`"
         )
@@ -88,7 +93,8 @@ def directory_document(
                 "host_key": n["host_key"],
                 "tunnel_port": n["tunnel_port"],
                 "lan_addresses": list(hints),
-                "user": node_user,
+                # the account the node installs hub users' keys for, when it says
+                "user": n.get("ssh_user") or node_user,
                 "status": n.get("status"),
             }
         )

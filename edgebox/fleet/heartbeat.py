@@ -44,9 +44,15 @@ class Heartbeat:
         telemetry: TelemetrySource = box_telemetry,
         models: ModelsSource = list,
         api: dict[str, Any] | None = None,
+        peer_keys: bool = False,
     ) -> None:
+        from edgebox.fleet.user_keys import UserKeys
+
         self.fleet = fleet
         self.api = api
+        self.peer_keys = peer_keys  # ask for the peers' API keys (a `serve --fleet` node)
+        setting = fleet.get("user_keys")
+        self.user_keys = UserKeys(setting) if setting else None
         self.interval = interval or float(fleet.get("heartbeat_interval", 5.0))
         self.telemetry, self.models = telemetry, models
         self.sent = 0
@@ -56,9 +62,13 @@ class Heartbeat:
         self._thread: threading.Thread | None = None
 
     def beat(self, client: HubClient) -> dict[str, Any]:
-        body = {"telemetry": self.telemetry(), "models": self.models()}
+        body: dict[str, Any] = {"telemetry": self.telemetry(), "models": self.models()}
         if self.api is not None:
             body["api"] = self.api
+        if self.user_keys is not None:
+            body["ssh_user"] = self.user_keys.account
+        if self.peer_keys:
+            body["peer_keys"] = True
         answer: dict[str, Any] = client.request(
             "POST", "/v1/hub/heartbeat", json=body, bearer=self.fleet["node_secret"]
         )
@@ -67,6 +77,8 @@ class Heartbeat:
         if isinstance(peers, list):  # every online node; this one left out here
             me = self.fleet.get("node_id")
             self.peers = [p for p in peers if isinstance(p, dict) and p.get("id") != me]
+        if self.user_keys is not None:
+            self.user_keys.update(answer.get("users"))
         return answer
 
     @property
@@ -111,10 +123,15 @@ def api_endpoint(port: int, *, loopback_only: bool, scheme: str = "http") -> dic
 
 
 def start_background(
-    home: Path | None = None, *, models: ModelsSource = list, api: dict[str, Any] | None = None
+    home: Path | None = None,
+    *,
+    models: ModelsSource = list,
+    api: dict[str, Any] | None = None,
+    peer_keys: bool = False,
 ) -> Heartbeat | None:
-    """Start heartbeats when this box has joined a hub (EDGEBOX_HOME/fleet.json); else None."""
+    """Start heartbeats when this box has joined a hub (EDGEBOX_HOME/fleet.json); else None.
+    `peer_keys`: ask for the peers' API keys (a node that routes to them, `serve --fleet`)."""
     fleet = load_fleet(home)
     if fleet is None:
         return None
-    return Heartbeat(fleet, models=models, api=api).start()
+    return Heartbeat(fleet, models=models, api=api, peer_keys=peer_keys).start()

@@ -6,6 +6,7 @@ so peers try to reach a box at 172.17.0.1. We always hand it an explicit list.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import os
 import socket
@@ -93,3 +94,29 @@ def lan_interfaces(include: Sequence[str] | None = None) -> list[LanInterface]:
             f"{', '.join(sorted(addrs)) or 'none'} (choose with --interface or {INTERFACES_ENV})"
         )
     return chosen
+
+
+def nearest_first(addresses: Sequence[str], interfaces: Sequence[LanInterface]) -> tuple[str, ...]:
+    """`addresses` (one node's, from its advert) with those on a subnet of one of `interfaces`
+    first, in their advertised order otherwise.
+
+    A box with two networks (LAN plus a link to the hub, Wi-Fi plus Ethernet) advertises both
+    addresses in no set order; a browser on one of those LANs reaches only the address on it,
+    and everything that takes the first address (routers, `top`) used to pick the other half
+    the time."""
+    networks = []
+    for iface in interfaces:
+        if iface.netmask:
+            with contextlib.suppress(ValueError):
+                networks.append(
+                    ipaddress.IPv4Network(f"{iface.address}/{iface.netmask}", strict=False)
+                )
+
+    def near(address: str) -> bool:
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        return any(ip in net for net in networks)
+
+    return tuple(sorted(addresses, key=lambda a: not near(a)))

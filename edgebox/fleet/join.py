@@ -73,8 +73,11 @@ def join(
     home: Path | None = None,
     profile: dict[str, Any] | None = None,
     models: list[Any] | None = None,
+    user_keys: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """Join the hub the token names; returns what was saved to fleet.json (with the secret)."""
+    """Join the hub the token names; returns what was saved to fleet.json (with the secret
+    and the node's API key). `user_keys` is where hub users' SSH keys go (fleet/user_keys.py;
+    None keeps them out)."""
     token = tokens.parse(token_line)  # TokenError for a bad line, before any network
     home = home or edgebox_home()
     node = load_identity(home)  # creates the node's Ed25519 key on first use
@@ -95,12 +98,13 @@ def join(
                 raise
             # This box is that node already: prove it, rather than spend the token.
             answer = _rejoin_request(hub, node, token.fingerprint, None)
-    return _save(answer, list(token.hub_urls), token.fingerprint, node, home)
+    return _save(answer, list(token.hub_urls), token.fingerprint, node, home, user_keys)
 
 
 def rejoin(*, home: Path | None = None, rotate: bool = False) -> dict[str, Any]:
     """Re-register this box with the hub in fleet.json, signed by its key: a new node secret,
-    the same node id and tunnel port. With `rotate`, the node key is replaced by a new one."""
+    the same node id and tunnel port. With `rotate`, the node key and the node's API key are
+    replaced by new ones."""
     home = home or edgebox_home()
     fleet = load_fleet(home)
     if fleet is None:
@@ -121,12 +125,16 @@ def rejoin(*, home: Path | None = None, rotate: bool = False) -> dict[str, Any]:
         staged.replace(node.ssh_private_key_path)
         write_atomic(node.ssh_private_key_path.with_suffix(".pub"), (public + "\n").encode())
         node = load_identity(home)
-    return _save(answer, list(fleet["hub_urls"]), fleet["hub_fingerprint"], node, home)
+    urls, fingerprint = list(fleet["hub_urls"]), fleet["hub_fingerprint"]
+    return _save(answer, urls, fingerprint, node, home, fleet.get("user_keys"))
 
 
 def _pem(key: Ed25519PrivateKey) -> bytes:
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
-                             serialization.NoEncryption())  # fmt: skip
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.OpenSSH,
+        serialization.NoEncryption(),
+    )
 
 
 def _rejoin_request(
@@ -140,8 +148,21 @@ def _rejoin_request(
     return answer
 
 
+def member_api_key(home: Path | None = None) -> str | None:
+    """The API key the hub minted for this node at join (None when not joined, or joined to
+    an older hub that mints none)."""
+    fleet = load_fleet(home)
+    key = fleet.get("api_key") if fleet else None
+    return str(key) if key else None
+
+
 def _save(
-    answer: dict[str, Any], urls: list[str], fingerprint: str, node: NodeIdentity, home: Path
+    answer: dict[str, Any],
+    urls: list[str],
+    fingerprint: str,
+    node: NodeIdentity,
+    home: Path,
+    user_keys: dict[str, str] | None,
 ) -> dict[str, Any]:
     membership = {
         "hub_urls": urls,
@@ -153,6 +174,8 @@ def _save(
         "hub_ssh": answer["hub_ssh"],
         "heartbeat_interval": answer["heartbeat_interval"],
         "node_key": str(node.ssh_private_key_path),
+        "api_key": answer.get("api_key"),  # this node's /v1 key for the fleet's routers
+        "user_keys": user_keys,
         "joined_at": time.time(),
     }
     write_atomic(fleet_path(home), (json.dumps(membership, indent=2) + "\n").encode(), mode=0o600)

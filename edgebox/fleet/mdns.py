@@ -24,7 +24,7 @@ from edgebox.fleet.advert import (
     txt_properties,
 )
 from edgebox.fleet.identity import NodeIdentity
-from edgebox.fleet.interfaces import LanInterface, lan_interfaces
+from edgebox.fleet.interfaces import LanInterface, lan_interfaces, nearest_first
 
 log = logging.getLogger(__name__)
 RESOLVE_TIMEOUT_MS = 3000
@@ -138,9 +138,11 @@ class NodeBrowser:
         self._zc: AsyncZeroconf | None = None
         self._browser: AsyncServiceBrowser | None = None
         self._resolving: dict[str, asyncio.Task[None]] = {}
+        self._browsing: list[LanInterface] = []  # the interfaces browsed (nearest_first)
 
     async def start(self) -> None:
         interfaces = self.interfaces if self.interfaces is not None else lan_interfaces()
+        self._browsing = list(interfaces)
         self._zc = _zeroconf(interfaces)
         self._browser = AsyncServiceBrowser(
             self._zc.zeroconf, SERVICE_TYPE, handlers=[self._on_change]
@@ -183,7 +185,8 @@ class NodeBrowser:
         finally:
             if self._resolving.get(name) is asyncio.current_task():
                 del self._resolving[name]
-        node = parse_advert(name, info.properties, info.parsed_addresses(IPVersion.V4Only))
+        addresses = nearest_first(info.parsed_addresses(IPVersion.V4Only), self._browsing)
+        node = parse_advert(name, info.properties, addresses)
         if node is None:
             log.debug("mDNS: ignoring %s (not a protocol we speak)", name)
             return

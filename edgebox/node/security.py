@@ -2,8 +2,11 @@
 
 Scopes (the compatibility rule, also in the README):
 
-- `/v1/` (inference) needs the inference key (`--api-key`) or the fleet key (`--fleet-key`,
-  what peers' routers send) when either is set; without both it is open.
+- `/v1/` (inference) needs the inference key (`--api-key`), the fleet key (`--fleet-key`,
+  what peers' routers send) or the node's own key from its hub (`member_key`, minted at join,
+  what routers logged in to the hub send) when any is set; without any it is open. When the
+  member key is the only one, loopback clients need none (the box's own tools, `edgebox
+  forward`), as on a node bound to 127.0.0.1; every other address must send it.
 - `/admin/` (drain, load and unload models, recent requests) needs the admin key
   (`--admin-key`) from anywhere when one is set; the inference key does not open it. Without an
   admin key, `/admin/` answers loopback clients only, and those must send the inference key
@@ -106,10 +109,16 @@ class NodeKeys:
     admin_key: str | None = None  # admin scope
     fleet_key: str | None = None  # inference scope, for peers' routers (`serve --fleet`)
     per_key_limit: int = DEFAULT_PER_KEY_LIMIT  # 0: no limit
+    member_key: str | None = None  # inference scope: this node's key from its hub (join)
 
     @property
     def inference(self) -> list[str]:
-        return [k for k in (self.api_key, self.fleet_key) if k]
+        return [k for k in (self.api_key, self.fleet_key, self.member_key) if k]
+
+    @property
+    def loopback_open(self) -> bool:
+        """Loopback clients need no key: the hub's member key is the only one set."""
+        return bool(self.member_key) and not (self.api_key or self.fleet_key)
 
 
 class ScopedKeyMiddleware:
@@ -121,6 +130,7 @@ class ScopedKeyMiddleware:
         self.limit = keys.per_key_limit
         self._inference = [k.encode() for k in keys.inference]
         self._admin = keys.admin_key.encode() if keys.admin_key else None
+        self._loopback_open = keys.loopback_open
         self._inflight: dict[str, int] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -145,6 +155,8 @@ class ScopedKeyMiddleware:
         if not self._inference:
             return None, None
         matched = _matches(_bearer(scope), self._inference)
+        if not matched and self._loopback_open and is_loopback(_client_host(scope)):
+            return None, None  # the box itself, as on a keyless node bound to loopback
         if not matched:
             return None, (401, _UNAUTHORISED)
         scope.setdefault("state", {})["api_key_index"] = matched[0]

@@ -19,8 +19,14 @@ UNIT_NAME = "edgebox-node.service"
 LAUNCHD_LABEL = "dev.edgebox.node"
 
 
+# A fleet member serves where the fleet's routers reach it; /v1 then takes the key the hub
+# minted for this node at join (kept in fleet.json, never on the command line).
+SERVE_ARGS = ["serve", "--host", "0.0.0.0"]
+
+
 def node_command(python: str | None = None, pipx: str | None = None) -> list[str]:
-    """What the service runs: this interpreter's edgebox, serving and beating to the hub.
+    """What the service runs: this interpreter's edgebox, serving on every interface and
+    beating to the hub.
 
     Under `pipx run` the interpreter lives in a cache pipx prunes, so the service runs the same
     version through `pipx run` instead (pipx re-creates the cache when needed).
@@ -29,8 +35,13 @@ def node_command(python: str | None = None, pipx: str | None = None) -> list[str
     if ephemeral_python(python) and pipx:
         from edgebox import __version__
 
-        return [pipx, "run", "--spec", f"edgebox=={__version__}", "edgebox", "serve"]
-    return [python, "-m", "edgebox", "serve"]
+        return [pipx, "run", "--spec", f"edgebox=={__version__}", "edgebox", *SERVE_ARGS]
+    return [python, "-m", "edgebox", *SERVE_ARGS]
+
+
+def manual_command() -> str:
+    """What to run by hand where no service could be installed."""
+    return shlex.join(["edgebox", *SERVE_ARGS])
 
 
 def render_systemd_unit(command: list[str], *, home: Path, user: str | None = None) -> str:
@@ -99,26 +110,38 @@ def ephemeral_python(python: str) -> bool:
 def install(home: Path, *, start: bool = True, user: str | None = None) -> ServiceResult:
     """Install (and start) the node service for this platform; skips where none applies.
 
-    Raises ServiceError with what went wrong (no init system running, no permission...).
+    Raises ServiceError with what went wrong (no init system running, no permission...); a
+    unit file written before the failure is removed again, so nothing is left half-installed.
     """
+    written: list[Path] = []
     try:
-        return _install(home, start=start, user=user)
+        return _install(home, start=start, user=user, written=written)
     except (OSError, subprocess.CalledProcessError) as exc:
-        raise ServiceError(f"installing the node service failed: {exc}") from None
+        for path in written:
+            path.unlink(missing_ok=True)
+        removed = f"; removed {written[0]} again" if written else ""
+        raise ServiceError(f"installing the node service failed: {_reason(exc)}{removed}") from None
 
 
-def _install(home: Path, *, start: bool, user: str | None) -> ServiceResult:
+def _reason(exc: OSError | subprocess.CalledProcessError) -> str:
+    if isinstance(exc, subprocess.CalledProcessError):
+        return f"`{shlex.join(str(a) for a in exc.cmd)}` exited with {exc.returncode}"
+    return str(exc)
+
+
+def _install(home: Path, *, start: bool, user: str | None, written: list[Path]) -> ServiceResult:
     command = node_command(pipx=shutil.which("pipx"))
     if sys.platform == "darwin":
         path = Path.home() / "Library/LaunchAgents" / f"{LAUNCHD_LABEL}.plist"
         path.parent.mkdir(parents=True, exist_ok=True)
+        written.append(path)
         path.write_text(render_launchd_plist(command, home=home))
         if start:
             subprocess.run(["launchctl", "load", "-w", str(path)], check=True)
         return ServiceResult(path, start, f"launchd agent {path}")
     systemctl = shutil.which("systemctl")
     if systemctl is None:
-        return ServiceResult(None, False, "no systemctl here; run `edgebox serve` yourself")
+        return ServiceResult(None, False, f"no systemctl here; run `{manual_command()}` yourself")
     system_wide = os.geteuid() == 0
     scope = [] if system_wide else ["--user"]
     if system_wide:
@@ -126,6 +149,8 @@ def _install(home: Path, *, start: bool, user: str | None) -> ServiceResult:
     else:
         path = Path.home() / ".config/systemd/user" / UNIT_NAME
     path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.exists():  # an earlier install's unit is replaced, and kept on failure
+        written.append(path)
     path.write_text(render_systemd_unit(command, home=home, user=user))
     subprocess.run([systemctl, *scope, "daemon-reload"], check=True)
     enable = [systemctl, *scope, "enable", *(["--now"] if start else []), UNIT_NAME]

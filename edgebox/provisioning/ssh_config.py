@@ -166,7 +166,10 @@ def find_node(nodes: Iterable[NodeEntry], name: str) -> NodeEntry:
         if name in (node.name, node.alias, node.id):
             return node
     known = ", ".join(n.name for n in nodes) or "none"
-    raise DirectoryError(f"unknown node {name!r} (known: {known})")
+    raise DirectoryError(
+        f"unknown node {name!r} (known: {known}); `edgebox nodes` lists the fleet, and "
+        "`edgebox fleet sync` refreshes this laptop's copy after a node joins"
+    )
 
 
 # ---- rendering -------------------------------------------------------------------------------
@@ -195,6 +198,10 @@ def render_ssh_config(
         "    UpdateHostKeys no",
         "    CheckHostIP no",
         "    ForwardAgent no",
+        # keys only: a refused key is an error naming the node, never a password prompt
+        "    PreferredAuthentications publickey",
+        "    PasswordAuthentication no",
+        "    KbdInteractiveAuthentication no",
     ]
     if identity_file is not None:
         common += [f"    IdentityFile {_quote(identity_file)}", "    IdentitiesOnly yes"]
@@ -288,15 +295,59 @@ def ssh_command(
 
 _CHANGED_RE = re.compile(r"Host key for (\S+) has changed")
 _UNKNOWN_RE = re.compile(r"No \S+ host key is known for (\S+)")
+_DENIED_RE = re.compile(r"(\S+)@(\S+): Permission denied")
+SETUP_HINT = "`edgebox ssh --setup` registers this laptop's key at the hub"
 
 
 def explain_ssh_failure(
-    returncode: int, stderr: str, hub: HubEndpoint, nodes: Iterable[NodeEntry]
+    returncode: int,
+    stderr: str,
+    hub: HubEndpoint,
+    nodes: Iterable[NodeEntry],
+    target: NodeEntry | None = None,
 ) -> str | None:
-    """An edgebox message for a host-key refusal by ssh (exit 255), else None."""
+    """An edgebox message for ssh's refusals (exit 255) naming the node or the hub and
+    what to run, else None."""
+    if returncode != 255:
+        return None
+    return _host_key_failure(stderr, hub, nodes) or _access_failure(stderr, hub, target)
+
+
+def _access_failure(stderr: str, hub: HubEndpoint, target: NodeEntry | None) -> str | None:
+    """A refused login or an unreachable tunnel, said of the node (not of 127.0.0.1)."""
+    node = f"node {target.name!r}" if target else "the node"
+    denied = _DENIED_RE.search(stderr)
+    if denied and denied.group(2).strip("[]") == hub.host and denied.group(1) == hub.user:
+        return (
+            f"the hub relay ({hub.host}:{hub.port}) refused this laptop's key: run "
+            f"`edgebox login` again with your login line ({SETUP_HINT}), or ask the hub's "
+            "admin whether your user was removed"
+        )
+    if denied:
+        user = target.user if target else denied.group(1)
+        return (
+            f"{node} refused this laptop's key for {user}. {SETUP_HINT} (`edgebox login` "
+            "did it, if you ran it here); the node installs it at its next heartbeat, a few "
+            "seconds once its node service runs. A node joined with --no-user-keys needs "
+            f"the key in {user}'s authorized_keys by hand."
+        )
+    if "administratively prohibited" in stderr:
+        return (
+            f"the hub relay does not let this login through to {node} (revoked, or joined "
+            "after the relay last saw your key): run `edgebox fleet sync` and try again"
+        )
+    if "open failed" in stderr or "stdio forwarding failed" in stderr:
+        return (
+            f"{node} is not connected to the hub relay (its tunnel is down): is its node "
+            "service running? `edgebox nodes` shows when the hub last heard from it"
+        )
+    return None
+
+
+def _host_key_failure(stderr: str, hub: HubEndpoint, nodes: Iterable[NodeEntry]) -> str | None:
     changed = _CHANGED_RE.search(stderr)
     identity_changed = changed is not None or "REMOTE HOST IDENTIFICATION HAS CHANGED" in stderr
-    if returncode != 255 or not (identity_changed or "Host key verification failed" in stderr):
+    if not (identity_changed or "Host key verification failed" in stderr):
         return None
     names = {n.host_key_alias: f"node {n.name!r}" for n in nodes}
     names[HUB_ALIAS] = f"the hub relay ({hub.host}:{hub.port})"

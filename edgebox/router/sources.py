@@ -129,9 +129,10 @@ def hub_address(
     seen = next((by_fp[fp] for fp in sorted(advert_fps) if fp in by_fp), None)
     provable = _fingerprints(node.get("ssh_public_key"))  # what the node signs with
     lan = mdns_address(seen, provable, name) if seen is not None else None
+    key = node.get("api_key") or None  # its own key, sent once it is trusted (router.trust)
     if lan is not None and (provable or hub is None):
-        return replace(lan, fallback_url=hub)
-    return NodeAddress(name, hub, trust="hub") if hub else None
+        return replace(lan, fallback_url=hub, key=key)
+    return NodeAddress(name, hub, trust="hub", key=key) if hub else None
 
 
 def hub_addresses(
@@ -165,11 +166,25 @@ class HubNodes:
         self._every = Every(refresh_s, self.refresh)
 
     def fetch(self) -> Mapping[str, Any]:
-        from edgebox.fleet.hub.client import HubClient
+        """The node list, each node with its API key (`GET /v1/hub/node-keys`, a separate
+        route so that keys never travel with the list `edgebox nodes` prints)."""
+        from edgebox.fleet.hub.client import HubClient, HubError
 
         with HubClient(self.login.hub_urls, self.login.fingerprint, bearer=self.login.token) as hub:
-            answer: Mapping[str, Any] = hub.request("GET", "/v1/hub/nodes")
-        return answer
+            answer: dict[str, Any] = hub.request("GET", "/v1/hub/nodes")
+            try:
+                keys = hub.request("GET", "/v1/hub/node-keys").get("data", [])
+            except HubError as exc:  # an older hub mints no node keys
+                if exc.status != 404:
+                    raise
+                keys = []
+        by_id = {k.get("id"): k.get("api_key") for k in keys if isinstance(k, dict)}
+        nodes = [
+            n | {"api_key": by_id.get(n.get("id"))}
+            for n in answer.get("data", [])
+            if isinstance(n, dict)
+        ]
+        return answer | {"data": nodes}
 
     async def refresh(self) -> None:
         from edgebox.fleet.hub.client import HubError
@@ -202,7 +217,8 @@ class HubNodes:
 class PeerRecords(Protocol):
     """What `HubPeers` reads: the peers in the hub's last heartbeat answer (a `Heartbeat`)."""
 
-    peers: list[dict[str, Any]]
+    @property
+    def peers(self) -> list[dict[str, Any]]: ...
 
     @property
     def hub_url(self) -> str: ...

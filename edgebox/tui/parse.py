@@ -237,6 +237,7 @@ def node_from_health(
         tokens_per_s=total_rate,
         p50_ttft_s=histogram_median(ttft_now),
         last_seen=seen_at,
+        key_fingerprints=_fingerprints(node.get("ssh_host_key_fingerprint")),
     )
 
 
@@ -282,7 +283,25 @@ def node_from_hub(entry: Mapping[str, Any]) -> NodeSnapshot:
         models=models,
         tokens_per_s=_first(load, "tokens_per_s") or _first(tel, "tokens_per_s"),
         last_seen=_timestamp(entry.get("last_heartbeat")),
+        key_fingerprints=_fingerprints(*_key_fingerprints(entry)),
     )
+
+
+def _key_fingerprints(entry: Mapping[str, Any]) -> list[str | None]:
+    """A hub entry's sshd host key and node key, as the fingerprints a node advertises."""
+    from edgebox.fleet.identity import ssh_fingerprint
+
+    found: list[str | None] = []
+    for line in (entry.get("host_key"), entry.get("ssh_public_key")):
+        try:
+            found.append(ssh_fingerprint(str(line)) if line else None)
+        except ValueError:  # not a key line: nothing to recognise the node by
+            found.append(None)
+    return found
+
+
+def _fingerprints(*values: object) -> tuple[str, ...]:
+    return tuple(v for v in values if isinstance(v, str) and v.startswith("SHA256:"))
 
 
 def _timestamp(value: Any) -> float | None:

@@ -51,6 +51,9 @@ class NodeSnapshot(_Frozen):
     tokens_per_s: float | None = None
     p50_ttft_s: float | None = None  # median time to first token since the previous poll
     last_seen: float | None = None  # unix time of the last answer
+    # SHA256 fingerprints of the keys that identify the node (its sshd host key, its node key):
+    # how one node seen both directly and in the hub's list is recognised as one
+    key_fingerprints: tuple[str, ...] = ()
 
     @property
     def running(self) -> int:

@@ -177,12 +177,22 @@ class MergedSource:
 
     async def poll(self) -> FleetSnapshot:
         snaps = await asyncio.gather(*(s.poll() for s in self.sources))
-        nodes = tuple(n for snap in snaps for n in snap.nodes)
+        nodes = one_row_per_node(n for snap in snaps for n in snap.nodes)
         return FleetSnapshot(taken_at=max(s.taken_at for s in snaps), nodes=nodes)
 
     async def aclose(self) -> None:
         for source in self.sources:
             await source.aclose()
+
+
+def one_row_per_node(nodes: Iterable[NodeSnapshot]) -> tuple[NodeSnapshot, ...]:
+    """The hub's entry for a node this box also reaches directly (mDNS, local) is left out:
+    the direct one is polled live. One node is recognised by its key fingerprints, never by
+    its name (two boxes may share one); a node with no fingerprint is always kept."""
+    listed = list(nodes)
+    live = [n for n in listed if n.via == "direct" and n.status == "online"]
+    direct = {fp for n in live for fp in n.key_fingerprints}
+    return tuple(n for n in listed if n.via != "hub" or not direct.intersection(n.key_fingerprints))
 
 
 class ReplaySource:

@@ -120,7 +120,16 @@ def test_token_create_then_join_registers_the_node(slow_hub: Hub, tmp_path: Path
     assert created["join_command"] == f"pipx run edgebox join {line}"
 
     node_home = tmp_path / "node"
-    joined = _cli("join", line, "--name", "spark-1", "--no-service", "--json", home=node_home)
+    joined = _cli(
+        "join",
+        line,
+        "--name",
+        "spark-1",
+        "--no-service",
+        "--no-user-keys",
+        "--json",
+        home=node_home,
+    )
     assert joined.returncode == 0, joined.stderr
     fleet = json.loads((node_home / "fleet.json").read_text())
     assert fleet["name"] == "spark-1" and fleet["tunnel_port"] >= 20000
@@ -196,7 +205,7 @@ def test_replayed_expired_and_revoked_tokens_are_refused_distinctly(
     assert (caught.value.status, caught.value.code) == (401, "invalid_token")
     join(tokens.encode(fresh), home=tmp_path / "fresh", profile=PROFILE)
 
-    cli = _cli("join", used, "--no-service", home=tmp_path / "cli")
+    cli = _cli("join", used, "--no-service", "--no-user-keys", home=tmp_path / "cli")
     assert cli.returncode == 1 and "already used" in cli.stderr
     kinds = [e["detail"] for e in hub.get("/v1/hub/events")["data"] if e["kind"] == "join_refused"]
     assert kinds.count("token_used") == 2 and "token_expired" in kinds
@@ -211,7 +220,7 @@ def test_wrong_fingerprint_is_refused_before_anything_is_sent(hub: Hub, tmp_path
     imposter = tokens.encode(
         tokens.JoinToken(real.hub_urls, "sha256:" + "0" * 64, real.token_id, real.secret)
     )
-    result = _cli("join", imposter, "--no-service", home=tmp_path / "node")
+    result = _cli("join", imposter, "--no-service", "--no-user-keys", home=tmp_path / "node")
     assert result.returncode == 1
     assert "fingerprint" in result.stderr and "refusing" in result.stderr
     assert real.secret not in result.stderr + result.stdout

@@ -33,6 +33,9 @@ SCOPES = {
     ("POST", "/v1/hub/users"): "admin",
     ("GET", "/v1/hub/users"): "admin",
     ("DELETE", "/v1/hub/users/{user}"): "admin",
+    ("GET", "/v1/hub/node-keys"): "reader",
+    ("GET", "/v1/hub/me"): "user",
+    ("PUT", "/v1/hub/me/key"): "user",
 }
 
 
@@ -76,12 +79,18 @@ def test_each_scope_at_a_real_hub(hub: Hub) -> None:
     with HubClient(info["urls"], info["fingerprint"]) as anon:
         for method, path in guarded:
             assert _refused(anon, method, path) == "missing_credentials"
-        # a read token reads the node list and nothing else
+        # a read token reads the node list and the nodes' keys, and its own user record
         listed = anon.request("GET", "/v1/hub/nodes", bearer=user_token)
         assert listed["object"] == "list" and listed["relay"]["jump_user"] == "edgebox-jump"
+        assert anon.request("GET", "/v1/hub/node-keys", bearer=user_token)["data"] == []
+        assert anon.request("GET", "/v1/hub/me", bearer=user_token)["name"] == "ann"
+        user_routes = ("/v1/hub/nodes", "/v1/hub/node-keys", "/v1/hub/me", "/v1/hub/me/key")
         for method, path in guarded:
-            if path not in ("/v1/hub/nodes", "/v1/hub/heartbeat"):
+            if path not in (*user_routes, "/v1/hub/heartbeat"):
                 assert _refused(anon, method, path, user_token) == "invalid_admin_key"
+        # the admin key is no user: it has no laptop key of its own
+        admin_key = (hub.data / "admin.key").read_text().strip()
+        assert _refused(anon, "GET", "/v1/hub/me", admin_key) == "invalid_user_token"
         assert _refused(anon, "GET", "/v1/hub/nodes", "ebu_forged") == "invalid_user_token"
         # a node secret is matched by the registry: a read token is no node secret
         assert _refused(anon, "POST", "/v1/hub/heartbeat", user_token) == "unknown_node"

@@ -115,8 +115,18 @@ def test_hub_relay_join_tunnel_ssh_and_hub_restart(cafe: Cafe, tmp_path: Path) -
                                            tmp_path / "node-a_keys"))  # fmt: skip
         cafe.start_sshd("node-a", config, tmp_path / "node-a_sshd.log")
         node_env = {"EDGEBOX_SSHD_HOST_KEY": str(tmp_path / "node-a_host_key.pub")}
-        joined = _edgebox(cafe, "node-a", node_home, "join", token_line, "--no-service",
-                          "--no-start", "--json", env=node_env)  # fmt: skip
+        joined = _edgebox(
+            cafe,
+            "node-a",
+            node_home,
+            "join",
+            token_line,
+            "--no-service",
+            "--no-user-keys",
+            "--no-start",
+            "--json",
+            env=node_env,
+        )
         assert joined.returncode == 0, joined.stderr
         member = json.loads(joined.stdout)
         assert member["hub_ssh"]["host_key"].split()[:2] == relay_key
@@ -202,8 +212,17 @@ def test_rotation_and_revocation_end_live_relay_sessions(cafe: Cafe, tmp_path: P
         token = _edgebox(cafe, "hub", root, "token", "create", "--json", "--data", str(data))
         assert token.returncode == 0, token.stderr
         home = tmp_path / "node-a-home"
-        joined = _edgebox(cafe, "node-a", home, "join", json.loads(token.stdout)["token"],
-                          "--no-service", "--json", env={"EDGEBOX_SSHD_HOST_KEY": ""})  # fmt: skip
+        joined = _edgebox(
+            cafe,
+            "node-a",
+            home,
+            "join",
+            json.loads(token.stdout)["token"],
+            "--no-user-keys",
+            "--no-service",
+            "--json",
+            env={"EDGEBOX_SSHD_HOST_KEY": ""},
+        )
         assert joined.returncode == 0, joined.stderr
         member = json.loads(joined.stdout)
         port, tunnel_log = member["tunnel_port"], tmp_path / "tunnel.log"

@@ -17,7 +17,7 @@ def test_systemd_unit_runs_the_node_with_its_home_and_restarts() -> None:
     cmd = node_command("/opt/edgebox venv/bin/python")
     unit = render_systemd_unit(cmd, home=Path("/var/lib/edgebox"), user="edgebox")
     lines = unit.splitlines()
-    assert "ExecStart='/opt/edgebox venv/bin/python' -m edgebox serve" in lines
+    assert "ExecStart='/opt/edgebox venv/bin/python' -m edgebox serve --host 0.0.0.0" in lines
     assert 'Environment="EDGEBOX_HOME=/var/lib/edgebox"' in lines
     assert "Restart=on-failure" in lines and "User=edgebox" in lines
     assert "WantedBy=multi-user.target" in lines
@@ -30,9 +30,9 @@ def test_a_pipx_run_join_points_the_service_at_pipx_not_its_cache() -> None:
     cached = "/root/.local/pipx/.cache/1a2b3c/bin/python"
     cmd = node_command(cached, pipx="/usr/bin/pipx")
     assert cmd[:3] == ["/usr/bin/pipx", "run", "--spec"] and cmd[3].startswith("edgebox==")
-    assert cmd[-2:] == ["edgebox", "serve"]
+    assert cmd[-4:] == ["edgebox", "serve", "--host", "0.0.0.0"]
     lasting = "/root/.local/pipx/venvs/edgebox/bin/python"
-    assert node_command(lasting, pipx="/usr/bin/pipx") == [lasting, "-m", "edgebox", "serve"]
+    assert node_command(lasting, pipx="/usr/bin/pipx")[:4] == [lasting, "-m", "edgebox", "serve"]
 
 
 def test_launchd_plist_is_valid_and_keeps_the_node_alive() -> None:

@@ -127,7 +127,9 @@ def test_schema_is_versioned_and_reopens(tmp_path: Path) -> None:
     token_id, _, _ = store.create_token(ttl=60, name="n", now=0)
     store.close()
     again = HubStore(tmp_path / "hub.sqlite3")
-    assert again.schema_version() == 4  # 1: base; 2: users; 3: api_url; 4: unique keys
+    assert (
+        again.schema_version() == 5
+    )  # 1: base; 2: users; 3: api_url; 4: unique keys; 5: ssh_user, api_key_gen
     assert again.list_tokens(now=1)[0]["id"] == token_id
     journal = again._db.execute("PRAGMA journal_mode").fetchone()[0]
     assert journal == "wal"
@@ -145,7 +147,7 @@ def test_a_version_2_data_dir_gains_api_url_and_keeps_its_nodes(tmp_path: Path) 
     )
     old.close()
     store = HubStore(path)
-    assert store.schema_version() == 4
+    assert store.schema_version() == len(_MIGRATIONS)
     assert store.node("old")["api_url"] is None  # type: ignore[index]
     beat = store.heartbeat("s3cret", {}, [], now=2, api_url="http://10.0.0.9:8080")
     assert beat is not None and beat["api_url"] == "http://10.0.0.9:8080"
@@ -168,7 +170,7 @@ def test_a_version_3_registry_with_duplicate_keys_keeps_the_newest(tmp_path: Pat
         )
     old.close()
     store = HubStore(path)
-    assert store.schema_version() == 4
+    assert store.schema_version() == len(_MIGRATIONS)
     assert store.node("n_old")["status"] == "revoked"  # type: ignore[index]
     assert store.node("n_new")["status"] == "online"  # type: ignore[index]
     assert "key_id" not in store.node("n_new")  # type: ignore[operator]

@@ -78,3 +78,19 @@ def test_accepts_what_psutil_returns_on_this_machine() -> None:
     chosen = select_interfaces(psutil.net_if_addrs(), psutil.net_if_stats())
     assert chosen, "every machine has at least loopback"
     assert all(not is_excluded(i.name) for i in chosen)
+
+
+def test_addresses_on_this_machines_subnets_come_first() -> None:
+    """A two-network box advertises both addresses in no set order; a browser on one LAN
+    must try the address on that LAN first (the other may be unreachable from here)."""
+    from edgebox.fleet.interfaces import LanInterface, nearest_first
+
+    lan = [LanInterface("eth0", "10.80.0.20", "255.255.255.0")]
+    assert nearest_first(["10.79.3.2", "10.80.0.12"], lan) == ("10.80.0.12", "10.79.3.2")
+    assert nearest_first(["10.80.0.12", "10.79.3.2"], lan) == ("10.80.0.12", "10.79.3.2")
+    # nothing local, or no netmask known: the advertised order stands
+    assert nearest_first(["10.1.0.1", "10.2.0.1"], lan) == ("10.1.0.1", "10.2.0.1")
+    assert nearest_first(["10.80.0.1", "10.2.0.1"][::-1], [LanInterface("x", "10.80.0.2")]) == (
+        "10.2.0.1",
+        "10.80.0.1",
+    )

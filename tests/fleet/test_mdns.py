@@ -250,7 +250,7 @@ def _wait_events(log: Path, done, timeout: float) -> list[dict]:
     raise AssertionError(f"events so far: {_events(log)}\n{log.read_text()}")
 
 
-@pytest.mark.slow
+@pytest.mark.system
 def test_serve_advertises_answers_nodes_add_and_says_goodbye(
     netns_lab: NetnsLab, tmp_path: Path
 ) -> None:

@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 from tests.conftest import NodeProcess, start_node
 from tests.router.conftest import start_router
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.system
 
 EXAMPLES = int(os.environ.get("EDGEBOX_FUZZ_EXAMPLES", "120"))
 SEED = int(os.environ.get("EDGEBOX_FUZZ_SEED", "0"))
@@ -231,7 +231,7 @@ def test_router_api_survives_fuzzing(
 
 
 JOIN = {"token": "x" * 40, "name": "box", "host_key": "ssh-ed25519 AAAA", "api_port": 8080}
-HEARTBEAT = {"node_id": "n1", "secret": "s", "models": [], "api_port": 8080}
+HEARTBEAT = {"models": [], "api": {"port": 8080}, "ssh_user": "root", "peer_keys": True}
 
 
 def test_hub_api_survives_fuzzing(tmp_path: Path) -> None:
@@ -248,6 +248,7 @@ def test_hub_api_survives_fuzzing(tmp_path: Path) -> None:
             ("POST", "/v1/hub/heartbeat", HEARTBEAT),
             ("POST", "/v1/hub/tokens", {"ttl_seconds": 60}),
             ("POST", "/v1/hub/users", {"name": "ann", "key": "ssh-ed25519 AAAA"}),
+            ("PUT", "/v1/hub/me/key", {"ssh_public_key": "ssh-ed25519 AAAAC3NzaC1lZDI1 me"}),
         ]
         with httpx.Client(verify=False, timeout=TIMEOUT_S) as c:
 
@@ -271,7 +272,14 @@ def test_hub_api_survives_fuzzing(tmp_path: Path) -> None:
                     headers["authorization"] = f"Bearer {auth.strip()}"
                 answer = c.request(method, url + path, content=payload, headers=headers)
                 check_answer(answer, shape="hub")
-                for get_path in ("/v1/hub/nodes", "/v1/hub/events", "/v1/hub/nodes/x%00y"):
+                gets = (
+                    "/v1/hub/nodes",
+                    "/v1/hub/events",
+                    "/v1/hub/nodes/x%00y",
+                    "/v1/hub/node-keys",
+                    "/v1/hub/me",
+                )
+                for get_path in gets:
                     check_answer(c.get(url + get_path, headers=headers), shape="hub")
 
             one()

@@ -26,6 +26,7 @@ def test_nothing_to_say_without_llama_cpp() -> None:
     assert cpu_extra_buffers(missing, run_probe=True) is None
 
 
+@pytest.mark.system  # edgebox runs the probe in a child process
 def test_not_probed_yet_then_probed_for_real(cache: Path) -> None:
     before = cpu_extra_buffers(LLAMA, run_probe=False)
     assert before is not None and before["status"] == "not probed" and before["enabled"]
@@ -35,6 +36,7 @@ def test_not_probed_yet_then_probed_for_real(cache: Path) -> None:
     assert (cache / "cpu_extra_buffers.json").is_file()
 
 
+@pytest.mark.system  # edgebox runs the probe in a child process
 def test_a_fault_shows_as_off(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(cpu_probe.FAULT_HOOK_ENV, "1")
     shown = cpu_extra_buffers(LLAMA, run_probe=True)

@@ -84,8 +84,9 @@ def test_cached_sampling_runs_off_the_event_loop_and_is_shared() -> None:
         assert ticks >= 3
         assert a is b  # concurrent callers shared one sample
         assert await cache.get() is a  # still fresh
-        await asyncio.sleep(0.35)
-        c = await cache.get()
+        deadline = time.monotonic() + 0.35  # max_age 0.3: a new sample by then, polled for
+        while (c := await cache.get()) is a and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
         assert c is not a and c.timestamp > a.timestamp
 
     asyncio.run(scenario())

@@ -4,6 +4,8 @@ the per-key request limit, and keys kept out of logs, /metrics and error bodies.
 from __future__ import annotations
 
 import asyncio
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -114,8 +116,11 @@ def test_with_only_an_inference_key_admin_is_loopback_only_and_says_what_to_do()
 
 def test_one_key_cannot_hold_more_than_its_limit_of_requests() -> None:
     release = asyncio.Event()
+    inside = 0  # requests that reached the app (past the key limit)
 
     async def slow(_request: object) -> PlainTextResponse:
+        nonlocal inside
+        inside += 1
         await release.wait()
         return PlainTextResponse("done")
 
@@ -132,10 +137,9 @@ def test_one_key_cannot_hold_more_than_its_limit_of_requests() -> None:
                 return client.get("/v1/models", headers={"authorization": f"Bearer {key}"})
 
             held = [asyncio.create_task(get(API)) for _ in range(2)]
-            await asyncio.sleep(0.05)  # both are inside the app, waiting
-            third, other_key = await asyncio.wait_for(
-                asyncio.gather(get(API), _released(get(FLEET), release)), 5
-            )
+            await _until(lambda: inside == 2)  # both are inside the app, waiting
+            other = _released(get(FLEET), release, lambda: inside == 3)
+            third, other_key = await asyncio.wait_for(asyncio.gather(get(API), other), 5)
             return [*(await asyncio.gather(*held)), third, other_key]
 
     first, second, third, other_key = asyncio.run(scenario())
@@ -144,12 +148,22 @@ def test_one_key_cannot_hold_more_than_its_limit_of_requests() -> None:
     assert (first.text, second.text, other_key.text) == ("done", "done", "done")
 
 
-async def _released(request: Any, release: asyncio.Event) -> httpx.Response:
-    """Another key's request runs while the first key is at its limit; then all finish."""
+async def _released(
+    request: Any, release: asyncio.Event, inside: Callable[[], bool]
+) -> httpx.Response:
+    """Another key's request gets into the app while the first key is at its limit; then all
+    finish."""
     task = asyncio.ensure_future(request)
-    await asyncio.sleep(0.05)
+    await _until(inside)
     release.set()
     return await task
+
+
+async def _until(condition: Callable[[], bool], timeout: float = 5) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out waiting for requests to reach the app"
+        await asyncio.sleep(0.005)
 
 
 def test_keys_reach_no_log_metrics_or_error_body_of_a_real_node(tmp_path: Path) -> None:
@@ -178,3 +192,23 @@ def test_keys_reach_no_log_metrics_or_error_body_of_a_real_node(tmp_path: Path) 
     bodies.append(node.log.read_text())
     for text in bodies:
         assert all(k not in text for k in (API, ADMIN, FLEET))
+
+
+def test_a_joined_nodes_own_key_guards_v1_from_elsewhere_and_loopback_keeps_its_access() -> None:
+    """The key the hub minted at join (member_key): other addresses must send it; the box
+    itself needs none, as on a node bound to 127.0.0.1; /admin keeps its own rule."""
+    member = "ebk_node-own-5d6"
+    app = scoped(NodeKeys(member_key=member))
+    for host in ("10.0.0.5", "fe80::1"):
+        assert call_scoped(app, host, "/v1/models", None).status_code == 401
+        assert call_scoped(app, host, "/v1/models", "ebk_another-node").status_code == 401
+        assert call_scoped(app, host, "/v1/models", member).text == "done"
+        assert call_scoped(app, host, "/admin/drain", member, "POST").status_code == 403
+    for host in ("127.0.0.1", "::1"):
+        assert call_scoped(app, host, "/v1/models", None).text == "done"
+        assert call_scoped(app, host, "/admin/drain", None, "POST").text == "done"
+    # With an API key of the owner's own, loopback needs a key too (as before).
+    both = scoped(NodeKeys(api_key=API, member_key=member))
+    assert call_scoped(both, "127.0.0.1", "/v1/models", None).status_code == 401
+    assert call_scoped(both, "127.0.0.1", "/v1/models", member).text == "done"
+    assert call_scoped(both, "10.0.0.5", "/v1/models", API).text == "done"

@@ -125,3 +125,30 @@ def test_changed_key_message_names_the_node_and_what_to_do() -> None:
     )
     assert explain_ssh_failure(1, CHANGED, hub, nodes) is None  # the remote command's own code
     assert explain_ssh_failure(255, "Connection refused", hub, nodes) is None
+
+
+def test_refusals_name_the_node_or_the_hub_and_what_to_run() -> None:
+    hub, nodes = parse_directory(DOC)
+    spark = nodes[0]
+    node_denied = "root@127.0.0.1: Permission denied (publickey,password).\r\n"
+    message = explain_ssh_failure(255, node_denied, hub, nodes, spark) or ""
+    assert message.startswith("node 'spark' refused this laptop's key for root.")
+    assert "edgebox ssh --setup" in message and "127.0.0.1" not in message
+    hub_denied = f"{hub.user}@{hub.host}: Permission denied (publickey).\r\n"
+    message = explain_ssh_failure(255, hub_denied, hub, nodes, spark) or ""
+    assert message.startswith("the hub relay (hub.example:2222) refused this laptop's key")
+    down = "channel 0: open failed: connect failed: Connection refused\nstdio forwarding failed"
+    message = explain_ssh_failure(255, down, hub, nodes, spark) or ""
+    assert message.startswith("node 'spark' is not connected to the hub relay")
+    assert explain_ssh_failure(1, node_denied, hub, nodes, spark) is None
+
+
+def test_the_generated_config_never_falls_back_to_passwords() -> None:
+    hub, nodes = parse_directory(DOC)
+    text = render_ssh_config(hub, nodes, Path("/h"), None)
+    for option in (
+        "PreferredAuthentications publickey",
+        "PasswordAuthentication no",
+        "KbdInteractiveAuthentication no",
+    ):
+        assert text.count(option) == 1 + len(nodes)  # the hub's block and each node's

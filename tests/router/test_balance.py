@@ -12,10 +12,10 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from tests.conftest import NodeProcess, start_node
+from tests.conftest import NodeProcess, start_node, wait_until
 from tests.router.conftest import start_router
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.system
 MODEL = "smollm2-135m"
 BURST = 14
 NODE_ARGS = ("--parallel", "8", "--ctx", "2048", "--threads", "1")
@@ -47,6 +47,13 @@ def _decode_rate(node: NodeProcess) -> float:
     return 0.0
 
 
+def _router_sees_busy(router: NodeProcess, node: NodeProcess) -> bool:
+    """Whether the router's last poll of `node` saw it decoding (its /health shows the poll)."""
+    polled = httpx.get(router.url + "/health", timeout=5).json()["nodes"]
+    load = polled[node.url.removeprefix("http://")]["models"].get(MODEL, {})
+    return load.get("decode_tokens_per_s", 0) > 0 and load.get("running", 0) > 0
+
+
 def test_a_burst_splits_evenly_over_two_equal_nodes(pair: dict[str, NodeProcess]) -> None:
     a, b, router = pair["a"], pair["b"], pair["router"]
     # Keep node a generating (directly, not through the router) so its measured total rate is
@@ -66,7 +73,9 @@ def test_a_burst_splits_evenly_over_two_equal_nodes(pair: dict[str, NodeProcess]
         while _decode_rate(a) <= 0 and time.monotonic() < deadline:
             time.sleep(0.1)
         assert _decode_rate(a) > 0 and _decode_rate(b) == 0
-        time.sleep(0.6)  # two router polls see it
+        wait_until(
+            lambda: _router_sees_busy(router, a), timeout=30, what="the router to see a busy"
+        )
 
         def one(i: int) -> str:
             answer = httpx.post(

@@ -94,7 +94,7 @@ def test_hub_nodes_go_to_their_mdns_address_else_to_the_address_the_hub_recorded
              "api_url": "http://192.0.2.3:8080"},
             {"name": "d", "status": "online", "host_key": host_key["d"]},
             {"name": "e", "status": "online", "host_key": host_key["e"],
-             "api_url": "http://192.0.2.5:9000"},  # hub-only
+             "api_url": "http://192.0.2.5:9000", "api_key": "ebk_e"},  # hub-only
             {"name": "f", "status": "online", "host_key": None,
              "api_url": "http://127.0.0.1:9001"},  # on the hub's own box
         ]
@@ -118,6 +118,9 @@ def test_hub_nodes_go_to_their_mdns_address_else_to_the_address_the_hub_recorded
     ]
     assert found[0].keys == {ssh_fingerprint(host_key["a"])}
     assert sorted(skipped) == ["b", "d"]  # c is offline: not listed at all
+    # each node's own key from the hub goes with its address (sent once it is trusted)
+    assert [a.key for a in found] == [None, None, "ebk_e", None]
+    assert "ebk_e" not in repr(found)
 
 
 def test_a_node_known_only_through_the_hub_answers_a_chat_through_the_router(

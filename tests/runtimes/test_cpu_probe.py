@@ -47,12 +47,14 @@ def test_mode_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> Non
         cpu_probe.normalise_mode("maybe")
 
 
+@pytest.mark.system  # edgebox runs the probe in a child process
 def test_the_probe_child_decodes_here(smollm2_path: Path) -> None:
     result = cpu_probe.run_probe(smollm2_path)
     assert result.status == "ok", result
     assert 0 < result.seconds < 30
 
 
+@pytest.mark.system  # edgebox runs the probe in a child process
 def test_a_child_that_crashes_is_a_fault(
     smollm2_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -63,11 +65,13 @@ def test_a_child_that_crashes_is_a_fault(
     assert result.fallback_works is True  # the same decode without extra buffers worked
 
 
+@pytest.mark.system  # edgebox runs the probe in a child process
 def test_a_child_that_hangs_is_a_fault(smollm2_path: Path) -> None:
     result = cpu_probe.run_probe(smollm2_path, timeout=0.05)
     assert result.status == "faulted" and "hung" in result.detail
 
 
+@pytest.mark.system  # edgebox runs the probe in a child process
 def test_a_probe_that_cannot_run_is_not_a_fault(tmp_path: Path) -> None:
     junk = tmp_path / "junk.gguf"
     junk.write_bytes(b"not a model")
@@ -75,6 +79,7 @@ def test_a_probe_that_cannot_run_is_not_a_fault(tmp_path: Path) -> None:
     assert result.status == "error" and "probe setup failed" in result.detail
 
 
+@pytest.mark.system  # edgebox runs the probe in a child process
 def test_the_answer_is_cached_per_cpu_and_build(
     cache: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -90,6 +90,7 @@ def submit(rt: LlamaCppRuntime, request: GenerationRequest) -> tuple[Timeline, o
     return timeline, handle
 
 
+@pytest.mark.slow
 def test_long_prompt_never_stalls_running_streams_longer_than_a_chunk(
     runtime: LlamaCppRuntime,
 ) -> None:
@@ -136,6 +137,7 @@ def test_long_prompt_never_stalls_running_streams_longer_than_a_chunk(
     assert long_timeline.finish is not None and long_timeline.finish.cached_tokens == 0
 
 
+@pytest.mark.slow
 def test_request_timeout_ends_generation_and_queue_wait(smollm2_path: Path) -> None:
     rt = LlamaCppRuntime(
         smollm2_path,
@@ -161,6 +163,7 @@ def test_request_timeout_ends_generation_and_queue_wait(smollm2_path: Path) -> N
         rt.close()
 
 
+@pytest.mark.slow
 def test_batching_figures_count_every_step(runtime: LlamaCppRuntime) -> None:
     before = runtime.stats()
     timelines = [
@@ -178,6 +181,7 @@ def test_batching_figures_count_every_step(runtime: LlamaCppRuntime) -> None:
     assert all(t.finish and t.finish.queue_wait_s >= 0 for t in timelines)
 
 
+@pytest.mark.slow
 def test_kv_snapshot_continues_exactly_in_another_engine(
     runtime: LlamaCppRuntime, smollm2_path: Path
 ) -> None:

@@ -62,6 +62,7 @@ def run(rt: LlamaCppRuntime, request: GenerationRequest) -> tuple[str, FinishEve
     return collector.wait()
 
 
+@pytest.mark.slow
 def test_concurrent_greedy_requests_match_their_solo_runs(runtime: LlamaCppRuntime) -> None:
     prompts = [f"Write one sentence about the colour number {i}." for i in range(8)]
     solo = [run(runtime, chat(runtime, p))[0] for p in prompts]
@@ -73,6 +74,7 @@ def test_concurrent_greedy_requests_match_their_solo_runs(runtime: LlamaCppRunti
     assert len(set(solo)) > 1  # the prompts really produce different text
 
 
+@pytest.mark.slow
 def test_engine_matches_llama_cpp_python_reference(smollm2_path: Path) -> None:
     """Greedy output follows llama-cpp-python's own evaluation token by token (flash attention
     off on both sides). Batched kernels round differently from single-sequence ones on some
@@ -140,6 +142,7 @@ def test_max_tokens_and_usage(runtime: LlamaCppRuntime) -> None:
     assert finish.prompt_tokens == len(request.prompt_tokens)
 
 
+@pytest.mark.slow
 def test_same_seed_same_text_and_seeds_differ(runtime: LlamaCppRuntime) -> None:
     def sample(seed: int) -> str:
         return run(runtime, chat(runtime, "Tell me a story.", temperature=1.0, seed=seed))[0]
@@ -148,6 +151,7 @@ def test_same_seed_same_text_and_seeds_differ(runtime: LlamaCppRuntime) -> None:
     assert len({sample(s) for s in range(4)}) > 1
 
 
+@pytest.mark.slow
 def test_seeded_sampling_is_the_same_alone_and_among_others(runtime: LlamaCppRuntime) -> None:
     requests = [
         chat(runtime, f"Tell me a story about island {i}.", temperature=0.9, top_p=0.95, seed=i)
@@ -207,6 +211,7 @@ def test_bad_grammar_and_overlong_prompt_are_refused(runtime: LlamaCppRuntime) -
         runtime.submit(GenerationRequest([1] * 2000), Collector())
 
 
+@pytest.mark.slow
 def test_gemma_base_model_uses_the_gemma_fallback_template(gemma_path: Path) -> None:
     rt = LlamaCppRuntime(
         gemma_path, name="gemma", config=EngineConfig(n_ctx=512, parallel=1, n_threads=2)

@@ -95,6 +95,7 @@ def test_repetition_penalty_reaches_the_logits(runtime: MlxRuntime) -> None:
     assert [t.token_id for t in tokens] == reference != plain
 
 
+@pytest.mark.slow
 def test_sampling_follows_the_seed(runtime: MlxRuntime) -> None:
     p = prompt(runtime)
 

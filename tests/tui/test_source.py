@@ -15,7 +15,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from edgebox.tui.source import DirectSource, HubSource
-from tests.conftest import NodeProcess, free_port, start_node
+from tests.conftest import NodeProcess, free_port, start_node, wait_until
 
 MODEL = "smollm2-135m"
 
@@ -86,8 +86,15 @@ def test_a_node_that_stops_turns_unreachable_then_offline_after_the_ttl(tmp_path
         alive = loop.run_until_complete(poll())
         assert proc.stop() == 0
         gone = loop.run_until_complete(poll())
-        time.sleep(1.1)
-        later = loop.run_until_complete(poll())
+        seen = [gone]
+
+        def offline() -> bool:
+            seen.append(loop.run_until_complete(poll()))
+            return seen[-1].status == "offline"
+
+        # Offline once the 1 s TTL has passed: polled for, at most 1.1 s.
+        wait_until(offline, timeout=1.1, what="the stopped node to turn offline")
+        later = seen[-1]
         loop.run_until_complete(source.aclose())
         loop.close()
     finally:
@@ -153,3 +160,30 @@ def test_an_unreachable_hub_is_one_unreachable_row_without_the_token() -> None:
     (hub,) = asyncio.run(poll()).nodes
     assert hub.status == "unreachable" and hub.error and hub.error.startswith("hub:")
     assert "secret" not in hub.model_dump_json()
+
+
+def test_a_node_seen_directly_and_in_the_hub_list_is_one_row() -> None:
+    """`top` on a hub's box, or on a logged-in laptop at home, sees the joined nodes on mDNS and
+    in the hub's list: one row each (the live one), matched by key, not by name."""
+    from edgebox.fleet.identity import ssh_fingerprint
+    from edgebox.tui.parse import node_from_health, node_from_hub
+    from edgebox.tui.source import one_row_per_node
+
+    host_key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOr1cB0ZcRuzyjh2JmR7VMzs0Zg1zDdY2G5RGqjHm3Tm"
+    fingerprint = ssh_fingerprint(host_key)
+    health = {"node": {"id": "8beaf7df", "name": "box1", "ssh_host_key_fingerprint": fingerprint}}
+    direct = node_from_health(
+        url="http://10.0.0.11:8080",
+        health=health,
+        metrics=None,
+        previous=None,
+        elapsed_s=None,
+        seen_at=1.0,
+    )
+    hub_entry = {"id": "node_1", "name": "box1", "status": "online", "host_key": host_key}
+    same = node_from_hub(hub_entry)
+    other = node_from_hub({"id": "node_2", "name": "box1", "status": "online"})  # no key: kept
+    assert direct.key_fingerprints == same.key_fingerprints == (ssh_fingerprint(host_key),)
+    assert one_row_per_node([direct, same, other]) == (direct, other)
+    offline = direct.model_copy(update={"status": "unreachable"})
+    assert one_row_per_node([offline, same]) == (offline, same)  # the hub's view still counts

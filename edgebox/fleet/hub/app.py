@@ -16,7 +16,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from edgebox.fleet.hub import routes_membership, routes_nodes, routes_tokens, routes_users
+from edgebox.fleet.hub import (
+    routes_keys,
+    routes_membership,
+    routes_nodes,
+    routes_tokens,
+    routes_users,
+)
 from edgebox.fleet.hub.context import HubConfig, HubContext, hub_context
 from edgebox.fleet.hub.limits import RateLimit
 from edgebox.fleet.hub.models import NodeApi, observed_api_url
@@ -44,6 +50,7 @@ ROUTES: list[BaseRoute] = [
     *routes_nodes.ROUTES,
     *routes_tokens.ROUTES,
     *routes_users.ROUTES,
+    *routes_keys.ROUTES,
 ]
 
 

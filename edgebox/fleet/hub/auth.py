@@ -3,6 +3,7 @@
 Every credential is `Authorization: Bearer <value>`. The scopes:
 - ``admin``: the hub's admin key (`admin.key` in its data dir), compared in constant time;
 - ``reader``: the admin key or a user's read token (`ebu_...`, `edgebox hub user add`);
+- ``user``: a user's read token only (routes about the user themselves);
 - ``node``: a node secret issued at join. The registry matches it in the same step that
   records the beat (`HubRepository.heartbeat`), so the decorator only requires the header and
   hands the secret on as `Caller.credential`; the route answers 401 `unknown_node` itself.
@@ -25,7 +26,7 @@ from starlette.responses import Response
 from edgebox.fleet.hub.context import hub_context
 from edgebox.fleet.hub.web import APIError
 
-Scope = Literal["admin", "reader", "node"]
+Scope = Literal["admin", "reader", "user", "node"]
 Handler = Callable[[Request], Awaitable[Response]]
 USER_TOKEN_PREFIX = "ebu_"
 
@@ -68,7 +69,12 @@ async def authenticate(request: Request, scope: Scope) -> Caller:
     bearer = _bearer(request)
     if scope == "node":
         return Caller(scope, "node", bearer)
-    if scope == "reader" and bearer.startswith(USER_TOKEN_PREFIX):
+    if scope == "user" and not bearer.startswith(USER_TOKEN_PREFIX):
+        raise _refused(
+            "this route takes a user's login token (`edgebox login`), not the admin key",
+            "invalid_user_token",
+        )
+    if scope in ("reader", "user") and bearer.startswith(USER_TOKEN_PREFIX):
         store = hub_context(request).store
         user = await asyncio.to_thread(store.user_for_token, bearer)
         if user is None:

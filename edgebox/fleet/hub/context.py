@@ -16,6 +16,7 @@ from starlette.requests import Request
 
 from edgebox.fleet.hub.limits import Limits
 from edgebox.fleet.hub.repository import HubRepository
+from edgebox.fleet.node_keys import node_api_key
 
 PEERS_REFRESH_S = 1.0  # heartbeat answers share one read of the node table per second
 # what a peer needs of another: its name, address, the keys that match and verify its mDNS
@@ -40,6 +41,13 @@ class HubConfig:
     limits: Limits = field(default_factory=Limits)
     # Ends the relay sessions holding these tunnel ports (set when the hub runs the relay).
     end_relay_sessions: Callable[[list[int]], object] | None = None
+    # derives each node's API key (fleet/node_keys.py); "" derives them from the admin key
+    node_key_secret: str = ""
+
+    def node_api_key(self, node: dict[str, Any]) -> str:
+        """The node's own API key (its `/v1` takes it from routers): derived, never stored."""
+        secret = self.node_key_secret or "admin:" + self.admin_key
+        return node_api_key(secret, str(node["id"]), int(node.get("api_key_gen") or 0))
 
 
 @dataclass
@@ -49,7 +57,7 @@ class HubContext:
     store: HubRepository
     config: HubConfig
     _peers_at: float = -1.0
-    _peers_json: bytes = b"[]"
+    _fleet_json: dict[str, bytes] = field(default_factory=dict)
 
     def now(self) -> float:
         return self.config.clock()
@@ -99,22 +107,38 @@ class HubContext:
                 "host_key": c.ssh_host_key,
             },
             "heartbeat_interval": c.heartbeat_interval,
+            "api_key": c.node_api_key(node),  # the node's own; it serves /v1 with it
         }
 
-    async def peers_json(self) -> bytes:
-        """The online nodes as a `serve --fleet` router needs them (name, API address, host key
-        to match mDNS adverts, models): no telemetry, no secrets. Read and encoded at most once
-        a second, however many nodes beat."""
+    async def fleet_json(self, *, keyed: bool) -> tuple[bytes, bytes]:
+        """(peers, users) as JSON for heartbeat answers: the online nodes with an API address
+        as a `serve --fleet` router needs them (name, address, host key to match mDNS adverts,
+        models; with their API keys when `keyed`, which such a node asks for), and the users'
+        SSH public keys (for the nodes' authorized_keys). No telemetry, no other secrets. Read
+        and encoded at most once a second, however many nodes beat."""
         if time.monotonic() - self._peers_at >= PEERS_REFRESH_S:
-            records = await asyncio.to_thread(self.store.nodes)
-            peers = [
-                {k: r.get(k) for k in PEER_FIELDS}
-                for r in records
-                if r.get("status") == "online" and r.get("api_url")
-            ]
-            self._peers_json = json.dumps(peers).encode()
+            self._fleet_json = await asyncio.to_thread(self._read_fleet)
             self._peers_at = time.monotonic()
-        return self._peers_json
+        found = self._fleet_json
+        return found["keyed" if keyed else "plain"], found["users"]
+
+    def _read_fleet(self) -> dict[str, bytes]:
+        nodes = self.store.nodes()
+        online = [r for r in nodes if r.get("status") == "online" and r.get("api_url")]
+        plain = [{k: r.get(k) for k in PEER_FIELDS} for r in online]
+        keyed = [
+            p | {"api_key": self.config.node_api_key(r)} for p, r in zip(plain, online, strict=True)
+        ]
+        users = [
+            {"name": u["name"], "ssh_public_key": u["ssh_public_key"]}
+            for u in self.store.users()
+            if u["ssh_public_key"]
+        ]
+        return {
+            "plain": json.dumps(plain).encode(),
+            "keyed": json.dumps(keyed).encode(),
+            "users": json.dumps(users).encode(),
+        }
 
 
 def hub_context(request: Request) -> HubContext:

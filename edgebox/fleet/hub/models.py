@@ -42,11 +42,17 @@ class NodeApi(BaseModel):
     loopback_only: bool = False  # bound to 127.0.0.1/::1: reachable only on the node's own box
 
 
+ACCOUNT = r"^[a-z_][a-z0-9_.-]{0,31}$"  # a POSIX account name
+
+
 class HeartbeatRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     telemetry: dict[str, Any] = Field(default_factory=dict)
     models: list[Any] = Field(default_factory=list)
     api: NodeApi | None = None
+    # the account hub users' SSH keys are installed for on the node (None: it keeps them out)
+    ssh_user: str | None = Field(default=None, pattern=ACCOUNT)
+    peer_keys: bool = False  # a `serve --fleet` node: its peers' API keys in the answer
 
 
 def observed_api_url(peer: str | None, api: NodeApi | None) -> str | None:
@@ -68,10 +74,23 @@ def observed_api_url(peer: str | None, api: NodeApi | None) -> str | None:
     return f"{api.scheme}://{host}:{api.port}"
 
 
+USER_KEY_LINE = r"^(ssh|ecdsa|sk)-\S+ "
+
+
 class UserAddRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str = Field(min_length=1, max_length=63, pattern=NODE_NAME)
-    ssh_public_key: str = Field(min_length=16, max_length=4096, pattern=r"^(ssh|ecdsa|sk)-\S+ ")
+    # None: the user's `edgebox login` registers its laptop's key
+    ssh_public_key: str | None = Field(
+        default=None, min_length=16, max_length=4096, pattern=USER_KEY_LINE
+    )
+
+
+class UserKeyRequest(BaseModel):
+    """A user's own laptop key (`PUT /v1/hub/me/key`, with the user's login token)."""
+
+    model_config = ConfigDict(extra="forbid")
+    ssh_public_key: str = Field(min_length=16, max_length=4096, pattern=USER_KEY_LINE)
 
 
 class TokenCreateRequest(BaseModel):

@@ -52,7 +52,8 @@ def write_node_keys(path: Path, nodes: list[dict[str, Any]]) -> None:
 def write_user_keys(path: Path, users: list[dict[str, Any]], nodes: list[dict[str, Any]]) -> None:
     """Rewrite the jump account's authorized_keys: each user may open the live nodes' ports."""
     try:
-        records = [UserRecord(u["name"], u["ssh_public_key"]) for u in users]
+        # a user added without a key has none until their `edgebox login` registers one
+        records = [UserRecord(u["name"], u["ssh_public_key"]) for u in users if u["ssh_public_key"]]
         text = render_user_keys(records, relay_nodes(nodes))
     except RelayConfigError as exc:
         log.error("relay user keys not rewritten: %s", exc)

@@ -64,6 +64,7 @@ class HubRepository(Protocol):
         models: list[Any],
         now: float,
         api_url: str | None = None,
+        ssh_user: str | None = None,
     ) -> dict[str, Any] | None:
         """Record a beat from the live node holding this secret; None when none does (the
         secret is checked in the same step as the write, so a revocation cannot slip between)."""
@@ -84,6 +85,10 @@ class HubRepository(Protocol):
     # users
     def add_user(self, name: str, ssh_public_key: str, now: float) -> str:
         """Add or replace a user; returns their new read token (never readable again)."""
+        ...
+
+    def set_user_key(self, name: str, ssh_public_key: str, now: float) -> None:
+        """Replace a user's SSH key ("" before they registered one)."""
         ...
 
     def remove_user(self, name: str, now: float) -> bool: ...

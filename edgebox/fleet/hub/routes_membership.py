@@ -72,14 +72,21 @@ async def rejoin(request: Request) -> Response:
 
 @requires("node")
 async def heartbeat(request: Request) -> Response:
-    """Record a beat (telemetry, models, the observed API address); answer with the online
-    peers."""
+    """Record a beat (telemetry, models, the observed API address, the account users' keys
+    go to); answer with the online peers (with their API keys when asked) and the users'
+    SSH public keys."""
     hub = hub_context(request)
     secret = caller(request).credential
     body = await read_body(request, HeartbeatRequest)
     api_url = observed_api_url(request.client.host if request.client else None, body.api)
     node = await asyncio.to_thread(
-        hub.store.heartbeat, secret, body.telemetry, body.models, hub.now(), api_url
+        hub.store.heartbeat,
+        secret,
+        body.telemetry,
+        body.models,
+        hub.now(),
+        api_url,
+        body.ssh_user,
     )
     if node is None:
         raise APIError(
@@ -93,8 +100,10 @@ async def heartbeat(request: Request) -> Response:
         {"node_id": node["id"], "status": node["status"], "heartbeat_interval": interval}
     )
     # `peers` lists every online node, this one included (the node leaves itself out), so
-    # the encoded list is shared by every answer within a second.
-    answer = head[:-1].encode() + b', "peers": ' + await hub.peers_json() + b"}"
+    # the encoded lists are shared by every answer within a second; `users` the users' SSH
+    # public keys, for the node's authorized_keys.
+    peers, users = await hub.fleet_json(keyed=body.peer_keys)
+    answer = head[:-1].encode() + b', "peers": ' + peers + b', "users": ' + users + b"}"
     return Response(answer, media_type="application/json")
 
 

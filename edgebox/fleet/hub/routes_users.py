@@ -27,7 +27,8 @@ async def add_user(request: Request) -> Response:
     try:
         from edgebox.provisioning.relay import key_material
 
-        key = key_material(body.ssh_public_key)
+        # none yet: the user's `edgebox login` registers their laptop's key
+        key = key_material(body.ssh_public_key) if body.ssh_public_key else ""
     except ValueError:
         message = "not an OpenSSH public key line"
         raise APIError(400, message, param="ssh_public_key", code="invalid_key") from None
@@ -37,7 +38,7 @@ async def add_user(request: Request) -> Response:
     login = logins.encode(hub.config.urls, hub.config.fingerprint, token)
     answer = {
         "name": body.name,
-        "ssh_public_key": key,
+        "ssh_public_key": key or None,
         "login": login,
         "login_command": f"edgebox login {login}",
     }

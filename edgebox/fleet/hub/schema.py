@@ -84,6 +84,12 @@ MIGRATIONS: list[str | Callable[[sqlite3.Connection], None]] = [
     # the node's API as the hub saw it: the heartbeat's peer address and the node's API port
     "ALTER TABLE nodes ADD COLUMN api_url TEXT",
     _unique_keys,
+    # the account hub users' SSH keys are installed for on the node (None: the node keeps them
+    # out), and the generation of the node's API key (fleet/node_keys.py; bumped on rotation)
+    """
+    ALTER TABLE nodes ADD COLUMN ssh_user TEXT;
+    ALTER TABLE nodes ADD COLUMN api_key_gen INTEGER NOT NULL DEFAULT 0;
+    """,
 ]
 
 

@@ -14,6 +14,7 @@ from edgebox.fleet._files import write_atomic
 from edgebox.fleet.hub import identity
 from edgebox.fleet.hub.app import HubConfig, create_app
 from edgebox.fleet.hub.store import DB_FILE, HubStore
+from edgebox.fleet.node_keys import load_or_create_secret
 
 if TYPE_CHECKING:
     from edgebox.fleet.hub.relay_runner import RelayPaths, RelayProcess
@@ -78,6 +79,7 @@ def serve(
         urls=hub_urls,
         fingerprint=ident.fingerprint,
         admin_key=ident.admin_key(),
+        node_key_secret=load_or_create_secret(data_dir),
         heartbeat_interval=heartbeat_interval,
         ssh_host=ssh_host or _url_host(hub_urls[0]),
         ssh_port=ssh_port,

@@ -279,6 +279,10 @@ class HubStore:
             ),
         )
         rotated = key_id(stmt["new_key"]) != key_id(row["ssh_public_key"])
+        if rotated:  # a rotation replaces the node's API key too (a new generation)
+            self._db.execute(
+                "UPDATE nodes SET api_key_gen = api_key_gen + 1 WHERE id = ?", (row["id"],)
+            )
         self._event(now, "node_key_rotate" if rotated else "node_rejoin", node_id=row["id"])
         node = self._node_locked(row["id"])
         assert node is not None
@@ -326,10 +330,12 @@ class HubStore:
         models: list[Any],
         now: float,
         api_url: str | None = None,
+        ssh_user: str | None = None,
     ) -> dict[str, Any] | None:
         """Record a beat from the node owning this secret; None if no live node has it.
 
-        `api_url` replaces the recorded API address (None clears it: the node stopped saying)."""
+        `api_url` replaces the recorded API address (None clears it: the node stopped saying);
+        `ssh_user` the account hub users' keys are installed for there (None: none)."""
         digest = tokens.hash_secret(node_secret)
         with self._lock:
             row = self._db.execute(
@@ -340,8 +346,8 @@ class HubStore:
                 return None
             self._db.execute(
                 "UPDATE nodes SET last_heartbeat = ?, telemetry = ?, models = ?, api_url = ?,"
-                " status = 'online' WHERE id = ?",
-                (now, json.dumps(telemetry), json.dumps(models), api_url, row["id"]),
+                " ssh_user = ?, status = 'online' WHERE id = ?",
+                (now, json.dumps(telemetry), json.dumps(models), api_url, ssh_user, row["id"]),
             )
             if row["status"] != "online":
                 self._event(now, "online", node_id=row["id"])
@@ -401,6 +407,14 @@ class HubStore:
             )
             self._event(now, "user_add", detail=name)
         return token
+
+    def set_user_key(self, name: str, ssh_public_key: str, now: float) -> None:
+        """Replace a user's SSH key (the user's own login does this for its laptop)."""
+        with self._lock:
+            self._db.execute(
+                "UPDATE users SET ssh_public_key = ? WHERE name = ?", (ssh_public_key, name)
+            )
+            self._event(now, "user_key", detail=name)
 
     def remove_user(self, name: str, now: float) -> bool:
         with self._lock:
