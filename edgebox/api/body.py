@@ -80,4 +80,11 @@ def _too_deep() -> APIError:
 
 
 def _too_large(limit: int) -> APIError:
-    return APIError(413, f"the request body is larger than {limit} bytes", code="request_too_large")
+    # The rest of the body is never read, so the connection cannot carry another request:
+    # say so, or a client reusing it meets a closed socket on its next call.
+    return APIError(
+        413,
+        f"the request body is larger than {limit} bytes",
+        code="request_too_large",
+        headers={"Connection": "close"},
+    )
