@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import logging
 import signal
+import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -68,11 +69,13 @@ class NodeAgent:
         SIGINT ends in KeyboardInterrupt, as Python's asyncio has it); every runtime is closed
         by the time this returns or raises. `AgentError`: a start-up step the user can fix."""
         self.open()
-        previous = signal.signal(signal.SIGTERM, _terminate_as_interrupt)
+        main = threading.current_thread() is threading.main_thread()  # signals go there only
+        previous = signal.signal(signal.SIGTERM, _terminate_as_interrupt) if main else None
         try:
             asyncio.run(self._serve())
         finally:
-            signal.signal(signal.SIGTERM, previous)
+            if main:
+                signal.signal(signal.SIGTERM, previous)
             self.close_runtimes()
 
     def open(self) -> None:
