@@ -22,8 +22,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from edgebox.fleet.tunnel import Backoff, TunnelSupervisor
 from edgebox.provisioning.ssh_config import FileNodeDirectory, write_client_files
-from edgebox.provisioning.tunnel import Backoff, TunnelSupervisor
 from tests.sshnet import cafe_fleet, missing_prerequisites
 
 

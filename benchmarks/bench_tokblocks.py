@@ -34,8 +34,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from bench_serve import emit, machine  # noqa: E402
 
-from edgebox.node.prompts import chat_messages  # noqa: E402
-from edgebox.node.protocol import ChatCompletionRequest  # noqa: E402
+from edgebox.api.protocol import ChatCompletionRequest, chat_messages  # noqa: E402
 from edgebox.router.config import Weights  # noqa: E402
 from edgebox.router.nodes import ModelLoad, NodeAddress, NodeStatus  # noqa: E402
 from edgebox.router.placement import (  # noqa: E402

@@ -22,4 +22,5 @@ fi
 .venv/bin/ruff check edgebox tests benchmarks
 .venv/bin/ruff format --check edgebox tests benchmarks
 .venv/bin/mypy
+.venv/bin/lint-imports
 .venv/bin/python -m pytest -q ${tier[@]+"${tier[@]}"} "$@"

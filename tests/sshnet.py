@@ -25,7 +25,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from edgebox.provisioning.relay import (
+from edgebox.fleet.relay import (
     NodeRecord,
     RelaySettings,
     UserRecord,
@@ -33,7 +33,7 @@ from edgebox.provisioning.relay import (
     render_sshd_config,
     render_user_keys,
 )
-from edgebox.provisioning.tunnel import TunnelSpec
+from edgebox.fleet.tunnel import TunnelSpec
 
 REQUIRED = {
     "ip": "iproute2",

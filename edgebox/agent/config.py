@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from edgebox.node.security import NodeKeys
+    from edgebox.api.auth import NodeKeys
     from edgebox.router.config import RouterConfig
     from edgebox.runtimes.open import RuntimeOptions
 
@@ -102,7 +102,7 @@ class NodeConfig:
         )
 
     def keys(self) -> NodeKeys:
-        from edgebox.node.security import NodeKeys
+        from edgebox.api.auth import NodeKeys
 
         return NodeKeys(
             self.api_key or None,

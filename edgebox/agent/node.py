@@ -11,6 +11,8 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import signal
+import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -23,10 +25,10 @@ from edgebox.agent.runtimes import Runtimes, open_runtimes, resolve_models
 if TYPE_CHECKING:
     from starlette.types import ASGIApp
 
+    from edgebox.api.auth import NodeKeys
     from edgebox.fleet.heartbeat import Heartbeat
     from edgebox.fleet.identity import NodeIdentity
     from edgebox.fleet.mdns import Advertiser
-    from edgebox.node.security import NodeKeys
     from edgebox.node.server import NodeServer
     from edgebox.node.state import NodeState
     from edgebox.router.embed import LocalNode
@@ -34,6 +36,14 @@ if TYPE_CHECKING:
     from edgebox.runtimes.open import RuntimeOptions
 
 log = logging.getLogger(__name__)
+
+
+def _terminate_as_interrupt(signum: int, frame: object) -> None:
+    """SIGTERM (systemd's stop, `kill`) ends the node as Ctrl-C does. uvicorn catches the
+    signal, finishes open responses, then raises it again under the handler that was there
+    before it: with the default one the process would die there, before the agent withdraws
+    its mDNS advert and local record and closes its runtimes."""
+    raise KeyboardInterrupt
 
 
 class NodeAgent:
@@ -59,9 +69,13 @@ class NodeAgent:
         SIGINT ends in KeyboardInterrupt, as Python's asyncio has it); every runtime is closed
         by the time this returns or raises. `AgentError`: a start-up step the user can fix."""
         self.open()
+        main = threading.current_thread() is threading.main_thread()  # signals go there only
+        previous = signal.signal(signal.SIGTERM, _terminate_as_interrupt) if main else None
         try:
             asyncio.run(self._serve())
         finally:
+            if main:
+                signal.signal(signal.SIGTERM, previous)
             self.close_runtimes()
 
     def open(self) -> None:
@@ -153,9 +167,9 @@ class NodeAgent:
         """mDNS, when on; a failure is logged and the node serves on (mDNS is only a hint)."""
         if not self.config.mdns:
             return
+        from edgebox.api.auth import is_loopback
         from edgebox.fleet.mdns import Advertiser
         from edgebox.hardware import probe
-        from edgebox.node.security import is_loopback
 
         assert self.identity is not None and self.state is not None and self.http is not None
         accel = probe(measure=False).hw_class
@@ -175,8 +189,8 @@ class NodeAgent:
     def _join_hub(self, stack: contextlib.AsyncExitStack) -> None:
         """Heartbeats (only once joined to a hub) and the relay tunnel (once joined to a hub
         that runs a relay, unless --no-tunnel)."""
+        from edgebox.api.auth import is_loopback
         from edgebox.fleet.heartbeat import api_endpoint, start_background
-        from edgebox.node.security import is_loopback
 
         state = self.state
         assert state is not None

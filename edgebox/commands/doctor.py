@@ -26,7 +26,7 @@ Measure = Annotated[
 def doctor(as_json: AsJson = False, measure: Measure = True) -> None:
     """What this box is, which runtimes it can use, and how to enable the missing ones."""
     from edgebox.hardware import probe
-    from edgebox.hardware.doctor import report
+    from edgebox.runtimes.doctor import report
 
     result = report(probe(measure=measure), probe_cpu=measure)
     if as_json:

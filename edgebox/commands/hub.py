@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from edgebox.api.netguard import log_field
 from edgebox.commands._hubopts import (
     AdminKeyFile,
     AsJson,
@@ -20,7 +21,6 @@ from edgebox.commands._hubopts import (
     admin_request,
 )
 from edgebox.commands._hubopts import fail as _fail
-from edgebox.netguard import log_field
 
 out = Console()
 hub_app = typer.Typer(

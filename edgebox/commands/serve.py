@@ -99,7 +99,7 @@ def _log_with_timestamps() -> None:
     logging.basicConfig(
         level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    logging.getLogger("edgebox.provisioning.tunnel").setLevel(logging.INFO)  # its state changes
+    logging.getLogger("edgebox.fleet.tunnel").setLevel(logging.INFO)  # its state changes
 
 
 def _router_config(path: Path | None, fleet: bool) -> RouterConfig | None:

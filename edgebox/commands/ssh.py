@@ -21,6 +21,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from edgebox.fleet.tunnel import Backoff, TunnelSpec, TunnelSupervisor
 from edgebox.provisioning.ssh_config import (
     DirectoryError,
     FileNodeDirectory,
@@ -35,7 +36,6 @@ from edgebox.provisioning.ssh_config import (
     with_include,
     write_client_files,
 )
-from edgebox.provisioning.tunnel import Backoff, TunnelSpec, TunnelSupervisor
 
 err = Console(stderr=True)
 out = Console()

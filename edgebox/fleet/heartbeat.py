@@ -16,9 +16,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from edgebox.api.netguard import log_field
 from edgebox.fleet.hub.client import HubClient, HubError
 from edgebox.fleet.join import load_fleet
-from edgebox.netguard import log_field
 
 log = logging.getLogger("edgebox.heartbeat")
 

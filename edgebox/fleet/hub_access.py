@@ -12,7 +12,9 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
+from edgebox.api.auth import is_loopback
 from edgebox.fleet.identity import edgebox_home
 
 LOGIN_HINT = "run `edgebox login ebu1_...` (the line `edgebox hub user add` prints)"
@@ -92,3 +94,14 @@ def find_hub(
             "with the admin key (DATA/admin.key on the hub box) or set EDGEBOX_HUB_TOKEN"
         )
     return access
+
+
+def seen_from_hub(api_url: str, hub_url: str) -> str:
+    """`api_url` as the hub recorded it, reachable from here: a loopback host (node on the hub's
+    own box) becomes the hub's host."""
+    parts = urlsplit(api_url)
+    hub_host = urlsplit(hub_url).hostname
+    if not is_loopback(parts.hostname or "") or not hub_host:
+        return api_url
+    host = f"[{hub_host}]" if ":" in hub_host else hub_host
+    return f"{parts.scheme}://{host}:{parts.port}"

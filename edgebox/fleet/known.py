@@ -11,6 +11,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from edgebox.api.health import HealthReport
 from edgebox.fleet._files import write_atomic
 from edgebox.fleet.identity import edgebox_home
 
@@ -104,17 +105,17 @@ def known_node_from_health(
     host: str, port: int, health: dict[str, object], now: float | None = None
 ) -> KnownNode:
     """A KnownNode from a node's /health answer; raises KnownNodesError when it has no identity."""
-    node = health.get("node")
-    if not isinstance(node, dict) or not node.get("id") or not node.get("ssh_host_key_fingerprint"):
+    node = HealthReport.parse(health).node
+    if node is None or not node.id or not node.ssh_host_key_fingerprint:
         raise KnownNodesError(
             f"{host}:{port} answered /health without a node identity; is it an edgebox node "
             "new enough to have one?"
         )
     return KnownNode(
-        node_id=str(node["id"]),
-        name=str(node.get("name") or host),
+        node_id=node.id,
+        name=node.name or host,
         host=host,
         port=port,
-        host_key_fingerprint=str(node["ssh_host_key_fingerprint"]),
+        host_key_fingerprint=node.ssh_host_key_fingerprint,
         added_at=time.time() if now is None else now,
     )

@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from edgebox.fleet._files import write_atomic
 from edgebox.fleet.identity import edgebox_home
 from edgebox.fleet.logins import Login
-from edgebox.provisioning.relay import key_material
+from edgebox.fleet.relay import key_material
 
 KEY_FILE = "id_ed25519"
 

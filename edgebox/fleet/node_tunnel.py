@@ -10,7 +10,7 @@ from typing import Any
 
 from edgebox.fleet.identity import edgebox_home
 from edgebox.fleet.join import load_fleet
-from edgebox.provisioning.tunnel import Backoff, TunnelSpec, TunnelSupervisor
+from edgebox.fleet.tunnel import Backoff, TunnelSpec, TunnelSupervisor
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ def start_background(home: Path | None = None) -> TunnelSupervisor | None:
     except NoTunnel as exc:
         log.warning("%s", exc)
         return None
-    tunnel_log = logging.getLogger("edgebox.provisioning.tunnel")
+    tunnel_log = logging.getLogger("edgebox.fleet.tunnel")
     if not tunnel_log.handlers and not logging.getLogger().handlers:  # `serve` sets up no logging
         handler = logging.StreamHandler()
         handler.setFormatter(logging.Formatter("%(asctime)s edgebox %(message)s"))

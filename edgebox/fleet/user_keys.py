@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from edgebox.fleet._files import write_atomic
-from edgebox.provisioning.relay import RelayConfigError, key_material
+from edgebox.fleet.relay import RelayConfigError, key_material
 
 log = logging.getLogger("edgebox.heartbeat")
 

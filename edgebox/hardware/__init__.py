@@ -1,4 +1,4 @@
-"""This box: hardware probe, and which runtimes and fast paths it can use."""
+"""This box: hardware probe, accelerators, telemetry (runtimes it can use: `runtimes.doctor`)."""
 
 from edgebox.hardware.probe import Accelerator, HardwareProfile, probe
 

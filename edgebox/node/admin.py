@@ -10,7 +10,7 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from edgebox.node.errors import APIError
+from edgebox.api.errors import APIError
 from edgebox.node.state import NodeState
 
 DRAIN_RETRY_AFTER_S = 30

@@ -10,23 +10,24 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from edgebox.node import admin, embeddings, identity_api, kv_api, model_admin, openai_api
-from edgebox.node.errors import (
+from edgebox.api.auth import NodeKeys, ScopedKeyMiddleware
+from edgebox.api.errors import (
     APIError,
     api_error_handler,
     http_error_handler,
     unhandled_error_handler,
 )
-from edgebox.node.identity_api import IDENTITY_PATH, NodeSigner
+from edgebox.api.identity import IDENTITY_PATH
+from edgebox.node import admin, embeddings, identity_api, kv_api, model_admin, openai_api
+from edgebox.node.identity_api import NodeSigner
 from edgebox.node.metrics import RequestCounterMiddleware
 from edgebox.node.recent import RecentRequestsMiddleware
-from edgebox.node.security import NodeKeys, ScopedKeyMiddleware
 from edgebox.node.state import NodeState
 
 
 async def health(request: Request) -> Response:
     state: NodeState = request.app.state.node
-    return JSONResponse(await state.full_health())
+    return JSONResponse((await state.full_health()).to_json())
 
 
 def metrics(request: Request) -> Response:
@@ -44,7 +45,7 @@ def create_app(
     """An app serving `state`'s runtimes; closing the runtimes stays with the caller.
 
     `keys` (or just `api_key`, the inference key) guard `/v1/` and `/admin/` by scope (see
-    `node.security`); `signer` answers `GET /edgebox/identity` challenges."""
+    `api.auth`); `signer` answers `GET /edgebox/identity` challenges."""
     keys = keys or NodeKeys(api_key=api_key)
     routes = [
         Route("/health", health, methods=["GET"]),

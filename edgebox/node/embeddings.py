@@ -11,10 +11,12 @@ from pydantic import BaseModel, ConfigDict
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from edgebox.api.body import read_json
+from edgebox.api.errors import APIError
 from edgebox.node.admin import refuse_if_draining
-from edgebox.node.errors import APIError, queue_full_error
-from edgebox.node.openai_api import parse, read_json
+from edgebox.node.openai_api import parse
 from edgebox.node.recent import usage_of
+from edgebox.node.refusals import queue_full_error
 from edgebox.node.state import NodeState
 from edgebox.runtimes.base import BackendError, EmbeddingRuntime, QueueFullError
 

@@ -6,10 +6,11 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable
 
-from edgebox.node.errors import APIError, queue_full_error
+from edgebox.api.errors import APIError
 from edgebox.node.metrics import NodeMetrics, now
 from edgebox.node.prompts import GenerationPlan
 from edgebox.node.recent import RequestRecord
+from edgebox.node.refusals import queue_full_error
 from edgebox.runtimes.base import (
     ContextLengthError,
     Event,

@@ -19,8 +19,6 @@ to a node before the node has proved who it is.
 from __future__ import annotations
 
 import base64
-import hashlib
-import ipaddress
 import re
 import socket
 from dataclasses import dataclass
@@ -31,35 +29,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from edgebox.node.errors import APIError
+from edgebox.api.errors import APIError
+from edgebox.api.identity import canonical_address, key_fingerprint, proof_message
 
-PROOF_DOMAIN = "edgebox-node-identity-proof-v1"
-IDENTITY_PATH = "/edgebox/identity"
 _NONCE = re.compile(r"^[A-Za-z0-9_-]{16,128}$")
 _CONTEXT = re.compile(r"^[\x21-\x7e]{1,200}$")  # printable ASCII, no spaces or newlines
-
-
-def canonical_address(host: str, port: int) -> str:
-    """`host:port` as both sides write it: IPs normalised (an IPv4-mapped IPv6 address as IPv4,
-    IPv6 in brackets), names lower-cased."""
-    try:
-        ip = ipaddress.ip_address(host.strip("[]").split("%", 1)[0])
-    except ValueError:
-        return f"{host.lower()}:{port}"
-    mapped = getattr(ip, "ipv4_mapped", None)
-    ip = mapped or ip
-    return f"[{ip}]:{port}" if ip.version == 6 else f"{ip}:{port}"
-
-
-def proof_message(*, nonce: str, node_id: str, context: str, address: str) -> bytes:
-    """The bytes a node signs; every field is free of newlines (checked where they come in)."""
-    return "\n".join((PROOF_DOMAIN, nonce, node_id, context, address)).encode()
-
-
-def key_fingerprint(public_key_line: str) -> str:
-    """SHA256 fingerprint of an OpenSSH public key line, as `ssh-keygen -l` prints it."""
-    blob = base64.b64decode(public_key_line.split()[1], validate=True)
-    return "SHA256:" + base64.b64encode(hashlib.sha256(blob).digest()).decode().rstrip("=")
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,10 @@ import time
 from starlette.requests import Request
 from starlette.responses import Response
 
-from edgebox.node.errors import APIError
+from edgebox.api.auth import is_loopback
+from edgebox.api.body import read_json
+from edgebox.api.errors import APIError
+from edgebox.api.protocol import ChatCompletionRequest, CompletionRequest
 from edgebox.node.kv_transfer import (
     check_upload,
     prefill_export,
@@ -24,7 +27,7 @@ from edgebox.node.kv_transfer import (
     upload_response,
 )
 from edgebox.node.offload import off_loop
-from edgebox.node.openai_api import lookup, parse, read_json
+from edgebox.node.openai_api import lookup, parse
 from edgebox.node.prompts import (
     PreparedPrompt,
     chat_prompt,
@@ -32,9 +35,7 @@ from edgebox.node.prompts import (
     check_prompt_fits,
     completion_prompts,
 )
-from edgebox.node.protocol import ChatCompletionRequest, CompletionRequest
 from edgebox.node.recent import usage_of
-from edgebox.node.security import is_loopback
 from edgebox.node.state import NodeState
 from edgebox.runtimes.base import Runtime
 

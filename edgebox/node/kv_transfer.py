@@ -30,7 +30,9 @@ from typing import Any, Protocol, cast
 
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
-from edgebox.node.errors import APIError, queue_full_error
+from edgebox.api.errors import APIError
+from edgebox.api.kv import KV_HEADER, MAGIC, MEDIA_TYPE
+from edgebox.node.refusals import queue_full_error
 from edgebox.runtimes.base import (
     BackendError,
     FinishEvent,
@@ -43,9 +45,6 @@ from edgebox.runtimes.base import (
     fingerprint_mismatch,
 )
 
-MAGIC = b"EBKV1\n"
-MEDIA_TYPE = "application/x-edgebox-kv"
-KV_HEADER = "x-edgebox-kv"
 CHUNK_BYTES = 1 << 20
 _MAX_HEADER_BYTES = 16 << 20
 

@@ -21,9 +21,10 @@ from pydantic import BaseModel, ConfigDict
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from edgebox.api.body import read_json
+from edgebox.api.errors import APIError
 from edgebox.models import BUNDLED, ModelNotAvailable, ResolvedModel
-from edgebox.node.errors import APIError
-from edgebox.node.openai_api import parse, read_json
+from edgebox.node.openai_api import parse
 from edgebox.node.state import NodeState
 from edgebox.runtimes.base import BackendError, EmbeddingRuntime, Runtime
 

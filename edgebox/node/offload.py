@@ -11,7 +11,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
-from edgebox.node.errors import APIError
+from edgebox.api.errors import APIError
 
 T = TypeVar("T")
 

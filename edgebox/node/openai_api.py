@@ -11,13 +11,13 @@ from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
+from edgebox.api.body import read_json
+from edgebox.api.errors import APIError, from_validation_error
+from edgebox.api.kv import KV_HEADER
+from edgebox.api.protocol import ChatCompletionRequest, CompletionRequest
+from edgebox.api.sse import SSE_DONE, sse
 from edgebox.node.admin import refuse_if_draining
-from edgebox.node.body import decode_json as decode_json  # re-exported for the router
-from edgebox.node.body import read_body as read_body
-from edgebox.node.body import read_json as read_json
-from edgebox.node.errors import APIError, from_validation_error
 from edgebox.node.generation import ChoiceStreams
-from edgebox.node.kv_transfer import KV_HEADER
 from edgebox.node.metrics import now
 from edgebox.node.offload import off_loop
 from edgebox.node.prompts import (
@@ -33,15 +33,12 @@ from edgebox.node.prompts import (
     max_tokens_of,
     sampling,
 )
-from edgebox.node.protocol import ChatCompletionRequest, CompletionRequest
 from edgebox.node.recent import usage_of
 from edgebox.node.responses import (
-    SSE_DONE,
     ChoiceResult,
     ResponseShape,
     chat_logprob_content,
     finish_reason,
-    sse,
     usage,
 )
 from edgebox.node.state import NodeState

@@ -7,13 +7,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
-from edgebox.node.errors import APIError
-from edgebox.node.protocol import (
+from edgebox.api.errors import APIError
+from edgebox.api.protocol import (
     ChatCompletionRequest,
     CompletionRequest,
-    OtherPart,
     ResponseFormat,
     TextPart,
+    chat_messages,
 )
 from edgebox.node.tools import ToolPlan, template_input, tool_format_of
 from edgebox.runtimes.base import (
@@ -45,36 +45,6 @@ class ChatTokenizer(Protocol):
 class PreparedPrompt:
     tokens: list[int]
     text: str  # what the tokens render to, for `echo`
-
-
-def chat_messages(body: ChatCompletionRequest) -> list[dict[str, Any]]:
-    """Messages as chat templates expect them: plain-text content, known roles."""
-    out: list[dict[str, Any]] = []
-    for i, message in enumerate(body.messages):
-        content = message.content
-        if isinstance(content, list):
-            for j, part in enumerate(content):
-                if isinstance(part, OtherPart):
-                    raise APIError(
-                        400,
-                        f"this model reads text only; '{part.type}' content is not supported",
-                        param=f"messages[{i}].content[{j}].type",
-                        code="unsupported_content",
-                    )
-            content = "".join(p.text for p in content if isinstance(p, TextPart))
-        role = "system" if message.role == "developer" else message.role
-        entry: dict[str, Any] = {"role": role, "content": content or ""}
-        if message.name:
-            entry["name"] = message.name
-        if message.tool_calls:
-            entry["tool_calls"] = [
-                {"id": c.id, "name": c.function.name, "arguments": c.function.arguments}
-                for c in message.tool_calls
-            ]
-        if message.tool_call_id:
-            entry["tool_call_id"] = message.tool_call_id
-        out.append(entry)
-    return out
 
 
 def check_chat_size(runtime: Runtime, body: ChatCompletionRequest) -> None:

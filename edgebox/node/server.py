@@ -11,15 +11,15 @@ from collections.abc import Callable
 import uvicorn
 from starlette.types import ASGIApp
 
-from edgebox.node.app import create_app
-from edgebox.node.conn_guard import (
+from edgebox.api.auth import NodeKeys
+from edgebox.api.conn_guard import (
     ConnectionLimits,
     guarded_protocol,
     http_protocol,
     raise_open_file_limit,
 )
+from edgebox.node.app import create_app
 from edgebox.node.identity_api import NodeSigner
-from edgebox.node.security import NodeKeys
 from edgebox.node.state import NodeState
 
 

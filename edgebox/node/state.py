@@ -11,6 +11,15 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 
 from edgebox import __version__
+from edgebox.api.body import DEFAULT_MAX_BODY
+from edgebox.api.health import (
+    HEALTH_VERSION,
+    HealthReport,
+    Load,
+    ModelHealth,
+    ModelLoad,
+    NodeIdentity,
+)
 from edgebox.hardware.probe import probe
 from edgebox.hardware.telemetry import CachedTelemetry
 from edgebox.node.kv_transfer import KVStore
@@ -19,7 +28,6 @@ from edgebox.node.recent import RecentRequests
 from edgebox.runtimes.base import EmbeddingRuntime, Runtime
 from edgebox.runtimes.open import RuntimeOptions
 
-DEFAULT_MAX_BODY = 4 * 1024 * 1024  # a full 128k-token context as text or token ids fits
 log = logging.getLogger(__name__)
 
 
@@ -114,46 +122,50 @@ class NodeState:
             card["meta"]["providers"] = info.metadata.get("providers")
         return card
 
-    def health(self) -> dict[str, Any]:
+    def health(self) -> HealthReport:
         """What /health reports without touching the hardware: status, version, models, load."""
-        models, load_models = {}, {}
+        models: dict[str, ModelHealth] = {}
         for alias, runtime in self.all_models().items():
             stats = runtime.stats()
-            models[alias] = {
+            fields: dict[str, Any] = {
                 "slots": stats.slots,
                 "running": stats.running,
                 "queued": stats.queued,
-                "n_ctx": runtime.info.n_ctx,  # tokens one sequence may hold
-                "size_bytes": runtime.info.size_bytes,  # bounds decode: bandwidth / size
+                "n_ctx": runtime.info.n_ctx,
+                "size_bytes": runtime.info.size_bytes,
                 "runtime": type(runtime).__name__,
-                "fast_path": self.fast_paths.get(alias),  # "runtime: why it was chosen"
+                "fast_path": self.fast_paths.get(alias),
             }
             if "cpu_extra_buffers" in runtime.info.metadata:  # llama.cpp: repacked/AMX weights
-                models[alias]["cpu_extra_buffers"] = runtime.info.metadata["cpu_extra_buffers"]
+                fields["cpu_extra_buffers"] = runtime.info.metadata["cpu_extra_buffers"]
             if hasattr(runtime, "prefix_cache"):  # block hashes of cached prompts, for routers
-                models[alias].update(runtime.prefix_cache())
+                fields.update(runtime.prefix_cache())
             if hasattr(runtime, "health"):  # {"status": "degraded", "reason": ...} after a fault
-                models[alias].update(runtime.health())
-            load_models[alias] = {"active": stats.running, "queued": stats.queued}
-        return {
-            "status": self._status(models),
-            "version": __version__,
-            "uptime_s": round(time.time() - self.started, 1),
-            "models": models,
-            "load": {
-                "active": sum(m["active"] for m in load_models.values()),
-                "queued": sum(m["queued"] for m in load_models.values()),
-                "models": load_models,
-            },
-            **({"node": self.node} if self.node is not None else {}),
-        }
+                fields.update(runtime.health())
+            models[alias] = ModelHealth(**fields)
+        load = {a: ModelLoad(active=m.running, queued=m.queued) for a, m in models.items()}
+        report = HealthReport(
+            health_version=HEALTH_VERSION,
+            status=self._status(models),
+            version=__version__,
+            uptime_s=round(time.time() - self.started, 1),
+            models=models,
+            load=Load(
+                active=sum(m.active for m in load.values()),
+                queued=sum(m.queued for m in load.values()),
+                models=load,
+            ),
+        )
+        if self.node is not None:
+            report = report.model_copy(update={"node": NodeIdentity(**self.node)})
+        return report
 
-    def _status(self, models: dict[str, dict[str, Any]]) -> str:
+    def _status(self, models: dict[str, ModelHealth]) -> str:
         """draining (set by an operator), degraded (a model's engine recently failed a decode
         or is rebuilding; its entry says why), or ok."""
         if self.draining:
             return "draining"
-        if any(m.get("status") == "degraded" for m in models.values()):
+        if any(m.status == "degraded" for m in models.values()):
             return "degraded"
         return "ok"
 
@@ -162,7 +174,7 @@ class NodeState:
         stats = [r.stats() for r in self.runtimes.values()]
         return {"running": sum(s.running for s in stats), "queued": sum(s.queued for s in stats)}
 
-    async def full_health(self) -> dict[str, Any]:
+    async def full_health(self) -> HealthReport:
         """`health()` plus the hardware profile (probed once) and a telemetry sample at most a
         second old; both are taken off the event loop."""
         report = self.health()
@@ -170,10 +182,9 @@ class NodeState:
             # No bandwidth measurement: it would copy 512 MiB next to a serving model.
             profile = await asyncio.to_thread(probe, measure=False)
             self.hardware = profile.to_dict()
-        report["hardware"] = self.hardware
         try:
-            report["telemetry"] = (await self.telemetry.get()).to_dict()
+            telemetry: dict[str, Any] | None = (await self.telemetry.get()).to_dict()
         except Exception:  # a sensor failing must not take /health down
             log.exception("telemetry sample failed")
-            report["telemetry"] = None
-        return report
+            telemetry = None
+        return report.model_copy(update={"hardware": self.hardware, "telemetry": telemetry})

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import json
 
-from edgebox.node.errors import APIError
-from edgebox.node.protocol import ChatCompletionRequest, CompletionRequest
+from edgebox.api.errors import APIError
+from edgebox.api.protocol import ChatCompletionRequest, CompletionRequest
 from edgebox.runtimes.base import GrammarError, Runtime, SamplingParams
 from edgebox.runtimes.grammar_limits import gbnf_problem, schema_problem
 

@@ -16,8 +16,8 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from edgebox.node.errors import APIError
-from edgebox.node.protocol import ChatCompletionRequest
+from edgebox.api.errors import APIError
+from edgebox.api.protocol import ChatCompletionRequest
 from edgebox.runtimes.base import (
     Event,
     GrammarError,

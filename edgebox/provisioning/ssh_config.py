@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Protocol
 
-from edgebox.provisioning.relay import RelayConfigError, key_material
+from edgebox.fleet.relay import RelayConfigError, key_material
 
 HUB_ALIAS = "edgebox-hub"
 ALIAS_SUFFIX = ".edgebox"

@@ -16,15 +16,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from edgebox.node.errors import (
+from edgebox.api.auth import APIKeyMiddleware
+from edgebox.api.body import DEFAULT_MAX_BODY, decode_json, read_body
+from edgebox.api.errors import (
     APIError,
     api_error_handler,
     http_error_handler,
     unhandled_error_handler,
 )
-from edgebox.node.openai_api import decode_json, read_body
-from edgebox.node.security import APIKeyMiddleware
-from edgebox.node.state import DEFAULT_MAX_BODY
 from edgebox.router.nodes import NodeStatus
 from edgebox.router.service import Router
 

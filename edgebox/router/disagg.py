@@ -19,7 +19,7 @@ from typing import Any
 
 import httpx
 
-from edgebox.node.kv_transfer import KV_HEADER
+from edgebox.api.kv import KV_HEADER
 from edgebox.router.config import Disagg
 
 HANDOFF_OVERHEAD_S = 0.02

@@ -23,8 +23,8 @@ from multidict import CIMultiDictProxy
 from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from edgebox.node.errors import APIError
-from edgebox.node.responses import SSE_DONE, sse
+from edgebox.api.errors import APIError
+from edgebox.api.sse import SSE_DONE, sse
 
 log = logging.getLogger("edgebox.router")
 

@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
+from edgebox.api.health import HealthReport
 from edgebox.runtimes.prefix_blocks import BLOCK_TOKENS
 
 log = logging.getLogger("edgebox.router")
@@ -173,40 +174,31 @@ def parse_metrics(text: str) -> dict[str, ModelFigures]:
 
 def status_from_health(
     address: NodeAddress,
-    health: Mapping[str, object],
+    health: HealthReport | Mapping[str, object],
     figures: Mapping[str, ModelFigures],
     now: float,
 ) -> NodeStatus:
+    """A node's status from its /health report (any version) and its /metrics figures."""
+    report = health if isinstance(health, HealthReport) else HealthReport.parse(health)
     models: dict[str, ModelLoad] = {}
     blocks: dict[str, frozenset[str]] = {}
-    raw = health.get("models")
-    if isinstance(raw, Mapping):
-        for alias, load in raw.items():
-            if isinstance(load, Mapping):
-                seen = figures.get(str(alias), ModelFigures())
-                cached = _prefix_blocks(load)
-                if cached:
-                    blocks[str(alias)] = cached
-                models[str(alias)] = ModelLoad(
-                    slots=int(load.get("slots", 1) or 1),
-                    running=int(load.get("running", 0) or 0),
-                    queued=int(load.get("queued", 0) or 0),
-                    decode_tokens_per_s=seen.decode_tokens_per_s,
-                    n_ctx=int(load.get("n_ctx", 0) or 0),
-                    mean_request_s=seen.mean_request_s,
-                    model_sha256=str(load.get("model_sha256") or "") if cached else "",
-                    prefill_tokens_per_s=seen.prefill_tokens_per_s,
-                )
-    healthy = health.get("status") == "ok"
-    return NodeStatus(address, healthy, models, checked_at=now, prefix_blocks=blocks)
-
-
-def _prefix_blocks(load: Mapping[str, object]) -> frozenset[str]:
-    """The node's cached prefix blocks, if it reports them with this router's block size."""
-    blocks = load.get("prefix_blocks")
-    if load.get("block_tokens") != BLOCK_TOKENS or not isinstance(blocks, list):
-        return frozenset()
-    return frozenset(b for b in blocks if isinstance(b, str))
+    for alias, load in report.models.items():
+        seen = figures.get(alias, ModelFigures())
+        # only blocks of this router's size compare with its own hashes
+        cached = load.blocks_at(BLOCK_TOKENS)
+        if cached:
+            blocks[alias] = cached
+        models[alias] = ModelLoad(
+            slots=load.slots or 1,
+            running=load.running,
+            queued=load.queued,
+            decode_tokens_per_s=seen.decode_tokens_per_s,
+            n_ctx=load.n_ctx or 0,
+            mean_request_s=seen.mean_request_s,
+            model_sha256=(load.model_sha256 or "") if cached else "",
+            prefill_tokens_per_s=seen.prefill_tokens_per_s,
+        )
+    return NodeStatus(address, report.ok, models, checked_at=now, prefix_blocks=blocks)
 
 
 class Every:

@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 from starlette.responses import Response
 
-from edgebox.node.errors import APIError
+from edgebox.api.errors import APIError
 from edgebox.router.cloud import CloudTarget, SpendLedger, Target, cost_usd
 from edgebox.router.config import RouterConfig
 from edgebox.router.disagg import SplitFailed, hand_off

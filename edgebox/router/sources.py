@@ -20,13 +20,12 @@ import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any, Protocol
-from urllib.parse import urlsplit
 
 from edgebox.fleet.advert import DiscoveredNode, distinct_names
+from edgebox.fleet.hub_access import seen_from_hub
 from edgebox.fleet.identity import ssh_fingerprint
 from edgebox.fleet.interfaces import LanInterface
 from edgebox.fleet.logins import Login
-from edgebox.node.security import is_loopback
 from edgebox.router.nodes import Every, NodeAddress
 
 log = logging.getLogger("edgebox.router")
@@ -93,17 +92,6 @@ class MdnsNodes:
             for n, name in zip(found, names, strict=True)
             if (a := mdns_address(n, self.pins))
         ]
-
-
-def seen_from_hub(api_url: str, hub_url: str) -> str:
-    """`api_url` as the hub recorded it, reachable from here: a loopback host (node on the hub's
-    own box) becomes the hub's host."""
-    parts = urlsplit(api_url)
-    hub_host = urlsplit(hub_url).hostname
-    if not is_loopback(parts.hostname or "") or not hub_host:
-        return api_url
-    host = f"[{hub_host}]" if ":" in hub_host else hub_host
-    return f"{parts.scheme}://{host}:{parts.port}"
 
 
 def _fingerprints(*key_lines: object) -> set[str]:

@@ -22,12 +22,11 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from edgebox.api.errors import APIError
+from edgebox.api.protocol import ChatCompletionRequest, chat_messages
 from edgebox.models.bundled import BUNDLED
 from edgebox.models.digest import file_sha256
 from edgebox.models.resolve import ModelNotAvailable, resolve_model
-from edgebox.node.errors import APIError
-from edgebox.node.prompts import chat_messages
-from edgebox.node.protocol import ChatCompletionRequest
 from edgebox.router.nodes import NodeStatus
 from edgebox.runtimes.base import BackendError
 from edgebox.runtimes.prefix_blocks import BLOCK_TOKENS, chain, matched_blocks

@@ -30,7 +30,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from edgebox.node.identity_api import (
+from edgebox.api.identity import (
     IDENTITY_PATH,
     canonical_address,
     key_fingerprint,

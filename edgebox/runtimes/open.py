@@ -58,8 +58,8 @@ def resolve_model_or_dir(
 
 
 def _box() -> tuple[HardwareProfile, Installed]:
-    from edgebox.hardware.doctor import check_runtimes, installed_runtimes
     from edgebox.hardware.probe import probe
+    from edgebox.runtimes.doctor import check_runtimes, installed_runtimes
 
     profile = probe(measure=False)
     return profile, installed_runtimes(check_runtimes(profile))

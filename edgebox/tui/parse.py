@@ -1,7 +1,8 @@
-"""Pure parsing: a node's /health JSON, /metrics text and a hub's node list → `NodeSnapshot`.
+"""Pure parsing: a node's /health report, /metrics text and a hub's node list → `NodeSnapshot`.
 
 Nodes of different edgebox versions report different fields (`hardware`, `telemetry`, `load`
-arrived later than `models`), so every field is optional here and a missing one stays None.
+arrived later than `models`); `edgebox.api.health.HealthReport` reads any of them, and a
+figure a node does not report stays None here.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from edgebox.api.health import HealthReport, NodeIdentity, models_by_name
 from edgebox.tui.snapshot import ModelLoad, NodeSnapshot
 
 
@@ -105,20 +107,6 @@ def _text(value: Any) -> str | None:
     return str(value) if isinstance(value, str) and value else None
 
 
-def _models(raw: Any) -> dict[str, dict[str, Any]]:
-    """Models as name → figures, from `{"m": {...}}`, `["m", ...]` or `[{"name": "m"}, ...]`."""
-    if isinstance(raw, dict):
-        return {str(k): _dict(v) for k, v in raw.items()}
-    out: dict[str, dict[str, Any]] = {}
-    if isinstance(raw, list):
-        for item in raw:
-            if isinstance(item, str):
-                out[item] = {}
-            elif isinstance(item, dict) and (name := item.get("name") or item.get("id")):
-                out[str(name)] = item
-    return out
-
-
 @dataclass(frozen=True)
 class Resources:
     """Hardware and telemetry figures, whichever a node or hub reported."""
@@ -185,20 +173,21 @@ def parse_resources(hardware: Any, telemetry: Any) -> Resources:
 def node_from_health(
     *,
     url: str,
-    health: Mapping[str, Any],
+    health: HealthReport | Mapping[str, Any],
     metrics: MetricsSample | None,
     previous: MetricsSample | None,
     elapsed_s: float | None,
     seen_at: float,
 ) -> NodeSnapshot:
     """A reachable node: /health gives models and load, /metrics the counters for rates."""
-    res = parse_resources(health.get("hardware"), health.get("telemetry"))
-    node = _dict(health.get("node"))
-    name = str(node.get("name") or _dict(health.get("hardware")).get("hostname") or url)
+    report = health if isinstance(health, HealthReport) else HealthReport.parse(health)
+    res = parse_resources(report.hardware, report.telemetry)
+    node = report.node or NodeIdentity()
+    name = str(node.name or (report.hardware or {}).get("hostname") or url)
     models = []
     total_rate: float | None = None
     ttft_now: list[tuple[float, float]] = []
-    for alias, figures in _models(health.get("models")).items():
+    for alias, figures in report.models.items():
         gauges = metrics.gauges.get(alias, {}) if metrics else {}
         rate = None
         if metrics and previous and elapsed_s:  # a counter appears with its first token
@@ -213,31 +202,30 @@ def node_from_health(
         models.append(
             ModelLoad(
                 name=alias,
-                running=int(_first(figures, "running", "active") or gauges.get("running") or 0),
-                queued=int(_first(figures, "queued") or gauges.get("queued") or 0),
-                slots=int(s) if (s := _first(figures, "slots")) is not None else None,
+                running=int(figures.running or gauges.get("running") or 0),
+                queued=int(figures.queued or gauges.get("queued") or 0),
+                slots=figures.slots,
                 tokens_per_s=rate,
-                size_bytes=int(b) if (b := _first(figures, "size_bytes")) else None,
-                runtime=_text(figures.get("runtime")),
-                fast_path=_text(figures.get("fast_path")),
+                size_bytes=figures.size_bytes or None,
+                runtime=figures.runtime or None,
+                fast_path=figures.fast_path or None,
             )
         )
-    load = _dict(health.get("load"))
-    if total_rate is None:
-        total_rate = _first(load, "tokens_per_s")
+    if total_rate is None and report.load is not None:
+        total_rate = report.load.tokens_per_s
     return NodeSnapshot(
         name=name,
-        id=str(node.get("id") or url),
+        id=str(node.id or url),
         url=url,
         status="online",
-        draining=health.get("status") == "draining",
-        version=str(health["version"]) if health.get("version") else None,
+        draining=report.status == "draining",
+        version=report.version or None,
         **vars(res),
         models=tuple(models),
         tokens_per_s=total_rate,
         p50_ttft_s=histogram_median(ttft_now),
         last_seen=seen_at,
-        key_fingerprints=_fingerprints(node.get("ssh_host_key_fingerprint")),
+        key_fingerprints=_fingerprints(node.ssh_host_key_fingerprint),
     )
 
 
@@ -270,7 +258,7 @@ def node_from_hub(entry: Mapping[str, Any]) -> NodeSnapshot:
             runtime=_text(f.get("runtime")),
             fast_path=_text(f.get("fast_path")),
         )
-        for name, f in _models(entry.get("models")).items()
+        for name, f in models_by_name(entry.get("models")).items()
     )
     ident = str(entry.get("id") or entry.get("name") or "?")
     return NodeSnapshot(

@@ -10,7 +10,7 @@ from typing import Protocol
 
 import httpx
 
-from edgebox.router.sources import seen_from_hub
+from edgebox.fleet.hub_access import seen_from_hub
 from edgebox.tui.parse import (
     MetricsSample,
     node_from_health,

@@ -101,7 +101,7 @@ def test_client_text_reaches_the_log_escaped(hub: Hub) -> None:
         assert joined.status_code == 201, joined.text
         assert "\n" not in joined.json()["name"] and "\x1b" not in joined.json()["name"]
     hub.stop()
-    from edgebox.netguard import log_field
+    from edgebox.api.netguard import log_field
 
     log = hub.log.read_bytes()
     assert b"\x1b" not in log and b"\r" not in log and b"\x07" not in log

@@ -61,3 +61,17 @@ def test_a_record_left_by_a_killed_node_is_ignored_and_removed(tmp_path: Path) -
     (run_dir(tmp_path) / f"node-{mine.pid}.json").write_text(json.dumps(mine.__dict__))
     assert local_nodes(tmp_path) == []  # a live pid with another start time: a reused pid
     assert not path.exists()
+
+
+def test_sigterm_stops_the_node_as_ctrl_c_does(tmp_path: Path) -> None:
+    """systemd stops the service with SIGTERM: the node must withdraw its record and exit 0,
+    not die by the signal once uvicorn has finished its responses."""
+    home = tmp_path / "home"
+    env = {"EDGEBOX_HOME": str(home), "EDGEBOX_SSHD_HOST_KEY": ""}
+    node = start_node(tmp_path, "--model", "smollm2-135m", "--parallel", "1", "--ctx", "512",
+                      "--threads", "1", "--no-tunnel", "--no-mdns", env=env)  # fmt: skip
+    assert len(local_nodes(home)) == 1
+    node.proc.terminate()
+    assert node.proc.wait(timeout=30) == 0, node.log.read_text()
+    assert "stopped." in node.log.read_text()
+    assert list(run_dir(home).glob("node-*.json")) == []

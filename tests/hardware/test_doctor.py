@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from edgebox.hardware.doctor import RuntimeCheck, fast_paths, installed_runtimes
+from edgebox.runtimes.doctor import RuntimeCheck, fast_paths, installed_runtimes
 from tests.runtimes.test_select import MAC, RTX
 
 GPU_CHECKS = [

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from edgebox.hardware.doctor import RuntimeCheck, cpu_extra_buffers
+from edgebox.runtimes.doctor import RuntimeCheck, cpu_extra_buffers
 from edgebox.runtimes.llamacpp import cpu_probe
 
 LLAMA = [RuntimeCheck("llama.cpp", True, "llama-cpp-python 0.3.36, CPU-only build")]

@@ -11,8 +11,8 @@ import sys
 import pytest
 
 from edgebox.hardware import Accelerator, probe
-from edgebox.hardware.doctor import check_llama_cpp, fast_paths
 from edgebox.hardware.probe import classify, known_bandwidth, parse_cpuinfo
+from edgebox.runtimes.doctor import check_llama_cpp, fast_paths
 
 # Lines as /proc/cpuinfo prints them on an x86 server and on a GB10 (aarch64).
 X86_CPUINFO = """processor\t: 0

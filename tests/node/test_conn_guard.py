@@ -17,7 +17,7 @@ from starlette.applications import Starlette
 from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
-from edgebox.node.conn_guard import ConnectionLimits, guarded_protocol, http_protocol
+from edgebox.api.conn_guard import ConnectionLimits, guarded_protocol, http_protocol
 from tests.conftest import free_port, start_node
 
 TRICKLERS = 200

@@ -11,9 +11,9 @@ import numpy as np
 import openai
 import pytest
 
+from edgebox.api.errors import APIError
 from edgebox.models import resolve_model
 from edgebox.node.embeddings import texts_from_input
-from edgebox.node.errors import APIError
 from edgebox.runtimes.onnx import OnnxEmbeddingRuntime
 from tests.conftest import NodeProcess, start_node
 

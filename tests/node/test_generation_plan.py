@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from edgebox.api.protocol import ChatCompletionRequest, CompletionRequest
 from edgebox.node.prompts import PreparedPrompt, generation_plan, logprobs_of, max_tokens_of
-from edgebox.node.protocol import ChatCompletionRequest, CompletionRequest
 
 
 def test_a_chat_plan_carries_limits_sampling_per_choice_and_the_stream_shape() -> None:

@@ -14,8 +14,8 @@ import httpx
 import openai
 import pytest
 
+from edgebox.api.kv import KV_HEADER, MAGIC
 from edgebox.node.app import create_app
-from edgebox.node.kv_transfer import KV_HEADER, MAGIC
 from edgebox.node.state import NodeState
 from tests.conftest import NodeProcess, start_node
 

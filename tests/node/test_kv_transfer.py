@@ -11,7 +11,7 @@ import httpx
 import openai
 import pytest
 
-from edgebox.node.kv_transfer import KV_HEADER, MAGIC, MEDIA_TYPE
+from edgebox.api.kv import KV_HEADER, MAGIC, MEDIA_TYPE
 from tests.conftest import NodeProcess, start_node
 
 MODEL = "smollm2-135m"

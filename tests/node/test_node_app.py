@@ -73,6 +73,8 @@ def test_oversized_body_gets_413(client: TestClient) -> None:
     response = client.post("/v1/completions", content=huge)
     assert response.status_code == 413
     assert response.json()["error"]["code"] == "request_too_large"
+    # the unread rest of the body makes the connection unusable; a client must not reuse it
+    assert response.headers["connection"] == "close"
 
 
 def test_unknown_route_and_method_are_openai_shaped(client: TestClient) -> None:

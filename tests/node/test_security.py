@@ -15,7 +15,7 @@ from starlette.applications import Starlette
 from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
-from edgebox.node.security import LoopbackAdminMiddleware, NodeKeys, ScopedKeyMiddleware
+from edgebox.api.auth import LoopbackAdminMiddleware, NodeKeys, ScopedKeyMiddleware
 from tests.conftest import NodeProcess, start_node
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from edgebox.provisioning.tunnel import Backoff, TunnelSupervisor
+from edgebox.fleet.tunnel import Backoff, TunnelSupervisor
 from tests.sshnet import (
     JUMP_USER,
     PORTS,

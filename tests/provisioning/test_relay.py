@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from edgebox.provisioning.relay import (
+from edgebox.fleet.relay import (
     NodeRecord,
     RelayConfigError,
     RelaySettings,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-from edgebox.provisioning.tunnel import Backoff, TunnelSpec, classify_exit, tunnel_argv
+from edgebox.fleet.tunnel import Backoff, TunnelSpec, classify_exit, tunnel_argv
 
 SPEC = TunnelSpec(
     hub_host="hub.example", hub_port=2222, hub_host_key="ssh-ed25519 AAAAC3Nza x",

@@ -18,10 +18,11 @@ from typing import Any
 import httpx
 import pytest
 
+from edgebox.api.identity import key_fingerprint
 from edgebox.fleet.identity import load_identity, ssh_fingerprint
 from edgebox.fleet.interfaces import LanInterface
 from edgebox.fleet.mdns import Advertiser
-from edgebox.node.identity_api import NodeSigner, key_fingerprint
+from edgebox.node.identity_api import NodeSigner
 from edgebox.router.app import new_client
 from edgebox.router.cloud import SpendLedger
 from edgebox.router.config import RouterConfig

@@ -17,7 +17,7 @@ import httpx
 import openai
 import pytest
 
-from edgebox.node.kv_transfer import KV_HEADER
+from edgebox.api.kv import KV_HEADER
 from edgebox.runtimes.llamacpp.engine import UNCHECKED_KV_ENV
 from tests.conftest import NodeProcess, start_node
 from tests.node.test_kv_hostile import MESSAGES, MODEL, export, poisoned, upload

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from edgebox.models import resolve_model
-from edgebox.runtimes.base import QueueFullError
+from edgebox.runtimes.base import Embeddings, QueueFullError
 from edgebox.runtimes.onnx import OnnxEmbeddingRuntime
 from edgebox.runtimes.onnx.pooling import mean_pool, normalise, pad_batch
 
@@ -76,15 +76,26 @@ def test_a_full_queue_refuses_with_retry_after() -> None:
     model = resolve_model("all-minilm-l6-v2")
     assert model.tokenizer is not None
     tiny = OnnxEmbeddingRuntime(model.path, model.tokenizer, name="q", threads=1, max_queue=1)
-    gate = threading.Event()
+    gate, held = threading.Event(), threading.Event()
+    embed = tiny._embed
+
+    def hold_the_worker(texts: list[str]) -> Embeddings:
+        held.set()
+        gate.wait(30)
+        return embed(texts)
+
     try:
-        tiny._pool.submit(gate.wait, 30)  # hold the only worker, so the next request waits
+        tiny._embed = hold_the_worker  # type: ignore[method-assign]
+        first = tiny.embed(["first"])  # holds the only worker, so the next request waits
+        assert held.wait(30)
+        tiny._embed = embed  # type: ignore[method-assign]
         waiting = tiny.embed(["queued"])
         assert tiny.stats().queued == 1
         with pytest.raises(QueueFullError) as excinfo:
             tiny.embed(["one too many"])
         assert excinfo.value.retry_after > 0
         gate.set()
+        first.result(timeout=30)
         assert waiting.result(timeout=30).vectors.shape == (1, 384)
         assert tiny.embed(["room again"]).result(timeout=30).prompt_tokens == 4
     finally:

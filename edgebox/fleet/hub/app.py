@@ -16,6 +16,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from edgebox.api.errors import (
+    APIError,
+    api_error_handler,
+    http_error_handler,
+    unhandled_error_handler,
+)
 from edgebox.fleet.hub import (
     routes_keys,
     routes_membership,
@@ -27,12 +33,6 @@ from edgebox.fleet.hub.context import HubConfig, HubContext, hub_context
 from edgebox.fleet.hub.limits import RateLimit
 from edgebox.fleet.hub.models import NodeApi, observed_api_url
 from edgebox.fleet.hub.repository import HubRepository
-from edgebox.node.errors import (
-    APIError,
-    api_error_handler,
-    http_error_handler,
-    unhandled_error_handler,
-)
 
 log = logging.getLogger("edgebox.hub")
 MISSED_BEATS = 3  # a node is offline after this many heartbeat intervals without one

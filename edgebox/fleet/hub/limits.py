@@ -18,7 +18,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from edgebox.netguard import TokenBuckets
+from edgebox.api.netguard import TokenBuckets
 
 OPEN_PATHS = frozenset({"/v1/hub/join", "/v1/hub/rejoin"})
 

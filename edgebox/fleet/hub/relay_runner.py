@@ -29,8 +29,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from edgebox.fleet._files import write_atomic
-from edgebox.provisioning._proc import die_with_parent
-from edgebox.provisioning.relay import NOLOGIN, RelaySettings, render_sshd_config
+from edgebox.fleet._proc import die_with_parent
+from edgebox.fleet.relay import NOLOGIN, RelaySettings, render_sshd_config
 
 log = logging.getLogger("edgebox.hub.relay")
 SSHD = "/usr/sbin/sshd"

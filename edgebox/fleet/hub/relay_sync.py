@@ -2,7 +2,7 @@
 
 The hub rewrites them (atomically) after every join, revocation and user change; the relay
 sshd reads them at each login, so no reload is needed. The rendering and its policy live in
-provisioning/relay.py; this module only maps registry rows to its records.
+fleet/relay.py; this module only maps registry rows to its records.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from edgebox.fleet._files import write_atomic
-from edgebox.provisioning.relay import (
+from edgebox.fleet.relay import (
     NodeRecord,
     RelayConfigError,
     UserRecord,

@@ -17,11 +17,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from edgebox.api.netguard import log_field
 from edgebox.fleet.hub.auth import caller, requires
 from edgebox.fleet.hub.context import hub_context
 from edgebox.fleet.hub.models import UserKeyRequest
 from edgebox.fleet.hub.web import APIError, read_body
-from edgebox.netguard import log_field
 
 log = logging.getLogger("edgebox.hub")
 
@@ -50,7 +50,7 @@ async def whoami(request: Request) -> Response:
 @requires("user")
 async def set_my_key(request: Request) -> Response:
     """Register the SSH public key of the laptop the user logs in from (replacing theirs)."""
-    from edgebox.provisioning.relay import RelayConfigError, key_material
+    from edgebox.fleet.relay import RelayConfigError, key_material
 
     hub, name = hub_context(request), caller(request).user
     assert name is not None  # the "user" scope always names one

@@ -11,6 +11,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from edgebox.api.netguard import log_field
 from edgebox.fleet.hub.auth import caller, requires
 from edgebox.fleet.hub.context import hub_context
 from edgebox.fleet.hub.models import (
@@ -21,7 +22,6 @@ from edgebox.fleet.hub.models import (
 )
 from edgebox.fleet.hub.repository import JoinRefused, Registration
 from edgebox.fleet.hub.web import APIError, read_body
-from edgebox.netguard import log_field
 
 log = logging.getLogger("edgebox.hub")
 

@@ -9,12 +9,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from edgebox.api.netguard import log_field
 from edgebox.fleet import tokens
 from edgebox.fleet.hub.auth import requires
 from edgebox.fleet.hub.context import hub_context
 from edgebox.fleet.hub.models import TokenCreateRequest
 from edgebox.fleet.hub.web import APIError, read_body
-from edgebox.netguard import log_field
 
 log = logging.getLogger("edgebox.hub")
 

@@ -10,12 +10,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from edgebox.api.netguard import log_field
 from edgebox.fleet import logins
 from edgebox.fleet.hub.auth import requires
 from edgebox.fleet.hub.context import hub_context
 from edgebox.fleet.hub.models import UserAddRequest
 from edgebox.fleet.hub.web import APIError, read_body
-from edgebox.netguard import log_field
 
 log = logging.getLogger("edgebox.hub")
 
@@ -25,7 +25,7 @@ async def add_user(request: Request) -> Response:
     hub = hub_context(request)
     body = await read_body(request, UserAddRequest)
     try:
-        from edgebox.provisioning.relay import key_material
+        from edgebox.fleet.relay import key_material
 
         # none yet: the user's `edgebox login` registers their laptop's key
         key = key_material(body.ssh_public_key) if body.ssh_public_key else ""

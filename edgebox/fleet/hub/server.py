@@ -32,8 +32,8 @@ def public_urls(host: str, port: int, given: list[str]) -> list[str]:
 
 @dataclass(frozen=True)
 class ConnLimits:
-    """Slow-client limits (edgebox/netguard.py): seconds for the TLS handshake plus a request's
-    headers, open connections per client address, and uvicorn's idle keep-alive."""
+    """Slow-client limits (edgebox/api/conn_guard.py): seconds for the TLS handshake plus a
+    request's headers, open connections per client address, and uvicorn's idle keep-alive."""
 
     header_timeout: float = 10.0
     per_address: int = 256
@@ -151,18 +151,20 @@ def _start_relay(paths: RelayPaths, store: HubStore, config: HubConfig) -> Relay
 def _run_uvicorn(
     app: object, host: str, port: int, ident: identity.HubIdentity, limits: ConnLimits
 ) -> None:
-    """uvicorn behind netguard: TLS handshakes and request headers have a deadline, connections
-    per address a cap (uvicorn alone lets a slow client hold a connection indefinitely)."""
-    from edgebox.netguard import guarded_protocol, raise_fd_limit, serve_uvicorn
-
-    try:
-        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol as inner
-    except ImportError:  # httptools missing: uvicorn's h11 protocol
-        from uvicorn.protocols.http.h11_impl import H11Protocol as inner  # type: ignore[assignment]
-    fds = raise_fd_limit()
-    protocol = guarded_protocol(
-        inner, header_timeout=limits.header_timeout, per_address=limits.per_address
+    """uvicorn behind the connection guard: TLS handshakes and request headers have a deadline,
+    connections per address a cap (uvicorn alone lets a slow client hold a connection
+    indefinitely)."""
+    from edgebox.api.conn_guard import (
+        ConnectionLimits,
+        guarded_protocol,
+        http_protocol,
+        raise_open_file_limit,
+        serve_uvicorn,
     )
+
+    fds = raise_open_file_limit(None)  # up to the hard limit
+    guard = ConnectionLimits(header_timeout_s=limits.header_timeout, per_address=limits.per_address)
+    protocol = guarded_protocol(http_protocol(), guard)
     config = uvicorn.Config(
         app,  # type: ignore[arg-type]
         host=host,

@@ -10,7 +10,7 @@ from typing import TypeVar
 from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
 
-from edgebox.node.errors import APIError, from_validation_error
+from edgebox.api.errors import APIError, from_validation_error
 
 __all__ = ["MAX_BODY", "APIError", "read_body"]
 
@@ -21,14 +21,22 @@ MAX_BODY = 1 << 20
 async def read_body(request: Request, model: type[M]) -> M:
     """The body as `model`: 413 past MAX_BODY (chunked bodies are counted as they arrive),
     400 for bad JSON or a field the model refuses (the error names the field)."""
-    too_large = APIError(413, "request body is larger than 1 MiB", code="body_too_large")
-    if int(request.headers.get("content-length") or 0) > MAX_BODY:
+    too_large = APIError(  # the unread rest leaves the connection unusable: close it
+        413,
+        "request body is larger than 1 MiB",
+        code="body_too_large",
+        headers={"Connection": "close"},
+    )
+    declared = request.headers.get("content-length") or ""
+    if declared.isdigit() and int(declared) > MAX_BODY:
         raise too_large
-    raw = b""
+    chunks, size = [], 0
     async for chunk in request.stream():
-        raw += chunk
-        if len(raw) > MAX_BODY:
+        size += len(chunk)
+        if size > MAX_BODY:
             raise too_large
+        chunks.append(chunk)
+    raw = b"".join(chunks)
     try:
         data = json.loads(raw or b"{}")
     except ValueError:

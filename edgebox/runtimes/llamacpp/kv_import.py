@@ -24,7 +24,6 @@ from edgebox.runtimes.base import (
     SamplingParams,
     fingerprint_mismatch,
 )
-from edgebox.runtimes.llamacpp.jobs import Slot
 from edgebox.runtimes.llamacpp.kv_format import (
     KVFormatError,
     StateLayout,
@@ -34,6 +33,7 @@ from edgebox.runtimes.llamacpp.kv_format import (
 from edgebox.runtimes.llamacpp.kv_state import load_sequence, reference_state, save_sequence
 from edgebox.runtimes.llamacpp.model import LlamaCppModel
 from edgebox.runtimes.llamacpp.recovery import KV_INVALID
+from edgebox.runtimes.llamacpp.slots import Slot
 
 if TYPE_CHECKING:
     from edgebox.runtimes.llamacpp.engine import LlamaCppEngine

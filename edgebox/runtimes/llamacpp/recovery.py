@@ -23,8 +23,8 @@ from typing import Any
 import llama_cpp
 
 from edgebox.runtimes.base import BackendError, FinishReason, KVSnapshot
-from edgebox.runtimes.llamacpp.jobs import Part, Slot
 from edgebox.runtimes.llamacpp.model import LlamaCppModel
+from edgebox.runtimes.llamacpp.slots import Part, Slot
 
 log = logging.getLogger(__name__)
 

@@ -8,11 +8,9 @@ loaded on the caller's thread is safe to use from the worker.
 
 from __future__ import annotations
 
-import collections
-import threading
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from edgebox.runtimes.base import (
@@ -23,11 +21,11 @@ from edgebox.runtimes.base import (
     FinishReason,
     GenerationRequest,
     GrammarError,
-    QueueFullError,
     RuntimeStats,
     TokenEvent,
     TokenLogprob,
 )
+from edgebox.runtimes.jobs import GenerationJob, JobMetrics, JobQueue, Workers, request_timeout
 from edgebox.runtimes.text import StopMatcher
 
 
@@ -39,16 +37,8 @@ class MlxConfig:
     prefill_step: int = 512  # prompt tokens per forward pass
 
 
-@dataclass
-class _Job:
-    request: GenerationRequest
-    sink: EventSink
-    deadline: float | None
-    submitted: float = field(default_factory=time.monotonic)
-    cancelled: bool = False
-
-    def cancel(self) -> None:
-        self.cancelled = True
+def _one_per_waiting(waiting: int) -> float:
+    return 1.0 + waiting
 
 
 class MlxEngine:
@@ -59,111 +49,64 @@ class MlxEngine:
         self.tokenizer = tokenizer
         self.n_ctx = n_ctx
         self.config = config
-        self._queue: collections.deque[_Job] = collections.deque()
-        self._cond = threading.Condition()
-        self._running = 0
-        self._current: _Job | None = None
-        self._closed = False
-        self._totals = {"prompt": 0, "generated": 0}
-        self._recent: collections.deque[float] = collections.deque()  # token times, last 5 s
-        self._thread = threading.Thread(target=self._loop, name="edgebox-mlx", daemon=True)
-        self._thread.start()
+        self._queue: JobQueue[GenerationJob] = JobQueue(
+            config.max_queue,
+            retry_after=_one_per_waiting,
+            closed_message="the mlx runtime is closed",
+        )
+        self._metrics = JobMetrics(self._queue.cond, steps=False)
+        self._workers = Workers(self._queue, 1, self._run, self._failed, name="edgebox-mlx")
 
-    def submit(self, request: GenerationRequest, sink: EventSink) -> _Job:
+    def submit(self, request: GenerationRequest, sink: EventSink) -> GenerationJob:
         if request.export_kv or request.kv is not None:
             raise BackendError("the mlx runtime does not export or import KV state")
         s = request.sampling
         if s.grammar or s.json_mode or s.json_schema is not None:
             raise GrammarError("the mlx runtime does not support grammars or JSON output modes")
         check_prompt(request.prompt_tokens, self.n_ctx)
-        timeout = request.timeout if request.timeout is not None else self.config.request_timeout
-        job = _Job(request, sink, None if timeout is None else time.monotonic() + timeout)
-        with self._cond:
-            if self._closed:
-                raise BackendError("the mlx runtime is closed")
-            if len(self._queue) >= self.config.max_queue:
-                raise QueueFullError(
-                    f"the node's queue is full ({self.config.max_queue} waiting)",
-                    retry_after=1.0 + len(self._queue),
-                )
-            self._queue.append(job)
-            self._cond.notify()
+        timeout = request_timeout(request, self.config.request_timeout)
+        job = GenerationJob(request=request, sink=sink, timeout=timeout)
+        self._queue.put(job)
         return job
 
     def stats(self) -> RuntimeStats:
-        with self._cond:
-            cutoff = time.monotonic() - 5.0
-            while self._recent and self._recent[0] < cutoff:
-                self._recent.popleft()
-            return RuntimeStats(
-                slots=1,
-                running=self._running,
-                queued=len(self._queue),
-                prompt_tokens_total=self._totals["prompt"],
-                cached_tokens_total=0,
-                generated_tokens_total=self._totals["generated"],
-                decode_tokens_per_s=len(self._recent) / 5.0,
-            )
+        with self._queue.cond:
+            running, queued = len(self._workers.running), len(self._queue)
+            return self._metrics.stats(slots=1, running=running, queued=queued)
 
     def close(self) -> None:
-        with self._cond:
-            self._closed = True
-            pending = list(self._queue)
-            self._queue.clear()
-            if self._current is not None:
-                self._current.cancel()  # stops at its next token
-            self._cond.notify_all()
-        for job in pending:
+        waiting = self._workers.close(cancel_running=True, timeout=30)
+        for job in waiting:
             job.sink(FinishEvent("cancelled", len(job.request.prompt_tokens), 0))
-        self._thread.join(timeout=30)
 
-    def _loop(self) -> None:
-        while True:
-            with self._cond:
-                while not self._queue and not self._closed:
-                    self._cond.wait()
-                if self._closed:
-                    return
-                job = self._queue.popleft()
-                self._running = 1
-                self._current = job
-            try:
-                self._run(job)
-            except Exception as exc:  # a failed generation must not kill the worker
-                job.sink(FinishEvent("error", len(job.request.prompt_tokens), 0, error=str(exc)))
-            finally:
-                with self._cond:
-                    self._running = 0
-                    self._current = None
+    def _failed(self, job: GenerationJob, exc: Exception) -> None:
+        job.sink(FinishEvent("error", len(job.request.prompt_tokens), 0, error=str(exc)))
 
-    def _run(self, job: _Job) -> None:
+    def _run(self, job: GenerationJob) -> None:
+        if job.cancelled:
+            return self._finish(job, "cancelled", 0)
+        if job.overdue(time.monotonic()):
+            return self._finish(job, "timeout", 0)
+        n, reason, tail = self._stream(job, self._generate(job.request))
+        self._finish(job, reason, n, tail)
+
+    def _finish(self, job: GenerationJob, reason: FinishReason, n: int, text: str = "") -> None:
+        self._metrics.totals(prompt=len(job.request.prompt_tokens), generated=n)
+        job.finish(reason, n, text=text)
+
+    def _generate(self, request: GenerationRequest) -> Iterable[tuple[Any, Any]]:
+        """mlx-lm's token stream for the request: (token, logprobs) per step."""
         import mlx.core as mx
         from mlx_lm.generate import generate_step
 
-        request = job.request
         prompt = list(request.prompt_tokens)
-        wait = time.monotonic() - job.submitted
         limit = self.n_ctx - len(prompt)
         if request.max_tokens is not None:
             limit = min(limit, request.max_tokens)
-
-        def finish(reason: FinishReason, n: int, text: str = "") -> None:
-            with self._cond:
-                self._totals["prompt"] += len(prompt)
-                self._totals["generated"] += n
-            job.sink(FinishEvent(reason, len(prompt), n, text=text, queue_wait_s=wait))
-
-        if job.cancelled:
-            return finish("cancelled", 0)
-        if job.deadline is not None and time.monotonic() > job.deadline:
-            return finish("timeout", 0)
         if request.sampling.seed is not None:
             mx.random.seed(request.sampling.seed)
         sampler, processors = _sampling(request)
-        eos = set(self.tokenizer.eos_token_ids)
-        detok = self.tokenizer.detokenizer
-        stops = StopMatcher(request.stop)
-        steps = generate_step(
+        return generate_step(
             mx.array(prompt),
             self.model,
             max_tokens=limit,
@@ -171,6 +114,16 @@ class MlxEngine:
             logits_processors=processors,
             prefill_step_size=self.config.prefill_step,
         )
+
+    def _stream(
+        self, job: GenerationJob, steps: Iterable[tuple[Any, Any]]
+    ) -> tuple[int, FinishReason, str]:
+        """Send each token's event until a stop, the end, cancellation or the deadline;
+        returns the tokens generated, why it ended and the text held back till the end."""
+        request = job.request
+        eos = set(self.tokenizer.eos_token_ids)
+        detok = self.tokenizer.detokenizer
+        stops = StopMatcher(request.stop)
         n = 0
         reason: FinishReason = "length"
         for step_token, logprobs in steps:
@@ -182,22 +135,21 @@ class MlxEngine:
             detok.add_token(token)
             text = stops.feed(detok.last_segment)
             job.sink(TokenEvent(token, text, *self._logprobs(request, token, logprobs)))
-            with self._cond:
-                self._recent.append(time.monotonic())
+            self._metrics.produced(1)
             if stops.stopped:
                 reason = "stop"
                 break
             if job.cancelled:
                 reason = "cancelled"
                 break
-            if job.deadline is not None and time.monotonic() > job.deadline:
+            if job.overdue(time.monotonic()):
                 reason = "timeout"
                 break
         tail = ""
         if not stops.stopped:
             detok.finalize()
             tail = stops.feed(detok.last_segment) + stops.flush()
-        finish(reason, n, tail)
+        return n, reason, tail
 
     def _logprobs(
         self, request: GenerationRequest, token: int, logprobs: Any

@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import json
 import shlex
-import threading
 import time
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,11 +29,11 @@ from edgebox.runtimes.base import (
     GenerationRequest,
     GrammarError,
     ModelInfo,
-    QueueFullError,
     RuntimeStats,
     TokenEvent,
 )
 from edgebox.runtimes.chat_template import ChatTemplate, fallback_template
+from edgebox.runtimes.jobs import GenerationJob, JobMetrics, JobQueue, Workers, request_timeout
 from edgebox.runtimes.trtllm.supervisor import (
     CommandFactory,
     ServerSupervisor,
@@ -76,12 +74,51 @@ class _Cancelled(Exception):
     pass
 
 
-@dataclass
-class _Handle:
-    cancelled: threading.Event = field(default_factory=threading.Event)
+@dataclass(eq=False, kw_only=True)
+class ProxiedJob(GenerationJob):
+    """A generation proxied to trtllm-serve; `generated` is the server's latest count."""
 
-    def cancel(self) -> None:
-        self.cancelled.set()
+    generated: int = 0
+
+
+@dataclass(frozen=True)
+class EngineFiles:
+    """What edgebox reads from a TensorRT-LLM engine directory and its tokenizer files."""
+
+    engine_config: dict[str, Any]
+    tokenizer_config: dict[str, Any]
+
+    @classmethod
+    def read(cls, engine: Path, tok_dir: Path) -> EngineFiles:
+        if not (tok_dir / "tokenizer.json").is_file():
+            raise BackendError(
+                f"no tokenizer.json in {tok_dir}: copy the model's tokenizer files into the "
+                "engine directory or pass the Hugging Face checkpoint directory"
+            )
+        tok_cfg_path = tok_dir / "tokenizer_config.json"
+        tok_cfg = json.loads(tok_cfg_path.read_text()) if tok_cfg_path.is_file() else {}
+        return cls(json.loads((engine / "config.json").read_text()), tok_cfg)
+
+    @property
+    def pretrained(self) -> dict[str, Any]:
+        return dict(self.engine_config.get("pretrained_config", {}))
+
+    @property
+    def build(self) -> dict[str, Any]:
+        return dict(self.engine_config.get("build_config", {}))
+
+
+def chat_template(files: EngineFiles, architecture: str, vocab: Mapping[str, int]) -> ChatTemplate:
+    """The tokenizer's chat template, or the fallback for the architecture's family."""
+    tok_cfg = files.tokenizer_config
+    source = tok_cfg.get("chat_template")
+    if source:
+        name = "tokenizer"
+    else:
+        markers = {m: m in vocab for m in ("<|im_start|>", "<|assistant|>")}
+        name, source = fallback_template(architecture.lower(), markers)
+    bos, eos = _special(tok_cfg.get("bos_token")), _special(tok_cfg.get("eos_token"))
+    return ChatTemplate(source, name=name, bos_token=bos, eos_token=eos)
 
 
 class TrtllmRuntime:
@@ -105,36 +142,42 @@ class TrtllmRuntime:
         self.config = config or TrtllmConfig()
         engine = Path(engine_dir)
         tok_dir = Path(tokenizer_dir) if tokenizer_dir else engine
-        if not (tok_dir / "tokenizer.json").is_file():
-            raise BackendError(
-                f"no tokenizer.json in {tok_dir}: copy the model's tokenizer files into the "
-                "engine directory or pass the Hugging Face checkpoint directory"
-            )
-        engine_cfg = json.loads((engine / "config.json").read_text())
-        tok_cfg_path = tok_dir / "tokenizer_config.json"
-        tok_cfg = json.loads(tok_cfg_path.read_text()) if tok_cfg_path.is_file() else {}
+        files = EngineFiles.read(engine, tok_dir)
         self.tokenizer = Tokenizer.from_file(str(tok_dir / "tokenizer.json"))
-        self._bos = _special(tok_cfg.get("bos_token"))
-        self._add_bos = bool(tok_cfg.get("add_bos_token", bool(self._bos)))
-        pretrained = engine_cfg.get("pretrained_config", {})
-        build = engine_cfg.get("build_config", {})
-        architecture = str(pretrained.get("architecture", "unknown"))
-        n_ctx_train = int(pretrained.get("max_position_embeddings") or build.get("max_seq_len", 0))
+        self._bos = _special(files.tokenizer_config.get("bos_token"))
+        self._add_bos = bool(files.tokenizer_config.get("add_bos_token", bool(self._bos)))
+        build = files.build
+        n_ctx_train = int(
+            files.pretrained.get("max_position_embeddings") or build.get("max_seq_len", 0)
+        )
         self.n_ctx = int(build.get("max_seq_len") or n_ctx_train or 2048)
         self.slots = int(build.get("max_batch_size") or 8)
-        source = tok_cfg.get("chat_template")
-        if source:
-            template_name = "tokenizer"
-        else:
-            vocab = self.tokenizer.get_vocab()
-            template_name, source = fallback_template(
-                architecture.lower(), {m: m in vocab for m in ("<|im_start|>", "<|assistant|>")}
-            )
-        self.template = ChatTemplate(
-            source, name=template_name, bos_token=self._bos,
-            eos_token=_special(tok_cfg.get("eos_token")),
-        )  # fmt: skip
-        self.info = ModelInfo(
+        architecture = str(files.pretrained.get("architecture", "unknown"))
+        self.template = chat_template(files, architecture, self.tokenizer.get_vocab())
+        self.info = self._model_info(engine, files, architecture, n_ctx_train)
+        self.capabilities = Capabilities(chat=True, completions=True, batching=True)
+        factory = command or (lambda port: trtllm_serve_command(engine, tok_dir, port, self.config))
+        self.supervisor = ServerSupervisor(
+            factory, log_path=log_path, config=self.config.supervisor
+        )
+        self._client = httpx.Client(timeout=httpx.Timeout(30.0, read=None))
+        self._queue: JobQueue[ProxiedJob] = JobQueue(self.config.max_queue)
+        self._metrics = JobMetrics(self._queue.cond, steps=False)
+        self._workers = Workers(
+            self._queue, self.slots, self._run, self._failed, name="edgebox-trtllm"
+        )
+        try:
+            self.supervisor.start()
+            self.served_model = self._served_model()
+        except (ServerUnavailable, httpx.HTTPError) as exc:
+            self.close()
+            raise BackendError(f"trtllm-serve could not serve {engine}: {exc}") from exc
+
+    def _model_info(
+        self, engine: Path, files: EngineFiles, architecture: str, n_ctx_train: int
+    ) -> ModelInfo:
+        name = self.template.name
+        return ModelInfo(
             path=str(engine),
             architecture=architecture,
             n_ctx_train=n_ctx_train or self.n_ctx,
@@ -142,24 +185,9 @@ class TrtllmRuntime:
             n_params=0,  # an engine does not record it
             size_bytes=sum(f.stat().st_size for f in engine.glob("rank*.engine")),
             description=f"{architecture} (TensorRT-LLM engine)",
-            has_chat_template=template_name == "tokenizer",
-            metadata={"chat_template": template_name, "n_vocab": pretrained.get("vocab_size", 0)},
+            has_chat_template=name == "tokenizer",
+            metadata={"chat_template": name, "n_vocab": files.pretrained.get("vocab_size", 0)},
         )
-        self.capabilities = Capabilities(chat=True, completions=True, batching=True)
-        factory = command or (lambda port: trtllm_serve_command(engine, tok_dir, port, self.config))
-        self.supervisor = ServerSupervisor(
-            factory, log_path=log_path, config=self.config.supervisor
-        )
-        self._client = httpx.Client(timeout=httpx.Timeout(30.0, read=None))
-        self._pool = ThreadPoolExecutor(self.slots, thread_name_prefix="edgebox-trtllm")
-        self._lock = threading.Lock()
-        self._counts = {"running": 0, "waiting": 0, "prompt": 0, "generated": 0}
-        try:
-            self.supervisor.start()
-            self.served_model = self._served_model()
-        except (ServerUnavailable, httpx.HTTPError) as exc:
-            self.close()
-            raise BackendError(f"trtllm-serve could not serve {engine}: {exc}") from exc
 
     def _served_model(self) -> str:
         """The id trtllm-serve lists (releases differ in how they name the engine)."""
@@ -181,7 +209,7 @@ class TrtllmRuntime:
     def render_chat(self, messages: Sequence[dict[str, Any]]) -> str:
         return self.template.render(messages)
 
-    def submit(self, request: GenerationRequest, sink: EventSink) -> _Handle:
+    def submit(self, request: GenerationRequest, sink: EventSink) -> ProxiedJob:
         s = request.sampling
         if s.grammar or s.json_mode or s.json_schema is not None:
             raise GrammarError("the trtllm runtime does not support grammars or JSON output modes")
@@ -194,15 +222,10 @@ class TrtllmRuntime:
                 f"the prompt is {len(request.prompt_tokens)} tokens; this engine's "
                 f"max_seq_len is {self.n_ctx}"
             )
-        with self._lock:
-            if self._counts["waiting"] >= self.config.max_queue:
-                raise QueueFullError(
-                    f"the node's queue is full ({self.config.max_queue} waiting)", retry_after=1.0
-                )
-            self._counts["waiting"] += 1
-        handle = _Handle()
-        self._pool.submit(self._run, request, sink, handle, time.monotonic())
-        return handle
+        timeout = request_timeout(request, self.config.request_timeout)
+        job = ProxiedJob(request=request, sink=sink, timeout=timeout)
+        self._queue.put(job)
+        return job
 
     def _body(self, request: GenerationRequest) -> dict[str, Any]:
         s = request.sampling
@@ -216,79 +239,74 @@ class TrtllmRuntime:
             "stream": True,
             "stream_options": {"include_usage": True},
         }
-        optional = {"top_k": s.top_k, "min_p": s.min_p, "seed": s.seed,
-                    "frequency_penalty": s.frequency_penalty,
-                    "presence_penalty": s.presence_penalty,
-                    "repetition_penalty": None if s.repeat_penalty == 1.0 else s.repeat_penalty,
-                    "stop": list(request.stop) or None}  # fmt: skip
+        optional = {
+            "top_k": s.top_k,
+            "min_p": s.min_p,
+            "seed": s.seed,
+            "frequency_penalty": s.frequency_penalty,
+            "presence_penalty": s.presence_penalty,
+            "repetition_penalty": None if s.repeat_penalty == 1.0 else s.repeat_penalty,
+            "stop": list(request.stop) or None,
+        }
         body.update({k: v for k, v in optional.items() if v})
         return body
 
-    def _run(
-        self, request: GenerationRequest, sink: EventSink, handle: _Handle, submitted: float
-    ) -> None:
-        with self._lock:
-            self._counts["waiting"] -= 1
-            self._counts["running"] += 1
-        wait = time.monotonic() - submitted
-        n_prompt = len(request.prompt_tokens)
-        timeout = request.timeout if request.timeout is not None else self.config.request_timeout
-        deadline = None if timeout is None else submitted + timeout
+    def _run(self, job: ProxiedJob) -> None:
         reason: FinishReason = "length"
-        counted, error = 0, None
+        error = None
         try:
-            if handle.cancelled.is_set():
+            if job.cancelled:
                 raise _Cancelled
             if not self.supervisor.wait_ready(self.config.restart_wait):
                 raise ServerUnavailable("trtllm-serve is restarting; retry shortly")
-            url = self.supervisor.base_url + "/v1/completions"
-            with self._client.stream("POST", url, json=self._body(request)) as reply:
-                if reply.status_code != 200:
-                    detail = reply.read().decode(errors="replace")[:300]
-                    raise ServerUnavailable(f"answered {reply.status_code}: {detail}")
-                for chunk in _sse(reply):
-                    for choice in chunk.get("choices", []):
-                        if choice.get("text"):
-                            sink(TokenEvent(-1, choice["text"]))
-                        if choice.get("finish_reason") in ("stop", "length"):
-                            reason = choice["finish_reason"]
-                    usage = chunk.get("usage") or {}
-                    counted = int(usage.get("completion_tokens", counted))
-                    if handle.cancelled.is_set():
-                        reason = "cancelled"
-                        break
-                    if deadline is not None and time.monotonic() > deadline:
-                        reason = "timeout"
-                        break
+            reason = self._proxy(job)
         except _Cancelled:
             reason = "cancelled"
         except (ServerUnavailable, httpx.HTTPError, ValueError) as exc:
             reason, error = "error", f"trtllm-serve: {exc}"
         finally:
-            with self._lock:
-                self._counts["running"] -= 1
-                self._counts["prompt"] += n_prompt
-                self._counts["generated"] += counted
-        sink(FinishEvent(reason, n_prompt, counted, error=error, queue_wait_s=wait))
+            self._metrics.totals(prompt=len(job.request.prompt_tokens), generated=job.generated)
+        job.finish(reason, job.generated, error=error)
+
+    def _proxy(self, job: ProxiedJob) -> FinishReason:
+        """Stream the server's answer to the job's sink until it ends, the job is cancelled
+        or its deadline passes; returns why it ended."""
+        reason: FinishReason = "length"
+        url = self.supervisor.base_url + "/v1/completions"
+        with self._client.stream("POST", url, json=self._body(job.request)) as reply:
+            if reply.status_code != 200:
+                detail = reply.read().decode(errors="replace")[:300]
+                raise ServerUnavailable(f"answered {reply.status_code}: {detail}")
+            for chunk in _sse(reply):
+                for choice in chunk.get("choices", []):
+                    if choice.get("text"):
+                        job.sink(TokenEvent(-1, choice["text"]))
+                    if choice.get("finish_reason") in ("stop", "length"):
+                        reason = choice["finish_reason"]
+                usage = chunk.get("usage") or {}
+                job.generated = int(usage.get("completion_tokens", job.generated))
+                if job.cancelled:
+                    return "cancelled"
+                if job.overdue(time.monotonic()):
+                    return "timeout"
+        return reason
+
+    def _failed(self, job: ProxiedJob, exc: Exception) -> None:
+        """An unexpected failure still ends the request (with a 500), never leaves it open."""
+        job.finish("error", job.generated, error=f"trtllm-serve: {exc}")
 
     def kv_fingerprint(self) -> Mapping[str, str] | None:
         return None
 
     def stats(self) -> RuntimeStats:
-        with self._lock:
-            c = dict(self._counts)
-        return RuntimeStats(
-            slots=self.slots,
-            running=c["running"],
-            queued=c["waiting"],
-            prompt_tokens_total=c["prompt"],
-            cached_tokens_total=0,
-            generated_tokens_total=c["generated"],
-        )
+        with self._queue.cond:
+            running, queued = len(self._workers.running), len(self._queue)
+            return self._metrics.stats(slots=self.slots, running=running, queued=queued)
 
     def close(self) -> None:
         self.supervisor.close()  # open streams fail fast once the child is gone
-        self._pool.shutdown(wait=True, cancel_futures=True)
+        for job in self._workers.close(cancel_running=False, timeout=None):
+            job.sink(FinishEvent("cancelled", len(job.request.prompt_tokens), 0))
         self._client.close()
 
 

@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from edgebox.provisioning._proc import die_with_parent
-from edgebox.provisioning.relay import key_material
+from edgebox.fleet._proc import die_with_parent
+from edgebox.fleet.relay import key_material
 
 log = logging.getLogger(__name__)
 

@@ -1,43 +1,32 @@
-"""The engine's bookkeeping types: a request being served (`Job`), a sequence slot (`Slot`),
-and one slot's share of a decode step (`Part`)."""
+"""The engine's bookkeeping types: a request being decoded (`SlotJob`), a sequence slot
+(`Slot`), and one slot's share of a decode step (`Part`)."""
 
 from __future__ import annotations
 
 import ctypes
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from edgebox.runtimes.base import EventSink, GenerationRequest
+from edgebox.runtimes.jobs import GenerationJob
 from edgebox.runtimes.prefix_blocks import BlockChain
 from edgebox.runtimes.text import StopMatcher, TokenTextDecoder
 
 
-@dataclass(eq=False)
-class Job:
-    request: GenerationRequest
-    sink: EventSink
+@dataclass(eq=False, kw_only=True)
+class SlotJob(GenerationJob):
+    """A generation request as the batching engine serves it: its sampler, its stop-string
+    matcher, the prompt tokens still to prefill and the token to decode next."""
+
     sampler: ctypes.c_void_p
     matcher: StopMatcher
-    timeout: float | None
-    submitted: float = field(default_factory=time.monotonic)
-    admitted: float | None = None
     pending: list[int] = field(default_factory=list)  # prompt tokens still to prefill
     cached_tokens: int = 0
     generated: int = 0
     next_token: int | None = None  # to decode next: the prompt's last token, then each sampled one
-    cancelled: bool = False
     decoder: TokenTextDecoder = field(default_factory=TokenTextDecoder)
     # A trial of an uploaded KV snapshot: it must import, and its one decoded token must give
     # finite logits; it counts in no statistics.
     probe: bool = False
-
-    @property
-    def deadline(self) -> float | None:
-        return None if self.timeout is None else self.submitted + self.timeout
-
-    def cancel(self) -> None:
-        self.cancelled = True
 
     def readmit(self, held: Sequence[int]) -> None:
         """Feed the `held` tokens (whose KV cells were lost) again before what was pending; the
@@ -53,7 +42,7 @@ class Job:
 class Slot:
     seq_id: int
     cached: list[int] = field(default_factory=list)  # tokens whose KV cells this seq holds
-    job: Job | None = None
+    job: SlotJob | None = None
     last_used: float = 0.0
     # Holds cells loaded from a client's snapshot: labelled by that client's token list,
     # so they are never offered to another request's prefix match.
@@ -83,7 +72,3 @@ def common_prefix_len(a: Sequence[int], b: Sequence[int]) -> int:
     while i < n and a[i] == b[i]:
         i += 1
     return i
-
-
-def timeout_message(job: Job, doing: str) -> str:
-    return f"the request timed out after {job.timeout:g} s ({doing})"

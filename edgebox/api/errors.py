@@ -9,8 +9,6 @@ from pydantic import ValidationError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from edgebox.runtimes.base import QueueFullError
-
 
 class APIError(Exception):
     def __init__(
@@ -43,17 +41,6 @@ class APIError(Exception):
 
     def response(self) -> Response:
         return JSONResponse(self.body(), status_code=self.status, headers=self.headers)
-
-
-def queue_full_error(exc: QueueFullError) -> APIError:
-    """A runtime's full queue, as OpenAI-shaped 429 with Retry-After in whole seconds."""
-    return APIError(
-        429,
-        f"{exc}; retry later",
-        type="rate_limit_error",
-        code="queue_full",
-        headers={"Retry-After": str(max(1, round(exc.retry_after)))},
-    )
 
 
 def param_path(loc: tuple[int | str, ...]) -> str:

@@ -2,8 +2,9 @@
 and the exact command that enables each missing piece.
 
 The fast paths come from the runtime selection policy (`runtimes/select.py`), the same
-function `edgebox serve --runtime auto` calls, so doctor shows what serve will do. This is the
-one module under hardware/ that looks at runtimes: it reports on installed software.
+function `edgebox serve --runtime auto` calls, so doctor shows what serve will do. It lives with
+the runtimes (it reports on installed software) and reads the hardware probe, which knows
+nothing of runtimes.
 """
 
 from __future__ import annotations

@@ -7,11 +7,12 @@ from typing import Any
 
 from starlette.requests import Request
 
-from edgebox.node.errors import APIError
+from edgebox.api.errors import APIError
 
 # No OpenAI request nests deeper than a response schema does (body > response_format >
 # json_schema > schema > its own levels); Python's decoder itself gives up near 1,000.
 MAX_JSON_DEPTH = 64
+DEFAULT_MAX_BODY = 4 * 1024 * 1024  # a full 128k-token context as text or token ids fits
 
 
 async def read_json(request: Request, limit: int) -> Any:
@@ -79,4 +80,11 @@ def _too_deep() -> APIError:
 
 
 def _too_large(limit: int) -> APIError:
-    return APIError(413, f"the request body is larger than {limit} bytes", code="request_too_large")
+    # The rest of the body is never read, so the connection cannot carry another request:
+    # say so, or a client reusing it meets a closed socket on its next call.
+    return APIError(
+        413,
+        f"the request body is larger than {limit} bytes",
+        code="request_too_large",
+        headers={"Connection": "close"},
+    )

@@ -10,6 +10,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from edgebox.api.errors import APIError
+
 MAX_N = 16
 MAX_STOP = 4
 MAX_STOP_CHARS = 256  # per stop sequence: the engine holds back this much text per token
@@ -146,3 +148,33 @@ class CompletionRequest(_SamplingFields):
     suffix: str | None = None
     best_of: int | None = Field(None, ge=1)
     response_format: ResponseFormat | None = None
+
+
+def chat_messages(body: ChatCompletionRequest) -> list[dict[str, Any]]:
+    """Messages as chat templates expect them: plain-text content, known roles."""
+    out: list[dict[str, Any]] = []
+    for i, message in enumerate(body.messages):
+        content = message.content
+        if isinstance(content, list):
+            for j, part in enumerate(content):
+                if isinstance(part, OtherPart):
+                    raise APIError(
+                        400,
+                        f"this model reads text only; '{part.type}' content is not supported",
+                        param=f"messages[{i}].content[{j}].type",
+                        code="unsupported_content",
+                    )
+            content = "".join(p.text for p in content if isinstance(p, TextPart))
+        role = "system" if message.role == "developer" else message.role
+        entry: dict[str, Any] = {"role": role, "content": content or ""}
+        if message.name:
+            entry["name"] = message.name
+        if message.tool_calls:
+            entry["tool_calls"] = [
+                {"id": c.id, "name": c.function.name, "arguments": c.function.arguments}
+                for c in message.tool_calls
+            ]
+        if message.tool_call_id:
+            entry["tool_call_id"] = message.tool_call_id
+        out.append(entry)
+    return out

@@ -1,0 +1,183 @@
+"""One step of the batching engine (`Stepping`, mixed into `LlamaCppEngine`): the next token
+of every decoding sequence plus a bounded chunk of pending prompt tokens in one `llama_decode`,
+then sampling and KV export. This is the hot loop: it runs once per generated token, so it
+allocates no more than the parts of the step and the events it sends."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import llama_cpp
+
+from edgebox.runtimes.base import FinishReason, KVSnapshot, TokenEvent
+from edgebox.runtimes.jobs import JobMetrics
+from edgebox.runtimes.llamacpp.kv_state import logits_finite
+from edgebox.runtimes.llamacpp.model import LlamaCppModel
+from edgebox.runtimes.llamacpp.recovery import KV_INVALID
+from edgebox.runtimes.llamacpp.sampling import token_logprobs
+from edgebox.runtimes.llamacpp.slots import Part, Slot
+
+# A step measures the prefill rate when it carries at least this many prompt tokens and they
+# outnumber its decode tokens this many times (the decode tokens' share of the time is then
+# small); the rate is an exponential average over such steps.
+_PREFILL_SAMPLE_TOKENS = 64
+_PREFILL_DOMINANCE = 8
+_PREFILL_EWMA = 0.3
+
+
+def _submitted(slot: Slot) -> float:
+    assert slot.job is not None
+    return slot.job.submitted
+
+
+def _prefill_dominated(n_tokens: int, n_prompt: int) -> bool:
+    """Whether a step measures the prefill rate (see _PREFILL_SAMPLE_TOKENS)."""
+    return n_prompt >= _PREFILL_SAMPLE_TOKENS and n_prompt >= _PREFILL_DOMINANCE * (
+        n_tokens - n_prompt
+    )
+
+
+class Stepping:
+    """The engine's decode step (mixed into `LlamaCppEngine`, which supplies these)."""
+
+    model: LlamaCppModel
+    ctx: Any  # llama_context_p
+    n_batch: int
+    n_ctx_seq: int
+    prefill_chunk: int
+    _batch: Any  # llama_batch (ctypes' stubs cannot type its nested arrays)
+    _slots: list[Slot]
+    _metrics: JobMetrics
+
+    if TYPE_CHECKING:  # supplied by recovery.Healing, kv_import.KVTransfer and the engine
+
+        def _decode_failed(self, parts: Sequence[Part], rc: int) -> None: ...
+
+        def _export(self, slot: Slot) -> KVSnapshot: ...
+
+        def _release(
+            self,
+            slot: Slot,
+            reason: FinishReason,
+            error: str | None = None,
+            kv: KVSnapshot | None = None,
+            code: str | None = None,
+        ) -> None: ...
+
+    def _step(self) -> None:
+        t = time.monotonic()
+        for slot in self._slots:
+            job = slot.job
+            if job and job.cancelled:
+                self._release(slot, "cancelled")
+            elif job and job.overdue(t):
+                self._release(slot, "timeout", error=job.timeout_message("generating"))
+        parts = self._plan()
+        if not parts:
+            return
+        decode_started = time.monotonic()
+        rc, rows = self._decode(parts)
+        if rc != 0:
+            self._decode_failed(parts, rc)  # recovery.Healing
+            return
+        n = sum(len(p.tokens) for p in parts)
+        n_sampled = sum(p.logits for p in parts)
+        n_prompt = n - n_sampled
+        if _prefill_dominated(n, n_prompt):
+            llama_cpp.llama_synchronize(self.ctx)  # GPU backends return before the work ends
+            prefill_s = time.monotonic() - decode_started  # the decode alone: no sampling/export
+            if prefill_s:
+                self._metrics.prefill_sample(n_prompt, prefill_s, _PREFILL_EWMA)
+        self._after_decode(rows)
+        self._metrics.step(n, time.monotonic() - t, n_sampled)
+
+    def _plan(self) -> list[Part]:
+        """This step's parts: the next token of every decoding slot, then prompt chunks
+        (oldest request first) within the batch budget. Tokens enter `slot.cached` here."""
+        parts: list[Part] = []
+        for slot in self._slots:
+            job = slot.job
+            if job and not job.pending and job.next_token is not None:
+                parts.append(Part(slot, len(slot.cached), [job.next_token], logits=True))
+                job.next_token = None
+        room = self.n_batch - len(parts)
+        budget = min(self.prefill_chunk, room) if parts else room
+        waiting = sorted((s for s in self._slots if s.job and s.job.pending), key=_submitted)
+        for slot in waiting:
+            if budget <= 0:
+                break
+            job = slot.job
+            assert job is not None
+            chunk, job.pending = job.pending[:budget], job.pending[budget:]
+            budget -= len(chunk)
+            export = job.request.export_kv and not job.pending
+            parts.append(Part(slot, len(slot.cached), chunk, logits=False, export=export))
+        for part in parts:
+            part.slot.cached.extend(part.tokens)
+            part.slot.blocks.extended(part.slot.cached)
+        return parts
+
+    def _decode(self, parts: Sequence[Part]) -> tuple[int, list[tuple[Part, int]]]:
+        """One llama_decode of `parts`; the code and each part's logits row in the batch."""
+        batch = self._batch
+        n = 0
+        rows: list[tuple[Part, int]] = []
+        for part in parts:
+            for i, token in enumerate(part.tokens):
+                batch.token[n] = token
+                batch.pos[n] = part.start + i
+                batch.n_seq_id[n] = 1
+                batch.seq_id[n][0] = part.slot.seq_id
+                batch.logits[n] = part.logits
+                n += 1
+            rows.append((part, n - 1))
+        batch.n_tokens = n
+        return llama_cpp.llama_decode(self.ctx, batch), rows
+
+    def _after_decode(self, rows: Sequence[tuple[Part, int]]) -> None:
+        """Sample the decoding parts, then export the parts whose prompt is complete."""
+        for part, index in rows:
+            if part.logits and part.slot.job is not None:
+                self._sample(part.slot, index)
+        for part, _ in rows:
+            if not part.export or part.slot.job is None:
+                continue
+            try:
+                snapshot = self._export(part.slot)
+            except Exception as exc:  # only this request fails, not the whole batch
+                self._release(part.slot, "error", error=f"KV export failed: {exc}")
+            else:
+                self._release(part.slot, "stop", kv=snapshot)
+
+    def _sample(self, slot: Slot, index: int) -> None:
+        job = slot.job
+        assert job is not None
+        top_n = job.request.sampling.logprobs
+        logprob = None
+        top: tuple = ()
+        if job.probe and not logits_finite(self.ctx, index, self.model.n_vocab):
+            error = "the uploaded KV state makes the model compute non-finite logits"
+            self._release(slot, "error", error=error, code=KV_INVALID)
+            return
+        token = llama_cpp.llama_sampler_sample(job.sampler, self.ctx, index)
+        if top_n is not None:
+            logits = llama_cpp.llama_get_logits_ith(self.ctx, index)
+            logprob, top = token_logprobs(self.model, logits, token, top_n)
+        if self.model.is_eog(token):
+            self._release(slot, "stop")
+            return
+        job.generated += 1
+        self._metrics.generated += 1  # this thread is the only writer
+        text = job.matcher.feed(job.decoder.feed(self.model.piece(token)))
+        job.sink(TokenEvent(token_id=token, text=text, logprob=logprob, top_logprobs=top))
+        limit = job.request.max_tokens
+        if job.matcher.stopped:
+            self._release(slot, "stop")
+        elif (limit is not None and job.generated >= limit) or len(
+            slot.cached
+        ) + 1 >= self.n_ctx_seq:
+            self._release(slot, "length")
+        else:
+            job.next_token = token
