@@ -19,7 +19,7 @@ from hypothesis import given, seed
 from hypothesis import strategies as st
 
 from tests.conftest import NodeProcess, start_node
-from tests.fuzz.test_api_fuzz import FUZZ, SEED, check_answer, still_serves
+from tests.fuzz.test_api_fuzz import EXAMPLES, FUZZ, SEED, check_answer, still_serves
 
 pytestmark = pytest.mark.system
 
@@ -142,6 +142,7 @@ def fuzz_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]
     assert code == 0, f"node did not exit cleanly after fuzzing:\n{node.log.read_text()}"
 
 
+@pytest.mark.timeout(max(300, 3 * EXAMPLES))  # a wider run by hand takes its time
 def test_tool_calling_survives_fuzzing(fuzz_node: NodeProcess) -> None:
     with httpx.Client(timeout=60) as client:
 
