@@ -72,7 +72,64 @@ def schema_problem(schema: Mapping[str, Any], compact_json: str) -> str | None:
     refs = [r for r in _refs(schema) if not r.startswith("#")]
     if refs:
         return f"the JSON schema refers to an outside document ({refs[0][:80]}); use local $refs"
+    return _repeat_problem(schema)
+
+
+# Keywords llama.cpp's schema converter expands by writing the item out n times (a
+# `minLength` of 10**9 built a string of 10**9 rule names: gigabytes, before any grammar
+# limit could be checked).
+_COUNTS = ("minLength", "maxLength", "minItems", "maxItems")
+_PATTERN_TOKEN = re.compile(
+    r"\\.|\[(?:\\.|[^\]\\])*\]|[()]|\{\s*(\d+)\s*(?:,\s*(\d*)\s*)?\}|.", re.DOTALL
+)
+
+
+def _repeat_problem(schema: Any) -> str | None:
+    """Why a count or a pattern's `{n}` would make the converter write too much, or None."""
+    stack = [schema]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, list):
+            stack.extend(item)
+            continue
+        if not isinstance(item, dict):
+            continue
+        for key in _COUNTS:
+            value = item.get(key)
+            if isinstance(value, int | float) and value > MAX_GBNF_REPEAT:
+                return f"the JSON schema's {key} is {value}; at most {MAX_GBNF_REPEAT} allowed"
+        pattern = item.get("pattern")
+        if isinstance(pattern, str) and _pattern_copies(pattern) > MAX_GBNF_REPEAT:
+            return (
+                f"the JSON schema's pattern repeats a piece over {MAX_GBNF_REPEAT} times "
+                "(counting nested {n})"
+            )
+        stack.extend(item.values())
     return None
+
+
+def _pattern_copies(pattern: str) -> int:
+    """The most copies of one piece a pattern's `{m,n}` quantifiers ask for, multiplied
+    through nested groups (`(a{100}){100}` is 10,000), as the converter writes them out."""
+    groups = [1]  # the largest expansion inside each open group
+    last = 1  # the expansion of the atom just read
+    for match in _PATTERN_TOKEN.finditer(pattern):
+        token = match.group(0)
+        if token == "(":
+            groups.append(1)
+            last = 1
+        elif token == ")":
+            last = groups.pop() if len(groups) > 1 else 1
+            groups[-1] = max(groups[-1], last)
+        elif match.group(1) is not None:
+            counts = [g for g in match.groups() if g]
+            last *= max(int(c) if len(c) <= 6 else 10**7 for c in counts)
+            groups[-1] = max(groups[-1], last)
+            if last > MAX_GBNF_REPEAT:
+                return last
+        else:
+            last = 1
+    return max(groups)
 
 
 def _measure(value: Any) -> tuple[int, int]:

@@ -145,9 +145,11 @@ def native_messages(messages: Sequence[Mapping[str, Any]]) -> list[dict[str, Any
 
 
 def _loads_or_keep(arguments: str) -> Any:
+    """Arguments as JSON when they are; a client's text that is not (or nests past Python's
+    recursion limit) stays the string it sent."""
     try:
         return json.loads(arguments)
-    except ValueError:
+    except (ValueError, RecursionError):
         return arguments
 
 

@@ -200,7 +200,7 @@ class ToolCallParser:
         out: list[Delta] = []
         try:
             parsed = json.loads(self._markup[call.start : p + 1])
-        except ValueError:
+        except (ValueError, RecursionError):  # a model can nest past Python's recursion limit
             parsed = None
         args = None
         if isinstance(parsed, dict):

@@ -111,3 +111,36 @@ def test_only_marked_lines_of_an_authorized_keys_file_change() -> None:
     assert lines[1].endswith("edgebox-user:ana_ssh-rsa_AAAAinjected_x")
     assert lines[1].startswith("no-agent-forwarding,no-X11-forwarding ssh-ed25519 ")
     assert "injected" not in lines[1].split()[2]
+
+
+HOSTILE_KEYS = [
+    USER_KEY + '\rcommand="/bin/sh" ssh-ed25519 AAAAinjected',
+    USER_KEY + '\u2028command="/bin/sh"',
+    USER_KEY + "\x00\nssh-ed25519 AAAAinjected",
+    'command="/bin/sh" ' + USER_KEY,
+    'restrict,command="x" ' + USER_KEY,
+    USER_KEY.replace("laptop", 'command="/bin/sh",permitopen="*:*"'),
+    "ssh-ed25519 " + "A" * 5000,
+]
+
+
+@pytest.mark.parametrize("key", HOSTILE_KEYS)
+def test_a_user_key_line_can_carry_no_option_command_or_second_line(key: str) -> None:
+    after = merged("", [{"name": "eve", "ssh_public_key": key}])
+    for line in filter(None, after.splitlines()):  # refused keys add no line
+        options, key_type, blob, mark = line.split(" ")  # exactly our four fields
+        assert options == "no-agent-forwarding,no-X11-forwarding"
+        assert key_type == "ssh-ed25519" and blob.isalnum() and mark == "edgebox-user:eve"
+    assert "command" not in after and "injected" not in after
+
+
+def test_the_hub_stores_only_the_type_and_blob_of_one_openssh_key(hub: Hub) -> None:
+    token, info = _user(hub, "eve"), hub.info
+    with HubClient(info["urls"], info["fingerprint"], bearer=token) as eve:
+        for key in HOSTILE_KEYS[2:5]:  # a second line, or options before the key
+            with pytest.raises(HubError) as refused:
+                eve.request("PUT", "/v1/hub/me/key", json={"ssh_public_key": key})
+            assert refused.value.status == 400, key
+        for key in (*HOSTILE_KEYS[:2], HOSTILE_KEYS[5]):  # CR, U+2028, options in the comment
+            stored = eve.request("PUT", "/v1/hub/me/key", json={"ssh_public_key": key})
+            assert stored["ssh_public_key"] == " ".join(USER_KEY.split()[:2])  # comment dropped

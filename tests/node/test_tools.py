@@ -204,6 +204,8 @@ def _tool(name: str, parameters: Any) -> dict[str, Any]:
 
 
 BAD_PATTERN = {"type": "object", "properties": {"a": {"type": "string", "pattern": "(("}}}
+# llama.cpp's converter writes a string's minLength out char by char: 10 GB and a 503 before.
+LONG_STRING = {"type": "object", "properties": {"a": {"type": "string", "minLength": 10**9}}}
 BAD_INPUT = [
     ({"tools": [{"type": "web_search"}]}, "tools[0].type"),
     ({"tools": [{"type": "function"}]}, "tools[0].function"),
@@ -213,6 +215,7 @@ BAD_INPUT = [
     ({"tools": [_tool("f", {"type": "string"})]}, "tools[0].function.parameters"),
     ({"tools": [_tool("f", TIME), _tool("g", BAD_PATTERN)]}, "tools[1].function.parameters"),
     ({"tools": [_tool("f", {"type": "object", "required": "a"})]}, "tools[0].function.parameters"),
+    ({"tools": [_tool("f", LONG_STRING)]}, "tools[0].function.parameters"),
     ({"tools": [_tool("two words", TIME)]}, "tools[0].function.name"),
     ({"tools": [_tool("f", TIME), _tool("f", TIME)]}, "tools[1].function.name"),
     ({"tools": [_tool(f"f{i}", TIME) for i in range(129)]}, "tools"),
@@ -249,3 +252,16 @@ def test_the_sdk_sees_the_400_as_a_bad_request(client: openai.OpenAI) -> None:
             tool_choice={"type": "function", "function": {"name": "launch"}},
         )
     assert caught.value.body["param"] == "tool_choice.function.name"  # type: ignore[index]
+
+
+def test_a_past_call_with_arguments_nested_past_the_recursion_limit_is_no_500(
+    node: NodeProcess,
+) -> None:
+    deep = "[" * 3000 + "]" * 3000
+    call = {"id": "call_1", "type": "function", "function": {"name": "get_time", "arguments": deep}}
+    messages = [*ASK, {"role": "assistant", "content": None, "tool_calls": [call]}]
+    body = {"model": MODEL, "messages": messages, "tools": TOOLS, "max_tokens": 2}
+    reply = httpx.post(node.base_url + "/chat/completions", json=body, timeout=60)
+    assert reply.status_code in (200, 400), reply.text  # 500 before: a RecursionError
+    if reply.status_code == 400:
+        assert reply.json()["error"]["param"] == "messages"

@@ -66,6 +66,17 @@ def assemble(parser: ToolCallParser, pieces: list[str]) -> tuple[str, list[dict[
     return content, calls
 
 
+DEEP = "[" * 5000 + "]" * 5000  # past Python's recursion limit for json
+
+
+@pytest.mark.parametrize("fmt", [HERMES, MISTRAL, GENERIC], ids=lambda f: f.name)
+def test_arguments_nested_past_the_recursion_limit_pass_through_as_text(fmt: ToolFormat) -> None:
+    written = calls_text(fmt, [{"id": "c", "name": "f", "arguments": DEEP}])
+    assert DEEP in written  # a past call's arguments that cannot be parsed stay as sent
+    reply = calls_text(fmt, [{"id": "c", "name": "f", "arguments": "{}"}]).replace("{}", DEEP)
+    assert assemble(ToolCallParser(fmt), [reply]) == ("", [{"name": "f", "arguments": DEEP}])
+
+
 @pytest.mark.parametrize("fmt", [HERMES, MISTRAL, GENERIC], ids=lambda f: f.name)
 def test_a_reply_splits_into_content_and_calls_however_it_is_cut(fmt: ToolFormat) -> None:
     lead = "" if fmt.anchored else "Let me look that up.\n"
@@ -232,3 +243,34 @@ def test_a_schema_the_grammar_cannot_take_names_its_function() -> None:
     with pytest.raises(ToolSchemaError) as caught:
         tool_call_gbnf(ToolConstraint(GENERIC, (*FUNCTIONS, ("f", bad)), lazy=False, parallel=True))
     assert caught.value.index == 2
+
+
+ODD_VALUES = ['say "hi"', "back\\slash", 'both \\" end', "line\nbreak"]
+
+
+@pytest.mark.parametrize("value", ODD_VALUES)
+def test_enum_values_and_names_with_quotes_and_backslashes_are_forced_exactly(
+    vocab_model: LlamaCppModel, value: str
+) -> None:
+    # llama-cpp-python's converter left backslashes unescaped: a parse failure for a valid
+    # schema, or a grammar forcing a different string than the enum's.
+    schema = {
+        "type": "object",
+        "properties": {value: {"enum": [value, "x"]}},
+        "required": [value],
+    }
+    compact = json.dumps(schema, separators=(",", ":"))
+    constraint = ToolConstraint(GENERIC, (("f", compact),), lazy=False, parallel=False)
+    params = [
+        SamplingParams(temperature=0, tools=constraint),
+        SamplingParams(temperature=0, json_schema=schema),
+    ]
+    call = [{"name": "f", "arguments": json.dumps({value: value})}]
+    texts = [calls_text(GENERIC, call), json.dumps({value: value})]
+    for param, text in zip(params, texts, strict=True):
+        for candidate, ok in ((text, True), (text.replace("\\", "\\\\", 1), False)):
+            sampler = build_sampler(vocab_model, param)
+            try:
+                assert _walk(vocab_model, sampler, candidate) is ok, candidate
+            finally:
+                free_sampler(sampler)

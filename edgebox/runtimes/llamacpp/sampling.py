@@ -11,11 +11,12 @@ from collections import OrderedDict
 
 import llama_cpp
 import numpy as np
-from llama_cpp.llama_grammar import JSON_GBNF, json_schema_to_gbnf
+from llama_cpp.llama_grammar import JSON_GBNF
 
 from edgebox.runtimes.base import GrammarError, SamplingParams, TokenLogprob
 from edgebox.runtimes.grammar_limits import gbnf_problem, schema_problem
 from edgebox.runtimes.llamacpp.model import LlamaCppModel
+from edgebox.runtimes.llamacpp.schema_gbnf import schema_json_gbnf
 from edgebox.runtimes.llamacpp.tool_grammar import tool_call_gbnf, trigger_patterns
 from edgebox.runtimes.tool_format import ToolConstraint
 
@@ -106,7 +107,7 @@ def _schema_gbnf(schema_json: str) -> str:
     if problem:
         raise GrammarError(problem)
     try:
-        return json_schema_to_gbnf(schema_json)
+        return schema_json_gbnf(schema_json)
     except Exception as exc:  # the converter raises bare errors on schemas it cannot map
         raise GrammarError(f"the JSON schema cannot be turned into a grammar: {exc}") from exc
 

@@ -19,10 +19,9 @@ import math
 import re
 from typing import Any
 
-from llama_cpp.llama_grammar import SchemaConverter
-
 from edgebox.runtimes.base import ToolSchemaError
 from edgebox.runtimes.grammar_limits import schema_problem
+from edgebox.runtimes.llamacpp.schema_gbnf import LiteralSafeConverter
 from edgebox.runtimes.tool_format import ToolConstraint, ToolFormat
 
 WS_MAX = 20  # whitespace between the pieces of a call's markup, as llama.cpp's JSON grammar
@@ -75,7 +74,7 @@ def _schema_rules(schema_json: str, prefix: str, index: int) -> tuple[str, list[
     problem = schema_problem(schema, schema_json)
     if problem:
         raise ToolSchemaError(problem, index)
-    converter = SchemaConverter(prop_order={}, allow_fetch=False, dotall=False, raw_pattern=False)
+    converter = LiteralSafeConverter()
     try:
         resolved = converter.resolve_refs(bounded_integers(schema), "args")
         converter.visit(resolved, "")
