@@ -10,16 +10,22 @@ parse or forced another string)."""
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
-from hypothesis import given, seed
+from hypothesis import given, seed, settings
 from hypothesis import strategies as st
 
 from tests.conftest import NodeProcess, start_node
-from tests.fuzz.test_api_fuzz import EXAMPLES, FUZZ, SEED, check_answer, still_serves
+from tests.fuzz.test_api_fuzz import FUZZ, SEED, check_answer, still_serves
+
+# Each example generates a few tokens, so CI runs fewer than the API fuzz's 120 per route
+# (about 2 minutes on 2 cores); EDGEBOX_FUZZ_EXAMPLES widens a run by hand.
+EXAMPLES = int(os.environ.get("EDGEBOX_FUZZ_EXAMPLES", "60"))
+TOOLS_FUZZ = settings(FUZZ, max_examples=EXAMPLES)
 
 pytestmark = pytest.mark.system
 
@@ -146,7 +152,7 @@ def fuzz_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]
 def test_tool_calling_survives_fuzzing(fuzz_node: NodeProcess) -> None:
     with httpx.Client(timeout=60) as client:
 
-        @FUZZ
+        @TOOLS_FUZZ
         @seed(SEED)
         @given(body=tool_bodies())
         def one(body: dict[str, Any]) -> None:
