@@ -172,25 +172,85 @@ def main() -> None:
     servers: dict[str, dict[int, Level]] = {}
     port = free_port()
     servers["edgebox"] = run_server(
-        [py, "-m", "edgebox", "serve", "-m", path, "--alias", "m", "--port", str(port),
-         "--threads", threads, "--parallel", "8", "--ctx", str(SLOT_CTX), "--gpu-layers", gpu],
-        port, "m", args.rounds,
-    )  # fmt: skip
+        [
+            py,
+            "-m",
+            "edgebox",
+            "serve",
+            "-m",
+            path,
+            "--alias",
+            "m",
+            "--port",
+            str(port),
+            "--threads",
+            threads,
+            "--parallel",
+            "8",
+            "--ctx",
+            str(SLOT_CTX),
+            "--gpu-layers",
+            gpu,
+        ],
+        port,
+        "m",
+        args.rounds,
+    )
     port = free_port()
     servers["llama_cpp.server"] = run_server(
-        [py, "-m", "llama_cpp.server", "--model", path, "--model_alias", "m", "--port", str(port),
-         "--n_threads", threads, "--n_threads_batch", threads, "--n_ctx", str(SLOT_CTX),
-         "--interrupt_requests", "False", "--n_gpu_layers", gpu],
-        port, "m", args.rounds,
-    )  # fmt: skip
+        [
+            py,
+            "-m",
+            "llama_cpp.server",
+            "--model",
+            path,
+            "--model_alias",
+            "m",
+            "--port",
+            str(port),
+            "--n_threads",
+            threads,
+            "--n_threads_batch",
+            threads,
+            "--n_ctx",
+            str(SLOT_CTX),
+            "--interrupt_requests",
+            "False",
+            "--n_gpu_layers",
+            gpu,
+        ],
+        port,
+        "m",
+        args.rounds,
+    )
     binary = None if args.skip_llama_server else llama_server_binary()
     if binary:
         port = free_port()
         servers["llama-server (C++)"] = run_server(
-            [binary, "-m", path, "-a", "m", "--port", str(port), "-t", threads, "-tb", threads,
-             "-np", "8", "-c", str(SLOT_CTX * 8), "--no-webui", "-ngl", "999" if args.gpu_layers < 0 else gpu],
-            port, "m", args.rounds,
-        )  # fmt: skip
+            [
+                binary,
+                "-m",
+                path,
+                "-a",
+                "m",
+                "--port",
+                str(port),
+                "-t",
+                threads,
+                "-tb",
+                threads,
+                "-np",
+                "8",
+                "-c",
+                str(SLOT_CTX * 8),
+                "--no-webui",
+                "-ngl",
+                "999" if args.gpu_layers < 0 else gpu,
+            ],
+            port,
+            "m",
+            args.rounds,
+        )
 
     lines = [
         f"### Concurrent streams ({time.strftime('%Y-%m-%d')})",

@@ -36,8 +36,21 @@ def free_port() -> int:
 
 def start_hub(data: Path) -> subprocess.Popen[bytes]:
     port = free_port()
-    cmd = [sys.executable, "-m", "edgebox", "hub", "serve", "--host", "127.0.0.1", "--port",
-           str(port), "--data", str(data), "--heartbeat-interval", "60"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "edgebox",
+        "hub",
+        "serve",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--data",
+        str(data),
+        "--heartbeat-interval",
+        "60",
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 30
     while not (data / "hub.json").exists():
@@ -73,8 +86,9 @@ async def drive(info: dict[str, object], secrets: list[str], seconds: float) -> 
     url = str(info["urls"][0])  # type: ignore[index]
     lat: list[float] = []
     limits = httpx.Limits(max_connections=len(secrets), max_keepalive_connections=len(secrets))
-    async with httpx.AsyncClient(verify=pinned_context(str(info["fingerprint"])),
-                                 limits=limits, timeout=30) as client:  # fmt: skip
+    async with httpx.AsyncClient(
+        verify=pinned_context(str(info["fingerprint"])), limits=limits, timeout=30
+    ) as client:
         # Warm-up: every node opens its connection (TLS handshake) before the timed window.
         warm: list[float] = []
         await asyncio.gather(*(node_loop(client, url, s, 0, warm, once=True) for s in secrets))
@@ -99,23 +113,33 @@ def main() -> None:
             with HubClient(info["urls"], info["fingerprint"], bearer=key) as admin:
                 for i in range(args.nodes):
                     line = admin.request("POST", "/v1/hub/tokens", json={"ttl_seconds": 600})
-                    member = join(line["token"], home=Path(tmp) / f"n{i}", name=f"sim-{i}",
-                                  profile={"hostname": f"sim-{i}"})  # fmt: skip
+                    member = join(
+                        line["token"],
+                        home=Path(tmp) / f"n{i}",
+                        name=f"sim-{i}",
+                        profile={"hostname": f"sim-{i}"},
+                    )
                     secrets.append(member["node_secret"])
             lat = asyncio.run(drive(info, secrets, args.seconds))
             lat.sort()
             rate = len(lat) / args.seconds
             p50 = statistics.median(lat) * 1e3
             p99 = lat[min(len(lat) - 1, int(0.99 * len(lat)))] * 1e3
-            machine = (f"{platform.machine()}, {psutil.cpu_count()} logical cores, "
-                       f"{psutil.virtual_memory().total / (1 << 30):.0f} GiB")  # fmt: skip
+            machine = (
+                f"{platform.machine()}, {psutil.cpu_count()} logical cores, "
+                f"{psutil.virtual_memory().total / (1 << 30):.0f} GiB"
+            )
             print(f"machine: {machine}; python {platform.python_version()}")
             print("| nodes | seconds | heartbeats | heartbeats/s | p50 ms | p99 ms |")
             print("|---:|---:|---:|---:|---:|---:|")
-            print(f"| {args.nodes} | {args.seconds:g} | {len(lat)} | {rate:.0f} | {p50:.1f} "
-                  f"| {p99:.1f} |")  # fmt: skip
-            print(f"(one 5 s interval per node needs {args.nodes / 5:.0f} heartbeats/s; "
-                  f"this hub's rate covers about {rate * 5:.0f} nodes)")  # fmt: skip
+            print(
+                f"| {args.nodes} | {args.seconds:g} | {len(lat)} | {rate:.0f} | {p50:.1f} "
+                f"| {p99:.1f} |"
+            )
+            print(
+                f"(one 5 s interval per node needs {args.nodes / 5:.0f} heartbeats/s; "
+                f"this hub's rate covers about {rate * 5:.0f} nodes)"
+            )
         finally:
             hub.send_signal(signal.SIGINT)
             hub.wait(15)

@@ -73,9 +73,16 @@ def timed_post(
 
 def one_token(base_url: str, model: str) -> Callable[[int], float]:
     # A prompt of its own per path and request: no path gains from another's prefix cache.
-    return timed_post(base_url, "/completions", lambda i: {
-        "model": model, "prompt": f"{base_url} {i} {SHORT}", "max_tokens": 1, "temperature": 0,
-    })  # fmt: skip
+    return timed_post(
+        base_url,
+        "/completions",
+        lambda i: {
+            "model": model,
+            "prompt": f"{base_url} {i} {SHORT}",
+            "max_tokens": 1,
+            "temperature": 0,
+        },
+    )
 
 
 def cpu_seconds(proc: subprocess.Popen[bytes]) -> float:
@@ -98,9 +105,14 @@ def rotated(paths: dict[str, str], i: int) -> list[str]:
 
 
 def one_embedding(base_url: str) -> Callable[[int], float]:
-    return timed_post(base_url, "/embeddings", lambda i: {
-        "model": EMBED_MODEL, "input": f"Sentence number {i} about the weather.",
-    })  # fmt: skip
+    return timed_post(
+        base_url,
+        "/embeddings",
+        lambda i: {
+            "model": EMBED_MODEL,
+            "input": f"Sentence number {i} about the weather.",
+        },
+    )
 
 
 def litellm_proxy(exe: str, node_url: str, port: int, tmp: Path) -> subprocess.Popen[bytes]:

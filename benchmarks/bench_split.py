@@ -138,8 +138,20 @@ def main() -> None:
         for threads in (args.prefill_threads, args.decode_threads):
             port = free_port()
             url = f"http://127.0.0.1:{port}"
-            cmd = [py, "-m", "edgebox", "serve", "--port", str(port), "--threads", str(threads),
-                   "--parallel", "1", "--ctx", "4096"]  # fmt: skip
+            cmd = [
+                py,
+                "-m",
+                "edgebox",
+                "serve",
+                "--port",
+                str(port),
+                "--threads",
+                str(threads),
+                "--parallel",
+                "1",
+                "--ctx",
+                "4096",
+            ]
             procs.append(start(cmd, url + "/health"))
             urls.append(url)
         started = time.monotonic()
@@ -186,15 +198,23 @@ def main() -> None:
             f"| {r['prefill'] * 1000:.0f} | {r['transfer'] * 1000:.0f} | {r['decode'] * 1000:.0f} "
             f"| {r['kv_bytes'] / 1e6:.1f} | {est.local_s * 1000:.0f} | {est.split_s * 1000:.0f} |"
         )
-    node_cross = next(
-        (
-            int(r["tokens"])
-            for r in rows
-            if (e := estimate_split(int(r["tokens"]), reported[1], reported[0],
-                                    cfg.kv_bytes_per_token, link)).split_s < e.local_s
-        ),
-        None,
-    ) if all(reported) else None  # fmt: skip
+    node_cross = (
+        next(
+            (
+                int(r["tokens"])
+                for r in rows
+                if (
+                    e := estimate_split(
+                        int(r["tokens"]), reported[1], reported[0], cfg.kv_bytes_per_token, link
+                    )
+                ).split_s
+                < e.local_s
+            ),
+            None,
+        )
+        if all(reported)
+        else None
+    )
     lines += [
         "",
         f"Crossover (smallest measured prompt where split wins): predicted "

@@ -60,13 +60,27 @@ def main() -> None:
             cafe_cfg = write_client_files(FileNodeDirectory(cafe / "fleet_nodes.json"), cafe)
             rows = {
                 "direct (LAN route, one handshake)": lambda: fleet.cafe.ns("hub").run(
-                    ["ssh", "-F", str(lan_cfg), "-o", "ProxyJump=none", "-o", f"HostName={node_a}",
-                     "-o", "Port=22", "node-a.edgebox", "true"]),
+                    [
+                        "ssh",
+                        "-F",
+                        str(lan_cfg),
+                        "-o",
+                        "ProxyJump=none",
+                        "-o",
+                        f"HostName={node_a}",
+                        "-o",
+                        "Port=22",
+                        "node-a.edgebox",
+                        "true",
+                    ]
+                ),
                 "relay (ProxyJump through the hub)": lambda: fleet.cafe.ns("laptop").run(
-                    ["ssh", "-F", str(cafe_cfg), "node-a.edgebox", "true"]),
+                    ["ssh", "-F", str(cafe_cfg), "node-a.edgebox", "true"]
+                ),
                 "`edgebox ssh node-a -- true` via hub": lambda: fleet.edgebox(
-                    "laptop", cafe, "ssh", "node-a", "--", "true"),
-            }  # fmt: skip
+                    "laptop", cafe, "ssh", "node-a", "--", "true"
+                ),
+            }
             results = {name: timed(run, args.runs) for name, run in rows.items()}
         finally:
             tunnel.stop()

@@ -79,19 +79,33 @@ class SimulatedFleet:
         t = self.tick
         nodes = tuple(
             NodeSnapshot(
-                name=f"node-{i:03d}", id=f"n{i}", url=f"http://10.0.{i // 250}.{i % 250}:8080",
-                status="offline" if i % 17 == 0 else "online", hw_class="nvidia-gpu",
-                accelerators=("NVIDIA RTX 4090",), memory_used=(i + t) % 24 * GIB,
-                memory_total=24 * GIB, utilization_pct=float((i * 7 + t) % 100),
-                temperature_c=40.0 + (i + t) % 40, power_w=100.0 + (i * t) % 300,
+                name=f"node-{i:03d}",
+                id=f"n{i}",
+                url=f"http://10.0.{i // 250}.{i % 250}:8080",
+                status="offline" if i % 17 == 0 else "online",
+                hw_class="nvidia-gpu",
+                accelerators=("NVIDIA RTX 4090",),
+                memory_used=(i + t) % 24 * GIB,
+                memory_total=24 * GIB,
+                utilization_pct=float((i * 7 + t) % 100),
+                temperature_c=40.0 + (i + t) % 40,
+                power_w=100.0 + (i * t) % 300,
                 cpu_pct=float((i + 3 * t) % 100),
-                models=(ModelLoad(name="llama-3.1-8b", running=(i + t) % 4, queued=t % 3, slots=4,
-                                  tokens_per_s=float((i * t) % 200)),),
-                tokens_per_s=float((i * t) % 200), p50_ttft_s=0.1 + (i % 10) / 100,
+                models=(
+                    ModelLoad(
+                        name="llama-3.1-8b",
+                        running=(i + t) % 4,
+                        queued=t % 3,
+                        slots=4,
+                        tokens_per_s=float((i * t) % 200),
+                    ),
+                ),
+                tokens_per_s=float((i * t) % 200),
+                p50_ttft_s=0.1 + (i % 10) / 100,
                 last_seen=time.time(),
             )
             for i in range(self.n)
-        )  # fmt: skip
+        )
         return FleetSnapshot(taken_at=time.time(), nodes=nodes)
 
     async def aclose(self) -> None:
@@ -147,8 +161,17 @@ def pty_cpu_share(n: int, seconds: float, *, changing: bool) -> tuple[float, flo
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 50, 160, 0, 0))
     env = {**os.environ, "TERM": "xterm-256color", "COLORTERM": "truecolor"}
     with tempfile.NamedTemporaryFile(suffix=".json") as out:
-        cmd = [sys.executable, __file__, "--tui-child", out.name, "--tui-nodes", str(n),
-               "--seconds", str(seconds), *([] if changing else ["--unchanged"])]  # fmt: skip
+        cmd = [
+            sys.executable,
+            __file__,
+            "--tui-child",
+            out.name,
+            "--tui-nodes",
+            str(n),
+            "--seconds",
+            str(seconds),
+            *([] if changing else ["--unchanged"]),
+        ]
         proc = subprocess.Popen(cmd, stdin=slave, stdout=slave, stderr=slave, env=env)
         os.close(slave)
         while True:  # drain until the child closes the terminal (EIO)
@@ -168,8 +191,17 @@ CASES = {True: "all change every poll", False: "unchanged"}
 
 def run_tui(script: Path, nodes: int, seconds: float, pty: bool) -> dict[str, list[float]]:
     """One `--tui-only --json` run of `script` in its own process: case → [share, ms, refreshes]."""
-    cmd = [sys.executable, str(script), "--tui-only", "--json", "--tui-nodes", str(nodes),
-           "--seconds", str(seconds), *(["--pty"] if pty else [])]  # fmt: skip
+    cmd = [
+        sys.executable,
+        str(script),
+        "--tui-only",
+        "--json",
+        "--tui-nodes",
+        str(nodes),
+        "--seconds",
+        str(seconds),
+        *(["--pty"] if pty else []),
+    ]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
     result: dict[str, list[float]] = json.loads(out.strip().splitlines()[-1])
     return result
@@ -177,13 +209,20 @@ def run_tui(script: Path, nodes: int, seconds: float, pty: bool) -> dict[str, li
 
 def compare(rev: str, nodes: int, seconds: float, rounds: int, pty: bool) -> list[str]:
     """Before (git `rev`) and after (this tree), alternated per round; markdown lines."""
-    label = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", rev], text=True,
-                           capture_output=True, check=True).stdout.strip()  # fmt: skip
+    label = subprocess.run(
+        ["git", "-C", str(ROOT), "rev-parse", "--short", rev],
+        text=True,
+        capture_output=True,
+        check=True,
+    ).stdout.strip()
     runs: dict[str, list[dict[str, list[float]]]] = {"before": [], "after": []}
     loads: list[float] = []
     with tempfile.TemporaryDirectory() as tmp:
-        archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev, "edgebox", "benchmarks",
-                                  "tests"], capture_output=True, check=True).stdout  # fmt: skip
+        archive = subprocess.run(
+            ["git", "-C", str(ROOT), "archive", rev, "edgebox", "benchmarks", "tests"],
+            capture_output=True,
+            check=True,
+        ).stdout
         subprocess.run(["tar", "-x", "-C", tmp], input=archive, check=True)
         old = Path(tmp) / "benchmarks" / "bench_top.py"
         old.write_text(Path(__file__).read_text())  # the same measurement, the old edgebox/

@@ -87,8 +87,17 @@ class NetnsLab:
         self._next_port = 0
         try:
             self.switch = self._namespace("sw")
-            _ip("-n", self.switch.name, "link", "add", "br0", "type", "bridge",
-                "mcast_snooping", "0")  # fmt: skip
+            _ip(
+                "-n",
+                self.switch.name,
+                "link",
+                "add",
+                "br0",
+                "type",
+                "bridge",
+                "mcast_snooping",
+                "0",
+            )
             _ip("-n", self.switch.name, "link", "set", "br0", "up")
         except BaseException:
             self.close()
@@ -106,8 +115,20 @@ class NetnsLab:
         ns = self._namespace(role)
         self._next_port += 1
         port = f"p{self._next_port}"
-        _ip("-n", self.switch.name, "link", "add", port, "type", "veth",
-            "peer", "name", "eth0", "netns", ns.name)  # fmt: skip
+        _ip(
+            "-n",
+            self.switch.name,
+            "link",
+            "add",
+            port,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            ns.name,
+        )
         _ip("-n", self.switch.name, "link", "set", port, "master", "br0")
         _ip("-n", self.switch.name, "link", "set", port, "up")
         self._configure(ns, "eth0", f"10.{self.subnet}.0.{host}")
@@ -115,8 +136,9 @@ class NetnsLab:
 
     def link(self, a: Namespace, a_if: str, b: Namespace, b_if: str, third_octet: int) -> None:
         """A point-to-point veth between `a` (`a_if`, .1) and `b` (`b_if`, .2) on its own /24."""
-        _ip("-n", a.name, "link", "add", a_if, "type", "veth", "peer", "name", b_if,
-            "netns", b.name)  # fmt: skip
+        _ip(
+            "-n", a.name, "link", "add", a_if, "type", "veth", "peer", "name", b_if, "netns", b.name
+        )
         self._configure(a, a_if, f"10.{self.subnet}.{third_octet}.1", multicast_route=False)
         self._configure(b, b_if, f"10.{self.subnet}.{third_octet}.2")
 

@@ -81,9 +81,14 @@ class Namespace:
         self, argv: Sequence[str], timeout: float = 20, env: dict[str, str] | None = None, **kw
     ) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            self.argv(argv), capture_output=True, text=True, timeout=timeout, check=False,
-            env={**os.environ, **(env or {})}, **kw,
-        )  # fmt: skip
+            self.argv(argv),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+            env={**os.environ, **(env or {})},
+            **kw,
+        )
 
     def popen(self, argv: Sequence[str], log: Path) -> subprocess.Popen[bytes]:
         with log.open("ab") as sink:
@@ -114,12 +119,22 @@ def wait_for_log(log: Path, text: str, timeout: float = 10) -> None:
 
 def node_sshd_config(workdir: Path, host_key: Path, authorized_keys: Path) -> str:
     """A plain sshd for a test node: key auth for root only, run from a temp dir."""
-    return "\n".join([
-        "Port 22", "ListenAddress 0.0.0.0", f"HostKey {host_key}",
-        f"AuthorizedKeysFile {authorized_keys}", "PidFile none", "UsePAM no", "StrictModes no",
-        "PermitRootLogin prohibit-password", "PasswordAuthentication no",
-        "KbdInteractiveAuthentication no", "LogLevel VERBOSE", "",
-    ])  # fmt: skip
+    return "\n".join(
+        [
+            "Port 22",
+            "ListenAddress 0.0.0.0",
+            f"HostKey {host_key}",
+            f"AuthorizedKeysFile {authorized_keys}",
+            "PidFile none",
+            "UsePAM no",
+            "StrictModes no",
+            "PermitRootLogin prohibit-password",
+            "PasswordAuthentication no",
+            "KbdInteractiveAuthentication no",
+            "LogLevel VERBOSE",
+            "",
+        ]
+    )
 
 
 @dataclass

@@ -16,8 +16,13 @@ from tests.fleet.test_hub import PROFILE, Hub
 
 
 def edgebox(*args: str, columns: int = 200) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "edgebox", *args], capture_output=True,
-                          text=True, timeout=60, env=os.environ | {"COLUMNS": str(columns)})  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "edgebox", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=os.environ | {"COLUMNS": str(columns)},
+    )
 
 
 def test_router_help_shows_keys_and_a_port_of_its_own() -> None:
@@ -48,9 +53,20 @@ def test_a_nodes_warnings_carry_timestamps(tmp_path: Path) -> None:
         join(hub.token(name="box")["token"], home=home, profile=PROFILE)
     finally:
         hub.stop()
-    node = start_node(home, "--model", "smollm2-135m", "--parallel", "1", "--ctx", "512",
-                      "--threads", "1", "--no-mdns", "--no-tunnel",
-                      env={"EDGEBOX_HOME": str(home)})  # fmt: skip
+    node = start_node(
+        home,
+        "--model",
+        "smollm2-135m",
+        "--parallel",
+        "1",
+        "--ctx",
+        "512",
+        "--threads",
+        "1",
+        "--no-mdns",
+        "--no-tunnel",
+        env={"EDGEBOX_HOME": str(home)},
+    )
     try:
         stamp = r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d"
         end = time.monotonic() + 30

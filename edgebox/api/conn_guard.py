@@ -112,8 +112,11 @@ class _Guard(asyncio.Protocol):
         address = str(peer[0]) if isinstance(peer, tuple) and peer else "local"
         if not self.limits.admit(address):
             if _REFUSAL_LOGS.take(address) == 0.0:  # one line a minute per address, not a flood
-                log.warning("connections from %s refused: %d open already", log_field(address),
-                            self.limits.open[address])  # fmt: skip
+                log.warning(
+                    "connections from %s refused: %d open already",
+                    log_field(address),
+                    self.limits.open[address],
+                )
             transport.abort()  # full: close before reading anything
             return
         self.address, self._transport = address, transport

@@ -76,8 +76,9 @@ def find_hub(
         found = local or (login[1] if login else None)
         if found is None:
             return None
-        return HubAccess(found.url, fingerprint or found.fingerprint, token or found.token,
-                         found.found_in)  # fmt: skip
+        return HubAccess(
+            found.url, fingerprint or found.fingerprint, token or found.token, found.found_in
+        )
     url = url.rstrip("/")
     known = [a for a in (local,) if a and a.url == url]
     known += [login[1]] if login and url in login[0] else []

@@ -55,8 +55,9 @@ def register(url: str, host: str, node: dict[str, Any], home: Path | None = None
     to remove at exit, or None when the home cannot be written (logged; the node serves on)."""
     port = int(url.rsplit(":", 1)[1].split("/", 1)[0])
     started = _process_start(os.getpid()) or time.time()
-    record = LocalNode(os.getpid(), url, host, port, str(node.get("id", "")),
-                       str(node.get("name", "")), started)  # fmt: skip
+    record = LocalNode(
+        os.getpid(), url, host, port, str(node.get("id", "")), str(node.get("name", "")), started
+    )
     path = run_dir(home) / f"node-{record.pid}.json"
     try:
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)

@@ -57,6 +57,10 @@ def start_background(home: Path | None = None) -> TunnelSupervisor | None:
         tunnel_log.setLevel(logging.INFO)
     supervisor = TunnelSupervisor(spec, Backoff())
     supervisor.start()
-    tunnel_log.info("tunnel: keeping port %d on %s:%d open to this box's sshd",
-             spec.tunnel_port, spec.hub_host, spec.hub_port)  # fmt: skip
+    tunnel_log.info(
+        "tunnel: keeping port %d on %s:%d open to this box's sshd",
+        spec.tunnel_port,
+        spec.hub_host,
+        spec.hub_port,
+    )
     return supervisor

@@ -33,8 +33,14 @@ def statement(
     *, hub: str, key: str, new_key: str, host_key: str | None, ts_ms: int
 ) -> dict[str, Any]:
     """The signed statement: everything the hub will change, bound to one hub and one moment."""
-    return {"purpose": PURPOSE, "hub": hub, "key": key, "new_key": new_key,
-            "host_key": host_key, "ts_ms": ts_ms}  # fmt: skip
+    return {
+        "purpose": PURPOSE,
+        "hub": hub,
+        "key": key,
+        "new_key": new_key,
+        "host_key": host_key,
+        "ts_ms": ts_ms,
+    }
 
 
 def message(payload: dict[str, Any]) -> bytes:

@@ -69,9 +69,13 @@ class Backoff:
 def tunnel_argv(spec: TunnelSpec, ssh: Sequence[str] = ("ssh",)) -> list[str]:
     """The ssh client command line for one tunnel attempt."""
     argv = [
-        *ssh, "-N", "-F", "none",
-        "-R", f"127.0.0.1:{spec.tunnel_port}:127.0.0.1:{spec.local_ssh_port}",
-    ]  # fmt: skip
+        *ssh,
+        "-N",
+        "-F",
+        "none",
+        "-R",
+        f"127.0.0.1:{spec.tunnel_port}:127.0.0.1:{spec.local_ssh_port}",
+    ]
     if spec.api_forward is not None:
         hub_port, local_port = spec.api_forward
         argv += ["-R", f"127.0.0.1:{hub_port}:127.0.0.1:{local_port}"]
@@ -175,8 +179,12 @@ class TunnelSupervisor:
             failures = 1 if lived >= self.backoff.stable_after else failures + 1
             self.last_error = classify_exit(stderr)
             delay = self.backoff.delay(failures, self._rng)
-            log.warning("tunnel to %s down: %s; next try in %.1f s",
-                        self.spec.hub_host, self.last_error, delay)  # fmt: skip
+            log.warning(
+                "tunnel to %s down: %s; next try in %.1f s",
+                self.spec.hub_host,
+                self.last_error,
+                delay,
+            )
             self.state = "waiting"
             self._stop.wait(delay)
 
@@ -186,10 +194,13 @@ class TunnelSupervisor:
         self.state = "connecting"
         tail: list[str] = []
         proc = subprocess.Popen(
-            tunnel_argv(self.spec, self._ssh), stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+            tunnel_argv(self.spec, self._ssh),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
             preexec_fn=die_with_parent,  # no tunnel left behind by a node agent killed hard
-        )  # fmt: skip
+        )
         self._proc = proc
         if self._stop.is_set():  # stop() ran between the loop check and Popen
             proc.terminate()
@@ -199,8 +210,12 @@ class TunnelSupervisor:
                 self.state = "up"
                 self.ups += 1
                 self._up.set()
-                log.info("tunnel up: hub %s:%d port %d", self.spec.hub_host,
-                         self.spec.hub_port, self.spec.tunnel_port)  # fmt: skip
+                log.info(
+                    "tunnel up: hub %s:%d port %d",
+                    self.spec.hub_host,
+                    self.spec.hub_port,
+                    self.spec.tunnel_port,
+                )
             tail = [*tail[-40:], line.rstrip()]
         proc.wait()
         self._up.clear()

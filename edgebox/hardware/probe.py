@@ -54,8 +54,20 @@ KNOWN_BANDWIDTH_GBPS: dict[str, float] = {
     "Apple M4": 120,
 }
 
-_X86_SIMD = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512_vnni", "avx512_bf16",
-             "avx_vnni", "amx_tile", "amx_int8", "amx_bf16")  # fmt: skip
+_X86_SIMD = (
+    "sse4_2",
+    "avx",
+    "avx2",
+    "fma",
+    "f16c",
+    "avx512f",
+    "avx512_vnni",
+    "avx512_bf16",
+    "avx_vnni",
+    "amx_tile",
+    "amx_int8",
+    "amx_bf16",
+)
 _ARM_SIMD = ("asimd", "asimddp", "asimdhp", "i8mm", "bf16", "sve", "sve2", "sme")
 
 

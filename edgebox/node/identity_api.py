@@ -77,16 +77,25 @@ def _local_address(request: Request) -> str:
 async def identity(request: Request) -> Response:
     signer: NodeSigner | None = getattr(request.app.state, "signer", None)
     if signer is None:
-        raise APIError(404, "this node has no identity key to prove (started without one)",
-                       code="no_identity")  # fmt: skip
+        raise APIError(
+            404, "this node has no identity key to prove (started without one)", code="no_identity"
+        )
     nonce = request.query_params.get("nonce")
     if nonce is None:
         return JSONResponse(signer.public())
     if not _NONCE.fullmatch(nonce):
-        raise APIError(400, "'nonce' must be 16-128 characters of A-Z, a-z, 0-9, '_' or '-'",
-                       param="nonce", code="invalid_value")  # fmt: skip
+        raise APIError(
+            400,
+            "'nonce' must be 16-128 characters of A-Z, a-z, 0-9, '_' or '-'",
+            param="nonce",
+            code="invalid_value",
+        )
     context = request.query_params.get("context", "")
     if not _CONTEXT.fullmatch(context):
-        raise APIError(400, "'context' must be 1-200 printable ASCII characters without spaces",
-                       param="context", code="invalid_value")  # fmt: skip
+        raise APIError(
+            400,
+            "'context' must be 1-200 printable ASCII characters without spaces",
+            param="context",
+            code="invalid_value",
+        )
     return JSONResponse(signer.prove(nonce, context, _local_address(request)))

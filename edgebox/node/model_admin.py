@@ -104,8 +104,9 @@ async def list_models(request: Request) -> Response:
 
 def _already(state: NodeState, alias: str) -> None:
     if alias in state.all_models():
-        raise APIError(409, f"'{alias}' is loaded already", param="model",
-                       code="model_already_loaded")  # fmt: skip
+        raise APIError(
+            409, f"'{alias}' is loaded already", param="model", code="model_already_loaded"
+        )
     if alias in state.loading:
         raise APIError(409, f"'{alias}' is being loaded", param="model", code="model_loading")
 
@@ -124,14 +125,23 @@ _FILE_ERRORS = (ValueError, OSError, MemoryError, RuntimeError)
 
 def _check_spec(body: LoadRequest) -> None:
     if not body.model.strip():
-        raise APIError(400, "'model' is empty; name a model to load", param="model",
-                       code="invalid_value")  # fmt: skip
+        raise APIError(
+            400, "'model' is empty; name a model to load", param="model", code="invalid_value"
+        )
     if len(body.model) > MAX_SPEC or not body.model.isprintable():
-        raise APIError(400, f"'model' must be at most {MAX_SPEC} printable characters",
-                       param="model", code="invalid_value")  # fmt: skip
+        raise APIError(
+            400,
+            f"'model' must be at most {MAX_SPEC} printable characters",
+            param="model",
+            code="invalid_value",
+        )
     if body.alias is not None and not body.alias.strip():
-        raise APIError(400, "'alias' is empty; leave it out or name the id to serve as",
-                       param="alias", code="invalid_value")  # fmt: skip
+        raise APIError(
+            400,
+            "'alias' is empty; leave it out or name the id to serve as",
+            param="alias",
+            code="invalid_value",
+        )
 
 
 def _scrub(message: str, spec: str, resolved: ResolvedModel | None) -> str:
@@ -147,8 +157,12 @@ def _scrub(message: str, spec: str, resolved: ResolvedModel | None) -> str:
 
 
 def _not_loadable(spec: str, exc: BaseException, param: str = "model") -> APIError:
-    return APIError(400, f"cannot load '{spec}': not a model file edgebox can read "
-                    f"({type(exc).__name__})", param=param, code="model_not_loadable")  # fmt: skip
+    return APIError(
+        400,
+        f"cannot load '{spec}': not a model file edgebox can read ({type(exc).__name__})",
+        param=param,
+        code="model_not_loadable",
+    )
 
 
 async def load_model(request: Request) -> Response:
@@ -168,8 +182,9 @@ async def load_model(request: Request) -> Response:
     try:
         runtime, fast_path = await asyncio.to_thread(_open, state, resolved, body.runtime)
     except BackendError as exc:
-        raise APIError(400, _scrub(str(exc), body.model, resolved), param=param,
-                       code="model_not_loadable") from exc  # fmt: skip
+        raise APIError(
+            400, _scrub(str(exc), body.model, resolved), param=param, code="model_not_loadable"
+        ) from exc
     except (*_FILE_ERRORS, ModelNotAvailable) as exc:
         raise _not_loadable(body.model, exc) from exc
     finally:
@@ -203,8 +218,12 @@ async def unload_model(request: Request) -> Response:
     runtime = state.all_models().get(body.model)
     if runtime is None:
         served = ", ".join(state.all_models()) or "none"
-        raise APIError(404, f"the model '{body.model}' is not served here (served: {served})",
-                       param="model", code="model_not_found")  # fmt: skip
+        raise APIError(
+            404,
+            f"the model '{body.model}' is not served here (served: {served})",
+            param="model",
+            code="model_not_found",
+        )
     stats = runtime.stats()
     if stats.running or stats.queued:
         raise APIError(
@@ -228,8 +247,9 @@ async def recent_requests(request: Request) -> Response:
     limit = None
     if limit_arg is not None:
         if not limit_arg.isdigit():
-            raise APIError(400, "'limit' must be a whole number", param="limit",
-                           code="invalid_value")  # fmt: skip
+            raise APIError(
+                400, "'limit' must be a whole number", param="limit", code="invalid_value"
+            )
         limit = int(limit_arg)
     records = state.recent.newest_first(limit)
     return JSONResponse({"object": "list", "data": [r.to_json() for r in records]})

@@ -77,8 +77,18 @@ def _can_build_in_place() -> bool:
 def build_wheel(checkout: Path, out_dir: Path) -> Path:
     """A wheel of edgebox from a source checkout (no deps; pip on the box resolves them)."""
     isolation = ["--no-build-isolation"] if _can_build_in_place() else []
-    cmd = [sys.executable, "-m", "pip", "wheel", "--no-deps", *isolation, "-q",
-           "-w", str(out_dir), str(checkout)]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "wheel",
+        "--no-deps",
+        *isolation,
+        "-q",
+        "-w",
+        str(out_dir),
+        str(checkout),
+    ]
     done = subprocess.run(cmd, capture_output=True, text=True)
     wheels = sorted(out_dir.glob("edgebox-*.whl"))
     if done.returncode != 0 or not wheels:
@@ -90,13 +100,15 @@ def _env_prefix(plan: ProvisionPlan) -> str:
     return f"EDGEBOX_HOME={shlex.quote(plan.edgebox_home)} " if plan.edgebox_home else ""
 
 
-async def _run(conn: asyncssh.SSHClientConnection, command: str, *, input: str | None = None,
-               what: str) -> str:  # fmt: skip
+async def _run(
+    conn: asyncssh.SSHClientConnection, command: str, *, input: str | None = None, what: str
+) -> str:
     result = await conn.run(command, input=input, check=False)
     if result.exit_status != 0:
         detail = str(result.stderr or result.stdout or "").strip().splitlines()[-3:]
-        raise ProvisionError(f"{what} failed on the box (exit {result.exit_status}): "
-                             + " | ".join(detail))  # fmt: skip
+        raise ProvisionError(
+            f"{what} failed on the box (exit {result.exit_status}): " + " | ".join(detail)
+        )
     return str(result.stdout or "")
 
 
@@ -119,15 +131,23 @@ async def provision(plan: ProvisionPlan, hub: HubClient) -> dict[str, Any]:
         if plan.wheel is not None:
             spec = f"{workdir}/{plan.wheel.name}"
             # Through the session's stdin rather than SFTP, which some boxes disable.
-            upload = await conn.run(f"cat > {shlex.quote(spec)}", input=plan.wheel.read_bytes(),
-                                    encoding=None, check=False)  # fmt: skip
+            upload = await conn.run(
+                f"cat > {shlex.quote(spec)}",
+                input=plan.wheel.read_bytes(),
+                encoding=None,
+                check=False,
+            )
             if upload.exit_status != 0:
                 raise ProvisionError(f"uploading {plan.wheel.name} to the box failed")
         pip = " ".join(shlex.quote(a) for a in [*plan.pip_args, spec])
-        await _run(conn, f"{py} -m pip install --quiet --disable-pip-version-check {pip}",
-                   what="pip install")  # fmt: skip
-        made = hub.request("POST", "/v1/hub/tokens",
-                           json={"ttl_seconds": plan.ttl_seconds, "name": plan.name})  # fmt: skip
+        await _run(
+            conn,
+            f"{py} -m pip install --quiet --disable-pip-version-check {pip}",
+            what="pip install",
+        )
+        made = hub.request(
+            "POST", "/v1/hub/tokens", json={"ttl_seconds": plan.ttl_seconds, "name": plan.name}
+        )
         flags = ["--json", *([] if plan.service else ["--no-service"])]
         joined = await _run(
             conn,

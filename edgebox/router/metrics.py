@@ -18,17 +18,23 @@ class RouterMetrics:
             registry=r,
         )
         self.failovers = Counter(
-            "edgebox_router_failovers", "Targets that failed before answering", ["target"],
+            "edgebox_router_failovers",
+            "Targets that failed before answering",
+            ["target"],
             registry=r,
-        )  # fmt: skip
+        )
         self.splits = Counter(
-            "edgebox_router_splits", "Prefill/decode split attempts by outcome", ["outcome"],
+            "edgebox_router_splits",
+            "Prefill/decode split attempts by outcome",
+            ["outcome"],
             registry=r,
-        )  # fmt: skip
+        )
         self.cloud_usd = Counter(
-            "edgebox_router_cloud_usd", "US dollars spent on cloud upstreams", ["upstream"],
+            "edgebox_router_cloud_usd",
+            "US dollars spent on cloud upstreams",
+            ["upstream"],
             registry=r,
-        )  # fmt: skip
+        )
         spend = Gauge(
             "edgebox_router_cloud_usd_today", "Cloud spend so far today (UTC)", registry=r
         )

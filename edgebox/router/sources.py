@@ -43,9 +43,12 @@ def mdns_address(
     host = node.addresses[0]
     host = f"[{host}]" if ":" in host else host
     return NodeAddress(
-        name or node.name, f"http://{host}:{node.api_port}", trust="unverified",
-        node_id=node.node_id, keys=frozenset(keys),
-    )  # fmt: skip
+        name or node.name,
+        f"http://{host}:{node.api_port}",
+        trust="unverified",
+        node_id=node.node_id,
+        keys=frozenset(keys),
+    )
 
 
 class MdnsNodes:

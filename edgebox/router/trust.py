@@ -71,8 +71,7 @@ def check_proof(
         return Verdict(False, "identity key is not Ed25519")
     if node_id is not None and claimed_id != node_id:
         return Verdict(False, "proof names another node id than the advert", fingerprint)
-    message = proof_message(nonce=nonce, node_id=claimed_id, context=PROOF_CONTEXT,
-                            address=address)  # fmt: skip
+    message = proof_message(nonce=nonce, node_id=claimed_id, context=PROOF_CONTEXT, address=address)
     try:
         key.verify(signature, message)
     except InvalidSignature:
@@ -80,8 +79,9 @@ def check_proof(
         why = f" (signed for {seen}, not {address})" if seen and seen != address else ""
         return Verdict(False, "identity proof does not verify" + why, fingerprint)
     if fingerprint not in trusted:
-        return Verdict(False, f"key {fingerprint} is neither pinned nor known to the hub",
-                       fingerprint)  # fmt: skip
+        return Verdict(
+            False, f"key {fingerprint} is neither pinned nor known to the hub", fingerprint
+        )
     return Verdict(True, "verified", fingerprint)
 
 
@@ -107,8 +107,13 @@ class Verifier:
             return replace(address, trust="verified", fallback_url=None, note="")
         note = f"{verdict.reason} (at {address.url})"
         if address.fallback_url:  # a hub node: its hub-recorded address, never the advert's
-            return replace(address, url=address.fallback_url, trust="hub", fallback_url=None,
-                           note=f"LAN address not used: {note}")  # fmt: skip
+            return replace(
+                address,
+                url=address.fallback_url,
+                trust="hub",
+                fallback_url=None,
+                note=f"LAN address not used: {note}",
+            )
         return replace(address, trust="lan" if self.trust_lan else "unverified", note=note)
 
     async def _verdict(self, address: NodeAddress) -> Verdict:
@@ -142,5 +147,10 @@ class Verifier:
             return Verdict(False, f"identity proof unavailable ({type(exc).__name__})")
         if answer is None:
             return Verdict(False, f"identity proof unavailable (HTTP {r.status_code})")
-        return check_proof(answer, nonce=nonce, node_id=address.node_id,
-                           address=dialled_address(address.url), trusted=address.keys)  # fmt: skip
+        return check_proof(
+            answer,
+            nonce=nonce,
+            node_id=address.node_id,
+            address=dialled_address(address.url),
+            trusted=address.keys,
+        )

@@ -47,13 +47,21 @@ def _reinstall_llama(cmake: str) -> str:
 
 def check_llama_cpp(profile: HardwareProfile) -> RuntimeCheck:
     if not _installed("llama_cpp"):
-        return RuntimeCheck("llama.cpp", False, "llama-cpp-python is not installed",
-                            f'pip install "{LLAMA_CPP_PYTHON}"')  # fmt: skip
+        return RuntimeCheck(
+            "llama.cpp",
+            False,
+            "llama-cpp-python is not installed",
+            f'pip install "{LLAMA_CPP_PYTHON}"',
+        )
     try:
         import llama_cpp
     except (ImportError, OSError, RuntimeError) as exc:  # e.g. a CUDA build without its driver
-        return RuntimeCheck("llama.cpp", False, f"llama-cpp-python fails to load: {exc}",
-                            f'pip install --force-reinstall "{LLAMA_CPP_PYTHON}"')  # fmt: skip
+        return RuntimeCheck(
+            "llama.cpp",
+            False,
+            f"llama-cpp-python fails to load: {exc}",
+            f'pip install --force-reinstall "{LLAMA_CPP_PYTHON}"',
+        )
 
     offload = bool(llama_cpp.llama_supports_gpu_offload())
     detail = f"llama-cpp-python {llama_cpp.__version__}, " + (
@@ -104,8 +112,9 @@ def check_tensorrt_llm(profile: HardwareProfile) -> RuntimeCheck:
     if _installed("tensorrt_llm"):
         missing = "tensorrt_llm is installed but trtllm-serve is not on PATH"
         return RuntimeCheck("tensorrt-llm", False, missing, "add its environment's bin/ to PATH")
-    return RuntimeCheck("tensorrt-llm", False, "tensorrt_llm is not installed",
-                        "pip install tensorrt-llm")  # fmt: skip
+    return RuntimeCheck(
+        "tensorrt-llm", False, "tensorrt_llm is not installed", "pip install tensorrt-llm"
+    )
 
 
 def check_runtimes(profile: HardwareProfile) -> list[RuntimeCheck]:
@@ -115,8 +124,12 @@ def check_runtimes(profile: HardwareProfile) -> list[RuntimeCheck]:
     ]
 
 
-_SELECT_NAME = {"llama.cpp": "llamacpp", "mlx": "mlx", "onnxruntime": "onnx",
-                "tensorrt-llm": "trtllm"}  # fmt: skip
+_SELECT_NAME = {
+    "llama.cpp": "llamacpp",
+    "mlx": "mlx",
+    "onnxruntime": "onnx",
+    "tensorrt-llm": "trtllm",
+}
 
 
 def installed_runtimes(checks: list[RuntimeCheck]) -> Installed:

@@ -157,8 +157,19 @@ def _build(chosen: Selection, path: Path, name: str, options: RuntimeOptions) ->
 
 
 # GGUF metadata value types: fixed-size scalars by struct format, 8 = string, 9 = array.
-_GGUF_SCALARS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q",
-                 11: "q", 12: "d"}  # fmt: skip
+_GGUF_SCALARS = {
+    0: "B",
+    1: "b",
+    2: "H",
+    3: "h",
+    4: "I",
+    5: "i",
+    6: "f",
+    7: "?",
+    10: "Q",
+    11: "q",
+    12: "d",
+}
 
 
 def _gguf_value(f: BinaryIO, kind: int) -> object:

@@ -123,35 +123,47 @@ def _llamacpp(
         else:
             assert size is not None
             what = f"{layers} of {size.layers} layers on {target} (the rest does not fit)"
-        return Selection("gguf", "llamacpp", f"llama.cpp with {backend}: {what}",
-                         {"n_gpu_layers": layers, "backend": backend.lower()})  # fmt: skip
+        return Selection(
+            "gguf",
+            "llamacpp",
+            f"llama.cpp with {backend}: {what}",
+            {"n_gpu_layers": layers, "backend": backend.lower()},
+        )
     if where in ("nvidia", "apple"):
         return Selection(
-            "gguf", "llamacpp",
+            "gguf",
+            "llamacpp",
             "llama.cpp on CPU: this llama-cpp-python build has no GPU offload "
             "(`edgebox doctor` prints the rebuild command)",
             {"n_gpu_layers": 0, "backend": "cpu"},
-        )  # fmt: skip
-    return Selection("gguf", "llamacpp", "llama.cpp on CPU (no GPU on this box)",
-                     {"n_gpu_layers": 0, "backend": "cpu"})  # fmt: skip
+        )
+    return Selection(
+        "gguf",
+        "llamacpp",
+        "llama.cpp on CPU (no GPU on this box)",
+        {"n_gpu_layers": 0, "backend": "cpu"},
+    )
 
 
 def _mlx(profile: HardwareProfile, installed: Installed) -> Selection:
     if _platform(profile) == "apple":
         return Selection("mlx", "mlx", "mlx-lm on the Apple GPU (Metal)", {"device": "gpu"})
     return Selection(
-        "mlx", "mlx", "mlx-lm on its CPU backend (MLX's GPU path is Apple Silicon only)",
+        "mlx",
+        "mlx",
+        "mlx-lm on its CPU backend (MLX's GPU path is Apple Silicon only)",
         {"device": "cpu"},
-    )  # fmt: skip
+    )
 
 
 def _trtllm(profile: HardwareProfile, installed: Installed) -> Selection:
     return Selection(
-        "trt-engine", "trtllm",
+        "trt-engine",
+        "trtllm",
         f"TensorRT-LLM engine on {_gpu_name(profile)} through a supervised trtllm-serve "
         "(in-flight batching)",
         {"backend": "tensorrt"},
-    )  # fmt: skip
+    )
 
 
 def _onnx(profile: HardwareProfile, installed: Installed) -> Selection:
@@ -198,10 +210,11 @@ def select_runtime(
             return Selection(model_format, None, f"unknown runtime {requested!r} ({choices})")
         if loads[requested] != model_format:
             return Selection(
-                model_format, None,
+                model_format,
+                None,
                 f"runtime {requested} loads {loads[requested]} models, not {model_format}; "
                 f"use --runtime auto or {runtime}",
-            )  # fmt: skip
+            )
     if runtime == "trtllm" and _platform(profile) != "nvidia":  # before any install advice
         return Selection(model_format, None, "a TensorRT-LLM engine needs an NVIDIA GPU")
     if runtime not in installed.runtimes:

@@ -141,16 +141,18 @@ async def node_models(url: str, api_key: str | None) -> NodeModels | str:
 
 
 async def load_model(url: str, model: str, api_key: str | None) -> str:
-    answer = await _admin("POST", url, "/admin/models/load", api_key, body={"model": model},
-                          timeout=LOAD_TIMEOUT)  # fmt: skip
+    answer = await _admin(
+        "POST", url, "/admin/models/load", api_key, body={"model": model}, timeout=LOAD_TIMEOUT
+    )
     if isinstance(answer, str):
         return answer
     return f"loaded {answer['id']} ({answer.get('fast_path') or answer.get('runtime')})"
 
 
 async def unload_model(url: str, model: str, api_key: str | None) -> str:
-    answer = await _admin("POST", url, "/admin/models/unload", api_key, body={"model": model},
-                          timeout=LOAD_TIMEOUT)  # fmt: skip
+    answer = await _admin(
+        "POST", url, "/admin/models/unload", api_key, body={"model": model}, timeout=LOAD_TIMEOUT
+    )
     return answer if isinstance(answer, str) else f"unloaded {answer['id']}"
 
 

@@ -35,8 +35,11 @@ _GAUGES = {
     "edgebox_decode_tokens_per_second": "decode_tokens_per_s",
 }
 
-_WANTED = ("edgebox_generated_tokens_total{", "edgebox_time_to_first_token_seconds_bucket{",
-           *(name + "{" for name in _GAUGES))  # fmt: skip
+_WANTED = (
+    "edgebox_generated_tokens_total{",
+    "edgebox_time_to_first_token_seconds_bucket{",
+    *(name + "{" for name in _GAUGES),
+)
 
 
 def parse_metrics(text: str) -> MetricsSample:

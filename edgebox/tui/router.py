@@ -18,8 +18,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from rich.text import Text
 
 REQUESTS = "edgebox_router_requests_total"
-SPEND = ("edgebox_router_cloud_usd_total", "edgebox_router_cloud_spend_usd",
-         "edgebox_router_cloud_spend_usd_total")  # fmt: skip
+SPEND = (
+    "edgebox_router_cloud_usd_total",
+    "edgebox_router_cloud_spend_usd",
+    "edgebox_router_cloud_spend_usd_total",
+)
 TODAY = "edgebox_router_cloud_usd_today"
 _WANTED = (REQUESTS, TODAY, *SPEND)
 

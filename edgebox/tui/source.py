@@ -216,8 +216,10 @@ class ReplaySource:
 def _hub_problem(exc: BaseException) -> str:
     """Why the hub's list could not be read, and what to do about it."""
     if isinstance(exc, httpx.HTTPStatusError) and exc.response.status_code in (401, 403):
-        return (f"HTTP {exc.response.status_code}: the hub refused this key; run `edgebox login "
-                "ebu1_...` again, or pass --hub-token with the admin key")  # fmt: skip
+        return (
+            f"HTTP {exc.response.status_code}: the hub refused this key; run `edgebox login "
+            "ebu1_...` again, or pass --hub-token with the admin key"
+        )
     if isinstance(exc, httpx.ConnectError) and "certificate" in str(exc).lower():
         return "its certificate is not the one pinned (check --hub-fingerprint and the URL)"
     return _describe(exc)

@@ -229,8 +229,9 @@ class NodeTable(ScrollView, can_focus=True):
         width = self.scrollable_content_region.width
         base = self.rich_style
         if y == 0:
-            header = self._header.apply_style(base + self.get_component_rich_style(
-                "nodetable--header"))  # fmt: skip
+            header = self._header.apply_style(
+                base + self.get_component_rich_style("nodetable--header")
+            )
             return header.crop_extend(scroll_x, scroll_x + width, base)
         index = scroll_y + y - 1
         if index >= len(self.rows):

@@ -32,8 +32,13 @@ _VENDORS = ("NVIDIA GeForce ", "NVIDIA ", "Apple ", "AMD ", "Intel ")
 
 # The status column says how a live node is reached: LAN (the monitor polls it itself: mDNS,
 # --node, nodes.json) or hub (only the hub's record); else draining, offline or unreachable.
-STATUS_STYLE = {"LAN": "bold green", "hub": "bold green", "offline": "dim",
-                "unreachable": "bold red", "draining": "bold yellow"}  # fmt: skip
+STATUS_STYLE = {
+    "LAN": "bold green",
+    "hub": "bold green",
+    "offline": "dim",
+    "unreachable": "bold red",
+    "draining": "bold yellow",
+}
 _STATUS_RANK = {"online": 0, "unreachable": 1, "offline": 2}
 
 SORTS: dict[str, Callable[[NodeSnapshot], Any]] = {
@@ -212,8 +217,12 @@ def detail_text(node: NodeSnapshot, *, now: float) -> Text:
 
 
 # Sparkline series in the detail pane: key → (label, unit).
-SERIES = {"tokens": ("tok/s", ""), "util": ("util", "%"), "memory": ("memory", " GiB"),
-          "queue": ("run+queue", "")}  # fmt: skip
+SERIES = {
+    "tokens": ("tok/s", ""),
+    "util": ("util", "%"),
+    "memory": ("memory", " GiB"),
+    "queue": ("run+queue", ""),
+}
 
 
 def series_values(node: NodeSnapshot) -> dict[str, float]:

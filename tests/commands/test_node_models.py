@@ -16,8 +16,15 @@ KEY = "sk-edgebox-cli-models-1618"
 
 @pytest.fixture(scope="module")
 def keyed_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]:
-    node = start_node(tmp_path_factory.mktemp("cli-models"), "--model", "smollm2-135m",
-                      "--ctx", "512", "--no-mdns", env={"EDGEBOX_API_KEY": KEY})  # fmt: skip
+    node = start_node(
+        tmp_path_factory.mktemp("cli-models"),
+        "--model",
+        "smollm2-135m",
+        "--ctx",
+        "512",
+        "--no-mdns",
+        env={"EDGEBOX_API_KEY": KEY},
+    )
     yield node
     node.stop()
 

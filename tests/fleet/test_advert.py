@@ -17,8 +17,14 @@ NODE_ID = "434d8804e9254983bb9f2a93188617bd"
 
 
 def _props(**overrides: object) -> dict[str, str]:
-    args: dict = dict(node_id=NODE_ID, name="spark", host_key_fingerprint=FP, api_port=8080,
-                      accelerator="nvidia-dgx-spark", models=["smollm2-135m", "gemma3-270m"])  # fmt: skip
+    args: dict = dict(
+        node_id=NODE_ID,
+        name="spark",
+        host_key_fingerprint=FP,
+        api_port=8080,
+        accelerator="nvidia-dgx-spark",
+        models=["smollm2-135m", "gemma3-270m"],
+    )
     return txt_properties(**(args | overrides))
 
 
@@ -27,8 +33,11 @@ def test_round_trip_through_bytes_as_zeroconf_delivers_them() -> None:
     node = parse_advert("spark-434d8804._edgebox._tcp.local.", wire, ["192.168.1.20"])
     assert node is not None
     assert (node.node_id, node.name, node.api_port, node.accelerator) == (
-        NODE_ID, "spark", 8080, "nvidia-dgx-spark",
-    )  # fmt: skip
+        NODE_ID,
+        "spark",
+        8080,
+        "nvidia-dgx-spark",
+    )
     assert node.host_key_fingerprint == FP
     assert node.protocol_version == PROTOCOL_VERSION
     assert node.addresses == ("192.168.1.20",)

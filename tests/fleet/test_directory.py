@@ -16,13 +16,23 @@ from edgebox.provisioning.ssh_config import parse_directory
 FP = "sha256:" + "ab" * 32
 KEY_A = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOr4mS0d5kBqF3o5wMOKUIdpGGd7rqVWqRV8eEfGk1xR a"
 KEY_B = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIB5rQ2cX0Kp7Wc9Zb3Tq0S4m0b0xVq9i2n8H6m2yq3Lb b"
-RELAY = {"host": "10.0.0.1", "port": 2222, "tunnel_user": "edgebox-tunnel",
-         "jump_user": "edgebox-jump", "host_key": KEY_B}  # fmt: skip
+RELAY = {
+    "host": "10.0.0.1",
+    "port": 2222,
+    "tunnel_user": "edgebox-tunnel",
+    "jump_user": "edgebox-jump",
+    "host_key": KEY_B,
+}
 
 
 def _node(name: str, **kw: object) -> dict:
-    return {"id": f"node_{name}", "name": name, "host_key": KEY_A, "tunnel_port": 20000,
-            "status": "online"} | kw  # fmt: skip
+    return {
+        "id": f"node_{name}",
+        "name": name,
+        "host_key": KEY_A,
+        "tunnel_port": 20000,
+        "status": "online",
+    } | kw
 
 
 def test_login_line_round_trips_and_never_shows_its_token() -> None:
@@ -30,20 +40,47 @@ def test_login_line_round_trips_and_never_shows_its_token() -> None:
     parsed = logins.parse(line)
     assert parsed == logins.Login(("https://10.0.0.1:8443",), FP, "ebu_secret")
     assert "ebu_secret" not in repr(parsed)
-    for bad, why in ((line.split(".")[0] + ".", "truncated"), ("ebx1_abc.def", "ebu1_"),
-                     ("ebu1_!!!.x", "damaged")):  # fmt: skip
+    for bad, why in (
+        (line.split(".")[0] + ".", "truncated"),
+        ("ebx1_abc.def", "ebu1_"),
+        ("ebu1_!!!.x", "damaged"),
+    ):
         with pytest.raises(logins.LoginError, match=why) as caught:
             logins.parse(bad)
         assert "ebu_secret" not in str(caught.value)
 
 
 def test_hub_answer_becomes_a_directory_the_ssh_side_accepts() -> None:
-    answer = {"data": [_node("a"), _node("gone", status="revoked", tunnel_port=20001),
-                       _node("nokey", host_key=None, tunnel_port=20002)], "relay": RELAY}  # fmt: skip
-    seen = DiscoveredNode("uuid", "a", ("192.168.1.7",), 8080, ssh_fingerprint(KEY_A), "cpu",
-                          "", 1, "a._edgebox._tcp.local.")  # fmt: skip
-    liar = DiscoveredNode("uuid2", "a", ("192.168.1.9",), 8080, ssh_fingerprint(KEY_B), "cpu",
-                          "", 1, "x._edgebox._tcp.local.")  # fmt: skip
+    answer = {
+        "data": [
+            _node("a"),
+            _node("gone", status="revoked", tunnel_port=20001),
+            _node("nokey", host_key=None, tunnel_port=20002),
+        ],
+        "relay": RELAY,
+    }
+    seen = DiscoveredNode(
+        "uuid",
+        "a",
+        ("192.168.1.7",),
+        8080,
+        ssh_fingerprint(KEY_A),
+        "cpu",
+        "",
+        1,
+        "a._edgebox._tcp.local.",
+    )
+    liar = DiscoveredNode(
+        "uuid2",
+        "a",
+        ("192.168.1.9",),
+        8080,
+        ssh_fingerprint(KEY_B),
+        "cpu",
+        "",
+        1,
+        "x._edgebox._tcp.local.",
+    )
     doc = directory_document(answer, [seen, liar])
     hub, nodes = parse_directory(doc)
     assert (hub.host, hub.port, hub.user) == ("10.0.0.1", 2222, "edgebox-jump")

@@ -48,9 +48,22 @@ class Hub:
 
     def start(self) -> None:
         (self.data / "hub.json").unlink(missing_ok=True)
-        cmd = [sys.executable, "-m", "edgebox", "hub", "serve", "--host", "127.0.0.1",
-               "--port", str(self.port), "--data", str(self.data),
-               "--heartbeat-interval", str(self.interval), *self.extra]  # fmt: skip
+        cmd = [
+            sys.executable,
+            "-m",
+            "edgebox",
+            "hub",
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--data",
+            str(self.data),
+            "--heartbeat-interval",
+            str(self.interval),
+            *self.extra,
+        ]
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 30
@@ -97,8 +110,13 @@ def hub(tmp_path: Path) -> Iterator[Hub]:
 
 def _cli(*args: str, home: Path) -> subprocess.CompletedProcess[str]:
     env = os.environ | {"EDGEBOX_HOME": str(home), "COLUMNS": "200"}
-    return subprocess.run([sys.executable, "-m", "edgebox", *args], env=env, text=True,
-                          capture_output=True, timeout=60)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "edgebox", *args],
+        env=env,
+        text=True,
+        capture_output=True,
+        timeout=60,
+    )
 
 
 @pytest.fixture
@@ -112,8 +130,7 @@ def slow_hub(tmp_path: Path) -> Iterator[Hub]:
 
 def test_token_create_then_join_registers_the_node(slow_hub: Hub, tmp_path: Path) -> None:
     hub = slow_hub
-    made = _cli("token", "create", "--ttl", "10m", "--json", "--data", str(hub.data),
-                home=tmp_path)  # fmt: skip
+    made = _cli("token", "create", "--ttl", "10m", "--json", "--data", str(hub.data), home=tmp_path)
     assert made.returncode == 0, made.stderr
     created = json.loads(made.stdout)
     line, secret = created["token"], created["token"].rsplit(".", 1)[1]
@@ -158,8 +175,15 @@ def test_token_create_then_join_registers_the_node(slow_hub: Hub, tmp_path: Path
     assert row["state"] == "used" and row["node_id"] == node["id"]
     # The secrets appear nowhere but where they belong (the token line, fleet.json).
     hub_log = hub.log.read_text()
-    for text in (hub_log, joined.stdout, joined.stderr, listed.stdout, tokens_ls.stdout,
-                 beat.stdout, beat.stderr):  # fmt: skip
+    for text in (
+        hub_log,
+        joined.stdout,
+        joined.stderr,
+        listed.stdout,
+        tokens_ls.stdout,
+        beat.stdout,
+        beat.stderr,
+    ):
         assert secret not in text and fleet["node_secret"] not in text
     assert row["id"] in hub_log  # the log does talk about the token, by id
     db = (hub.data / "hub.sqlite3").read_bytes()
@@ -253,8 +277,9 @@ def test_an_imposter_hub_receives_no_bytes_at_all(hub: Hub, tmp_path: Path) -> N
     thread = threading.Thread(target=serve_one, daemon=True)
     thread.start()
     real = tokens.parse(hub.token()["token"])
-    pointed = tokens.JoinToken((f"https://127.0.0.1:{port}",), real.fingerprint, real.token_id,
-                               real.secret)  # fmt: skip
+    pointed = tokens.JoinToken(
+        (f"https://127.0.0.1:{port}",), real.fingerprint, real.token_id, real.secret
+    )
     with pytest.raises(HubError) as caught:
         join(tokens.encode(pointed), home=tmp_path / "node", profile=PROFILE)
     thread.join(10)
@@ -342,9 +367,20 @@ def test_relay_authorized_keys_follow_joins_rejoins_and_revocations(tmp_path: Pa
     keys_file = tmp_path / "authorized_nodes"
     relay_key = tmp_path / "relay_host_key.pub"
     relay_key.write_text("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIRelayHostKey relay\n")
-    hub = Hub(tmp_path / "hub", free_port(), tmp_path / "hub.log", interval=30,
-              extra=("--relay-node-keys", str(keys_file), "--ssh-host", "relay.example",
-                     "--ssh-host-key-file", str(relay_key)))  # fmt: skip
+    hub = Hub(
+        tmp_path / "hub",
+        free_port(),
+        tmp_path / "hub.log",
+        interval=30,
+        extra=(
+            "--relay-node-keys",
+            str(keys_file),
+            "--ssh-host",
+            "relay.example",
+            "--ssh-host-key-file",
+            str(relay_key),
+        ),
+    )
     hub.start()
     try:
         assert keys_file.read_text().count("\n") == 1  # the header alone, before any node
@@ -354,8 +390,12 @@ def test_relay_authorized_keys_follow_joins_rejoins_and_revocations(tmp_path: Pa
 
         a = join(hub.token()["token"], home=tmp_path / "a", profile=PROFILE)
         b = join(hub.token()["token"], home=tmp_path / "b", profile=PROFILE)
-        assert b["hub_ssh"] == {"host": "relay.example", "port": 2222, "user": "edgebox-tunnel",
-                                "host_key": relay_key.read_text().strip()}  # fmt: skip
+        assert b["hub_ssh"] == {
+            "host": "relay.example",
+            "port": 2222,
+            "user": "edgebox-tunnel",
+            "host_key": relay_key.read_text().strip(),
+        }
         assert len(lines()) == 2 and keys_file.stat().st_mode & 0o777 == 0o644
         key_a = (tmp_path / "a" / "ssh" / "id_ed25519.pub").read_text().split()[1]
         (line_a,) = [x for x in lines() if key_a in x]

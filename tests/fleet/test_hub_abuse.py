@@ -29,8 +29,9 @@ from tests.fleet.test_hub import PROFILE, Hub
 
 
 def _client(hub: Hub, source: str) -> httpx.Client:
-    transport = httpx.HTTPTransport(verify=pinned_context(hub.info["fingerprint"]),
-                                    local_address=source)  # fmt: skip
+    transport = httpx.HTTPTransport(
+        verify=pinned_context(hub.info["fingerprint"]), local_address=source
+    )
     return httpx.Client(transport=transport, base_url=hub.info["urls"][0], timeout=10)
 
 
@@ -47,8 +48,12 @@ def hub(tmp_path: Path) -> Iterator[Hub]:
 
 
 def test_join_spam_gets_429_after_the_burst_and_the_database_stays_small(hub: Hub) -> None:
-    bad = {"token_id": "tok_000000000000", "secret": "wrong", "profile": {},
-           "ssh_public_key": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAbuse x"}  # fmt: skip
+    bad = {
+        "token_id": "tok_000000000000",
+        "secret": "wrong",
+        "profile": {},
+        "ssh_public_key": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAbuse x",
+    }
     before = _db_bytes(hub)
     statuses: list[int] = []
     started = time.monotonic()
@@ -60,8 +65,10 @@ def test_join_spam_gets_429_after_the_burst_and_the_database_stays_small(hub: Hu
                 limited = resp
     took = time.monotonic() - started
     after = _db_bytes(hub)
-    print(f"1000 bad redeems in {took:.1f} s: {statuses.count(401)} x 401, "
-          f"{statuses.count(429)} x 429; database {before} -> {after} bytes")  # fmt: skip
+    print(
+        f"1000 bad redeems in {took:.1f} s: {statuses.count(401)} x 401, "
+        f"{statuses.count(429)} x 429; database {before} -> {after} bytes"
+    )
     assert statuses[:20] == [401] * 20  # the burst
     assert statuses.count(429) >= 1000 - 20 - int(took) - 2  # then about 1 a second
     assert limited.headers["retry-after"].isdigit() and int(limited.headers["retry-after"]) >= 1
@@ -80,8 +87,10 @@ def test_join_spam_gets_429_after_the_burst_and_the_database_stays_small(hub: Hu
 
 def test_bad_keys_are_rate_limited_but_a_good_key_still_works(hub: Hub) -> None:
     with _client(hub, "127.0.0.2") as guesser:
-        codes = [guesser.get("/v1/hub/nodes", headers={"authorization": f"Bearer guess{i}"})
-                 .status_code for i in range(40)]  # fmt: skip
+        codes = [
+            guesser.get("/v1/hub/nodes", headers={"authorization": f"Bearer guess{i}"}).status_code
+            for i in range(40)
+        ]
     assert codes[:30] == [401] * 30 and codes[-1] == 429
     assert hub.get("/v1/hub/nodes")["object"] == "list"  # the admin, from 127.0.0.1
 
@@ -90,13 +99,23 @@ def test_client_text_reaches_the_log_escaped(hub: Hub) -> None:
     forged = "2026-01-01 00:00:00 edgebox.hub INFO node node_f (x) joined"
     bad_id = "tok_\n" + forged + "\x1b[2J\r"
     with _client(hub, "127.0.0.2") as client:
-        refused = client.post("/v1/hub/join", json={"token_id": bad_id, "secret": "s",
-                              "ssh_public_key": "ssh-ed25519 AAAAC3Nz x", "profile": {}})  # fmt: skip
+        refused = client.post(
+            "/v1/hub/join",
+            json={
+                "token_id": bad_id,
+                "secret": "s",
+                "ssh_public_key": "ssh-ed25519 AAAAC3Nz x",
+                "profile": {},
+            },
+        )
         assert refused.status_code == 400 and refused.json()["error"]["param"] == "token_id"
         made = tokens.parse(hub.token()["token"])
-        body = {"token_id": made.token_id, "secret": made.secret, "profile": {
-            "hostname": "box\n" + forged + "\x1b]0;owned\x07"},
-            "ssh_public_key": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIEsc x"}  # fmt: skip
+        body = {
+            "token_id": made.token_id,
+            "secret": made.secret,
+            "profile": {"hostname": "box\n" + forged + "\x1b]0;owned\x07"},
+            "ssh_public_key": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIEsc x",
+        }
         joined = client.post("/v1/hub/join", json=body)
         assert joined.status_code == 201, joined.text
         assert "\n" not in joined.json()["name"] and "\x1b" not in joined.json()["name"]
@@ -113,8 +132,13 @@ def test_client_text_reaches_the_log_escaped(hub: Hub) -> None:
 
 
 def test_idle_and_trickling_connections_are_closed_and_others_served(tmp_path: Path) -> None:
-    hub = Hub(tmp_path / "hub", free_port(), tmp_path / "hub.log", interval=30,
-              extra=("--header-timeout", "2", "--max-conns-per-address", "150"))  # fmt: skip
+    hub = Hub(
+        tmp_path / "hub",
+        free_port(),
+        tmp_path / "hub.log",
+        interval=30,
+        extra=("--header-timeout", "2", "--max-conns-per-address", "150"),
+    )
     hub.start()
     sockets: list[socket.socket] = []
     stop = threading.Event()
@@ -144,8 +168,10 @@ def test_idle_and_trickling_connections_are_closed_and_others_served(tmp_path: P
             assert normal.get("/health").status_code == 200
             assert time.monotonic() - started < 3
         closed = _wait_all_closed(sockets, timeout=8)
-        print(f"200 slow connections: all closed {time.monotonic() - opened:.1f} s after "
-              f"opening ({closed} seen closed)")  # fmt: skip
+        print(
+            f"200 slow connections: all closed {time.monotonic() - opened:.1f} s after "
+            f"opening ({closed} seen closed)"
+        )
         assert closed == len(sockets)
         with _client(hub, "127.0.0.2") as again:  # the address is welcome once it behaves
             assert again.get("/health").status_code == 200

@@ -30,8 +30,13 @@ HOST_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKo7dWxjMfJOxR5nkNjd0Bt0bRtDs6mV
 def relay_hub(tmp_path: Path) -> Iterator[Hub]:
     """A hub keeping a relay authorized_keys file in step (no sshd needed)."""
     keys = tmp_path / "authorized_nodes"
-    h = Hub(tmp_path / "hub", free_port(), tmp_path / "hub.log", interval=30,
-            extra=("--relay-node-keys", str(keys)))  # fmt: skip
+    h = Hub(
+        tmp_path / "hub",
+        free_port(),
+        tmp_path / "hub.log",
+        interval=30,
+        extra=("--relay-node-keys", str(keys)),
+    )
     h.start()
     yield h
     h.stop()
@@ -59,8 +64,13 @@ def test_a_token_and_a_public_key_cannot_take_over_a_live_node(
 
     # The attacker holds a fresh token and the victim's public keys, not its private key.
     stolen = tokens.parse(hub.token()["token"])
-    body = {"token_id": stolen.token_id, "secret": stolen.secret, "ssh_public_key": public,
-            "host_key": HOST_KEY, "profile": PROFILE}  # fmt: skip
+    body = {
+        "token_id": stolen.token_id,
+        "secret": stolen.secret,
+        "ssh_public_key": public,
+        "host_key": HOST_KEY,
+        "profile": PROFILE,
+    }
     with _anon(hub) as anon:
         with pytest.raises(HubError) as caught:
             anon.request("POST", "/v1/hub/join", json=body)
@@ -71,8 +81,9 @@ def test_a_token_and_a_public_key_cannot_take_over_a_live_node(
             anon.request("POST", "/v1/hub/join", json=body | {"ssh_public_key": other})
         assert (caught.value.status, caught.value.code) == (409, "host_key_registered")
         # Nor can the attacker sign a re-registration with its own key for the victim's.
-        forged = proof.signed_request(Ed25519PrivateKey.generate(), hub=hub.info["fingerprint"],
-                                      host_key=None)  # fmt: skip
+        forged = proof.signed_request(
+            Ed25519PrivateKey.generate(), hub=hub.info["fingerprint"], host_key=None
+        )
         forged["statement"]["key"] = public
         with pytest.raises(HubError) as caught:
             anon.request("POST", "/v1/hub/rejoin", json=forged)

@@ -54,8 +54,10 @@ def start_sshd(d: Path, address: str = "127.0.0.1", netns: str | None = None) ->
     known.write_text(f"[{address}]:{port} {host_pub}\n")
     Path("/run/sshd").mkdir(exist_ok=True)
     prefix = ["ip", "netns", "exec", netns] if netns else []
-    proc = subprocess.Popen([*prefix, SSHD, "-D", "-e", "-f", str(d / "sshd_config")],
-                            stderr=(d / "sshd.log").open("wb"))  # fmt: skip
+    proc = subprocess.Popen(
+        [*prefix, SSHD, "-D", "-e", "-f", str(d / "sshd_config")],
+        stderr=(d / "sshd.log").open("wb"),
+    )
     deadline = time.monotonic() + 10
     while "Server listening" not in (d / "sshd.log").read_text():
         assert proc.poll() is None and time.monotonic() < deadline, (d / "sshd.log").read_text()
@@ -94,20 +96,47 @@ def test_provision_installs_a_wheel_over_ssh_and_joins(
     hub: Hub, sshd: Sshd, box_python: Path, tmp_path: Path
 ) -> None:
     box_home = tmp_path / "box-home"
-    cmd = [sys.executable, "-m", "edgebox", "provision", f"{os.environ.get('USER', 'root')}@127.0.0.1",
-           "--port", str(sshd.port), "-i", str(sshd.client_key),
-           "--known-hosts", str(sshd.known_hosts), "--name", "workstation",
-           "--source", str(Path(__file__).resolve().parents[2]), "--python", str(box_python),
-           "--pip-arg=--no-deps", "--pip-arg=--ignore-installed", "--pip-arg=--no-index",
-           "--edgebox-home", str(box_home), "--no-service", "--json", "--data", str(hub.data)]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "edgebox",
+        "provision",
+        f"{os.environ.get('USER', 'root')}@127.0.0.1",
+        "--port",
+        str(sshd.port),
+        "-i",
+        str(sshd.client_key),
+        "--known-hosts",
+        str(sshd.known_hosts),
+        "--name",
+        "workstation",
+        "--source",
+        str(Path(__file__).resolve().parents[2]),
+        "--python",
+        str(box_python),
+        "--pip-arg=--no-deps",
+        "--pip-arg=--ignore-installed",
+        "--pip-arg=--no-index",
+        "--edgebox-home",
+        str(box_home),
+        "--no-service",
+        "--json",
+        "--data",
+        str(hub.data),
+    ]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     node = json.loads(done.stdout)
     assert node["name"] == "workstation" and node["status"] == "online"
     assert node["profile"]["hostname"] and node["profile"]["memory_total"] > 0
     # The box runs the edgebox that was installed into it, not the test's own.
-    where = subprocess.run([str(box_python), "-c", "import edgebox; print(edgebox.__file__)"],
-                           capture_output=True, text=True, cwd=tmp_path, check=True)  # fmt: skip
+    where = subprocess.run(
+        [str(box_python), "-c", "import edgebox; print(edgebox.__file__)"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        check=True,
+    )
     assert where.stdout.startswith(str(box_python.parents[1]))
     fleet = json.loads((box_home / "fleet.json").read_text())
     assert fleet["node_id"] == node["id"]
@@ -122,9 +151,25 @@ def test_provision_refuses_an_unknown_host_key(
     wrong = tmp_path / "wrong_known_hosts"
     other = _keygen(tmp_path / "other_host_key")
     wrong.write_text(f"[127.0.0.1]:{sshd.port} {other}\n")
-    cmd = [sys.executable, "-m", "edgebox", "provision", "root@127.0.0.1", "--port", str(sshd.port),
-           "-i", str(sshd.client_key), "--known-hosts", str(wrong), "--package", "edgebox",
-           "--python", str(box_python), "--data", str(hub.data)]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "edgebox",
+        "provision",
+        "root@127.0.0.1",
+        "--port",
+        str(sshd.port),
+        "-i",
+        str(sshd.client_key),
+        "--known-hosts",
+        str(wrong),
+        "--package",
+        "edgebox",
+        "--python",
+        str(box_python),
+        "--data",
+        str(hub.data),
+    ]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
     assert done.returncode == 1 and "cannot open SSH" in done.stderr
     assert hub.get("/v1/hub/tokens")["data"] == []  # no token was made for an unverified box
@@ -153,10 +198,24 @@ def lan() -> Iterator[Lan]:
     _ip("netns", "add", lan.hub_ns)
     _ip("netns", "add", lan.node_ns)
     try:
-        _ip("link", "add", f"ebxh{tag}", "netns", lan.hub_ns, "type", "veth", "peer", "name",
-            f"ebxn{tag}", "netns", lan.node_ns)  # fmt: skip
-        for ns, dev, ip in ((lan.hub_ns, f"ebxh{tag}", lan.hub_ip),
-                            (lan.node_ns, f"ebxn{tag}", lan.node_ip)):  # fmt: skip
+        _ip(
+            "link",
+            "add",
+            f"ebxh{tag}",
+            "netns",
+            lan.hub_ns,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            f"ebxn{tag}",
+            "netns",
+            lan.node_ns,
+        )
+        for ns, dev, ip in (
+            (lan.hub_ns, f"ebxh{tag}", lan.hub_ip),
+            (lan.node_ns, f"ebxn{tag}", lan.node_ip),
+        ):
             _ip("-n", ns, "addr", "add", f"{ip}/24", "dev", dev)
             _ip("-n", ns, "link", "set", dev, "up")
             _ip("-n", ns, "link", "set", "lo", "up")
@@ -172,9 +231,25 @@ def test_provision_across_network_namespaces(lan: Lan, box_python: Path, tmp_pat
     hub_port = free_port()
     data = tmp_path / "hub"
     hub_log = (tmp_path / "hub.log").open("wb")
-    hub_cmd = ["ip", "netns", "exec", lan.hub_ns, sys.executable, "-m", "edgebox", "hub", "serve",
-               "--host", lan.hub_ip, "--port", str(hub_port), "--data", str(data),
-               "--heartbeat-interval", "30"]  # fmt: skip
+    hub_cmd = [
+        "ip",
+        "netns",
+        "exec",
+        lan.hub_ns,
+        sys.executable,
+        "-m",
+        "edgebox",
+        "hub",
+        "serve",
+        "--host",
+        lan.hub_ip,
+        "--port",
+        str(hub_port),
+        "--data",
+        str(data),
+        "--heartbeat-interval",
+        "30",
+    ]
     hub = subprocess.Popen(hub_cmd, stdout=hub_log, stderr=subprocess.STDOUT)
     server = start_sshd(tmp_path / "sshd", lan.node_ip, lan.node_ns)
     try:
@@ -186,12 +261,38 @@ def test_provision_across_network_namespaces(lan: Lan, box_python: Path, tmp_pat
             f"https://{lan.hub_ip}:{hub_port}"
         ]
         box_home = tmp_path / "box-home"
-        cmd = ["ip", "netns", "exec", lan.hub_ns, sys.executable, "-m", "edgebox", "provision",
-               f"root@{lan.node_ip}", "--port", str(server.port), "-i", str(server.client_key),
-               "--known-hosts", str(server.known_hosts), "--name", "spark",
-               "--source", str(Path(__file__).resolve().parents[2]), "--python", str(box_python),
-               "--pip-arg=--no-deps", "--pip-arg=--ignore-installed", "--pip-arg=--no-index",
-               "--edgebox-home", str(box_home), "--no-service", "--json", "--data", str(data)]  # fmt: skip
+        cmd = [
+            "ip",
+            "netns",
+            "exec",
+            lan.hub_ns,
+            sys.executable,
+            "-m",
+            "edgebox",
+            "provision",
+            f"root@{lan.node_ip}",
+            "--port",
+            str(server.port),
+            "-i",
+            str(server.client_key),
+            "--known-hosts",
+            str(server.known_hosts),
+            "--name",
+            "spark",
+            "--source",
+            str(Path(__file__).resolve().parents[2]),
+            "--python",
+            str(box_python),
+            "--pip-arg=--no-deps",
+            "--pip-arg=--ignore-installed",
+            "--pip-arg=--no-index",
+            "--edgebox-home",
+            str(box_home),
+            "--no-service",
+            "--json",
+            "--data",
+            str(data),
+        ]
         for _ in range(50):  # the hub may still be binding its port
             done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
             if "cannot reach the hub" not in done.stderr:

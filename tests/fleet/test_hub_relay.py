@@ -53,19 +53,53 @@ def cafe(tmp_path: Path) -> Iterator[Cafe]:
         cafe.close()
 
 
-def _edgebox(cafe: Cafe, role: str, home: Path, *args: str, env: dict[str, str] | None = None,
-             timeout: float = 30) -> subprocess.CompletedProcess[str]:  # fmt: skip
-    return cafe.ns(role).run([sys.executable, "-m", "edgebox", *args], timeout=timeout,
-                             env={"EDGEBOX_HOME": str(home), **(env or {})}, cwd=REPO)  # fmt: skip
+def _edgebox(
+    cafe: Cafe,
+    role: str,
+    home: Path,
+    *args: str,
+    env: dict[str, str] | None = None,
+    timeout: float = 30,
+) -> subprocess.CompletedProcess[str]:
+    return cafe.ns(role).run(
+        [sys.executable, "-m", "edgebox", *args],
+        timeout=timeout,
+        env={"EDGEBOX_HOME": str(home), **(env or {})},
+        cwd=REPO,
+    )
 
 
 def _start_hub(cafe: Cafe, data: Path, log: Path) -> subprocess.Popen[bytes]:
-    argv = [sys.executable, "-m", "edgebox", "hub", "serve", "--host", cafe.ns("hub").address,
-            "--port", str(HUB_PORT), "--data", str(data), "--relay", "--ssh-port", str(RELAY_PORT),
-            "--ssh-user", TUNNEL_USER, "--jump-user", JUMP_USER, "--heartbeat-interval", "2"]  # fmt: skip
+    argv = [
+        sys.executable,
+        "-m",
+        "edgebox",
+        "hub",
+        "serve",
+        "--host",
+        cafe.ns("hub").address,
+        "--port",
+        str(HUB_PORT),
+        "--data",
+        str(data),
+        "--relay",
+        "--ssh-port",
+        str(RELAY_PORT),
+        "--ssh-user",
+        TUNNEL_USER,
+        "--jump-user",
+        JUMP_USER,
+        "--heartbeat-interval",
+        "2",
+    ]
     with log.open("ab") as sink:
-        proc = subprocess.Popen(cafe.ns("hub").argv(argv), stdout=sink, stderr=subprocess.STDOUT,
-                                cwd=REPO, env={**os.environ, "EDGEBOX_HOME": str(data.parent)})  # fmt: skip
+        proc = subprocess.Popen(
+            cafe.ns("hub").argv(argv),
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            cwd=REPO,
+            env={**os.environ, "EDGEBOX_HOME": str(data.parent)},
+        )
     return proc
 
 
@@ -92,16 +126,29 @@ def test_hub_relay_join_tunnel_ssh_and_hub_restart(cafe: Cafe, tmp_path: Path) -
         assert (relay / "ssh_host_ed25519_key").stat().st_mode & 0o777 == 0o600
         relay_key = (relay / "ssh_host_ed25519_key.pub").read_text().split()[:2]
 
-        token = _edgebox(cafe, "hub", root, "token", "create", "--name", "node-a", "--json",
-                         "--data", str(data))  # fmt: skip
+        token = _edgebox(
+            cafe, "hub", root, "token", "create", "--name", "node-a", "--json", "--data", str(data)
+        )
         assert token.returncode == 0, token.stderr
         token_line = json.loads(token.stdout)["token"]
 
         laptop = tmp_path / "laptop"
         laptop.mkdir()
         laptop_key = keygen(laptop / "id_ed25519")
-        added = _edgebox(cafe, "hub", root, "hub", "user", "add", "laptop", "--key",
-                         str(laptop / "id_ed25519.pub"), "--json", "--data", str(data))  # fmt: skip
+        added = _edgebox(
+            cafe,
+            "hub",
+            root,
+            "hub",
+            "user",
+            "add",
+            "laptop",
+            "--key",
+            str(laptop / "id_ed25519.pub"),
+            "--json",
+            "--data",
+            str(data),
+        )
         assert added.returncode == 0, added.stderr
         login_line = json.loads(added.stdout)["login"]
         assert laptop_key.split()[1] in (relay / "authorized_users").read_text()
@@ -111,8 +158,9 @@ def test_hub_relay_join_tunnel_ssh_and_hub_restart(cafe: Cafe, tmp_path: Path) -
         host_pub = keygen(tmp_path / "node-a_host_key")
         (tmp_path / "node-a_keys").write_text(laptop_key + "\n")
         config = tmp_path / "node-a_sshd_config"
-        config.write_text(node_sshd_config(tmp_path, tmp_path / "node-a_host_key",
-                                           tmp_path / "node-a_keys"))  # fmt: skip
+        config.write_text(
+            node_sshd_config(tmp_path, tmp_path / "node-a_host_key", tmp_path / "node-a_keys")
+        )
         cafe.start_sshd("node-a", config, tmp_path / "node-a_sshd.log")
         node_env = {"EDGEBOX_SSHD_HOST_KEY": str(tmp_path / "node-a_host_key.pub")}
         joined = _edgebox(
@@ -133,15 +181,25 @@ def test_hub_relay_join_tunnel_ssh_and_hub_restart(cafe: Cafe, tmp_path: Path) -
         assert "node:" in (relay / "authorized_nodes").read_text()
         tunnel_log = tmp_path / "serve.log"
         serve = cafe.ns("node-a").popen(
-            ["env", f"EDGEBOX_HOME={node_home}", sys.executable, "-m", "edgebox", "serve",
-             "--no-mdns", "--host", "127.0.0.1", "--port", "18080"],
+            [
+                "env",
+                f"EDGEBOX_HOME={node_home}",
+                sys.executable,
+                "-m",
+                "edgebox",
+                "serve",
+                "--no-mdns",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                "18080",
+            ],
             tunnel_log,
-        )  # fmt: skip
+        )
         _wait_count(tunnel_log, "tunnel up", 1, timeout=15)
 
         # The laptop: log in (pulls the node list), then ssh through the hub.
-        logged = _edgebox(cafe, "laptop", laptop, "login", login_line, "--mdns-wait", "0",
-                          "--json")  # fmt: skip
+        logged = _edgebox(cafe, "laptop", laptop, "login", login_line, "--mdns-wait", "0", "--json")
         assert logged.returncode == 0, logged.stderr
         nodes = json.loads(logged.stdout)["nodes"]
         assert [(n["name"], n["host_key"]) for n in nodes] == [("node-a", host_pub)]
@@ -152,9 +210,19 @@ def test_hub_relay_join_tunnel_ssh_and_hub_restart(cafe: Cafe, tmp_path: Path) -
         (laptop / "user.key").write_text(login_line.split(".", 1)[1])
         hub_url = f"https://{cafe.ns('hub').address}:{HUB_PORT}"
         fingerprint = json.loads((data / "hub.json").read_text())["fingerprint"]
-        minted = _edgebox(cafe, "laptop", laptop, "token", "create", "--hub", hub_url,
-                          "--fingerprint", fingerprint, "--admin-key-file",
-                          str(laptop / "user.key"))  # fmt: skip
+        minted = _edgebox(
+            cafe,
+            "laptop",
+            laptop,
+            "token",
+            "create",
+            "--hub",
+            hub_url,
+            "--fingerprint",
+            fingerprint,
+            "--admin-key-file",
+            str(laptop / "user.key"),
+        )
         assert minted.returncode == 1 and "admin key is not valid" in minted.stderr
 
         # Restart the hub process: its relay sshd goes with it and comes back with it.
@@ -227,8 +295,17 @@ def test_rotation_and_revocation_end_live_relay_sessions(cafe: Cafe, tmp_path: P
         member = json.loads(joined.stdout)
         port, tunnel_log = member["tunnel_port"], tmp_path / "tunnel.log"
         tunnel = cafe.ns("node-a").popen(
-            ["env", f"EDGEBOX_HOME={home}", f"PYTHONPATH={REPO}", sys.executable, "-m",
-             "edgebox", "tunnel"], tunnel_log)  # fmt: skip
+            [
+                "env",
+                f"EDGEBOX_HOME={home}",
+                f"PYTHONPATH={REPO}",
+                sys.executable,
+                "-m",
+                "edgebox",
+                "tunnel",
+            ],
+            tunnel_log,
+        )
         _wait_count(tunnel_log, "tunnel up", 1, timeout=15)
         assert _listening(cafe, port)
 
@@ -246,8 +323,17 @@ def test_rotation_and_revocation_end_live_relay_sessions(cafe: Cafe, tmp_path: P
             "HubClient(h['urls'], h['fingerprint'], bearer=k).request("
             "'DELETE', '/v1/hub/nodes/' + sys.argv[3])"
         )
-        done = cafe.ns("hub").run([sys.executable, "-c", revoke, str(data / "hub.json"),
-                            str(data / "admin.key"), member["node_id"]], cwd=REPO)  # fmt: skip
+        done = cafe.ns("hub").run(
+            [
+                sys.executable,
+                "-c",
+                revoke,
+                str(data / "hub.json"),
+                str(data / "admin.key"),
+                member["node_id"],
+            ],
+            cwd=REPO,
+        )
         took = _wait_listening(cafe, port, False, timeout=5)
         print(f"revoked node's tunnel port closed {took:.1f} s after the revoke returned")
         time.sleep(3)  # the node keeps retrying; the relay keeps refusing its key

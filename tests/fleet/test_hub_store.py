@@ -14,8 +14,9 @@ from edgebox.fleet.hub.store import _MIGRATIONS, HubStore, JoinRefused, Registra
 
 
 def reg(name: str | None = None, hostname: str = "box", key: str = "A") -> Registration:
-    return Registration(name, f"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAI{key} test", None,
-                        {"hostname": hostname}, [])  # fmt: skip
+    return Registration(
+        name, f"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAI{key} test", None, {"hostname": hostname}, []
+    )
 
 
 def test_one_token_cannot_register_two_nodes_even_when_raced(tmp_path: Path) -> None:
@@ -69,8 +70,12 @@ def test_a_token_never_replaces_a_live_node_and_keys_are_unique(tmp_path: Path) 
     first = store.redeem(first_id, first_secret, replace(reg(), host_key=host), now=1)
     second_id, second_secret, _ = store.create_token(ttl=60, name=None, now=0)
     with pytest.raises(JoinRefused) as caught:  # same node key, another comment
-        store.redeem(second_id, second_secret, replace(reg(), ssh_public_key=reg().ssh_public_key
-                                                       + "-other"), now=2)  # fmt: skip
+        store.redeem(
+            second_id,
+            second_secret,
+            replace(reg(), ssh_public_key=reg().ssh_public_key + "-other"),
+            now=2,
+        )
     assert (caught.value.status, caught.value.code) == (409, "key_registered")
     assert first["id"] in caught.value.message
     with pytest.raises(JoinRefused) as caught:  # same sshd host key, its comment dropped

@@ -33,8 +33,11 @@ def test_private_key_is_0600_and_never_in_public_fields(tmp_path: Path) -> None:
     shared = json.dumps(identity.public())
     assert body[:40] not in shared and "PRIVATE" not in shared
     assert set(identity.public()) == {
-        "id", "name", "ssh_host_key_fingerprint", "ssh_host_key_source",
-    }  # fmt: skip
+        "id",
+        "name",
+        "ssh_host_key_fingerprint",
+        "ssh_host_key_source",
+    }
 
 
 def test_fingerprint_matches_ssh_keygen(tmp_path: Path) -> None:

@@ -70,8 +70,15 @@ def test_ipv6_only_interfaces_give_nothing() -> None:
 
 def test_exclusion_prefixes() -> None:
     assert [n for n in BUSY_BOX if is_excluded(n)] == [
-        "docker0", "br-3f2a9c", "veth12ab", "virbr0", "tun0", "wg0", "tailscale0", "ztabcdef",
-    ]  # fmt: skip
+        "docker0",
+        "br-3f2a9c",
+        "veth12ab",
+        "virbr0",
+        "tun0",
+        "wg0",
+        "tailscale0",
+        "ztabcdef",
+    ]
 
 
 def test_accepts_what_psutil_returns_on_this_machine() -> None:

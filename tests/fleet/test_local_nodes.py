@@ -16,18 +16,38 @@ from tests.conftest import start_node
 
 
 def _cli(*args: str, home: Path) -> subprocess.CompletedProcess[str]:
-    env = os.environ | {"EDGEBOX_HOME": str(home), "EDGEBOX_MDNS_INTERFACES": "lo",
-                        "EDGEBOX_SSHD_HOST_KEY": "", "COLUMNS": "200"}  # fmt: skip
-    return subprocess.run([sys.executable, "-m", "edgebox", *args], env=env, text=True,
-                          capture_output=True, timeout=60)  # fmt: skip
+    env = os.environ | {
+        "EDGEBOX_HOME": str(home),
+        "EDGEBOX_MDNS_INTERFACES": "lo",
+        "EDGEBOX_SSHD_HOST_KEY": "",
+        "COLUMNS": "200",
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "edgebox", *args],
+        env=env,
+        text=True,
+        capture_output=True,
+        timeout=60,
+    )
 
 
 def test_nodes_and_top_on_the_same_box_find_a_node_on_any_port(tmp_path: Path) -> None:
     home = tmp_path / "home"
     identity = load_identity(home, sshd_host_key=Path("/nonexistent"), name="desk")
     env = {"EDGEBOX_HOME": str(home), "EDGEBOX_MDNS_INTERFACES": "lo", "EDGEBOX_SSHD_HOST_KEY": ""}
-    node = start_node(home, "--model", "smollm2-135m", "--parallel", "1", "--ctx", "512",
-                      "--threads", "1", "--no-tunnel", env=env)  # fmt: skip
+    node = start_node(
+        home,
+        "--model",
+        "smollm2-135m",
+        "--parallel",
+        "1",
+        "--ctx",
+        "512",
+        "--threads",
+        "1",
+        "--no-tunnel",
+        env=env,
+    )
     try:
         assert not node.url.endswith(":8080")
         listed = _cli("nodes", "--json", "--wait", "2", home=home)
@@ -51,8 +71,12 @@ def test_nodes_and_top_on_the_same_box_find_a_node_on_any_port(tmp_path: Path) -
 
 
 def test_a_record_left_by_a_killed_node_is_ignored_and_removed(tmp_path: Path) -> None:
-    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                          capture_output=True, text=True, check=True)  # fmt: skip
+    gone = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     record = LocalNode(int(gone.stdout), "http://127.0.0.1:9", "127.0.0.1", 9, "x", "x", 1.0)
     path = run_dir(tmp_path) / f"node-{record.pid}.json"
     path.parent.mkdir(parents=True)
@@ -68,8 +92,20 @@ def test_sigterm_stops_the_node_as_ctrl_c_does(tmp_path: Path) -> None:
     not die by the signal once uvicorn has finished its responses."""
     home = tmp_path / "home"
     env = {"EDGEBOX_HOME": str(home), "EDGEBOX_SSHD_HOST_KEY": ""}
-    node = start_node(tmp_path, "--model", "smollm2-135m", "--parallel", "1", "--ctx", "512",
-                      "--threads", "1", "--no-tunnel", "--no-mdns", env=env)  # fmt: skip
+    node = start_node(
+        tmp_path,
+        "--model",
+        "smollm2-135m",
+        "--parallel",
+        "1",
+        "--ctx",
+        "512",
+        "--threads",
+        "1",
+        "--no-tunnel",
+        "--no-mdns",
+        env=env,
+    )
     assert len(local_nodes(home)) == 1
     node.proc.terminate()
     assert node.proc.wait(timeout=30) == 0, node.log.read_text()

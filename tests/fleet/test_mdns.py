@@ -61,8 +61,18 @@ def start_advertisers(tmp_path: Path, spec: list[tuple[Namespace, str]]) -> list
     for ns, name in spec:
         home = tmp_path / name
         log = tmp_path / f"{name}.log"
-        argv = _edgebox("nodes", "advertise", "--name", name, "--port", "8080",
-                        "--model", "smollm2-135m", "--accelerator", "cpu")  # fmt: skip
+        argv = _edgebox(
+            "nodes",
+            "advertise",
+            "--name",
+            name,
+            "--port",
+            "8080",
+            "--model",
+            "smollm2-135m",
+            "--accelerator",
+            "cpu",
+        )
         started.append(AdvertiserProcess(ns, home, ns.popen(argv, log=log, env=_env(home)), log))
     deadline = time.monotonic() + 20
     for adv in started:
@@ -133,8 +143,10 @@ def test_browser_api_events_on_loopback(tmp_path: Path) -> None:
 
     asyncio.run(scenario())
     assert [e.kind for e in seen if e.node.node_id == identity.node_id] == [
-        "added", "updated", "removed",
-    ]  # fmt: skip
+        "added",
+        "updated",
+        "removed",
+    ]
 
 
 def test_a_model_change_during_registration_is_what_later_browsers_see(tmp_path: Path) -> None:
@@ -195,8 +207,9 @@ def test_three_nodes_appear_on_a_fourth(netns_lab: NetnsLab, tmp_path: Path) -> 
 def test_browser_reports_a_stopped_node_removed(netns_lab: NetnsLab, tmp_path: Path) -> None:
     a, b, observer = (netns_lab.add_node(r, i) for r, i in (("a", 1), ("b", 2), ("obs", 9)))
     log = tmp_path / "watch.log"
-    watcher = observer.popen(_edgebox("nodes", "watch", "--json"), log=log,
-                             env=_env(tmp_path / "watch"))  # fmt: skip
+    watcher = observer.popen(
+        _edgebox("nodes", "watch", "--json"), log=log, env=_env(tmp_path / "watch")
+    )
     try:
         first, second = start_advertisers(tmp_path, [(a, "alpha"), (b, "beta")])
         try:
@@ -256,11 +269,23 @@ def test_serve_advertises_answers_nodes_add_and_says_goodbye(
 ) -> None:
     box, observer = netns_lab.add_node("srv", 1), netns_lab.add_node("obs", 9)
     log = tmp_path / "watch.log"
-    watcher = observer.popen(_edgebox("nodes", "watch", "--json"), log=log,
-                             env=_env(tmp_path / "watch"))  # fmt: skip
+    watcher = observer.popen(
+        _edgebox("nodes", "watch", "--json"), log=log, env=_env(tmp_path / "watch")
+    )
     secret = "sk-edgebox-test-9f8e7d6c5b4a"
-    argv = _edgebox("serve", "--host", "0.0.0.0", "--port", "8080", "--parallel", "1",
-                    "--ctx", "512", "--threads", "1")  # fmt: skip
+    argv = _edgebox(
+        "serve",
+        "--host",
+        "0.0.0.0",
+        "--port",
+        "8080",
+        "--parallel",
+        "1",
+        "--ctx",
+        "512",
+        "--threads",
+        "1",
+    )
     serve_log = tmp_path / "serve.log"
     server = box.popen(
         argv, log=serve_log, env=_env(tmp_path / "srv") | {"EDGEBOX_API_KEY": secret}

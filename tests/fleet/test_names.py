@@ -21,10 +21,19 @@ NO_SSHD = Path("/nonexistent")
 
 
 def _cli(*args: str, home: Path) -> subprocess.CompletedProcess[str]:
-    env = os.environ | {"EDGEBOX_HOME": str(home), "EDGEBOX_MDNS_INTERFACES": "lo",
-                        "EDGEBOX_SSHD_HOST_KEY": "", "COLUMNS": "200"}  # fmt: skip
-    return subprocess.run([sys.executable, "-m", "edgebox", *args], env=env, text=True,
-                          capture_output=True, timeout=60)  # fmt: skip
+    env = os.environ | {
+        "EDGEBOX_HOME": str(home),
+        "EDGEBOX_MDNS_INTERFACES": "lo",
+        "EDGEBOX_SSHD_HOST_KEY": "",
+        "COLUMNS": "200",
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "edgebox", *args],
+        env=env,
+        text=True,
+        capture_output=True,
+        timeout=60,
+    )
 
 
 def test_a_joined_node_goes_by_its_joined_name_everywhere(tmp_path: Path) -> None:
@@ -36,10 +45,24 @@ def test_a_joined_node_goes_by_its_joined_name_everywhere(tmp_path: Path) -> Non
         identity = load_identity(home, sshd_host_key=NO_SSHD, name="vm")  # the hostname
         member = join(hub.token(name="box2")["token"], home=home, profile=PROFILE)
         assert member["name"] == "box2"
-        env = {"EDGEBOX_HOME": str(home), "EDGEBOX_MDNS_INTERFACES": "lo",
-               "EDGEBOX_SSHD_HOST_KEY": ""}  # fmt: skip
-        node = start_node(home, "--model", "smollm2-135m", "--parallel", "1", "--ctx", "512",
-                          "--threads", "1", "--no-tunnel", env=env)  # fmt: skip
+        env = {
+            "EDGEBOX_HOME": str(home),
+            "EDGEBOX_MDNS_INTERFACES": "lo",
+            "EDGEBOX_SSHD_HOST_KEY": "",
+        }
+        node = start_node(
+            home,
+            "--model",
+            "smollm2-135m",
+            "--parallel",
+            "1",
+            "--ctx",
+            "512",
+            "--threads",
+            "1",
+            "--no-tunnel",
+            env=env,
+        )
         health = httpx.get(node.url + "/health", timeout=5).json()
         assert health["node"]["name"] == "box2"
 
@@ -48,8 +71,16 @@ def test_a_joined_node_goes_by_its_joined_name_everywhere(tmp_path: Path) -> Non
         ours = [n for n in json.loads(listed.stdout) if n["id"] == identity.node_id]
         assert [n["name"] for n in ours] == ["box2"], listed.stdout  # the mDNS advert
 
-        top = _cli("top", "--once", "--json", "--interval", "0.2", "--node", node.url,
-                   home=tmp_path / "laptop")  # fmt: skip
+        top = _cli(
+            "top",
+            "--once",
+            "--json",
+            "--interval",
+            "0.2",
+            "--node",
+            node.url,
+            home=tmp_path / "laptop",
+        )
         assert top.returncode == 0, top.stderr
         assert [n["name"] for n in json.loads(top.stdout)["nodes"]] == ["box2"]
 

@@ -13,11 +13,18 @@ KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOr4mS0d5kBqF3o5wMOKUIdpGGd7rqVWqRV8e
 
 
 def test_spec_from_membership(tmp_path: Path) -> None:
-    fleet = {"tunnel_port": 20003, "node_key": "/n/ssh/id_ed25519",
-             "hub_ssh": {"host": "hub.lan", "port": 2222, "user": "edgebox-tunnel", "host_key": KEY}}  # fmt: skip
+    fleet = {
+        "tunnel_port": 20003,
+        "node_key": "/n/ssh/id_ed25519",
+        "hub_ssh": {"host": "hub.lan", "port": 2222, "user": "edgebox-tunnel", "host_key": KEY},
+    }
     spec = spec_from_fleet(fleet, tmp_path)
     assert (spec.hub_host, spec.hub_port, spec.user, spec.tunnel_port) == (
-        "hub.lan", 2222, "edgebox-tunnel", 20003)  # fmt: skip
+        "hub.lan",
+        2222,
+        "edgebox-tunnel",
+        20003,
+    )
     assert spec.hub_host_key == KEY and spec.identity_file == Path("/n/ssh/id_ed25519")
     assert spec.known_hosts_file == tmp_path / "hub_known_hosts"
     fleet["hub_ssh"]["host_key"] = None  # a hub without a relay: no tunnel, said plainly

@@ -83,11 +83,31 @@ CHAT = {"model": MODEL, "messages": [{"role": "user", "content": "Hi"}], "max_to
 COMPLETION = {"model": MODEL, "prompt": "Once upon a time", "max_tokens": 4}
 EMBEDDING = {"model": "all-minilm-l6-v2", "input": "a cat"}
 CHAT_FIELDS = [
-    "model", "messages", "max_tokens", "max_completion_tokens", "temperature", "top_p", "n",
-    "stream", "stop", "seed", "logprobs", "top_logprobs", "response_format", "grammar",
-    "top_k", "min_p", "repeat_penalty", "presence_penalty", "frequency_penalty", "logit_bias",
-    "stream_options", "tools", "tool_choice", "user",
-]  # fmt: skip
+    "model",
+    "messages",
+    "max_tokens",
+    "max_completion_tokens",
+    "temperature",
+    "top_p",
+    "n",
+    "stream",
+    "stop",
+    "seed",
+    "logprobs",
+    "top_logprobs",
+    "response_format",
+    "grammar",
+    "top_k",
+    "min_p",
+    "repeat_penalty",
+    "presence_penalty",
+    "frequency_penalty",
+    "logit_bias",
+    "stream_options",
+    "tools",
+    "tool_choice",
+    "user",
+]
 COMPLETION_FIELDS = ["model", "prompt", "max_tokens", "echo", "suffix", "logprobs", "n", "stop"]
 
 

@@ -6,13 +6,21 @@ from edgebox.runtimes.doctor import RuntimeCheck, fast_paths, installed_runtimes
 from tests.runtimes.test_select import MAC, RTX
 
 GPU_CHECKS = [
-    RuntimeCheck("llama.cpp", True, "llama-cpp-python 0.3.36, GPU offload built in",
-                 features=("gpu_offload",)),
+    RuntimeCheck(
+        "llama.cpp",
+        True,
+        "llama-cpp-python 0.3.36, GPU offload built in",
+        features=("gpu_offload",),
+    ),
     RuntimeCheck("mlx", False, "mlx-lm is not installed", "pip install mlx-lm"),
-    RuntimeCheck("onnxruntime", True, "providers: CUDAExecutionProvider, CPUExecutionProvider",
-                 features=("CUDAExecutionProvider", "CPUExecutionProvider")),
+    RuntimeCheck(
+        "onnxruntime",
+        True,
+        "providers: CUDAExecutionProvider, CPUExecutionProvider",
+        features=("CUDAExecutionProvider", "CPUExecutionProvider"),
+    ),
     RuntimeCheck("tensorrt-llm", True, "trtllm-serve at /usr/local/bin/trtllm-serve"),
-]  # fmt: skip
+]
 
 
 def test_checks_become_the_policy_inputs() -> None:

@@ -44,8 +44,9 @@ def test_a_fault_shows_as_off(monkeypatch: pytest.MonkeyPatch) -> None:
     assert "SIGSEGV" in shown["detail"]
 
 
-@pytest.mark.parametrize(("env", "status", "enabled"), [("on", "forced on", True),
-                                                        ("Off", "forced off", False)])  # fmt: skip
+@pytest.mark.parametrize(
+    ("env", "status", "enabled"), [("on", "forced on", True), ("Off", "forced off", False)]
+)
 def test_the_environment_forces_it(
     monkeypatch: pytest.MonkeyPatch, env: str, status: str, enabled: bool
 ) -> None:

@@ -30,8 +30,7 @@ CPU implementer\t: 0x41
 def test_cpuinfo_parsing_picks_model_and_simd() -> None:
     model, simd = parse_cpuinfo(X86_CPUINFO)
     assert model == "AMD EPYC 9B14"
-    assert simd == ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512_vnni",
-                    "avx512_bf16")  # fmt: skip
+    assert simd == ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512_vnni", "avx512_bf16")
     model, simd = parse_cpuinfo(ARM_CPUINFO)
     assert model == ""
     assert simd == ("asimd", "asimddp", "asimdhp", "i8mm", "bf16", "sve", "sve2")
@@ -106,15 +105,20 @@ def test_doctor_cli_json() -> None:
     runtimes = {r["runtime"]: r for r in data["runtimes"]}
     assert runtimes["llama.cpp"]["usable"] is True
     assert runtimes["tensorrt-llm"] == {
-        "runtime": "tensorrt-llm", "usable": False, "detail": "needs an NVIDIA GPU", "enable": None,
+        "runtime": "tensorrt-llm",
+        "usable": False,
+        "detail": "needs an NVIDIA GPU",
+        "enable": None,
         "features": [],
-    }  # fmt: skip
+    }
     paths = {p["model_format"]: p for p in data["fast_paths"]}
     assert paths["gguf"]["runtime"] == "llamacpp"
     assert paths["gguf"]["reason"] == "llama.cpp on CPU (no GPU on this box)"
     assert paths["mlx"]["runtime"] == "mlx" and paths["mlx"]["settings"] == {"device": "cpu"}
     assert paths["onnx"]["settings"] == {"providers": ["CPUExecutionProvider"]}
     assert paths["trt-engine"] == {
-        "model_format": "trt-engine", "runtime": None, "settings": {},
+        "model_format": "trt-engine",
+        "runtime": None,
+        "settings": {},
         "reason": "a TensorRT-LLM engine needs an NVIDIA GPU",
-    }  # fmt: skip
+    }

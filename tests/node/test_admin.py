@@ -43,8 +43,11 @@ def test_drain_needs_the_key_and_refuses_new_requests(keyed_node: NodeProcess) -
     assert excinfo.value.status_code == 503
     assert excinfo.value.response.headers["retry-after"] == "30"
     assert excinfo.value.body["code"] == "node_draining"  # type: ignore[index]
-    embed = httpx.post(keyed_node.url + "/v1/embeddings", headers=auth,
-                       json={"model": "all-minilm-l6-v2", "input": "hi"})  # fmt: skip
+    embed = httpx.post(
+        keyed_node.url + "/v1/embeddings",
+        headers=auth,
+        json={"model": "all-minilm-l6-v2", "input": "hi"},
+    )
     assert embed.status_code == 503 and embed.json()["error"]["code"] == "node_draining"
 
     undrained = httpx.post(keyed_node.url + "/admin/undrain", headers=auth)

@@ -48,8 +48,9 @@ def test_trickling_connections_neither_starve_health_nor_stay_open(tmp_path: Pat
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (SOFT_LIMIT, hard))  # the node inherits it
     try:
-        node = start_node(tmp_path, "--ctx", "512", "--parallel", "1", "--no-mdns",
-                          "--model", "smollm2-135m")  # fmt: skip
+        node = start_node(
+            tmp_path, "--ctx", "512", "--parallel", "1", "--no-mdns", "--model", "smollm2-135m"
+        )
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
     port = int(node.url.rsplit(":", 1)[1])
@@ -80,9 +81,12 @@ def test_the_connection_past_the_per_address_cap_is_closed_at_once() -> None:
 
     port = free_port()
     config = uvicorn.Config(
-        Starlette(routes=[Route("/health", ok)]), host="127.0.0.1", port=port,
-        log_level="warning", http=guarded_protocol(http_protocol(), limits),
-    )  # fmt: skip
+        Starlette(routes=[Route("/health", ok)]),
+        host="127.0.0.1",
+        port=port,
+        log_level="warning",
+        http=guarded_protocol(http_protocol(), limits),
+    )
     server = uvicorn.Server(config)
 
     async def scenario() -> tuple[list[bool], int]:

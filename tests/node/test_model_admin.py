@@ -28,10 +28,15 @@ LOOPBACK = [LanInterface("lo", "127.0.0.1", "255.0.0.0")]
 def keyed_node(tmp_path_factory: pytest.TempPathFactory, gemma_path: Path) -> Iterator[NodeProcess]:
     tmp = tmp_path_factory.mktemp("models")
     node = start_node(
-        tmp, "--model", "smollm2-135m", "--ctx", "512", "--mdns",
+        tmp,
+        "--model",
+        "smollm2-135m",
+        "--ctx",
+        "512",
+        "--mdns",
         # a home of its own: a node id no other test node advertises on loopback
         env={"EDGEBOX_API_KEY": KEY, "EDGEBOX_MDNS_INTERFACES": "lo", "EDGEBOX_HOME": str(tmp)},
-    )  # fmt: skip
+    )
     yield node
     node.stop()
 
@@ -50,8 +55,12 @@ def client(node: NodeProcess) -> openai.OpenAI:
 
 
 def test_admin_models_need_the_key(keyed_node: NodeProcess) -> None:
-    for method, path in (("GET", "/admin/models"), ("POST", "/admin/models/load"),
-                         ("POST", "/admin/models/unload"), ("GET", "/admin/requests")):  # fmt: skip
+    for method, path in (
+        ("GET", "/admin/models"),
+        ("POST", "/admin/models/load"),
+        ("POST", "/admin/models/unload"),
+        ("GET", "/admin/requests"),
+    ):
         r = httpx.request(method, keyed_node.url + path, json={"model": "minilm"})
         assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
     assert served(keyed_node) == ["smollm2-135m"]
@@ -65,8 +74,11 @@ def test_lists_loaded_with_fast_path_and_the_loadable_ones(keyed_node: NodeProce
     loadable = {m["name"]: m for m in body["loadable"]}
     assert loadable["smollm2-135m"]["loaded"] is True
     assert loadable["all-minilm-l6-v2"] == {
-        "name": "all-minilm-l6-v2", "kind": "embeddings", "source": "bundled", "loaded": False,
-    }  # fmt: skip
+        "name": "all-minilm-l6-v2",
+        "kind": "embeddings",
+        "source": "bundled",
+        "loaded": False,
+    }
     assert loadable["gemma3-270m"]["loaded"] is False
 
 
@@ -83,8 +95,10 @@ def test_load_embed_unload_then_404(keyed_node: NodeProcess) -> None:
     assert again.status_code == 409 and again.json()["error"]["code"] == "model_already_loaded"
 
     gone = admin(keyed_node, "POST", "/admin/models/unload", {"model": "all-minilm-l6-v2"})
-    assert gone.status_code == 200 and gone.json() == {"status": "unloaded",
-                                                       "id": "all-minilm-l6-v2"}  # fmt: skip
+    assert gone.status_code == 200 and gone.json() == {
+        "status": "unloaded",
+        "id": "all-minilm-l6-v2",
+    }
     assert served(keyed_node) == ["smollm2-135m"]
     assert "all-minilm-l6-v2" not in httpx.get(keyed_node.url + "/health").json()["models"]
     with pytest.raises(openai.NotFoundError) as excinfo:
@@ -97,8 +111,11 @@ def test_a_chat_model_loads_while_the_node_serves_and_the_mdns_digest_follows(
 ) -> None:
     node_id = httpx.get(keyed_node.url + "/health").json()["node"]["id"]
     result: list[httpx.Response] = []
-    loader = threading.Thread(target=lambda: result.append(
-        admin(keyed_node, "POST", "/admin/models/load", {"model": "gemma3-270m"})))  # fmt: skip
+    loader = threading.Thread(
+        target=lambda: result.append(
+            admin(keyed_node, "POST", "/admin/models/load", {"model": "gemma3-270m"})
+        )
+    )
     loader.start()
     seen_loading = False
     while loader.is_alive():  # the node answers its admin and OpenAI routes during the load
@@ -109,8 +126,9 @@ def test_a_chat_model_loads_while_the_node_serves_and_the_mdns_digest_follows(
     assert seen_loading
     assert result[0].status_code == 200, result[0].text
     assert result[0].json()["fast_path"].startswith("llamacpp: ")
-    out = client(keyed_node).completions.create(model="gemma3-270m", prompt="One, two,",
-                                                max_tokens=3, temperature=0)  # fmt: skip
+    out = client(keyed_node).completions.create(
+        model="gemma3-270m", prompt="One, two,", max_tokens=3, temperature=0
+    )
     assert out.usage is not None and out.usage.completion_tokens > 0
     both = model_digest(["smollm2-135m", "gemma3-270m"])
     try:  # the re-announced record reaches the browser after its cached one: wait for it
@@ -148,9 +166,12 @@ def digest_of(node_id: str, want: str | None = None, timeout: float = 10) -> str
 
 def test_unload_refuses_a_model_with_running_requests(keyed_node: NodeProcess) -> None:
     stream = client(keyed_node).completions.create(  # counting on: it does not stop early
-        model="smollm2-135m", prompt="1, 2, 3, 4, 5, 6, 7, 8, 9, 10,", max_tokens=200,
-        temperature=0, stream=True,
-    )  # fmt: skip
+        model="smollm2-135m",
+        prompt="1, 2, 3, 4, 5, 6, 7, 8, 9, 10,",
+        max_tokens=200,
+        temperature=0,
+        stream=True,
+    )
     next(iter(stream))
     busy = admin(keyed_node, "POST", "/admin/models/unload", {"model": "smollm2-135m"})
     stream.close()
@@ -168,12 +189,11 @@ def test_unload_refuses_a_model_with_running_requests(keyed_node: NodeProcess) -
         ("load", {"model": "minilm", "modle": "x"}, 400, "modle", "invalid_value"),
         ("load", {"model": "no-such-model"}, 404, "model", "model_not_found"),
         ("load", {"model": "smollm2-135m"}, 409, "model", "model_already_loaded"),
-        ("load", {"model": "minilm", "runtime": "llamacpp"}, 400, "runtime",
-         "model_not_loadable"),
+        ("load", {"model": "minilm", "runtime": "llamacpp"}, 400, "runtime", "model_not_loadable"),
         ("unload", {"model": "no-such-model"}, 404, "model", "model_not_found"),
         ("unload", {"model": ["smollm2-135m"]}, 400, "model", "invalid_value"),
     ],
-)  # fmt: skip
+)
 def test_bad_input_names_the_field(
     keyed_node: NodeProcess, path: str, body: object, status: int, param: str, code: str
 ) -> None:
@@ -185,9 +205,10 @@ def test_bad_input_names_the_field(
 
 def test_recent_requests_record_a_real_request_without_its_text(keyed_node: NodeProcess) -> None:
     out = client(keyed_node).chat.completions.create(
-        model="smollm2-135m", messages=[{"role": "user", "content": "Say zebra-secret."}],
+        model="smollm2-135m",
+        messages=[{"role": "user", "content": "Say zebra-secret."}],
         max_tokens=4,
-    )  # fmt: skip
+    )
     missing = httpx.post(
         keyed_node.base_url + "/chat/completions",
         headers=AUTH,
@@ -215,8 +236,11 @@ def test_load_errors_name_the_spec_never_the_files_behind_it(
     hidden.write_bytes(b"GGUF but not really a model" * 100)
     link = tmp_path / "innocent.gguf"
     link.symlink_to(hidden)
-    for spec, status in ((str(link), 400), ("~/no-such-model.gguf", 404),
-                         (str(tmp_path / "missing" / "x.gguf"), 404)):  # fmt: skip
+    for spec, status in (
+        (str(link), 400),
+        ("~/no-such-model.gguf", 404),
+        (str(tmp_path / "missing" / "x.gguf"), 404),
+    ):
         r = admin(keyed_node, "POST", "/admin/models/load", {"model": spec})
         assert r.status_code == status, r.text
         error = r.json()["error"]

@@ -96,8 +96,10 @@ def test_the_admin_key_opens_admin_only_and_the_inference_keys_inference_only() 
         assert call_scoped(app, host, "/v1/models", API).text == "done"
         assert call_scoped(app, host, "/v1/models", FLEET).text == "done"  # peers' routers
         assert call_scoped(app, host, "/v1/models", ADMIN).status_code == 401
-    for reply in (call_scoped(app, "10.0.0.5", "/admin/drain", "nope", "POST"),
-                  call_scoped(app, "10.0.0.5", "/v1/models", "nope")):  # fmt: skip
+    for reply in (
+        call_scoped(app, "10.0.0.5", "/admin/drain", "nope", "POST"),
+        call_scoped(app, "10.0.0.5", "/v1/models", "nope"),
+    ):
         assert not {API, ADMIN, FLEET} & set(reply.text.split("'"))
         assert all(k not in reply.text for k in (API, ADMIN, FLEET))
 
@@ -168,22 +170,40 @@ async def _until(condition: Callable[[], bool], timeout: float = 5) -> None:
 
 def test_keys_reach_no_log_metrics_or_error_body_of_a_real_node(tmp_path: Path) -> None:
     node = start_node(
-        tmp_path, "--ctx", "512", "--parallel", "1", "--no-mdns", "--access-log",
-        "--model", "smollm2-135m",
+        tmp_path,
+        "--ctx",
+        "512",
+        "--parallel",
+        "1",
+        "--no-mdns",
+        "--access-log",
+        "--model",
+        "smollm2-135m",
         env={"EDGEBOX_API_KEY": API, "EDGEBOX_ADMIN_KEY": ADMIN, "EDGEBOX_FLEET_KEY": FLEET},
-    )  # fmt: skip
+    )
     try:
         bodies = []
-        for path, key, want in (("/admin/models", ADMIN, 200), ("/admin/models", API, 401),
-                                ("/v1/models", API, 200), ("/v1/models", FLEET, 200),
-                                ("/v1/models", ADMIN, 401), ("/v1/models", "wrong", 401)):  # fmt: skip
+        for path, key, want in (
+            ("/admin/models", ADMIN, 200),
+            ("/admin/models", API, 401),
+            ("/v1/models", API, 200),
+            ("/v1/models", FLEET, 200),
+            ("/v1/models", ADMIN, 401),
+            ("/v1/models", "wrong", 401),
+        ):
             reply = httpx.get(node.url + path, headers={"authorization": f"Bearer {key}"})
             assert reply.status_code == want, (path, reply.text)
             bodies.append(reply.text)
-        chat = httpx.post(node.base_url + "/chat/completions", timeout=60,
-                          headers={"authorization": f"Bearer {API}"},
-                          json={"model": "smollm2-135m", "max_tokens": 2,
-                                "messages": [{"role": "user", "content": "hi"}]})  # fmt: skip
+        chat = httpx.post(
+            node.base_url + "/chat/completions",
+            timeout=60,
+            headers={"authorization": f"Bearer {API}"},
+            json={
+                "model": "smollm2-135m",
+                "max_tokens": 2,
+                "messages": [{"role": "user", "content": "hi"}],
+            },
+        )
         assert chat.status_code == 200
         bodies.append(httpx.get(node.url + "/metrics").text)
         bodies.append(httpx.get(node.url + "/health").text)

@@ -56,11 +56,28 @@ def _ssh(
     known = fleet.dir / "hub_known"
     known.write_text(f"[{fleet.cafe.ns('hub').address}]:{RELAY_PORT} {fleet.host_keys['hub']}\n")
     return fleet.cafe.ns(role).run(
-        ["ssh", "-F", "none", "-i", str(key), "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes",
-         "-o", f"UserKnownHostsFile={known}", "-o", "StrictHostKeyChecking=yes",
-         "-p", str(RELAY_PORT), *args[:-1], f"{user}@{fleet.cafe.ns('hub').address}", *args[-1:]],
+        [
+            "ssh",
+            "-F",
+            "none",
+            "-i",
+            str(key),
+            "-o",
+            "IdentitiesOnly=yes",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            f"UserKnownHostsFile={known}",
+            "-o",
+            "StrictHostKeyChecking=yes",
+            "-p",
+            str(RELAY_PORT),
+            *args[:-1],
+            f"{user}@{fleet.cafe.ns('hub').address}",
+            *args[-1:],
+        ],
         timeout=timeout,
-    )  # fmt: skip
+    )
 
 
 def test_ssh_reaches_node_through_hub_from_cafe(fleet: Fleet, tunnel_a: TunnelSupervisor) -> None:
@@ -93,14 +110,27 @@ def test_relay_gives_no_shell_to_users_or_nodes(fleet: Fleet) -> None:
 
 def test_node_key_cannot_listen_on_another_nodes_port(fleet: Fleet) -> None:
     key = fleet.tunnel_keys["node-b"]
-    stolen = _ssh(fleet, "node-b", key, TUNNEL_USER, "-N", "-o", "ExitOnForwardFailure=yes",
-                  "-R", f"127.0.0.1:{PORTS['node-a']}:127.0.0.1:22", "")  # fmt: skip
+    stolen = _ssh(
+        fleet,
+        "node-b",
+        key,
+        TUNNEL_USER,
+        "-N",
+        "-o",
+        "ExitOnForwardFailure=yes",
+        "-R",
+        f"127.0.0.1:{PORTS['node-a']}:127.0.0.1:22",
+        "",
+    )
     assert stolen.returncode == 255
     assert f"remote port forwarding failed for listen port {PORTS['node-a']}" in stolen.stderr
     wait_for_log(fleet.dir / "relay.log", f"port {PORTS['node-a']}, but the request was denied")
     # Control: the same key may listen on its own port (the refusal above is the permission).
-    supervisor = TunnelSupervisor(fleet.tunnel_spec("node-b"), Backoff(initial=0.2, maximum=1.0),
-                                  ssh=fleet.cafe.ns("node-b").argv(["ssh"]))  # fmt: skip
+    supervisor = TunnelSupervisor(
+        fleet.tunnel_spec("node-b"),
+        Backoff(initial=0.2, maximum=1.0),
+        ssh=fleet.cafe.ns("node-b").argv(["ssh"]),
+    )
     supervisor.start()
     try:
         assert supervisor.wait_up(10), supervisor.last_error
@@ -164,9 +194,14 @@ def test_forward_brings_a_node_port_to_the_laptop(fleet: Fleet, tunnel_a: Tunnel
     )
     home = fleet.home("forward", fleet.directory())
     forward = subprocess.Popen(
-        fleet.cafe.ns("laptop").argv([sys.executable, "-m", "edgebox", "forward", "node-a", "18080:28080"]),
-        env={**os.environ, "EDGEBOX_HOME": str(home)}, cwd=REPO, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        fleet.cafe.ns("laptop").argv(
+            [sys.executable, "-m", "edgebox", "forward", "node-a", "18080:28080"]
+        ),
+        env={**os.environ, "EDGEBOX_HOME": str(home)},
+        cwd=REPO,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     fetch = "import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:28080/', timeout=2).read().decode())"
     try:
         deadline, body = time.monotonic() + 15, ""
@@ -187,14 +222,30 @@ def test_forward_brings_a_node_port_to_the_laptop(fleet: Fleet, tunnel_a: Tunnel
 def test_tunnel_command_keeps_node_b_reachable(fleet: Fleet) -> None:
     hub = fleet.cafe.ns("hub")
     tunnel = subprocess.Popen(
-        fleet.cafe.ns("node-b").argv([
-            sys.executable, "-m", "edgebox", "tunnel", "--hub", f"{hub.address}:{RELAY_PORT}",
-            "--hub-key", fleet.host_keys["hub"], "--port", str(PORTS["node-b"]),
-            "--identity", str(fleet.tunnel_keys["node-b"]), "--user", TUNNEL_USER,
-        ]),
-        env={**os.environ, "EDGEBOX_HOME": str(fleet.dir / "node-b-home")}, cwd=REPO,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        fleet.cafe.ns("node-b").argv(
+            [
+                sys.executable,
+                "-m",
+                "edgebox",
+                "tunnel",
+                "--hub",
+                f"{hub.address}:{RELAY_PORT}",
+                "--hub-key",
+                fleet.host_keys["hub"],
+                "--port",
+                str(PORTS["node-b"]),
+                "--identity",
+                str(fleet.tunnel_keys["node-b"]),
+                "--user",
+                TUNNEL_USER,
+            ]
+        ),
+        env={**os.environ, "EDGEBOX_HOME": str(fleet.dir / "node-b-home")},
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert tunnel.stderr is not None
         deadline, line = time.monotonic() + 15, ""
@@ -220,10 +271,20 @@ def test_tunnel_returns_after_hub_restart_and_rebind_refusal(
     ups = tunnel_a.ups
     hub.kill_all()  # the hub loses power: relay and every session die
     # An old session still holding node-a's port, as after a drop the hub has not noticed yet.
-    squatter = subprocess.Popen(hub.argv([sys.executable, "-c", (
-        "import socket,time; s=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1);"
-        f"s.bind(('127.0.0.1', {PORTS['node-a']})); s.listen(); print('held', flush=True); time.sleep(60)")]),
-        stdout=subprocess.PIPE, text=True)  # fmt: skip
+    squatter = subprocess.Popen(
+        hub.argv(
+            [
+                sys.executable,
+                "-c",
+                (
+                    "import socket,time; s=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1);"
+                    f"s.bind(('127.0.0.1', {PORTS['node-a']})); s.listen(); print('held', flush=True); time.sleep(60)"
+                ),
+            ]
+        ),
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert squatter.stdout is not None and squatter.stdout.readline().strip() == "held"
         fleet.start_relay("relay-restarted.log")

@@ -61,8 +61,15 @@ def test_unsafe_records_are_refused(nodes: list[NodeRecord], message: str) -> No
 
 def test_sshd_config_closes_shell_pty_and_the_other_direction() -> None:
     config = render_sshd_config(RelaySettings(port=2222))
-    for line in ("PermitTTY no", "X11Forwarding no", "AllowAgentForwarding no", "GatewayPorts no",
-                 "PasswordAuthentication no", "ForceCommand /usr/sbin/nologin", "Port 2222"):  # fmt: skip
+    for line in (
+        "PermitTTY no",
+        "X11Forwarding no",
+        "AllowAgentForwarding no",
+        "GatewayPorts no",
+        "PasswordAuthentication no",
+        "ForceCommand /usr/sbin/nologin",
+        "Port 2222",
+    ):
         assert line in config.splitlines()
     tunnel, jump = config.split("Match User ")[1:]
     assert "AllowTcpForwarding remote" in tunnel and "PermitOpen none" in tunnel
@@ -73,9 +80,17 @@ def test_real_sshd_accepts_the_rendered_config(tmp_path: Path) -> None:
     if missing_prerequisites():
         pytest.fail("needs: " + "; ".join(missing_prerequisites()))
     keygen(tmp_path / "host_key")
-    settings = RelaySettings(host_key_file=str(tmp_path / "host_key"), tunnel_user="daemon",
-                             jump_user="nobody", pid_file="none")  # fmt: skip
+    settings = RelaySettings(
+        host_key_file=str(tmp_path / "host_key"),
+        tunnel_user="daemon",
+        jump_user="nobody",
+        pid_file="none",
+    )
     (tmp_path / "cfg").write_text(render_sshd_config(settings))
-    done = subprocess.run(["/usr/sbin/sshd", "-t", "-f", str(tmp_path / "cfg")],
-                          capture_output=True, text=True, check=False)  # fmt: skip
+    done = subprocess.run(
+        ["/usr/sbin/sshd", "-t", "-f", str(tmp_path / "cfg")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr

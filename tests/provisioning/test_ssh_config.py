@@ -26,9 +26,16 @@ HUB_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIMLeouh/aMwzSepD0sYp2VMOOgpr7Viil
 NODE_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIP5/loF3aUSM3v3Q1phPIJToMApRn7bxL1RM/8zdTbCM"
 DOC = {
     "hub": {"host": "hub.example", "port": 2222, "user": "edgebox-jump", "host_key": HUB_KEY},
-    "nodes": [{"name": "spark", "id": "n1", "host_key": NODE_KEY + " root@spark",
-               "tunnel_port": 42001, "lan_addresses": ["192.168.1.5", "[fe80::1]:2200"]}],
-}  # fmt: skip
+    "nodes": [
+        {
+            "name": "spark",
+            "id": "n1",
+            "host_key": NODE_KEY + " root@spark",
+            "tunnel_port": 42001,
+            "lan_addresses": ["192.168.1.5", "[fe80::1]:2200"],
+        }
+    ],
+}
 # What OpenSSH 9.2 prints when a pinned key differs (recorded from test_cafe's run).
 CHANGED = """@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@
 @    WARNING: REMOTE HOST IDENTIFICATION HAS CHANGED!     @
@@ -79,9 +86,15 @@ def test_config_pins_keys_and_jumps_through_the_hub(tmp_path: Path) -> None:
     hub, nodes = parse_directory(DOC)
     config = render_ssh_config(hub, nodes, tmp_path, tmp_path / "id_ed25519")
     block = config.split("Host spark.edgebox\n")[1]
-    for line in ("HostName 127.0.0.1", "Port 42001", "HostKeyAlias edgebox-node-n1",
-                 "ProxyJump edgebox-hub", "StrictHostKeyChecking yes",
-                 f"UserKnownHostsFile {tmp_path}/known_hosts", "GlobalKnownHostsFile /dev/null"):  # fmt: skip
+    for line in (
+        "HostName 127.0.0.1",
+        "Port 42001",
+        "HostKeyAlias edgebox-node-n1",
+        "ProxyJump edgebox-hub",
+        "StrictHostKeyChecking yes",
+        f"UserKnownHostsFile {tmp_path}/known_hosts",
+        "GlobalKnownHostsFile /dev/null",
+    ):
         assert f"    {line}\n" in block
     assert "User edgebox-jump" in config.split("Host spark.edgebox")[0]
     assert render_known_hosts(hub, nodes).splitlines() == [
@@ -111,8 +124,21 @@ def test_route_is_lan_only_where_the_pinned_key_answers() -> None:
     argv = ssh_command(
         Path("/c"), spark, choose_route(spark, lambda *_: [NODE_KEY]), [], ["ls", "-l"]
     )
-    assert argv == ["ssh", "-F", "/c", "-o", "ProxyJump=none", "-o", "HostName=192.168.1.5",
-                    "-o", "Port=22", "spark.edgebox", "--", "ls", "-l"]  # fmt: skip
+    assert argv == [
+        "ssh",
+        "-F",
+        "/c",
+        "-o",
+        "ProxyJump=none",
+        "-o",
+        "HostName=192.168.1.5",
+        "-o",
+        "Port=22",
+        "spark.edgebox",
+        "--",
+        "ls",
+        "-l",
+    ]
 
 
 def test_changed_key_message_names_the_node_and_what_to_do() -> None:

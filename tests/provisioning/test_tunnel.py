@@ -8,10 +8,14 @@ from pathlib import Path
 from edgebox.fleet.tunnel import Backoff, TunnelSpec, classify_exit, tunnel_argv
 
 SPEC = TunnelSpec(
-    hub_host="hub.example", hub_port=2222, hub_host_key="ssh-ed25519 AAAAC3Nza x",
-    identity_file=Path("/k"), tunnel_port=42001, known_hosts_file=Path("/kh"),
+    hub_host="hub.example",
+    hub_port=2222,
+    hub_host_key="ssh-ed25519 AAAAC3Nza x",
+    identity_file=Path("/k"),
+    tunnel_port=42001,
+    known_hosts_file=Path("/kh"),
     api_forward=(43001, 8080),
-)  # fmt: skip
+)
 
 
 def test_argv_pins_the_hub_key_and_exits_on_forward_failure() -> None:
@@ -19,8 +23,13 @@ def test_argv_pins_the_hub_key_and_exits_on_forward_failure() -> None:
     assert argv[:3] == ["ssh", "-N", "-F"]
     assert argv[argv.index("-R") + 1] == "127.0.0.1:42001:127.0.0.1:22"
     assert "127.0.0.1:43001:127.0.0.1:8080" in argv
-    for option in ("ExitOnForwardFailure=yes", "StrictHostKeyChecking=yes", "HostKeyAlias=edgebox-hub",
-                   "UserKnownHostsFile=/kh", "BatchMode=yes"):  # fmt: skip
+    for option in (
+        "ExitOnForwardFailure=yes",
+        "StrictHostKeyChecking=yes",
+        "HostKeyAlias=edgebox-hub",
+        "UserKnownHostsFile=/kh",
+        "BatchMode=yes",
+    ):
         assert option in argv
     assert argv[-3:] == ["-p", "2222", "edgebox-tunnel@hub.example"]
 

@@ -62,8 +62,11 @@ def test_a_burst_splits_evenly_over_two_equal_nodes(pair: dict[str, NodeProcess]
 
     def keep_busy() -> None:
         while not stop.is_set():
-            httpx.post(a.base_url + "/completions", timeout=120,
-                       json={"model": MODEL, "prompt": "Count:", "max_tokens": 48})  # fmt: skip
+            httpx.post(
+                a.base_url + "/completions",
+                timeout=120,
+                json={"model": MODEL, "prompt": "Count:", "max_tokens": 48},
+            )
 
     warmers = [threading.Thread(target=keep_busy) for _ in range(2)]
     for t in warmers:

@@ -36,9 +36,16 @@ def nodes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, NodePr
                 start_node, tmp, "--parallel", "1", "--ctx", "512", "--threads", "1"
             )
             cloud = pool.submit(
-                start_node, tmp, "--parallel", "2", "--ctx", "2048", "--threads", "1",
+                start_node,
+                tmp,
+                "--parallel",
+                "2",
+                "--ctx",
+                "2048",
+                "--threads",
+                "1",
                 env={"EDGEBOX_API_KEY": CLOUD_KEY},
-            )  # fmt: skip
+            )
             started["local"], started["cloud"] = local.result(), cloud.result()
         yield started
     finally:
@@ -73,9 +80,14 @@ models = {{ "{MODEL}" = "{MODEL}" }}
     env = {"TEST_CLOUD_KEY": CLOUD_KEY, "ROUTER_LOCAL_KEY": LOCAL_KEY, "EDGEBOX_API_KEY": FULL_KEY}
     try:
         started["router"] = start_router(
-            tmp, "--node", started["local"].url, "--config", str(config), env=env,
+            tmp,
+            "--node",
+            started["local"].url,
+            "--config",
+            str(config),
+            env=env,
             api_key=FULL_KEY,
-        )  # fmt: skip
+        )
         yield started
     finally:
         if "router" in started:
@@ -83,12 +95,18 @@ models = {{ "{MODEL}" = "{MODEL}" }}
 
 
 def post(router: NodeProcess, key: str, content: str, max_tokens: int = 6) -> httpx.Response:
-    body = {"model": MODEL, "messages": [{"role": "user", "content": content}],
-            "max_tokens": max_tokens, "temperature": 0}  # fmt: skip
+    body = {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": content}],
+        "max_tokens": max_tokens,
+        "temperature": 0,
+    }
     return httpx.post(
-        router.base_url + "/chat/completions", json=body,
-        headers={"authorization": f"Bearer {key}"}, timeout=120,
-    )  # fmt: skip
+        router.base_url + "/chat/completions",
+        json=body,
+        headers={"authorization": f"Bearer {key}"},
+        timeout=120,
+    )
 
 
 def target(response: httpx.Response) -> str:
@@ -136,12 +154,20 @@ def test_a_saturated_slot_bursts_on_the_ttft_target_but_never_for_a_local_only_k
     long_answer: list[str] = []
 
     def hold_the_slot() -> None:
-        body = {"model": MODEL, "stream": True, "max_tokens": 48, "temperature": 0,
-                "messages": [{"role": "user", "content": "Count from 1 to 100, comma separated."}]}  # fmt: skip
+        body = {
+            "model": MODEL,
+            "stream": True,
+            "max_tokens": 48,
+            "temperature": 0,
+            "messages": [{"role": "user", "content": "Count from 1 to 100, comma separated."}],
+        }
         with httpx.stream(
-            "POST", router.base_url + "/chat/completions", json=body, timeout=120,
+            "POST",
+            router.base_url + "/chat/completions",
+            json=body,
+            timeout=120,
             headers={"authorization": f"Bearer {LOCAL_KEY}"},
-        ) as response:  # fmt: skip
+        ) as response:
             long_answer.append(target(response))
             for _ in response.iter_lines():
                 started.set()
@@ -209,9 +235,13 @@ models = {{ "{MODEL}" = "{MODEL}" }}
 """
     )
     router = start_router(
-        tmp, "--node", nodes["local"].url, "--config", str(config),
+        tmp,
+        "--node",
+        nodes["local"].url,
+        "--config",
+        str(config),
         env={"TEST_CLOUD_KEY": CLOUD_KEY},
-    )  # fmt: skip
+    )
     yield {**nodes, "router": router}
     router.stop()
 
@@ -233,8 +263,12 @@ def test_overflow_bursts_while_the_local_queue_is_full_then_comes_back_local(
     local_name, cloud_name = local.url.removeprefix("http://"), "cloud:testcloud"
 
     def chat(content: str, max_tokens: int = 6) -> httpx.Response:
-        body = {"model": MODEL, "messages": [{"role": "user", "content": content}],
-                "max_tokens": max_tokens, "temperature": 0}  # fmt: skip
+        body = {
+            "model": MODEL,
+            "messages": [{"role": "user", "content": content}],
+            "max_tokens": max_tokens,
+            "temperature": 0,
+        }
         return httpx.post(router.base_url + "/chat/completions", json=body, timeout=120)
 
     idle = chat("Say hi.")  # an idle slot: local
@@ -245,8 +279,13 @@ def test_overflow_bursts_while_the_local_queue_is_full_then_comes_back_local(
 
     def hold_the_slot() -> None:  # greedy, this prompt runs to max_tokens: ~3 s on one core
         content = "List the numbers from 1 to 300, comma separated."
-        body = {"model": MODEL, "stream": True, "max_tokens": 120, "temperature": 0,
-                "messages": [{"role": "user", "content": content}]}  # fmt: skip
+        body = {
+            "model": MODEL,
+            "stream": True,
+            "max_tokens": 120,
+            "temperature": 0,
+            "messages": [{"role": "user", "content": content}],
+        }
         with httpx.stream(
             "POST", router.base_url + "/chat/completions", json=body, timeout=120
         ) as response:

@@ -21,10 +21,16 @@ from edgebox.router.placement import Candidate
 
 def upstream(when: str) -> CloudUpstream:
     return CloudUpstream.model_validate(
-        {"name": "c", "base_url": "http://x/v1", "api_key_env": "K", "models": {"m": "big"},
-         "when": when, "overflow_queue_depth": 3,
-         "prices": {"big": {"input": 2.0, "output": 10.0}}}
-    )  # fmt: skip
+        {
+            "name": "c",
+            "base_url": "http://x/v1",
+            "api_key_env": "K",
+            "models": {"m": "big"},
+            "when": when,
+            "overflow_queue_depth": 3,
+            "prices": {"big": {"input": 2.0, "output": 10.0}},
+        }
+    )
 
 
 LOCAL = [Candidate("a", 1.0, ("least-loaded",)), Candidate("b", 0.5, ())]
@@ -58,8 +64,10 @@ def test_a_model_no_node_serves_goes_to_the_cloud_under_any_policy() -> None:
 
 def test_local_only_and_the_spend_cap_keep_requests_off_the_cloud() -> None:
     saturated = {"a": 9, "b": 9}
-    for flags, why in (({"local_only": True, "over_cap": False}, "local-only"),
-                       ({"local_only": False, "over_cap": True}, "spend-cap")):  # fmt: skip
+    for flags, why in (
+        ({"local_only": True, "over_cap": False}, "local-only"),
+        ({"local_only": False, "over_cap": True}, "spend-cap"),
+    ):
         plan, skipped = plan_targets("m", LOCAL, saturated, [upstream("overflow")], **flags)
         assert names(plan) == ["a", "b"] and skipped == why
         plan, skipped = plan_targets("m", [], {}, [upstream("always")], **flags)
@@ -133,7 +141,12 @@ def test_a_predicted_wait_over_the_ttft_target_bursts_first() -> None:
 
 def test_no_node_with_enough_context_bursts_with_reason_context() -> None:
     plan, _ = plan_targets(
-        "m", [], {}, [upstream("fallback")], local_only=False, over_cap=False,
+        "m",
+        [],
+        {},
+        [upstream("fallback")],
+        local_only=False,
+        over_cap=False,
         no_local_reason="context",
-    )  # fmt: skip
+    )
     assert names(plan) == ["cloud:c"] and plan[0][1] == "context"

@@ -16,9 +16,13 @@ from edgebox.router.service import Router
 
 def test_estimate_adds_remote_prefill_transfer_and_overhead() -> None:
     est = estimate_split(
-        4000, local_prefill_tps=500, remote_prefill_tps=8000, kv_bytes_per_token=100_000,
-        link_bytes_per_s=1.25e9, overhead_s=0.02,
-    )  # fmt: skip
+        4000,
+        local_prefill_tps=500,
+        remote_prefill_tps=8000,
+        kv_bytes_per_token=100_000,
+        link_bytes_per_s=1.25e9,
+        overhead_s=0.02,
+    )
     assert est.kv_bytes == 400_000_000
     assert est.local_s == pytest.approx(8.0)
     assert est.split_s == pytest.approx(0.5 + 0.32 + 0.02)

@@ -31,16 +31,29 @@ def pair(
     peer: NodeProcess, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[NodeProcess, NodeProcess]]:
     front = start_node(
-        tmp_path_factory.mktemp("fleet-serve"), "--parallel", "1", "--ctx", "512",
-        "--threads", "1", "--no-mdns", "--fleet", "--fleet-node", peer.url,
-    )  # fmt: skip
+        tmp_path_factory.mktemp("fleet-serve"),
+        "--parallel",
+        "1",
+        "--ctx",
+        "512",
+        "--threads",
+        "1",
+        "--no-mdns",
+        "--fleet",
+        "--fleet-node",
+        peer.url,
+    )
     yield front, peer
     front.stop()
 
 
 def chat(url: str, content: str, max_tokens: int, **headers: str) -> httpx.Response:
-    body = {"model": MODEL, "messages": [{"role": "user", "content": content}],
-            "max_tokens": max_tokens, "temperature": 0}  # fmt: skip
+    body = {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": content}],
+        "max_tokens": max_tokens,
+        "temperature": 0,
+    }
     return httpx.post(url + "/v1/chat/completions", json=body, headers=headers, timeout=120)
 
 
@@ -84,9 +97,22 @@ models = {{ "cloud-smol" = "{MODEL}" }}
 """
     )
     return start_node(
-        tmp, "--model", MODEL, "--alias", "front-smol", "--parallel", "1", "--ctx", "512",
-        "--threads", "1", "--no-mdns", "--fleet", "--router-config", str(config),
-    )  # fmt: skip
+        tmp,
+        "--model",
+        MODEL,
+        "--alias",
+        "front-smol",
+        "--parallel",
+        "1",
+        "--ctx",
+        "512",
+        "--threads",
+        "1",
+        "--no-mdns",
+        "--fleet",
+        "--router-config",
+        str(config),
+    )
 
 
 def test_router_config_lists_fleet_and_cloud_models_and_routes_the_non_local_ones(
@@ -101,16 +127,19 @@ def test_router_config_lists_fleet_and_cloud_models_and_routes_the_non_local_one
         routes = {}
         for model in ("front-smol", MODEL, "cloud-smol"):
             raw = client.chat.completions.with_raw_response.create(
-                model=model, messages=[{"role": "user", "content": "Say hi."}], max_tokens=4,
+                model=model,
+                messages=[{"role": "user", "content": "Say hi."}],
+                max_tokens=4,
                 temperature=0,
-            )  # fmt: skip
+            )
             assert raw.parse().choices[0].message.content
             routes[model] = raw.headers["x-edgebox-route"].split(";")[0]
         assert routes == {"front-smol": "local", MODEL: "peer", "cloud-smol": "cloud:testcloud"}
         missing = httpx.post(
-            front.base_url + "/chat/completions", timeout=30,
+            front.base_url + "/chat/completions",
+            timeout=30,
             json={"model": "nope", "messages": [{"role": "user", "content": "hi"}]},
-        )  # fmt: skip
+        )
         assert missing.status_code == 404 and missing.json()["error"]["param"] == "model"
     finally:
         front.stop()

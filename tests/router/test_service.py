@@ -69,9 +69,16 @@ prices = {{ "{MODEL}" = {{ input = 1.0, output = 2.0 }} }}
     env = {"TEST_CLOUD_KEY": CLOUD_KEY}
     try:
         started["router"] = start_router(
-            tmp, "--node", started["a"].url, "--node", started["b"].url,
-            "--config", str(config), env=env, ready_models=2,
-        )  # fmt: skip
+            tmp,
+            "--node",
+            started["a"].url,
+            "--node",
+            started["b"].url,
+            "--config",
+            str(config),
+            env=env,
+            ready_models=2,
+        )
         capped = tmp / "capped.toml"
         capped.write_text(
             config.read_text()
@@ -85,12 +92,26 @@ prices = {{ "{MODEL}" = {{ input = 1.0, output = 2.0 }} }}
         mismatch = tmp / "mismatch.toml"
         mismatch.write_text('node_api_key_env = "TEST_CLOUD_KEY"\n')
         started["mismatch"] = start_router(
-            tmp, "--node", started["a"].url, "--node", started["cloud"].url,
-            "--config", str(mismatch), "--disagg", "always", env=env,
-        )  # fmt: skip
+            tmp,
+            "--node",
+            started["a"].url,
+            "--node",
+            started["cloud"].url,
+            "--config",
+            str(mismatch),
+            "--disagg",
+            "always",
+            env=env,
+        )
         started["split"] = start_router(
-            tmp, "--node", started["a"].url, "--node", started["b"].url, "--disagg", "always",
-        )  # fmt: skip
+            tmp,
+            "--node",
+            started["a"].url,
+            "--node",
+            started["b"].url,
+            "--disagg",
+            "always",
+        )
         yield started
     finally:
         for proc in started.values():
@@ -214,10 +235,18 @@ def test_concurrent_requests_spread_over_both_nodes(fleet: dict[str, NodeProcess
         ({"model": "no-such-model", "messages": [{"role": "user", "content": "hi"}]}, 404, "model"),
         ({"messages": [{"role": "user", "content": "hi"}]}, 400, "model"),
         ({"model": 7, "messages": []}, 400, "model"),
-        ({"model": MODEL, "messages": [{"role": "wizard", "content": "hi"}]}, 400, "messages[0].role"),
-        ({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": -1}, 400, "max_tokens"),
+        (
+            {"model": MODEL, "messages": [{"role": "wizard", "content": "hi"}]},
+            400,
+            "messages[0].role",
+        ),
+        (
+            {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": -1},
+            400,
+            "max_tokens",
+        ),
     ],
-)  # fmt: skip
+)
 def test_bad_input_gets_openai_shaped_errors_naming_the_field(
     fleet: dict[str, NodeProcess], body: dict[str, object], status: int, param: str
 ) -> None:
@@ -260,9 +289,11 @@ def test_cloud_only_model_goes_to_the_cloud_with_its_key_and_is_counted(
     usage = raw.parse().usage
     assert usage is not None and usage.total_tokens > 0  # the keyed cloud node answered
     stream = client(fleet["router"]).chat.completions.create(
-        model="cloud-smol", messages=[{"role": "user", "content": "Hello"}], max_tokens=5,
+        model="cloud-smol",
+        messages=[{"role": "user", "content": "Hello"}],
+        max_tokens=5,
         stream=True,
-    )  # fmt: skip
+    )
     assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
     spend = json.loads((fleet["router"].log.parent / "home" / "router_spend.json").read_text())
     assert spend["usd"] > 0 and spend["by_model"][MODEL] == spend["usd"]
@@ -273,9 +304,11 @@ def test_cloud_only_model_goes_to_the_cloud_with_its_key_and_is_counted(
 def test_local_only_requests_never_reach_the_cloud(fleet: dict[str, NodeProcess]) -> None:
     with pytest.raises(openai.APIStatusError) as caught:
         client(fleet["router"]).chat.completions.create(
-            model="cloud-smol", messages=[{"role": "user", "content": "Hello"}], max_tokens=5,
+            model="cloud-smol",
+            messages=[{"role": "user", "content": "Hello"}],
+            max_tokens=5,
             extra_headers={"x-edgebox-local-only": "1"},
-        )  # fmt: skip
+        )
     assert caught.value.status_code == 503 and "local-only" in caught.value.message
 
 
@@ -408,8 +441,13 @@ def test_a_node_dying_mid_stream_ends_it_with_an_error_then_requests_fail_over(
     fleet: dict[str, NodeProcess],
 ) -> None:
     messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "Count to 500."}]
-    body = {"model": MODEL, "messages": messages, "max_tokens": 400, "stream": True,
-            "temperature": 0}  # fmt: skip
+    body = {
+        "model": MODEL,
+        "messages": messages,
+        "max_tokens": 400,
+        "stream": True,
+        "temperature": 0,
+    }
     url = fleet["router"].base_url + "/chat/completions"
     with httpx.stream("POST", url, json=body, timeout=120) as stream:
         victim_name = route_of(stream.headers)[0]

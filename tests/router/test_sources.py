@@ -71,10 +71,16 @@ def test_mdns_source_finds_a_real_node_by_the_api_port_in_its_advert(
 
 def _discovered(name: str, fingerprint: str, api_port: int | None) -> DiscoveredNode:
     return DiscoveredNode(
-        node_id=name * 4, name=name, addresses=("10.0.0.7",), api_port=api_port,
-        host_key_fingerprint=fingerprint, accelerator="cpu", model_digest="", protocol_version=1,
+        node_id=name * 4,
+        name=name,
+        addresses=("10.0.0.7",),
+        api_port=api_port,
+        host_key_fingerprint=fingerprint,
+        accelerator="cpu",
+        model_digest="",
+        protocol_version=1,
         service_name=f"{name}._edgebox._tcp.local.",
-    )  # fmt: skip
+    )
 
 
 def test_hub_nodes_go_to_their_mdns_address_else_to_the_address_the_hub_recorded(
@@ -84,21 +90,42 @@ def test_hub_nodes_go_to_their_mdns_address_else_to_the_address_the_hub_recorded
     host_key = {n: i.ssh_public_key for n, i in ids.items()}  # what the hub stores per node
     answer = {
         "data": [
-            {"name": "a", "status": "online", "host_key": host_key["a"],
-             "ssh_public_key": host_key["a"],
-             "api_url": "http://192.0.2.1:8080"},  # also on mDNS: the LAN address, if proved
-            {"name": "g", "status": "online", "host_key": host_key["g"],
-             "api_url": "http://192.0.2.7:8080"},  # on mDNS, but no node key to prove it with
+            {
+                "name": "a",
+                "status": "online",
+                "host_key": host_key["a"],
+                "ssh_public_key": host_key["a"],
+                "api_url": "http://192.0.2.1:8080",
+            },  # also on mDNS: the LAN address, if proved
+            {
+                "name": "g",
+                "status": "online",
+                "host_key": host_key["g"],
+                "api_url": "http://192.0.2.7:8080",
+            },  # on mDNS, but no node key to prove it with
             {"name": "b", "status": "online", "host_key": host_key["b"]},
-            {"name": "c", "status": "offline", "host_key": host_key["c"],
-             "api_url": "http://192.0.2.3:8080"},
+            {
+                "name": "c",
+                "status": "offline",
+                "host_key": host_key["c"],
+                "api_url": "http://192.0.2.3:8080",
+            },
             {"name": "d", "status": "online", "host_key": host_key["d"]},
-            {"name": "e", "status": "online", "host_key": host_key["e"],
-             "api_url": "http://192.0.2.5:9000", "api_key": "ebk_e"},  # hub-only
-            {"name": "f", "status": "online", "host_key": None,
-             "api_url": "http://127.0.0.1:9001"},  # on the hub's own box
+            {
+                "name": "e",
+                "status": "online",
+                "host_key": host_key["e"],
+                "api_url": "http://192.0.2.5:9000",
+                "api_key": "ebk_e",
+            },  # hub-only
+            {
+                "name": "f",
+                "status": "online",
+                "host_key": None,
+                "api_url": "http://127.0.0.1:9001",
+            },  # on the hub's own box
         ]
-    }  # fmt: skip
+    }
     from edgebox.fleet.identity import ssh_fingerprint
 
     lan = [
@@ -133,9 +160,19 @@ def test_a_node_known_only_through_the_hub_answers_a_chat_through_the_router(
         home = tmp_path / "node"
         member = join(hub.token(name="hub-only")["token"], home=home, profile=PROFILE)
         node = start_node(
-            home, "--model", MODEL, "--parallel", "1", "--ctx", "512", "--threads", "1",
-            "--no-mdns", "--no-tunnel", env={"EDGEBOX_HOME": str(home)},
-        )  # fmt: skip
+            home,
+            "--model",
+            MODEL,
+            "--parallel",
+            "1",
+            "--ctx",
+            "512",
+            "--threads",
+            "1",
+            "--no-mdns",
+            "--no-tunnel",
+            env={"EDGEBOX_HOME": str(home)},
+        )
         running.append(node)
         port = int(node.url.rsplit(":", 1)[1])
         deadline = time.monotonic() + 30
@@ -157,9 +194,11 @@ def test_a_node_known_only_through_the_hub_answers_a_chat_through_the_router(
 
         client = OpenAI(base_url=router.base_url, api_key="unused", max_retries=0)
         raw = client.chat.completions.with_raw_response.create(
-            model=MODEL, messages=[{"role": "user", "content": "Say hi."}], max_tokens=4,
+            model=MODEL,
+            messages=[{"role": "user", "content": "Say hi."}],
+            max_tokens=4,
             temperature=0,
-        )  # fmt: skip
+        )
         assert raw.headers["x-edgebox-route"].split(";")[0] == "hub-only"
         completion = raw.parse()
         assert completion.model == MODEL and completion.choices[0].message.content
@@ -178,8 +217,18 @@ def test_serve_fleet_on_a_joined_node_routes_to_the_hubs_other_nodes(tmp_path: P
         homes = {name: tmp_path / name for name in ("front", "peer")}
         for name, home in homes.items():
             join(hub.token(name=name)["token"], home=home, profile=PROFILE)
-        common = ("--model", MODEL, "--parallel", "1", "--ctx", "512", "--threads", "1",
-                  "--no-mdns", "--no-tunnel")  # fmt: skip
+        common = (
+            "--model",
+            MODEL,
+            "--parallel",
+            "1",
+            "--ctx",
+            "512",
+            "--threads",
+            "1",
+            "--no-mdns",
+            "--no-tunnel",
+        )
         peer = start_node(
             homes["peer"], *common, "--alias", "peer-smol", env={"EDGEBOX_HOME": str(homes["peer"])}
         )
@@ -196,9 +245,11 @@ def test_serve_fleet_on_a_joined_node_routes_to_the_hubs_other_nodes(tmp_path: P
 
         client = OpenAI(base_url=front.base_url, api_key="unused", max_retries=0)
         raw = client.chat.completions.with_raw_response.create(
-            model="peer-smol", messages=[{"role": "user", "content": "Say hi."}], max_tokens=4,
+            model="peer-smol",
+            messages=[{"role": "user", "content": "Say hi."}],
+            max_tokens=4,
             temperature=0,
-        )  # fmt: skip
+        )
         assert raw.headers["x-edgebox-route"].split(";")[0] == "peer"
         assert raw.parse().choices[0].message.content
     finally:
@@ -221,8 +272,18 @@ def test_two_nodes_that_share_a_hostname_are_two_nodes_to_the_router_and_top(
 
     homes = [tmp_path / "clone-a", tmp_path / "clone-b"]
     ids = [load_identity(h, sshd_host_key=NO_SSHD, name="ubuntu") for h in homes]
-    common = ("--model", MODEL, "--parallel", "1", "--ctx", "512", "--threads", "1",
-              "--no-mdns", "--no-tunnel")  # fmt: skip
+    common = (
+        "--model",
+        MODEL,
+        "--parallel",
+        "1",
+        "--ctx",
+        "512",
+        "--threads",
+        "1",
+        "--no-mdns",
+        "--no-tunnel",
+    )
     running: list[NodeProcess] = []
     for home in homes:
         env = {"EDGEBOX_HOME": str(home), "EDGEBOX_SSHD_HOST_KEY": ""}

@@ -65,8 +65,12 @@ def test_a_burst_splits_evenly_over_two_equal_nodes() -> None:
         nodes = {
             n: with_inflight(s, inflight[n] + (2 if n == "a" else 0)) for n, s in polled.items()
         }
-        ranked, _ = place(RouteRequest("m"), list(book.apply(nodes, 0.5).values()), POLICY,
-                          PlacementContext(now=0.5))  # fmt: skip
+        ranked, _ = place(
+            RouteRequest("m"),
+            list(book.apply(nodes, 0.5).values()),
+            POLICY,
+            PlacementContext(now=0.5),
+        )
         inflight[ranked[0].node] += 1
     assert abs(inflight["a"] - inflight["b"]) <= 3, inflight
 
@@ -78,6 +82,7 @@ def test_load_dominates_a_faster_but_saturated_node() -> None:
     book.observe(fast)
     book.observe(slow)
     nodes = {"fast": with_inflight(fast, 6), "slow": slow}
-    ranked, _ = place(RouteRequest("m"), list(book.apply(nodes, 0.0).values()), POLICY,
-                      PlacementContext(now=0.0))  # fmt: skip
+    ranked, _ = place(
+        RouteRequest("m"), list(book.apply(nodes, 0.0).values()), POLICY, PlacementContext(now=0.0)
+    )
     assert ranked[0].node == "slow"

@@ -88,8 +88,11 @@ def test_held_blocks_trust_reports_of_the_same_file_and_recent_sends_until_they_
     held = recent.held("m", "S", nodes, now=5.0)
     assert "other" not in held  # another model file: neither its report nor our sends count
     assert [b in s for s in held["same"] for b in ("same-reported", "same-sent")] == [
-        True, False, False, True,
-    ]  # fmt: skip
+        True,
+        False,
+        False,
+        True,
+    ]
     assert len(held["silent"]) == 1 and "silent-sent" in held["silent"][0]  # no digest: sends only
     assert recent.held("m", "S", nodes, now=11.0)["silent"] == []  # expired
     assert prefix_note(("a", "b"), [{"a"}]) == ";prefix=blocks:1/2"
@@ -112,9 +115,12 @@ def test_long_prompts_are_tokenized_off_the_event_loop(
     assert len(str(short["prompt"])) < INLINE_CHARS <= len(str(long["prompt"]))
 
     # Content parts count by their text, so a long prompt in parts goes off the loop too.
-    parts = {"model": MODEL, "messages": [
-        {"role": "user", "content": [{"type": "text", "text": str(long["prompt"])}]},
-    ]}  # fmt: skip
+    parts = {
+        "model": MODEL,
+        "messages": [
+            {"role": "user", "content": [{"type": "text", "text": str(long["prompt"])}]},
+        ],
+    }
 
     async def both() -> tuple[object, object]:
         await tokenizers.encode_async(parts)

@@ -71,8 +71,14 @@ def _handler(rogue: Rogue) -> type[BaseHTTPRequestHandler]:
         def _record(self) -> None:
             length = int(self.headers.get("content-length") or 0)
             body = self.rfile.read(length) if length else b""
-            rogue.seen.append({"method": self.command, "path": self.path,
-                               "headers": dict(self.headers), "body": body})  # fmt: skip
+            rogue.seen.append(
+                {
+                    "method": self.command,
+                    "path": self.path,
+                    "headers": dict(self.headers),
+                    "body": body,
+                }
+            )
 
         def do_GET(self) -> None:
             self._record()
@@ -90,14 +96,28 @@ def _handler(rogue: Rogue) -> type[BaseHTTPRequestHandler]:
                 relayed = httpx.get(rogue.relay_to + self.path, timeout=5)
                 self._answer(relayed.status_code, relayed.json())
             else:
-                self._answer(404, {"error": {"message": "no", "type": "x", "param": None,
-                                             "code": None}})  # fmt: skip
+                self._answer(
+                    404, {"error": {"message": "no", "type": "x", "param": None, "code": None}}
+                )
 
         def do_POST(self) -> None:
             self._record()
-            self._answer(200, {"id": "rogue", "object": "chat.completion", "created": 0,
-                               "model": MODEL, "choices": [{"index": 0, "finish_reason": "stop",
-                               "message": {"role": "assistant", "content": "stolen"}}]})  # fmt: skip
+            self._answer(
+                200,
+                {
+                    "id": "rogue",
+                    "object": "chat.completion",
+                    "created": 0,
+                    "model": MODEL,
+                    "choices": [
+                        {
+                            "index": 0,
+                            "finish_reason": "stop",
+                            "message": {"role": "assistant", "content": "stolen"},
+                        }
+                    ],
+                },
+            )
 
     return Handler
 
@@ -124,11 +144,23 @@ def test_a_rogue_advert_next_to_serve_fleet_gets_no_prompt_and_no_key(
     rogue: Rogue, tmp_path: Path
 ) -> None:
     front = start_node(
-        tmp_path, "--model", MODEL, "--parallel", "1", "--ctx", "512", "--threads", "1",
-        "--mdns", "--fleet",
-        env={"EDGEBOX_API_KEY": KEY, "EDGEBOX_MDNS_INTERFACES": "lo",
-             "EDGEBOX_HOME": str(tmp_path / "front")},
-    )  # fmt: skip
+        tmp_path,
+        "--model",
+        MODEL,
+        "--parallel",
+        "1",
+        "--ctx",
+        "512",
+        "--threads",
+        "1",
+        "--mdns",
+        "--fleet",
+        env={
+            "EDGEBOX_API_KEY": KEY,
+            "EDGEBOX_MDNS_INTERFACES": "lo",
+            "EDGEBOX_HOME": str(tmp_path / "front"),
+        },
+    )
     advert_id = load_identity(tmp_path / "rogue", sshd_host_key=NO_SSHD, name="rogue")
 
     async def advertise() -> None:
@@ -140,9 +172,12 @@ def test_a_rogue_advert_next_to_serve_fleet_gets_no_prompt_and_no_key(
             for i in range(6):
                 chat = {**CHAT, "messages": [{"role": "user", "content": f"Say hi {i}."}]}
                 r = await asyncio.to_thread(
-                    httpx.post, front.base_url + "/chat/completions", json=chat,
-                    headers={"authorization": f"Bearer {KEY}"}, timeout=60,
-                )  # fmt: skip
+                    httpx.post,
+                    front.base_url + "/chat/completions",
+                    json=chat,
+                    headers={"authorization": f"Bearer {KEY}"},
+                    timeout=60,
+                )
                 assert r.status_code == 200 and r.headers["x-edgebox-route"].startswith("local")
         finally:
             await advert.stop()
@@ -183,12 +218,22 @@ def test_a_rogue_advert_with_a_hub_nodes_fingerprint_does_not_move_it(
 ) -> None:
     hub_node = load_identity(tmp_path / "hub-node", sshd_host_key=NO_SSHD, name="hub-node")
     # The hub's record of a node: its public host key and the address its heartbeats came from.
-    record = {"id": "n1", "name": "hub-node", "status": "online", "models": [MODEL],
-              "host_key": hub_node.ssh_public_key, "api_url": node.url}  # fmt: skip
+    record = {
+        "id": "n1",
+        "name": "hub-node",
+        "status": "online",
+        "models": [MODEL],
+        "host_key": hub_node.ssh_public_key,
+        "api_url": node.url,
+    }
     impostor = load_identity(tmp_path / "impostor", sshd_host_key=NO_SSHD, name="impostor")
     # The rogue copies the hub node's public fingerprint into its own advert.
-    forged = Advertiser(_with_fp(impostor, hub_node.host_key_fingerprint), accelerator="cpu",
-                        models=[MODEL], interfaces=LOOPBACK)  # fmt: skip
+    forged = Advertiser(
+        _with_fp(impostor, hub_node.host_key_fingerprint),
+        accelerator="cpu",
+        models=[MODEL],
+        interfaces=LOOPBACK,
+    )
 
     async def scenario() -> tuple[str, list[str], dict[str, Any]]:
         lan = MdnsNodes(LOOPBACK)
@@ -197,9 +242,11 @@ def test_a_rogue_advert_with_a_hub_nodes_fingerprint_does_not_move_it(
         router = _router([HubPeers(Beats([record]), lan), lan], tmp_path)
         try:
             await asyncio.to_thread(
-                _wait, lambda: any(d.node_id == impostor.node_id for d in lan.discovered()),
-                15, "forged advert not seen",
-            )  # fmt: skip
+                _wait,
+                lambda: any(d.node_id == impostor.node_id for d in lan.discovered()),
+                15,
+                "forged advert not seen",
+            )
             await router.poller.poll_once()
             routes = await _chats(router, 6)
             status = router.poller.status
@@ -229,9 +276,18 @@ def pinned(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]:
     """A node with an identity of its own, advertised by the test (not by itself)."""
     home = tmp_path_factory.mktemp("pinned")
     node = start_node(
-        home, "--model", MODEL, "--parallel", "1", "--ctx", "512", "--threads", "1",
-        "--no-mdns", env={"EDGEBOX_HOME": str(home)},
-    )  # fmt: skip
+        home,
+        "--model",
+        MODEL,
+        "--parallel",
+        "1",
+        "--ctx",
+        "512",
+        "--threads",
+        "1",
+        "--no-mdns",
+        env={"EDGEBOX_HOME": str(home)},
+    )
     yield node
     node.stop()
 
@@ -245,8 +301,9 @@ def test_a_pinned_node_proves_its_key_and_gets_traffic_a_relaying_rogue_does_not
     rogue.relay_to = node.url  # passes challenges on to the real node
     real_port = int(node.url.rsplit(":", 1)[1])
     genuine = Advertiser(real, accelerator="cpu", models=[MODEL], interfaces=LOOPBACK)
-    relayer = Advertiser(_renamed(real, tmp_path), accelerator="cpu", models=[MODEL],
-                         interfaces=LOOPBACK)  # fmt: skip
+    relayer = Advertiser(
+        _renamed(real, tmp_path), accelerator="cpu", models=[MODEL], interfaces=LOOPBACK
+    )
 
     async def scenario() -> tuple[dict[str, Any], list[str]]:
         lan = MdnsNodes(LOOPBACK, pins=[pin])
@@ -257,9 +314,11 @@ def test_a_pinned_node_proves_its_key_and_gets_traffic_a_relaying_rogue_does_not
         try:
             ports = {str(real_port), str(rogue.port)}
             await asyncio.to_thread(
-                _wait, lambda: {a.url.rsplit(":", 1)[1] for a in lan.addresses()} >= ports,
-                15, "adverts not seen",
-            )  # fmt: skip
+                _wait,
+                lambda: {a.url.rsplit(":", 1)[1] for a in lan.addresses()} >= ports,
+                15,
+                "adverts not seen",
+            )
             await router.poller.poll_once()
             trust = {s.address.url: s.address for s in router.poller.status.values()}
             return trust, await _chats(router, 3)
@@ -296,8 +355,13 @@ def test_check_proof_refuses_forgeries(tmp_path: Path) -> None:
     answer = signer.prove(nonce, PROOF_CONTEXT, "10.0.0.5:8080")
 
     def check(**changes: Any) -> str:
-        args: dict[str, Any] = {"nonce": nonce, "node_id": ident.node_id,
-                                "address": "10.0.0.5:8080", "trusted": {pin}, **changes}  # fmt: skip
+        args: dict[str, Any] = {
+            "nonce": nonce,
+            "node_id": ident.node_id,
+            "address": "10.0.0.5:8080",
+            "trusted": {pin},
+            **changes,
+        }
         return check_proof(answer, **args).reason
 
     assert check() == "verified"
@@ -305,5 +369,6 @@ def test_check_proof_refuses_forgeries(tmp_path: Path) -> None:
     assert check(nonce="m" * 32).startswith("identity proof does not verify")
     assert "signed for 10.0.0.5:8080" in check(address="10.0.0.6:8080")
     assert check(node_id="someone-else").startswith("proof names another node id")
-    assert check_proof({"id": "x"}, nonce=nonce, node_id=None, address="a:1",
-                       trusted={pin}).reason.startswith("no identity proof")  # fmt: skip
+    assert check_proof(
+        {"id": "x"}, nonce=nonce, node_id=None, address="a:1", trusted={pin}
+    ).reason.startswith("no identity proof")

@@ -64,8 +64,17 @@ def doctor(cache: Path, *args: str) -> subprocess.CompletedProcess[str]:
 def test_a_faulting_probe_turns_them_off_and_the_node_serves(
     tmp_path: Path, cache: Path, smollm2_path: Path, gemma_path: Path
 ) -> None:
-    node = serve(tmp_path, cache, "--model", str(smollm2_path), "--model", str(gemma_path),
-                 "--alias", "chat", **{cpu_probe.FAULT_HOOK_ENV: "1"})  # fmt: skip
+    node = serve(
+        tmp_path,
+        cache,
+        "--model",
+        str(smollm2_path),
+        "--model",
+        str(gemma_path),
+        "--alias",
+        "chat",
+        **{cpu_probe.FAULT_HOOK_ENV: "1"},
+    )
     try:
         assert chat(node, "chat")  # a real request on the fallback path
         states = extra_buffers(node)
@@ -116,12 +125,20 @@ def test_off_from_the_environment_serves_and_applies_to_runtime_loads(
     tmp_path: Path, smollm2_path: Path, gemma_path: Path
 ) -> None:
     fresh = tmp_path / "cache"  # nothing cached: off must not need the probe
-    node = serve(tmp_path, fresh, "--model", str(smollm2_path), "--alias", "chat",
-                 **{cpu_probe.MODE_ENV: "off"})  # fmt: skip
+    node = serve(
+        tmp_path,
+        fresh,
+        "--model",
+        str(smollm2_path),
+        "--alias",
+        "chat",
+        **{cpu_probe.MODE_ENV: "off"},
+    )
     try:
         assert chat(node, "chat")
-        r = httpx.post(node.url + "/admin/models/load", json={"model": str(gemma_path)},
-                       timeout=120)  # fmt: skip
+        r = httpx.post(
+            node.url + "/admin/models/load", json={"model": str(gemma_path)}, timeout=120
+        )
         assert r.status_code == 200, r.text
         assert set(extra_buffers(node).values()) == {"off (forced off)"}
     finally:
@@ -134,6 +151,8 @@ def test_off_from_the_environment_serves_and_applies_to_runtime_loads(
 def test_a_bad_mode_is_refused(tmp_path: Path) -> None:
     done = subprocess.run(
         [sys.executable, "-m", "edgebox", "serve", "--cpu-extra-buffers", "maybe"],
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 1 and "--cpu-extra-buffers must be auto, on or off" in done.stderr

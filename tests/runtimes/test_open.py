@@ -37,9 +37,15 @@ def mlx_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def mlx_node(mlx_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]:
     node = start_node(
-        tmp_path_factory.mktemp("mlx-node"), "--model", str(mlx_dir), "--runtime", "mlx",
-        "--ctx", "256", startup_s=180,  # mlx-lm imports transformers: slow on a busy CI box
-    )  # fmt: skip
+        tmp_path_factory.mktemp("mlx-node"),
+        "--model",
+        str(mlx_dir),
+        "--runtime",
+        "mlx",
+        "--ctx",
+        "256",
+        startup_s=180,  # mlx-lm imports transformers: slow on a busy CI box
+    )
     yield node
     assert node.stop() == 0, node.log.read_text()
 
@@ -56,8 +62,12 @@ def test_an_mlx_model_is_served_to_the_openai_sdk(mlx_node: NodeProcess) -> None
     assert whole.choices[0].finish_reason == "length"
     assert whole.usage is not None and whole.usage.completion_tokens == 9
     stream = client.chat.completions.create(
-        model="tiny-mlx", messages=QUESTION, temperature=0, max_tokens=9, stream=True,  # type: ignore[arg-type]
-    )  # fmt: skip
+        model="tiny-mlx",
+        messages=QUESTION,
+        temperature=0,
+        max_tokens=9,
+        stream=True,  # type: ignore[arg-type]
+    )
     pieces = [c.choices[0].delta.content or "" for c in stream if c.choices]
     assert len([p for p in pieces if p]) > 1  # tokens arrive as separate chunks
     assert "".join(pieces) == whole.choices[0].message.content  # greedy: the same text twice
@@ -69,8 +79,10 @@ def test_an_mlx_model_is_served_to_the_openai_sdk(mlx_node: NodeProcess) -> None
 def _serve(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "edgebox", "serve", "--port", str(free_port()), *args],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def test_a_runtime_that_cannot_load_the_format_is_refused(mlx_dir: Path, tmp_path: Path) -> None:

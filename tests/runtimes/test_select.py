@@ -72,19 +72,36 @@ CASES = [
     (MAC, "trt-engine", MAC_BUILDS, None, {}, "needs an NVIDIA GPU"),
     (CPU, "trt-engine", CPU_BUILDS, None, {}, "needs an NVIDIA GPU"),
     (H100, "trt-engine", ONLY_LLAMA, None, {}, "pip install tensorrt-llm"),
-    (RTX, "onnx", GPU_BUILDS, "onnx", {"providers": ("TensorrtExecutionProvider",
-                                                     "CUDAExecutionProvider",
-                                                     "CPUExecutionProvider")}, "Tensorrt"),
+    (
+        RTX,
+        "onnx",
+        GPU_BUILDS,
+        "onnx",
+        {
+            "providers": (
+                "TensorrtExecutionProvider",
+                "CUDAExecutionProvider",
+                "CPUExecutionProvider",
+            )
+        },
+        "Tensorrt",
+    ),
     (RTX, "onnx", CPU_BUILDS, "onnx", {"providers": ("CPUExecutionProvider",)}, "onnxruntime-gpu"),
-    (MAC, "onnx", MAC_BUILDS, "onnx", {"providers": ("CoreMLExecutionProvider",
-                                                     "CPUExecutionProvider")}, "CoreML"),
+    (
+        MAC,
+        "onnx",
+        MAC_BUILDS,
+        "onnx",
+        {"providers": ("CoreMLExecutionProvider", "CPUExecutionProvider")},
+        "CoreML",
+    ),
     # A CUDA provider is useless without an NVIDIA GPU, whatever the build lists.
     (CPU, "onnx", GPU_BUILDS, "onnx", {"providers": ("CPUExecutionProvider",)}, "CPUExecution"),
     (CPU, "onnx", ONLY_LLAMA, None, {}, "pip install onnxruntime"),
     (MAC, "mlx", ONLY_LLAMA, None, {}, "edgebox[mlx]"),
     (CPU, "gguf", Installed(frozenset()), None, {}, "llama-cpp-python"),
     (CPU, "safetensors", CPU_BUILDS, None, {}, "unknown model format"),
-]  # fmt: skip
+]
 
 
 @pytest.mark.parametrize(("hw", "fmt", "installed", "runtime", "settings", "words"), CASES)

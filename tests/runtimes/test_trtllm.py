@@ -38,10 +38,13 @@ def write_engine_dir(directory: Path) -> Path:
     vocab = write_tokenizer(directory)
     config = {
         "version": "0.18.0",
-        "pretrained_config": {"architecture": "LlamaForCausalLM", "vocab_size": vocab,
-                              "max_position_embeddings": 2048},
+        "pretrained_config": {
+            "architecture": "LlamaForCausalLM",
+            "vocab_size": vocab,
+            "max_position_embeddings": 2048,
+        },
         "build_config": {"max_batch_size": 4, "max_seq_len": 1024, "max_input_len": 512},
-    }  # fmt: skip
+    }
     (directory / "config.json").write_text(json.dumps(config))
     (directory / "rank0.engine").write_bytes(b"\0" * 64)
     return directory
@@ -92,8 +95,18 @@ def alive(pid: int) -> bool:
 
 def test_command_line_binds_loopback_and_names_the_engine(tmp_path: Path) -> None:
     argv = trtllm_serve_command(tmp_path / "e", tmp_path / "t", 8123, TrtllmConfig())
-    assert argv == ["trtllm-serve", str(tmp_path / "e"), "--host", "127.0.0.1", "--port", "8123",
-                    "--tokenizer", str(tmp_path / "t"), "--backend", "tensorrt"]  # fmt: skip
+    assert argv == [
+        "trtllm-serve",
+        str(tmp_path / "e"),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "8123",
+        "--tokenizer",
+        str(tmp_path / "t"),
+        "--backend",
+        "tensorrt",
+    ]
     old = trtllm_serve_command(tmp_path / "e", tmp_path / "t", 1, TrtllmConfig(backend=None))
     assert "--backend" not in old
 

@@ -24,8 +24,9 @@ KEY = "sk-edgebox-top-drain-9012"
 
 @pytest.fixture(scope="module")
 def keyed_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]:
-    node = start_node(tmp_path_factory.mktemp("top-drain"), "--ctx", "512",
-                      env={"EDGEBOX_API_KEY": KEY})  # fmt: skip
+    node = start_node(
+        tmp_path_factory.mktemp("top-drain"), "--ctx", "512", env={"EDGEBOX_API_KEY": KEY}
+    )
     yield node
     node.stop()
 

@@ -28,8 +28,15 @@ AUTH = {"Authorization": f"Bearer {KEY}"}
 
 @pytest.fixture(scope="module")
 def keyed_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]:
-    node = start_node(tmp_path_factory.mktemp("top-models"), "--model", "smollm2-135m",
-                      "--ctx", "512", "--no-mdns", env={"EDGEBOX_API_KEY": KEY})  # fmt: skip
+    node = start_node(
+        tmp_path_factory.mktemp("top-models"),
+        "--model",
+        "smollm2-135m",
+        "--ctx",
+        "512",
+        "--no-mdns",
+        env={"EDGEBOX_API_KEY": KEY},
+    )
     yield node
     node.stop()
 

@@ -61,10 +61,17 @@ def test_gpu_telemetry_wins_over_system_memory_unless_unified() -> None:
     telemetry = {
         "cpu_pct": 7.5,
         "gpus": [
-            {"name": "NVIDIA GeForce RTX 4090", "utilization_pct": 80.0, "memory_used": 3 * GIB,
-             "memory_total": 24 * GIB, "memory_unified": False, "temperature_c": 60.0, "power_w": 300.0},
+            {
+                "name": "NVIDIA GeForce RTX 4090",
+                "utilization_pct": 80.0,
+                "memory_used": 3 * GIB,
+                "memory_total": 24 * GIB,
+                "memory_unified": False,
+                "temperature_c": 60.0,
+                "power_w": 300.0,
+            },
         ],
-    }  # fmt: skip
+    }
     res = parse_resources(hardware, telemetry)
     assert (res.memory_used, res.memory_total, res.memory_unified) == (3 * GIB, 24 * GIB, False)
     assert (res.utilization_pct, res.temperature_c, res.power_w, res.cpu_pct) == (80, 60, 300, 7.5)
@@ -89,23 +96,29 @@ def test_missing_or_malformed_fields_stay_unknown() -> None:
     res = parse_resources(None, {"gpus": "nope", "cpu_pct": "high"})
     assert res.memory_total is None and res.cpu_pct is None and res.accelerators == ()
     node = node_from_health(
-        url="http://n:1", health={"models": ["a", {"name": "b"}, 3]}, metrics=None,
-        previous=None, elapsed_s=None, seen_at=1.0,
-    )  # fmt: skip
+        url="http://n:1",
+        health={"models": ["a", {"name": "b"}, 3]},
+        metrics=None,
+        previous=None,
+        elapsed_s=None,
+        seen_at=1.0,
+    )
     assert [m.name for m in node.models] == ["a", "b"] and node.tokens_per_s is None
 
 
 def test_hub_entries() -> None:
     online = node_from_hub(
         {
-            "id": "n1", "name": "spark", "status": "online",
+            "id": "n1",
+            "name": "spark",
+            "status": "online",
             "last_heartbeat": "2026-01-01T00:00:00+00:00",
             "hardware": {"hw_class": "nvidia-dgx-spark"},
             "telemetry": {"tokens_per_s": 12.5},
             "models": [{"name": "m", "running": 2, "queued": 1}],
             "api_url": "http://10.0.0.2:8080",
         }
-    )  # fmt: skip
+    )
     assert (online.status, online.via, online.url) == ("online", "hub", "http://10.0.0.2:8080")
     assert online.last_seen == 1767225600.0 and online.tokens_per_s == 12.5
     assert (online.running, online.queued) == (2, 1)

@@ -5,11 +5,29 @@ from __future__ import annotations
 from edgebox.tui.requests_view import recent_text, request_rows
 
 RECORDS = [
-    {"at": 990.0, "kind": "chat", "model": "smollm2-135m", "status": 200, "prompt_tokens": 12,
-     "completion_tokens": 4, "ttft_s": 0.0421, "duration_s": 0.2, "stream": False},
-    {"at": 700.0, "kind": "embedding", "model": None, "status": 404, "prompt_tokens": 0,
-     "completion_tokens": 0, "ttft_s": None, "duration_s": 0.001, "stream": False},
-]  # fmt: skip
+    {
+        "at": 990.0,
+        "kind": "chat",
+        "model": "smollm2-135m",
+        "status": 200,
+        "prompt_tokens": 12,
+        "completion_tokens": 4,
+        "ttft_s": 0.0421,
+        "duration_s": 0.2,
+        "stream": False,
+    },
+    {
+        "at": 700.0,
+        "kind": "embedding",
+        "model": None,
+        "status": 404,
+        "prompt_tokens": 0,
+        "completion_tokens": 0,
+        "ttft_s": None,
+        "duration_s": 0.001,
+        "stream": False,
+    },
+]
 
 
 def test_rows_show_age_tokens_and_times_in_ms() -> None:

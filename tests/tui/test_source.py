@@ -112,15 +112,39 @@ def test_hub_source_sends_its_token_and_lists_the_hub_nodes() -> None:
     async def nodes(request: Request) -> JSONResponse:
         seen.append(request.headers.get("authorization"))
         return JSONResponse(
-            {"object": "list", "data": [  # the shape of edgebox.fleet.hub's answer
-                {"id": "a", "name": "spark", "status": "online", "last_heartbeat": 10.0,
-                 "profile": {"hw_class": "nvidia-dgx-spark"}, "telemetry": {}, "models": ["m"]},
-                {"id": "b", "name": "mac", "status": "offline", "last_heartbeat": 1.0,
-                 "profile": {}, "telemetry": {}, "models": []},
-                {"id": "c", "name": "old", "status": "revoked", "last_heartbeat": 1.0,
-                 "profile": {}, "telemetry": {}, "models": []},
-            ]}
-        )  # fmt: skip
+            {
+                "object": "list",
+                "data": [  # the shape of edgebox.fleet.hub's answer
+                    {
+                        "id": "a",
+                        "name": "spark",
+                        "status": "online",
+                        "last_heartbeat": 10.0,
+                        "profile": {"hw_class": "nvidia-dgx-spark"},
+                        "telemetry": {},
+                        "models": ["m"],
+                    },
+                    {
+                        "id": "b",
+                        "name": "mac",
+                        "status": "offline",
+                        "last_heartbeat": 1.0,
+                        "profile": {},
+                        "telemetry": {},
+                        "models": [],
+                    },
+                    {
+                        "id": "c",
+                        "name": "old",
+                        "status": "revoked",
+                        "last_heartbeat": 1.0,
+                        "profile": {},
+                        "telemetry": {},
+                        "models": [],
+                    },
+                ],
+            }
+        )
 
     app = Starlette(routes=[Route("/v1/hub/nodes", nodes)])
     port = free_port()

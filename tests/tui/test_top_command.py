@@ -16,8 +16,20 @@ from tests.conftest import NodeProcess, free_port
 
 def test_once_json_prints_the_live_node_and_an_unreachable_one(node: NodeProcess) -> None:
     dead = f"http://127.0.0.1:{free_port()}"
-    cmd = [sys.executable, "-m", "edgebox", "top", "--once", "--json", "--interval", "0.2",
-           "--node", node.url, "--node", dead]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "edgebox",
+        "top",
+        "--once",
+        "--json",
+        "--interval",
+        "0.2",
+        "--node",
+        node.url,
+        "--node",
+        dead,
+    ]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     snap = json.loads(done.stdout)
@@ -36,23 +48,31 @@ def test_nodes_json_is_read_tolerantly(tmp_path: Path, monkeypatch: pytest.Monke
     assert known_node_urls(path) == []
     path.write_text(
         json.dumps(
-            {"nodes": [
-                {"name": "a", "api_url": "http://10.0.0.2:8080/"},
-                {"name": "b", "address": "10.0.0.3", "port": 8081},
-                {"name": "c", "address": "fe80::1", "port": 8080},
-                "http://10.0.0.4:8080",
-                {"name": "no address"},
-            ]}
+            {
+                "nodes": [
+                    {"name": "a", "api_url": "http://10.0.0.2:8080/"},
+                    {"name": "b", "address": "10.0.0.3", "port": 8081},
+                    {"name": "c", "address": "fe80::1", "port": 8080},
+                    "http://10.0.0.4:8080",
+                    {"name": "no address"},
+                ]
+            }
         )
-    )  # fmt: skip
+    )
     assert known_node_urls(path) == [
-        "http://10.0.0.2:8080/", "http://10.0.0.3:8081", "http://[fe80::1]:8080", "http://10.0.0.4:8080",
-    ]  # fmt: skip
+        "http://10.0.0.2:8080/",
+        "http://10.0.0.3:8081",
+        "http://[fe80::1]:8080",
+        "http://10.0.0.4:8080",
+    ]
     monkeypatch.setenv("EDGEBOX_HOME", str(tmp_path))
     assert default_node_urls() == [
-        "http://127.0.0.1:8080", "http://10.0.0.2:8080", "http://10.0.0.3:8081",
-        "http://[fe80::1]:8080", "http://10.0.0.4:8080",
-    ]  # fmt: skip
+        "http://127.0.0.1:8080",
+        "http://10.0.0.2:8080",
+        "http://10.0.0.3:8081",
+        "http://[fe80::1]:8080",
+        "http://10.0.0.4:8080",
+    ]
     path.write_text(json.dumps({"spark": {"url": "http://127.0.0.1:8080"}}))
     assert default_node_urls() == ["http://127.0.0.1:8080"]  # no repeats
 

@@ -39,10 +39,25 @@ def hub_box(tmp_path: Path) -> Iterator[tuple[Hub, dict]]:
 
 def _top(*args: str, home: Path) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if k != "EDGEBOX_HUB_TOKEN"}
-    cmd = [sys.executable, "-m", "edgebox", "top", "--once", "--json", "--interval", "0.2",
-           "--no-mdns", *args]  # fmt: skip
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=60,
-                          env=env | {"EDGEBOX_HOME": str(home), "COLUMNS": "200"})  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "edgebox",
+        "top",
+        "--once",
+        "--json",
+        "--interval",
+        "0.2",
+        "--no-mdns",
+        *args,
+    ]
+    return subprocess.run(
+        cmd,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env | {"EDGEBOX_HOME": str(home), "COLUMNS": "200"},
+    )
 
 
 def _rows(done: subprocess.CompletedProcess[str]) -> list[tuple[str, str, str]]:
@@ -73,12 +88,20 @@ def test_hub_url_alone_says_what_is_missing(hub_box: tuple[Hub, dict], tmp_path:
     done = _top("--hub", url, home=tmp_path / "stranger")
     assert done.returncode == 1
     assert "fingerprint" in done.stderr and "edgebox login" in done.stderr, done.stderr
-    pinned = _top("--hub", url, "--hub-fingerprint", hub.info["fingerprint"],
-                  home=tmp_path / "stranger")  # fmt: skip
+    pinned = _top(
+        "--hub", url, "--hub-fingerprint", hub.info["fingerprint"], home=tmp_path / "stranger"
+    )
     assert pinned.returncode == 1
     assert "--hub-token" in pinned.stderr and "edgebox login" in pinned.stderr, pinned.stderr
-    wrong = _top("--hub", url, "--hub-fingerprint", hub.info["fingerprint"], "--hub-token",
-                 "not-the-key", home=tmp_path / "stranger")  # fmt: skip
+    wrong = _top(
+        "--hub",
+        url,
+        "--hub-fingerprint",
+        hub.info["fingerprint"],
+        "--hub-token",
+        "not-the-key",
+        home=tmp_path / "stranger",
+    )
     (row,) = json.loads(wrong.stdout)["nodes"]
     assert row["status"] == "unreachable" and "refused" in row["error"], row
     assert "not-the-key" not in wrong.stdout + wrong.stderr
