@@ -39,9 +39,21 @@ _COUNTS = st.one_of(
     st.integers(min_value=-3, max_value=12), st.sampled_from([10**9, 2**63, 1e308, -(10**9)])
 )
 _PATTERNS = st.sampled_from(
-    ["^a$", "^(a|b)*$", "^[a-z]{2,8}$", "^\\d{3}$", "^a\\$", "^(a{100}){100}$", "^((a{9}){9}){9}$",
-     "^\"\\\\$", "((", "^[^\"]*$", "^.{0,4}$", "^(?:a)$"]
-)  # fmt: skip
+    [
+        "^a$",
+        "^(a|b)*$",
+        "^[a-z]{2,8}$",
+        "^\\d{3}$",
+        "^a\\$",
+        "^(a{100}){100}$",
+        "^((a{9}){9}){9}$",
+        '^"\\\\$',
+        "((",
+        '^[^"]*$',
+        "^.{0,4}$",
+        "^(?:a)$",
+    ]
+)
 _TYPES = st.sampled_from(["string", "integer", "number", "boolean", "null", "array", "object"])
 
 
@@ -117,9 +129,12 @@ def tool_bodies(draw: st.DrawFn) -> dict[str, Any]:
         }
         messages += [
             {"role": "assistant", "content": None, "tool_calls": [call]},
-            {"role": "tool", "tool_call_id": draw(st.sampled_from(["call_1", "x", "\n"])),
-             "content": draw(_HOSTILE)},
-        ]  # fmt: skip
+            {
+                "role": "tool",
+                "tool_call_id": draw(st.sampled_from(["call_1", "x", "\n"])),
+                "content": draw(_HOSTILE),
+            },
+        ]
     body: dict[str, Any] = {
         "model": MODEL,
         "messages": messages,
