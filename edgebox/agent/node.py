@@ -84,7 +84,8 @@ class NodeAgent:
         from edgebox.node.kv_transfer import KVStore
         from edgebox.node.state import NodeState
 
-        resolved = resolve_models(self.config, self.err)
+        specs: dict[str, str] = {}
+        resolved = resolve_models(self.config, self.err, specs)
         self.runtimes = open_runtimes(resolved, self.config, self.options, self.err)
         try:
             self.identity = load_identity()
@@ -99,7 +100,10 @@ class NodeAgent:
             runtime_options=self.options,  # models loaded later over /admin take the same
             default_runtime=self.config.runtime,
             fast_paths=self.runtimes.fast_paths,
+            memory_budget=self.config.memory_budget,
+            keep_alive_s=self.config.keep_alive_s,
         )
+        self.state.remember_served(specs)
 
     def close_runtimes(self) -> None:
         """Every runtime the node serves, those loaded later over /admin included."""
