@@ -10,6 +10,7 @@ from types import ModuleType
 import typer
 
 from edgebox.commands import (
+    deploy,
     doctor,
     fleet,
     hub,
@@ -30,6 +31,7 @@ from edgebox.commands import (
 COMMANDS: tuple[ModuleType, ...] = (
     serve,
     models,
+    deploy,
     doctor,
     version,
     ssh,

@@ -1,8 +1,8 @@
 """How much memory a model will take once loaded, read before loading it.
 
-    need = weights (the file's size) + KV cache (bytes per token × context tokens × slots)
+    need = weights (the file's size) + KV cache (bytes per token x context tokens x slots)
 
-The KV figure comes from the GGUF header: 2 (K and V) × layers × KV heads × head size ×
+The KV figure comes from the GGUF header: 2 (K and V) x layers x KV heads x head size x
 2 bytes (f16), per token, as llama.cpp allocates it. A file whose header does not say (ONNX,
 MLX directories, an unreadable GGUF) counts its weights only.
 """

@@ -74,21 +74,19 @@ def huggingface_models() -> list[Available]:
 
 
 def store_models() -> list[Available]:
-    """The model store's manifests (its files are opened by name through the store)."""
-    try:
-        from edgebox.models.store import ModelStore  # type: ignore[import-not-found,unused-ignore]
-    except ImportError:  # no store in this build
-        return []
-    try:
-        manifests = ModelStore().list()
-    except Exception:
-        log.exception("model store unreadable")
-        return []
+    """The model store's complete models, by name and by each alias (`edgebox pull`)."""
+    from edgebox.models.store import ModelStore, StoreError
+
+    store = ModelStore()
     found = []
-    for manifest in manifests:
-        kind = "embeddings" if getattr(manifest, "format", "") == "onnx" else "chat"
-        size = getattr(manifest, "size", None)
-        found.append(Available(manifest.name, manifest.name, kind, "store", size))
+    for manifest in store.list():
+        try:
+            spec = str(store.path_of(manifest))
+        except (StoreError, OSError):  # incomplete here (a pull under way or cut short)
+            continue
+        kind = "embeddings" if manifest.format == "onnx" else "chat"
+        for name in (manifest.name, *manifest.aliases):
+            found.append(Available(name, spec, kind, "store", manifest.size))
     return found
 
 

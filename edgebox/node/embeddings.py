@@ -129,7 +129,9 @@ async def create_embeddings(request: Request) -> Response:
     body: EmbeddingRequest = parse(EmbeddingRequest, await read_json(request, state.max_body))
     record = usage_of(request)
     record.model = body.model
-    async with state.residency.use(body.model, lookup_embedder, body.keep_alive) as runtime:
+    async with state.residency.use(
+        body.model, lookup_embedder, body.keep_alive, kind="embeddings"
+    ) as runtime:
         return await _embed(runtime, body, record)
 
 

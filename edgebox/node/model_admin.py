@@ -12,9 +12,7 @@ accepted whole, where waiting would hold the operator's call open for an unknown
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import logging
-from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
@@ -23,7 +21,7 @@ from starlette.responses import JSONResponse, Response
 
 from edgebox.api.body import read_json
 from edgebox.api.errors import APIError
-from edgebox.models import BUNDLED, ModelNotAvailable, ResolvedModel
+from edgebox.models import ModelNotAvailable, ResolvedModel
 from edgebox.node.catalog import ModelCatalog
 from edgebox.node.ondemand import resolve_spec
 from edgebox.node.openai_api import parse
@@ -56,9 +54,7 @@ def _state(request: Request) -> NodeState:
 
 def loadable_models() -> list[dict[str, Any]]:
     """What this node could load by name (blocking: call it off the event loop)."""
-    return [
-        {"name": e.name, "kind": e.kind, "source": e.source} for e in ModelCatalog().scan()
-    ]
+    return [{"name": e.name, "kind": e.kind, "source": e.source} for e in ModelCatalog().scan()]
 
 
 def _loaded(state: NodeState, alias: str, runtime: Runtime | EmbeddingRuntime) -> dict[str, Any]:

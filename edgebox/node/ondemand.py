@@ -157,7 +157,11 @@ class ModelResidency:
 
     @contextlib.asynccontextmanager
     async def use(
-        self, name: str, pick: Callable[[NodeState, str], R], keep_alive: object = None
+        self,
+        name: str,
+        pick: Callable[[NodeState, str], R],
+        keep_alive: object = None,
+        kind: str = "chat",
     ) -> AsyncIterator[R]:
         """The runtime serving `name` (loaded first if need be) for one request: it is not
         evicted until the request is submitted (then its running count keeps it)."""
@@ -165,7 +169,7 @@ class ModelResidency:
             seconds = parse_keep_alive(keep_alive)
         except ValueError as exc:
             raise APIError(400, str(exc), param="keep_alive", code="invalid_value") from exc
-        runtime = await self.acquire(name, pick)
+        runtime = await self.acquire(name, pick, kind)
         self.leases[name] += 1
         try:
             yield runtime
@@ -176,9 +180,10 @@ class ModelResidency:
                 self.keep_alive[name] = seconds
             self._ensure_reaper()
 
-    async def acquire(self, name: str, pick: Callable[[NodeState, str], R]) -> R:
-        """`pick(state, name)` once `name` is loaded; loads it from the catalog if need be.
-        `pick` raises the 400 for a model of the wrong kind, the 404 for an unknown one."""
+    async def acquire(self, name: str, pick: Callable[[NodeState, str], R], kind: str) -> R:
+        """`pick(state, name)` once `name` is loaded; loads it from the catalog if need be
+        (only a model of `kind`). `pick` raises the 400 for a model of the wrong kind, the 404
+        for an unknown one."""
         while name not in self.state.all_models():
             load = self.loads.get(name)
             if load is not None:
@@ -189,8 +194,9 @@ class ModelResidency:
                 continue
             entry = await self.state.catalog.find(name)
             if entry is None:
-                pick(self.state, name)  # the 404 (or 400), listing what is served
                 raise self.not_found(name)
+            if entry.kind != kind:
+                raise _wrong_kind(name, entry.kind)
             await self.load_available(entry, reason="on-demand")
         self.last_used[name] = self.clock()
         return pick(self.state, name)
@@ -254,7 +260,9 @@ class ModelResidency:
         await self._make_room(name, need)
         self.state.loading[name] = spec
         try:
-            runtime, fast_path = await asyncio.to_thread(open_runtime, self.state, resolved, requested)
+            runtime, fast_path = await asyncio.to_thread(
+                open_runtime, self.state, resolved, requested
+            )
         except BaseException:
             self._event(name, "load_failed", reason)
             raise
@@ -318,7 +326,7 @@ class ModelResidency:
         runtime = await self.state.remove_model(name)  # new requests load it again from here
         self.state.fast_paths.pop(name, None)
         for table in (self.needs, self.last_used, self.keep_alive):
-            table.pop(name, None)  # type: ignore[attr-defined]
+            table.pop(name, None)
         await asyncio.to_thread(runtime.close)
         self._event(name, "unloaded", reason)
         return True
@@ -348,6 +356,16 @@ class ModelResidency:
     def close(self) -> None:
         if self._reaper is not None:
             self._reaper.cancel()
+
+
+def _wrong_kind(name: str, kind: str) -> APIError:
+    use = "/v1/embeddings" if kind == "embeddings" else "/v1/chat/completions or /v1/completions"
+    return APIError(
+        400,
+        f"'{name}' is {'an embedding' if kind == 'embeddings' else 'a chat'} model: use {use}",
+        param="model",
+        code="model_not_supported",
+    )
 
 
 def _load_failed(name: str, exc: BaseException | None) -> APIError:

@@ -3,7 +3,7 @@
 Room for a model that needs `need` bytes under a budget of `budget` bytes:
 
     used = Σ need of the loaded models + Σ need of loads under way
-    fits when used − Σ need(evicted) + need ≤ budget
+    fits when used - Σ need(evicted) + need ≤ budget
 
 Victims are the idle loaded models (no running, queued or admitted request), least recently
 used first, and only as many as make it fit. A model bigger than the whole budget never fits;
@@ -73,13 +73,13 @@ def parse_keep_alive(value: object) -> float | None:
     if value is None:
         return None
     if isinstance(value, bool):
-        raise ValueError("keep_alive must be a duration such as \"5m\", \"30s\" or seconds")
+        raise ValueError('keep_alive must be a duration such as "5m", "30s" or seconds')
     if isinstance(value, int | float):
         seconds = float(value)
     elif isinstance(value, str) and (match := _DURATION.match(value)):
         seconds = float(match.group(1)) * _UNIT_S[match.group(2)]
     else:
-        raise ValueError("keep_alive must be a duration such as \"5m\", \"30s\" or seconds")
+        raise ValueError('keep_alive must be a duration such as "5m", "30s" or seconds')
     if math.isnan(seconds):
         raise ValueError("keep_alive must be a number of seconds")
     if seconds < 0 or seconds > MAX_KEEP_ALIVE_S:

@@ -199,7 +199,10 @@ class NodeState:
         available = self.available_models()
         events = list(self.residency.events)[-HEALTH_EVENTS:]
         fields: dict[str, Any] = {
-            "available": tuple(AvailableModel(**e.to_json()) for e in available),
+            "available": tuple(
+                AvailableModel(name=e.name, kind=e.kind, source=e.source, size_bytes=e.size_bytes)
+                for e in available
+            ),
             "loading": tuple(sorted(self.loading)),
             "memory_used": self.residency.used(),
             "model_events": tuple(ModelEvent(**e.to_json()) for e in events),
