@@ -117,10 +117,14 @@ def test_requests_during_a_load_wait_for_that_one_load(ondemand_node: NodeProces
 
 def test_keep_alive_zero_unloads_after_the_request(ondemand_node: NodeProcess) -> None:
     complete(ondemand_node, GEMMA, keep_alive=0)
-    wait_until(lambda: GEMMA not in health(ondemand_node)["models"], 10, "Gemma unloaded")
-    event = health(ondemand_node)["model_events"][-1]
-    assert (event["model"], event["event"]) == (GEMMA, "unloaded")
-    assert "keep_alive" in event["reason"]
+
+    def last_event() -> dict[str, Any]:
+        event: dict[str, Any] = health(ondemand_node)["model_events"][-1]
+        return event
+
+    wait_until(lambda: last_event()["event"] == "unloaded", 10, "Gemma unloaded")
+    assert last_event()["model"] == GEMMA and "keep_alive" in last_event()["reason"]
+    assert GEMMA not in health(ondemand_node)["models"]
 
 
 def test_keep_alive_expiry_unloads_an_idle_model(ondemand_node: NodeProcess) -> None:
