@@ -263,8 +263,9 @@ class ModelResidency:
             runtime, fast_path = await asyncio.to_thread(
                 open_runtime, self.state, resolved, requested
             )
-        except BaseException:
+        except BaseException as exc:
             self._event(name, "load_failed", reason)
+            log.warning("could not load %s: %s", name, exc)
             raise
         finally:
             self.state.loading.pop(name, None)
