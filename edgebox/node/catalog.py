@@ -12,9 +12,9 @@ thread, at most once per `SCAN_TTL_S`).
 from __future__ import annotations
 
 import asyncio
-import os
 import importlib.util
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
