@@ -100,6 +100,19 @@ class NodeAgent:
             default_runtime=self.config.runtime,
             fast_paths=self.runtimes.fast_paths,
         )
+        self._open_store(resolved)
+
+    def _open_store(self, resolved: list[Any]) -> None:
+        """The node's model store: what it serves is registered (by reference) so peers can
+        fetch it, and it takes pulls (`POST /admin/models/pull`)."""
+        from edgebox.models.register import register_in_background
+        from edgebox.models.store import ModelStore
+
+        assert self.state is not None
+        keys = self.config.keys()
+        self.state.store = ModelStore()
+        self.state.peer_key = keys.fleet_key or keys.api_key
+        register_in_background(self.state.store, resolved)
 
     def close_runtimes(self) -> None:
         """Every runtime the node serves, those loaded later over /admin included."""

@@ -245,9 +245,11 @@ class ModelStore:
         link: bool = True,
         source: str = "file",
         aliases: Iterable[str] = (),
+        fallback: Literal["reference", "copy"] = "reference",
     ) -> Manifest:
-        """Register a file (or an MLX/ONNX folder) already on disk. `link`: no copy (hardlink,
-        else a reference); otherwise the bytes are copied into blobs/."""
+        """Register a file (or an MLX/ONNX folder) already on disk. `link`: no copy (a
+        hardlink; where the filesystem refuses one, `fallback`: a reference to the file, or a
+        copy); otherwise the bytes are copied into blobs/."""
         self._manifest_path(name)  # a bad name fails before any hashing
         path = Path(path).expanduser()
         if not path.exists():
@@ -257,27 +259,29 @@ class ModelStore:
             return existing
         files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
         entries = [
-            self._ingest(p, p.relative_to(path) if path.is_dir() else p.name, link) for p in files
+            self._ingest(p, p.relative_to(path) if path.is_dir() else p.name, link, fallback)
+            for p in files
         ]
         return self.save(_manifest(name, path, entries, source, list(aliases)))
 
-    def _ingest(self, file: Path, rel: Path | str, link: bool) -> ModelFile:
+    def _ingest(self, file: Path, rel: Path | str, link: bool, fallback: str) -> ModelFile:
         digest, chunks = digest_file(file)
+        entry = ModelFile(path=str(rel), size=file.stat().st_size, sha256=digest, chunks=chunks)
         blob = self.blob_path(digest)
-        location = None
-        if not blob.is_file():
-            blob.parent.mkdir(parents=True, exist_ok=True)
-            if link:
-                try:
-                    os.link(file.resolve(), blob)
-                except OSError:  # another filesystem, or hardlinks refused: keep a reference
-                    location = str(file.resolve())
-            else:
-                tmp = blob.with_name(f".{digest}.{os.getpid()}.tmp")
-                shutil.copyfile(file, tmp)
-                tmp.replace(blob)
-        size = file.stat().st_size
-        return ModelFile(path=str(rel), size=size, sha256=digest, chunks=chunks, location=location)
+        if blob.is_file():
+            return entry
+        blob.parent.mkdir(parents=True, exist_ok=True)
+        if link:
+            try:
+                os.link(file.resolve(), blob)
+                return entry
+            except OSError:  # another filesystem, or hardlinks refused
+                if fallback == "reference":
+                    return entry.model_copy(update={"location": str(file.resolve())})
+        tmp = blob.with_name(f".{digest}.{os.getpid()}.tmp")
+        shutil.copyfile(file, tmp)
+        tmp.replace(blob)
+        return entry
 
     def commit_blob(self, digest: str, source: Path) -> Path:
         """Move a verified download into blobs/ (atomic on one filesystem)."""

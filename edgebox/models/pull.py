@@ -1,0 +1,384 @@
+"""`edgebox pull SPEC`: put a model into the store, from peers first, else from the internet.
+
+SPEC is one of:
+- `ORG/REPO:FILE.gguf` (or `hf://ORG/REPO/FILE.gguf`): a Hugging Face file; a split GGUF
+  (`…-00001-of-00003.gguf`) brings all its parts. The hub's metadata gives each file's size
+  and LFS sha256 (`X-Linked-Size`, `X-Linked-Etag`), so every byte is verified.
+- an `http(s)://` URL: its size from HEAD; its digest from `--sha256` when given (else the
+  file is trusted as served, and its digest recorded).
+- a local path: registered in place (hardlinked when the filesystem allows, else copied).
+- a model NAME another node holds: its manifest and blobs come from the peers given.
+
+Everything is checked before a byte is downloaded: the spec, that the files exist (404),
+that the network answers (offline), and that the disk has room for what is still missing.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import quote, urlsplit
+
+import httpx
+
+from edgebox.models.store import (
+    DIGEST,
+    NAME,
+    Manifest,
+    ModelFile,
+    ModelStore,
+    StoreError,
+    detect_format,
+)
+from edgebox.models.transfer import (
+    CONNECT_TIMEOUT_S,
+    READ_TIMEOUT_S,
+    BlobFetch,
+    ChunkPlan,
+    Peer,
+    Progress,
+    Source,
+    TransferError,
+    _Sources,
+    peer_chunk_plan,
+)
+
+HF_SPEC = re.compile(r"^(?:hf://)?(?P<repo>[\w.-]+/[\w.-]+)(?::|/)(?P<file>[\w./-]+\.gguf)$")
+SPLIT = re.compile(r"^(?P<stem>.+)-(?P<part>\d{5})-of-(?P<count>\d{5})\.gguf$")
+MAX_SPLIT_PARTS = 256
+MAX_SPEC = 2048
+FREE_MARGIN = 16 << 20  # keep this much free beyond the download itself
+
+
+class PullError(Exception):
+    """The pull cannot go on; the message says what was wrong and what to do."""
+
+
+@dataclass(frozen=True)
+class RemoteFile:
+    path: str  # the file's name inside the model
+    url: str | None  # where the internet has it (None: peers only)
+    size: int
+    sha256: str | None
+    source: str  # "huggingface", the URL's host, or "peer"
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass
+class PullPlan:
+    """What a spec names, found out before any download."""
+
+    name: str
+    source: str
+    files: list[RemoteFile]
+    aliases: list[str] = field(default_factory=list)
+    local: Path | None = None  # a local path: registered, not downloaded
+    manifest: Manifest | None = None  # a peer's manifest, for a pull by name
+
+
+def _client() -> httpx.Client:
+    timeout = httpx.Timeout(READ_TIMEOUT_S, connect=CONNECT_TIMEOUT_S)
+    limits = httpx.Limits(max_connections=32, max_keepalive_connections=32)
+    return httpx.Client(timeout=timeout, limits=limits, follow_redirects=True, trust_env=False)
+
+
+def default_name(filename: str) -> str:
+    stem = SPLIT.sub(r"\g<stem>", filename.rsplit("/", 1)[-1])
+    stem = stem.removesuffix(".gguf").removesuffix(".onnx").lower()
+    return re.sub(r"[^a-z0-9._-]+", "-", stem).strip("-.")[:128] or "model"
+
+
+def split_parts(filename: str) -> list[str]:
+    """Every part of a split GGUF named by any one of its parts; else just the file."""
+    match = SPLIT.match(filename)
+    if not match:
+        return [filename]
+    count = int(match["count"])
+    if not 1 <= count <= MAX_SPLIT_PARTS:
+        raise PullError(f"{filename}: a split GGUF has 1 to {MAX_SPLIT_PARTS} parts")
+    return [f"{match['stem']}-{i:05d}-of-{count:05d}.gguf" for i in range(1, count + 1)]
+
+
+def _network_error(where: str, exc: httpx.HTTPError) -> PullError:
+    if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
+        return PullError(
+            f"offline: cannot reach {where} ({type(exc).__name__}); "
+            "check the network, or pull from a peer or a local path"
+        )
+    return PullError(f"{where} did not answer properly ({type(exc).__name__})")
+
+
+def _hf_headers() -> tuple[tuple[str, str], ...]:
+    token = os.environ.get("HF_TOKEN")
+    if not token:
+        try:
+            from huggingface_hub import get_token
+
+            token = get_token()
+        except Exception:  # no huggingface_hub config: anonymous
+            token = None
+    return (("Authorization", f"Bearer {token}"),) if token else ()
+
+
+def _hf_file(client: httpx.Client, repo: str, filename: str) -> RemoteFile:
+    endpoint = (os.environ.get("HF_ENDPOINT") or "https://huggingface.co").rstrip("/")
+    url = f"{endpoint}/{repo}/resolve/main/{quote(filename)}"
+    headers = _hf_headers()
+    try:
+        r = client.head(url, headers=dict(headers), follow_redirects=False)
+        if r.is_redirect and "x-linked-size" not in r.headers:
+            r = client.head(url, headers=dict(headers))
+    except httpx.HTTPError as exc:
+        raise _network_error(urlsplit(endpoint).netloc, exc) from None
+    if r.status_code in (401, 403):
+        raise PullError(
+            f"{repo} is private or gated: accept its licence and log in (`hf auth login`)"
+        )
+    if r.status_code == 404:
+        what = "repo" if r.headers.get("x-error-code") == "RepoNotFound" else "file"
+        raise PullError(f"not found (404): no Hugging Face {what} {repo}:{filename}")
+    if r.status_code >= 400:
+        raise PullError(f"{repo}:{filename}: the hub answered HTTP {r.status_code}")
+    size = r.headers.get("x-linked-size") or r.headers.get("content-length")
+    etag = (r.headers.get("x-linked-etag") or r.headers.get("etag") or "").strip('"').lower()
+    if not size or not size.isdigit():
+        raise PullError(f"{repo}:{filename}: the hub gave no size for the file")
+    sha = etag if DIGEST.match(etag.removeprefix("w/")) else None
+    return RemoteFile(filename, url, int(size), sha, "huggingface", headers)
+
+
+def _url_file(client: httpx.Client, url: str, sha256: str | None) -> RemoteFile:
+    host = urlsplit(url).netloc
+    try:
+        r = client.head(url)
+    except httpx.HTTPError as exc:
+        raise _network_error(host, exc) from None
+    if r.status_code == 404:
+        raise PullError(f"not found (404): {url}")
+    if r.status_code >= 400:
+        raise PullError(f"{url}: the server answered HTTP {r.status_code}")
+    size = r.headers.get("content-length", "")
+    if not size.isdigit():
+        raise PullError(f"{url}: the server gives no size (Content-Length) for the file")
+    name = urlsplit(url).path.rsplit("/", 1)[-1] or "model.gguf"
+    return RemoteFile(name, url, int(size), sha256, host)
+
+
+def _peer_manifest(client: httpx.Client, name: str, peers: list[Peer]) -> Manifest:
+    """The manifest of model `name` from the first peer that has it."""
+    for peer in peers:
+        headers = {"Authorization": f"Bearer {peer.key}"} if peer.key else {}
+        try:
+            r = client.get(f"{peer.url.rstrip('/')}/v1/store/models/{name}", headers=headers)
+            if r.status_code == 200:
+                return Manifest.model_validate_json(r.content)
+        except (httpx.HTTPError, ValueError):
+            continue
+    raise PullError(f"no peer has a model named {name} (asked {len(peers)})")
+
+
+def plan_pull(
+    spec: str,
+    *,
+    sha256: str | None = None,
+    name: str | None = None,
+    peers: list[Peer] | None = None,
+    client: httpx.Client | None = None,
+) -> PullPlan:
+    """What `spec` names and how big it is; PullError for a bad spec, 404 or offline."""
+    if not spec or len(spec) > MAX_SPEC or any(c in spec for c in "\r\n\x00"):
+        raise PullError(f"a pull spec is 1 to {MAX_SPEC} printable characters")
+    if sha256 is not None and not DIGEST.match(sha256.lower()):
+        raise PullError("--sha256 takes 64 hex characters")
+    if name is not None and not NAME.match(name):
+        raise PullError(f"{name!r} is not a model name: letters, digits, '.', '_', '-'")
+    client = client or _client()
+    if spec.startswith(("http://", "https://")):
+        file = _url_file(client, spec, sha256.lower() if sha256 else None)
+        return PullPlan(name or default_name(file.path), file.source, [file], [spec])
+    local = Path(spec).expanduser()
+    if local.exists():
+        return PullPlan(name or default_name(local.name), "file", [], [], local=local)
+    if match := HF_SPEC.match(spec):
+        parts = split_parts(match["file"].rsplit("/", 1)[-1])
+        folder = match["file"].rpartition("/")[0]
+        names = [f"{folder}/{p}" if folder else p for p in parts]
+        files = [_hf_file(client, match["repo"], f) for f in names]
+        return PullPlan(name or default_name(parts[0]), "huggingface", files, [spec])
+    if NAME.match(spec) and peers:
+        manifest = _peer_manifest(client, spec, peers)
+        files = [RemoteFile(f.path, None, f.size, f.sha256, "peer") for f in manifest.files]
+        return PullPlan(name or manifest.name, "peer", files, manifest.aliases, manifest=manifest)
+    if spec.endswith((".gguf", ".onnx")) or spec.startswith(("/", ".", "~")):
+        raise PullError(f"no such file: {spec}")
+    raise PullError(
+        f"cannot pull {spec!r}: give ORG/REPO:FILE.gguf (Hugging Face), an http(s) URL, "
+        "a local path, or a model name together with peers that hold it"
+    )
+
+
+def check_room(store: ModelStore, plan: PullPlan) -> None:
+    """Refuse before downloading when the disk cannot hold what is still missing."""
+    need = 0
+    for file in plan.files:
+        if file.sha256 and store.has_blob(file.sha256):
+            continue
+        partial = store.partial_path(file.sha256) if file.sha256 else None
+        have = partial.stat().st_blocks * 512 if partial and partial.is_file() else 0
+        need += max(0, file.size - have)
+    store.root.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(store.root).free
+    if need and need + FREE_MARGIN > free:
+        raise PullError(
+            f"disk full: {plan.name} needs {need / 1e6:.1f} MB more but {store.root} has "
+            f"{free / 1e6:.1f} MB free; free some space (`edgebox models rm NAME`) and retry"
+        )
+
+
+class Pull:
+    """One pull into `store`, watched through `progress` and `state` from other threads."""
+
+    def __init__(
+        self,
+        store: ModelStore,
+        plan: PullPlan,
+        *,
+        peers: list[Peer] | None = None,
+        max_rate: float | None = None,
+        workers: int = 4,
+        client: httpx.Client | None = None,
+    ) -> None:
+        self.store, self.plan = store, plan
+        self.peers = peers or []
+        self.max_rate, self.workers = max_rate, workers
+        self.client = client or _client()
+        self.progress = Progress(total=sum(f.size for f in plan.files))
+        self.state = "queued"  # → running → done | failed | cancelled
+        self.error: str | None = None
+        self.manifest: Manifest | None = None
+        self.started = time.time()
+        self._fetch: BlobFetch | None = None
+        self._cancelled = threading.Event()
+
+    def cancel(self) -> None:
+        self._cancelled.set()
+        if self._fetch is not None:
+            self._fetch.cancelled.set()
+
+    def run(self) -> Manifest:
+        """Pull every file, verify it, and record the manifest; PullError says why not."""
+        self.state = "running"
+        try:
+            self.manifest = self._run()
+        except (PullError, TransferError, StoreError) as exc:
+            self.state = "cancelled" if self._cancelled.is_set() else "failed"
+            self.error = str(exc)
+            raise PullError(str(exc)) from None
+        self.state = "done"
+        return self.manifest
+
+    def _run(self) -> Manifest:
+        if self.plan.local is not None:
+            return self.store.add_local(
+                self.plan.local, self.plan.name, source="file", fallback="copy"
+            )
+        check_room(self.store, self.plan)
+        files = [self._file(f) for f in self.plan.files]
+        return self.store.save(self._manifest(files))
+
+    def _manifest(self, files: list[ModelFile]) -> Manifest:
+        if self.plan.manifest is not None:
+            return self.plan.manifest.model_copy(
+                update={"files": files, "source": "peer", "added_at": time.time()}
+            )
+        first = self.store.blob_path(files[0].sha256)
+        fmt = detect_format(Path(files[0].path))
+        base = Manifest(
+            name=self.plan.name,
+            aliases=self.plan.aliases,
+            format=fmt,
+            files=files,
+            source=self.plan.source,
+        )
+        if fmt != "gguf":
+            return base
+        from edgebox.models.gguf_header import read_gguf_info
+
+        info = read_gguf_info(first)
+        return base.model_copy(
+            update={
+                "architecture": info.architecture,
+                "context_length": info.context_length,
+                "quantisation": info.quantisation,
+            }
+        )
+
+    def _file(self, file: RemoteFile) -> ModelFile:
+        if file.sha256 and (held := self._held(file.sha256)) is not None:
+            self.progress.add("store", file.size)
+            return held.model_copy(update={"path": file.path, "location": None})
+        for attempt in range(2):
+            sources, plan = self._sources(file, trust_peers=attempt == 0)
+            fetch = BlobFetch(
+                self.store,
+                plan,
+                sources,
+                client=self.client,
+                progress=self.progress,
+                max_rate=self.max_rate,
+                workers=self.workers,
+                key=file.sha256 or _url_key(file.url or file.path),
+            )
+            self._fetch = fetch
+            try:
+                blob = fetch.run()
+            except TransferError as exc:
+                peers_gave_plan = plan.chunks is not None and file.url is not None
+                if attempt == 0 and peers_gave_plan and "sha256" in str(exc):
+                    continue  # the peers' chunk list was a lie: the internet alone, once
+                raise
+            digest = blob.name
+            return ModelFile(path=file.path, size=file.size, sha256=digest, chunks=fetch.chunks)
+        raise PullError(f"{file.path}: no source gave the right bytes")
+
+    def _held(self, digest: str) -> ModelFile | None:
+        found = self.store.find_blob(digest)
+        if found is None:
+            return None
+        path, entry = found
+        if entry is not None:
+            return entry
+        from edgebox.models.store import digest_file
+
+        _, chunks = digest_file(path)
+        return ModelFile(path=path.name, size=path.stat().st_size, sha256=digest, chunks=chunks)
+
+    def _sources(self, file: RemoteFile, *, trust_peers: bool) -> tuple[_Sources, ChunkPlan]:
+        internet = []
+        if file.url:
+            internet.append(Source(file.url, file.source, "internet", file.headers))
+        plan = ChunkPlan(file.size, file.sha256)
+        peers: list[Source] = []
+        if trust_peers and file.sha256 and self.peers:
+            peer_plan, holders, left_out = peer_chunk_plan(self.client, file.sha256, self.peers)
+            self.progress.rejected.extend(left_out)
+            if peer_plan is not None and peer_plan.size == file.size:
+                plan = peer_plan
+                peers = [p.blob_source(file.sha256) for p in holders]
+        if not peers and not internet:
+            raise PullError(
+                f"no peer holds {file.path} ({file.sha256 or 'unknown digest'}) and it has "
+                "no internet source; pull it where a peer has it, or by its Hugging Face name"
+            )
+        return _Sources(peers, internet), plan
+
+
+def _url_key(url: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(url.encode()).hexdigest()
