@@ -26,6 +26,7 @@ from urllib.parse import quote, urlsplit
 
 import httpx
 
+from edgebox.models.resolve import BUNDLED, ModelNotAvailable, resolve_model
 from edgebox.models.store import (
     DIGEST,
     NAME,
@@ -204,6 +205,12 @@ def plan_pull(
     local = Path(spec).expanduser()
     if local.exists():
         return PullPlan(name or default_name(local.name), "file", [], [], local=local)
+    if spec in BUNDLED and not peers:  # registered where its package installed it
+        try:
+            path = resolve_model(spec).path
+        except ModelNotAvailable as exc:
+            raise PullError(str(exc)) from None
+        return PullPlan(name or spec, "bundled", [], [], local=path)
     if match := HF_SPEC.match(spec):
         parts = split_parts(match["file"].rsplit("/", 1)[-1])
         folder = match["file"].rpartition("/")[0]
@@ -284,8 +291,9 @@ class Pull:
 
     def _run(self) -> Manifest:
         if self.plan.local is not None:
+            fallback = "reference" if self.plan.source == "bundled" else "copy"
             return self.store.add_local(
-                self.plan.local, self.plan.name, source="file", fallback="copy"
+                self.plan.local, self.plan.name, source=self.plan.source, fallback=fallback
             )
         check_room(self.store, self.plan)
         files = [self._file(f) for f in self.plan.files]
