@@ -22,6 +22,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 from urllib.parse import quote, urlsplit
 
 import httpx
@@ -291,7 +292,9 @@ class Pull:
 
     def _run(self) -> Manifest:
         if self.plan.local is not None:
-            fallback = "reference" if self.plan.source == "bundled" else "copy"
+            fallback: Literal["reference", "copy"] = (
+                "reference" if self.plan.source == "bundled" else "copy"
+            )
             return self.store.add_local(
                 self.plan.local, self.plan.name, source=self.plan.source, fallback=fallback
             )

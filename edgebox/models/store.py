@@ -18,6 +18,7 @@ A blob is deleted when the last manifest that refers to it is removed.
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import hashlib
 import os
@@ -208,7 +209,7 @@ class ModelStore:
             return path, entry
         return None
 
-    def digests(self) -> list[str]:
+    def digests(self) -> builtins.list[str]:
         """Every digest this store can serve (for the hub's registry and peers)."""
         return sorted({f.sha256 for m in self.list() for f in m.files if self.file_path(f)})
 
@@ -300,7 +301,7 @@ class ModelStore:
         self.collect_garbage()
         return manifest
 
-    def collect_garbage(self) -> list[str]:
+    def collect_garbage(self) -> builtins.list[str]:
         """Delete blobs no manifest refers to; their digests."""
         kept = {d for m in self.list() for d in m.digests()}
         folder = self.root / "blobs" / "sha256"
@@ -340,13 +341,13 @@ def _manifest(
 ) -> Manifest:
     """A manifest for `files`, with the facts the first GGUF's header gives."""
     fmt = detect_format(path)
-    facts = {}
-    if fmt == "gguf":
-        first = path if path.is_file() else path / files[0].path
-        info = read_gguf_info(first)
-        facts = {
-            "architecture": info.architecture,
-            "context_length": info.context_length,
-            "quantisation": info.quantisation,
-        }
-    return Manifest(name=name, aliases=aliases, format=fmt, files=files, source=source, **facts)
+    manifest = Manifest(name=name, aliases=aliases, format=fmt, files=files, source=source)
+    if fmt != "gguf":
+        return manifest
+    info = read_gguf_info(path if path.is_file() else path / files[0].path)
+    facts = {
+        "architecture": info.architecture,
+        "context_length": info.context_length,
+        "quantisation": info.quantisation,
+    }
+    return manifest.model_copy(update=facts)
