@@ -15,10 +15,8 @@ only for what no peer can give, the internet (a Hugging Face or plain URL). The 
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
-import os
 import threading
 import time
 from collections import Counter
@@ -27,16 +25,16 @@ from pathlib import Path
 
 import httpx
 
+from edgebox.models._partial import InOrderHash, Layout, Partial
+from edgebox.models._ranges import RangeAsk, RangeClient, SourceError
 from edgebox.models.store import (
     DEFAULT_CHUNK_SIZE,
     DIGEST,
     ModelStore,
     check_digest,
     chunk_count,
-    digest_file,
 )
 
-BLOCK = 1 << 20
 CONNECT_TIMEOUT_S = 5.0
 READ_TIMEOUT_S = 30.0
 MAX_ATTEMPTS_PER_CHUNK = 5
@@ -165,62 +163,6 @@ def _parse_chunk_list(body: dict[str, object], digest: str) -> ChunkPlan:
     return ChunkPlan(size, digest, chunk_size, list(chunks))
 
 
-class _Partial:
-    """The bytes so far and which chunks they complete, under partial/<key>."""
-
-    def __init__(self, store: ModelStore, key: str, plan: ChunkPlan) -> None:
-        self.path = store.partial_path(key)
-        self.state_path = self.path.with_suffix(".json")
-        self.plan = plan
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.done: set[int] = self._load()
-        self._lock = threading.Lock()
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        os.ftruncate(fd, plan.size)
-        self.fd = fd
-
-    def _load(self) -> set[int]:
-        try:
-            state = json.loads(self.state_path.read_text())
-        except (OSError, ValueError):
-            return set()
-        same = [state.get(k) for k in ("size", "chunk_size", "chunks")] == [
-            self.plan.size,
-            self.plan.chunk_size,
-            self.plan.chunks,
-        ]
-        if not same or not self.path.is_file():
-            return set()
-        return {i for i in state.get("done", []) if isinstance(i, int)}
-
-    def mark(self, index: int) -> None:
-        with self._lock:
-            self.done.add(index)
-            state = {
-                "size": self.plan.size,
-                "chunk_size": self.plan.chunk_size,
-                "chunks": self.plan.chunks,
-                "done": sorted(self.done),
-            }
-            tmp = self.state_path.with_suffix(".json.tmp")
-            tmp.write_text(json.dumps(state))
-            tmp.replace(self.state_path)
-
-    def discard(self) -> None:
-        self.done.clear()
-        self.state_path.unlink(missing_ok=True)
-        os.ftruncate(self.fd, 0)
-        os.ftruncate(self.fd, self.plan.size)
-
-    def close(self) -> None:
-        with contextlib.suppress(OSError):
-            os.close(self.fd)
-
-    def forget(self) -> None:
-        self.state_path.unlink(missing_ok=True)
-        self.path.unlink(missing_ok=True)
-
-
 class _BadChunk(Exception):
     """A source sent bytes that do not match the chunk's digest."""
 
@@ -276,37 +218,37 @@ class BlobFetch:
         self.key = key or plan.sha256 or ""
         self.cancelled = threading.Event()
         self.chunks: list[str] = []
+        self.ranges = RangeClient(READ_TIMEOUT_S)
 
     def run(self) -> Path:
-        partial = _Partial(self.store, self.key, self.plan)
+        layout = Layout(self.plan.size, self.plan.chunk_size, self.plan.chunks)
+        partial = Partial(self.store.partial_path(self.key), layout)
+        whole = InOrderHash(partial)
         try:
-            return self._run(partial)
+            return self._run(partial, whole)
         finally:
+            whole.stop()
             partial.close()
 
-    def _run(self, partial: _Partial) -> Path:
-        n = chunk_count(self.plan.size, self.plan.chunk_size)
+    def _run(self, partial: Partial, whole: InOrderHash) -> Path:
+        layout = partial.layout
         with self.progress.lock:  # the watcher set `total`; resumed chunks count as done
-            self.progress.done += sum(self._length(i) for i in partial.done)
-        pending = [i for i in range(n) if i not in partial.done]
-        self._download(partial, pending)
-        digest, chunks = digest_file(partial.path, self.plan.chunk_size)
+            self.progress.done += sum(layout.length(i) for i in partial.done)
+        pending = [i for i in range(layout.count) if i not in partial.done]
+        self._download(partial, whole, pending)
+        digest = whole.result()
         if self.plan.sha256 and digest != self.plan.sha256:
             partial.discard()
             raise DigestMismatch(
                 f"the downloaded file's sha256 is {digest}, expected {self.plan.sha256}; "
                 "the partial download was discarded"
             )
+        self.chunks = [partial.done[i] for i in range(layout.count)]
         blob = self.store.commit_blob(digest, partial.path)
         partial.forget()
-        self.chunks = chunks
         return blob
 
-    def _length(self, index: int) -> int:
-        start = index * self.plan.chunk_size
-        return max(0, min(self.plan.chunk_size, self.plan.size - start))
-
-    def _download(self, partial: _Partial, pending: list[int]) -> None:
+    def _download(self, partial: Partial, whole: InOrderHash, pending: list[int]) -> None:
         queue = list(reversed(pending))
         errors: list[BaseException] = []
         lock = threading.Lock()
@@ -318,7 +260,7 @@ class BlobFetch:
                         return
                     index = queue.pop()
                 try:
-                    self._chunk(partial, index)
+                    self._chunk(partial, whole, index)
                 except BaseException as exc:
                     errors.append(exc)
                     self.cancelled.set()
@@ -333,7 +275,7 @@ class BlobFetch:
         if self.cancelled.is_set():
             raise TransferError("the download was cancelled; run it again to resume")
 
-    def _chunk(self, partial: _Partial, index: int) -> None:
+    def _chunk(self, partial: Partial, whole: InOrderHash, index: int) -> None:
         """Fetch chunk `index` from the best source that has not failed it yet."""
         tried: set[str] = set()
         for _ in range(MAX_ATTEMPTS_PER_CHUNK + len(self.sources.peers)):
@@ -341,20 +283,19 @@ class BlobFetch:
             if source is None:
                 break
             try:
-                self._fetch_range(partial, index, source)
+                self._fetch_range(partial, whole, index, source)
             except _BadChunk as exc:
                 self.sources.drop(source.name)
                 self.progress.rejected.append(f"{source.name}: {exc}")
                 tried.add(source.name)
                 continue
-            except httpx.HTTPError:
+            except SourceError:
                 tried.add(source.name)
                 continue
             except OSError as exc:  # our own disk: no other source helps
                 raise TransferError(f"writing the download failed: {exc.strerror}") from exc
             finally:
                 self.sources.release(source)
-            partial.mark(index)
             with self.progress.lock:
                 self.progress.chunk_sources[index] = source.name
             return
@@ -363,33 +304,32 @@ class BlobFetch:
             f"(tried: {', '.join(sorted(tried)) or 'none'})"
         )
 
-    def _fetch_range(self, partial: _Partial, index: int, source: Source) -> None:
+    def _fetch_range(
+        self, partial: Partial, whole: InOrderHash, index: int, source: Source
+    ) -> None:
+        """Chunk `index` from `source`: checked against its digest, written, and handed to
+        the whole-file hash."""
         start = index * self.plan.chunk_size
-        length = self._length(index)
-        if length == 0:
-            return
-        headers = {**dict(source.headers), "Range": f"bytes={start}-{start + length - 1}"}
-        digest = hashlib.sha256()
+        buf = bytearray(partial.layout.length(index))
         got = 0
-        with self.client.stream("GET", source.url, headers=headers) as r:
-            if r.status_code not in (200, 206):
-                raise httpx.HTTPStatusError(f"HTTP {r.status_code}", request=r.request, response=r)
-            if r.status_code == 200 and start:  # a server without ranges: no use for a chunk
-                raise httpx.HTTPStatusError("no Range support", request=r.request, response=r)
-            for block in r.iter_bytes(BLOCK):
-                block = block[: length - got]
-                if not block:
-                    break
-                self.limit.take(len(block))
-                os.pwrite(partial.fd, block, start + got)
-                digest.update(block)
-                got += len(block)
-                self.progress.add(source.name, len(block))
-                if self.cancelled.is_set():
-                    raise TransferError("cancelled")
-        if got != length:
+
+        def block(n: int) -> None:
+            nonlocal got
+            got += n
+            self.limit.take(n)
+            self.progress.add(source.name, n)
+            if self.cancelled.is_set():
+                raise TransferError("cancelled")
+
+        try:
+            ask = RangeAsk(source.url, dict(source.headers), start, memoryview(buf), block)
+            self.ranges.read_into(ask)
+        except BaseException:
             self.progress.add(source.name, -got)
-            raise httpx.RemoteProtocolError(f"short read: {got} of {length} bytes")
-        if self.plan.chunks and digest.hexdigest() != self.plan.chunks[index]:
+            raise
+        digest = hashlib.sha256(buf).hexdigest()
+        if self.plan.chunks and digest != self.plan.chunks[index]:
             self.progress.add(source.name, -got)
             raise _BadChunk(f"chunk {index} did not match its digest")
+        partial.write(index, buf, digest)
+        whole.landed(index, buf)
