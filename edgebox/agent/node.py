@@ -113,6 +113,15 @@ class NodeAgent:
         self.state.store = ModelStore()
         self.state.peer_key = keys.fleet_key or keys.api_key
         register_in_background(self.state.store, resolved)
+        from edgebox.fleet.blob_peers import PeerFinder
+
+        own = self.state.node.get("id") if self.state.node else None
+        self.state.find_peers = PeerFinder(
+            lambda: self._hub_peers.peers,
+            own_id=str(own) if own else None,
+            key=self.state.peer_key,
+            mdns=self.config.mdns,
+        )
 
     def close_runtimes(self) -> None:
         """Every runtime the node serves, those loaded later over /admin included."""
@@ -212,6 +221,7 @@ class NodeAgent:
             models=lambda: list(state.all_models()),
             api=api,
             peer_keys=self.config.fleet,  # a --fleet node routes to its peers with their keys
+            blobs=state.store.digests if state.store is not None else list,
         )
         if beats is not None:
             self._hub_peers.beats = beats
