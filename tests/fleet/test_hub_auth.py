@@ -27,6 +27,7 @@ SCOPES = {
     ("GET", "/v1/hub/nodes/{node}"): "admin",
     ("DELETE", "/v1/hub/nodes/{node}"): "admin",
     ("GET", "/v1/hub/events"): "admin",
+    ("GET", "/v1/hub/blobs/{digest}"): "reader",
     ("POST", "/v1/hub/tokens"): "admin",
     ("GET", "/v1/hub/tokens"): "admin",
     ("DELETE", "/v1/hub/tokens/{token}"): "admin",
