@@ -56,7 +56,9 @@ def _rows() -> list[dict[str, Any]]:
                 "quantisation": m.quantisation,
                 "architecture": m.architecture,
                 "context_length": m.context_length,
-                "summary": None,
+                "summary": ", ".join(
+                    x for x in (m.architecture, m.context_length and f"ctx {m.context_length}") if x
+                ),
             }
         )
     stored = {r["name"] for r in rows}
@@ -139,7 +141,9 @@ def disk_usage(as_json: AsJson = False) -> None:
         return
     out.print(f"store      {store.root}")
     out.print(f"models     {usage['models']}")
-    out.print(f"blobs      {_size(usage['blobs_bytes'])}")
+    linked = usage["linked_bytes"]
+    shared = f" ({_size(linked)} of it hardlinked to bundled or cache files)" if linked else ""
+    out.print(f"blobs      {_size(usage['blobs_bytes'])}{shared}")
     out.print(f"referenced {_size(usage['referenced_bytes'])} (bundled or cache files, not copied)")
     out.print(f"partial    {_size(usage['partial_bytes'])} (downloads to resume)")
     out.print(f"free       {_size(usage['free_bytes'])}")

@@ -305,7 +305,12 @@ class Pull:
     def _manifest(self, files: list[ModelFile]) -> Manifest:
         if self.plan.manifest is not None:
             return self.plan.manifest.model_copy(
-                update={"files": files, "source": "peer", "added_at": time.time()}
+                update={
+                    "name": self.plan.name,
+                    "files": files,
+                    "source": "peer",
+                    "added_at": time.time(),
+                }
             )
         first = self.store.blob_path(files[0].sha256)
         fmt = detect_format(Path(files[0].path))

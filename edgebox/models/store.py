@@ -215,8 +215,8 @@ class ModelStore:
 
     def disk_usage(self) -> dict[str, int]:
         """Bytes in blobs/, in files registered by reference, in partial downloads, and free."""
-        blobs = _bytes(self.root / "blobs" / "sha256")
-        partial = _bytes(self.root / "partial")
+        blobs, linked = _bytes(self.root / "blobs" / "sha256")
+        partial, _ = _bytes(self.root / "partial")
         referenced = sum(
             f.size
             for m in self.list()
@@ -228,6 +228,7 @@ class ModelStore:
         return {
             "models": len(self.list()),
             "blobs_bytes": blobs,
+            "linked_bytes": linked,  # of those, hardlinks to files outside (no extra disk)
             "referenced_bytes": referenced,
             "partial_bytes": partial,
             "free_bytes": free,
@@ -320,13 +321,16 @@ def _safe_relative(rel: str) -> Path:
     return path
 
 
-def _bytes(folder: Path) -> int:
-    total = 0
+def _bytes(folder: Path) -> tuple[int, int]:
+    """Bytes of the files in `folder`, and of those also linked from elsewhere."""
+    total = linked = 0
     for path in folder.rglob("*") if folder.is_dir() else []:
         with contextlib.suppress(OSError):
+            stat = path.lstat()
             if path.is_file() and not path.is_symlink():
-                total += path.stat().st_size
-    return total
+                total += stat.st_size
+                linked += stat.st_size if stat.st_nlink > 1 else 0
+    return total, linked
 
 
 def detect_format(path: Path) -> Format:
