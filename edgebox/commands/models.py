@@ -108,6 +108,11 @@ def models(ctx: typer.Context, as_json: AsJson = False) -> None:
     out.print(table)
 
 
+def _own_bytes(usage: dict[str, int]) -> int:
+    """Blob bytes that are the store's alone (hardlinks to bundled files free nothing)."""
+    return usage["blobs_bytes"] - usage["linked_bytes"]
+
+
 @models_app.command("rm")
 def remove(
     name: Annotated[str, typer.Argument(help="The model's name in the store.")],
@@ -118,9 +123,9 @@ def remove(
 
     store = ModelStore()
     try:
-        before = store.disk_usage()["blobs_bytes"]
+        before = _own_bytes(store.disk_usage())
         manifest = store.remove(name)
-        freed = before - store.disk_usage()["blobs_bytes"]
+        freed = before - _own_bytes(store.disk_usage())
     except StoreError as exc:
         raise fail(str(exc)) from None
     if as_json:
