@@ -4,8 +4,9 @@
 Namespaces on a bridge (tests/netns.py; root and iproute2). The sender's egress is shaped
 with `tc tbf` to --link-mbit (a LAN). Raw TCP (a Python socket sender/receiver) vs a node
 pulling the model from a peer node (`POST /admin/models/pull`), same link, same run.
-The model is the bundled Gemma 3 270M GGUF (241 MB). (Not yet here: 3 nodes fed P2P vs
-each from a bandwidth-limited internet server.)
+Then the model onto 3 nodes: each pulling it from an "internet" file server whose egress is
+shaped to --internet-mbit, vs one node pulling it from there and the other two from that node.
+The model is the bundled Gemma 3 270M GGUF (241 MB).
 
     sudo PYTHONPATH=$PWD .venv/bin/python benchmarks/bench_transfer.py
 """
@@ -13,6 +14,7 @@ each from a bandwidth-limited internet server.)
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import subprocess
 import sys
@@ -89,6 +91,7 @@ def timed_pull(lan: Lan, node, body: dict) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--link-mbit", type=int, default=1000)
+    parser.add_argument("--internet-mbit", type=int, default=100)
     args = parser.parse_args()
     from edgebox.models import resolve_model
 
@@ -112,6 +115,37 @@ def main() -> None:
             "ratio": peer / tcp,
         }
         print(json.dumps(result), flush=True)
+    print(json.dumps(three_nodes(model, tmp, args.link_mbit, args.internet_mbit)), flush=True)
+
+
+def three_nodes(model: Path, tmp: Path, link: int, internet: int) -> dict[str, float]:
+    www = tmp / "www"
+    www.mkdir()
+    (www / model.name).symlink_to(model)
+    digest = hashlib.sha256(model.read_bytes()).hexdigest()
+    times = {}
+    for mode in ("internet", "p2p"):
+        with NetnsLab(subnet=79) as lab:
+            lan = Lan(lab, tmp / mode)
+            (tmp / mode).mkdir()
+            url = lan.internet(9, www) + f"/files/{model.name}"
+            shape(lan.inet, internet)
+            nodes = [lan.start(f"n{i}", i) for i in (1, 2, 3)]
+            for n in nodes:
+                shape(n.ns, link)
+            body = {"spec": url, "sha256": digest, "peers": []}
+            start = time.monotonic()
+            if mode == "internet":
+                jobs = [(n, lan.pull(n, body)) for n in nodes]
+            else:
+                lan.wait(nodes[0], lan.pull(nodes[0], body), timeout=600)
+                peers = {**body, "peers": [nodes[0].url]}
+                jobs = [(n, lan.pull(n, peers)) for n in nodes[1:]]
+            for n, job in jobs:
+                assert lan.wait(n, job, timeout=600)["state"] == "done"
+            times[f"three_nodes_{mode}_s"] = time.monotonic() - start
+    times["internet_mbit"] = internet
+    return times
 
 
 if __name__ == "__main__":

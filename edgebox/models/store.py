@@ -24,6 +24,7 @@ import hashlib
 import os
 import re
 import shutil
+import threading
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -173,8 +174,9 @@ class ModelStore:
         return None
 
     def path_of(self, manifest: Manifest) -> Path:
-        """The path a runtime opens: the single file, or for several files (split GGUFs,
-        ONNX with its tokenizer, MLX folders) a view folder of links named as the files."""
+        """The path a runtime opens, under `views/<name>/`: links named as the model's files
+        (runtimes choose by suffix; split GGUFs find their parts by name; ONNX its tokenizer):
+        the first file, or the folder for MLX."""
         paths = [self.file_path(f) for f in manifest.files]
         missing = [f.path for f, p in zip(manifest.files, paths, strict=True) if p is None]
         if missing:
@@ -182,17 +184,17 @@ class ModelStore:
                 f"{manifest.name} is incomplete here (missing {', '.join(missing)}): "
                 f"`edgebox models rm {manifest.name}` and pull it again"
             )
-        if len(manifest.files) == 1 and manifest.format != "mlx":
-            return paths[0]  # type: ignore[return-value]
         view = self.root / "views" / manifest.name
         for file, target in zip(manifest.files, paths, strict=True):
+            assert target is not None
             link = view / _safe_relative(file.path)
+            if link.is_symlink() and link.resolve() == target.resolve():
+                continue
             link.parent.mkdir(parents=True, exist_ok=True)
-            if link.is_symlink() or link.exists():
-                if link.resolve() == Path(target).resolve():  # type: ignore[arg-type]
-                    continue
-                link.unlink()
-            link.symlink_to(target)  # type: ignore[arg-type]
+            tmp = link.with_name(f".{link.name}.{os.getpid()}.{threading.get_ident()}")
+            tmp.unlink(missing_ok=True)
+            tmp.symlink_to(target)
+            tmp.replace(link)  # atomic: a runtime opening the link never sees it missing
         return view if manifest.format == "mlx" else view / _safe_relative(manifest.files[0].path)
 
     def has_blob(self, digest: str) -> bool:

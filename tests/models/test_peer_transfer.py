@@ -57,6 +57,20 @@ class Lan:
             time.sleep(0.2)
         return node
 
+    def internet(self, host: int, folder: Path) -> str:
+        """A file server (no key) in a namespace of its own on the LAN: the "internet"."""
+        ns = self.lab.add_node("inet", host)
+        argv = [sys.executable, str(HERE / "_fileserver.py"), str(folder), "0.0.0.0", str(PORT)]
+        proc = ns.popen(argv, log=self.tmp / "inet.log")
+        url = f"http://{ns.addresses['eth0']}:{PORT}"
+        deadline = time.monotonic() + 30
+        while self.call("GET", url + "/health", "")["status"] != 200:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"the file server did not start: {(self.tmp / 'inet.log').read_text()}")
+            time.sleep(0.2)
+        self.inet = ns
+        return url
+
     def call(self, method: str, url: str, key: str, body: object = None) -> dict:
         argv = [sys.executable, str(HERE / "_netclient.py"), method, url, key]
         if body is not None:
@@ -170,3 +184,21 @@ def test_a_transfer_killed_midway_resumes_where_it_stopped(lan: Lan, model: Path
     got = b.store.get("smollm2-135m")
     assert got is not None and b.store.path_of(got).read_bytes() == model.read_bytes()
     assert not partial.exists()
+
+
+def test_the_internet_only_serves_what_no_peer_has(lan: Lan, model: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "www"
+    folder.mkdir()
+    (folder / model.name).symlink_to(model)
+    www = lan.internet(9, folder) + f"/files/{model.name}"
+    a = lan.start("a", 1, str(model))
+    b, c = lan.start("b", 2), lan.start("c", 3)
+    digest = a.store.get("smollm2-135m").files[0].sha256  # type: ignore[union-attr]
+    body = {"spec": www, "sha256": digest, "name": "smol"}
+    status = lan.wait(b, lan.pull(b, {**body, "peers": [a.url]}))
+    assert status["state"] == "done" and set(status["sources"]) == {a.url}, status
+    status = lan.wait(c, lan.pull(c, {**body, "peers": []}))
+    host = www.split("/")[2]
+    assert status["state"] == "done" and set(status["sources"]) == {host}, status
+    got = c.store.get("smol")
+    assert got is not None and got.files[0].sha256 == digest and got.quantisation == "Q4_1"
