@@ -5,6 +5,7 @@ transfer resumed, and no bytes for a peer without the key."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -202,3 +203,33 @@ def test_the_internet_only_serves_what_no_peer_has(lan: Lan, model: Path, tmp_pa
     assert status["state"] == "done" and set(status["sources"]) == {host}, status
     got = c.store.get("smol")
     assert got is not None and got.files[0].sha256 == digest and got.quantisation == "Q4_1"
+
+
+def test_a_node_finds_its_peers_over_mdns_when_no_peers_are_named(lan: Lan, tmp_path: Path) -> None:
+    """Real `edgebox serve` nodes on a LAN without a hub: a pull without `peers` asks the
+    mDNS neighbours (sharing a --fleet-key) and gets the model from the one that has it."""
+    payload = tmp_path / "rand.gguf"
+    payload.write_bytes(os.urandom(20 << 20))
+    ModelStore(tmp_path / "a-store").add_local(payload, "rand", link=False)
+    nodes = {}
+    for name, host in (("a", 1), ("b", 2)):
+        ns = lan.lab.add_node(name, host)
+        argv = [sys.executable, "-m", "edgebox", "serve", "--host", "0.0.0.0"]
+        argv += ["--port", str(PORT), "--fleet-key", API, "--admin-key", ADMIN]
+        argv += ["--ctx", "512", "--parallel", "1", "--threads", "1"]
+        env = {"EDGEBOX_MODELS_DIR": str(tmp_path / f"{name}-store")}
+        env["EDGEBOX_HOME"] = str(tmp_path / f"{name}-home")
+        log = tmp_path / f"{name}.log"
+        nodes[name] = BlobNode(ns, ModelStore(tmp_path / f"{name}-store"), log)
+        nodes[name].proc = ns.popen(argv, log=log, env=env)
+    for node in nodes.values():
+        deadline = time.monotonic() + 90
+        while lan.call("GET", node.url + "/health", "")["status"] != 200:
+            assert time.monotonic() < deadline, node.log.read_text()[-2000:]
+            time.sleep(0.5)
+    b = nodes["b"]
+    status = lan.wait(b, lan.pull(b, {"spec": "rand"}))
+    assert status["state"] == "done", status
+    assert set(status["sources"]) == {nodes["a"].url}
+    got = b.store.get("rand")
+    assert got is not None and b.store.path_of(got).read_bytes() == payload.read_bytes()
