@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
-import time
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -13,51 +12,64 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColu
 
 from edgebox.commands._hubopts import AsJson, fail
 
+if TYPE_CHECKING:
+    from edgebox.models.pull import Pull
+    from edgebox.models.transfer import Peer
+
 out = Console()
 err = Console(stderr=True)
-DEFAULT_MAX_RATE_MB = 0.0  # 0: no limit from the command line; nodes default to a share
+
+Spec = Annotated[
+    str,
+    typer.Argument(
+        help="ORG/REPO:FILE.gguf (Hugging Face), an http(s) URL, a local path, a bundled "
+        "name, or a model NAME that a --peer holds."
+    ),
+]
+Sha256 = Annotated[
+    str | None, typer.Option("--sha256", help="The file's SHA-256, checked at the end.")
+]
+Name = Annotated[str | None, typer.Option("--name", help="The name in the store.")]
+Peers = Annotated[
+    list[str] | None,
+    typer.Option("--peer", metavar="URL", help="A node to fetch from first (repeatable)."),
+]
+Key = Annotated[
+    str | None,
+    typer.Option(
+        "--key",
+        envvar=["EDGEBOX_FLEET_KEY", "EDGEBOX_API_KEY"],
+        help="The key the peers' /v1/ routes take.",
+        show_default=False,
+    ),
+]
+Lan = Annotated[
+    bool, typer.Option("--lan", help="Also ask the nodes on this LAN (mDNS) for the model.")
+]
+MaxRate = Annotated[
+    float, typer.Option("--max-rate", metavar="MB/S", help="Limit the download (0: none).")
+]
 
 
 def pull(
-    spec: Annotated[
-        str,
-        typer.Argument(
-            help="ORG/REPO:FILE.gguf (Hugging Face), an http(s) URL, a local path, "
-            "or a model NAME that a --peer holds."
-        ),
-    ],
-    sha256: Annotated[
-        str | None, typer.Option("--sha256", help="The file's SHA-256, checked at the end.")
-    ] = None,
-    name: Annotated[str | None, typer.Option("--name", help="The name in the store.")] = None,
-    peer: Annotated[
-        list[str] | None,
-        typer.Option("--peer", metavar="URL", help="A node to fetch from first (repeatable)."),
-    ] = None,
-    key: Annotated[
-        str | None,
-        typer.Option(
-            "--key",
-            envvar=["EDGEBOX_FLEET_KEY", "EDGEBOX_API_KEY"],
-            help="The key the peers' /v1/ routes take.",
-            show_default=False,
-        ),
-    ] = None,
-    max_rate: Annotated[
-        float, typer.Option("--max-rate", metavar="MB/S", help="Limit the download (0: none).")
-    ] = DEFAULT_MAX_RATE_MB,
+    spec: Spec,
+    sha256: Sha256 = None,
+    name: Name = None,
+    peer: Peers = None,
+    key: Key = None,
+    lan: Lan = False,
+    max_rate: MaxRate = 0.0,
     as_json: AsJson = False,
 ) -> None:
     """Download a model into the store: verified chunks, in parallel, resumable."""
     from edgebox.models.pull import Pull, PullError, plan_pull
     from edgebox.models.store import ModelStore
-    from edgebox.models.transfer import Peer
 
-    peers = [Peer(url, key) for url in peer or []]
-    store = ModelStore()
+    peers = _peers(peer or [], key, lan)
     try:
         plan = plan_pull(spec, sha256=sha256, name=name, peers=peers)
-        job = Pull(store, plan, peers=peers, max_rate=max_rate * 1e6 if max_rate > 0 else None)
+        limit = max_rate * 1e6 if max_rate > 0 else None
+        job = Pull(ModelStore(), plan, peers=peers, max_rate=limit)
     except PullError as exc:
         _failed(str(exc), as_json)
         raise fail(str(exc)) from None
@@ -73,10 +85,24 @@ def pull(
     thread.start()
     (_json_lines if as_json else _bar)(job, thread)
     if outcome:
-        message = str(outcome[0])
-        if as_json:
-            _failed(message, as_json)
-        raise fail(message)
+        _failed(str(outcome[0]), as_json)
+        raise fail(str(outcome[0]))
+    _report(job, as_json)
+
+
+def _peers(urls: list[str], key: str | None, lan: bool) -> list[Peer]:
+    from edgebox.models.transfer import Peer
+
+    peers = [Peer(url, key) for url in urls]
+    if lan:
+        from edgebox.fleet.blob_peers import mdns_candidates
+
+        named = {p.url for p in peers}
+        peers += [p for p in mdns_candidates(None, key) if p.url not in named]
+    return peers
+
+
+def _report(job: Pull, as_json: bool) -> None:
     manifest = job.manifest
     assert manifest is not None
     result = {
@@ -89,13 +115,13 @@ def pull(
     }
     if as_json:
         print(json.dumps(result), flush=True)
-    else:
-        for why in job.progress.rejected:
-            err.print(f"[yellow]left out[/yellow] {why}")
-        out.print(
-            f"pulled {manifest.name} ({manifest.size / 1e6:,.0f} MB): "
-            f"`edgebox serve --model {manifest.name}`"
-        )
+        return
+    for why in job.progress.rejected:
+        err.print(f"[yellow]left out[/yellow] {why}")
+    out.print(
+        f"pulled {manifest.name} ({manifest.size / 1e6:,.0f} MB): "
+        f"`edgebox serve --model {manifest.name}`"
+    )
 
 
 def _failed(message: str, as_json: bool) -> None:
@@ -103,10 +129,7 @@ def _failed(message: str, as_json: bool) -> None:
         print(json.dumps({"event": "error", "error": message}), flush=True)
 
 
-def _json_lines(job: object, thread: threading.Thread) -> None:
-    from edgebox.models.pull import Pull
-
-    assert isinstance(job, Pull)
+def _json_lines(job: Pull, thread: threading.Thread) -> None:
     while thread.is_alive():
         thread.join(0.5)
         p = job.progress
@@ -120,17 +143,13 @@ def _json_lines(job: object, thread: threading.Thread) -> None:
         print(json.dumps(line), flush=True)
 
 
-def _bar(job: object, thread: threading.Thread) -> None:
-    from edgebox.models.pull import Pull
-
-    assert isinstance(job, Pull)
+def _bar(job: Pull, thread: threading.Thread) -> None:
     columns = ("{task.description}", BarColumn(), DownloadColumn(), TransferSpeedColumn())
     with Progress(*columns, console=err, transient=True) as bar:
         task = bar.add_task(job.plan.name, total=job.progress.total or None)
         while thread.is_alive():
             thread.join(0.2)
             bar.update(task, completed=job.progress.done)
-        time.sleep(0)
 
 
 def register(app: typer.Typer) -> None:

@@ -15,7 +15,6 @@ that the network answers (offline), and that the disk has room for what is still
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import threading
@@ -23,10 +22,16 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
-from urllib.parse import quote, urlsplit
 
 import httpx
 
+from edgebox.models.remote import (
+    PullError,
+    RemoteFile,
+    hf_file,
+    http_client,
+    url_file,
+)
 from edgebox.models.resolve import BUNDLED, ModelNotAvailable, resolve_model
 from edgebox.models.store import (
     DIGEST,
@@ -38,15 +43,13 @@ from edgebox.models.store import (
     detect_format,
 )
 from edgebox.models.transfer import (
-    CONNECT_TIMEOUT_S,
-    READ_TIMEOUT_S,
     BlobFetch,
     ChunkPlan,
     Peer,
     Progress,
     Source,
+    SourcePool,
     TransferError,
-    _Sources,
     peer_chunk_plan,
 )
 
@@ -55,20 +58,6 @@ SPLIT = re.compile(r"^(?P<stem>.+)-(?P<part>\d{5})-of-(?P<count>\d{5})\.gguf$")
 MAX_SPLIT_PARTS = 256
 MAX_SPEC = 2048
 FREE_MARGIN = 16 << 20  # keep this much free beyond the download itself
-
-
-class PullError(Exception):
-    """The pull cannot go on; the message says what was wrong and what to do."""
-
-
-@dataclass(frozen=True)
-class RemoteFile:
-    path: str  # the file's name inside the model
-    url: str | None  # where the internet has it (None: peers only)
-    size: int
-    sha256: str | None
-    source: str  # "huggingface", the URL's host, or "peer"
-    headers: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass
@@ -81,12 +70,6 @@ class PullPlan:
     aliases: list[str] = field(default_factory=list)
     local: Path | None = None  # a local path: registered, not downloaded
     manifest: Manifest | None = None  # a peer's manifest, for a pull by name
-
-
-def _client() -> httpx.Client:
-    timeout = httpx.Timeout(READ_TIMEOUT_S, connect=CONNECT_TIMEOUT_S)
-    limits = httpx.Limits(max_connections=32, max_keepalive_connections=32)
-    return httpx.Client(timeout=timeout, limits=limits, follow_redirects=True, trust_env=False)
 
 
 def default_name(filename: str) -> str:
@@ -104,71 +87,6 @@ def split_parts(filename: str) -> list[str]:
     if not 1 <= count <= MAX_SPLIT_PARTS:
         raise PullError(f"{filename}: a split GGUF has 1 to {MAX_SPLIT_PARTS} parts")
     return [f"{match['stem']}-{i:05d}-of-{count:05d}.gguf" for i in range(1, count + 1)]
-
-
-def _network_error(where: str, exc: httpx.HTTPError) -> PullError:
-    if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
-        return PullError(
-            f"offline: cannot reach {where} ({type(exc).__name__}); "
-            "check the network, or pull from a peer or a local path"
-        )
-    return PullError(f"{where} did not answer properly ({type(exc).__name__})")
-
-
-def _hf_headers() -> tuple[tuple[str, str], ...]:
-    token = os.environ.get("HF_TOKEN")
-    if not token:
-        try:
-            from huggingface_hub import get_token
-
-            token = get_token()
-        except Exception:  # no huggingface_hub config: anonymous
-            token = None
-    return (("Authorization", f"Bearer {token}"),) if token else ()
-
-
-def _hf_file(client: httpx.Client, repo: str, filename: str) -> RemoteFile:
-    endpoint = (os.environ.get("HF_ENDPOINT") or "https://huggingface.co").rstrip("/")
-    url = f"{endpoint}/{repo}/resolve/main/{quote(filename)}"
-    headers = _hf_headers()
-    try:
-        r = client.head(url, headers=dict(headers), follow_redirects=False)
-        if r.is_redirect and "x-linked-size" not in r.headers:
-            r = client.head(url, headers=dict(headers))
-    except httpx.HTTPError as exc:
-        raise _network_error(urlsplit(endpoint).netloc, exc) from None
-    if r.status_code in (401, 403):
-        raise PullError(
-            f"{repo} is private or gated: accept its licence and log in (`hf auth login`)"
-        )
-    if r.status_code == 404:
-        what = "repo" if r.headers.get("x-error-code") == "RepoNotFound" else "file"
-        raise PullError(f"not found (404): no Hugging Face {what} {repo}:{filename}")
-    if r.status_code >= 400:
-        raise PullError(f"{repo}:{filename}: the hub answered HTTP {r.status_code}")
-    size = r.headers.get("x-linked-size") or r.headers.get("content-length")
-    etag = (r.headers.get("x-linked-etag") or r.headers.get("etag") or "").strip('"').lower()
-    if not size or not size.isdigit():
-        raise PullError(f"{repo}:{filename}: the hub gave no size for the file")
-    sha = etag if DIGEST.match(etag.removeprefix("w/")) else None
-    return RemoteFile(filename, url, int(size), sha, "huggingface", headers)
-
-
-def _url_file(client: httpx.Client, url: str, sha256: str | None) -> RemoteFile:
-    host = urlsplit(url).netloc
-    try:
-        r = client.head(url)
-    except httpx.HTTPError as exc:
-        raise _network_error(host, exc) from None
-    if r.status_code == 404:
-        raise PullError(f"not found (404): {url}")
-    if r.status_code >= 400:
-        raise PullError(f"{url}: the server answered HTTP {r.status_code}")
-    size = r.headers.get("content-length", "")
-    if not size.isdigit():
-        raise PullError(f"{url}: the server gives no size (Content-Length) for the file")
-    name = urlsplit(url).path.rsplit("/", 1)[-1] or "model.gguf"
-    return RemoteFile(name, url, int(size), sha256, host)
 
 
 def _peer_manifest(client: httpx.Client, name: str, peers: list[Peer]) -> Manifest:
@@ -199,9 +117,9 @@ def plan_pull(
         raise PullError("--sha256 takes 64 hex characters")
     if name is not None and not NAME.match(name):
         raise PullError(f"{name!r} is not a model name: letters, digits, '.', '_', '-'")
-    client = client or _client()
+    client = client or http_client()
     if spec.startswith(("http://", "https://")):
-        file = _url_file(client, spec, sha256.lower() if sha256 else None)
+        file = url_file(client, spec, sha256.lower() if sha256 else None)
         return PullPlan(name or default_name(file.path), file.source, [file], [spec])
     local = Path(spec).expanduser()
     if local.exists():
@@ -216,7 +134,7 @@ def plan_pull(
         parts = split_parts(match["file"].rsplit("/", 1)[-1])
         folder = match["file"].rpartition("/")[0]
         names = [f"{folder}/{p}" if folder else p for p in parts]
-        files = [_hf_file(client, match["repo"], f) for f in names]
+        files = [hf_file(client, match["repo"], f) for f in names]
         return PullPlan(name or default_name(parts[0]), "huggingface", files, [spec])
     if NAME.match(spec) and peers:
         manifest = _peer_manifest(client, spec, peers)
@@ -264,7 +182,7 @@ class Pull:
         self.store, self.plan = store, plan
         self.peers = peers or []
         self.max_rate, self.workers = max_rate, workers
-        self.client = client or _client()
+        self.client = client or http_client()
         self.progress = Progress(total=sum(f.size for f in plan.files))
         self.state = "queued"  # → running → done | failed | cancelled
         self.error: str | None = None
@@ -374,7 +292,7 @@ class Pull:
         _, chunks = digest_file(path)
         return ModelFile(path=path.name, size=path.stat().st_size, sha256=digest, chunks=chunks)
 
-    def _sources(self, file: RemoteFile, *, trust_peers: bool) -> tuple[_Sources, ChunkPlan]:
+    def _sources(self, file: RemoteFile, *, trust_peers: bool) -> tuple[SourcePool, ChunkPlan]:
         internet = []
         if file.url:
             internet.append(Source(file.url, file.source, "internet", file.headers))
@@ -391,7 +309,7 @@ class Pull:
                 f"no peer holds {file.path} ({file.sha256 or 'unknown digest'}) and it has "
                 "no internet source; pull it where a peer has it, or by its Hugging Face name"
             )
-        return _Sources(peers, internet), plan
+        return SourcePool(peers, internet), plan
 
 
 def _url_key(url: str) -> str:

@@ -168,7 +168,7 @@ class _BadChunk(Exception):
 
 
 @dataclass
-class _Sources:
+class SourcePool:
     """Who may serve which chunk: peers first; the internet only when no peer is left."""
 
     peers: list[Source]
@@ -203,7 +203,7 @@ class BlobFetch:
         self,
         store: ModelStore,
         plan: ChunkPlan,
-        sources: _Sources,
+        sources: SourcePool,
         *,
         client: httpx.Client,
         progress: Progress | None = None,
