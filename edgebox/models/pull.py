@@ -45,6 +45,7 @@ from edgebox.models.store import (
 from edgebox.models.transfer import (
     BlobFetch,
     ChunkPlan,
+    DigestMismatch,
     Peer,
     Progress,
     Source,
@@ -271,14 +272,22 @@ class Pull:
             self._fetch = fetch
             try:
                 blob = fetch.run()
-            except TransferError as exc:
-                peers_gave_plan = plan.chunks is not None and file.url is not None
-                if attempt == 0 and peers_gave_plan and "sha256" in str(exc):
-                    continue  # the peers' chunk list was a lie: the internet alone, once
-                raise
+            except DigestMismatch:
+                if attempt or plan.chunks is None or file.url is None:
+                    raise
+                self._distrust(sources, file)  # the peers agreed on a lie: the internet alone
+                continue
             digest = blob.name
             return ModelFile(path=file.path, size=file.size, sha256=digest, chunks=fetch.chunks)
         raise PullError(f"{file.path}: no source gave the right bytes")
+
+    def _distrust(self, sources: SourcePool, file: RemoteFile) -> None:
+        with self.progress.lock:
+            self.progress.done = max(0, self.progress.done - file.size)  # fetched again
+            for peer in sources.peers:
+                self.progress.rejected.append(
+                    f"{peer.name}: its chunks matched its chunk list but not the file's sha256"
+                )
 
     def _held(self, digest: str) -> ModelFile | None:
         found = self.store.find_blob(digest)

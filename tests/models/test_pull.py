@@ -52,8 +52,27 @@ def internet(model: Path) -> Iterator[str]:
         headers = {"x-linked-etag": f'"{digest}"', "x-linked-size": str(model.stat().st_size)}
         return FileResponse(model, headers=headers)
 
+    # a peer that lies consistently: another file's bytes and that file's own chunk list,
+    # under the model's digest (every chunk checks out; only the whole-file sha256 does not)
+    forged = model.read_bytes()[::-1]
+    chunk = 8 << 20
+    forged_chunks = [
+        hashlib.sha256(forged[i : i + chunk]).hexdigest() for i in range(0, len(forged), chunk)
+    ]
+
+    async def liar_chunks(request: Request) -> Response:
+        body = {"size": len(forged), "chunk_size": chunk, "chunks": forged_chunks}
+        return Response(json.dumps(body), media_type="application/json")
+
+    async def liar_blob(request: Request) -> Response:
+        first, _, last = request.headers["range"].removeprefix("bytes=").partition("-")
+        part = forged[int(first) : int(last) + 1]
+        return Response(part, status_code=206, media_type="application/octet-stream")
+
     app = Starlette(
         routes=[
+            Route("/liar/v1/blobs/{digest}/chunks", liar_chunks),
+            Route("/liar/v1/blobs/{digest}", liar_blob),
             Route("/files/{name}", file, methods=["GET", "HEAD"]),
             Route("/{org}/{repo}/resolve/main/{file}", hf, methods=["GET", "HEAD"]),
         ]
@@ -100,6 +119,24 @@ def test_pull_from_a_url_verifies_the_digest_and_resumes(
     assert sum(second.progress.by_source.values()) <= model.stat().st_size - kept * (8 << 20)
     assert manifest.files[0].sha256 == digest and manifest.quantisation == "Q4_1"
     assert store.path_of(manifest).read_bytes() == model.read_bytes()
+
+
+def test_peers_agreeing_on_a_forged_chunk_list_are_caught_by_the_whole_file_digest(
+    tmp_path: Path, model: Path, internet: str
+) -> None:
+    from edgebox.models.transfer import Peer
+
+    store = ModelStore(tmp_path)
+    digest = hashlib.sha256(model.read_bytes()).hexdigest()
+    url = f"{internet}/files/{model.name}"
+    liar = Peer(f"{internet}/liar", "k")
+    job = Pull(store, plan_pull(url, sha256=digest), peers=[liar])
+    manifest = job.run()
+    assert store.path_of(manifest).read_bytes() == model.read_bytes()
+    assert any("not the file's sha256" in why for why in job.progress.rejected)
+    host = internet.removeprefix("http://")
+    assert job.progress.by_source[host] == model.stat().st_size
+    assert job.progress.done == job.progress.total
 
 
 def test_a_wrong_sha256_is_refused_and_nothing_is_kept(
