@@ -131,11 +131,10 @@ async def _pull(
     state = started
     while time.monotonic() < deadline:
         status = str(state.get("status") or state.get("state") or "")
-        total = state.get("total_bytes") or state.get("total") or None
-        done = state.get("done_bytes") or state.get("bytes_done") or state.get("done") or 0
+        total, done = state.get("bytes_total"), state.get("bytes_done") or 0
         progress.update(task, total=total, completed=done if isinstance(done, int) else 0)
         if status in ("done", "completed", "succeeded", "ok"):
-            return str(state.get("name") or (state.get("manifest") or {}).get("name") or model)
+            return str(state.get("model") or model)
         if status in ("failed", "error", "cancelled"):
             raise DeployError(f"pull failed: {state.get('error') or status}")
         await asyncio.sleep(PULL_POLL_S)

@@ -18,11 +18,13 @@ A blob is deleted when the last manifest that refers to it is removed.
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import hashlib
 import os
 import re
 import shutil
+import threading
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -172,8 +174,9 @@ class ModelStore:
         return None
 
     def path_of(self, manifest: Manifest) -> Path:
-        """The path a runtime opens: the single file, or for several files (split GGUFs,
-        ONNX with its tokenizer, MLX folders) a view folder of links named as the files."""
+        """The path a runtime opens, under `views/<name>/`: links named as the model's files
+        (runtimes choose by suffix; split GGUFs find their parts by name; ONNX its tokenizer):
+        the first file, or the folder for MLX."""
         paths = [self.file_path(f) for f in manifest.files]
         missing = [f.path for f, p in zip(manifest.files, paths, strict=True) if p is None]
         if missing:
@@ -181,17 +184,17 @@ class ModelStore:
                 f"{manifest.name} is incomplete here (missing {', '.join(missing)}): "
                 f"`edgebox models rm {manifest.name}` and pull it again"
             )
-        if len(manifest.files) == 1 and manifest.format != "mlx":
-            return paths[0]  # type: ignore[return-value]
         view = self.root / "views" / manifest.name
         for file, target in zip(manifest.files, paths, strict=True):
+            assert target is not None
             link = view / _safe_relative(file.path)
+            if link.is_symlink() and link.resolve() == target.resolve():
+                continue
             link.parent.mkdir(parents=True, exist_ok=True)
-            if link.is_symlink() or link.exists():
-                if link.resolve() == Path(target).resolve():  # type: ignore[arg-type]
-                    continue
-                link.unlink()
-            link.symlink_to(target)  # type: ignore[arg-type]
+            tmp = link.with_name(f".{link.name}.{os.getpid()}.{threading.get_ident()}")
+            tmp.unlink(missing_ok=True)
+            tmp.symlink_to(target)
+            tmp.replace(link)  # atomic: a runtime opening the link never sees it missing
         return view if manifest.format == "mlx" else view / _safe_relative(manifest.files[0].path)
 
     def has_blob(self, digest: str) -> bool:
@@ -208,14 +211,14 @@ class ModelStore:
             return path, entry
         return None
 
-    def digests(self) -> list[str]:
+    def digests(self) -> builtins.list[str]:
         """Every digest this store can serve (for the hub's registry and peers)."""
         return sorted({f.sha256 for m in self.list() for f in m.files if self.file_path(f)})
 
     def disk_usage(self) -> dict[str, int]:
         """Bytes in blobs/, in files registered by reference, in partial downloads, and free."""
-        blobs = _bytes(self.root / "blobs" / "sha256")
-        partial = _bytes(self.root / "partial")
+        blobs, linked = _bytes(self.root / "blobs" / "sha256")
+        partial, _ = _bytes(self.root / "partial")
         referenced = sum(
             f.size
             for m in self.list()
@@ -227,6 +230,7 @@ class ModelStore:
         return {
             "models": len(self.list()),
             "blobs_bytes": blobs,
+            "linked_bytes": linked,  # of those, hardlinks to files outside (no extra disk)
             "referenced_bytes": referenced,
             "partial_bytes": partial,
             "free_bytes": free,
@@ -245,9 +249,11 @@ class ModelStore:
         link: bool = True,
         source: str = "file",
         aliases: Iterable[str] = (),
+        fallback: Literal["reference", "copy"] = "reference",
     ) -> Manifest:
-        """Register a file (or an MLX/ONNX folder) already on disk. `link`: no copy (hardlink,
-        else a reference); otherwise the bytes are copied into blobs/."""
+        """Register a file (or an MLX/ONNX folder) already on disk. `link`: no copy (a
+        hardlink; where the filesystem refuses one, `fallback`: a reference to the file, or a
+        copy); otherwise the bytes are copied into blobs/."""
         self._manifest_path(name)  # a bad name fails before any hashing
         path = Path(path).expanduser()
         if not path.exists():
@@ -257,27 +263,29 @@ class ModelStore:
             return existing
         files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
         entries = [
-            self._ingest(p, p.relative_to(path) if path.is_dir() else p.name, link) for p in files
+            self._ingest(p, p.relative_to(path) if path.is_dir() else p.name, link, fallback)
+            for p in files
         ]
         return self.save(_manifest(name, path, entries, source, list(aliases)))
 
-    def _ingest(self, file: Path, rel: Path | str, link: bool) -> ModelFile:
+    def _ingest(self, file: Path, rel: Path | str, link: bool, fallback: str) -> ModelFile:
         digest, chunks = digest_file(file)
+        entry = ModelFile(path=str(rel), size=file.stat().st_size, sha256=digest, chunks=chunks)
         blob = self.blob_path(digest)
-        location = None
-        if not blob.is_file():
-            blob.parent.mkdir(parents=True, exist_ok=True)
-            if link:
-                try:
-                    os.link(file.resolve(), blob)
-                except OSError:  # another filesystem, or hardlinks refused: keep a reference
-                    location = str(file.resolve())
-            else:
-                tmp = blob.with_name(f".{digest}.{os.getpid()}.tmp")
-                shutil.copyfile(file, tmp)
-                tmp.replace(blob)
-        size = file.stat().st_size
-        return ModelFile(path=str(rel), size=size, sha256=digest, chunks=chunks, location=location)
+        if blob.is_file():
+            return entry
+        blob.parent.mkdir(parents=True, exist_ok=True)
+        if link:
+            try:
+                os.link(file.resolve(), blob)
+                return entry
+            except OSError:  # another filesystem, or hardlinks refused
+                if fallback == "reference":
+                    return entry.model_copy(update={"location": str(file.resolve())})
+        tmp = blob.with_name(f".{digest}.{os.getpid()}.tmp")
+        shutil.copyfile(file, tmp)
+        tmp.replace(blob)
+        return entry
 
     def commit_blob(self, digest: str, source: Path) -> Path:
         """Move a verified download into blobs/ (atomic on one filesystem)."""
@@ -296,7 +304,7 @@ class ModelStore:
         self.collect_garbage()
         return manifest
 
-    def collect_garbage(self) -> list[str]:
+    def collect_garbage(self) -> builtins.list[str]:
         """Delete blobs no manifest refers to; their digests."""
         kept = {d for m in self.list() for d in m.digests()}
         folder = self.root / "blobs" / "sha256"
@@ -315,13 +323,16 @@ def _safe_relative(rel: str) -> Path:
     return path
 
 
-def _bytes(folder: Path) -> int:
-    total = 0
+def _bytes(folder: Path) -> tuple[int, int]:
+    """Bytes of the files in `folder`, and of those also linked from elsewhere."""
+    total = linked = 0
     for path in folder.rglob("*") if folder.is_dir() else []:
         with contextlib.suppress(OSError):
+            stat = path.lstat()
             if path.is_file() and not path.is_symlink():
-                total += path.stat().st_size
-    return total
+                total += stat.st_size
+                linked += stat.st_size if stat.st_nlink > 1 else 0
+    return total, linked
 
 
 def detect_format(path: Path) -> Format:
@@ -336,13 +347,13 @@ def _manifest(
 ) -> Manifest:
     """A manifest for `files`, with the facts the first GGUF's header gives."""
     fmt = detect_format(path)
-    facts = {}
-    if fmt == "gguf":
-        first = path if path.is_file() else path / files[0].path
-        info = read_gguf_info(first)
-        facts = {
-            "architecture": info.architecture,
-            "context_length": info.context_length,
-            "quantisation": info.quantisation,
-        }
-    return Manifest(name=name, aliases=aliases, format=fmt, files=files, source=source, **facts)
+    manifest = Manifest(name=name, aliases=aliases, format=fmt, files=files, source=source)
+    if fmt != "gguf":
+        return manifest
+    info = read_gguf_info(path if path.is_file() else path / files[0].path)
+    facts = {
+        "architecture": info.architecture,
+        "context_length": info.context_length,
+        "quantisation": info.quantisation,
+    }
+    return manifest.model_copy(update=facts)

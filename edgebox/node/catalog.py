@@ -14,12 +14,9 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import logging
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
 from edgebox.models import BUNDLED
 
@@ -84,29 +81,13 @@ def store_models() -> list[Available]:
     found = []
     for manifest in store.list():
         try:
-            spec = str(_named_path(store, manifest))
+            store.path_of(manifest)  # `resolve_model` opens it by name
         except (StoreError, OSError):  # incomplete here (a pull under way or cut short)
             continue
         kind = "embeddings" if manifest.format == "onnx" else "chat"
         for name in (manifest.name, *manifest.aliases):
-            found.append(Available(name, spec, kind, "store", manifest.size))
+            found.append(Available(name, manifest.name, kind, "store", manifest.size))
     return found
-
-
-def _named_path(store: Any, manifest: Any) -> Path:
-    """The path a runtime opens, under the file's own name: runtimes pick themselves by the
-    suffix (.gguf, .onnx), which a single-file model's blob (named by its digest) lacks."""
-    path = Path(store.path_of(manifest))
-    wanted = Path(manifest.files[0].path).name
-    if path.is_dir() or path.suffix == Path(wanted).suffix:
-        return path
-    # a hard link: resolving a symbolic one (as `resolve_model` does) would give the blob back
-    link = Path(store.root) / "views" / manifest.name / wanted
-    if not (link.exists() and link.samefile(path)):
-        link.parent.mkdir(parents=True, exist_ok=True)
-        link.unlink(missing_ok=True)
-        os.link(path, link)
-    return link
 
 
 DEFAULT_SOURCES: tuple[Source, ...] = (bundled_models, store_models, huggingface_models)

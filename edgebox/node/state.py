@@ -24,6 +24,8 @@ from edgebox.api.health import (
 )
 from edgebox.hardware.probe import probe
 from edgebox.hardware.telemetry import CachedTelemetry
+from edgebox.models.store import ModelStore
+from edgebox.models.transfer import Peer
 from edgebox.node.catalog import Available, ModelCatalog
 from edgebox.node.kv_transfer import KVStore
 from edgebox.node.metrics import NodeMetrics
@@ -61,6 +63,10 @@ class NodeState:
     keep_alive_s: float = 300.0  # idle seconds before a model loaded on demand is unloaded
     catalog: ModelCatalog = field(default_factory=ModelCatalog)  # what is on disk to load
     residency: ModelResidency = field(init=False)
+    store: ModelStore | None = None  # the node's model store (serves /v1/blobs, takes pulls)
+    pulls: dict[str, Any] = field(default_factory=dict)  # pull job id → PullJob
+    find_peers: Callable[[], list[Peer]] | None = None  # the agent's: hub registry, mDNS
+    peer_key: str | None = None  # the key this node sends to peers' /v1/blobs (fleet key)
     metrics: NodeMetrics = field(init=False)
     fingerprint: str = field(init=False)
 

@@ -35,8 +35,10 @@ def test_a_truncated_or_foreign_file_gives_no_facts_and_no_error(tmp_path: Path)
 def test_bundled_model_is_registered_without_a_copy(tmp_path: Path, smollm2: Path) -> None:
     store = ModelStore(tmp_path / "store")
     m = store.add_local(smollm2, "smollm2-135m", source="bundled", aliases=["smol"])
-    blob = store.path_of(m)
-    assert blob.read_bytes()[:4] == b"GGUF"
+    opened = store.path_of(m)
+    assert opened.name == smollm2.name  # runtimes choose by suffix
+    assert opened.read_bytes()[:4] == b"GGUF"
+    blob = store.blob_path(m.files[0].sha256)
     assert os.path.samefile(blob, smollm2) or m.files[0].location == str(smollm2.resolve())
     assert m.architecture == "llama" and m.context_length == 8192 and m.quantisation == "Q4_1"
     digest, chunks = digest_file(smollm2)
