@@ -50,8 +50,14 @@ def bundled_models() -> list[Available]:
     """The bundled models whose package is installed."""
     found = []
     for bundled in BUNDLED.values():
-        if importlib.util.find_spec(bundled.package.replace("-", "_")) is not None:
-            found.append(Available(bundled.alias, bundled.alias, bundled.kind, "bundled"))
+        if importlib.util.find_spec(bundled.package.replace("-", "_")) is None:
+            continue
+        try:
+            if bundled.locate_tokenizer is not None:  # an embedding model needs both packages
+                bundled.locate_tokenizer()
+        except FileNotFoundError:
+            continue
+        found.append(Available(bundled.alias, bundled.alias, bundled.kind, "bundled"))
     return found
 
 
