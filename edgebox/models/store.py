@@ -6,7 +6,7 @@ else `~/.edgebox/models`):
     blobs/sha256/<hex>          the bytes of one file, named by their SHA-256
     manifests/<name>.json       a `Manifest`: name, aliases, format, files (each with its digest
                                 and the digests of its fixed-size chunks), source, header facts
-    partial/<hex>.part|.json    a download in progress and which of its chunks are verified
+    partial/<hex>.part|.json|.done  a download in progress and its verified chunks
     views/<name>/<file>         links with the files' own names, for models of several files
                                 (split GGUFs find their parts by name; ONNX its tokenizer)
 
