@@ -145,6 +145,7 @@ find_cuda_libs() { # writes $EB/env.sh: CMAKE_ARGS for cuBLAS/libcuda outside th
     local libs="$root/lib64:$root/lib"
     [ -n "$blas" ] && libs+=":$(dirname "$blas")"
     cat >"$EB/env.sh" <<EOF
+export CUDACXX="$root/bin/nvcc" PATH="$root/bin:\$PATH"
 export CMAKE_ARGS="$args"
 export LD_LIBRARY_PATH="$libs:\${LD_LIBRARY_PATH:-}"
 export PYTHONPATH="$EB/site:$EB/llama:$PWD"
