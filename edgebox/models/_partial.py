@@ -32,46 +32,57 @@ class Layout:
 
 
 class Partial:
-    """`<key>.part` (the bytes) and `<key>.json` (which chunks are written, and their digests)."""
+    """`<key>.part` (the bytes), `<key>.json` (the layout it was started with) and
+    `<key>.done` (one line per chunk written: index and digest, appended, so recording a chunk
+    costs the same at chunk 5 and chunk 5,000)."""
 
     def __init__(self, path: Path, layout: Layout) -> None:
         self.path, self.layout = path, layout
         self.state_path = path.with_suffix(".json")
+        self.done_path = path.with_suffix(".done")
         path.parent.mkdir(parents=True, exist_ok=True)
         self.done: dict[int, str] = self._load()
+        if not self.done:
+            self._start()
         self._lock = threading.Lock()
         self.fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         os.ftruncate(self.fd, layout.size)
 
+    def _layout_json(self) -> dict[str, object]:
+        return {
+            "size": self.layout.size,
+            "chunk_size": self.layout.chunk_size,
+            "chunks": self.layout.chunks,
+        }
+
+    def _start(self) -> None:
+        self.done_path.unlink(missing_ok=True)
+        tmp = self.state_path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(self._layout_json()))
+        tmp.replace(self.state_path)
+
     def _load(self) -> dict[int, str]:
         try:
-            state = json.loads(self.state_path.read_text())
+            same = json.loads(self.state_path.read_text()) == self._layout_json()
+            lines = self.done_path.read_text().splitlines() if same else []
         except (OSError, ValueError):
             return {}
-        same = [state.get(k) for k in ("size", "chunk_size", "chunks")] == [
-            self.layout.size,
-            self.layout.chunk_size,
-            self.layout.chunks,
-        ]
-        done = state.get("done")
-        if not same or not self.path.is_file() or not isinstance(done, dict):
+        if not self.path.is_file():
             return {}
-        return {int(i): d for i, d in done.items() if str(i).isdigit() and isinstance(d, str)}
+        done = {}
+        for line in lines:  # a torn last line (a crash mid-append) is skipped
+            index, _, digest = line.partition(" ")
+            if index.isdigit() and int(index) < self.layout.count and len(digest) == 64:
+                done[int(index)] = digest
+        return done
 
     def write(self, index: int, data: bytes | bytearray, digest: str) -> None:
-        """Write chunk `index` and record it (its digest) as done."""
+        """Write chunk `index`, then record it (its digest) as done."""
         os.pwrite(self.fd, data, index * self.layout.chunk_size)
         with self._lock:
             self.done[index] = digest
-            state = {
-                "size": self.layout.size,
-                "chunk_size": self.layout.chunk_size,
-                "chunks": self.layout.chunks,
-                "done": {str(i): d for i, d in sorted(self.done.items())},
-            }
-            tmp = self.state_path.with_suffix(".json.tmp")
-            tmp.write_text(json.dumps(state))
-            tmp.replace(self.state_path)
+            with self.done_path.open("a") as log:
+                log.write(f"{index} {digest}\n")
 
     def read(self, index: int) -> bytes:
         return os.pread(self.fd, self.layout.length(index), index * self.layout.chunk_size)
@@ -79,6 +90,7 @@ class Partial:
     def discard(self) -> None:
         self.done.clear()
         self.state_path.unlink(missing_ok=True)
+        self.done_path.unlink(missing_ok=True)
         os.ftruncate(self.fd, 0)
         os.ftruncate(self.fd, self.layout.size)
 
@@ -88,6 +100,7 @@ class Partial:
 
     def forget(self) -> None:
         self.state_path.unlink(missing_ok=True)
+        self.done_path.unlink(missing_ok=True)
         self.path.unlink(missing_ok=True)
 
 

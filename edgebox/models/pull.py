@@ -22,10 +22,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
+from urllib.parse import quote
 
 import httpx
 
 from edgebox.models.remote import (
+    Offline,
     PullError,
     RemoteFile,
     hf_file,
@@ -91,16 +93,55 @@ def split_parts(filename: str) -> list[str]:
 
 
 def _peer_manifest(client: httpx.Client, name: str, peers: list[Peer]) -> Manifest:
-    """The manifest of model `name` from the first peer that has it."""
+    """The manifest of model `name` (or the model pulled as `name`) from the first peer that
+    has it."""
     for peer in peers:
         headers = {"Authorization": f"Bearer {peer.key}"} if peer.key else {}
+        url = f"{peer.url.rstrip('/')}/v1/store/models/{quote(name, safe='')}"
         try:
-            r = client.get(f"{peer.url.rstrip('/')}/v1/store/models/{name}", headers=headers)
+            r = client.get(url, headers=headers)
             if r.status_code == 200:
                 return Manifest.model_validate_json(r.content)
         except (httpx.HTTPError, ValueError):
             continue
     raise PullError(f"no peer has a model named {name} (asked {len(peers)})")
+
+
+def _from_peers(client: httpx.Client, spec: str, peers: list[Peer], name: str | None) -> PullPlan:
+    manifest = _peer_manifest(client, spec, peers)
+    files = [RemoteFile(f.path, None, f.size, f.sha256, "peer") for f in manifest.files]
+    return PullPlan(name or manifest.name, "peer", files, manifest.aliases, manifest=manifest)
+
+
+def _url_plan(
+    client: httpx.Client, spec: str, sha256: str | None, peers: list[Peer], name: str | None
+) -> PullPlan:
+    """A URL's file; when the internet is out of reach, its digest's size from the peers."""
+    try:
+        file = url_file(client, spec, sha256)
+    except Offline:
+        plan = peer_chunk_plan(client, sha256, peers)[0] if sha256 and peers else None
+        if plan is None:
+            raise
+        file = RemoteFile(spec.rsplit("/", 1)[-1] or "model.gguf", None, plan.size, sha256, "peer")
+    return PullPlan(name or default_name(file.path), file.source, [file], [spec])
+
+
+def _hf_plan(
+    client: httpx.Client, spec: str, match: re.Match[str], peers: list[Peer], name: str | None
+) -> PullPlan:
+    """A Hugging Face file (every part of a split GGUF); offline, the model a peer pulled as
+    the same spec."""
+    parts = split_parts(match["file"].rsplit("/", 1)[-1])
+    folder = match["file"].rpartition("/")[0]
+    names = [f"{folder}/{p}" if folder else p for p in parts]
+    try:
+        files = [hf_file(client, match["repo"], f) for f in names]
+    except Offline:
+        if not peers:
+            raise
+        return _from_peers(client, spec, peers, name)
+    return PullPlan(name or default_name(parts[0]), "huggingface", files, [spec])
 
 
 def plan_pull(
@@ -111,17 +152,17 @@ def plan_pull(
     peers: list[Peer] | None = None,
     client: httpx.Client | None = None,
 ) -> PullPlan:
-    """What `spec` names and how big it is; PullError for a bad spec, 404 or offline."""
+    """What `spec` names and how big it is; PullError for a bad spec, 404 or offline (unless
+    the peers have it)."""
     if not spec or len(spec) > MAX_SPEC or any(c in spec for c in "\r\n\x00"):
         raise PullError(f"a pull spec is 1 to {MAX_SPEC} printable characters")
     if sha256 is not None and not DIGEST.match(sha256.lower()):
         raise PullError("--sha256 takes 64 hex characters")
     if name is not None and not NAME.match(name):
         raise PullError(f"{name!r} is not a model name: letters, digits, '.', '_', '-'")
-    client = client or http_client()
+    client, peers = client or http_client(), peers or []
     if spec.startswith(("http://", "https://")):
-        file = url_file(client, spec, sha256.lower() if sha256 else None)
-        return PullPlan(name or default_name(file.path), file.source, [file], [spec])
+        return _url_plan(client, spec, sha256.lower() if sha256 else None, peers, name)
     local = Path(spec).expanduser()
     if local.exists():
         return PullPlan(name or default_name(local.name), "file", [], [], local=local)
@@ -132,15 +173,9 @@ def plan_pull(
             raise PullError(str(exc)) from None
         return PullPlan(name or spec, "bundled", [], [], local=path)
     if match := HF_SPEC.match(spec):
-        parts = split_parts(match["file"].rsplit("/", 1)[-1])
-        folder = match["file"].rpartition("/")[0]
-        names = [f"{folder}/{p}" if folder else p for p in parts]
-        files = [hf_file(client, match["repo"], f) for f in names]
-        return PullPlan(name or default_name(parts[0]), "huggingface", files, [spec])
+        return _hf_plan(client, spec, match, peers, name)
     if NAME.match(spec) and peers:
-        manifest = _peer_manifest(client, spec, peers)
-        files = [RemoteFile(f.path, None, f.size, f.sha256, "peer") for f in manifest.files]
-        return PullPlan(name or manifest.name, "peer", files, manifest.aliases, manifest=manifest)
+        return _from_peers(client, spec, peers, name)
     if spec.endswith((".gguf", ".onnx")) or spec.startswith(("/", ".", "~")):
         raise PullError(f"no such file: {spec}")
     raise PullError(

@@ -18,6 +18,10 @@ class PullError(Exception):
     """The pull cannot go on; the message says what was wrong and what to do."""
 
 
+class Offline(PullError):
+    """The internet source cannot be reached (peers may still have the file)."""
+
+
 @dataclass(frozen=True)
 class RemoteFile:
     path: str  # the file's name inside the model
@@ -36,7 +40,7 @@ def http_client() -> httpx.Client:
 
 def _network_error(where: str, exc: httpx.HTTPError) -> PullError:
     if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
-        return PullError(
+        return Offline(
             f"offline: cannot reach {where} ({type(exc).__name__}); "
             "check the network, or pull from a peer or a local path"
         )

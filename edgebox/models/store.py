@@ -6,7 +6,7 @@ else `~/.edgebox/models`):
     blobs/sha256/<hex>          the bytes of one file, named by their SHA-256
     manifests/<name>.json       a `Manifest`: name, aliases, format, files (each with its digest
                                 and the digests of its fixed-size chunks), source, header facts
-    partial/<hex>.part|.json    a download in progress and which of its chunks are verified
+    partial/<hex>.part|.json|.done  a download in progress and its verified chunks
     views/<name>/<file>         links with the files' own names, for models of several files
                                 (split GGUFs find their parts by name; ONNX its tokenizer)
 
@@ -132,6 +132,7 @@ class ModelStore:
 
     def __init__(self, root: Path | str | None = None) -> None:
         self.root = Path(root).expanduser() if root else default_root()
+        self._parsed: dict[Path, tuple[tuple[int, int, int], Manifest]] = {}
 
     # -- layout -----------------------------------------------------------------------
     def blob_path(self, digest: str) -> Path:
@@ -147,11 +148,19 @@ class ModelStore:
 
     # -- reading ----------------------------------------------------------------------
     def list(self) -> list[Manifest]:
+        """Every model, by name; a manifest is parsed again only when its file changed (the
+        blob routes look digests up for every chunk a peer asks for)."""
         folder = self.root / "manifests"
         found = []
         for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
             with contextlib.suppress(OSError, ValueError, ValidationError):
-                found.append(Manifest.model_validate_json(path.read_bytes()))
+                stat = path.stat()
+                key = (stat.st_mtime_ns, stat.st_size, stat.st_ino)
+                cached = self._parsed.get(path)
+                if cached is None or cached[0] != key:
+                    cached = (key, Manifest.model_validate_json(path.read_bytes()))
+                    self._parsed[path] = cached
+                found.append(cached[1])
         return found
 
     def get(self, name_or_alias: str) -> Manifest | None:

@@ -8,8 +8,9 @@ only for what no peer can give, the internet (a Hugging Face or plain URL). The 
   digest as it arrives: a bad one is discarded, its peer dropped, and the chunk fetched
   elsewhere. The whole file's SHA-256 is the root of trust: checked at the end; on a mismatch
   the file is discarded and the peers that gave the chunk list are dropped before a retry.
-- Progress survives interruption: `partial/<key>.part` holds the bytes and `<key>.json` the
-  chunks written and verified, so a new fetch continues where the last one stopped.
+- Progress survives interruption: `partial/<key>.part` holds the bytes and `<key>.done` the
+  chunks written and verified (`_partial.py`), so a new fetch continues where the last one
+  stopped.
 - `max_rate` (bytes/s, shared by every worker) leaves room for inference traffic.
 """
 

@@ -69,7 +69,7 @@ def create_app(
         Route("/v1/edgebox/kv/{model:path}", kv_api.upload, methods=["PUT"]),
         Route("/v1/blobs/{digest}", blobs_api.blob, methods=["GET", "HEAD"]),
         Route("/v1/blobs/{digest}/chunks", blobs_api.chunks, methods=["GET"]),
-        Route("/v1/store/models/{name}", blobs_api.manifest, methods=["GET"]),
+        Route("/v1/store/models/{name:path}", blobs_api.manifest, methods=["GET"]),
         Route("/admin/models/pull", pull_admin.start_pull, methods=["POST"]),
         Route("/admin/models/pull", pull_admin.list_pulls, methods=["GET"]),
         Route("/admin/models/pull/{job}", pull_admin.pull_status, methods=["GET"]),

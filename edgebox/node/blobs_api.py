@@ -4,8 +4,9 @@
   parallel, resumable transfers. 404 when the store does not hold it.
 - `GET /v1/blobs/{sha256}/chunks`: `{sha256, size, chunk_size, chunks}`, the digest of each
   chunk, so a fetcher verifies every chunk as it arrives.
-- `GET /v1/store/models/{name}`: a model's manifest (without local paths), so a node can pull
-  a model by name from a peer.
+- `GET /v1/store/models/{name}`: a model's manifest (without local paths), by name or by an
+  alias it was pulled as (`ORG/REPO:FILE.gguf`, URL-encoded), so a node can pull a model by
+  name, or by its Hugging Face spec while the internet is out of reach, from a peer.
 
 The digest must be 64 lowercase hex characters and only ever names a file the store itself
 resolves (its blob, or a file a manifest registered): no path from the request reaches disk.
@@ -20,8 +21,10 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 
 from edgebox.api.errors import APIError
-from edgebox.models.store import DEFAULT_CHUNK_SIZE, DIGEST, NAME, ModelStore, digest_file
+from edgebox.models.store import DEFAULT_CHUNK_SIZE, DIGEST, ModelStore, digest_file
 from edgebox.node.state import NodeState
+
+MAX_NAME = 512  # a model's name, or an alias it was pulled as (ORG/REPO:FILE.gguf, a URL)
 
 
 class _BlobResponse(FileResponse):
@@ -80,9 +83,9 @@ async def chunks(request: Request) -> Response:
 
 
 async def manifest(request: Request) -> Response:
-    store, name = _store(request), request.path_params["name"]
-    if not NAME.match(name):
-        raise APIError(400, "not a model name", param="name", code="bad_model_name")
+    store, name = _store(request), str(request.path_params["name"])
+    if not name or len(name) > MAX_NAME or not name.isprintable():
+        raise APIError(400, "not a model name or spec", param="name", code="bad_model_name")
     found = await asyncio.to_thread(store.get, name)
     if found is None:
         raise APIError(404, f"no model named {name} in this node's store", code="model_not_found")

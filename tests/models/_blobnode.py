@@ -3,7 +3,7 @@ scopes) with a model store and no runtime loaded (no inference is asked of it).
 
     python _blobnode.py STORE HOST PORT API_KEY ADMIN_KEY [MODEL_PATH [corrupt]]
 
-MODEL_PATH is registered as `smollm2-135m`; `corrupt` copies it and flips bytes in its third
+MODEL_PATH is registered as `smollm2-135m` (alias HF_ALIAS); `corrupt` copies it and flips bytes in its third
 chunk, keeping the true digests in the manifest: a peer that lies.
 """
 
@@ -19,12 +19,16 @@ from edgebox.models.store import DEFAULT_CHUNK_SIZE, ModelStore
 from edgebox.node.app import create_app
 from edgebox.node.state import NodeState
 
+HF_ALIAS = "example/smol-GGUF:SmolLM2-135M-Instruct.Q4_1.gguf"  # as if pulled from there
+
 
 def main() -> None:
     root, host, port, api_key, admin_key, *model = sys.argv[1:]
     store = ModelStore(root)
     if model:
-        manifest = store.add_local(Path(model[0]), "smollm2-135m", link=len(model) == 1)
+        manifest = store.add_local(
+            Path(model[0]), "smollm2-135m", link=len(model) == 1, aliases=[HF_ALIAS]
+        )
         if model[1:] == ["corrupt"]:
             blob = store.blob_path(manifest.files[0].sha256)
             with blob.open("r+b") as f:
