@@ -9,10 +9,12 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
 
+from edgebox.models.store import ModelStore
 from tests.conftest import NodeProcess, start_node
 
 MODEL = "gemma3-270m"
@@ -68,3 +70,27 @@ def test_deploy_to_a_named_node_that_is_too_small_fails(three_nodes: list[NodePr
     done = deploy(MODEL, "--to", three_nodes[2].url, "--load", home=home)
     assert done.returncode == 1
     assert "refused" in done.stdout and "budget" in done.stdout
+
+
+def test_deploy_pulls_from_the_peer_that_has_it_then_loads(
+    tmp_path_factory: pytest.TempPathFactory, smollm2_path: Path
+) -> None:
+    tmp = tmp_path_factory.mktemp("deploy-pull")
+    ModelStore(tmp / "store-a").add_local(smollm2_path, "smol-copy")
+    nodes: list[NodeProcess] = []
+    try:
+        for name in ("a", "b"):
+            args = ["--model", "smollm2-135m", "--ctx", "512", "--parallel", "1"]
+            env = {"EDGEBOX_MODELS_DIR": str(tmp / f"store-{name}"), "EDGEBOX_HOME": str(tmp)}
+            nodes.append(start_node(tmp, *args, "--no-mdns", "--no-tunnel", env=env))
+        urls = ",".join(n.url for n in nodes)
+        done = deploy("smol-copy", "--to", urls, "--load", "--json", home=str(tmp / "laptop"))
+        assert done.returncode == 0, done.stdout + done.stderr
+        report = {r["node"]: r for r in json.loads(done.stdout)}
+        assert report[nodes[1].url]["result"] == "loaded"
+        assert "peer" in report[nodes[1].url]["why"]
+        for node in nodes:
+            assert "smol-copy" in httpx.get(node.url + "/health").json()["models"]
+    finally:
+        for node in nodes:
+            node.stop()
