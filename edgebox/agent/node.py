@@ -100,6 +100,10 @@ class NodeAgent:
             default_runtime=self.config.runtime,
             fast_paths=self.runtimes.fast_paths,
         )
+        # Once per start, off the serving path: the speed-of-light figure in /health.
+        threading.Thread(
+            target=self.state.measure_bandwidth, name="bandwidth-probe", daemon=True
+        ).start()
 
     def close_runtimes(self) -> None:
         """Every runtime the node serves, those loaded later over /admin included."""
