@@ -53,7 +53,8 @@ class LoopWaker:
         """Any thread: have `inbox` looked at by its loop soon."""
         with self._cond:
             self._due.append(inbox)
-            self._cond.notify()
+            if len(self._due) == 1:  # the inboxes flagged in one step share one notify
+                self._cond.notify()
 
     def _run(self) -> None:
         while not self._loop.is_closed():
