@@ -43,7 +43,8 @@ H100_SXM = {**RTX_4090, "name": "NVIDIA H100 80GB HBM3", "mem_clock_mhz": 2619, 
 def test_the_probe_is_short_and_plausible() -> None:
     started = time.perf_counter()
     gbps = probe_cpu()
-    assert time.perf_counter() - started < 2.0  # well under a second unloaded; 2 on a busy CI
+    # about 0.1 s on an idle machine; 2.5 s was seen with load 12 on 2 cores (page faults)
+    assert time.perf_counter() - started < 6.0
     assert 0.5 < gbps < 2000
     assert l3_bytes() >= 0
 
