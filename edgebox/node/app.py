@@ -27,6 +27,7 @@ from edgebox.node import (
     model_admin,
     openai_api,
     pull_admin,
+    responses_api,
 )
 from edgebox.node.identity_api import NodeSigner
 from edgebox.node.metrics import RequestCounterMiddleware
@@ -65,6 +66,14 @@ def create_app(
         Route("/v1/chat/completions", openai_api.chat_completions, methods=["POST"]),
         Route("/v1/completions", openai_api.completions, methods=["POST"]),
         Route("/v1/embeddings", embeddings.create_embeddings, methods=["POST"]),
+        Route("/v1/responses", responses_api.create_response, methods=["POST"]),
+        Route("/v1/responses/{response_id}", responses_api.get_response, methods=["GET"]),
+        Route("/v1/responses/{response_id}", responses_api.delete_response, methods=["DELETE"]),
+        Route(
+            "/v1/responses/{response_id}/input_items",
+            responses_api.list_input_items,
+            methods=["GET"],
+        ),
         Route("/v1/edgebox/kv/prefill", kv_api.prefill, methods=["POST"]),
         Route("/v1/edgebox/kv/{model:path}", kv_api.upload, methods=["PUT"]),
         Route("/v1/blobs/{digest}", blobs_api.blob, methods=["GET", "HEAD"]),
