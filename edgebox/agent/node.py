@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from starlette.types import ASGIApp
 
     from edgebox.api.auth import NodeKeys
+    from edgebox.api.response_store import ResponseStore
     from edgebox.fleet.heartbeat import Heartbeat
     from edgebox.fleet.identity import NodeIdentity
     from edgebox.fleet.mdns import Advertiser
@@ -99,11 +100,42 @@ class NodeAgent:
             runtime_options=self.options,  # models loaded later over /admin take the same
             default_runtime=self.config.runtime,
             fast_paths=self.runtimes.fast_paths,
+            responses=self._response_store(),
         )
         # Once per start, off the serving path: the speed-of-light figure in /health.
         threading.Thread(
             target=self.state.measure_bandwidth, name="bandwidth-probe", daemon=True
         ).start()
+        self._open_store(resolved)
+
+    def _open_store(self, resolved: list[Any]) -> None:
+        """The node's model store: what it serves is registered (by reference) so peers can
+        fetch it, and it takes pulls (`POST /admin/models/pull`)."""
+        from edgebox.models.register import register_in_background
+        from edgebox.models.store import ModelStore
+
+        assert self.state is not None
+        keys = self.config.keys()
+        self.state.store = ModelStore()
+        self.state.peer_key = keys.fleet_key or keys.api_key
+        register_in_background(self.state.store, resolved)
+        from edgebox.fleet.blob_peers import PeerFinder
+
+        own = self.state.node.get("id") if self.state.node else None
+        self.state.find_peers = PeerFinder(
+            lambda: self._hub_peers.peers,
+            own_id=str(own) if own else None,
+            key=self.state.peer_key,
+            mdns=self.config.mdns,
+        )
+
+    def _response_store(self) -> ResponseStore:
+        from edgebox.api.response_store import ResponseStore
+        from edgebox.fleet.identity import edgebox_home
+
+        path = self.config.responses_db or edgebox_home() / "responses.sqlite"
+        max_age_s = self.config.responses_max_days * 86400
+        return ResponseStore(path, keep=self.config.responses_keep, max_age_s=max_age_s)
 
     def close_runtimes(self) -> None:
         """Every runtime the node serves, those loaded later over /admin included."""
@@ -112,6 +144,7 @@ class NodeAgent:
             return
         for runtime in self.state.all_models().values():
             runtime.close()
+        self.state.responses.close()
 
     async def _serve(self) -> None:
         async with contextlib.AsyncExitStack() as stack:
@@ -203,6 +236,7 @@ class NodeAgent:
             models=lambda: list(state.all_models()),
             api=api,
             peer_keys=self.config.fleet,  # a --fleet node routes to its peers with their keys
+            blobs=state.store.digests if state.store is not None else list,
         )
         if beats is not None:
             self._hub_peers.beats = beats

@@ -18,7 +18,17 @@ from edgebox.api.errors import (
     unhandled_error_handler,
 )
 from edgebox.api.identity import IDENTITY_PATH
-from edgebox.node import admin, embeddings, identity_api, kv_api, model_admin, openai_api
+from edgebox.node import (
+    admin,
+    blobs_api,
+    embeddings,
+    identity_api,
+    kv_api,
+    model_admin,
+    openai_api,
+    pull_admin,
+    responses_api,
+)
 from edgebox.node.identity_api import NodeSigner
 from edgebox.node.metrics import RequestCounterMiddleware
 from edgebox.node.recent import RecentRequestsMiddleware
@@ -56,8 +66,22 @@ def create_app(
         Route("/v1/chat/completions", openai_api.chat_completions, methods=["POST"]),
         Route("/v1/completions", openai_api.completions, methods=["POST"]),
         Route("/v1/embeddings", embeddings.create_embeddings, methods=["POST"]),
+        Route("/v1/responses", responses_api.create_response, methods=["POST"]),
+        Route("/v1/responses/{response_id}", responses_api.get_response, methods=["GET"]),
+        Route("/v1/responses/{response_id}", responses_api.delete_response, methods=["DELETE"]),
+        Route(
+            "/v1/responses/{response_id}/input_items",
+            responses_api.list_input_items,
+            methods=["GET"],
+        ),
         Route("/v1/edgebox/kv/prefill", kv_api.prefill, methods=["POST"]),
         Route("/v1/edgebox/kv/{model:path}", kv_api.upload, methods=["PUT"]),
+        Route("/v1/blobs/{digest}", blobs_api.blob, methods=["GET", "HEAD"]),
+        Route("/v1/blobs/{digest}/chunks", blobs_api.chunks, methods=["GET"]),
+        Route("/v1/store/models/{name:path}", blobs_api.manifest, methods=["GET"]),
+        Route("/admin/models/pull", pull_admin.start_pull, methods=["POST"]),
+        Route("/admin/models/pull", pull_admin.list_pulls, methods=["GET"]),
+        Route("/admin/models/pull/{job}", pull_admin.pull_status, methods=["GET"]),
         Route("/admin/drain", admin.drain, methods=["POST"]),
         Route("/admin/undrain", admin.undrain, methods=["POST"]),
         Route("/admin/models", model_admin.list_models, methods=["GET"]),

@@ -21,9 +21,12 @@ from edgebox.api.health import (
     ModelLoad,
     NodeIdentity,
 )
+from edgebox.api.response_store import ResponseStore
 from edgebox.hardware.bandwidth import Bandwidth, node_bandwidth, speed_of_light
 from edgebox.hardware.probe import cpu_model, probe
 from edgebox.hardware.telemetry import CachedTelemetry
+from edgebox.models.store import ModelStore
+from edgebox.models.transfer import Peer
 from edgebox.node.kv_transfer import KVStore
 from edgebox.node.metrics import NodeMetrics
 from edgebox.node.recent import RecentRequests
@@ -49,10 +52,15 @@ class NodeState:
     default_runtime: str = "auto"  # `serve --runtime`, for chat models loaded later
     fast_paths: dict[str, str] = field(default_factory=dict)  # model id → "runtime: why"
     recent: RecentRequests = field(default_factory=RecentRequests)
+    responses: ResponseStore = field(default_factory=ResponseStore)  # stored /v1/responses
     loading: dict[str, str] = field(default_factory=dict)  # model id → what is being loaded
     # Called on the event loop after a model was loaded or unloaded (the mDNS advertiser).
     on_models_changed: list[Callable[[list[str]], Awaitable[None]]] = field(default_factory=list)
     bandwidth: Bandwidth | None = None  # what bounds decode here; set by measure_bandwidth
+    store: ModelStore | None = None  # the node's model store (serves /v1/blobs, takes pulls)
+    pulls: dict[str, Any] = field(default_factory=dict)  # pull job id → PullJob
+    find_peers: Callable[[], list[Peer]] | None = None  # the agent's: hub registry, mDNS
+    peer_key: str | None = None  # the key this node sends to peers' /v1/blobs (fleet key)
     metrics: NodeMetrics = field(init=False)
     fingerprint: str = field(init=False)
 
