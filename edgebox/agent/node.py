@@ -102,6 +102,10 @@ class NodeAgent:
             fast_paths=self.runtimes.fast_paths,
             responses=self._response_store(),
         )
+        # Once per start, off the serving path: the speed-of-light figure in /health.
+        threading.Thread(
+            target=self.state.measure_bandwidth, name="bandwidth-probe", daemon=True
+        ).start()
         self._open_store(resolved)
 
     def _open_store(self, resolved: list[Any]) -> None:

@@ -124,3 +124,19 @@ def test_hub_entries() -> None:
     assert (online.running, online.queued) == (2, 1)
     stale = node_from_hub({"id": "n2", "status": "stale", "models": ["m"]})
     assert stale.status == "offline" and stale.name == "n2" and stale.url is None
+
+
+def test_the_node_s_measured_bandwidth_feeds_the_decode_share() -> None:
+    before, after = parse_metrics(METRICS_1), parse_metrics(METRICS_2)
+    health = {
+        "status": "ok",
+        "bandwidth": {"gbps": 20.0, "source": "measured:copy", "device": "cpu"},
+        "hardware": {"hw_class": "cpu", "bandwidth_gbps": 0, "bandwidth_source": "unknown"},
+        "models": {"m": {"slots": 4, "size_bytes": 100_000_000}},
+    }
+    node = node_from_health(
+        url="http://n:1", health=health, metrics=after, previous=before, elapsed_s=3.0, seen_at=5.0
+    )
+    assert node.bandwidth_gbps == 20.0
+    # 50 tok/s of a 100 MB model against a 200 tok/s bound
+    assert node.bandwidth_pct == pytest.approx(25.0)
