@@ -8,7 +8,7 @@ arrive. The translators themselves are the node's (`edgebox.api.openai_responses
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from starlette.requests import Request
@@ -60,15 +60,17 @@ def is_stream(answer: Response) -> bool:
     return isinstance(answer, StreamingResponse)
 
 
-def restreamed(answer: Response, events: AsyncIterator[bytes]) -> Response:
-    """The relayed stream with its body replaced by `events` (read from its old body); the
-    relay still ends the upstream connection however the response ends."""
+def restreamed(
+    answer: Response, translate: Callable[[AsyncIterable[Any]], AsyncIterator[bytes]]
+) -> Response:
+    """The relayed stream with its body read through `translate`; the relay still ends the
+    upstream connection however the response ends."""
     assert isinstance(answer, StreamingResponse)
-    answer.body_iterator = events
+    answer.body_iterator = translate(answer.body_iterator)
     return answer
 
 
-async def chat_chunks(body: AsyncIterator[Any]) -> AsyncIterator[dict[str, Any]]:
+async def chat_chunks(body: AsyncIterable[Any]) -> AsyncIterator[dict[str, Any]]:
     """The JSON objects of an OpenAI SSE stream (chunks, or the router's error event), until
     `data: [DONE]`."""
     buffer = b""

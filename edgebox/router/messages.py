@@ -9,8 +9,9 @@ conversation is kept on one node by `metadata.user_id` (as Claude Code sends it)
 
 from __future__ import annotations
 
+import functools
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator
 from typing import Any
 
 from starlette.requests import Request
@@ -45,7 +46,9 @@ from edgebox.router.placement import conversation_key, estimate_prompt_tokens
 async def create_message(request: Request) -> Response:
     """POST /v1/messages."""
     try:
-        req = parse_request(MessagesRequest, decode_json(await read_body(request, DEFAULT_MAX_BODY)))
+        req = parse_request(
+            MessagesRequest, decode_json(await read_body(request, DEFAULT_MAX_BODY))
+        )
         body = to_chat_body(req)
         answer = await router_of(request).handle(
             CHAT_PATH,
@@ -60,7 +63,7 @@ async def create_message(request: Request) -> Response:
         return _anthropic_error(answer)
     message_id = "msg_" + uuid.uuid4().hex
     if is_stream(answer):
-        return restreamed(answer, _events(answer.body_iterator, req, message_id))
+        return restreamed(answer, functools.partial(_events, req=req, message_id=message_id))
     return rewritten(answer, chat_to_message(answer_json(answer) or {}, req, message_id))
 
 
@@ -71,7 +74,7 @@ def _conversation(req: MessagesRequest) -> tuple[str, ...]:
 
 
 async def _events(
-    chunks: AsyncIterator[Any], req: MessagesRequest, message_id: str
+    chunks: AsyncIterable[Any], req: MessagesRequest, message_id: str
 ) -> AsyncIterator[bytes]:
     stream = MessageEventStream(req, message_id)
     async for chunk in chat_chunks(chunks):

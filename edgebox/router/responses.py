@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator
 from typing import Any
 
 from starlette.requests import Request
@@ -67,7 +67,7 @@ async def create_response(request: Request) -> Response:
     if answer.status_code >= 400:
         return _error(answer, req)
     if is_stream(answer):
-        return restreamed(answer, turn.events(answer.body_iterator))
+        return restreamed(answer, turn.events)
     response = chat_to_response(answer_json(answer) or {}, req, turn.response_id, turn.created)
     await turn.keep(response)
     return rewritten(answer, response)
@@ -82,9 +82,7 @@ def _parse(data: Any) -> ResponseCreateRequest:
         raise from_validation_error(exc) from exc  # type: ignore[arg-type]
 
 
-async def _history(
-    store: ResponseStore, owner: str, previous: str | None
-) -> list[dict[str, Any]]:
+async def _history(store: ResponseStore, owner: str, previous: str | None) -> list[dict[str, Any]]:
     """The conversation `previous_response_id` continues (its inputs and outputs)."""
     if previous is None:
         return []
@@ -134,7 +132,7 @@ class _Turn:
         if self.req.store and response.get("status") in ("completed", "incomplete"):
             await asyncio.to_thread(self.store.put, self.owner, response, self.items)
 
-    async def events(self, chunks: AsyncIterator[Any]) -> AsyncIterator[bytes]:
+    async def events(self, chunks: AsyncIterable[Any]) -> AsyncIterator[bytes]:
         """The Responses events for a relayed chat stream; the response kept at its end."""
         stream = ResponseEventStream(self.req, self.response_id, self.created)
         for event in stream.start():

@@ -167,9 +167,7 @@ class Router:
         prompt = await self.tokenizers.encode_async(body)
         max_tokens = requested_max_tokens(body)
         if prompt is not None:
-            req = RouteRequest(
-                model, (), prompt.tokens, max_tokens, prompt.blocks, conversation
-            )
+            req = RouteRequest(model, (), prompt.tokens, max_tokens, prompt.blocks, conversation)
             held = seen.held_blocks(model, self.tokenizers.sha256(model), nodes, now)
             ctx = PlacementContext(now, seen.affinity, held)
         else:  # not tokenizable here: message-level keys, size estimated

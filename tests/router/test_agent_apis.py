@@ -229,16 +229,24 @@ class ChatOnlyCloud(FakeNode):
             finish = "stop"
             if tools:
                 call = {"name": tools[0]["function"]["name"], "arguments": '{"city": "Oslo"}'}
-                message = {"role": "assistant", "content": None, "tool_calls": [
-                    {"id": "call_cloud1", "type": "function", "function": call}
-                ]}
+                message = {
+                    "role": "assistant",
+                    "content": None,
+                    "tool_calls": [{"id": "call_cloud1", "type": "function", "function": call}],
+                }
                 finish = "tool_calls"
             choice = {"index": 0, "message": message, "finish_reason": finish}
             usage = {"prompt_tokens": 12, "completion_tokens": 5, "total_tokens": 17}
-            return JSONResponse({
-                "id": "chatcmpl-cloud", "object": "chat.completion", "created": 0,
-                "model": body["model"], "choices": [choice], "usage": usage,
-            })
+            return JSONResponse(
+                {
+                    "id": "chatcmpl-cloud",
+                    "object": "chat.completion",
+                    "created": 0,
+                    "model": body["model"],
+                    "choices": [choice],
+                    "usage": usage,
+                }
+            )
 
         async def other(request: Request) -> Response:
             self.seen.append({"path": request.url.path, "body": None})
@@ -262,14 +270,18 @@ def test_a_chat_only_cloud_serves_responses_and_messages_with_tools(tmp_path: Pa
         try:
             fleet = Fleet({}, router, tmp_path)
             raw = oai(fleet).responses.with_raw_response.create(
-                model="gpt-agent", input="Weather in Oslo?", tools=[RESPONSES_TOOL]  # type: ignore[list-item]
+                model="gpt-agent",
+                input="Weather in Oslo?",
+                tools=[RESPONSES_TOOL],  # type: ignore[list-item]
             )
             assert served_by(raw.headers)[0] == "cloud:chatonly"
             (call,) = [i for i in raw.parse().output if i.type == "function_call"]
             assert call.name == "get_weather" and json.loads(call.arguments) == {"city": "Oslo"}
             tool = {"name": "get_weather", "input_schema": CITY}
             message = claude(fleet).messages.create(
-                model="gpt-agent", max_tokens=20, tools=[tool],  # type: ignore[list-item]
+                model="gpt-agent",
+                max_tokens=20,
+                tools=[tool],  # type: ignore[list-item]
                 messages=[{"role": "user", "content": "Weather in Oslo?"}],
             )
             assert message.stop_reason == "tool_use"

@@ -139,7 +139,9 @@ def test_a_conversation_goes_back_to_the_node_that_served_it_while_that_node_can
     store = Observations(recent_blocks_ttl_s=10)
     store.served(RouteRequest("m", conversation=keys), "busy", now=1.0)
     req = RouteRequest("m", prompt_tokens=10, conversation=keys[1:])  # `user` alone matches
-    seen = Observed(req, {"busy": node("busy", 1), "idle": node("idle")}, PlacementContext(1.0, store.affinity))
+    seen = Observed(
+        req, {"busy": node("busy", 1), "idle": node("idle")}, PlacementContext(1.0, store.affinity)
+    )
     plan = plan_for(seen, cloud=[])
     assert [(target_name(t), r) for t, r in plan.targets] == [
         ("busy", "affinity:conversation"),
