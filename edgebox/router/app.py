@@ -16,14 +16,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from edgebox.api.anthropic import messages_aware_error_handler
 from edgebox.api.auth import APIKeyMiddleware
 from edgebox.api.body import DEFAULT_MAX_BODY, decode_json, read_body
-from edgebox.api.errors import (
-    APIError,
-    api_error_handler,
-    http_error_handler,
-    unhandled_error_handler,
-)
+from edgebox.api.errors import APIError
 from edgebox.router import messages, responses
 from edgebox.router.front import key_local_only
 from edgebox.router.nodes import NodeStatus
@@ -176,10 +172,11 @@ def create_app(router: Router, *, api_key: str | None = None) -> Starlette:
         routes=routes,
         lifespan=lifespan,
         middleware=[Middleware(APIKeyMiddleware, api_key=keys)] if keys else [],
+        # Anthropic's error shape under /v1/messages, OpenAI's everywhere else
         exception_handlers={
-            APIError: api_error_handler,
-            HTTPException: http_error_handler,
-            Exception: unhandled_error_handler,
+            APIError: messages_aware_error_handler,
+            HTTPException: messages_aware_error_handler,
+            Exception: messages_aware_error_handler,
         },
     )
     app.state.router = router

@@ -22,7 +22,6 @@ from edgebox.api.anthropic import (
     MessageEventStream,
     MessagesRequest,
     chat_to_message,
-    from_api_error,
     from_openai_error,
     parse_request,
     sse_event,
@@ -44,21 +43,16 @@ from edgebox.router.placement import conversation_key, estimate_prompt_tokens
 
 
 async def create_message(request: Request) -> Response:
-    """POST /v1/messages."""
-    try:
-        req = parse_request(
-            MessagesRequest, decode_json(await read_body(request, DEFAULT_MAX_BODY))
-        )
-        body = to_chat_body(req)
-        answer = await router_of(request).handle(
-            CHAT_PATH,
-            body,
-            request.headers,
-            key_local_only=key_local_only(request),
-            conversation=_conversation(req),
-        )
-    except APIError as exc:
-        return JSONResponse(from_api_error(exc), exc.status, headers=exc.headers)
+    """POST /v1/messages (the app's error handler gives the router's errors Anthropic's shape)."""
+    data = decode_json(await read_body(request, DEFAULT_MAX_BODY))
+    req = parse_request(MessagesRequest, data)
+    answer = await router_of(request).handle(
+        CHAT_PATH,
+        to_chat_body(req),
+        request.headers,
+        key_local_only=key_local_only(request),
+        conversation=_conversation(req),
+    )
     if answer.status_code >= 400:
         return _anthropic_error(answer)
     message_id = "msg_" + uuid.uuid4().hex
@@ -88,17 +82,17 @@ async def count_tokens(request: Request) -> Response:
     """POST /v1/messages/count_tokens: a node counts them exactly (its own route; never the
     cloud, which may not have it); for a model only a cloud upstream serves, an estimate."""
     raw = await read_body(request, DEFAULT_MAX_BODY)
+    data = decode_json(raw)
+    req = parse_request(CountTokensRequest, data)
+    estimate = estimate_prompt_tokens(to_chat_body(req))
     try:
-        data = decode_json(raw)
-        req = parse_request(CountTokensRequest, data)
-        estimate = estimate_prompt_tokens(to_chat_body(req))
         answer = await router_of(request).handle(
             request.url.path, data, request.headers, key_local_only=True, raw=raw
         )
     except APIError as exc:
-        if exc.code == "no_node_available":  # nothing local serves it: the estimate
-            return JSONResponse({"input_tokens": estimate})
-        return JSONResponse(from_api_error(exc), exc.status, headers=exc.headers)
+        if exc.code != "no_node_available":
+            raise
+        return JSONResponse({"input_tokens": estimate})  # nothing local serves it
     return _anthropic_error(answer) if answer.status_code >= 400 else answer
 
 

@@ -81,7 +81,9 @@ async def _pieces(*parts: bytes):  # type: ignore[no-untyped-def]
 def test_chat_chunks_are_read_back_across_split_reads() -> None:
     import asyncio
 
-    stream = _pieces(b'data: {"a": 1}\n', b'\ndata: {"b"', b": 2}\n\n: keep-alive\n\n", b"data: [DONE]\n\n")
+    stream = _pieces(
+        b'data: {"a": 1}\n', b'\ndata: {"b"', b": 2}\n\n: keep-alive\n\n", b"data: [DONE]\n\n"
+    )
 
     async def read() -> list[object]:
         return [chunk async for chunk in chat_chunks(stream)]
