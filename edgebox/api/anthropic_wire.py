@@ -52,7 +52,7 @@ ResultPart = Annotated[TextBlock | MediaBlock, Field(discriminator="type")]
 class ToolResultBlock(_Wire):
     type: Literal["tool_result"]
     tool_use_id: str = Field(min_length=1, max_length=MAX_NAME_CHARS)
-    content: str | list[ResultPart] | None = Field(None, max_length=MAX_BLOCKS)
+    content: str | Annotated[list[ResultPart], Field(max_length=MAX_BLOCKS)] | None = None
     is_error: bool | None = None
 
 
@@ -64,7 +64,8 @@ ContentBlock = Annotated[
 
 class Message(_Wire):
     role: Literal["user", "assistant", "system"]
-    content: str | list[ContentBlock] = Field(max_length=MAX_BLOCKS)
+    # the bound is on blocks: a string's length is the context's to refuse
+    content: str | Annotated[list[ContentBlock], Field(max_length=MAX_BLOCKS)]
 
 
 class ToolSpec(_Wire):

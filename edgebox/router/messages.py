@@ -80,7 +80,8 @@ async def _events(
 
 async def count_tokens(request: Request) -> Response:
     """POST /v1/messages/count_tokens: a node counts them exactly (its own route; never the
-    cloud, which may not have it); for a model only a cloud upstream serves, an estimate."""
+    cloud, which may not have it); for a model only a cloud upstream serves, or a node
+    without the route, the router's estimate (characters / 4)."""
     raw = await read_body(request, DEFAULT_MAX_BODY)
     data = decode_json(raw)
     req = parse_request(CountTokensRequest, data)
@@ -93,6 +94,8 @@ async def count_tokens(request: Request) -> Response:
         if exc.code != "no_node_available":
             raise
         return JSONResponse({"input_tokens": estimate})  # nothing local serves it
+    if answer.status_code == 404 and not (answer_json(answer) or {}).get("type") == "error":
+        return JSONResponse({"input_tokens": estimate})  # a node from before the route
     return _anthropic_error(answer) if answer.status_code >= 400 else answer
 
 
