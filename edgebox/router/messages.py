@@ -94,7 +94,7 @@ async def count_tokens(request: Request) -> Response:
         if exc.code != "no_node_available":
             raise
         return JSONResponse({"input_tokens": estimate})  # nothing local serves it
-    if answer.status_code == 404 and not (answer_json(answer) or {}).get("type") == "error":
+    if answer.status_code == 404 and not _is_anthropic_error(answer_json(answer)):
         return JSONResponse({"input_tokens": estimate})  # a node from before the route
     return _anthropic_error(answer) if answer.status_code >= 400 else answer
 
@@ -102,9 +102,13 @@ async def count_tokens(request: Request) -> Response:
 def _anthropic_error(answer: Response) -> Response:
     """A node's or cloud's error in Anthropic's shape (kept when it already is)."""
     body = answer_json(answer)
-    if isinstance(body, dict) and body.get("type") == "error":
+    if _is_anthropic_error(body):
         return answer
     return rewritten(answer, from_openai_error(answer.status_code, body))
+
+
+def _is_anthropic_error(body: object) -> bool:
+    return isinstance(body, dict) and body.get("type") == "error"
 
 
 async def probe(request: Request) -> Response:
