@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from starlette.types import ASGIApp
 
     from edgebox.api.auth import NodeKeys
+    from edgebox.api.response_store import ResponseStore
     from edgebox.fleet.heartbeat import Heartbeat
     from edgebox.fleet.identity import NodeIdentity
     from edgebox.fleet.mdns import Advertiser
@@ -99,7 +100,16 @@ class NodeAgent:
             runtime_options=self.options,  # models loaded later over /admin take the same
             default_runtime=self.config.runtime,
             fast_paths=self.runtimes.fast_paths,
+            responses=self._response_store(),
         )
+
+    def _response_store(self) -> ResponseStore:
+        from edgebox.api.response_store import ResponseStore
+        from edgebox.fleet.identity import edgebox_home
+
+        path = self.config.responses_db or edgebox_home() / "responses.sqlite"
+        max_age_s = self.config.responses_max_days * 86400
+        return ResponseStore(path, keep=self.config.responses_keep, max_age_s=max_age_s)
 
     def close_runtimes(self) -> None:
         """Every runtime the node serves, those loaded later over /admin included."""
@@ -108,6 +118,7 @@ class NodeAgent:
             return
         for runtime in self.state.all_models().values():
             runtime.close()
+        self.state.responses.close()
 
     async def _serve(self) -> None:
         async with contextlib.AsyncExitStack() as stack:

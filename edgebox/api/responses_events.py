@@ -75,26 +75,8 @@ class ResponseEventStream:
         return len(self.response["output"]) - 1
 
     def _text_delta(self, text: str) -> list[dict[str, Any]]:
-        events = self._close_call()
-        if self._text is None:
-            item = message_item("", status="in_progress")
-            self.response["output"].append(item)
-            self._text = []
-            index = self._output_index()
-            events.append(
-                self._event(
-                    "response.output_item.added", output_index=index, item=copy.deepcopy(item)
-                )
-            )
-            events.append(
-                self._event(
-                    "response.content_part.added",
-                    item_id=item["id"],
-                    output_index=index,
-                    content_index=0,
-                    part={"type": "output_text", "text": "", "annotations": [], "logprobs": []},
-                )
-            )
+        events = self._close_call() + self._open_message()
+        assert self._text is not None
         self._text.append(text)
         item = self.response["output"][-1]
         events.append(
@@ -108,6 +90,25 @@ class ResponseEventStream:
             )
         )
         return events
+
+    def _open_message(self) -> list[dict[str, Any]]:
+        if self._text is not None:
+            return []
+        item = message_item("", status="in_progress")
+        self.response["output"].append(item)
+        self._text = []
+        index = self._output_index()
+        part = {"type": "output_text", "text": "", "annotations": [], "logprobs": []}
+        return [
+            self._event("response.output_item.added", output_index=index, item=copy.deepcopy(item)),
+            self._event(
+                "response.content_part.added",
+                item_id=item["id"],
+                output_index=index,
+                content_index=0,
+                part=part,
+            ),
+        ]
 
     def _close_text(self) -> list[dict[str, Any]]:
         if self._text is None:
@@ -178,7 +179,7 @@ class ResponseEventStream:
             return []
         events = self._close_text() + self._close_call()
         if not self.response["output"]:  # no text and no call: an empty message, as OpenAI has
-            events += self._text_delta("")[:2] + self._close_text()
+            events += self._open_message() + self._close_text()
         finished(self.response, self._finish_reason, self._usage)
         self.done = True
         kind = (

@@ -60,6 +60,8 @@ def _part_tag(value: Any) -> str | None:
     kind = value.get("type") if isinstance(value, dict) else getattr(value, "type", None)
     if kind is None and isinstance(value, dict) and "text" in value:
         return "Text"  # a bare {"text": ...} part
+    if not isinstance(kind, str):
+        return None
     return "Text" if kind in TEXT_PARTS else _PART_TAGS.get(kind, kind)
 
 
@@ -147,6 +149,8 @@ def _item_tag(value: Any) -> str | None:
             return "Message"  # EasyInputMessage: {"role", "content"} with no type
     else:
         kind = getattr(value, "type", None)
+    if not isinstance(kind, str):
+        return None
     if kind in DROPPED_ITEMS:
         return "Dropped"
     return _ITEM_TAGS.get(kind, kind)

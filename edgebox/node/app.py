@@ -18,7 +18,15 @@ from edgebox.api.errors import (
     unhandled_error_handler,
 )
 from edgebox.api.identity import IDENTITY_PATH
-from edgebox.node import admin, embeddings, identity_api, kv_api, model_admin, openai_api
+from edgebox.node import (
+    admin,
+    embeddings,
+    identity_api,
+    kv_api,
+    model_admin,
+    openai_api,
+    responses_api,
+)
 from edgebox.node.identity_api import NodeSigner
 from edgebox.node.metrics import RequestCounterMiddleware
 from edgebox.node.recent import RecentRequestsMiddleware
@@ -56,6 +64,14 @@ def create_app(
         Route("/v1/chat/completions", openai_api.chat_completions, methods=["POST"]),
         Route("/v1/completions", openai_api.completions, methods=["POST"]),
         Route("/v1/embeddings", embeddings.create_embeddings, methods=["POST"]),
+        Route("/v1/responses", responses_api.create_response, methods=["POST"]),
+        Route("/v1/responses/{response_id}", responses_api.get_response, methods=["GET"]),
+        Route("/v1/responses/{response_id}", responses_api.delete_response, methods=["DELETE"]),
+        Route(
+            "/v1/responses/{response_id}/input_items",
+            responses_api.list_input_items,
+            methods=["GET"],
+        ),
         Route("/v1/edgebox/kv/prefill", kv_api.prefill, methods=["POST"]),
         Route("/v1/edgebox/kv/{model:path}", kv_api.upload, methods=["PUT"]),
         Route("/admin/drain", admin.drain, methods=["POST"]),

@@ -20,6 +20,7 @@ from edgebox.api.health import (
     ModelLoad,
     NodeIdentity,
 )
+from edgebox.api.response_store import ResponseStore
 from edgebox.hardware.probe import probe
 from edgebox.hardware.telemetry import CachedTelemetry
 from edgebox.node.kv_transfer import KVStore
@@ -47,6 +48,7 @@ class NodeState:
     default_runtime: str = "auto"  # `serve --runtime`, for chat models loaded later
     fast_paths: dict[str, str] = field(default_factory=dict)  # model id → "runtime: why"
     recent: RecentRequests = field(default_factory=RecentRequests)
+    responses: ResponseStore = field(default_factory=ResponseStore)  # stored /v1/responses
     loading: dict[str, str] = field(default_factory=dict)  # model id → what is being loaded
     # Called on the event loop after a model was loaded or unloaded (the mDNS advertiser).
     on_models_changed: list[Callable[[list[str]], Awaitable[None]]] = field(default_factory=list)

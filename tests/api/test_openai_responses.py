@@ -339,3 +339,10 @@ def test_the_codex_cli_request_translates_with_its_hosted_tools_left_out() -> No
     names = [t["function"]["name"] for t in body["tools"]]
     assert "exec_command" in names and len(names) == len(function_tools(req))
     assert {t["type"] for t in recorded["tools"]} - {"function"}  # hosted ones were sent
+
+
+def test_an_empty_answer_still_has_one_message_and_no_gap_in_sequence_numbers() -> None:
+    _, events = run([chunk(finish="stop")])
+    assert [e["sequence_number"] for e in events] == list(range(len(events)))
+    assert output_text(events[-1]["response"]) == ""
+    assert [i["type"] for i in events[-1]["response"]["output"]] == ["message"]
