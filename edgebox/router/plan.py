@@ -72,7 +72,7 @@ def plan_route(
     """Rank the nodes, place the cloud among them, and decide the split. Pure."""
     req = seen.req
     local, rejected = place(req, list(seen.nodes.values()), policy, seen.ctx)
-    local = stick_to_conversation(local, req, seen.ctx.affinity)
+    local = stick_to_conversation(local, req, seen.ctx.affinity, seen.nodes)
     serving = {n: s.models[req.model] for n, s in seen.nodes.items() if req.model in s.models}
     too_small = any(r == "context-too-small" for r in rejected.values())
     targets, cloud_left_out = plan_targets(
@@ -94,17 +94,29 @@ def plan_route(
 
 
 def stick_to_conversation(
-    local: Sequence[Candidate], req: RouteRequest, affinity: Mapping[str, str]
+    local: Sequence[Candidate],
+    req: RouteRequest,
+    affinity: Mapping[str, str],
+    nodes: Mapping[str, NodeStatus],
 ) -> list[Candidate]:
     """A conversation goes back to the node that served its last turn (its KV prefix is
-    there) while that node is a candidate; when it is not (down, cooling down, too small),
-    placement's order stands and the turn is replayed elsewhere from the full history."""
+    there) while that node is a candidate and has a free slot, or no other has one either;
+    otherwise placement's order stands and the turn is replayed elsewhere from the full
+    history (slower, never an error)."""
     holder = next((affinity[k] for k in req.conversation if k in affinity), None)
     chosen = next((c for c in local if c.node == holder), None)
     if chosen is None:
         return list(local)
+    full = {c.node for c in local if _no_free_slot(nodes[c.node], req.model)}
+    if chosen.node in full and any(c.node not in full for c in local):
+        return list(local)  # waiting for its slot would cost more than the prefix saves
     first = replace(chosen, reasons=("affinity:conversation",))
     return [first, *(c for c in local if c is not chosen)]
+
+
+def _no_free_slot(node: NodeStatus, model: str) -> bool:
+    load = node.models[model]
+    return load.running + load.queued >= max(1, load.slots)
 
 
 def _context_check(

@@ -39,6 +39,9 @@ CITY = {
 }
 RESPONSES_TOOL: dict[str, Any] = {"type": "function", "name": "get_weather", "parameters": CITY}
 TOO_LONG = "word " * 1500  # beyond the nodes' 1,024-token context
+# Two slots: a poll that still shows the last turn running leaves one free, so the
+# conversation's node is not passed over as full (`plan.stick_to_conversation`).
+NODE_ARGS = ("--ctx", "1024", "--threads", "1", "--parallel", "2")
 
 
 @dataclass
@@ -56,7 +59,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
     router: NodeProcess | None = None
     try:
         with ThreadPoolExecutor(2) as pool:
-            jobs = [pool.submit(start_node, tmp, "--ctx", "1024", "--threads", "1") for _ in "ab"]
+            jobs = [pool.submit(start_node, tmp, *NODE_ARGS) for _ in "ab"]
             started = [job.result() for job in jobs]
         config = tmp / "router.toml"
         config.write_text("poll_interval_s = 0.3\n")

@@ -139,13 +139,23 @@ def test_a_conversation_goes_back_to_the_node_that_served_it_while_that_node_can
     store = Observations(recent_blocks_ttl_s=10)
     store.served(RouteRequest("m", conversation=keys), "busy", now=1.0)
     req = RouteRequest("m", prompt_tokens=10, conversation=keys[1:])  # `user` alone matches
-    seen = Observed(
-        req, {"busy": node("busy", 1), "idle": node("idle")}, PlacementContext(1.0, store.affinity)
-    )
-    plan = plan_for(seen, cloud=[])
-    assert [(target_name(t), r) for t, r in plan.targets] == [
+    ctx = PlacementContext(1.0, store.affinity)
+
+    def targets(*nodes: NodeStatus) -> list[tuple[str, str]]:
+        seen = Observed(req, {n.name: n for n in nodes}, ctx)
+        return [(target_name(t), r) for t, r in plan_for(seen, cloud=[]).targets]
+
+    def two_slots(name: str, running: int) -> NodeStatus:
+        load = ModelLoad(slots=2, running=running)
+        return NodeStatus(NodeAddress(name, f"http://{name}"), True, {"m": load})
+
+    assert targets(two_slots("busy", 1), two_slots("idle", 0)) == [
         ("busy", "affinity:conversation"),
         ("idle", "least-loaded"),
     ]
-    gone = Observed(req, {"idle": node("idle")}, PlacementContext(1.0, store.affinity))
-    assert [target_name(t) for t, _ in plan_for(gone, cloud=[]).targets] == ["idle"]
+    # Its node full while another has a free slot: not worth the wait.
+    assert targets(two_slots("busy", 2), two_slots("idle", 0))[0] == ("idle", "least-loaded")
+    # Every node full: the prefix still decides.
+    both_full = targets(two_slots("busy", 2), two_slots("alpha", 2))  # alpha first by name
+    assert both_full[0] == ("busy", "affinity:conversation")
+    assert [t for t, _ in targets(two_slots("idle", 0))] == ["idle"]  # its node gone
