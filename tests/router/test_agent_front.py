@@ -4,8 +4,17 @@ conversations kept at the router and on one node, errors in each API's own shape
 
 from __future__ import annotations
 
+import json
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from edgebox.api.sse import SSE_DONE, sse
 from edgebox.router.forward import ROUTE_HEADER
 from edgebox.router.front import chat_chunks
 from tests.router.test_router_app import MODEL, FakeNode, routed
@@ -89,3 +98,66 @@ def test_chat_chunks_are_read_back_across_split_reads() -> None:
         return [chunk async for chunk in chat_chunks(stream)]
 
     assert asyncio.run(read()) == [{"a": 1}, {"b": 2}]
+
+
+class StreamingNode(FakeNode):
+    """A fake node whose chat stream sends two text chunks, then ends well or breaks."""
+
+    breaks: bool = False
+
+    def app(self) -> Starlette:
+        async def chat(request: Request) -> Response:
+            body = await request.json()
+            self.seen.append({"raw": json.dumps(body).encode(), "headers": {}})
+
+            async def chunks() -> AsyncIterator[bytes]:
+                for text in ("Hel", "lo"):
+                    delta = {"index": 0, "delta": {"content": text}, "finish_reason": None}
+                    yield sse({"object": "chat.completion.chunk", "choices": [delta]})
+                if self.breaks:
+                    raise RuntimeError("the node died mid-stream")
+                end = {"index": 0, "delta": {}, "finish_reason": "stop"}
+                usage = {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7}
+                yield sse({"object": "chat.completion.chunk", "choices": [end], "usage": usage})
+                yield SSE_DONE
+
+            return StreamingResponse(chunks(), media_type="text/event-stream")
+
+        async def health(_: Request) -> JSONResponse:
+            return JSONResponse({"status": "ok", "models": {MODEL: {"slots": 2}}})
+
+        routes = [Route("/health", health), Route("/metrics", lambda _: PlainTextResponse(""))]
+        return Starlette(routes=[*routes, Route("/v1/chat/completions", chat, methods=["POST"])])
+
+
+def events(text: str) -> list[dict[str, Any]]:
+    return [json.loads(line[6:]) for line in text.splitlines() if line.startswith("data: ")]
+
+
+def test_streams_are_translated_as_they_come_and_a_broken_one_ends_failed(tmp_path: Path) -> None:
+    node = StreamingNode()
+    asked = {"model": MODEL, "input": "Hi.", "stream": True}
+    with routed(tmp_path, node) as client:
+        done = events(client.post("/v1/responses", json=asked).text)
+        kept = client.get(f"/v1/responses/{done[-1]['response']['id']}")
+        message = client.post(
+            "/v1/messages",
+            json={
+                "model": MODEL,
+                "max_tokens": 8,
+                "stream": True,
+                "messages": [{"role": "user", "content": "x"}],
+            },
+        )
+        node.breaks = True
+        broken = events(client.post("/v1/responses", json=asked).text)
+    kinds = [e["type"] for e in done]
+    assert kinds[:2] == ["response.created", "response.in_progress"]
+    assert kinds[-1] == "response.completed" and done[-1]["response"]["usage"]["input_tokens"] == 5
+    assert "".join(e["delta"] for e in done if e["type"] == "response.output_text.delta") == "Hello"
+    assert kept.status_code == 200 and kept.json()["output"][0]["content"][0]["text"] == "Hello"
+    anthropic_kinds = [e["type"] for e in events(message.text)]
+    assert anthropic_kinds[0] == "message_start" and anthropic_kinds[-1] == "message_stop"
+    assert "event: content_block_delta" in message.text
+    assert [e["type"] for e in broken][-2:] == ["error", "response.failed"]
+    assert broken[-2]["code"] == "upstream_failed"
