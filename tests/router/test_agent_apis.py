@@ -214,7 +214,9 @@ def test_a_conversation_stays_on_its_node_and_survives_losing_it(fleet: Fleet) -
     again = chat.create(messages=[{"role": "user", "content": "Two."}], **keyed)  # type: ignore[arg-type]
     assert served_by(again.headers) == (served_by(first.headers)[0], "affinity:conversation")
 
-    fleet.nodes[holder].stop()  # the node holding the conversation dies
+    dying = fleet.nodes[holder].proc
+    dying.kill()  # the node holding the conversation dies, unannounced (SIGKILL)
+    dying.wait(10)
     fleet.dead.append(holder)
     raw = client.create(input="Turn four.", previous_response_id=previous, **asked)  # type: ignore[arg-type]
     other, _ = served_by(raw.headers)
