@@ -20,6 +20,14 @@ import httpx
 import jsonschema
 import openai
 import pytest
+from agents import (
+    Agent,
+    ModelSettings,
+    OpenAIResponsesModel,
+    Runner,
+    function_tool,
+    set_tracing_disabled,
+)
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
@@ -198,33 +206,6 @@ def test_a_prompt_beyond_every_context_is_the_nodes_400_through_the_router(fleet
     assert time.monotonic() - started < 60  # refused at once, never retried
 
 
-def test_a_conversation_stays_on_its_node_and_survives_losing_it(fleet: Fleet) -> None:
-    client = oai(fleet).responses.with_raw_response
-    asked = dict(model=MODEL, max_output_tokens=6, temperature=0)
-    raw = client.create(input="Turn one.", **asked)  # type: ignore[arg-type]
-    holder, _ = served_by(raw.headers)
-    previous = raw.parse().id
-    for turn in ("Turn two.", "Turn three."):
-        raw = client.create(input=turn, previous_response_id=previous, **asked)  # type: ignore[arg-type]
-        assert served_by(raw.headers) == (holder, "affinity:conversation")
-        previous = raw.parse().id
-    chat = oai(fleet).chat.completions.with_raw_response
-    keyed = dict(model=MODEL, max_tokens=4, prompt_cache_key="session-7")
-    first = chat.create(messages=[{"role": "user", "content": "One."}], **keyed)  # type: ignore[arg-type]
-    again = chat.create(messages=[{"role": "user", "content": "Two."}], **keyed)  # type: ignore[arg-type]
-    assert served_by(again.headers) == (served_by(first.headers)[0], "affinity:conversation")
-
-    dying = fleet.nodes[holder].proc
-    dying.kill()  # the node holding the conversation dies, unannounced (SIGKILL)
-    dying.wait(10)
-    fleet.dead.append(holder)
-    raw = client.create(input="Turn four.", previous_response_id=previous, **asked)  # type: ignore[arg-type]
-    other, _ = served_by(raw.headers)
-    assert other != holder and raw.parse().status in ("completed", "incomplete")
-    raw = client.create(input="Turn five.", previous_response_id=raw.parse().id, **asked)  # type: ignore[arg-type]
-    assert served_by(raw.headers) == (other, "affinity:conversation")
-
-
 class ChatOnlyCloud(FakeNode):
     """A cloud upstream that speaks only chat completions (404 to anything else): it calls the
     first tool it is offered, else answers in text."""
@@ -300,3 +281,56 @@ def test_a_chat_only_cloud_serves_responses_and_messages_with_tools(tmp_path: Pa
     assert {s["path"] for s in cloud.seen} == {"/v1/chat/completions"}
     assert all(s["body"]["model"] == "upstream-model" for s in cloud.seen)
     assert cloud.seen[0]["body"]["tools"][0]["function"]["name"] == "get_weather"
+
+
+def test_an_agents_sdk_agent_with_the_responses_model_calls_its_tool_through_the_router(
+    fleet: Fleet,
+) -> None:
+    set_tracing_disabled(True)  # the SDK would otherwise export traces to OpenAI
+    cities: list[str] = []
+
+    @function_tool
+    def get_weather(city: str) -> str:
+        """The weather in a city."""
+        cities.append(city)
+        return f"sunny in {city}"
+
+    client = openai.AsyncOpenAI(base_url=fleet.router.base_url, api_key="unused", max_retries=0)
+    agent = Agent(
+        name="weather",
+        instructions="You answer questions about the weather with the get_weather tool.",
+        model=OpenAIResponsesModel(model=MODEL, openai_client=client),
+        tools=[get_weather],
+        model_settings=ModelSettings(tool_choice="required", temperature=0, max_tokens=60),
+        tool_use_behavior="stop_on_first_tool",
+    )
+    result = Runner.run_sync(agent, "What is the weather in Oslo?", max_turns=2)
+    assert len(cities) == 1 and cities[0]
+    assert result.final_output == f"sunny in {cities[0]}"
+
+
+def test_a_conversation_stays_on_its_node_and_survives_losing_it(fleet: Fleet) -> None:
+    client = oai(fleet).responses.with_raw_response
+    asked = dict(model=MODEL, max_output_tokens=6, temperature=0)
+    raw = client.create(input="Turn one.", **asked)  # type: ignore[arg-type]
+    holder, _ = served_by(raw.headers)
+    previous = raw.parse().id
+    for turn in ("Turn two.", "Turn three."):
+        raw = client.create(input=turn, previous_response_id=previous, **asked)  # type: ignore[arg-type]
+        assert served_by(raw.headers) == (holder, "affinity:conversation")
+        previous = raw.parse().id
+    chat = oai(fleet).chat.completions.with_raw_response
+    keyed = dict(model=MODEL, max_tokens=4, prompt_cache_key="session-7")
+    first = chat.create(messages=[{"role": "user", "content": "One."}], **keyed)  # type: ignore[arg-type]
+    again = chat.create(messages=[{"role": "user", "content": "Two."}], **keyed)  # type: ignore[arg-type]
+    assert served_by(again.headers) == (served_by(first.headers)[0], "affinity:conversation")
+
+    dying = fleet.nodes[holder].proc
+    dying.kill()  # the node holding the conversation dies, unannounced (SIGKILL)
+    dying.wait(10)
+    fleet.dead.append(holder)
+    raw = client.create(input="Turn four.", previous_response_id=previous, **asked)  # type: ignore[arg-type]
+    other, _ = served_by(raw.headers)
+    assert other != holder and raw.parse().status in ("completed", "incomplete")
+    raw = client.create(input="Turn five.", previous_response_id=raw.parse().id, **asked)  # type: ignore[arg-type]
+    assert served_by(raw.headers) == (other, "affinity:conversation")
