@@ -284,3 +284,22 @@ def test_stored_responses_survive_a_restart_and_only_the_newest_are_kept(
         assert [getattr(i, "role", None) for i in items][:2] == ["user", "assistant"]
     finally:
         assert node.stop() == 0
+
+
+def test_a_recorded_codex_request_passes_every_check_but_the_context(
+    keyed_node: NodeProcess,
+) -> None:
+    """Codex CLI 0.169's first request, as recorded: its tools validate and compile to a
+    grammar; only its ~6k tokens do not fit this node's 2k context (a 400 in OpenAI's shape)."""
+    body = json.loads(
+        (Path(__file__).parent.parent / "fixtures" / "codex_0.169_request.json").read_text()
+    )
+    reply = httpx.post(
+        keyed_node.base_url + "/responses",
+        json={**body, "model": MODEL},
+        headers={"Authorization": f"Bearer {KEY_A}"},
+        timeout=120,
+    )
+    assert reply.status_code == 400, reply.text
+    error = reply.json()["error"]
+    assert (error["code"], error["param"]) == ("context_length_exceeded", "input"), error
