@@ -116,6 +116,7 @@ def test_the_stream_helper_gives_the_final_response(client: openai.OpenAI) -> No
         tools=TOOLS,  # type: ignore[arg-type]
         tool_choice="required",
         parallel_tool_calls=False,
+        temperature=0,
         max_output_tokens=60,
     ) as stream:
         deltas = [e.delta for e in stream if e.type == "response.function_call_arguments.delta"]
