@@ -110,6 +110,16 @@ async def chat_completions(request: Request) -> Response:
     body: ChatCompletionRequest = parse(
         ChatCompletionRequest, await read_json(request, state.max_body)
     )
+    runtime, plan = await plan_chat(request, body, arrived)
+    return await _generate(request, state, runtime, plan)
+
+
+async def plan_chat(
+    request: Request, body: ChatCompletionRequest, arrived: float
+) -> tuple[Runtime, GenerationPlan]:
+    """A validated chat request checked against its model and planned: every refusal a
+    client can act on (400, 404) is raised here, before anything is submitted."""
+    state: NodeState = request.app.state.node
     usage_of(request).model = body.model
     runtime = lookup(state, body.model)
     if body.top_logprobs is not None and not body.logprobs:
@@ -118,10 +128,9 @@ async def chat_completions(request: Request) -> Response:
     check_max_tokens(runtime, *max_tokens_of(body))
     check_tool_messages(body)
     tools = tool_plan(runtime, body)
-    prompt = await off_loop(_prepare_chat, runtime, body, tools)
+    prompt = await off_loop(prepare_chat, runtime, body, tools)
     check_prompt_fits(runtime, prompt, "messages")
-    plan = _plan(request, state, body, [prompt], arrived, tools)
-    return await _generate(request, state, runtime, plan)
+    return runtime, _plan(request, state, body, [prompt], arrived, tools)
 
 
 def _plan(
@@ -138,7 +147,7 @@ def _plan(
     )
 
 
-def _prepare_chat(
+def prepare_chat(
     runtime: Runtime, body: ChatCompletionRequest, tools: ToolPlan | None
 ) -> PreparedPrompt:
     """Blocking: the grammar checked and compiled, the chat rendered and tokenized."""
@@ -181,30 +190,39 @@ async def _generate(
     request: Request, state: NodeState, runtime: Runtime, plan: GenerationPlan
 ) -> Response:
     """Submit every sequence of the plan, then stream or collect the answer."""
-    record = usage_of(request)
-    record.stream = plan.stream
-    record.prompt_tokens = plan.prompt_tokens
-    kv = state.kv_store.take(plan.kv_key, plan.model) if plan.kv_key else None
-    streams = ChoiceStreams(runtime, plan, metrics=state.metrics, kv=kv, record=record)
-    try:
-        streams.start()  # refusals (429, context, grammar) raise here, before any byte is sent
-    except APIError as exc:
-        if kv is not None and plan.kv_key and exc.status == 429:
-            state.kv_store.put(plan.model, kv, key=plan.kv_key)  # still usable by the retry
-        raise
-    shape = ResponseShape(plan.kind, plan.model, state.fingerprint)
+    streams, shape = start(request, state, runtime, plan)
     if plan.stream:
         return StreamingResponse(
             _stream(streams, shape, plan),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
-    return await _collect(request, streams, shape, plan)
+    return JSONResponse(await collect(request, streams, shape, plan))
 
 
-async def _collect(
+def start(
+    request: Request, state: NodeState, runtime: Runtime, plan: GenerationPlan
+) -> tuple[ChoiceStreams, ResponseShape]:
+    """Submit every sequence of the plan; refusals (429, context, grammar) raise here,
+    before any byte is sent."""
+    record = usage_of(request)
+    record.stream = plan.stream
+    record.prompt_tokens = plan.prompt_tokens
+    kv = state.kv_store.take(plan.kv_key, plan.model) if plan.kv_key else None
+    streams = ChoiceStreams(runtime, plan, metrics=state.metrics, kv=kv, record=record)
+    try:
+        streams.start()
+    except APIError as exc:
+        if kv is not None and plan.kv_key and exc.status == 429:
+            state.kv_store.put(plan.model, kv, key=plan.kv_key)  # still usable by the retry
+        raise
+    return streams, ResponseShape(plan.kind, plan.model, state.fingerprint)
+
+
+async def collect(
     request: Request, streams: ChoiceStreams, shape: ResponseShape, plan: GenerationPlan
-) -> Response:
+) -> dict[str, Any]:
+    """The whole response body; a sequence that failed raises its error."""
     n, logprobs, echo = plan.n, plan.logprobs, plan.echo_texts()
     results: dict[int, ChoiceResult] = {}
     watcher = asyncio.create_task(_cancel_on_disconnect(request, streams))
@@ -233,7 +251,7 @@ async def _collect(
     if failed is not None:
         raise failure_error(failed)
     finishes = [c.finish for c in choices if c.finish]
-    return JSONResponse(shape.complete(choices, usage(finishes, n), logprobs))
+    return shape.complete(choices, usage(finishes, n), logprobs)
 
 
 def failure_error(finish: FinishEvent) -> APIError:
@@ -257,6 +275,18 @@ async def _stream(
     streams: ChoiceStreams, shape: ResponseShape, plan: GenerationPlan
 ) -> AsyncIterator[bytes]:
     """SSE chunks; the generator being closed (client gone) cancels the sequences at once."""
+    try:
+        async for chunk in chunks(streams, shape, plan):
+            yield sse(chunk)
+        yield SSE_DONE
+    finally:
+        streams.cancel()
+
+
+async def chunks(
+    streams: ChoiceStreams, shape: ResponseShape, plan: GenerationPlan
+) -> AsyncIterator[dict[str, Any]]:
+    """The stream's chunks as dicts, a failed sequence's error body among them."""
     n, logprobs, include_usage, echo = plan.n, plan.logprobs, plan.include_usage, plan.echo_texts()
     started: set[int] = set()
     finishes: list[tuple[int, FinishEvent]] = []
@@ -267,12 +297,12 @@ async def _stream(
             started.add(index)
             first = echo[index // n] if echo is not None else ("" if shape.kind == "chat" else None)
             if shape.kind == "chat" or first:
-                yield sse(shape.chunk(index, text=first, role=True, with_usage_field=include_usage))
+                yield shape.chunk(index, text=first, role=True, with_usage_field=include_usage)
             offsets[index] = len(first or "")
         if isinstance(event, ToolCallEvent):
             called.add(index)
             delta = {"tool_calls": [event.delta()]}
-            yield sse(shape.chunk(index, delta=delta, with_usage_field=include_usage))
+            yield shape.chunk(index, delta=delta, with_usage_field=include_usage)
         elif isinstance(event, TokenEvent):
             if not event.text and not logprobs:
                 continue
@@ -283,28 +313,24 @@ async def _stream(
                 else:
                     lp = _completion_chunk_logprobs(event, offsets[index])
             offsets[index] += len(event.text)
-            yield sse(
-                shape.chunk(index, text=event.text, logprobs=lp, with_usage_field=include_usage)
-            )
+            yield shape.chunk(index, text=event.text, logprobs=lp, with_usage_field=include_usage)
         elif isinstance(event, FinishEvent):
             finishes.append((index, event))
             if event.error:
-                yield sse(failure_error(event).body())
+                yield failure_error(event).body()
                 continue
             if event.text:
-                yield sse(shape.chunk(index, text=event.text, with_usage_field=include_usage))
-            yield sse(
-                shape.chunk(
-                    index,
-                    text=None if shape.kind == "chat" else "",
-                    finish=finish_reason(event, called=index in called),
-                    with_usage_field=include_usage,
-                )
+                yield shape.chunk(index, text=event.text, with_usage_field=include_usage)
+            yield shape.chunk(
+                index,
+                text=None if shape.kind == "chat" else "",
+                finish=finish_reason(event, called=index in called),
+                with_usage_field=include_usage,
+                stop_reason=event.stop_sequence,
             )
     if include_usage:
         ordered = [f for _, f in sorted(finishes, key=lambda item: item[0])]
-        yield sse(shape.usage_chunk(usage(ordered, n)))
-    yield SSE_DONE
+        yield shape.usage_chunk(usage(ordered, n))
 
 
 def _events(

@@ -29,6 +29,7 @@ class StopMatcher:
     stops: Sequence[str]
     _pending: str = ""
     stopped: bool = False
+    matched: str | None = None  # the stop string that hit
 
     def feed(self, text: str) -> str:
         if self.stopped:
@@ -36,7 +37,7 @@ class StopMatcher:
         buf = self._pending + text
         hits = [(buf.find(s), s) for s in self.stops if s and s in buf]
         if hits:
-            cut = min(index for index, _ in hits)
+            cut, self.matched = min(hits)
             self._pending = ""
             self.stopped = True
             return buf[:cut]
