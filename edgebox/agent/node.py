@@ -100,6 +100,28 @@ class NodeAgent:
             default_runtime=self.config.runtime,
             fast_paths=self.runtimes.fast_paths,
         )
+        self._open_store(resolved)
+
+    def _open_store(self, resolved: list[Any]) -> None:
+        """The node's model store: what it serves is registered (by reference) so peers can
+        fetch it, and it takes pulls (`POST /admin/models/pull`)."""
+        from edgebox.models.register import register_in_background
+        from edgebox.models.store import ModelStore
+
+        assert self.state is not None
+        keys = self.config.keys()
+        self.state.store = ModelStore()
+        self.state.peer_key = keys.fleet_key or keys.api_key
+        register_in_background(self.state.store, resolved)
+        from edgebox.fleet.blob_peers import PeerFinder
+
+        own = self.state.node.get("id") if self.state.node else None
+        self.state.find_peers = PeerFinder(
+            lambda: self._hub_peers.peers,
+            own_id=str(own) if own else None,
+            key=self.state.peer_key,
+            mdns=self.config.mdns,
+        )
 
     def close_runtimes(self) -> None:
         """Every runtime the node serves, those loaded later over /admin included."""
@@ -199,6 +221,7 @@ class NodeAgent:
             models=lambda: list(state.all_models()),
             api=api,
             peer_keys=self.config.fleet,  # a --fleet node routes to its peers with their keys
+            blobs=state.store.digests if state.store is not None else list,
         )
         if beats is not None:
             self._hub_peers.beats = beats

@@ -18,6 +18,7 @@ from edgebox.commands import (
     node_models,
     nodes,
     provision,
+    pull,
     router,
     serve,
     ssh,
@@ -30,6 +31,7 @@ from edgebox.commands import (
 COMMANDS: tuple[ModuleType, ...] = (
     serve,
     models,
+    pull,
     doctor,
     version,
     ssh,

@@ -24,6 +24,8 @@ log = logging.getLogger("edgebox.heartbeat")
 
 TelemetrySource = Callable[[], dict[str, Any]]
 ModelsSource = Callable[[], list[Any]]
+BlobsSource = Callable[[], list[str]]
+MAX_BEAT_BLOBS = 1024  # the hub's bound on digests per beat
 
 
 def box_telemetry() -> dict[str, Any]:
@@ -45,6 +47,7 @@ class Heartbeat:
         models: ModelsSource = list,
         api: dict[str, Any] | None = None,
         peer_keys: bool = False,
+        blobs: BlobsSource = list,
     ) -> None:
         from edgebox.fleet.user_keys import UserKeys
 
@@ -54,7 +57,7 @@ class Heartbeat:
         setting = fleet.get("user_keys")
         self.user_keys = UserKeys(setting) if setting else None
         self.interval = interval or float(fleet.get("heartbeat_interval", 5.0))
-        self.telemetry, self.models = telemetry, models
+        self.telemetry, self.models, self.blobs = telemetry, models, blobs
         self.sent = 0
         # The hub's other online nodes, from its last answer (`serve --fleet` routes to them).
         self.peers: list[dict[str, Any]] = []
@@ -69,6 +72,9 @@ class Heartbeat:
             body["ssh_user"] = self.user_keys.account
         if self.peer_keys:
             body["peer_keys"] = True
+        blobs = self.blobs()[:MAX_BEAT_BLOBS]
+        if blobs:
+            body["blobs"] = blobs
         answer: dict[str, Any] = client.request(
             "POST", "/v1/hub/heartbeat", json=body, bearer=self.fleet["node_secret"]
         )
@@ -128,10 +134,11 @@ def start_background(
     models: ModelsSource = list,
     api: dict[str, Any] | None = None,
     peer_keys: bool = False,
+    blobs: BlobsSource = list,
 ) -> Heartbeat | None:
     """Start heartbeats when this box has joined a hub (EDGEBOX_HOME/fleet.json); else None.
     `peer_keys`: ask for the peers' API keys (a node that routes to them, `serve --fleet`)."""
     fleet = load_fleet(home)
     if fleet is None:
         return None
-    return Heartbeat(fleet, models=models, api=api, peer_keys=peer_keys).start()
+    return Heartbeat(fleet, models=models, api=api, peer_keys=peer_keys, blobs=blobs).start()

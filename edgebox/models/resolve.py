@@ -28,7 +28,7 @@ class ModelNotAvailable(Exception):
 class ResolvedModel:
     path: Path
     alias: str
-    source: str  # "bundled", "file" or "huggingface"
+    source: str  # "bundled", "file", "store" or "huggingface"
     tokenizer: Path | None = None  # tokenizer.json, for ONNX models
 
     @property
@@ -63,6 +63,9 @@ def resolve_model(
         onnx = local.suffix.lower() == ".onnx"
         tokenizer = _onnx_tokenizer(local.absolute(), spec) if onnx else None
         return ResolvedModel(local.resolve(), alias or default_alias(local), "file", tokenizer)
+    stored = _from_store(spec, alias)
+    if stored is not None:
+        return stored
     match = _HF_SPEC.match(spec)
     if match:
         path = _from_hub(match["repo"], match["file"])
@@ -79,6 +82,25 @@ def resolve_model(
         f"unknown model {spec!r}: pass a bundled name ({names}), a path to a .gguf or .onnx "
         "file, or a Hugging Face repo and file as ORG/REPO:FILE.gguf"
     )
+
+
+def _from_store(spec: str, alias: str | None) -> ResolvedModel | None:
+    """A model in this node's store (`edgebox pull`), by its name or an alias (the spec it
+    was pulled with); None when the store has no such model."""
+    from edgebox.models.store import ModelStore, StoreError
+
+    store = ModelStore()
+    manifest = store.get(spec) if len(spec) <= 512 else None
+    if manifest is None:
+        return None
+    try:
+        path = store.path_of(manifest)
+    except StoreError as exc:
+        raise ModelNotAvailable(str(exc)) from None
+    tokenizer = None
+    if manifest.format == "onnx":
+        tokenizer = _onnx_tokenizer(path, spec)
+    return ResolvedModel(path, alias or manifest.name, "store", tokenizer)
 
 
 def _onnx_tokenizer(model: Path, spec: str) -> Path:

@@ -16,12 +16,14 @@ from edgebox.api.errors import APIError
 from edgebox.api.identity import IDENTITY_PATH
 from edgebox.node import (
     admin,
+    blobs_api,
     embeddings,
     identity_api,
     kv_api,
     messages_api,
     model_admin,
     openai_api,
+    pull_admin,
 )
 from edgebox.node.identity_api import NodeSigner
 from edgebox.node.metrics import RequestCounterMiddleware
@@ -70,6 +72,12 @@ def create_app(
         Route("/v1/embeddings", embeddings.create_embeddings, methods=["POST"]),
         Route("/v1/edgebox/kv/prefill", kv_api.prefill, methods=["POST"]),
         Route("/v1/edgebox/kv/{model:path}", kv_api.upload, methods=["PUT"]),
+        Route("/v1/blobs/{digest}", blobs_api.blob, methods=["GET", "HEAD"]),
+        Route("/v1/blobs/{digest}/chunks", blobs_api.chunks, methods=["GET"]),
+        Route("/v1/store/models/{name:path}", blobs_api.manifest, methods=["GET"]),
+        Route("/admin/models/pull", pull_admin.start_pull, methods=["POST"]),
+        Route("/admin/models/pull", pull_admin.list_pulls, methods=["GET"]),
+        Route("/admin/models/pull/{job}", pull_admin.pull_status, methods=["GET"]),
         Route("/admin/drain", admin.drain, methods=["POST"]),
         Route("/admin/undrain", admin.undrain, methods=["POST"]),
         Route("/admin/models", model_admin.list_models, methods=["GET"]),

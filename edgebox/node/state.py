@@ -22,6 +22,8 @@ from edgebox.api.health import (
 )
 from edgebox.hardware.probe import probe
 from edgebox.hardware.telemetry import CachedTelemetry
+from edgebox.models.store import ModelStore
+from edgebox.models.transfer import Peer
 from edgebox.node.kv_transfer import KVStore
 from edgebox.node.metrics import NodeMetrics
 from edgebox.node.recent import RecentRequests
@@ -50,6 +52,10 @@ class NodeState:
     loading: dict[str, str] = field(default_factory=dict)  # model id → what is being loaded
     # Called on the event loop after a model was loaded or unloaded (the mDNS advertiser).
     on_models_changed: list[Callable[[list[str]], Awaitable[None]]] = field(default_factory=list)
+    store: ModelStore | None = None  # the node's model store (serves /v1/blobs, takes pulls)
+    pulls: dict[str, Any] = field(default_factory=dict)  # pull job id → PullJob
+    find_peers: Callable[[], list[Peer]] | None = None  # the agent's: hub registry, mDNS
+    peer_key: str | None = None  # the key this node sends to peers' /v1/blobs (fleet key)
     metrics: NodeMetrics = field(init=False)
     fingerprint: str = field(init=False)
 

@@ -41,7 +41,7 @@ class RuntimeOptions:
     max_queue: int = 64
     flash_attn: str = "auto"
     request_timeout: float | None = 600.0
-    gpu_layers: int = -1  # -1: what the selection says (all on a GPU build)
+    gpu_layers: int = -1  # -1: what fits (all, on most GPUs); else exactly this many
     verbose: bool = False
     embedding_batch: int = 32  # inputs per ONNX Runtime call
     cpu_extra_buffers: str = "auto"  # llama.cpp's repacked/AMX CPU weights: auto, on, off
@@ -85,7 +85,9 @@ def open_model(
         )
     profile, installed = box or _box()
     size = gguf_model_size(path) if fmt == "gguf" else None
-    chosen = select_runtime(profile, fmt, installed, requested=requested, model_size=size)
+    chosen = select_runtime(
+        profile, fmt, installed, requested=requested, model_size=size, gpu_layers=options.gpu_layers
+    )
     if chosen.runtime is None:
         raise BackendError(f"cannot serve {path.name}: {chosen.reason}")
     if chosen.runtime == "onnx":
@@ -123,14 +125,12 @@ def _build(chosen: Selection, path: Path, name: str, options: RuntimeOptions) ->
             flash_attn=options.flash_attn,
             request_timeout=options.request_timeout,
         )
-        layers = options.gpu_layers
-        if layers == -1:
-            layers = int(chosen.settings.get("n_gpu_layers", -1))
         return LlamaCppRuntime(
             path,
             name=name,
             config=config,
-            n_gpu_layers=layers,
+            # the selection's count: --gpu-layers, else what fits (its reason says which)
+            n_gpu_layers=int(chosen.settings.get("n_gpu_layers", options.gpu_layers)),
             verbose=options.verbose,
             cpu_extra_buffers=options.cpu_extra_buffers,
         )

@@ -110,23 +110,29 @@ def _gpu_name(profile: HardwareProfile) -> str:
 
 
 def _llamacpp(
-    profile: HardwareProfile, installed: Installed, size: ModelSize | None = None
+    profile: HardwareProfile,
+    installed: Installed,
+    size: ModelSize | None = None,
+    gpu_layers: int = -1,
 ) -> Selection:
     where = _platform(profile)
     if where in ("nvidia", "apple") and installed.llama_gpu_offload:
         backend = "CUDA" if where == "nvidia" else "Metal"
         target = _gpu_name(profile) if where == "nvidia" else "the Apple GPU"
+        if gpu_layers == 0:
+            return Selection(
+                "gguf",
+                "llamacpp",
+                f"llama.cpp on CPU: --gpu-layers 0 keeps every layer off {target}",
+                {"n_gpu_layers": 0, "backend": "cpu"},
+            )
         cuda = [a for a in profile.accelerators if a.kind == "cuda" and not a.unified]
-        layers = gpu_layers_that_fit(size, cuda[0].memory_total if cuda else None)
-        if layers == -1:
-            what = f"every layer offloaded to {target}"
-        else:
-            assert size is not None
-            what = f"{layers} of {size.layers} layers on {target} (the rest does not fit)"
+        fit = gpu_layers_that_fit(size, cuda[0].memory_total if cuda else None)
+        layers = gpu_layers if gpu_layers > 0 else fit
         return Selection(
             "gguf",
             "llamacpp",
-            f"llama.cpp with {backend}: {what}",
+            f"llama.cpp with {backend}: {_offload(layers, size, target, gpu_layers > 0)}",
             {"n_gpu_layers": layers, "backend": backend.lower()},
         )
     if where in ("nvidia", "apple"):
@@ -143,6 +149,16 @@ def _llamacpp(
         "llama.cpp on CPU (no GPU on this box)",
         {"n_gpu_layers": 0, "backend": "cpu"},
     )
+
+
+def _offload(layers: int, size: ModelSize | None, target: str, asked: bool) -> str:
+    """How much of the model goes to the GPU, in words; `asked`: --gpu-layers named `layers`."""
+    why = f" (--gpu-layers {layers})" if asked else " (the rest does not fit)"
+    if layers < 0 or (size is not None and layers >= size.layers):
+        return f"every layer offloaded to {target}" + (why if asked else "")
+    if size is None:
+        return f"{layers} layers on {target}{why}"
+    return f"{layers} of {size.layers} layers on {target}{why}"
 
 
 def _mlx(profile: HardwareProfile, installed: Installed) -> Selection:
@@ -191,8 +207,11 @@ def select_runtime(
     *,
     requested: str = "auto",
     model_size: ModelSize | None = None,
+    gpu_layers: int = -1,
 ) -> Selection:
-    """The runtime for a model of `model_format` on this box; `requested` overrides `auto`.
+    """The runtime for a model of `model_format` on this box; `requested` overrides `auto`,
+    and `gpu_layers` (`serve --gpu-layers`; -1: what fits) llama.cpp's offload, so that the
+    reason says what will run.
 
     Every format has exactly one runtime that loads it; the hardware decides how that runtime
     runs (GPU backend, offload, execution providers). A runtime that is not installed, a
@@ -220,7 +239,7 @@ def select_runtime(
     if runtime not in installed.runtimes:
         return Selection(model_format, None, f"{runtime} is not installed: {INSTALL_HINT[runtime]}")
     if runtime == "llamacpp":
-        return _llamacpp(profile, installed, model_size)
+        return _llamacpp(profile, installed, model_size, gpu_layers)
     return _RULES[runtime](profile, installed)
 
 

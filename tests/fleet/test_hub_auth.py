@@ -27,6 +27,7 @@ SCOPES = {
     ("GET", "/v1/hub/nodes/{node}"): "admin",
     ("DELETE", "/v1/hub/nodes/{node}"): "admin",
     ("GET", "/v1/hub/events"): "admin",
+    ("GET", "/v1/hub/blobs/{digest}"): "reader",
     ("POST", "/v1/hub/tokens"): "admin",
     ("GET", "/v1/hub/tokens"): "admin",
     ("DELETE", "/v1/hub/tokens/{token}"): "admin",
@@ -75,7 +76,12 @@ def test_each_scope_at_a_real_hub(hub: Hub) -> None:
         )
     user_token = login["login"].split(".", 1)[1]
     assert user_token.startswith("ebu_")
-    guarded = [(m, p.format(node="n", token="t", user="u")) for (m, p), s in SCOPES.items() if s]
+    digest = "0" * 64
+    guarded = [
+        (m, p.format(node="n", token="t", user="u", digest=digest))
+        for (m, p), s in SCOPES.items()
+        if s
+    ]
     with HubClient(info["urls"], info["fingerprint"]) as anon:
         for method, path in guarded:
             assert _refused(anon, method, path) == "missing_credentials"
@@ -84,7 +90,9 @@ def test_each_scope_at_a_real_hub(hub: Hub) -> None:
         assert listed["object"] == "list" and listed["relay"]["jump_user"] == "edgebox-jump"
         assert anon.request("GET", "/v1/hub/node-keys", bearer=user_token)["data"] == []
         assert anon.request("GET", "/v1/hub/me", bearer=user_token)["name"] == "ann"
+        assert anon.request("GET", f"/v1/hub/blobs/{digest}", bearer=user_token)["nodes"] == []
         user_routes = ("/v1/hub/nodes", "/v1/hub/node-keys", "/v1/hub/me", "/v1/hub/me/key")
+        user_routes += (f"/v1/hub/blobs/{digest}",)
         for method, path in guarded:
             if path not in (*user_routes, "/v1/hub/heartbeat"):
                 assert _refused(anon, method, path, user_token) == "invalid_admin_key"

@@ -1,77 +1,16 @@
 """NVML paths against replayed answers: this machine has no NVIDIA GPU. The fake keeps the
 real pynvml error class and constants, and answers what an RTX 4090 and a DGX Spark's GB10
-answer (the GB10 raising NOT_SUPPORTED for its memory info)."""
+answer (the GB10 raising NOT_SUPPORTED for its memory info), and an H100 from
+tests/fixtures/nvidia/ (see its README for what was recorded on the hardware)."""
 
 from __future__ import annotations
-
-from collections import namedtuple
-from typing import Any
 
 import psutil
 import pynvml
 
 from edgebox.hardware import probe
 from edgebox.hardware.nvidia import nvidia_accelerators, nvidia_telemetry
-
-Memory = namedtuple("Memory", "total free used")
-Utilization = namedtuple("Utilization", "gpu memory")
-Process = namedtuple("Process", "pid usedGpuMemory")
-
-
-class ReplayedNVML:
-    NVMLError = pynvml.NVMLError
-    NVML_ERROR_NOT_SUPPORTED = pynvml.NVML_ERROR_NOT_SUPPORTED
-    NVML_TEMPERATURE_GPU = pynvml.NVML_TEMPERATURE_GPU
-
-    def __init__(self, devices: list[dict[str, Any]], driver: str = "580.95.05") -> None:
-        self.devices = devices
-        self.driver = driver
-        self.initialised = 0
-
-    def nvmlInit(self) -> None:
-        self.initialised += 1
-
-    def nvmlShutdown(self) -> None:
-        self.initialised -= 1
-
-    def nvmlSystemGetDriverVersion(self) -> str:
-        return self.driver
-
-    def nvmlDeviceGetCount(self) -> int:
-        return len(self.devices)
-
-    def nvmlDeviceGetHandleByIndex(self, i: int) -> dict[str, Any]:
-        return self.devices[i]
-
-    def nvmlDeviceGetName(self, d: dict[str, Any]) -> str:
-        return d["name"]
-
-    def nvmlDeviceGetMemoryInfo(self, d: dict[str, Any]) -> Memory:
-        if "memory_error" in d:
-            raise pynvml.NVMLError(d["memory_error"])
-        return d["memory"]
-
-    def nvmlDeviceGetCudaComputeCapability(self, d: dict[str, Any]) -> tuple[int, int]:
-        return d["cc"]
-
-    def nvmlDeviceGetUtilizationRates(self, d: dict[str, Any]) -> Utilization:
-        return d["util"]
-
-    def nvmlDeviceGetTemperature(self, d: dict[str, Any], sensor: int) -> int:
-        assert sensor == pynvml.NVML_TEMPERATURE_GPU
-        return d["temp"]
-
-    def nvmlDeviceGetPowerUsage(self, d: dict[str, Any]) -> int:
-        if "power_error" in d:
-            raise pynvml.NVMLError(d["power_error"])
-        return d["power_mw"]
-
-    def nvmlDeviceGetComputeRunningProcesses(self, d: dict[str, Any]) -> list[Process]:
-        return d.get("compute", [])
-
-    def nvmlDeviceGetGraphicsRunningProcesses(self, d: dict[str, Any]) -> list[Process]:
-        return d.get("graphics", [])
-
+from tests.hardware.nvml_replay import Memory, Process, ReplayedNVML, Utilization, recorded
 
 RTX_4090 = {
     "name": "NVIDIA GeForce RTX 4090",
@@ -120,6 +59,20 @@ def test_gb10_memory_not_supported_becomes_unified_memory() -> None:
     hw = probe(measure=False, accelerators=(gpu,))
     assert hw.hw_class == "nvidia-dgx-spark" and hw.unified_memory
     assert (hw.bandwidth_gbps, hw.bandwidth_source) == (273, "spec:GB10")
+
+
+def test_h100_is_a_datacenter_gpu_bounded_by_its_hbm3() -> None:
+    nvml = recorded("h100_nvml.json")
+    (gpu,) = nvidia_accelerators(nvml)
+    assert (gpu.name, gpu.kind, gpu.unified) == ("NVIDIA H100 80GB HBM3", "cuda", False)
+    assert gpu.memory_total == 81559 * 2**20 and gpu.compute_capability == "9.0"
+    assert gpu.driver == "580.159.04"
+    (sample,) = nvidia_telemetry(nvml)
+    assert sample.memory_total == gpu.memory_total and not sample.memory_unified
+    assert nvml.initialised == 0
+    hw = probe(measure=False, accelerators=(gpu,))
+    assert hw.hw_class == "nvidia-datacenter" and not hw.unified_memory
+    assert (hw.bandwidth_gbps, hw.bandwidth_source) == (3350, "spec:H100")  # SXM5's HBM3
 
 
 def test_no_nvml_library_means_no_gpus() -> None:

@@ -26,7 +26,8 @@ from typer.testing import CliRunner
 from edgebox.cli import app
 from edgebox.hardware.apple import CommandRunner
 from edgebox.hardware.telemetry import CachedTelemetry, TelemetrySampler
-from tests.hardware.test_nvidia import GB10, Memory, ReplayedNVML, Utilization
+from tests.hardware.nvml_replay import Memory, ReplayedNVML, Utilization
+from tests.hardware.test_nvidia import GB10
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "apple"
 MIB = 1 << 20

@@ -58,6 +58,17 @@ class HubContext:
     config: HubConfig
     _peers_at: float = -1.0
     _fleet_json: dict[str, bytes] = field(default_factory=dict)
+    # node id → the blob digests its last heartbeat listed (memory only: beats refill it)
+    blobs: dict[str, frozenset[str]] = field(default_factory=dict)
+
+    def blob_holders(self, digest: str) -> list[dict[str, Any]]:
+        """The online nodes whose last beat listed `digest`, with their API addresses."""
+        holders = [n for n, held in self.blobs.items() if digest in held]
+        found = []
+        for node in self.store.nodes():
+            if node["id"] in holders and node.get("status") == "online" and node.get("api_url"):
+                found.append({k: node.get(k) for k in ("id", "name", "api_url")})
+        return found
 
     def now(self) -> float:
         return self.config.clock()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -43,6 +43,7 @@ class NodeApi(BaseModel):
 
 
 ACCOUNT = r"^[a-z_][a-z0-9_.-]{0,31}$"  # a POSIX account name
+MAX_BEAT_BLOBS = 1024  # digests per heartbeat: a box holds far fewer model files
 
 
 class HeartbeatRequest(BaseModel):
@@ -53,6 +54,10 @@ class HeartbeatRequest(BaseModel):
     # the account hub users' SSH keys are installed for on the node (None: it keeps them out)
     ssh_user: str | None = Field(default=None, pattern=ACCOUNT)
     peer_keys: bool = False  # a `serve --fleet` node: its peers' API keys in the answer
+    # the model blobs (sha256) the node's store holds, for `GET /v1/hub/blobs/{sha256}`
+    blobs: list[Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]] = Field(
+        default_factory=list, max_length=MAX_BEAT_BLOBS
+    )
 
 
 def observed_api_url(peer: str | None, api: NodeApi | None) -> str | None:

@@ -95,6 +95,7 @@ async def heartbeat(request: Request) -> Response:
             type="authentication_error",
             code="unknown_node",
         )
+    hub.blobs[node["id"]] = frozenset(body.blobs)
     interval = hub.config.heartbeat_interval
     head = json.dumps(
         {"node_id": node["id"], "status": node["status"], "heartbeat_interval": interval}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -57,9 +58,21 @@ async def events(request: Request) -> Response:
     return JSONResponse({"object": "list", "data": data})
 
 
+@requires("reader")
+async def blob_holders(request: Request) -> Response:
+    """The online nodes that hold a model blob (as their heartbeats said), for pulls and
+    `edgebox deploy` to fetch from peers before the internet."""
+    digest = request.path_params["digest"]
+    if not re.fullmatch(r"[0-9a-f]{64}", digest):
+        raise APIError(400, "a blob digest is 64 lowercase hex characters", param="sha256")
+    nodes = await asyncio.to_thread(hub_context(request).blob_holders, digest)
+    return JSONResponse({"sha256": digest, "nodes": nodes})
+
+
 ROUTES = [
     Route("/v1/hub/nodes", list_nodes),
     Route("/v1/hub/nodes/{node}", get_node),
     Route("/v1/hub/nodes/{node}", delete_node, methods=["DELETE"]),
     Route("/v1/hub/events", events),
+    Route("/v1/hub/blobs/{digest}", blob_holders),
 ]

@@ -1,0 +1,77 @@
+"""Which nodes to ask for a model blob before the internet: the hub's other nodes (from this
+node's heartbeat answers), else mDNS neighbours on the LAN.
+
+The candidates are only asked; whether one holds a blob is what its `/v1/blobs/{sha256}`
+routes answer (the fetcher keeps those whose chunk lists agree and checks every byte)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from edgebox.models.transfer import Peer
+
+log = logging.getLogger(__name__)
+MDNS_WAIT_S = 1.5  # how long a pull listens for LAN neighbours when no hub names peers
+MDNS_CACHE_S = 30.0
+
+
+def hub_candidates(peers: list[dict[str, Any]], key: str | None) -> list[Peer]:
+    """The hub's online nodes with an API address; each with its own key when the hub gave
+    it (a `--fleet` node's heartbeat), else `key` (the fleet key these nodes share)."""
+    found = []
+    for p in peers:
+        url = p.get("api_url")
+        if isinstance(url, str) and url.startswith(("http://", "https://")):
+            own = p.get("api_key")
+            found.append(Peer(url, own if isinstance(own, str) and own else key))
+    return found
+
+
+def mdns_candidates(own_id: str | None, key: str | None, wait: float = MDNS_WAIT_S) -> list[Peer]:
+    """Nodes that answer mDNS within `wait` seconds, this one left out (blocking: run it in
+    the pull's thread, never on the event loop)."""
+    from edgebox.fleet.mdns import discover
+
+    try:
+        nodes = asyncio.run(discover(wait))
+    except Exception as exc:  # mDNS is a hint: no neighbours rather than a failed pull
+        log.warning("mDNS discovery failed: %s", exc)
+        return []
+    found = []
+    for node in nodes:
+        if node.node_id == own_id or node.api_port is None or not node.addresses:
+            continue
+        host = node.addresses[0]
+        host = f"[{host}]" if ":" in host else host
+        found.append(Peer(f"http://{host}:{node.api_port}", key))
+    return found
+
+
+class PeerFinder:
+    """`NodeState.find_peers` for a running node: hub peers when joined, else mDNS (cached)."""
+
+    def __init__(
+        self,
+        hub_peers: Callable[[], list[dict[str, Any]]],
+        *,
+        own_id: str | None,
+        key: str | None,
+        mdns: bool,
+    ) -> None:
+        self.hub_peers, self.own_id, self.key, self.mdns = hub_peers, own_id, key, mdns
+        self._lan: tuple[float, list[Peer]] = (-MDNS_CACHE_S, [])
+
+    def __call__(self) -> list[Peer]:
+        peers = hub_candidates(self.hub_peers(), self.key)
+        if peers or not self.mdns:
+            return peers
+        at, cached = self._lan
+        if time.monotonic() - at < MDNS_CACHE_S:
+            return cached
+        found = mdns_candidates(self.own_id, self.key)
+        self._lan = (time.monotonic(), found)
+        return found

@@ -1,0 +1,110 @@
+"""Ranged GETs straight into a buffer: one kept-alive connection per thread and host.
+
+The chunk fetcher's hot path. `http.client`'s `readinto` fills the chunk's buffer with large
+socket reads and no intermediate copies, where a streaming client re-chunks every 64 KiB;
+on a busy 2-core box that difference is most of the link.
+"""
+
+from __future__ import annotations
+
+import http.client
+import ssl
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from urllib.parse import urljoin, urlsplit
+
+SLICE = 1 << 20  # bytes per readinto: the rate limit and cancellation act this often
+MAX_REDIRECTS = 5
+
+
+class SourceError(Exception):
+    """This source did not give the range (unreachable, an HTTP error, a short answer)."""
+
+
+@dataclass(frozen=True)
+class RangeAsk:
+    """Fill `buf` with the bytes of `url` from `start`; `on_block(n)` after each slice (it may
+    raise to stop: cancellation, a rate limit's wait)."""
+
+    url: str
+    headers: dict[str, str]
+    start: int
+    buf: memoryview
+    on_block: Callable[[int], None]
+
+
+class RangeClient:
+    def __init__(self, timeout: float = 30.0) -> None:
+        self.timeout = timeout
+        self._local = threading.local()
+        self._tls = ssl.create_default_context()
+
+    def _connection(self, scheme: str, netloc: str) -> http.client.HTTPConnection:
+        pool: dict[str, http.client.HTTPConnection] = self._local.__dict__.setdefault("pool", {})
+        key = f"{scheme}://{netloc}"
+        conn = pool.get(key)
+        if conn is None:
+            if scheme == "https":
+                conn = http.client.HTTPSConnection(netloc, timeout=self.timeout, context=self._tls)
+            else:
+                conn = http.client.HTTPConnection(netloc, timeout=self.timeout)
+            pool[key] = conn
+        return conn
+
+    def _drop(self, scheme: str, netloc: str) -> None:
+        pool = self._local.__dict__.get("pool", {})
+        conn = pool.pop(f"{scheme}://{netloc}", None)
+        if conn is not None:
+            conn.close()
+
+    def read_into(self, ask: RangeAsk) -> None:
+        """Fill `ask.buf` with the bytes at `ask.start` of `ask.url`. SourceError when the
+        source fails in any way; what `ask.on_block` raises passes through."""
+        url, origin = ask.url, urlsplit(ask.url).netloc
+        for _ in range(MAX_REDIRECTS + 1):
+            parts = urlsplit(url)
+            if parts.scheme not in ("http", "https") or not parts.netloc:
+                raise SourceError(f"not an http(s) URL: {parts.scheme}://…")
+            send = dict(ask.headers) if parts.netloc == origin else {}  # keys stay with their host
+            send["Range"] = f"bytes={ask.start}-{ask.start + len(ask.buf) - 1}"
+            conn = self._connection(parts.scheme, parts.netloc)
+            try:
+                location = self._get(conn, _target(url), send, ask)
+            except (OSError, http.client.HTTPException) as exc:
+                self._drop(parts.scheme, parts.netloc)
+                raise SourceError(f"{parts.netloc}: {type(exc).__name__}") from None
+            except BaseException:
+                self._drop(parts.scheme, parts.netloc)  # a half-read answer: not reusable
+                raise
+            if location is None:
+                return
+            url = urljoin(url, location)
+        raise SourceError("too many redirects")
+
+    def _get(
+        self, conn: http.client.HTTPConnection, target: str, headers: dict[str, str], ask: RangeAsk
+    ) -> str | None:
+        """The redirect's location, or None once `ask.buf` is full."""
+        conn.request("GET", target, headers=headers)
+        resp = conn.getresponse()
+        if resp.status in (301, 302, 303, 307, 308):
+            resp.read()
+            return resp.headers.get("location") or ""
+        if resp.status not in (200, 206) or (resp.status == 200 and ask.start):
+            raise SourceError(f"{conn.host}: HTTP {resp.status}")
+        got, size = 0, len(ask.buf)
+        while got < size:
+            n = resp.readinto(ask.buf[got : got + SLICE])
+            if not n:
+                raise SourceError(f"{conn.host}: short answer ({got} of {size} bytes)")
+            got += n
+            ask.on_block(n)
+        if resp.status == 200 or resp.length:  # more than asked: the connection is spent
+            conn.close()
+        return None
+
+
+def _target(url: str) -> str:
+    parts = urlsplit(url)
+    return (parts.path or "/") + (f"?{parts.query}" if parts.query else "")

@@ -1,0 +1,152 @@
+"""Tell a node to pull a model into its store: `POST /admin/models/pull`, then watch it with
+`GET /admin/models/pull/{job}` (and list jobs with `GET /admin/models/pull`).
+
+Body: `{"spec": "ORG/REPO:FILE.gguf" | URL | path | NAME, "sha256"?: hex, "name"?: store name,
+"peers"?: [URL | {"url", "key"?}], "max_rate"?: bytes/s}`. Without `peers` the node asks the
+peers its agent knows (the hub's registry of who holds which blob, or mDNS neighbours).
+The answer is 202 with the job; the spec is checked (bad spec, 404, offline, disk full) in
+the job, whose `state` goes queued → running → done | failed, with `error` saying why.
+A job reports bytes done and total, bytes per source and the source of each chunk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import threading
+import time
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from edgebox.api.body import read_json
+from edgebox.api.errors import APIError
+from edgebox.models.pull import MAX_SPEC, Pull, PullError, plan_pull
+from edgebox.models.transfer import Peer
+from edgebox.node.openai_api import parse
+from edgebox.node.state import NodeState
+
+MAX_JOBS_KEPT = 64
+MAX_PEERS = 64
+_ids = itertools.count(1)
+
+
+class PeerRef(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    url: str = Field(pattern=r"^https?://", max_length=512)
+    key: str | None = Field(default=None, max_length=512)
+
+
+class PullRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    spec: str = Field(min_length=1, max_length=MAX_SPEC)
+    sha256: str | None = Field(default=None, pattern=r"^[0-9a-fA-F]{64}$")
+    name: str | None = Field(default=None, max_length=128)
+    peers: list[PeerRef | str] | None = Field(default=None, max_length=MAX_PEERS)
+    max_rate: float | None = Field(default=None, gt=0)
+
+
+class PullJob:
+    """A pull running in a thread of the node; `to_json` is what the status route answers."""
+
+    def __init__(self, request: PullRequest) -> None:
+        self.id = f"pull-{next(_ids)}"
+        self.request = request
+        self.pull: Pull | None = None
+        self.state = "queued"
+        self.error: str | None = None
+        self.started = time.time()
+        self.finished: float | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "job": self.id,
+            "spec": self.request.spec,
+            "state": self.pull.state if self.pull else self.state,
+            "error": (self.pull.error if self.pull else None) or self.error,
+            "bytes_done": 0,
+            "bytes_total": None,
+            "sources": {},
+            "chunks": {},
+            "rejected": [],
+            "model": None,
+            "started": self.started,
+            "finished": self.finished,
+        }
+        if self.pull is not None:
+            p = self.pull.progress
+            with p.lock:
+                body.update(
+                    bytes_done=p.done,
+                    bytes_total=p.total,
+                    sources=dict(p.by_source),
+                    chunks={str(i): s for i, s in sorted(p.chunk_sources.items())},
+                    rejected=list(p.rejected),
+                )
+            if self.pull.manifest is not None:
+                body["model"] = self.pull.manifest.name
+        return body
+
+
+def _peers(request: PullRequest, state: NodeState) -> list[Peer]:
+    if request.peers is None:
+        return list(state.find_peers()) if state.find_peers else []
+    default_key = state.peer_key
+    return [
+        Peer(p, default_key) if isinstance(p, str) else Peer(p.url, p.key or default_key)
+        for p in request.peers
+    ]
+
+
+def _run(job: PullJob, state: NodeState) -> None:
+    assert state.store is not None
+    try:
+        peers = _peers(job.request, state)
+        plan = plan_pull(
+            job.request.spec, sha256=job.request.sha256, name=job.request.name, peers=peers
+        )
+        job.pull = Pull(state.store, plan, peers=peers, max_rate=job.request.max_rate)
+        job.pull.run()
+    except PullError as exc:
+        job.state, job.error = "failed", str(exc)
+    except Exception as exc:  # a job must end in a state, never hang as "running"
+        job.state, job.error = "failed", f"internal error: {type(exc).__name__}"
+    finally:
+        job.finished = time.time()
+
+
+async def start_pull(request: Request) -> Response:
+    state: NodeState = request.app.state.node
+    if state.store is None:
+        raise APIError(409, "this node has no model store", code="no_store")
+    body = parse(PullRequest, await read_json(request, 64 << 10))
+    for peer in body.peers or []:
+        url = peer if isinstance(peer, str) else peer.url
+        if not url.startswith(("http://", "https://")) or len(url) > 512:
+            raise APIError(400, "peers are http(s) URLs", param="peers", code="bad_peer")
+    job = PullJob(body)
+    jobs = state.pulls
+    jobs[job.id] = job
+    for old in list(jobs)[:-MAX_JOBS_KEPT]:
+        if jobs[old].finished is not None:
+            del jobs[old]
+    threading.Thread(target=_run, args=(job, state), name=job.id, daemon=True).start()
+    await asyncio.sleep(0)
+    return JSONResponse(job.to_json(), status_code=202)
+
+
+async def pull_status(request: Request) -> Response:
+    state: NodeState = request.app.state.node
+    job = state.pulls.get(request.path_params["job"])
+    if job is None:
+        raise APIError(404, "no pull job with that id on this node", param="job", code="no_job")
+    return JSONResponse(job.to_json())
+
+
+async def list_pulls(request: Request) -> Response:
+    state: NodeState = request.app.state.node
+    return JSONResponse({"object": "list", "data": [j.to_json() for j in state.pulls.values()]})
