@@ -326,6 +326,7 @@ async def chunks(generation: Generation) -> AsyncIterator[dict[str, Any]]:
                     text=None if shape.kind == "chat" else "",
                     finish=finish_reason(event, called=index in called),
                     with_usage_field=include_usage,
+                    stop_reason=event.stop_sequence,
                 )
             )
     if include_usage:
