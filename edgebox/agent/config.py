@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -42,6 +43,9 @@ class NodeConfig:
     prefill_chunk: int = 256
     flash_attn: str = "auto"
     kv_upload_mib: int = 1024
+    responses_db: Path | None = None  # None: EDGEBOX_HOME/responses.sqlite
+    responses_keep: int = 10_000
+    responses_max_days: float = 30.0
     gpu_layers: int = -1
     embedding_batch: int = 32
     cpu_extra_buffers: str = "auto"
@@ -73,6 +77,8 @@ class NodeConfig:
             raise AgentError(
                 "--router-config configures the router that --fleet adds; pass --fleet too"
             )
+        if self.responses_keep < 1 or self.responses_max_days <= 0:
+            raise AgentError("--responses-keep and --responses-max-days must be positive")
         if self.flash_attn not in SWITCHES:
             raise AgentError(f"--flash-attn must be auto, on or off, not {self.flash_attn!r}")
         if self.cpu_extra_buffers not in SWITCHES:

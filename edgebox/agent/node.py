@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from starlette.types import ASGIApp
 
     from edgebox.api.auth import NodeKeys
+    from edgebox.api.response_store import ResponseStore
     from edgebox.fleet.heartbeat import Heartbeat
     from edgebox.fleet.identity import NodeIdentity
     from edgebox.fleet.mdns import Advertiser
@@ -102,8 +103,13 @@ class NodeAgent:
             fast_paths=self.runtimes.fast_paths,
             memory_budget=self.config.memory_budget,
             keep_alive_s=self.config.keep_alive_s,
+            responses=self._response_store(),
         )
         self.state.remember_served(specs)
+        # Once per start, off the serving path: the speed-of-light figure in /health.
+        threading.Thread(
+            target=self.state.measure_bandwidth, name="bandwidth-probe", daemon=True
+        ).start()
         self._open_store(resolved)
 
     def _open_store(self, resolved: list[Any]) -> None:
@@ -127,6 +133,14 @@ class NodeAgent:
             mdns=self.config.mdns,
         )
 
+    def _response_store(self) -> ResponseStore:
+        from edgebox.api.response_store import ResponseStore
+        from edgebox.fleet.identity import edgebox_home
+
+        path = self.config.responses_db or edgebox_home() / "responses.sqlite"
+        max_age_s = self.config.responses_max_days * 86400
+        return ResponseStore(path, keep=self.config.responses_keep, max_age_s=max_age_s)
+
     def close_runtimes(self) -> None:
         """Every runtime the node serves, those loaded later over /admin included."""
         if self.state is None:
@@ -134,6 +148,7 @@ class NodeAgent:
             return
         for runtime in self.state.all_models().values():
             runtime.close()
+        self.state.responses.close()
 
     async def _serve(self) -> None:
         async with contextlib.AsyncExitStack() as stack:

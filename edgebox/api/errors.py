@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 from pydantic import ValidationError
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
@@ -78,21 +79,28 @@ def from_validation_error(exc: ValidationError) -> APIError:
     )
 
 
+def as_api_error(request: Request, exc: Exception) -> APIError:
+    """Any exception a handler meets as the error a client sees."""
+    if isinstance(exc, APIError):
+        return exc
+    if isinstance(exc, HTTPException):
+        status, detail = exc.status_code, exc.detail
+        code = {404: "not_found", 405: "method_not_allowed"}.get(status)
+        return APIError(status, f"{request.method} {request.url.path}: {detail}", code=code)
+    # Never echo the exception: it could hold paths or secrets. The log has it.
+    return APIError(
+        500, "the server hit an internal error; see the node's log", type="server_error"
+    )
+
+
 async def api_error_handler(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, APIError)
     return exc.response()
 
 
 async def http_error_handler(request: Request, exc: Exception) -> Response:
-    status = getattr(exc, "status_code", 500)
-    detail = getattr(exc, "detail", "error")
-    code = {404: "not_found", 405: "method_not_allowed"}.get(status)
-    message = f"{request.method} {request.url.path}: {detail}"
-    return APIError(status, message, code=code).response()
+    return as_api_error(request, exc).response()
 
 
 async def unhandled_error_handler(request: Request, exc: Exception) -> Response:
-    # Never echo the exception: it could hold paths or secrets. The log has it.
-    return APIError(
-        500, "the server hit an internal error; see the node's log", type="server_error"
-    ).response()
+    return as_api_error(request, exc).response()

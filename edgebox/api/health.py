@@ -49,6 +49,12 @@ class ModelHealth(_Part):
     model_sha256: str | None = None
     status: str | None = None  # "ok", or "degraded" after an engine fault (see `reason`)
     reason: str | None = None
+    # speed of light: the node's memory bandwidth ÷ size_bytes (a dense model at batch 1 reads
+    # every weight once per token); decode_sol_pct is the recent decode rate as a share of it
+    # (above 100 when batched streams share each read of the weights)
+    decode_tokens_per_s: float | None = None
+    speed_of_light_tok_s: float | None = None
+    decode_sol_pct: float | None = None
 
     def blocks_at(self, block_tokens: int) -> frozenset[str]:
         """The cached prefix blocks, if reported at `block_tokens` per block; else none."""
@@ -98,6 +104,15 @@ class NodeIdentity(BaseModel):
     ssh_host_key_fingerprint: str | None = None
 
 
+class MemoryBandwidth(_Part):
+    """The bandwidth that bounds the node's decode, measured once per machine (CPU) or read
+    from NVML (GPU); see `hardware.bandwidth`."""
+
+    gbps: float | None = None
+    source: str | None = None  # "measured:copy", "nvml", "spec:<device>"
+    device: str | None = None
+
+
 class HealthReport(_Part):
     health_version: int = 0  # 0: a node from before the report was versioned
     status: str | None = None  # "ok", "draining" or "degraded"; None: not said
@@ -125,6 +140,8 @@ class HealthReport(_Part):
     def _events(cls, raw: Any) -> tuple[ModelEvent, ...]:
         return _lenient_list(ModelEvent, raw)
 
+    bandwidth: MemoryBandwidth | None = None  # absent until measured, and from older nodes
+
     @field_validator("models", mode="before")
     @classmethod
     def _models_by_name(cls, raw: Any) -> dict[str, Any]:
@@ -141,6 +158,13 @@ class HealthReport(_Part):
         entries = per_model.items() if isinstance(per_model, Mapping) else ()
         models = {str(k): _lenient(ModelLoad, v) for k, v in entries}
         return _lenient(Load, {**raw, "models": models})
+
+    @field_validator("bandwidth", mode="before")
+    @classmethod
+    def _bandwidth(cls, raw: Any) -> MemoryBandwidth | None:
+        if isinstance(raw, MemoryBandwidth):
+            return raw
+        return _lenient(MemoryBandwidth, raw) if isinstance(raw, Mapping) else None
 
     @field_validator("node", mode="before")
     @classmethod

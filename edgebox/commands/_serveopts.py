@@ -56,6 +56,18 @@ FlashAttn = Annotated[
 KvUploadMib = Annotated[
     int, typer.Option(help="MiB of uploaded KV snapshots held for pending requests.")
 ]
+ResponsesDb = Annotated[
+    Path | None,
+    typer.Option(
+        help="SQLite file of stored /v1/responses (default: EDGEBOX_HOME/responses.sqlite)."
+    ),
+]
+ResponsesKeep = Annotated[
+    int, typer.Option(help="Stored /v1/responses kept, newest first (older ones are deleted).")
+]
+ResponsesMaxDays = Annotated[
+    float, typer.Option(help="Days a stored /v1/responses response is kept.")
+]
 GpuLayers = Annotated[int, typer.Option(help="Layers to offload (-1: all that the build allows).")]
 EmbeddingBatch = Annotated[int, typer.Option(help="Embedding inputs per ONNX Runtime call.")]
 CpuExtraBuffers = Annotated[

@@ -13,6 +13,7 @@ from typing import Any
 
 import psutil
 
+from edgebox.hardware.bandwidth import gpu_bandwidth_gbps
 from edgebox.hardware.probe import Accelerator
 
 
@@ -140,3 +141,18 @@ def nvidia_telemetry(nvml: Any | None = None) -> list[GpuSample]:
             sample_device(lib, i, lib.nvmlDeviceGetHandleByIndex(i))
             for i in range(lib.nvmlDeviceGetCount())
         ]
+
+
+def nvidia_bandwidth(nvml: Any | None = None) -> tuple[str, float] | None:
+    """(name, GB/s) of the first GPU whose peak memory bandwidth NVML can give
+    (`bandwidth.gpu_bandwidth_gbps`); None without NVML or without such a GPU."""
+    lib: Any = nvml if nvml is not None else load_nvml()
+    with _Session(lib) as session:
+        if not session.ok:
+            return None
+        for i in range(lib.nvmlDeviceGetCount()):
+            handle = lib.nvmlDeviceGetHandleByIndex(i)
+            gbps = gpu_bandwidth_gbps(lib, handle)
+            if gbps:
+                return _text(lib.nvmlDeviceGetName(handle)), gbps
+    return None

@@ -155,6 +155,11 @@ def _cpu() -> tuple[str, tuple[str, ...]]:
     return platform.processor() or platform.machine(), ()
 
 
+def cpu_model() -> str:
+    """This machine's CPU model name (what per-CPU caches are keyed by)."""
+    return _cpu()[0]
+
+
 def _sysctl(name: str) -> str:
     try:
         done = subprocess.run(["sysctl", "-n", name], capture_output=True, text=True, timeout=5)

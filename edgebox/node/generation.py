@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import collections
+import threading
+import weakref
 from collections.abc import AsyncIterator, Callable
 
 from edgebox.api.errors import APIError
@@ -23,6 +25,124 @@ from edgebox.runtimes.base import (
     Runtime,
     TokenEvent,
 )
+
+WAKER_IDLE_S = 1.0  # how often an idle waker checks whether its loop has closed
+LAZY_BATCH = 32  # a non-streamed request's events wake the loop this many at a time
+
+
+WAKER_IDLE_S = 1.0  # how often an idle waker checks whether its loop has closed
+LAZY_BATCH = 32  # a non-streamed request's tokens wake the loop this many at a time
+
+
+class LoopWaker:
+    """Wakes one event loop for engine threads, from a thread of its own.
+
+    Writing the loop's self-pipe (`call_soon_threadsafe`) drops the GIL, the loop takes it to
+    run the woken request, and the engine thread then waits for the GIL before it can start its
+    next `llama_decode`: the loop's work per token sat on the decode's critical path. Here the
+    engine only flags the inbox and goes back to `llama_decode` (which drops the GIL), and this
+    thread does the waking while the model runs. Inboxes flagged together share one wake-up."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._due: list[EventInbox] = []
+        self._cond = threading.Condition()
+        threading.Thread(target=self._run, name="loop-waker", daemon=True).start()
+
+    def wake(self, inbox: EventInbox) -> None:
+        """Any thread: have `inbox` looked at by its loop soon."""
+        with self._cond:
+            self._due.append(inbox)
+            if len(self._due) == 1:  # the inboxes flagged in one step share one notify
+                self._cond.notify()
+
+    def _run(self) -> None:
+        while not self._loop.is_closed():
+            with self._cond:
+                if not self._due:
+                    self._cond.wait(WAKER_IDLE_S)
+                due, self._due = self._due, []
+            if not due:
+                continue
+            try:
+                self._loop.call_soon_threadsafe(_wake_all, due)
+            except RuntimeError:  # the loop closed: the server is shutting down
+                return
+
+
+def _wake_all(inboxes: list[EventInbox]) -> None:
+    for inbox in inboxes:
+        inbox.wake()
+
+
+_wakers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, LoopWaker] = (
+    weakref.WeakKeyDictionary()
+)
+_wakers_lock = threading.Lock()
+
+
+def loop_waker(loop: asyncio.AbstractEventLoop) -> LoopWaker:
+    """The loop's one waker (its thread ends once the loop has closed)."""
+    with _wakers_lock:
+        waker = _wakers.get(loop)
+        if waker is None:
+            waker = _wakers[loop] = LoopWaker(loop)
+        return waker
+
+
+class EventInbox:
+    """Events handed from engine threads to the event loop in batches, each stamped with the
+    time it came (so metrics stay exact however late the loop looks at it).
+
+    Streamed (`eager`): the first event after the loop last looked schedules one wake-up, and
+    events that come before it runs ride along, so a busy loop is woken once per batch, not
+    once per token. Not streamed: nobody reads tokens before the end, so the loop is woken by
+    a finish (or any other event that is not a token) or every LAZY_BATCH events."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, *, eager: bool = True) -> None:
+        self._loop = loop
+        self._waker = loop_waker(loop)
+        self._eager = eager
+        self._items: collections.deque[tuple[int, Event, float]] = collections.deque()
+        self._lock = threading.Lock()
+        self._ready = False  # the items are due to the loop
+        self._wake_scheduled = False
+        self._waiter: asyncio.Future[None] | None = None
+
+    def put(self, index: int, event: Event) -> None:
+        """Any thread."""
+        with self._lock:
+            self._items.append((index, event, now()))
+            if self._eager or not isinstance(event, TokenEvent) or len(self._items) >= LAZY_BATCH:
+                self._ready = True
+            if not self._ready or self._wake_scheduled:
+                return
+            self._wake_scheduled = True
+        self._waker.wake(self)
+
+    def wake(self) -> None:
+        """On the loop: the waiting `batch()` call returns what has come."""
+        with self._lock:
+            self._wake_scheduled = False
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def batch(self) -> list[tuple[int, Event, float]]:
+        """(choice index, event, when it came) for every event due since the last batch,
+        waiting for a wake-up if none is."""
+        while True:
+            with self._lock:
+                if self._ready:
+                    items = list(self._items)
+                    self._items.clear()
+                    self._ready = False
+                    return items
+            self._waiter = self._loop.create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
 
 
 class ChoiceStreams:
@@ -50,18 +170,17 @@ class ChoiceStreams:
         self._model = plan.model
         self._arrived = plan.arrived
         self._prompt_param = plan.prompt_param
-        self._queue: asyncio.Queue[tuple[int, Event]] = asyncio.Queue()
+        self._stream = plan.stream
+        self._inbox: EventInbox | None = None
         self._handles: list[RequestHandle] = []
 
     def start(self) -> None:
         loop = asyncio.get_running_loop()
-        queue = self._queue
+        inbox = self._inbox = EventInbox(loop, eager=self._stream)
 
         def sink_for(index: int) -> Callable[[Event], None]:
             def sink(event: Event) -> None:
-                # RuntimeError: the loop is gone because the server is shutting down.
-                with contextlib.suppress(RuntimeError):
-                    loop.call_soon_threadsafe(queue.put_nowait, (index, event))
+                inbox.put(index, event)
 
             return sink
 
@@ -85,27 +204,27 @@ class ChoiceStreams:
 
     async def events(self) -> AsyncIterator[tuple[int, Event]]:
         """Yields (choice index, event) until every choice has finished; cancels on exit."""
+        assert self._inbox is not None, "start() first"
         remaining = len(self._requests)
         last_token_at: dict[int, float] = {}
         ttft = self._metrics.ttft.labels(self._model)
         itl = self._metrics.itl.labels(self._model)
         try:
             while remaining:
-                index, event = await self._queue.get()
-                if isinstance(event, TokenEvent):
-                    t = now()
-                    previous = last_token_at.get(index)
-                    if previous is None:
-                        ttft.observe(t - self._arrived)
-                        if self._record is not None and self._record.ttft_s is None:
-                            self._record.ttft_s = t - self._arrived
-                    else:
-                        itl.observe(t - previous)
-                    last_token_at[index] = t
-                elif isinstance(event, FinishEvent):
-                    remaining -= 1
-                    self._count(event)
-                yield index, event
+                for index, event, t in await self._inbox.batch():
+                    if isinstance(event, TokenEvent):
+                        previous = last_token_at.get(index)
+                        if previous is None:
+                            ttft.observe(t - self._arrived)
+                            if self._record is not None and self._record.ttft_s is None:
+                                self._record.ttft_s = t - self._arrived
+                        else:
+                            itl.observe(t - previous)
+                        last_token_at[index] = t
+                    elif isinstance(event, FinishEvent):
+                        remaining -= 1
+                        self._count(event)
+                    yield index, event
         finally:
             self.cancel()
 

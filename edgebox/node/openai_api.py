@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
@@ -117,6 +118,14 @@ async def chat_completions(request: Request) -> Response:
     body: ChatCompletionRequest = parse(
         ChatCompletionRequest, await read_json(request, state.max_body)
     )
+    return await _respond(request, await start_chat(request, state, body, arrived))
+
+
+async def start_chat(
+    request: Request, state: NodeState, body: ChatCompletionRequest, arrived: float
+) -> Generation:
+    """A validated chat request checked, rendered and submitted: 4xx refusals raise here,
+    before any byte is sent (the Responses API runs its requests through this too)."""
     usage_of(request).model = body.model
     async with state.residency.use(body.model, lookup, body.keep_alive) as runtime:
         return await _chat(request, state, runtime, body, arrived)
@@ -128,7 +137,7 @@ async def _chat(
     runtime: Runtime,
     body: ChatCompletionRequest,
     arrived: float,
-) -> Response:
+) -> Generation:
     if body.top_logprobs is not None and not body.logprobs:
         raise APIError(400, "top_logprobs needs logprobs set to true", param="top_logprobs")
     check_chat_size(runtime, body)
@@ -138,7 +147,7 @@ async def _chat(
     prompt = await off_loop(_prepare_chat, runtime, body, tools)
     check_prompt_fits(runtime, prompt, "messages")
     plan = _plan(request, state, body, [prompt], arrived, tools)
-    return await _generate(request, state, runtime, plan)
+    return _start(request, state, runtime, plan)
 
 
 def _plan(
@@ -197,37 +206,57 @@ async def _complete(
     prompts = await off_loop(_prepare_completion, runtime, body)
     for prompt in prompts:
         check_prompt_fits(runtime, prompt, "prompt")
-    return await _generate(request, state, runtime, _plan(request, state, body, prompts, arrived))
+    plan = _plan(request, state, body, prompts, arrived)
+    return await _respond(request, _start(request, state, runtime, plan))
 
 
-async def _generate(
+@dataclass(frozen=True)
+class Generation:
+    """A submitted request's sequences, the plan they run and the shape of their answer."""
+
+    streams: ChoiceStreams
+    shape: ResponseShape
+    plan: GenerationPlan
+
+
+def _start(
     request: Request, state: NodeState, runtime: Runtime, plan: GenerationPlan
-) -> Response:
-    """Submit every sequence of the plan, then stream or collect the answer."""
+) -> Generation:
+    """Submit every sequence of the plan; refusals (429, context, grammar) raise here."""
     record = usage_of(request)
     record.stream = plan.stream
     record.prompt_tokens = plan.prompt_tokens
     kv = state.kv_store.take(plan.kv_key, plan.model) if plan.kv_key else None
     streams = ChoiceStreams(runtime, plan, metrics=state.metrics, kv=kv, record=record)
     try:
-        streams.start()  # refusals (429, context, grammar) raise here, before any byte is sent
+        streams.start()
     except APIError as exc:
         if kv is not None and plan.kv_key and exc.status == 429:
             state.kv_store.put(plan.model, kv, key=plan.kv_key)  # still usable by the retry
         raise
-    shape = ResponseShape(plan.kind, plan.model, state.fingerprint)
-    if plan.stream:
+    return Generation(streams, ResponseShape(plan.kind, plan.model, state.fingerprint), plan)
+
+
+async def _respond(request: Request, generation: Generation) -> Response:
+    """Stream the answer as SSE, or collect it into one JSON body."""
+    if generation.plan.stream:
         return StreamingResponse(
-            _stream(streams, shape, plan),
+            _sse(chunks(generation)),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
-    return await _collect(request, streams, shape, plan)
+    return JSONResponse(await collect(request, generation))
 
 
-async def _collect(
-    request: Request, streams: ChoiceStreams, shape: ResponseShape, plan: GenerationPlan
-) -> Response:
+async def _sse(payloads: AsyncIterator[dict[str, Any]]) -> AsyncIterator[bytes]:
+    async for payload in payloads:
+        yield sse(payload)
+    yield SSE_DONE
+
+
+async def collect(request: Request, generation: Generation) -> dict[str, Any]:
+    """The whole answer as one body; cancelled if the client goes away first."""
+    streams, shape, plan = generation.streams, generation.shape, generation.plan
     n, logprobs, echo = plan.n, plan.logprobs, plan.echo_texts()
     results: dict[int, ChoiceResult] = {}
     watcher = asyncio.create_task(_cancel_on_disconnect(request, streams))
@@ -256,7 +285,7 @@ async def _collect(
     if failed is not None:
         raise failure_error(failed)
     finishes = [c.finish for c in choices if c.finish]
-    return JSONResponse(shape.complete(choices, usage(finishes, n), logprobs))
+    return shape.complete(choices, usage(finishes, n), logprobs)
 
 
 def failure_error(finish: FinishEvent) -> APIError:
@@ -276,10 +305,10 @@ async def _cancel_on_disconnect(request: Request, streams: ChoiceStreams) -> Non
         streams.cancel()
 
 
-async def _stream(
-    streams: ChoiceStreams, shape: ResponseShape, plan: GenerationPlan
-) -> AsyncIterator[bytes]:
-    """SSE chunks; the generator being closed (client gone) cancels the sequences at once."""
+async def chunks(generation: Generation) -> AsyncIterator[dict[str, Any]]:
+    """The stream's chunks (and error bodies), unframed; the generator being closed (client
+    gone) cancels the sequences at once."""
+    streams, shape, plan = generation.streams, generation.shape, generation.plan
     n, logprobs, include_usage, echo = plan.n, plan.logprobs, plan.include_usage, plan.echo_texts()
     started: set[int] = set()
     finishes: list[tuple[int, FinishEvent]] = []
@@ -290,12 +319,12 @@ async def _stream(
             started.add(index)
             first = echo[index // n] if echo is not None else ("" if shape.kind == "chat" else None)
             if shape.kind == "chat" or first:
-                yield sse(shape.chunk(index, text=first, role=True, with_usage_field=include_usage))
+                yield shape.chunk(index, text=first, role=True, with_usage_field=include_usage)
             offsets[index] = len(first or "")
         if isinstance(event, ToolCallEvent):
             called.add(index)
             delta = {"tool_calls": [event.delta()]}
-            yield sse(shape.chunk(index, delta=delta, with_usage_field=include_usage))
+            yield shape.chunk(index, delta=delta, with_usage_field=include_usage)
         elif isinstance(event, TokenEvent):
             if not event.text and not logprobs:
                 continue
@@ -306,28 +335,26 @@ async def _stream(
                 else:
                     lp = _completion_chunk_logprobs(event, offsets[index])
             offsets[index] += len(event.text)
-            yield sse(
-                shape.chunk(index, text=event.text, logprobs=lp, with_usage_field=include_usage)
-            )
+            yield (shape.chunk(index, text=event.text, logprobs=lp, with_usage_field=include_usage))
         elif isinstance(event, FinishEvent):
             finishes.append((index, event))
             if event.error:
-                yield sse(failure_error(event).body())
+                yield failure_error(event).body()
                 continue
             if event.text:
-                yield sse(shape.chunk(index, text=event.text, with_usage_field=include_usage))
-            yield sse(
+                yield shape.chunk(index, text=event.text, with_usage_field=include_usage)
+            yield (
                 shape.chunk(
                     index,
                     text=None if shape.kind == "chat" else "",
                     finish=finish_reason(event, called=index in called),
                     with_usage_field=include_usage,
+                    stop_reason=event.stop_sequence,
                 )
             )
     if include_usage:
         ordered = [f for _, f in sorted(finishes, key=lambda item: item[0])]
-        yield sse(shape.usage_chunk(usage(ordered, n)))
-    yield SSE_DONE
+        yield (shape.usage_chunk(usage(ordered, n)))
 
 
 def _events(

@@ -17,12 +17,15 @@ from edgebox.api.health import (
     AvailableModel,
     HealthReport,
     Load,
+    MemoryBandwidth,
     ModelEvent,
     ModelHealth,
     ModelLoad,
     NodeIdentity,
 )
-from edgebox.hardware.probe import probe
+from edgebox.api.response_store import ResponseStore
+from edgebox.hardware.bandwidth import Bandwidth, node_bandwidth, speed_of_light
+from edgebox.hardware.probe import cpu_model, probe
 from edgebox.hardware.telemetry import CachedTelemetry
 from edgebox.models.store import ModelStore
 from edgebox.models.transfer import Peer
@@ -56,6 +59,7 @@ class NodeState:
     default_runtime: str = "auto"  # `serve --runtime`, for chat models loaded later
     fast_paths: dict[str, str] = field(default_factory=dict)  # model id → "runtime: why"
     recent: RecentRequests = field(default_factory=RecentRequests)
+    responses: ResponseStore = field(default_factory=ResponseStore)  # stored /v1/responses
     loading: dict[str, str] = field(default_factory=dict)  # model id → what is being loaded
     # Called on the event loop after a model was loaded or unloaded (the mDNS advertiser).
     on_models_changed: list[Callable[[list[str]], Awaitable[None]]] = field(default_factory=list)
@@ -63,6 +67,7 @@ class NodeState:
     keep_alive_s: float = 300.0  # idle seconds before a model loaded on demand is unloaded
     catalog: ModelCatalog = field(default_factory=ModelCatalog)  # what is on disk to load
     residency: ModelResidency = field(init=False)
+    bandwidth: Bandwidth | None = None  # what bounds decode here; set by measure_bandwidth
     store: ModelStore | None = None  # the node's model store (serves /v1/blobs, takes pulls)
     pulls: dict[str, Any] = field(default_factory=dict)  # pull job id → PullJob
     find_peers: Callable[[], list[Peer]] | None = None  # the agent's: hub registry, mDNS
@@ -161,6 +166,25 @@ class NodeState:
             "meta": {"kind": entry.kind, "source": entry.source, "size_bytes": entry.size_bytes},
         }
 
+    def measure_bandwidth(self) -> None:
+        """Find the memory bandwidth decode is bound by (NVML, or a short copy probe cached per
+        CPU model in edgebox's cache dir); blocking, so the caller runs it in a thread."""
+        from edgebox.models.bundled import cache_dir
+
+        try:
+            self.bandwidth = node_bandwidth(cache_dir() / "bandwidth.json", cpu_model())
+        except Exception:  # a figure for dashboards: never worth failing the node
+            log.exception("memory bandwidth probe failed")
+
+    def _speed_fields(self, size_bytes: int, decode_rate: float) -> dict[str, Any]:
+        """Decode against the speed of light (bandwidth ÷ weight bytes), once it is known."""
+        bound = speed_of_light(self.bandwidth.gbps, size_bytes) if self.bandwidth else None
+        fields: dict[str, Any] = {"decode_tokens_per_s": round(decode_rate, 1)}
+        if bound:
+            fields["speed_of_light_tok_s"] = round(bound, 1)
+            fields["decode_sol_pct"] = round(100 * decode_rate / bound, 1)
+        return fields
+
     def health(self) -> HealthReport:
         """What /health reports without touching the hardware: status, version, models, load."""
         models: dict[str, ModelHealth] = {}
@@ -174,6 +198,7 @@ class NodeState:
                 "size_bytes": runtime.info.size_bytes,
                 "runtime": type(runtime).__name__,
                 "fast_path": self.fast_paths.get(alias),
+                **self._speed_fields(runtime.info.size_bytes, stats.decode_tokens_per_s),
             }
             if "cpu_extra_buffers" in runtime.info.metadata:  # llama.cpp: repacked/AMX weights
                 fields["cpu_extra_buffers"] = runtime.info.metadata["cpu_extra_buffers"]
@@ -198,6 +223,10 @@ class NodeState:
         )
         if self.node is not None:
             report = report.model_copy(update={"node": NodeIdentity(**self.node)})
+        if self.bandwidth is not None:
+            report = report.model_copy(
+                update={"bandwidth": MemoryBandwidth(**self.bandwidth.to_dict())}
+            )
         return report
 
     def _residency_fields(self) -> dict[str, Any]:
@@ -245,6 +274,9 @@ class NodeState:
             self.hardware = profile.to_dict()
         await self.catalog.refresh()
         report = self.health()
+        if self.bandwidth is not None and self.hardware.get("bandwidth_source") == "unknown":
+            self.hardware["bandwidth_gbps"] = self.bandwidth.gbps
+            self.hardware["bandwidth_source"] = self.bandwidth.source
         try:
             telemetry: dict[str, Any] | None = (await self.telemetry.get()).to_dict()
         except Exception:  # a sensor failing must not take /health down

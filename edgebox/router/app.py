@@ -16,14 +16,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from edgebox.api.anthropic import messages_aware_error_handler
 from edgebox.api.auth import APIKeyMiddleware
 from edgebox.api.body import DEFAULT_MAX_BODY, decode_json, read_body
-from edgebox.api.errors import (
-    APIError,
-    api_error_handler,
-    http_error_handler,
-    unhandled_error_handler,
-)
+from edgebox.api.errors import APIError
+from edgebox.router import messages, responses
+from edgebox.router.front import key_local_only
 from edgebox.router.nodes import NodeStatus
 from edgebox.router.service import Router
 
@@ -96,11 +94,8 @@ def check_body(data: Any) -> dict[str, Any]:
 async def forward(request: Request) -> Response:
     raw = await read_body(request, DEFAULT_MAX_BODY)
     data = check_body(decode_json(raw))
-    router = _router(request)
-    index = request.scope.get("state", {}).get("api_key_index")
-    local_only = index is not None and index in request.app.state.local_only_keys
-    return await router.handle(
-        request.url.path, data, request.headers, key_local_only=local_only, raw=raw
+    return await _router(request).handle(
+        request.url.path, data, request.headers, key_local_only=key_local_only(request), raw=raw
     )
 
 
@@ -120,6 +115,7 @@ async def stop_router(router: Router) -> None:
         if (stop := getattr(source, "stop", None)) is not None:
             await stop()
     await router.client.aclose()
+    router.responses.close()
 
 
 def client_keys(router: Router, api_key: str | None) -> tuple[list[str], set[int]]:
@@ -136,6 +132,20 @@ def client_keys(router: Router, api_key: str | None) -> tuple[list[str], set[int
             local_only.add(len(keys))
         keys.append(value)
     return keys, local_only
+
+
+def agent_routes() -> list[Route]:
+    """The agent APIs, translated to chat completions here (`responses.py`, `messages.py`)."""
+    one = "/v1/responses/{response_id}"
+    return [
+        Route("/v1/responses", responses.create_response, methods=["POST"]),
+        Route(one, responses.get_response, methods=["GET"]),
+        Route(one, responses.delete_response, methods=["DELETE"]),
+        Route(one + "/input_items", responses.list_input_items, methods=["GET"]),
+        Route("/v1/messages", messages.create_message, methods=["POST"]),
+        Route("/v1/messages/count_tokens", messages.count_tokens, methods=["POST"]),
+        Route("/", messages.probe, methods=["GET", "HEAD"]),
+    ]
 
 
 def create_app(router: Router, *, api_key: str | None = None) -> Starlette:
@@ -155,16 +165,18 @@ def create_app(router: Router, *, api_key: str | None = None) -> Starlette:
         Route("/v1/chat/completions", forward, methods=["POST"]),
         Route("/v1/completions", forward, methods=["POST"]),
         Route("/v1/embeddings", forward, methods=["POST"]),
+        *agent_routes(),
     ]
     keys, local_only = client_keys(router, api_key)
     app = Starlette(
         routes=routes,
         lifespan=lifespan,
         middleware=[Middleware(APIKeyMiddleware, api_key=keys)] if keys else [],
+        # Anthropic's error shape under /v1/messages, OpenAI's everywhere else
         exception_handlers={
-            APIError: api_error_handler,
-            HTTPException: http_error_handler,
-            Exception: unhandled_error_handler,
+            APIError: messages_aware_error_handler,
+            HTTPException: messages_aware_error_handler,
+            Exception: messages_aware_error_handler,
         },
     )
     app.state.router = router

@@ -1,7 +1,8 @@
 """`edgebox serve --fleet`: the router inside the node process, on the node's own port.
 
-`FleetDispatch` sends a client's POST to /v1/chat/completions, /v1/completions or
-/v1/embeddings, and GET /v1/models[/ID], through the router (this node is one of its nodes), so
+`FleetDispatch` sends a client's POST to /v1/chat/completions, /v1/completions,
+/v1/embeddings, /v1/responses or /v1/messages[/count_tokens], GET and DELETE of stored
+responses, and GET /v1/models[/ID], through the router (this node is one of its nodes), so
 the port lists and serves every fleet model (and cloud model, with `--router-config`), not
 only its own; everything else, and every request the router itself forwards (marked with
 `x-edgebox-routed`), goes to the node's app. The mark is what keeps a request from bouncing
@@ -19,7 +20,15 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from edgebox.router.nodes import NodeAddress
 from edgebox.router.service import ROUTED_HEADER
 
-_ROUTED_PATHS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings")
+_ROUTED_PATHS = (
+    "/v1/chat/completions",
+    "/v1/completions",
+    "/v1/embeddings",
+    # the agent APIs: translated at the router, their conversations kept in its store
+    "/v1/responses",
+    "/v1/messages",
+    "/v1/messages/count_tokens",
+)
 
 
 class LocalNode:
@@ -38,6 +47,8 @@ def _routed(scope: Scope) -> bool:
     path = scope["path"]
     if scope["method"] == "POST":
         return path in _ROUTED_PATHS
+    if path.startswith("/v1/responses/"):  # stored responses: the router's store
+        return scope["method"] in ("GET", "DELETE")
     return scope["method"] == "GET" and (path == "/v1/models" or path.startswith("/v1/models/"))
 
 

@@ -104,8 +104,9 @@ class Observations:
         self._cooldown_until[node] = now + COOLDOWN_S
 
     def served(self, req: RouteRequest, node: str, now: float) -> None:
-        """A node took the request: its prefixes and blocks are likely cached there now."""
-        for key in req.prefix_keys:
+        """A node took the request: its prefixes and blocks are likely cached there now, and
+        its conversation continues there."""
+        for key in (*req.prefix_keys, *req.conversation):
             self._affinity[key] = node
             self._affinity.move_to_end(key)
         while len(self._affinity) > AFFINITY_ENTRIES:

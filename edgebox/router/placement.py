@@ -42,6 +42,9 @@ class RouteRequest:
     prompt_tokens: int = 0  # exact when `blocks` were computed, else estimated
     max_tokens: int = 0  # the request's max_tokens (0: not given)
     blocks: tuple[str, ...] = ()  # chained token-block hashes (empty: not tokenized)
+    # keys naming the request's conversation (`conversation_keys`): the first one the router
+    # has placed before picks the node; all of them are recorded for the node that serves it
+    conversation: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -201,6 +204,20 @@ def prefix_keys(body: Mapping[str, Any], n_messages: int) -> tuple[str, ...]:
         digest.update(json.dumps(head, sort_keys=True, separators=(",", ":")).encode())
         keys.append(digest.copy().hexdigest()[:16])
     return tuple(keys)
+
+
+def conversation_key(model: str, kind: str, value: object) -> str:
+    """An affinity key for one conversation id (`kind`: what names it, e.g. "response")."""
+    digest = hashlib.sha256(f"{model}\0{kind}\0{value}".encode()).hexdigest()[:16]
+    return f"conversation:{digest}"
+
+
+def conversation_keys(body: Mapping[str, Any]) -> tuple[str, ...]:
+    """The conversation a chat request names: its `prompt_cache_key` (what the Codex CLI sends
+    with every turn), then its `user`. Empty when it names none."""
+    model = body.get("model")
+    named = [(k, body.get(k)) for k in ("prompt_cache_key", "user")]
+    return tuple(conversation_key(str(model), k, v) for k, v in named if isinstance(v, str) and v)
 
 
 def requested_max_tokens(body: Mapping[str, Any]) -> int:

@@ -11,7 +11,7 @@ reasons it records are the ones the route header reports.
 from __future__ import annotations
 
 from collections.abc import Container, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from edgebox.router.cloud import Target, plan_targets, predicted_wait_s
@@ -75,6 +75,7 @@ def plan_route(
     local, rejected = place(req, list(seen.nodes.values()), policy, seen.ctx)
     if not any(req.model in s.models for s in seen.nodes.values()):  # loaded nowhere
         local, rejected = place_cold(req, list(seen.nodes.values()), seen.ctx)
+    local = stick_to_conversation(local, req, seen.ctx.affinity, seen.nodes)
     serving = {n: s.models[req.model] for n, s in seen.nodes.items() if req.model in s.models}
     too_small = any(r == "context-too-small" for r in rejected.values())
     targets, cloud_left_out = plan_targets(
@@ -87,10 +88,51 @@ def plan_route(
         waits={n: predicted_wait_s(load) for n, load in serving.items()},
         no_local_reason="context" if too_small else "no-local-node",
     )
+    if not targets and too_small and cloud_left_out != "spend-cap":  # (the cap: 429, retry)
+        targets = _context_check(req, seen.nodes, rejected)
     split = plan_split(path, targets, seen, config.disagg) if targets else None
     return RoutePlan(
         path, req, seen.nodes, tuple(targets), rejected, cloud_left_out, split, seen.ctx.blocks
     )
+
+
+def stick_to_conversation(
+    local: Sequence[Candidate],
+    req: RouteRequest,
+    affinity: Mapping[str, str],
+    nodes: Mapping[str, NodeStatus],
+) -> list[Candidate]:
+    """A conversation goes back to the node that served its last turn (its KV prefix is
+    there) while that node is a candidate and has a free slot, or no other has one either;
+    otherwise placement's order stands and the turn is replayed elsewhere from the full
+    history (slower, never an error)."""
+    holder = next((affinity[k] for k in req.conversation if k in affinity), None)
+    chosen = next((c for c in local if c.node == holder), None)
+    if chosen is None:
+        return list(local)
+    full = {c.node for c in local if _no_free_slot(nodes[c.node], req.model)}
+    if chosen.node in full and any(c.node not in full for c in local):
+        return list(local)  # waiting for its slot would cost more than the prefix saves
+    first = replace(chosen, reasons=("affinity:conversation",))
+    return [first, *(c for c in local if c is not chosen)]
+
+
+def _no_free_slot(node: NodeStatus, model: str) -> bool:
+    load = node.models[model]
+    return load.running + load.queued >= max(1, load.slots)
+
+
+def _context_check(
+    req: RouteRequest, nodes: Mapping[str, NodeStatus], rejected: Mapping[str, str]
+) -> list[tuple[Target, str]]:
+    """A prompt too long for every node that serves the model (none down, no cloud): the one
+    with the largest context gets it, to answer its own 400 `context_length_exceeded` (and to
+    serve it, should the router's estimate be high). A 503 would tell clients to retry."""
+    serving = [n for n in rejected if rejected[n] != "model-not-served"]
+    if any(rejected[n] != "context-too-small" for n in serving):
+        return []  # a node that is down may come back with room: 503 as before
+    largest = max(serving, key=lambda n: (nodes[n].models[req.model].n_ctx, n))
+    return [(Candidate(largest, 0.0, ()), "context-check")]
 
 
 def plan_split(

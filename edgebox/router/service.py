@@ -15,6 +15,7 @@ import httpx
 from starlette.responses import Response
 
 from edgebox.api.errors import APIError
+from edgebox.api.response_store import ResponseStore
 from edgebox.router.cloud import CloudTarget, SpendLedger, Target, cost_usd
 from edgebox.router.config import RouterConfig
 from edgebox.router.disagg import SplitFailed, hand_off
@@ -27,6 +28,7 @@ from edgebox.router.placement import (
     PlacementContext,
     PlacementPolicy,
     RouteRequest,
+    conversation_keys,
     estimate_prompt_tokens,
     prefix_keys,
     requested_max_tokens,
@@ -36,6 +38,7 @@ from edgebox.router.tokens import Tokenizers
 
 LOCAL_ONLY_HEADER = "x-edgebox-local-only"
 ROUTED_HEADER = "x-edgebox-routed"  # on requests the router sends to nodes (see embed.py)
+RESPONSES_FILE = "router_responses.sqlite3"  # beside the spend ledger, in the router's home
 _TIMEOUT = httpx.Timeout(600.0, connect=3.0)
 
 
@@ -48,8 +51,11 @@ class Router:
         ledger: SpendLedger,
         *,
         node_api_key: str | None = None,
+        responses: ResponseStore | None = None,
     ) -> None:
         self.config = config
+        # Stored Responses conversations: here, so they outlive the node that served them.
+        self.responses = responses or ResponseStore(ledger.path.parent / RESPONSES_FILE)
         self.client = client  # control plane: polling, KV hand-off
         self.relay = Relay(read_timeout_s=_TIMEOUT.read or 600.0)  # the request hot path
         self.ledger = ledger
@@ -136,12 +142,15 @@ class Router:
         *,
         key_local_only: bool = False,
         raw: bytes | None = None,
+        conversation: tuple[str, ...] = (),
     ) -> Response:
         """Route one request: observe, plan (pure), execute. `raw` is the client's encoded
-        body, sent to nodes unchanged."""
+        body, sent to nodes unchanged; `conversation`, affinity keys naming the conversation
+        beyond those the body names (`placement.conversation_keys`)."""
         self._check_known(body["model"])
         asked = headers.get(LOCAL_ONLY_HEADER, "").lower() in ("1", "true", "yes")
-        seen = await self._observe(body, local_only=key_local_only or asked)
+        talk = (*conversation, *conversation_keys(body))
+        seen = await self._observe(body, talk, local_only=key_local_only or asked)
         plan = plan_route(path, seen, self.config, self.policy)
         if not plan.targets:
             raise self._nothing_up(plan)
@@ -159,7 +168,9 @@ class Router:
                 code="model_not_found",
             )
 
-    async def _observe(self, body: dict[str, Any], *, local_only: bool) -> Observed:
+    async def _observe(
+        self, body: dict[str, Any], conversation: tuple[str, ...], *, local_only: bool
+    ) -> Observed:
         """The values a route decision reads: node states as placement should see them, the
         request's size and prefix (token blocks where it can be tokenized here), and what
         splits measured."""
@@ -170,12 +181,13 @@ class Router:
         prompt = await self.tokenizers.encode_async(body)
         max_tokens = requested_max_tokens(body)
         if prompt is not None:
-            req = RouteRequest(model, (), prompt.tokens, max_tokens, blocks=prompt.blocks)
+            req = RouteRequest(model, (), prompt.tokens, max_tokens, prompt.blocks, conversation)
             held = seen.held_blocks(model, self.tokenizers.sha256(model), nodes, now)
             ctx = PlacementContext(now, seen.affinity, held)
         else:  # not tokenizable here: message-level keys, size estimated
             keys = prefix_keys(body, self.config.affinity_messages)
-            req = RouteRequest(model, keys, estimate_prompt_tokens(body), max_tokens)
+            tokens = estimate_prompt_tokens(body)
+            req = RouteRequest(model, keys, tokens, max_tokens, conversation=conversation)
             ctx = PlacementContext(now, seen.affinity)
         return Observed(
             req,

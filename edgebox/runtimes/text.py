@@ -29,18 +29,24 @@ class StopMatcher:
     stops: Sequence[str]
     _pending: str = ""
     stopped: bool = False
+    matched: str | None = None  # the stop string that hit
+
+    def __post_init__(self) -> None:
+        self.stops = tuple(s for s in self.stops if s)
 
     def feed(self, text: str) -> str:
+        if not self.stops:  # most requests: nothing to match or hold back
+            return text
         if self.stopped:
             return ""
         buf = self._pending + text
-        hits = [(buf.find(s), s) for s in self.stops if s and s in buf]
+        hits = [(buf.find(s), s) for s in self.stops if s in buf]
         if hits:
-            cut = min(index for index, _ in hits)
+            cut, self.matched = min(hits)
             self._pending = ""
             self.stopped = True
             return buf[:cut]
-        hold = _held_suffix_len(buf, [s for s in self.stops if s])
+        hold = _held_suffix_len(buf, self.stops)
         self._pending = buf[len(buf) - hold :] if hold else ""
         return buf[: len(buf) - hold]
 

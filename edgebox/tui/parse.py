@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -186,6 +186,8 @@ def node_from_health(
     """A reachable node: /health gives models and load, /metrics the counters for rates."""
     report = health if isinstance(health, HealthReport) else HealthReport.parse(health)
     res = parse_resources(report.hardware, report.telemetry)
+    if not res.bandwidth_gbps and report.bandwidth is not None and report.bandwidth.gbps:
+        res = replace(res, bandwidth_gbps=report.bandwidth.gbps)  # measured at the node's start
     node = report.node or NodeIdentity()
     name = str(node.name or (report.hardware or {}).get("hostname") or url)
     models = []

@@ -63,3 +63,24 @@ def test_a_newer_node_s_unknown_and_malformed_fields_do_not_fail_the_report() ->
     assert report.load.models["m"].active == 0 and report.load.models["m"].queued == 1
     assert report.node == NodeIdentity(id="n")
     assert HealthReport.parse("not a report") == HealthReport()
+
+
+def test_speed_of_light_fields_round_trip_and_tolerate_bad_values() -> None:
+    sent = {
+        "status": "ok",
+        "bandwidth": {"gbps": 21.5, "source": "measured:copy", "device": "EPYC", "new": 1},
+        "models": {
+            "m": {"decode_tokens_per_s": 80.0, "speed_of_light_tok_s": 200.0, "decode_sol_pct": 40}
+        },
+    }
+    report = HealthReport.parse(sent)
+    assert report.bandwidth is not None and report.bandwidth.gbps == 21.5
+    assert report.bandwidth.source == "measured:copy"
+    assert (
+        report.models["m"].decode_sol_pct == 40 and report.models["m"].speed_of_light_tok_s == 200
+    )
+    bad = HealthReport.parse({"bandwidth": "fast", "models": {"m": {"decode_sol_pct": "high"}}})
+    assert bad.bandwidth is None and bad.models["m"].decode_sol_pct is None
+    partial = HealthReport.parse({"bandwidth": {"gbps": "x", "source": "nvml"}})
+    assert partial.bandwidth is not None and partial.bandwidth.gbps is None
+    assert HealthReport.parse({"status": "ok"}).bandwidth is None  # an older node

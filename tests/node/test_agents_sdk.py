@@ -1,5 +1,5 @@
 """The OpenAI Agents SDK, unmodified, running an agent with a function tool on a real node
-through its chat-completions model."""
+through its chat-completions model and through its default, the Responses model."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from agents import (
     Agent,
     ModelSettings,
     OpenAIChatCompletionsModel,
+    OpenAIResponsesModel,
     Runner,
     function_tool,
     set_tracing_disabled,
@@ -24,7 +25,10 @@ def no_tracing() -> None:
     set_tracing_disabled(True)  # the SDK would otherwise export traces to OpenAI
 
 
-def test_an_agent_calls_its_function_tool_on_the_node(node: NodeProcess) -> None:
+@pytest.mark.parametrize("model_class", [OpenAIChatCompletionsModel, OpenAIResponsesModel])
+def test_an_agent_calls_its_function_tool_on_the_node(
+    node: NodeProcess, model_class: type[OpenAIChatCompletionsModel | OpenAIResponsesModel]
+) -> None:
     cities: list[str] = []
 
     @function_tool
@@ -37,7 +41,7 @@ def test_an_agent_calls_its_function_tool_on_the_node(node: NodeProcess) -> None
     agent = Agent(
         name="weather",
         instructions="You answer questions about the weather with the get_weather tool.",
-        model=OpenAIChatCompletionsModel(model=MODEL, openai_client=client),
+        model=model_class(model=MODEL, openai_client=client),
         tools=[get_weather],
         model_settings=ModelSettings(tool_choice="required", temperature=0, max_tokens=60),
         tool_use_behavior="stop_on_first_tool",

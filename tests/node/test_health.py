@@ -40,3 +40,18 @@ def test_telemetry_in_health_is_cached_for_at_most_a_second(node: NodeProcess) -
     # A fresh sample within 1.1 s (the cache holds one for at most a second), polled for.
     wait_until(lambda: stamp() != first, timeout=1.1, what="a fresh telemetry sample")
     assert stamp() > first
+
+
+def test_health_reports_the_speed_of_light_once_bandwidth_is_measured(node: NodeProcess) -> None:
+    def bandwidth() -> dict | None:
+        return httpx.get(node.url + "/health", timeout=5).json().get("bandwidth")
+
+    wait_until(lambda: bandwidth() is not None, timeout=30)  # measured once, at start
+    body = httpx.get(node.url + "/health", timeout=5).json()
+    measured = body["bandwidth"]
+    assert measured["gbps"] > 0 and measured["source"] == "measured:copy"
+    model = body["models"][MODEL]
+    expected = measured["gbps"] * 1e9 / model["size_bytes"]
+    assert abs(model["speed_of_light_tok_s"] - expected) <= 0.1 + expected * 1e-3
+    assert model["decode_tokens_per_s"] >= 0 and model["decode_sol_pct"] >= 0
+    assert body["hardware"]["bandwidth_gbps"] == measured["gbps"]  # what `edgebox top` reads

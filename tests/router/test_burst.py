@@ -203,10 +203,10 @@ def test_a_prompt_beyond_the_local_context_bursts_with_reason_context(
     response = post(router, FULL_KEY, long_prompt, max_tokens=4)
     assert response.status_code == 200
     assert response.headers["x-edgebox-route"] == "cloud:testcloud;reason=context"
-    refused = post(router, LOCAL_KEY, long_prompt, max_tokens=4)
-    assert refused.status_code == 503
-    error = refused.json()["error"]
-    assert "context-too-small" in error["message"] and "local-only" in error["message"]
+    refused = post(router, LOCAL_KEY, long_prompt, max_tokens=4)  # no cloud: the node refuses
+    assert refused.status_code == 400  # not a 503, which clients would retry
+    assert refused.json()["error"]["code"] == "context_length_exceeded"
+    assert ";reason=context-check" in refused.headers["x-edgebox-route"]
     assert LOCAL_KEY not in burst["router"].log.read_text()
 
 

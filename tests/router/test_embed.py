@@ -77,6 +77,11 @@ def test_the_node_port_routes_across_the_fleet(pair: tuple[NodeProcess, NodeProc
     # A request the router forwarded is served here, not routed again.
     direct = chat(front.url, "Say hi.", 4, **{"x-edgebox-routed": "1"})
     assert direct.status_code == 200 and "x-edgebox-route" not in direct.headers
+    # The agent APIs go through the router too; stored responses are the router's.
+    agent = OpenAI(base_url=front.url + "/v1", api_key="unused", max_retries=0, timeout=120)
+    made = agent.responses.with_raw_response.create(model=MODEL, input="Hi.", max_output_tokens=4)
+    assert made.headers["x-edgebox-route"].split(";")[0] in (front_name, peer_name)
+    assert agent.responses.retrieve(made.parse().id).id == made.parse().id
     # The node's other routes are its own.
     health = httpx.get(front.url + "/health", timeout=5).json()
     assert health["status"] == "ok" and MODEL in health["models"]

@@ -109,3 +109,53 @@ def test_a_node_that_failed_a_request_cools_down_then_comes_back() -> None:
     assert not seen.nodes([], [node("a")], now=101.0)["a"].usable(101.0)
     assert seen.nodes([], [node("a")], now=100.0 + COOLDOWN_S)["a"].usable(100.0 + COOLDOWN_S)
     assert seen.nodes([], [node("b")], now=101.0)["b"].usable(101.0)
+
+
+def small(name: str, n_ctx: int) -> NodeStatus:
+    return NodeStatus(NodeAddress(name, f"http://{name}"), True, {"m": ModelLoad(n_ctx=n_ctx)})
+
+
+def test_a_prompt_too_long_for_every_node_goes_to_the_largest_one_to_refuse_it() -> None:
+    """No 503 (retryable) for a prompt no node can hold: the node with the largest context
+    gets it and answers its own 400 context_length_exceeded, which the router passes on."""
+    seen = observed(small("a", 512), small("b", 1024), req=RouteRequest("m", prompt_tokens=4000))
+    plan = plan_for(seen, cloud=[])
+    assert [(target_name(t), r) for t, r in plan.targets] == [("b", "context-check")]
+    assert plan_for(seen)  # with a cloud upstream: the cloud takes it, as before
+    assert [target_name(t) for t, _ in plan_for(seen).targets] == ["cloud:c"]
+    down = NodeStatus(NodeAddress("c", "http://c"), False, {"m": ModelLoad(n_ctx=512)})
+    waiting = plan_for(observed(small("a", 512), down, req=seen.req), cloud=[])
+    assert waiting.targets == ()  # a node that is down may come back: 503 as before
+
+
+def test_a_conversation_goes_back_to_the_node_that_served_it_while_that_node_can_take_it() -> None:
+    from edgebox.router.placement import conversation_keys
+
+    keys = conversation_keys({"model": "m", "prompt_cache_key": "codex-7", "user": "ann"})
+    assert len(keys) == 2 and keys == conversation_keys(
+        {"model": "m", "prompt_cache_key": "codex-7", "user": "ann", "messages": []}
+    )
+    assert conversation_keys({"model": "m"}) == ()
+    store = Observations(recent_blocks_ttl_s=10)
+    store.served(RouteRequest("m", conversation=keys), "busy", now=1.0)
+    req = RouteRequest("m", prompt_tokens=10, conversation=keys[1:])  # `user` alone matches
+    ctx = PlacementContext(1.0, store.affinity)
+
+    def targets(*nodes: NodeStatus) -> list[tuple[str, str]]:
+        seen = Observed(req, {n.name: n for n in nodes}, ctx)
+        return [(target_name(t), r) for t, r in plan_for(seen, cloud=[]).targets]
+
+    def two_slots(name: str, running: int) -> NodeStatus:
+        load = ModelLoad(slots=2, running=running)
+        return NodeStatus(NodeAddress(name, f"http://{name}"), True, {"m": load})
+
+    assert targets(two_slots("busy", 1), two_slots("idle", 0)) == [
+        ("busy", "affinity:conversation"),
+        ("idle", "least-loaded"),
+    ]
+    # Its node full while another has a free slot: not worth the wait.
+    assert targets(two_slots("busy", 2), two_slots("idle", 0))[0] == ("idle", "least-loaded")
+    # Every node full: the prefix still decides.
+    both_full = targets(two_slots("busy", 2), two_slots("alpha", 2))  # alpha first by name
+    assert both_full[0] == ("busy", "affinity:conversation")
+    assert [t for t, _ in targets(two_slots("idle", 0))] == ["idle"]  # its node gone

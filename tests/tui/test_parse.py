@@ -150,3 +150,19 @@ def test_models_on_disk_and_load_events_reach_the_detail_pane() -> None:
     assert "on disk: gemma3-270m" in text and "big  loading" in text
     assert "model memory 130 MB of a 600 MB budget" in text
     assert "unloaded gemma3-270m (evicted for smol)" in text
+
+
+def test_the_node_s_measured_bandwidth_feeds_the_decode_share() -> None:
+    before, after = parse_metrics(METRICS_1), parse_metrics(METRICS_2)
+    health = {
+        "status": "ok",
+        "bandwidth": {"gbps": 20.0, "source": "measured:copy", "device": "cpu"},
+        "hardware": {"hw_class": "cpu", "bandwidth_gbps": 0, "bandwidth_source": "unknown"},
+        "models": {"m": {"slots": 4, "size_bytes": 100_000_000}},
+    }
+    node = node_from_health(
+        url="http://n:1", health=health, metrics=after, previous=before, elapsed_s=3.0, seen_at=5.0
+    )
+    assert node.bandwidth_gbps == 20.0
+    # 50 tok/s of a 100 MB model against a 200 tok/s bound
+    assert node.bandwidth_pct == pytest.approx(25.0)

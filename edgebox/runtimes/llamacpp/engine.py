@@ -38,7 +38,7 @@ from edgebox.runtimes.llamacpp.kv_state import kv_layout, resolved_flash_attn
 from edgebox.runtimes.llamacpp.model import LlamaCppModel, captured_log
 from edgebox.runtimes.llamacpp.recovery import KV_INVALID, EngineHealth, Healing
 from edgebox.runtimes.llamacpp.sampling import build_sampler, free_sampler
-from edgebox.runtimes.llamacpp.slots import Slot, SlotJob, common_prefix_len
+from edgebox.runtimes.llamacpp.slots import BatchArrays, Slot, SlotJob, common_prefix_len
 from edgebox.runtimes.llamacpp.stepping import Stepping
 from edgebox.runtimes.prefix_blocks import BLOCK_TOKENS
 from edgebox.runtimes.text import StopMatcher
@@ -108,6 +108,7 @@ class LlamaCppEngine(Stepping, Healing, KVTransfer):
         self._hasher = ThreadPoolExecutor(1, thread_name_prefix="gguf-sha256")
         self._model_sha: Future[str] = self._hasher.submit(file_sha256, model.path)
         self._batch = llama_cpp.llama_batch_init(self.n_batch, 0, 1)
+        self._arrays = BatchArrays(self._batch, self.n_batch)
         self._slots = [Slot(i) for i in range(config.parallel)]
         self._queue: JobQueue[SlotJob] = JobQueue(config.max_queue, retry_after=self._retry_after)
         self._cond = self._queue.cond  # guards the slots too (kv_import takes it)
@@ -323,6 +324,7 @@ class LlamaCppEngine(Stepping, Healing, KVTransfer):
             job.generated,
             cached_tokens=job.cached_tokens,
             text=tail,
+            stop_sequence=job.matcher.matched,
             error=error,
             error_code=code,
             kv=kv,

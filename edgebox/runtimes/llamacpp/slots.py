@@ -6,6 +6,7 @@ from __future__ import annotations
 import ctypes
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from edgebox.runtimes.jobs import GenerationJob
 from edgebox.runtimes.prefix_blocks import BlockChain
@@ -72,3 +73,36 @@ def common_prefix_len(a: Sequence[int], b: Sequence[int]) -> int:
     while i < n and a[i] == b[i]:
         i += 1
     return i
+
+
+class BatchArrays:
+    """The llama_batch's arrays, looked up once: every attribute or row access on the ctypes
+    struct builds a new pointer object, which the step loop would otherwise do per token.
+    Every row carries one sequence id, so `n_seq_id` is set once here."""
+
+    def __init__(self, batch: Any, n_batch: int) -> None:
+        self.batch = batch
+        self.token = batch.token
+        self.pos = batch.pos
+        self.logits = batch.logits
+        self.seq = [batch.seq_id[i] for i in range(n_batch)]
+        n_seq_id = batch.n_seq_id
+        for i in range(n_batch):
+            n_seq_id[i] = 1
+
+    def fill(self, parts: Sequence[Part]) -> list[tuple[Part, int]]:
+        """Lay `parts` out in the batch; each part's last row (where its logits are)."""
+        token, pos, logits, seq = self.token, self.pos, self.logits, self.seq
+        n = 0
+        rows: list[tuple[Part, int]] = []
+        for part in parts:
+            seq_id, want, start = part.slot.seq_id, part.logits, part.start
+            for i, t in enumerate(part.tokens):
+                token[n] = t
+                pos[n] = start + i
+                seq[n][0] = seq_id
+                logits[n] = want
+                n += 1
+            rows.append((part, n - 1))
+        self.batch.n_tokens = n
+        return rows

@@ -17,7 +17,7 @@ from edgebox.runtimes.llamacpp.kv_state import logits_finite
 from edgebox.runtimes.llamacpp.model import LlamaCppModel
 from edgebox.runtimes.llamacpp.recovery import KV_INVALID
 from edgebox.runtimes.llamacpp.sampling import token_logprobs
-from edgebox.runtimes.llamacpp.slots import Part, Slot
+from edgebox.runtimes.llamacpp.slots import BatchArrays, Part, Slot
 
 # A step measures the prefill rate when it carries at least this many prompt tokens and they
 # outnumber its decode tokens this many times (the decode tokens' share of the time is then
@@ -47,7 +47,7 @@ class Stepping:
     n_batch: int
     n_ctx_seq: int
     prefill_chunk: int
-    _batch: Any  # llama_batch (ctypes' stubs cannot type its nested arrays)
+    _arrays: BatchArrays  # the llama_batch's arrays
     _slots: list[Slot]
     _metrics: JobMetrics
 
@@ -121,20 +121,8 @@ class Stepping:
 
     def _decode(self, parts: Sequence[Part]) -> tuple[int, list[tuple[Part, int]]]:
         """One llama_decode of `parts`; the code and each part's logits row in the batch."""
-        batch = self._batch
-        n = 0
-        rows: list[tuple[Part, int]] = []
-        for part in parts:
-            for i, token in enumerate(part.tokens):
-                batch.token[n] = token
-                batch.pos[n] = part.start + i
-                batch.n_seq_id[n] = 1
-                batch.seq_id[n][0] = part.slot.seq_id
-                batch.logits[n] = part.logits
-                n += 1
-            rows.append((part, n - 1))
-        batch.n_tokens = n
-        return llama_cpp.llama_decode(self.ctx, batch), rows
+        rows = self._arrays.fill(parts)
+        return llama_cpp.llama_decode(self.ctx, self._arrays.batch), rows
 
     def _after_decode(self, rows: Sequence[tuple[Part, int]]) -> None:
         """Sample the decoding parts, then export the parts whose prompt is complete."""

@@ -1,0 +1,148 @@
+"""The measurements `bench_engine.py` takes: one level of concurrent completions against an
+OpenAI-compatible server, a long prompt's time to first token, and in-process llama-cpp-python."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+
+import httpx
+
+TTFT_PARAGRAPHS = 27  # ~500 tokens with SmolLM2's tokenizer
+TOPICS = (
+    "a robot who learns to paint",
+    "a lighthouse keeper and a storm",
+    "a cat that runs a bakery",
+    "the last train of the night",
+    "a gardener on Mars",
+    "a clock that runs backwards",
+    "two rival chess players",
+    "a map drawn by a child",
+)
+
+
+@dataclass
+class Figures:
+    aggregate: list[float] = field(default_factory=list)  # tok/s of each round (all streams)
+    decode: list[float] = field(default_factory=list)  # tok/s after the first token, per request
+    ttft: list[float] = field(default_factory=list)  # seconds, per request
+    failed: int = 0
+
+
+def story_prompt(tag: str, i: int) -> str:
+    return f"Run {tag}-{i} at {time.time_ns()}.\nWrite a short story about {TOPICS[i % 8]}.\n"
+
+
+def ttft_prompt(tag: str) -> str:
+    body = " ".join(
+        f"Paragraph {i}: the keeper counted ships, logged the weather and wrote letters."
+        for i in range(TTFT_PARAGRAPHS)
+    )
+    return f"Run {tag} at {time.time_ns()}.\n{body}\nSummary:"
+
+
+async def streamed(client: httpx.AsyncClient, body: dict) -> tuple[int, float, float, float]:
+    """(tokens, ttft, time of the last token, wall) of one streamed completion."""
+    started = time.perf_counter()
+    first = last = 0.0
+    n = 0
+    usage = None
+    payload = {**body, "stream": True, "stream_options": {"include_usage": True}}
+    async with client.stream("POST", "/completions", json=payload) as r:
+        r.raise_for_status()
+        async for line in r.aiter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            chunk = json.loads(line[6:])
+            usage = chunk.get("usage") or usage
+            if chunk.get("choices") and chunk["choices"][0].get("text"):
+                last = time.perf_counter() - started
+                first = first or last
+                n += 1
+    tokens = int(usage["completion_tokens"]) if usage else n
+    return tokens, first, last, time.perf_counter() - started
+
+
+async def whole(client: httpx.AsyncClient, body: dict) -> tuple[int, float, float, float]:
+    started = time.perf_counter()
+    r = await client.post("/completions", json=body)
+    r.raise_for_status()
+    wall = time.perf_counter() - started
+    return int(r.json()["usage"]["completion_tokens"]), 0.0, 0.0, wall
+
+
+async def measure_level(
+    client: httpx.AsyncClient, c: int, stream: bool, tokens: int, tag: str, figures: Figures
+) -> None:
+    """One round of `c` concurrent greedy completions of `tokens` tokens."""
+    one = streamed if stream else whole
+    bodies = [
+        {"model": "m", "prompt": story_prompt(tag, i), "max_tokens": tokens, "temperature": 0}
+        for i in range(c)
+    ]
+    t = time.perf_counter()
+    done = await asyncio.gather(*(one(client, b) for b in bodies), return_exceptions=True)
+    wall = time.perf_counter() - t
+    ok = [d for d in done if not isinstance(d, BaseException)]
+    for d in done:
+        if isinstance(d, BaseException):
+            print(f"request failed: {d!r}", file=sys.stderr)
+    figures.failed += len(done) - len(ok)
+    figures.aggregate.append(sum(n for n, *_ in ok) / wall)
+    for n, first, last, _ in ok:
+        if stream and n > 1 and last > first:
+            figures.decode.append((n - 1) / (last - first))
+            figures.ttft.append(first)
+
+
+async def measure_ttft(client: httpx.AsyncClient, prompt: str, figures: Figures) -> None:
+    body = {"model": "m", "prompt": prompt, "max_tokens": 1, "temperature": 0}
+    try:
+        _, first, _, wall = await streamed(client, body)
+    except httpx.HTTPError as exc:
+        print(f"TTFT request failed: {exc!r}", file=sys.stderr)
+        figures.failed += 1
+        return
+    figures.ttft.append(first or wall)
+
+
+def in_process(path: str, threads: int, repack: bool, tokens: int) -> dict[str, float]:
+    """Single-stream llama-cpp-python (flash attention on, as `auto` resolves on this CPU for
+    edgebox and llama-server): medians of 3 of whole-request tok/s, post-first-token tok/s and 500-token TTFT."""
+    import llama_cpp
+    from llama_cpp import Llama
+
+    default_params = llama_cpp.llama_cpp.llama_model_default_params
+
+    def params() -> object:
+        p = default_params()
+        p.use_extra_bufts = repack
+        return p
+
+    llama_cpp.llama_cpp.llama_model_default_params = params  # Llama() has no repack option
+    llm = Llama(
+        path, n_ctx=2048, n_threads=threads, n_threads_batch=threads, flash_attn=True, verbose=False
+    )
+    runs: dict[str, list[float]] = {"tok_s": [], "decode": [], "ttft": []}
+    for i in range(4):
+        started = time.perf_counter()
+        stamps = [
+            time.perf_counter()
+            for c in llm.create_completion(
+                story_prompt("in", i), max_tokens=tokens, temperature=0, stream=True
+            )
+            if c["choices"][0]["text"]  # type: ignore[index]
+        ]
+        wall = time.perf_counter() - started
+        if i == 0 or len(stamps) < 2:
+            continue  # warm-up
+        runs["tok_s"].append(len(stamps) / wall)
+        runs["decode"].append((len(stamps) - 1) / (stamps[-1] - stamps[0]))
+        started = time.perf_counter()
+        next(iter(llm.create_completion(ttft_prompt(f"in{i}"), max_tokens=1, stream=True)))
+        runs["ttft"].append(time.perf_counter() - started)
+    return {k: statistics.median(v) for k, v in runs.items() if v}

@@ -1,0 +1,131 @@
+"""Stored Responses (`store: true`): SQLite on disk, so they survive restarts, kept for a
+bounded count and age, each readable only by the key that created it.
+
+A stored response keeps its Responses object and every input item of the conversation up
+to it (the items of the responses it continued included), so `previous_response_id`
+rebuilds the whole conversation from one row. Owners are hashes of API keys: a key never
+sees another's responses (404, as if they did not exist), and the keys themselves are
+never written. A node without keys has one owner, `local`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+DEFAULT_KEEP = 10_000  # responses kept, newest first
+DEFAULT_MAX_AGE_S = 30 * 86400  # as OpenAI keeps stored responses: 30 days
+LOCAL_OWNER = "local"
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS responses (
+    id TEXT PRIMARY KEY,
+    owner TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    response TEXT NOT NULL,
+    items TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS responses_created ON responses (created_at);
+"""
+
+
+def owner_of(api_key: str | None) -> str:
+    """Who owns what a request stores: a hash of its API key, or `local` without one."""
+    if not api_key:
+        return LOCAL_OWNER
+    return "key:" + hashlib.sha256(b"edgebox-responses\0" + api_key.encode()).hexdigest()[:32]
+
+
+@dataclass(frozen=True)
+class StoredResponse:
+    response: dict[str, Any]  # the Responses object
+    items: list[dict[str, Any]]  # the conversation's input items up to this response
+
+    def conversation(self) -> list[dict[str, Any]]:
+        """The items a continuation builds on: the inputs, then this response's output."""
+        return self.items + list(self.response.get("output") or [])
+
+
+class ResponseStore:
+    """Thread-safe (calls are short and serialised; handlers run them off the event loop).
+    `path` None keeps responses in memory only."""
+
+    def __init__(
+        self,
+        path: Path | None = None,
+        *,
+        keep: int = DEFAULT_KEEP,
+        max_age_s: float = DEFAULT_MAX_AGE_S,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self.keep = keep
+        self.max_age_s = max_age_s
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(
+            str(path) if path is not None else ":memory:", check_same_thread=False, timeout=10
+        )
+        with self._lock:
+            if path is not None:
+                self._db.execute("PRAGMA journal_mode=WAL")
+                path.chmod(0o600)  # conversations are private
+            self._db.executescript(_SCHEMA)
+
+    def put(self, owner: str, response: dict[str, Any], items: list[dict[str, Any]]) -> None:
+        """Store `response` (by its id) with the conversation's input `items`; prune."""
+        row = (response["id"], owner, self._clock(), _dump(response), _dump(items))
+        with self._lock, self._db:
+            self._db.execute("INSERT OR REPLACE INTO responses VALUES (?, ?, ?, ?, ?)", row)
+            self._prune()
+
+    def get(self, owner: str, response_id: str) -> StoredResponse | None:
+        """The response if `owner` stored it and it is still kept, else None."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT response, items FROM responses WHERE id = ? AND owner = ? "
+                "AND created_at >= ?",
+                (response_id, owner, self._clock() - self.max_age_s),
+            ).fetchone()
+        if row is None:
+            return None
+        return StoredResponse(json.loads(row[0]), json.loads(row[1]))
+
+    def delete(self, owner: str, response_id: str) -> bool:
+        """Forget a response; False if `owner` has none by that id."""
+        with self._lock, self._db:
+            cursor = self._db.execute(
+                "DELETE FROM responses WHERE id = ? AND owner = ?", (response_id, owner)
+            )
+        return cursor.rowcount > 0
+
+    def count(self) -> int:
+        with self._lock:
+            return int(self._db.execute("SELECT COUNT(*) FROM responses").fetchone()[0])
+
+    def _prune(self) -> None:
+        """Past the age limit, or beyond the newest `keep`: gone (the lock is held)."""
+        self._db.execute(
+            "DELETE FROM responses WHERE created_at < ?", (self._clock() - self.max_age_s,)
+        )
+        self._db.execute(
+            "DELETE FROM responses WHERE id IN (SELECT id FROM responses "
+            "ORDER BY created_at DESC, rowid DESC LIMIT -1 OFFSET ?)",
+            (self.keep,),
+        )
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+
+def _dump(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)

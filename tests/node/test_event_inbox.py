@@ -1,0 +1,66 @@
+"""Events cross from an engine thread to the event loop in batches, stamped when they came."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+from edgebox.node.generation import LAZY_BATCH, EventInbox
+from edgebox.runtimes.base import FinishEvent, TokenEvent
+
+
+def token(i: int) -> TokenEvent:
+    return TokenEvent(token_id=i, text=f"t{i}")
+
+
+async def _collect(inbox: EventInbox, until: int) -> list[list[tuple[int, object, float]]]:
+    batches = []
+    seen = 0
+    while seen < until:
+        batch = await asyncio.wait_for(inbox.batch(), 10)
+        batches.append(batch)
+        seen += len(batch)
+    return batches
+
+
+def test_streamed_events_arrive_in_order_and_in_batches() -> None:
+    async def main() -> None:
+        inbox = EventInbox(asyncio.get_running_loop(), eager=True)
+        n = 500
+
+        def engine() -> None:
+            for i in range(n):
+                inbox.put(i % 2, token(i))
+
+        before = time.perf_counter()
+        thread = threading.Thread(target=engine)
+        thread.start()
+        batches = await _collect(inbox, n)
+        thread.join(10)
+        events = [e for b in batches for e in b]
+        assert [e[1].token_id for e in events] == list(range(n))  # type: ignore[attr-defined]
+        assert [e[0] for e in events] == [i % 2 for i in range(n)]
+        stamps = [e[2] for e in events]
+        assert stamps == sorted(stamps) and before <= stamps[0]
+        assert len(batches) < n  # the engine outran the loop: events rode along
+
+    asyncio.run(main())
+
+
+def test_a_non_streamed_request_wakes_the_loop_only_at_the_finish_or_a_full_batch() -> None:
+    async def main() -> None:
+        inbox = EventInbox(asyncio.get_running_loop(), eager=False)
+        for i in range(LAZY_BATCH - 1):
+            inbox.put(0, token(i))
+        waiting = asyncio.ensure_future(inbox.batch())
+        await asyncio.sleep(0.2)
+        assert not waiting.done()  # tokens alone, fewer than a batch: nobody is woken
+        inbox.put(0, FinishEvent("stop", 3, LAZY_BATCH - 1))
+        batch = await asyncio.wait_for(waiting, 10)
+        assert len(batch) == LAZY_BATCH and isinstance(batch[-1][1], FinishEvent)
+        for i in range(LAZY_BATCH):
+            inbox.put(0, token(i))
+        assert len(await asyncio.wait_for(inbox.batch(), 10)) == LAZY_BATCH
+
+    asyncio.run(main())
