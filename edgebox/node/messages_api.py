@@ -43,7 +43,8 @@ async def messages(request: Request) -> Response:
     chat_body = to_chat_body(req)
     # max_tokens is a cap, and clients send their largest (Claude Code: 32,000 for a model
     # it does not know): past this model's context the answer ends at the context's end.
-    chat_body["max_tokens"] = min(req.max_tokens, lookup(state, req.model).info.n_ctx)
+    runtime = await state.residency.acquire(req.model, lookup, "chat")  # loads it if on disk
+    chat_body["max_tokens"] = min(req.max_tokens, runtime.info.n_ctx)
     body: ChatCompletionRequest = parse(ChatCompletionRequest, chat_body)
     generation = await start_chat(request, state, body, arrived)
     message_id = "msg_" + uuid.uuid4().hex[:24]
@@ -80,7 +81,7 @@ async def count_tokens(request: Request) -> Response:
     req = parse_request(CountTokensRequest, await read_json(request, state.max_body))
     body: ChatCompletionRequest = parse(ChatCompletionRequest, to_chat_body(req))
     usage_of(request).model = body.model
-    runtime = lookup(state, body.model)
+    runtime = await state.residency.acquire(body.model, lookup, "chat")
     check_chat_size(runtime, body)
     check_tool_messages(body)
     tools = tool_plan(runtime, body)
