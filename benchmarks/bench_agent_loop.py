@@ -19,7 +19,7 @@ cache: edgebox's `usage` cached tokens, llama-server's `timings.cache_n` (`promp
 The client is the `openai` SDK. Then (optional) `bench_tool_calls.py`, the decode cost of a
 forced call's grammar vs free text, in a child process on the same machine.
 
-    python benchmarks/bench_agent_loop.py --turns 10 --threads 1 --write
+    python benchmarks/bench_agent_loop.py --turns 10 --threads 1 --max-tokens 40 --write
 """
 
 from __future__ import annotations
@@ -364,7 +364,7 @@ def main() -> None:
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--turns", type=int, default=10)
-    parser.add_argument("--max-tokens", type=int, default=24, help="output tokens per turn")
+    parser.add_argument("--max-tokens", type=int, default=40, help="output tokens per turn")
     parser.add_argument("--skip-llama-server", action="store_true")
     parser.add_argument("--skip-tool-overhead", action="store_true")
     parser.add_argument("--write", action="store_true", help="append to docs/benchmarks.md")
