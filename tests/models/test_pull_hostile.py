@@ -96,3 +96,30 @@ def test_admin_pull_of_a_local_secret_is_refused(node: Node, tmp_path: Path) -> 
     digest = hashlib.sha256(secret.read_bytes()).hexdigest()
     assert node.get(f"/v1/blobs/{digest}", key=API).status_code == 404
     assert node.proc.poll() is None
+
+
+def _nested_gguf(path: Path, depth: int) -> Path:
+    """A GGUF whose one key is an array of arrays of arrays… `depth` deep (12 bytes a level)."""
+    import struct
+
+    key = b"general.hostile"
+    head = b"GGUF" + struct.pack("<IQQ", 3, 0, 1) + struct.pack("<Q", len(key)) + key
+    levels = struct.pack("<I", 9) + struct.pack("<IQ", 9, 1) * depth + struct.pack("<IQ", 4, 0)
+    path.write_bytes(head + levels + b"\0" * 64)
+    return path
+
+
+def test_deeply_nested_gguf_header_is_read_safely(node: Node, tmp_path: Path) -> None:
+    from edgebox.models.gguf_header import read_gguf_info
+
+    hostile = _nested_gguf(tmp_path / "deep.Q4_0.gguf", 20_000)
+    started = time.monotonic()
+    info = read_gguf_info(hostile)  # a bad header is facts unknown, never an exception
+    assert info.architecture is None and info.quantisation == "Q4_0"
+    assert time.monotonic() - started < 5
+    answer = node.post("/admin/models/pull", {"spec": str(hostile), "name": "deep"})
+    assert answer.status_code == 202, answer.text
+    status = node.wait(answer.json()["job"])
+    assert status["state"] == "done", status
+    assert status["model"] == "deep"
+    assert node.proc.poll() is None
