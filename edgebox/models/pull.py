@@ -53,6 +53,7 @@ from edgebox.models.transfer import (
     Source,
     SourcePool,
     TransferError,
+    bounded_get,
     peer_chunk_plan,
 )
 
@@ -61,6 +62,7 @@ SPLIT = re.compile(r"^(?P<stem>.+)-(?P<part>\d{5})-of-(?P<count>\d{5})\.gguf$")
 MAX_SPLIT_PARTS = 256
 MAX_SPEC = 2048
 FREE_MARGIN = 16 << 20  # keep this much free beyond the download itself
+MAX_MANIFEST_BYTES = 16 << 20  # a peer's manifest, read whole: a 256-part model's fits
 
 
 @dataclass
@@ -99,9 +101,9 @@ def _peer_manifest(client: httpx.Client, name: str, peers: list[Peer]) -> Manife
         headers = {"Authorization": f"Bearer {peer.key}"} if peer.key else {}
         url = f"{peer.url.rstrip('/')}/v1/store/models/{quote(name, safe='')}"
         try:
-            r = client.get(url, headers=headers)
-            if r.status_code == 200:
-                return Manifest.model_validate_json(r.content)
+            status, body = bounded_get(client, url, headers, MAX_MANIFEST_BYTES)
+            if status == 200:
+                return Manifest.model_validate_json(body)
         except (httpx.HTTPError, ValueError):
             continue
     raise PullError(f"no peer has a model named {name} (asked {len(peers)})")
