@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from urllib.parse import urljoin, urlsplit
 
 SLICE = 1 << 20  # bytes per readinto: the rate limit and cancellation act this often
+REDIRECT_BODY = 64 << 10  # read of a redirect's body; longer, the connection is dropped
 MAX_REDIRECTS = 5
 
 
@@ -89,7 +90,9 @@ class RangeClient:
         conn.request("GET", target, headers=headers)
         resp = conn.getresponse()
         if resp.status in (301, 302, 303, 307, 308):
-            resp.read()
+            resp.read(REDIRECT_BODY)
+            if not resp.isclosed():  # a body without end: not read, not reused
+                conn.close()
             return resp.headers.get("location") or ""
         if resp.status not in (200, 206) or (resp.status == 200 and ask.start):
             raise SourceError(f"{conn.host}: HTTP {resp.status}")

@@ -27,6 +27,9 @@ class _Liar(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         kind = self.path.split("/")[1]
+        if kind in ("redirect", "bytes"):
+            self._redirect_or_bytes(kind)
+            return
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.end_headers()
@@ -47,6 +50,21 @@ class _Liar(BaseHTTPRequestHandler):
             "chunks": ["cd" * 32] * count,
         }
         self.wfile.write(json.dumps(body).encode())
+
+    def _redirect_or_bytes(self, kind: str) -> None:
+        if kind == "bytes":
+            self.send_response(200)
+            self.send_header("Content-Length", "1024")
+            self.end_headers()
+            self.wfile.write(b"z" * 1024)
+            return
+        self.send_response(302)  # a redirect whose body never ends
+        self.send_header("Location", "/bytes/")
+        self.end_headers()
+        block = b"r" * (1 << 20)
+        while _Liar.sent < 128 << 20:
+            self.wfile.write(block)
+            _Liar.sent += len(block)
 
 
 @pytest.fixture
@@ -75,3 +93,14 @@ def test_an_endless_chunk_list_is_cut_off(liar: str) -> None:
     assert plan is None and left_out, left_out
     assert _Liar.sent <= 32 << 20, f"read {_Liar.sent >> 20} MB of a chunk list"
     assert time.monotonic() - started < 20
+
+
+def test_a_redirect_without_end_is_not_read_whole(liar: str) -> None:
+    from edgebox.models._ranges import RangeAsk, RangeClient
+
+    _Liar.sent = 0
+    buf = bytearray(1024)
+    ask = RangeAsk(f"{liar}/redirect", {}, 0, memoryview(buf), lambda n: None)
+    RangeClient(timeout=10).read_into(ask)
+    assert bytes(buf) == b"z" * 1024
+    assert _Liar.sent <= 32 << 20, f"read {_Liar.sent >> 20} MB of a redirect's body"
