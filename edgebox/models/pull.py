@@ -112,7 +112,11 @@ def _peer_manifest(client: httpx.Client, name: str, peers: list[Peer]) -> Manife
 def _from_peers(client: httpx.Client, spec: str, peers: list[Peer], name: str | None) -> PullPlan:
     manifest = _peer_manifest(client, spec, peers)
     files = [RemoteFile(f.path, None, f.size, f.sha256, "peer") for f in manifest.files]
-    return PullPlan(name or manifest.name, "peer", files, manifest.aliases, manifest=manifest)
+    # Specs it was pulled as (ORG/REPO:FILE, URLs) travel on, so a node that pulled it by
+    # name serves it by spec offline; a plain name it claims (another model's) is dropped.
+    asked = [] if NAME.match(spec) else [spec]
+    aliases = list(dict.fromkeys(asked + [a for a in manifest.aliases if not NAME.match(a)]))
+    return PullPlan(name or manifest.name, "peer", files, aliases, manifest=manifest)
 
 
 def _url_plan(
@@ -259,17 +263,11 @@ class Pull:
         return self.store.save(self._manifest(files))
 
     def _manifest(self, files: list[ModelFile]) -> Manifest:
-        if self.plan.manifest is not None:
-            return self.plan.manifest.model_copy(
-                update={
-                    "name": self.plan.name,
-                    "files": files,
-                    "source": "peer",
-                    "added_at": time.time(),
-                }
-            )
+        """The pulled model's manifest: its names as this pull asked, its facts as its own
+        header gives them (a peer's manifest says only which files and of which format)."""
         first = self.store.blob_path(files[0].sha256)
-        fmt = detect_format(Path(files[0].path))
+        peer = self.plan.manifest
+        fmt = peer.format if peer is not None else detect_format(Path(files[0].path))
         base = Manifest(
             name=self.plan.name,
             aliases=self.plan.aliases,
