@@ -15,6 +15,7 @@ that the network answers (offline), and that the disk has room for what is still
 
 from __future__ import annotations
 
+import contextlib
 import re
 import shutil
 import threading
@@ -208,6 +209,25 @@ def check_room(store: ModelStore, plan: PullPlan) -> None:
         )
 
 
+def check_model_files(store: ModelStore, manifest: Manifest) -> None:
+    """StoreError unless each GGUF file starts as one (and each `.onnx` file as a protobuf
+    model does): a URL that answers with something else (an internal service's page, cloud
+    credentials) is no model, and its bytes leave the store rather than become a blob that
+    peers and inference keys can fetch."""
+    for file in manifest.files:
+        onnx = Path(file.path).suffix.lower() == ".onnx"
+        magic = b"GGUF" if manifest.format == "gguf" else b"\x08" if onnx else b""
+        path = store.file_path(file)
+        with path.open("rb") if path else contextlib.nullcontext(None) as f:
+            head = f.read(len(magic)) if f else b""
+        if head != magic:
+            kept = {d for m in store.list() for d in m.digests()}
+            for bad in manifest.digests() - kept:
+                store.blob_path(bad).unlink(missing_ok=True)
+            kind = "an ONNX" if onnx else "a GGUF"
+            raise StoreError(f"{file.path} is not {kind} file; nothing was kept")
+
+
 class Pull:
     """One pull into `store`, watched through `progress` and `state` from other threads."""
 
@@ -260,7 +280,9 @@ class Pull:
             )
         check_room(self.store, self.plan)
         files = [self._file(f) for f in self.plan.files]
-        return self.store.save(self._manifest(files))
+        manifest = self._manifest(files)
+        check_model_files(self.store, manifest)
+        return self.store.save(manifest)
 
     def _manifest(self, files: list[ModelFile]) -> Manifest:
         """The pulled model's manifest: its names as this pull asked, its facts as its own

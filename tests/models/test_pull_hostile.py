@@ -12,6 +12,7 @@ import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import httpx
@@ -123,3 +124,42 @@ def test_deeply_nested_gguf_header_is_read_safely(node: Node, tmp_path: Path) ->
     assert status["state"] == "done", status
     assert status["model"] == "deep"
     assert node.proc.poll() is None
+
+
+class _Internal(BaseHTTPRequestHandler):
+    """An internal service the node can reach (cloud metadata, a router's admin page)."""
+
+    body = b'{"AccessKeyId": "AKIA-secret", "SecretAccessKey": "not-for-inference-keys"}'
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+    def do_HEAD(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(self.body)))
+        self.end_headers()
+
+    def do_GET(self) -> None:
+        self.do_HEAD()
+        self.wfile.write(self.body)
+
+
+def test_admin_pull_of_an_internal_url_that_is_no_model_fails(node: Node) -> None:
+    import hashlib
+    import threading
+    from http.server import ThreadingHTTPServer
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Internal)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        base = f"http://127.0.0.1:{server.server_address[1]}"
+        for spec in (f"{base}/iam/role", f"{base}/iam/role?as=.onnx"):
+            answer = node.post("/admin/models/pull", {"spec": spec})
+            assert answer.status_code == 202, answer.text
+            status = node.wait(answer.json()["job"])
+            assert status["state"] == "failed" and "not a" in str(status["error"]), status
+    finally:
+        server.shutdown()
+        server.server_close()
+    digest = hashlib.sha256(_Internal.body).hexdigest()
+    assert node.get(f"/v1/blobs/{digest}", key=API).status_code == 404
