@@ -26,13 +26,15 @@ class SourceError(Exception):
 @dataclass(frozen=True)
 class RangeAsk:
     """Fill `buf` with the bytes of `url` from `start`; `on_block(n)` after each slice (it may
-    raise to stop: cancellation, a rate limit's wait)."""
+    raise to stop: cancellation, a rate limit's wait). A `peer` is held to its own host: its
+    redirects elsewhere are not followed (a LAN stranger does not aim the node's requests)."""
 
     url: str
     headers: dict[str, str]
     start: int
     buf: memoryview
     on_block: Callable[[int], None]
+    kind: str = "internet"  # or "peer"
 
 
 class RangeClient:
@@ -67,6 +69,8 @@ class RangeClient:
             parts = urlsplit(url)
             if parts.scheme not in ("http", "https") or not parts.netloc:
                 raise SourceError(f"not an http(s) URL: {parts.scheme}://…")
+            if ask.kind == "peer" and parts.netloc != origin:
+                raise SourceError(f"{origin}: a peer's redirect to another host is not followed")
             send = dict(ask.headers) if parts.netloc == origin else {}  # keys stay with their host
             send["Range"] = f"bytes={ask.start}-{ask.start + len(ask.buf) - 1}"
             conn = self._connection(parts.scheme, parts.netloc)

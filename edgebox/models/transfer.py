@@ -166,9 +166,10 @@ def peer_chunk_plan(
 def bounded_get(
     client: httpx.Client, url: str, headers: dict[str, str], limit: int
 ) -> tuple[int, bytes]:
-    """(status, body) of a GET whose body is at most `limit` bytes; ValueError past that (a
-    peer that answers without end is cut off, not read into memory)."""
-    with client.stream("GET", url, headers=headers) as r:
+    """(status, body) of a GET to a peer whose body is at most `limit` bytes; ValueError past
+    that (a peer that answers without end is cut off, not read into memory). A redirect is
+    answered as it is, not followed: a peer does not aim the node's requests elsewhere."""
+    with client.stream("GET", url, headers=headers, follow_redirects=False) as r:
         body = bytearray()
         for piece in r.iter_bytes():
             body += piece
@@ -352,7 +353,8 @@ class BlobFetch:
                 raise TransferError("cancelled")
 
         try:
-            ask = RangeAsk(source.url, dict(source.headers), start, memoryview(buf), block)
+            headers = dict(source.headers)
+            ask = RangeAsk(source.url, headers, start, memoryview(buf), block, source.kind)
             self.ranges.read_into(ask)
         except BaseException:
             self.progress.add(source.name, -got)

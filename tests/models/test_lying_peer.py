@@ -21,12 +21,19 @@ SIZE = 40 << 30  # a 40 GB "model"
 
 class _Liar(BaseHTTPRequestHandler):
     sent = 0
+    target = ""
 
     def log_message(self, *args: object) -> None:
         pass
 
     def do_GET(self) -> None:
         kind = self.path.split("/")[1]
+        if kind == "elsewhere":
+            self.send_response(302)
+            self.send_header("Location", _Liar.target)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
         if kind in ("redirect", "bytes"):
             self._redirect_or_bytes(kind)
             return
@@ -104,3 +111,44 @@ def test_a_redirect_without_end_is_not_read_whole(liar: str) -> None:
     RangeClient(timeout=10).read_into(ask)
     assert bytes(buf) == b"z" * 1024
     assert _Liar.sent <= 32 << 20, f"read {_Liar.sent >> 20} MB of a redirect's body"
+
+
+class _Internal(BaseHTTPRequestHandler):
+    """A service inside the LAN that a peer would like the node to call for it."""
+
+    hits = 0
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        _Internal.hits += 1
+        self.send_response(200)
+        self.send_header("Content-Length", "2")
+        self.end_headers()
+        self.wfile.write(b"{}")
+
+
+def test_a_peer_cannot_redirect_the_node_to_another_host(liar: str) -> None:
+    from edgebox.models._ranges import RangeAsk, RangeClient, SourceError
+    from edgebox.models.transfer import Source
+
+    internal = ThreadingHTTPServer(("127.0.0.1", 0), _Internal)
+    threading.Thread(target=internal.serve_forever, daemon=True).start()
+    try:
+        _Liar.target = f"http://localhost:{internal.server_address[1]}/admin/drain"
+        peer = Peer(f"{liar}/elsewhere").blob_source(DIGEST)
+        assert isinstance(peer, Source) and peer.kind == "peer"
+        ask = RangeAsk(peer.url, {}, 0, memoryview(bytearray(2)), lambda n: None, peer.kind)
+        with pytest.raises(SourceError, match="redirect"):
+            RangeClient(timeout=10).read_into(ask)
+        assert _Internal.hits == 0
+        plan, _, left_out = peer_chunk_plan(http_client(), DIGEST, [Peer(f"{liar}/elsewhere")])
+        assert plan is None and "HTTP 302" in left_out[0] and _Internal.hits == 0
+        # the internet's sources (a Hugging Face file on its CDN) still follow redirects
+        ask = RangeAsk(f"{liar}/elsewhere", {}, 0, memoryview(bytearray(2)), lambda n: None)
+        RangeClient(timeout=10).read_into(ask)
+        assert _Internal.hits == 1
+    finally:
+        internal.shutdown()
+        internal.server_close()
