@@ -60,6 +60,8 @@ class NodeConfig:
     fleet_nodes: tuple[str, ...] = ()
     router_config: RouterConfig | None = None  # `--router-config`, read: only with --fleet
     trust_lan: bool = False
+    memory_budget: int | None = None  # bytes for models; None: from the hardware probe
+    keep_alive_s: float = 300.0  # idle seconds before a model loaded on demand is unloaded
     verbose: bool = False
 
     def __post_init__(self) -> None:

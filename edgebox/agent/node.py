@@ -85,7 +85,8 @@ class NodeAgent:
         from edgebox.node.kv_transfer import KVStore
         from edgebox.node.state import NodeState
 
-        resolved = resolve_models(self.config, self.err)
+        specs: dict[str, str] = {}
+        resolved = resolve_models(self.config, self.err, specs)
         self.runtimes = open_runtimes(resolved, self.config, self.options, self.err)
         try:
             self.identity = load_identity()
@@ -100,8 +101,11 @@ class NodeAgent:
             runtime_options=self.options,  # models loaded later over /admin take the same
             default_runtime=self.config.runtime,
             fast_paths=self.runtimes.fast_paths,
+            memory_budget=self.config.memory_budget,
+            keep_alive_s=self.config.keep_alive_s,
             responses=self._response_store(),
         )
+        self.state.remember_served(specs)
         # Once per start, off the serving path: the speed-of-light figure in /health.
         threading.Thread(
             target=self.state.measure_bandwidth, name="bandwidth-probe", daemon=True

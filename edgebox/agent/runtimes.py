@@ -41,9 +41,12 @@ def _progress_factory(progress: Progress) -> Callable[[str, int], Callable[[int]
     return start
 
 
-def resolve_models(config: NodeConfig, err: Console) -> list[ResolvedModel]:
+def resolve_models(
+    config: NodeConfig, err: Console, specs: dict[str, str] | None = None
+) -> list[ResolvedModel]:
     """Each `--model` as a file on disk (fetched if need be). Only the default embedding model
-    may be missing: the node then serves chat alone, and says so."""
+    may be missing: the node then serves chat alone, and says so. `specs` (if given) gets each
+    model's id → the spec it came from, so the node can load it again once unloaded."""
     from edgebox.models import DEFAULT_EMBEDDING_MODEL, ModelNotAvailable
     from edgebox.runtimes.open import resolve_model_or_dir as resolve_model
 
@@ -61,6 +64,8 @@ def resolve_models(config: NodeConfig, err: Console) -> list[ResolvedModel]:
                     err.print(f"[yellow]not serving embeddings:[/] {exc}", highlight=False)
                     continue
                 resolved.append(found)
+                if specs is not None:
+                    specs[found.alias] = spec
     except ModelNotAvailable as exc:
         raise AgentError(str(exc)) from None
     ids = [m.alias for m in resolved]

@@ -72,16 +72,20 @@ def to_chat_body(req: CountTokensRequest) -> dict[str, Any]:
     return body
 
 
+# Claude Code's first system block is attribution metadata for Anthropic's billing, not
+# instructions; tiny models read it aloud, so it never reaches the prompt.
+BILLING_HEADER = "x-anthropic-billing-header:"
+
+
 def _system_messages(system: str | list[TextBlock] | None) -> list[dict[str, Any]]:
-    text = system if isinstance(system, str) else "\n\n".join(b.text for b in system or [])
+    blocks = [system] if isinstance(system, str) else [b.text for b in system or []]
+    text = "\n\n".join(b for b in blocks if not b.startswith(BILLING_HEADER))
     return [{"role": "system", "content": text}] if text else []
 
 
 def _chat_messages(message: Message, i: int, seen: set[str]) -> list[dict[str, Any]]:
     """One Messages entry as chat messages: tool results become `tool` messages (before the
     user's text, as the API orders them), tool uses the assistant's `tool_calls`."""
-    if isinstance(message.content, str):
-        return [{"role": message.role, "content": message.content}]
     texts: list[str] = []
     calls: list[dict[str, Any]] = []
     out: list[dict[str, Any]] = []
@@ -121,13 +125,11 @@ def _chat_messages(message: Message, i: int, seen: set[str]) -> list[dict[str, A
 
 
 def _result(block: ToolResultBlock, where: str) -> str:
-    content = block.content
-    if isinstance(content, list):
-        for k, part in enumerate(content):
-            if isinstance(part, MediaBlock):
-                raise _bad(UNSUPPORTED_MEDIA, f"{where}.content[{k}].type")
-        content = "\n".join(p.text for p in content if isinstance(p, TextBlock))
-    text = content or ""
+    parts = block.content or []
+    for k, part in enumerate(parts):
+        if isinstance(part, MediaBlock):
+            raise _bad(UNSUPPORTED_MEDIA, f"{where}.content[{k}].type")
+    text = "\n".join(p.text for p in parts if isinstance(p, TextBlock))
     return f"Error: {text}" if block.is_error else text
 
 

@@ -49,11 +49,19 @@ class ToolUseBlock(_Wire):
 ResultPart = Annotated[TextBlock | MediaBlock, Field(discriminator="type")]
 
 
+def _as_blocks(value: Any) -> Any:
+    """A string content is one text block: then a bad block's error names the block, not the
+    union's string member."""
+    return [{"type": "text", "text": value}] if isinstance(value, str) else value
+
+
 class ToolResultBlock(_Wire):
     type: Literal["tool_result"]
     tool_use_id: str = Field(min_length=1, max_length=MAX_NAME_CHARS)
-    content: str | Annotated[list[ResultPart], Field(max_length=MAX_BLOCKS)] | None = None
+    content: list[ResultPart] | None = Field(None, max_length=MAX_BLOCKS)
     is_error: bool | None = None
+
+    _blocks = field_validator("content", mode="before")(_as_blocks)
 
 
 ContentBlock = Annotated[
@@ -64,8 +72,9 @@ ContentBlock = Annotated[
 
 class Message(_Wire):
     role: Literal["user", "assistant", "system"]
-    # the bound is on blocks: a string's length is the context's to refuse
-    content: str | Annotated[list[ContentBlock], Field(max_length=MAX_BLOCKS)]
+    content: list[ContentBlock] = Field(max_length=MAX_BLOCKS)  # a string: one text block
+
+    _blocks = field_validator("content", mode="before")(_as_blocks)
 
 
 class ToolSpec(_Wire):

@@ -28,6 +28,8 @@ from dataclasses import dataclass
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from edgebox.api.anthropic import anthropic_error, is_messages_path
+
 PROTECTED_PREFIXES = ("/v1/", "/admin/")
 DEFAULT_PER_KEY_LIMIT = 128  # in-flight requests per key; above the node's slots plus its queue
 KEY_RETRY_AFTER_S = 1
@@ -39,7 +41,8 @@ def _error(message: str, code: str, type: str = "invalid_request_error") -> byte
 
 
 _UNAUTHORISED = _error(
-    "missing or incorrect API key: send 'Authorization: Bearer <key>'", "invalid_api_key"
+    "missing or incorrect API key: send 'Authorization: Bearer <key>' (or 'x-api-key: <key>')",
+    "invalid_api_key",
 )
 _ADMIN_UNAUTHORISED = _error(
     "missing or incorrect admin key: /admin/ routes take the node's admin key "
@@ -77,18 +80,27 @@ def is_loopback(host: str) -> bool:
     return ip.is_loopback or (mapped is not None and mapped.is_loopback)
 
 
-async def _refuse(send: Send, status: int, body: bytes, *extra: tuple[bytes, bytes]) -> None:
+async def _refuse(
+    scope: Scope, send: Send, status: int, body: bytes, *extra: tuple[bytes, bytes]
+) -> None:
+    if is_messages_path(scope["path"]):  # Anthropic clients read their own error shape
+        message = json.loads(body)["error"]["message"]
+        body = json.dumps(anthropic_error(status, None, message)).encode()
     headers = [(b"content-type", b"application/json"), *extra]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
 
 def _bearer(scope: Scope) -> bytes:
+    """The key a client sent: `Authorization: Bearer <key>`, else `x-api-key` (Anthropic's)."""
+    api_key = b""
     for name, value in scope["headers"]:
         if name == b"authorization":
             scheme, _, token = value.partition(b" ")
             return token.strip() if scheme.lower() == b"bearer" else b""
-    return b""
+        if name == b"x-api-key":
+            api_key = value.strip()
+    return api_key
 
 
 def _client_host(scope: Scope) -> str:
@@ -144,7 +156,7 @@ class ScopedKeyMiddleware:
         if refusal is not None:
             status, body = refusal
             extra = [(b"www-authenticate", b"Bearer")] if status == 401 else []
-            await _refuse(send, status, body, *extra)
+            await _refuse(scope, send, status, body, *extra)
             return
         if holder is None:  # an open route: nothing to count
             await self.app(scope, receive, send)
@@ -175,7 +187,7 @@ class ScopedKeyMiddleware:
         held = self._inflight.get(holder, 0)
         if self.limit and held >= self.limit:
             retry = (b"retry-after", str(KEY_RETRY_AFTER_S).encode())
-            await _refuse(send, 429, _busy(self.limit), retry)
+            await _refuse(scope, send, 429, _busy(self.limit), retry)
             return
         self._inflight[holder] = held + 1
         try:
@@ -194,7 +206,7 @@ class LoopbackAdminMiddleware:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         admin = scope["type"] == "http" and scope["path"].startswith("/admin/")
         if admin and not is_loopback(_client_host(scope)):
-            await _refuse(send, 403, _ADMIN_NEEDS_KEY)
+            await _refuse(scope, send, 403, _ADMIN_NEEDS_KEY)
             return
         await self.app(scope, receive, send)
 
@@ -219,4 +231,4 @@ class APIKeyMiddleware:
             scope.setdefault("state", {})["api_key_index"] = matched[0]
             await self.app(scope, receive, send)
             return
-        await _refuse(send, 401, _UNAUTHORISED, (b"www-authenticate", b"Bearer"))
+        await _refuse(scope, send, 401, _UNAUTHORISED, (b"www-authenticate", b"Bearer"))

@@ -75,6 +75,25 @@ class Load(_Part):
     tokens_per_s: float | None = None  # not sent by nodes today; read when present
 
 
+class AvailableModel(_Part):
+    """A model on the node's disk, not loaded: a request for it loads it there."""
+
+    name: str
+    kind: str = "chat"  # or "embeddings"
+    source: str | None = None  # "bundled", "store", "huggingface", "served" (loaded before)
+    size_bytes: int | None = None
+
+
+class ModelEvent(_Part):
+    """A load or unload on the node (newest last)."""
+
+    at: float = 0.0  # epoch seconds
+    model: str = ""
+    event: str = ""  # "loaded", "unloaded", "load_failed"
+    reason: str | None = None  # "on-demand", "evicted for X", "keep_alive 300s expired"...
+    seconds: float | None = None  # how long a load took
+
+
 class NodeIdentity(BaseModel):
     """The node's public identity (fleet/identity.py `public()`): no key material."""
 
@@ -104,6 +123,23 @@ class HealthReport(_Part):
     node: NodeIdentity | None = None
     hardware: dict[str, Any] | None = None  # the hardware probe's profile
     telemetry: dict[str, Any] | None = None  # the latest telemetry sample
+    # load on demand: models on disk but not loaded, loads under way, the memory they share
+    available: tuple[AvailableModel, ...] = ()
+    loading: tuple[str, ...] = ()
+    memory_budget: int | None = None  # bytes the node's models may take
+    memory_used: int | None = None  # bytes its loaded models (and loads under way) hold
+    model_events: tuple[ModelEvent, ...] = ()
+
+    @field_validator("available", mode="before")
+    @classmethod
+    def _available(cls, raw: Any) -> tuple[AvailableModel, ...]:
+        return _lenient_list(AvailableModel, raw)
+
+    @field_validator("model_events", mode="before")
+    @classmethod
+    def _events(cls, raw: Any) -> tuple[ModelEvent, ...]:
+        return _lenient_list(ModelEvent, raw)
+
     bandwidth: MemoryBandwidth | None = None  # absent until measured, and from older nodes
 
     @field_validator("models", mode="before")
@@ -163,6 +199,17 @@ def models_by_name(raw: Any) -> dict[str, Any]:
             elif isinstance(item, Mapping) and (name := item.get("name") or item.get("id")):
                 out[str(name)] = item
     return out
+
+
+def _lenient_list(cls: type[R], raw: object) -> tuple[R, ...]:
+    """The entries of `raw` that parse as `cls`; the others are dropped."""
+    out = []
+    for item in raw if isinstance(raw, list | tuple) else ():
+        try:
+            out.append(cls.model_validate(item))
+        except ValidationError:
+            continue
+    return tuple(out)
 
 
 def _lenient(cls: type[R], raw: object) -> R:

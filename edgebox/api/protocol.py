@@ -107,6 +107,8 @@ class _SamplingFields(_Wire):
     frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0)
     seed: int | None = Field(None, ge=-INT64 - 1, le=INT64)
     user: str | None = None
+    # Ollama's: how long the model stays loaded after this request ("5m", seconds, 0, -1)
+    keep_alive: float | str | None = None
     # llama.cpp-style extensions, as llama-server and Ollama accept them
     top_k: int = Field(0, ge=0, le=C_INT)
     min_p: float = Field(0.0, ge=0.0, le=1.0)

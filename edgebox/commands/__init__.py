@@ -10,6 +10,7 @@ from types import ModuleType
 import typer
 
 from edgebox.commands import (
+    deploy,
     doctor,
     fleet,
     hub,
@@ -31,6 +32,7 @@ from edgebox.commands import (
 COMMANDS: tuple[ModuleType, ...] = (
     serve,
     models,
+    deploy,
     pull,
     doctor,
     version,

@@ -140,3 +140,20 @@ TrustLan = Annotated[
     ),
 ]
 Verbose = Annotated[bool, typer.Option(help="Show llama.cpp's own log.")]
+MemoryBudget = Annotated[
+    str | None,
+    typer.Option(
+        envvar="EDGEBOX_MEMORY_BUDGET",
+        help="Memory the node's models may take together, e.g. 12GiB or 600MB (default: 80% "
+        "of the memory the hardware probe reports); least recently used idle models are "
+        "unloaded to make room for a requested one.",
+        show_default=False,
+    ),
+]
+KeepAlive = Annotated[
+    str,
+    typer.Option(
+        help="How long a model loaded on demand stays loaded after its last request "
+        "(5m, 30s, 0 = unload at once, -1 = forever); a request's keep_alive overrides it.",
+    ),
+]

@@ -53,6 +53,8 @@ def serve(
     fleet_node: opt.FleetNode = None,
     router_config: opt.RouterConfigPath = None,
     trust_lan: opt.TrustLan = False,
+    memory_budget: opt.MemoryBudget = None,
+    keep_alive: opt.KeepAlive = "5m",
     verbose: opt.Verbose = False,
 ) -> None:
     """Serve models on a local OpenAI-compatible endpoint (default: the bundled SmolLM2-135M
@@ -71,11 +73,30 @@ def node_config(options: dict[str, Any]) -> NodeConfig:
         lists.get(k, k): tuple(v or ()) if k in lists else v for k, v in options.items()
     }
     values["runtime"] = values.pop("runtime_name")
+    values["memory_budget"], values["keep_alive_s"] = _residency(
+        values.pop("memory_budget", None), values.pop("keep_alive", "5m")
+    )
     values["router_config"] = _router_config(options["router_config"], options["fleet"])
     try:
         return NodeConfig(**values)
     except AgentError as exc:
         raise fail(str(exc)) from None
+
+
+def _residency(budget: str | None, keep_alive: str) -> tuple[int | None, float]:
+    """`--memory-budget` in bytes (None: from the hardware probe) and `--keep-alive` in s."""
+    from edgebox.models.footprint import parse_size
+    from edgebox.node.residency import parse_keep_alive
+
+    try:
+        size = parse_size(budget) if budget is not None else None
+    except ValueError as exc:
+        raise fail(f"--memory-budget: {exc}") from None
+    try:
+        seconds = parse_keep_alive(keep_alive)
+    except ValueError as exc:
+        raise fail(f"--keep-alive: {exc}") from None
+    return size, 300.0 if seconds is None else seconds
 
 
 def run_node(config: NodeConfig) -> None:

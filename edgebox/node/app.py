@@ -1,4 +1,4 @@
-"""The node's ASGI app: OpenAI routes, health and metrics, identity proof, errors, scoped keys."""
+"""The node's ASGI app: OpenAI and Anthropic routes, health, metrics, identity, errors, keys."""
 
 from __future__ import annotations
 
@@ -10,13 +10,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from edgebox.api.anthropic import messages_aware_error_handler
 from edgebox.api.auth import NodeKeys, ScopedKeyMiddleware
-from edgebox.api.errors import (
-    APIError,
-    api_error_handler,
-    http_error_handler,
-    unhandled_error_handler,
-)
+from edgebox.api.errors import APIError
 from edgebox.api.identity import IDENTITY_PATH
 from edgebox.node import (
     admin,
@@ -24,6 +20,7 @@ from edgebox.node import (
     embeddings,
     identity_api,
     kv_api,
+    messages_api,
     model_admin,
     openai_api,
     pull_admin,
@@ -33,6 +30,11 @@ from edgebox.node.identity_api import NodeSigner
 from edgebox.node.metrics import RequestCounterMiddleware
 from edgebox.node.recent import RecentRequestsMiddleware
 from edgebox.node.state import NodeState
+
+
+def root(request: Request) -> Response:
+    """What answers `GET /` and `HEAD /`: Claude Code probes the base URL before its first turn."""
+    return JSONResponse({"object": "edgebox.node", "status": "ok", "api": "/v1"})
 
 
 async def health(request: Request) -> Response:
@@ -58,6 +60,7 @@ def create_app(
     `api.auth`); `signer` answers `GET /edgebox/identity` challenges."""
     keys = keys or NodeKeys(api_key=api_key)
     routes = [
+        Route("/", root, methods=["GET", "HEAD"]),
         Route("/health", health, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
         Route(IDENTITY_PATH, identity_api.identity, methods=["GET"]),
@@ -65,6 +68,8 @@ def create_app(
         Route("/v1/models/{model:path}", openai_api.get_model, methods=["GET"]),
         Route("/v1/chat/completions", openai_api.chat_completions, methods=["POST"]),
         Route("/v1/completions", openai_api.completions, methods=["POST"]),
+        Route("/v1/messages", messages_api.messages, methods=["POST"]),
+        Route("/v1/messages/count_tokens", messages_api.count_tokens, methods=["POST"]),
         Route("/v1/embeddings", embeddings.create_embeddings, methods=["POST"]),
         Route("/v1/responses", responses_api.create_response, methods=["POST"]),
         Route("/v1/responses/{response_id}", responses_api.get_response, methods=["GET"]),
@@ -98,9 +103,9 @@ def create_app(
         routes=routes,
         middleware=middleware,
         exception_handlers={
-            APIError: api_error_handler,
-            HTTPException: http_error_handler,
-            Exception: unhandled_error_handler,
+            APIError: messages_aware_error_handler,
+            HTTPException: messages_aware_error_handler,
+            Exception: messages_aware_error_handler,
         },
     )
     app.state.node = state

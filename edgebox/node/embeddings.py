@@ -15,7 +15,7 @@ from edgebox.api.body import read_json
 from edgebox.api.errors import APIError
 from edgebox.node.admin import refuse_if_draining
 from edgebox.node.openai_api import parse
-from edgebox.node.recent import usage_of
+from edgebox.node.recent import RequestRecord, usage_of
 from edgebox.node.refusals import queue_full_error
 from edgebox.node.state import NodeState
 from edgebox.runtimes.base import BackendError, EmbeddingRuntime, QueueFullError
@@ -33,6 +33,7 @@ class EmbeddingRequest(BaseModel):
     input: Any  # checked by texts_from_input, for messages that say exactly what is wrong
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: int | None = None
+    keep_alive: float | str | None = None  # Ollama's: how long the model stays loaded after
 
 
 def texts_from_input(value: Any) -> list[str]:
@@ -128,7 +129,15 @@ async def create_embeddings(request: Request) -> Response:
     body: EmbeddingRequest = parse(EmbeddingRequest, await read_json(request, state.max_body))
     record = usage_of(request)
     record.model = body.model
-    runtime = lookup_embedder(state, body.model)
+    async with state.residency.use(
+        body.model, lookup_embedder, body.keep_alive, kind="embeddings"
+    ) as runtime:
+        return await _embed(runtime, body, record)
+
+
+async def _embed(
+    runtime: EmbeddingRuntime, body: EmbeddingRequest, record: RequestRecord
+) -> Response:
     texts = texts_from_input(body.input)
     if body.dimensions is not None and body.dimensions != runtime.dimensions:
         raise APIError(

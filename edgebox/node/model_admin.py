@@ -12,9 +12,7 @@ accepted whole, where waiting would hold the operator's call open for an unknown
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import logging
-from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
@@ -23,7 +21,9 @@ from starlette.responses import JSONResponse, Response
 
 from edgebox.api.body import read_json
 from edgebox.api.errors import APIError
-from edgebox.models import BUNDLED, ModelNotAvailable, ResolvedModel
+from edgebox.models import ModelNotAvailable, ResolvedModel
+from edgebox.node.catalog import ModelCatalog
+from edgebox.node.ondemand import resolve_spec
 from edgebox.node.openai_api import parse
 from edgebox.node.state import NodeState
 from edgebox.runtimes.base import BackendError, EmbeddingRuntime, Runtime
@@ -53,24 +53,8 @@ def _state(request: Request) -> NodeState:
 
 
 def loadable_models() -> list[dict[str, Any]]:
-    """What this node could load by name: installed bundled models and Hugging Face cached
-    GGUF/ONNX files. Reads only directory listings (blocking: call it off the event loop)."""
-    found: list[dict[str, Any]] = []
-    for bundled in BUNDLED.values():
-        if importlib.util.find_spec(bundled.package.replace("-", "_")) is not None:
-            found.append({"name": bundled.alias, "kind": bundled.kind, "source": "bundled"})
-    try:
-        from huggingface_hub import scan_cache_dir
-
-        cache = scan_cache_dir()
-    except Exception:  # no cache yet, or an unreadable one: bundled models only
-        return found
-    for repo in sorted(cache.repos, key=lambda r: r.repo_id):
-        names = {f.file_name for rev in repo.revisions for f in rev.files}
-        for name in sorted(n for n in names if n.endswith((".gguf", ".onnx"))):
-            kind = "embeddings" if name.endswith(".onnx") else "chat"
-            found.append({"name": f"{repo.repo_id}:{name}", "kind": kind, "source": "huggingface"})
-    return found
+    """What this node could load by name (blocking: call it off the event loop)."""
+    return [{"name": e.name, "kind": e.kind, "source": e.source} for e in ModelCatalog().scan()]
 
 
 def _loaded(state: NodeState, alias: str, runtime: Runtime | EmbeddingRuntime) -> dict[str, Any]:
@@ -88,10 +72,11 @@ def _loaded(state: NodeState, alias: str, runtime: Runtime | EmbeddingRuntime) -
 
 async def list_models(request: Request) -> Response:
     state = _state(request)
-    loadable = await asyncio.to_thread(loadable_models)
     served = state.all_models()
-    for entry in loadable:
-        entry["loaded"] = entry["name"] in served
+    loadable = [
+        {"name": e.name, "kind": e.kind, "source": e.source, "loaded": e.name in served}
+        for e in await state.catalog.refresh(force=True)
+    ]
     return JSONResponse(
         {
             "object": "list",
@@ -109,12 +94,6 @@ def _already(state: NodeState, alias: str) -> None:
         )
     if alias in state.loading:
         raise APIError(409, f"'{alias}' is being loaded", param="model", code="model_loading")
-
-
-def _resolve(spec: str, alias: str | None) -> ResolvedModel:
-    from edgebox.runtimes.open import resolve_model_or_dir
-
-    return resolve_model_or_dir(spec, alias=alias)
 
 
 MAX_SPEC = 1024
@@ -171,45 +150,23 @@ async def load_model(request: Request) -> Response:
     _check_spec(body)
     _already(state, body.alias or body.model)
     try:
-        resolved = await asyncio.to_thread(_resolve, body.model, body.alias)
+        resolved = await asyncio.to_thread(resolve_spec, body.model, body.alias)
     except ModelNotAvailable as exc:
         raise APIError(404, str(exc), param="model", code="model_not_found") from exc
     except _FILE_ERRORS as exc:
         raise _not_loadable(body.model, exc) from exc
     _already(state, resolved.alias)
-    state.loading[resolved.alias] = body.model
     param = "runtime" if body.runtime else "model"
     try:
-        runtime, fast_path = await asyncio.to_thread(_open, state, resolved, body.runtime)
+        runtime = await state.residency.load(body.model, body.alias, body.runtime)
     except BackendError as exc:
         raise APIError(
             400, _scrub(str(exc), body.model, resolved), param=param, code="model_not_loadable"
         ) from exc
     except (*_FILE_ERRORS, ModelNotAvailable) as exc:
         raise _not_loadable(body.model, exc) from exc
-    finally:
-        state.loading.pop(resolved.alias, None)
-    state.fast_paths[resolved.alias] = fast_path
-    await state.add_model(resolved.alias, runtime)
-    log.info("loaded %s (%s)", resolved.alias, fast_path)
+    log.info("loaded %s (%s)", resolved.alias, state.fast_paths.get(resolved.alias))
     return JSONResponse({"status": "loaded", **_loaded(state, resolved.alias, runtime)})
-
-
-def _open(
-    state: NodeState, resolved: ResolvedModel, requested: str | None
-) -> tuple[Runtime | EmbeddingRuntime, str]:
-    from edgebox.runtimes.open import open_model
-
-    if requested is None:  # as `serve`: an embedding model always takes ONNX Runtime
-        requested = "auto" if resolved.format == "onnx" else state.default_runtime
-    runtime, chosen = open_model(
-        Path(resolved.path),
-        name=resolved.alias,
-        requested=requested,
-        options=state.runtime_options,
-        tokenizer=resolved.tokenizer,
-    )
-    return runtime, f"{chosen.runtime}: {chosen.reason}"
 
 
 async def unload_model(request: Request) -> Response:
@@ -234,10 +191,14 @@ async def unload_model(request: Request) -> Response:
             code="model_busy",
             headers={"Retry-After": str(UNLOAD_RETRY_AFTER_S)},
         )
-    await state.remove_model(body.model)  # new requests get 404 from here on
-    state.fast_paths.pop(body.model, None)
-    await asyncio.to_thread(runtime.close)
-    log.info("unloaded %s", body.model)
+    if not await state.residency.unload(body.model, "admin"):
+        raise APIError(
+            409,
+            f"'{body.model}' took a request meanwhile; retry once it finishes",
+            param="model",
+            code="model_busy",
+            headers={"Retry-After": str(UNLOAD_RETRY_AFTER_S)},
+        )
     return JSONResponse({"status": "unloaded", "id": body.model})
 
 

@@ -90,18 +90,25 @@ def lookup(state: NodeState, model: str) -> Runtime:
     return runtime
 
 
-def list_models(request: Request) -> Response:
+async def list_models(request: Request) -> Response:
+    """The loaded models (`status: loaded`), then those on disk a request would load
+    (`status: available`), as Ollama lists every local model."""
     state: NodeState = request.app.state.node
+    await state.catalog.refresh()
     cards = [state.model_card(a) for a in state.all_models()]
+    cards += [state.available_card(e) for e in state.available_models()]
     return JSONResponse({"object": "list", "data": cards})
 
 
-def get_model(request: Request) -> Response:
+async def get_model(request: Request) -> Response:
     state: NodeState = request.app.state.node
     model = request.path_params["model"]
-    if model not in state.embedders:
-        lookup(state, model)
-    return JSONResponse(state.model_card(model))
+    if model in state.all_models():
+        return JSONResponse(state.model_card(model))
+    entry = await state.catalog.find(model)
+    if entry is None:
+        raise state.residency.not_found(model)
+    return JSONResponse(state.available_card(entry))
 
 
 async def chat_completions(request: Request) -> Response:
@@ -120,7 +127,17 @@ async def start_chat(
     """A validated chat request checked, rendered and submitted: 4xx refusals raise here,
     before any byte is sent (the Responses API runs its requests through this too)."""
     usage_of(request).model = body.model
-    runtime = lookup(state, body.model)
+    async with state.residency.use(body.model, lookup, body.keep_alive) as runtime:
+        return await _chat(request, state, runtime, body, arrived)
+
+
+async def _chat(
+    request: Request,
+    state: NodeState,
+    runtime: Runtime,
+    body: ChatCompletionRequest,
+    arrived: float,
+) -> Generation:
     if body.top_logprobs is not None and not body.logprobs:
         raise APIError(400, "top_logprobs needs logprobs set to true", param="top_logprobs")
     check_chat_size(runtime, body)
@@ -174,7 +191,13 @@ async def completions(request: Request) -> Response:
     refuse_if_draining(state)
     body: CompletionRequest = parse(CompletionRequest, await read_json(request, state.max_body))
     usage_of(request).model = body.model
-    runtime = lookup(state, body.model)
+    async with state.residency.use(body.model, lookup, body.keep_alive) as runtime:
+        return await _complete(request, state, runtime, body, arrived)
+
+
+async def _complete(
+    request: Request, state: NodeState, runtime: Runtime, body: CompletionRequest, arrived: float
+) -> Response:
     if body.suffix:
         raise APIError(400, "suffix (fill-in-the-middle) is not supported", param="suffix")
     if body.best_of is not None and body.best_of != body.n:
@@ -326,6 +349,7 @@ async def chunks(generation: Generation) -> AsyncIterator[dict[str, Any]]:
                     text=None if shape.kind == "chat" else "",
                     finish=finish_reason(event, called=index in called),
                     with_usage_field=include_usage,
+                    stop_reason=event.stop_sequence,
                 )
             )
     if include_usage:

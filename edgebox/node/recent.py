@@ -24,6 +24,7 @@ _STATE_KEY = "edgebox_request_record"
 RECORDED_ROUTES = {
     "/v1/chat/completions": "chat",
     "/v1/completions": "completion",
+    "/v1/messages": "messages",
     "/v1/embeddings": "embedding",
     "/v1/responses": "responses",
     "/v1/edgebox/kv/prefill": "kv_prefill",
@@ -36,7 +37,7 @@ class RequestRecord:
     """One request as it finished; the handler fills in what it learns on the way."""
 
     at: float  # unix time the request arrived
-    kind: str  # chat, completion, embedding, responses, kv_prefill, kv_import
+    kind: str  # chat, completion, messages, embedding, responses, kv_prefill, kv_import
     model: str | None = None
     status: int = 0
     prompt_tokens: int = 0

@@ -114,16 +114,15 @@ class ResponseShape:
                 message: dict[str, Any] = {"role": "assistant", "content": text}
                 if choice.tool_calls:
                     message = {**message, "content": text or None, "tool_calls": choice.tool_calls}
-                out.append(
-                    {
-                        "index": index,
-                        "message": message,
-                        "logprobs": lp,
-                        "finish_reason": finish_reason(
-                            choice.finish, called=bool(choice.tool_calls)
-                        ),
-                    }
-                )
+                entry = {
+                    "index": index,
+                    "message": message,
+                    "logprobs": lp,
+                    "finish_reason": finish_reason(choice.finish, called=bool(choice.tool_calls)),
+                }
+                if choice.finish.stop_sequence is not None:  # as vLLM reports it
+                    entry["stop_reason"] = choice.finish.stop_sequence
+                out.append(entry)
             else:
                 lp = choice.completion_logprobs.as_dict() if logprobs else None
                 out.append(
@@ -147,6 +146,7 @@ class ResponseShape:
         finish: str | None = None,
         with_usage_field: bool = False,
         delta: dict[str, Any] | None = None,
+        stop_reason: str | None = None,
     ) -> dict[str, Any]:
         if self.kind == "chat":
             delta = dict(delta or {})
@@ -161,6 +161,8 @@ class ResponseShape:
             obj = "text_completion"
         choice["logprobs"] = logprobs
         choice["finish_reason"] = finish
+        if stop_reason is not None:  # the stop string that ended it, as vLLM reports it
+            choice["stop_reason"] = stop_reason
         body = {**self._envelope(obj), "choices": [choice]}
         if with_usage_field:
             body["usage"] = None

@@ -8,15 +8,17 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from edgebox import __version__
 from edgebox.api.body import DEFAULT_MAX_BODY
 from edgebox.api.health import (
     HEALTH_VERSION,
+    AvailableModel,
     HealthReport,
     Load,
     MemoryBandwidth,
+    ModelEvent,
     ModelHealth,
     ModelLoad,
     NodeIdentity,
@@ -27,13 +29,18 @@ from edgebox.hardware.probe import cpu_model, probe
 from edgebox.hardware.telemetry import CachedTelemetry
 from edgebox.models.store import ModelStore
 from edgebox.models.transfer import Peer
+from edgebox.node.catalog import Available, ModelCatalog
 from edgebox.node.kv_transfer import KVStore
 from edgebox.node.metrics import NodeMetrics
 from edgebox.node.recent import RecentRequests
 from edgebox.runtimes.base import EmbeddingRuntime, Runtime
 from edgebox.runtimes.open import RuntimeOptions
 
+if TYPE_CHECKING:
+    from edgebox.node.ondemand import ModelResidency
+
 log = logging.getLogger(__name__)
+HEALTH_EVENTS = 20  # model load/unload events /health carries (newest)
 
 
 @dataclass
@@ -56,6 +63,10 @@ class NodeState:
     loading: dict[str, str] = field(default_factory=dict)  # model id → what is being loaded
     # Called on the event loop after a model was loaded or unloaded (the mDNS advertiser).
     on_models_changed: list[Callable[[list[str]], Awaitable[None]]] = field(default_factory=list)
+    memory_budget: int | None = None  # bytes for models (`serve --memory-budget`); None: probe's
+    keep_alive_s: float = 300.0  # idle seconds before a model loaded on demand is unloaded
+    catalog: ModelCatalog = field(default_factory=ModelCatalog)  # what is on disk to load
+    residency: ModelResidency = field(init=False)
     bandwidth: Bandwidth | None = None  # what bounds decode here; set by measure_bandwidth
     store: ModelStore | None = None  # the node's model store (serves /v1/blobs, takes pulls)
     pulls: dict[str, Any] = field(default_factory=dict)  # pull job id → PullJob
@@ -70,6 +81,16 @@ class NodeState:
             raise ValueError(f"model ids must be unique; served twice: {', '.join(sorted(both))}")
         self.metrics = NodeMetrics(lambda: {a: r.stats() for a, r in self.all_models().items()})
         self._refresh_fingerprint()
+        from edgebox.node.ondemand import ModelResidency
+
+        self.residency = ModelResidency(self)
+
+    def remember_served(self, specs: dict[str, str]) -> None:
+        """The models loaded at start (id → spec): loadable again by id once unloaded."""
+        for alias, spec in specs.items():
+            kind = "embeddings" if alias in self.embedders else "chat"
+            size = self.all_models()[alias].info.size_bytes if alias in self.all_models() else None
+            self.catalog.remember(Available(alias, spec, kind, "served", size))
 
     def _refresh_fingerprint(self) -> None:
         # Changes when the served models or edgebox change, as OpenAI's system_fingerprint does.
@@ -115,6 +136,7 @@ class NodeState:
             "object": "model",
             "created": int(self.started),
             "owned_by": "edgebox",
+            "status": "loaded",
             "meta": {
                 "runtime": type(runtime).__name__,
                 "architecture": info.architecture,
@@ -132,6 +154,17 @@ class NodeState:
             card["meta"]["dimensions"] = self.embedders[alias].dimensions
             card["meta"]["providers"] = info.metadata.get("providers")
         return card
+
+    def available_card(self, entry: Available) -> dict[str, Any]:
+        """A model on disk, not loaded, as /v1/models lists it."""
+        return {
+            "id": entry.name,
+            "object": "model",
+            "created": int(self.started),
+            "owned_by": "edgebox",
+            "status": "available",
+            "meta": {"kind": entry.kind, "source": entry.source, "size_bytes": entry.size_bytes},
+        }
 
     def measure_bandwidth(self) -> None:
         """Find the memory bandwidth decode is bound by (NVML, or a short copy probe cached per
@@ -186,6 +219,7 @@ class NodeState:
                 queued=sum(m.queued for m in load.values()),
                 models=load,
             ),
+            **self._residency_fields(),
         )
         if self.node is not None:
             report = report.model_copy(update={"node": NodeIdentity(**self.node)})
@@ -194,6 +228,28 @@ class NodeState:
                 update={"bandwidth": MemoryBandwidth(**self.bandwidth.to_dict())}
             )
         return report
+
+    def _residency_fields(self) -> dict[str, Any]:
+        """What /health says of load on demand: models on disk, loads, memory, events."""
+        available = self.available_models()
+        events = list(self.residency.events)[-HEALTH_EVENTS:]
+        fields: dict[str, Any] = {
+            "available": tuple(
+                AvailableModel(name=e.name, kind=e.kind, source=e.source, size_bytes=e.size_bytes)
+                for e in available
+            ),
+            "loading": tuple(sorted(self.loading)),
+            "memory_used": self.residency.used(),
+            "model_events": tuple(ModelEvent(**e.to_json()) for e in events),
+        }
+        if self.memory_budget is not None or self.hardware is not None:
+            fields["memory_budget"] = self.residency.budget
+        return fields
+
+    def available_models(self) -> list[Available]:
+        """Models on disk that are not loaded (from the last catalog scan)."""
+        loaded = self.all_models()
+        return [e for e in self.catalog.entries() if e.name not in loaded]
 
     def _status(self, models: dict[str, ModelHealth]) -> str:
         """draining (set by an operator), degraded (a model's engine recently failed a decode
@@ -212,11 +268,12 @@ class NodeState:
     async def full_health(self) -> HealthReport:
         """`health()` plus the hardware profile (probed once) and a telemetry sample at most a
         second old; both are taken off the event loop."""
-        report = self.health()
         if self.hardware is None:
             # No bandwidth measurement: it would copy 512 MiB next to a serving model.
             profile = await asyncio.to_thread(probe, measure=False)
             self.hardware = profile.to_dict()
+        await self.catalog.refresh()
+        report = self.health()
         if self.bandwidth is not None and self.hardware.get("bandwidth_source") == "unknown":
             self.hardware["bandwidth_gbps"] = self.bandwidth.gbps
             self.hardware["bandwidth_source"] = self.bandwidth.source

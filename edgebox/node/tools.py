@@ -26,7 +26,7 @@ from edgebox.runtimes.base import (
     TokenEvent,
     ToolSchemaError,
 )
-from edgebox.runtimes.grammar_limits import schema_problem
+from edgebox.runtimes.grammar_limits import grammar_schema, schema_problem
 from edgebox.runtimes.tool_format import (
     GENERIC,
     Choice,
@@ -99,7 +99,8 @@ def tool_plan(runtime: Runtime, body: ChatCompletionRequest) -> ToolPlan | None:
     constraint = None
     if runtime.capabilities.grammar:
         schemas = tuple(
-            (f["name"], _compact(f.get("parameters", EMPTY_PARAMETERS))) for f in offered
+            (f["name"], _compact(grammar_schema(f.get("parameters", EMPTY_PARAMETERS))))
+            for f in offered
         )
         # a named function is called once, as OpenAI's models do when one is forced
         once = kind == "named" or not parallel
@@ -144,7 +145,8 @@ def _checked_functions(body: ChatCompletionRequest) -> list[dict[str, Any]]:
 
 def _check_parameters(schema: dict[str, Any], param: str) -> None:
     """A parameters schema must describe an object; its size and nesting are bounded."""
-    problem = schema_problem(schema, _compact(schema))
+    relaxed = grammar_schema(schema)
+    problem = schema_problem(relaxed, _compact(relaxed))
     if problem:
         raise _bad(problem, param)
     kind = schema.get("type", "object")

@@ -63,6 +63,9 @@ class NodeStatus:
     checked_at: float = 0.0
     # per model: the chained block hashes of the prompts the node has cached
     prefix_blocks: Mapping[str, frozenset[str]] = field(default_factory=dict)
+    # models on its disk, not loaded (a request loads them): name → size in bytes (0: unknown)
+    available: Mapping[str, int] = field(default_factory=dict)
+    memory_free: int | None = None  # its model memory budget less what its models hold
 
     @property
     def name(self) -> str:
@@ -198,7 +201,19 @@ def status_from_health(
             model_sha256=(load.model_sha256 or "") if cached else "",
             prefill_tokens_per_s=seen.prefill_tokens_per_s,
         )
-    return NodeStatus(address, report.ok, models, checked_at=now, prefix_blocks=blocks)
+    available = {m.name: m.size_bytes or 0 for m in report.available}
+    free = None
+    if report.memory_budget is not None and report.memory_used is not None:
+        free = report.memory_budget - report.memory_used
+    return NodeStatus(
+        address,
+        report.ok,
+        models,
+        checked_at=now,
+        prefix_blocks=blocks,
+        available=available,
+        memory_free=free,
+    )
 
 
 class Every:

@@ -157,6 +157,34 @@ def place(
     return ranked, rejected
 
 
+def place_cold(
+    req: RouteRequest, nodes: Sequence[NodeStatus], ctx: PlacementContext
+) -> tuple[list[Candidate], dict[str, str]]:
+    """Where to load a model that no node has loaded: the up nodes that have it on disk, those
+    with room for it without evicting anything first, then the least busy.
+
+        cost(node) = (0 if size ≤ memory_free else 1, running + queued over all its models)
+
+    The reason is `load:on-disk` (`+no-eviction` where it fits in free memory)."""
+    rejected: dict[str, str] = {}
+    ranked: list[tuple[tuple[int, int, str], Candidate]] = []
+    for node in nodes:
+        if req.model not in node.available:
+            rejected[node.name] = "model-not-on-disk"
+            continue
+        if not node.usable(ctx.now):
+            rejected[node.name] = "unhealthy" if not node.healthy else "cooling-down"
+            continue
+        size = node.available[req.model]
+        fits = node.memory_free is not None and size <= node.memory_free
+        busy = sum(m.running + m.queued for m in node.models.values())
+        reasons = ("load:on-disk", "no-eviction") if fits else ("load:on-disk",)
+        cost = (0 if fits else 1, busy, node.name)
+        ranked.append((cost, Candidate(node.name, 1.0 / (1 + cost[0] + busy), reasons)))
+    ranked.sort(key=lambda item: item[0])
+    return [c for _, c in ranked], rejected
+
+
 def prefix_keys(body: Mapping[str, Any], n_messages: int) -> tuple[str, ...]:
     """Chained hashes of the first 1..`n_messages` messages (or one of the prompt's head).
 

@@ -24,6 +24,7 @@ from edgebox.router.placement import (
     PlacementPolicy,
     RouteRequest,
     place,
+    place_cold,
 )
 from edgebox.router.tokens import prefix_note
 
@@ -72,6 +73,8 @@ def plan_route(
     """Rank the nodes, place the cloud among them, and decide the split. Pure."""
     req = seen.req
     local, rejected = place(req, list(seen.nodes.values()), policy, seen.ctx)
+    if not any(req.model in s.models for s in seen.nodes.values()):  # loaded nowhere
+        local, rejected = place_cold(req, list(seen.nodes.values()), seen.ctx)
     local = stick_to_conversation(local, req, seen.ctx.affinity, seen.nodes)
     serving = {n: s.models[req.model] for n, s in seen.nodes.items() if req.model in s.models}
     too_small = any(r == "context-too-small" for r in rejected.values())

@@ -96,6 +96,11 @@ class Router:
             for model in node.models:
                 card = cards.setdefault(model, _card(model, "edgebox"))
                 card["meta"]["nodes"].append(node.name)
+                card["status"] = "loaded"
+            for model in node.available:
+                card = cards.setdefault(model, _card(model, "edgebox"))
+                card["meta"].setdefault("on_disk", []).append(node.name)
+                card.setdefault("status", "available")
         for upstream in self.config.cloud:
             for model in upstream.models:
                 card = cards.setdefault(model, _card(model, "cloud:" + upstream.name))
@@ -104,7 +109,16 @@ class Router:
 
     def _known(self, model: str) -> bool:
         in_cloud = any(model in u.models for u in self.config.cloud)
-        return in_cloud or any(model in n.models for n in self.routable().values())
+        nodes = self.routable().values()
+        return in_cloud or any(model in n.models or model in n.available for n in nodes)
+
+    def _model_list(self, most: int = 40) -> str:
+        """The models a request can name, for a 404 (GET /v1/models has them all)."""
+        names = sorted(self.models())
+        if not names:
+            return "none"
+        more = f", and {len(names) - most} more (GET /v1/models)" if len(names) > most else ""
+        return ", ".join(names[:most]) + more
 
     def _unverified_note(self, model: str) -> str:
         """Why a model served only by unverified mDNS nodes is not offered, and what to do."""
@@ -148,8 +162,8 @@ class Router:
         if not self._known(model):
             raise APIError(
                 404,
-                f"the model '{model}' is not served by any node or cloud upstream "
-                f"(GET /v1/models lists them){self._unverified_note(model)}",
+                f"the model '{model}' is not on any node or cloud upstream "
+                f"(models: {self._model_list()}){self._unverified_note(model)}",
                 param="model",
                 code="model_not_found",
             )

@@ -139,6 +139,7 @@ class FinishEvent:
     completion_tokens: int
     cached_tokens: int = 0
     text: str = ""  # text held back until the end (e.g. a partial stop-string prefix)
+    stop_sequence: str | None = None  # the stop string that ended it, if one did
     error: str | None = None
     # Why, for an error a client can act on: "kv_invalid" (its uploaded KV; a 400),
     # "decode_failed" (the backend failed this sequence; a 500). None: a plain 500.

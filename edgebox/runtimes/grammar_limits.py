@@ -108,6 +108,39 @@ def _repeat_problem(schema: Any) -> str | None:
     return None
 
 
+ANY_VALUE = {"type": ["string", "number", "boolean", "object", "array", "null"]}
+_ANNOTATIONS = {"description", "title", "examples", "default", "$comment", "deprecated"}
+# llama.cpp's converter writes a cap of n (`maxLength`, `maxItems`, a pattern's `{0,n}`) as n
+# nested optional groups, so a cap past this depth budget cannot become a grammar at all.
+MAX_GRAMMAR_CAP = 48
+
+
+def grammar_schema(schema: Any) -> Any:
+    """The schema a grammar is built from, as agents' tool schemas need it:
+
+    - every `maxLength`/`maxItems` over `MAX_GRAMMAR_CAP`, and every `pattern` with a larger
+      `{m,n}`, is left out: the grammar is looser (max_tokens still bounds the reply) rather
+      than refused, and agents send such caps on every request (Claude Code: `maxLength: 256`
+      on names, 524288 on file contents). Minimums stay: `schema_problem` still judges them;
+    - a schema of annotations only (`{"description": ...}`: any value) is spelled out as any
+      JSON value, which llama.cpp's converter does not take unspelled."""
+    if isinstance(schema, list):
+        return [grammar_schema(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    if schema and all(k in _ANNOTATIONS and not isinstance(v, dict) for k, v in schema.items()):
+        return {**schema, **ANY_VALUE}
+    return {
+        key: grammar_schema(value) for key, value in schema.items() if not _too_big_cap(key, value)
+    }
+
+
+def _too_big_cap(key: str, value: Any) -> bool:
+    if key in ("maxLength", "maxItems"):
+        return isinstance(value, int | float) and value > MAX_GRAMMAR_CAP
+    return key == "pattern" and isinstance(value, str) and _pattern_copies(value) > MAX_GRAMMAR_CAP
+
+
 def _pattern_copies(pattern: str) -> int:
     """The most copies of one piece a pattern's `{m,n}` quantifiers ask for, multiplied
     through nested groups (`(a{100}){100}` is 10,000), as the converter writes them out."""

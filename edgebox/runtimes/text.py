@@ -29,6 +29,7 @@ class StopMatcher:
     stops: Sequence[str]
     _pending: str = ""
     stopped: bool = False
+    matched: str | None = None  # the stop string that hit
 
     def __post_init__(self) -> None:
         self.stops = tuple(s for s in self.stops if s)
@@ -41,7 +42,7 @@ class StopMatcher:
         buf = self._pending + text
         hits = [(buf.find(s), s) for s in self.stops if s in buf]
         if hits:
-            cut = min(index for index, _ in hits)
+            cut, self.matched = min(hits)
             self._pending = ""
             self.stopped = True
             return buf[:cut]

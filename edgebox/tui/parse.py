@@ -8,6 +8,7 @@ figure a node does not report stays None here.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -15,7 +16,7 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from edgebox.api.health import HealthReport, NodeIdentity, models_by_name
+from edgebox.api.health import HealthReport, ModelEvent, NodeIdentity, models_by_name
 from edgebox.tui.snapshot import ModelLoad, NodeSnapshot
 
 
@@ -227,11 +228,26 @@ def node_from_health(
         version=report.version or None,
         **vars(res),
         models=tuple(models),
+        available=tuple(m.name for m in report.available),
+        loading=report.loading,
+        model_budget=report.memory_budget,
+        model_memory=report.memory_used,
+        model_events=tuple(event_line(e) for e in report.model_events[-EVENTS_SHOWN:]),
         tokens_per_s=total_rate,
         p50_ttft_s=histogram_median(ttft_now),
         last_seen=seen_at,
         key_fingerprints=_fingerprints(node.ssh_host_key_fingerprint),
     )
+
+
+EVENTS_SHOWN = 5
+
+
+def event_line(event: ModelEvent) -> str:
+    """One load/unload as `edgebox top` shows it: time, what, which model, why."""
+    at = time.strftime("%H:%M:%S", time.localtime(event.at)) if event.at else "--:--:--"
+    took = f", {event.seconds:.1f} s" if event.seconds is not None else ""
+    return f"{at} {event.event} {event.model} ({event.reason or '-'}{took})"
 
 
 def _sum_buckets(

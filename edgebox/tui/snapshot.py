@@ -48,6 +48,12 @@ class NodeSnapshot(_Frozen):
     cpu_pct: float | None = None
     bandwidth_gbps: float | None = None  # the probe's memory bandwidth (spec or measured)
     models: tuple[ModelLoad, ...] = ()
+    available: tuple[str, ...] = ()  # models on its disk, not loaded (a request loads them)
+    loading: tuple[str, ...] = ()
+    model_budget: int | None = None  # bytes its models may take (load on demand)
+    model_memory: int | None = None  # bytes its models hold
+    # its latest model loads and unloads, newest last: "12:03:04 loaded m (on-demand, 1.2 s)"
+    model_events: tuple[str, ...] = ()
     tokens_per_s: float | None = None
     p50_ttft_s: float | None = None  # median time to first token since the previous poll
     last_seen: float | None = None  # unix time of the last answer

@@ -8,6 +8,7 @@ from typing import Any
 
 from rich.text import Text
 
+from edgebox.models.footprint import format_size
 from edgebox.tui.snapshot import FleetSnapshot, NodeSnapshot
 
 # Column → fixed width: measuring every cell of a large fleet on every refresh costs more than
@@ -213,7 +214,23 @@ def detail_text(node: NodeSnapshot, *, now: float) -> Text:
         )
         if m.fast_path or m.runtime:
             text.append(f"    {m.fast_path or m.runtime}\n", style="dim")
+    _residency_text(text, node)
     return text
+
+
+def _residency_text(text: Text, node: NodeSnapshot) -> None:
+    """Load on demand: models on disk, loads under way, the budget, the latest events."""
+    for name in node.loading:
+        text.append(f"  {name}", style="bold yellow")
+        text.append("  loading…\n")
+    if node.available:
+        text.append("on disk: " + ", ".join(node.available) + "\n", style="dim")
+    if node.model_budget:
+        used = format_size(node.model_memory) if node.model_memory is not None else "-"
+        budget = format_size(node.model_budget)
+        text.append(f"model memory {used} of a {budget} budget\n", style="dim")
+    for line in node.model_events:
+        text.append(f"  {line}\n", style="dim")
 
 
 # Sparkline series in the detail pane: key → (label, unit).

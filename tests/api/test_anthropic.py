@@ -44,6 +44,7 @@ def refused(**fields: Any) -> APIError:
 def test_system_blocks_tools_and_sampling_become_a_valid_chat_body() -> None:
     req = request(
         system=[
+            {"type": "text", "text": "x-anthropic-billing-header: cc_version=2.1.328.ea9;"},
             {"type": "text", "text": "You are terse.", "cache_control": {"type": "ephemeral"}},
             {"type": "text", "text": "Answer in English."},
         ],
@@ -165,6 +166,10 @@ def test_bad_inputs_name_the_field() -> None:
         ({"temperature": 1.5}, "temperature"),
         ({"stop_sequences": [""]}, "stop_sequences"),
         ({"messages": [{"role": "robot", "content": "x"}]}, "messages[0].role"),
+        (
+            {"messages": [{"role": "user", "content": [{"type": "video"}]}]},
+            "messages[0].content[0]",
+        ),
     ]:
         body = {"model": "m", "max_tokens": 8, "messages": [{"role": "user", "content": "x"}]}
         body.update(fields)
@@ -173,6 +178,11 @@ def test_bad_inputs_name_the_field() -> None:
         with pytest.raises(APIError) as caught:
             parse_request(MessagesRequest, body)
         assert caught.value.param == param, (fields, caught.value.message)
+
+
+def test_a_long_string_content_is_one_block() -> None:
+    body = to_chat_body(request(messages=[{"role": "user", "content": "word " * 5000}]))
+    assert body["messages"] == [{"role": "user", "content": "word " * 5000}]
 
 
 def test_count_tokens_needs_no_max_tokens() -> None:

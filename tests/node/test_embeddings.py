@@ -42,7 +42,7 @@ def post(node: NodeProcess, body: object) -> httpx.Response:
 
 
 def test_models_lists_the_chat_and_the_embedding_model(client: openai.OpenAI) -> None:
-    models = {m.id: m for m in client.models.list().data}
+    models = {m.id: m for m in client.models.list().data if m.model_extra["status"] == "loaded"}  # type: ignore[index]
     assert set(models) == {CHAT, EMBED}
     assert all(m.owned_by == "edgebox" for m in models.values())
     meta = models[EMBED].model_extra["meta"]  # type: ignore[index]
@@ -132,8 +132,9 @@ def test_without_the_tokenizer_package_serve_keeps_chat_and_says_what_to_install
         tmp_path, "--parallel", "1", "--ctx", "512", env={"PYTHONPATH": str(shadow.parent)}
     )
     try:
-        ids = [m["id"] for m in httpx.get(node.base_url + "/models").json()["data"]]
-        assert ids == [CHAT]
+        cards = httpx.get(node.base_url + "/models").json()["data"]
+        assert [m["id"] for m in cards if m["status"] == "loaded"] == [CHAT]
+        assert EMBED not in {m["id"] for m in cards}  # not even loadable without its tokenizer
         refused = post(node, {"model": EMBED, "input": "x"})
         assert refused.status_code == 404 and refused.json()["error"]["param"] == "model"
     finally:
@@ -150,7 +151,8 @@ def test_an_onnx_file_by_path_serves_alone_under_its_alias(tmp_path: Path) -> No
     (folder / "tokenizer.json").symlink_to(bundled.tokenizer)
     node = start_node(tmp_path, "--model", str(folder / "encoder.onnx"), "--alias", "mini")
     try:
-        assert [m["id"] for m in httpx.get(node.base_url + "/models").json()["data"]] == ["mini"]
+        cards = httpx.get(node.base_url + "/models").json()["data"]
+        assert [m["id"] for m in cards if m["status"] == "loaded"] == ["mini"]
         reply = post(node, {"model": "mini", "input": ["hello", "world"]})
         assert reply.status_code == 200 and len(reply.json()["data"]) == 2
     finally:

@@ -47,7 +47,7 @@ def admin(node: NodeProcess, method: str, path: str, body: object = None) -> htt
 
 def served(node: NodeProcess) -> list[str]:
     r = httpx.get(node.base_url + "/models", headers=AUTH)
-    return [m["id"] for m in r.json()["data"]]
+    return [m["id"] for m in r.json()["data"] if m["status"] == "loaded"]
 
 
 def client(node: NodeProcess) -> openai.OpenAI:
@@ -101,8 +101,13 @@ def test_load_embed_unload_then_404(keyed_node: NodeProcess) -> None:
     }
     assert served(keyed_node) == ["smollm2-135m"]
     assert "all-minilm-l6-v2" not in httpx.get(keyed_node.url + "/health").json()["models"]
+    # still on disk: the next request loads it again (load on demand), a model nowhere is a 404
+    again_vectors = client(keyed_node).embeddings.create(model="all-minilm-l6-v2", input="hello")
+    assert again_vectors.data[0].embedding == vectors.data[0].embedding
+    assert served(keyed_node) == ["smollm2-135m", "all-minilm-l6-v2"]
+    assert admin(keyed_node, "POST", "/admin/models/unload", {"model": "all-minilm-l6-v2"})
     with pytest.raises(openai.NotFoundError) as excinfo:
-        client(keyed_node).embeddings.create(model="all-minilm-l6-v2", input="hello")
+        client(keyed_node).embeddings.create(model="no-such-embedder", input="hello")
     assert excinfo.value.body["code"] == "model_not_found"  # type: ignore[index]
 
 
@@ -136,9 +141,8 @@ def test_a_chat_model_loads_while_the_node_serves_and_the_mdns_digest_follows(
     finally:  # the module's other tests expect only smollm2 served
         gone = admin(keyed_node, "POST", "/admin/models/unload", {"model": "gemma3-270m"})
     assert gone.status_code == 200
-    with pytest.raises(openai.NotFoundError) as excinfo:
-        client(keyed_node).completions.create(model="gemma3-270m", prompt="One", max_tokens=1)
-    assert excinfo.value.body["code"] == "model_not_found"  # type: ignore[index]
+    cards = httpx.get(keyed_node.base_url + "/models", headers=AUTH).json()["data"]
+    assert {c["id"]: c["status"] for c in cards}["gemma3-270m"] == "available"  # on disk still
     assert digest_of(node_id, model_digest(["smollm2-135m"])) == model_digest(["smollm2-135m"])
 
 

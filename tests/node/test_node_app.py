@@ -87,5 +87,6 @@ def test_unknown_route_and_method_are_openai_shaped(client: TestClient) -> None:
 def test_health_and_models_list_the_loaded_model(client: TestClient) -> None:
     health = client.get("/health").json()
     assert health["status"] == "ok" and health["models"][MODEL]["slots"] == 4
-    listed = [m["id"] for m in client.get("/v1/models").json()["data"]]
-    assert listed == [MODEL]
+    cards = client.get("/v1/models").json()["data"]
+    assert [m["id"] for m in cards if m["status"] == "loaded"] == [MODEL]
+    assert all(m["status"] == "available" for m in cards[1:])  # on disk, loaded on request

@@ -170,3 +170,46 @@ def test_the_poller_takes_reported_blocks_only_at_its_own_block_size() -> None:
     status = status_from_health(NodeAddress("n", "http://n"), health, {}, 0.0)
     assert status.prefix_blocks == {"m": frozenset({"aa", "bb"})}
     assert status.models["m"].model_sha256 == "s" and status.models["other"].model_sha256 == ""
+
+
+def cold(name: str, size: int | None, free: int | None, busy: int = 0) -> NodeStatus:
+    load = {"other": ModelLoad(running=busy)} if busy else {}
+    on_disk = {"m": size} if size is not None else {}
+    return NodeStatus(
+        NodeAddress(name, f"http://{name}"),
+        healthy=True,
+        models=load,
+        available=on_disk,
+        memory_free=free,
+    )
+
+
+def test_a_model_loaded_nowhere_goes_where_it_is_on_disk() -> None:
+    from edgebox.router.placement import place_cold
+
+    nodes = [cold("none", None, 10**9), cold("disk", 100, 10**9)]
+    candidates, rejected = place_cold(RouteRequest("m"), nodes, PlacementContext(now=100.0))
+    assert [c.node for c in candidates] == ["disk"]
+    assert candidates[0].reason == "load:on-disk+no-eviction"
+    assert rejected == {"none": "model-not-on-disk"}
+
+
+def test_loading_prefers_a_node_with_room_then_the_least_busy() -> None:
+    from edgebox.router.placement import place_cold
+
+    nodes = [cold("full", 100, 50), cold("busy", 100, 10**9, busy=3), cold("idle", 100, 10**9)]
+    candidates, _ = place_cold(RouteRequest("m"), nodes, PlacementContext(now=100.0))
+    assert [c.node for c in candidates] == ["idle", "busy", "full"]
+    assert candidates[-1].reason == "load:on-disk"  # it has to evict something first
+
+
+def test_health_carries_what_is_on_disk_and_the_free_model_memory() -> None:
+    health = {
+        "status": "ok",
+        "models": {},
+        "available": [{"name": "m", "size_bytes": 7}, {"bad": 1}],
+        "memory_budget": 100,
+        "memory_used": 30,
+    }
+    status = status_from_health(NodeAddress("a", "http://a"), health, {}, now=1.0)
+    assert status.available == {"m": 7} and status.memory_free == 70

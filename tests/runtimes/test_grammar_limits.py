@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from edgebox.runtimes.grammar_limits import MAX_GBNF_REPEAT, schema_problem
+from edgebox.runtimes.grammar_limits import MAX_GBNF_REPEAT, grammar_schema, schema_problem
 from edgebox.runtimes.llamacpp.tool_grammar import tool_call_gbnf
 from edgebox.runtimes.tool_format import GENERIC, ToolConstraint
 
@@ -51,3 +51,33 @@ def test_real_schemas_still_pass_and_compile(schema: dict[str, Any]) -> None:
     assert schema_problem(schema, compact) is None
     constraint = ToolConstraint(GENERIC, (("f", compact),), lazy=False, parallel=False)
     assert "f0-root" in tool_call_gbnf(constraint)
+
+
+def test_agent_schemas_become_grammars_huge_caps_left_out() -> None:
+    # Claude Code's Write tool: a file's content capped at 512 KiB characters
+    schema = {
+        "type": "object",
+        "properties": {
+            "content": {"type": "string", "maxLength": 524288},
+            "lines": {"type": "array", "items": {"type": "string"}, "maxItems": 10**9},
+            "name": {"type": "string", "minLength": 1, "maxLength": 40},
+            "agent": {"type": "string", "maxLength": 256},  # 256 nested groups in the grammar
+            "line": {"type": "string", "pattern": "^[\\s\\S]{0,300}$"},
+            "args": {"description": "any JSON value"},  # Claude Code's Workflow tool
+            "description": {"type": "string"},  # a property that is named like an annotation
+        },
+    }
+    relaxed = grammar_schema(schema)
+    assert "maxLength" not in relaxed["properties"]["content"]
+    assert "maxItems" not in relaxed["properties"]["lines"]
+    assert relaxed["properties"]["name"] == {"type": "string", "minLength": 1, "maxLength": 40}
+    assert relaxed["properties"]["agent"] == {"type": "string"}
+    assert relaxed["properties"]["line"] == {"type": "string"}
+    assert "null" in relaxed["properties"]["args"]["type"]
+    assert relaxed["properties"]["description"] == {"type": "string"}
+    assert schema_problem(relaxed, json.dumps(relaxed)) is None
+    tool_call_gbnf(
+        ToolConstraint(GENERIC, (("write", json.dumps(relaxed)),), lazy=False, parallel=False)
+    )
+    huge_minimum = {"type": "string", "minLength": 10**9}
+    assert grammar_schema(huge_minimum) == huge_minimum  # still refused by schema_problem

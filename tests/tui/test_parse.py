@@ -126,6 +126,32 @@ def test_hub_entries() -> None:
     assert stale.status == "offline" and stale.name == "n2" and stale.url is None
 
 
+def test_models_on_disk_and_load_events_reach_the_detail_pane() -> None:
+    from edgebox.tui.view import detail_text
+
+    health = {
+        "status": "ok",
+        "models": {"smol": {"slots": 1}},
+        "available": [{"name": "gemma3-270m", "size_bytes": 241_000_000}, "not a dict"],
+        "loading": ["big"],
+        "memory_budget": 600_000_000,
+        "memory_used": 130_000_000,
+        "model_events": [
+            {"at": 0, "model": "gemma3-270m", "event": "unloaded", "reason": "evicted for smol"},
+            {"at": 0, "model": "smol", "event": "loaded", "reason": "on-demand", "seconds": 1.25},
+        ],
+    }
+    node = node_from_health(
+        url="http://n:1", health=health, metrics=None, previous=None, elapsed_s=None, seen_at=1.0
+    )
+    assert node.available == ("gemma3-270m",) and node.loading == ("big",)
+    assert node.model_events[-1].endswith("loaded smol (on-demand, 1.2 s)")
+    text = detail_text(node, now=2.0).plain
+    assert "on disk: gemma3-270m" in text and "big  loading" in text
+    assert "model memory 130 MB of a 600 MB budget" in text
+    assert "unloaded gemma3-270m (evicted for smol)" in text
+
+
 def test_the_node_s_measured_bandwidth_feeds_the_decode_share() -> None:
     before, after = parse_metrics(METRICS_1), parse_metrics(METRICS_2)
     health = {

@@ -324,6 +324,7 @@ class LlamaCppEngine(Stepping, Healing, KVTransfer):
             job.generated,
             cached_tokens=job.cached_tokens,
             text=tail,
+            stop_sequence=job.matcher.matched,
             error=error,
             error_code=code,
             kv=kv,
