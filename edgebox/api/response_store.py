@@ -130,25 +130,29 @@ class ResponseStore:
             return int(self._db.execute("SELECT TOTAL(size) FROM responses").fetchone()[0])
 
     def _prune(self) -> None:
-        """Past the age limit: gone; beyond `keep` or `max_bytes`: the oldest of the owner
-        holding the most (by count or by bytes, whichever is exceeded) (the lock is held)."""
+        """Past the age limit: gone. Beyond `keep` or `max_bytes`: the oldest of the owner
+        holding the most (by count or by bytes, whichever is exceeded) go, down to 1% under
+        the bound so that the next puts find room at once (the lock is held)."""
         self._db.execute(
             "DELETE FROM responses WHERE created_at < ?", (self._clock() - self.max_age_s,)
         )
+        count, size = self._db.execute("SELECT COUNT(*), TOTAL(size) FROM responses").fetchone()
+        if count <= self.keep and size <= self.max_bytes:
+            return
+        keep, max_bytes = self.keep - self.keep // 100, self.max_bytes - self.max_bytes // 100
         while True:
             owners = self._db.execute(
                 "SELECT owner, COUNT(*), TOTAL(size) FROM responses GROUP BY owner"
             ).fetchall()
             count, size = sum(o[1] for o in owners), sum(o[2] for o in owners)
-            if count <= self.keep and size <= self.max_bytes:
+            if count <= keep and size <= max_bytes:
                 return
-            by = 1 if count > self.keep else 2
+            by = 1 if count > keep else 2
             heaviest = max(owners, key=lambda o: o[by])[0]
-            excess = count - self.keep if by == 1 else 1
             self._db.execute(
                 "DELETE FROM responses WHERE rowid IN (SELECT rowid FROM responses "
                 "WHERE owner = ? ORDER BY created_at, rowid LIMIT ?)",
-                (heaviest, excess),
+                (heaviest, count - keep if by == 1 else 1),
             )
 
     def close(self) -> None:
