@@ -61,20 +61,31 @@ def repack_works(model: Path) -> ExtraBuffers:
     return extra_buffers("auto", model=model)
 
 
-def edgebox_cmd(path: str, port: int, threads: int, repack: bool) -> list[str]:
+def edgebox_cmd(
+    path: str, port: int, threads: int, repack: bool, parallel: int = PARALLEL, ctx: int = SLOT_CTX
+) -> list[str]:
     return [
         sys.executable,
         *("-m", "edgebox", "serve", "-m", path, "--alias", "m", "--port", str(port)),
-        *("--threads", str(threads), "--parallel", str(PARALLEL), "--ctx", str(SLOT_CTX)),
+        *("--threads", str(threads), "--parallel", str(parallel), "--ctx", str(ctx)),
         *("--cpu-extra-buffers", "on" if repack else "off", "--gpu-layers", "0"),
     ]
 
 
-def llama_server_cmd(binary: str, path: str, port: int, threads: int, repack: bool) -> list[str]:
+def llama_server_cmd(
+    binary: str,
+    path: str,
+    port: int,
+    threads: int,
+    repack: bool,
+    parallel: int = PARALLEL,
+    ctx: int = SLOT_CTX,
+) -> list[str]:
+    """`ctx` per slot, as edgebox's `--ctx` (llama-server's `-c` is all slots together)."""
     return [
         binary,
         *("-m", path, "-a", "m", "--port", str(port), "-t", str(threads), "-tb", str(threads)),
-        *("-np", str(PARALLEL), "-c", str(SLOT_CTX * PARALLEL), "--no-webui", "-ngl", "0"),
+        *("-np", str(parallel), "-c", str(ctx * parallel), "--no-webui", "-ngl", "0"),
         *(["--repack"] if repack else ["--no-repack"]),
     ]
 

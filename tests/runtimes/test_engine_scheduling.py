@@ -23,6 +23,7 @@ from edgebox.runtimes.base import (
 )
 from edgebox.runtimes.llamacpp import EngineConfig, LlamaCppRuntime
 from edgebox.runtimes.llamacpp.runtime import auto_parallel
+from edgebox.runtimes.llamacpp.slots import Slot, choose_slot
 
 GREEDY = SamplingParams(temperature=0.0)
 CHUNK = 256
@@ -242,3 +243,28 @@ def test_auto_parallel_sizes_slots_from_kv_and_memory(smollm2_path: Path) -> Non
         assert rt.stats().slots == expected >= 1
     finally:
         rt.close()
+
+
+def test_conversations_sharing_only_the_template_head_keep_their_own_slots(
+    runtime: LlamaCppRuntime,
+) -> None:
+    """Three agent conversations take turns; they share only the chat template's first tokens.
+    Each must come back to its own cached history, not to a slot another one took over."""
+    head = runtime.tokenize("<|im_start|>system\n")
+    prompts = {c: head + prose_tokens(runtime, 200, f"conversation {c}") for c in "abc"}
+    for prompt in prompts.values():
+        submit(runtime, GenerationRequest(prompt, GREEDY, 1))[0].wait()
+    for c, prompt in prompts.items():
+        longer = prompt + prose_tokens(runtime, 30, f"turn two of {c}")
+        finish = submit(runtime, GenerationRequest(longer, GREEDY, 1))[0].wait()
+        assert finish.cached_tokens == len(prompt), f"conversation {c} recomputed its history"
+
+
+def test_a_slot_sharing_a_trivial_prefix_is_no_match() -> None:
+    used = Slot(seq_id=0, cached=[1, 2, 3, 4, 50, 51], last_used=5.0)
+    empty = Slot(seq_id=1)
+    older = Slot(seq_id=2, cached=[9, 9], last_used=1.0)
+    prompt = [1, 2, 3, 4, *range(100, 200)]
+    assert choose_slot([used, older, empty], prompt) is empty
+    assert choose_slot([used, older], prompt) is older
+    assert choose_slot([used, empty], [1, 2, 3, 4, 50, 7]) is used  # most of it: a match

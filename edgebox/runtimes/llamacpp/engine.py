@@ -3,7 +3,8 @@
 Each step packs the next token of every decoding sequence plus a bounded chunk of
 pending prompt tokens into one `llama_decode` (`stepping`), so a long prompt delays running
 streams by at most one chunk. Free slots keep their KV cells, and a new request
-goes to the slot whose cached tokens share the longest prefix with its prompt. Admission,
+goes to the slot whose cached tokens share the longest prefix with its prompt (at least a tenth
+of it; else the least recently used slot, so conversations keep their own slots). Admission,
 deadlines, cancellation and the counters are the shared job core's (`runtimes.jobs`).
 """
 
@@ -38,7 +39,13 @@ from edgebox.runtimes.llamacpp.kv_state import kv_layout, resolved_flash_attn
 from edgebox.runtimes.llamacpp.model import LlamaCppModel, captured_log
 from edgebox.runtimes.llamacpp.recovery import KV_INVALID, EngineHealth, Healing
 from edgebox.runtimes.llamacpp.sampling import build_sampler, free_sampler
-from edgebox.runtimes.llamacpp.slots import BatchArrays, Slot, SlotJob, common_prefix_len
+from edgebox.runtimes.llamacpp.slots import (
+    BatchArrays,
+    Slot,
+    SlotJob,
+    choose_slot,
+    common_prefix_len,
+)
 from edgebox.runtimes.llamacpp.stepping import Stepping
 from edgebox.runtimes.prefix_blocks import BLOCK_TOKENS
 from edgebox.runtimes.text import StopMatcher
@@ -261,7 +268,7 @@ class LlamaCppEngine(Stepping, Healing, KVTransfer):
 
     def _place(self, job: SlotJob, free: list[Slot]) -> None:
         prompt = list(job.request.prompt_tokens)
-        slot = max(free, key=lambda s: (common_prefix_len(s.cached, prompt), -s.last_used))
+        slot = choose_slot(free, prompt)
         kv = job.request.kv
         if kv is not None and common_prefix_len(slot.cached, prompt) < len(kv.tokens):
             slot = min(free, key=lambda s: s.last_used)  # keep the best cached prefixes

@@ -67,6 +67,21 @@ class Part:
     export: bool = False  # the prompt is then complete: export the sequence's KV
 
 
+# A slot sharing less than this share of a prompt is no match for it (llama-server's
+# --slot-prompt-similarity default): a new conversation whose prompt shares only the chat
+# template's first tokens with another's must not take that conversation's slot.
+MIN_SHARED = 0.1
+
+
+def choose_slot(free: Sequence[Slot], prompt: Sequence[int]) -> Slot:
+    """The free slot sharing the longest prefix with `prompt`; where none shares a tenth of it,
+    the least recently used (an empty one first), so other conversations' caches survive."""
+    best = max(free, key=lambda s: (common_prefix_len(s.cached, prompt), -s.last_used))
+    if common_prefix_len(best.cached, prompt) < MIN_SHARED * len(prompt):
+        return min(free, key=lambda s: (bool(s.cached), s.last_used))
+    return best
+
+
 def common_prefix_len(a: Sequence[int], b: Sequence[int]) -> int:
     n = min(len(a), len(b))
     i = 0
