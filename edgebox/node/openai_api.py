@@ -160,7 +160,13 @@ def _plan(
 ) -> GenerationPlan:
     kv_key = request.headers.get(KV_HEADER)
     return generation_plan(
-        body, prompts, arrived=arrived, timeout=state.request_timeout, kv_key=kv_key, tools=tools
+        body,
+        prompts,
+        arrived=arrived,
+        timeout=state.request_timeout,
+        kv_key=kv_key,
+        tools=tools,
+        default_max_tokens=state.max_tokens,
     )
 
 

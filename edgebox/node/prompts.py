@@ -294,8 +294,10 @@ def generation_plan(
     timeout: float | None,
     kv_key: str | None = None,
     tools: ToolPlan | None = None,
+    default_max_tokens: int | None = None,
 ) -> GenerationPlan:
-    """The plan for a validated request whose prompts are tokenized and checked."""
+    """The plan for a validated request whose prompts are tokenized and checked;
+    `default_max_tokens` (`serve --max-tokens`) caps output where the request sets no limit."""
     chat = isinstance(body, ChatCompletionRequest)
     logprobs = logprobs_of(body)
     constraint = tools.constraint if tools is not None else None
@@ -308,7 +310,7 @@ def generation_plan(
             dataclasses.replace(sampling(body, logprobs=logprobs, choice=j), tools=constraint)
             for j in range(body.n)
         ),
-        max_tokens=max_tokens_of(body)[0],
+        max_tokens=max_tokens_of(body)[0] or default_max_tokens,
         stop=tuple(body.stop or ()),
         stream=bool(body.stream),
         include_usage=bool(
