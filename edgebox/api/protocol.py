@@ -13,6 +13,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from edgebox.api.errors import APIError
 
 MAX_N = 16
+# On a node's chat or completion answer: the node's `--max-tokens`, when it (not the request)
+# set the output limit. A Responses answer that stops there is complete, not incomplete.
+NODE_LIMIT_HEADER = "x-edgebox-max-tokens"
 MAX_STOP = 4
 MAX_STOP_CHARS = 256  # per stop sequence: the engine holds back this much text per token
 MAX_NAME_CHARS = 256

@@ -15,7 +15,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from edgebox.api.body import read_json
 from edgebox.api.errors import APIError, from_validation_error
 from edgebox.api.kv import KV_HEADER
-from edgebox.api.protocol import ChatCompletionRequest, CompletionRequest
+from edgebox.api.protocol import NODE_LIMIT_HEADER, ChatCompletionRequest, CompletionRequest
 from edgebox.api.sse import SSE_DONE, sse
 from edgebox.node.admin import refuse_if_draining
 from edgebox.node.generation import ChoiceStreams
@@ -245,13 +245,15 @@ def _start(
 
 async def _respond(request: Request, generation: Generation) -> Response:
     """Stream the answer as SSE, or collect it into one JSON body."""
+    limit = generation.plan.node_limit
+    said = {NODE_LIMIT_HEADER: str(limit)} if limit is not None else {}
     if generation.plan.stream:
         return StreamingResponse(
             _sse(chunks(generation)),
             media_type="text/event-stream",
-            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **said},
         )
-    return JSONResponse(await collect(request, generation))
+    return JSONResponse(await collect(request, generation), headers=said)
 
 
 async def _sse(payloads: AsyncIterator[dict[str, Any]]) -> AsyncIterator[bytes]:

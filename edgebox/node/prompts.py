@@ -253,6 +253,7 @@ class GenerationPlan:
     timeout: float | None  # the node's deadline per sequence, seconds from submission
     kv_key: str | None = None  # X-Edgebox-KV: a KV snapshot uploaded for this prompt
     tools: ToolPlan | None = None  # chat: how tool calls are offered and read back
+    node_limit: int | None = None  # `serve --max-tokens`, when it (not the request) set max_tokens
 
     @property
     def n(self) -> int:
@@ -300,6 +301,7 @@ def generation_plan(
     `default_max_tokens` (`serve --max-tokens`) caps output where the request sets no limit."""
     chat = isinstance(body, ChatCompletionRequest)
     logprobs = logprobs_of(body)
+    own_limit = max_tokens_of(body)[0]
     constraint = tools.constraint if tools is not None else None
     return GenerationPlan(
         kind="chat" if chat else "completion",
@@ -310,7 +312,7 @@ def generation_plan(
             dataclasses.replace(sampling(body, logprobs=logprobs, choice=j), tools=constraint)
             for j in range(body.n)
         ),
-        max_tokens=max_tokens_of(body)[0] or default_max_tokens,
+        max_tokens=own_limit or default_max_tokens,
         stop=tuple(body.stop or ()),
         stream=bool(body.stream),
         include_usage=bool(
@@ -321,4 +323,5 @@ def generation_plan(
         timeout=timeout,
         kv_key=kv_key,
         tools=tools,
+        node_limit=default_max_tokens if own_limit is None else None,
     )

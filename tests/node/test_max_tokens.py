@@ -4,6 +4,7 @@ limit wins, above or below it. The bundled SmolLM2-135M, loaded once (about a se
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -47,9 +48,13 @@ def test_health_reports_the_cap(client: TestClient) -> None:
 
 
 def test_a_chat_without_a_limit_stops_at_the_cap(client: TestClient) -> None:
-    body = post(client, "/v1/chat/completions", CHAT)
+    response = client.post("/v1/chat/completions", json=CHAT)
+    assert response.headers["x-edgebox-max-tokens"] == str(CAP)  # the router reads it
+    body = response.json()
     assert body["usage"]["completion_tokens"] == CAP
-    assert body["choices"][0]["finish_reason"] == "length"
+    assert body["choices"][0]["finish_reason"] == "length"  # as llama-server's -n says it
+    own = client.post("/v1/chat/completions", json={**CHAT, "max_tokens": 3})
+    assert "x-edgebox-max-tokens" not in own.headers
 
 
 def test_a_streamed_chat_without_a_limit_stops_at_the_cap(client: TestClient) -> None:
@@ -73,13 +78,25 @@ def test_completions_with_no_limit_stop_at_the_cap(client: TestClient) -> None:
     assert unlimited["usage"]["completion_tokens"] == CAP
 
 
-def test_a_response_without_max_output_tokens_stops_at_the_cap(client: TestClient) -> None:
-    request = {"model": MODEL, "input": STORY, "temperature": 0, "store": False}
-    capped = post(client, "/v1/responses", request)
-    assert capped["usage"]["output_tokens"] == CAP and capped["status"] == "incomplete"
-    assert capped["incomplete_details"] == {"reason": "max_output_tokens"}
-    own = post(client, "/v1/responses", {**request, "max_output_tokens": 9})
-    assert own["usage"]["output_tokens"] == 9
+RESPONSE = {"model": MODEL, "input": STORY, "temperature": 0, "store": False}
+
+
+def test_a_response_without_max_output_tokens_completes_at_the_cap(client: TestClient) -> None:
+    """The node's cap is the length its operator chose: the response is complete (Codex
+    takes an incomplete one for a failed turn); a limit the request set is `incomplete`."""
+    capped = post(client, "/v1/responses", RESPONSE)
+    assert capped["usage"]["output_tokens"] == CAP and capped["status"] == "completed"
+    own = post(client, "/v1/responses", {**RESPONSE, "max_output_tokens": 9})
+    assert own["usage"]["output_tokens"] == 9 and own["status"] == "incomplete"
+    assert own["incomplete_details"] == {"reason": "max_output_tokens"}
+
+
+def test_a_streamed_response_completes_at_the_cap(client: TestClient) -> None:
+    with client.stream("POST", "/v1/responses", json={**RESPONSE, "stream": True}) as response:
+        events = [json.loads(line[6:]) for line in response.iter_lines() if line[:6] == "data: "]
+    last = events[-1]
+    assert last["type"] == "response.completed", last
+    assert last["response"]["usage"]["output_tokens"] == CAP
 
 
 def test_a_message_keeps_its_own_max_tokens(client: TestClient) -> None:
