@@ -6,7 +6,7 @@ entries, `thinking`, `context_management`, `output_config` and max_tokens 32,000
 Its whole prompt (a 7k-character system prompt and 12 to 21 tools, ~10k tokens) is accepted,
 but prefilling it on a loaded 2-core CI box takes minutes, so the test keeps Claude Code's own
 flags to a small turn (`CLAUDE_SMALL_TURN`: `--bare`, one tool, a short system prompt) and a
-96-token output cap. The bundled model is no agent: the test judges that a turn completes with
+128-token output cap. The bundled model is no agent: the test judges that a turn completes with
 no API error, not the answer. Installing Claude Code: tests/agent_clients.py.
 """
 
