@@ -28,7 +28,13 @@ import httpx
 import pytest
 
 MODEL = "smollm2-135m"
-AGENT_NODE_ARGS = ("--model", MODEL, "--ctx", "8192", "--parallel", "1", "--max-tokens", "48")
+# Neither CLI sends a temperature: at 1 the tiny model rambles past any cap (Claude Code, asked
+# for one sentence, wrote 128 tokens of nonsense 4 times running and failed the turn), so the
+# node's default is greedy.
+AGENT_NODE_ARGS = (
+    *("--model", MODEL, "--ctx", "8192", "--parallel", "1"),
+    *("--max-tokens", "48", "--temperature", "0"),
+)
 
 CODEX_VERSION = "0.169.0"
 CODEX_PREFIX = Path(os.environ.get("EDGEBOX_CODEX_PREFIX", Path.home() / ".cache/edgebox-codex"))

@@ -40,5 +40,5 @@ def test_help_lists_the_serve_options() -> None:
     result = edgebox("serve", "--help")
     assert result.returncode == 0
     options = ("--model", "--alias", "--port", "--ctx", "--threads", "--api-key", "--parallel")
-    for option in (*options, "--max-tokens"):
+    for option in (*options, "--max-tokens", "--temperature"):
         assert option in result.stdout

@@ -100,7 +100,7 @@ class ResponseFormat(_Wire):
 
 class _SamplingFields(_Wire):
     model: str = Field(min_length=1)
-    temperature: float = Field(1.0, ge=0.0, le=2.0)
+    temperature: float | None = Field(None, ge=0.0, le=2.0)  # None: the node's default
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     n: int = Field(1, ge=1, le=MAX_N)
     stream: bool = False

@@ -44,6 +44,16 @@ Parallel = Annotated[
 ]
 Threads = Annotated[int | None, typer.Option(help="CPU threads (default: all usable cores).")]
 MaxQueue = Annotated[int, typer.Option(help="Waiting requests before 429.")]
+Temperature = Annotated[
+    float,
+    typer.Option(
+        envvar="EDGEBOX_TEMPERATURE",
+        min=0.0,
+        max=2.0,
+        help="Sampling temperature for requests that set none (like llama-server's --temp); "
+        "agent CLIs (Codex, Claude Code) send none.",
+    ),
+]
 MaxTokens = Annotated[
     int | None,
     typer.Option(

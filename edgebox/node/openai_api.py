@@ -167,6 +167,7 @@ def _plan(
         kv_key=kv_key,
         tools=tools,
         default_max_tokens=state.max_tokens,
+        default_temperature=state.temperature,
     )
 
 

@@ -50,6 +50,7 @@ class NodeState:
     max_body: int = DEFAULT_MAX_BODY
     request_timeout: float | None = None  # per-request override of the runtimes' default
     max_tokens: int | None = None  # `serve --max-tokens`: output cap where a request sets none
+    temperature: float = 1.0  # `serve --temperature`: where a request sets none
     kv_store: KVStore = field(default_factory=KVStore)
     started: float = field(default_factory=time.time)
     telemetry: CachedTelemetry = field(default_factory=CachedTelemetry)

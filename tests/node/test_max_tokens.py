@@ -12,7 +12,9 @@ from typing import Any
 import pytest
 from starlette.testclient import TestClient
 
+from edgebox.api.protocol import ChatCompletionRequest
 from edgebox.node.app import create_app
+from edgebox.node.prompts import generation_plan
 from edgebox.node.state import NodeState
 from edgebox.runtimes.llamacpp import EngineConfig, LlamaCppRuntime
 
@@ -104,3 +106,14 @@ def test_a_message_keeps_its_own_max_tokens(client: TestClient) -> None:
     request = {"model": MODEL, "max_tokens": 9, "messages": [{"role": "user", "content": STORY}]}
     message = post(client, "/v1/messages", {**request, "temperature": 0})
     assert message["usage"]["output_tokens"] == 9 and message["stop_reason"] == "max_tokens"
+
+
+@pytest.mark.parametrize(("asked", "used"), [(None, 0.2), (0.9, 0.9), (0.0, 0.0)])
+def test_serve_temperature_is_the_default_a_request_overrides(
+    asked: float | None, used: float
+) -> None:
+    """`serve --temperature` for requests that set none (Codex and Claude Code send none)."""
+    fields = {} if asked is None else {"temperature": asked}
+    body = ChatCompletionRequest.model_validate({**CHAT, "temperature": None, **fields})
+    plan = generation_plan(body, [], arrived=0.0, timeout=None, default_temperature=0.2)
+    assert plan.sampling[0].temperature == used
