@@ -1,11 +1,13 @@
 """Stored Responses (`store: true`): SQLite on disk, so they survive restarts, kept for a
-bounded count and age, each readable only by the key that created it.
+bounded count, bytes and age, each readable only by the key that created it.
 
 A stored response keeps its Responses object and every input item of the conversation up
 to it (the items of the responses it continued included), so `previous_response_id`
 rebuilds the whole conversation from one row. Owners are hashes of API keys: a key never
 sees another's responses (404, as if they did not exist), and the keys themselves are
-never written. A node without keys has one owner, `local`.
+never written. A node without keys has one owner, `local`. Past the count or byte bound, the
+oldest response of the owner holding the most goes first: a key that floods the store (many
+responses, or large ones padded with echoed tools) evicts its own, never another key's.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from typing import Any
 
 DEFAULT_KEEP = 10_000  # responses kept, newest first
 DEFAULT_MAX_AGE_S = 30 * 86400  # as OpenAI keeps stored responses: 30 days
+DEFAULT_MAX_BYTES = 1 << 30  # of stored JSON in all: a request may be 4 MB, 10k of them 40 GB
 LOCAL_OWNER = "local"
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS responses (
@@ -29,10 +32,12 @@ CREATE TABLE IF NOT EXISTS responses (
     owner TEXT NOT NULL,
     created_at REAL NOT NULL,
     response TEXT NOT NULL,
-    items TEXT NOT NULL
+    items TEXT NOT NULL,
+    size INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS responses_created ON responses (created_at);
 """
+_SIZES = "CREATE INDEX IF NOT EXISTS responses_owner ON responses (owner, created_at, size);"
 
 
 def owner_of(api_key: str | None) -> str:
@@ -62,6 +67,7 @@ class ResponseStore:
         *,
         keep: int = DEFAULT_KEEP,
         max_age_s: float = DEFAULT_MAX_AGE_S,
+        max_bytes: int = DEFAULT_MAX_BYTES,
         clock: Callable[[], float] = time.time,
     ) -> None:
         if path is not None:
@@ -69,6 +75,7 @@ class ResponseStore:
         self.path = path
         self.keep = keep
         self.max_age_s = max_age_s
+        self.max_bytes = max_bytes
         self._clock = clock
         self._lock = threading.Lock()
         self._db = sqlite3.connect(
@@ -79,12 +86,19 @@ class ResponseStore:
                 self._db.execute("PRAGMA journal_mode=WAL")
                 path.chmod(0o600)  # conversations are private
             self._db.executescript(_SCHEMA)
+            columns = [row[1] for row in self._db.execute("PRAGMA table_info(responses)")]
+            if "size" not in columns:  # a database from before the byte bound
+                self._db.execute("ALTER TABLE responses ADD COLUMN size INTEGER NOT NULL DEFAULT 0")
+                self._db.execute("UPDATE responses SET size = length(response) + length(items)")
+            self._db.executescript(_SIZES)
 
     def put(self, owner: str, response: dict[str, Any], items: list[dict[str, Any]]) -> None:
         """Store `response` (by its id) with the conversation's input `items`; prune."""
-        row = (response["id"], owner, self._clock(), _dump(response), _dump(items))
+        text, items_text = _dump(response), _dump(items)
+        size = len(text) + len(items_text)
+        row = (response["id"], owner, self._clock(), text, items_text, size)
         with self._lock, self._db:
-            self._db.execute("INSERT OR REPLACE INTO responses VALUES (?, ?, ?, ?, ?)", row)
+            self._db.execute("INSERT OR REPLACE INTO responses VALUES (?, ?, ?, ?, ?, ?)", row)
             self._prune()
 
     def get(self, owner: str, response_id: str) -> StoredResponse | None:
@@ -111,16 +125,35 @@ class ResponseStore:
         with self._lock:
             return int(self._db.execute("SELECT COUNT(*) FROM responses").fetchone()[0])
 
+    def stored_bytes(self) -> int:
+        with self._lock:
+            return int(self._db.execute("SELECT TOTAL(size) FROM responses").fetchone()[0])
+
     def _prune(self) -> None:
-        """Past the age limit, or beyond the newest `keep`: gone (the lock is held)."""
+        """Past the age limit: gone. Beyond `keep` or `max_bytes`: the oldest of the owner
+        holding the most (by count or by bytes, whichever is exceeded) go, down to 1% under
+        the bound so that the next puts find room at once (the lock is held)."""
         self._db.execute(
             "DELETE FROM responses WHERE created_at < ?", (self._clock() - self.max_age_s,)
         )
-        self._db.execute(
-            "DELETE FROM responses WHERE id IN (SELECT id FROM responses "
-            "ORDER BY created_at DESC, rowid DESC LIMIT -1 OFFSET ?)",
-            (self.keep,),
-        )
+        count, size = self._db.execute("SELECT COUNT(*), TOTAL(size) FROM responses").fetchone()
+        if count <= self.keep and size <= self.max_bytes:
+            return
+        keep, max_bytes = self.keep - self.keep // 100, self.max_bytes - self.max_bytes // 100
+        while True:
+            owners = self._db.execute(
+                "SELECT owner, COUNT(*), TOTAL(size) FROM responses GROUP BY owner"
+            ).fetchall()
+            count, size = sum(o[1] for o in owners), sum(o[2] for o in owners)
+            if count <= keep and size <= max_bytes:
+                return
+            by = 1 if count > keep else 2
+            heaviest = max(owners, key=lambda o: o[by])[0]
+            self._db.execute(
+                "DELETE FROM responses WHERE rowid IN (SELECT rowid FROM responses "
+                "WHERE owner = ? ORDER BY created_at, rowid LIMIT ?)",
+                (heaviest, count - keep if by == 1 else 1),
+            )
 
     def close(self) -> None:
         with self._lock:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from urllib.parse import urljoin, urlsplit
 
 SLICE = 1 << 20  # bytes per readinto: the rate limit and cancellation act this often
+REDIRECT_BODY = 64 << 10  # read of a redirect's body; longer, the connection is dropped
 MAX_REDIRECTS = 5
 
 
@@ -25,13 +26,15 @@ class SourceError(Exception):
 @dataclass(frozen=True)
 class RangeAsk:
     """Fill `buf` with the bytes of `url` from `start`; `on_block(n)` after each slice (it may
-    raise to stop: cancellation, a rate limit's wait)."""
+    raise to stop: cancellation, a rate limit's wait). A `peer` is held to its own host: its
+    redirects elsewhere are not followed (a LAN stranger does not aim the node's requests)."""
 
     url: str
     headers: dict[str, str]
     start: int
     buf: memoryview
     on_block: Callable[[int], None]
+    kind: str = "internet"  # or "peer"
 
 
 class RangeClient:
@@ -66,6 +69,8 @@ class RangeClient:
             parts = urlsplit(url)
             if parts.scheme not in ("http", "https") or not parts.netloc:
                 raise SourceError(f"not an http(s) URL: {parts.scheme}://…")
+            if ask.kind == "peer" and parts.netloc != origin:
+                raise SourceError(f"{origin}: a peer's redirect to another host is not followed")
             send = dict(ask.headers) if parts.netloc == origin else {}  # keys stay with their host
             send["Range"] = f"bytes={ask.start}-{ask.start + len(ask.buf) - 1}"
             conn = self._connection(parts.scheme, parts.netloc)
@@ -89,7 +94,9 @@ class RangeClient:
         conn.request("GET", target, headers=headers)
         resp = conn.getresponse()
         if resp.status in (301, 302, 303, 307, 308):
-            resp.read()
+            resp.read(REDIRECT_BODY)
+            if not resp.isclosed():  # a body without end: not read, not reused
+                conn.close()
             return resp.headers.get("location") or ""
         if resp.status not in (200, 206) or (resp.status == 200 and ask.start):
             raise SourceError(f"{conn.host}: HTTP {resp.status}")

@@ -1,8 +1,8 @@
 """What a GGUF file says about itself: architecture, context length, quantisation, name.
 
 A small reader of the GGUF header only, bounded in everything it reads (key count, string
-lengths, bytes read in all), so a hostile or truncated file costs at most `MAX_HEADER_BYTES`
-of reading and ends in `None` fields, never an exception for the caller."""
+lengths, array nesting, bytes read in all), so a hostile or truncated file costs at most
+`MAX_HEADER_BYTES` of reading and ends in `None` fields, never an exception for the caller."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from typing import BinaryIO
 MAX_HEADER_BYTES = 64 << 20  # tokenizer vocabularies live here: a 256k vocab is ~5 MB
 MAX_KEYS = 100_000
 MAX_STRING = 1 << 20
+MAX_DEPTH = 8  # arrays of arrays: real files nest one level, a hostile one thousands
 _SCALARS = dict(enumerate("BbHhIif?")) | {10: "Q", 11: "q", 12: "d"}  # type → struct format
 # llama.cpp's `general.file_type` (enum llama_ftype) → the name quantisers print
 FILE_TYPES = {
@@ -88,7 +89,9 @@ class GgufInfo:
     name: str | None = None
 
 
-def _value(r: _Bounded, kind: int, keep: bool) -> object:
+def _value(r: _Bounded, kind: int, depth: int = 0) -> object:
+    if depth > MAX_DEPTH:
+        raise ValueError("GGUF arrays nested deeper than the reader's bound")
     if kind in _SCALARS:
         return r.unpack(_SCALARS[kind])[0]
     if kind == 8:
@@ -100,7 +103,7 @@ def _value(r: _Bounded, kind: int, keep: bool) -> object:
             r.read(struct.calcsize("<" + _SCALARS[item]) * count)
         else:
             for _ in range(count):
-                _value(r, item, False)
+                _value(r, item, depth + 1)
         return None
     raise ValueError(f"unknown GGUF value type {kind}")
 
@@ -116,7 +119,7 @@ def _keys(path: Path) -> dict[str, object]:
             key = r.string()
             (kind,) = r.unpack("I")
             assert isinstance(kind, int)
-            values[key] = _value(r, kind, True)
+            values[key] = _value(r, kind)
             arch = values.get("general.architecture")
             if arch and all(k in values for k in _WANTED) and f"{arch}.context_length" in values:
                 break

@@ -15,6 +15,7 @@ that the network answers (offline), and that the disk has room for what is still
 
 from __future__ import annotations
 
+import contextlib
 import re
 import shutil
 import threading
@@ -53,6 +54,7 @@ from edgebox.models.transfer import (
     Source,
     SourcePool,
     TransferError,
+    bounded_get,
     peer_chunk_plan,
 )
 
@@ -61,6 +63,7 @@ SPLIT = re.compile(r"^(?P<stem>.+)-(?P<part>\d{5})-of-(?P<count>\d{5})\.gguf$")
 MAX_SPLIT_PARTS = 256
 MAX_SPEC = 2048
 FREE_MARGIN = 16 << 20  # keep this much free beyond the download itself
+MAX_MANIFEST_BYTES = 16 << 20  # a peer's manifest, read whole: a 256-part model's fits
 
 
 @dataclass
@@ -99,9 +102,9 @@ def _peer_manifest(client: httpx.Client, name: str, peers: list[Peer]) -> Manife
         headers = {"Authorization": f"Bearer {peer.key}"} if peer.key else {}
         url = f"{peer.url.rstrip('/')}/v1/store/models/{quote(name, safe='')}"
         try:
-            r = client.get(url, headers=headers)
-            if r.status_code == 200:
-                return Manifest.model_validate_json(r.content)
+            status, body = bounded_get(client, url, headers, MAX_MANIFEST_BYTES)
+            if status == 200:
+                return Manifest.model_validate_json(body)
         except (httpx.HTTPError, ValueError):
             continue
     raise PullError(f"no peer has a model named {name} (asked {len(peers)})")
@@ -110,7 +113,11 @@ def _peer_manifest(client: httpx.Client, name: str, peers: list[Peer]) -> Manife
 def _from_peers(client: httpx.Client, spec: str, peers: list[Peer], name: str | None) -> PullPlan:
     manifest = _peer_manifest(client, spec, peers)
     files = [RemoteFile(f.path, None, f.size, f.sha256, "peer") for f in manifest.files]
-    return PullPlan(name or manifest.name, "peer", files, manifest.aliases, manifest=manifest)
+    # Specs it was pulled as (ORG/REPO:FILE, URLs) travel on, so a node that pulled it by
+    # name serves it by spec offline; a plain name it claims (another model's) is dropped.
+    asked = [] if NAME.match(spec) else [spec]
+    aliases = list(dict.fromkeys(asked + [a for a in manifest.aliases if not NAME.match(a)]))
+    return PullPlan(name or manifest.name, "peer", files, aliases, manifest=manifest)
 
 
 def _url_plan(
@@ -202,6 +209,25 @@ def check_room(store: ModelStore, plan: PullPlan) -> None:
         )
 
 
+def check_model_files(store: ModelStore, manifest: Manifest) -> None:
+    """StoreError unless each GGUF file starts as one (and each `.onnx` file as a protobuf
+    model does): a URL that answers with something else (an internal service's page, cloud
+    credentials) is no model, and its bytes leave the store rather than become a blob that
+    peers and inference keys can fetch."""
+    for file in manifest.files:
+        onnx = Path(file.path).suffix.lower() == ".onnx"
+        magic = b"GGUF" if manifest.format == "gguf" else b"\x08" if onnx else b""
+        path = store.file_path(file)
+        with path.open("rb") if path else contextlib.nullcontext(None) as f:
+            head = f.read(len(magic)) if f else b""
+        if head != magic:
+            kept = {d for m in store.list() for d in m.digests()}
+            for bad in manifest.digests() - kept:
+                store.blob_path(bad).unlink(missing_ok=True)
+            kind = "an ONNX" if onnx else "a GGUF"
+            raise StoreError(f"{file.path} is not {kind} file; nothing was kept")
+
+
 class Pull:
     """One pull into `store`, watched through `progress` and `state` from other threads."""
 
@@ -254,20 +280,16 @@ class Pull:
             )
         check_room(self.store, self.plan)
         files = [self._file(f) for f in self.plan.files]
-        return self.store.save(self._manifest(files))
+        manifest = self._manifest(files)
+        check_model_files(self.store, manifest)
+        return self.store.save(manifest)
 
     def _manifest(self, files: list[ModelFile]) -> Manifest:
-        if self.plan.manifest is not None:
-            return self.plan.manifest.model_copy(
-                update={
-                    "name": self.plan.name,
-                    "files": files,
-                    "source": "peer",
-                    "added_at": time.time(),
-                }
-            )
+        """The pulled model's manifest: its names as this pull asked, its facts as its own
+        header gives them (a peer's manifest says only which files and of which format)."""
         first = self.store.blob_path(files[0].sha256)
-        fmt = detect_format(Path(files[0].path))
+        peer = self.plan.manifest
+        fmt = peer.format if peer is not None else detect_format(Path(files[0].path))
         base = Manifest(
             name=self.plan.name,
             aliases=self.plan.aliases,

@@ -31,6 +31,7 @@ from edgebox.models._ranges import RangeAsk, RangeClient, SourceError
 from edgebox.models.store import (
     DEFAULT_CHUNK_SIZE,
     DIGEST,
+    MAX_CHUNKS,
     ModelStore,
     check_digest,
     chunk_count,
@@ -39,6 +40,10 @@ from edgebox.models.store import (
 CONNECT_TIMEOUT_S = 5.0
 READ_TIMEOUT_S = 30.0
 MAX_ATTEMPTS_PER_CHUNK = 5
+# What a peer's chunk list may say: a chunk is held in memory while it is verified, and the
+# list itself is read whole, so both are bounded before a stranger's numbers are believed.
+MIN_CHUNK_SIZE, MAX_CHUNK_SIZE = 64 << 10, 64 << 20
+MAX_CHUNK_LIST_BYTES = MAX_CHUNKS * 70 + (64 << 10)
 
 
 class TransferError(Exception):
@@ -129,15 +134,20 @@ def peer_chunk_plan(
     for peer in peers:
         source = peer.blob_source(digest)
         try:
-            r = client.get(source.url + "/chunks", headers=dict(source.headers))
+            status, body = bounded_get(
+                client, source.url + "/chunks", dict(source.headers), MAX_CHUNK_LIST_BYTES
+            )
         except httpx.HTTPError as exc:
             left_out.append(f"{peer.url}: unreachable ({type(exc).__name__})")
             continue
-        if r.status_code != 200:
-            left_out.append(f"{peer.url}: HTTP {r.status_code}")
+        except ValueError as exc:
+            left_out.append(f"{peer.url}: bad chunk list ({exc})")
+            continue
+        if status != 200:
+            left_out.append(f"{peer.url}: HTTP {status}")
             continue
         try:
-            plan = _parse_chunk_list(r.json(), digest)
+            plan = _parse_chunk_list(json.loads(body), digest)
         except (ValueError, TypeError, KeyError) as exc:
             left_out.append(f"{peer.url}: bad chunk list ({exc})")
             continue
@@ -153,10 +163,30 @@ def peer_chunk_plan(
     return plans[best], answers[best], left_out
 
 
+def bounded_get(
+    client: httpx.Client, url: str, headers: dict[str, str], limit: int
+) -> tuple[int, bytes]:
+    """(status, body) of a GET to a peer whose body is at most `limit` bytes; ValueError past
+    that (a peer that answers without end is cut off, not read into memory). A redirect is
+    answered as it is, not followed: a peer does not aim the node's requests elsewhere."""
+    with client.stream("GET", url, headers=headers, follow_redirects=False) as r:
+        body = bytearray()
+        for piece in r.iter_bytes():
+            body += piece
+            if len(body) > limit:
+                raise ValueError(f"answer longer than {limit} bytes")
+        return r.status_code, bytes(body)
+
+
 def _parse_chunk_list(body: dict[str, object], digest: str) -> ChunkPlan:
     size, chunk_size, chunks = body["size"], body["chunk_size"], body["chunks"]
     if not (isinstance(size, int) and isinstance(chunk_size, int) and isinstance(chunks, list)):
         raise ValueError("size, chunk_size and chunks must be integers and a list")
+    if not MIN_CHUNK_SIZE <= chunk_size <= MAX_CHUNK_SIZE or len(chunks) > MAX_CHUNKS:
+        raise ValueError(
+            f"chunk_size must be {MIN_CHUNK_SIZE} to {MAX_CHUNK_SIZE} bytes, in at most "
+            f"{MAX_CHUNKS} chunks"
+        )
     if size < 0 or chunk_size <= 0 or len(chunks) != chunk_count(size, chunk_size):
         raise ValueError("the chunk count does not match size and chunk_size")
     if not all(isinstance(c, str) and DIGEST.match(c) for c in chunks):
@@ -323,7 +353,8 @@ class BlobFetch:
                 raise TransferError("cancelled")
 
         try:
-            ask = RangeAsk(source.url, dict(source.headers), start, memoryview(buf), block)
+            headers = dict(source.headers)
+            ask = RangeAsk(source.url, headers, start, memoryview(buf), block, source.kind)
             self.ranges.read_into(ask)
         except BaseException:
             self.progress.add(source.name, -got)

@@ -7,6 +7,11 @@ peers its agent knows (the hub's registry of who holds which blob, or mDNS neigh
 The answer is 202 with the job; the spec is checked (bad spec, 404, offline, disk full) in
 the job, whose `state` goes queued → running → done | failed, with `error` saying why.
 A job reports bytes done and total, bytes per source and the source of each chunk.
+
+A spec that is a path on the node must be a GGUF file (its first bytes say so): the admin
+key pulls models, it does not read the node's files (a key, a folder of secrets), whose bytes
+every inference key could then fetch from `/v1/blobs/`. Other local models are registered on
+the node itself (`edgebox pull PATH`).
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import asyncio
 import itertools
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -128,6 +134,14 @@ async def start_pull(request: Request) -> Response:
         url = peer if isinstance(peer, str) else peer.url
         if not url.startswith(("http://", "https://")) or len(url) > 512:
             raise APIError(400, "peers are http(s) URLs", param="peers", code="bad_peer")
+    if not await asyncio.to_thread(_model_or_remote, body.spec):
+        raise APIError(
+            400,
+            "a local path pulled through the admin API must be a GGUF file; register other "
+            "files on the node itself (`edgebox pull PATH`)",
+            param="spec",
+            code="not_a_model_file",
+        )
     job = PullJob(body)
     jobs = state.pulls
     jobs[job.id] = job
@@ -137,6 +151,21 @@ async def start_pull(request: Request) -> Response:
     threading.Thread(target=_run, args=(job, state), name=job.id, daemon=True).start()
     await asyncio.sleep(0)
     return JSONResponse(job.to_json(), status_code=202)
+
+
+def _model_or_remote(spec: str) -> bool:
+    """False for a spec naming something on this node's disk that is not a GGUF file (what
+    it links to is read, so a `model.gguf` link to a secret is refused too)."""
+    if spec.startswith(("http://", "https://")):
+        return True
+    try:
+        local = Path(spec).expanduser()
+        if not local.exists():
+            return True  # a name or a Hugging Face spec
+        with local.open("rb") as f:  # a folder raises IsADirectoryError
+            return local.is_file() and f.read(4) == b"GGUF"
+    except (OSError, ValueError, RuntimeError):
+        return False
 
 
 async def pull_status(request: Request) -> Response:

@@ -32,7 +32,12 @@ def test_not_probed_yet_then_probed_for_real(cache: Path) -> None:
     assert before is not None and before["status"] == "not probed" and before["enabled"]
     assert before["cache"] == str(cache / "cpu_extra_buffers.json")
     after = cpu_extra_buffers(LLAMA, run_probe=True)
-    assert after is not None and after["status"] == "probed ok" and after["enabled"]
+    assert after is not None
+    if "amx_tile" in cpu_probe.cpu_identity()[1] and after["status"] != "probed ok":
+        # a Xeon VM that advertises AMX and faults on it (the CI's Intel kind): shown as off
+        assert after["fallback"] and after["enabled"] is False and "SIGSEGV" in after["detail"]
+    else:
+        assert after["status"] == "probed ok" and after["enabled"]
     assert (cache / "cpu_extra_buffers.json").is_file()
 
 

@@ -211,7 +211,7 @@ def test_a_node_finds_its_peers_over_mdns_when_no_peers_are_named(lan: Lan, tmp_
     """Real `edgebox serve` nodes on a LAN without a hub: a pull without `peers` asks the
     mDNS neighbours (sharing a --fleet-key) and gets the model from the one that has it."""
     payload = tmp_path / "rand.gguf"
-    payload.write_bytes(os.urandom(20 << 20))
+    payload.write_bytes(b"GGUF" + os.urandom((20 << 20) - 4))  # a GGUF as far as a pull checks
     ModelStore(tmp_path / "a-store").add_local(payload, "rand", link=False)
     nodes = {}
     for name, host in (("a", 1), ("b", 2)):
