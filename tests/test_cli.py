@@ -39,5 +39,6 @@ def test_serve_with_an_unavailable_model_fails_in_one_line_without_traceback() -
 def test_help_lists_the_serve_options() -> None:
     result = edgebox("serve", "--help")
     assert result.returncode == 0
-    for option in ("--model", "--alias", "--port", "--ctx", "--threads", "--api-key", "--parallel"):
+    options = ("--model", "--alias", "--port", "--ctx", "--threads", "--api-key", "--parallel")
+    for option in (*options, "--max-tokens", "--temperature"):
         assert option in result.stdout

@@ -39,6 +39,8 @@ class NodeConfig:
     parallel: int = 0
     threads: int | None = None
     max_queue: int = 64
+    max_tokens: int | None = None  # output cap for requests that set none; None: the context
+    temperature: float = 1.0  # for requests that set none
     request_timeout: float = 600.0
     prefill_chunk: int = 256
     flash_attn: str = "auto"
@@ -79,6 +81,10 @@ class NodeConfig:
             )
         if self.responses_keep < 1 or self.responses_max_days <= 0:
             raise AgentError("--responses-keep and --responses-max-days must be positive")
+        if self.max_tokens is not None and self.max_tokens < 1:
+            raise AgentError(f"--max-tokens must be at least 1, not {self.max_tokens}")
+        if not 0.0 <= self.temperature <= 2.0:
+            raise AgentError(f"--temperature must be within 0 and 2, not {self.temperature}")
         if self.flash_attn not in SWITCHES:
             raise AgentError(f"--flash-attn must be auto, on or off, not {self.flash_attn!r}")
         if self.cpu_extra_buffers not in SWITCHES:

@@ -103,6 +103,8 @@ class NodeAgent:
             fast_paths=self.runtimes.fast_paths,
             memory_budget=self.config.memory_budget,
             keep_alive_s=self.config.keep_alive_s,
+            max_tokens=self.config.max_tokens,
+            temperature=self.config.temperature,
             responses=self._response_store(),
         )
         self.state.remember_served(specs)

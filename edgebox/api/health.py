@@ -129,6 +129,7 @@ class HealthReport(_Part):
     memory_budget: int | None = None  # bytes the node's models may take
     memory_used: int | None = None  # bytes its loaded models (and loads under way) hold
     model_events: tuple[ModelEvent, ...] = ()
+    max_tokens: int | None = None  # `serve --max-tokens`: output cap where a request sets none
 
     @field_validator("available", mode="before")
     @classmethod

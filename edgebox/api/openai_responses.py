@@ -235,9 +235,14 @@ def responses_param(param: str | None, req: ResponseCreateRequest) -> str | None
 
 
 def chat_to_response(
-    chat_completion: dict[str, Any], req: ResponseCreateRequest, response_id: str, created_at: int
+    chat_completion: dict[str, Any],
+    req: ResponseCreateRequest,
+    response_id: str,
+    created_at: int,
+    node_limit: int | None = None,
 ) -> dict[str, Any]:
-    """The Responses object for a (non-streamed) chat completion of `to_chat_body(req, …)`."""
+    """The Responses object for a (non-streamed) chat completion of `to_chat_body(req, …)`;
+    `node_limit`: the answering node's `--max-tokens`, when it set the limit (see `finished`)."""
     response = response_shell(req, response_id, created_at, "completed")
     choice = (chat_completion.get("choices") or [{}])[0]
     message = choice.get("message") or {}
@@ -246,7 +251,8 @@ def chat_to_response(
     if text or not calls:
         response["output"].append(message_item(text))
     response["output"].extend(call_item(call) for call in calls)
-    return finished(response, choice.get("finish_reason"), chat_completion.get("usage"))
+    usage = chat_completion.get("usage")
+    return finished(response, choice.get("finish_reason"), usage, node_limit)
 
 
 def output_text(response: dict[str, Any]) -> str:

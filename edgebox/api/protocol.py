@@ -13,6 +13,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from edgebox.api.errors import APIError
 
 MAX_N = 16
+# On a node's chat or completion answer: the node's `--max-tokens`, when it (not the request)
+# set the output limit. A Responses answer that stops there is complete, not incomplete.
+NODE_LIMIT_HEADER = "x-edgebox-max-tokens"
 MAX_STOP = 4
 MAX_STOP_CHARS = 256  # per stop sequence: the engine holds back this much text per token
 MAX_NAME_CHARS = 256
@@ -97,7 +100,7 @@ class ResponseFormat(_Wire):
 
 class _SamplingFields(_Wire):
     model: str = Field(min_length=1)
-    temperature: float = Field(1.0, ge=0.0, le=2.0)
+    temperature: float | None = Field(None, ge=0.0, le=2.0)  # None: the node's default
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     n: int = Field(1, ge=1, le=MAX_N)
     stream: bool = False

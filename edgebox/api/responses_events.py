@@ -31,8 +31,15 @@ def event_bytes(event: dict[str, Any]) -> bytes:
 class ResponseEventStream:
     """One streamed response's events; `response` is the Responses object so far."""
 
-    def __init__(self, req: ResponseCreateRequest, response_id: str, created_at: int) -> None:
+    def __init__(
+        self,
+        req: ResponseCreateRequest,
+        response_id: str,
+        created_at: int,
+        node_limit: int | None = None,  # the node's `--max-tokens`, when it set the limit
+    ) -> None:
         self.response = response_shell(req, response_id, created_at, "in_progress")
+        self._node_limit = node_limit
         self._sequence = 0
         self._text: list[str] | None = None  # the open message's text, while one is open
         self._call: dict[str, Any] | None = None  # the open function_call item
@@ -180,7 +187,7 @@ class ResponseEventStream:
         events = self._close_text() + self._close_call()
         if not self.response["output"]:  # no text and no call: an empty message, as OpenAI has
             events += self._open_message() + self._close_text()
-        finished(self.response, self._finish_reason, self._usage)
+        finished(self.response, self._finish_reason, self._usage, self._node_limit)
         self.done = True
         kind = (
             "response.incomplete"

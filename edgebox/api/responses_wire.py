@@ -319,10 +319,16 @@ def call_item(call: dict[str, Any], status: str = "completed") -> dict[str, Any]
     }
 
 
-def finished(response: dict[str, Any], finish_reason: str | None, usage: Any) -> dict[str, Any]:
-    """`response` completed, or incomplete when the output hit its token limit."""
+def finished(
+    response: dict[str, Any], finish_reason: str | None, usage: Any, node_limit: int | None = None
+) -> dict[str, Any]:
+    """`response` completed, or incomplete when the output hit its token limit. Output that
+    stopped at `node_limit` (the node's `--max-tokens`, for a request that set no limit) is
+    complete: the node's operator chose that length, as a model chooses to stop, and agent
+    clients (Codex) take an incomplete response for a failed turn."""
     response["usage"] = _usage(usage)
-    if finish_reason == "length":
+    at_node_limit = node_limit is not None and response["usage"]["output_tokens"] >= node_limit
+    if finish_reason == "length" and not at_node_limit:
         response["status"] = "incomplete"
         response["incomplete_details"] = {"reason": "max_output_tokens"}
     else:

@@ -44,6 +44,27 @@ Parallel = Annotated[
 ]
 Threads = Annotated[int | None, typer.Option(help="CPU threads (default: all usable cores).")]
 MaxQueue = Annotated[int, typer.Option(help="Waiting requests before 429.")]
+Temperature = Annotated[
+    float,
+    typer.Option(
+        envvar="EDGEBOX_TEMPERATURE",
+        min=0.0,
+        max=2.0,
+        help="Sampling temperature for requests that set none (like llama-server's --temp); "
+        "agent CLIs (Codex, Claude Code) send none.",
+    ),
+]
+MaxTokens = Annotated[
+    int | None,
+    typer.Option(
+        envvar="EDGEBOX_MAX_TOKENS",
+        min=1,
+        help="Output tokens per request when the request sets no limit of its own (like "
+        "llama-server's -n; default: until the context ends). A request's own max_tokens, "
+        "max_completion_tokens or max_output_tokens wins.",
+        show_default=False,
+    ),
+]
 RequestTimeout = Annotated[
     float, typer.Option(help="Seconds a request may take, queue wait included (0: no limit).")
 ]

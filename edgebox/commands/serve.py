@@ -32,6 +32,8 @@ def serve(
     parallel: opt.Parallel = 0,
     threads: opt.Threads = None,
     max_queue: opt.MaxQueue = 64,
+    max_tokens: opt.MaxTokens = None,
+    temperature: opt.Temperature = 1.0,
     request_timeout: opt.RequestTimeout = 600.0,
     prefill_chunk: opt.PrefillChunk = 256,
     flash_attn: opt.FlashAttn = "auto",

@@ -15,7 +15,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from edgebox.api.body import read_json
 from edgebox.api.errors import APIError, from_validation_error
 from edgebox.api.kv import KV_HEADER
-from edgebox.api.protocol import ChatCompletionRequest, CompletionRequest
+from edgebox.api.protocol import NODE_LIMIT_HEADER, ChatCompletionRequest, CompletionRequest
 from edgebox.api.sse import SSE_DONE, sse
 from edgebox.node.admin import refuse_if_draining
 from edgebox.node.generation import ChoiceStreams
@@ -160,7 +160,14 @@ def _plan(
 ) -> GenerationPlan:
     kv_key = request.headers.get(KV_HEADER)
     return generation_plan(
-        body, prompts, arrived=arrived, timeout=state.request_timeout, kv_key=kv_key, tools=tools
+        body,
+        prompts,
+        arrived=arrived,
+        timeout=state.request_timeout,
+        kv_key=kv_key,
+        tools=tools,
+        default_max_tokens=state.max_tokens,
+        default_temperature=state.temperature,
     )
 
 
@@ -239,13 +246,15 @@ def _start(
 
 async def _respond(request: Request, generation: Generation) -> Response:
     """Stream the answer as SSE, or collect it into one JSON body."""
+    limit = generation.plan.node_limit
+    said = {NODE_LIMIT_HEADER: str(limit)} if limit is not None else {}
     if generation.plan.stream:
         return StreamingResponse(
             _sse(chunks(generation)),
             media_type="text/event-stream",
-            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **said},
         )
-    return JSONResponse(await collect(request, generation))
+    return JSONResponse(await collect(request, generation), headers=said)
 
 
 async def _sse(payloads: AsyncIterator[dict[str, Any]]) -> AsyncIterator[bytes]:

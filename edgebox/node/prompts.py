@@ -188,8 +188,13 @@ def check_max_tokens(runtime: Runtime, limit: int | None, param: str) -> None:
 
 
 def sampling(
-    body: ChatCompletionRequest | CompletionRequest, *, logprobs: int | None, choice: int
+    body: ChatCompletionRequest | CompletionRequest,
+    *,
+    logprobs: int | None,
+    choice: int,
+    temperature: float = 1.0,
 ) -> SamplingParams:
+    """The request's sampling; `temperature` (`serve --temperature`) where it sets none."""
     fmt: ResponseFormat | None = body.response_format
     json_schema = None
     if fmt is not None and fmt.type == "json_schema":
@@ -203,7 +208,7 @@ def sampling(
         json_schema = fmt.json_schema.schema_
     seed = None if body.seed is None else body.seed + choice
     return SamplingParams(
-        temperature=body.temperature,
+        temperature=temperature if body.temperature is None else body.temperature,
         top_p=body.top_p,
         top_k=body.top_k,
         min_p=body.min_p,
@@ -253,6 +258,7 @@ class GenerationPlan:
     timeout: float | None  # the node's deadline per sequence, seconds from submission
     kv_key: str | None = None  # X-Edgebox-KV: a KV snapshot uploaded for this prompt
     tools: ToolPlan | None = None  # chat: how tool calls are offered and read back
+    node_limit: int | None = None  # `serve --max-tokens`, when it (not the request) set max_tokens
 
     @property
     def n(self) -> int:
@@ -294,10 +300,14 @@ def generation_plan(
     timeout: float | None,
     kv_key: str | None = None,
     tools: ToolPlan | None = None,
+    default_max_tokens: int | None = None,
+    default_temperature: float = 1.0,
 ) -> GenerationPlan:
-    """The plan for a validated request whose prompts are tokenized and checked."""
+    """The plan for a validated request whose prompts are tokenized and checked;
+    `default_max_tokens` (`serve --max-tokens`) caps output where the request sets no limit."""
     chat = isinstance(body, ChatCompletionRequest)
     logprobs = logprobs_of(body)
+    own_limit = max_tokens_of(body)[0]
     constraint = tools.constraint if tools is not None else None
     return GenerationPlan(
         kind="chat" if chat else "completion",
@@ -305,10 +315,13 @@ def generation_plan(
         prompts=tuple(prompts),
         prompt_param="messages" if chat else "prompt",
         sampling=tuple(
-            dataclasses.replace(sampling(body, logprobs=logprobs, choice=j), tools=constraint)
+            dataclasses.replace(
+                sampling(body, logprobs=logprobs, choice=j, temperature=default_temperature),
+                tools=constraint,
+            )
             for j in range(body.n)
         ),
-        max_tokens=max_tokens_of(body)[0],
+        max_tokens=own_limit or default_max_tokens,
         stop=tuple(body.stop or ()),
         stream=bool(body.stream),
         include_usage=bool(
@@ -319,4 +332,5 @@ def generation_plan(
         timeout=timeout,
         kv_key=kv_key,
         tools=tools,
+        node_limit=default_max_tokens if own_limit is None else None,
     )

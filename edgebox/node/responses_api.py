@@ -72,7 +72,8 @@ async def create_response(request: Request) -> Response:
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
-    response = chat_to_response(await collect(request, generation), req, response_id, created)
+    chat = await collect(request, generation)
+    response = chat_to_response(chat, req, response_id, created, generation.plan.node_limit)
     if req.store:
         await off_loop(state.responses.put, owner, response, items)
     return JSONResponse(response)
@@ -103,7 +104,7 @@ async def _events(
 ) -> AsyncIterator[bytes]:
     """The Responses events of a streamed chat; a stored response is saved before the
     event that completes it, so the client's next turn can continue from it at once."""
-    stream = ResponseEventStream(req, response_id, created)
+    stream = ResponseEventStream(req, response_id, created, generation.plan.node_limit)
     for event in stream.start():
         yield event_bytes(event)
     async for chunk in chunks(generation):

@@ -49,6 +49,8 @@ class NodeState:
     embedders: dict[str, EmbeddingRuntime] = field(default_factory=dict)
     max_body: int = DEFAULT_MAX_BODY
     request_timeout: float | None = None  # per-request override of the runtimes' default
+    max_tokens: int | None = None  # `serve --max-tokens`: output cap where a request sets none
+    temperature: float = 1.0  # `serve --temperature`: where a request sets none
     kv_store: KVStore = field(default_factory=KVStore)
     started: float = field(default_factory=time.time)
     telemetry: CachedTelemetry = field(default_factory=CachedTelemetry)
@@ -219,6 +221,7 @@ class NodeState:
                 queued=sum(m.queued for m in load.values()),
                 models=load,
             ),
+            max_tokens=self.max_tokens,
             **self._residency_fields(),
         )
         if self.node is not None:

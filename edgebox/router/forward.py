@@ -24,12 +24,19 @@ from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from edgebox.api.errors import APIError
+from edgebox.api.protocol import NODE_LIMIT_HEADER
 from edgebox.api.sse import SSE_DONE, sse
 
 log = logging.getLogger("edgebox.router")
 
 ROUTE_HEADER = "x-edgebox-route"
-_PASSED_HEADERS = ("content-type", "retry-after", "x-request-id", "openai-processing-ms")
+_PASSED_HEADERS = (
+    "content-type",
+    "retry-after",
+    "x-request-id",
+    "openai-processing-ms",
+    NODE_LIMIT_HEADER,  # the answering node's --max-tokens: /v1/responses reads it
+)
 
 
 class TargetFailed(Exception):

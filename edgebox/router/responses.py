@@ -32,6 +32,7 @@ from edgebox.api.openai_responses import (
     responses_param,
     to_chat_body,
 )
+from edgebox.api.protocol import NODE_LIMIT_HEADER
 from edgebox.api.response_store import ResponseStore, StoredResponse, owner_of
 from edgebox.router.front import (
     CHAT_PATH,
@@ -66,11 +67,19 @@ async def create_response(request: Request) -> Response:
     )
     if answer.status_code >= 400:
         return _error(answer, req)
+    turn.node_limit = node_limit(answer)
     if is_stream(answer):
         return restreamed(answer, turn.events)
-    response = chat_to_response(answer_json(answer) or {}, req, turn.response_id, turn.created)
+    chat = answer_json(answer) or {}
+    response = chat_to_response(chat, req, turn.response_id, turn.created, turn.node_limit)
     await turn.keep(response)
     return rewritten(answer, response)
+
+
+def node_limit(answer: Response) -> int | None:
+    """The answering node's `--max-tokens`, when it set this answer's limit (see `finished`)."""
+    said = answer.headers.get(NODE_LIMIT_HEADER, "")
+    return int(said) if said.isdigit() else None
 
 
 def _parse(data: Any) -> ResponseCreateRequest:
@@ -127,6 +136,7 @@ class _Turn:
         self.store, self.owner, self.req, self.items = store, owner, req, items
         self.response_id = new_id("resp")
         self.created = int(time.time())
+        self.node_limit: int | None = None  # the answering node's --max-tokens, if it applied
 
     async def keep(self, response: dict[str, Any]) -> None:
         if self.req.store and response.get("status") in ("completed", "incomplete"):
@@ -134,7 +144,7 @@ class _Turn:
 
     async def events(self, chunks: AsyncIterable[Any]) -> AsyncIterator[bytes]:
         """The Responses events for a relayed chat stream; the response kept at its end."""
-        stream = ResponseEventStream(self.req, self.response_id, self.created)
+        stream = ResponseEventStream(self.req, self.response_id, self.created, self.node_limit)
         for event in stream.start():
             yield event_bytes(event)
         async for chunk in chat_chunks(chunks):

@@ -14,6 +14,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from edgebox.api.protocol import NODE_LIMIT_HEADER
 from edgebox.api.sse import SSE_DONE, sse
 from edgebox.router.forward import ROUTE_HEADER
 from edgebox.router.front import chat_chunks
@@ -161,3 +162,39 @@ def test_streams_are_translated_as_they_come_and_a_broken_one_ends_failed(tmp_pa
     assert "event: content_block_delta" in message.text
     assert [e["type"] for e in broken][-2:] == ["error", "response.failed"]
     assert broken[-2]["code"] == "upstream_failed"
+
+
+class CappedNode(StreamingNode):
+    """A node whose `--max-tokens 2` ended the stream: `length`, its cap in the header (or,
+    with `limit` None, a limit the node did not set: the context's end)."""
+
+    limit: str | None = "2"
+
+    def app(self) -> Starlette:
+        async def chat(_: Request) -> Response:
+            async def chunks() -> AsyncIterator[bytes]:
+                end = {"index": 0, "delta": {"content": "Hi"}, "finish_reason": "length"}
+                usage = {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7}
+                yield sse({"object": "chat.completion.chunk", "choices": [end], "usage": usage})
+                yield SSE_DONE
+
+            said = {NODE_LIMIT_HEADER: self.limit} if self.limit else {}
+            return StreamingResponse(chunks(), media_type="text/event-stream", headers=said)
+
+        app = super().app()
+        app.router.routes[-1] = Route("/v1/chat/completions", chat, methods=["POST"])
+        return app
+
+
+def test_a_response_stopped_by_the_nodes_max_tokens_is_completed(tmp_path: Path) -> None:
+    """Codex fails a turn on `response.incomplete`: output the node's cap ended is complete;
+    output cut at a limit the node did not set stays incomplete."""
+    capped, cut = CappedNode(), CappedNode()
+    cut.limit = None
+    asked = {"model": MODEL, "input": "Hi.", "stream": True}
+    ends = []
+    for node in (capped, cut):
+        with routed(tmp_path, node) as client:
+            ends.append(events(client.post("/v1/responses", json=asked).text)[-1])
+    assert ends[0]["type"] == "response.completed", ends[0]
+    assert ends[1]["type"] == "response.incomplete", ends[1]
