@@ -168,10 +168,11 @@ def test_messages_through_the_router_with_tools_and_streaming(fleet: Fleet) -> N
     tool = {"name": "get_weather", "description": "Weather now", "input_schema": CITY}
     message = client.messages.create(
         model=MODEL,
-        max_tokens=40,
+        max_tokens=96,  # a forced call takes ~31 tokens greedy; sampled arguments run longer
         messages=[{"role": "user", "content": "Weather in Oslo?"}],
         tools=[tool],  # type: ignore[list-item]
         tool_choice={"type": "tool", "name": "get_weather"},
+        extra_body={"temperature": 0},
     )
     assert message.stop_reason == "tool_use"
     (use,) = [block for block in message.content if block.type == "tool_use"]
