@@ -6,6 +6,7 @@ import math
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -74,6 +75,27 @@ def test_concurrent_greedy_requests_match_their_solo_runs(runtime: LlamaCppRunti
     assert len(set(solo)) > 1  # the prompts really produce different text
 
 
+def _reference_llama(path: Path, *, extra_buffers: bool) -> Any:
+    """llama-cpp-python's own Llama with the runtime's extra-buffer decision: Llama() has no
+    option for it, and its default (on) dies by SIGSEGV on CPUs that advertise AMX and fault
+    on it (the Intel Xeon CI kind), taking the whole test process with it."""
+    import llama_cpp.llama_cpp as native
+    from llama_cpp import Llama
+
+    default_params = native.llama_model_default_params
+
+    def params() -> Any:
+        chosen = default_params()
+        chosen.use_extra_bufts = extra_buffers
+        return chosen
+
+    native.llama_model_default_params = params  # what Llama() reads its defaults from
+    try:
+        return Llama(str(path), n_ctx=512, n_threads=2, verbose=False, flash_attn=False)
+    finally:
+        native.llama_model_default_params = default_params
+
+
 @pytest.mark.slow
 def test_engine_matches_llama_cpp_python_reference(smollm2_path: Path) -> None:
     """Greedy output follows llama-cpp-python's own evaluation token by token (flash attention
@@ -81,14 +103,13 @@ def test_engine_matches_llama_cpp_python_reference(smollm2_path: Path) -> None:
     CPUs, so a divergence is accepted only where the reference itself sees a near tie between
     its token and ours, and never in the first tokens."""
     import numpy as np
-    from llama_cpp import Llama
 
-    reference = Llama(str(smollm2_path), n_ctx=512, n_threads=2, verbose=False, flash_attn=False)
     rt = LlamaCppRuntime(
         smollm2_path,
         name="ref",
         config=EngineConfig(n_ctx=512, parallel=2, n_threads=2, flash_attn="off"),
     )
+    reference = _reference_llama(smollm2_path, extra_buffers=rt.extra_buffers.enabled)
     try:
         for question in ("What is the capital of France?", "Name three colours."):
             tokens = rt.tokenize(rt.render_chat([{"role": "user", "content": question}]))
