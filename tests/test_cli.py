@@ -2,6 +2,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 
 def edgebox(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -14,8 +15,9 @@ def edgebox(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
     )
 
 
-def test_models_json_lists_the_bundled_models() -> None:
-    result = edgebox("models", "--json")
+def test_models_json_lists_the_bundled_models(tmp_path: Path) -> None:
+    # a home of its own: the store under the user's home lists what earlier runs put there
+    result = edgebox("models", "--json", env={"EDGEBOX_HOME": str(tmp_path)})
     assert result.returncode == 0
     rows = json.loads(result.stdout)
     assert {r["name"] for r in rows} == {"smollm2-135m", "gemma3-270m", "all-minilm-l6-v2"}

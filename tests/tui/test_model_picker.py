@@ -42,7 +42,8 @@ def keyed_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess
 
 
 def served(node: NodeProcess) -> list[str]:
-    return [m["id"] for m in httpx.get(node.base_url + "/models", headers=AUTH).json()["data"]]
+    models = httpx.get(node.base_url + "/models", headers=AUTH).json()["data"]
+    return [m["id"] for m in models if m.get("status", "loaded") == "loaded"]  # not on-disk ones
 
 
 def text_of(app: FleetApp, selector: str) -> str:
