@@ -28,6 +28,24 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def local_cli(*args: str, home: Path) -> subprocess.CompletedProcess[str]:
+    """`edgebox ARGS` as a user on this box would run it: its own home, mDNS on loopback only,
+    no relay host key, a wide terminal so tables do not wrap."""
+    env = os.environ | {
+        "EDGEBOX_HOME": str(home),
+        "EDGEBOX_MDNS_INTERFACES": "lo",
+        "EDGEBOX_SSHD_HOST_KEY": "",
+        "COLUMNS": "200",
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "edgebox", *args],
+        env=env,
+        text=True,
+        capture_output=True,
+        timeout=60,
+    )
+
+
 def wait_until(
     condition: Callable[[], object],
     timeout: float = 10,

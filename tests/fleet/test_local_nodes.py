@@ -12,23 +12,7 @@ from pathlib import Path
 
 from edgebox.fleet.identity import load_identity
 from edgebox.fleet.local_nodes import LocalNode, local_nodes, run_dir
-from tests.conftest import start_node
-
-
-def _cli(*args: str, home: Path) -> subprocess.CompletedProcess[str]:
-    env = os.environ | {
-        "EDGEBOX_HOME": str(home),
-        "EDGEBOX_MDNS_INTERFACES": "lo",
-        "EDGEBOX_SSHD_HOST_KEY": "",
-        "COLUMNS": "200",
-    }
-    return subprocess.run(
-        [sys.executable, "-m", "edgebox", *args],
-        env=env,
-        text=True,
-        capture_output=True,
-        timeout=60,
-    )
+from tests.conftest import local_cli, start_node
 
 
 def test_nodes_and_top_on_the_same_box_find_a_node_on_any_port(tmp_path: Path) -> None:
@@ -50,15 +34,15 @@ def test_nodes_and_top_on_the_same_box_find_a_node_on_any_port(tmp_path: Path) -
     )
     try:
         assert not node.url.endswith(":8080")
-        listed = _cli("nodes", "--json", "--wait", "2", home=home)
+        listed = local_cli("nodes", "--json", "--wait", "2", home=home)
         assert listed.returncode == 0, listed.stderr
         (row,) = [n for n in json.loads(listed.stdout) if n["id"] == identity.node_id]
         assert row["local_url"] == node.url and "local" in row["sources"], row
         assert row["name"] == "desk"
-        table = _cli("nodes", "--wait", "0", home=home)
+        table = local_cli("nodes", "--wait", "0", home=home)
         assert node.url.rsplit(":", 1)[1] in table.stdout, table.stdout
 
-        top = _cli("top", "--once", "--json", "--interval", "0.2", home=home)
+        top = local_cli("top", "--once", "--json", "--interval", "0.2", home=home)
         assert top.returncode == 0, top.stderr
         rows = json.loads(top.stdout)["nodes"]
         assert [(n["url"], n["status"], n["name"]) for n in rows] == [

@@ -5,35 +5,16 @@ names from, whatever its hostname."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import httpx
 
 from edgebox.fleet.identity import load_identity
 from edgebox.fleet.join import join
-from tests.conftest import NodeProcess, free_port, start_node
+from tests.conftest import NodeProcess, free_port, local_cli, start_node
 from tests.fleet.test_hub import PROFILE, Hub
 
 NO_SSHD = Path("/nonexistent")
-
-
-def _cli(*args: str, home: Path) -> subprocess.CompletedProcess[str]:
-    env = os.environ | {
-        "EDGEBOX_HOME": str(home),
-        "EDGEBOX_MDNS_INTERFACES": "lo",
-        "EDGEBOX_SSHD_HOST_KEY": "",
-        "COLUMNS": "200",
-    }
-    return subprocess.run(
-        [sys.executable, "-m", "edgebox", *args],
-        env=env,
-        text=True,
-        capture_output=True,
-        timeout=60,
-    )
 
 
 def test_a_joined_node_goes_by_its_joined_name_everywhere(tmp_path: Path) -> None:
@@ -66,12 +47,12 @@ def test_a_joined_node_goes_by_its_joined_name_everywhere(tmp_path: Path) -> Non
         health = httpx.get(node.url + "/health", timeout=5).json()
         assert health["node"]["name"] == "box2"
 
-        listed = _cli("nodes", "--json", "--wait", "2", home=tmp_path / "laptop")
+        listed = local_cli("nodes", "--json", "--wait", "2", home=tmp_path / "laptop")
         assert listed.returncode == 0, listed.stderr
         ours = [n for n in json.loads(listed.stdout) if n["id"] == identity.node_id]
         assert [n["name"] for n in ours] == ["box2"], listed.stdout  # the mDNS advert
 
-        top = _cli(
+        top = local_cli(
             "top",
             "--once",
             "--json",
