@@ -17,6 +17,7 @@ MAX_N = 16
 # set the output limit. A Responses answer that stops there is complete, not incomplete.
 NODE_LIMIT_HEADER = "x-edgebox-max-tokens"
 MAX_STOP = 4
+MAX_LOGIT_BIAS = 1024  # biased tokens per request
 MAX_STOP_CHARS = 256  # per stop sequence: the engine holds back this much text per token
 MAX_NAME_CHARS = 256
 INT64 = 2**63 - 1
@@ -117,6 +118,24 @@ class _SamplingFields(_Wire):
     min_p: float = Field(0.0, ge=0.0, le=1.0)
     repeat_penalty: float = Field(1.0, gt=0.0)
     grammar: str | None = None
+    # OpenAI's: token id (a string key) -> a bias added to its logit, -100 (ban) to 100
+    logit_bias: dict[str, float] | None = None
+    # llama-server's and vLLM's: never sample end-of-generation tokens (fixed-length benchmarks)
+    ignore_eos: bool = False
+
+    @field_validator("logit_bias")
+    @classmethod
+    def _logit_bias(cls, value: dict[str, float] | None) -> dict[str, float] | None:
+        if not value:
+            return None
+        if len(value) > MAX_LOGIT_BIAS:
+            raise ValueError(f"at most {MAX_LOGIT_BIAS} tokens may be biased")
+        for key, bias in value.items():
+            if not (key.isascii() and key.isdigit() and len(key) <= 10):
+                raise ValueError(f"keys must be token ids (integers from 0); got {key[:16]!r}")
+            if not -100.0 <= bias <= 100.0:
+                raise ValueError(f"the bias of token {key} must be between -100 and 100")
+        return value
 
     @field_validator("stop")
     @classmethod

@@ -23,12 +23,9 @@ from edgebox.runtimes.base import (
     QueueFullError,
     RequestHandle,
     Runtime,
+    SamplingError,
     TokenEvent,
 )
-
-WAKER_IDLE_S = 1.0  # how often an idle waker checks whether its loop has closed
-LAZY_BATCH = 32  # a non-streamed request's events wake the loop this many at a time
-
 
 WAKER_IDLE_S = 1.0  # how often an idle waker checks whether its loop has closed
 LAZY_BATCH = 32  # a non-streamed request's tokens wake the loop this many at a time
@@ -198,6 +195,9 @@ class ChoiceStreams:
         except GrammarError as exc:
             self.cancel()
             raise APIError(400, str(exc), param="response_format", code="invalid_value") from exc
+        except SamplingError as exc:
+            self.cancel()
+            raise APIError(400, str(exc), param=exc.param, code="unsupported_parameter") from exc
         except KVMismatchError as exc:
             self.cancel()
             raise APIError(409, str(exc), param="x-edgebox-kv", code="kv_incompatible") from exc

@@ -26,6 +26,7 @@ from edgebox.node.prompts import (
     PreparedPrompt,
     chat_prompt,
     check_chat_size,
+    check_logit_bias,
     check_max_tokens,
     check_prompt_fits,
     completion_prompts,
@@ -186,6 +187,7 @@ def _prepare_completion(runtime: Runtime, body: CompletionRequest) -> list[Prepa
 
 
 def _prepare_constraint(runtime: Runtime, body: ChatCompletionRequest | CompletionRequest) -> None:
+    check_logit_bias(runtime, body)
     fmt = body.response_format
     if body.grammar or (fmt is not None and fmt.type != "text"):
         params = sampling(body, logprobs=logprobs_of(body), choice=0)

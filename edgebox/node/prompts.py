@@ -220,7 +220,23 @@ def sampling(
         json_mode=fmt is not None and fmt.type == "json_object",
         json_schema=json_schema,
         logprobs=logprobs,
+        logit_bias=tuple((int(k), v) for k, v in (body.logit_bias or {}).items()),
+        ignore_eos=body.ignore_eos,
     )
+
+
+def check_logit_bias(runtime: Runtime, body: ChatCompletionRequest | CompletionRequest) -> None:
+    """Every biased token must be in the model's vocabulary (the keys are checked digits)."""
+    n_vocab = int(runtime.info.metadata.get("n_vocab", 0))
+    outside = [k for k in body.logit_bias or {} if n_vocab and int(k) >= n_vocab]
+    if outside:
+        raise APIError(
+            400,
+            f"logit_bias: token id {outside[0]} is outside this model's vocabulary "
+            f"of {n_vocab} tokens",
+            param="logit_bias",
+            code="invalid_value",
+        )
 
 
 def max_tokens_of(body: ChatCompletionRequest | CompletionRequest) -> tuple[int | None, str]:

@@ -36,6 +36,14 @@ class ToolSchemaError(GrammarError):
         self.index = index
 
 
+class SamplingError(BackendError):
+    """A sampling option this runtime cannot honour, or not for this model; `param` names it."""
+
+    def __init__(self, message: str, param: str) -> None:
+        super().__init__(message)
+        self.param = param
+
+
 class QueueFullError(BackendError):
     """The runtime's admission queue is full; retry after `retry_after` seconds."""
 
@@ -99,6 +107,8 @@ class SamplingParams:
     json_schema: Mapping[str, Any] | None = None  # output must match this JSON schema
     logprobs: int | None = None  # None: off; k >= 0: chosen token plus k alternatives
     tools: ToolConstraint | None = None  # output must be (or, lazily, may become) tool calls
+    logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, added to its logit)
+    ignore_eos: bool = False  # end-of-generation tokens are never sampled (benchmarks)
 
 
 @dataclass(frozen=True)

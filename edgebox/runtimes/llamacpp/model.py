@@ -121,6 +121,7 @@ class LlamaCppModel:
             self.n_embd = llama_cpp.llama_model_n_embd(ptr)
             self.n_params = llama_cpp.llama_model_n_params(ptr)
             self.size_bytes = llama_cpp.llama_model_size(ptr)
+            _ = self.eog_tokens  # read here, off the event loop (~90 ms for a 262k vocabulary)
         self.description = _read_str(llama_cpp.llama_model_desc, ptr)
         self.add_bos = bool(llama_cpp.llama_vocab_get_add_bos(self.vocab))
         self.bos_id = llama_cpp.llama_vocab_bos(self.vocab)
@@ -184,6 +185,12 @@ class LlamaCppModel:
 
     def is_eog(self, token: int) -> bool:
         return bool(llama_cpp.llama_vocab_is_eog(self.vocab, token))
+
+    @functools.cached_property
+    def eog_tokens(self) -> tuple[int, ...]:
+        """Every end-of-generation token (end of turn, end of text...), read once."""
+        is_eog, vocab = llama_cpp.llama_vocab_is_eog, self.vocab
+        return tuple(t for t in range(self.n_vocab) if is_eog(vocab, t))
 
     def has_token_text(self, text: str) -> bool:
         """Whether `text` is one special token of this vocabulary."""

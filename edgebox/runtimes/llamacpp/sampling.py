@@ -5,6 +5,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import json
+import math
 import threading
 import weakref
 from collections import OrderedDict
@@ -13,7 +14,7 @@ import llama_cpp
 import numpy as np
 from llama_cpp.llama_grammar import JSON_GBNF
 
-from edgebox.runtimes.base import GrammarError, SamplingParams, TokenLogprob
+from edgebox.runtimes.base import GrammarError, SamplingError, SamplingParams, TokenLogprob
 from edgebox.runtimes.grammar_limits import gbnf_problem, schema_problem
 from edgebox.runtimes.llamacpp.model import LlamaCppModel
 from edgebox.runtimes.llamacpp.schema_gbnf import schema_json_gbnf
@@ -35,6 +36,9 @@ def build_sampler(model: LlamaCppModel, params: SamplingParams) -> ctypes.c_void
     chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
     if grammar:
         llama_cpp.llama_sampler_chain_add(chain, grammar)
+    bias = _bias_sampler(model, params)
+    if bias:
+        llama_cpp.llama_sampler_chain_add(chain, bias)
     if (
         params.repeat_penalty != 1.0
         or params.frequency_penalty != 0.0
@@ -66,6 +70,22 @@ def build_sampler(model: LlamaCppModel, params: SamplingParams) -> ctypes.c_void
     seed = llama_cpp.LLAMA_DEFAULT_SEED if params.seed is None else params.seed & 0xFFFFFFFF
     llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_dist(seed))
     return chain
+
+
+def _bias_sampler(model: LlamaCppModel, params: SamplingParams) -> ctypes.c_void_p | None:
+    """The request's logit biases, with every end-of-generation token banned for ignore_eos
+    (llama.cpp copies the list)."""
+    biases = dict(params.logit_bias)
+    if params.ignore_eos:
+        biases.update((token, -math.inf) for token in model.eog_tokens)
+    if not biases:
+        return None
+    if any(not 0 <= token < model.n_vocab for token in biases):
+        raise SamplingError("logit_bias names a token outside the vocabulary", "logit_bias")
+    entries = (llama_cpp.llama_logit_bias * len(biases))(
+        *(llama_cpp.llama_logit_bias(token, bias) for token, bias in biases.items())
+    )
+    return llama_cpp.llama_sampler_init_logit_bias(model.n_vocab, len(biases), entries)
 
 
 def prepare_grammar(model: LlamaCppModel, params: SamplingParams) -> None:

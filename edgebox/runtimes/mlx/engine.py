@@ -8,6 +8,7 @@ loaded on the caller's thread is safe to use from the worker.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from edgebox.runtimes.base import (
     GenerationRequest,
     GrammarError,
     RuntimeStats,
+    SamplingParams,
     TokenEvent,
     TokenLogprob,
 )
@@ -105,7 +107,7 @@ class MlxEngine:
             limit = min(limit, request.max_tokens)
         if request.sampling.seed is not None:
             mx.random.seed(request.sampling.seed)
-        sampler, processors = _sampling(request)
+        sampler, processors = _sampling(request, self.tokenizer.eos_token_ids)
         return generate_step(
             mx.array(prompt),
             self.model,
@@ -171,7 +173,7 @@ class MlxEngine:
         return TokenLogprob(text, value, text.encode())
 
 
-def _sampling(request: GenerationRequest) -> tuple[Any, list[Any]]:
+def _sampling(request: GenerationRequest, eos: Iterable[int]) -> tuple[Any, list[Any]]:
     from mlx_lm.sample_utils import make_logits_processors, make_sampler
 
     s = request.sampling
@@ -183,11 +185,20 @@ def _sampling(request: GenerationRequest) -> tuple[Any, list[Any]]:
         top_k=max(0, s.top_k),
     )
     processors = make_logits_processors(
+        logit_bias=_biases(s, eos) or None,
         repetition_penalty=s.repeat_penalty if s.repeat_penalty != 1.0 else None,
         presence_penalty=s.presence_penalty or None,
         frequency_penalty=s.frequency_penalty or None,
     )
     return sampler, processors
+
+
+def _biases(s: SamplingParams, eos: Iterable[int]) -> dict[int, float]:
+    """The request's logit biases, every end-of-sequence token banned for ignore_eos."""
+    biases = dict(s.logit_bias)
+    if s.ignore_eos:
+        biases.update((token, -math.inf) for token in eos)
+    return biases
 
 
 def check_prompt(prompt: Sequence[int], n_ctx: int) -> None:

@@ -30,6 +30,7 @@ from edgebox.runtimes.base import (
     GrammarError,
     ModelInfo,
     RuntimeStats,
+    SamplingError,
     TokenEvent,
 )
 from edgebox.runtimes.chat_template import ChatTemplate, fallback_template
@@ -213,6 +214,8 @@ class TrtllmRuntime:
         s = request.sampling
         if s.grammar or s.json_mode or s.json_schema is not None:
             raise GrammarError("the trtllm runtime does not support grammars or JSON output modes")
+        if s.logit_bias:
+            raise SamplingError("the trtllm runtime does not support logit_bias", "logit_bias")
         if request.export_kv or request.kv is not None:
             raise BackendError("the trtllm runtime does not export or import KV state")
         if not request.prompt_tokens:
@@ -247,6 +250,7 @@ class TrtllmRuntime:
             "presence_penalty": s.presence_penalty,
             "repetition_penalty": None if s.repeat_penalty == 1.0 else s.repeat_penalty,
             "stop": list(request.stop) or None,
+            "ignore_eos": s.ignore_eos,  # trtllm-serve's extension, as llama-server's
         }
         body.update({k: v for k, v in optional.items() if v})
         return body
