@@ -1,7 +1,7 @@
 """Engine speed: edgebox vs llama.cpp's C++ llama-server vs in-process llama-cpp-python.
 
 One run, same GGUF, threads, slot count and weight-repacking mode on every side:
-  - 1, 4 and 8 concurrent /v1/completions streams, streamed and not (greedy, unique prompts
+  - 1, 4 and 8 concurrent /v1/completions streams, streamed and not (greedy, `ignore_eos` so every request runs to its length on both servers, unique prompts
     so no prefix is reused): whole-request tok/s (tokens ÷ wall time of the round) and, streamed,
     the post-first-token decode rate per request;
   - time to first token of a ~500-token prompt (a one-token streamed completion);

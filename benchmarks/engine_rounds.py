@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import statistics
 import sys
 import time
@@ -81,7 +82,13 @@ async def measure_level(
     """One round of `c` concurrent greedy completions of `tokens` tokens."""
     one = streamed if stream else whole
     bodies = [
-        {"model": "m", "prompt": story_prompt(tag, i), "max_tokens": tokens, "temperature": 0}
+        {
+            "model": "m",
+            "prompt": story_prompt(tag, i),
+            "max_tokens": tokens,
+            "temperature": 0,
+            "ignore_eos": True,  # every request runs to `tokens` on both servers
+        }
         for i in range(c)
     ]
     t = time.perf_counter()
@@ -127,13 +134,19 @@ def in_process(path: str, threads: int, repack: bool, tokens: int) -> dict[str, 
     llm = Llama(
         path, n_ctx=2048, n_threads=threads, n_threads_batch=threads, flash_attn=True, verbose=False
     )
+    vocab = llama_cpp.llama_model_get_vocab(llm.model)
+    no_eos = {t: -math.inf for t in range(llm.n_vocab()) if llama_cpp.llama_vocab_is_eog(vocab, t)}
     runs: dict[str, list[float]] = {"tok_s": [], "decode": [], "ttft": []}
     for i in range(4):
         started = time.perf_counter()
         stamps = [
             time.perf_counter()
             for c in llm.create_completion(
-                story_prompt("in", i), max_tokens=tokens, temperature=0, stream=True
+                story_prompt("in", i),
+                max_tokens=tokens,
+                temperature=0,
+                stream=True,
+                logit_bias=no_eos,
             )
             if c["choices"][0]["text"]  # type: ignore[index]
         ]
