@@ -54,6 +54,10 @@ def check_llama_cpp(profile: HardwareProfile) -> RuntimeCheck:
             f'pip install "{LLAMA_CPP_PYTHON}"',
         )
     try:
+        # libgomp's wait policy must be set before llama_cpp loads it (see openmp.py)
+        from edgebox.runtimes.llamacpp.openmp import keep_spinning_across_teams
+
+        keep_spinning_across_teams()
         import llama_cpp
     except (ImportError, OSError, RuntimeError) as exc:  # e.g. a CUDA build without its driver
         return RuntimeCheck(

@@ -63,6 +63,18 @@ def test_the_users_own_choice_is_kept() -> None:
     assert child(REPORT, GOMP_SPINCOUNT="5000") == expected
 
 
+def test_the_doctor_loads_llama_cpp_after_the_policy() -> None:
+    # `edgebox serve` runs the doctor's check before any model loads: it imported llama_cpp
+    # first, so the node's engines never got the policy
+    code = (
+        "import json, os; from edgebox.hardware import probe;"
+        "from edgebox.runtimes.doctor import check_llama_cpp;"
+        "check_llama_cpp(probe(measure=False));"
+        "print(json.dumps([os.environ.get('OMP_WAIT_POLICY'), os.environ.get('GOMP_SPINCOUNT')]))"
+    )
+    assert child(code) == (["ACTIVE", SPIN_COUNT] if uses_libgomp() else [None, None])
+
+
 def test_nothing_is_set_once_llama_cpp_is_loaded() -> None:
     assert child("import llama_cpp; " + REPORT) == [None, None]
 
