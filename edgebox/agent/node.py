@@ -106,6 +106,8 @@ class NodeAgent:
             max_tokens=self.config.max_tokens,
             temperature=self.config.temperature,
             responses=self._response_store(),
+            share_rate=self.config.share_rate,
+            pull_private=self.config.allow_private_pulls,
         )
         self.state.remember_served(specs)
         # Once per start, off the serving path: the speed-of-light figure in /health.

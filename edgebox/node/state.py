@@ -29,6 +29,7 @@ from edgebox.hardware.probe import cpu_model, probe
 from edgebox.hardware.telemetry import CachedTelemetry
 from edgebox.models.store import ModelStore
 from edgebox.models.transfer import Peer
+from edgebox.node.blob_pacing import DEFAULT_SHARE_RATE, BlobPacer
 from edgebox.node.catalog import Available, ModelCatalog
 from edgebox.node.kv_transfer import KVStore
 from edgebox.node.metrics import NodeMetrics
@@ -74,6 +75,9 @@ class NodeState:
     pulls: dict[str, Any] = field(default_factory=dict)  # pull job id → PullJob
     find_peers: Callable[[], list[Peer]] | None = None  # the agent's: hub registry, mDNS
     peer_key: str | None = None  # the key this node sends to peers' /v1/blobs (fleet key)
+    share_rate: float = DEFAULT_SHARE_RATE  # blob bytes/s while generating (0: unlimited)
+    blob_pacer: BlobPacer = field(init=False)
+    pull_private: bool = False  # admin URL pulls may reach private addresses (a LAN mirror)
     metrics: NodeMetrics = field(init=False)
     fingerprint: str = field(init=False)
 
@@ -86,6 +90,7 @@ class NodeState:
         from edgebox.node.ondemand import ModelResidency
 
         self.residency = ModelResidency(self)
+        self.blob_pacer = BlobPacer(lambda: self.share_rate, self.generating)
 
     def remember_served(self, specs: dict[str, str]) -> None:
         """The models loaded at start (id → spec): loadable again by id once unloaded."""
@@ -267,6 +272,10 @@ class NodeState:
         """Requests running and queued over all models."""
         stats = [r.stats() for r in self.runtimes.values()]
         return {"running": sum(s.running for s in stats), "queued": sum(s.queued for s in stats)}
+
+    def generating(self) -> bool:
+        """Whether any chat model is running or queueing a request now."""
+        return any(s.running or s.queued for s in (r.stats() for r in self.runtimes.values()))
 
     async def full_health(self) -> HealthReport:
         """`health()` plus the hardware profile (probed once) and a telemetry sample at most a
