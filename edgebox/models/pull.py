@@ -27,6 +27,7 @@ from urllib.parse import quote
 
 import httpx
 
+from edgebox.api.netguard import ConnectGuard
 from edgebox.models.remote import (
     Offline,
     PullError,
@@ -239,12 +240,13 @@ class Pull:
         peers: list[Peer] | None = None,
         max_rate: float | None = None,
         workers: int = 4,
-        client: httpx.Client | None = None,
+        guard: ConnectGuard | None = None,
     ) -> None:
         self.store, self.plan = store, plan
         self.peers = peers or []
         self.max_rate, self.workers = max_rate, workers
-        self.client = client or http_client()
+        self.guard = guard  # internet connections a remote party aimed: public addresses only
+        self.client = http_client(guard)
         self.progress = Progress(total=sum(f.size for f in plan.files))
         self.state = "queued"  # → running → done | failed | cancelled
         self.error: str | None = None
@@ -325,6 +327,7 @@ class Pull:
                 max_rate=self.max_rate,
                 workers=self.workers,
                 key=file.sha256 or _url_key(file.url or file.path),
+                guard=self.guard,
             )
             self._fetch = fetch
             try:
