@@ -82,7 +82,6 @@ class NodeAgent:
     def open(self) -> None:
         """Step one: the runtimes, and the node's identity and state around them."""
         from edgebox.fleet.identity import IdentityError, load_identity
-        from edgebox.models.footprint import model_footprint
         from edgebox.node.catalog import Available
         from edgebox.node.kv_transfer import KVStore
         from edgebox.node.state import NodeState
@@ -115,10 +114,8 @@ class NodeAgent:
         self.state.remember_served(specs)
         for model in on_disk:  # loaded on first request (`node/ondemand.py`)
             kind = "embeddings" if model.format == "onnx" else "chat"
-            size = model_footprint(model.path).weights
-            self.state.catalog.remember(
-                Available(model.alias, specs[model.alias], kind, "served", size)
-            )
+            entry = Available.of_file(model.alias, specs[model.alias], kind, "served", model.path)
+            self.state.catalog.remember(entry)
         # Once per start, off the serving path: the speed-of-light figure in /health.
         threading.Thread(
             target=self.state.measure_bandwidth, name="bandwidth-probe", daemon=True

@@ -12,6 +12,7 @@ import ipaddress
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import ClassVar
 
 import pytest
 
@@ -32,7 +33,7 @@ GUARD = ConnectGuard(internal=_narrow)
 
 
 class _Handler(BaseHTTPRequestHandler):
-    hits: dict[str, int] = {}
+    hits: ClassVar[dict[str, int]] = {}
     redirect_to = ""
 
     def log_message(self, *args: object) -> None:
@@ -102,7 +103,7 @@ def test_public_addresses(address: str) -> None:
 
 
 def test_a_name_that_resolves_to_loopback_is_refused() -> None:
-    with pytest.raises(BlockedAddress, match="internal address 127.0.0.1"):
+    with pytest.raises(BlockedAddress, match=r"internal address 127\.0\.0\.1"):
         ConnectGuard().resolve("localhost", 80)
 
 
