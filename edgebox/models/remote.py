@@ -82,7 +82,7 @@ def http_client(guard: ConnectGuard | None = None) -> httpx.Client:
     )
 
 
-def _network_error(where: str, exc: httpx.HTTPError) -> PullError:
+def network_error(where: str, exc: httpx.HTTPError) -> PullError:
     if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
         return Offline(
             f"offline: cannot reach {where} ({type(exc).__name__}); "
@@ -91,7 +91,7 @@ def _network_error(where: str, exc: httpx.HTTPError) -> PullError:
     return PullError(f"{where} did not answer properly ({type(exc).__name__})")
 
 
-def _hf_headers() -> tuple[tuple[str, str], ...]:
+def hf_headers() -> tuple[tuple[str, str], ...]:
     token = os.environ.get("HF_TOKEN")
     if not token:
         try:
@@ -106,13 +106,13 @@ def _hf_headers() -> tuple[tuple[str, str], ...]:
 def hf_file(client: httpx.Client, repo: str, filename: str) -> RemoteFile:
     endpoint = (os.environ.get("HF_ENDPOINT") or "https://huggingface.co").rstrip("/")
     url = f"{endpoint}/{repo}/resolve/main/{quote(filename)}"
-    headers = _hf_headers()
+    headers = hf_headers()
     try:
         r = client.head(url, headers=dict(headers), follow_redirects=False)
         if r.is_redirect and "x-linked-size" not in r.headers:
             r = client.head(url, headers=dict(headers))
     except httpx.HTTPError as exc:
-        raise _network_error(urlsplit(endpoint).netloc, exc) from None
+        raise network_error(urlsplit(endpoint).netloc, exc) from None
     if r.status_code in (401, 403):
         raise PullError(
             f"{repo} is private or gated: accept its licence and log in (`hf auth login`)"
@@ -135,7 +135,7 @@ def url_file(client: httpx.Client, url: str, sha256: str | None) -> RemoteFile:
     try:
         r = client.head(url)
     except httpx.HTTPError as exc:
-        raise _network_error(host, exc) from None
+        raise network_error(host, exc) from None
     except BlockedAddress as exc:
         raise PullError(f"refused: {exc}") from None
     if r.status_code == 404:
