@@ -201,12 +201,12 @@ def plan_pull(
         return PullPlan(name or spec, "bundled", [], [], local=path)
     if match := HF_SPEC.match(spec):
         return _hf_plan(client, spec, match, peers, name)
-    if match := HF_REPO.match(spec):
-        return _mlx_plan(client, spec, match["repo"], peers, name)
     if NAME.match(spec) and peers:
         return _from_peers(client, spec, peers, name)
     if spec.endswith((".gguf", ".onnx")) or spec.startswith(("/", ".", "~")):
         raise PullError(f"no such file: {spec}")
+    if match := HF_REPO.match(spec):
+        return _mlx_plan(client, spec, match["repo"], peers, name)
     raise PullError(
         f"cannot pull {spec!r}: give ORG/REPO:FILE.gguf (Hugging Face), an http(s) URL, "
         "ORG/REPO (a Hugging Face MLX model), a local path, or a model name together with "

@@ -129,3 +129,8 @@ def test_a_repo_that_is_not_mlx_says_what_to_pull_instead(hf: str) -> None:
 def test_a_missing_repo_is_a_404(hf: str) -> None:
     with pytest.raises(PullError, match="not found \\(404\\): no Hugging Face repo nobody/none"):
         plan_pull("nobody/none")
+
+
+def test_a_missing_local_file_is_not_taken_for_a_repo(hf: str) -> None:
+    with pytest.raises(PullError, match="no such file: models/missing.gguf"):
+        plan_pull("models/missing.gguf")
