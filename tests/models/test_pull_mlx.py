@@ -132,5 +132,5 @@ def test_a_missing_repo_is_a_404(hf: str) -> None:
 
 
 def test_a_missing_local_file_is_not_taken_for_a_repo(hf: str) -> None:
-    with pytest.raises(PullError, match="no such file: models/missing.gguf"):
+    with pytest.raises(PullError, match=r"no such file: models/missing\.gguf"):
         plan_pull("models/missing.gguf")
