@@ -64,6 +64,8 @@ class NodeConfig:
     trust_lan: bool = False
     memory_budget: int | None = None  # bytes for models; None: from the hardware probe
     keep_alive_s: float = 300.0  # idle seconds before a model loaded on demand is unloaded
+    share_rate: float = 40e6  # blob bytes/s peers get while the node generates (0: unlimited)
+    allow_private_pulls: bool = False  # admin URL pulls may reach private addresses
     verbose: bool = False
 
     def __post_init__(self) -> None:

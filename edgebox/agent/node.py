@@ -20,7 +20,7 @@ from rich.console import Console
 
 from edgebox.agent.banner import print_banner
 from edgebox.agent.config import AgentError, NodeConfig
-from edgebox.agent.runtimes import Runtimes, open_runtimes, resolve_models
+from edgebox.agent.runtimes import Runtimes, fit_budget, open_runtimes, resolve_models
 
 if TYPE_CHECKING:
     from starlette.types import ASGIApp
@@ -82,12 +82,14 @@ class NodeAgent:
     def open(self) -> None:
         """Step one: the runtimes, and the node's identity and state around them."""
         from edgebox.fleet.identity import IdentityError, load_identity
+        from edgebox.node.catalog import Available
         from edgebox.node.kv_transfer import KVStore
         from edgebox.node.state import NodeState
 
         specs: dict[str, str] = {}
         resolved = resolve_models(self.config, self.err, specs)
-        self.runtimes = open_runtimes(resolved, self.config, self.options, self.err)
+        loaded, on_disk = fit_budget(resolved, self.config, self.options, self.err)
+        self.runtimes = open_runtimes(loaded, self.config, self.options, self.err)
         try:
             self.identity = load_identity()
         except IdentityError as exc:
@@ -106,8 +108,14 @@ class NodeAgent:
             max_tokens=self.config.max_tokens,
             temperature=self.config.temperature,
             responses=self._response_store(),
+            share_rate=self.config.share_rate,
+            pull_private=self.config.allow_private_pulls,
         )
         self.state.remember_served(specs)
+        for model in on_disk:  # loaded on first request (`node/ondemand.py`)
+            kind = "embeddings" if model.format == "onnx" else "chat"
+            entry = Available.of_file(model.alias, specs[model.alias], kind, "served", model.path)
+            self.state.catalog.remember(entry)
         # Once per start, off the serving path: the speed-of-light figure in /health.
         threading.Thread(
             target=self.state.measure_bandwidth, name="bandwidth-probe", daemon=True

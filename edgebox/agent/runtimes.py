@@ -76,6 +76,44 @@ def resolve_models(
     return resolved
 
 
+def fit_budget(
+    resolved: list[ResolvedModel], config: NodeConfig, options: RuntimeOptions, err: Console
+) -> tuple[list[ResolvedModel], list[ResolvedModel]]:
+    """The models named at start split into (load now, leave on disk) under the node's memory
+    budget (`node/residency.start_loads`); AgentError for one over the whole budget."""
+    from pathlib import Path
+
+    from edgebox.models.footprint import format_size, model_footprint
+    from edgebox.node.ondemand import default_budget
+    from edgebox.node.residency import start_loads
+
+    budget = config.memory_budget or default_budget(None)
+    needs = {
+        m.alias: model_footprint(Path(m.path)).need(options.n_ctx, options.parallel or 1)
+        for m in resolved
+    }
+    plan = start_loads(list(needs.items()), budget)
+    if plan.too_big:
+        name = plan.too_big[0]
+        raise AgentError(
+            f"{name} needs about {format_size(needs[name])} (weights + KV cache at --ctx "
+            f"{options.n_ctx} x {options.parallel or 1} slot(s)) and the model memory budget is "
+            f"{format_size(budget)}; raise --memory-budget, lower --ctx or --parallel, or pick "
+            "a smaller quantisation"
+        )
+    used = sum(needs[n] for n in plan.load)
+    for name in plan.on_disk:
+        err.print(
+            f"[yellow]{name}: left on disk[/]: needs about {format_size(needs[name])} and "
+            f"{format_size(used)} of the {format_size(budget)} budget is taken; the first "
+            "request for it loads it, unloading idle models",
+            highlight=False,
+        )
+    return [m for m in resolved if m.alias in plan.load], [
+        m for m in resolved if m.alias in plan.on_disk
+    ]
+
+
 def open_runtimes(
     resolved: list[ResolvedModel], config: NodeConfig, options: RuntimeOptions, err: Console
 ) -> Runtimes:

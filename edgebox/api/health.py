@@ -39,6 +39,9 @@ class ModelHealth(_Part):
     queued: int = 0
     n_ctx: int | None = None  # tokens one sequence may hold
     size_bytes: int | None = None  # the weights; bounds decode: bandwidth / size
+    # what a load of it costs beyond the weights (models/footprint.py), for `edgebox deploy`
+    kv_bytes_per_token: int | None = None
+    context_length: int | None = None  # the trained context, which caps a load's
     runtime: str | None = None  # the runtime class serving it
     fast_path: str | None = None  # "runtime: why it was chosen"
     cpu_extra_buffers: str | None = None  # llama.cpp: repacked/AMX weights on or off, and why
@@ -82,6 +85,8 @@ class AvailableModel(_Part):
     kind: str = "chat"  # or "embeddings"
     source: str | None = None  # "bundled", "store", "huggingface", "served" (loaded before)
     size_bytes: int | None = None
+    kv_bytes_per_token: int | None = None  # from its GGUF header, where the node read it
+    context_length: int | None = None  # trained
 
 
 class ModelEvent(_Part):
@@ -128,6 +133,9 @@ class HealthReport(_Part):
     loading: tuple[str, ...] = ()
     memory_budget: int | None = None  # bytes the node's models may take
     memory_used: int | None = None  # bytes its loaded models (and loads under way) hold
+    # what a load on demand allocates: tokens per sequence x sequences (`--ctx`, `--parallel`)
+    load_ctx: int | None = None
+    load_slots: int | None = None
     model_events: tuple[ModelEvent, ...] = ()
     max_tokens: int | None = None  # `serve --max-tokens`: output cap where a request sets none
 

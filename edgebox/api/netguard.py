@@ -5,13 +5,24 @@
   line breaks and backslashes escaped repr-style, cut to a length, so a request can never
   start a forged log line or drive a terminal.
 - `TokenBuckets`: a token bucket per client address, bounded in memory.
+- `ConnectGuard`: outbound connections a remote party aims (an admin's pull URL, its
+  redirects) reach public addresses only: the name is resolved once, every address it
+  resolves to is checked, and the socket connects to a checked address (a name that
+  resolves to a public address for the check and to 127.0.0.1 for the connect, DNS
+  rebinding, gets nowhere). Internal: loopback, private, link-local (cloud metadata at
+  169.254.169.254), carrier-grade NAT, unspecified, reserved, multicast, and IPv6 forms of
+  these (IPv4-mapped included).
 """
 
 from __future__ import annotations
 
+import ipaddress
+import socket
 import time
 import unicodedata
 from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 _ESCAPES = {"\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
@@ -66,3 +77,53 @@ class TokenBuckets:
         while len(self._buckets) > self.max_keys:
             self._buckets.popitem(last=False)
         return wait
+
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+class BlockedAddress(Exception):
+    """A connection a remote party aimed at an internal address; the message names both."""
+
+
+def internal_address(ip: IPAddress) -> bool:
+    """Whether `ip` is anything but a public unicast address."""
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return not ip.is_global or ip.is_multicast
+
+
+@dataclass(frozen=True)
+class ConnectGuard:
+    """Connects to public addresses only, except to the hosts in `allow_hosts` (peers the
+    node itself chose). `internal` decides what is refused (tests narrow it)."""
+
+    allow_hosts: frozenset[str] = field(default_factory=frozenset)
+    internal: Callable[[IPAddress], bool] = internal_address
+
+    def resolve(self, host: str, port: int) -> list[str]:
+        """Every address `host` resolves to; BlockedAddress when one of them is internal."""
+        infos = socket.getaddrinfo(host.strip("[]"), port, type=socket.SOCK_STREAM)
+        addresses = list(dict.fromkeys(str(info[4][0]).split("%")[0] for info in infos))
+        for text in addresses:
+            if self.internal(ipaddress.ip_address(text)):
+                raise BlockedAddress(
+                    f"{log_field(host, 100)} resolves to internal address {text}; "
+                    "start the node with --allow-private-pulls to pull from the LAN"
+                )
+        return addresses
+
+    def connect(
+        self, address: tuple[str, int], timeout: object = None, source: object = None
+    ) -> socket.socket:
+        """`socket.create_connection`, to a checked address of `address`'s host."""
+        host, port = address
+        if host in self.allow_hosts:
+            return socket.create_connection(address, timeout, source)  # type: ignore[arg-type]
+        error: OSError | None = None
+        for ip in self.resolve(host, port):
+            try:
+                return socket.create_connection((ip, port), timeout, source)  # type: ignore[arg-type]
+            except OSError as exc:
+                error = exc
+        raise error or OSError(f"{host}: no address")

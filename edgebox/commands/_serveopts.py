@@ -178,3 +178,19 @@ KeepAlive = Annotated[
         "(5m, 30s, 0 = unload at once, -1 = forever); a request's keep_alive overrides it.",
     ),
 ]
+ShareRate = Annotated[
+    float,
+    typer.Option(
+        metavar="MB/S",
+        min=0,
+        help="While the node generates, peers fetching model blobs from it share this many "
+        "MB/s (0: unlimited); when nothing generates they get full speed.",
+    ),
+]
+AllowPrivatePulls = Annotated[
+    bool,
+    typer.Option(
+        help="Let admin URL pulls reach loopback, private and link-local addresses (a model "
+        "mirror on the LAN); refused by default.",
+    ),
+]

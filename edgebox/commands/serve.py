@@ -57,6 +57,8 @@ def serve(
     trust_lan: opt.TrustLan = False,
     memory_budget: opt.MemoryBudget = None,
     keep_alive: opt.KeepAlive = "5m",
+    share_rate: opt.ShareRate = 40.0,
+    allow_private_pulls: opt.AllowPrivatePulls = False,
     verbose: opt.Verbose = False,
 ) -> None:
     """Serve models on a local OpenAI-compatible endpoint (default: the bundled SmolLM2-135M
@@ -78,6 +80,7 @@ def node_config(options: dict[str, Any]) -> NodeConfig:
     values["memory_budget"], values["keep_alive_s"] = _residency(
         values.pop("memory_budget", None), values.pop("keep_alive", "5m")
     )
+    values["share_rate"] = values.get("share_rate", 40.0) * 1e6  # MB/s → bytes/s
     values["router_config"] = _router_config(options["router_config"], options["fleet"])
     try:
         return NodeConfig(**values)

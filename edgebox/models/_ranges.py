@@ -14,6 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import urljoin, urlsplit
 
+from edgebox.api.netguard import BlockedAddress, ConnectGuard
+
 SLICE = 1 << 20  # bytes per readinto: the rate limit and cancellation act this often
 REDIRECT_BODY = 64 << 10  # read of a redirect's body; longer, the connection is dropped
 MAX_REDIRECTS = 5
@@ -38,8 +40,10 @@ class RangeAsk:
 
 
 class RangeClient:
-    def __init__(self, timeout: float = 30.0) -> None:
-        self.timeout = timeout
+    """With a `guard`, every connection (each redirect's too) goes through it."""
+
+    def __init__(self, timeout: float = 30.0, guard: ConnectGuard | None = None) -> None:
+        self.timeout, self.guard = timeout, guard
         self._local = threading.local()
         self._tls = ssl.create_default_context()
 
@@ -52,6 +56,8 @@ class RangeClient:
                 conn = http.client.HTTPSConnection(netloc, timeout=self.timeout, context=self._tls)
             else:
                 conn = http.client.HTTPConnection(netloc, timeout=self.timeout)
+            if self.guard is not None:
+                conn._create_connection = self.guard.connect  # type: ignore[attr-defined]
             pool[key] = conn
         return conn
 
@@ -76,6 +82,9 @@ class RangeClient:
             conn = self._connection(parts.scheme, parts.netloc)
             try:
                 location = self._get(conn, _target(url), send, ask)
+            except BlockedAddress as exc:
+                self._drop(parts.scheme, parts.netloc)
+                raise SourceError(f"refused: {exc}") from None
             except (OSError, http.client.HTTPException) as exc:
                 self._drop(parts.scheme, parts.netloc)
                 raise SourceError(f"{parts.netloc}: {type(exc).__name__}") from None

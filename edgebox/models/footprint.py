@@ -125,6 +125,24 @@ def model_footprint(path: Path) -> Footprint:
     return Footprint(path.stat().st_size)
 
 
+_CACHE: dict[tuple[str, int, int], Footprint] = {}
+MAX_CACHED = 256
+
+
+def cached_footprint(path: Path) -> Footprint | None:
+    """`model_footprint` of a file, read once per (path, size, mtime); None: unreadable."""
+    try:
+        stat = path.stat()
+        key = (str(path), stat.st_size, stat.st_mtime_ns)
+        if key not in _CACHE:
+            if len(_CACHE) >= MAX_CACHED:
+                _CACHE.pop(next(iter(_CACHE)))
+            _CACHE[key] = model_footprint(path)
+        return _CACHE[key]
+    except OSError:
+        return None
+
+
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)?\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "b": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12}
 

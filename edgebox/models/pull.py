@@ -1,6 +1,7 @@
 """`edgebox pull SPEC`: put a model into the store, from peers first, else from the internet.
 
 SPEC is one of:
+- `ORG/REPO` (or `hf://ORG/REPO`): a Hugging Face MLX model directory (`hf_repo.py`).
 - `ORG/REPO:FILE.gguf` (or `hf://ORG/REPO/FILE.gguf`): a Hugging Face file; a split GGUF
   (`…-00001-of-00003.gguf`) brings all its parts. The hub's metadata gives each file's size
   and LFS sha256 (`X-Linked-Size`, `X-Linked-Etag`), so every byte is verified.
@@ -27,6 +28,8 @@ from urllib.parse import quote
 
 import httpx
 
+from edgebox.api.netguard import ConnectGuard
+from edgebox.models.hf_repo import HF_REPO, mlx_repo_files
 from edgebox.models.remote import (
     Offline,
     PullError,
@@ -39,6 +42,7 @@ from edgebox.models.resolve import BUNDLED, ModelNotAvailable, resolve_model
 from edgebox.models.store import (
     DIGEST,
     NAME,
+    Format,
     Manifest,
     ModelFile,
     ModelStore,
@@ -76,6 +80,7 @@ class PullPlan:
     aliases: list[str] = field(default_factory=list)
     local: Path | None = None  # a local path: registered, not downloaded
     manifest: Manifest | None = None  # a peer's manifest, for a pull by name
+    format: Format | None = None  # None: from the first file's name
 
 
 def default_name(filename: str) -> str:
@@ -151,6 +156,21 @@ def _hf_plan(
     return PullPlan(name or default_name(parts[0]), "huggingface", files, [spec])
 
 
+def _mlx_plan(
+    client: httpx.Client, spec: str, repo: str, peers: list[Peer], name: str | None
+) -> PullPlan:
+    """A Hugging Face MLX model directory; offline, the model a peer pulled as the spec."""
+    try:
+        files = mlx_repo_files(client, repo)
+    except Offline:
+        if not peers:
+            raise
+        return _from_peers(client, spec, peers, name)
+    return PullPlan(
+        name or default_name(repo.split("/")[1]), "huggingface", files, [spec], format="mlx"
+    )
+
+
 def plan_pull(
     spec: str,
     *,
@@ -185,9 +205,12 @@ def plan_pull(
         return _from_peers(client, spec, peers, name)
     if spec.endswith((".gguf", ".onnx")) or spec.startswith(("/", ".", "~")):
         raise PullError(f"no such file: {spec}")
+    if match := HF_REPO.match(spec):
+        return _mlx_plan(client, spec, match["repo"], peers, name)
     raise PullError(
         f"cannot pull {spec!r}: give ORG/REPO:FILE.gguf (Hugging Face), an http(s) URL, "
-        "a local path, or a model name together with peers that hold it"
+        "ORG/REPO (a Hugging Face MLX model), a local path, or a model name together with "
+        "peers that hold it"
     )
 
 
@@ -239,12 +262,13 @@ class Pull:
         peers: list[Peer] | None = None,
         max_rate: float | None = None,
         workers: int = 4,
-        client: httpx.Client | None = None,
+        guard: ConnectGuard | None = None,
     ) -> None:
         self.store, self.plan = store, plan
         self.peers = peers or []
         self.max_rate, self.workers = max_rate, workers
-        self.client = client or http_client()
+        self.guard = guard  # internet connections a remote party aimed: public addresses only
+        self.client = http_client(guard)
         self.progress = Progress(total=sum(f.size for f in plan.files))
         self.state = "queued"  # → running → done | failed | cancelled
         self.error: str | None = None
@@ -289,7 +313,11 @@ class Pull:
         header gives them (a peer's manifest says only which files and of which format)."""
         first = self.store.blob_path(files[0].sha256)
         peer = self.plan.manifest
-        fmt = peer.format if peer is not None else detect_format(Path(files[0].path))
+        fmt = (
+            peer.format
+            if peer is not None
+            else self.plan.format or detect_format(Path(files[0].path))
+        )
         base = Manifest(
             name=self.plan.name,
             aliases=self.plan.aliases,
@@ -325,6 +353,7 @@ class Pull:
                 max_rate=self.max_rate,
                 workers=self.workers,
                 key=file.sha256 or _url_key(file.url or file.path),
+                guard=self.guard,
             )
             self._fetch = fetch
             try:

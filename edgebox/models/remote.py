@@ -6,10 +6,13 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import quote, urlsplit
 
+import httpcore
 import httpx
 
+from edgebox.api.netguard import BlockedAddress, ConnectGuard
 from edgebox.models.store import DIGEST
 from edgebox.models.transfer import CONNECT_TIMEOUT_S, READ_TIMEOUT_S
 
@@ -32,13 +35,54 @@ class RemoteFile:
     headers: tuple[tuple[str, str], ...] = ()
 
 
-def http_client() -> httpx.Client:
+class _GuardedBackend(httpcore.SyncBackend):
+    """httpcore's sockets, each connected through a `ConnectGuard` (redirects included)."""
+
+    def __init__(self, guard: ConnectGuard) -> None:
+        self.guard = guard
+
+    def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Any = None,
+    ) -> httpcore.NetworkStream:
+        if host in self.guard.allow_hosts:
+            return super().connect_tcp(host, port, timeout, local_address, socket_options)
+        error: httpcore.ConnectError | None = None
+        try:
+            addresses = self.guard.resolve(host, port)
+        except OSError as exc:  # the name does not resolve
+            raise httpcore.ConnectError(str(exc)) from None
+        for ip in addresses:  # TLS still checks the certificate for `host` (httpcore's SNI)
+            try:
+                return super().connect_tcp(ip, port, timeout, local_address, socket_options)
+            except httpcore.ConnectError as exc:
+                error = exc
+        raise error or httpcore.ConnectError(f"{host}: no address")
+
+
+def http_client(guard: ConnectGuard | None = None) -> httpx.Client:
+    """The pulls' client; with a `guard`, every connection (redirects too) goes through it."""
     timeout = httpx.Timeout(READ_TIMEOUT_S, connect=CONNECT_TIMEOUT_S)
     limits = httpx.Limits(max_connections=32, max_keepalive_connections=32)
-    return httpx.Client(timeout=timeout, limits=limits, follow_redirects=True, trust_env=False)
+    transport = None
+    if guard is not None:
+        transport = httpx.HTTPTransport(limits=limits)
+        transport._pool = httpcore.ConnectionPool(  # httpx has no option for a socket backend
+            ssl_context=httpx.create_ssl_context(),
+            max_connections=limits.max_connections,
+            max_keepalive_connections=limits.max_keepalive_connections,
+            network_backend=_GuardedBackend(guard),
+        )
+    return httpx.Client(
+        timeout=timeout, limits=limits, follow_redirects=True, trust_env=False, transport=transport
+    )
 
 
-def _network_error(where: str, exc: httpx.HTTPError) -> PullError:
+def network_error(where: str, exc: httpx.HTTPError) -> PullError:
     if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
         return Offline(
             f"offline: cannot reach {where} ({type(exc).__name__}); "
@@ -47,7 +91,7 @@ def _network_error(where: str, exc: httpx.HTTPError) -> PullError:
     return PullError(f"{where} did not answer properly ({type(exc).__name__})")
 
 
-def _hf_headers() -> tuple[tuple[str, str], ...]:
+def hf_headers() -> tuple[tuple[str, str], ...]:
     token = os.environ.get("HF_TOKEN")
     if not token:
         try:
@@ -62,13 +106,13 @@ def _hf_headers() -> tuple[tuple[str, str], ...]:
 def hf_file(client: httpx.Client, repo: str, filename: str) -> RemoteFile:
     endpoint = (os.environ.get("HF_ENDPOINT") or "https://huggingface.co").rstrip("/")
     url = f"{endpoint}/{repo}/resolve/main/{quote(filename)}"
-    headers = _hf_headers()
+    headers = hf_headers()
     try:
         r = client.head(url, headers=dict(headers), follow_redirects=False)
         if r.is_redirect and "x-linked-size" not in r.headers:
             r = client.head(url, headers=dict(headers))
     except httpx.HTTPError as exc:
-        raise _network_error(urlsplit(endpoint).netloc, exc) from None
+        raise network_error(urlsplit(endpoint).netloc, exc) from None
     if r.status_code in (401, 403):
         raise PullError(
             f"{repo} is private or gated: accept its licence and log in (`hf auth login`)"
@@ -91,7 +135,9 @@ def url_file(client: httpx.Client, url: str, sha256: str | None) -> RemoteFile:
     try:
         r = client.head(url)
     except httpx.HTTPError as exc:
-        raise _network_error(host, exc) from None
+        raise network_error(host, exc) from None
+    except BlockedAddress as exc:
+        raise PullError(f"refused: {exc}") from None
     if r.status_code == 404:
         raise PullError(f"not found (404): {url}")
     if r.status_code >= 400:

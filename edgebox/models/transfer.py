@@ -26,6 +26,7 @@ from pathlib import Path
 
 import httpx
 
+from edgebox.api.netguard import ConnectGuard
 from edgebox.models._partial import InOrderHash, Layout, Partial
 from edgebox.models._ranges import RangeAsk, RangeClient, SourceError
 from edgebox.models.store import (
@@ -241,6 +242,7 @@ class BlobFetch:
         max_rate: float | None = None,
         workers: int = 4,
         key: str | None = None,
+        guard: ConnectGuard | None = None,
     ) -> None:
         self.store, self.plan, self.sources, self.client = store, plan, sources, client
         self.progress = progress or Progress()
@@ -249,7 +251,7 @@ class BlobFetch:
         self.key = key or plan.sha256 or ""
         self.cancelled = threading.Event()
         self.chunks: list[str] = []
-        self.ranges = RangeClient(READ_TIMEOUT_S)
+        self.ranges = RangeClient(READ_TIMEOUT_S, guard)
 
     def run(self) -> Path:
         layout = Layout(self.plan.size, self.plan.chunk_size, self.plan.chunks)

@@ -8,6 +8,8 @@
   alias it was pulled as (`ORG/REPO:FILE.gguf`, URL-encoded), so a node can pull a model by
   name, or by its Hugging Face spec while the internet is out of reach, from a peer.
 
+While the node generates, blob bytes are paced to `serve --share-rate` (`blob_pacing.py`).
+
 The digest must be 64 lowercase hex characters and only ever names a file the store itself
 resolves (its blob, or a file a manifest registered): no path from the request reaches disk.
 """
@@ -19,9 +21,11 @@ import os
 
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.types import Message, Receive, Scope, Send
 
 from edgebox.api.errors import APIError
 from edgebox.models.store import DEFAULT_CHUNK_SIZE, DIGEST, ModelStore, digest_file
+from edgebox.node.blob_pacing import BlobPacer
 from edgebox.node.state import NodeState
 
 MAX_NAME = 512  # a model's name, or an alias it was pulled as (ORG/REPO:FILE.gguf, a URL)
@@ -29,6 +33,20 @@ MAX_NAME = 512  # a model's name, or an alias it was pulled as (ORG/REPO:FILE.gg
 
 class _BlobResponse(FileResponse):
     chunk_size = 1 << 20  # fewer thread hops per byte than Starlette's 64 KiB
+    pacer: BlobPacer | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        pacer = self.pacer
+        if pacer is None:
+            await super().__call__(scope, receive, send)
+            return
+
+        async def paced(message: Message) -> None:
+            if message["type"] == "http.response.body":
+                await pacer.pace(len(message.get("body", b"")))
+            await send(message)
+
+        await super().__call__(scope, receive, paced)
 
 
 def _store(request: Request) -> ModelStore:
@@ -59,12 +77,14 @@ async def blob(request: Request) -> Response:
     path, _ = found
     stat = await asyncio.to_thread(os.stat, path)
     headers = {"X-Edgebox-Sha256": digest, "Accept-Ranges": "bytes"}
-    return _BlobResponse(
+    response = _BlobResponse(
         path,
         stat_result=stat,
         media_type="application/octet-stream",
         headers=headers,
     )
+    response.pacer = request.app.state.node.blob_pacer
+    return response
 
 
 async def chunks(request: Request) -> Response:

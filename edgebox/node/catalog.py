@@ -12,13 +12,16 @@ thread, at most once per `SCAN_TTL_S`).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import importlib.util
 import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from edgebox.models import BUNDLED
+from edgebox.models.footprint import cached_footprint
 
 log = logging.getLogger(__name__)
 SCAN_TTL_S = 10.0
@@ -33,6 +36,8 @@ class Available:
     kind: str = "chat"  # or "embeddings"
     source: str = "file"  # "served" (loaded since start), "bundled", "store", "huggingface"
     size_bytes: int | None = None
+    kv_bytes_per_token: int | None = None  # from the GGUF header, where it was read
+    context_length: int | None = None  # trained
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -40,7 +45,18 @@ class Available:
             "kind": self.kind,
             "source": self.source,
             "size_bytes": self.size_bytes,
+            "kv_bytes_per_token": self.kv_bytes_per_token,
+            "context_length": self.context_length,
         }
+
+    @classmethod
+    def of_file(cls, name: str, spec: str, kind: str, source: str, path: Path) -> Available:
+        """An entry for the file at `path`, with its footprint read from its header."""
+        found = cached_footprint(path)
+        if found is None:
+            return cls(name, spec, kind, source)
+        kv = found.kv_bytes_per_token or None
+        return cls(name, spec, kind, source, found.weights, kv, found.context_length)
 
 
 Source = Callable[[], list[Available]]
@@ -71,11 +87,11 @@ def huggingface_models() -> list[Available]:
         return []
     found = []
     for repo in sorted(cache.repos, key=lambda r: r.repo_id):
-        files = {f.file_name: f.size_on_disk for rev in repo.revisions for f in rev.files}
+        files = {f.file_name: f.file_path for rev in repo.revisions for f in rev.files}
         for name in sorted(n for n in files if n.endswith((".gguf", ".onnx"))):
             kind = "embeddings" if name.endswith(".onnx") else "chat"
             spec = f"{repo.repo_id}:{name}"
-            found.append(Available(spec, spec, kind, "huggingface", files[name]))
+            found.append(Available.of_file(spec, spec, kind, "huggingface", files[name]))
     return found
 
 
@@ -87,12 +103,13 @@ def store_models() -> list[Available]:
     found = []
     for manifest in store.list():
         try:
-            store.path_of(manifest)  # `resolve_model` opens it by name
+            path = store.path_of(manifest)  # `resolve_model` opens it by name
         except (StoreError, OSError):  # incomplete here (a pull under way or cut short)
             continue
         kind = "embeddings" if manifest.format == "onnx" else "chat"
+        entry = Available.of_file(manifest.name, manifest.name, kind, "store", path)
         for name in (manifest.name, *manifest.aliases):
-            found.append(Available(name, manifest.name, kind, "store", manifest.size))
+            found.append(dataclasses.replace(entry, name=name, size_bytes=manifest.size))
     return found
 
 

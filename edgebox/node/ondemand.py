@@ -276,7 +276,10 @@ class ModelResidency:
         self.keep_alive[name] = keep_alive if keep_alive is not None else math.inf
         await self.state.add_model(name, runtime)
         kind = "embeddings" if runtime.capabilities.embeddings else "chat"
-        self.state.catalog.remember(Available(name, spec, kind, "served", footprint.weights))
+        kv = footprint.kv_bytes_per_token or None
+        self.state.catalog.remember(
+            Available(name, spec, kind, "served", footprint.weights, kv, footprint.context_length)
+        )
         self._event(name, "loaded", reason, round(self.clock() - started, 3))
         self._ensure_reaper()
         return runtime

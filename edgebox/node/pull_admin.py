@@ -8,6 +8,15 @@ The answer is 202 with the job; the spec is checked (bad spec, 404, offline, dis
 the job, whose `state` goes queued → running → done | failed, with `error` saying why.
 A job reports bytes done and total, bytes per source and the source of each chunk.
 
+At most `MAX_RUNNING_PULLS` jobs run at once (more: 429 with Retry-After); a pull of a spec a
+running job already pulls (same `sha256` and `name`) answers with that job.
+
+A URL spec reaches public addresses only, its redirects included, checked when each
+connection is made (`api/netguard.ConnectGuard`); an internal one (loopback, private,
+link-local, metadata) is refused with 400 naming `spec`, unless the node was started with
+`--allow-private-pulls` (a model mirror on the LAN). Peers are not held to it: the node
+chose them.
+
 A spec that is a path on the node must be a GGUF file (its first bytes say so): the admin
 key pulls models, it does not read the node's files (a key, a folder of secrets), whose bytes
 every inference key could then fetch from `/v1/blobs/`. Other local models are registered on
@@ -22,6 +31,7 @@ import threading
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import Request
@@ -29,13 +39,17 @@ from starlette.responses import JSONResponse, Response
 
 from edgebox.api.body import read_json
 from edgebox.api.errors import APIError
+from edgebox.api.netguard import BlockedAddress, ConnectGuard
 from edgebox.models.pull import MAX_SPEC, Pull, PullError, plan_pull
+from edgebox.models.remote import http_client
 from edgebox.models.transfer import Peer
 from edgebox.node.openai_api import parse
 from edgebox.node.state import NodeState
 
 MAX_JOBS_KEPT = 64
 MAX_PEERS = 64
+MAX_RUNNING_PULLS = 2  # each takes 4 workers and the link; more would only share it thinner
+RETRY_AFTER_S = 10
 _ids = itertools.count(1)
 
 
@@ -108,14 +122,27 @@ def _peers(request: PullRequest, state: NodeState) -> list[Peer]:
     ]
 
 
+def _guard(spec: str, state: NodeState, peers: list[Peer]) -> ConnectGuard | None:
+    """What a URL spec's connections are held to; None: nothing (an allowing node, no URL)."""
+    if state.pull_private or not spec.startswith(("http://", "https://")):
+        return None
+    hosts = (urlsplit(p.url).hostname for p in peers)
+    return ConnectGuard(allow_hosts=frozenset(h for h in hosts if h))
+
+
 def _run(job: PullJob, state: NodeState) -> None:
     assert state.store is not None
     try:
         peers = _peers(job.request, state)
+        guard = _guard(job.request.spec, state, peers)
         plan = plan_pull(
-            job.request.spec, sha256=job.request.sha256, name=job.request.name, peers=peers
+            job.request.spec,
+            sha256=job.request.sha256,
+            name=job.request.name,
+            peers=peers,
+            client=http_client(guard),
         )
-        job.pull = Pull(state.store, plan, peers=peers, max_rate=job.request.max_rate)
+        job.pull = Pull(state.store, plan, peers=peers, max_rate=job.request.max_rate, guard=guard)
         job.pull.run()
     except PullError as exc:
         job.state, job.error = "failed", str(exc)
@@ -142,6 +169,20 @@ async def start_pull(request: Request) -> Response:
             param="spec",
             code="not_a_model_file",
         )
+    await _check_url(body.spec, state)
+    running = [j for j in state.pulls.values() if j.finished is None]
+    for same in running:
+        if _joins(same.request, body):
+            return JSONResponse(same.to_json(), status_code=202)
+    if len(running) >= MAX_RUNNING_PULLS:
+        raise APIError(
+            429,
+            f"{len(running)} pulls are running on this node (at most {MAX_RUNNING_PULLS} at "
+            "once); retry when one ends",
+            type="rate_limit_error",
+            code="too_many_pulls",
+            headers={"Retry-After": str(RETRY_AFTER_S)},
+        )
     job = PullJob(body)
     jobs = state.pulls
     jobs[job.id] = job
@@ -151,6 +192,30 @@ async def start_pull(request: Request) -> Response:
     threading.Thread(target=_run, args=(job, state), name=job.id, daemon=True).start()
     await asyncio.sleep(0)
     return JSONResponse(job.to_json(), status_code=202)
+
+
+def _joins(running: PullRequest, asked: PullRequest) -> bool:
+    """Whether `asked` is what `running` already pulls (its name too, where it gives one)."""
+    return (
+        running.spec == asked.spec
+        and running.sha256 == asked.sha256
+        and asked.name in (None, running.name)
+    )
+
+
+async def _check_url(spec: str, state: NodeState) -> None:
+    """400 naming `spec` for a URL whose host resolves to an internal address (the connect
+    checks again: the name may resolve differently then)."""
+    guard = _guard(spec, state, [])
+    host = urlsplit(spec).hostname if guard is not None else None
+    if guard is None or host is None:
+        return
+    try:
+        await asyncio.to_thread(guard.resolve, host, 443)
+    except BlockedAddress as exc:
+        raise APIError(400, str(exc), param="spec", code="internal_address") from None
+    except (OSError, UnicodeError):
+        return  # does not resolve now: the job says so (offline)
 
 
 def _model_or_remote(spec: str) -> bool:

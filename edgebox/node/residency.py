@@ -9,6 +9,11 @@ Victims are the idle loaded models (no running, queued or admitted request), lea
 used first, and only as many as make it fit. A model bigger than the whole budget never fits;
 one that would fit once busy models finish waits for them.
 
+Models named at start (`serve -m A -m B`) are held to the same budget, in the order given:
+each loads while the total fits; one that fits alone but not after those before it stays on
+disk (a request loads it, evicting idle models, as Ollama does); one bigger than the whole
+budget stops the start, as llama-server's failed load does.
+
 Keep-alive, as Ollama has it: a duration after the model's last request ("5m", "30s", "1h",
 a number of seconds); 0 unloads once the request is done; a negative one keeps it loaded.
 """
@@ -65,6 +70,32 @@ def make_room(need: int, budget: int, residents: Sequence[Resident], reserved: i
         if over <= 0:
             return Room(evict=tuple(evict), used=used)
     return Room(wait=True, used=used)
+
+
+@dataclass(frozen=True)
+class StartPlan:
+    """The models named at start: loaded now, left on disk, or over the whole budget."""
+
+    load: tuple[str, ...] = ()
+    on_disk: tuple[str, ...] = ()
+    too_big: tuple[str, ...] = ()
+
+
+def start_loads(needs: Sequence[tuple[str, int]], budget: int) -> StartPlan:
+    """Which of the (name, need) pairs load at start, in order, under `budget`."""
+    load: list[str] = []
+    on_disk: list[str] = []
+    too_big: list[str] = []
+    used = 0
+    for name, need in needs:
+        if need > budget:
+            too_big.append(name)
+        elif used + need <= budget:
+            load.append(name)
+            used += need
+        else:
+            on_disk.append(name)
+    return StartPlan(tuple(load), tuple(on_disk), tuple(too_big))
 
 
 def parse_keep_alive(value: object) -> float | None:

@@ -8,6 +8,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 from edgebox import __version__
@@ -27,8 +28,10 @@ from edgebox.api.response_store import ResponseStore
 from edgebox.hardware.bandwidth import Bandwidth, node_bandwidth, speed_of_light
 from edgebox.hardware.probe import cpu_model, probe
 from edgebox.hardware.telemetry import CachedTelemetry
+from edgebox.models.footprint import cached_footprint
 from edgebox.models.store import ModelStore
 from edgebox.models.transfer import Peer
+from edgebox.node.blob_pacing import DEFAULT_SHARE_RATE, BlobPacer
 from edgebox.node.catalog import Available, ModelCatalog
 from edgebox.node.kv_transfer import KVStore
 from edgebox.node.metrics import NodeMetrics
@@ -74,6 +77,9 @@ class NodeState:
     pulls: dict[str, Any] = field(default_factory=dict)  # pull job id → PullJob
     find_peers: Callable[[], list[Peer]] | None = None  # the agent's: hub registry, mDNS
     peer_key: str | None = None  # the key this node sends to peers' /v1/blobs (fleet key)
+    share_rate: float = DEFAULT_SHARE_RATE  # blob bytes/s while generating (0: unlimited)
+    blob_pacer: BlobPacer = field(init=False)
+    pull_private: bool = False  # admin URL pulls may reach private addresses (a LAN mirror)
     metrics: NodeMetrics = field(init=False)
     fingerprint: str = field(init=False)
 
@@ -86,6 +92,7 @@ class NodeState:
         from edgebox.node.ondemand import ModelResidency
 
         self.residency = ModelResidency(self)
+        self.blob_pacer = BlobPacer(lambda: self.share_rate, self.generating)
 
     def remember_served(self, specs: dict[str, str]) -> None:
         """The models loaded at start (id → spec): loadable again by id once unloaded."""
@@ -198,6 +205,7 @@ class NodeState:
                 "queued": stats.queued,
                 "n_ctx": runtime.info.n_ctx,
                 "size_bytes": runtime.info.size_bytes,
+                **self._kv_fields(runtime.info.path),
                 "runtime": type(runtime).__name__,
                 "fast_path": self.fast_paths.get(alias),
                 **self._speed_fields(runtime.info.size_bytes, stats.decode_tokens_per_s),
@@ -232,15 +240,26 @@ class NodeState:
             )
         return report
 
+    @staticmethod
+    def _kv_fields(path: str | None) -> dict[str, Any]:
+        """A loaded model's KV bytes per token and trained context (`edgebox deploy` sizes
+        other nodes' loads from them)."""
+        found = cached_footprint(Path(path)) if path else None
+        if found is None or not found.kv_bytes_per_token:
+            return {}
+        return {
+            "kv_bytes_per_token": found.kv_bytes_per_token,
+            "context_length": found.context_length,
+        }
+
     def _residency_fields(self) -> dict[str, Any]:
         """What /health says of load on demand: models on disk, loads, memory, events."""
         available = self.available_models()
         events = list(self.residency.events)[-HEALTH_EVENTS:]
         fields: dict[str, Any] = {
-            "available": tuple(
-                AvailableModel(name=e.name, kind=e.kind, source=e.source, size_bytes=e.size_bytes)
-                for e in available
-            ),
+            "available": tuple(AvailableModel.model_validate(e.to_json()) for e in available),
+            "load_ctx": self.runtime_options.n_ctx,  # what a load on demand allocates
+            "load_slots": self.runtime_options.parallel or 1,
             "loading": tuple(sorted(self.loading)),
             "memory_used": self.residency.used(),
             "model_events": tuple(ModelEvent(**e.to_json()) for e in events),
@@ -267,6 +286,10 @@ class NodeState:
         """Requests running and queued over all models."""
         stats = [r.stats() for r in self.runtimes.values()]
         return {"running": sum(s.running for s in stats), "queued": sum(s.queued for s in stats)}
+
+    def generating(self) -> bool:
+        """Whether any chat model is running or queueing a request now."""
+        return any(s.running or s.queued for s in (r.stats() for r in self.runtimes.values()))
 
     async def full_health(self) -> HealthReport:
         """`health()` plus the hardware profile (probed once) and a telemetry sample at most a

@@ -3,12 +3,15 @@ scopes) with a model store and no runtime loaded (no inference is asked of it).
 
     python _blobnode.py STORE HOST PORT API_KEY ADMIN_KEY [MODEL_PATH [corrupt]]
 
+BLOBNODE_ALLOW_PRIVATE=1 in the environment: URL pulls may reach private addresses (the
+tests' "internet" is a server on the LAN or loopback).
 MODEL_PATH is registered as `smollm2-135m` (alias HF_ALIAS); `corrupt` copies it and flips bytes in its third
 chunk, keeping the true digests in the manifest: a peer that lies.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -37,6 +40,7 @@ def main() -> None:
     state = NodeState({})
     state.store = store
     state.peer_key = api_key
+    state.pull_private = bool(os.environ.get("BLOBNODE_ALLOW_PRIVATE"))  # the LAN "internet"
     app = create_app(state, keys=NodeKeys(api_key=api_key, admin_key=admin_key))
     uvicorn.run(app, host=host, port=int(port), log_level="warning")
 

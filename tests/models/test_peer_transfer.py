@@ -50,7 +50,9 @@ class Lan:
             node = BlobNode(ns, ModelStore(self.tmp / name), self.tmp / f"{name}.log")
             self.nodes[name] = node
         argv = [sys.executable, str(HERE / "_blobnode.py"), str(node.store.root), "0.0.0.0"]
-        node.proc = node.ns.popen([*argv, str(PORT), API, ADMIN, *model], log=node.log)
+        # the "internet" here is a LAN address: these nodes allow private pull URLs
+        env = {"BLOBNODE_ALLOW_PRIVATE": "1"}
+        node.proc = node.ns.popen([*argv, str(PORT), API, ADMIN, *model], log=node.log, env=env)
         deadline = time.monotonic() + 30
         while self.call("GET", node.url + "/health", "")["status"] != 200:
             if node.proc.poll() is not None or time.monotonic() > deadline:

@@ -144,7 +144,8 @@ class _Internal(BaseHTTPRequestHandler):
         self.wfile.write(self.body)
 
 
-def test_admin_pull_of_an_internal_url_that_is_no_model_fails(node: Node) -> None:
+def test_admin_pull_of_an_internal_url_is_refused(node: Node) -> None:
+    """Refused for its address (the rules: tests/node/test_pull_admin.py)."""
     import hashlib
     import threading
     from http.server import ThreadingHTTPServer
@@ -155,9 +156,8 @@ def test_admin_pull_of_an_internal_url_that_is_no_model_fails(node: Node) -> Non
         base = f"http://127.0.0.1:{server.server_address[1]}"
         for spec in (f"{base}/iam/role", f"{base}/iam/role?as=.onnx"):
             answer = node.post("/admin/models/pull", {"spec": spec})
-            assert answer.status_code == 202, answer.text
-            status = node.wait(answer.json()["job"])
-            assert status["state"] == "failed" and "not a" in str(status["error"]), status
+            assert answer.status_code == 400, answer.text  # loopback: an internal address
+            assert answer.json()["error"]["param"] == "spec"
     finally:
         server.shutdown()
         server.server_close()

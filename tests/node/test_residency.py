@@ -6,7 +6,13 @@ import math
 
 import pytest
 
-from edgebox.node.residency import Resident, expired, make_room, parse_keep_alive
+from edgebox.node.residency import (
+    Resident,
+    expired,
+    make_room,
+    parse_keep_alive,
+    start_loads,
+)
 
 MB = 10**6
 
@@ -72,3 +78,14 @@ def test_expiry_needs_an_idle_model_past_its_keep_alive() -> None:
     assert expired(last_used=10.0, keep_alive=5.0, busy=False, now=15.0)
     assert not expired(last_used=10.0, keep_alive=5.0, busy=False, now=14.9)
     assert not expired(last_used=10.0, keep_alive=0.0, busy=True, now=99.0)
+
+
+def test_models_named_at_start_load_in_order_while_they_fit_and_the_rest_stay_on_disk() -> None:
+    plan = start_loads([("a", 100 * MB), ("b", 300 * MB), ("c", 50 * MB)], 350 * MB)
+    assert plan.load == ("a", "c") and plan.on_disk == ("b",) and plan.too_big == ()
+    assert start_loads([("a", 100 * MB)], 200 * MB).on_disk == ()
+
+
+def test_a_model_named_at_start_bigger_than_the_whole_budget_is_too_big() -> None:
+    plan = start_loads([("a", 100 * MB), ("huge", 900 * MB)], 500 * MB)
+    assert plan.too_big == ("huge",)
