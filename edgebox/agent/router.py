@@ -32,7 +32,7 @@ class RouterSpec:
     own_id: str | None = None  # `serve --fleet`: this node's id, its own advert left out
     hub_login: Login | None = None  # `edgebox router`: the hub's nodes, read with a login
     hub_peers: PeerRecords | None = None  # `serve --fleet`: the hub's nodes, from heartbeats
-    node_admin_key: str | None = None  # what the router sends to nodes' /admin/ (pulls)
+    node_pull_key: str | None = None  # what the router sends to nodes' /admin/models/pull
 
 
 def static_nodes(spec: RouterSpec) -> list[NodeAddress]:
@@ -71,7 +71,7 @@ def build_router(spec: RouterSpec) -> tuple[Router, ASGIApp]:
         new_client(),
         ledger,
         node_api_key=spec.node_key,
-        node_admin_key=spec.node_admin_key,
+        node_pull_key=spec.node_pull_key,
     )
     return router, create_app(router, api_key=spec.api_key)
 

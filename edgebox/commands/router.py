@@ -71,12 +71,12 @@ TrustNode = Annotated[
         "its own at GET /edgebox/identity).",
     ),
 ]
-NodeAdminKey = Annotated[
+NodePullKey = Annotated[
     str | None,
     typer.Option(
-        envvar="EDGEBOX_NODE_ADMIN_KEY",
-        help="The nodes' admin key (their --admin-key), for the model pulls the router "
-        "starts on them (a peer transfer, a download).",
+        envvar="EDGEBOX_NODE_PULL_KEY",
+        help="The key the router sends to nodes' /admin/models/pull to bring a model there "
+        "(their --pull-key; their --admin-key works too). Default: the --node-key.",
         show_default=False,
     ),
 ]
@@ -109,7 +109,7 @@ def router(
     node_key: NodeKey = None,
     trust_node: TrustNode = None,
     trust_lan: TrustLan = False,
-    node_admin_key: NodeAdminKey = None,
+    node_pull_key: NodePullKey = None,
     allow_internet_pull: InternetPull = False,
 ) -> None:
     """One OpenAI endpoint for many nodes: placement, failover, cloud burst, split prefill."""
@@ -128,7 +128,7 @@ def router(
         api_key=api_key,
         node_key=node_key or None,
         hub_login=login,
-        node_admin_key=node_admin_key or None,
+        node_pull_key=node_pull_key or None,
     )
     static = len(static_nodes(spec))
     if not static and not mdns and login is None and not cfg.cloud:

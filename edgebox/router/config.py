@@ -60,13 +60,13 @@ class NodeEntry(_Strict):
     name: str | None = None
     prefill_tokens_per_s: float | None = Field(default=None, gt=0)  # seeds the split cost model
     key_env: str | None = None  # the NAME of the env var holding this node's key
-    admin_key_env: str | None = None  # ... and of its admin key (for pulls the router starts)
+    pull_key_env: str | None = None  # ... and of its pull key (`serve --pull-key`)
 
     def key(self) -> str | None:
         return os.environ.get(self.key_env) or None if self.key_env else None
 
-    def admin_key(self) -> str | None:
-        return os.environ.get(self.admin_key_env) or None if self.admin_key_env else None
+    def pull_key(self) -> str | None:
+        return os.environ.get(self.pull_key_env) or None if self.pull_key_env else None
 
 
 # A node key's fingerprint as `ssh-keygen -l` prints it (and `GET /edgebox/identity` answers).
@@ -113,7 +113,7 @@ class RouterConfig(_Strict):
     affinity_messages: int = Field(default=2, ge=1)  # the first N messages key the prefix affinity
     poll_interval_s: float = Field(default=2.0, gt=0)
     node_api_key_env: str | None = None  # the fleet key the router sends to trusted nodes
-    node_admin_key_env: str | None = None  # the nodes' admin key, for pulls the router starts
+    node_pull_key_env: str | None = None  # the nodes' pull key, for pulls the router starts
     # Node-key fingerprints whose holders are trusted when found on mDNS (after they prove it).
     trusted_node_keys: list[Annotated[str, StringConstraints(pattern=KEY_FINGERPRINT)]] = []
     trust_mdns: bool = False  # route to unverified mDNS nodes too (never with a key)
@@ -180,7 +180,7 @@ def configured_nodes(config: RouterConfig) -> list[NodeAddress]:
             normalise_url(n.url),
             n.prefill_tokens_per_s,
             key=n.key(),
-            admin_key=n.admin_key(),
+            pull_key=n.pull_key(),
         )
         for n in config.nodes
     ]

@@ -51,7 +51,7 @@ class NodeAddress:
     keys: frozenset[str] = frozenset()  # key fingerprints that would verify it
     fallback_url: str | None = None  # a hub node's recorded address, if its LAN one fails
     key: str | None = field(default=None, repr=False)  # its own bearer key ([[nodes]] key_env)
-    admin_key: str | None = field(default=None, repr=False)  # [[nodes]] admin_key_env
+    pull_key: str | None = field(default=None, repr=False)  # [[nodes]] pull_key_env
     note: str = ""  # why it is not trusted, for /health
 
 

@@ -7,11 +7,13 @@ awaiting it shielded, so a client that leaves cancels only its own wait (the pul
 the next request finds the model there). A finished pull is remembered for `REMEMBER_S`, so
 requests that come before the next poll sees the model on the node's disk do not start another.
 
-The router authenticates to the node's `/admin/` routes with the node's admin key
-(`[[nodes]] admin_key_env`, else `node_admin_key_env` / `--node-admin-key`), else the key it
-sends for inference (enough for a node without an admin key on the router's own box, whose
-`/admin/` answers loopback clients only). Holders are given as URLs without a key: the node
-sends its own fleet key to its peers' `/v1/blobs`, as in any pull it runs.
+The router authenticates to the node's pull routes with the node's pull key (`serve
+--pull-key`, which opens `/admin/models/pull` and nothing else; the admin key works too):
+`[[nodes]] pull_key_env`, else `node_pull_key_env` / `--node-pull-key`, else the key it sends
+for inference (enough for a node without admin or pull key on the router's own box, whose
+`/admin/` answers loopback clients only). A `/v1` key never opens a pull. Holders are given
+as URLs without a key: the node sends its own fleet key to its peers' `/v1/blobs`, as in any
+pull it runs.
 """
 
 from __future__ import annotations
@@ -112,9 +114,9 @@ class Pulls:
             raise PullFailed(f"the node did not answer ({type(exc).__name__})") from None
         if r.status_code in (401, 403):
             raise PullFailed(
-                f"the node refused the router's admin credential (HTTP {r.status_code}): give "
-                "the router the node's admin key ([[nodes]] admin_key_env, node_admin_key_env "
-                "or --node-admin-key)"
+                f"the node refused the router's pull credential (HTTP {r.status_code}): start "
+                "the node with --pull-key and give the router that key (--node-pull-key, "
+                "node_pull_key_env or [[nodes]] pull_key_env)"
             )
         try:
             answer = r.json()

@@ -54,7 +54,7 @@ class Router:
         *,
         node_api_key: str | None = None,
         responses: ResponseStore | None = None,
-        node_admin_key: str | None = None,
+        node_pull_key: str | None = None,
     ) -> None:
         self.config = config
         # Stored Responses conversations: here, so they outlive the node that served them.
@@ -75,8 +75,8 @@ class Router:
         # The router's own fleet credential; a client's key is never passed on to a node.
         node_key = config.node_api_key_env
         self._fleet_key = node_api_key or (_env(node_key) if node_key else None)
-        admin_env = config.node_admin_key_env
-        self._admin_key = node_admin_key or (_env(admin_env) if admin_env else None)
+        pull_env = config.node_pull_key_env
+        self._pull_key = node_pull_key or (_env(pull_env) if pull_env else None)
         self.pulls = Pulls(client, config.loading.pull_timeout_s)  # models brought to nodes
 
     def _node_headers(self, node: NodeStatus) -> dict[str, str]:
@@ -87,12 +87,13 @@ class Router:
         key = node.address.key or self._fleet_key
         return {"authorization": f"Bearer {key}"} if key else {}
 
-    def _admin_headers(self, node: NodeStatus) -> dict[str, str]:
-        """The key a node's /admin/ routes get (pulls): its admin key, else the inference key
-        (a node without an admin key answers /admin/ on loopback only, with that key)."""
+    def _pull_headers(self, node: NodeStatus) -> dict[str, str]:
+        """The key a node's `/admin/models/pull` gets: its pull key (`serve --pull-key`, or
+        its admin key), else the inference key (a node without admin or pull key answers
+        /admin/ on loopback only, with that key). Never more than pulls need."""
         if node.address.trust == "lan":
             return {}
-        key = node.address.admin_key or self._admin_key
+        key = node.address.pull_key or self._pull_key
         return {"authorization": f"Bearer {key}"} if key else self._node_headers(node)
 
     def routable(self) -> dict[str, NodeStatus]:
@@ -202,7 +203,7 @@ class Router:
         assert fetch is not None
         node = plan.nodes[fetch.node]
         peers = tuple(plan.nodes[h].address.url for h in fetch.holders)
-        order = PullOrder(node.name, node.address.url, fetch.spec, peers, self._admin_headers(node))
+        order = PullOrder(node.name, node.address.url, fetch.spec, peers, self._pull_headers(node))
         try:
             await self.pulls.bring(order)
         except PullFailed as exc:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 import socket
 import threading
 import time
@@ -36,6 +35,8 @@ TAG = f"{os.getpid()}"
 ON_A = f"gemma-on-a-{TAG}"  # gemma's weights (253 MB) over a's 200 MB budget
 HF_FILE = f"SmolX-{TAG}.Q4_1.gguf"  # SmolLM2 with one metadata byte changed: a new digest
 HF_SPEC = f"fakeorg{TAG}/fakerepo:{HF_FILE}"
+ADMIN, PULL = f"sk-admin-{TAG}", f"sk-pull-{TAG}"  # b's: the router gets the pull key only
+B_PULL = {"authorization": f"Bearer {PULL}"}
 
 
 @dataclass
@@ -44,6 +45,7 @@ class Fleet:
     b: NodeProcess
     router: NodeProcess  # internet pulls off (the default)
     open_router: NodeProcess  # --allow-internet-pull
+    keyless_router: NodeProcess  # --allow-internet-pull, without b's pull key
     tmp: Path
     hf_file: Path
 
@@ -96,15 +98,21 @@ def fleet(
         )
         started.append(a)
         b = start_node(
-            tmp, *common, "--no-tunnel", env={**env, "EDGEBOX_MODELS_DIR": str(tmp / "store-b")}
+            tmp,
+            *common,
+            *("--no-tunnel", "--admin-key", ADMIN, "--pull-key", PULL),
+            env={**env, "EDGEBOX_MODELS_DIR": str(tmp / "store-b")},
         )
         started.append(b)
         nodes = ("--node", a.url, "--node", b.url)
-        router = start_router(tmp, *nodes, ready_models=2)
+        keyed = (*nodes, "--node-pull-key", PULL)
+        router = start_router(tmp, *keyed, ready_models=2)
         started.append(router)
-        open_router = start_router(tmp, *nodes, "--allow-internet-pull", ready_models=2)
+        open_router = start_router(tmp, *keyed, "--allow-internet-pull", ready_models=2)
         started.append(open_router)
-        yield Fleet(a, b, router, open_router, tmp, hf_file)
+        keyless = start_router(tmp, *nodes, "--allow-internet-pull", ready_models=2)
+        started.append(keyless)
+        yield Fleet(a, b, router, open_router, keyless, tmp, hf_file)
     finally:
         for proc in reversed(started):
             proc.stop()
@@ -147,7 +155,7 @@ def test_a_model_a_holder_cannot_load_is_pulled_by_a_node_with_room_once(
         assert node == b_host
         assert f"reason=load:peer-transfer+from={a_host}" in reason
         assert answer.choices[0].message is not None
-    jobs = httpx.get(fleet.b.url + "/admin/models/pull", timeout=5).json()["data"]
+    jobs = httpx.get(fleet.b.url + "/admin/models/pull", headers=B_PULL, timeout=5).json()["data"]
     assert len(jobs) == 1 and jobs[0]["state"] == "done"
     assert jobs[0]["sources"] == {fleet.a.url: gemma_path.stat().st_size}  # all from a
     assert httpx.get(fleet.router.base_url.removesuffix("/v1") + "/health").json()["pulls"] == {
@@ -178,7 +186,7 @@ def test_a_spec_nowhere_is_a_404_naming_the_option_unless_internet_pulls_are_all
     assert reason.startswith("reason=load:internet")
     stored = ModelStore(fleet.tmp / "store-b").get(HF_SPEC)
     assert stored is not None and stored.files[0].sha256 == _sha256(fleet.hf_file)
-    jobs = httpx.get(fleet.b.url + "/admin/models/pull", timeout=5).json()["data"]
+    jobs = httpx.get(fleet.b.url + "/admin/models/pull", headers=B_PULL, timeout=5).json()["data"]
     (job,) = [j for j in jobs if j["spec"] == HF_SPEC]
     assert sum(job["sources"].values()) == fleet.hf_file.stat().st_size  # downloaded, all of it
 
@@ -198,3 +206,12 @@ def test_a_failed_pull_is_a_503_naming_the_model_and_the_router_keeps_serving(
     assert missing in error["message"] and "404" in error["message"]
     answer = _chat(fleet.open_router, "smollm2-135m")
     assert answer.choices[0].message is not None
+    # b takes its pull key or its admin key on /admin/models/pull: the router's inference
+    # credential (none here) is not enough
+    r = httpx.post(
+        fleet.keyless_router.base_url + "/chat/completions",
+        json={"model": missing, "messages": [{"role": "user", "content": "hi"}]},
+        timeout=60,
+    )
+    assert r.status_code == 503 and "--pull-key" in r.json()["error"]["message"]
+    assert PULL not in r.text and ADMIN not in r.text
