@@ -19,6 +19,7 @@ pull it runs.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -26,11 +27,14 @@ from typing import Any
 
 import httpx
 
+from edgebox.api.errors import APIError
 from edgebox.router.nodes import NodeStatus
+from edgebox.router.plan import RoutePlan
 
 POLL_S = 0.25  # how often the job is read; a pull of a small model takes seconds
 REMEMBER_S = 30.0  # longer than any poll interval: the node's /health lists it by then
 _CALL_TIMEOUT_S = 10.0
+log = logging.getLogger("edgebox.router")
 
 
 class PullFailed(Exception):
@@ -126,6 +130,31 @@ class Pulls:
             status = r.status_code
             raise PullFailed(f"the node refused the pull (HTTP {status}: {_message(answer)})")
         return answer
+
+
+async def fetch_first(pulls: Pulls, plan: RoutePlan, headers: Mapping[str, str]) -> RoutePlan:
+    """Run `plan.fetch` on the plan's first node (a peer transfer or a download). A failure
+    moves on to the plan's other targets (a cloud upstream), else is a 503 naming the model,
+    the node and why."""
+    fetch = plan.fetch
+    assert fetch is not None
+    node = plan.nodes[fetch.node]
+    peers = tuple(plan.nodes[h].address.url for h in fetch.holders)
+    try:
+        await pulls.bring(PullOrder(node.name, node.address.url, fetch.spec, peers, headers))
+        return plan
+    except PullFailed as exc:
+        if len(plan.targets) > 1:
+            log.warning("pull of %s on %s failed: %s", fetch.spec, node.name, exc)
+            return replace(plan, targets=plan.targets[1:], fetch=None, split=None)
+        source = f"from {', '.join(fetch.holders)}" if fetch.holders else "from the internet"
+        raise APIError(
+            503,
+            f"could not bring the model '{fetch.spec}' to node {node.name} "
+            f"({fetch.tier} {source}): {exc}",
+            type="server_error",
+            code="model_pull_failed",
+        ) from None
 
 
 def _message(answer: Any) -> str:

@@ -35,7 +35,7 @@ from edgebox.router.placement import (
     requested_max_tokens,
 )
 from edgebox.router.plan import Attempt, Observed, RoutePlan, Split, plan_route, target_name
-from edgebox.router.pulls import PullFailed, PullOrder, Pulls
+from edgebox.router.pulls import Pulls, fetch_first
 from edgebox.router.tokens import Tokenizers
 
 LOCAL_ONLY_HEADER = "x-edgebox-local-only"
@@ -170,7 +170,7 @@ class Router:
         if not plan.targets:
             raise self._nothing_up(plan)
         if plan.fetch is not None:
-            await self._fetch(plan)
+            plan = await self._fetch(plan)
         split = await self._split(plan, body)
         encoded = raw if raw is not None else json.dumps(body).encode()
         return await self._attempt(Attempt(plan, body, encoded, split))
@@ -196,25 +196,11 @@ class Router:
             code="model_not_found",
         )
 
-    async def _fetch(self, plan: RoutePlan) -> None:
-        """Bring the model to the plan's first node (a peer transfer or a download) before
-        the request goes there; a failure is a 503 naming the model, the node and why."""
-        fetch = plan.fetch
-        assert fetch is not None
-        node = plan.nodes[fetch.node]
-        peers = tuple(plan.nodes[h].address.url for h in fetch.holders)
-        order = PullOrder(node.name, node.address.url, fetch.spec, peers, self._pull_headers(node))
-        try:
-            await self.pulls.bring(order)
-        except PullFailed as exc:
-            source = f"from {', '.join(fetch.holders)}" if fetch.holders else "from the internet"
-            raise APIError(
-                503,
-                f"could not bring the model '{fetch.spec}' to node {node.name} "
-                f"({fetch.tier} {source}): {exc}",
-                type="server_error",
-                code="model_pull_failed",
-            ) from None
+    async def _fetch(self, plan: RoutePlan) -> RoutePlan:
+        """Bring the model to the plan's first node before the request goes there."""
+        assert plan.fetch is not None
+        headers = self._pull_headers(plan.nodes[plan.fetch.node])
+        return await fetch_first(self.pulls, plan, headers)
 
     async def _observe(
         self, body: dict[str, Any], conversation: tuple[str, ...], *, local_only: bool

@@ -124,3 +124,49 @@ def test_a_pull_past_its_timeout_and_a_refused_key_are_clear_and_never_show_the_
             assert "--pull-key" in str(refused.value) and SECRET not in str(refused.value)
 
     asyncio.run(scenario())
+
+
+def test_a_failed_pull_moves_on_to_the_cloud_or_is_a_503_naming_model_node_and_source() -> None:
+    from edgebox.api.errors import APIError
+    from edgebox.router.cloud import CloudTarget
+    from edgebox.router.config import CloudUpstream
+    from edgebox.router.fetch import Fetch
+    from edgebox.router.placement import Candidate, RouteRequest
+    from edgebox.router.plan import RoutePlan
+    from edgebox.router.pulls import fetch_first
+
+    nodes = {
+        n: NodeStatus(
+            NodeAddress(n, f"http://{n}"), healthy=True, available={"m": 1} if n == "a" else {}
+        )
+        for n in ("a", "b")
+    }
+    local = (Candidate("b", 1.0, ("load:peer-transfer", "from=a")), "load:peer-transfer+from=a")
+    cloud = CloudTarget(CloudUpstream(name="c", base_url="http://c/v1", models={"m": "m"}), "m")
+    fetch = Fetch("b", "m", ("a",))
+    alone = RoutePlan(
+        "/v1/chat/completions", RouteRequest("m"), nodes, (local,), {}, None, fetch=fetch
+    )
+
+    async def scenario() -> None:
+        node = FakeNode()
+        async with client_for(node) as client:
+            pulls = Pulls(client, timeout_s=10)
+            waiting = asyncio.create_task(fetch_first(pulls, alone, {}))
+            await _settle()
+            node.finish("peer http://a: connection refused")
+            with pytest.raises(APIError) as failed:
+                await waiting
+            assert failed.value.status == 503 and failed.value.code == "model_pull_failed"
+            message = str(failed.value)
+            assert "'m'" in message and "node b" in message and "peer-transfer from a" in message
+            assert "connection refused" in message
+            node.state = "running"
+            both = RoutePlan(**{**alone.__dict__, "targets": (local, (cloud, "fallback"))})
+            waiting = asyncio.create_task(fetch_first(pulls, both, {}))
+            await _settle()
+            node.finish("peer http://a: connection refused")
+            moved = await waiting
+            assert [t for t, _ in moved.targets] == [cloud] and moved.fetch is None
+
+    asyncio.run(scenario())
