@@ -147,11 +147,11 @@ async def fetch_first(pulls: Pulls, plan: RoutePlan, headers: Mapping[str, str])
         if len(plan.targets) > 1:
             log.warning("pull of %s on %s failed: %s", fetch.spec, node.name, exc)
             return replace(plan, targets=plan.targets[1:], fetch=None, split=None)
-        source = f"from {', '.join(fetch.holders)}" if fetch.holders else "from the internet"
+        how = f"a peer transfer from {', '.join(fetch.holders)}" if fetch.holders else ""
         raise APIError(
             503,
             f"could not bring the model '{fetch.spec}' to node {node.name} "
-            f"({fetch.tier} {source}): {exc}",
+            f"({how or 'a download from the internet'}): {exc}",
             type="server_error",
             code="model_pull_failed",
         ) from None

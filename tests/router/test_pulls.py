@@ -159,7 +159,7 @@ def test_a_failed_pull_moves_on_to_the_cloud_or_is_a_503_naming_model_node_and_s
                 await waiting
             assert failed.value.status == 503 and failed.value.code == "model_pull_failed"
             message = str(failed.value)
-            assert "'m'" in message and "node b" in message and "peer-transfer from a" in message
+            assert "'m'" in message and "node b" in message and "a peer transfer from a" in message
             assert "connection refused" in message
             node.state = "running"
             both = RoutePlan(**{**alone.__dict__, "targets": (local, (cloud, "fallback"))})
