@@ -35,6 +35,7 @@ TAG = f"{os.getpid()}"
 ON_A = f"gemma-on-a-{TAG}"  # gemma's weights (253 MB) over a's 200 MB budget
 HF_FILE = f"SmolX-{TAG}.Q4_1.gguf"  # SmolLM2 with one metadata byte changed: a new digest
 HF_SPEC = f"fakeorg{TAG}/fakerepo:{HF_FILE}"
+ON_C = f"gemma-on-c-{TAG}"  # gemma with one metadata byte changed, on node c only
 ADMIN, PULL = f"sk-admin-{TAG}", f"sk-pull-{TAG}"  # b's: the router gets the pull key only
 B_PULL = {"authorization": f"Bearer {PULL}"}
 
@@ -43,6 +44,7 @@ B_PULL = {"authorization": f"Bearer {PULL}"}
 class Fleet:
     a: NodeProcess
     b: NodeProcess
+    c: NodeProcess  # a holder the peer-vanishes test kills
     router: NodeProcess  # internet pulls off (the default)
     open_router: NodeProcess  # --allow-internet-pull
     keyless_router: NodeProcess  # --allow-internet-pull, without b's pull key
@@ -85,6 +87,11 @@ def fleet(
     at = data.index(b"Smollm2 135M")
     data[at : at + 12] = b"Smollm2 135X"
     hf_file.write_bytes(data)
+    other = bytearray(gemma_path.read_bytes())  # a new digest: b must copy every byte
+    at = other.index(b"Gemma 3 270m")
+    other[at : at + 12] = b"Gemma 3 270X"
+    (tmp / "gemma-c.gguf").write_bytes(other)
+    ModelStore(tmp / "store-c").add_local(tmp / "gemma-c.gguf", ON_C)
     server, thread, hf_url = _hugging_face(hf_file)
     started: list[NodeProcess] = []
     try:
@@ -104,15 +111,22 @@ def fleet(
             env={**env, "EDGEBOX_MODELS_DIR": str(tmp / "store-b")},
         )
         started.append(b)
-        nodes = ("--node", a.url, "--node", b.url)
+        c = start_node(
+            tmp,
+            *common,
+            *("--no-tunnel", "--memory-budget", "200MB"),
+            env={**env, "EDGEBOX_MODELS_DIR": str(tmp / "store-c")},
+        )
+        started.append(c)
+        nodes = ("--node", a.url, "--node", b.url, "--node", c.url)
         keyed = (*nodes, "--node-pull-key", PULL)
-        router = start_router(tmp, *keyed, ready_models=2)
+        router = start_router(tmp, *keyed, ready_models=3)
         started.append(router)
-        open_router = start_router(tmp, *keyed, "--allow-internet-pull", ready_models=2)
+        open_router = start_router(tmp, *keyed, "--allow-internet-pull", ready_models=3)
         started.append(open_router)
-        keyless = start_router(tmp, *nodes, "--allow-internet-pull", ready_models=2)
+        keyless = start_router(tmp, *nodes, "--allow-internet-pull", ready_models=3)
         started.append(keyless)
-        yield Fleet(a, b, router, open_router, keyless, tmp, hf_file)
+        yield Fleet(a, b, c, router, open_router, keyless, tmp, hf_file)
     finally:
         for proc in reversed(started):
             proc.stop()
@@ -189,6 +203,32 @@ def test_a_spec_nowhere_is_a_404_naming_the_option_unless_internet_pulls_are_all
     jobs = httpx.get(fleet.b.url + "/admin/models/pull", headers=B_PULL, timeout=5).json()["data"]
     (job,) = [j for j in jobs if j["spec"] == HF_SPEC]
     assert sum(job["sources"].values()) == fleet.hf_file.stat().st_size  # downloaded, all of it
+
+
+def test_a_peer_that_vanishes_mid_transfer_is_a_503_and_the_router_keeps_serving(
+    fleet: Fleet,
+) -> None:
+    wait_until(lambda: _sees(fleet.router, ON_C), 30, "the router to see the model on c's disk")
+    body = {"model": ON_C, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}
+    with ThreadPoolExecutor(1) as pool:
+        sent = pool.submit(
+            httpx.post, fleet.router.base_url + "/chat/completions", json=body, timeout=120
+        )
+
+        def copying() -> bool:
+            jobs = httpx.get(fleet.b.url + "/admin/models/pull", headers=B_PULL, timeout=5)
+            return any(j["spec"] == ON_C and j["bytes_done"] > 0 for j in jobs.json()["data"])
+
+        wait_until(copying, 60, "b to start copying from c")
+        fleet.c.proc.kill()  # the only holder vanishes mid-way
+        r = sent.result(timeout=120)
+    assert r.status_code == 503, r.text
+    error = r.json()["error"]
+    assert error["code"] == "model_pull_failed"
+    c_host = fleet.c.url.removeprefix("http://")
+    assert ON_C in error["message"] and f"peer transfer from {c_host}" in error["message"]
+    assert "the pull failed" in error["message"]
+    assert _chat(fleet.router, "smollm2-135m").choices[0].message is not None
 
 
 def test_a_failed_pull_is_a_503_naming_the_model_and_the_router_keeps_serving(
