@@ -54,6 +54,7 @@ class NodeConfig:
     api_key: str | None = None
     admin_key: str | None = None
     fleet_key: str | None = None
+    pull_key: str | None = None  # opens /admin/models/pull only (what a router needs)
     key_max_inflight: int = 128
     access_log: bool = False
     mdns: bool = True
@@ -125,4 +126,5 @@ class NodeConfig:
             self.admin_key or None,
             self.fleet_key or None,
             self.key_max_inflight,
+            pull_key=self.pull_key or None,
         )

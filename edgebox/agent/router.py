@@ -32,6 +32,7 @@ class RouterSpec:
     own_id: str | None = None  # `serve --fleet`: this node's id, its own advert left out
     hub_login: Login | None = None  # `edgebox router`: the hub's nodes, read with a login
     hub_peers: PeerRecords | None = None  # `serve --fleet`: the hub's nodes, from heartbeats
+    node_pull_key: str | None = None  # what the router sends to nodes' /admin/models/pull
 
 
 def static_nodes(spec: RouterSpec) -> list[NodeAddress]:
@@ -64,7 +65,14 @@ def build_router(spec: RouterSpec) -> tuple[Router, ASGIApp]:
     if lan is not None:  # after the hub: a hub node's name and address win over an advert's
         sources.append(lan)
     ledger = SpendLedger(edgebox_home() / "router_spend.json", config.max_usd_per_day)
-    router = Router(config, sources, new_client(), ledger, node_api_key=spec.node_key)
+    router = Router(
+        config,
+        sources,
+        new_client(),
+        ledger,
+        node_api_key=spec.node_key,
+        node_pull_key=spec.node_pull_key,
+    )
     return router, create_app(router, api_key=spec.api_key)
 
 

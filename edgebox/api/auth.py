@@ -12,6 +12,9 @@ Scopes (the compatibility rule, also in the README):
   admin key, `/admin/` answers loopback clients only, and those must send the inference key
   when the node has one (as before scopes existed); a remote client gets 403 saying to start
   the node with `--admin-key`.
+- `/admin/models/pull` (start a pull, read its jobs) also takes the pull key (`--pull-key`):
+  what a router that brings models to nodes needs, and nothing else (no drain, no load or
+  unload, no recent requests).
 - Each key may have at most `per_key_limit` requests in flight; one more gets 429 with
   `Retry-After`, so one client (or one leaked key) cannot hold every slot and queue place.
 
@@ -31,6 +34,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from edgebox.api.anthropic import anthropic_error, is_messages_path
 
 PROTECTED_PREFIXES = ("/v1/", "/admin/")
+PULL_PREFIX = "/admin/models/pull"  # what the pull key opens (and nothing else)
 DEFAULT_PER_KEY_LIMIT = 128  # in-flight requests per key; above the node's slots plus its queue
 KEY_RETRY_AFTER_S = 1
 
@@ -122,6 +126,7 @@ class NodeKeys:
     fleet_key: str | None = None  # inference scope, for peers' routers (`serve --fleet`)
     per_key_limit: int = DEFAULT_PER_KEY_LIMIT  # 0: no limit
     member_key: str | None = None  # inference scope: this node's key from its hub (join)
+    pull_key: str | None = None  # pull scope: start model pulls and read their jobs only
 
     @property
     def inference(self) -> list[str]:
@@ -142,6 +147,7 @@ class ScopedKeyMiddleware:
         self.limit = keys.per_key_limit
         self._inference = [k.encode() for k in keys.inference]
         self._admin = keys.admin_key.encode() if keys.admin_key else None
+        self._pull = keys.pull_key.encode() if keys.pull_key else None
         self._loopback_open = keys.loopback_open
         self._inflight: dict[str, int] = {}
 
@@ -149,7 +155,11 @@ class ScopedKeyMiddleware:
         if scope["type"] != "http" or not scope["path"].startswith(PROTECTED_PREFIXES):
             await self.app(scope, receive, send)
             return
-        if scope["path"].startswith("/admin/"):
+        holder: str | None
+        refusal: tuple[int, bytes] | None
+        if self._pull_holder(scope):
+            holder, refusal = "pull", None
+        elif scope["path"].startswith("/admin/"):
             holder, refusal = self._admin_holder(scope)
         else:
             holder, refusal = self._inference_holder(scope)
@@ -173,6 +183,12 @@ class ScopedKeyMiddleware:
             return None, (401, _UNAUTHORISED)
         scope.setdefault("state", {})["api_key_index"] = matched[0]
         return f"inference-{matched[0]}", None
+
+    def _pull_holder(self, scope: Scope) -> bool:
+        """Whether the request is for the pull routes and carries the pull key."""
+        path = scope["path"]
+        on_pull = path == PULL_PREFIX or path.startswith(PULL_PREFIX + "/")
+        return bool(self._pull and on_pull and _matches(_bearer(scope), [self._pull]))
 
     def _admin_holder(self, scope: Scope) -> tuple[str | None, tuple[int, bytes] | None]:
         if self._admin is not None:

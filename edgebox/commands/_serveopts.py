@@ -126,6 +126,15 @@ FleetKey = Annotated[
         show_default=False,
     ),
 ]
+PullKey = Annotated[
+    str | None,
+    typer.Option(
+        envvar="EDGEBOX_PULL_KEY",
+        help="A key that opens /admin/models/pull only: give it to a router that brings "
+        "models to this node (its --node-pull-key), instead of the admin key.",
+        show_default=False,
+    ),
+]
 KeyMaxInflight = Annotated[
     int, typer.Option(min=0, help="Requests one key may have in flight (0: no limit).")
 ]

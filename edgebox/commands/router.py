@@ -71,6 +71,23 @@ TrustNode = Annotated[
         "its own at GET /edgebox/identity).",
     ),
 ]
+NodePullKey = Annotated[
+    str | None,
+    typer.Option(
+        envvar="EDGEBOX_NODE_PULL_KEY",
+        help="The key the router sends to nodes' /admin/models/pull to bring a model there "
+        "(their --pull-key; their --admin-key works too). Default: the --node-key.",
+        show_default=False,
+    ),
+]
+InternetPull = Annotated[
+    bool,
+    typer.Option(
+        "--allow-internet-pull",
+        help="Let a node download a model no node has when a request names it as "
+        "ORG/REPO:FILE.gguf (off: such a request is a 404).",
+    ),
+]
 TrustLan = Annotated[
     bool,
     typer.Option(
@@ -92,6 +109,8 @@ def router(
     node_key: NodeKey = None,
     trust_node: TrustNode = None,
     trust_lan: TrustLan = False,
+    node_pull_key: NodePullKey = None,
+    allow_internet_pull: InternetPull = False,
 ) -> None:
     """One OpenAI endpoint for many nodes: placement, failover, cloud burst, split prefill."""
     import uvicorn
@@ -99,6 +118,8 @@ def router(
     from edgebox.agent.router import RouterSpec, build_router, static_nodes
 
     cfg = _router_config(config, disagg, trust_node or [], trust_lan)
+    if allow_internet_pull:
+        cfg = cfg.model_copy(update={"loading": cfg.loading.model_copy(update={"internet": True})})
     login = _hub_login(hub)
     spec = RouterSpec(
         cfg,
@@ -107,6 +128,7 @@ def router(
         api_key=api_key,
         node_key=node_key or None,
         hub_login=login,
+        node_pull_key=node_pull_key or None,
     )
     static = len(static_nodes(spec))
     if not static and not mdns and login is None and not cfg.cloud:

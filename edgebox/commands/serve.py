@@ -47,6 +47,7 @@ def serve(
     api_key: opt.ApiKey = None,
     admin_key: opt.AdminKey = None,
     fleet_key: opt.FleetKey = None,
+    pull_key: opt.PullKey = None,
     key_max_inflight: opt.KeyMaxInflight = 128,
     access_log: opt.AccessLog = False,
     mdns: opt.Mdns = True,

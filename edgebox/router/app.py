@@ -38,7 +38,9 @@ async def health(request: Request) -> Response:
     nodes = {name: _node_health(s) for name, s in router.poller.status.items()}
     up = any(s.healthy for s in router.routable().values()) or bool(router.config.cloud)
     learnt = router.observed.learnt()  # what splits measured; preferred to [disagg] settings
-    return JSONResponse({"status": "ok" if up else "degraded", "nodes": nodes, "split": learnt})
+    pulls = {"started": router.pulls.started}  # pulls this router started on nodes
+    body = {"status": "ok" if up else "degraded", "nodes": nodes, "split": learnt, "pulls": pulls}
+    return JSONResponse(body)
 
 
 def _node_health(node: NodeStatus) -> dict[str, Any]:

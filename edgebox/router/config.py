@@ -60,9 +60,13 @@ class NodeEntry(_Strict):
     name: str | None = None
     prefill_tokens_per_s: float | None = Field(default=None, gt=0)  # seeds the split cost model
     key_env: str | None = None  # the NAME of the env var holding this node's key
+    pull_key_env: str | None = None  # ... and of its pull key (`serve --pull-key`)
 
     def key(self) -> str | None:
         return os.environ.get(self.key_env) or None if self.key_env else None
+
+    def pull_key(self) -> str | None:
+        return os.environ.get(self.pull_key_env) or None if self.pull_key_env else None
 
 
 # A node key's fingerprint as `ssh-keygen -l` prints it (and `GET /edgebox/identity` answers).
@@ -84,16 +88,32 @@ class Disagg(_Strict):
     kv_bytes_per_token: int = Field(default=23_040, gt=0)  # SmolLM2-135M f16 K and V
 
 
+class Loading(_Strict):
+    """How a model loaded nowhere is brought in (`router/fetch.py`): `[loading]`."""
+
+    # let a node download a model that is nowhere in the fleet (an `ORG/REPO:FILE.gguf` spec);
+    # off by default: a client's request would otherwise make a box fetch gigabytes from
+    # the internet, a cost and a trust decision that belongs to the operator
+    internet: bool = False
+    pull_timeout_s: float = Field(default=600.0, gt=0)  # a pull the router waits for, at most
+    # a holder with this many requests queued per slot is too busy to load another model
+    busy_queued_per_slot: float = Field(default=1.0, gt=0)
+    lan_mbps: float = Field(default=1000.0, gt=0)  # assumed between nodes on one LAN
+    wan_mbps: float = Field(default=100.0, gt=0)  # assumed between nodes not on one LAN
+
+
 class RouterConfig(_Strict):
     nodes: list[NodeEntry] = []
     cloud: list[CloudUpstream] = []
     weights: Weights = Weights()
     disagg: Disagg = Disagg()
+    loading: Loading = Loading()
     max_usd_per_day: float | None = Field(default=None, ge=0)  # daily cloud spend cap; None: no cap
     max_attempts: int = Field(default=3, ge=1)
     affinity_messages: int = Field(default=2, ge=1)  # the first N messages key the prefix affinity
     poll_interval_s: float = Field(default=2.0, gt=0)
     node_api_key_env: str | None = None  # the fleet key the router sends to trusted nodes
+    node_pull_key_env: str | None = None  # the nodes' pull key, for pulls the router starts
     # Node-key fingerprints whose holders are trusted when found on mDNS (after they prove it).
     trusted_node_keys: list[Annotated[str, StringConstraints(pattern=KEY_FINGERPRINT)]] = []
     trust_mdns: bool = False  # route to unverified mDNS nodes too (never with a key)
@@ -156,7 +176,11 @@ def configured_nodes(config: RouterConfig) -> list[NodeAddress]:
     own key when it names one."""
     return [
         NodeAddress(
-            n.name or node_name(n.url), normalise_url(n.url), n.prefill_tokens_per_s, key=n.key()
+            n.name or node_name(n.url),
+            normalise_url(n.url),
+            n.prefill_tokens_per_s,
+            key=n.key(),
+            pull_key=n.pull_key(),
         )
         for n in config.nodes
     ]

@@ -51,6 +51,7 @@ class NodeAddress:
     keys: frozenset[str] = frozenset()  # key fingerprints that would verify it
     fallback_url: str | None = None  # a hub node's recorded address, if its LAN one fails
     key: str | None = field(default=None, repr=False)  # its own bearer key ([[nodes]] key_env)
+    pull_key: str | None = field(default=None, repr=False)  # [[nodes]] pull_key_env
     note: str = ""  # why it is not trusted, for /health
 
 
@@ -66,6 +67,8 @@ class NodeStatus:
     # models on its disk, not loaded (a request loads them): name → size in bytes (0: unknown)
     available: Mapping[str, int] = field(default_factory=dict)
     memory_free: int | None = None  # its model memory budget less what its models hold
+    memory_budget: int | None = None  # bytes its models may take (None: not reported)
+    draining: bool = False  # takes no new requests, still answers (serves its blobs)
 
     @property
     def name(self) -> str:
@@ -213,6 +216,8 @@ def status_from_health(
         prefix_blocks=blocks,
         available=available,
         memory_free=free,
+        memory_budget=report.memory_budget,
+        draining=report.status == "draining",
     )
 
 

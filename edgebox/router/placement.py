@@ -27,7 +27,7 @@ from collections.abc import Callable, Container, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from edgebox.router.config import Weights
+from edgebox.router.config import Loading, Weights
 from edgebox.router.nodes import NodeStatus
 from edgebox.runtimes.prefix_blocks import matched_blocks
 
@@ -64,6 +64,8 @@ class PlacementContext:
     affinity: Mapping[str, str] = field(default_factory=dict)  # prefix key -> node name
     # node name -> the block-hash sets it holds (its /health report, this router's placements)
     blocks: Mapping[str, Sequence[Container[str]]] = field(default_factory=dict)
+    # (from node, to node) → bytes/s measured between them (KV hand-offs), for transfers
+    links: Mapping[tuple[str, str], float] = field(default_factory=dict)
 
 
 Filter = Callable[[RouteRequest, NodeStatus, PlacementContext], str | None]
@@ -158,16 +160,20 @@ def place(
 
 
 def place_cold(
-    req: RouteRequest, nodes: Sequence[NodeStatus], ctx: PlacementContext
+    req: RouteRequest,
+    nodes: Sequence[NodeStatus],
+    ctx: PlacementContext,
+    rules: Loading = Loading(),
 ) -> tuple[list[Candidate], dict[str, str]]:
-    """Where to load a model that no node has loaded: the up nodes that have it on disk, those
-    with room for it without evicting anything first, then the least busy.
+    """Where to load a model that no node has loaded: the up nodes that have it on disk and a
+    memory budget that can hold it, those not too busy first (`busy`: see `too_busy`), then
+    those with room for it without evicting anything, then the least busy.
 
-        cost(node) = (0 if size ≤ memory_free else 1, running + queued over all its models)
+        cost(node) = (too busy, 0 if size ≤ memory_free else 1, running + queued, name)
 
-    The reason is `load:on-disk` (`+no-eviction` where it fits in free memory)."""
+    The reason is `load:on-disk` (`+no-eviction` where it fits in free memory, `+busy`)."""
     rejected: dict[str, str] = {}
-    ranked: list[tuple[tuple[int, int, str], Candidate]] = []
+    ranked: list[tuple[tuple[int, int, int, str], Candidate]] = []
     for node in nodes:
         if req.model not in node.available:
             rejected[node.name] = "model-not-on-disk"
@@ -176,13 +182,38 @@ def place_cold(
             rejected[node.name] = "unhealthy" if not node.healthy else "cooling-down"
             continue
         size = node.available[req.model]
+        if not holds(node, size):
+            rejected[node.name] = "memory-budget-too-small"
+            continue
         fits = node.memory_free is not None and size <= node.memory_free
-        busy = sum(m.running + m.queued for m in node.models.values())
-        reasons = ("load:on-disk", "no-eviction") if fits else ("load:on-disk",)
-        cost = (0 if fits else 1, busy, node.name)
-        ranked.append((cost, Candidate(node.name, 1.0 / (1 + cost[0] + busy), reasons)))
+        crowded = too_busy(node, rules)
+        reasons = ("load:on-disk", *(("no-eviction",) if fits else ()))
+        reasons += ("busy",) if crowded else ()
+        cost = (int(crowded), 0 if fits else 1, busyness(node), node.name)
+        ranked.append((cost, Candidate(node.name, 1.0 / (1 + cost[1] + cost[2]), reasons)))
     ranked.sort(key=lambda item: item[0])
     return [c for _, c in ranked], rejected
+
+
+def holds(node: NodeStatus, size: int) -> bool:
+    """Whether the node's model memory budget can hold `size` bytes of weights at all
+    (evicting everything else); an unknown size or budget passes: the node decides."""
+    return not (size and node.memory_budget is not None and size > node.memory_budget)
+
+
+def busyness(node: NodeStatus) -> int:
+    """Requests running and queued over all the node's models."""
+    return sum(m.running + m.queued for m in node.models.values())
+
+
+def too_busy(node: NodeStatus, rules: Loading) -> bool:
+    """A node with `busy_queued_per_slot` requests queued per slot (1: a whole second round
+    of work waiting behind the running one) is too busy to load another model: the load
+    would share its compute with all of that, and the new model's first request would wait
+    longer than a LAN copy of a small model to an idle node takes."""
+    slots = sum(max(1, m.slots) for m in node.models.values()) or 1
+    queued = sum(m.queued for m in node.models.values())
+    return queued >= rules.busy_queued_per_slot * slots
 
 
 def prefix_keys(body: Mapping[str, Any], n_messages: int) -> tuple[str, ...]:

@@ -17,6 +17,7 @@ from typing import Any
 from edgebox.router.cloud import Target, plan_targets, predicted_wait_s
 from edgebox.router.config import Disagg, RouterConfig
 from edgebox.router.disagg import Handoff, should_split
+from edgebox.router.fetch import Fetch, place_loading
 from edgebox.router.nodes import NodeStatus
 from edgebox.router.placement import (
     Candidate,
@@ -24,7 +25,6 @@ from edgebox.router.placement import (
     PlacementPolicy,
     RouteRequest,
     place,
-    place_cold,
 )
 from edgebox.router.tokens import prefix_note
 
@@ -65,6 +65,7 @@ class RoutePlan:
     cloud_left_out: str | None  # why no cloud target is in `targets` ("local-only", ...)
     split: SplitPlan | None = None
     held: Mapping[str, Sequence[Container[str]]] = field(default_factory=dict)
+    fetch: Fetch | None = None  # a pull to run on the first target before sending it there
 
 
 def plan_route(
@@ -73,8 +74,10 @@ def plan_route(
     """Rank the nodes, place the cloud among them, and decide the split. Pure."""
     req = seen.req
     local, rejected = place(req, list(seen.nodes.values()), policy, seen.ctx)
+    fetch = None
     if not any(req.model in s.models for s in seen.nodes.values()):  # loaded nowhere
-        local, rejected = place_cold(req, list(seen.nodes.values()), seen.ctx)
+        loading = place_loading(req, list(seen.nodes.values()), seen.ctx, config.loading)
+        local, rejected, fetch = loading.candidates, loading.rejected, loading.fetch
     local = stick_to_conversation(local, req, seen.ctx.affinity, seen.nodes)
     serving = {n: s.models[req.model] for n, s in seen.nodes.items() if req.model in s.models}
     too_small = any(r == "context-too-small" for r in rejected.values())
@@ -91,8 +94,19 @@ def plan_route(
     if not targets and too_small and cloud_left_out != "spend-cap":  # (the cap: 429, retry)
         targets = _context_check(req, seen.nodes, rejected)
     split = plan_split(path, targets, seen, config.disagg) if targets else None
+    first = targets[0][0] if targets else None
+    if fetch is not None and not (isinstance(first, Candidate) and first.node == fetch.node):
+        fetch = None  # the cloud goes first: no pull
     return RoutePlan(
-        path, req, seen.nodes, tuple(targets), rejected, cloud_left_out, split, seen.ctx.blocks
+        path,
+        req,
+        seen.nodes,
+        tuple(targets),
+        rejected,
+        cloud_left_out,
+        split,
+        seen.ctx.blocks,
+        fetch,
     )
 
 

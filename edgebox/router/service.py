@@ -19,6 +19,7 @@ from edgebox.api.response_store import ResponseStore
 from edgebox.router.cloud import CloudTarget, SpendLedger, Target, cost_usd
 from edgebox.router.config import RouterConfig
 from edgebox.router.disagg import SplitFailed, hand_off
+from edgebox.router.fetch import pullable
 from edgebox.router.forward import Outgoing, Relay, TargetFailed, send
 from edgebox.router.metrics import RouterMetrics
 from edgebox.router.nodes import NodePoller, NodeSource, NodeStatus
@@ -34,6 +35,7 @@ from edgebox.router.placement import (
     requested_max_tokens,
 )
 from edgebox.router.plan import Attempt, Observed, RoutePlan, Split, plan_route, target_name
+from edgebox.router.pulls import Pulls, fetch_first
 from edgebox.router.tokens import Tokenizers
 
 LOCAL_ONLY_HEADER = "x-edgebox-local-only"
@@ -52,6 +54,7 @@ class Router:
         *,
         node_api_key: str | None = None,
         responses: ResponseStore | None = None,
+        node_pull_key: str | None = None,
     ) -> None:
         self.config = config
         # Stored Responses conversations: here, so they outlive the node that served them.
@@ -72,6 +75,9 @@ class Router:
         # The router's own fleet credential; a client's key is never passed on to a node.
         node_key = config.node_api_key_env
         self._fleet_key = node_api_key or (_env(node_key) if node_key else None)
+        pull_env = config.node_pull_key_env
+        self._pull_key = node_pull_key or (_env(pull_env) if pull_env else None)
+        self.pulls = Pulls(client, config.loading.pull_timeout_s)  # models brought to nodes
 
     def _node_headers(self, node: NodeStatus) -> dict[str, str]:
         """The key a node gets: its own (`[[nodes]] key_env`), else the fleet key; none for a
@@ -80,6 +86,15 @@ class Router:
             return {}
         key = node.address.key or self._fleet_key
         return {"authorization": f"Bearer {key}"} if key else {}
+
+    def _pull_headers(self, node: NodeStatus) -> dict[str, str]:
+        """The key a node's `/admin/models/pull` gets: its pull key (`serve --pull-key`, or
+        its admin key), else the inference key (a node without admin or pull key answers
+        /admin/ on loopback only, with that key). Never more than pulls need."""
+        if node.address.trust == "lan":
+            return {}
+        key = node.address.pull_key or self._pull_key
+        return {"authorization": f"Bearer {key}"} if key else self._node_headers(node)
 
     def routable(self) -> dict[str, NodeStatus]:
         """The nodes requests may go to: not those learned from mDNS that proved nothing."""
@@ -154,19 +169,38 @@ class Router:
         plan = plan_route(path, seen, self.config, self.policy)
         if not plan.targets:
             raise self._nothing_up(plan)
+        if plan.fetch is not None:
+            plan = await self._fetch(plan)
         split = await self._split(plan, body)
         encoded = raw if raw is not None else json.dumps(body).encode()
         return await self._attempt(Attempt(plan, body, encoded, split))
 
     def _check_known(self, model: str) -> None:
-        if not self._known(model):
-            raise APIError(
-                404,
-                f"the model '{model}' is not on any node or cloud upstream "
-                f"(models: {self._model_list()}){self._unverified_note(model)}",
-                param="model",
-                code="model_not_found",
-            )
+        if self._known(model):
+            return
+        pull = pullable(model)
+        if pull and self.config.loading.internet:
+            return  # a node downloads it (`fetch.place_loading`)
+        how = (
+            "; it is a Hugging Face spec: start the router with --allow-internet-pull (or "
+            "[loading] internet = true) to let a node download it, or put it on nodes with "
+            f"`edgebox deploy {model} --to NODE`"
+            if pull
+            else ""
+        )
+        raise APIError(
+            404,
+            f"the model '{model}' is not on any node or cloud upstream "
+            f"(models: {self._model_list()}){self._unverified_note(model)}{how}",
+            param="model",
+            code="model_not_found",
+        )
+
+    async def _fetch(self, plan: RoutePlan) -> RoutePlan:
+        """Bring the model to the plan's first node before the request goes there."""
+        assert plan.fetch is not None
+        headers = self._pull_headers(plan.nodes[plan.fetch.node])
+        return await fetch_first(self.pulls, plan, headers)
 
     async def _observe(
         self, body: dict[str, Any], conversation: tuple[str, ...], *, local_only: bool
@@ -178,17 +212,19 @@ class Router:
         now = time.monotonic()
         seen = self.observed
         nodes = seen.nodes(self.poller.status.values(), self.routable().values(), now)
+        nodes = self.pulls.fold(nodes, now)  # what pulls brought since the last poll
+        links = dict(seen.link_rates)
         prompt = await self.tokenizers.encode_async(body)
         max_tokens = requested_max_tokens(body)
         if prompt is not None:
             req = RouteRequest(model, (), prompt.tokens, max_tokens, prompt.blocks, conversation)
             held = seen.held_blocks(model, self.tokenizers.sha256(model), nodes, now)
-            ctx = PlacementContext(now, seen.affinity, held)
+            ctx = PlacementContext(now, seen.affinity, held, links)
         else:  # not tokenizable here: message-level keys, size estimated
             keys = prefix_keys(body, self.config.affinity_messages)
             tokens = estimate_prompt_tokens(body)
             req = RouteRequest(model, keys, tokens, max_tokens, conversation=conversation)
-            ctx = PlacementContext(now, seen.affinity)
+            ctx = PlacementContext(now, seen.affinity, links=links)
         return Observed(
             req,
             nodes,
@@ -196,7 +232,7 @@ class Router:
             local_only=local_only,
             over_cap=self.ledger.over_cap(),
             prefill_rates={n: seen.prefill_rate(s, model) for n, s in nodes.items()},
-            link_rates=dict(seen.link_rates),
+            link_rates=links,
             kv_bytes_per_token=seen.kv_bytes_per_token.get(model),
         )
 

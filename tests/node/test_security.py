@@ -232,3 +232,28 @@ def test_a_joined_nodes_own_key_guards_v1_from_elsewhere_and_loopback_keeps_its_
     assert call_scoped(both, "127.0.0.1", "/v1/models", None).status_code == 401
     assert call_scoped(both, "127.0.0.1", "/v1/models", member).text == "done"
     assert call_scoped(both, "10.0.0.5", "/v1/models", API).text == "done"
+
+
+def test_the_pull_key_opens_the_pull_routes_and_nothing_else() -> None:
+    pull = "sk-pull-5d6"
+    inner = Starlette(
+        routes=[
+            Route("/admin/models/pull", ok, methods=["GET", "POST"]),
+            Route("/admin/models/pull/{job}", ok),
+            Route("/admin/models/pulled", ok),
+            Route("/admin/drain", ok, methods=["POST"]),
+            Route("/v1/models", ok),
+        ]
+    )
+    app = scoped(NodeKeys(api_key=API, admin_key=ADMIN, pull_key=pull), inner)
+    for host in ("127.0.0.1", "10.0.0.5"):
+        assert call_scoped(app, host, "/admin/models/pull", pull, "POST").text == "done"
+        assert call_scoped(app, host, "/admin/models/pull/pull-1", pull).text == "done"
+        assert call_scoped(app, host, "/admin/models/pull", ADMIN, "POST").text == "done"
+        assert call_scoped(app, host, "/admin/models/pulled", pull).status_code == 401
+        assert call_scoped(app, host, "/admin/drain", pull, "POST").status_code == 401
+        assert call_scoped(app, host, "/v1/models", pull).status_code == 401
+        assert call_scoped(app, host, "/admin/models/pull", API, "POST").status_code == 401
+    keyless_admin = scoped(NodeKeys(api_key=API, pull_key=pull), inner)  # no --admin-key
+    assert call_scoped(keyless_admin, "10.0.0.5", "/admin/models/pull", pull, "POST").text == "done"
+    assert call_scoped(keyless_admin, "10.0.0.5", "/admin/drain", pull, "POST").status_code == 403
