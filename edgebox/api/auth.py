@@ -29,10 +29,13 @@ from dataclasses import dataclass
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from edgebox.api.anthropic import anthropic_error, is_messages_path
+from edgebox.api.blob_grant import BLOB_PATHS, GrantError, GrantVerifier
+from edgebox.api.blob_grant import PREFIX as GRANT_PREFIX
 
 PROTECTED_PREFIXES = ("/v1/", "/admin/")
 DEFAULT_PER_KEY_LIMIT = 128  # in-flight requests per key; above the node's slots plus its queue
 KEY_RETRY_AFTER_S = 1
+_GRANT_PREFIX = GRANT_PREFIX.encode()
 
 
 def _error(message: str, code: str, type: str = "invalid_request_error") -> bytes:
@@ -59,6 +62,17 @@ _ADMIN_NEEDS_ADMIN_KEY = _error(
     "--admin-key (or EDGEBOX_ADMIN_KEY) to administer it from elsewhere",
     "admin_needs_admin_key",
 )
+
+
+_GRANT_OUT_OF_SCOPE = _error(
+    "a blob grant opens /v1/blobs/ and /v1/store/models/ only; other routes take an API key",
+    "grant_out_of_scope",
+    "permission_error",
+)
+
+
+def _bad_grant(why: str) -> bytes:
+    return _error(why, "invalid_blob_grant", "authentication_error")
 
 
 def _busy(limit: int) -> bytes:
@@ -122,6 +136,8 @@ class NodeKeys:
     fleet_key: str | None = None  # inference scope, for peers' routers (`serve --fleet`)
     per_key_limit: int = DEFAULT_PER_KEY_LIMIT  # 0: no limit
     member_key: str | None = None  # inference scope: this node's key from its hub (join)
+    # hub-signed blob grants (api/blob_grant.py): the blob routes only, for fleet members
+    blob_grants: GrantVerifier | None = None
 
     @property
     def inference(self) -> list[str]:
@@ -143,6 +159,7 @@ class ScopedKeyMiddleware:
         self._inference = [k.encode() for k in keys.inference]
         self._admin = keys.admin_key.encode() if keys.admin_key else None
         self._loopback_open = keys.loopback_open
+        self._grants = keys.blob_grants
         self._inflight: dict[str, int] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -166,13 +183,29 @@ class ScopedKeyMiddleware:
     def _inference_holder(self, scope: Scope) -> tuple[str | None, tuple[int, bytes] | None]:
         if not self._inference:
             return None, None
-        matched = _matches(_bearer(scope), self._inference)
+        bearer = _bearer(scope)
+        if self._grants is not None and bearer.startswith(_GRANT_PREFIX):
+            return self._grant_holder(scope, self._grants, bearer)
+        matched = _matches(bearer, self._inference)
         if not matched and self._loopback_open and is_loopback(_client_host(scope)):
             return None, None  # the box itself, as on a keyless node bound to loopback
         if not matched:
             return None, (401, _UNAUTHORISED)
         scope.setdefault("state", {})["api_key_index"] = matched[0]
         return f"inference-{matched[0]}", None
+
+    @staticmethod
+    def _grant_holder(
+        scope: Scope, grants: GrantVerifier, bearer: bytes
+    ) -> tuple[str | None, tuple[int, bytes] | None]:
+        """A blob grant: the blob routes only, for this node, signed by its hub, in time."""
+        if not scope["path"].startswith(BLOB_PATHS):
+            return None, (403, _GRANT_OUT_OF_SCOPE)
+        try:
+            subject = grants.check(bearer.decode("ascii", "replace"))
+        except GrantError as exc:
+            return None, (401, _bad_grant(str(exc)))
+        return f"grant-{subject}", None
 
     def _admin_holder(self, scope: Scope) -> tuple[str | None, tuple[int, bytes] | None]:
         if self._admin is not None:

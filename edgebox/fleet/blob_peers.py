@@ -20,15 +20,20 @@ MDNS_CACHE_S = 30.0
 
 
 def hub_candidates(peers: list[dict[str, Any]], key: str | None) -> list[Peer]:
-    """The hub's online nodes with an API address; each with its own key when the hub gave
-    it (a `--fleet` node's heartbeat), else `key` (the fleet key these nodes share)."""
+    """The hub's online nodes with an API address, each with the least credential that reads
+    its blobs: the hub's blob grant for it, else its own API key when the hub gave it (a
+    `--fleet` node's heartbeat, an older hub), else `key` (the fleet key these nodes share)."""
     found = []
     for p in peers:
         url = p.get("api_url")
         if isinstance(url, str) and url.startswith(("http://", "https://")):
-            own = p.get("api_key")
-            found.append(Peer(url, own if isinstance(own, str) and own else key))
+            own = next((c for c in (p.get("blob_grant"), p.get("api_key")) if _text(c)), None)
+            found.append(Peer(url, str(own) if own else key))
     return found
+
+
+def _text(value: object) -> bool:
+    return isinstance(value, str) and bool(value)
 
 
 def mdns_candidates(own_id: str | None, key: str | None, wait: float = MDNS_WAIT_S) -> list[Peer]:
