@@ -1,5 +1,6 @@
 """Which nodes to ask for a model blob before the internet: the hub's other nodes (from this
-node's heartbeat answers), else mDNS neighbours on the LAN.
+node's heartbeat answers, or for a logged-in laptop from `GET /v1/hub/blob-grants`), else mDNS
+neighbours on the LAN. Hub peers come with a blob grant each (api/blob_grant.py).
 
 The candidates are only asked; whether one holds a blob is what its `/v1/blobs/{sha256}`
 routes answer (the fetcher keeps those whose chunk lists agree and checks every byte)."""
@@ -10,6 +11,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from edgebox.models.transfer import Peer
@@ -80,3 +82,31 @@ class PeerFinder:
         found = mdns_candidates(self.own_id, self.key)
         self._lan = (time.monotonic(), found)
         return found
+
+
+def hub_grant_peers(home: Path | None = None) -> list[Peer]:
+    """For a box logged in to a hub (`edgebox login`, or the hub's own box): the hub's online
+    nodes, each with a blob grant for it (`GET /v1/hub/blob-grants`), their addresses as seen
+    from here. No login, or a hub out of reach: none (a warning), and the pull goes on."""
+    from edgebox.fleet.hub.client import HubClient, HubError
+    from edgebox.fleet.hub_access import HubAccessError, find_hub, seen_from_hub
+
+    try:
+        access = find_hub(home=home)
+    except HubAccessError as exc:
+        log.warning("not asking the hub for peers: %s", exc)
+        return []
+    if access is None or not access.fingerprint:
+        return []
+    try:
+        with HubClient([access.url], access.fingerprint, bearer=access.token, timeout=5) as hub:
+            answer = hub.request("GET", "/v1/hub/blob-grants")
+    except HubError as exc:
+        log.warning("the hub at %s named no peers: %s", access.url, exc.message)
+        return []
+    found = []
+    for node in answer.get("data") or []:
+        url, grant = node.get("api_url"), node.get("blob_grant")
+        if _text(url) and str(url).startswith(("http://", "https://")) and _text(grant):
+            found.append(Peer(seen_from_hub(str(url), access.url), str(grant)))
+    return found
