@@ -99,11 +99,17 @@ class PullJob:
 
 
 def _peers(request: PullRequest, state: NodeState) -> list[Peer]:
+    found = list(state.find_peers()) if state.find_peers else []
     if request.peers is None:
-        return list(state.find_peers()) if state.find_peers else []
+        return found
+    # a named peer the fleet also lists (a hub node: `edgebox deploy`) takes the fleet's
+    # credential for it (its blob grant), else this node's peer key
+    known = {p.url.rstrip("/"): p.key for p in found if p.key}
     default_key = state.peer_key
     return [
-        Peer(p, default_key) if isinstance(p, str) else Peer(p.url, p.key or default_key)
+        Peer(p, known.get(p.rstrip("/"), default_key))
+        if isinstance(p, str)
+        else Peer(p.url, p.key or known.get(p.url.rstrip("/"), default_key))
         for p in request.peers
     ]
 

@@ -3,7 +3,8 @@
 Two nodes joined to one hub, each with its own /v1 key, pull a model from each other with the
 blob grants their heartbeats bring; a node of another hub is refused; so are grants for
 another node, from another hub, or used on an inference route. A laptop logged in to the hub
-pulls from the nodes with the internet out of reach. The hub's blob registry answers after a
+pulls from the nodes with the internet out of reach, and deploys to a node it knows only
+through the hub. The hub's blob registry answers after a
 restart, before any node has beaten again. No grant reaches a log.
 """
 
@@ -117,6 +118,7 @@ def test_fleet_members_share_model_blobs_with_grants_and_strangers_are_refused(
         assert refused["state"] == "failed" and not refused.get("sources")
         _check_grant_refusals(hub, other_hub, a, digest)
         _laptop_pulls_from_the_fleet(hub, tmp_path / "laptop", digest, size, {a.url, b.url})
+        _deploy_reaches_a_node_known_only_through_the_hub(tmp_path / "laptop", a)
         _registry_outlives_a_restart(hub, a, digest)
     finally:
         for node in nodes:
@@ -163,6 +165,17 @@ def _laptop_pulls_from_the_fleet(
     done = json.loads(out.splitlines()[-1])
     assert done["event"] == "done" and done["sha256"] == [digest], out
     assert set(done["sources"]) <= node_urls and sum(done["sources"].values()) == size
+
+
+def _deploy_reaches_a_node_known_only_through_the_hub(home: Path, a: NodeProcess) -> None:
+    """The laptop sees no node by mDNS or record: `deploy --to a` finds a through the hub,
+    and a fetches the manifest of "smol" from b (which holds it) with its grant for b."""
+    args = ("deploy", "smol", "--to", "a", "--wait", "0", "--admin-key", ADMIN, "--json")
+    outcomes = json.loads(_cli(home, *args, env=NO_INTERNET))
+    assert [(o["node"], o["result"]) for o in outcomes] == [(a.url, "placed")], outcomes
+    auth = {"Authorization": f"Bearer {ADMIN}"}
+    jobs = httpx.get(a.url + "/admin/models/pull", headers=auth, timeout=10).json()["data"]
+    assert [(j["state"], j["model"]) for j in jobs] == [("done", "smol")], jobs
 
 
 def _registry_outlives_a_restart(hub: Hub, a: NodeProcess, digest: str) -> None:
