@@ -45,9 +45,17 @@ def _cli(home: Path, *args: str, env: dict[str, str] | None = None) -> str:
     return done.stdout
 
 
-def _joined_node(hub: Hub, home: Path, name: str, model: str, api_key: str) -> NodeProcess:
+def _joined_node(
+    hub: Hub, home: Path, name: str, model: str, api_key: str, *, older: bool = False
+) -> NodeProcess:
+    """A node joined to `hub`; `older`: as if it joined before hubs issued grants (no hub
+    key in its fleet.json: it learns it from its heartbeat answers)."""
     token = hub.token(name=name)["token"]
     _cli(home, "join", token, "--no-service", "--no-user-keys", "--json")
+    if older:
+        fleet = json.loads((home / "fleet.json").read_text())
+        assert fleet.pop("hub_key")
+        (home / "fleet.json").write_text(json.dumps(fleet))
     env = {"EDGEBOX_HOME": str(home), "EDGEBOX_MODELS_DIR": str(home / "models")}
     keys = ("--api-key", api_key, "--admin-key", ADMIN, "--no-mdns", "--no-tunnel")
     return start_node(home, "-m", model, *keys, "--ctx", "512", env=env)
@@ -94,7 +102,8 @@ def test_fleet_members_share_model_blobs_with_grants_and_strangers_are_refused(
     a = _joined_node(hub, tmp_path / "a", "a", "smollm2-135m", "key-of-a")
     nodes = [a]
     try:
-        nodes.append(_joined_node(hub, tmp_path / "b", "b", "all-minilm-l6-v2", "key-of-b"))
+        b_home = tmp_path / "b"
+        nodes.append(_joined_node(hub, b_home, "b", "all-minilm-l6-v2", "key-of-b", older=True))
         nodes.append(_joined_node(other_hub, tmp_path / "c", "c", "all-minilm-l6-v2", "key-of-c"))
         b, c = nodes[1], nodes[2]
 
@@ -169,7 +178,8 @@ def _laptop_pulls_from_the_fleet(
 
 def _deploy_reaches_a_node_known_only_through_the_hub(home: Path, a: NodeProcess) -> None:
     """The laptop sees no node by mDNS or record: `deploy --to a` finds a through the hub,
-    and a fetches the manifest of "smol" from b (which holds it) with its grant for b."""
+    and a fetches the manifest of "smol" from b (which holds it) with its grant for b (b
+    checks it with the hub key its heartbeat brought)."""
     args = ("deploy", "smol", "--to", "a", "--wait", "0", "--admin-key", ADMIN, "--json")
     outcomes = json.loads(_cli(home, *args, env=NO_INTERNET))
     assert [(o["node"], o["result"]) for o in outcomes] == [(a.url, "placed")], outcomes
