@@ -8,6 +8,7 @@ routes answer (the fetcher keeps those whose chunk lists agree and checks every 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -29,9 +30,27 @@ def hub_candidates(peers: list[dict[str, Any]], key: str | None) -> list[Peer]:
     for p in peers:
         url = p.get("api_url")
         if isinstance(url, str) and url.startswith(("http://", "https://")):
-            own = next((c for c in (p.get("blob_grant"), p.get("api_key")) if _text(c)), None)
-            found.append(Peer(url, str(own) if own else key))
+            own = _credential(p)
+            found.append(Peer(url, own or key))
     return found
+
+
+def _credential(peer: dict[str, Any]) -> str | None:
+    own = next((c for c in (peer.get("blob_grant"), peer.get("api_key")) if _text(c)), None)
+    return str(own) if own else None
+
+
+def renewing(peers: list[Peer], hub_peers: Callable[[], list[dict[str, Any]]]) -> list[Peer]:
+    """`peers` whose key follows the hub's latest answer for their URL (a grant lasts 15
+    minutes; heartbeats bring a fresh one every few seconds, so a longer pull keeps going)."""
+
+    def current(url: str, key: str | None) -> str | None:
+        for p in hub_peers():
+            if p.get("api_url") == url:
+                return _credential(p) or key
+        return key
+
+    return [Peer(p.url, p.key, renew=functools.partial(current, p.url, p.key)) for p in peers]
 
 
 def _text(value: object) -> bool:
@@ -73,7 +92,7 @@ class PeerFinder:
         self._lan: tuple[float, list[Peer]] = (-MDNS_CACHE_S, [])
 
     def __call__(self) -> list[Peer]:
-        peers = hub_candidates(self.hub_peers(), self.key)
+        peers = renewing(hub_candidates(self.hub_peers(), self.key), self.hub_peers)
         if peers or not self.mdns:
             return peers
         at, cached = self._lan
