@@ -12,6 +12,9 @@ Scopes (the compatibility rule, also in the README):
   admin key, `/admin/` answers loopback clients only, and those must send the inference key
   when the node has one (as before scopes existed); a remote client gets 403 saying to start
   the node with `--admin-key`.
+- A joined node also takes its hub's blob grants (`blob_grant.py`: signed by the hub, for this
+  node, minutes long) on `/v1/blobs/` and `/v1/store/models/` only: fleet members pull model
+  bytes with no key of this node's; a grant on any other `/v1/` route is 403.
 - Each key may have at most `per_key_limit` requests in flight; one more gets 429 with
   `Retry-After`, so one client (or one leaked key) cannot hold every slot and queue place.
 
