@@ -1,11 +1,13 @@
 """Engine speed: edgebox vs llama.cpp's C++ llama-server vs in-process llama-cpp-python.
 
 One run, same GGUF, threads, slot count and weight-repacking mode on every side:
-  - 1, 4 and 8 concurrent /v1/completions streams, streamed and not (greedy, `ignore_eos` so every request runs to its length on both servers, unique prompts
-    so no prefix is reused): whole-request tok/s (tokens ÷ wall time of the round) and, streamed,
+  - 1, 4 and 8 concurrent /v1/completions streams, streamed and not (greedy, `ignore_eos` so
+    every request runs to its length on both servers, unique prompts so no prefix is reused):
+    whole-request tok/s (tokens ÷ wall time of the round) and, streamed,
     the post-first-token decode rate per request;
   - time to first token of a ~500-token prompt (a one-token streamed completion);
-  - in-process llama-cpp-python single stream, the ceiling for one stream.
+  - in-process llama-cpp-python single stream (a child process taking one turn per round), the
+    ceiling for one stream.
 Both servers stay up side by side and take turns level by level, round by round, so load
 drifting on a shared machine hits both alike. Every rate is printed beside its share of the
 speed of light: measured memory bandwidth ÷ GGUF bytes (a dense model at batch 1 reads each
@@ -90,28 +92,48 @@ def llama_server_cmd(
     ]
 
 
-def in_process_runs(path: Path, threads: int, repack: bool, tokens: int) -> dict[str, float]:
-    """Single-stream llama-cpp-python: whole-request tok/s, post-first-token rate, 500-token
-    TTFT (medians of 3), in a child process so its threads and memory go away after."""
-    code = (
-        "import sys, json; sys.path.insert(0, sys.argv[1]); from engine_rounds import in_process;"
-        "print(json.dumps(in_process(sys.argv[2], int(sys.argv[3]), sys.argv[4] == '1',"
-        " int(sys.argv[5]))))"
-    )
-    args = [str(ROOT / "benchmarks"), str(path), str(threads), "1" if repack else "0", str(tokens)]
-    done = subprocess.run(
-        [sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=600
-    )
-    if done.returncode != 0:
-        print(done.stderr[-2000:], file=sys.stderr)
-        return {}
-    return dict(json.loads(done.stdout.strip().splitlines()[-1]))
+class InProcess:
+    """In-process llama-cpp-python in a child process (its threads and memory go when it
+    ends), one single-stream round whenever asked: the ceiling, measured in turn with the
+    servers rather than after them."""
+
+    def __init__(self, path: Path, threads: int, repack: bool, tokens: int) -> None:
+        code = (
+            "import sys; sys.path.insert(0, sys.argv[1]); from engine_rounds import "
+            "in_process_worker; in_process_worker(sys.argv[2], int(sys.argv[3]), "
+            "sys.argv[4] == '1', int(sys.argv[5]))"
+        )
+        args = [str(ROOT / "benchmarks"), str(path), str(threads), "1" if repack else "0"]
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", code, *args, str(tokens)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
+        assert self.proc.stdout is not None and self.proc.stdout.readline().strip() == "ready"
+        self.runs: dict[str, list[float]] = {"tok_s": [], "decode": [], "ttft": []}
+
+    def round(self, tag: str) -> None:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(tag + "\n")
+        self.proc.stdin.flush()
+        for key, value in json.loads(self.proc.stdout.readline()).items():
+            self.runs[key].append(float(value))
+
+    def medians(self) -> dict[str, float]:
+        return {k: statistics.median(v) for k, v in self.runs.items() if v}
+
+    def close(self) -> None:
+        self.proc.kill()
+        self.proc.wait(30)
 
 
 async def compare(
-    servers: dict[str, str], rounds: int, tokens: int
+    servers: dict[str, str], rounds: int, tokens: int, ceiling: InProcess
 ) -> dict[tuple[str, bool, int], Figures]:
-    """Every (server, streamed, level) over `rounds` rounds, servers taking turns."""
+    """Every (server, streamed, level) over `rounds` rounds, servers taking turns; in-process
+    llama-cpp-python takes one single-stream turn per round."""
     results: dict[tuple[str, bool, int], Figures] = {}
     limits = httpx.Limits(max_connections=16, max_keepalive_connections=16)
     clients = {
@@ -122,6 +144,7 @@ async def compare(
         for client in clients.values():  # warm-up
             await measure_level(client, 1, True, tokens, "Warm-up", Figures())
         for r in range(rounds):
+            ceiling.round(f"r{r}")
             for c in LEVELS:
                 for streamed in (True, False):
                     for name, client in clients.items():
@@ -148,15 +171,16 @@ def run_mode(args: argparse.Namespace, repack: bool) -> tuple[dict, dict[str, fl
             binary, path, ports["llama-server"], args.threads, repack
         )
     procs = [start(cmd, f"http://127.0.0.1:{ports[name]}/v1/models") for name, cmd in cmds.items()]
+    ceiling = InProcess(model.path, args.threads, repack, args.tokens)
     try:
         servers = {name: f"http://127.0.0.1:{ports[name]}/v1" for name in cmds}
-        results = asyncio.run(compare(servers, args.rounds, args.tokens))
+        results = asyncio.run(compare(servers, args.rounds, args.tokens, ceiling))
     finally:
+        ceiling.close()
         for proc in procs:
             proc.terminate()
             proc.wait(30)
-    ceiling = in_process_runs(model.path, args.threads, repack, args.tokens)
-    return results, ceiling
+    return results, ceiling.medians()
 
 
 def pct(rate: float, sol: float | None) -> str:

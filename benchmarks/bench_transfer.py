@@ -142,7 +142,9 @@ def three_nodes(model: Path, tmp: Path, link: int, internet: int) -> dict[str, f
                 peers = {**body, "peers": [nodes[0].url]}
                 jobs = [(n, lan.pull(n, peers)) for n in nodes[1:]]
             for n, job in jobs:
-                assert lan.wait(n, job, timeout=600)["state"] == "done"
+                status = lan.wait(n, job, timeout=600)
+                if status["state"] != "done":
+                    raise SystemExit(f"{mode}: the pull on {n.url} ended {status}")
             times[f"three_nodes_{mode}_s"] = time.monotonic() - start
     times["internet_mbit"] = internet
     return times

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-import statistics
 import sys
 import time
 from dataclasses import dataclass, field
@@ -117,9 +116,12 @@ async def measure_ttft(client: httpx.AsyncClient, prompt: str, figures: Figures)
     figures.ttft.append(first or wall)
 
 
-def in_process(path: str, threads: int, repack: bool, tokens: int) -> dict[str, float]:
-    """Single-stream llama-cpp-python (flash attention on, as `auto` resolves on this CPU for
-    edgebox and llama-server): medians of 3 of whole-request tok/s, post-first-token tok/s and 500-token TTFT."""
+def in_process_worker(path: str, threads: int, repack: bool, tokens: int) -> None:
+    """A child process's loop: loads llama-cpp-python once (flash attention on, as `auto`
+    resolves on this CPU for edgebox and llama-server), then for each line on stdin runs one
+    single-stream completion of `tokens` tokens (end-of-text banned, as the servers'
+    `ignore_eos`) and one 500-token TTFT, and prints them as JSON: the benchmark asks for a
+    round between the servers' rounds, so in-process takes its turn like them."""
     import llama_cpp
     from llama_cpp import Llama
 
@@ -136,13 +138,13 @@ def in_process(path: str, threads: int, repack: bool, tokens: int) -> dict[str, 
     )
     vocab = llama_cpp.llama_model_get_vocab(llm.model)
     no_eos = {t: -math.inf for t in range(llm.n_vocab()) if llama_cpp.llama_vocab_is_eog(vocab, t)}
-    runs: dict[str, list[float]] = {"tok_s": [], "decode": [], "ttft": []}
-    for i in range(4):
+    print("ready", flush=True)
+    for i, line in enumerate(sys.stdin):
         started = time.perf_counter()
         stamps = [
             time.perf_counter()
             for c in llm.create_completion(
-                story_prompt("in", i),
+                story_prompt(f"in-{line.strip()}", i),
                 max_tokens=tokens,
                 temperature=0,
                 stream=True,
@@ -151,11 +153,9 @@ def in_process(path: str, threads: int, repack: bool, tokens: int) -> dict[str, 
             if c["choices"][0]["text"]  # type: ignore[index]
         ]
         wall = time.perf_counter() - started
-        if i == 0 or len(stamps) < 2:
-            continue  # warm-up
-        runs["tok_s"].append(len(stamps) / wall)
-        runs["decode"].append((len(stamps) - 1) / (stamps[-1] - stamps[0]))
         started = time.perf_counter()
         next(iter(llm.create_completion(ttft_prompt(f"in{i}"), max_tokens=1, stream=True)))
-        runs["ttft"].append(time.perf_counter() - started)
-    return {k: statistics.median(v) for k, v in runs.items() if v}
+        ttft = time.perf_counter() - started
+        decode = (len(stamps) - 1) / (stamps[-1] - stamps[0]) if len(stamps) > 1 else 0.0
+        out = {"tok_s": len(stamps) / wall, "decode": decode, "ttft": ttft}
+        print(json.dumps(out), flush=True)
