@@ -34,6 +34,7 @@ GRANT_TTL_S = 900  # what the hub issues: long enough for a pull to start and ru
 MAX_TTL_S = 3600  # what a node accepts: a grant living longer is refused, whoever signed it
 MAX_SKEW_S = 300  # a grant issued this far in the future is still taken (clocks differ)
 MAX_GRANT_CHARS = 2048
+CHECKED_CACHE = 256  # grants a node remembers as verified (a pull sends one per chunk)
 BLOB_PATHS = ("/v1/blobs/", "/v1/store/models/")  # the only routes a grant opens
 
 
@@ -111,6 +112,9 @@ class GrantVerifier:
     audience: str
     hub_key: str | None = None
     clock: Callable[[], float] = field(default=time.time)
+    # grant → (subject, exp) of grants that verified: a pull's next chunk costs a lookup, not
+    # a signature check; bounded, and emptied when full
+    _checked: dict[str, tuple[str, int]] = field(default_factory=dict, repr=False)
 
     def _public(self) -> Ed25519PublicKey:
         if not self.hub_key:
@@ -122,6 +126,19 @@ class GrantVerifier:
 
     def check(self, grant: str) -> str:
         """The grant's subject when it holds for this node now; else GrantError saying why."""
+        known = self._checked.get(grant)
+        if known is not None:
+            if known[1] <= self.clock():
+                del self._checked[grant]
+                raise GrantError("the blob grant has expired: ask the hub for a fresh one")
+            return known[0]
+        subject, expires = self._verify(grant)
+        if len(self._checked) >= CHECKED_CACHE:
+            self._checked.clear()
+        self._checked[grant] = (subject, expires)
+        return subject
+
+    def _verify(self, grant: str) -> tuple[str, int]:
         payload, signature = _decode(grant)
         try:
             self._public().verify(signature, _signed(payload))
@@ -137,4 +154,4 @@ class GrantVerifier:
             raise GrantError("the blob grant has expired: ask the hub for a fresh one")
         if claims["iat"] > now + MAX_SKEW_S or claims["exp"] - claims["iat"] > MAX_TTL_S:
             raise GrantError("the blob grant's time window is not acceptable")
-        return str(claims.get("sub", ""))
+        return str(claims.get("sub", "")), int(claims["exp"])

@@ -103,3 +103,15 @@ def test_the_middleware_opens_the_blob_routes_only(node: TestClient) -> None:
     assert refused.status_code == 401
     assert refused.json()["error"]["code"] == "invalid_blob_grant"
     assert grant not in inference.text and _grant(aud="node-b") not in refused.text
+
+
+def test_a_grant_checked_once_still_expires() -> None:
+    now = [NOW]
+    verifier = GrantVerifier(HUB, "node-a", blob_grant.public_key_text(HUB_KEY), lambda: now[0])
+    grant = _grant()
+    assert verifier.check(grant) == verifier.check(grant) == "member"  # the second, from memory
+    now[0] = NOW + 901
+    with pytest.raises(GrantError, match="expired"):
+        verifier.check(grant)
+    with pytest.raises(GrantError, match="expired"):  # and again, from the signature
+        verifier.check(grant)

@@ -78,8 +78,8 @@ def _pull(node: NodeProcess, body: dict[str, Any]) -> dict[str, Any]:
 
 @pytest.fixture
 def hubs(tmp_path: Path) -> Iterator[tuple[Hub, Hub]]:
-    one = Hub(tmp_path / "hub1", free_port(), tmp_path / "hub1.log", interval=4)
-    other = Hub(tmp_path / "hub2", free_port(), tmp_path / "hub2.log", interval=4)
+    one = Hub(tmp_path / "hub1", free_port(), tmp_path / "hub1.log", interval=6)
+    other = Hub(tmp_path / "hub2", free_port(), tmp_path / "hub2.log", interval=6)
     one.start()
     other.start()
     yield one, other
@@ -117,7 +117,7 @@ def test_fleet_members_share_model_blobs_with_grants_and_strangers_are_refused(
             listed = hub.get("/v1/hub/nodes")["data"]
             return any(n["name"] == "b" and n["last_heartbeat"] > since for n in listed)
 
-        wait_until(b_beat, timeout=30, what="a beat of b's after a's blob was registered")
+        wait_until(b_beat, timeout=40, what="a beat of b's after a's blob was registered")
         # b holds neither a's key nor a shared one: its heartbeat's grant for a opens a's blobs
         done = _pull(b, {"spec": "smollm2-135m", "name": "smol"})
         assert done["state"] == "done", done
