@@ -10,16 +10,21 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edgebox.models.transfer import Peer
+
+if TYPE_CHECKING:
+    from edgebox.fleet.hub_access import HubAccess
 
 log = logging.getLogger(__name__)
 MDNS_WAIT_S = 1.5  # how long a pull listens for LAN neighbours when no hub names peers
 MDNS_CACHE_S = 30.0
+GRANT_REFRESH_S = 300.0  # a laptop's pull asks its hub for fresh grants this often (they last 900)
 
 
 def hub_candidates(peers: list[dict[str, Any]], key: str | None) -> list[Peer]:
@@ -107,8 +112,8 @@ def hub_grant_peers(home: Path | None = None) -> list[Peer]:
     """For a box logged in to a hub (`edgebox login`, or the hub's own box): the hub's online
     nodes, each with a blob grant for it (`GET /v1/hub/blob-grants`), their addresses as seen
     from here. No login, or a hub out of reach: none (a warning), and the pull goes on."""
-    from edgebox.fleet.hub.client import HubClient, HubError
-    from edgebox.fleet.hub_access import HubAccessError, find_hub, seen_from_hub
+    from edgebox.fleet.hub.client import HubError
+    from edgebox.fleet.hub_access import HubAccessError, find_hub
 
     try:
         access = find_hub(home=home)
@@ -117,15 +122,56 @@ def hub_grant_peers(home: Path | None = None) -> list[Peer]:
         return []
     if access is None or not access.fingerprint:
         return []
+    grants = HubGrants(access)
     try:
-        with HubClient([access.url], access.fingerprint, bearer=access.token, timeout=5) as hub:
-            answer = hub.request("GET", "/v1/hub/blob-grants")
+        grants.fetch()
     except HubError as exc:
         log.warning("the hub at %s named no peers: %s", access.url, exc.message)
         return []
-    found = []
-    for node in answer.get("data") or []:
-        url, grant = node.get("api_url"), node.get("blob_grant")
-        if _text(url) and str(url).startswith(("http://", "https://")) and _text(grant):
-            found.append(Peer(seen_from_hub(str(url), access.url), str(grant)))
-    return found
+    return grants.peers()
+
+
+class HubGrants:
+    """A logged-in box's blob grants from its hub (node URL → grant), asked again every
+    `GRANT_REFRESH_S` while a pull uses them, so a pull longer than a grant keeps its peers."""
+
+    def __init__(self, access: HubAccess, clock: Callable[[], float] = time.monotonic) -> None:
+        self.access, self.clock = access, clock
+        self._lock = threading.Lock()
+        self._grants: dict[str, str] = {}
+        self._at = -GRANT_REFRESH_S
+
+    def fetch(self) -> dict[str, str]:
+        """Ask the hub now (raises HubError)."""
+        from edgebox.fleet.hub.client import HubClient
+        from edgebox.fleet.hub_access import seen_from_hub
+
+        a = self.access
+        with HubClient([a.url], a.fingerprint or "", bearer=a.token, timeout=5) as hub:
+            answer = hub.request("GET", "/v1/hub/blob-grants")
+        found = {}
+        for node in answer.get("data") or []:
+            url, grant = node.get("api_url"), node.get("blob_grant")
+            if _text(url) and str(url).startswith(("http://", "https://")) and _text(grant):
+                found[seen_from_hub(str(url), a.url)] = str(grant)
+        self._grants, self._at = found, self.clock()
+        return found
+
+    def current(self, url: str, fallback: str) -> str:
+        """The grant for `url` now (from the worker threads of a pull, before each request)."""
+        from edgebox.fleet.hub.client import HubError
+
+        with self._lock:
+            if self.clock() - self._at >= GRANT_REFRESH_S:
+                try:
+                    self.fetch()
+                except HubError as exc:  # keep the grants held; ask again after the interval
+                    log.warning("could not renew blob grants: %s", exc.message)
+                    self._at = self.clock()
+            return self._grants.get(url, fallback)
+
+    def peers(self) -> list[Peer]:
+        return [
+            Peer(url, grant, renew=functools.partial(self.current, url, grant))
+            for url, grant in self._grants.items()
+        ]
