@@ -9,7 +9,6 @@ import llama_cpp
 import numpy as np
 
 from edgebox.runtimes.base import BackendError
-from edgebox.runtimes.llamacpp import compute
 from edgebox.runtimes.llamacpp.model import captured_log
 
 _GGML_TYPES = {
@@ -99,7 +98,7 @@ def reference_state(
         batch.token[0], batch.pos[0], batch.n_seq_id[0] = token, 0, 1
         batch.seq_id[0][0] = seq_id
         batch.logits[0] = False
-        rc = compute.decode(ctx, batch)
+        rc = llama_cpp.llama_decode(ctx, batch)
         if rc != 0:
             raise BackendError(f"llama_decode returned {rc} for a one-token sequence")
         return save_sequence(ctx, seq_id)

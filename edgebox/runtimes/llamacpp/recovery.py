@@ -23,7 +23,6 @@ from typing import Any
 import llama_cpp
 
 from edgebox.runtimes.base import BackendError, FinishReason, KVSnapshot
-from edgebox.runtimes.llamacpp import compute
 from edgebox.runtimes.llamacpp.model import LlamaCppModel
 from edgebox.runtimes.llamacpp.slots import Part, Slot
 
@@ -137,7 +136,7 @@ class Healing:
         batch.n_seq_id[0] = 1
         batch.seq_id[0][0] = slot.seq_id
         batch.logits[0] = True
-        ok = compute.decode(self.ctx, batch) == 0
+        ok = llama_cpp.llama_decode(self.ctx, batch) == 0
         llama_cpp.llama_memory_seq_rm(self.memory, slot.seq_id, -1, -1)
         return ok
 

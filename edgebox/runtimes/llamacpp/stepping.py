@@ -13,7 +13,6 @@ import llama_cpp
 
 from edgebox.runtimes.base import FinishReason, KVSnapshot, TokenEvent
 from edgebox.runtimes.jobs import JobMetrics
-from edgebox.runtimes.llamacpp import compute
 from edgebox.runtimes.llamacpp.kv_state import logits_finite
 from edgebox.runtimes.llamacpp.model import LlamaCppModel
 from edgebox.runtimes.llamacpp.recovery import KV_INVALID
@@ -123,7 +122,7 @@ class Stepping:
     def _decode(self, parts: Sequence[Part]) -> tuple[int, list[tuple[Part, int]]]:
         """One llama_decode of `parts`; the code and each part's logits row in the batch."""
         rows = self._arrays.fill(parts)
-        return compute.decode(self.ctx, self._arrays.batch), rows
+        return llama_cpp.llama_decode(self.ctx, self._arrays.batch), rows
 
     def _after_decode(self, rows: Sequence[tuple[Part, int]]) -> None:
         """Sample the decoding parts, then export the parts whose prompt is complete."""
