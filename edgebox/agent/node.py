@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from starlette.types import ASGIApp
 
     from edgebox.api.auth import NodeKeys
+    from edgebox.api.blob_grant import GrantVerifier
     from edgebox.api.response_store import ResponseStore
     from edgebox.fleet.heartbeat import Heartbeat
     from edgebox.fleet.identity import NodeIdentity
@@ -64,6 +65,7 @@ class NodeAgent:
         self._hub_peers = HeartbeatPeers()  # the heartbeat's, once joined to a hub
         self._router: Router | None = None  # in front of the node (`serve --fleet`)
         self._local: LocalNode | None = None  # this node, as that router's first node
+        self._grants: GrantVerifier | None = None  # peers' blob grants, once joined
 
     def run(self) -> None:
         """Open the runtimes, then serve until SIGINT/SIGTERM (uvicorn finishes open responses;
@@ -199,11 +201,13 @@ class NodeAgent:
         return await self.http.start()
 
     def _keys(self) -> NodeKeys:
-        """The keys from the command line, and the key a joined node's hub minted for it
-        (routers logged in to the hub send it)."""
-        from edgebox.fleet.join import member_api_key
+        """The keys from the command line, the key a joined node's hub minted for it (routers
+        logged in to the hub send it), and the hub's blob grants (fleet members' pulls)."""
+        from edgebox.fleet.join import blob_grant_verifier, member_api_key
 
-        return dataclasses.replace(self.config.keys(), member_key=member_api_key())
+        self._grants = blob_grant_verifier()
+        keys = self.config.keys()
+        return dataclasses.replace(keys, member_key=member_api_key(), blob_grants=self._grants)
 
     def _register_locally(self, stack: contextlib.AsyncExitStack, url: str) -> None:
         """The runtime record that lets `edgebox nodes`/`top` here find the node on any port."""
@@ -251,6 +255,7 @@ class NodeAgent:
             api=api,
             peer_keys=self.config.fleet,  # a --fleet node routes to its peers with their keys
             blobs=state.store.digests if state.store is not None else list,
+            grants=self._grants,
         )
         if beats is not None:
             self._hub_peers.beats = beats

@@ -15,6 +15,9 @@ Scopes (the compatibility rule, also in the README):
 - `/admin/models/pull` (start a pull, read its jobs) also takes the pull key (`--pull-key`):
   what a router that brings models to nodes needs, and nothing else (no drain, no load or
   unload, no recent requests).
+- A joined node also takes its hub's blob grants (`blob_grant.py`: signed by the hub, for this
+  node, minutes long) on `/v1/blobs/` and `/v1/store/models/` only: fleet members pull model
+  bytes with no key of this node's; a grant on any other `/v1/` route is 403.
 - Each key may have at most `per_key_limit` requests in flight; one more gets 429 with
   `Retry-After`, so one client (or one leaked key) cannot hold every slot and queue place.
 
@@ -32,11 +35,14 @@ from dataclasses import dataclass
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from edgebox.api.anthropic import anthropic_error, is_messages_path
+from edgebox.api.blob_grant import BLOB_PATHS, GrantError, GrantVerifier
+from edgebox.api.blob_grant import PREFIX as GRANT_PREFIX
 
 PROTECTED_PREFIXES = ("/v1/", "/admin/")
 PULL_PREFIX = "/admin/models/pull"  # what the pull key opens (and nothing else)
 DEFAULT_PER_KEY_LIMIT = 128  # in-flight requests per key; above the node's slots plus its queue
 KEY_RETRY_AFTER_S = 1
+_GRANT_PREFIX = GRANT_PREFIX.encode()
 
 
 def _error(message: str, code: str, type: str = "invalid_request_error") -> bytes:
@@ -63,6 +69,17 @@ _ADMIN_NEEDS_ADMIN_KEY = _error(
     "--admin-key (or EDGEBOX_ADMIN_KEY) to administer it from elsewhere",
     "admin_needs_admin_key",
 )
+
+
+_GRANT_OUT_OF_SCOPE = _error(
+    "a blob grant opens /v1/blobs/ and /v1/store/models/ only; other routes take an API key",
+    "grant_out_of_scope",
+    "permission_error",
+)
+
+
+def _bad_grant(why: str) -> bytes:
+    return _error(why, "invalid_blob_grant", "authentication_error")
 
 
 def _busy(limit: int) -> bytes:
@@ -127,6 +144,8 @@ class NodeKeys:
     per_key_limit: int = DEFAULT_PER_KEY_LIMIT  # 0: no limit
     member_key: str | None = None  # inference scope: this node's key from its hub (join)
     pull_key: str | None = None  # pull scope: start model pulls and read their jobs only
+    # hub-signed blob grants (api/blob_grant.py): the blob routes only, for fleet members
+    blob_grants: GrantVerifier | None = None
 
     @property
     def inference(self) -> list[str]:
@@ -149,6 +168,7 @@ class ScopedKeyMiddleware:
         self._admin = keys.admin_key.encode() if keys.admin_key else None
         self._pull = keys.pull_key.encode() if keys.pull_key else None
         self._loopback_open = keys.loopback_open
+        self._grants = keys.blob_grants
         self._inflight: dict[str, int] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -176,7 +196,10 @@ class ScopedKeyMiddleware:
     def _inference_holder(self, scope: Scope) -> tuple[str | None, tuple[int, bytes] | None]:
         if not self._inference:
             return None, None
-        matched = _matches(_bearer(scope), self._inference)
+        bearer = _bearer(scope)
+        if self._grants is not None and bearer.startswith(_GRANT_PREFIX):
+            return self._grant_holder(scope, self._grants, bearer)
+        matched = _matches(bearer, self._inference)
         if not matched and self._loopback_open and is_loopback(_client_host(scope)):
             return None, None  # the box itself, as on a keyless node bound to loopback
         if not matched:
@@ -189,6 +212,19 @@ class ScopedKeyMiddleware:
         path = scope["path"]
         on_pull = path == PULL_PREFIX or path.startswith(PULL_PREFIX + "/")
         return bool(self._pull and on_pull and _matches(_bearer(scope), [self._pull]))
+
+    @staticmethod
+    def _grant_holder(
+        scope: Scope, grants: GrantVerifier, bearer: bytes
+    ) -> tuple[str | None, tuple[int, bytes] | None]:
+        """A blob grant: the blob routes only, for this node, signed by its hub, in time."""
+        if not scope["path"].startswith(BLOB_PATHS):
+            return None, (403, _GRANT_OUT_OF_SCOPE)
+        try:
+            subject = grants.check(bearer.decode("ascii", "replace"))
+        except GrantError as exc:
+            return None, (401, _bad_grant(str(exc)))
+        return f"grant-{subject}", None
 
     def _admin_holder(self, scope: Scope) -> tuple[str | None, tuple[int, bytes] | None]:
         if self._admin is not None:

@@ -1,7 +1,8 @@
 """`edgebox deploy MODEL --to NODE[,NODE...] | --all [--load]`: put a model on nodes.
 
-Nodes are named as `edgebox nodes` finds them (mDNS, `nodes add`, nodes running on this box)
-or by URL. Each node's /health says its memory and models; `fleet.deploy.plan_deploy` decides
+Nodes are named as `edgebox nodes` finds them (mDNS, `nodes add`, nodes running on this box),
+as the hub this box is logged in to lists them (their observed API address), or by URL.
+Each node's /health says its memory and models; `fleet.deploy.plan_deploy` decides
 per node (refuse / loaded / load / placed / pull); then, all nodes at once, the node pulls the
 model (`POST /admin/models/pull`, peers first) and loads it (`POST /admin/models/load`).
 """
@@ -57,7 +58,24 @@ def _urls_of_rows(wait: float) -> dict[str, str]:
             url = f"http://{row['addresses'][0]}:{row['api_port']}"
         if url:
             found.setdefault(url, row.get("name") or url)
+    named = set(found.values())
+    for url, name in _hub_nodes().items():  # nodes known only through the hub
+        if name not in named:
+            found.setdefault(url, name)
     return found
+
+
+def _hub_nodes() -> dict[str, str]:
+    """URL → name of the online nodes of the hub this box runs or is logged in to (as
+    `edgebox top` and routers reach them: the API address the hub observed)."""
+    from edgebox.fleet.hub_access import HubAccessError, find_hub, hub_api_urls
+
+    try:
+        access = find_hub()
+        return hub_api_urls(access) if access is not None else {}
+    except HubAccessError as exc:
+        err.print(f"[yellow]warning:[/yellow] {exc}; the hub's nodes are left out")
+        return {}
 
 
 def resolve_targets(to: str | None, everywhere: bool, wait: float) -> list[str]:

@@ -46,6 +46,13 @@ Key = Annotated[
 Lan = Annotated[
     bool, typer.Option("--lan", help="Also ask the nodes on this LAN (mDNS) for the model.")
 ]
+UseHub = Annotated[
+    bool,
+    typer.Option(
+        "--hub/--no-hub",
+        help="When logged in to a hub (`edgebox login`), fetch from its nodes first.",
+    ),
+]
 MaxRate = Annotated[
     float, typer.Option("--max-rate", metavar="MB/S", help="Limit the download (0: none).")
 ]
@@ -58,6 +65,7 @@ def pull(
     peer: Peers = None,
     key: Key = None,
     lan: Lan = False,
+    use_hub: UseHub = True,
     max_rate: MaxRate = 0.0,
     as_json: AsJson = False,
 ) -> None:
@@ -65,7 +73,7 @@ def pull(
     from edgebox.models.pull import Pull, PullError, plan_pull
     from edgebox.models.store import ModelStore
 
-    peers = _peers(peer or [], key, lan)
+    peers = _peers(peer or [], key, lan=lan, use_hub=use_hub)
     try:
         plan = plan_pull(spec, sha256=sha256, name=name, peers=peers)
         limit = max_rate * 1e6 if max_rate > 0 else None
@@ -90,10 +98,15 @@ def pull(
     _report(job, as_json)
 
 
-def _peers(urls: list[str], key: str | None, lan: bool) -> list[Peer]:
+def _peers(urls: list[str], key: str | None, *, lan: bool, use_hub: bool) -> list[Peer]:
     from edgebox.models.transfer import Peer
 
     peers = [Peer(url, key) for url in urls]
+    if use_hub:  # the hub's nodes, each with a grant to read its blobs
+        from edgebox.fleet.blob_peers import hub_grant_peers
+
+        named = {p.url for p in peers}
+        peers += [p for p in hub_grant_peers() if p.url not in named]
     if lan:
         from edgebox.fleet.blob_peers import mdns_candidates
 

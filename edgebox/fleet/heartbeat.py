@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from edgebox.api.blob_grant import GrantVerifier
 from edgebox.api.netguard import log_field
 from edgebox.fleet.hub.client import HubClient, HubError
 from edgebox.fleet.join import load_fleet
@@ -48,6 +49,7 @@ class Heartbeat:
         api: dict[str, Any] | None = None,
         peer_keys: bool = False,
         blobs: BlobsSource = list,
+        grants: GrantVerifier | None = None,
     ) -> None:
         from edgebox.fleet.user_keys import UserKeys
 
@@ -58,6 +60,7 @@ class Heartbeat:
         self.user_keys = UserKeys(setting) if setting else None
         self.interval = interval or float(fleet.get("heartbeat_interval", 5.0))
         self.telemetry, self.models, self.blobs = telemetry, models, blobs
+        self.grants = grants  # learns the hub's key from an answer when fleet.json has none
         self.sent = 0
         # The hub's other online nodes, from its last answer (`serve --fleet` routes to them).
         self.peers: list[dict[str, Any]] = []
@@ -85,6 +88,9 @@ class Heartbeat:
             self.peers = [p for p in peers if isinstance(p, dict) and p.get("id") != me]
         if self.user_keys is not None:
             self.user_keys.update(answer.get("users"))
+        hub_key = answer.get("hub_key")
+        if self.grants is not None and not self.grants.hub_key and isinstance(hub_key, str):
+            self.grants.hub_key = hub_key  # over the pinned connection: the hub's own
         return answer
 
     @property
@@ -135,10 +141,14 @@ def start_background(
     api: dict[str, Any] | None = None,
     peer_keys: bool = False,
     blobs: BlobsSource = list,
+    grants: GrantVerifier | None = None,
 ) -> Heartbeat | None:
     """Start heartbeats when this box has joined a hub (EDGEBOX_HOME/fleet.json); else None.
     `peer_keys`: ask for the peers' API keys (a node that routes to them, `serve --fleet`)."""
     fleet = load_fleet(home)
     if fleet is None:
         return None
-    return Heartbeat(fleet, models=models, api=api, peer_keys=peer_keys, blobs=blobs).start()
+    beats = Heartbeat(
+        fleet, models=models, api=api, peer_keys=peer_keys, blobs=blobs, grants=grants
+    )
+    return beats.start()

@@ -106,3 +106,25 @@ def seen_from_hub(api_url: str, hub_url: str) -> str:
         return api_url
     host = f"[{hub_host}]" if ":" in hub_host else hub_host
     return f"{parts.scheme}://{host}:{parts.port}"
+
+
+def hub_api_urls(access: HubAccess) -> dict[str, str]:
+    """URL → name of the hub's online nodes with an API address, as reachable from here
+    (`GET /v1/hub/nodes`, pinned). Raises HubAccessError when the hub does not answer."""
+    from edgebox.fleet.hub.client import HubClient, HubError
+
+    if not access.fingerprint:
+        raise HubAccessError(f"the hub at {access.url} has no certificate fingerprint on record")
+    try:
+        with HubClient([access.url], access.fingerprint, bearer=access.token, timeout=10) as hub:
+            listed = hub.request("GET", "/v1/hub/nodes")
+    except HubError as exc:
+        raise HubAccessError(
+            f"the hub at {access.url} did not list its nodes: {exc.message}"
+        ) from None
+    found: dict[str, str] = {}
+    for node in listed.get("data") or []:
+        url = node.get("api_url")
+        if node.get("status") == "online" and isinstance(url, str) and url:
+            found.setdefault(seen_from_hub(url, access.url), str(node.get("name") or url))
+    return found

@@ -21,6 +21,7 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from edgebox.api.blob_grant import GrantVerifier
 from edgebox.fleet import proof, tokens
 from edgebox.fleet._files import write_atomic
 from edgebox.fleet.hub.client import HubClient, HubError
@@ -156,6 +157,20 @@ def member_api_key(home: Path | None = None) -> str | None:
     return str(key) if key else None
 
 
+def blob_grant_verifier(home: Path | None = None) -> GrantVerifier | None:
+    """What this node checks peers' blob grants against (None when not joined): its hub's
+    fingerprint and public key, and its own node id as the audience."""
+    fleet = load_fleet(home)
+    if fleet is None:
+        return None
+    hub_key = fleet.get("hub_key")
+    return GrantVerifier(
+        hub=str(fleet["hub_fingerprint"]),
+        audience=str(fleet["node_id"]),
+        hub_key=hub_key if isinstance(hub_key, str) and hub_key else None,
+    )
+
+
 def _save(
     answer: dict[str, Any],
     urls: list[str],
@@ -175,6 +190,7 @@ def _save(
         "heartbeat_interval": answer["heartbeat_interval"],
         "node_key": str(node.ssh_private_key_path),
         "api_key": answer.get("api_key"),  # this node's /v1 key for the fleet's routers
+        "hub_key": answer.get("hub_key"),  # checks peers' blob grants (api/blob_grant.py)
         "user_keys": user_keys,
         "joined_at": time.time(),
     }

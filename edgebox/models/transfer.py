@@ -21,6 +21,7 @@ import json
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -62,7 +63,17 @@ class Source:
     url: str
     name: str  # shown in progress: a peer's address, "huggingface", the URL's host
     kind: str = "peer"  # "peer" or "internet"
-    headers: tuple[tuple[str, str], ...] = ()
+    headers: tuple[tuple[str, str], ...] = field(default=(), repr=False)  # may hold a key
+    # the bearer to send now, asked before each request (a hub grant is renewed by
+    # heartbeats while a long pull runs); None: `headers` as they are
+    bearer: Callable[[], str | None] | None = field(default=None, compare=False, repr=False)
+
+    def request_headers(self) -> dict[str, str]:
+        headers = dict(self.headers)
+        current = self.bearer() if self.bearer is not None else None
+        if current:
+            headers["Authorization"] = f"Bearer {current}"
+        return headers
 
 
 @dataclass(frozen=True)
@@ -70,12 +81,15 @@ class Peer:
     """A node that may hold blobs: its base URL and the key its `/v1/` routes take."""
 
     url: str
-    key: str | None = None
+    key: str | None = field(default=None, repr=False)  # a key or grant: kept out of tracebacks
+    # the peer's key as it is now, when it can change during a pull (a hub's blob grant)
+    renew: Callable[[], str | None] | None = field(default=None, compare=False, repr=False)
 
     def blob_source(self, digest: str) -> Source:
         headers = (("Authorization", f"Bearer {self.key}"),) if self.key else ()
         base = self.url.rstrip("/")
-        return Source(f"{base}/v1/blobs/{check_digest(digest)}", base, "peer", headers)
+        url = f"{base}/v1/blobs/{check_digest(digest)}"
+        return Source(url, base, "peer", headers, bearer=self.renew)
 
 
 @dataclass
@@ -136,7 +150,7 @@ def peer_chunk_plan(
         source = peer.blob_source(digest)
         try:
             status, body = bounded_get(
-                client, source.url + "/chunks", dict(source.headers), MAX_CHUNK_LIST_BYTES
+                client, source.url + "/chunks", source.request_headers(), MAX_CHUNK_LIST_BYTES
             )
         except httpx.HTTPError as exc:
             left_out.append(f"{peer.url}: unreachable ({type(exc).__name__})")
@@ -355,7 +369,7 @@ class BlobFetch:
                 raise TransferError("cancelled")
 
         try:
-            headers = dict(source.headers)
+            headers = source.request_headers()
             ask = RangeAsk(source.url, headers, start, memoryview(buf), block, source.kind)
             self.ranges.read_into(ask)
         except BaseException:

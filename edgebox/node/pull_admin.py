@@ -113,13 +113,21 @@ class PullJob:
 
 
 def _peers(request: PullRequest, state: NodeState) -> list[Peer]:
+    found = list(state.find_peers()) if state.find_peers else []
     if request.peers is None:
-        return list(state.find_peers()) if state.find_peers else []
-    default_key = state.peer_key
-    return [
-        Peer(p, default_key) if isinstance(p, str) else Peer(p.url, p.key or default_key)
-        for p in request.peers
-    ]
+        return found
+    # a named peer the fleet also lists (a hub node: `edgebox deploy`) takes the fleet's
+    # credential for it (its blob grant, renewed by heartbeats), else this node's peer key
+    known = {p.url.rstrip("/"): p for p in found if p.key}
+    peers = []
+    for named in request.peers:
+        url, key = (named, None) if isinstance(named, str) else (named.url, named.key)
+        listed = known.get(url.rstrip("/"))
+        if key or listed is None:
+            peers.append(Peer(url, key or state.peer_key))
+        else:
+            peers.append(Peer(url, listed.key, renew=listed.renew))
+    return peers
 
 
 def _guard(spec: str, state: NodeState, peers: list[Peer]) -> ConnectGuard | None:

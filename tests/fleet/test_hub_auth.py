@@ -28,6 +28,7 @@ SCOPES = {
     ("DELETE", "/v1/hub/nodes/{node}"): "admin",
     ("GET", "/v1/hub/events"): "admin",
     ("GET", "/v1/hub/blobs/{digest}"): "reader",
+    ("GET", "/v1/hub/blob-grants"): "reader",
     ("POST", "/v1/hub/tokens"): "admin",
     ("GET", "/v1/hub/tokens"): "admin",
     ("DELETE", "/v1/hub/tokens/{token}"): "admin",
@@ -92,7 +93,8 @@ def test_each_scope_at_a_real_hub(hub: Hub) -> None:
         assert anon.request("GET", "/v1/hub/me", bearer=user_token)["name"] == "ann"
         assert anon.request("GET", f"/v1/hub/blobs/{digest}", bearer=user_token)["nodes"] == []
         user_routes = ("/v1/hub/nodes", "/v1/hub/node-keys", "/v1/hub/me", "/v1/hub/me/key")
-        user_routes += (f"/v1/hub/blobs/{digest}",)
+        assert anon.request("GET", "/v1/hub/blob-grants", bearer=user_token)["data"] == []
+        user_routes += (f"/v1/hub/blobs/{digest}", "/v1/hub/blob-grants")
         for method, path in guarded:
             if path not in (*user_routes, "/v1/hub/heartbeat"):
                 assert _refused(anon, method, path, user_token) == "invalid_admin_key"

@@ -1,5 +1,6 @@
 """The hub's blob registry: heartbeats list the digests a node's store holds, and
-`GET /v1/hub/blobs/{sha256}` names the online nodes (with their API addresses) that hold one."""
+`GET /v1/hub/blobs/{sha256}` names the online nodes (with their API addresses) that hold one;
+the registry is kept in the hub's SQLite file; heartbeat answers carry a blob grant per peer."""
 
 from __future__ import annotations
 
@@ -7,8 +8,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from starlette.testclient import TestClient
 
+from edgebox.api.blob_grant import GrantVerifier
 from edgebox.fleet import tokens
 from edgebox.fleet.hub.app import create_app
 from edgebox.fleet.hub.context import HubConfig
@@ -65,3 +68,41 @@ def test_blob_lists_and_lookups_are_bounded_and_checked(client: TestClient) -> N
     assert many.status_code == 400
     assert client.get("/v1/hub/blobs/XYZ", headers=ADMIN).status_code == 400
     assert client.get(f"/v1/hub/blobs/{DIGEST}").status_code == 401
+
+
+def _hub(path: Path) -> TestClient:
+    config = HubConfig(
+        urls=["https://hub.test:8443"],
+        fingerprint="sha256:" + "ab" * 32,
+        admin_key=ADMIN["authorization"].removeprefix("Bearer "),
+        grant_key=Ed25519PrivateKey.generate(),
+    )
+    return TestClient(create_app(HubStore(path), config), client=("10.9.0.7", 40000))
+
+
+def test_the_registry_outlives_a_hub_restart_and_forgets_revoked_nodes(tmp_path: Path) -> None:
+    db = tmp_path / "hub.sqlite3"
+    with _hub(db) as first:
+        a, b = _member(first, "D"), _member(first, "E")
+        first.post("/v1/hub/heartbeat", json={"api": {"port": 1}, "blobs": [DIGEST]}, headers=a)
+        first.post("/v1/hub/heartbeat", json={"api": {"port": 2}, "blobs": [DIGEST]}, headers=b)
+        nodes = first.get("/v1/hub/nodes", headers=ADMIN).json()["data"]
+    with _hub(db) as second:  # a new hub process on the same file: nobody has beaten yet
+        found = second.get(f"/v1/hub/blobs/{DIGEST}", headers=ADMIN).json()["nodes"]
+        assert sorted(n["api_url"] for n in found) == ["http://10.9.0.7:1", "http://10.9.0.7:2"]
+        second.delete(f"/v1/hub/nodes/{nodes[1]['id']}", headers=ADMIN)
+        found = second.get(f"/v1/hub/blobs/{DIGEST}", headers=ADMIN).json()["nodes"]
+        assert [n["id"] for n in found] == [nodes[0]["id"]]
+    assert HubStore(db).blob_map() == {nodes[0]["id"]: frozenset({DIGEST})}
+
+
+def test_heartbeat_answers_carry_a_blob_grant_per_peer(tmp_path: Path) -> None:
+    with _hub(tmp_path / "hub.sqlite3") as hub:
+        a, b = _member(hub, "F"), _member(hub, "G")
+        hub.post("/v1/hub/heartbeat", json={"api": {"port": 1}}, headers=b)
+        answer = hub.post("/v1/hub/heartbeat", json={"api": {"port": 2}}, headers=a).json()
+        peers = {p["name"]: p for p in answer["peers"]}
+        grant = peers["box-G"]["blob_grant"]
+        verifier = GrantVerifier("sha256:" + "ab" * 32, peers["box-G"]["id"], answer["hub_key"])
+        assert verifier.check(grant) == "member"
+        assert "api_key" not in peers["box-G"]  # the grant, not the node's inference key

@@ -132,9 +132,8 @@ def test_schema_is_versioned_and_reopens(tmp_path: Path) -> None:
     token_id, _, _ = store.create_token(ttl=60, name="n", now=0)
     store.close()
     again = HubStore(tmp_path / "hub.sqlite3")
-    assert (
-        again.schema_version() == 5
-    )  # 1: base; 2: users; 3: api_url; 4: unique keys; 5: ssh_user, api_key_gen
+    # 1: base; 2: users; 3: api_url; 4: unique keys; 5: ssh_user, api_key_gen; 6: node_blobs
+    assert again.schema_version() == 6
     assert again.list_tokens(now=1)[0]["id"] == token_id
     journal = again._db.execute("PRAGMA journal_mode").fetchone()[0]
     assert journal == "wal"

@@ -76,6 +76,7 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
     `on_shutdown` at the end."""
     hub: HubContext = app.state.hub
     await hub.sync_relay()
+    await hub.load_blobs()
     sweeper = asyncio.create_task(sweep_offline(hub))
     yield
     sweeper.cancel()

@@ -12,8 +12,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from starlette.requests import Request
 
+from edgebox.api import blob_grant
 from edgebox.fleet.hub.limits import Limits
 from edgebox.fleet.hub.repository import HubRepository
 from edgebox.fleet.node_keys import node_api_key
@@ -43,6 +45,25 @@ class HubConfig:
     end_relay_sessions: Callable[[list[int]], object] | None = None
     # derives each node's API key (fleet/node_keys.py); "" derives them from the admin key
     node_key_secret: str = ""
+    # the hub's Ed25519 key (its TLS certificate's): signs blob grants (api/blob_grant.py)
+    grant_key: Ed25519PrivateKey | None = None
+
+    @property
+    def hub_key(self) -> str | None:
+        """The public half of `grant_key`, as members keep it to check grants offline."""
+        return blob_grant.public_key_text(self.grant_key) if self.grant_key else None
+
+    def blob_grant(self, node_id: str, subject: str) -> str | None:
+        """A grant to read `node_id`'s model blobs, for `subject`; None without a key."""
+        if self.grant_key is None:
+            return None
+        return blob_grant.issue(
+            self.grant_key,
+            hub=self.fingerprint,
+            audience=node_id,
+            subject=subject,
+            now=self.clock(),
+        )
 
     def node_api_key(self, node: dict[str, Any]) -> str:
         """The node's own API key (its `/v1` takes it from routers): derived, never stored."""
@@ -58,8 +79,20 @@ class HubContext:
     config: HubConfig
     _peers_at: float = -1.0
     _fleet_json: dict[str, bytes] = field(default_factory=dict)
-    # node id → the blob digests its last heartbeat listed (memory only: beats refill it)
+    # node id → the blob digests its last heartbeat listed: read from the registry at start,
+    # written back when a beat changes it (`record_blobs`)
     blobs: dict[str, frozenset[str]] = field(default_factory=dict)
+
+    async def load_blobs(self) -> None:
+        """The blob registry as the last run left it (revoked nodes' rows dropped)."""
+        self.blobs = await asyncio.to_thread(self.store.blob_map)
+
+    async def record_blobs(self, node_id: str, digests: list[str]) -> None:
+        """What a beat says `node_id` holds; the registry file is written only on change."""
+        held = frozenset(digests)
+        if self.blobs.get(node_id) != held:
+            await asyncio.to_thread(self.store.set_blobs, node_id, sorted(held))
+            self.blobs[node_id] = held
 
     def blob_holders(self, digest: str) -> list[dict[str, Any]]:
         """The online nodes whose last beat listed `digest`, with their API addresses."""
@@ -119,6 +152,7 @@ class HubContext:
             },
             "heartbeat_interval": c.heartbeat_interval,
             "api_key": c.node_api_key(node),  # the node's own; it serves /v1 with it
+            "hub_key": c.hub_key,  # checks the blob grants peers bring (api/blob_grant.py)
         }
 
     async def fleet_json(self, *, keyed: bool) -> tuple[bytes, bytes]:
@@ -136,7 +170,12 @@ class HubContext:
     def _read_fleet(self) -> dict[str, bytes]:
         nodes = self.store.nodes()
         online = [r for r in nodes if r.get("status") == "online" and r.get("api_url")]
-        plain = [{k: r.get(k) for k in PEER_FIELDS} for r in online]
+        # each peer with a grant to read its blobs, shared by every member that beats
+        plain = [
+            {k: r.get(k) for k in PEER_FIELDS}
+            | {"blob_grant": self.config.blob_grant(r["id"], "member")}
+            for r in online
+        ]
         keyed = [
             p | {"api_key": self.config.node_api_key(r)} for p, r in zip(plain, online, strict=True)
         ]

@@ -46,6 +46,13 @@ class HubIdentity:
     def admin_key(self) -> str:
         return self.admin_key_path.read_text().strip()
 
+    def signing_key(self) -> Ed25519PrivateKey:
+        """The certificate's key, which also signs blob grants (api/blob_grant.py)."""
+        key = serialization.load_pem_private_key(self.key_path.read_bytes(), password=None)
+        if not isinstance(key, Ed25519PrivateKey):
+            raise ValueError(f"{self.key_path} is not an Ed25519 key")
+        return key
+
 
 def _self_signed(key: Ed25519PrivateKey, names: list[str]) -> x509.Certificate:
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "edgebox-hub")])

@@ -82,6 +82,15 @@ class HubRepository(Protocol):
         """The node with this id or name (a live one before a revoked one), or None."""
         ...
 
+    # the blob registry
+    def set_blobs(self, node_id: str, digests: list[str]) -> None:
+        """Replace the model blobs (sha256) `node_id` holds."""
+        ...
+
+    def blob_map(self) -> dict[str, frozenset[str]]:
+        """Node id → the blobs it holds, for nodes not revoked."""
+        ...
+
     # users
     def add_user(self, name: str, ssh_public_key: str, now: float) -> str:
         """Add or replace a user; returns their new read token (never readable again)."""

@@ -95,14 +95,19 @@ async def heartbeat(request: Request) -> Response:
             type="authentication_error",
             code="unknown_node",
         )
-    hub.blobs[node["id"]] = frozenset(body.blobs)
+    await hub.record_blobs(node["id"], body.blobs)
     interval = hub.config.heartbeat_interval
     head = json.dumps(
-        {"node_id": node["id"], "status": node["status"], "heartbeat_interval": interval}
+        {
+            "node_id": node["id"],
+            "status": node["status"],
+            "heartbeat_interval": interval,
+            "hub_key": hub.config.hub_key,  # for members joined before hubs issued grants
+        }
     )
-    # `peers` lists every online node, this one included (the node leaves itself out), so
-    # the encoded lists are shared by every answer within a second; `users` the users' SSH
-    # public keys, for the node's authorized_keys.
+    # `peers` lists every online node, this one included (the node leaves itself out), each
+    # with a blob grant, so the encoded lists are shared by every answer within a second;
+    # `users` the users' SSH public keys, for the node's authorized_keys.
     peers, users = await hub.fleet_json(keyed=body.peer_keys)
     answer = head[:-1].encode() + b', "peers": ' + peers + b', "users": ' + users + b"}"
     return Response(answer, media_type="application/json")

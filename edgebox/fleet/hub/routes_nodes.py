@@ -11,7 +11,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from edgebox.fleet.hub.auth import requires
+from edgebox.fleet.hub.auth import caller, requires
 from edgebox.fleet.hub.context import hub_context
 from edgebox.fleet.hub.web import APIError
 
@@ -47,6 +47,7 @@ async def delete_node(request: Request) -> Response:
     if node is None:
         raise _no_node(key)
     log.info("node %s revoked", node["id"])
+    hub.blobs.pop(node["id"], None)
     await hub.sync_relay()
     await hub.end_sessions([node["tunnel_port"]])  # live tunnels end now, not at next login
     return JSONResponse(node)
@@ -69,10 +70,28 @@ async def blob_holders(request: Request) -> Response:
     return JSONResponse({"sha256": digest, "nodes": nodes})
 
 
+@requires("reader")
+async def blob_grants(request: Request) -> Response:
+    """The online nodes with an API address, each with a grant to read its model blobs (a
+    logged-in laptop's `edgebox pull` fetches from them before the internet)."""
+    hub = hub_context(request)
+    who = caller(request)
+    subject = f"user:{who.user}" if who.user else "admin"
+    nodes = await asyncio.to_thread(hub.store.nodes)
+    data = [
+        {k: n.get(k) for k in ("id", "name", "api_url")}
+        | {"blob_grant": hub.config.blob_grant(n["id"], subject)}
+        for n in nodes
+        if n.get("status") == "online" and n.get("api_url")
+    ]
+    return JSONResponse({"object": "list", "data": data})
+
+
 ROUTES = [
     Route("/v1/hub/nodes", list_nodes),
     Route("/v1/hub/nodes/{node}", get_node),
     Route("/v1/hub/nodes/{node}", delete_node, methods=["DELETE"]),
     Route("/v1/hub/events", events),
     Route("/v1/hub/blobs/{digest}", blob_holders),
+    Route("/v1/hub/blob-grants", blob_grants),
 ]

@@ -90,6 +90,14 @@ MIGRATIONS: list[str | Callable[[sqlite3.Connection], None]] = [
     ALTER TABLE nodes ADD COLUMN ssh_user TEXT;
     ALTER TABLE nodes ADD COLUMN api_key_gen INTEGER NOT NULL DEFAULT 0;
     """,
+    # which model blobs (sha256) each node's store holds, as its last beat said (at most
+    # MAX_BEAT_BLOBS a node), so `GET /v1/hub/blobs/{sha256}` answers after a hub restart
+    """
+    CREATE TABLE node_blobs (
+        node_id TEXT NOT NULL, digest TEXT NOT NULL, PRIMARY KEY (node_id, digest))
+        WITHOUT ROWID;
+    CREATE INDEX node_blobs_digest ON node_blobs (digest);
+    """,
 ]
 
 

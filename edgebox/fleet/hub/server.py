@@ -80,6 +80,7 @@ def serve(
         fingerprint=ident.fingerprint,
         admin_key=ident.admin_key(),
         node_key_secret=load_or_create_secret(data_dir),
+        grant_key=ident.signing_key(),
         heartbeat_interval=heartbeat_interval,
         ssh_host=ssh_host or _url_host(hub_urls[0]),
         ssh_port=ssh_port,

@@ -376,7 +376,39 @@ class HubStore:
                 (now, node["id"]),
             )
             self._event(now, "node_revoke", node_id=node["id"])
+            self._db.execute("DELETE FROM node_blobs WHERE node_id = ?", (node["id"],))
             return self._node_locked(node["id"])
+
+    # the blob registry (which node's store holds which model blob)
+
+    def set_blobs(self, node_id: str, digests: list[str]) -> None:
+        """Replace what `node_id` holds (its last beat's list), in one transaction."""
+        with self._lock:
+            self._db.execute("BEGIN")
+            try:
+                self._db.execute("DELETE FROM node_blobs WHERE node_id = ?", (node_id,))
+                self._db.executemany(
+                    "INSERT OR IGNORE INTO node_blobs (node_id, digest) VALUES (?, ?)",
+                    [(node_id, d) for d in digests],
+                )
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def blob_map(self) -> dict[str, frozenset[str]]:
+        """Node id → the blobs it holds, for every node not revoked (rows of revoked or
+        removed nodes are dropped on the way)."""
+        with self._lock:
+            self._db.execute(
+                "DELETE FROM node_blobs WHERE node_id NOT IN"
+                " (SELECT id FROM nodes WHERE revoked_at IS NULL)"
+            )
+            rows = self._db.execute("SELECT node_id, digest FROM node_blobs").fetchall()
+        found: dict[str, set[str]] = {}
+        for node_id, digest in rows:
+            found.setdefault(node_id, set()).add(digest)
+        return {n: frozenset(d) for n, d in found.items()}
 
     def nodes(self) -> list[dict[str, Any]]:
         with self._lock:

@@ -1,0 +1,117 @@
+"""Blob grants, as a node's middleware takes them: the blob routes of one node, from its hub,
+in time; anything else (another node, another hub, expired, bent, an inference or admin route)
+is refused, and the refusal never quotes the grant."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse
+from starlette.routing import Route
+from starlette.testclient import TestClient
+
+from edgebox.api import blob_grant
+from edgebox.api.auth import NodeKeys, ScopedKeyMiddleware
+from edgebox.api.blob_grant import GrantError, GrantVerifier
+
+HUB = "sha256:" + "ab" * 32
+NOW = 1_800_000_000.0
+HUB_KEY = Ed25519PrivateKey.generate()
+
+
+def _grant(
+    *, key: Ed25519PrivateKey = HUB_KEY, hub: str = HUB, aud: str = "node-a", ttl: float = 900
+) -> str:
+    return blob_grant.issue(key, hub=hub, audience=aud, subject="member", now=NOW, ttl=ttl)
+
+
+def _verifier(at: float = NOW + 10) -> GrantVerifier:
+    return GrantVerifier(HUB, "node-a", blob_grant.public_key_text(HUB_KEY), clock=lambda: at)
+
+
+def test_a_grant_holds_for_its_node_from_its_hub_in_time() -> None:
+    assert _verifier().check(_grant()) == "member"
+
+
+@pytest.mark.parametrize(
+    ("grant", "at", "why"),
+    [
+        (_grant(aud="node-b"), NOW, "another node"),
+        (_grant(hub="sha256:" + "cd" * 32), NOW, "another hub"),
+        (_grant(key=Ed25519PrivateKey.generate()), NOW, "signature"),
+        (_grant(), NOW + 901, "expired"),
+        (_grant(ttl=86400), NOW, "time window"),
+        (_grant(), NOW - 3600, "time window"),  # issued an hour in the node's future
+        ("ebg1.e30.AAAA", NOW, "signature"),
+        ("ebg1.nodot", NOW, "truncated"),
+        ("ebg1." + "A" * 5000, NOW, "not a blob grant"),
+    ],
+)
+def test_a_grant_that_does_not_hold_is_refused_saying_why(grant: str, at: float, why: str) -> None:
+    with pytest.raises(GrantError, match=why):
+        _verifier(at).check(grant)
+
+
+def test_a_bent_payload_breaks_the_signature() -> None:
+    head, payload, signature = _grant().split(".")
+    claims = blob_grant._unb64(payload).replace(b'"node-a"', b'"node-b"')
+    bent = f"{head}.{blob_grant._b64(claims)}.{signature}"
+    with pytest.raises(GrantError, match="signature"):
+        GrantVerifier(HUB, "node-b", blob_grant.public_key_text(HUB_KEY), clock=lambda: NOW).check(
+            bent
+        )
+
+
+def test_a_node_that_does_not_know_its_hub_key_takes_no_grant() -> None:
+    with pytest.raises(GrantError, match="public key"):
+        GrantVerifier(HUB, "node-a").check(_grant())
+
+
+async def _ok(request: Request) -> PlainTextResponse:
+    return PlainTextResponse("ok")
+
+
+@pytest.fixture
+def node() -> Iterator[TestClient]:
+    paths = ["/v1/blobs/{d}", "/v1/blobs/{d}/chunks", "/v1/store/models/{n}", "/v1/models"]
+    app = Starlette(routes=[Route(p, _ok) for p in [*paths, "/admin/requests"]])
+    keys = NodeKeys(api_key="inference-k", admin_key="admin-k", blob_grants=_verifier(NOW))
+    with TestClient(ScopedKeyMiddleware(app, keys), client=("10.0.0.9", 5000)) as c:
+        yield c
+
+
+def test_the_middleware_opens_the_blob_routes_only(node: TestClient) -> None:
+    grant = _grant()
+    auth = {"authorization": f"Bearer {grant}"}
+    for path in (
+        "/v1/blobs/" + "0" * 64,
+        "/v1/blobs/" + "0" * 64 + "/chunks",
+        "/v1/store/models/m",
+    ):
+        assert node.get(path, headers=auth).status_code == 200, path
+    inference = node.get("/v1/models", headers=auth)
+    assert inference.status_code == 403
+    assert inference.json()["error"]["code"] == "grant_out_of_scope"
+    assert node.get("/admin/requests", headers=auth).status_code == 401
+    assert node.get("/v1/models", headers={"authorization": "Bearer inference-k"}).is_success
+    other = {"authorization": f"Bearer {_grant(aud='node-b')}"}
+    refused = node.get("/v1/blobs/" + "0" * 64, headers=other)
+    assert refused.status_code == 401
+    assert refused.json()["error"]["code"] == "invalid_blob_grant"
+    assert grant not in inference.text and _grant(aud="node-b") not in refused.text
+
+
+def test_a_grant_checked_once_still_expires() -> None:
+    now = [NOW]
+    verifier = GrantVerifier(HUB, "node-a", blob_grant.public_key_text(HUB_KEY), lambda: now[0])
+    grant = _grant()
+    assert verifier.check(grant) == verifier.check(grant) == "member"  # the second, from memory
+    now[0] = NOW + 901
+    with pytest.raises(GrantError, match="expired"):
+        verifier.check(grant)
+    with pytest.raises(GrantError, match="expired"):  # and again, from the signature
+        verifier.check(grant)
