@@ -115,3 +115,35 @@ def test_a_grant_checked_once_still_expires() -> None:
         verifier.check(grant)
     with pytest.raises(GrantError, match="expired"):  # and again, from the signature
         verifier.check(grant)
+
+
+@pytest.mark.parametrize("junk", ["!", "~", " ", "=", "é", "\t"])
+def test_a_grant_is_one_string_not_many_that_decode_alike(junk: str) -> None:
+    """base64's lenient decoder drops characters outside its alphabet: a member holding one
+    grant could mint endless strings that verify, each a signature check and a fresh entry
+    in the verified-grant cache (flushing the grants of real pulls). Only the exact string
+    the hub signed holds."""
+    head, payload, signature = _grant().split(".")
+    verifier = _verifier()
+    junk *= 4  # the padding the decoder adds stays right
+    for bent in (
+        f"{head}.{payload}{junk}.{signature}",
+        f"{head}.{payload}.{signature[:10]}{junk}{signature[10:]}",
+        f"{head}.{payload}.{signature}{junk}",
+    ):
+        with pytest.raises(GrantError, match="does not decode"):
+            verifier.check(bent)
+    assert verifier.check(_grant()) == "member"
+    assert len(verifier._checked) == 1
+
+
+def test_spare_bits_in_the_last_character_are_another_spelling_refused() -> None:
+    head, payload, signature = _grant().split(".")
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    verifier = _verifier()
+    spellings = {signature[:-1] + c for c in alphabet} - {signature}
+    same = [s for s in spellings if blob_grant._unb64(s) == blob_grant._unb64(signature)]
+    assert same  # 64 bytes → 86 characters: the last one carries 4 spare bits
+    for bent in same:
+        with pytest.raises(GrantError, match="does not decode"):
+            verifier.check(f"{head}.{payload}.{bent}")
