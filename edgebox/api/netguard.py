@@ -11,7 +11,8 @@
   resolves to a public address for the check and to 127.0.0.1 for the connect, DNS
   rebinding, gets nowhere). Internal: loopback, private, link-local (cloud metadata at
   169.254.169.254), carrier-grade NAT, unspecified, reserved, multicast, and IPv6 forms of
-  these (IPv4-mapped included).
+  these (IPv4-mapped included). Peers' hosts are exempt (`allow_hosts`), but never as the
+  target of a redirect from another host (`check_redirect`).
 """
 
 from __future__ import annotations
@@ -112,6 +113,13 @@ class ConnectGuard:
                     "start the node with --allow-private-pulls to pull from the LAN"
                 )
         return addresses
+
+    def check_redirect(self, origin: str, target: str, port: int) -> None:
+        """A redirect from `origin` to `target`: into an exempt host (a peer) from anywhere
+        else, `target` is held to the guard (BlockedAddress when it is internal), since the
+        pull's caller names the peers and a public server would aim the node at them."""
+        if target in self.allow_hosts and origin not in self.allow_hosts:
+            self.resolve(target, port)
 
     def connect(
         self, address: tuple[str, int], timeout: object = None, source: object = None

@@ -93,8 +93,21 @@ class RangeClient:
                 raise
             if location is None:
                 return
-            url = urljoin(url, location)
+            url = self._redirect(parts.hostname or "", urljoin(url, location))
         raise SourceError("too many redirects")
+
+    def _redirect(self, origin: str, url: str) -> str:
+        """`url`, once a redirect there from `origin` is allowed (SourceError if not)."""
+        target = urlsplit(url)
+        if self.guard is not None and target.hostname:
+            try:
+                port = target.port or (443 if target.scheme == "https" else 80)
+                self.guard.check_redirect(origin, target.hostname, port)
+            except BlockedAddress as exc:
+                raise SourceError(f"refused: {exc}") from None
+            except (OSError, ValueError) as exc:
+                raise SourceError(f"{target.netloc}: {type(exc).__name__}") from None
+        return url
 
     def _get(
         self, conn: http.client.HTTPConnection, target: str, headers: dict[str, str], ask: RangeAsk

@@ -4,6 +4,7 @@ why it cannot be had (404, offline, gated)."""
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -77,9 +78,23 @@ def http_client(guard: ConnectGuard | None = None) -> httpx.Client:
             max_keepalive_connections=limits.max_keepalive_connections,
             network_backend=_GuardedBackend(guard),
         )
+    hooks = {"response": [functools.partial(_redirect_hook, guard)]} if guard else None
     return httpx.Client(
-        timeout=timeout, limits=limits, follow_redirects=True, trust_env=False, transport=transport
+        timeout=timeout,
+        limits=limits,
+        follow_redirects=True,
+        trust_env=False,
+        transport=transport,
+        event_hooks=hooks,
     )
+
+
+def _redirect_hook(guard: ConnectGuard, response: httpx.Response) -> None:
+    """Before a redirect is followed: one into a peer's host is held to the guard."""
+    if response.has_redirect_location:
+        target = response.url.join(response.headers["location"])
+        port = target.port or (443 if target.scheme == "https" else 80)
+        guard.check_redirect(response.url.host, target.host, port)
 
 
 def network_error(where: str, exc: httpx.HTTPError) -> PullError:

@@ -141,3 +141,19 @@ def test_peers_the_node_chose_are_not_held_to_the_guard(servers: tuple[str, str]
     ask = RangeAsk(internal + "/m.gguf", {}, 0, memoryview(buf), lambda n: None, kind="peer")
     RangeClient(5.0, guard).read_into(ask)
     assert bytes(buf) == b"GGUF"
+
+
+def test_a_public_server_cannot_redirect_to_an_exempt_peer_host(servers: tuple[str, str]) -> None:
+    """A peer's host is exempt so the node can reach its LAN peers, and the caller of
+    `/admin/models/pull` names those peers: a URL spec on a public server redirecting to
+    "a peer" (169.254.169.254, 127.0.0.1:admin) would reach it. A redirect into an exempt
+    host is held to the guard; the peer itself is still reached directly."""
+    public, internal = servers
+    guard = ConnectGuard(allow_hosts=frozenset({INTERNAL}), internal=_narrow)
+    with pytest.raises(PullError, match="internal address"):
+        url_file(http_client(guard), public + "/go", None)
+    ask = RangeAsk(public + "/go", {}, 0, memoryview(bytearray(4)), lambda n: None)
+    with pytest.raises(SourceError, match="internal address"):
+        RangeClient(5.0, guard).read_into(ask)
+    assert _Handler.hits.get(INTERNAL, 0) == 0
+    assert url_file(http_client(guard), internal + "/model.gguf", None).size == 4
