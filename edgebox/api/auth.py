@@ -14,7 +14,8 @@ Scopes (the compatibility rule, also in the README):
   the node with `--admin-key`.
 - `/admin/models/pull` (start a pull, read its jobs) also takes the pull key (`--pull-key`):
   what a router that brings models to nodes needs, and nothing else (no drain, no load or
-  unload, no recent requests).
+  unload, no recent requests). A request it opens is marked (`state.pull_key_only`): the
+  node does not send its own key to peers such a caller names.
 - A joined node also takes its hub's blob grants (`blob_grant.py`: signed by the hub, for this
   node, minutes long) on `/v1/blobs/` and `/v1/store/models/` only: fleet members pull model
   bytes with no key of this node's; a grant on any other `/v1/` route is 403.
@@ -179,6 +180,7 @@ class ScopedKeyMiddleware:
         refusal: tuple[int, bytes] | None
         if self._pull_holder(scope):
             holder, refusal = "pull", None
+            scope.setdefault("state", {})["pull_key_only"] = True  # the handler trusts it less
         elif scope["path"].startswith("/admin/"):
             holder, refusal = self._admin_holder(scope)
         else:
