@@ -87,10 +87,30 @@ class BlockedAddress(Exception):
     """A connection a remote party aimed at an internal address; the message names both."""
 
 
+# IPv6 prefixes whose last 32 bits are an IPv4 address that a translator or tunnel reaches:
+# NAT64 (RFC 6052; an IPv6-only LAN's way out), SIIT's IPv4-translated, IPv4-compatible
+_EMBEDS_IPV4 = tuple(ipaddress.ip_network(n) for n in ("64:ff9b::/96", "::ffff:0:0:0/96", "::/96"))
+
+
+def _embedded_ipv4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    if ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    if ip.sixtofour is not None:  # 2002::/16
+        return ip.sixtofour
+    if any(ip in net for net in _EMBEDS_IPV4):
+        return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+    return None
+
+
 def internal_address(ip: IPAddress) -> bool:
-    """Whether `ip` is anything but a public unicast address."""
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
+    """Whether `ip` is anything but a public unicast address (an IPv6 address carrying an
+    IPv4 one is judged by the IPv4 one: NAT64 of 10.0.0.1 reaches 10.0.0.1)."""
+    if isinstance(ip, ipaddress.IPv6Address):
+        embedded = _embedded_ipv4(ip)
+        if embedded is not None:
+            return internal_address(embedded)
+        if ip.is_site_local or ip.is_reserved:
+            return True
     return not ip.is_global or ip.is_multicast
 
 

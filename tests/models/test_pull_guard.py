@@ -91,13 +91,32 @@ def servers() -> Iterator[tuple[str, str]]:
         "::ffff:169.254.169.254",
         "fd00::1",
         "fe80::1",
+        # IPv6 forms that carry an internal IPv4 address a translator or tunnel reaches:
+        "64:ff9b::a9fe:a9fe",  # NAT64 (RFC 6052) of 169.254.169.254
+        "64:ff9b::a00:1",  # NAT64 of 10.0.0.1
+        "2002:a9fe:a9fe::1",  # 6to4 of 169.254.169.254
+        "2002:7f00:1::",  # 6to4 of 127.0.0.1
+        "::ffff:0:a00:1",  # SIIT IPv4-translated 10.0.0.1
+        "::7f00:1",  # IPv4-compatible 127.0.0.1 (deprecated)
+        "::a9fe:a9fe",
+        "fec0::1",  # site-local (deprecated, still routed on old LANs)
+        "5f00::1",  # reserved, unallocated
     ],
 )
 def test_internal_addresses(address: str) -> None:
     assert internal_address(ipaddress.ip_address(address))
 
 
-@pytest.mark.parametrize("address", ["1.1.1.1", "93.184.216.34", "2606:4700:4700::1111"])
+@pytest.mark.parametrize(
+    "address",
+    [
+        "1.1.1.1",
+        "93.184.216.34",
+        "2606:4700:4700::1111",
+        "64:ff9b::101:101",  # NAT64 of 1.1.1.1: how an IPv6-only LAN reaches the internet
+        "2002:101:101::1",  # 6to4 of 1.1.1.1
+    ],
+)
 def test_public_addresses(address: str) -> None:
     assert not internal_address(ipaddress.ip_address(address))
 
