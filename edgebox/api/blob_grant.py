@@ -134,6 +134,10 @@ class GrantVerifier:
         except ValueError:
             raise GrantError("this node's record of its hub's public key is damaged") from None
 
+    def verified(self, grant: str) -> bool:
+        """Whether `grant` was verified before (a lookup; `check` still checks its expiry)."""
+        return grant in self._checked
+
     def check(self, grant: str) -> str:
         """The grant's subject when it holds for this node now; else GrantError saying why."""
         known = self._checked.get(grant)

@@ -14,7 +14,7 @@ from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 from starlette.testclient import TestClient
 
-from edgebox.api import blob_grant
+from edgebox.api import auth, blob_grant
 from edgebox.api.auth import NodeKeys, ScopedKeyMiddleware
 from edgebox.api.blob_grant import GrantError, GrantVerifier
 
@@ -80,7 +80,9 @@ def node() -> Iterator[TestClient]:
     paths = ["/v1/blobs/{d}", "/v1/blobs/{d}/chunks", "/v1/store/models/{n}", "/v1/models"]
     app = Starlette(routes=[Route(p, _ok) for p in [*paths, "/admin/requests"]])
     keys = NodeKeys(api_key="inference-k", admin_key="admin-k", blob_grants=_verifier(NOW))
-    with TestClient(ScopedKeyMiddleware(app, keys), client=("10.0.0.9", 5000)) as c:
+    guarded = ScopedKeyMiddleware(app, keys)
+    guarded.keys_for_tests = keys.blob_grants  # type: ignore[attr-defined]
+    with TestClient(guarded, client=("10.0.0.9", 5000)) as c:
         yield c
 
 
@@ -147,3 +149,32 @@ def test_spare_bits_in_the_last_character_are_another_spelling_refused() -> None
     for bent in same:
         with pytest.raises(GrantError, match="does not decode"):
             verifier.check(f"{head}.{payload}.{bent}")
+
+
+def test_one_address_sending_bad_grants_gets_a_bounded_number_of_signature_checks(
+    node: TestClient,
+) -> None:
+    """A bad grant costs a signature check (~3 times a wrong key's whole request): from one
+    address, past a burst, bad grants are refused without one (429, Retry-After), while
+    grants already verified still pass and other addresses are not touched."""
+    verifier = node.app.keys_for_tests  # type: ignore[attr-defined]
+    good = {"authorization": f"Bearer {_grant()}"}
+    assert node.get("/v1/blobs/" + "0" * 64, headers=good).status_code == 200
+    checks = 0
+    verify = verifier._verify
+
+    def counted(grant: str) -> tuple[str, int]:
+        nonlocal checks
+        checks += 1
+        return verify(grant)
+
+    verifier._verify = counted
+    forged = {"authorization": f"Bearer {_grant(key=Ed25519PrivateKey.generate())}"}
+    answers = [node.get("/v1/blobs/" + "0" * 64, headers=forged) for _ in range(300)]
+    assert checks <= auth.BAD_GRANT_BURST + 5, checks
+    last = answers[-1]
+    assert last.status_code == 429 and int(last.headers["retry-after"]) >= 1, last.text
+    assert last.json()["error"]["code"] == "too_many_bad_grants"
+    assert node.get("/v1/blobs/" + "0" * 64, headers=good).status_code == 200  # cached: passes
+    with TestClient(node.app, client=("10.0.0.10", 5000)) as other:
+        assert other.get("/v1/blobs/" + "0" * 64, headers=forged).status_code == 401
