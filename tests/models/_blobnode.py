@@ -6,7 +6,7 @@ scopes) with a model store and no runtime loaded (no inference is asked of it).
 BLOBNODE_ALLOW_PRIVATE=1 in the environment: URL pulls may reach private addresses (the
 tests' "internet" is a server on the LAN or loopback). BLOBNODE_PULL_KEY: the node's pull key.
 BLOBNODE_HUB and BLOBNODE_HUB_KEY: it takes blob grants from that hub (fingerprint, public key)
-for the node id "blobnode".
+for the node id "blobnode". BLOBNODE_SEND_STALL_S: how long a blob send may stall.
 MODEL_PATH is registered as `smollm2-135m` (alias HF_ALIAS); `corrupt` copies it and flips bytes in its third
 chunk, keeping the true digests in the manifest: a peer that lies.
 """
@@ -52,6 +52,10 @@ def main() -> None:
         hub = os.environ["BLOBNODE_HUB"]
         grants = GrantVerifier(hub, "blobnode", os.environ["BLOBNODE_HUB_KEY"])
         keys = dataclasses.replace(keys, blob_grants=grants)
+    if os.environ.get("BLOBNODE_SEND_STALL_S"):
+        from edgebox.node import blobs_api
+
+        blobs_api.BlobResponse.send_stall_s = float(os.environ["BLOBNODE_SEND_STALL_S"])
     app = create_app(state, keys=keys)
     uvicorn.run(app, host=host, port=int(port), log_level="warning")
 

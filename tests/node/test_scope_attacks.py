@@ -211,3 +211,75 @@ def test_a_pull_key_pull_does_not_send_the_node_key_to_a_peer_its_caller_names(
         server.server_close()
     assert _Listener.seen, "the named peer was never asked"
     assert not any(API in auth for auth in _Listener.seen), _Listener.seen
+
+
+def _start_blobnode(tmp: Path, model: Path, env: dict[str, str]) -> tuple[Node, Path]:
+    port, log = free_port(), tmp / "holder.log"
+    cmd = [sys.executable, str(HERE / "_blobnode.py"), str(tmp / "store"), "127.0.0.1"]
+    proc = subprocess.Popen(
+        [*cmd, str(port), API, ADMIN, str(model)],
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+        env={**os.environ, **env},
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url + "/health", timeout=1).status_code == 200:
+                return Node(url, port, proc), log
+        except httpx.TransportError:
+            time.sleep(0.1)
+    proc.kill()
+    pytest.fail(f"the node did not start: {log.read_text()[-2000:]}")
+
+
+def test_a_peer_that_stops_reading_a_blob_loses_the_connection(
+    tmp_path: Path, smollm2_path: Path
+) -> None:
+    """Slowloris on the response side: a peer asks for a blob and never reads it. uvicorn
+    waits for the socket to drain for ever, holding a descriptor and one of the key's
+    in-flight places (a fleet key's 128 are shared by every router and peer: enough such
+    requests and inference with that key gets 429). A blob send that cannot go out for
+    `send_stall_s` ends the response, and the place is given back."""
+    env = {"BLOBNODE_SEND_STALL_S": "2"}
+    holder, log = _start_blobnode(tmp_path, smollm2_path, env)
+    try:
+        digest = httpx.get(
+            holder.url + "/v1/store/models/smollm2-135m",
+            headers={"authorization": f"Bearer {API}"},
+            timeout=10,
+        ).json()["files"][0]["sha256"]
+        size = smollm2_path.stat().st_size
+        stuck = []
+        for _ in range(3):
+            sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.connect(("127.0.0.1", holder.port))
+            sock.sendall(
+                f"GET /v1/blobs/{digest} HTTP/1.1\r\nHost: x\r\n"
+                f"Authorization: Bearer {API}\r\n\r\n".encode()
+            )
+            stuck.append(sock)
+        time.sleep(6)  # the stall deadline (2 s) and then some
+        for sock in stuck:
+            sock.settimeout(10)
+            got = 0
+            try:
+                while chunk := sock.recv(1 << 20):
+                    got += len(chunk)
+            except (ConnectionResetError, TimeoutError):
+                pass
+            sock.close()
+            assert got < size // 2, f"the node still sent {got} of {size} bytes"
+        assert holder.proc.poll() is None
+        ok = httpx.get(
+            f"{holder.url}/v1/blobs/{digest}",
+            headers={"authorization": f"Bearer {API}", "range": "bytes=0-1023"},
+            timeout=10,
+        )
+        assert ok.status_code == 206 and len(ok.content) == 1024
+    finally:
+        holder.proc.kill()
+        holder.proc.wait(10)
+    assert "Traceback" not in log.read_text()
