@@ -44,7 +44,7 @@ class LanDirectTransport(httpx.AsyncBaseTransport):
         proxied = self._proxied.get(url.scheme)
         if proxied is None or lan_host(url.host):
             return self._direct
-        if urllib.request.proxy_bypass_environment(url.host):  # NO_PROXY
+        if urllib.request.proxy_bypass(url.host):  # NO_PROXY (the environment's, on Linux)
             return self._direct
         return proxied
 

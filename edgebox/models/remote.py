@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, urlsplit
@@ -78,7 +79,9 @@ def http_client(guard: ConnectGuard | None = None) -> httpx.Client:
             max_keepalive_connections=limits.max_keepalive_connections,
             network_backend=_GuardedBackend(guard),
         )
-    hooks = {"response": [functools.partial(_redirect_hook, guard)]} if guard else None
+    hooks: dict[str, list[Callable[..., Any]]] | None = None
+    if guard is not None:
+        hooks = {"response": [functools.partial(_redirect_hook, guard)]}
     return httpx.Client(
         timeout=timeout,
         limits=limits,
