@@ -246,7 +246,9 @@ class ScopedKeyMiddleware:
         except GrantError as exc:
             self._bad_grants.take(host)
             return None, (401, _bad_grant(str(exc)))
-        return f"grant-{subject}", None
+        # every member node's grant names one subject ("member"): counted per address too, so
+        # one member holding its places does not lock the others out
+        return f"grant-{subject}@{host}", None
 
     def _admin_holder(self, scope: Scope) -> tuple[str | None, tuple[int, bytes] | None]:
         if self._admin is not None:

@@ -178,3 +178,43 @@ def test_one_address_sending_bad_grants_gets_a_bounded_number_of_signature_check
     assert node.get("/v1/blobs/" + "0" * 64, headers=good).status_code == 200  # cached: passes
     with TestClient(node.app, client=("10.0.0.10", 5000)) as other:
         assert other.get("/v1/blobs/" + "0" * 64, headers=forged).status_code == 401
+
+
+def test_one_member_holding_its_places_does_not_lock_the_other_members_out() -> None:
+    """Every member's grant names the same subject ("member"): counted under one key, one
+    member holding the per-key limit in slow blob reads made every other member's 429.
+    Grants are counted per subject and address."""
+    import asyncio
+
+    import httpx
+
+    release = asyncio.Event()
+
+    async def slow(request: Request) -> PlainTextResponse:
+        await release.wait()
+        return PlainTextResponse("ok")
+
+    app = Starlette(routes=[Route("/v1/blobs/{d}", slow)])
+    keys = NodeKeys(api_key="k", per_key_limit=2, blob_grants=_verifier())
+    guarded = ScopedKeyMiddleware(app, keys)
+    auth = {"authorization": f"Bearer {_grant()}"}
+    path = "/v1/blobs/" + "0" * 64
+
+    async def scenario() -> tuple[list[int], int]:
+        def client(host: str) -> httpx.AsyncClient:
+            transport = httpx.ASGITransport(guarded, client=(host, 5000))
+            return httpx.AsyncClient(transport=transport, base_url="http://node")
+
+        async with client("10.0.0.9") as greedy, client("10.0.0.10") as other:
+            held = [asyncio.create_task(greedy.get(path, headers=auth)) for _ in range(2)]
+            await asyncio.sleep(0.05)
+            extra = await greedy.get(path, headers=auth)  # its own limit: 429
+            fair = asyncio.create_task(other.get(path, headers=auth))
+            await asyncio.sleep(0.05)
+            release.set()
+            statuses = [(await t).status_code for t in held] + [extra.status_code]
+            return statuses, (await fair).status_code
+
+    statuses, fair = asyncio.run(asyncio.wait_for(scenario(), 10))
+    assert statuses == [200, 200, 429]
+    assert fair == 200
