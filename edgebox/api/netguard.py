@@ -24,6 +24,7 @@ import unicodedata
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 _ESCAPES = {"\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
@@ -78,6 +79,21 @@ class TokenBuckets:
         while len(self._buckets) > self.max_keys:
             self._buckets.popitem(last=False)
         return wait
+
+
+def shown_url(url: str) -> str:
+    """`url` as a job list or an error may show it: without `user:password@` and without its
+    query (a signed URL carries its credential there: `?X-Amz-Signature=…`)."""
+    parts = urlsplit(url)
+    if not parts.scheme or not parts.netloc:
+        return url
+    query = "?…" if parts.query else ""
+    return f"{parts.scheme}://{shown_netloc(parts.netloc)}{parts.path}{query}"
+
+
+def shown_netloc(netloc: str) -> str:
+    """A URL's `host:port` without the `user:password@` it may carry."""
+    return netloc.rpartition("@")[2]
 
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address

@@ -14,7 +14,7 @@ from urllib.parse import quote, urlsplit
 import httpcore
 import httpx
 
-from edgebox.api.netguard import BlockedAddress, ConnectGuard
+from edgebox.api.netguard import BlockedAddress, ConnectGuard, shown_netloc, shown_url
 from edgebox.models.store import DIGEST
 from edgebox.models.transfer import CONNECT_TIMEOUT_S, READ_TIMEOUT_S
 
@@ -149,7 +149,7 @@ def hf_file(client: httpx.Client, repo: str, filename: str) -> RemoteFile:
 
 
 def url_file(client: httpx.Client, url: str, sha256: str | None) -> RemoteFile:
-    host = urlsplit(url).netloc
+    host, shown = shown_netloc(urlsplit(url).netloc), shown_url(url)
     try:
         r = client.head(url)
     except httpx.HTTPError as exc:
@@ -157,11 +157,11 @@ def url_file(client: httpx.Client, url: str, sha256: str | None) -> RemoteFile:
     except BlockedAddress as exc:
         raise PullError(f"refused: {exc}") from None
     if r.status_code == 404:
-        raise PullError(f"not found (404): {url}")
+        raise PullError(f"not found (404): {shown}")
     if r.status_code >= 400:
-        raise PullError(f"{url}: the server answered HTTP {r.status_code}")
+        raise PullError(f"{shown}: the server answered HTTP {r.status_code}")
     size = r.headers.get("content-length", "")
     if not size.isdigit():
-        raise PullError(f"{url}: the server gives no size (Content-Length) for the file")
+        raise PullError(f"{shown}: the server gives no size (Content-Length) for the file")
     name = urlsplit(url).path.rsplit("/", 1)[-1] or "model.gguf"
     return RemoteFile(name, url, int(size), sha256, host)

@@ -42,7 +42,7 @@ from starlette.responses import JSONResponse, Response
 
 from edgebox.api.body import read_json
 from edgebox.api.errors import APIError
-from edgebox.api.netguard import BlockedAddress, ConnectGuard
+from edgebox.api.netguard import BlockedAddress, ConnectGuard, shown_url
 from edgebox.models.pull import MAX_SPEC, Pull, PullError, plan_pull
 from edgebox.models.remote import http_client
 from edgebox.models.transfer import Peer
@@ -88,7 +88,7 @@ class PullJob:
     def to_json(self) -> dict[str, Any]:
         body: dict[str, Any] = {
             "job": self.id,
-            "spec": self.request.spec,
+            "spec": shown_url(self.request.spec),  # the pull key reads it: no credentials
             "state": self.pull.state if self.pull else self.state,
             "error": (self.pull.error if self.pull else None) or self.error,
             "bytes_done": 0,

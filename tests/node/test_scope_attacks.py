@@ -213,11 +213,11 @@ def test_a_pull_key_pull_does_not_send_the_node_key_to_a_peer_its_caller_names(
     assert not any(API in auth for auth in _Listener.seen), _Listener.seen
 
 
-def _start_blobnode(tmp: Path, model: Path, env: dict[str, str]) -> tuple[Node, Path]:
+def _start_blobnode(tmp: Path, model: Path | None, env: dict[str, str]) -> tuple[Node, Path]:
     port, log = free_port(), tmp / "holder.log"
     cmd = [sys.executable, str(HERE / "_blobnode.py"), str(tmp / "store"), "127.0.0.1"]
     proc = subprocess.Popen(
-        [*cmd, str(port), API, ADMIN, str(model)],
+        [*cmd, str(port), API, ADMIN, *([str(model)] if model else [])],
         stdout=log.open("wb"),
         stderr=subprocess.STDOUT,
         env={**os.environ, **env},
@@ -283,3 +283,34 @@ def test_a_peer_that_stops_reading_a_blob_loses_the_connection(
         holder.proc.kill()
         holder.proc.wait(10)
     assert "Traceback" not in log.read_text()
+
+
+def test_the_pull_key_does_not_read_the_credentials_in_an_admin_pull_url(tmp_path: Path) -> None:
+    """The pull key reads every pull job (`GET /admin/models/pull`), the admin's too: a URL the
+    admin pulled with a password or a signed query (`?X-Amz-Signature=…`) showed them in the
+    job's spec, its sources and its error. Jobs show such a URL without them."""
+    env = {"BLOBNODE_PULL_KEY": PULL, "BLOBNODE_ALLOW_PRIVATE": "1"}
+    lan, _ = _start_blobnode(tmp_path, None, env)
+    try:
+        with socket.socket() as closed:  # a port nothing listens on: the pull fails
+            closed.bind(("127.0.0.1", 0))
+            port = closed.getsockname()[1]
+        secret = f"s3cret-{TAG}"
+        spec = f"http://user:{secret}@127.0.0.1:{port}/m.gguf?X-Amz-Signature={secret}x"
+        admin = {"authorization": f"Bearer {ADMIN}"}
+        started = httpx.post(lan.url + "/admin/models/pull", json={"spec": spec}, headers=admin)
+        assert started.status_code == 202, started.text
+        assert secret not in started.text
+        pull = {"authorization": f"Bearer {PULL}"}
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            jobs = httpx.get(lan.url + "/admin/models/pull", headers=pull, timeout=10)
+            if all(j["state"] == "failed" for j in jobs.json()["data"]):
+                break
+            time.sleep(0.2)
+        assert jobs.json()["data"] and jobs.json()["data"][0]["error"], jobs.text
+        assert secret not in jobs.text, jobs.text
+        assert f"127.0.0.1:{port}/m.gguf" in jobs.text  # still says which URL
+    finally:
+        lan.proc.kill()
+        lan.proc.wait(10)
