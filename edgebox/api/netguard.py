@@ -84,7 +84,10 @@ class TokenBuckets:
 def shown_url(url: str) -> str:
     """`url` as a job list or an error may show it: without `user:password@` and without its
     query (a signed URL carries its credential there: `?X-Amz-Signature=…`)."""
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "(a URL that does not parse)"
     if not parts.scheme or not parts.netloc:
         return url
     query = "?…" if parts.query else ""

@@ -174,6 +174,8 @@ async def start_pull(request: Request) -> Response:
         url = peer if isinstance(peer, str) else peer.url
         if not url.startswith(("http://", "https://")) or len(url) > 512:
             raise APIError(400, "peers are http(s) URLs", param="peers", code="bad_peer")
+    if not _parses(body.spec):
+        raise APIError(400, "spec is not a valid URL", param="spec", code="bad_spec")
     if not await asyncio.to_thread(_model_or_remote, body.spec):
         raise APIError(
             400,
@@ -206,6 +208,17 @@ async def start_pull(request: Request) -> Response:
     threading.Thread(target=_run, args=(job, state, trusted), name=job.id, daemon=True).start()
     await asyncio.sleep(0)
     return JSONResponse(job.to_json(), status_code=202)
+
+
+def _parses(spec: str) -> bool:
+    """False for a URL spec whose host or port does not parse (`http://[bad/…`)."""
+    if not spec.startswith(("http://", "https://")):
+        return True
+    try:
+        _ = urlsplit(spec).port  # reading the port parses the host and the port
+    except ValueError:
+        return False
+    return True
 
 
 def _joins(running: PullRequest, asked: PullRequest) -> bool:

@@ -314,3 +314,12 @@ def test_the_pull_key_does_not_read_the_credentials_in_an_admin_pull_url(tmp_pat
     finally:
         lan.proc.kill()
         lan.proc.wait(10)
+
+
+@pytest.mark.parametrize("spec", ["http://[bad/m.gguf", "http://[::1/m.gguf", "https://[zz]:1/m"])
+def test_a_url_spec_that_does_not_parse_is_a_400_naming_spec(node: Node, spec: str) -> None:
+    headers = {"authorization": f"Bearer {PULL}"}
+    r = httpx.post(node.url + "/admin/models/pull", json={"spec": spec}, headers=headers)
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["param"] == "spec", r.text
+    assert httpx.get(node.url + "/admin/models/pull", headers=headers).status_code == 200
