@@ -14,10 +14,13 @@ Scopes (the compatibility rule, also in the README):
   the node with `--admin-key`.
 - `/admin/models/pull` (start a pull, read its jobs) also takes the pull key (`--pull-key`):
   what a router that brings models to nodes needs, and nothing else (no drain, no load or
-  unload, no recent requests).
+  unload, no recent requests). A request it opens is marked (`state.pull_key_only`): the
+  node does not send its own key to peers such a caller names.
 - A joined node also takes its hub's blob grants (`blob_grant.py`: signed by the hub, for this
   node, minutes long) on `/v1/blobs/` and `/v1/store/models/` only: fleet members pull model
-  bytes with no key of this node's; a grant on any other `/v1/` route is 403.
+  bytes with no key of this node's; a grant on any other `/v1/` route is 403. Grants that
+  do not hold cost a signature check each: one address gets `BAD_GRANT_BURST` of them, then
+  `BAD_GRANT_RATE` a second, then 429 (grants already verified still pass).
 - Each key may have at most `per_key_limit` requests in flight; one more gets 429 with
   `Retry-After`, so one client (or one leaked key) cannot hold every slot and queue place.
 
@@ -37,12 +40,16 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from edgebox.api.anthropic import anthropic_error, is_messages_path
 from edgebox.api.blob_grant import BLOB_PATHS, GrantError, GrantVerifier
 from edgebox.api.blob_grant import PREFIX as GRANT_PREFIX
+from edgebox.api.netguard import TokenBuckets
 
 PROTECTED_PREFIXES = ("/v1/", "/admin/")
 PULL_PREFIX = "/admin/models/pull"  # what the pull key opens (and nothing else)
 DEFAULT_PER_KEY_LIMIT = 128  # in-flight requests per key; above the node's slots plus its queue
 KEY_RETRY_AFTER_S = 1
 _GRANT_PREFIX = GRANT_PREFIX.encode()
+# a bad blob grant costs a signature check (about 3 times a wrong key's whole request): from
+# one client address at most this many, then this many a second, else 429 without one
+BAD_GRANT_BURST, BAD_GRANT_RATE = 64, 10.0
 
 
 def _error(message: str, code: str, type: str = "invalid_request_error") -> bytes:
@@ -80,6 +87,14 @@ _GRANT_OUT_OF_SCOPE = _error(
 
 def _bad_grant(why: str) -> bytes:
     return _error(why, "invalid_blob_grant", "authentication_error")
+
+
+_TOO_MANY_BAD_GRANTS = _error(
+    "too many blob grants that did not hold came from this address; retry in a second "
+    "with a fresh grant from the hub",
+    "too_many_bad_grants",
+    "rate_limit_error",
+)
 
 
 def _busy(limit: int) -> bytes:
@@ -169,6 +184,7 @@ class ScopedKeyMiddleware:
         self._pull = keys.pull_key.encode() if keys.pull_key else None
         self._loopback_open = keys.loopback_open
         self._grants = keys.blob_grants
+        self._bad_grants = TokenBuckets(rate=BAD_GRANT_RATE, burst=BAD_GRANT_BURST)
         self._inflight: dict[str, int] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -179,6 +195,7 @@ class ScopedKeyMiddleware:
         refusal: tuple[int, bytes] | None
         if self._pull_holder(scope):
             holder, refusal = "pull", None
+            scope.setdefault("state", {})["pull_key_only"] = True  # the handler trusts it less
         elif scope["path"].startswith("/admin/"):
             holder, refusal = self._admin_holder(scope)
         else:
@@ -186,6 +203,8 @@ class ScopedKeyMiddleware:
         if refusal is not None:
             status, body = refusal
             extra = [(b"www-authenticate", b"Bearer")] if status == 401 else []
+            if status == 429:
+                extra = [(b"retry-after", str(KEY_RETRY_AFTER_S).encode())]
             await _refuse(scope, send, status, body, *extra)
             return
         if holder is None:  # an open route: nothing to count
@@ -213,18 +232,23 @@ class ScopedKeyMiddleware:
         on_pull = path == PULL_PREFIX or path.startswith(PULL_PREFIX + "/")
         return bool(self._pull and on_pull and _matches(_bearer(scope), [self._pull]))
 
-    @staticmethod
     def _grant_holder(
-        scope: Scope, grants: GrantVerifier, bearer: bytes
+        self, scope: Scope, grants: GrantVerifier, bearer: bytes
     ) -> tuple[str | None, tuple[int, bytes] | None]:
         """A blob grant: the blob routes only, for this node, signed by its hub, in time."""
         if not scope["path"].startswith(BLOB_PATHS):
             return None, (403, _GRANT_OUT_OF_SCOPE)
+        grant, host = bearer.decode("ascii", "replace"), _client_host(scope)
+        if not grants.verified(grant) and self._bad_grants.wait(host) > 0:
+            return None, (429, _TOO_MANY_BAD_GRANTS)
         try:
-            subject = grants.check(bearer.decode("ascii", "replace"))
+            subject = grants.check(grant)
         except GrantError as exc:
+            self._bad_grants.take(host)
             return None, (401, _bad_grant(str(exc)))
-        return f"grant-{subject}", None
+        # every member node's grant names one subject ("member"): counted per address too, so
+        # one member holding its places does not lock the others out
+        return f"grant-{subject}@{host}", None
 
     def _admin_holder(self, scope: Scope) -> tuple[str | None, tuple[int, bytes] | None]:
         if self._admin is not None:

@@ -50,6 +50,16 @@ def _unb64(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
+def _strict_unb64(text: str) -> bytes:
+    """`text` decoded only when it is the one unpadded base64url form of its bytes: the
+    lenient decoder drops stray characters and spare bits, and every spelling of one grant
+    would be a fresh signature check and a fresh entry in the verified-grant cache."""
+    data = _unb64(text)
+    if _b64(data) != text:
+        raise ValueError("not canonical base64url")
+    return data
+
+
 def public_key_text(key: Ed25519PrivateKey) -> str:
     """The hub's public key as members keep it: base64 of the raw 32 bytes."""
     raw = key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
@@ -84,7 +94,7 @@ def _decode(grant: str) -> tuple[bytes, bytes]:
     if not dot:
         raise GrantError("the blob grant is truncated")
     try:
-        return _unb64(payload), _unb64(signature)
+        return _strict_unb64(payload), _strict_unb64(signature)
     except (binascii.Error, ValueError):
         raise GrantError("the blob grant does not decode") from None
 
@@ -123,6 +133,10 @@ class GrantVerifier:
             return Ed25519PublicKey.from_public_bytes(base64.b64decode(self.hub_key))
         except ValueError:
             raise GrantError("this node's record of its hub's public key is damaged") from None
+
+    def verified(self, grant: str) -> bool:
+        """Whether `grant` was verified before (a lookup; `check` still checks its expiry)."""
+        return grant in self._checked
 
     def check(self, grant: str) -> str:
         """The grant's subject when it holds for this node now; else GrantError saying why."""

@@ -11,7 +11,8 @@
   resolves to a public address for the check and to 127.0.0.1 for the connect, DNS
   rebinding, gets nowhere). Internal: loopback, private, link-local (cloud metadata at
   169.254.169.254), carrier-grade NAT, unspecified, reserved, multicast, and IPv6 forms of
-  these (IPv4-mapped included).
+  these (IPv4-mapped included). Peers' hosts are exempt (`allow_hosts`), but never as the
+  target of a redirect from another host (`check_redirect`).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import unicodedata
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 _ESCAPES = {"\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
@@ -79,6 +81,24 @@ class TokenBuckets:
         return wait
 
 
+def shown_url(url: str) -> str:
+    """`url` as a job list or an error may show it: without `user:password@` and without its
+    query (a signed URL carries its credential there: `?X-Amz-Signature=…`)."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "(a URL that does not parse)"
+    if not parts.scheme or not parts.netloc:
+        return url
+    query = "?…" if parts.query else ""
+    return f"{parts.scheme}://{shown_netloc(parts.netloc)}{parts.path}{query}"
+
+
+def shown_netloc(netloc: str) -> str:
+    """A URL's `host:port` without the `user:password@` it may carry."""
+    return netloc.rpartition("@")[2]
+
+
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
@@ -86,10 +106,30 @@ class BlockedAddress(Exception):
     """A connection a remote party aimed at an internal address; the message names both."""
 
 
+# IPv6 prefixes whose last 32 bits are an IPv4 address that a translator or tunnel reaches:
+# NAT64 (RFC 6052; an IPv6-only LAN's way out), SIIT's IPv4-translated, IPv4-compatible
+_EMBEDS_IPV4 = tuple(ipaddress.ip_network(n) for n in ("64:ff9b::/96", "::ffff:0:0:0/96", "::/96"))
+
+
+def _embedded_ipv4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    if ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    if ip.sixtofour is not None:  # 2002::/16
+        return ip.sixtofour
+    if any(ip in net for net in _EMBEDS_IPV4):
+        return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+    return None
+
+
 def internal_address(ip: IPAddress) -> bool:
-    """Whether `ip` is anything but a public unicast address."""
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
+    """Whether `ip` is anything but a public unicast address (an IPv6 address carrying an
+    IPv4 one is judged by the IPv4 one: NAT64 of 10.0.0.1 reaches 10.0.0.1)."""
+    if isinstance(ip, ipaddress.IPv6Address):
+        embedded = _embedded_ipv4(ip)
+        if embedded is not None:
+            return internal_address(embedded)
+        if ip.is_site_local or ip.is_reserved:
+            return True
     return not ip.is_global or ip.is_multicast
 
 
@@ -112,6 +152,13 @@ class ConnectGuard:
                     "start the node with --allow-private-pulls to pull from the LAN"
                 )
         return addresses
+
+    def check_redirect(self, origin: str, target: str, port: int) -> None:
+        """A redirect from `origin` to `target`: into an exempt host (a peer) from anywhere
+        else, `target` is held to the guard (BlockedAddress when it is internal), since the
+        pull's caller names the peers and a public server would aim the node at them."""
+        if target in self.allow_hosts and origin not in self.allow_hosts:
+            self.resolve(target, port)
 
     def connect(
         self, address: tuple[str, int], timeout: object = None, source: object = None

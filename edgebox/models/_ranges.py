@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import urljoin, urlsplit
 
-from edgebox.api.netguard import BlockedAddress, ConnectGuard
+from edgebox.api.netguard import BlockedAddress, ConnectGuard, shown_netloc
 
 SLICE = 1 << 20  # bytes per readinto: the rate limit and cancellation act this often
 REDIRECT_BODY = 64 << 10  # read of a redirect's body; longer, the connection is dropped
@@ -76,7 +76,9 @@ class RangeClient:
             if parts.scheme not in ("http", "https") or not parts.netloc:
                 raise SourceError(f"not an http(s) URL: {parts.scheme}://…")
             if ask.kind == "peer" and parts.netloc != origin:
-                raise SourceError(f"{origin}: a peer's redirect to another host is not followed")
+                raise SourceError(
+                    f"{shown_netloc(origin)}: a peer's redirect to another host is not followed"
+                )
             send = dict(ask.headers) if parts.netloc == origin else {}  # keys stay with their host
             send["Range"] = f"bytes={ask.start}-{ask.start + len(ask.buf) - 1}"
             conn = self._connection(parts.scheme, parts.netloc)
@@ -87,14 +89,27 @@ class RangeClient:
                 raise SourceError(f"refused: {exc}") from None
             except (OSError, http.client.HTTPException) as exc:
                 self._drop(parts.scheme, parts.netloc)
-                raise SourceError(f"{parts.netloc}: {type(exc).__name__}") from None
+                raise SourceError(f"{shown_netloc(parts.netloc)}: {type(exc).__name__}") from None
             except BaseException:
                 self._drop(parts.scheme, parts.netloc)  # a half-read answer: not reusable
                 raise
             if location is None:
                 return
-            url = urljoin(url, location)
+            url = self._redirect(parts.hostname or "", urljoin(url, location))
         raise SourceError("too many redirects")
+
+    def _redirect(self, origin: str, url: str) -> str:
+        """`url`, once a redirect there from `origin` is allowed (SourceError if not)."""
+        target = urlsplit(url)
+        if self.guard is not None and target.hostname:
+            try:
+                port = target.port or (443 if target.scheme == "https" else 80)
+                self.guard.check_redirect(origin, target.hostname, port)
+            except BlockedAddress as exc:
+                raise SourceError(f"refused: {exc}") from None
+            except (OSError, ValueError) as exc:
+                raise SourceError(f"{shown_netloc(target.netloc)}: {type(exc).__name__}") from None
+        return url
 
     def _get(
         self, conn: http.client.HTTPConnection, target: str, headers: dict[str, str], ask: RangeAsk

@@ -4,7 +4,9 @@ why it cannot be had (404, offline, gated)."""
 
 from __future__ import annotations
 
+import functools
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, urlsplit
@@ -12,7 +14,7 @@ from urllib.parse import quote, urlsplit
 import httpcore
 import httpx
 
-from edgebox.api.netguard import BlockedAddress, ConnectGuard
+from edgebox.api.netguard import BlockedAddress, ConnectGuard, shown_netloc, shown_url
 from edgebox.models.store import DIGEST
 from edgebox.models.transfer import CONNECT_TIMEOUT_S, READ_TIMEOUT_S
 
@@ -77,9 +79,25 @@ def http_client(guard: ConnectGuard | None = None) -> httpx.Client:
             max_keepalive_connections=limits.max_keepalive_connections,
             network_backend=_GuardedBackend(guard),
         )
+    hooks: dict[str, list[Callable[..., Any]]] | None = None
+    if guard is not None:
+        hooks = {"response": [functools.partial(_redirect_hook, guard)]}
     return httpx.Client(
-        timeout=timeout, limits=limits, follow_redirects=True, trust_env=False, transport=transport
+        timeout=timeout,
+        limits=limits,
+        follow_redirects=True,
+        trust_env=False,
+        transport=transport,
+        event_hooks=hooks,
     )
+
+
+def _redirect_hook(guard: ConnectGuard, response: httpx.Response) -> None:
+    """Before a redirect is followed: one into a peer's host is held to the guard."""
+    if response.has_redirect_location:
+        target = response.url.join(response.headers["location"])
+        port = target.port or (443 if target.scheme == "https" else 80)
+        guard.check_redirect(response.url.host, target.host, port)
 
 
 def network_error(where: str, exc: httpx.HTTPError) -> PullError:
@@ -131,7 +149,7 @@ def hf_file(client: httpx.Client, repo: str, filename: str) -> RemoteFile:
 
 
 def url_file(client: httpx.Client, url: str, sha256: str | None) -> RemoteFile:
-    host = urlsplit(url).netloc
+    host, shown = shown_netloc(urlsplit(url).netloc), shown_url(url)
     try:
         r = client.head(url)
     except httpx.HTTPError as exc:
@@ -139,11 +157,11 @@ def url_file(client: httpx.Client, url: str, sha256: str | None) -> RemoteFile:
     except BlockedAddress as exc:
         raise PullError(f"refused: {exc}") from None
     if r.status_code == 404:
-        raise PullError(f"not found (404): {url}")
+        raise PullError(f"not found (404): {shown}")
     if r.status_code >= 400:
-        raise PullError(f"{url}: the server answered HTTP {r.status_code}")
+        raise PullError(f"{shown}: the server answered HTTP {r.status_code}")
     size = r.headers.get("content-length", "")
     if not size.isdigit():
-        raise PullError(f"{url}: the server gives no size (Content-Length) for the file")
+        raise PullError(f"{shown}: the server gives no size (Content-Length) for the file")
     name = urlsplit(url).path.rsplit("/", 1)[-1] or "model.gguf"
     return RemoteFile(name, url, int(size), sha256, host)

@@ -8,7 +8,8 @@
   alias it was pulled as (`ORG/REPO:FILE.gguf`, URL-encoded), so a node can pull a model by
   name, or by its Hugging Face spec while the internet is out of reach, from a peer.
 
-While the node generates, blob bytes are paced to `serve --share-rate` (`blob_pacing.py`).
+While the node generates, blob bytes are paced to `serve --share-rate` (`blob_pacing.py`). A
+peer that stops reading loses the connection after `BlobResponse.send_stall_s`.
 
 The digest must be 64 lowercase hex characters and only ever names a file the store itself
 resolves (its blob, or a file a manifest registered): no path from the request reaches disk.
@@ -31,22 +32,37 @@ from edgebox.node.state import NodeState
 MAX_NAME = 512  # a model's name, or an alias it was pulled as (ORG/REPO:FILE.gguf, a URL)
 
 
-class _BlobResponse(FileResponse):
+class _Stalled(Exception):
+    """The peer stopped reading: the response ends here and uvicorn closes the connection."""
+
+
+class BlobResponse(FileResponse):
+    """A blob's bytes, paced while the node generates; a send that cannot go out for
+    `send_stall_s` (a peer that stopped reading: uvicorn would wait for ever, holding the
+    descriptor and one of the key's in-flight places) ends the response."""
+
     chunk_size = 1 << 20  # fewer thread hops per byte than Starlette's 64 KiB
     pacer: BlobPacer | None = None
+    send_stall_s = 30.0  # a whole chunk on a 0.3 Mbit/s link
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        pacer = self.pacer
-        if pacer is None:
-            await super().__call__(scope, receive, send)
-            return
+        pacer, stall = self.pacer, self.send_stall_s
 
         async def paced(message: Message) -> None:
             if message["type"] == "http.response.body":
-                await pacer.pace(len(message.get("body", b"")))
+                if pacer is not None:
+                    await pacer.pace(len(message.get("body", b"")))
+                try:
+                    await asyncio.wait_for(send(message), stall)
+                except TimeoutError:
+                    raise _Stalled from None
+                return
             await send(message)
 
-        await super().__call__(scope, receive, paced)
+        try:
+            await super().__call__(scope, receive, paced)
+        except _Stalled:
+            return
 
 
 def _store(request: Request) -> ModelStore:
@@ -77,7 +93,7 @@ async def blob(request: Request) -> Response:
     path, _ = found
     stat = await asyncio.to_thread(os.stat, path)
     headers = {"X-Edgebox-Sha256": digest, "Accept-Ranges": "bytes"}
-    response = _BlobResponse(
+    response = BlobResponse(
         path,
         stat_result=stat,
         media_type="application/octet-stream",

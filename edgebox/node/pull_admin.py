@@ -3,7 +3,10 @@
 
 Body: `{"spec": "ORG/REPO:FILE.gguf" | URL | path | NAME, "sha256"?: hex, "name"?: store name,
 "peers"?: [URL | {"url", "key"?}], "max_rate"?: bytes/s}`. Without `peers` the node asks the
-peers its agent knows (the hub's registry of who holds which blob, or mDNS neighbours).
+peers its agent knows (the hub's registry of who holds which blob, or mDNS neighbours). A
+named peer without a key gets the node's own peer key (its fleet or API key), except when the
+pull came with the pull key: then only peers the node found itself get it (else the pull key
+would hand the node's inference key to any URL its holder names).
 The answer is 202 with the job; the spec is checked (bad spec, 404, offline, disk full) in
 the job, whose `state` goes queued → running → done | failed, with `error` saying why.
 A job reports bytes done and total, bytes per source and the source of each chunk.
@@ -39,7 +42,7 @@ from starlette.responses import JSONResponse, Response
 
 from edgebox.api.body import read_json
 from edgebox.api.errors import APIError
-from edgebox.api.netguard import BlockedAddress, ConnectGuard
+from edgebox.api.netguard import BlockedAddress, ConnectGuard, shown_url
 from edgebox.models.pull import MAX_SPEC, Pull, PullError, plan_pull
 from edgebox.models.remote import http_client
 from edgebox.models.transfer import Peer
@@ -85,7 +88,7 @@ class PullJob:
     def to_json(self) -> dict[str, Any]:
         body: dict[str, Any] = {
             "job": self.id,
-            "spec": self.request.spec,
+            "spec": shown_url(self.request.spec),  # the pull key reads it: no credentials
             "state": self.pull.state if self.pull else self.state,
             "error": (self.pull.error if self.pull else None) or self.error,
             "bytes_done": 0,
@@ -112,7 +115,9 @@ class PullJob:
         return body
 
 
-def _peers(request: PullRequest, state: NodeState) -> list[Peer]:
+def _peers(request: PullRequest, state: NodeState, *, trusted: bool) -> list[Peer]:
+    """The pull's peers. An untrusted caller (the pull key) names peers that get no key of
+    this node's unless the node found them itself: its key opens inference here."""
     found = list(state.find_peers()) if state.find_peers else []
     if request.peers is None:
         return found
@@ -124,7 +129,7 @@ def _peers(request: PullRequest, state: NodeState) -> list[Peer]:
         url, key = (named, None) if isinstance(named, str) else (named.url, named.key)
         listed = known.get(url.rstrip("/"))
         if key or listed is None:
-            peers.append(Peer(url, key or state.peer_key))
+            peers.append(Peer(url, key or (state.peer_key if trusted else None)))
         else:
             peers.append(Peer(url, listed.key, renew=listed.renew))
     return peers
@@ -138,10 +143,10 @@ def _guard(spec: str, state: NodeState, peers: list[Peer]) -> ConnectGuard | Non
     return ConnectGuard(allow_hosts=frozenset(h for h in hosts if h))
 
 
-def _run(job: PullJob, state: NodeState) -> None:
+def _run(job: PullJob, state: NodeState, trusted: bool) -> None:
     assert state.store is not None
     try:
-        peers = _peers(job.request, state)
+        peers = _peers(job.request, state, trusted=trusted)
         guard = _guard(job.request.spec, state, peers)
         plan = plan_pull(
             job.request.spec,
@@ -169,6 +174,8 @@ async def start_pull(request: Request) -> Response:
         url = peer if isinstance(peer, str) else peer.url
         if not url.startswith(("http://", "https://")) or len(url) > 512:
             raise APIError(400, "peers are http(s) URLs", param="peers", code="bad_peer")
+    if not _parses(body.spec):
+        raise APIError(400, "spec is not a valid URL", param="spec", code="bad_spec")
     if not await asyncio.to_thread(_model_or_remote, body.spec):
         raise APIError(
             400,
@@ -197,9 +204,21 @@ async def start_pull(request: Request) -> Response:
     for old in list(jobs)[:-MAX_JOBS_KEPT]:
         if jobs[old].finished is not None:
             del jobs[old]
-    threading.Thread(target=_run, args=(job, state), name=job.id, daemon=True).start()
+    trusted = not getattr(request.state, "pull_key_only", False)
+    threading.Thread(target=_run, args=(job, state, trusted), name=job.id, daemon=True).start()
     await asyncio.sleep(0)
     return JSONResponse(job.to_json(), status_code=202)
+
+
+def _parses(spec: str) -> bool:
+    """False for a URL spec whose host or port does not parse (`http://[bad/…`)."""
+    if not spec.startswith(("http://", "https://")):
+        return True
+    try:
+        _ = urlsplit(spec).port  # reading the port parses the host and the port
+    except ValueError:
+        return False
+    return True
 
 
 def _joins(running: PullRequest, asked: PullRequest) -> bool:

@@ -19,6 +19,7 @@ from starlette.routing import Route
 from edgebox.api.anthropic import messages_aware_error_handler
 from edgebox.api.auth import APIKeyMiddleware
 from edgebox.api.body import DEFAULT_MAX_BODY, decode_json, read_body
+from edgebox.api.envproxy import LanDirectTransport
 from edgebox.api.errors import APIError
 from edgebox.router import messages, responses
 from edgebox.router.front import key_local_only
@@ -187,10 +188,12 @@ def create_app(router: Router, *, api_key: str | None = None) -> Starlette:
 
 
 def new_client() -> httpx.AsyncClient:
-    """One pooled client for every node and upstream."""
+    """One pooled client for every node and upstream: the environment's proxy is used for
+    public hosts only (a proxy never sees the nodes' keys and prompts: `api/envproxy.py`)."""
     limits = httpx.Limits(max_connections=512, max_keepalive_connections=128)
     return httpx.AsyncClient(
-        limits=limits,
+        transport=LanDirectTransport(limits),
+        trust_env=False,
         timeout=httpx.Timeout(600.0, connect=3.0),
         # Relayed bytes go out as they came in (aiter_raw), so ask upstreams not to compress.
         headers={"accept-encoding": "identity"},

@@ -12,8 +12,10 @@ The router authenticates to the node's pull routes with the node's pull key (`se
 `[[nodes]] pull_key_env`, else `node_pull_key_env` / `--node-pull-key`, else the key it sends
 for inference (enough for a node without admin or pull key on the router's own box, whose
 `/admin/` answers loopback clients only). A `/v1` key never opens a pull. Holders are given
-as URLs without a key: the node sends its own fleet key to its peers' `/v1/blobs`, as in any
-pull it runs.
+as URLs without a key: the node sends its own fleet key to the holders it found itself (its
+hub's peers, mDNS) and, when the router holds its admin key, to any holder; with the pull key
+a holder the node does not know is asked with no key (a pull key must not hand the node's
+inference key to a URL its holder names), so keyed holders need a hub or mDNS.
 """
 
 from __future__ import annotations

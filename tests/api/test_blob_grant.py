@@ -14,7 +14,7 @@ from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 from starlette.testclient import TestClient
 
-from edgebox.api import blob_grant
+from edgebox.api import auth, blob_grant
 from edgebox.api.auth import NodeKeys, ScopedKeyMiddleware
 from edgebox.api.blob_grant import GrantError, GrantVerifier
 
@@ -80,7 +80,9 @@ def node() -> Iterator[TestClient]:
     paths = ["/v1/blobs/{d}", "/v1/blobs/{d}/chunks", "/v1/store/models/{n}", "/v1/models"]
     app = Starlette(routes=[Route(p, _ok) for p in [*paths, "/admin/requests"]])
     keys = NodeKeys(api_key="inference-k", admin_key="admin-k", blob_grants=_verifier(NOW))
-    with TestClient(ScopedKeyMiddleware(app, keys), client=("10.0.0.9", 5000)) as c:
+    guarded = ScopedKeyMiddleware(app, keys)
+    guarded.keys_for_tests = keys.blob_grants  # type: ignore[attr-defined]
+    with TestClient(guarded, client=("10.0.0.9", 5000)) as c:
         yield c
 
 
@@ -115,3 +117,104 @@ def test_a_grant_checked_once_still_expires() -> None:
         verifier.check(grant)
     with pytest.raises(GrantError, match="expired"):  # and again, from the signature
         verifier.check(grant)
+
+
+@pytest.mark.parametrize("junk", ["!", "~", " ", "=", "é", "\t"])
+def test_a_grant_is_one_string_not_many_that_decode_alike(junk: str) -> None:
+    """base64's lenient decoder drops characters outside its alphabet: a member holding one
+    grant could mint endless strings that verify, each a signature check and a fresh entry
+    in the verified-grant cache (flushing the grants of real pulls). Only the exact string
+    the hub signed holds."""
+    head, payload, signature = _grant().split(".")
+    verifier = _verifier()
+    junk *= 4  # the padding the decoder adds stays right
+    for bent in (
+        f"{head}.{payload}{junk}.{signature}",
+        f"{head}.{payload}.{signature[:10]}{junk}{signature[10:]}",
+        f"{head}.{payload}.{signature}{junk}",
+    ):
+        with pytest.raises(GrantError, match="does not decode"):
+            verifier.check(bent)
+    assert verifier.check(_grant()) == "member"
+    assert len(verifier._checked) == 1
+
+
+def test_spare_bits_in_the_last_character_are_another_spelling_refused() -> None:
+    head, payload, signature = _grant().split(".")
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    verifier = _verifier()
+    spellings = {signature[:-1] + c for c in alphabet} - {signature}
+    same = [s for s in spellings if blob_grant._unb64(s) == blob_grant._unb64(signature)]
+    assert same  # 64 bytes → 86 characters: the last one carries 4 spare bits
+    for bent in same:
+        with pytest.raises(GrantError, match="does not decode"):
+            verifier.check(f"{head}.{payload}.{bent}")
+
+
+def test_one_address_sending_bad_grants_gets_a_bounded_number_of_signature_checks(
+    node: TestClient,
+) -> None:
+    """A bad grant costs a signature check (~3 times a wrong key's whole request): from one
+    address, past a burst, bad grants are refused without one (429, Retry-After), while
+    grants already verified still pass and other addresses are not touched."""
+    verifier = node.app.keys_for_tests  # type: ignore[attr-defined]
+    good = {"authorization": f"Bearer {_grant()}"}
+    assert node.get("/v1/blobs/" + "0" * 64, headers=good).status_code == 200
+    checks = 0
+    verify = verifier._verify
+
+    def counted(grant: str) -> tuple[str, int]:
+        nonlocal checks
+        checks += 1
+        return verify(grant)
+
+    verifier._verify = counted
+    forged = {"authorization": f"Bearer {_grant(key=Ed25519PrivateKey.generate())}"}
+    answers = [node.get("/v1/blobs/" + "0" * 64, headers=forged) for _ in range(300)]
+    assert checks <= auth.BAD_GRANT_BURST + 5, checks
+    last = answers[-1]
+    assert last.status_code == 429 and int(last.headers["retry-after"]) >= 1, last.text
+    assert last.json()["error"]["code"] == "too_many_bad_grants"
+    assert node.get("/v1/blobs/" + "0" * 64, headers=good).status_code == 200  # cached: passes
+    with TestClient(node.app, client=("10.0.0.10", 5000)) as other:
+        assert other.get("/v1/blobs/" + "0" * 64, headers=forged).status_code == 401
+
+
+def test_one_member_holding_its_places_does_not_lock_the_other_members_out() -> None:
+    """Every member's grant names the same subject ("member"): counted under one key, one
+    member holding the per-key limit in slow blob reads made every other member's 429.
+    Grants are counted per subject and address."""
+    import asyncio
+
+    import httpx
+
+    release = asyncio.Event()
+
+    async def slow(request: Request) -> PlainTextResponse:
+        await release.wait()
+        return PlainTextResponse("ok")
+
+    app = Starlette(routes=[Route("/v1/blobs/{d}", slow)])
+    keys = NodeKeys(api_key="k", per_key_limit=2, blob_grants=_verifier())
+    guarded = ScopedKeyMiddleware(app, keys)
+    auth = {"authorization": f"Bearer {_grant()}"}
+    path = "/v1/blobs/" + "0" * 64
+
+    async def scenario() -> tuple[list[int], int]:
+        def client(host: str) -> httpx.AsyncClient:
+            transport = httpx.ASGITransport(guarded, client=(host, 5000))
+            return httpx.AsyncClient(transport=transport, base_url="http://node")
+
+        async with client("10.0.0.9") as greedy, client("10.0.0.10") as other:
+            held = [asyncio.create_task(greedy.get(path, headers=auth)) for _ in range(2)]
+            await asyncio.sleep(0.05)
+            extra = await greedy.get(path, headers=auth)  # its own limit: 429
+            fair = asyncio.create_task(other.get(path, headers=auth))
+            await asyncio.sleep(0.05)
+            release.set()
+            statuses = [(await t).status_code for t in held] + [extra.status_code]
+            return statuses, (await fair).status_code
+
+    statuses, fair = asyncio.run(asyncio.wait_for(scenario(), 10))
+    assert statuses == [200, 200, 429]
+    assert fair == 200

@@ -4,13 +4,16 @@ scopes) with a model store and no runtime loaded (no inference is asked of it).
     python _blobnode.py STORE HOST PORT API_KEY ADMIN_KEY [MODEL_PATH [corrupt]]
 
 BLOBNODE_ALLOW_PRIVATE=1 in the environment: URL pulls may reach private addresses (the
-tests' "internet" is a server on the LAN or loopback).
+tests' "internet" is a server on the LAN or loopback). BLOBNODE_PULL_KEY: the node's pull key.
+BLOBNODE_HUB and BLOBNODE_HUB_KEY: it takes blob grants from that hub (fingerprint, public key)
+for the node id "blobnode". BLOBNODE_SEND_STALL_S: how long a blob send may stall.
 MODEL_PATH is registered as `smollm2-135m` (alias HF_ALIAS); `corrupt` copies it and flips bytes in its third
 chunk, keeping the true digests in the manifest: a peer that lies.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 from pathlib import Path
@@ -18,6 +21,7 @@ from pathlib import Path
 import uvicorn
 
 from edgebox.api.auth import NodeKeys
+from edgebox.api.blob_grant import GrantVerifier
 from edgebox.models.store import DEFAULT_CHUNK_SIZE, ModelStore
 from edgebox.node.app import create_app
 from edgebox.node.state import NodeState
@@ -41,7 +45,18 @@ def main() -> None:
     state.store = store
     state.peer_key = api_key
     state.pull_private = bool(os.environ.get("BLOBNODE_ALLOW_PRIVATE"))  # the LAN "internet"
-    app = create_app(state, keys=NodeKeys(api_key=api_key, admin_key=admin_key))
+    keys = NodeKeys(
+        api_key=api_key, admin_key=admin_key, pull_key=os.environ.get("BLOBNODE_PULL_KEY")
+    )
+    if os.environ.get("BLOBNODE_HUB_KEY"):  # takes blob grants from that hub, as node "blobnode"
+        hub = os.environ["BLOBNODE_HUB"]
+        grants = GrantVerifier(hub, "blobnode", os.environ["BLOBNODE_HUB_KEY"])
+        keys = dataclasses.replace(keys, blob_grants=grants)
+    if os.environ.get("BLOBNODE_SEND_STALL_S"):
+        from edgebox.node import blobs_api
+
+        blobs_api.BlobResponse.send_stall_s = float(os.environ["BLOBNODE_SEND_STALL_S"])
+    app = create_app(state, keys=keys)
     uvicorn.run(app, host=host, port=int(port), log_level="warning")
 
 

@@ -91,13 +91,32 @@ def servers() -> Iterator[tuple[str, str]]:
         "::ffff:169.254.169.254",
         "fd00::1",
         "fe80::1",
+        # IPv6 forms that carry an internal IPv4 address a translator or tunnel reaches:
+        "64:ff9b::a9fe:a9fe",  # NAT64 (RFC 6052) of 169.254.169.254
+        "64:ff9b::a00:1",  # NAT64 of 10.0.0.1
+        "2002:a9fe:a9fe::1",  # 6to4 of 169.254.169.254
+        "2002:7f00:1::",  # 6to4 of 127.0.0.1
+        "::ffff:0:a00:1",  # SIIT IPv4-translated 10.0.0.1
+        "::7f00:1",  # IPv4-compatible 127.0.0.1 (deprecated)
+        "::a9fe:a9fe",
+        "fec0::1",  # site-local (deprecated, still routed on old LANs)
+        "5f00::1",  # reserved, unallocated
     ],
 )
 def test_internal_addresses(address: str) -> None:
     assert internal_address(ipaddress.ip_address(address))
 
 
-@pytest.mark.parametrize("address", ["1.1.1.1", "93.184.216.34", "2606:4700:4700::1111"])
+@pytest.mark.parametrize(
+    "address",
+    [
+        "1.1.1.1",
+        "93.184.216.34",
+        "2606:4700:4700::1111",
+        "64:ff9b::101:101",  # NAT64 of 1.1.1.1: how an IPv6-only LAN reaches the internet
+        "2002:101:101::1",  # 6to4 of 1.1.1.1
+    ],
+)
 def test_public_addresses(address: str) -> None:
     assert not internal_address(ipaddress.ip_address(address))
 
@@ -141,3 +160,19 @@ def test_peers_the_node_chose_are_not_held_to_the_guard(servers: tuple[str, str]
     ask = RangeAsk(internal + "/m.gguf", {}, 0, memoryview(buf), lambda n: None, kind="peer")
     RangeClient(5.0, guard).read_into(ask)
     assert bytes(buf) == b"GGUF"
+
+
+def test_a_public_server_cannot_redirect_to_an_exempt_peer_host(servers: tuple[str, str]) -> None:
+    """A peer's host is exempt so the node can reach its LAN peers, and the caller of
+    `/admin/models/pull` names those peers: a URL spec on a public server redirecting to
+    "a peer" (169.254.169.254, 127.0.0.1:admin) would reach it. A redirect into an exempt
+    host is held to the guard; the peer itself is still reached directly."""
+    public, internal = servers
+    guard = ConnectGuard(allow_hosts=frozenset({INTERNAL}), internal=_narrow)
+    with pytest.raises(PullError, match="internal address"):
+        url_file(http_client(guard), public + "/go", None)
+    ask = RangeAsk(public + "/go", {}, 0, memoryview(bytearray(4)), lambda n: None)
+    with pytest.raises(SourceError, match="internal address"):
+        RangeClient(5.0, guard).read_into(ask)
+    assert _Handler.hits.get(INTERNAL, 0) == 0
+    assert url_file(http_client(guard), internal + "/model.gguf", None).size == 4

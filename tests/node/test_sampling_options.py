@@ -5,6 +5,7 @@ The bundled SmolLM2-135M, loaded once, served by the node's app in process."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -132,3 +133,46 @@ def test_ignore_eos_must_be_a_boolean(client: openai.OpenAI) -> None:
             model=MODEL, messages=HELLO, max_tokens=2, extra_body={"ignore_eos": "sometimes"}
         )
     assert isinstance(caught.value.body, dict) and caught.value.body.get("param") == "ignore_eos"
+
+
+@pytest.mark.parametrize("value", ["NaN", "Infinity", "-Infinity", "1e999"])
+def test_a_bias_that_is_not_a_finite_number_is_a_400(client: openai.OpenAI, value: str) -> None:
+    """Python's JSON reader takes NaN and Infinity; a bias must still be a finite number."""
+    http = client._client  # the node's own TestClient
+    wire = {"model": MODEL, "messages": HELLO, "max_tokens": 2, "logit_bias": {"42": 0}}
+    body = json.dumps(wire).replace('{"42": 0}', '{"42": ' + value + "}")
+    r = http.post(
+        "/v1/chat/completions", content=body, headers={"content-type": "application/json"}
+    )
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["param"].startswith("logit_bias"), r.text
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {"grammar": 'root ::= "yes"'},
+        {"response_format": {"type": "json_object"}},
+        {"tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}]},
+    ],
+)
+def test_ignore_eos_with_a_grammar_is_a_400_not_an_abort(
+    client: openai.OpenAI, extra: dict[str, object]
+) -> None:
+    """A finished grammar allows only end-of-generation, which ignore_eos bans: no token is
+    left and llama.cpp's grammar threw through its C API, aborting the node process. The
+    pair is refused up front, naming `ignore_eos`, and the node keeps serving."""
+    for stream in (False, True):
+        with pytest.raises(openai.BadRequestError) as caught:
+            answer = client.chat.completions.create(
+                model=MODEL,
+                messages=HELLO,
+                max_tokens=12,
+                stream=stream,
+                extra_body={"ignore_eos": True, **extra},
+            )
+            list(answer) if stream else None  # type: ignore[call-overload]
+        error = caught.value.body
+        assert isinstance(error, dict) and error.get("param") == "ignore_eos", error
+    ok = client.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=2)
+    assert ok.choices[0].message.content is not None

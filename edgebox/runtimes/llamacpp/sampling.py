@@ -32,6 +32,13 @@ def build_sampler(model: LlamaCppModel, params: SamplingParams) -> ctypes.c_void
     top-p, min-p), temperature, then a seeded draw; temperature 0 is greedy.
     """
     gbnf = grammar_for(params)
+    if gbnf and params.ignore_eos:
+        # a finished grammar allows only the end of generation, which ignore_eos bans: no
+        # token is left, and llama.cpp's grammar throws past its C API (the process aborts)
+        raise SamplingError(
+            "ignore_eos cannot be combined with a grammar, response_format or tools",
+            "ignore_eos",
+        )
     grammar = _compiled(model).clone(gbnf, triggers_for(params)) if gbnf else None
     chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
     if grammar:

@@ -161,7 +161,7 @@ class TrtllmRuntime:
         self.supervisor = ServerSupervisor(
             factory, log_path=log_path, config=self.config.supervisor
         )
-        self._client = httpx.Client(timeout=httpx.Timeout(30.0, read=None))
+        self._client = httpx.Client(timeout=httpx.Timeout(30.0, read=None), trust_env=False)
         self._queue: JobQueue[ProxiedJob] = JobQueue(self.config.max_queue)
         self._metrics = JobMetrics(self._queue.cond, steps=False)
         self._workers = Workers(

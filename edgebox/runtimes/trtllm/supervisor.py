@@ -129,7 +129,7 @@ class ServerSupervisor:
 
     def _wait_healthy(self, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
-        with httpx.Client(timeout=2.0) as client:
+        with httpx.Client(timeout=2.0, trust_env=False) as client:
             while time.monotonic() < deadline and not self._closing.is_set():
                 if self._proc is None or self._proc.poll() is not None:
                     return False
