@@ -125,10 +125,13 @@ def main() -> None:
     parser.add_argument(
         "--peer-only", action="store_true", help="raw TCP vs one peer pull; not the 3 nodes"
     )
+    parser.add_argument(
+        "--model", type=Path, help="a GGUF file to send instead of the bundled Gemma 3 270M"
+    )
     args = parser.parse_args()
     from edgebox.models import resolve_model
 
-    model = resolve_model("gemma3-270m").path
+    model = args.model or resolve_model("gemma3-270m").path
     size = model.stat().st_size
     tmp = Path(f"/tmp/bench-transfer-{time.time_ns()}")
     tmp.mkdir(parents=True)
