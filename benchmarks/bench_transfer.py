@@ -3,12 +3,14 @@
 
 Namespaces on a bridge (tests/netns.py; root and iproute2). The sender's egress is shaped
 with `tc tbf` to --link-mbit (a LAN). Raw TCP (a Python socket sender/receiver) vs a node
-pulling the model from a peer node (`POST /admin/models/pull`), same link, same run.
+pulling the model from a peer node (`POST /admin/models/pull`), same link, same run; also the
+raw stream kept as a pull keeps it (hashed and written: what the box allows a verified transfer).
 Then the model onto 3 nodes: each pulling it from an "internet" file server whose egress is
 shaped to --internet-mbit, vs one node pulling it from there and the other two from that node.
-The model is the bundled Gemma 3 270M GGUF (241 MB).
+The model is the bundled Gemma 3 270M GGUF (253 MB), or --model; --peer-only stops after the
+first part.
 
-    sudo PYTHONPATH=$PWD .venv/bin/python benchmarks/bench_transfer.py
+    sudo PYTHONPATH=$PWD .venv/bin/python benchmarks/bench_transfer.py [--peer-only]
 """
 
 from __future__ import annotations
