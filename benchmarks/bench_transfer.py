@@ -3,12 +3,14 @@
 
 Namespaces on a bridge (tests/netns.py; root and iproute2). The sender's egress is shaped
 with `tc tbf` to --link-mbit (a LAN). Raw TCP (a Python socket sender/receiver) vs a node
-pulling the model from a peer node (`POST /admin/models/pull`), same link, same run.
+pulling the model from a peer node (`POST /admin/models/pull`), same link, same run; also the
+raw stream kept as a pull keeps it (hashed and written: what the box allows a verified transfer).
 Then the model onto 3 nodes: each pulling it from an "internet" file server whose egress is
 shaped to --internet-mbit, vs one node pulling it from there and the other two from that node.
-The model is the bundled Gemma 3 270M GGUF (241 MB).
+The model is the bundled Gemma 3 270M GGUF (253 MB), or --model; --peer-only stops after the
+first part.
 
-    sudo PYTHONPATH=$PWD .venv/bin/python benchmarks/bench_transfer.py
+    sudo PYTHONPATH=$PWD .venv/bin/python benchmarks/bench_transfer.py [--peer-only]
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import subprocess
 import sys
 import time
@@ -34,6 +37,33 @@ s.bind(("0.0.0.0", 9400)); s.listen(1); print("ready", flush=True)
 c, _ = s.accept(); n = 0; t = None
 while (b := c.recv(1 << 20)):
     t = t or time.monotonic(); n += len(b)
+print(n, time.monotonic() - t, flush=True)
+"""
+# The same stream kept as a pull keeps it, with no HTTP and no chunk requests: 8 MiB pieces
+# handed from the receiving thread to a storing one (each hashed, written at its offset and
+# fed to the whole-file hash). The most a verified, stored transfer can get from this box.
+STORING_RECEIVER = """
+import hashlib, os, queue, socket, sys, threading, time
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", 9400)); s.listen(1); print("ready", flush=True)
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+pieces = queue.Queue(4); whole = hashlib.sha256()
+def keep():
+    at = 0
+    while (view := pieces.get()) is not None:
+        hashlib.sha256(view).hexdigest(); whole.update(view); os.pwrite(fd, view, at)
+        at += len(view)
+keeper = threading.Thread(target=keep); keeper.start()
+c, _ = s.accept(); n = 0; t = None
+while True:
+    view = memoryview(bytearray(8 << 20)); got = 0
+    while got < len(view) and (k := c.recv_into(view[got:])):
+        t = t or time.monotonic(); got += k
+    if got:
+        pieces.put(view[:got]); n += got
+    if got < len(view):
+        break
+pieces.put(None); keeper.join(); whole.hexdigest(); os.close(fd); os.unlink(sys.argv[1])
 print(n, time.monotonic() - t, flush=True)
 """
 SENDER = """
@@ -65,9 +95,11 @@ def shape(ns, mbit: int) -> None:
     )
 
 
-def raw_tcp(lan: Lan, a, b, mib: int) -> float:
+def raw_tcp(lan: Lan, a, b, mib: int, store: Path | None = None) -> float:
+    """Bytes/s of one TCP stream from a to b; with `store`, b keeps it as a pull would."""
+    script = [RECEIVER] if store is None else [STORING_RECEIVER, str(store)]
     recv = subprocess.Popen(
-        b.ns.command([sys.executable, "-c", RECEIVER]), stdout=subprocess.PIPE, text=True
+        b.ns.command([sys.executable, "-c", *script]), stdout=subprocess.PIPE, text=True
     )
     assert recv.stdout is not None and recv.stdout.readline().startswith("ready")
     a.ns.run([sys.executable, "-c", SENDER, b.ns.addresses["eth0"], str(mib)], timeout=300)
@@ -92,10 +124,16 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--link-mbit", type=int, default=1000)
     parser.add_argument("--internet-mbit", type=int, default=100)
+    parser.add_argument(
+        "--peer-only", action="store_true", help="raw TCP vs one peer pull; not the 3 nodes"
+    )
+    parser.add_argument(
+        "--model", type=Path, help="a GGUF file to send instead of the bundled Gemma 3 270M"
+    )
     args = parser.parse_args()
     from edgebox.models import resolve_model
 
-    model = resolve_model("gemma3-270m").path
+    model = args.model or resolve_model("gemma3-270m").path
     size = model.stat().st_size
     tmp = Path(f"/tmp/bench-transfer-{time.time_ns()}")
     tmp.mkdir(parents=True)
@@ -105,16 +143,21 @@ def main() -> None:
         b = lan.start("b", 2)
         shape(a.ns, args.link_mbit)
         tcp = raw_tcp(lan, a, b, size >> 20)
+        stored = raw_tcp(lan, a, b, size >> 20, tmp / "stored.bin")
         peer_s = timed_pull(lan, b, {"spec": "smollm2-135m", "peers": [a.url]})
         peer = size / peer_s
         result = {
             "model_bytes": size,
             "link_mbit": args.link_mbit,
+            "load_1min": os.getloadavg()[0],
             "raw_tcp_MBps": tcp / 1e6,
+            "raw_tcp_stored_MBps": stored / 1e6,
             "peer_MBps": peer / 1e6,
             "ratio": peer / tcp,
         }
         print(json.dumps(result), flush=True)
+    if args.peer_only:
+        return
     print(json.dumps(three_nodes(model, tmp, args.link_mbit, args.internet_mbit)), flush=True)
 
 

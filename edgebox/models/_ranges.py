@@ -19,6 +19,7 @@ from edgebox.api.netguard import BlockedAddress, ConnectGuard, shown_netloc
 SLICE = 1 << 20  # bytes per readinto: the rate limit and cancellation act this often
 REDIRECT_BODY = 64 << 10  # read of a redirect's body; longer, the connection is dropped
 MAX_REDIRECTS = 5
+_TLS_LOCK = threading.Lock()
 
 
 class SourceError(Exception):
@@ -45,7 +46,7 @@ class RangeClient:
     def __init__(self, timeout: float = 30.0, guard: ConnectGuard | None = None) -> None:
         self.timeout, self.guard = timeout, guard
         self._local = threading.local()
-        self._tls = ssl.create_default_context()
+        self._tls: ssl.SSLContext | None = None  # made on the first https source (~20 ms)
 
     def _connection(self, scheme: str, netloc: str) -> http.client.HTTPConnection:
         pool: dict[str, http.client.HTTPConnection] = self._local.__dict__.setdefault("pool", {})
@@ -53,13 +54,20 @@ class RangeClient:
         conn = pool.get(key)
         if conn is None:
             if scheme == "https":
-                conn = http.client.HTTPSConnection(netloc, timeout=self.timeout, context=self._tls)
+                context = self._tls_context()
+                conn = http.client.HTTPSConnection(netloc, timeout=self.timeout, context=context)
             else:
                 conn = http.client.HTTPConnection(netloc, timeout=self.timeout)
             if self.guard is not None:
                 conn._create_connection = self.guard.connect  # type: ignore[attr-defined]
             pool[key] = conn
         return conn
+
+    def _tls_context(self) -> ssl.SSLContext:
+        with _TLS_LOCK:
+            if self._tls is None:
+                self._tls = ssl.create_default_context()
+            return self._tls
 
     def _drop(self, scheme: str, netloc: str) -> None:
         pool = self._local.__dict__.get("pool", {})

@@ -263,12 +263,13 @@ class Pull:
         max_rate: float | None = None,
         workers: int = 4,
         guard: ConnectGuard | None = None,
+        client: httpx.Client | None = None,
     ) -> None:
         self.store, self.plan = store, plan
         self.peers = peers or []
         self.max_rate, self.workers = max_rate, workers
         self.guard = guard  # internet connections a remote party aimed: public addresses only
-        self.client = http_client(guard)
+        self.client = client or http_client(guard)  # the plan's, when given: one TLS setup
         self.progress = Progress(total=sum(f.size for f in plan.files))
         self.state = "queued"  # → running → done | failed | cancelled
         self.error: str | None = None

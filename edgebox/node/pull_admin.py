@@ -148,14 +148,22 @@ def _run(job: PullJob, state: NodeState, trusted: bool) -> None:
     try:
         peers = _peers(job.request, state, trusted=trusted)
         guard = _guard(job.request.spec, state, peers)
+        client = http_client(guard)
         plan = plan_pull(
             job.request.spec,
             sha256=job.request.sha256,
             name=job.request.name,
             peers=peers,
-            client=http_client(guard),
+            client=client,
         )
-        job.pull = Pull(state.store, plan, peers=peers, max_rate=job.request.max_rate, guard=guard)
+        job.pull = Pull(
+            state.store,
+            plan,
+            peers=peers,
+            max_rate=job.request.max_rate,
+            guard=guard,
+            client=client,
+        )
         job.pull.run()
     except PullError as exc:
         job.state, job.error = "failed", str(exc)
