@@ -197,6 +197,27 @@ def test_cancel_frees_the_slot_promptly(runtime: LlamaCppRuntime) -> None:
     assert runtime.stats().running == 0
 
 
+def test_plain_greedy_picks_what_the_sampler_chain_picks(runtime: LlamaCppRuntime) -> None:
+    """Plain greedy requests take the argmax off the logits (`greedy_token`); a zero logit bias
+    sends the same request through llama.cpp's sampler chain. Both must give the same tokens,
+    with end-of-generation tokens banned (ignore_eos) and without."""
+
+    def tokens(request: GenerationRequest) -> tuple[list[int], str]:
+        collector = Collector()
+        runtime.submit(request, collector)
+        _, finish = collector.wait()
+        return [e.token_id for e in collector.events if isinstance(e, TokenEvent)], finish.reason
+
+    for ignore_eos in (False, True):
+        fast = chat(runtime, "Say hi.", max_tokens=40, ignore_eos=ignore_eos)
+        chain = chat(
+            runtime, "Say hi.", max_tokens=40, ignore_eos=ignore_eos, logit_bias=((0, 0.0),)
+        )
+        fast_tokens, fast_reason = tokens(fast)
+        assert fast_tokens and (fast_tokens, fast_reason) == tokens(chain)
+        assert fast_reason == ("length" if ignore_eos else "stop")  # "Say hi." ends early
+
+
 def test_logprobs_are_normalised_and_greedy_picks_the_top(runtime: LlamaCppRuntime) -> None:
     collector = Collector()
     runtime.submit(chat(runtime, "Say hi.", max_tokens=5, logprobs=3), collector)
