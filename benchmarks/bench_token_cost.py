@@ -1,13 +1,16 @@
-"""The engine's Python time per generated token, outside llama_decode (issue 20).
+"""The engine's time per generated token outside llama_decode (issue 20).
 
-In process: a llama.cpp engine on the bundled SmolLM2 generates `--tokens` greedy tokens per
-stream (ignore_eos), at 1 and at 8 streams at once, every token handed to the node's
-`EventInbox` on a running event loop as a served request's are. `llama_decode` is timed on its
-own; a step's Python time is the gap from the end of one decode to the start of the next
-(sampling, detokenizing, stop matching, events, metrics, the next step's plan and batch), counted
-only between two full decode steps (one token per stream, no prompt tokens). Reported: the median
-gap per step and per generated token (gap / streams), medians over rounds. Unlike tok/s this
-hardly moves with the machine's load: a preempted gap is an outlier the median drops.
+In process: a llama.cpp engine on a bundled GGUF (SmolLM2 by default) generates `--tokens`
+greedy tokens per stream (ignore_eos), at 1 and at 8 streams at once, every token handed to the
+node's `EventInbox` on a running event loop as a served request's are. `llama_decode` (with a
+`llama_synchronize`, so the decode's tail is not charged to the first logits read) is timed on
+its own; a step's outside time is the gap from the end of one decode to the start of the next
+(sampling, detokenizing, stop matching, events, metrics, the next step's plan and batch, the
+engine loop), counted only between two full decode steps (one token per stream, no prompt
+tokens). Calls to `llama_sampler_sample` are timed too (native, but outside llama_decode).
+Reported: the median gap per step and per generated token (gap / streams), medians over rounds.
+Unlike tok/s this hardly moves with the machine's load: a preempted gap is an outlier the median
+drops.
 
     python benchmarks/bench_token_cost.py --rounds 5
     python benchmarks/bench_token_cost.py --against main --rounds 5 --write   # before/after
@@ -120,7 +123,8 @@ def one_round(args: argparse.Namespace) -> dict[str, dict[str, float]]:
     records: list[tuple[float, float, int]] = []
     sampled: list[float] = []
     _time_native(records, sampled)
-    model = LlamaCppModel(resolve_model("smollm2-135m").path, n_gpu_layers=0, extra_buffers=False)
+    path = resolve_model(args.model).path
+    model = LlamaCppModel(path, n_gpu_layers=0, extra_buffers=False)
     config = EngineConfig(n_ctx=args.tokens + 64, parallel=max(STREAMS), n_threads=args.threads)
     engine = LlamaCppEngine(model, config)
     loop = asyncio.new_event_loop()
@@ -155,6 +159,7 @@ def _child(tree: Path, args: argparse.Namespace) -> dict[str, dict[str, float]]:
     """One round in a fresh process that imports edgebox from `tree`."""
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", str(tree)]
     cmd += ["--tokens", str(args.tokens), "--threads", str(args.threads), "--sink", args.sink]
+    cmd += ["--model", args.model]
     if args.stop:
         cmd += ["--stop", args.stop]
     done = subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=900)
@@ -164,32 +169,40 @@ def _child(tree: Path, args: argparse.Namespace) -> dict[str, dict[str, float]]:
 def _table(
     results: dict[str, list[dict[str, dict[str, float]]]], args: argparse.Namespace
 ) -> list[str]:
+    """Per stream count and tree: µs per token outside llama_decode (per step), and the part of
+    it spent in llama_sampler_sample; medians over rounds."""
     names = list(results)
-    head = "| streams | " + " | ".join(f"{n}: Python µs/token (µs/step)" for n in names)
-    lines = [head + " | llama_decode ms/step |", "|---" * (len(names) + 2) + "|"]
+    cols = " | ".join(f"{n}: µs/token (µs/step) | {n}: in sampler chain" for n in names)
+    lines = [f"| streams | {cols} | llama_decode ms/step |", "|---" * (2 * len(names) + 2) + "|"]
+
+    def median(name: str, streams: str, key: str) -> float:
+        return statistics.median(r[streams][key] for r in results[name])
+
     for streams in map(str, STREAMS):
-        cells = []
-        for name in names:
-            rounds = [r[streams] for r in results[name]]
-            token = statistics.median(r["python_us_per_token"] for r in rounds)
-            step = statistics.median(r["python_us_per_step"] for r in rounds)
-            cells.append(f"{token:.1f} ({step:.0f})")
-        decode = statistics.median(r[streams]["decode_ms_per_step"] for r in results[names[-1]])
+        cells = [
+            f"{median(n, streams, 'python_us_per_token'):.1f} "
+            f"({median(n, streams, 'python_us_per_step'):.0f}) | "
+            f"{median(n, streams, 'sampler_us_per_token'):.1f}"
+            for n in names
+        ]
+        decode = median(names[-1], streams, "decode_ms_per_step")
         lines.append(f"| {streams} | " + " | ".join(cells) + f" | {decode:.2f} |")
     per_round = {
         n: [round(r["8"]["python_us_per_token"], 1) for r in rs] for n, rs in results.items()
     }
-    lines.append("")
-    lines.append(
-        f"{args.rounds} rounds of {args.tokens} tokens per stream, --threads {args.threads}"
-        f"{', stop string ' + repr(args.stop) if args.stop else ''}; 8-stream µs/token per round: "
-        + "; ".join(f"{n} {v}" for n, v in per_round.items())
-    )
+    stop = f", stop string {args.stop!r}" if args.stop else ""
+    lines += [
+        "",
+        f"{args.model}, {args.rounds} rounds of {args.tokens} tokens per stream, --threads "
+        f"{args.threads}, sink {args.sink}{stop}; 8-stream µs/token per round: "
+        + "; ".join(f"{n} {v}" for n, v in per_round.items()),
+    ]
     return lines
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="smollm2-135m", help="a bundled GGUF")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--tokens", type=int, default=128, help="generated per stream")
     parser.add_argument("--threads", type=int, default=1, help="llama.cpp threads")
