@@ -10,11 +10,14 @@ Prints a markdown table; `--write` appends it to docs/benchmarks.md.
 from __future__ import annotations
 
 import argparse
+import atexit
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -86,8 +89,21 @@ def over_http(
     return run
 
 
+def bench_home() -> dict[str, str]:
+    """The environment for a process a benchmark starts: an EDGEBOX_HOME of its own (removed at
+    exit) unless one is set, so nodes register their aliases ("m") in a throwaway store, not
+    the user's."""
+    if "EDGEBOX_HOME" in os.environ:
+        return dict(os.environ)
+    home = tempfile.mkdtemp(prefix="edgebox-bench-")
+    atexit.register(shutil.rmtree, home, True)
+    return {**os.environ, "EDGEBOX_HOME": home}
+
+
 def start(cmd: list[str], url: str) -> subprocess.Popen[bytes]:
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=bench_home()
+    )
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         try:

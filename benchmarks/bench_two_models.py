@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from bench_before_after import checkout  # noqa: E402
 from bench_engine import cpu_kind  # noqa: E402
-from bench_serve import emit  # noqa: E402
+from bench_serve import bench_home, emit  # noqa: E402
 
 from tests.conftest import free_port  # noqa: E402
 
@@ -49,7 +49,7 @@ def serve(tree: Path, models: list[str], threads: int) -> tuple[subprocess.Popen
     cmd += ["--threads", str(threads), "--parallel", "1", "--ctx", "1024", "--gpu-layers", "0"]
     # Each node decides its own OpenMP settings: none inherited from this process (which
     # imported edgebox's llama.cpp package and so set them for itself).
-    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    env = {k: v for k, v in bench_home().items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
     env["PYTHONPATH"] = str(tree)
     proc = subprocess.Popen(
         cmd, cwd=tree, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
