@@ -77,7 +77,10 @@ def plain_greedy(params: SamplingParams) -> bool:
     `greedy_token` can pick it without the sampler chain."""
     return (
         params.temperature <= 0.0
-        and grammar_for(params) is None
+        and params.tools is None  # what grammar_for reads, without building a grammar
+        and not params.grammar
+        and params.json_schema is None
+        and not params.json_mode
         and not params.logit_bias
         and params.repeat_penalty == 1.0
         and params.frequency_penalty == 0.0
