@@ -20,6 +20,7 @@ from edgebox.runtimes.base import (
     TokenEvent,
 )
 from edgebox.runtimes.llamacpp import EngineConfig, LlamaCppRuntime
+from edgebox.runtimes.llamacpp.sampling import plain_greedy
 
 
 class Collector:
@@ -195,6 +196,47 @@ def test_cancel_frees_the_slot_promptly(runtime: LlamaCppRuntime) -> None:
     assert finish.reason == "cancelled"
     assert finish.completion_tokens < 50
     assert runtime.stats().running == 0
+
+
+@pytest.mark.parametrize(
+    ("sampling", "plain"),
+    [
+        ({}, True),
+        ({"ignore_eos": True, "logprobs": 3}, True),
+        ({"temperature": 0.7}, False),
+        ({"json_mode": True}, False),
+        ({"grammar": 'root ::= "a"'}, False),
+        ({"json_schema": {"type": "object"}}, False),
+        ({"repeat_penalty": 1.1}, False),
+        ({"presence_penalty": 0.5}, False),
+        ({"logit_bias": ((1, 2.0),)}, False),
+    ],
+)
+def test_only_unconstrained_greedy_skips_the_sampler_chain(
+    sampling: dict[str, Any], plain: bool
+) -> None:
+    assert plain_greedy(SamplingParams(**{"temperature": 0.0, **sampling})) is plain
+
+
+def test_plain_greedy_picks_what_the_sampler_chain_picks(runtime: LlamaCppRuntime) -> None:
+    """Plain greedy requests take the argmax off the logits (`greedy_token`); a zero logit bias
+    sends the same request through llama.cpp's sampler chain. Both must give the same tokens,
+    with end-of-generation tokens banned (ignore_eos) and without."""
+
+    def tokens(request: GenerationRequest) -> tuple[list[int], str]:
+        collector = Collector()
+        runtime.submit(request, collector)
+        _, finish = collector.wait()
+        return [e.token_id for e in collector.events if isinstance(e, TokenEvent)], finish.reason
+
+    for ignore_eos in (False, True):
+        fast = chat(runtime, "Say hi.", max_tokens=40, ignore_eos=ignore_eos)
+        chain = chat(
+            runtime, "Say hi.", max_tokens=40, ignore_eos=ignore_eos, logit_bias=((0, 0.0),)
+        )
+        fast_tokens, fast_reason = tokens(fast)
+        assert fast_tokens and (fast_tokens, fast_reason) == tokens(chain)
+        assert fast_reason == ("length" if ignore_eos else "stop")  # "Say hi." ends early
 
 
 def test_logprobs_are_normalised_and_greedy_picks_the_top(runtime: LlamaCppRuntime) -> None:

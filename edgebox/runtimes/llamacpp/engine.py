@@ -38,7 +38,7 @@ from edgebox.runtimes.llamacpp.kv_import import KVTransfer
 from edgebox.runtimes.llamacpp.kv_state import kv_layout, resolved_flash_attn
 from edgebox.runtimes.llamacpp.model import LlamaCppModel, captured_log
 from edgebox.runtimes.llamacpp.recovery import KV_INVALID, EngineHealth, Healing
-from edgebox.runtimes.llamacpp.sampling import build_sampler, free_sampler
+from edgebox.runtimes.llamacpp.sampling import build_sampler, free_sampler, plain_greedy
 from edgebox.runtimes.llamacpp.slots import (
     BatchArrays,
     Slot,
@@ -181,6 +181,7 @@ class LlamaCppEngine(Stepping, Healing, KVTransfer):
             request=request,
             sink=sink,
             sampler=build_sampler(self.model, request.sampling),
+            greedy=plain_greedy(request.sampling),
             matcher=StopMatcher(request.stop),
             timeout=request_timeout(request, self.config.request_timeout),
             probe=probe,

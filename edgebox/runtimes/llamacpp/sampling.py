@@ -79,6 +79,45 @@ def build_sampler(model: LlamaCppModel, params: SamplingParams) -> ctypes.c_void
     return chain
 
 
+def plain_greedy(params: SamplingParams) -> bool:
+    """Whether the request's token is simply the highest logit (ignore_eos aside), so
+    `greedy_token` can pick it without the sampler chain."""
+    return (
+        params.temperature <= 0.0
+        and params.tools is None  # what grammar_for reads, without building a grammar
+        and not params.grammar
+        and params.json_schema is None
+        and not params.json_mode
+        and not params.logit_bias
+        and params.repeat_penalty == 1.0
+        and params.frequency_penalty == 0.0
+        and params.presence_penalty == 0.0
+    )
+
+
+@functools.lru_cache(maxsize=8)
+def _row(n_vocab: int) -> type[ctypes.Array[ctypes.c_float]]:
+    """The ctypes type of one logits row (a view over it costs a third of `as_array`'s)."""
+    return ctypes.c_float * n_vocab
+
+
+def greedy_token(model: LlamaCppModel, ctx: object, index: int, ban_eog: bool) -> int:
+    """llama.cpp's greedy choice (the first highest logit) read straight off logits row `index`.
+
+    The sampler chain first copies the whole vocabulary into a candidate array: ~140 µs a token
+    for SmolLM2's 49k entries on a Xeon core, against ~4 µs for this argmax. With `ban_eog`
+    (ignore_eos) end-of-generation tokens never win; the row itself is left as it was."""
+    logits = llama_cpp.llama_get_logits_ith(ctx, index)
+    view = _row(model.n_vocab).from_address(ctypes.addressof(logits.contents))
+    row = np.frombuffer(memoryview(view), np.float32)  # no copy
+    token = int(row.argmax())
+    if ban_eog and token in model.eog_set:
+        row = row.copy()
+        row[list(model.eog_tokens)] = -np.inf
+        token = int(row.argmax())
+    return token
+
+
 def _bias_sampler(model: LlamaCppModel, params: SamplingParams) -> ctypes.c_void_p | None:
     """The request's logit biases, with every end-of-generation token banned for ignore_eos
     (llama.cpp copies the list)."""

@@ -20,6 +20,7 @@ class SlotJob(GenerationJob):
 
     sampler: ctypes.c_void_p
     matcher: StopMatcher
+    greedy: bool = False  # the highest logit wins: picked without the sampler chain
     pending: list[int] = field(default_factory=list)  # prompt tokens still to prefill
     cached_tokens: int = 0
     generated: int = 0

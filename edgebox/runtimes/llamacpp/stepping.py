@@ -16,7 +16,7 @@ from edgebox.runtimes.jobs import JobMetrics
 from edgebox.runtimes.llamacpp.kv_state import logits_finite
 from edgebox.runtimes.llamacpp.model import LlamaCppModel
 from edgebox.runtimes.llamacpp.recovery import KV_INVALID
-from edgebox.runtimes.llamacpp.sampling import token_logprobs
+from edgebox.runtimes.llamacpp.sampling import greedy_token, token_logprobs
 from edgebox.runtimes.llamacpp.slots import BatchArrays, Part, Slot
 
 # A step measures the prefill rate when it carries at least this many prompt tokens and they
@@ -149,7 +149,10 @@ class Stepping:
             error = "the uploaded KV state makes the model compute non-finite logits"
             self._release(slot, "error", error=error, code=KV_INVALID)
             return
-        token = llama_cpp.llama_sampler_sample(job.sampler, self.ctx, index)
+        if job.greedy:
+            token = greedy_token(self.model, self.ctx, index, job.request.sampling.ignore_eos)
+        else:
+            token = llama_cpp.llama_sampler_sample(job.sampler, self.ctx, index)
         if top_n is not None:
             logits = llama_cpp.llama_get_logits_ith(self.ctx, index)
             logprob, top = token_logprobs(self.model, logits, token, top_n)
