@@ -184,7 +184,8 @@ def table(results: dict[float, list[dict[str, float]]], args: argparse.Namespace
         f"`python benchmarks/bench_share_rate.py --rounds {args.rounds} --pairs {args.pairs} "
         f"--tokens {args.tokens}`. {SERVED}, --threads 2, one stream of {args.tokens} tokens; "
         f"the peer pulls {SHARED}'s blob on loopback (8 MiB ranges, 4 at a time). Medians "
-        f"over {args.rounds * args.pairs} pairs per setting.",
+        f"over {args.rounds * args.pairs} pairs per setting; ratio: the pairs' own (during / "
+        "alone), median.",
         "",
         "| --share-rate (MB/s) | decode tok/s, no transfer | decode tok/s, during transfer "
         "| ratio | transfer MB/s while decoding | transfer MB/s while idle |",
@@ -193,10 +194,10 @@ def table(results: dict[float, list[dict[str, float]]], args: argparse.Namespace
     for rate, rows in sorted(results.items()):
         alone, during = (statistics.median(r[k] for r in rows) for k in ("alone_tok_s", "tok_s"))
         busy, idle = (statistics.median(r[k] for r in rows) for k in ("busy_mb_s", "idle_mb_s"))
+        ratio = statistics.median(r["tok_s"] / r["alone_tok_s"] for r in rows)  # per pair
         label = "0 (unlimited)" if rate == 0 else f"{rate:g}"
         lines.append(
-            f"| {label} | {alone:.1f} | {during:.1f} | {during / alone:.2f} | {busy:.0f} "
-            f"| {idle:.0f} |"
+            f"| {label} | {alone:.1f} | {during:.1f} | {ratio:.2f} | {busy:.0f} | {idle:.0f} |"
         )
     return lines
 
