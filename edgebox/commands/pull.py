@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -129,7 +129,7 @@ def _peers(
 def holders_only(
     peers: list[Peer],
     from_hub: set[str],
-    digests: list[str],
+    digests: Sequence[str | None],
     holders: Callable[[list[str]], set[str] | None] | None = None,
 ) -> list[Peer]:
     """`peers` less the hub's nodes that its blob registry says hold none of `digests`
@@ -142,7 +142,7 @@ def holders_only(
         from edgebox.fleet.blob_peers import hub_blob_holders
 
         holders = hub_blob_holders
-    held = holders(digests)
+    held = holders([d for d in digests if d])
     if held is None:
         return peers
     return [p for p in peers if p.url not in from_hub or p.url in held]
