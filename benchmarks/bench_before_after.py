@@ -42,6 +42,18 @@ def checkout(rev: str, into: Path) -> Path:
     return into
 
 
+def drop_checkout(tree: Path) -> None:
+    subprocess.run(
+        ["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tree)], check=False
+    )
+
+
+def head_rev() -> str:
+    return subprocess.run(
+        ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+    ).stdout.strip()
+
+
 def serve(tree: Path, threads: int, parallel: int) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
@@ -128,13 +140,8 @@ def main() -> None:
             for proc, _ in nodes.values():
                 proc.terminate()
                 proc.wait(timeout=30)
-            subprocess.run(
-                ["git", "-C", str(ROOT), "worktree", "remove", "--force", str(old_tree)],
-                check=False,
-            )
-    head = subprocess.run(
-        ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
-    ).stdout.strip()
+            drop_checkout(old_tree)
+    head = head_rev()
     lines = [
         f"### Node throughput: {head} against {args.before}",
         "",

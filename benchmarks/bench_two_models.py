@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from bench_before_after import checkout  # noqa: E402
+from bench_before_after import checkout, drop_checkout, head_rev  # noqa: E402
 from bench_engine import cpu_kind  # noqa: E402
 from bench_serve import bench_home, emit  # noqa: E402
 
@@ -110,13 +110,8 @@ def main() -> None:
             for proc, _ in nodes.values():
                 proc.terminate()
                 proc.wait(timeout=30)
-            subprocess.run(
-                ["git", "-C", str(ROOT), "worktree", "remove", "--force", str(old_tree)],
-                check=False,
-            )
-    head = subprocess.run(
-        ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
-    ).stdout.strip()
+            drop_checkout(old_tree)
+    head = head_rev()
     alone = statistics.median(results["now, one model"])
     lines = [
         f"### One model's speed on a two-model node ({time.strftime('%Y-%m-%d %H:%M UTC')})",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -73,9 +74,14 @@ def pull(
     from edgebox.models.pull import Pull, PullError, plan_pull
     from edgebox.models.store import ModelStore
 
-    peers = _peers(peer or [], key, lan=lan, use_hub=use_hub)
+    peers, from_hub = _peers(peer or [], key, lan=lan, use_hub=use_hub)
+    if sha256 and from_hub:  # the digest is known before planning: ask only its holders
+        peers = holders_only(peers, from_hub, [sha256])
+        from_hub = set()
     try:
         plan = plan_pull(spec, sha256=sha256, name=name, peers=peers)
+        if from_hub:  # a Hugging Face file's LFS digest is known once planned
+            peers = holders_only(peers, from_hub, [f.sha256 for f in plan.files])
         limit = max_rate * 1e6 if max_rate > 0 else None
         job = Pull(ModelStore(), plan, peers=peers, max_rate=limit)
     except PullError as exc:
@@ -98,21 +104,48 @@ def pull(
     _report(job, as_json)
 
 
-def _peers(urls: list[str], key: str | None, *, lan: bool, use_hub: bool) -> list[Peer]:
+def _peers(
+    urls: list[str], key: str | None, *, lan: bool, use_hub: bool
+) -> tuple[list[Peer], set[str]]:
+    """The peers to ask, and the URLs of those that came from the hub."""
     from edgebox.models.transfer import Peer
 
     peers = [Peer(url, key) for url in urls]
+    from_hub: set[str] = set()
     if use_hub:  # the hub's nodes, each with a grant to read its blobs
         from edgebox.fleet.blob_peers import hub_grant_peers
 
         named = {p.url for p in peers}
         peers += [p for p in hub_grant_peers() if p.url not in named]
+        from_hub = {p.url for p in peers} - named
     if lan:
         from edgebox.fleet.blob_peers import mdns_candidates
 
         named = {p.url for p in peers}
         peers += [p for p in mdns_candidates(None, key) if p.url not in named]
-    return peers
+    return peers, from_hub
+
+
+def holders_only(
+    peers: list[Peer],
+    from_hub: set[str],
+    digests: Sequence[str | None],
+    holders: Callable[[list[str]], set[str] | None] | None = None,
+) -> list[Peer]:
+    """`peers` less the hub's nodes that its blob registry says hold none of `digests`
+    (`holders`: `blob_peers.hub_blob_holders`), so a pull asks the holders, not every online
+    node, for chunk lists. Unchanged where a digest is not known up front or the hub cannot
+    say; peers named otherwise (`--peer`, mDNS) are always kept."""
+    if not from_hub or not digests or not all(digests):
+        return peers
+    if holders is None:
+        from edgebox.fleet.blob_peers import hub_blob_holders
+
+        holders = hub_blob_holders
+    held = holders([d for d in digests if d])
+    if held is None:
+        return peers
+    return [p for p in peers if p.url not in from_hub or p.url in held]
 
 
 def _report(job: Pull, as_json: bool) -> None:

@@ -131,6 +131,37 @@ def hub_grant_peers(home: Path | None = None) -> list[Peer]:
     return grants.peers()
 
 
+def hub_blob_holders(digests: list[str], home: Path | None = None) -> set[str] | None:
+    """The API addresses (as reachable from here) of the hub's online nodes that its blob
+    registry says hold any of `digests` (`GET /v1/hub/blobs/{sha256}`, from their last
+    beats). None where the hub cannot say (no login, out of reach, a hub without the
+    registry): then a pull asks every node it was given."""
+    from edgebox.fleet.hub.client import HubClient, HubError
+    from edgebox.fleet.hub_access import HubAccessError, find_hub, seen_from_hub
+
+    try:
+        access = find_hub(home=home)
+    except HubAccessError:
+        return None
+    if access is None or not access.fingerprint or not digests:
+        return None
+    found: set[str] = set()
+    try:
+        with HubClient([access.url], access.fingerprint, bearer=access.token, timeout=5) as hub:
+            for digest in sorted({d.lower() for d in digests}):
+                answer = hub.request("GET", f"/v1/hub/blobs/{digest}")
+                for node in answer.get("nodes") or []:
+                    url = node.get("api_url")
+                    if _text(url) and str(url).startswith(("http://", "https://")):
+                        found.add(seen_from_hub(str(url), access.url))
+    except HubError as exc:
+        log.warning(
+            "the hub at %s did not say which nodes hold the model: %s", access.url, exc.message
+        )
+        return None
+    return found
+
+
 class HubGrants:
     """A logged-in box's blob grants from its hub (node URL → grant), asked again every
     `GRANT_REFRESH_S` while a pull uses them, so a pull longer than a grant keeps its peers."""

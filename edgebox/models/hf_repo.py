@@ -17,7 +17,14 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from edgebox.models.remote import PullError, RemoteFile, hf_file, hf_headers, network_error
+from edgebox.models.remote import (
+    PullError,
+    RemoteFile,
+    gated_error,
+    hf_file,
+    hf_headers,
+    network_error,
+)
 
 HF_REPO = re.compile(r"^(?:hf://)?(?P<repo>[\w.-]+/[\w.-]+)/?$")
 MLX_FILES = re.compile(
@@ -38,9 +45,7 @@ def repo_listing(client: httpx.Client, repo: str) -> list[str]:
     except httpx.HTTPError as exc:
         raise network_error(urlsplit(endpoint).netloc, exc) from None
     if r.status_code in (401, 403):
-        raise PullError(
-            f"{repo} is private or gated: accept its licence and log in (`hf auth login`)"
-        )
+        raise gated_error(repo)
     if r.status_code == 404:
         raise PullError(f"not found (404): no Hugging Face repo {repo}")
     if r.status_code >= 400 or len(r.content) > MAX_TREE_BYTES:

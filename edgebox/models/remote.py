@@ -100,6 +100,10 @@ def _redirect_hook(guard: ConnectGuard, response: httpx.Response) -> None:
         guard.check_redirect(response.url.host, target.host, port)
 
 
+def gated_error(repo: str) -> PullError:
+    return PullError(f"{repo} is private or gated: accept its licence and log in (`hf auth login`)")
+
+
 def network_error(where: str, exc: httpx.HTTPError) -> PullError:
     if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
         return Offline(
@@ -132,9 +136,7 @@ def hf_file(client: httpx.Client, repo: str, filename: str) -> RemoteFile:
     except httpx.HTTPError as exc:
         raise network_error(urlsplit(endpoint).netloc, exc) from None
     if r.status_code in (401, 403):
-        raise PullError(
-            f"{repo} is private or gated: accept its licence and log in (`hf auth login`)"
-        )
+        raise gated_error(repo)
     if r.status_code == 404:
         what = "repo" if r.headers.get("x-error-code") == "RepoNotFound" else "file"
         raise PullError(f"not found (404): no Hugging Face {what} {repo}:{filename}")

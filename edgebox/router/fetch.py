@@ -7,6 +7,10 @@
                      node downloads an `ORG/REPO:FILE.gguf` spec
                      no node has, then loads it
 
+A node "can hold" a model when its memory budget covers what the node itself will allocate
+to load it: weights + KV cache at its `load_ctx` x `load_slots` (`placement.load_need`, from
+the KV figures the holders report; the file's size where they are not known).
+
 A peer transfer's target is the node where the copy is fastest, then the one that needs no
 eviction, then the least busy, then the one with the most free model memory:
 
@@ -22,7 +26,7 @@ from __future__ import annotations
 
 import functools
 import ipaddress
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -35,6 +39,8 @@ from edgebox.router.placement import (
     RouteRequest,
     busyness,
     holds,
+    load_need,
+    model_facts,
     place_cold,
     too_busy,
 )
@@ -78,10 +84,11 @@ def place_loading(
     holders = [n for n in nodes if req.model in n.available and (n.usable(ctx.now) or n.draining)]
     if holders:
         size = max(n.available[req.model] for n in holders)
-        takers = [n for n in nodes if req.model not in n.available]
-        takers = [n for n in takers if _can_take(n, ctx, rules, size)]
+        facts = model_facts(req.model, holders)
+        needs = {n.name: load_need(n, facts, size) for n in nodes if req.model not in n.available}
+        takers = [n for n in nodes if n.name in needs and _can_take(n, ctx, rules, needs[n.name])]
         rate = functools.partial(link_rate, ctx=ctx, rules=rules)
-        target = _transfer_target(takers, holders, size, rate)
+        target = _transfer_target(takers, holders, size, rate, needs)
         if target is None:
             return LoadingPlan(on_disk, rejected)
         names = tuple(h.name for h in holders)
@@ -100,12 +107,12 @@ def place_loading(
     )
 
 
-def _can_take(node: NodeStatus, ctx: PlacementContext, rules: Loading, size: int) -> bool:
-    """Up, loads on demand (reports a memory budget), room for `size`, not too busy."""
+def _can_take(node: NodeStatus, ctx: PlacementContext, rules: Loading, need: int) -> bool:
+    """Up, loads on demand (reports a memory budget), room for `need`, not too busy."""
     return (
         node.usable(ctx.now)
         and node.memory_budget is not None
-        and holds(node, size)
+        and holds(node, need)
         and not too_busy(node, rules)
     )
 
@@ -115,12 +122,13 @@ def _transfer_target(
     holders: Sequence[NodeStatus],
     size: int,
     rate: Callable[[NodeStatus, NodeStatus], float],
+    needs: Mapping[str, int],
 ) -> str | None:
     """The taker the copy reaches first (then no eviction, least busy, most room)."""
 
     def cost(node: NodeStatus) -> tuple[float, int, int, int, str]:
         best = max(rate(h, node) for h in holders)
-        fits = node.memory_free is not None and size <= node.memory_free
+        fits = node.memory_free is not None and needs[node.name] <= node.memory_free
         return (size / best, 0 if fits else 1, busyness(node), -(node.memory_free or 0), node.name)
 
     return min(takers, key=cost).name if takers else None

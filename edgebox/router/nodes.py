@@ -21,6 +21,7 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from edgebox.api.health import HealthReport
+from edgebox.models.footprint import Footprint
 from edgebox.runtimes.prefix_blocks import BLOCK_TOKENS
 
 log = logging.getLogger("edgebox.router")
@@ -69,6 +70,11 @@ class NodeStatus:
     memory_free: int | None = None  # its model memory budget less what its models hold
     memory_budget: int | None = None  # bytes its models may take (None: not reported)
     draining: bool = False  # takes no new requests, still answers (serves its blobs)
+    # what loading one of those costs beyond its file, where the node read the GGUF header:
+    # name → weights, KV bytes per token, trained context (models/footprint.py)
+    footprints: Mapping[str, Footprint] = field(default_factory=dict)
+    load_ctx: int | None = None  # what a load on demand allocates: tokens per sequence
+    load_slots: int | None = None  # ... x sequences (None: an older node, not said)
 
     @property
     def name(self) -> str:
@@ -205,6 +211,11 @@ def status_from_health(
             prefill_tokens_per_s=seen.prefill_tokens_per_s,
         )
     available = {m.name: m.size_bytes or 0 for m in report.available}
+    footprints = {
+        m.name: Footprint(m.size_bytes or 0, m.kv_bytes_per_token or 0, m.context_length)
+        for m in report.available
+        if m.kv_bytes_per_token
+    }
     free = None
     if report.memory_budget is not None and report.memory_used is not None:
         free = report.memory_budget - report.memory_used
@@ -218,6 +229,9 @@ def status_from_health(
         memory_free=free,
         memory_budget=report.memory_budget,
         draining=report.status == "draining",
+        footprints=footprints,
+        load_ctx=report.load_ctx,
+        load_slots=report.load_slots,
     )
 
 

@@ -27,6 +27,7 @@ from collections.abc import Callable, Container, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from edgebox.models.footprint import Footprint
 from edgebox.router.config import Loading, Weights
 from edgebox.router.nodes import NodeStatus
 from edgebox.runtimes.prefix_blocks import matched_blocks
@@ -169,7 +170,10 @@ def place_cold(
     memory budget that can hold it, those not too busy first (`busy`: see `too_busy`), then
     those with room for it without evicting anything, then the least busy.
 
-        cost(node) = (too busy, 0 if size ≤ memory_free else 1, running + queued, name)
+        cost(node) = (too busy, 0 if need ≤ memory_free else 1, running + queued, name)
+
+    `need` is what the node itself will allocate (`load_need`: weights + KV cache), so a node
+    that would answer 503 model_too_large is not chosen.
 
     The reason is `load:on-disk` (`+no-eviction` where it fits in free memory, `+busy`)."""
     rejected: dict[str, str] = {}
@@ -181,11 +185,11 @@ def place_cold(
         if not node.usable(ctx.now):
             rejected[node.name] = "unhealthy" if not node.healthy else "cooling-down"
             continue
-        size = node.available[req.model]
-        if not holds(node, size):
+        need = load_need(node, node.footprints.get(req.model), node.available[req.model])
+        if not holds(node, need):
             rejected[node.name] = "memory-budget-too-small"
             continue
-        fits = node.memory_free is not None and size <= node.memory_free
+        fits = node.memory_free is not None and need <= node.memory_free
         crowded = too_busy(node, rules)
         reasons = ("load:on-disk", *(("no-eviction",) if fits else ()))
         reasons += ("busy",) if crowded else ()
@@ -195,9 +199,31 @@ def place_cold(
     return [c for _, c in ranked], rejected
 
 
+def model_facts(model: str, nodes: Sequence[NodeStatus]) -> Footprint | None:
+    """The model's weights, KV bytes per token and trained context as the nodes that have it
+    on disk report them (the largest file, as a transfer's size); None: no node says."""
+    known = [n.footprints[model] for n in nodes if model in n.footprints]
+    return max(known, key=lambda f: f.weights, default=None)
+
+
+def load_need(node: NodeStatus, facts: Footprint | None, size: int) -> int:
+    """Bytes `node` allocates to load a model whose file is `size` bytes, by the node's own
+    formula (`Footprint.need`, as node/ondemand.py checks it against its budget):
+
+        need = weights + kv_bytes_per_token x min(load_ctx, context_length) x load_slots
+
+    The file's size alone where the model's KV figures or the node's `load_ctx` are unknown
+    (an older node, a non-GGUF model): the node then decides."""
+    if facts is None or not facts.kv_bytes_per_token or not node.load_ctx:
+        return size
+    kv = facts.need(node.load_ctx, node.load_slots or 1) - facts.weights
+    return max(size, facts.weights) + kv
+
+
 def holds(node: NodeStatus, size: int) -> bool:
-    """Whether the node's model memory budget can hold `size` bytes of weights at all
-    (evicting everything else); an unknown size or budget passes: the node decides."""
+    """Whether the node's model memory budget can hold a model that takes `size` bytes once
+    loaded (`load_need`) at all, evicting everything else; an unknown size or budget passes:
+    the node decides."""
     return not (size and node.memory_budget is not None and size > node.memory_budget)
 
 

@@ -22,6 +22,7 @@ from typing import Any
 import httpx
 import pytest
 
+from edgebox.fleet.blob_peers import hub_blob_holders
 from edgebox.fleet.hub.client import HubClient
 from edgebox.models.store import digest_file
 from tests.conftest import NodeProcess, free_port, start_node, wait_until
@@ -174,6 +175,12 @@ def _laptop_pulls_from_the_fleet(
     done = json.loads(out.splitlines()[-1])
     assert done["event"] == "done" and done["sha256"] == [digest], out
     assert set(done["sources"]) <= node_urls and sum(done["sources"].values()) == size
+    # what a pull whose digest is known up front asks the hub: the holders only (a holds the
+    # model from the start; b once its beat lists what it pulled)
+    held = hub_blob_holders([digest], home=home)
+    assert held is not None and held <= node_urls and len(held) >= 1, held
+    assert hub_blob_holders(["cd" * 32], home=home) == set()
+    assert hub_blob_holders([digest], home=home / "not-logged-in") is None
 
 
 def _deploy_reaches_a_node_known_only_through_the_hub(home: Path, a: NodeProcess) -> None:

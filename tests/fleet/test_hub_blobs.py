@@ -4,6 +4,7 @@ the registry is kept in the hub's SQLite file; heartbeat answers carry a blob gr
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from starlette.testclient import TestClient
 from edgebox.api.blob_grant import GrantVerifier
 from edgebox.fleet import tokens
 from edgebox.fleet.hub.app import create_app
-from edgebox.fleet.hub.context import HubConfig
+from edgebox.fleet.hub.context import BLOB_TTL_S, HubConfig
 from edgebox.fleet.hub.store import HubStore
 
 ADMIN = {"authorization": "Bearer hub-admin-key-for-tests-0002"}
@@ -106,3 +107,48 @@ def test_heartbeat_answers_carry_a_blob_grant_per_peer(tmp_path: Path) -> None:
         verifier = GrantVerifier("sha256:" + "ab" * 32, peers["box-G"]["id"], answer["hub_key"])
         assert verifier.check(grant) == "member"
         assert "api_key" not in peers["box-G"]  # the grant, not the node's inference key
+
+
+def test_entries_of_nodes_silent_for_over_a_week_are_dropped_at_start_and_while_serving(
+    tmp_path: Path,
+) -> None:
+    db, now = tmp_path / "hub.sqlite3", [1_000_000.0]
+    config = HubConfig(
+        urls=["https://hub.test:8443"],
+        fingerprint="sha256:" + "ab" * 32,
+        admin_key=ADMIN["authorization"].removeprefix("Bearer "),
+        heartbeat_interval=0.1,  # the sweeper runs every 0.05 s
+        clock=lambda: now[0],
+    )
+    other = "cd" * 32
+
+    def hub() -> TestClient:  # its app is the rate limiter around the hub's Starlette app
+        return TestClient(create_app(HubStore(db), config), client=("10.9.0.7", 40000))
+
+    with hub() as first:
+        a, b, c = _member(first, "H"), _member(first, "I"), _member(first, "J")
+        for node, port in ((a, 1), (b, 2), (c, 3)):
+            beat = {"api": {"port": port}, "blobs": [DIGEST, other]}
+            assert first.post("/v1/hub/heartbeat", json=beat, headers=node).is_success
+        by_name = {
+            n["name"]: n["id"] for n in first.get("/v1/hub/nodes", headers=ADMIN).json()["data"]
+        }
+        ids = [by_name["box-H"], by_name["box-I"], by_name["box-J"]]
+    now[0] += BLOB_TTL_S - 60  # b beats again within the week; a and c stay silent
+    with hub() as second:
+        second.post("/v1/hub/heartbeat", json={"api": {"port": 2}, "blobs": [DIGEST]}, headers=b)
+        assert set(second.app.app.state.hub.blobs) == set(ids)  # nobody is past the week yet
+        now[0] += 120  # a and c are now silent for a week and a minute
+        deadline = time.monotonic() + 5
+        while len(second.app.app.state.hub.blobs) > 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert second.app.app.state.hub.blobs == {ids[1]: frozenset({DIGEST})}  # the sweeper's work
+        # c comes back: its first beat lists what it holds again
+        second.post("/v1/hub/heartbeat", json={"api": {"port": 3}, "blobs": [other]}, headers=c)
+        found = second.get(f"/v1/hub/blobs/{other}", headers=ADMIN).json()["nodes"]
+        assert [n["id"] for n in found] == [ids[2]]
+    assert HubStore(db).blob_map() == {ids[1]: frozenset({DIGEST}), ids[2]: frozenset({other})}
+    now[0] += BLOB_TTL_S + 1  # a hub that starts after a week of silence from all of them
+    with hub() as third:
+        assert third.app.app.state.hub.blobs == {}
+    assert HubStore(db).blob_map() == {}

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from edgebox.router.config import Loading
 from edgebox.router.fetch import place_loading, same_lan
-from edgebox.router.nodes import ModelLoad, NodeAddress, NodeStatus
+from edgebox.router.nodes import ModelLoad, NodeAddress, NodeStatus, status_from_health
 from edgebox.router.placement import PlacementContext, RouteRequest
 
 MB = 10**6
@@ -95,3 +97,58 @@ def test_same_lan() -> None:
     assert not same_lan("http://10.1.2.3:1", "http://10.1.3.3:2")
     assert not same_lan("http://8.8.8.8:1", "http://8.8.8.9:1")
     assert same_lan("http://box.local:1", "http://box.local:2")
+
+
+KV = 100_000  # bytes per token: 4096 tokens x 1 slot = 410 MB of KV cache
+
+
+def kv_node(
+    name: str, *, has: bool, budget: int, load_ctx: int | None, slots: int = 1
+) -> NodeStatus:
+    """A node as /health describes it: the model's KV figures where it has it on disk, and
+    what its loads allocate (`load_ctx` x `load_slots`; None: an older node says neither)."""
+    report = {
+        "status": "ok",
+        "memory_budget": budget,
+        "memory_used": 0,
+        "load_ctx": load_ctx,
+        "load_slots": slots,
+        "available": [
+            {"name": "m", "size_bytes": 100 * MB, "kv_bytes_per_token": KV, "context_length": 8192}
+        ]
+        if has
+        else [],
+    }
+    address = NodeAddress(name, f"http://{name}:8080")
+    return status_from_health(address, report, {}, NOW)
+
+
+def test_a_holder_that_cannot_hold_weights_plus_kv_cache_is_not_sent_the_model() -> None:
+    # the file (100 MB) fits a's 300 MB budget, weights + KV (100 + 410 MB) do not: the node
+    # would answer 503 model_too_large, so b (a 1 GB budget) pulls it instead
+    holder = kv_node("a", has=True, budget=300 * MB, load_ctx=4096)
+    result = plan(holder, kv_node("b", has=False, budget=1000 * MB, load_ctx=4096))
+    assert result.rejected["a"] == "memory-budget-too-small"
+    assert result.fetch is not None and result.fetch.node == "b"
+    # the taker's need is its own: c, with 4 slots (100 + 1,638 MB), cannot take it either
+    result = plan(holder, kv_node("c", has=False, budget=1000 * MB, load_ctx=4096, slots=4))
+    assert result.fetch is None and result.candidates == []
+
+
+def test_the_need_caps_the_context_at_the_trained_one_and_falls_back_to_the_file_size() -> None:
+    # load_ctx 65536 is capped at the trained 8192: 100 + 819 MB fits a 1 GB budget
+    assert [
+        c.node for c in plan(kv_node("a", has=True, budget=1000 * MB, load_ctx=65536)).candidates
+    ] == ["a"]
+    # small contexts fit: 100 + 102 MB in 300 MB
+    assert plan(kv_node("a", has=True, budget=300 * MB, load_ctx=1024)).candidates[0].node == "a"
+    # a node that does not say what its loads allocate is judged by the file, as before
+    older = kv_node("a", has=True, budget=300 * MB, load_ctx=None)
+    assert [c.node for c in plan(older).candidates] == ["a"]
+
+
+def test_no_eviction_means_room_for_weights_plus_kv_cache() -> None:
+    roomy = kv_node("a", has=True, budget=1000 * MB, load_ctx=4096)
+    assert plan(roomy).candidates[0].reason == "load:on-disk+no-eviction"
+    tight = replace(roomy, memory_free=300 * MB)  # the file fits what is free, its load does not
+    assert plan(tight).candidates[0].reason == "load:on-disk"

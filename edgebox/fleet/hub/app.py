@@ -85,7 +85,8 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
 
 
 async def sweep_offline(hub: HubContext) -> None:
-    """Mark nodes offline after MISSED_BEATS intervals of silence; checked twice an interval."""
+    """Mark nodes offline after MISSED_BEATS intervals of silence, and drop the blob registry
+    entries of nodes silent for over BLOB_TTL_S; checked twice an interval."""
     interval = hub.config.heartbeat_interval
     while True:
         await asyncio.sleep(interval / 2)
@@ -99,3 +100,7 @@ async def sweep_offline(hub: HubContext) -> None:
             continue
         for node_id in gone:
             log.warning("node %s offline: no heartbeat for %d intervals", node_id, MISSED_BEATS)
+        try:
+            await hub.forget_stale_blobs()
+        except Exception:
+            log.exception("dropping stale blob registry entries failed; retrying")

@@ -24,6 +24,12 @@ PEERS_REFRESH_S = 1.0  # heartbeat answers share one read of the node table per 
 # what a peer needs of another: its name, address, the keys that match and verify its mDNS
 # advert (a public key, which the node proves it holds), models; no telemetry, no secrets
 PEER_FIELDS = ("id", "name", "api_url", "host_key", "ssh_public_key", "models", "status")
+# the blob registry keeps a node's entries this long after its last beat. Correctness needs
+# none of them: only online nodes are named as holders, and a node that comes back lists its
+# blobs again in its first beat. The bound only stops the registry growing by up to
+# MAX_BEAT_BLOBS rows for every node that ever beat; a week keeps the entries of a box off
+# over a weekend or a holiday, for anyone reading the hub's file, at that cost.
+BLOB_TTL_S = 7 * 24 * 3600.0
 
 
 @dataclass
@@ -84,8 +90,18 @@ class HubContext:
     blobs: dict[str, frozenset[str]] = field(default_factory=dict)
 
     async def load_blobs(self) -> None:
-        """The blob registry as the last run left it (revoked nodes' rows dropped)."""
+        """The blob registry as the last run left it (the rows of revoked nodes and of nodes
+        silent for over BLOB_TTL_S dropped)."""
+        await self.forget_stale_blobs()
         self.blobs = await asyncio.to_thread(self.store.blob_map)
+
+    async def forget_stale_blobs(self) -> list[str]:
+        """Drop the registry entries of nodes silent for over BLOB_TTL_S; their ids."""
+        seen_before = self.now() - BLOB_TTL_S
+        gone = await asyncio.to_thread(self.store.forget_blobs, seen_before=seen_before)
+        for node_id in gone:
+            self.blobs.pop(node_id, None)
+        return gone
 
     async def record_blobs(self, node_id: str, digests: list[str]) -> None:
         """What a beat says `node_id` holds; the registry file is written only on change."""

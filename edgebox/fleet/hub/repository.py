@@ -87,6 +87,10 @@ class HubRepository(Protocol):
         """Replace the model blobs (sha256) `node_id` holds."""
         ...
 
+    def forget_blobs(self, *, seen_before: float) -> list[str]:
+        """Drop what nodes whose last beat is before `seen_before` hold; returns their ids."""
+        ...
+
     def blob_map(self) -> dict[str, frozenset[str]]:
         """Node id → the blobs it holds, for nodes not revoked."""
         ...

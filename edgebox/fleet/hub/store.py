@@ -396,6 +396,19 @@ class HubStore:
                 raise
             self._db.execute("COMMIT")
 
+    def forget_blobs(self, *, seen_before: float) -> list[str]:
+        """Drop the registry rows of nodes whose last beat is before `seen_before` (or that
+        never beat); returns their ids."""
+        with self._lock:
+            rows = self._db.execute(  # one index probe a node: cheap enough for every sweep
+                "SELECT id FROM nodes WHERE COALESCE(last_heartbeat, 0) < ?"
+                " AND EXISTS (SELECT 1 FROM node_blobs WHERE node_id = nodes.id)",
+                (seen_before,),
+            ).fetchall()
+            ids = [r[0] for r in rows]
+            self._db.executemany("DELETE FROM node_blobs WHERE node_id = ?", [(i,) for i in ids])
+        return ids
+
     def blob_map(self) -> dict[str, frozenset[str]]:
         """Node id → the blobs it holds, for every node not revoked (rows of revoked or
         removed nodes are dropped on the way)."""
