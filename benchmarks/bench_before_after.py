@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from bench_serve import emit, machine  # noqa: E402
+from bench_serve import emit, machine, wait_healthy  # noqa: E402
 
 from tests.conftest import free_port  # noqa: E402
 
@@ -77,13 +77,8 @@ def serve(tree: Path, threads: int, parallel: int) -> tuple[subprocess.Popen[byt
     proc = subprocess.Popen(
         cmd, cwd=tree, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url + "/health", timeout=1).status_code == 200:
-                return proc, url
-        except httpx.TransportError:
-            time.sleep(0.2)
+    if wait_healthy(url, 120):
+        return proc, url
     proc.kill()
     raise RuntimeError(f"the node from {tree} did not start")
 

@@ -100,6 +100,19 @@ def bench_home() -> dict[str, str]:
     return {**os.environ, "EDGEBOX_HOME": home}
 
 
+def wait_healthy(url: str, timeout: float = 120) -> bool:
+    """Whether the node at `url` answers /health with 200 within `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url + "/health", timeout=1).status_code == 200:
+                return True
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    return False
+
+
 def start(cmd: list[str], url: str) -> subprocess.Popen[bytes]:
     proc = subprocess.Popen(
         cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=bench_home()

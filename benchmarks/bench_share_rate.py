@@ -37,7 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from bench_serve import emit, machine  # noqa: E402
+from bench_serve import emit, machine, wait_healthy  # noqa: E402
 
 from tests.conftest import free_port  # noqa: E402
 
@@ -140,13 +140,8 @@ def serve(share_rate: float, env: dict[str, str], log: Path) -> tuple[subprocess
     cmd += ["--share-rate", f"{share_rate:g}"]
     proc = subprocess.Popen(cmd, stdout=log.open("wb"), stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url + "/health", timeout=1).status_code == 200:
-                return proc, url
-        except httpx.TransportError:
-            time.sleep(0.1)
+    if wait_healthy(url, 120):
+        return proc, url
     proc.kill()
     raise SystemExit(f"the node did not start:\n{log.read_text()}")
 

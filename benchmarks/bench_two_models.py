@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from bench_before_after import checkout, drop_checkout, head_rev  # noqa: E402
 from bench_engine import cpu_kind  # noqa: E402
-from bench_serve import bench_home, emit  # noqa: E402
+from bench_serve import bench_home, emit, wait_healthy  # noqa: E402
 
 from tests.conftest import free_port  # noqa: E402
 
@@ -54,14 +54,8 @@ def serve(tree: Path, models: list[str], threads: int) -> tuple[subprocess.Popen
     proc = subprocess.Popen(
         cmd, cwd=tree, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url + "/health", timeout=1).status_code == 200:
-                return proc, url
-        except httpx.TransportError:
-            pass
-        time.sleep(0.3)
+    if wait_healthy(url, 180):
+        return proc, url
     proc.kill()
     raise RuntimeError(f"the node from {tree} did not start")
 
