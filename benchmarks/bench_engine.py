@@ -46,6 +46,7 @@ from edgebox.runtimes.llamacpp.cpu_probe import ExtraBuffers, extra_buffers  # n
 from tests.conftest import free_port  # noqa: E402
 
 LEVELS = (1, 4, 8)
+SETTLE_S = 0.5  # quiet before each TTFT: the previous turn's threads have stopped spinning
 SLOT_CTX = 2048
 PARALLEL = 8
 CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_int8", "amx_bf16")
@@ -64,13 +65,21 @@ def repack_works(model: Path) -> ExtraBuffers:
 
 
 def edgebox_cmd(
-    path: str, port: int, threads: int, repack: bool, parallel: int = PARALLEL, ctx: int = SLOT_CTX
+    path: str,
+    port: int,
+    threads: int,
+    repack: bool,
+    parallel: int = PARALLEL,
+    ctx: int = SLOT_CTX,
+    stream_interval: float | None = None,
 ) -> list[str]:
+    interval = [] if stream_interval is None else ["--stream-interval", str(stream_interval)]
     return [
         sys.executable,
         *("-m", "edgebox", "serve", "-m", path, "--alias", "m", "--port", str(port)),
         *("--threads", str(threads), "--parallel", str(parallel), "--ctx", str(ctx)),
         *("--cpu-extra-buffers", "on" if repack else "off", "--gpu-layers", "0"),
+        *interval,
     ]
 
 
@@ -132,8 +141,10 @@ class InProcess:
 async def compare(
     servers: dict[str, str], rounds: int, tokens: int, ceiling: InProcess
 ) -> dict[tuple[str, bool, int], Figures]:
-    """Every (server, streamed, level) over `rounds` rounds, servers taking turns; in-process
-    llama-cpp-python takes one single-stream turn per round."""
+    """Every (server, streamed, level) over `rounds` rounds, servers taking turns (who goes
+    first alternates by round: a server's threads can still spin for a moment after its turn,
+    and that must not always land on the same other one); in-process llama-cpp-python takes
+    one single-stream turn per round. Each TTFT is timed after a short settle."""
     results: dict[tuple[str, bool, int], Figures] = {}
     limits = httpx.Limits(max_connections=16, max_keepalive_connections=16)
     clients = {
@@ -145,14 +156,16 @@ async def compare(
             await measure_level(client, 1, True, tokens, "Warm-up", Figures())
         for r in range(rounds):
             ceiling.round(f"r{r}")
+            order = list(clients.items())[:: -1 if r % 2 else 1]
             for c in LEVELS:
                 for streamed in (True, False):
-                    for name, client in clients.items():
+                    for name, client in order:
                         figures = results.setdefault((name, streamed, c), Figures())
                         tag = f"r{r}c{c}{'s' if streamed else 'n'}"
                         await measure_level(client, c, streamed, tokens, tag, figures)
-            for name, client in clients.items():
+            for name, client in order:
                 figures = results.setdefault((name, True, 0), Figures())
+                await asyncio.sleep(SETTLE_S)
                 await measure_ttft(client, ttft_prompt(f"{name} round {r}"), figures)
     finally:
         for client in clients.values():
@@ -164,7 +177,11 @@ def run_mode(args: argparse.Namespace, repack: bool) -> tuple[dict, dict[str, fl
     model = resolve_model(args.model)
     path = str(model.path)
     ports = {"edgebox": free_port(), "llama-server": free_port()}
-    cmds = {"edgebox": edgebox_cmd(path, ports["edgebox"], args.threads, repack)}
+    cmds = {
+        "edgebox": edgebox_cmd(
+            path, ports["edgebox"], args.threads, repack, stream_interval=args.stream_interval
+        )
+    }
     binary = None if args.skip_llama_server else llama_server_binary()
     if binary:
         cmds["llama-server"] = llama_server_cmd(
@@ -239,6 +256,12 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=64, help="tokens per request")
     parser.add_argument("--repack", choices=("both", "on", "off"), default="both")
     parser.add_argument("--skip-llama-server", action="store_true")
+    parser.add_argument(
+        "--stream-interval",
+        type=float,
+        metavar="MS",
+        help="edgebox's `serve --stream-interval` (default: the node's own, 16 ms)",
+    )
     parser.add_argument("--write", action="store_true", help="append to docs/benchmarks.md")
     args = parser.parse_args()
     model = resolve_model(args.model)
@@ -258,11 +281,15 @@ def main() -> None:
         results, ceiling = run_mode(args, repack)
         sections += ["", *mode_lines(repack, results, ceiling, sol)]
     load_after = os.getloadavg()
+    interval = (
+        "" if args.stream_interval is None else f" --stream-interval {args.stream_interval:g}"
+    )
     lines = [
         f"### Engine speed ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})",
         "",
         f"`python benchmarks/bench_engine.py --rounds {args.rounds} --threads {args.threads} "
-        f"--tokens {args.tokens} --repack {args.repack}` on {cpu_kind()}. Model {model.alias} "
+        f"--tokens {args.tokens} --repack {args.repack}{interval}` on {cpu_kind()}. "
+        f"Model {model.alias} "
         f"({model.path.name}, {size / 1e6:.0f} MB); memory bandwidth {gbps:.1f} GB/s "
         f"(copy probe), so speed of light {sol or 0:.0f} tok/s at batch 1. "
         f"{args.tokens} tokens per request, {args.rounds} rounds, medians; --parallel "

@@ -153,6 +153,7 @@ def in_process_worker(path: str, threads: int, repack: bool, tokens: int) -> Non
             if c["choices"][0]["text"]  # type: ignore[index]
         ]
         wall = time.perf_counter() - started
+        time.sleep(0.5)  # the same settle the servers get before their TTFT
         started = time.perf_counter()
         next(iter(llm.create_completion(ttft_prompt(f"in{i}"), max_tokens=1, stream=True)))
         ttft = time.perf_counter() - started

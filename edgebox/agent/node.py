@@ -111,6 +111,7 @@ class NodeAgent:
             temperature=self.config.temperature,
             responses=self._response_store(),
             share_rate=self.config.share_rate,
+            stream_interval=self.config.stream_interval,
             pull_private=self.config.allow_private_pulls,
         )
         self.state.remember_served(specs)

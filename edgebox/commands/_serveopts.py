@@ -196,6 +196,17 @@ ShareRate = Annotated[
         "MB/s (0: unlimited); when nothing generates they get full speed.",
     ),
 ]
+StreamInterval = Annotated[
+    float,
+    typer.Option(
+        metavar="MS",
+        min=0,
+        max=1000,
+        help="Streamed tokens go out at most once per this many milliseconds, those that came "
+        "meanwhile together (the first token and the end at once; 0: every token on its own). "
+        "Fewer wake-ups per token leave the CPU to the model.",
+    ),
+]
 AllowPrivatePulls = Annotated[
     bool,
     typer.Option(

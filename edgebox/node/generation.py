@@ -28,6 +28,9 @@ from edgebox.runtimes.base import (
 )
 
 WAKER_IDLE_S = 1.0  # how often an idle waker checks whether its loop has closed
+# Streamed tokens reach the event loop at most this often (`serve --stream-interval`; see
+# EventInbox): about one display frame, so nobody watching the text sees the difference.
+STREAM_INTERVAL_S = 0.016
 LAZY_BATCH = 32  # a non-streamed request's tokens wake the loop this many at a time
 
 
@@ -93,25 +96,41 @@ class EventInbox:
 
     Streamed (`eager`): the first event after the loop last looked schedules one wake-up, and
     events that come before it runs ride along, so a busy loop is woken once per batch, not
-    once per token. Not streamed: nobody reads tokens before the end, so the loop is woken by
-    a finish (or any other event that is not a token) or every LAZY_BATCH events."""
+    once per token. With an `interval`, tokens that come less than `interval` after the loop
+    last took a batch wake nobody: the loop's own timer takes them when it is up, so at token
+    rates above 1/interval the loop (and the client) wake once per interval, not per token —
+    on a box whose cores all run the model, each wake-up preempts a compute thread. The first
+    token and any event that is not a token (the finish, an error) go at once. Not streamed:
+    nobody reads tokens before the end, so the loop is woken by a finish (or any other event
+    that is not a token) or every LAZY_BATCH events."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, *, eager: bool = True) -> None:
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, *, eager: bool = True, interval: float = 0.0
+    ) -> None:
         self._loop = loop
         self._waker = loop_waker(loop)
         self._eager = eager
+        self._interval = interval if eager else 0.0
         self._items: collections.deque[tuple[int, Event, float]] = collections.deque()
         self._lock = threading.Lock()
         self._ready = False  # the items are due to the loop
+        self._urgent = False  # an item is not a token: due at once, whatever the interval
+        self._hold_until = 0.0  # streamed tokens before this wait for the loop's own timer
         self._wake_scheduled = False
         self._waiter: asyncio.Future[None] | None = None
 
     def put(self, index: int, event: Event) -> None:
         """Any thread."""
+        t = now()
+        token = isinstance(event, TokenEvent)
         with self._lock:
-            self._items.append((index, event, now()))
-            if self._eager or not isinstance(event, TokenEvent) or len(self._items) >= LAZY_BATCH:
+            self._items.append((index, event, t))
+            if self._eager or not token or len(self._items) >= LAZY_BATCH:
                 self._ready = True
+            if not token:
+                self._urgent = True
+            elif t < self._hold_until:  # the loop comes for it when the interval is up
+                return
             if not self._ready or self._wake_scheduled:
                 return
             self._wake_scheduled = True
@@ -121,25 +140,36 @@ class EventInbox:
         """On the loop: the waiting `batch()` call returns what has come."""
         with self._lock:
             self._wake_scheduled = False
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        _resolve(self._waiter)
 
     async def batch(self) -> list[tuple[int, Event, float]]:
         """(choice index, event, when it came) for every event due since the last batch,
-        waiting for a wake-up if none is."""
+        waiting for a wake-up if none is. With an interval, streamed tokens are handed over at
+        most once per interval (a finish or error at once)."""
         while True:
             with self._lock:
-                if self._ready:
+                t = now()
+                hold = 0.0 if self._urgent else self._hold_until - t
+                if self._ready and hold <= 0:
                     items = list(self._items)
                     self._items.clear()
-                    self._ready = False
+                    self._ready = self._urgent = False
+                    if self._interval:
+                        self._hold_until = t + self._interval
                     return items
-            self._waiter = self._loop.create_future()
+            waiter = self._waiter = self._loop.create_future()
+            timer = self._loop.call_later(hold, _resolve, waiter) if hold > 0 else None
             try:
-                await self._waiter
+                await waiter
             finally:
                 self._waiter = None
+                if timer is not None:
+                    timer.cancel()
+
+
+def _resolve(waiter: asyncio.Future[None] | None) -> None:
+    if waiter is not None and not waiter.done():
+        waiter.set_result(None)
 
 
 class ChoiceStreams:
@@ -159,8 +189,10 @@ class ChoiceStreams:
         metrics: NodeMetrics,
         kv: KVSnapshot | None = None,
         record: RequestRecord | None = None,
+        interval: float = STREAM_INTERVAL_S,
     ) -> None:
         self._runtime = runtime
+        self._interval = interval
         self._record = record  # the request's entry in the node's recent requests
         self._requests = plan.requests(kv)
         self._metrics = metrics
@@ -170,10 +202,11 @@ class ChoiceStreams:
         self._stream = plan.stream
         self._inbox: EventInbox | None = None
         self._handles: list[RequestHandle] = []
+        self.mid_batch = False  # events() holds more of the batch it is yielding from
 
     def start(self) -> None:
         loop = asyncio.get_running_loop()
-        inbox = self._inbox = EventInbox(loop, eager=self._stream)
+        inbox = self._inbox = EventInbox(loop, eager=self._stream, interval=self._interval)
 
         def sink_for(index: int) -> Callable[[Event], None]:
             def sink(event: Event) -> None:
@@ -211,7 +244,10 @@ class ChoiceStreams:
         itl = self._metrics.itl.labels(self._model)
         try:
             while remaining:
-                for index, event, t in await self._inbox.batch():
+                batch = await self._inbox.batch()
+                last = len(batch) - 1
+                for i, (index, event, t) in enumerate(batch):
+                    self.mid_batch = i < last
                     if isinstance(event, TokenEvent):
                         previous = last_token_at.get(index)
                         if previous is None:
@@ -241,3 +277,18 @@ class ChoiceStreams:
     def cancel(self) -> None:
         for handle in self._handles:
             handle.cancel()
+
+
+async def one_write_per_batch(
+    body: AsyncIterator[bytes], streams: ChoiceStreams
+) -> AsyncIterator[bytes]:
+    """`body`'s pieces joined while `streams` is yielding from one batch of events: the tokens
+    a wake-up brought leave in one write, and the client wakes once for them, not per token."""
+    held: list[bytes] = []
+    async for piece in body:
+        held.append(piece)
+        if not streams.mid_batch:
+            yield b"".join(held)
+            held.clear()
+    if held:
+        yield b"".join(held)

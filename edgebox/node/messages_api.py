@@ -26,6 +26,7 @@ from edgebox.api.anthropic import (
 from edgebox.api.body import read_json
 from edgebox.api.protocol import ChatCompletionRequest
 from edgebox.node.admin import refuse_if_draining
+from edgebox.node.generation import one_write_per_batch
 from edgebox.node.metrics import now
 from edgebox.node.offload import off_loop
 from edgebox.node.openai_api import Generation, chunks, collect, lookup, parse, start_chat
@@ -51,7 +52,7 @@ async def messages(request: Request) -> Response:
     if generation.plan.stream:
         events = MessageEventStream(req, message_id, input_tokens=generation.plan.prompt_tokens)
         return StreamingResponse(
-            _stream(generation, events),
+            one_write_per_batch(_stream(generation, events), generation.streams),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )

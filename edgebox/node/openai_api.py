@@ -18,7 +18,7 @@ from edgebox.api.kv import KV_HEADER
 from edgebox.api.protocol import NODE_LIMIT_HEADER, ChatCompletionRequest, CompletionRequest
 from edgebox.api.sse import SSE_DONE, sse
 from edgebox.node.admin import refuse_if_draining
-from edgebox.node.generation import ChoiceStreams
+from edgebox.node.generation import ChoiceStreams, one_write_per_batch
 from edgebox.node.metrics import now
 from edgebox.node.offload import off_loop
 from edgebox.node.prompts import (
@@ -236,7 +236,9 @@ def _start(
     record.stream = plan.stream
     record.prompt_tokens = plan.prompt_tokens
     kv = state.kv_store.take(plan.kv_key, plan.model) if plan.kv_key else None
-    streams = ChoiceStreams(runtime, plan, metrics=state.metrics, kv=kv, record=record)
+    streams = ChoiceStreams(
+        runtime, plan, metrics=state.metrics, kv=kv, record=record, interval=state.stream_interval
+    )
     try:
         streams.start()
     except APIError as exc:
@@ -252,7 +254,7 @@ async def _respond(request: Request, generation: Generation) -> Response:
     said = {NODE_LIMIT_HEADER: str(limit)} if limit is not None else {}
     if generation.plan.stream:
         return StreamingResponse(
-            _sse(chunks(generation)),
+            one_write_per_batch(_sse(chunks(generation)), generation.streams),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **said},
         )

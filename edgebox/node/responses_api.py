@@ -31,6 +31,7 @@ from edgebox.api.openai_responses import (
 from edgebox.api.protocol import ChatCompletionRequest
 from edgebox.api.response_store import LOCAL_OWNER, StoredResponse, owner_of
 from edgebox.node.admin import refuse_if_draining
+from edgebox.node.generation import one_write_per_batch
 from edgebox.node.metrics import now
 from edgebox.node.offload import off_loop
 from edgebox.node.openai_api import Generation, chunks, collect, parse, start_chat
@@ -68,7 +69,7 @@ async def create_response(request: Request) -> Response:
     if req.stream:
         events = _events(state, owner, items, req, generation, response_id, created)
         return StreamingResponse(
-            events,
+            one_write_per_batch(events, generation.streams),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )

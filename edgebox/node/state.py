@@ -33,6 +33,7 @@ from edgebox.models.store import ModelStore
 from edgebox.models.transfer import Peer
 from edgebox.node.blob_pacing import DEFAULT_SHARE_RATE, BlobPacer
 from edgebox.node.catalog import Available, ModelCatalog
+from edgebox.node.generation import STREAM_INTERVAL_S
 from edgebox.node.kv_transfer import KVStore
 from edgebox.node.metrics import NodeMetrics
 from edgebox.node.recent import RecentRequests
@@ -78,6 +79,7 @@ class NodeState:
     find_peers: Callable[[], list[Peer]] | None = None  # the agent's: hub registry, mDNS
     peer_key: str | None = None  # the key this node sends to peers' /v1/blobs (fleet key)
     share_rate: float = DEFAULT_SHARE_RATE  # blob bytes/s while generating (0: unlimited)
+    stream_interval: float = STREAM_INTERVAL_S  # s between streamed hand-offs to the loop
     blob_pacer: BlobPacer = field(init=False)
     pull_private: bool = False  # admin URL pulls may reach private addresses (a LAN mirror)
     metrics: NodeMetrics = field(init=False)

@@ -64,3 +64,55 @@ def test_a_non_streamed_request_wakes_the_loop_only_at_the_finish_or_a_full_batc
         assert len(await asyncio.wait_for(inbox.batch(), 10)) == LAZY_BATCH
 
     asyncio.run(main())
+
+
+def test_with_an_interval_tokens_go_once_per_interval_and_the_finish_at_once() -> None:
+    interval = 0.2
+
+    async def main() -> None:
+        inbox = EventInbox(asyncio.get_running_loop(), eager=True, interval=interval)
+        inbox.put(0, token(0))
+        first = await asyncio.wait_for(inbox.batch(), 10)
+        taken = time.perf_counter()
+        assert [e[1].token_id for e in first] == [0]  # type: ignore[attr-defined]
+
+        def engine() -> None:  # three tokens 20 ms apart, well inside the interval
+            for i in (1, 2, 3):
+                time.sleep(0.02)
+                inbox.put(0, token(i))
+
+        thread = threading.Thread(target=engine)
+        thread.start()
+        held = await asyncio.wait_for(inbox.batch(), 10)
+        waited = time.perf_counter() - taken
+        thread.join(10)
+        assert [e[1].token_id for e in held] == [1, 2, 3]  # type: ignore[attr-defined]
+        assert interval * 0.9 <= waited < interval + 0.15, waited
+        stamps = [e[2] for e in held]
+        assert stamps[2] - stamps[0] < interval  # stamped when they came, not when taken
+
+        inbox.put(0, token(4))  # inside the next interval: held...
+        inbox.put(0, FinishEvent("stop", 3, 5))  # ...until the finish takes it along at once
+        started = time.perf_counter()
+        last = await asyncio.wait_for(inbox.batch(), 10)
+        assert time.perf_counter() - started < interval / 2
+        assert [type(e[1]) for e in last] == [TokenEvent, FinishEvent]
+
+    asyncio.run(main())
+
+
+def test_with_an_interval_a_token_after_a_quiet_spell_goes_at_once() -> None:
+    async def main() -> None:
+        inbox = EventInbox(asyncio.get_running_loop(), eager=True, interval=0.05)
+        inbox.put(0, token(0))
+        await asyncio.wait_for(inbox.batch(), 10)
+        waiting = asyncio.ensure_future(inbox.batch())
+        await asyncio.sleep(0.3)  # the interval passed with nothing to hand over
+        assert not waiting.done()
+        started = time.perf_counter()
+        threading.Thread(target=inbox.put, args=(0, token(1))).start()
+        batch = await asyncio.wait_for(waiting, 10)
+        assert time.perf_counter() - started < 0.04
+        assert [e[1].token_id for e in batch] == [1]  # type: ignore[attr-defined]
+
+    asyncio.run(main())
