@@ -121,9 +121,11 @@ class EventInbox:
 
     def put(self, index: int, event: Event) -> None:
         """Any thread."""
-        t = now()
         token = isinstance(event, TokenEvent)
         with self._lock:
+            # Read under the lock: a clock read before it could predate a batch() that has since
+            # found nothing and waits without a timer, and the token would wake nobody.
+            t = now()
             self._items.append((index, event, t))
             if self._eager or not token or len(self._items) >= LAZY_BATCH:
                 self._ready = True

@@ -6,6 +6,9 @@ import asyncio
 import threading
 import time
 
+import pytest
+
+from edgebox.node import generation
 from edgebox.node.generation import LAZY_BATCH, EventInbox
 from edgebox.runtimes.base import FinishEvent, TokenEvent
 
@@ -113,6 +116,32 @@ def test_with_an_interval_a_token_after_a_quiet_spell_goes_at_once() -> None:
         threading.Thread(target=inbox.put, args=(0, token(1))).start()
         batch = await asyncio.wait_for(waiting, 10)
         assert time.perf_counter() - started < 0.04
+        assert [e[1].token_id for e in batch] == [1]  # type: ignore[attr-defined]
+
+    asyncio.run(main())
+
+
+def test_a_token_stamped_before_the_interval_ended_but_put_after_is_not_stranded(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The engine thread may lose the GIL between reading the clock and taking the lock; if the
+    loop's timer fires meanwhile and finds nothing, the token must still wake it."""
+    interval = 0.1
+    real_now = generation.now
+
+    def slow_clock() -> float:
+        t = real_now()
+        if threading.current_thread().name == "engine":
+            time.sleep(interval * 3)  # the GIL goes to the loop: its timer fires, finds nothing
+        return t
+
+    async def main() -> None:
+        inbox = EventInbox(asyncio.get_running_loop(), eager=True, interval=interval)
+        inbox.put(0, token(0))
+        await asyncio.wait_for(inbox.batch(), 10)
+        monkeypatch.setattr(generation, "now", slow_clock)
+        threading.Thread(target=inbox.put, args=(0, token(1)), name="engine").start()
+        batch = await asyncio.wait_for(inbox.batch(), interval * 10)  # not left for the next token
         assert [e[1].token_id for e in batch] == [1]  # type: ignore[attr-defined]
 
     asyncio.run(main())
