@@ -66,7 +66,7 @@ class NodeConfig:
     memory_budget: int | None = None  # bytes for models; None: from the hardware probe
     keep_alive_s: float = 300.0  # idle seconds before a model loaded on demand is unloaded
     share_rate: float = 40e6  # blob bytes/s peers get while the node generates (0: unlimited)
-    stream_interval: float = 0.0  # s between streamed tokens' hand-offs to the loop (0: each)
+    stream_interval: float = 0.016  # s between streamed tokens' hand-offs to the loop (0: each)
     allow_private_pulls: bool = False  # admin URL pulls may reach private addresses
     verbose: bool = False
 

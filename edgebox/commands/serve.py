@@ -59,7 +59,7 @@ def serve(
     memory_budget: opt.MemoryBudget = None,
     keep_alive: opt.KeepAlive = "5m",
     share_rate: opt.ShareRate = 40.0,
-    stream_interval: opt.StreamInterval = 0.0,
+    stream_interval: opt.StreamInterval = 16.0,
     allow_private_pulls: opt.AllowPrivatePulls = False,
     verbose: opt.Verbose = False,
 ) -> None:
@@ -83,7 +83,7 @@ def node_config(options: dict[str, Any]) -> NodeConfig:
         values.pop("memory_budget", None), values.pop("keep_alive", "5m")
     )
     values["share_rate"] = values.get("share_rate", 40.0) * 1e6  # MB/s → bytes/s
-    values["stream_interval"] = values.get("stream_interval", 0.0) / 1000  # ms → s
+    values["stream_interval"] = values.get("stream_interval", 16.0) / 1000  # ms → s
     values["router_config"] = _router_config(options["router_config"], options["fleet"])
     try:
         return NodeConfig(**values)

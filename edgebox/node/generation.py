@@ -121,9 +121,11 @@ class EventInbox:
 
     def put(self, index: int, event: Event) -> None:
         """Any thread."""
-        t = now()
         token = isinstance(event, TokenEvent)
         with self._lock:
+            # Read under the lock: a clock read before it could predate a batch() that has since
+            # found nothing and waits without a timer, and the token would wake nobody.
+            t = now()
             self._items.append((index, event, t))
             if self._eager or not token or len(self._items) >= LAZY_BATCH:
                 self._ready = True
@@ -283,12 +285,32 @@ async def one_write_per_batch(
     body: AsyncIterator[bytes], streams: ChoiceStreams
 ) -> AsyncIterator[bytes]:
     """`body`'s pieces joined while `streams` is yielding from one batch of events: the tokens
-    a wake-up brought leave in one write, and the client wakes once for them, not per token."""
+    a wake-up brought leave in one write, and the client wakes once for them, not per token.
+    Held pieces also leave once `body` waits for anything: the batch's last events may write
+    nothing (a token the tool-call parser or a stop string holds), and what came before them
+    must not wait for the next batch."""
     held: list[bytes] = []
-    async for piece in body:
-        held.append(piece)
-        if not streams.mid_batch:
-            yield b"".join(held)
-            held.clear()
+    following: asyncio.Task[bytes | None] | None = None
+    try:
+        while True:
+            if held:
+                following = asyncio.ensure_future(anext(body, None))
+                await asyncio.sleep(0)  # a piece from the same batch is there after one turn
+                if not following.done():
+                    yield b"".join(held)
+                    held.clear()
+                piece = await following
+                following = None
+            else:
+                piece = await anext(body, None)
+            if piece is None:
+                break
+            held.append(piece)
+            if not streams.mid_batch:
+                yield b"".join(held)
+                held.clear()
+    finally:
+        if following is not None:
+            following.cancel()
     if held:
         yield b"".join(held)

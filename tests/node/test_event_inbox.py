@@ -5,8 +5,13 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+import types
+from collections.abc import AsyncIterator
 
-from edgebox.node.generation import LAZY_BATCH, EventInbox
+import pytest
+
+from edgebox.node import generation
+from edgebox.node.generation import LAZY_BATCH, EventInbox, one_write_per_batch
 from edgebox.runtimes.base import FinishEvent, TokenEvent
 
 
@@ -114,5 +119,82 @@ def test_with_an_interval_a_token_after_a_quiet_spell_goes_at_once() -> None:
         batch = await asyncio.wait_for(waiting, 10)
         assert time.perf_counter() - started < 0.04
         assert [e[1].token_id for e in batch] == [1]  # type: ignore[attr-defined]
+
+    asyncio.run(main())
+
+
+def test_a_token_stamped_before_the_interval_ended_but_put_after_is_not_stranded(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The engine thread may lose the GIL between reading the clock and taking the lock; if the
+    loop's timer fires meanwhile and finds nothing, the token must still wake it."""
+    interval = 0.1
+    real_now = generation.now
+
+    def slow_clock() -> float:
+        t = real_now()
+        if threading.current_thread().name == "engine":
+            time.sleep(interval * 3)  # the GIL goes to the loop: its timer fires, finds nothing
+        return t
+
+    async def main() -> None:
+        inbox = EventInbox(asyncio.get_running_loop(), eager=True, interval=interval)
+        inbox.put(0, token(0))
+        await asyncio.wait_for(inbox.batch(), 10)
+        monkeypatch.setattr(generation, "now", slow_clock)
+        threading.Thread(target=inbox.put, args=(0, token(1)), name="engine").start()
+        batch = await asyncio.wait_for(inbox.batch(), interval * 10)  # not left for the next token
+        assert [e[1].token_id for e in batch] == [1]  # type: ignore[attr-defined]
+
+    asyncio.run(main())
+
+
+def test_a_batch_whose_last_event_writes_nothing_still_sends_what_came_before_it() -> None:
+    """Say a batch brings "Sure" and then a token the tool-call parser holds (no bytes): the
+    "Sure" chunk must leave now, not when the tool call's markup has all come."""
+    streams = types.SimpleNamespace(mid_batch=False)
+    next_batch = threading.Event()
+
+    async def body() -> AsyncIterator[bytes]:
+        streams.mid_batch = True  # "Sure": not the batch's last event
+        yield b"data: Sure\n\n"
+        streams.mid_batch = False  # "<tool_call>": held by the parser, nothing to write
+        await asyncio.get_running_loop().run_in_executor(None, next_batch.wait, 10)
+        yield b"data: [DONE]\n\n"
+
+    async def main() -> None:
+        pieces = one_write_per_batch(body(), streams)  # type: ignore[arg-type]
+        first = await asyncio.wait_for(anext(pieces), 2)
+        assert first == b"data: Sure\n\n"
+        next_batch.set()
+        assert [p async for p in pieces] == [b"data: [DONE]\n\n"]
+
+    try:
+        asyncio.run(main())
+    finally:
+        next_batch.set()
+
+
+def test_one_write_per_batch_joins_a_batch_and_closes_its_body_when_closed() -> None:
+    streams = types.SimpleNamespace(mid_batch=False)
+    closed = []
+
+    async def body() -> AsyncIterator[bytes]:
+        try:
+            for i in range(4):
+                streams.mid_batch = i != 2  # a batch of three, then one whose rest never comes
+                yield b"%d" % i
+            await asyncio.sleep(30)
+            yield b"never"
+        finally:
+            closed.append(True)
+
+    async def main() -> None:
+        pieces = one_write_per_batch(body(), streams)  # type: ignore[arg-type]
+        assert await asyncio.wait_for(anext(pieces), 2) == b"012"
+        assert await asyncio.wait_for(anext(pieces), 2) == b"3"  # the body waits: sent now
+        await pieces.aclose()  # the client went away while the body waits
+        await asyncio.sleep(0.05)
+        assert closed == [True]
 
     asyncio.run(main())
