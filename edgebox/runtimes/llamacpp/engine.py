@@ -287,9 +287,13 @@ class LlamaCppEngine(Stepping, Healing, KVTransfer):
         slot.cached = prompt[:keep]
         slot.blocks.truncate(keep)  # an imported slot has none: not shared
         job.cached_tokens = keep
-        # At least the prompt's last token is decoded (`keep` < len): its logits give the first
-        # sampled token, in the same step as the rest of the prompt's last chunk.
-        job.pending = prompt[keep:]
+        if job.request.export_kv:
+            job.pending = prompt[keep:]
+        else:
+            # The last prompt token always goes through a decode step of its own, so the
+            # first sampled token is computed the same way whether the prefix was just
+            # prefilled, reused from a slot, or imported from another node's KV.
+            job.pending, job.next_token = prompt[keep:-1], prompt[-1]
         job.admitted = time.monotonic()
         if not job.probe:
             self._metrics.totals(prompt=len(prompt), cached=keep)

@@ -24,17 +24,20 @@ class SlotJob(GenerationJob):
     pending: list[int] = field(default_factory=list)  # prompt tokens still to prefill
     cached_tokens: int = 0
     generated: int = 0
-    next_token: int | None = None  # the last sampled token, to decode next
+    next_token: int | None = None  # to decode next: the prompt's last token, then each sampled one
     decoder: TokenTextDecoder = field(default_factory=TokenTextDecoder)
     # A trial of an uploaded KV snapshot: it must import, and its one decoded token must give
     # finite logits; it counts in no statistics.
     probe: bool = False
 
     def readmit(self, held: Sequence[int]) -> None:
-        """Feed the `held` tokens (whose KV cells were lost) again before what was pending and
-        the sampled token not yet decoded; sampling resumes after the last of them."""
-        next_token = [] if self.next_token is None else [self.next_token]
-        self.pending, self.next_token = [*held, *self.pending, *next_token], None
+        """Feed the `held` tokens (whose KV cells were lost) again before what was pending; the
+        last token still goes through a decode of its own, as on first admission."""
+        tokens = [*held, *self.pending, *([] if self.next_token is None else [self.next_token])]
+        if self.request.export_kv:
+            self.pending, self.next_token = tokens, None
+        else:
+            self.pending, self.next_token = tokens[:-1], tokens[-1]
 
 
 @dataclass(eq=False)
@@ -56,12 +59,12 @@ class Slot:
 
 @dataclass(eq=False)
 class Part:
-    """One slot's tokens in a decode step: a prompt chunk, or the last sampled token."""
+    """One slot's tokens in a decode step: a prompt chunk, or one token to sample after."""
 
     slot: Slot
     start: int  # position of the first token
     tokens: list[int]
-    logits: bool  # a token is sampled from the logits of the part's last token
+    logits: bool  # the (single) token is sampled after the decode
     export: bool = False  # the prompt is then complete: export the sequence's KV
 
 
@@ -104,8 +107,7 @@ class BatchArrays:
             n_seq_id[i] = 1
 
     def fill(self, parts: Sequence[Part]) -> list[tuple[Part, int]]:
-        """Lay `parts` out in the batch; each part's last row (the only one that may want
-        logits: a prompt's earlier tokens need none)."""
+        """Lay `parts` out in the batch; each part's last row (where its logits are)."""
         token, pos, logits, seq = self.token, self.pos, self.logits, self.seq
         n = 0
         rows: list[tuple[Part, int]] = []
@@ -115,9 +117,8 @@ class BatchArrays:
                 token[n] = t
                 pos[n] = start + i
                 seq[n][0] = seq_id
-                logits[n] = False
+                logits[n] = want
                 n += 1
-            logits[n - 1] = want
             rows.append((part, n - 1))
         self.batch.n_tokens = n
         return rows

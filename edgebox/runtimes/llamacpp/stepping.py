@@ -112,10 +112,8 @@ class Stepping:
             assert job is not None
             chunk, job.pending = job.pending[:budget], job.pending[budget:]
             budget -= len(chunk)
-            done = not job.pending  # then sample after it, or export the prompt's KV
-            export = done and job.request.export_kv
-            sample = done and not job.request.export_kv
-            parts.append(Part(slot, len(slot.cached), chunk, logits=sample, export=export))
+            export = job.request.export_kv and not job.pending
+            parts.append(Part(slot, len(slot.cached), chunk, logits=False, export=export))
         for part in parts:
             part.slot.cached.extend(part.tokens)
             part.slot.blocks.extended(part.slot.cached)
