@@ -65,6 +65,20 @@ def wait_until(
         time.sleep(interval)
 
 
+def wait_healthy(url: str, proc: subprocess.Popen[bytes], log: Path, timeout: float = 30) -> None:
+    """Wait for `url`/health to answer 200; kill `proc` and fail, with its log's tail, if it
+    does not within `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url + "/health", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            time.sleep(0.1)
+    proc.kill()
+    pytest.fail(f"{url} did not start: {log.read_text()[-2000:]}")
+
+
 @dataclass
 class NodeProcess:
     url: str  # http://127.0.0.1:PORT

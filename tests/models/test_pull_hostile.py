@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import free_port
+from tests.conftest import free_port, wait_healthy
 
 API, ADMIN = "inference-key-hostile", "admin-key-hostile"
 NODE = Path(__file__).with_name("_blobnode.py")
@@ -49,20 +49,12 @@ class Node:
 @pytest.fixture
 def node(tmp_path: Path) -> Iterator[Node]:
     port = free_port()
-    log = (tmp_path / "node.log").open("wb")
+    log_path = tmp_path / "node.log"
+    log = log_path.open("wb")
     cmd = [sys.executable, str(NODE), str(tmp_path / "store"), "127.0.0.1", str(port), API, ADMIN]
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url + "/health", timeout=1).status_code == 200:
-                break
-        except httpx.TransportError:
-            time.sleep(0.1)
-    else:
-        proc.kill()
-        pytest.fail(f"node did not start: {(tmp_path / 'node.log').read_text()}")
+    wait_healthy(url, proc, log_path)
     try:
         yield Node(url, proc)
     finally:

@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from edgebox.node.pull_admin import MAX_RUNNING_PULLS
-from tests.conftest import free_port
+from tests.conftest import free_port, wait_healthy
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -50,18 +50,6 @@ class Node:
         pytest.fail(f"pull {job} did not finish in {timeout} s")
 
 
-def _wait_healthy(url: str, proc: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url + "/health", timeout=1).status_code == 200:
-                return
-        except httpx.TransportError:
-            time.sleep(0.1)
-    proc.kill()
-    pytest.fail(f"{url} did not start: {log.read_text()[-2000:]}")
-
-
 def _node(tmp_path: Path, *, allow_private: bool) -> Iterator[Node]:
     port, log = free_port(), tmp_path / "node.log"
     cmd = [sys.executable, str(HERE / "_blobnode.py"), str(tmp_path / "store"), "127.0.0.1"]
@@ -69,7 +57,7 @@ def _node(tmp_path: Path, *, allow_private: bool) -> Iterator[Node]:
     env = {**os.environ, "BLOBNODE_ALLOW_PRIVATE": "1" if allow_private else ""}
     proc = subprocess.Popen(cmd, stdout=log.open("wb"), stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}"
-    _wait_healthy(url, proc, log)
+    wait_healthy(url, proc, log)
     try:
         yield Node(url, proc)
     finally:
@@ -99,7 +87,7 @@ def www(tmp_path: Path, smollm2_path: Path) -> Iterator[str]:
     cmd = [sys.executable, str(HERE / "_fileserver.py"), str(folder), "127.0.0.1", str(port)]
     proc = subprocess.Popen(cmd, stdout=log.open("wb"), stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
-    _wait_healthy(url, proc, log)
+    wait_healthy(url, proc, log)
     try:
         yield url + "/files"
     finally:

@@ -27,7 +27,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from edgebox.api import blob_grant
-from tests.conftest import free_port
+from tests.conftest import free_port, wait_healthy
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -60,16 +60,7 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
         [*cmd, str(port), API, ADMIN], stdout=log.open("wb"), stderr=subprocess.STDOUT, env=env
     )
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url + "/health", timeout=1).status_code == 200:
-                break
-        except httpx.TransportError:
-            time.sleep(0.1)
-    else:
-        proc.kill()
-        pytest.fail(f"the node did not start: {log.read_text()[-2000:]}")
+    wait_healthy(url, proc, log)
     try:
         yield Node(url, port, proc)
     finally:
