@@ -2,14 +2,16 @@
 
 Wire format of a snapshot (`application/x-edgebox-kv`), streamed in chunks both ways:
 
-    b"EBKV1\\n" + JSON header + b"\\n" + raw llama.cpp sequence state
+    b"EBKV1\\n" + JSON header + b"\\n" + raw llama.cpp sequence state + logits
 
-The header holds the fingerprint, the prefilled token ids and the byte count, so a
+The header holds the fingerprint, the prefilled token ids and the byte counts of the state
+(`bytes`) and of the float32 logits after the last token (`logits`, 0 when absent), so a
 receiver refuses an incompatible or oversized snapshot before reading the payload.
 
 Routes:
 - `POST /v1/edgebox/kv/prefill`: body as for chat or completions (one prompt). Prefills
-  all but the prompt's last token and streams the snapshot back.
+  the prompt and streams the snapshot back, with the logits after its last token: the
+  node that imports it samples the first token from them, exactly as an unsplit run would.
 - `PUT /v1/edgebox/kv/{model}`: upload a snapshot; answers `{"id": ...}`. A following
   `/v1/chat/completions` or `/v1/completions` with header `X-Edgebox-KV: <id>` imports it
   instead of prefilling those tokens (single use; expires after `KVStore.ttl_s`).
@@ -47,19 +49,26 @@ from edgebox.runtimes.base import (
 
 CHUNK_BYTES = 1 << 20
 _MAX_HEADER_BYTES = 16 << 20
+_MAX_LOGITS_BYTES = 4 << 22  # float32 logits for a vocabulary of up to 4M tokens
 
 
 def encode_header(kv: KVSnapshot) -> bytes:
-    header = {"fingerprint": dict(kv.fingerprint), "tokens": list(kv.tokens), "bytes": len(kv.data)}
+    header = {
+        "fingerprint": dict(kv.fingerprint),
+        "tokens": list(kv.tokens),
+        "bytes": len(kv.data),
+        "logits": len(kv.logits),
+    }
     return MAGIC + json.dumps(header, separators=(",", ":")).encode() + b"\n"
 
 
 def iter_snapshot(kv: KVSnapshot, chunk: int = CHUNK_BYTES) -> AsyncIterator[bytes]:
     async def chunks() -> AsyncIterator[bytes]:
         yield encode_header(kv)
-        view = memoryview(kv.data)
-        for start in range(0, len(view), chunk):
-            yield bytes(view[start : start + chunk])
+        for part in (kv.data, kv.logits):
+            view = memoryview(part)
+            for start in range(0, len(view), chunk):
+                yield bytes(view[start : start + chunk])
 
     return chunks()
 
@@ -68,7 +77,12 @@ def iter_snapshot(kv: KVSnapshot, chunk: int = CHUNK_BYTES) -> AsyncIterator[byt
 class SnapshotHeader:
     fingerprint: Mapping[str, str]
     tokens: Sequence[int]
-    n_bytes: int
+    n_bytes: int  # the sequence state
+    n_logits: int = 0  # bytes of logits after it
+
+    @property
+    def total(self) -> int:
+        return self.n_bytes + self.n_logits
 
 
 def _bad_snapshot(message: str) -> APIError:
@@ -81,11 +95,14 @@ def parse_header(line: bytes) -> SnapshotHeader:
         fingerprint = {str(k): str(v) for k, v in data["fingerprint"].items()}
         tokens = [int(t) for t in data["tokens"]]
         n_bytes = int(data["bytes"])
+        n_logits = int(data.get("logits", 0))
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise _bad_snapshot(f"unreadable header ({exc})") from exc
     if n_bytes <= 0 or not tokens:
         raise _bad_snapshot("empty snapshot")
-    return SnapshotHeader(fingerprint, tokens, n_bytes)
+    if not 0 <= n_logits <= _MAX_LOGITS_BYTES or n_logits % 4:
+        raise _bad_snapshot(f"{n_logits} bytes of logits is not a float32 vocabulary row")
+    return SnapshotHeader(fingerprint, tokens, n_bytes, n_logits)
 
 
 async def read_snapshot(
@@ -114,22 +131,22 @@ async def read_snapshot(
             problem = fingerprint_mismatch(expected, header.fingerprint)
             if problem:
                 raise APIError(409, problem, param="fingerprint", code="kv_incompatible")
-            if header.n_bytes > max_bytes:
+            if header.total > max_bytes:
                 raise APIError(
                     413,
-                    f"the KV snapshot is {header.n_bytes} bytes; "
-                    f"this node takes at most {max_bytes}",
+                    f"the KV snapshot is {header.total} bytes; this node takes at most {max_bytes}",
                     code="request_too_large",
                 )
-            reserve(header.n_bytes)
+            reserve(header.total)
             del buf[: end + 1]
-        if len(buf) > header.n_bytes:
-            raise _bad_snapshot(f"more than the {header.n_bytes} bytes its header declares")
+        if len(buf) > header.total:
+            raise _bad_snapshot(f"more than the {header.total} bytes its header declares")
     if header is None:
         raise _bad_snapshot("no header")
-    if len(buf) != header.n_bytes:
-        raise _bad_snapshot(f"{len(buf)} bytes received, {header.n_bytes} declared")
-    return KVSnapshot(header.fingerprint, tuple(header.tokens), bytes(buf))
+    if len(buf) != header.total:
+        raise _bad_snapshot(f"{len(buf)} bytes received, {header.total} declared")
+    data, logits = bytes(buf[: header.n_bytes]), bytes(buf[header.n_bytes :])
+    return KVSnapshot(header.fingerprint, tuple(header.tokens), data, logits)
 
 
 @dataclass(frozen=True)
@@ -171,13 +188,13 @@ class KVStore:
     def used_bytes(self) -> int:
         with self._lock:
             self._expire(time.monotonic())
-            return sum(len(held.kv.data) for held in self._items.values())
+            return sum(held.kv.size for held in self._items.values())
 
     def _client_use(self, client: str) -> tuple[int, int]:
         """Uploads and bytes the client holds: stored and still arriving."""
         mine = [h for h in self._items.values() if h.client == client]
         uploads = len(mine) + self._arriving.get(client, 0)
-        return uploads, sum(len(h.kv.data) for h in mine) + self._reserved.get(client, 0)
+        return uploads, sum(h.kv.size for h in mine) + self._reserved.get(client, 0)
 
     def _client_limit(self, client: str, message: str) -> APIError:
         deadlines = [h.deadline for h in self._items.values() if h.client == client]
@@ -216,9 +233,7 @@ class KVStore:
                         f"this client holds {mine} bytes of KV uploads awaiting use; this "
                         f"{n}-byte snapshot would pass the {self.per_client_bytes}-byte limit",
                     )
-                used = sum(self._reserved.values()) + sum(
-                    len(h.kv.data) for h in self._items.values()
-                )
+                used = sum(self._reserved.values()) + sum(h.kv.size for h in self._items.values())
                 if used + n > self.max_bytes:
                     raise APIError(
                         503,
@@ -306,7 +321,7 @@ async def check_upload(runtime: Runtime, kv: KVSnapshot, timeout: float | None) 
 
 
 async def prefill_export(runtime: Runtime, prompt: Sequence[int], timeout: float | None) -> Any:
-    """Prefill prompt[:-1] and return the FinishEvent holding its snapshot."""
+    """Prefill the prompt and return the FinishEvent holding its snapshot (with logits)."""
     if len(prompt) < 2:
         raise APIError(400, "the prompt must be at least 2 tokens to split", param="messages")
     loop = asyncio.get_running_loop()
@@ -318,7 +333,7 @@ async def prefill_export(runtime: Runtime, prompt: Sequence[int], timeout: float
                 loop.call_soon_threadsafe(done.set_result, event)
 
     await asyncio.to_thread(runtime.kv_fingerprint)  # the model hash, off the engine thread
-    request = GenerationRequest(prompt_tokens=list(prompt[:-1]), export_kv=True, timeout=timeout)
+    request = GenerationRequest(prompt_tokens=list(prompt), export_kv=True, timeout=timeout)
     try:
         handle = runtime.submit(request, sink)
     except QueueFullError as exc:

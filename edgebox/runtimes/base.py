@@ -70,12 +70,21 @@ class KVSnapshot:
     """One sequence's KV cache, taken after prefilling `tokens`, as opaque backend bytes.
 
     `fingerprint` names everything the bytes depend on; an engine imports a snapshot
-    only when the fingerprints are equal.
+    only when the fingerprints are equal. `logits`, when the exporter took them, are the
+    raw float32 logits after the last token (one per vocabulary entry): a request whose
+    prompt is exactly `tokens` samples its first token from them, as a fresh run of the
+    prompt would, instead of decoding the last token again.
     """
 
     fingerprint: Mapping[str, str]
     tokens: Sequence[int]
     data: bytes
+    logits: bytes = b""
+
+    @property
+    def size(self) -> int:
+        """Bytes held: the state and the logits."""
+        return len(self.data) + len(self.logits)
 
 
 def fingerprint_mismatch(ours: Mapping[str, str], theirs: Mapping[str, str]) -> str | None:

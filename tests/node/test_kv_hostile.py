@@ -54,14 +54,17 @@ def export(node: NodeProcess, body: dict[str, object]) -> bytes:
     return response.content
 
 
-def split(snapshot: bytes) -> tuple[dict, bytes]:
+def split(snapshot: bytes) -> tuple[dict, bytes, bytes]:
+    """Header, sequence state and logits of a snapshot."""
     end = snapshot.index(b"\n", len(MAGIC))
-    return json.loads(snapshot[len(MAGIC) : end]), snapshot[end + 1 :]
+    header = json.loads(snapshot[len(MAGIC) : end])
+    payload = snapshot[end + 1 :]
+    return header, payload[: header["bytes"]], payload[header["bytes"] :]
 
 
-def join(header: dict, state: bytes) -> bytes:
-    header = {**header, "bytes": len(state)}
-    return MAGIC + json.dumps(header).encode() + b"\n" + state
+def join(header: dict, state: bytes, logits: bytes = b"") -> bytes:
+    header = {**header, "bytes": len(state), "logits": len(logits)}
+    return MAGIC + json.dumps(header).encode() + b"\n" + state + logits
 
 
 def cell_offsets(state: bytes) -> tuple[int, int]:
@@ -79,11 +82,11 @@ def cell_offsets(state: bytes) -> tuple[int, int]:
 
 
 def poisoned(snapshot: bytes, position: int = POISON) -> bytes:
-    header, state = split(snapshot)
+    header, state, logits = split(snapshot)
     first, count = cell_offsets(state)
     buf = bytearray(state)
     struct.pack_into("<i", buf, first + 12 * (count - 1), position)  # the last cell
-    return join(header, bytes(buf))
+    return join(header, bytes(buf), logits)
 
 
 def upload(node: NodeProcess, snapshot: bytes) -> httpx.Response:
@@ -148,7 +151,7 @@ def test_inconsistent_states_are_refused_with_the_reason(
     node: NodeProcess, damage: str, words: str
 ) -> None:
     snapshot = export(node, {"model": MODEL, "prompt": "The tallest mountains on Earth are"})
-    header, state = split(snapshot)
+    header, state, _ = split(snapshot)
     first, count = cell_offsets(state)
     buf = bytearray(state)
     if damage == "duplicate":  # the last cell repeats the first position: min/max still fine
@@ -168,6 +171,62 @@ def test_inconsistent_states_are_refused_with_the_reason(
     assert refused.status_code == 400, refused.text
     assert refused.json()["error"]["code"] == "invalid_kv"
     assert words in refused.json()["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    ("damage", "status", "words"),
+    [
+        ("short", 400, "this model's vocabulary of 49152 tokens takes 196608"),
+        ("nan", 400, "logits are not all finite"),
+        ("odd", 400, "is not a float32 vocabulary row"),
+        ("huge", 400, "is not a float32 vocabulary row"),
+    ],
+)
+def test_bad_logits_are_refused_before_they_pick_a_token(
+    node: NodeProcess, damage: str, status: int, words: str
+) -> None:
+    """A snapshot's logits decide the first token directly: their size and values are
+    checked at upload, before any request may use them."""
+    snapshot = export(node, {"model": MODEL, "prompt": "Rivers of the world, longest first:"})
+    header, state, logits = split(snapshot)
+    assert len(logits) == 4 * 49152
+    bad = {
+        "short": logits[:-8],
+        "nan": logits[:400] + struct.pack("<f", float("nan")) + logits[404:],
+        "odd": logits + b"\0",
+        "huge": logits * 100,
+    }[damage]
+    refused = upload(node, join(header, state, bad))
+    assert refused.status_code == status, refused.text
+    assert refused.json()["error"]["code"] == "invalid_kv"
+    assert words in refused.json()["error"]["message"]
+    assert chat_ok(node, 2)
+
+
+def test_a_whole_prompt_without_its_logits_is_not_a_usable_prefix(node: NodeProcess) -> None:
+    """Without the logits after its last token, a snapshot must leave a token to decode."""
+    prompt = "Mountains of the world, highest first:"
+    header, state, _ = split(export(node, {"model": MODEL, "prompt": prompt}))
+    uploaded = upload(node, join(header, state))
+    assert uploaded.status_code == 201, uploaded.text
+    used = httpx.post(
+        node.base_url + "/completions",
+        json={"model": MODEL, "prompt": prompt, "max_tokens": 4},
+        headers={KV_HEADER: uploaded.json()["id"]},
+        timeout=60,
+    )
+    assert used.status_code == 409, used.text
+    assert "not a proper prefix" in used.json()["error"]["message"]
+    longer = upload(node, join(header, state))
+    extended = httpx.post(
+        node.base_url + "/completions",
+        json={"model": MODEL, "prompt": prompt + " Everest", "max_tokens": 4},
+        headers={KV_HEADER: longer.json()["id"]},
+        timeout=60,
+    )
+    assert extended.status_code == 200, extended.text
+    cached = extended.json()["usage"]["prompt_tokens_details"]["cached_tokens"]
+    assert cached == len(header["tokens"])
 
 
 def test_one_client_cannot_hold_the_store(node: NodeProcess) -> None:

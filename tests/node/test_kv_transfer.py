@@ -57,20 +57,24 @@ def upload(node: NodeProcess, snapshot: bytes, chunk: int = 64 * 1024) -> httpx.
 def test_prefill_on_one_node_decode_on_another_matches_an_unsplit_run(
     nodes: dict[str, NodeProcess],
 ) -> None:
-    client = openai.OpenAI(base_url=nodes["decode"].base_url, api_key="x", max_retries=0)
-    unsplit = client.chat.completions.create(
+    # The reference runs on the prefill node, so the decode node has never seen the prompt and
+    # must import the snapshot; the export then reuses the logits the reference sampled from.
+    reference = openai.OpenAI(base_url=nodes["prefill"].base_url, api_key="x", max_retries=0)
+    unsplit = reference.chat.completions.create(
         model=MODEL,
         messages=MESSAGES,
         max_tokens=40,
         temperature=0,  # type: ignore[arg-type]
     )
+    client = openai.OpenAI(base_url=nodes["decode"].base_url, api_key="x", max_retries=0)
 
     headers, snapshot = prefill(nodes["prefill"], {"model": MODEL, "messages": MESSAGES})
     assert snapshot.startswith(MAGIC)
     n_tokens = int(headers["x-edgebox-kv-tokens"])
-    assert n_tokens == unsplit.usage.prompt_tokens - 1  # type: ignore[union-attr]
+    assert n_tokens == unsplit.usage.prompt_tokens  # type: ignore[union-attr]
     header = json.loads(snapshot[len(MAGIC) : snapshot.index(b"\n", len(MAGIC))])
     assert header["bytes"] == int(headers["x-edgebox-kv-bytes"]) > 100_000
+    assert header["logits"] == 4 * 49152  # float32 per SmolLM2 vocabulary entry
     assert header["fingerprint"]["n_ctx"] == "2048"
 
     uploaded = upload(nodes["decode"], snapshot)
@@ -103,7 +107,7 @@ def test_prefill_on_one_node_decode_on_another_matches_an_unsplit_run(
 def test_streamed_split_matches_too(nodes: dict[str, NodeProcess]) -> None:
     prompt = "The history of the printing press begins"
     body = {"model": MODEL, "prompt": prompt, "max_tokens": 24, "temperature": 0}
-    unsplit = httpx.post(nodes["decode"].base_url + "/completions", json=body, timeout=60).json()
+    unsplit = httpx.post(nodes["prefill"].base_url + "/completions", json=body, timeout=60).json()
     _, snapshot = prefill(nodes["prefill"], {"model": MODEL, "prompt": prompt})
     handle = upload(nodes["decode"], snapshot).json()["id"]
     client = openai.OpenAI(base_url=nodes["decode"].base_url, api_key="x", max_retries=0)
@@ -117,6 +121,40 @@ def test_streamed_split_matches_too(nodes: dict[str, NodeProcess]) -> None:
     )
     text = "".join(c.choices[0].text for c in stream if c.choices)
     assert text == unsplit["choices"][0]["text"]
+
+
+def test_sampled_split_draws_the_same_first_token_and_logprobs(
+    nodes: dict[str, NodeProcess],
+) -> None:
+    """A seeded, sampled request through the sampler chain, with log-probabilities: the decode
+    node samples the first token from the exporter's logits, so text and figures agree."""
+    prompt = "A list of unusual pets: 1."
+    body = {
+        "model": MODEL,
+        "prompt": prompt,
+        "max_tokens": 12,
+        "temperature": 1.3,
+        "seed": 11,
+        "logprobs": 3,
+    }
+    here = nodes["prefill"].base_url + "/completions"
+    unsplit = httpx.post(here, json=body, timeout=60).json()["choices"][0]
+    _, snapshot = prefill(nodes["prefill"], {"model": MODEL, "prompt": prompt})
+    handle = upload(nodes["decode"], snapshot).json()["id"]
+    there = nodes["decode"].base_url + "/completions"
+    split = httpx.post(there, json=body, headers={KV_HEADER: handle}, timeout=60).json()
+    assert (
+        split["usage"]["prompt_tokens_details"]["cached_tokens"] == split["usage"]["prompt_tokens"]
+    )
+    choice = split["choices"][0]
+    assert choice["text"] == unsplit["text"]
+    assert choice["logprobs"]["tokens"] == unsplit["logprobs"]["tokens"]
+    assert choice["logprobs"]["token_logprobs"][0] == pytest.approx(
+        unsplit["logprobs"]["token_logprobs"][0], abs=1e-5
+    )
+    assert choice["logprobs"]["top_logprobs"][0] == pytest.approx(
+        unsplit["logprobs"]["top_logprobs"][0], abs=1e-5
+    )
 
 
 def test_incompatible_snapshot_is_refused_before_its_payload(

@@ -191,6 +191,15 @@ def test_kv_snapshot_continues_exactly_in_another_engine(
     )
     whole, _ = submit(runtime, GenerationRequest(prompt, GREEDY, max_tokens=24))
     whole.wait()
+    # The same prompt again starts from the logits kept after it: no token decoded twice,
+    # and the same text however the first run's last token was batched.
+    again, _ = submit(runtime, GenerationRequest(prompt, GREEDY, max_tokens=24))
+    assert again.wait().cached_tokens == len(prompt)
+    assert again.ids == whole.ids
+    exported_all, _ = submit(runtime, GenerationRequest(prompt, export_kv=True))
+    kv_all = exported_all.wait().kv
+    assert kv_all is not None and list(kv_all.tokens) == prompt
+    assert len(kv_all.logits) == 4 * runtime.engine.model.n_vocab
     exported, _ = submit(runtime, GenerationRequest(prompt[:-1], export_kv=True))
     finish = exported.wait()
     assert finish.reason == "stop" and finish.kv is not None and finish.completion_tokens == 0
@@ -208,7 +217,12 @@ def test_kv_snapshot_continues_exactly_in_another_engine(
         assert split_finish.cached_tokens == len(prompt) - 1  # only the last token prefilled
         assert split.ids == whole.ids
 
-        with pytest.raises(KVMismatchError, match="not a proper prefix"):
+        # The whole prompt with the logits after it: the first token comes from those.
+        whole_split, _ = submit(other, GenerationRequest(prompt, GREEDY, max_tokens=24, kv=kv_all))
+        assert whole_split.wait().cached_tokens == len(prompt)
+        assert whole_split.ids == whole.ids
+
+        with pytest.raises(KVMismatchError, match="not a prefix"):
             other.submit(GenerationRequest([*prompt[:5], 1], GREEDY, kv=kv), Timeline())
         # Imported cells are never offered to another request's prefix match.
         reuse, _ = submit(other, GenerationRequest(prompt, GREEDY, max_tokens=4))

@@ -280,20 +280,19 @@ class LlamaCppEngine(Stepping, Healing, KVTransfer):
             if not self._import(slot, kv) and job.probe:
                 self._finish_job(job, "error", "llama.cpp refused the KV state", code=KV_INVALID)
                 return
-        keep = min(common_prefix_len(slot.cached, prompt), len(prompt) - 1)
+        # At least the prompt's last token is decoded (`keep` < len), its logits giving the
+        # first sampled token in the same step as the rest of the prompt's last chunk; unless
+        # the slot holds the whole prompt with the logits after it (the same prompt again, or
+        # a snapshot of it with its logits).
+        given = slot.logits_after(prompt)
+        keep = len(prompt) if given is not None else len(prompt) - 1
+        keep = min(common_prefix_len(slot.cached, prompt), keep)
         if not llama_cpp.llama_memory_seq_rm(self.memory, slot.seq_id, keep, -1):
             llama_cpp.llama_memory_seq_rm(self.memory, slot.seq_id, -1, -1)
-            keep = 0
-        slot.cached = prompt[:keep]
-        slot.blocks.truncate(keep)  # an imported slot has none: not shared
+            keep, given = 0, None
+        slot.keep(prompt, keep)
         job.cached_tokens = keep
-        if job.request.export_kv:
-            job.pending = prompt[keep:]
-        else:
-            # The last prompt token always goes through a decode step of its own, so the
-            # first sampled token is computed the same way whether the prefix was just
-            # prefilled, reused from a slot, or imported from another node's KV.
-            job.pending, job.next_token = prompt[keep:-1], prompt[-1]
+        job.pending, job.given_logits = prompt[keep:], given
         job.admitted = time.monotonic()
         if not job.probe:
             self._metrics.totals(prompt=len(prompt), cached=keep)

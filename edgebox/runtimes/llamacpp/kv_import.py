@@ -13,6 +13,7 @@ from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
 
 import llama_cpp
+import numpy as np
 
 from edgebox.runtimes.base import (
     BackendError,
@@ -55,6 +56,20 @@ def validate(engine: LlamaCppEngine, kv: KVSnapshot) -> None:
         validate_state(kv.data, reference, len(kv.tokens), limits)
     except KVFormatError as exc:
         raise KVInvalidError(f"the KV state does not hold what its header claims: {exc}") from exc
+    if kv.logits:
+        _validate_logits(kv.logits, engine.model.n_vocab)
+
+
+def _validate_logits(logits: bytes, n_vocab: int) -> None:
+    """A snapshot's logits must be one finite float32 per vocabulary entry: they decide the
+    first token directly."""
+    if len(logits) != 4 * n_vocab:
+        raise KVInvalidError(
+            f"the snapshot's logits are {len(logits)} bytes; this model's vocabulary of "
+            f"{n_vocab} tokens takes {4 * n_vocab}"
+        )
+    if not np.isfinite(np.frombuffer(logits, np.float32)).all():
+        raise KVInvalidError("the snapshot's logits are not all finite numbers")
 
 
 def probe_request(kv: KVSnapshot, timeout: float | None) -> GenerationRequest:
@@ -103,10 +118,12 @@ class KVTransfer:
         if problem:
             raise KVMismatchError(problem)
         n = len(kv.tokens)
-        if not n or n >= len(prompt) or list(prompt[:n]) != list(kv.tokens):
+        # Without the logits after its last token a snapshot must leave a token to decode.
+        longest = len(prompt) if kv.logits else len(prompt) - 1
+        if not n or n > longest or list(prompt[:n]) != list(kv.tokens):
+            what = "a prefix" if kv.logits else "a proper prefix"
             raise KVMismatchError(
-                f"the KV snapshot's {n} tokens are not a proper prefix of this "
-                f"{len(prompt)}-token prompt"
+                f"the KV snapshot's {n} tokens are not {what} of this {len(prompt)}-token prompt"
             )
 
     def kv_reference(self, timeout: float) -> StateLayout:
@@ -147,8 +164,11 @@ class KVTransfer:
             return False
         slot.cached = list(kv.tokens)
         slot.imported = True
+        if kv.logits:
+            slot.prompt_logits = (len(kv.tokens), np.frombuffer(kv.logits, np.float32))
         return True
 
-    def _export(self, slot: Slot) -> KVSnapshot:
+    def _export(self, slot: Slot, logits: np.ndarray) -> KVSnapshot:
+        """The slot's sequence state, with the logits after its last token (`logits`)."""
         data = save_sequence(self.ctx, slot.seq_id)
-        return KVSnapshot(self.fingerprint(), tuple(slot.cached), data)
+        return KVSnapshot(self.fingerprint(), tuple(slot.cached), data, logits.tobytes())

@@ -101,20 +101,44 @@ def _row(n_vocab: int) -> type[ctypes.Array[ctypes.c_float]]:
     return ctypes.c_float * n_vocab
 
 
-def greedy_token(model: LlamaCppModel, ctx: object, index: int, ban_eog: bool) -> int:
-    """llama.cpp's greedy choice (the first highest logit) read straight off logits row `index`.
+def logits_row(model: LlamaCppModel, ctx: object, index: int) -> np.ndarray:
+    """Logits row `index` of the last decode as a float32 array over the context's own buffer
+    (no copy: valid until the next decode)."""
+    logits = llama_cpp.llama_get_logits_ith(ctx, index)
+    view = _row(model.n_vocab).from_address(ctypes.addressof(logits.contents))
+    return np.frombuffer(memoryview(view), np.float32)
+
+
+def greedy_token(model: LlamaCppModel, row: np.ndarray, ban_eog: bool) -> int:
+    """llama.cpp's greedy choice (the first highest logit) read straight off a logits row.
 
     The sampler chain first copies the whole vocabulary into a candidate array: ~140 µs a token
     for SmolLM2's 49k entries on a Xeon core, against ~4 µs for this argmax. With `ban_eog`
     (ignore_eos) end-of-generation tokens never win; the row itself is left as it was."""
-    logits = llama_cpp.llama_get_logits_ith(ctx, index)
-    view = _row(model.n_vocab).from_address(ctypes.addressof(logits.contents))
-    row = np.frombuffer(memoryview(view), np.float32)  # no copy
     token = int(row.argmax())
     if ban_eog and token in model.eog_set:
         row = row.copy()
         row[list(model.eog_tokens)] = -np.inf
         token = int(row.argmax())
+    return token
+
+
+_CANDIDATE = np.dtype([("id", "<i4"), ("logit", "<f4"), ("p", "<f4")])  # llama_token_data
+
+
+def chain_token(chain: ctypes.c_void_p, row: np.ndarray) -> int:
+    """What `llama_sampler_sample` picks, for a logits row that is not in the context (a
+    snapshot's): the chain applied to every token as a candidate, then told its choice."""
+    candidates = np.zeros(len(row), _CANDIDATE)
+    candidates["id"] = np.arange(len(row), dtype=np.int32)
+    candidates["logit"] = row
+    data = candidates.ctypes.data_as(ctypes.POINTER(llama_cpp.llama_token_data))
+    array = llama_cpp.llama_token_data_array(data, len(row), -1, False)
+    llama_cpp.llama_sampler_apply(chain, ctypes.byref(array))
+    if not 0 <= array.selected < array.size:
+        raise SamplingError("the sampler chain selected no token", "logits")
+    token = int(array.data[array.selected].id)
+    llama_cpp.llama_sampler_accept(chain, token)
     return token
 
 
@@ -245,10 +269,10 @@ def free_sampler(chain: ctypes.c_void_p | None) -> None:
 
 
 def token_logprobs(
-    model: LlamaCppModel, logits_ptr: object, token: int, top_n: int
+    model: LlamaCppModel, row: np.ndarray, token: int, top_n: int
 ) -> tuple[TokenLogprob, tuple[TokenLogprob, ...]]:
     """Log-probability of `token` under the model's raw distribution, plus the top `top_n`."""
-    logits = np.ctypeslib.as_array(logits_ptr, shape=(model.n_vocab,)).astype(np.float64)
+    logits = row.astype(np.float64)
     peak = logits.max()
     logsumexp = peak + np.log(np.exp(logits - peak).sum())
 

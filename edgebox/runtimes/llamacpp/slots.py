@@ -8,6 +8,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from edgebox.runtimes.jobs import GenerationJob
 from edgebox.runtimes.prefix_blocks import BlockChain
 from edgebox.runtimes.text import StopMatcher, TokenTextDecoder
@@ -24,20 +26,20 @@ class SlotJob(GenerationJob):
     pending: list[int] = field(default_factory=list)  # prompt tokens still to prefill
     cached_tokens: int = 0
     generated: int = 0
-    next_token: int | None = None  # to decode next: the prompt's last token, then each sampled one
+    next_token: int | None = None  # the last sampled token, to decode next
+    # An imported prompt's first token comes from its exporter's logits, with no decode.
+    given_logits: np.ndarray | None = None
     decoder: TokenTextDecoder = field(default_factory=TokenTextDecoder)
     # A trial of an uploaded KV snapshot: it must import, and its one decoded token must give
     # finite logits; it counts in no statistics.
     probe: bool = False
 
     def readmit(self, held: Sequence[int]) -> None:
-        """Feed the `held` tokens (whose KV cells were lost) again before what was pending; the
-        last token still goes through a decode of its own, as on first admission."""
-        tokens = [*held, *self.pending, *([] if self.next_token is None else [self.next_token])]
-        if self.request.export_kv:
-            self.pending, self.next_token = tokens, None
-        else:
-            self.pending, self.next_token = tokens[:-1], tokens[-1]
+        """Feed the `held` tokens (whose KV cells were lost) again before what was pending and
+        the sampled token not yet decoded; sampling resumes after the last of them."""
+        next_token = [] if self.next_token is None else [self.next_token]
+        self.pending, self.next_token = [*held, *self.pending, *next_token], None
+        self.given_logits = None  # the last of them gives the logits again
 
 
 @dataclass(eq=False)
@@ -50,21 +52,40 @@ class Slot:
     # so they are never offered to another request's prefix match.
     imported: bool = False
     blocks: BlockChain = field(default_factory=BlockChain)  # chained hashes of `cached`
+    # The logits after the first n cached tokens (a prompt), kept from when its first token
+    # was sampled (or from an imported snapshot): the same prompt again samples from them
+    # instead of decoding its last token once more, and so starts exactly as it did.
+    prompt_logits: tuple[int, np.ndarray] | None = None
+
+    def logits_after(self, prompt: Sequence[int]) -> np.ndarray | None:
+        """The kept logits, when they follow exactly `prompt`."""
+        if self.prompt_logits is None:
+            return None
+        n, row = self.prompt_logits
+        return row if n == len(prompt) and self.cached[:n] == list(prompt) else None
+
+    def keep(self, prompt: Sequence[int], n: int) -> None:
+        """Hold the first `n` tokens of `prompt` (the cells after them are gone)."""
+        self.cached = list(prompt[:n])
+        self.blocks.truncate(n)  # an imported slot has none: not shared
+        if self.prompt_logits is not None and self.prompt_logits[0] > n:
+            self.prompt_logits = None
 
     def clear(self) -> None:
         self.cached = []
         self.imported = False
         self.blocks.truncate(0)
+        self.prompt_logits = None
 
 
 @dataclass(eq=False)
 class Part:
-    """One slot's tokens in a decode step: a prompt chunk, or one token to sample after."""
+    """One slot's tokens in a decode step: a prompt chunk, or the last sampled token."""
 
     slot: Slot
     start: int  # position of the first token
     tokens: list[int]
-    logits: bool  # the (single) token is sampled after the decode
+    logits: bool  # a token is sampled from the logits of the part's last token
     export: bool = False  # the prompt is then complete: export the sequence's KV
 
 
@@ -107,7 +128,8 @@ class BatchArrays:
             n_seq_id[i] = 1
 
     def fill(self, parts: Sequence[Part]) -> list[tuple[Part, int]]:
-        """Lay `parts` out in the batch; each part's last row (where its logits are)."""
+        """Lay `parts` out in the batch; each part's last row (the only one that may want
+        logits: a prompt's earlier tokens need none)."""
         token, pos, logits, seq = self.token, self.pos, self.logits, self.seq
         n = 0
         rows: list[tuple[Part, int]] = []
@@ -117,8 +139,9 @@ class BatchArrays:
                 token[n] = t
                 pos[n] = start + i
                 seq[n][0] = seq_id
-                logits[n] = want
+                logits[n] = False
                 n += 1
+            logits[n - 1] = want
             rows.append((part, n - 1))
         self.batch.n_tokens = n
         return rows

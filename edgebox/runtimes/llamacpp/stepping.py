@@ -10,13 +10,19 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import llama_cpp
+import numpy as np
 
-from edgebox.runtimes.base import FinishReason, KVSnapshot, TokenEvent
+from edgebox.runtimes.base import FinishReason, KVSnapshot, SamplingError, TokenEvent
 from edgebox.runtimes.jobs import JobMetrics
 from edgebox.runtimes.llamacpp.kv_state import logits_finite
 from edgebox.runtimes.llamacpp.model import LlamaCppModel
 from edgebox.runtimes.llamacpp.recovery import KV_INVALID
-from edgebox.runtimes.llamacpp.sampling import greedy_token, token_logprobs
+from edgebox.runtimes.llamacpp.sampling import (
+    chain_token,
+    greedy_token,
+    logits_row,
+    token_logprobs,
+)
 from edgebox.runtimes.llamacpp.slots import BatchArrays, Part, Slot
 
 # A step measures the prefill rate when it carries at least this many prompt tokens and they
@@ -55,7 +61,7 @@ class Stepping:
 
         def _decode_failed(self, parts: Sequence[Part], rc: int) -> None: ...
 
-        def _export(self, slot: Slot) -> KVSnapshot: ...
+        def _export(self, slot: Slot, logits: np.ndarray) -> KVSnapshot: ...
 
         def _release(
             self,
@@ -74,6 +80,9 @@ class Stepping:
                 self._release(slot, "cancelled")
             elif job and job.overdue(t):
                 self._release(slot, "timeout", error=job.timeout_message("generating"))
+        for slot in self._slots:
+            if slot.job is not None and slot.job.given_logits is not None:
+                self._sample_given(slot)
         parts = self._plan()
         if not parts:
             return
@@ -83,7 +92,7 @@ class Stepping:
             self._decode_failed(parts, rc)  # recovery.Healing
             return
         n = sum(len(p.tokens) for p in parts)
-        n_sampled = sum(p.logits for p in parts)
+        n_sampled = sum(p.logits and not p.export for p in parts)
         n_prompt = n - n_sampled
         if _prefill_dominated(n, n_prompt):
             llama_cpp.llama_synchronize(self.ctx)  # GPU backends return before the work ends
@@ -112,8 +121,9 @@ class Stepping:
             assert job is not None
             chunk, job.pending = job.pending[:budget], job.pending[budget:]
             budget -= len(chunk)
-            export = job.request.export_kv and not job.pending
-            parts.append(Part(slot, len(slot.cached), chunk, logits=False, export=export))
+            done = not job.pending  # then sample after it, or export the prompt's KV and logits
+            export = done and job.request.export_kv
+            parts.append(Part(slot, len(slot.cached), chunk, logits=done, export=export))
         for part in parts:
             part.slot.cached.extend(part.tokens)
             part.slot.blocks.extended(part.slot.cached)
@@ -127,35 +137,76 @@ class Stepping:
     def _after_decode(self, rows: Sequence[tuple[Part, int]]) -> None:
         """Sample the decoding parts, then export the parts whose prompt is complete."""
         for part, index in rows:
-            if part.logits and part.slot.job is not None:
+            if part.logits and not part.export and part.slot.job is not None:
                 self._sample(part.slot, index)
-        for part, _ in rows:
-            if not part.export or part.slot.job is None:
-                continue
-            try:
-                snapshot = self._export(part.slot)
-            except Exception as exc:  # only this request fails, not the whole batch
-                self._release(part.slot, "error", error=f"KV export failed: {exc}")
-            else:
-                self._release(part.slot, "stop", kv=snapshot)
+        for part, index in rows:
+            if part.export and part.slot.job is not None:
+                self._export_prompt(part.slot, logits_row(self.model, self.ctx, index))
+
+    def _export_prompt(self, slot: Slot, logits: np.ndarray) -> None:
+        """End an export request with its sequence's KV and the logits after its prompt
+        (kept too: the same prompt here then starts exactly as the importer does)."""
+        if slot.prompt_logits is None or slot.prompt_logits[1] is not logits:
+            slot.prompt_logits = (len(slot.cached), logits.copy())
+        try:
+            snapshot = self._export(slot, logits)
+        except Exception as exc:  # only this request fails, not the whole batch
+            self._release(slot, "error", error=f"KV export failed: {exc}")
+        else:
+            self._release(slot, "stop", kv=snapshot)
 
     def _sample(self, slot: Slot, index: int) -> None:
+        job = slot.job
+        assert job is not None
+        if job.probe and not logits_finite(self.ctx, index, self.model.n_vocab):
+            error = "the uploaded KV state makes the model compute non-finite logits"
+            self._release(slot, "error", error=error, code=KV_INVALID)
+            return
+        row = None
+        if job.greedy:
+            row = logits_row(self.model, self.ctx, index)
+            token = greedy_token(self.model, row, job.request.sampling.ignore_eos)
+        else:
+            token = llama_cpp.llama_sampler_sample(job.sampler, self.ctx, index)
+        first = job.generated == 0 and not job.probe
+        if row is None and (first or job.request.sampling.logprobs is not None):
+            row = logits_row(self.model, self.ctx, index)
+        if first:  # the prompt's own logits, for the same prompt again
+            assert row is not None
+            slot.prompt_logits = (len(slot.cached), row.copy())
+        self._emit(slot, token, row)
+
+    def _sample_given(self, slot: Slot) -> None:
+        """The first token of a prompt whose logits the slot holds (kept from the same prompt
+        before, or imported with a snapshot of it): sampled from those, as the step that
+        ended that prefill did, with no decode here."""
+        job = slot.job
+        assert job is not None and job.given_logits is not None
+        row, job.given_logits = job.given_logits, None
+        slot.prompt_logits = (len(slot.cached), row)
+        if job.request.export_kv:  # nothing left to prefill
+            self._export_prompt(slot, row)
+            return
+        try:
+            if job.greedy:
+                token = greedy_token(self.model, row, job.request.sampling.ignore_eos)
+            else:
+                token = chain_token(job.sampler, row)
+        except SamplingError as exc:
+            self._release(slot, "error", error=str(exc))
+            return
+        self._emit(slot, token, row)
+
+    def _emit(self, slot: Slot, token: int, row: np.ndarray | None) -> None:
+        """Hand the sampled token to the request (with its log-probabilities when asked, read
+        off `row`), then end the request or queue the token for the next decode."""
         job = slot.job
         assert job is not None
         top_n = job.request.sampling.logprobs
         logprob = None
         top: tuple = ()
-        if job.probe and not logits_finite(self.ctx, index, self.model.n_vocab):
-            error = "the uploaded KV state makes the model compute non-finite logits"
-            self._release(slot, "error", error=error, code=KV_INVALID)
-            return
-        if job.greedy:
-            token = greedy_token(self.model, self.ctx, index, job.request.sampling.ignore_eos)
-        else:
-            token = llama_cpp.llama_sampler_sample(job.sampler, self.ctx, index)
-        if top_n is not None:
-            logits = llama_cpp.llama_get_logits_ith(self.ctx, index)
-            logprob, top = token_logprobs(self.model, logits, token, top_n)
+        if top_n is not None and row is not None:
+            logprob, top = token_logprobs(self.model, row, token, top_n)
         if self.model.is_eog(token):
             self._release(slot, "stop")
             return
