@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 
 from edgebox.fleet import tokens
-from edgebox.fleet.hub.store import _MIGRATIONS, HubStore, JoinRefused, Registration
+from edgebox.fleet.hub.repository import JoinRefused, Registration
+from edgebox.fleet.hub.store import HubStore
+from edgebox.fleet.hub.store.schema import MIGRATIONS
 
 
 def reg(name: str | None = None, hostname: str = "box", key: str = "A") -> Registration:
@@ -106,7 +108,7 @@ def test_a_box_name_from_its_hostname_is_sanitized(tmp_path: Path) -> None:
 
 def test_refused_redeems_cannot_grow_the_event_log(tmp_path: Path, monkeypatch) -> None:
     """Finding 4: every bad redeem used to add an event row (94 KB -> 4.3 MB for 1,000)."""
-    from edgebox.fleet.hub import store as store_module
+    from edgebox.fleet.hub.store import events as event_log
 
     store = HubStore(tmp_path / "hub.sqlite3")
     for i in range(2000):
@@ -119,11 +121,11 @@ def test_refused_redeems_cannot_grow_the_event_log(tmp_path: Path, monkeypatch) 
         store.redeem("tok_late", "wrong", reg(), now=1000)
     assert len([e for e in store.events() if e["kind"] == "join_refused"]) == 2
     # Every other event is kept up to the cap, newest first.
-    monkeypatch.setattr(store_module, "MAX_EVENTS", 150)
+    monkeypatch.setattr(event_log, "MAX_EVENTS", 150)
     for _ in range(400):
         store.create_token(ttl=60, name=None, now=2000)
     count = store._db.execute("SELECT COUNT(*) FROM events").fetchone()[0]
-    assert 150 <= count < 150 + store_module.TRIM_EVERY
+    assert 150 <= count < 150 + event_log.TRIM_EVERY
     assert store.events(limit=1)[0]["kind"] == "token_create"
 
 
@@ -142,7 +144,7 @@ def test_schema_is_versioned_and_reopens(tmp_path: Path) -> None:
 def test_a_version_2_data_dir_gains_api_url_and_keeps_its_nodes(tmp_path: Path) -> None:
     path = tmp_path / "hub.sqlite3"
     old = sqlite3.connect(path, isolation_level=None)  # a hub data dir from before api_url
-    for step, script in enumerate(_MIGRATIONS[:2], start=1):
+    for step, script in enumerate(MIGRATIONS[:2], start=1):
         old.executescript(f"BEGIN; {script}; PRAGMA user_version={step}; COMMIT;")
     old.execute(
         "INSERT INTO nodes (id, name, ssh_public_key, profile, secret_hash, tunnel_port, status,"
@@ -151,7 +153,7 @@ def test_a_version_2_data_dir_gains_api_url_and_keeps_its_nodes(tmp_path: Path) 
     )
     old.close()
     store = HubStore(path)
-    assert store.schema_version() == len(_MIGRATIONS)
+    assert store.schema_version() == len(MIGRATIONS)
     assert store.node("old")["api_url"] is None  # type: ignore[index]
     beat = store.heartbeat("s3cret", {}, [], now=2, api_url="http://10.0.0.9:8080")
     assert beat is not None and beat["api_url"] == "http://10.0.0.9:8080"
@@ -163,7 +165,7 @@ def test_a_version_3_registry_with_duplicate_keys_keeps_the_newest(tmp_path: Pat
     """Old hubs never compared host keys: the upgrade revokes the older of two live holders."""
     path = tmp_path / "hub.sqlite3"
     old = sqlite3.connect(path, isolation_level=None)
-    for step, script in enumerate(_MIGRATIONS[:3], start=1):
+    for step, script in enumerate(MIGRATIONS[:3], start=1):
         old.executescript(f"BEGIN; {script}; PRAGMA user_version={step}; COMMIT;")
     for i, (node_id, key) in enumerate((("n_old", "AAAA1 a"), ("n_new", "AAAA2 b"))):
         old.execute(
@@ -174,7 +176,7 @@ def test_a_version_3_registry_with_duplicate_keys_keeps_the_newest(tmp_path: Pat
         )
     old.close()
     store = HubStore(path)
-    assert store.schema_version() == len(_MIGRATIONS)
+    assert store.schema_version() == len(MIGRATIONS)
     assert store.node("n_old")["status"] == "revoked"  # type: ignore[index]
     assert store.node("n_new")["status"] == "online"  # type: ignore[index]
     assert "key_id" not in store.node("n_new")  # type: ignore[operator]
