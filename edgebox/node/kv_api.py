@@ -67,7 +67,7 @@ def _kv_runtime(state: NodeState, model: str) -> Runtime:
 
 
 async def prefill(request: Request) -> Response:
-    """Prefill a chat or completion prompt, less its last token, and stream the KV back."""
+    """Prefill a chat or completion prompt and stream its KV (and the logits after it) back."""
     state: NodeState = request.app.state.node
     _client(request)
     data = await read_json(request, state.max_body)
