@@ -140,6 +140,16 @@ def in_process_worker(path: str, threads: int, repack: bool, tokens: int) -> Non
     no_eos = {t: -math.inf for t in range(llm.n_vocab()) if llama_cpp.llama_vocab_is_eog(vocab, t)}
     print("ready", flush=True)
     for i, line in enumerate(sys.stdin):
+        if line.startswith("ttft "):  # a TTFT alone (bench_ttft.py), after the same settle
+            time.sleep(0.5)
+            started = time.perf_counter()
+            next(
+                iter(
+                    llm.create_completion(ttft_prompt(line[5:].strip()), max_tokens=1, stream=True)
+                )
+            )
+            print(json.dumps({"ttft": time.perf_counter() - started}), flush=True)
+            continue
         started = time.perf_counter()
         stamps = [
             time.perf_counter()
