@@ -54,8 +54,8 @@ async def one_side(name: str, url: str, tag: str, out: dict[str, list[float]]) -
     async with httpx.AsyncClient(base_url=url + "/v1", timeout=600) as client:
         prompt = ttft_prompt(tag)
         for key in ("fresh", "again"):
-            await asyncio.sleep(SETTLE_S)
             before = node_ttft_total(url) if name == "edgebox" else (0.0, 0.0)
+            await asyncio.sleep(SETTLE_S)  # after the scrape: its work must not overlap
             figures = Figures()
             await measure_ttft(client, prompt, figures)
             out.setdefault(f"{name} {key}", []).extend(figures.ttft)
