@@ -23,13 +23,18 @@ from edgebox.runtimes.tool_format import ToolConstraint
 
 PENALTY_LAST_N = 64
 COMPILED_GRAMMARS = 32  # per model, most recently used
+# Below this a temperature is greedy (vLLM's rule): llama.cpp divides the logits by it, and
+# 1e-40 overflows them to infinity, the probabilities to NaN; its draw then picks a token a
+# grammar bans, and the grammar throws through the C API (the process aborts).
+MIN_TEMPERATURE = 1e-5
 
 
 def build_sampler(model: LlamaCppModel, params: SamplingParams) -> ctypes.c_void_p:
     """A llama.cpp sampler chain for one sequence; the caller frees it with `free_sampler`.
 
     Order follows llama.cpp's own: grammar mask, penalties, truncation (top-k,
-    top-p, min-p), temperature, then a seeded draw; temperature 0 is greedy.
+    top-p, min-p), temperature, then a seeded draw; temperature 0 (or below
+    MIN_TEMPERATURE) is greedy.
     """
     gbnf = grammar_for(params)
     if gbnf and params.ignore_eos:
@@ -60,7 +65,7 @@ def build_sampler(model: LlamaCppModel, params: SamplingParams) -> ctypes.c_void
                 params.presence_penalty,
             ),
         )
-    if params.temperature <= 0.0:
+    if params.temperature < MIN_TEMPERATURE:
         llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_greedy())
         return chain
     if params.top_k > 0:
@@ -83,7 +88,7 @@ def plain_greedy(params: SamplingParams) -> bool:
     """Whether the request's token is simply the highest logit (ignore_eos aside), so
     `greedy_token` can pick it without the sampler chain."""
     return (
-        params.temperature <= 0.0
+        params.temperature < MIN_TEMPERATURE
         and params.tools is None  # what grammar_for reads, without building a grammar
         and not params.grammar
         and params.json_schema is None
