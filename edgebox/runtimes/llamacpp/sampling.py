@@ -142,9 +142,13 @@ def chain_token(chain: ctypes.c_void_p, row: np.ndarray) -> int:
     llama_cpp.llama_sampler_apply(chain, ctypes.byref(array))
     if not 0 <= array.selected < array.size:
         raise SamplingError("the sampler chain selected no token", "logits")
-    token = int(array.data[array.selected].id)
-    llama_cpp.llama_sampler_accept(chain, token)
-    return token
+    chosen = array.data[array.selected]
+    # -inf is a grammar's ban and NaN an overflow: accepting such a token makes the grammar
+    # throw through llama.cpp's C API, which aborts the process.
+    if not chosen.logit > -math.inf:
+        raise SamplingError("the sampler chain drew a token its grammar banned", "logits")
+    llama_cpp.llama_sampler_accept(chain, chosen.id)
+    return int(chosen.id)
 
 
 def _bias_sampler(model: LlamaCppModel, params: SamplingParams) -> ctypes.c_void_p | None:
