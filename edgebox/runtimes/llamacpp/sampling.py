@@ -59,6 +59,7 @@ def build_sampler(model: LlamaCppModel, params: SamplingParams) -> ctypes.c_void
         llama_cpp.llama_sampler_chain_add(
             chain,
             llama_cpp.llama_sampler_init_penalties(
+                model.n_vocab,  # this llama.cpp's first argument (it was dropped, then restored)
                 PENALTY_LAST_N,
                 params.repeat_penalty,
                 params.frequency_penalty,
