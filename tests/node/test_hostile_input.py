@@ -95,6 +95,20 @@ def test_a_vanishing_temperature_with_a_schema_is_greedy_not_an_abort(
     assert content == greedy.json()["choices"][0]["message"]["content"]
 
 
+def test_a_vanishing_repeat_penalty_is_a_400_not_an_abort(hostile_node: NodeProcess) -> None:
+    """A repeated token's logit divided by a repeat_penalty of 1e-38 overflows the same way (as
+    soon as the penalties sampler works): refused, naming the field, with its range."""
+    schema = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}
+    fmt = {"type": "json_schema", "json_schema": {"name": "x", "schema": schema}}
+    body = {**GOOD_CHAT, "max_tokens": 24, "response_format": fmt, "temperature": 0.8, "seed": 2}
+    for penalty, limit in ((1e-38, "0.01"), (1e-3, "0.01"), (1e3, "100")):
+        response = post(hostile_node, "/chat/completions", {**body, "repeat_penalty": penalty})
+        assert_still_serving(hostile_node)
+        assert_refused(response, "repeat_penalty", "invalid_value", limit)
+    allowed = post(hostile_node, "/chat/completions", {**body, "repeat_penalty": 1.3})
+    assert allowed.status_code == 200, allowed.text
+
+
 def nested_schema(depth: int) -> dict[str, Any]:
     schema: dict[str, Any] = {"type": "string"}
     for _ in range(depth):
