@@ -365,6 +365,7 @@ def upload_response(key: str, model: str, kv: KVSnapshot, ttl_s: float) -> Respo
             "model": model,
             "tokens": len(kv.tokens),
             "bytes": len(kv.data),
+            "logits_bytes": len(kv.logits),
             "expires_in": ttl_s,
         },
         status_code=201,
