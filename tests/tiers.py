@@ -22,6 +22,7 @@ from __future__ import annotations
 import dis
 import inspect
 import os
+import platform
 import subprocess
 from collections.abc import Callable, Iterator
 from types import CodeType, FunctionType, ModuleType
@@ -134,6 +135,9 @@ def pytest_configure(config: pytest.Config) -> None:
     # has nothing to keep honest, and a process a system test left behind (a supervisor
     # restarting its child) could otherwise be blamed on whichever test runs next.
     config.stash[_GUARDED] = "system" in (config.getoption("markexpr", "") or "")
+    # The openai SDK's first request reads platform.platform(), which runs `uname -p` once per
+    # process; read it now, so no test is blamed for the library's one-time lookup.
+    platform.platform()
     _install_guard()
 
 

@@ -85,7 +85,7 @@ class Part:
     slot: Slot
     start: int  # position of the first token
     tokens: list[int]
-    logits: bool  # a token is sampled from the logits of the part's last token
+    logits: bool  # the logits after the part's last token are wanted: sampled from, or exported
     export: bool = False  # the prompt is then complete: export the sequence's KV
 
 
