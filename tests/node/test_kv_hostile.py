@@ -203,6 +203,18 @@ def test_bad_logits_are_refused_before_they_pick_a_token(
     assert chat_ok(node, 2)
 
 
+@pytest.mark.parametrize("declared", [-4, "196608", None, 1e30, True, [4]])
+def test_a_logits_count_that_is_no_byte_count_is_refused_at_the_header(
+    node: NodeProcess, declared: object
+) -> None:
+    header, state, logits = split(export(node, {"model": MODEL, "prompt": "Seas, saltiest first:"}))
+    line = json.dumps({**header, "bytes": len(state), "logits": declared}).encode()
+    refused = upload(node, MAGIC + line + b"\n" + state + logits)
+    assert refused.status_code == 400, refused.text
+    assert refused.json()["error"]["code"] == "invalid_kv"
+    assert chat_ok(node, 1)
+
+
 SCHEMA = {
     "type": "json_schema",
     "json_schema": {
