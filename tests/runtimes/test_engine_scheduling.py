@@ -294,6 +294,23 @@ def test_the_same_prompt_again_starts_from_the_kept_logits_and_matches(
     assert (again.reason, again.stop_sequence) == (first.reason, first.stop_sequence)
 
 
+def test_kept_logits_go_with_the_cells_they_follow(runtime: LlamaCppRuntime) -> None:
+    """A shorter prompt sharing the slot trims the cells after it, and the logits kept after
+    the longer prompt go with them: that prompt again is decoded, never given stale logits."""
+    prompt = runtime.tokenize(
+        runtime.render_chat([{"role": "user", "content": "Kept logits: name a lake in Chile."}])
+    )
+    runs = {}
+    for name, tokens in (("whole", prompt), ("again", prompt), ("short", prompt[:-3])):
+        timeline, _ = submit(runtime, GenerationRequest(tokens, GREEDY, max_tokens=4))
+        runs[name] = timeline.wait().cached_tokens
+    timeline, _ = submit(runtime, GenerationRequest(prompt, GREEDY, max_tokens=4))
+    after = timeline.wait().cached_tokens
+    assert runs["again"] == len(prompt)  # the kept logits, with the cells they follow
+    assert runs["short"] == len(prompt) - 4  # the shorter prompt's last token is decoded
+    assert after < len(prompt)  # decoded on its cells, not given the longer prompt's logits
+
+
 def test_auto_parallel_sizes_slots_from_kv_and_memory(smollm2_path: Path) -> None:
     gib = 1 << 30
     assert auto_parallel(23_040, 4096, 16 * gib) == 8  # small model: capped at 8
