@@ -116,7 +116,8 @@ class _SamplingFields(_Wire):
     # llama.cpp-style extensions, as llama-server and Ollama accept them
     top_k: int = Field(0, ge=0, le=C_INT)
     min_p: float = Field(0.0, ge=0.0, le=1.0)
-    repeat_penalty: float = Field(1.0, gt=0.0)
+    # llama.cpp divides a repeated token's logit by it: a vanishing one overflows to NaN
+    repeat_penalty: float = Field(1.0, ge=0.01, le=100.0)
     grammar: str | None = None
     # OpenAI's: token id (a string key) -> a bias added to its logit, -100 (ban) to 100
     logit_bias: dict[str, float] | None = None

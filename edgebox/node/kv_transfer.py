@@ -89,13 +89,20 @@ def _bad_snapshot(message: str) -> APIError:
     return APIError(400, f"not an edgebox KV snapshot: {message}", param="body", code="invalid_kv")
 
 
+def _byte_count(value: object, key: str) -> int:
+    """A header's byte count: a JSON integer (not a string, a float or a boolean)."""
+    if type(value) is not int:
+        raise ValueError(f"'{key}' is {json.dumps(value)[:40]}, not a whole number")
+    return value
+
+
 def parse_header(line: bytes) -> SnapshotHeader:
     try:
         data = json.loads(line)
         fingerprint = {str(k): str(v) for k, v in data["fingerprint"].items()}
         tokens = [int(t) for t in data["tokens"]]
-        n_bytes = int(data["bytes"])
-        n_logits = int(data.get("logits", 0))
+        n_bytes = _byte_count(data["bytes"], "bytes")
+        n_logits = _byte_count(data.get("logits", 0), "logits")
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise _bad_snapshot(f"unreadable header ({exc})") from exc
     if n_bytes <= 0 or not tokens:
@@ -365,6 +372,7 @@ def upload_response(key: str, model: str, kv: KVSnapshot, ttl_s: float) -> Respo
             "model": model,
             "tokens": len(kv.tokens),
             "bytes": len(kv.data),
+            "logits_bytes": len(kv.logits),
             "expires_in": ttl_s,
         },
         status_code=201,

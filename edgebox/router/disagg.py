@@ -4,9 +4,11 @@ Time to first token, all on the decode node vs split (prefill elsewhere, KV over
 
     local_s = prompt_tokens / prefill_rate(decode node)
     split_s = prompt_tokens / prefill_rate(prefill node)
-            + prompt_tokens · kv_bytes_per_token / link_bytes_per_s
+            + (prompt_tokens · kv_bytes_per_token + logits_bytes) / link_bytes_per_s
             + handoff_overhead_s                    (two extra HTTP round trips, the import)
 
+`logits_bytes` are the float32 logits after the prompt that travel with its KV (4 bytes per
+vocabulary entry, whatever the prompt's length), as measured in an earlier split.
 `auto` splits when the prompt is at least `min_prompt_tokens` and split_s < local_s;
 `always` splits whenever a second node serves the model; `off` never splits.
 """
@@ -29,7 +31,7 @@ HANDOFF_OVERHEAD_S = 0.02
 class SplitEstimate:
     local_s: float
     split_s: float
-    kv_bytes: int
+    kv_bytes: int  # what crosses the link: the KV and the logits after it
 
 
 def estimate_split(
@@ -39,8 +41,9 @@ def estimate_split(
     kv_bytes_per_token: int,
     link_bytes_per_s: float,
     overhead_s: float = HANDOFF_OVERHEAD_S,
+    logits_bytes: int = 0,
 ) -> SplitEstimate:
-    kv_bytes = prompt_tokens * kv_bytes_per_token
+    kv_bytes = prompt_tokens * kv_bytes_per_token + logits_bytes
     return SplitEstimate(
         local_s=prompt_tokens / local_prefill_tps,
         split_s=prompt_tokens / remote_prefill_tps + kv_bytes / link_bytes_per_s + overhead_s,
@@ -56,9 +59,11 @@ def should_split(
     *,
     link_bytes_per_s: float | None = None,
     kv_bytes_per_token: float | None = None,
+    logits_bytes: float | None = None,
 ) -> tuple[bool, str]:
     """Whether to split, and the reason (for the route header). The link rate and KV bytes
-    per token are the measured ones when a split between the pair has run, else `settings`."""
+    per token are the measured ones when a split between the pair has run, else `settings`;
+    the logits' bytes are known once a split of the model has run (until then, none)."""
     if settings.mode == "off":
         return False, "split-off"
     if settings.mode == "always":
@@ -73,6 +78,7 @@ def should_split(
         remote_prefill_tps,
         round(kv_bytes_per_token or settings.kv_bytes_per_token),
         link_bytes_per_s or settings.link_mbps * 1e6 / 8,
+        logits_bytes=round(logits_bytes or 0),
     )
     if est.split_s < est.local_s:
         return True, f"split-saves-{(est.local_s - est.split_s) * 1000:.0f}ms"
@@ -90,6 +96,7 @@ class Handoff:
     kv_bytes: int
     prefill_s: float
     transfer_s: float = 0.0  # KV streamed out of the prefill node and imported by the decoder
+    logits_bytes: int = 0  # sent after the KV: the logits after the prompt
 
     def headers(self) -> dict[str, str]:
         return {KV_HEADER: self.kv_id}
@@ -125,7 +132,10 @@ async def hand_off(
     if uploaded.status_code != 201:
         raise SplitFailed(f"import-{uploaded.status_code}-{_code(uploaded)}")
     handle = uploaded.json()
-    return Handoff(handle["id"], int(handle["tokens"]), int(handle["bytes"]), prefill_s, transfer_s)
+    logits = int(handle.get("logits_bytes", 0))
+    return Handoff(
+        handle["id"], int(handle["tokens"]), int(handle["bytes"]), prefill_s, transfer_s, logits
+    )
 
 
 def _code(response: httpx.Response) -> str:

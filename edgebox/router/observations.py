@@ -40,6 +40,7 @@ class Observations:
         self.prefill_rates: dict[str, float] = {}  # node → tokens/s, measured in splits
         self.link_rates: dict[tuple[str, str], float] = {}  # (prefill, decode) → bytes/s
         self.kv_bytes_per_token: dict[str, float] = {}  # model → KV bytes/token
+        self.logits_bytes: dict[str, int] = {}  # model → bytes of logits sent with each KV
 
     # -- reading --------------------------------------------------------------------------------
 
@@ -86,6 +87,7 @@ class Observations:
             "prefill_tokens_per_s": self.prefill_rates,
             "link_bytes_per_s": {f"{p}>{d}": r for (p, d), r in self.link_rates.items()},
             "kv_bytes_per_token": self.kv_bytes_per_token,
+            "logits_bytes": self.logits_bytes,
         }
 
     # -- recording ------------------------------------------------------------------------------
@@ -117,10 +119,12 @@ class Observations:
         """Fold one split's measurements into the cost model's inputs (exponential averages)."""
         if handoff.prefill_s > 0:
             _average(self.prefill_rates, prefill, handoff.tokens / handoff.prefill_s)
+        sent = handoff.kv_bytes + handoff.logits_bytes
         if handoff.transfer_s > 0 and handoff.kv_bytes > 0:
-            _average(self.link_rates, (prefill, decode), handoff.kv_bytes / handoff.transfer_s)
+            _average(self.link_rates, (prefill, decode), sent / handoff.transfer_s)
         if handoff.tokens > 0:
             _average(self.kv_bytes_per_token, model, handoff.kv_bytes / handoff.tokens)
+        self.logits_bytes[model] = handoff.logits_bytes
 
 
 def _average(table: dict[Any, float], key: Any, sample: float) -> None:

@@ -43,6 +43,7 @@ class Observed:
     prefill_rates: Mapping[str, float | None] = field(default_factory=dict)  # node → tokens/s
     link_rates: Mapping[tuple[str, str], float] = field(default_factory=dict)  # measured
     kv_bytes_per_token: float | None = None  # measured for the request's model
+    logits_bytes: float | None = None  # sent with each snapshot of the model, measured
 
 
 @dataclass(frozen=True)
@@ -169,6 +170,7 @@ def plan_split(
         rates.get(helper.node),
         link_bytes_per_s=seen.link_rates.get((helper.node, first.node)),
         kv_bytes_per_token=seen.kv_bytes_per_token,
+        logits_bytes=seen.logits_bytes,
     )
     if not decide and reason == "split-off":
         return None

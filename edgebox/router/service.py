@@ -234,6 +234,7 @@ class Router:
             prefill_rates={n: seen.prefill_rate(s, model) for n, s in nodes.items()},
             link_rates=links,
             kv_bytes_per_token=seen.kv_bytes_per_token.get(model),
+            logits_bytes=seen.logits_bytes.get(model),
         )
 
     def _nothing_up(self, plan: RoutePlan) -> APIError:

@@ -127,8 +127,8 @@ class GenerationRequest:
     max_tokens: int | None = None  # None: until end of generation or context
     stop: Sequence[str] = ()
     timeout: float | None = None  # seconds from submission; None: the engine's default
-    # Prefill only, then finish with the sequence's KV state in FinishEvent.kv. The
-    # caller leaves the prompt's last token out, so the importer samples the first token.
+    # Prefill only, then finish with the sequence's KV state in FinishEvent.kv, with the
+    # logits after the prompt (the importer samples the first token from those).
     export_kv: bool = False
     kv: KVSnapshot | None = None  # import this prefix's KV instead of prefilling it
 

@@ -76,6 +76,39 @@ def test_a_bounded_grammar_still_constrains_the_answer(hostile_node: NodeProcess
     assert reply.json()["choices"][0]["message"]["content"] in {"yes", "no"}
 
 
+@pytest.mark.parametrize("temperature", [1e-40, 1e-30, 5e-6])
+def test_a_vanishing_temperature_with_a_schema_is_greedy_not_an_abort(
+    hostile_node: NodeProcess, temperature: float
+) -> None:
+    """Logits divided by a temperature of 1e-40 overflow to infinity; the probabilities become
+    NaN, llama.cpp's draw lands on a token the grammar bans and the grammar throws through
+    its C API (the node aborted). Below 1e-5 a temperature is greedy, as in vLLM."""
+    schema = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}
+    fmt = {"type": "json_schema", "json_schema": {"name": "x", "schema": schema}}
+    body = {**GOOD_CHAT, "max_tokens": 12, "response_format": fmt}
+    greedy = post(hostile_node, "/chat/completions", {**body, "temperature": 0})
+    assert greedy.status_code == 200, greedy.text
+    reply = post(hostile_node, "/chat/completions", {**body, "temperature": temperature})
+    assert_still_serving(hostile_node)
+    assert reply.status_code == 200, reply.text
+    content = reply.json()["choices"][0]["message"]["content"]
+    assert content == greedy.json()["choices"][0]["message"]["content"]
+
+
+def test_a_vanishing_repeat_penalty_is_a_400_not_an_abort(hostile_node: NodeProcess) -> None:
+    """A repeated token's logit divided by a repeat_penalty of 1e-38 overflows the same way (as
+    soon as the penalties sampler works): refused, naming the field, with its range."""
+    schema = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}
+    fmt = {"type": "json_schema", "json_schema": {"name": "x", "schema": schema}}
+    body = {**GOOD_CHAT, "max_tokens": 24, "response_format": fmt, "temperature": 0.8, "seed": 2}
+    for penalty, limit in ((1e-38, "0.01"), (1e-3, "0.01"), (1e3, "100")):
+        response = post(hostile_node, "/chat/completions", {**body, "repeat_penalty": penalty})
+        assert_still_serving(hostile_node)
+        assert_refused(response, "repeat_penalty", "invalid_value", limit)
+    allowed = post(hostile_node, "/chat/completions", {**body, "repeat_penalty": 1.3})
+    assert allowed.status_code == 200, allowed.text
+
+
 def nested_schema(depth: int) -> dict[str, Any]:
     schema: dict[str, Any] = {"type": "string"}
     for _ in range(depth):

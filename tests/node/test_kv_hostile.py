@@ -203,6 +203,56 @@ def test_bad_logits_are_refused_before_they_pick_a_token(
     assert chat_ok(node, 2)
 
 
+@pytest.mark.parametrize("declared", [-4, "196608", None, 1e30, True, [4]])
+def test_a_logits_count_that_is_no_byte_count_is_refused_at_the_header(
+    node: NodeProcess, declared: object
+) -> None:
+    header, state, logits = split(export(node, {"model": MODEL, "prompt": "Seas, saltiest first:"}))
+    line = json.dumps({**header, "bytes": len(state), "logits": declared}).encode()
+    refused = upload(node, MAGIC + line + b"\n" + state + logits)
+    assert refused.status_code == 400, refused.text
+    assert refused.json()["error"]["code"] == "invalid_kv"
+    assert chat_ok(node, 1)
+
+
+SCHEMA = {
+    "type": "json_schema",
+    "json_schema": {
+        "name": "r",
+        "schema": {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]},
+    },
+}
+
+
+@pytest.mark.parametrize("value", [3.4e38, -3.4e38, 1e6])
+def test_finite_logits_no_model_computes_are_refused(node: NodeProcess, value: float) -> None:
+    """Finite but huge logits overflow in the sampler chain (logit / temperature): every
+    grammar-allowed token becomes NaN, the draw lands on a banned one and llama.cpp's grammar
+    throws through its C API, aborting the node. They are refused at upload."""
+    prompt = "Rivers of the world, longest first:"
+    header, state, logits = split(export(node, {"model": MODEL, "prompt": prompt}))
+    hostile = struct.pack("<f", value) * (len(logits) // 4)
+    uploaded = upload(node, join(header, state, hostile))
+    if uploaded.status_code == 201:  # what it would do: the node must still answer after
+        httpx.post(
+            node.base_url + "/completions",
+            json={
+                "model": MODEL,
+                "prompt": prompt,
+                "max_tokens": 4,
+                "temperature": 0.5,
+                "response_format": SCHEMA,
+            },
+            headers={KV_HEADER: uploaded.json()["id"]},
+            timeout=60,
+        )
+        assert chat_ok(node, 1), "the node died"
+    assert uploaded.status_code == 400, uploaded.text
+    assert uploaded.json()["error"]["code"] == "invalid_kv"
+    assert "larger than any model computes" in uploaded.json()["error"]["message"]
+    assert chat_ok(node, 2)
+
+
 def test_a_whole_prompt_without_its_logits_is_not_a_usable_prefix(node: NodeProcess) -> None:
     """Without the logits after its last token, a snapshot must leave a token to decode."""
     prompt = "Mountains of the world, highest first:"

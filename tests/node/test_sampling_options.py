@@ -103,6 +103,20 @@ def test_sampled_decoding_honours_a_ban_too(
     assert the not in runtime.tokenize(out.choices[0].text)
 
 
+def test_penalties_reach_the_logits(client: openai.OpenAI) -> None:
+    """Greedy text that repeats itself repeats less under a penalty (llama.cpp's penalties
+    sampler, whose constructor takes the vocabulary size first in this llama.cpp: with the
+    old four arguments every penalised request failed)."""
+    ask = {"model": MODEL, "prompt": "I said no no no no no no no", "max_tokens": 12}
+    plain = client.completions.create(**ask, temperature=0)  # type: ignore[call-overload]
+    assert plain.choices[0].text.count(" no") == 12
+    for penalty in ({"frequency_penalty": 1.5}, {"extra_body": {"repeat_penalty": 1.8}}):
+        penalised = client.completions.create(**ask, temperature=0, **penalty)  # type: ignore[call-overload]
+        assert penalised.choices[0].text.count(" no") < 6, penalty
+    sampled = client.completions.create(**ask, temperature=0.8, seed=3, presence_penalty=1.5)  # type: ignore[call-overload]
+    assert sampled.usage is not None and sampled.usage.completion_tokens > 0
+
+
 @pytest.mark.parametrize(
     ("bias", "says"),
     [

@@ -182,6 +182,32 @@ def test_auto_answers_in_text_or_with_a_valid_call(client: openai.OpenAI, seed: 
         assert '"tool_calls"' not in (choice.message.content or "")
 
 
+def test_auto_again_from_the_kept_logits_calls_the_same(client: openai.OpenAI) -> None:
+    """The same request again samples its first token from the logits the slot kept after the
+    prompt (`chain_token`, then llama_sampler_accept), not from a decode: the lazy grammar,
+    whose anchored trigger starts at that first token, engages exactly as in the first run."""
+    ask = [{"role": "user", "content": "Call get_weather for Paris, 3 days."}]
+    first, again = (
+        client.chat.completions.create(
+            model=MODEL,
+            messages=ask,  # type: ignore[arg-type]
+            tools=TOOLS,  # type: ignore[arg-type]
+            temperature=0.5,
+            seed=3,  # a seed that calls
+            max_tokens=60,
+        )
+        for _ in range(2)
+    )
+    cached = [r.usage.prompt_tokens_details.cached_tokens for r in (first, again)]  # type: ignore[union-attr]
+    assert cached[0] < first.usage.prompt_tokens == cached[1]  # type: ignore[union-attr]
+    calls = [
+        [(c.function.name, c.function.arguments) for c in r.choices[0].message.tool_calls or []]
+        for r in (first, again)
+    ]
+    assert calls[0] and calls[1] == calls[0]
+    assert again.choices[0].finish_reason == first.choices[0].finish_reason
+
+
 def test_parallel_calls_each_validate(client: openai.OpenAI) -> None:
     reply = client.chat.completions.create(
         model=MODEL,

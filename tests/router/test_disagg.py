@@ -28,6 +28,18 @@ def test_estimate_adds_remote_prefill_transfer_and_overhead() -> None:
     assert est.split_s == pytest.approx(0.5 + 0.32 + 0.02)
 
 
+def test_the_logits_after_the_prompt_travel_too() -> None:
+    est = estimate_split(
+        1000, 500, 8000, kv_bytes_per_token=20_000, link_bytes_per_s=1e8, logits_bytes=1 << 20
+    )
+    assert est.kv_bytes == 20_000_000 + (1 << 20)
+    assert est.split_s == pytest.approx(1000 / 8000 + est.kv_bytes / 1e8 + 0.02)
+    auto = Disagg(mode="auto", min_prompt_tokens=16, link_mbps=800, kv_bytes_per_token=20_000)
+    # a short prompt whose KV alone would pay, but not with a large vocabulary's logits
+    assert should_split(auto, 64, 1500, 8000)[0]
+    assert should_split(auto, 64, 1500, 8000, logits_bytes=1 << 20) == (False, "split-slower")
+
+
 def test_auto_splits_long_prompts_only_when_it_predicts_a_lower_ttft() -> None:
     auto = Disagg(mode="auto", min_prompt_tokens=1024, link_mbps=10_000, kv_bytes_per_token=100_000)
     assert should_split(auto, 500, 500, 8000) == (False, "prompt-short")

@@ -103,6 +103,19 @@ def test_observations_average_what_splits_measure() -> None:
     assert seen.prefill_rate(node("p"), "m") == pytest.approx(2600)
 
 
+def test_a_split_moves_the_logits_too() -> None:
+    """A whole-prompt snapshot carries the float32 logits after it (4 bytes per vocabulary
+    entry: 1 MiB for Gemma 3), sent with the KV: the link rate counts them, and they are a
+    per-request cost of the model, not KV bytes per token."""
+    seen = Observations(recent_blocks_ttl_s=10.0)
+    handoff = Handoff("id", 1000, 20_000, prefill_s=0.5, transfer_s=0.01, logits_bytes=10_000)
+    seen.split_ran(handoff, "p", "d", "m")
+    learnt = seen.learnt()
+    assert learnt["link_bytes_per_s"]["p>d"] == pytest.approx(3_000_000)
+    assert learnt["kv_bytes_per_token"]["m"] == pytest.approx(20)
+    assert learnt["logits_bytes"]["m"] == 10_000
+
+
 def test_a_node_that_failed_a_request_cools_down_then_comes_back() -> None:
     seen = Observations(recent_blocks_ttl_s=10.0)
     seen.failed("a", now=100.0)

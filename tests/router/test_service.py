@@ -332,6 +332,7 @@ def test_split_prefill_gives_the_same_greedy_text(fleet: dict[str, NodeProcess])
     learnt = httpx.get(fleet["split"].url + "/health", timeout=5).json()["split"]
     # SmolLM2-135M: 30 layers x (K + V) x 3 KV heads x 64 dims x 2 bytes (f16) per token.
     assert learnt["kv_bytes_per_token"][MODEL] == pytest.approx(30 * 2 * 3 * 64 * 2, rel=0.05)
+    assert learnt["logits_bytes"][MODEL] == 4 * 49152  # float32 after the prompt, SmolLM2
     assert learnt["link_bytes_per_s"][f"{prefill}>{decode}"] > 0
     assert learnt["prefill_tokens_per_s"][prefill] > 0
 

@@ -9,6 +9,7 @@ so the node runs with the test hook that skips it (EDGEBOX_TEST_UNCHECKED_KV=1).
 from __future__ import annotations
 
 import re
+import struct
 import threading
 import time
 from collections.abc import Iterator
@@ -20,7 +21,7 @@ import pytest
 from edgebox.api.kv import KV_HEADER
 from edgebox.runtimes.llamacpp.engine import UNCHECKED_KV_ENV
 from tests.conftest import NodeProcess, start_node
-from tests.node.test_kv_hostile import MESSAGES, MODEL, export, poisoned, upload
+from tests.node.test_kv_hostile import MESSAGES, MODEL, export, join, poisoned, split, upload
 
 STREAM_MESSAGES = [{"role": "user", "content": "Write a long story about a lighthouse keeper."}]
 
@@ -107,3 +108,39 @@ def test_a_poisoned_sequence_fails_alone_and_the_engine_rebuilds(node: NodeProce
         assert time.monotonic() < deadline, "the node stayed degraded"
         time.sleep(0.2)
     assert story().choices[0].message.content == alone
+
+
+def test_logits_that_overflow_the_chain_fail_the_request_not_the_node(node: NodeProcess) -> None:
+    """Unchecked (the hook), a snapshot's logits of 3.4e38 reach the sampler chain: divided by
+    the temperature they overflow, the draw lands on a token the request's grammar bans, and
+    accepting it threw through llama.cpp's C API (the process aborted). Refused instead."""
+    prompt = "Lakes of the world, deepest first:"
+    header, state, logits = split(export(node, {"model": MODEL, "prompt": prompt}))
+    hostile = struct.pack("<f", 3.4e38) * (len(logits) // 4)
+    accepted = upload(node, join(header, state, hostile))
+    assert accepted.status_code == 201, accepted.text
+    schema = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}
+    failed = httpx.post(
+        node.base_url + "/completions",
+        json={
+            "model": MODEL,
+            "prompt": prompt,
+            "max_tokens": 4,
+            "temperature": 0.5,
+            "response_format": {
+                "type": "json_schema",
+                "json_schema": {"name": "r", "schema": schema},
+            },
+        },
+        headers={KV_HEADER: accepted.json()["id"]},
+        timeout=60,
+    )
+    assert node.proc.poll() is None, node.log.read_text()[-2000:]
+    assert failed.status_code == 500, failed.text
+    assert "banned" in failed.json()["error"]["message"]
+    ok = httpx.post(
+        node.base_url + "/completions",
+        json={"model": MODEL, "prompt": prompt, "max_tokens": 4},
+        timeout=60,
+    )
+    assert ok.status_code == 200, ok.text

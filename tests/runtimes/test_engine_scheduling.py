@@ -242,6 +242,75 @@ def test_kv_snapshot_continues_exactly_in_another_engine(
         other.close()
 
 
+SCHEMA = {
+    "type": "object",
+    "properties": {"city": {"type": "string", "maxLength": 20}, "days": {"type": "integer"}},
+    "required": ["city", "days"],
+}
+AGAIN_CASES = {
+    "greedy": SamplingParams(temperature=0.0),
+    "logprobs": SamplingParams(temperature=0.0, logprobs=3),
+    "ignore_eos": SamplingParams(temperature=0.0, ignore_eos=True),
+    "seeded": SamplingParams(temperature=0.9, seed=7, top_k=40, top_p=0.9, min_p=0.05),
+    "seeded_logprobs": SamplingParams(temperature=1.2, seed=5, logprobs=2),
+    "schema": SamplingParams(temperature=0.0, json_schema=SCHEMA),
+    "schema_seeded": SamplingParams(temperature=1.0, seed=3, json_schema=SCHEMA),
+    "bias": SamplingParams(temperature=0.0, logit_bias=((28, 5.0),)),
+    "penalties": SamplingParams(temperature=0.0, repeat_penalty=1.5, frequency_penalty=0.5),
+    "penalties_seeded": SamplingParams(temperature=0.7, seed=9, presence_penalty=0.8),
+}
+
+
+@pytest.mark.parametrize("case", sorted(AGAIN_CASES))
+def test_the_same_prompt_again_starts_from_the_kept_logits_and_matches(
+    runtime: LlamaCppRuntime, case: str
+) -> None:
+    """The first run samples after decoding the prompt's last chunk; the same prompt again
+    samples its first token from the logits the slot kept (greedy argmax, or the chain applied
+    to them and told its choice): the same tokens, log-probabilities and stop, for every
+    sampling option that reads the chain's state."""
+    sampling = AGAIN_CASES[case]
+    prompt = runtime.tokenize(
+        runtime.render_chat([{"role": "user", "content": f"{case}: weather in Oslo for 3 days?"}])
+    )
+    runs = []
+    for _ in range(2):
+        timeline = Timeline()
+        events: list[TokenEvent] = []
+
+        def sink(event: Event, timeline: Timeline = timeline, events: list = events) -> None:
+            if isinstance(event, TokenEvent):
+                events.append(event)
+            timeline(event)
+
+        runtime.submit(GenerationRequest(prompt, sampling, max_tokens=16, stop=["\n\n"]), sink)
+        runs.append((timeline.wait(), events))
+    (first, first_events), (again, again_events) = runs
+    assert first.cached_tokens < len(prompt) and again.cached_tokens == len(prompt)
+    assert [e.token_id for e in again_events] == [e.token_id for e in first_events]
+    assert [e.text for e in again_events] == [e.text for e in first_events]
+    assert [e.logprob for e in again_events] == [e.logprob for e in first_events]
+    assert [e.top_logprobs for e in again_events] == [e.top_logprobs for e in first_events]
+    assert (again.reason, again.stop_sequence) == (first.reason, first.stop_sequence)
+
+
+def test_kept_logits_go_with_the_cells_they_follow(runtime: LlamaCppRuntime) -> None:
+    """A shorter prompt sharing the slot trims the cells after it, and the logits kept after
+    the longer prompt go with them: that prompt again is decoded, never given stale logits."""
+    prompt = runtime.tokenize(
+        runtime.render_chat([{"role": "user", "content": "Kept logits: name a lake in Chile."}])
+    )
+    runs = {}
+    for name, tokens in (("whole", prompt), ("again", prompt), ("short", prompt[:-3])):
+        timeline, _ = submit(runtime, GenerationRequest(tokens, GREEDY, max_tokens=4))
+        runs[name] = timeline.wait().cached_tokens
+    timeline, _ = submit(runtime, GenerationRequest(prompt, GREEDY, max_tokens=4))
+    after = timeline.wait().cached_tokens
+    assert runs["again"] == len(prompt)  # the kept logits, with the cells they follow
+    assert runs["short"] == len(prompt) - 4  # the shorter prompt's last token is decoded
+    assert after < len(prompt)  # decoded on its cells, not given the longer prompt's logits
+
+
 def test_auto_parallel_sizes_slots_from_kv_and_memory(smollm2_path: Path) -> None:
     gib = 1 << 30
     assert auto_parallel(23_040, 4096, 16 * gib) == 8  # small model: capped at 8

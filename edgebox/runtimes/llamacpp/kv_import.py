@@ -40,6 +40,10 @@ if TYPE_CHECKING:
     from edgebox.runtimes.llamacpp.engine import LlamaCppEngine
 
 REFERENCE_WAIT_S = 120.0  # the reference waits for a free slot: about one request's time
+# No model computes logits this large (SmolLM2 and Gemma 3 stay within ±25): a snapshot's
+# are refused past it, since the sampler chain divides them by the temperature and a huge
+# finite one overflows to infinity there, then to NaN probabilities (see `_validate_logits`).
+MAX_LOGIT = 1e4
 
 
 def validate(engine: LlamaCppEngine, kv: KVSnapshot) -> None:
@@ -61,15 +65,24 @@ def validate(engine: LlamaCppEngine, kv: KVSnapshot) -> None:
 
 
 def _validate_logits(logits: bytes, n_vocab: int) -> None:
-    """A snapshot's logits must be one finite float32 per vocabulary entry: they decide the
-    first token directly."""
+    """A snapshot's logits must be one finite float32 per vocabulary entry within ±MAX_LOGIT:
+    they decide the first token directly. Larger ones, divided by a temperature, overflow;
+    the probabilities become NaN, llama.cpp's draw then lands on a token the request's
+    grammar bans, and the grammar throws through the C API: the process aborts."""
     if len(logits) != 4 * n_vocab:
         raise KVInvalidError(
             f"the snapshot's logits are {len(logits)} bytes; this model's vocabulary of "
             f"{n_vocab} tokens takes {4 * n_vocab}"
         )
-    if not np.isfinite(np.frombuffer(logits, np.float32)).all():
+    row = np.frombuffer(logits, np.float32)
+    if not np.isfinite(row).all():
         raise KVInvalidError("the snapshot's logits are not all finite numbers")
+    peak = float(np.abs(row).max())
+    if peak > MAX_LOGIT:
+        raise KVInvalidError(
+            f"the snapshot's logits reach {peak:g}, larger than any model computes "
+            f"(at most {MAX_LOGIT:g} is taken)"
+        )
 
 
 def probe_request(kv: KVSnapshot, timeout: float | None) -> GenerationRequest:

@@ -23,13 +23,18 @@ from edgebox.runtimes.tool_format import ToolConstraint
 
 PENALTY_LAST_N = 64
 COMPILED_GRAMMARS = 32  # per model, most recently used
+# Below this a temperature is greedy (vLLM's rule): llama.cpp divides the logits by it, and
+# 1e-40 overflows them to infinity, the probabilities to NaN; its draw then picks a token a
+# grammar bans, and the grammar throws through the C API (the process aborts).
+MIN_TEMPERATURE = 1e-5
 
 
 def build_sampler(model: LlamaCppModel, params: SamplingParams) -> ctypes.c_void_p:
     """A llama.cpp sampler chain for one sequence; the caller frees it with `free_sampler`.
 
     Order follows llama.cpp's own: grammar mask, penalties, truncation (top-k,
-    top-p, min-p), temperature, then a seeded draw; temperature 0 is greedy.
+    top-p, min-p), temperature, then a seeded draw; temperature 0 (or below
+    MIN_TEMPERATURE) is greedy.
     """
     gbnf = grammar_for(params)
     if gbnf and params.ignore_eos:
@@ -54,13 +59,14 @@ def build_sampler(model: LlamaCppModel, params: SamplingParams) -> ctypes.c_void
         llama_cpp.llama_sampler_chain_add(
             chain,
             llama_cpp.llama_sampler_init_penalties(
+                model.n_vocab,  # this llama.cpp's first argument (it was dropped, then restored)
                 PENALTY_LAST_N,
                 params.repeat_penalty,
                 params.frequency_penalty,
                 params.presence_penalty,
             ),
         )
-    if params.temperature <= 0.0:
+    if params.temperature < MIN_TEMPERATURE:
         llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_greedy())
         return chain
     if params.top_k > 0:
@@ -83,7 +89,7 @@ def plain_greedy(params: SamplingParams) -> bool:
     """Whether the request's token is simply the highest logit (ignore_eos aside), so
     `greedy_token` can pick it without the sampler chain."""
     return (
-        params.temperature <= 0.0
+        params.temperature < MIN_TEMPERATURE
         and params.tools is None  # what grammar_for reads, without building a grammar
         and not params.grammar
         and params.json_schema is None
@@ -137,9 +143,13 @@ def chain_token(chain: ctypes.c_void_p, row: np.ndarray) -> int:
     llama_cpp.llama_sampler_apply(chain, ctypes.byref(array))
     if not 0 <= array.selected < array.size:
         raise SamplingError("the sampler chain selected no token", "logits")
-    token = int(array.data[array.selected].id)
-    llama_cpp.llama_sampler_accept(chain, token)
-    return token
+    chosen = array.data[array.selected]
+    # -inf is a grammar's ban and NaN an overflow: accepting such a token makes the grammar
+    # throw through llama.cpp's C API, which aborts the process.
+    if not chosen.logit > -math.inf:
+        raise SamplingError("the sampler chain drew a token its grammar banned", "logits")
+    llama_cpp.llama_sampler_accept(chain, chosen.id)
+    return int(chosen.id)
 
 
 def _bias_sampler(model: LlamaCppModel, params: SamplingParams) -> ctypes.c_void_p | None:
