@@ -21,6 +21,9 @@ from edgebox.runtimes.tool_format import WS, ToolFormat
 _HEADER = re.compile(
     r'\{\s*"name"\s*:\s*"((?:[^"\\]|\\.)*)"\s*,\s*"(?:arguments|parameters)"\s*:', re.DOTALL
 )
+# The name alone, once the comma after it is written: the call is named from here (its first
+# streamed event a few tokens sooner); where its arguments start is still found by _HEADER.
+_NAMED = re.compile(r'\{\s*"name"\s*:\s*"((?:[^"\\]|\\.)*)"\s*,', re.DOTALL)
 
 
 @dataclass(frozen=True)
@@ -66,6 +69,7 @@ def marker_state(
 class _Call:
     start: int  # offset of its `{` in the markup
     named: bool = False
+    args_key: bool = False  # the arguments' key and its colon are written
     args_depth: int = -1  # nesting inside the call object, where its arguments value sits
     args_start: int = -1
     args_end: int = -1
@@ -179,17 +183,21 @@ class ToolCallParser:
         return out
 
     def _track(self, call: _Call, ch: str, p: int) -> list[Delta]:
-        """Name the call once its header is complete; find where its arguments start."""
+        """Name the call once its name is complete; find where its arguments start."""
         if not call.named:
-            if ch == ":":
-                match = _HEADER.fullmatch(self._markup, call.start, p + 1)
+            if ch == ",":
+                match = _NAMED.fullmatch(self._markup, call.start, p + 1)
                 if match:
                     call.named, call.args_depth = True, self._depth
                     self.calls += 1
                     name = json.loads(f'"{match.group(1)}"')
                     return [CallStart(self.calls - 1, name)]
             return []
-        if call.args_start < 0 and ch not in WS and p > call.start:
+        if not call.args_key:
+            if ch == ":" and self._depth == call.args_depth:
+                call.args_key = bool(_HEADER.fullmatch(self._markup, call.start, p + 1))
+            return []
+        if call.args_start < 0 and ch not in WS:
             call.args_start = call.emitted = p
             call.scalar = ch not in "{["
         return []
