@@ -195,6 +195,7 @@ class Stepping:
         except SamplingError as exc:
             self._release(slot, "error", error=str(exc))
             return
+        self._metrics.produced(1)  # no step carries it into the recent rate
         self._emit(slot, token, row)
 
     def _emit(self, slot: Slot, token: int, row: np.ndarray | None) -> None:
