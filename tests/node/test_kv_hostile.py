@@ -93,6 +93,16 @@ def upload(node: NodeProcess, snapshot: bytes) -> httpx.Response:
     return httpx.put(node.base_url + f"/edgebox/kv/{MODEL}", content=snapshot, timeout=120)
 
 
+def complete(node: NodeProcess, kv_id: str, prompt: str, **body: object) -> httpx.Response:
+    """A completion of `prompt` naming the upload `kv_id` (a few tokens unless `body` says)."""
+    return httpx.post(
+        node.base_url + "/completions",
+        json={"model": MODEL, "prompt": prompt, "max_tokens": 4, **body},
+        headers={KV_HEADER: kv_id},
+        timeout=60,
+    )
+
+
 def chat_ok(node: NodeProcess, n: int) -> list[str]:
     client = openai.OpenAI(base_url=node.base_url, api_key="x", max_retries=0)
 
@@ -234,18 +244,7 @@ def test_finite_logits_no_model_computes_are_refused(node: NodeProcess, value: f
     hostile = struct.pack("<f", value) * (len(logits) // 4)
     uploaded = upload(node, join(header, state, hostile))
     if uploaded.status_code == 201:  # what it would do: the node must still answer after
-        httpx.post(
-            node.base_url + "/completions",
-            json={
-                "model": MODEL,
-                "prompt": prompt,
-                "max_tokens": 4,
-                "temperature": 0.5,
-                "response_format": SCHEMA,
-            },
-            headers={KV_HEADER: uploaded.json()["id"]},
-            timeout=60,
-        )
+        complete(node, uploaded.json()["id"], prompt, temperature=0.5, response_format=SCHEMA)
         assert chat_ok(node, 1), "the node died"
     assert uploaded.status_code == 400, uploaded.text
     assert uploaded.json()["error"]["code"] == "invalid_kv"
@@ -259,21 +258,11 @@ def test_a_whole_prompt_without_its_logits_is_not_a_usable_prefix(node: NodeProc
     header, state, _ = split(export(node, {"model": MODEL, "prompt": prompt}))
     uploaded = upload(node, join(header, state))
     assert uploaded.status_code == 201, uploaded.text
-    used = httpx.post(
-        node.base_url + "/completions",
-        json={"model": MODEL, "prompt": prompt, "max_tokens": 4},
-        headers={KV_HEADER: uploaded.json()["id"]},
-        timeout=60,
-    )
+    used = complete(node, uploaded.json()["id"], prompt)
     assert used.status_code == 409, used.text
     assert "not a proper prefix" in used.json()["error"]["message"]
     longer = upload(node, join(header, state))
-    extended = httpx.post(
-        node.base_url + "/completions",
-        json={"model": MODEL, "prompt": prompt + " Everest", "max_tokens": 4},
-        headers={KV_HEADER: longer.json()["id"]},
-        timeout=60,
-    )
+    extended = complete(node, longer.json()["id"], prompt + " Everest")
     assert extended.status_code == 200, extended.text
     cached = extended.json()["usage"]["prompt_tokens_details"]["cached_tokens"]
     assert cached == len(header["tokens"])
@@ -293,12 +282,7 @@ def test_one_client_cannot_hold_the_store(node: NodeProcess) -> None:
     assert 1 <= int(refused.headers["retry-after"]) <= 30
     # Using an upload frees the client's share.
     for kv_id in ids:
-        used = httpx.post(
-            node.base_url + "/completions",
-            json={"model": MODEL, "prompt": "A short note on rivers", "max_tokens": 1},
-            headers={KV_HEADER: kv_id},
-            timeout=60,
-        )
+        used = complete(node, kv_id, "A short note on rivers", max_tokens=1)
         assert used.status_code == 200, used.text
     assert upload(node, snapshot).status_code == 201
 
@@ -341,10 +325,5 @@ def test_upload_validation_cost(node: NodeProcess) -> None:
         uploaded = upload(node, snapshot)
         times.append(time.perf_counter() - started)
         assert uploaded.status_code == 201, uploaded.text
-        httpx.post(
-            node.base_url + "/completions",
-            json={"model": MODEL, "prompt": text, "max_tokens": 1},
-            headers={KV_HEADER: uploaded.json()["id"]},
-            timeout=60,
-        )
+        complete(node, uploaded.json()["id"], text, max_tokens=1)
     print(f"\nupload of {n} tokens, {len(snapshot)} bytes: {min(times) * 1000:.1f} ms best of 5")

@@ -21,7 +21,17 @@ import pytest
 from edgebox.api.kv import KV_HEADER
 from edgebox.runtimes.llamacpp.engine import UNCHECKED_KV_ENV
 from tests.conftest import NodeProcess, start_node
-from tests.node.test_kv_hostile import MESSAGES, MODEL, export, join, poisoned, split, upload
+from tests.node.test_kv_hostile import (
+    MESSAGES,
+    MODEL,
+    SCHEMA,
+    complete,
+    export,
+    join,
+    poisoned,
+    split,
+    upload,
+)
 
 STREAM_MESSAGES = [{"role": "user", "content": "Write a long story about a lighthouse keeper."}]
 
@@ -119,22 +129,7 @@ def test_logits_that_overflow_the_chain_fail_the_request_not_the_node(node: Node
     hostile = struct.pack("<f", 3.4e38) * (len(logits) // 4)
     accepted = upload(node, join(header, state, hostile))
     assert accepted.status_code == 201, accepted.text
-    schema = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}
-    failed = httpx.post(
-        node.base_url + "/completions",
-        json={
-            "model": MODEL,
-            "prompt": prompt,
-            "max_tokens": 4,
-            "temperature": 0.5,
-            "response_format": {
-                "type": "json_schema",
-                "json_schema": {"name": "r", "schema": schema},
-            },
-        },
-        headers={KV_HEADER: accepted.json()["id"]},
-        timeout=60,
-    )
+    failed = complete(node, accepted.json()["id"], prompt, temperature=0.5, response_format=SCHEMA)
     assert node.proc.poll() is None, node.log.read_text()[-2000:]
     assert failed.status_code == 500, failed.text
     assert "banned" in failed.json()["error"]["message"]
