@@ -351,3 +351,43 @@ def test_a_slot_sharing_a_trivial_prefix_is_no_match() -> None:
     assert choose_slot([used, older, empty], prompt) is empty
     assert choose_slot([used, older], prompt) is older
     assert choose_slot([used, empty], [1, 2, 3, 4, 50, 7]) is used  # most of it: a match
+
+
+def test_a_forced_call_header_is_prefilled_not_decoded(runtime: LlamaCppRuntime) -> None:
+    """`required` with one function: the call's header, which the grammar allows only one way,
+    goes into the prompt's step and comes out with the first sampled token (one decode step for
+    all of it), then the call goes on to the same valid JSON; with logprobs (no jump) every
+    token is decoded. Fewer steps, the same call's shape."""
+    import json as _json
+
+    from edgebox.runtimes.llamacpp.tool_grammar import forced_start
+    from edgebox.runtimes.tool_format import GENERIC, ToolConstraint
+
+    schema = '{"type":"object","properties":{"path":{"type":"string","enum":["a.py","b.py"]}},"required":["path"]}'
+    tools = ToolConstraint(GENERIC, (("read_file", schema),), lazy=False, parallel=False)
+    header = forced_start(tools)
+    assert header == '{"tool_calls": [{"name": "read_file", "arguments": '
+    prompt = runtime.tokenize(
+        runtime.render_chat([{"role": "user", "content": "Read a file of the repository."}])
+    )
+    replies = {}
+    for mode, logprobs in (("jump", None), ("decoded", 1)):
+        sampling = SamplingParams(temperature=0.0, tools=tools, logprobs=logprobs)
+        before = runtime.stats().steps_total
+        timeline, _ = submit(runtime, GenerationRequest(prompt, sampling, max_tokens=60))
+        finish = timeline.wait()
+        steps = runtime.stats().steps_total - before
+        text = runtime.detokenize(timeline.ids)
+        replies[mode] = (text, steps, finish.completion_tokens, timeline.tokens)
+    text, steps, completion, stamps = replies["jump"]
+    assert text.startswith(header)
+    call = _json.loads(text)["tool_calls"][0]
+    assert call["name"] == "read_file" and call["arguments"]["path"] in ("a.py", "b.py")
+    n_header = len(runtime.engine.model.tokenize(header, add_special=False, parse_special=False))
+    assert completion == len(stamps) >= n_header + 2
+    # The header's tokens all arrive with the first sampled one (same step), not one a step.
+    assert stamps[n_header] - stamps[0] < 0.005
+    assert steps <= completion - n_header + 1
+    decoded_text, decoded_steps, decoded_completion, _ = replies["decoded"]
+    assert _json.loads(decoded_text)["tool_calls"][0]["name"] == "read_file"
+    assert decoded_steps >= decoded_completion

@@ -15,7 +15,7 @@ from edgebox.runtimes.base import SamplingParams, ToolSchemaError
 from edgebox.runtimes.chat_template import ChatTemplate
 from edgebox.runtimes.llamacpp.model import LlamaCppModel
 from edgebox.runtimes.llamacpp.sampling import build_sampler, free_sampler
-from edgebox.runtimes.llamacpp.tool_grammar import tool_call_gbnf, trigger_patterns
+from edgebox.runtimes.llamacpp.tool_grammar import forced_start, tool_call_gbnf, trigger_patterns
 from edgebox.runtimes.tool_format import (
     FORMATS,
     GENERIC,
@@ -294,3 +294,19 @@ def test_another_key_between_the_name_and_the_arguments_is_read_at_the_close() -
             "",
             [{"name": "get_weather", "arguments": '{"days": 2}'}],
         )
+
+
+@pytest.mark.parametrize("fmt", [GENERIC, LLAMA3, HERMES, MISTRAL], ids=lambda f: f.name)
+def test_the_forced_header_is_how_past_calls_render(fmt: ToolFormat) -> None:
+    """What the engine jumps over for a forced call of one function: exactly the start of the
+    call as the conversation renders it afterwards (so the next turn's prefix matches), or
+    nothing where the format opens with a tag, the grammar is lazy or the function not known."""
+    one = FUNCTIONS[:1]
+    header = forced_start(ToolConstraint(fmt, one, lazy=False, parallel=False))
+    if fmt in (HERMES, MISTRAL):
+        assert header == ""
+        return
+    written = calls_text(fmt, [{"id": "c", "name": one[0][0], "arguments": '{"city": "Oslo"}'}])
+    assert header and written.startswith(header) and header.endswith(f'"{fmt.args_key}": ')
+    assert forced_start(ToolConstraint(fmt, one, lazy=True, parallel=False)) == ""
+    assert forced_start(ToolConstraint(fmt, FUNCTIONS, lazy=False, parallel=False)) == ""

@@ -38,7 +38,12 @@ from edgebox.runtimes.llamacpp.kv_import import KVTransfer
 from edgebox.runtimes.llamacpp.kv_state import kv_layout, resolved_flash_attn
 from edgebox.runtimes.llamacpp.model import LlamaCppModel, captured_log
 from edgebox.runtimes.llamacpp.recovery import KV_INVALID, EngineHealth, Healing
-from edgebox.runtimes.llamacpp.sampling import build_sampler, free_sampler, plain_greedy
+from edgebox.runtimes.llamacpp.sampling import (
+    accept_forced,
+    build_sampler,
+    free_sampler,
+    plain_greedy,
+)
 from edgebox.runtimes.llamacpp.slots import (
     BatchArrays,
     Slot,
@@ -47,6 +52,7 @@ from edgebox.runtimes.llamacpp.slots import (
     common_prefix_len,
 )
 from edgebox.runtimes.llamacpp.stepping import Stepping
+from edgebox.runtimes.llamacpp.tool_grammar import forced_start
 from edgebox.runtimes.prefix_blocks import BLOCK_TOKENS
 from edgebox.runtimes.text import StopMatcher
 
@@ -190,12 +196,38 @@ class LlamaCppEngine(Stepping, Healing, KVTransfer):
             timeout=request_timeout(request, self.config.request_timeout),
             probe=probe,
         )
+        self._force_start(job)
         try:
             self._queue.put(job)
         except (QueueFullError, BackendError):
             free_sampler(job.sampler)
             raise
         return job
+
+    def _force_start(self, job: SlotJob) -> None:
+        """Jump forward over the text a forced call's grammar allows only one way (its header,
+        `tool_grammar.forced_start`): prefilled with the prompt in one step instead of decoded
+        a token a step, and written out before the first sampled token. Not with logprobs (the
+        text has none), an imported snapshot, or a budget it would not fit in."""
+        request = job.request
+        tools = request.sampling.tools
+        if tools is None or request.sampling.logprobs is not None or request.kv is not None:
+            return
+        text = forced_start(tools)
+        if not text:
+            return
+        tokens = self.model.tokenize(text, add_special=False, parse_special=False)
+        if b"".join(self.model.piece(t) for t in tokens) != text.encode():
+            return
+        room = self.n_ctx_seq - 1 - len(request.prompt_tokens)
+        budget = room if request.max_tokens is None else min(room, request.max_tokens)
+        if len(tokens) >= budget:
+            return
+        if not accept_forced(job.sampler, tokens):  # the chain is part-way: start it again
+            free_sampler(job.sampler)
+            job.sampler = build_sampler(self.model, request.sampling)
+            return
+        job.forced, job.forced_due = tokens, True
 
     def stats(self) -> RuntimeStats:
         with self._cond:
@@ -272,7 +304,7 @@ class LlamaCppEngine(Stepping, Healing, KVTransfer):
             self._place(job, free)
 
     def _place(self, job: SlotJob, free: list[Slot]) -> None:
-        prompt = list(job.request.prompt_tokens)
+        prompt = [*job.request.prompt_tokens, *job.forced]
         slot = choose_slot(free, prompt)
         kv = job.request.kv
         if kv is not None and common_prefix_len(slot.cached, prompt) < len(kv.tokens):
@@ -291,11 +323,11 @@ class LlamaCppEngine(Stepping, Healing, KVTransfer):
             llama_cpp.llama_memory_seq_rm(self.memory, slot.seq_id, -1, -1)
             keep, given = 0, None
         slot.keep(prompt, keep)
-        job.cached_tokens = keep
+        job.cached_tokens = min(keep, len(job.request.prompt_tokens))  # forced text is output
         job.pending, job.given_logits = prompt[keep:], given
         job.admitted = time.monotonic()
         if not job.probe:
-            self._metrics.totals(prompt=len(prompt), cached=keep)
+            self._metrics.totals(prompt=len(job.request.prompt_tokens), cached=job.cached_tokens)
         slot.job = job
 
     def _release(

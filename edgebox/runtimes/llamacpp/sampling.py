@@ -152,6 +152,21 @@ def chain_token(chain: ctypes.c_void_p, row: np.ndarray) -> int:
     return int(chosen.id)
 
 
+def accept_forced(chain: ctypes.c_void_p, tokens: list[int]) -> bool:
+    """Advance the chain over `tokens` as if it had drawn them, each first checked against it
+    alone (a grammar bans with -inf; accepting a banned token aborts the process). False at
+    the first refused one: the chain is then part-way and must not be used."""
+    for token in tokens:
+        one = np.array([(token, 0.0, 0.0)], _CANDIDATE)
+        data = one.ctypes.data_as(ctypes.POINTER(llama_cpp.llama_token_data))
+        array = llama_cpp.llama_token_data_array(data, 1, -1, False)
+        llama_cpp.llama_sampler_apply(chain, ctypes.byref(array))
+        if array.size != 1 or not array.data[0].logit > -math.inf:
+            return False
+        llama_cpp.llama_sampler_accept(chain, token)
+    return True
+
+
 def _bias_sampler(model: LlamaCppModel, params: SamplingParams) -> ctypes.c_void_p | None:
     """The request's logit biases, with every end-of-generation token banned for ignore_eos
     (llama.cpp copies the list)."""

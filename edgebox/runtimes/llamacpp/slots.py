@@ -29,6 +29,10 @@ class SlotJob(GenerationJob):
     next_token: int | None = None  # the last sampled token, to decode next
     # An imported prompt's first token comes from its exporter's logits, with no decode.
     given_logits: np.ndarray | None = None
+    # Text the request's grammar leaves no choice about at the start of the reply (a forced
+    # call's header): prefilled with the prompt, written out before the first sampled token.
+    forced: list[int] = field(default_factory=list)
+    forced_due: bool = False
     decoder: TokenTextDecoder = field(default_factory=TokenTextDecoder)
     # A trial of an uploaded KV snapshot: it must import, and its one decoded token must give
     # finite logits; it counts in no statistics.

@@ -23,7 +23,7 @@ from edgebox.runtimes.llamacpp.sampling import (
     logits_row,
     token_logprobs,
 )
-from edgebox.runtimes.llamacpp.slots import BatchArrays, Part, Slot
+from edgebox.runtimes.llamacpp.slots import BatchArrays, Part, Slot, SlotJob
 
 # A step measures the prefill rate when it carries at least this many prompt tokens and they
 # outnumber its decode tokens this many times (the decode tokens' share of the time is then
@@ -198,11 +198,27 @@ class Stepping:
         self._metrics.produced(1)  # no step carries it into the recent rate
         self._emit(slot, token, row)
 
+    def _emit_forced(self, slot: Slot, job: SlotJob) -> bool:
+        """Write out the forced text prefilled after the prompt, as generated tokens; False
+        when a stop string in it ended the request."""
+        job.forced_due = False
+        for token in job.forced:
+            job.generated += 1
+            self._metrics.generated += 1
+            text = job.matcher.feed(job.decoder.feed(self.model.piece(token)))
+            job.sink(TokenEvent(token_id=token, text=text))
+            if job.matcher.stopped:
+                self._release(slot, "stop")
+                return False
+        return True
+
     def _emit(self, slot: Slot, token: int, row: np.ndarray | None) -> None:
         """Hand the sampled token to the request (with its log-probabilities when asked, read
         off `row`), then end the request or queue the token for the next decode."""
         job = slot.job
         assert job is not None
+        if job.forced_due and not self._emit_forced(slot, job):
+            return
         top_n = job.request.sampling.logprobs
         logprob = None
         top: tuple = ()

@@ -164,3 +164,28 @@ def _prefix_regex(pieces: list[str]) -> str:
             inner = f"(?:{re.escape(ch)}{inner})?"
         out = f"(?:{_WS_RE}{inner})?"
     return out
+
+
+def forced_start(constraint: ToolConstraint) -> str:
+    """The text an eager call grammar of one function leaves no choice about at the start of a
+    reply, whitespace aside: the list opening, then `{"name": "<name>", "<args key>": `; spaced
+    as past calls render (`json.dumps`), which the grammar's optional whitespace allows. Empty
+    for lazy grammars, several functions, and formats whose openings are tags (special tokens
+    in their models' vocabularies)."""
+    fmt = constraint.format
+    if constraint.lazy or len(constraint.functions) != 1 or fmt.call_open:
+        return ""
+    if any(piece not in ("{", "[", ":", ",") and piece[:1] != '"' for piece in fmt.list_open):
+        return ""
+    name = constraint.functions[0][0]
+    pieces = [
+        *fmt.list_open,
+        "{",
+        '"name"',
+        ":",
+        json.dumps(name),
+        ",",
+        json.dumps(fmt.args_key),
+        ":",
+    ]
+    return "".join(p + (" " if p in (":", ",") else "") for p in pieces)
