@@ -227,7 +227,7 @@ class LlamaCppEngine(Stepping, Healing, KVTransfer):
             free_sampler(job.sampler)
             job.sampler = build_sampler(self.model, request.sampling)
             return
-        job.forced, job.forced_due = tokens, True
+        job.forced = tokens
 
     def stats(self) -> RuntimeStats:
         with self._cond:

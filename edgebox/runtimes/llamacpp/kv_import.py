@@ -178,7 +178,7 @@ class KVTransfer:
         slot.cached = list(kv.tokens)
         slot.imported = True
         if kv.logits:
-            slot.prompt_logits = (len(kv.tokens), np.frombuffer(kv.logits, np.float32))
+            slot.remember_logits(np.frombuffer(kv.logits, np.float32))
         return True
 
     def _export(self, slot: Slot, logits: np.ndarray) -> KVSnapshot:

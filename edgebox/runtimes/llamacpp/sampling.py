@@ -9,6 +9,7 @@ import math
 import threading
 import weakref
 from collections import OrderedDict
+from typing import Any
 
 import llama_cpp
 import numpy as np
@@ -132,15 +133,22 @@ def greedy_token(model: LlamaCppModel, row: np.ndarray, ban_eog: bool) -> int:
 _CANDIDATE = np.dtype([("id", "<i4"), ("logit", "<f4"), ("p", "<f4")])  # llama_token_data
 
 
+def _apply(chain: ctypes.c_void_p, candidates: np.ndarray) -> Any:
+    """The chain applied to `candidates` (a _CANDIDATE array, kept alive by the caller): the
+    llama_token_data_array it left, over the same memory."""
+    data = candidates.ctypes.data_as(ctypes.POINTER(llama_cpp.llama_token_data))
+    array = llama_cpp.llama_token_data_array(data, len(candidates), -1, False)
+    llama_cpp.llama_sampler_apply(chain, ctypes.byref(array))
+    return array
+
+
 def chain_token(chain: ctypes.c_void_p, row: np.ndarray) -> int:
     """What `llama_sampler_sample` picks, for a logits row that is not in the context (a
     snapshot's): the chain applied to every token as a candidate, then told its choice."""
     candidates = np.zeros(len(row), _CANDIDATE)
     candidates["id"] = np.arange(len(row), dtype=np.int32)
     candidates["logit"] = row
-    data = candidates.ctypes.data_as(ctypes.POINTER(llama_cpp.llama_token_data))
-    array = llama_cpp.llama_token_data_array(data, len(row), -1, False)
-    llama_cpp.llama_sampler_apply(chain, ctypes.byref(array))
+    array = _apply(chain, candidates)
     if not 0 <= array.selected < array.size:
         raise SamplingError("the sampler chain selected no token", "logits")
     chosen = array.data[array.selected]
@@ -158,9 +166,7 @@ def accept_forced(chain: ctypes.c_void_p, tokens: list[int]) -> bool:
     the first refused one: the chain is then part-way and must not be used."""
     for token in tokens:
         one = np.array([(token, 0.0, 0.0)], _CANDIDATE)
-        data = one.ctypes.data_as(ctypes.POINTER(llama_cpp.llama_token_data))
-        array = llama_cpp.llama_token_data_array(data, 1, -1, False)
-        llama_cpp.llama_sampler_apply(chain, ctypes.byref(array))
+        array = _apply(chain, one)
         if array.size != 1 or not array.data[0].logit > -math.inf:
             return False
         llama_cpp.llama_sampler_accept(chain, token)

@@ -32,7 +32,6 @@ class SlotJob(GenerationJob):
     # Text the request's grammar leaves no choice about at the start of the reply (a forced
     # call's header): prefilled with the prompt, written out before the first sampled token.
     forced: list[int] = field(default_factory=list)
-    forced_due: bool = False
     decoder: TokenTextDecoder = field(default_factory=TokenTextDecoder)
     # A trial of an uploaded KV snapshot: it must import, and its one decoded token must give
     # finite logits; it counts in no statistics.
@@ -67,6 +66,10 @@ class Slot:
             return None
         n, row = self.prompt_logits
         return row if n == len(prompt) and self.cached[:n] == list(prompt) else None
+
+    def remember_logits(self, row: np.ndarray) -> None:
+        """Keep `row` as the logits after everything the slot holds (a prompt just ended)."""
+        self.prompt_logits = (len(self.cached), row)
 
     def keep(self, prompt: Sequence[int], n: int) -> None:
         """Hold the first `n` tokens of `prompt` (the cells after them are gone)."""

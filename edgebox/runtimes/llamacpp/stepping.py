@@ -141,13 +141,13 @@ class Stepping:
                 self._sample(part.slot, index)
         for part, index in rows:
             if part.export and part.slot.job is not None:
-                self._export_prompt(part.slot, logits_row(self.model, self.ctx, index))
+                # kept too: the same prompt here then starts exactly as the importer does
+                row = logits_row(self.model, self.ctx, index).copy()
+                part.slot.remember_logits(row)
+                self._export_prompt(part.slot, row)
 
     def _export_prompt(self, slot: Slot, logits: np.ndarray) -> None:
-        """End an export request with its sequence's KV and the logits after its prompt
-        (kept too: the same prompt here then starts exactly as the importer does)."""
-        if slot.prompt_logits is None or slot.prompt_logits[1] is not logits:
-            slot.prompt_logits = (len(slot.cached), logits.copy())
+        """End an export request with its sequence's KV and the logits after its prompt."""
         try:
             snapshot = self._export(slot, logits)
         except Exception as exc:  # only this request fails, not the whole batch
@@ -173,7 +173,7 @@ class Stepping:
             row = logits_row(self.model, self.ctx, index)
         if first:  # the prompt's own logits, for the same prompt again
             assert row is not None
-            slot.prompt_logits = (len(slot.cached), row.copy())
+            slot.remember_logits(row.copy())
         self._emit(slot, token, row)
 
     def _sample_given(self, slot: Slot) -> None:
@@ -183,7 +183,7 @@ class Stepping:
         job = slot.job
         assert job is not None and job.given_logits is not None
         row, job.given_logits = job.given_logits, None
-        slot.prompt_logits = (len(slot.cached), row)
+        slot.remember_logits(row)
         if job.request.export_kv:  # nothing left to prefill
             self._export_prompt(slot, row)
             return
@@ -201,7 +201,6 @@ class Stepping:
     def _emit_forced(self, slot: Slot, job: SlotJob) -> bool:
         """Write out the forced text prefilled after the prompt, as generated tokens; False
         when a stop string in it ended the request."""
-        job.forced_due = False
         for token in job.forced:
             job.generated += 1
             self._metrics.generated += 1
@@ -217,7 +216,8 @@ class Stepping:
         off `row`), then end the request or queue the token for the next decode."""
         job = slot.job
         assert job is not None
-        if job.forced_due and not self._emit_forced(slot, job):
+        # forced text is due before the first sampled token (nothing generated yet)
+        if job.forced and not job.generated and not self._emit_forced(slot, job):
             return
         top_n = job.request.sampling.logprobs
         logprob = None
