@@ -64,6 +64,30 @@ TOOL_PARAMS = {
     "additionalProperties": False,
 }
 TOOL_DESC = "Read a file of the repository and return its text."
+# More tools for `--tools N` (an agent offers several): read_file and the first N-1 of these.
+OTHER_TOOLS = [
+    ("list_dir", "List the entries of a directory of the repository.", "dir"),
+    ("search_code", "Search the repository for a regular expression.", "pattern"),
+    ("write_file", "Replace a file of the repository with new text.", "text"),
+    ("run_tests", "Run the repository's tests under a path.", "target"),
+    ("git_diff", "Show the working tree's changes to a file.", "file"),
+]
+
+
+def offered_tools(n: int) -> list[tuple[str, str, dict[str, Any]]]:
+    """(name, description, parameters) of the first n tools, read_file first."""
+    tools = [("read_file", TOOL_DESC, TOOL_PARAMS)]
+    for name, desc, param in OTHER_TOOLS[: n - 1]:
+        params = {
+            "type": "object",
+            "properties": {param: {"type": "string", "maxLength": 80}},
+            "required": [param],
+            "additionalProperties": False,
+        }
+        tools.append((name, desc, params))
+    return tools
+
+
 ASK = "Review the repository: read its files one at a time, then say what each module does."
 
 
@@ -89,6 +113,7 @@ def tool_result(turn: int) -> str:
 @dataclass
 class Turn:
     ttft: float  # seconds to the first streamed output event
+    whole: float  # seconds to the end of the reply (the whole call, what an agent waits for)
     prompt: int  # prompt tokens of the turn
     cached: int  # of which served from the prefix cache
     output: int  # output tokens
@@ -99,8 +124,9 @@ class Turn:
 class Conversation:
     """One way's client side: what it sends each turn, what it keeps between turns."""
 
-    def __init__(self, way: str, client: openai.OpenAI, max_tokens: int) -> None:
+    def __init__(self, way: str, client: openai.OpenAI, max_tokens: int, tools: int) -> None:
         self.way, self.client, self.max_tokens = way, client, max_tokens
+        self.tools = offered_tools(tools)
         self.system = system_prompt(f"{way}-{time.time_ns()}")
         self.items: list[dict[str, Any]] = [{"role": "user", "content": ASK}]  # Responses
         self.messages: list[dict[str, Any]] = [  # chat completions
@@ -151,8 +177,9 @@ class Conversation:
             "model": "m",
             "instructions": self.system,
             "tools": [
-                {"type": "function", "name": "read_file", "description": TOOL_DESC}
-                | {"parameters": TOOL_PARAMS, "strict": False}
+                {"type": "function", "name": name, "description": desc}
+                | {"parameters": params, "strict": False}
+                for name, desc, params in self.tools
             ],
             "tool_choice": "required",
             "temperature": 0,
@@ -173,12 +200,9 @@ class Conversation:
             "tools": [
                 {
                     "type": "function",
-                    "function": {
-                        "name": "read_file",
-                        "description": TOOL_DESC,
-                        "parameters": TOOL_PARAMS,
-                    },
+                    "function": {"name": name, "description": desc, "parameters": params},
                 }
+                for name, desc, params in self.tools
             ],
             "tool_choice": "required",
             "temperature": 0,
@@ -206,7 +230,8 @@ def streamed_response(client: openai.OpenAI, body: dict[str, Any], conv: Convers
     )
     usage = final.usage
     cached = usage.input_tokens_details.cached_tokens if usage.input_tokens_details else 0
-    return Turn(first, usage.input_tokens, cached, usage.output_tokens, call)
+    whole = time.perf_counter() - started
+    return Turn(first, whole, usage.input_tokens, cached, usage.output_tokens, call)
 
 
 def streamed_chat(client: openai.OpenAI, body: dict[str, Any]) -> Turn:
@@ -229,6 +254,7 @@ def streamed_chat(client: openai.OpenAI, body: dict[str, Any]) -> Turn:
                 slot[0] = tc.id or slot[0]
                 slot[1] += (fn.name or "") if fn else ""
                 slot[2] += (fn.arguments or "") if fn else ""
+    whole = time.perf_counter() - started
     call = tuple(calls[min(calls)]) if calls else None
     if timings:  # llama-server: prompt_n computed, cache_n reused
         prompt, cached = int(timings["prompt_n"]) + int(timings["cache_n"]), int(timings["cache_n"])
@@ -239,13 +265,17 @@ def streamed_chat(client: openai.OpenAI, body: dict[str, Any]) -> Turn:
             (details.cached_tokens or 0) if details else 0,
         )
     output = usage.completion_tokens if usage else int(timings.get("predicted_n", 0))
-    return Turn(first, prompt, cached, output, call)  # type: ignore[arg-type]
+    return Turn(first, whole, prompt, cached, output, call)  # type: ignore[arg-type]
 
 
-def run_loop(servers: dict[str, str], turns: int, max_tokens: int) -> dict[str, list[Turn]]:
+def run_loop(
+    servers: dict[str, str], turns: int, max_tokens: int, tools: int
+) -> dict[str, list[Turn]]:
     """Every way's conversation, the ways taking turns so load drift hits all alike."""
     convs = {
-        way: Conversation(way, openai.OpenAI(base_url=url, api_key="none", timeout=900), max_tokens)
+        way: Conversation(
+            way, openai.OpenAI(base_url=url, api_key="none", timeout=900), max_tokens, tools
+        )
         for way, url in servers.items()
     }
     results: dict[str, list[Turn]] = {way: [] for way in convs}
@@ -254,7 +284,8 @@ def run_loop(servers: dict[str, str], turns: int, max_tokens: int) -> dict[str, 
             done = conv.turn(n)
             results[way].append(done)
             print(
-                f"turn {n} way {way}: ttft {done.ttft:.2f} s, prompt {done.prompt}, "
+                f"turn {n} way {way}: ttft {done.ttft:.2f} s, whole {done.whole:.2f} s, "
+                f"prompt {done.prompt}, "
                 f"cached {done.cached}, output {done.output}",
                 file=sys.stderr,
                 flush=True,
@@ -272,19 +303,22 @@ def turn_table(results: dict[str, list[Turn]]) -> list[str]:
     ways = list(results)
     lines = [
         "| turn | prompt tokens | "
-        + " | ".join(f"({w}) TTFT s" for w in ways)
+        + " | ".join(f"({w}) TTFT / whole s" for w in ways)
         + " | "
         + " | ".join(f"({w}) computed / cached" for w in ways)
-        + (" | (a) ÷ (d) TTFT |" if "d" in ways else " |"),
+        + (" | (a) ÷ (d) TTFT / whole |" if "d" in ways else " |"),
         "|---:|---:|" + "---:|" * (2 * len(ways) + ("d" in ways)),
     ]
     for i in range(len(results[ways[0]])):
         row = [results[w][i] for w in ways]
         prompts = "/".join(sorted({str(t.prompt) for t in row}))
-        ratio = f" | {row[0].ttft / results['d'][i].ttft:.2f}x" if "d" in ways else ""
+        ratio = ""
+        if "d" in ways:
+            d = results["d"][i]
+            ratio = f" | {row[0].ttft / d.ttft:.2f}x / {row[0].whole / d.whole:.2f}x"
         lines.append(
             f"| {i + 1} | {prompts} | "
-            + " | ".join(f"{t.ttft:.2f}" for t in row)
+            + " | ".join(f"{t.ttft:.2f} / {t.whole:.2f}" for t in row)
             + " | "
             + " | ".join(f"{t.prompt - t.cached} / {t.cached}" for t in row)
             + ratio
@@ -297,19 +331,23 @@ def summary(results: dict[str, list[Turn]]) -> list[str]:
     last = len(next(iter(results.values())))
     lines = [
         "| way | history from cache, turn 2 / turn N (min of 2..N) | TTFT turn 1 | turn 2 |"
-        " turn N | turn N ÷ turn 2 | turns where TTFT ≤ llama-server's | calls the server wrote |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        " turn N | turn N ÷ turn 2 | turns where TTFT / whole reply ≤ llama-server's |"
+        " median whole reply s | calls the server wrote |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for way, turns in results.items():
         shares = [history_share(turns, n) for n in range(2, last + 1)]
         beat = "-"
         if "d" in results and way != "d":
-            wins = sum(t.ttft <= d.ttft for t, d in zip(turns, results["d"], strict=True))
-            beat = f"{wins} / {last}"
+            pairs = list(zip(turns, results["d"], strict=True))
+            first = sum(t.ttft <= d.ttft for t, d in pairs)
+            whole = sum(t.whole <= d.whole for t, d in pairs)
+            beat = f"{first} / {whole} of {last}"
         lines.append(
             f"| ({way}) {WAYS[way]} | {100 * shares[0]:.1f} % / {100 * shares[-1]:.1f} % "
             f"({100 * min(shares):.1f} %) | {turns[0].ttft:.2f} | {turns[1].ttft:.2f} | "
             f"{turns[-1].ttft:.2f} | {turns[-1].ttft / turns[1].ttft:.2f}x | {beat} | "
+            f"{statistics.median(t.whole for t in turns):.2f} | "
             f"{sum(t.forced for t in turns)} / {last} |"
         )
     return lines
@@ -352,7 +390,7 @@ def serve(args: argparse.Namespace, repack: bool) -> dict[str, list[Turn]]:
     servers = {w: base["edgebox"] for w in "abc"} | ({"d": base["llama-server"]} if binary else {})
     procs = [start(cmd, f"http://127.0.0.1:{ports[n]}/v1/models") for n, cmd in cmds.items()]
     try:
-        return run_loop(servers, args.turns, args.max_tokens)
+        return run_loop(servers, args.turns, args.max_tokens, args.tools)
     finally:
         for proc in procs:
             proc.terminate()
@@ -365,6 +403,14 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--turns", type=int, default=10)
     parser.add_argument("--max-tokens", type=int, default=40, help="output tokens per turn")
+    parser.add_argument(
+        "--tools",
+        type=int,
+        default=1,
+        choices=range(1, len(OTHER_TOOLS) + 2),
+        metavar=f"1..{len(OTHER_TOOLS) + 1}",
+        help="functions offered each turn (read_file first; the model picks under required)",
+    )
     parser.add_argument("--skip-llama-server", action="store_true")
     parser.add_argument("--skip-tool-overhead", action="store_true")
     parser.add_argument("--write", action="store_true", help="append to docs/benchmarks.md")
@@ -381,7 +427,7 @@ def main() -> None:
         f"### Agent loop ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})",
         "",
         f"`python benchmarks/bench_agent_loop.py --turns {args.turns} --threads {args.threads} "
-        f"--max-tokens {args.max_tokens}` on {cpu_kind()}. Model {model.alias} "
+        f"--max-tokens {args.max_tokens} --tools {args.tools}` on {cpu_kind()}. Model {model.alias} "
         f"({model.path.name}); {args.threads} thread(s), {SLOTS} slots of {SLOT_CTX} tokens and "
         f"repacking {'on' if works.enabled else 'off'} ({works.status}) on both servers. "
         f"Load average (1 min) {load_before[0]:.2f} before, {load_mid[0]:.2f} after the loop, "

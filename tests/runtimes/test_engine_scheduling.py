@@ -360,13 +360,13 @@ def test_a_forced_call_header_is_prefilled_not_decoded(runtime: LlamaCppRuntime)
     token is decoded. Fewer steps, the same call's shape."""
     import json as _json
 
-    from edgebox.runtimes.llamacpp.tool_grammar import forced_start
+    from edgebox.runtimes.llamacpp.tool_grammar import call_heads, forced_after
     from edgebox.runtimes.tool_format import GENERIC, ToolConstraint
 
     schema = '{"type":"object","properties":{"path":{"type":"string","enum":["a.py","b.py"]}},"required":["path"]}'
     tools = ToolConstraint(GENERIC, (("read_file", schema),), lazy=False, parallel=False)
-    header = forced_start(tools)
-    assert header == '{"tool_calls": [{"name": "read_file", "arguments": '
+    header = forced_after(tools, call_heads(tools) or (), "")
+    assert header == '{"tool_calls": [{"name": "read_file", "arguments":'
     prompt = runtime.tokenize(
         runtime.render_chat([{"role": "user", "content": "Read a file of the repository."}])
     )
@@ -391,3 +391,58 @@ def test_a_forced_call_header_is_prefilled_not_decoded(runtime: LlamaCppRuntime)
     decoded_text, decoded_steps, decoded_completion, _ = replies["decoded"]
     assert _json.loads(decoded_text)["tool_calls"][0]["name"] == "read_file"
     assert decoded_steps >= decoded_completion
+
+
+@pytest.mark.parametrize("choice", ["required", "auto"])
+def test_call_heads_are_jumped_over_where_the_model_has_no_choice(
+    runtime: LlamaCppRuntime, choice: str
+) -> None:
+    """Several functions: under `required` the opening up to the name is prefilled, and once
+    the model's name is told apart from the others the rest of it and `", "arguments":` come
+    in one step; under `auto` (a lazy grammar) the head after the model's own marker does. The
+    reply is the one decoding every token gives (with logprobs, which never jump), in fewer
+    steps, and its head tokenizes as the next turn's prompt will (the prefix cache matches)."""
+    import json as _json
+
+    from edgebox.runtimes.tool_format import (
+        GENERIC,
+        ToolConstraint,
+        generic_instructions,
+        generic_messages,
+    )
+
+    schema = '{"type":"object","properties":{"path":{"type":"string"}},"required":["path"]}'
+    names = ("read_file", "read_dir", "write_file")
+    offered = [{"name": n, "parameters": _json.loads(schema)} for n in names]
+    ask = "Read src/main.py. Reply with only this JSON: " + _json.dumps(
+        {"tool_calls": [{"name": "read_file", "arguments": {"path": "src/main.py"}}]}
+    )
+    messages = generic_messages(
+        [{"role": "user", "content": ask}], generic_instructions(offered, choice, False, None)
+    )
+    prompt = runtime.tokenize(runtime.render_chat(messages))
+    tools = ToolConstraint(GENERIC, tuple((n, schema) for n in names), choice == "auto", False)
+    model = runtime.engine.model
+    # the model this small does not start a call by itself under auto: its marker is favoured
+    marker = model.tokenize('{"tool_calls":', add_special=False, parse_special=False)
+    bias = tuple((t, 30.0) for t in marker) if choice == "auto" else ()
+    replies = {}
+    for mode, logprobs in (("jump", None), ("decoded", 1)):
+        sampling = SamplingParams(temperature=0.0, tools=tools, logprobs=logprobs, logit_bias=bias)
+        before = runtime.stats().steps_total
+        timeline, _ = submit(runtime, GenerationRequest(prompt, sampling, max_tokens=40))
+        finish = timeline.wait()
+        steps = runtime.stats().steps_total - before
+        replies[mode] = (timeline.ids, steps, finish.completion_tokens)
+    ids, steps, completion = replies["jump"]
+    decoded_ids, decoded_steps, decoded_completion = replies["decoded"]
+    assert ids == decoded_ids and completion == decoded_completion == len(ids)
+    text = runtime.detokenize(ids)
+    assert text.startswith('{"tool_calls": [{"name": "read_file", "arguments":')
+    head = text[: text.index('"arguments":') + len('"arguments":')]
+    head_ids = model.tokenize(head, add_special=False, parse_special=False)
+    assert ids[: len(head_ids)] == head_ids
+    assert decoded_steps >= decoded_completion
+    # the opening's 10 tokens (required) or the 5 after the marker (auto), and the 4 after
+    # the name, are not decoded one a step
+    assert steps <= completion - (13 if choice == "required" else 8)

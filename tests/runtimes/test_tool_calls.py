@@ -15,7 +15,12 @@ from edgebox.runtimes.base import SamplingParams, ToolSchemaError
 from edgebox.runtimes.chat_template import ChatTemplate
 from edgebox.runtimes.llamacpp.model import LlamaCppModel
 from edgebox.runtimes.llamacpp.sampling import build_sampler, free_sampler
-from edgebox.runtimes.llamacpp.tool_grammar import forced_start, tool_call_gbnf, trigger_patterns
+from edgebox.runtimes.llamacpp.tool_grammar import (
+    call_heads,
+    forced_after,
+    tool_call_gbnf,
+    trigger_patterns,
+)
 from edgebox.runtimes.tool_format import (
     FORMATS,
     GENERIC,
@@ -298,15 +303,57 @@ def test_another_key_between_the_name_and_the_arguments_is_read_at_the_close() -
 
 @pytest.mark.parametrize("fmt", [GENERIC, LLAMA3, HERMES, MISTRAL], ids=lambda f: f.name)
 def test_the_forced_header_is_how_past_calls_render(fmt: ToolFormat) -> None:
-    """What the engine jumps over for a forced call of one function: exactly the start of the
-    call as the conversation renders it afterwards (so the next turn's prefix matches), or
-    nothing where the format opens with a tag, the grammar is lazy or the function not known."""
-    one = FUNCTIONS[:1]
-    header = forced_start(ToolConstraint(fmt, one, lazy=False, parallel=False))
+    """What the engine jumps over at the start of a forced call: with one function, its whole
+    head exactly as the conversation renders it afterwards (so the next turn's prefix matches),
+    up to the space the model's next token starts with; with several, the opening up to the
+    name; nothing where the format opens with a tag or the grammar waits for a trigger."""
+    one = ToolConstraint(fmt, FUNCTIONS[:1], lazy=False, parallel=False)
+    heads = call_heads(one)
     if fmt in (HERMES, MISTRAL):
-        assert header == ""
+        assert heads is None
         return
-    written = calls_text(fmt, [{"id": "c", "name": one[0][0], "arguments": '{"city": "Oslo"}'}])
-    assert header and written.startswith(header) and header.endswith(f'"{fmt.args_key}": ')
-    assert forced_start(ToolConstraint(fmt, one, lazy=True, parallel=False)) == ""
-    assert forced_start(ToolConstraint(fmt, FUNCTIONS, lazy=False, parallel=False)) == ""
+    assert heads is not None
+    header = forced_after(one, heads, "")
+    written = calls_text(fmt, [{"id": "c", "name": FUNCTIONS[0][0], "arguments": '{"days": 2}'}])
+    assert header and written.startswith(header + " {") and header.endswith(f'"{fmt.args_key}":')
+    lazy = ToolConstraint(fmt, FUNCTIONS[:1], lazy=True, parallel=False)
+    assert forced_after(lazy, heads, "") == ""
+    several = ToolConstraint(fmt, FUNCTIONS, lazy=False, parallel=False)
+    opening = forced_after(several, call_heads(several) or (), "")
+    assert opening and written.startswith(opening) and opening.endswith('"name": "')
+
+
+@pytest.mark.parametrize("lazy", [False, True], ids=["forced", "auto"])
+@pytest.mark.parametrize("fmt", [GENERIC, LLAMA3], ids=lambda f: f.name)
+def test_every_jump_is_the_text_the_call_renders_as(fmt: ToolFormat, lazy: bool) -> None:
+    """Written out a character at a time, a call's reply is jumped over only where the
+    grammar leaves no choice: what is forced is always the text that follows in the rendered
+    call, never before a lazy grammar's marker, never part of a name another function shares,
+    and nothing once the head is written."""
+    functions = (*FUNCTIONS, ("get_time", "{}"), ("get", "{}"))
+    constraint = ToolConstraint(fmt, functions, lazy=lazy, parallel=False)
+    heads = call_heads(constraint)
+    assert heads is not None
+    for name in ("get_weather", "noop", "get"):
+        written = calls_text(fmt, [{"id": "c", "name": name, "arguments": "{}"}])
+        head_end = written.index(f'"{fmt.args_key}":') + len(fmt.args_key) + 3
+        jumped = []
+        for n in range(len(written) + 1):
+            forced = forced_after(constraint, heads, written[:n])
+            if n >= head_end:
+                assert forced is None, (name, written[:n])
+                continue
+            assert forced is not None, (name, written[:n])
+            assert written[n:].startswith(forced), (name, written[:n], forced)
+            if forced:
+                jumped.append((n, forced))
+        if lazy:
+            assert all(n >= len("".join(fmt.marker)) for n, _ in jumped)
+        # the name is completed only once no other function shares what is typed of it
+        opening = written.index('"name": "') + len('"name": "')
+        for n, forced in jumped:
+            typed = written[opening:n]
+            if n > opening:
+                rivals = [f for f, _ in functions if f.startswith(typed) and f != name]
+                assert not rivals or not forced[0].isalnum(), (name, typed, forced)
+    assert forced_after(constraint, heads, "Sure, here is") is None

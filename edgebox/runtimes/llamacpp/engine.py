@@ -33,13 +33,13 @@ from edgebox.runtimes.base import (
     RuntimeStats,
 )
 from edgebox.runtimes.jobs import JobMetrics, JobQueue, request_timeout
+from edgebox.runtimes.llamacpp.jump_forward import CallHeads, jump
 from edgebox.runtimes.llamacpp.kv_format import StateLayout
 from edgebox.runtimes.llamacpp.kv_import import KVTransfer
 from edgebox.runtimes.llamacpp.kv_state import kv_layout, resolved_flash_attn
 from edgebox.runtimes.llamacpp.model import LlamaCppModel, captured_log
 from edgebox.runtimes.llamacpp.recovery import KV_INVALID, EngineHealth, Healing
 from edgebox.runtimes.llamacpp.sampling import (
-    accept_forced,
     build_sampler,
     free_sampler,
     plain_greedy,
@@ -52,7 +52,6 @@ from edgebox.runtimes.llamacpp.slots import (
     common_prefix_len,
 )
 from edgebox.runtimes.llamacpp.stepping import Stepping
-from edgebox.runtimes.llamacpp.tool_grammar import forced_start
 from edgebox.runtimes.prefix_blocks import BLOCK_TOKENS
 from edgebox.runtimes.text import StopMatcher
 
@@ -205,29 +204,22 @@ class LlamaCppEngine(Stepping, Healing, KVTransfer):
         return job
 
     def _force_start(self, job: SlotJob) -> None:
-        """Jump forward over the text a forced call's grammar allows only one way (its header,
-        `tool_grammar.forced_start`): prefilled with the prompt in one step instead of decoded
-        a token a step, and written out before the first sampled token. Not with logprobs (the
-        text has none), an imported snapshot, or a budget it would not fit in."""
+        """Follow the reply for call heads to jump over (`jump_forward`); a forced call's
+        opening (with one function, its whole head) is prefilled with the prompt in one step
+        instead of decoded a token a step, and written out before the first sampled token.
+        Not with logprobs (jumped-over text has none); no prefilled opening after an imported
+        snapshot (its logits follow the prompt alone)."""
         request = job.request
         tools = request.sampling.tools
-        if tools is None or request.sampling.logprobs is not None or request.kv is not None:
+        if tools is None or request.sampling.logprobs is not None:
             return
-        text = forced_start(tools)
-        if not text:
-            return
-        tokens = self.model.tokenize(text, add_special=False, parse_special=False)
-        if b"".join(self.model.piece(t) for t in tokens) != text.encode():
+        job.heads = CallHeads.of(tools)
+        if job.heads is None or request.kv is not None:
             return
         room = self.n_ctx_seq - 1 - len(request.prompt_tokens)
-        budget = room if request.max_tokens is None else min(room, request.max_tokens)
-        if len(tokens) >= budget:
-            return
-        if not accept_forced(job.sampler, tokens):  # the chain is part-way: start it again
-            free_sampler(job.sampler)
-            job.sampler = build_sampler(self.model, request.sampling)
-            return
-        job.forced = tokens
+        if request.max_tokens is not None:
+            room = min(room, request.max_tokens)
+        job.forced, job.sampler = jump(self.model, job.heads, job.sampler, room)
 
     def stats(self) -> RuntimeStats:
         with self._cond:

@@ -6,13 +6,16 @@ from __future__ import annotations
 import ctypes
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from edgebox.runtimes.jobs import GenerationJob
 from edgebox.runtimes.prefix_blocks import BlockChain
 from edgebox.runtimes.text import StopMatcher, TokenTextDecoder
+
+if TYPE_CHECKING:
+    from edgebox.runtimes.llamacpp.jump_forward import CallHeads
 
 
 @dataclass(eq=False, kw_only=True)
@@ -26,12 +29,14 @@ class SlotJob(GenerationJob):
     pending: list[int] = field(default_factory=list)  # prompt tokens still to prefill
     cached_tokens: int = 0
     generated: int = 0
-    next_token: int | None = None  # the last sampled token, to decode next
+    # The last sampled token and any forced text after it (a jump), to decode next.
+    next_tokens: list[int] = field(default_factory=list)
     # An imported prompt's first token comes from its exporter's logits, with no decode.
     given_logits: np.ndarray | None = None
     # Text the request's grammar leaves no choice about at the start of the reply (a forced
     # call's header): prefilled with the prompt, written out before the first sampled token.
     forced: list[int] = field(default_factory=list)
+    heads: CallHeads | None = None  # the reply's start while it may be a call's head
     decoder: TokenTextDecoder = field(default_factory=TokenTextDecoder)
     # A trial of an uploaded KV snapshot: it must import, and its one decoded token must give
     # finite logits; it counts in no statistics.
@@ -39,9 +44,8 @@ class SlotJob(GenerationJob):
 
     def readmit(self, held: Sequence[int]) -> None:
         """Feed the `held` tokens (whose KV cells were lost) again before what was pending and
-        the sampled token not yet decoded; sampling resumes after the last of them."""
-        next_token = [] if self.next_token is None else [self.next_token]
-        self.pending, self.next_token = [*held, *self.pending, *next_token], None
+        the sampled tokens not yet decoded; sampling resumes after the last of them."""
+        self.pending, self.next_tokens = [*held, *self.pending, *self.next_tokens], []
         self.given_logits = None  # the last of them gives the logits again
 
 

@@ -14,6 +14,7 @@ import numpy as np
 
 from edgebox.runtimes.base import FinishReason, KVSnapshot, SamplingError, TokenEvent
 from edgebox.runtimes.jobs import JobMetrics
+from edgebox.runtimes.llamacpp.jump_forward import jump
 from edgebox.runtimes.llamacpp.kv_state import logits_finite
 from edgebox.runtimes.llamacpp.model import LlamaCppModel
 from edgebox.runtimes.llamacpp.recovery import KV_INVALID
@@ -108,9 +109,9 @@ class Stepping:
         parts: list[Part] = []
         for slot in self._slots:
             job = slot.job
-            if job and not job.pending and job.next_token is not None:
-                parts.append(Part(slot, len(slot.cached), [job.next_token], logits=True))
-                job.next_token = None
+            if job and not job.pending and job.next_tokens:
+                parts.append(Part(slot, len(slot.cached), job.next_tokens, logits=True))
+                job.next_tokens = []
         room = self.n_batch - len(parts)
         budget = min(self.prefill_chunk, room) if parts else room
         waiting = sorted((s for s in self._slots if s.job and s.job.pending), key=_submitted)
@@ -198,13 +199,16 @@ class Stepping:
         self._metrics.produced(1)  # no step carries it into the recent rate
         self._emit(slot, token, row)
 
-    def _emit_forced(self, slot: Slot, job: SlotJob) -> bool:
-        """Write out the forced text prefilled after the prompt, as generated tokens; False
-        when a stop string in it ended the request."""
-        for token in job.forced:
+    def _write_forced(self, slot: Slot, job: SlotJob, tokens: list[int]) -> bool:
+        """Write out jumped-over text as generated tokens; False when a stop string in it
+        ended the request."""
+        for token in tokens:
             job.generated += 1
             self._metrics.generated += 1
-            text = job.matcher.feed(job.decoder.feed(self.model.piece(token)))
+            piece = self.model.piece(token)
+            if job.heads is not None:
+                job.heads.feed(piece)
+            text = job.matcher.feed(job.decoder.feed(piece))
             job.sink(TokenEvent(token_id=token, text=text))
             if job.matcher.stopped:
                 self._release(slot, "stop")
@@ -217,7 +221,7 @@ class Stepping:
         job = slot.job
         assert job is not None
         # forced text is due before the first sampled token (nothing generated yet)
-        if job.forced and not job.generated and not self._emit_forced(slot, job):
+        if job.forced and not job.generated and not self._write_forced(slot, job, job.forced):
             return
         top_n = job.request.sampling.logprobs
         logprob = None
@@ -229,7 +233,8 @@ class Stepping:
             return
         job.generated += 1
         self._metrics.generated += 1  # this thread is the only writer
-        text = job.matcher.feed(job.decoder.feed(self.model.piece(token)))
+        piece = self.model.piece(token)
+        text = job.matcher.feed(job.decoder.feed(piece))
         job.sink(TokenEvent(token_id=token, text=text, logprob=logprob, top_logprobs=top))
         limit = job.request.max_tokens
         if job.matcher.stopped:
@@ -239,4 +244,18 @@ class Stepping:
         ) + 1 >= self.n_ctx_seq:
             self._release(slot, "length")
         else:
-            job.next_token = token
+            job.next_tokens = [token]
+            if job.heads is not None and not job.heads.done:
+                job.heads.feed(piece)
+                self._jump(slot, job)
+
+    def _jump(self, slot: Slot, job: SlotJob) -> None:
+        """Jump forward over call text forced after the token just sampled (`jump_forward`):
+        written out now, decoded with that token in the next step."""
+        assert job.heads is not None
+        room = self.n_ctx_seq - 2 - len(slot.cached)
+        if job.request.max_tokens is not None:
+            room = min(room, job.request.max_tokens - job.generated)
+        tokens, job.sampler = jump(self.model, job.heads, job.sampler, room)
+        if tokens and self._write_forced(slot, job, tokens):
+            job.next_tokens.extend(tokens)

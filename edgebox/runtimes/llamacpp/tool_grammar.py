@@ -166,26 +166,77 @@ def _prefix_regex(pieces: list[str]) -> str:
     return out
 
 
-def forced_start(constraint: ToolConstraint) -> str:
-    """The text an eager call grammar of one function leaves no choice about at the start of a
-    reply, whitespace aside: the list opening, then `{"name": "<name>", "<args key>": `; spaced
-    as past calls render (`json.dumps`), which the grammar's optional whitespace allows. Empty
-    for lazy grammars, several functions, and formats whose openings are tags (special tokens
-    in their models' vocabularies)."""
+def call_heads(constraint: ToolConstraint) -> tuple[str, ...] | None:
+    """Each offered function's call up to its arguments, as past calls render (`json.dumps`
+    spacing, which the grammar's optional whitespace allows): the list opening, then
+    `{"name": "<name>", "<args key>":`. None for formats whose openings are tags (special
+    tokens in their models' vocabularies)."""
     fmt = constraint.format
-    if constraint.lazy or len(constraint.functions) != 1 or fmt.call_open:
-        return ""
-    if any(piece not in ("{", "[", ":", ",") and piece[:1] != '"' for piece in fmt.list_open):
-        return ""
-    name = constraint.functions[0][0]
-    pieces = [
-        *fmt.list_open,
-        "{",
-        '"name"',
-        ":",
-        json.dumps(name),
-        ",",
-        json.dumps(fmt.args_key),
-        ":",
-    ]
-    return "".join(p + (" " if p in (":", ",") else "") for p in pieces)
+    if fmt.call_open or any(
+        piece not in ("{", "[", ":", ",") and piece[:1] != '"' for piece in fmt.list_open
+    ):
+        return None
+    heads = []
+    for name, _ in constraint.functions:
+        pieces = [
+            *fmt.list_open,
+            "{",
+            '"name"',
+            ":",
+            json.dumps(name),
+            ",",
+            json.dumps(fmt.args_key),
+            ":",
+        ]
+        heads.append("".join(p + (" " if p in (":", ",") else "") for p in pieces).rstrip())
+    return tuple(heads)
+
+
+_WORD_END = re.compile(r"[A-Za-z0-9]+$")
+
+
+def forced_after(constraint: ToolConstraint, heads: tuple[str, ...], reply: str) -> str | None:
+    """The text the call grammar leaves no choice about after `reply` (the reply so far),
+    whitespace aside: the rest of the call's head common to every function still possible,
+    spaced as `heads` (`call_heads`). It ends at a word's end or before a space, where the
+    model's next token would start anyway, so the text tokenizes as it will in the next turn's
+    prompt. Empty when nothing is forced yet (a lazy grammar before its marker, or the model's
+    choice of name); None once the reply is past the heads or off them (no call at its start:
+    the formats here are anchored, or the call's head written)."""
+    fmt = constraint.format
+    typed = "".join(reply.split())
+    live = [h for h in heads if "".join(h.split()).startswith(typed)]
+    if not live:
+        return None
+    if constraint.lazy:
+        if len(reply) - len(reply.lstrip()) > WS_MAX:
+            return None  # past the whitespace its trigger allows before a call
+        if len(typed) < sum(len(p) for p in fmt.marker):
+            return ""  # the model has not begun a call (its trigger has not fired)
+    rests = [_after_typed(head, len(typed)) for head in live]
+    if reply[-1:].isspace():
+        rests = [rest.lstrip() for rest in rests]
+    if all(not rest for rest in rests):
+        return None
+    if reply[-1:].isalnum() and rests[0][:1].isalnum():
+        return ""  # mid-word: the model's next token ends the word as the tokenizer would
+    forced = rests[0]
+    for rest in rests[1:]:
+        n = 0
+        while n < min(len(forced), len(rest)) and forced[n] == rest[n]:
+            n += 1
+        forced = forced[:n]
+    if any(rest != forced for rest in rests):  # the model names the function from here
+        word = _WORD_END.search(forced)
+        forced = forced[: word.start()] if word else forced
+    return forced
+
+
+def _after_typed(head: str, typed: int) -> str:
+    """`head` after its first `typed` non-whitespace characters."""
+    for i, ch in enumerate(head):
+        if typed == 0:
+            return head[i:]
+        if not ch.isspace():
+            typed -= 1
+    return ""
