@@ -1,10 +1,12 @@
 """Decode speed of constrained tool-call decoding vs free text, on the llama.cpp engine.
 
 One runtime, one prompt (a user question with the generic tool offer in the system message),
-greedy, a fixed number of tokens per sequence, three ways: free text (no grammar), `auto` (the
-lazy tool grammar, which plain text never triggers, so its cost while waiting), and `required`
-(the eager call grammar with parallel calls, so the model writes calls for all its tokens).
-Rounds alternate the modes; the median tokens/s from first to last token is reported.
+greedy, a fixed number of tokens per sequence: free text (no grammar), `auto` (the lazy tool
+grammar, which plain text never triggers, so its cost while waiting), `required` (the eager call
+grammar with parallel calls, so the model writes calls for all its tokens; the call heads it
+jumps over count as tokens), and a `response_format` JSON schema (a week of forecasts: JSON for
+every token, no jumps), greedy and sampled. Rounds alternate the modes; the median tokens/s
+from first to last token is reported, with the tokens each mode wrote.
 
     python benchmarks/bench_tool_calls.py --tokens 96 --rounds 3 --threads 2
 """
@@ -47,10 +49,28 @@ WEATHER = {
     "required": ["city", "days"],
 }
 FUNCTION = {"name": "get_weather", "description": "The forecast", "parameters": WEATHER}
+# A response_format schema long enough that the model writes JSON for every measured token.
+WEEK = {
+    "type": "object",
+    "properties": {
+        "days": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {"day": {"type": "string"}, "summary": {"type": "string"}},
+                "required": ["day", "summary"],
+            },
+            "minItems": 7,
+        }
+    },
+    "required": ["days"],
+}
 
 
-def rate(runtime: LlamaCppRuntime, prompt: list[int], params: SamplingParams, n: int) -> float:
-    """Tokens per second from the first generated token to the last."""
+def rate(
+    runtime: LlamaCppRuntime, prompt: list[int], params: SamplingParams, n: int
+) -> tuple[float, int]:
+    """Tokens per second from the first generated token to the last, and the tokens."""
     times: list[float] = []
     done = threading.Event()
 
@@ -63,7 +83,8 @@ def rate(runtime: LlamaCppRuntime, prompt: list[int], params: SamplingParams, n:
     request = GenerationRequest(prompt_tokens=prompt, sampling=params, max_tokens=n)
     runtime.submit(request, sink)
     done.wait(600)
-    return (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 else 0.0
+    per_s = (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 else 0.0
+    return per_s, len(times)
 
 
 def main() -> None:
@@ -87,18 +108,26 @@ def main() -> None:
         "required (call grammar)": SamplingParams(
             temperature=0, tools=ToolConstraint(GENERIC, functions, lazy=False, parallel=True)
         ),
+        "json_schema (grammar), greedy": SamplingParams(temperature=0, json_schema=WEEK),
+        "json_schema (grammar), temperature 0.7, seed 1": SamplingParams(
+            temperature=0.7, seed=1, json_schema=WEEK
+        ),
     }
     for params in modes.values():
         runtime.prepare_sampling(params)
     rates: dict[str, list[float]] = {name: [] for name in modes}
+    written: dict[str, int] = {}
     for _ in range(args.rounds):
         for name, params in modes.items():
-            rates[name].append(rate(runtime, prompt, params, args.tokens))
+            per_s, written[name] = rate(runtime, prompt, params, args.tokens)
+            rates[name].append(per_s)
     runtime.close()
-    print(f"| mode ({args.model}, {args.tokens} tokens, {args.threads} threads) | tokens/s |")
-    print("|---|---|")
+    print(
+        f"| mode ({args.model}, {args.tokens} tokens, {args.threads} threads) | tokens/s | tokens |"
+    )
+    print("|---|---:|---:|")
     for name, values in rates.items():
-        print(f"| {name} | {statistics.median(values):.1f} |")
+        print(f"| {name} | {statistics.median(values):.1f} | {written[name]} |")
 
 
 if __name__ == "__main__":

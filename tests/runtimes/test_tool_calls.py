@@ -14,7 +14,7 @@ import pytest
 from edgebox.runtimes.base import SamplingParams, ToolSchemaError
 from edgebox.runtimes.chat_template import ChatTemplate
 from edgebox.runtimes.llamacpp.model import LlamaCppModel
-from edgebox.runtimes.llamacpp.sampling import build_sampler, free_sampler
+from edgebox.runtimes.llamacpp.sampling import Sampler, build_sampler
 from edgebox.runtimes.llamacpp.tool_grammar import (
     call_heads,
     forced_after,
@@ -176,20 +176,21 @@ def vocab_model(smollm2_path: Path) -> Iterator[LlamaCppModel]:
     model.close()
 
 
-def _allowed(sampler: ctypes.c_void_p, token: int) -> bool:
-    """Whether the sampler chain's grammar lets `token` through (apply, never a bad accept)."""
+def _allowed(sampler: Sampler, token: int) -> bool:
+    """Whether the grammar lets `token` through (applied alone, never a bad accept)."""
+    assert sampler.grammar is not None
     data = (llama_cpp.llama_token_data * 1)(llama_cpp.llama_token_data(token, 0.0, 0.0))
     array = llama_cpp.llama_token_data_array(data, 1, -1, False)
-    llama_cpp.llama_sampler_apply(sampler, ctypes.byref(array))
+    llama_cpp.llama_sampler_apply(sampler.grammar, ctypes.byref(array))
     return bool(data[0].logit > -1e30)
 
 
-def _walk(model: LlamaCppModel, sampler: ctypes.c_void_p, text: str) -> bool:
+def _walk(model: LlamaCppModel, sampler: Sampler, text: str) -> bool:
     """Feed `text` token by token; False at the first token the grammar refuses."""
     for token in model.tokenize(text, add_special=False):
         if not _allowed(sampler, token):
             return False
-        llama_cpp.llama_sampler_accept(sampler, token)
+        sampler.accept(token)
     return True
 
 
@@ -206,14 +207,14 @@ def test_eager_grammars_take_well_formed_calls_and_nothing_else(
         hello = vocab_model.tokenize(" Hello", add_special=False)[0]
         assert not _allowed(sampler, hello)  # complete: only the end of the reply may follow
     finally:
-        free_sampler(sampler)
+        sampler.free()
     for wrong in ('{"city": "Paris"}', '{"city": "Paris", "days": 9}'):  # missing, out of range
         bad = calls_text(fmt, [{"name": "get_weather", "arguments": wrong}])
         sampler = build_sampler(vocab_model, SamplingParams(temperature=0, tools=constraint))
         try:
             assert not _walk(vocab_model, sampler, bad)
         finally:
-            free_sampler(sampler)
+            sampler.free()
 
 
 @pytest.mark.parametrize("name", sorted(FORMATS))
@@ -229,12 +230,12 @@ def test_lazy_grammars_leave_text_free_and_engage_once_a_call_starts(
         hello = vocab_model.tokenize(" Hello", add_special=False)[0]
         assert not _allowed(sampler, hello)  # the grammar engaged, and the call is complete
     finally:
-        free_sampler(sampler)
+        sampler.free()
     sampler = build_sampler(vocab_model, SamplingParams(temperature=0, tools=constraint))
     try:  # plain text never triggers it
         assert _walk(vocab_model, sampler, "It is sunny in Paris {today}, <b>warm</b> [1].")
     finally:
-        free_sampler(sampler)
+        sampler.free()
 
 
 def test_every_trigger_is_anchored_and_captures_the_marker() -> None:
@@ -278,7 +279,7 @@ def test_enum_values_and_names_with_quotes_and_backslashes_are_forced_exactly(
             try:
                 assert _walk(vocab_model, sampler, candidate) is ok, candidate
             finally:
-                free_sampler(sampler)
+                sampler.free()
 
 
 def test_a_call_is_named_as_soon_as_its_name_is_written() -> None:

@@ -10,7 +10,6 @@ deadlines, cancellation and the counters are the shared job core's (`runtimes.jo
 
 from __future__ import annotations
 
-import ctypes
 import os
 import threading
 import time
@@ -41,7 +40,6 @@ from edgebox.runtimes.llamacpp.model import LlamaCppModel, captured_log
 from edgebox.runtimes.llamacpp.recovery import KV_INVALID, EngineHealth, Healing
 from edgebox.runtimes.llamacpp.sampling import (
     build_sampler,
-    free_sampler,
     plain_greedy,
 )
 from edgebox.runtimes.llamacpp.slots import (
@@ -199,7 +197,7 @@ class LlamaCppEngine(Stepping, Healing, KVTransfer):
         try:
             self._queue.put(job)
         except (QueueFullError, BackendError):
-            free_sampler(job.sampler)
+            job.sampler.free()
             raise
         return job
 
@@ -351,8 +349,7 @@ class LlamaCppEngine(Stepping, Healing, KVTransfer):
         tail = ""
         if reason in ("stop", "length") and not job.matcher.stopped:
             tail = job.matcher.feed(job.decoder.flush()) + job.matcher.flush()
-        free_sampler(job.sampler)
-        job.sampler = ctypes.c_void_p(0)
+        job.sampler.free()
         self._metrics.job_done(job, time.monotonic())
         job.finish(
             reason,

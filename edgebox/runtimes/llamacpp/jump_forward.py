@@ -8,19 +8,16 @@ auto), the rest of the head up to the name; once the name is told apart from the
 the rest of it and `", "arguments":`. Each jump is checked three ways before it is taken:
 its tokens spell the text exactly, the reply so far tokenizes the same with or without it
 (so the next turn's prompt, which tokenizes the whole reply, finds it in the prefix cache),
-and the request's sampler chain accepts every token (on a clone: a grammar that banned one
+and the request's grammar accepts every token (on a clone: a grammar that banned one
 would abort the process if it were accepted).
 """
 
 from __future__ import annotations
 
-import ctypes
 from dataclasses import dataclass
 
-import llama_cpp
-
 from edgebox.runtimes.llamacpp.model import LlamaCppModel
-from edgebox.runtimes.llamacpp.sampling import accept_forced, free_sampler
+from edgebox.runtimes.llamacpp.sampling import Sampler
 from edgebox.runtimes.llamacpp.tool_grammar import call_heads, forced_after
 from edgebox.runtimes.tool_format import ToolConstraint
 
@@ -61,10 +58,10 @@ class CallHeads:
 
 
 def jump(
-    model: LlamaCppModel, heads: CallHeads, sampler: ctypes.c_void_p, room: int
-) -> tuple[list[int], ctypes.c_void_p]:
-    """The tokens to jump over now, fewer than `room`, and the sampler chain advanced over
-    them (a clone; the caller's is then freed); no tokens and the caller's chain otherwise."""
+    model: LlamaCppModel, heads: CallHeads, sampler: Sampler, room: int
+) -> tuple[list[int], Sampler]:
+    """The tokens to jump over now, fewer than `room`, and the sampling advanced over them (a
+    clone; the caller's is then freed); no tokens and the caller's sampling otherwise."""
     text = heads.forced()
     if not text:
         return [], sampler
@@ -78,12 +75,12 @@ def jump(
         and _tokenize(model, heads.reply + text) != _tokenize(model, heads.reply) + tokens
     ):
         return [], sampler  # a word boundary the tokenizer would draw elsewhere: not yet
-    trial = llama_cpp.llama_sampler_clone(sampler)
-    if not accept_forced(trial, tokens):
-        free_sampler(trial)
+    trial = sampler.clone()
+    if not trial.accept_forced(tokens):
+        trial.free()
         heads.done = True  # the grammar disagrees with the heads: no more jumps here
         return [], sampler
-    free_sampler(sampler)
+    sampler.free()
     return tokens, trial
 
 

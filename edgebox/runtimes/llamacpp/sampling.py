@@ -30,12 +30,12 @@ COMPILED_GRAMMARS = 32  # per model, most recently used
 MIN_TEMPERATURE = 1e-5
 
 
-def build_sampler(model: LlamaCppModel, params: SamplingParams) -> ctypes.c_void_p:
-    """A llama.cpp sampler chain for one sequence; the caller frees it with `free_sampler`.
+def build_sampler(model: LlamaCppModel, params: SamplingParams) -> Sampler:
+    """The llama.cpp sampling of one sequence; the caller frees it (`Sampler.free`).
 
-    Order follows llama.cpp's own: grammar mask, penalties, truncation (top-k,
-    top-p, min-p), temperature, then a seeded draw; temperature 0 (or below
-    MIN_TEMPERATURE) is greedy.
+    The chain follows llama.cpp's own order: logit biases, penalties, truncation (top-k, top-p,
+    min-p), temperature, then a seeded draw; temperature 0 (or below MIN_TEMPERATURE) is
+    greedy. A grammar stays apart from the chain (see `Sampler`).
     """
     gbnf = grammar_for(params)
     if gbnf and params.ignore_eos:
@@ -47,16 +47,15 @@ def build_sampler(model: LlamaCppModel, params: SamplingParams) -> ctypes.c_void
         )
     grammar = _compiled(model).clone(gbnf, triggers_for(params)) if gbnf else None
     chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
-    if grammar:
-        llama_cpp.llama_sampler_chain_add(chain, grammar)
     bias = _bias_sampler(model, params)
     if bias:
         llama_cpp.llama_sampler_chain_add(chain, bias)
-    if (
+    penalties = (
         params.repeat_penalty != 1.0
         or params.frequency_penalty != 0.0
         or params.presence_penalty != 0.0
-    ):
+    )
+    if penalties:
         llama_cpp.llama_sampler_chain_add(
             chain,
             llama_cpp.llama_sampler_init_penalties(
@@ -69,7 +68,7 @@ def build_sampler(model: LlamaCppModel, params: SamplingParams) -> ctypes.c_void
         )
     if params.temperature < MIN_TEMPERATURE:
         llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_greedy())
-        return chain
+        return Sampler(chain, grammar, argmax=not bias and not penalties)
     if params.top_k > 0:
         llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_top_k(params.top_k))
     if params.top_p < 1.0:
@@ -83,7 +82,7 @@ def build_sampler(model: LlamaCppModel, params: SamplingParams) -> ctypes.c_void
     llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_temp(params.temperature))
     seed = llama_cpp.LLAMA_DEFAULT_SEED if params.seed is None else params.seed & 0xFFFFFFFF
     llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_dist(seed))
-    return chain
+    return Sampler(chain, grammar, argmax=False)
 
 
 def plain_greedy(params: SamplingParams) -> bool:
@@ -142,35 +141,96 @@ def _apply(chain: ctypes.c_void_p, candidates: np.ndarray) -> Any:
     return array
 
 
-def chain_token(chain: ctypes.c_void_p, row: np.ndarray) -> int:
-    """What `llama_sampler_sample` picks, for a logits row that is not in the context (a
-    snapshot's): the chain applied to every token as a candidate, then told its choice."""
-    candidates = np.zeros(len(row), _CANDIDATE)
-    candidates["id"] = np.arange(len(row), dtype=np.int32)
-    candidates["logit"] = row
-    array = _apply(chain, candidates)
+@functools.lru_cache(maxsize=8)
+def _all_tokens(n_vocab: int) -> np.ndarray:
+    """A candidate array of every token (logits unset), copied for each full draw."""
+    candidates = np.zeros(n_vocab, _CANDIDATE)
+    candidates["id"] = np.arange(n_vocab, dtype=np.int32)
+    return candidates
+
+
+class Sampler:
+    """One sequence's llama.cpp sampling: the chain (biases, penalties, truncation,
+    temperature, the draw) and, apart from it, the request's grammar, if any.
+
+    A grammar masks the whole vocabulary when it is applied: 4-5 ms a token for SmolLM2's 49k
+    entries and a tool-call grammar, a third of a decode step at two threads. So the chain
+    draws first and the grammar checks only the token drawn (microseconds); only when it
+    refuses that token is the vocabulary masked and the draw made again (rejection sampling,
+    as llama.cpp's own server samples). Greedy, the result is the same token either way (the
+    highest logit the grammar allows); a seeded draw draws the same way every time.
+
+    Never accepted: a token the grammar bans (llama.cpp's grammar then throws through its C
+    API, which aborts the process)."""
+
+    def __init__(self, chain: Any, grammar: Any | None, argmax: bool) -> None:
+        self.chain = chain
+        self.grammar = grammar
+        self.argmax = argmax  # the chain is greedy with nothing before it: a row's argmax
+
+    def draw(self, row: np.ndarray) -> int:
+        """The token drawn from a logits row, and the sampling told of it."""
+        if self.grammar is not None:
+            if self.argmax:
+                token = int(row.argmax())
+            else:
+                candidates = _all_tokens(len(row)).copy()
+                candidates["logit"] = row
+                token = _selected(_apply(self.chain, candidates))
+            if self.allows(token):
+                self.accept(token)
+                return token
+        candidates = _all_tokens(len(row)).copy()
+        candidates["logit"] = row
+        if self.grammar is not None:
+            _apply(self.grammar, candidates)
+        array = _apply(self.chain, candidates)
+        chosen = array.data[_selected(array, index=True)]
+        # -inf is a grammar's ban and NaN an overflow (see above)
+        if not chosen.logit > -math.inf:
+            raise SamplingError("the sampler chain drew a token its grammar banned", "logits")
+        self.accept(int(chosen.id))
+        return int(chosen.id)
+
+    def allows(self, token: int) -> bool:
+        """Whether the grammar (if any) lets `token` through now."""
+        if self.grammar is None:
+            return True
+        one = np.array([(token, 0.0, 0.0)], _CANDIDATE)
+        array = _apply(self.grammar, one)
+        return bool(array.size == 1 and array.data[0].logit > -math.inf)
+
+    def accept(self, token: int) -> None:
+        """Tell the grammar and the chain that `token` was drawn (never one `allows` refuses)."""
+        if self.grammar is not None:
+            llama_cpp.llama_sampler_accept(self.grammar, token)
+        llama_cpp.llama_sampler_accept(self.chain, token)
+
+    def accept_forced(self, tokens: list[int]) -> bool:
+        """Advance over `tokens` as if they had been drawn, each checked first. False at the
+        first refused one: the sampling is then part-way and must not be used."""
+        for token in tokens:
+            if not self.allows(token):
+                return False
+            self.accept(token)
+        return True
+
+    def clone(self) -> Sampler:
+        grammar = None if self.grammar is None else llama_cpp.llama_sampler_clone(self.grammar)
+        return Sampler(llama_cpp.llama_sampler_clone(self.chain), grammar, self.argmax)
+
+    def free(self) -> None:
+        for sampler in (self.chain, self.grammar):
+            if sampler:
+                llama_cpp.llama_sampler_free(sampler)
+        self.chain = self.grammar = None
+
+
+def _selected(array: Any, index: bool = False) -> int:
+    """The token the chain selected in `array` (or its index there)."""
     if not 0 <= array.selected < array.size:
         raise SamplingError("the sampler chain selected no token", "logits")
-    chosen = array.data[array.selected]
-    # -inf is a grammar's ban and NaN an overflow: accepting such a token makes the grammar
-    # throw through llama.cpp's C API, which aborts the process.
-    if not chosen.logit > -math.inf:
-        raise SamplingError("the sampler chain drew a token its grammar banned", "logits")
-    llama_cpp.llama_sampler_accept(chain, chosen.id)
-    return int(chosen.id)
-
-
-def accept_forced(chain: ctypes.c_void_p, tokens: list[int]) -> bool:
-    """Advance the chain over `tokens` as if it had drawn them, each first checked against it
-    alone (a grammar bans with -inf; accepting a banned token aborts the process). False at
-    the first refused one: the chain is then part-way and must not be used."""
-    for token in tokens:
-        one = np.array([(token, 0.0, 0.0)], _CANDIDATE)
-        array = _apply(chain, one)
-        if array.size != 1 or not array.data[0].logit > -math.inf:
-            return False
-        llama_cpp.llama_sampler_accept(chain, token)
-    return True
+    return int(array.selected) if index else int(array.data[array.selected].id)
 
 
 def _bias_sampler(model: LlamaCppModel, params: SamplingParams) -> ctypes.c_void_p | None:
@@ -194,7 +254,7 @@ def prepare_grammar(model: LlamaCppModel, params: SamplingParams) -> None:
     raises GrammarError (naming the limit) for one that is too large or does not parse."""
     gbnf = grammar_for(params)
     if gbnf:
-        free_sampler(_compiled(model).clone(gbnf, triggers_for(params)))
+        llama_cpp.llama_sampler_free(_compiled(model).clone(gbnf, triggers_for(params)))
 
 
 def grammar_for(params: SamplingParams) -> str | None:
@@ -292,11 +352,6 @@ def _compiled(model: LlamaCppModel) -> _CompiledGrammars:
         if cache is None:
             cache = _by_model[model] = _CompiledGrammars(model)
         return cache
-
-
-def free_sampler(chain: ctypes.c_void_p | None) -> None:
-    if chain:
-        llama_cpp.llama_sampler_free(chain)
 
 
 def token_logprobs(

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import ctypes
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -16,6 +15,7 @@ from edgebox.runtimes.text import StopMatcher, TokenTextDecoder
 
 if TYPE_CHECKING:
     from edgebox.runtimes.llamacpp.jump_forward import CallHeads
+    from edgebox.runtimes.llamacpp.sampling import Sampler
 
 
 @dataclass(eq=False, kw_only=True)
@@ -23,7 +23,7 @@ class SlotJob(GenerationJob):
     """A generation request as the batching engine serves it: its sampler, its stop-string
     matcher, the prompt tokens still to prefill and the token to decode next."""
 
-    sampler: ctypes.c_void_p
+    sampler: Sampler
     matcher: StopMatcher
     greedy: bool = False  # the highest logit wins: picked without the sampler chain
     pending: list[int] = field(default_factory=list)  # prompt tokens still to prefill

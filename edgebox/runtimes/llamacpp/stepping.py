@@ -18,12 +18,7 @@ from edgebox.runtimes.llamacpp.jump_forward import jump
 from edgebox.runtimes.llamacpp.kv_state import logits_finite
 from edgebox.runtimes.llamacpp.model import LlamaCppModel
 from edgebox.runtimes.llamacpp.recovery import KV_INVALID
-from edgebox.runtimes.llamacpp.sampling import (
-    chain_token,
-    greedy_token,
-    logits_row,
-    token_logprobs,
-)
+from edgebox.runtimes.llamacpp.sampling import greedy_token, logits_row, token_logprobs
 from edgebox.runtimes.llamacpp.slots import BatchArrays, Part, Slot, SlotJob
 
 # A step measures the prefill rate when it carries at least this many prompt tokens and they
@@ -167,8 +162,15 @@ class Stepping:
         if job.greedy:
             row = logits_row(self.model, self.ctx, index)
             token = greedy_token(self.model, row, job.request.sampling.ignore_eos)
-        else:
-            token = llama_cpp.llama_sampler_sample(job.sampler, self.ctx, index)
+        elif job.sampler.grammar is None:
+            token = llama_cpp.llama_sampler_sample(job.sampler.chain, self.ctx, index)
+        else:  # the grammar checks the chain's draw (`Sampler.draw`)
+            row = logits_row(self.model, self.ctx, index)
+            try:
+                token = job.sampler.draw(row)
+            except SamplingError as exc:
+                self._release(slot, "error", error=str(exc))
+                return
         first = job.generated == 0 and not job.probe
         if row is None and (first or job.request.sampling.logprobs is not None):
             row = logits_row(self.model, self.ctx, index)
@@ -192,7 +194,7 @@ class Stepping:
             if job.greedy:
                 token = greedy_token(self.model, row, job.request.sampling.ignore_eos)
             else:
-                token = chain_token(job.sampler, row)
+                token = job.sampler.draw(row)
         except SamplingError as exc:
             self._release(slot, "error", error=str(exc))
             return

@@ -1,0 +1,111 @@
+"""The llama.cpp sampling of one sequence (`sampling.Sampler`): the chain draws, the grammar
+checks the draw and masks the vocabulary only when it refuses it. Checked on SmolLM2's real
+vocabulary and a real JSON grammar against what masking first gives."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgebox.runtimes.base import SamplingParams
+from edgebox.runtimes.llamacpp.model import LlamaCppModel
+from edgebox.runtimes.llamacpp.sampling import Sampler, build_sampler
+
+SCHEMA = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}
+
+
+@pytest.fixture(scope="module")
+def model(smollm2_path: Path) -> Iterator[LlamaCppModel]:
+    m = LlamaCppModel(smollm2_path, vocab_only=True)
+    yield m
+    m.close()
+
+
+def _allowed_mask(model: LlamaCppModel, sampler: Sampler) -> np.ndarray:
+    """Which tokens the grammar allows now, each asked alone (the reference: no chain)."""
+    return np.array([sampler.allows(t) for t in range(model.n_vocab)])
+
+
+def _rows(model: LlamaCppModel, n: int) -> Iterator[np.ndarray]:
+    rng = np.random.default_rng(7)
+    for _ in range(n):
+        yield (rng.standard_normal(model.n_vocab) * 3).astype(np.float32)
+
+
+def test_greedy_with_a_grammar_draws_the_best_token_it_allows(model: LlamaCppModel) -> None:
+    """Whether the row's best token is allowed (the grammar checks only it) or not (the
+    vocabulary is masked and the draw made again), the token is the highest logit the grammar
+    allows: what masking first gives. Walked over a whole reply, the grammar's state moving."""
+    sampler = build_sampler(model, SamplingParams(temperature=0, json_schema=SCHEMA))
+    reference = build_sampler(model, SamplingParams(temperature=0, json_schema=SCHEMA))
+    try:
+        assert sampler.argmax and sampler.grammar is not None
+        text = '{"n": 42}'
+        steps = model.tokenize(text, add_special=False, parse_special=False)
+        rejected = kept = 0
+        for want, row in zip(steps, _rows(model, len(steps)), strict=True):
+            allowed = _allowed_mask(model, reference)
+            best_allowed = int(np.where(allowed, row, -np.inf).argmax())
+            row = row.copy()
+            if want == steps[0]:  # once: the row's best token allowed, so only it is checked
+                row[best_allowed] = row.max() + 1
+                kept += 1
+            else:
+                rejected += not allowed[int(row.argmax())]
+            got = sampler.draw(row)
+            assert got == int(np.where(allowed, row, -np.inf).argmax())
+            # both go on along the same reply
+            sampler.free()
+            sampler = reference.clone()
+            assert sampler.accept_forced([want]) and reference.accept_forced([want])
+        assert rejected >= len(steps) - 2 and kept == 1  # random rows: most draws refused
+    finally:
+        sampler.free()
+        reference.free()
+
+
+def test_a_sampled_draw_with_a_grammar_is_always_one_it_allows_and_seeded(
+    model: LlamaCppModel,
+) -> None:
+    """At temperature, a draw the grammar refuses is made again over the masked vocabulary:
+    every token drawn is allowed, and the same seed draws the same tokens."""
+    params = SamplingParams(temperature=1.5, seed=3, json_schema=SCHEMA)
+    draws = []
+    for _ in range(2):
+        sampler = build_sampler(model, params)
+        tokens = []
+        try:
+            for row in _rows(model, 12):
+                allowed = _allowed_mask(model, sampler)
+                token = sampler.draw(row)
+                assert allowed[token], model.token_text(token)
+                tokens.append(token)
+                if model.is_eog(token):
+                    break
+        finally:
+            sampler.free()
+        draws.append(tokens)
+    assert draws[0] == draws[1] and len(draws[0]) > 3
+
+
+def test_a_grammar_never_accepts_a_token_it_bans(model: LlamaCppModel) -> None:
+    """Forcing text checks each token first and stops at the first the grammar refuses
+    (accepting it would abort the process); a row whose every logit is -inf or NaN is an
+    error, never a banned token accepted."""
+    sampler = build_sampler(model, SamplingParams(temperature=0, json_schema=SCHEMA))
+    try:
+        hello = model.tokenize("Hello", add_special=False, parse_special=False)
+        assert not sampler.accept_forced(hello)
+    finally:
+        sampler.free()
+    for fill in (-math.inf, math.nan):
+        sampler = build_sampler(model, SamplingParams(temperature=0.5, json_schema=SCHEMA))
+        try:
+            with pytest.raises(Exception, match="banned|selected no token"):
+                sampler.draw(np.full(model.n_vocab, fill, np.float32))
+        finally:
+            sampler.free()
