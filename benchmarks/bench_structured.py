@@ -39,6 +39,7 @@ from tests.conftest import free_port  # noqa: E402
 ASK = "Write the weather forecast for Paris for each day of next week."
 MODES: dict[str, dict[str, Any]] = {
     "free text, greedy": {"temperature": 0},
+    "free text, temperature 0.7, seed 1": {"temperature": 0.7, "seed": 1},
     "json_schema, greedy": {
         "temperature": 0,
         "response_format": {"type": "json_schema", "json_schema": {"name": "week", "schema": WEEK}},
@@ -46,6 +47,14 @@ MODES: dict[str, dict[str, Any]] = {
     "json_schema, temperature 0.7, seed 1": {
         "temperature": 0.7,
         "seed": 1,
+        "response_format": {"type": "json_schema", "json_schema": {"name": "week", "schema": WEEK}},
+    },
+    # llama-server's own defaults, sent to both (edgebox, as OpenAI, truncates nothing unasked)
+    "json_schema, temperature 0.7, seed 1, top_k 40, top_p 0.95, min_p 0.05": {
+        "temperature": 0.7,
+        "seed": 1,
+        "top_p": 0.95,
+        "extra_body": {"top_k": 40, "min_p": 0.05},
         "response_format": {"type": "json_schema", "json_schema": {"name": "week", "schema": WEEK}},
     },
 }

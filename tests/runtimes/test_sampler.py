@@ -37,34 +37,36 @@ def _rows(model: LlamaCppModel, n: int) -> Iterator[np.ndarray]:
 
 
 def test_greedy_with_a_grammar_draws_the_best_token_it_allows(model: LlamaCppModel) -> None:
-    """Whether the row's best token is allowed (the grammar checks only it) or not (the
+    """Whether the row's best token is allowed (the grammar checks only it), a few better ones
+    are banned (the next best are checked one by one), or none of the best is allowed (the
     vocabulary is masked and the draw made again), the token is the highest logit the grammar
     allows: what masking first gives. Walked over a whole reply, the grammar's state moving."""
-    sampler = build_sampler(model, SamplingParams(temperature=0, json_schema=SCHEMA))
     reference = build_sampler(model, SamplingParams(temperature=0, json_schema=SCHEMA))
     try:
-        assert sampler.argmax and sampler.grammar is not None
-        text = '{"n": 42}'
-        steps = model.tokenize(text, add_special=False, parse_special=False)
-        rejected = kept = 0
+        assert reference.argmax and reference.grammar is not None
+        steps = model.tokenize('{"n": 42}', add_special=False, parse_special=False)
         for want, row in zip(steps, _rows(model, len(steps)), strict=True):
             allowed = _allowed_mask(model, reference)
-            best_allowed = int(np.where(allowed, row, -np.inf).argmax())
-            row = row.copy()
-            if want == steps[0]:  # once: the row's best token allowed, so only it is checked
-                row[best_allowed] = row.max() + 1
-                kept += 1
-            else:
-                rejected += not allowed[int(row.argmax())]
-            got = sampler.draw(row)
-            assert got == int(np.where(allowed, row, -np.inf).argmax())
-            # both go on along the same reply
-            sampler.free()
-            sampler = reference.clone()
-            assert sampler.accept_forced([want]) and reference.accept_forced([want])
-        assert rejected >= len(steps) - 2 and kept == 1  # random rows: most draws refused
+            best = int(np.where(allowed, row, -np.inf).argmax())
+            banned = np.flatnonzero(~allowed)[:4]
+            top = row.max()
+            kept, shortlisted = row.copy(), row.copy()
+            kept[best] = top + 1  # the best token is allowed
+            shortlisted[best] = top + 1
+            shortlisted[banned] = top + 2  # four banned ones above it
+            variants = {"kept": kept, "shortlisted": shortlisted, "masked": row}
+            assert not allowed[int(row.argmax())]  # random rows: the best is banned
+            for name, variant in variants.items():
+                sampler = reference.clone()
+                try:
+                    expect = int(np.where(allowed, variant, -np.inf).argmax())
+                    if name == "shortlisted":  # found among the next best, no mask
+                        assert sampler._best_allowed(variant) == expect
+                    assert sampler.draw(variant) == expect, (name, model.token_text(want))
+                finally:
+                    sampler.free()
+            assert reference.accept_forced([want])  # go on along the reply
     finally:
-        sampler.free()
         reference.free()
 
 

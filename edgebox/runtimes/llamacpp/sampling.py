@@ -28,6 +28,9 @@ COMPILED_GRAMMARS = 32  # per model, most recently used
 # 1e-40 overflows them to infinity, the probabilities to NaN; its draw then picks a token a
 # grammar bans, and the grammar throws through the C API (the process aborts).
 MIN_TEMPERATURE = 1e-5
+# Greedy under a grammar, the best token refused: how many next-best tokens are checked one by
+# one before the grammar masks the whole vocabulary (`Sampler._best_allowed`).
+GREEDY_SHORTLIST = 32
 
 
 def build_sampler(model: LlamaCppModel, params: SamplingParams) -> Sampler:
@@ -142,11 +145,8 @@ def _apply(chain: ctypes.c_void_p, candidates: np.ndarray) -> Any:
 
 
 @functools.lru_cache(maxsize=8)
-def _all_tokens(n_vocab: int) -> np.ndarray:
-    """A candidate array of every token (logits unset), copied for each full draw."""
-    candidates = np.zeros(n_vocab, _CANDIDATE)
-    candidates["id"] = np.arange(n_vocab, dtype=np.int32)
-    return candidates
+def _token_ids(n_vocab: int) -> np.ndarray:
+    return np.arange(n_vocab, dtype=np.int32)
 
 
 class Sampler:
@@ -167,6 +167,17 @@ class Sampler:
         self.chain = chain
         self.grammar = grammar
         self.argmax = argmax  # the chain is greedy with nothing before it: a row's argmax
+        self._candidates: np.ndarray | None = None
+
+    def _every_token(self, row: np.ndarray) -> np.ndarray:
+        """Every token as a candidate with its logit from `row`, in a buffer kept for the
+        next draw (a fresh 49k-entry array costs seven times the two field writes)."""
+        if self._candidates is None or len(self._candidates) != len(row):
+            self._candidates = np.empty(len(row), _CANDIDATE)
+        candidates = self._candidates
+        candidates["id"] = _token_ids(len(row))  # the chain may have reordered them
+        candidates["logit"] = row
+        return candidates
 
     def draw(self, row: np.ndarray) -> int:
         """The token drawn from a logits row, and the sampling told of it."""
@@ -174,14 +185,15 @@ class Sampler:
             if self.argmax:
                 token = int(row.argmax())
             else:
-                candidates = _all_tokens(len(row)).copy()
-                candidates["logit"] = row
-                token = _selected(_apply(self.chain, candidates))
+                token = _selected(_apply(self.chain, self._every_token(row)))
             if self.allows(token):
                 self.accept(token)
                 return token
-        candidates = _all_tokens(len(row)).copy()
-        candidates["logit"] = row
+            best = self._best_allowed(row) if self.argmax else None
+            if best is not None:
+                self.accept(best)
+                return best
+        candidates = self._every_token(row)
         if self.grammar is not None:
             _apply(self.grammar, candidates)
         array = _apply(self.chain, candidates)
@@ -191,6 +203,21 @@ class Sampler:
             raise SamplingError("the sampler chain drew a token its grammar banned", "logits")
         self.accept(int(chosen.id))
         return int(chosen.id)
+
+    def _best_allowed(self, row: np.ndarray) -> int | None:
+        """Greedy, the row's best token refused: the highest logit the grammar allows among
+        the next best (each checked alone), when it is sure to beat every token outside them;
+        None to mask the vocabulary instead (which costs 5 to 11 ms for SmolLM2 and a JSON
+        grammar, against a few microseconds a check)."""
+        top = np.argpartition(row, -GREEDY_SHORTLIST)[-GREEDY_SHORTLIST:]
+        floor = row[top].min()  # every token outside the shortlist is at most this
+        for token in top[np.lexsort((top, -row[top]))]:  # best first; ties: lowest id first
+            value = row[token]
+            if not (math.isfinite(value) and value > floor):
+                return None
+            if self.allows(int(token)):
+                return int(token)
+        return None
 
     def allows(self, token: int) -> bool:
         """Whether the grammar (if any) lets `token` through now."""
@@ -217,7 +244,9 @@ class Sampler:
 
     def clone(self) -> Sampler:
         grammar = None if self.grammar is None else llama_cpp.llama_sampler_clone(self.grammar)
-        return Sampler(llama_cpp.llama_sampler_clone(self.chain), grammar, self.argmax)
+        return Sampler(
+            llama_cpp.llama_sampler_clone(self.chain), grammar, self.argmax
+        )  # own buffer
 
     def free(self) -> None:
         for sampler in (self.chain, self.grammar):

@@ -162,9 +162,7 @@ class Stepping:
         if job.greedy:
             row = logits_row(self.model, self.ctx, index)
             token = greedy_token(self.model, row, job.request.sampling.ignore_eos)
-        elif job.sampler.grammar is None:
-            token = llama_cpp.llama_sampler_sample(job.sampler.chain, self.ctx, index)
-        else:  # the grammar checks the chain's draw (`Sampler.draw`)
+        else:  # the chain draws, the grammar (if any) checks it (`Sampler.draw`)
             row = logits_row(self.model, self.ctx, index)
             try:
                 token = job.sampler.draw(row)
