@@ -107,7 +107,40 @@ def test_a_grammar_never_accepts_a_token_it_bans(model: LlamaCppModel) -> None:
     for fill in (-math.inf, math.nan):
         sampler = build_sampler(model, SamplingParams(temperature=0.5, json_schema=SCHEMA))
         try:
-            with pytest.raises(Exception, match="banned|selected no token"):
+            with pytest.raises(Exception, match=r"banned|selected no token"):
                 sampler.draw(np.full(model.n_vocab, fill, np.float32))
         finally:
             sampler.free()
+
+
+def test_a_truncated_draw_has_the_softmax_odds_of_the_tokens_it_keeps(
+    model: LlamaCppModel,
+) -> None:
+    """Top-k at a temperature through the sampler's kept candidate buffer (top-k reorders it;
+    every draw starts from the vocabulary in order again): the frequencies of 6,000 seeded
+    draws match softmax(logits / T) over the k best within four standard errors, and a clone
+    draws what the original draws next."""
+    rng = np.random.default_rng(11)
+    row = rng.standard_normal(model.n_vocab).astype(np.float32)
+    likely = rng.choice(model.n_vocab, 6, replace=False)
+    row[likely] = np.array([9.0, 8.5, 8.0, 7.0, 6.5, 5.0], np.float32)
+    temperature, k = 0.8, 50
+    kept = np.argsort(-row, kind="stable")[:k]
+    odds = np.exp((row[kept].astype(np.float64) - row.max()) / temperature)
+    expected = dict(zip(kept.tolist(), odds / odds.sum(), strict=True))
+    sampler = build_sampler(model, SamplingParams(temperature=temperature, top_k=k, seed=2))
+    try:
+        n = 6000
+        drawn = np.array([sampler.draw(row) for _ in range(n)])
+        assert set(drawn.tolist()) <= set(expected)
+        for token in likely:
+            p = expected[int(token)]
+            freq = float(np.mean(drawn == token))
+            assert abs(freq - p) <= 4 * math.sqrt(p * (1 - p) / n) + 1e-9, (token, freq, p)
+        twin = sampler.clone()
+        try:
+            assert [twin.draw(row) for _ in range(20)] == [sampler.draw(row) for _ in range(20)]
+        finally:
+            twin.free()
+    finally:
+        sampler.free()
