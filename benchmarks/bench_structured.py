@@ -60,8 +60,9 @@ MODES: dict[str, dict[str, Any]] = {
 }
 
 
-def decode_rate(client: openai.OpenAI, body: dict[str, Any]) -> tuple[float, int]:
-    """Tokens per second after the first streamed content, and the completion tokens."""
+def decode_rate(client: openai.OpenAI, body: dict[str, Any]) -> tuple[float, float, int]:
+    """Tokens per second after the first streamed content, over the whole request, and the
+    completion tokens."""
     started = time.perf_counter()
     first = 0.0
     usage: Any = None
@@ -75,7 +76,7 @@ def decode_rate(client: openai.OpenAI, body: dict[str, Any]) -> tuple[float, int
     tokens = usage.completion_tokens if usage else 0
     if not first or tokens < 2:
         raise RuntimeError(f"no decode to time ({tokens} tokens in {end - started:.2f} s)")
-    return (tokens - 1) / (end - first), tokens
+    return (tokens - 1) / (end - first), tokens / (end - started), tokens
 
 
 def main() -> None:
@@ -102,6 +103,7 @@ def main() -> None:
     procs = [start(cmd, f"http://127.0.0.1:{ports[n]}/v1/models") for n, cmd in cmds.items()]
     load_before = os.getloadavg()
     rates: dict[tuple[str, str], list[float]] = {}
+    whole: dict[tuple[str, str], list[float]] = {}
     written: dict[tuple[str, str], int] = {}
     try:
         clients = {
@@ -113,9 +115,10 @@ def main() -> None:
             for mode, extra in MODES.items():
                 for name, client in clients.items():
                     body = {"model": "m", "messages": messages, "max_tokens": args.tokens}
-                    rate, tokens = decode_rate(client, body | extra)
+                    rate, overall, tokens = decode_rate(client, body | extra)
                     if n:
                         rates.setdefault((mode, name), []).append(rate)
+                        whole.setdefault((mode, name), []).append(overall)
                         written[(mode, name)] = tokens
     finally:
         for proc in procs:
@@ -129,18 +132,23 @@ def main() -> None:
         f"--threads {args.threads}` on {cpu_kind()}. Model {model.alias} ({model.path.name}); "
         f"{args.threads} threads, one slot, repacking {'on' if repack.enabled else 'off'} "
         f"({repack.status}) on both servers. Load average (1 min) {load_before[0]:.2f} before, "
-        f"{load_after[0]:.2f} after. Decode tokens/s after the first content, median of "
-        f"{args.rounds} rounds (the completion tokens of the last round in brackets):",
+        f"{load_after[0]:.2f} after. Tokens/s after the first streamed content and over the "
+        f"whole request (prompt included), median of {args.rounds} rounds (the completion "
+        "tokens of the last round in brackets):",
         "",
-        "| mode | edgebox | llama-server | edgebox ÷ llama-server |",
+        "| mode | edgebox after first / whole | llama-server after first / whole |"
+        " edgebox ÷ llama-server after first / whole |",
         "|---|---:|---:|---:|",
     ]
     for mode in MODES:
         ours = statistics.median(rates[(mode, "edgebox")])
         theirs = statistics.median(rates[(mode, "llama-server")])
+        ours_w = statistics.median(whole[(mode, "edgebox")])
+        theirs_w = statistics.median(whole[(mode, "llama-server")])
         lines.append(
-            f"| {mode} | {ours:.1f} ({written[(mode, 'edgebox')]}) | "
-            f"{theirs:.1f} ({written[(mode, 'llama-server')]}) | {ours / theirs:.2f}x |"
+            f"| {mode} | {ours:.1f} / {ours_w:.1f} ({written[(mode, 'edgebox')]}) | "
+            f"{theirs:.1f} / {theirs_w:.1f} ({written[(mode, 'llama-server')]}) | "
+            f"{ours / theirs:.2f}x / {ours_w / theirs_w:.2f}x |"
         )
     emit(lines, args.write)
 
