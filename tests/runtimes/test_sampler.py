@@ -186,3 +186,36 @@ def test_greedy_ties_and_non_finite_logits_under_a_grammar(model: LlamaCppModel)
                 finally:
                     sampler.free()
                 assert token in set(allowed.tolist()), (bad, temperature)
+
+
+def test_a_sampled_draw_under_a_grammar_has_the_masked_odds_unless_truncated_first(
+    model: LlamaCppModel,
+) -> None:
+    """Rejection sampling without truncation draws from the masked distribution exactly
+    (p(t) / p(allowed)); with top-k the first draw is truncated before the grammar sees it (as
+    llama.cpp's server samples), which favours the allowed tokens among the unmasked best: the
+    odds the docs state, measured over seeded draws from the grammar's first state."""
+    reference = build_sampler(model, SamplingParams(temperature=0, json_schema=SCHEMA))
+    try:
+        mask = _allowed_mask(model, reference)
+    finally:
+        reference.free()
+    a, b = np.flatnonzero(mask)[:2]
+    c = int(np.flatnonzero(~mask)[0])
+    row = np.full(model.n_vocab, -30.0, np.float32)
+    row[[a, c, b]] = [0.0, 0.0, -0.5]
+    masked = 1 / (1 + math.exp(-0.5))  # A's odds among the allowed
+    n = 800
+    for top_k, expected in ((0, masked), (2, 0.5 + 0.5 * masked)):
+        hits = 0
+        for seed in range(n):
+            params = SamplingParams(temperature=1.0, top_k=top_k, seed=seed, json_schema=SCHEMA)
+            sampler = build_sampler(model, params)
+            try:
+                token = sampler.draw(row)
+            finally:
+                sampler.free()
+            assert token in (a, b)
+            hits += token == a
+        se = math.sqrt(expected * (1 - expected) / n)
+        assert abs(hits / n - expected) <= 4 * se, (top_k, hits / n, expected)
