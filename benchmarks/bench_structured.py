@@ -79,6 +79,45 @@ def decode_rate(client: openai.OpenAI, body: dict[str, Any]) -> tuple[float, flo
     return (tokens - 1) / (end - first), tokens / (end - started), tokens
 
 
+Results = dict[tuple[str, str], list[tuple[float, float, int]]]  # (mode, server) -> rounds
+
+
+def run_rounds(ports: dict[str, int], rounds: int, tokens: int) -> Results:
+    """Every mode on both servers, taking turns, `rounds` times after one warm-up round."""
+    clients = {
+        name: openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none", timeout=600)
+        for name, port in ports.items()
+    }
+    body = {"model": "m", "messages": [{"role": "user", "content": ASK}], "max_tokens": tokens}
+    results: Results = {}
+    for n in range(rounds + 1):  # round 0 warms both up and is not counted
+        for mode, extra in MODES.items():
+            for name, client in clients.items():
+                measured = decode_rate(client, body | extra)
+                if n:
+                    results.setdefault((mode, name), []).append(measured)
+    return results
+
+
+def table(results: Results) -> list[str]:
+    lines = [
+        "| mode | edgebox after first / whole | llama-server after first / whole |"
+        " edgebox ÷ llama-server after first / whole |",
+        "|---|---:|---:|---:|",
+    ]
+    for mode in MODES:
+        cells, ratios = [], []
+        for name in ("edgebox", "llama-server"):
+            runs = results[(mode, name)]
+            first = statistics.median(r[0] for r in runs)
+            whole = statistics.median(r[1] for r in runs)
+            cells.append(f"{first:.1f} / {whole:.1f} ({runs[-1][2]})")
+            ratios.append((first, whole))
+        (a, b), (c, d) = ratios
+        lines.append(f"| {mode} | {cells[0]} | {cells[1]} | {a / c:.2f}x / {b / d:.2f}x |")
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="smollm2-135m")
@@ -102,24 +141,8 @@ def main() -> None:
     }
     procs = [start(cmd, f"http://127.0.0.1:{ports[n]}/v1/models") for n, cmd in cmds.items()]
     load_before = os.getloadavg()
-    rates: dict[tuple[str, str], list[float]] = {}
-    whole: dict[tuple[str, str], list[float]] = {}
-    written: dict[tuple[str, str], int] = {}
     try:
-        clients = {
-            name: openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none", timeout=600)
-            for name, port in ports.items()
-        }
-        messages = [{"role": "user", "content": ASK}]
-        for n in range(args.rounds + 1):  # round 0 warms both up and is not counted
-            for mode, extra in MODES.items():
-                for name, client in clients.items():
-                    body = {"model": "m", "messages": messages, "max_tokens": args.tokens}
-                    rate, overall, tokens = decode_rate(client, body | extra)
-                    if n:
-                        rates.setdefault((mode, name), []).append(rate)
-                        whole.setdefault((mode, name), []).append(overall)
-                        written[(mode, name)] = tokens
+        results = run_rounds(ports, args.rounds, args.tokens)
     finally:
         for proc in procs:
             proc.terminate()
@@ -136,20 +159,8 @@ def main() -> None:
         f"whole request (prompt included), median of {args.rounds} rounds (the completion "
         "tokens of the last round in brackets):",
         "",
-        "| mode | edgebox after first / whole | llama-server after first / whole |"
-        " edgebox ÷ llama-server after first / whole |",
-        "|---|---:|---:|---:|",
+        *table(results),
     ]
-    for mode in MODES:
-        ours = statistics.median(rates[(mode, "edgebox")])
-        theirs = statistics.median(rates[(mode, "llama-server")])
-        ours_w = statistics.median(whole[(mode, "edgebox")])
-        theirs_w = statistics.median(whole[(mode, "llama-server")])
-        lines.append(
-            f"| {mode} | {ours:.1f} / {ours_w:.1f} ({written[(mode, 'edgebox')]}) | "
-            f"{theirs:.1f} / {theirs_w:.1f} ({written[(mode, 'llama-server')]}) | "
-            f"{ours / theirs:.2f}x / {ours_w / theirs_w:.2f}x |"
-        )
     emit(lines, args.write)
 
 

@@ -366,7 +366,7 @@ def test_a_forced_call_header_is_prefilled_not_decoded(runtime: LlamaCppRuntime)
     schema = '{"type":"object","properties":{"path":{"type":"string","enum":["a.py","b.py"]}},"required":["path"]}'
     tools = ToolConstraint(GENERIC, (("read_file", schema),), lazy=False, parallel=False)
     header = forced_after(tools, call_heads(tools) or (), "")
-    assert header == '{"tool_calls": [{"name": "read_file", "arguments":'
+    assert header == '{"tool_calls": [{"name": "read_file", "arguments": {"path":'
     prompt = runtime.tokenize(
         runtime.render_chat([{"role": "user", "content": "Read a file of the repository."}])
     )
@@ -401,7 +401,9 @@ def test_call_heads_are_jumped_over_where_the_model_has_no_choice(
     the model's name is told apart from the others the rest of it and `", "arguments":` come
     in one step; under `auto` (a lazy grammar) the head after the model's own marker does. The
     reply is the one decoding every token gives (with logprobs, which never jump), in fewer
-    steps, and its head tokenizes as the next turn's prompt will (the prefix cache matches)."""
+    steps, and its head tokenizes as the next turn's prompt will (the prefix cache matches);
+    where the model would have spaced it otherwise, the same call in the spacing past calls
+    are rendered with."""
     import json as _json
 
     from edgebox.runtimes.tool_format import (
@@ -436,10 +438,15 @@ def test_call_heads_are_jumped_over_where_the_model_has_no_choice(
         replies[mode] = (timeline.ids, steps, finish.completion_tokens)
     ids, steps, completion = replies["jump"]
     decoded_ids, decoded_steps, decoded_completion = replies["decoded"]
-    assert ids == decoded_ids and completion == decoded_completion == len(ids)
     text = runtime.detokenize(ids)
-    assert text.startswith('{"tool_calls": [{"name": "read_file", "arguments":')
-    head = text[: text.index('"arguments":') + len('"arguments":')]
+    if choice == "required":
+        assert ids == decoded_ids and completion == decoded_completion == len(ids)
+    else:  # the model favoured `{"` over ` {"`: the jump writes the spacing past calls have
+        decoded = runtime.detokenize(decoded_ids)
+        assert _json.loads(text) == _json.loads(decoded) and text != decoded
+    assert completion == len(ids)
+    assert text.startswith('{"tool_calls": [{"name": "read_file", "arguments": {"path":')
+    head = text[: text.index('{"path":') + len('{"path":')]
     head_ids = model.tokenize(head, add_special=False, parse_special=False)
     assert ids[: len(head_ids)] == head_ids
     assert decoded_steps >= decoded_completion

@@ -17,6 +17,7 @@ from edgebox.runtimes.llamacpp.model import LlamaCppModel
 from edgebox.runtimes.llamacpp.sampling import Sampler, build_sampler
 from edgebox.runtimes.llamacpp.tool_grammar import (
     call_heads,
+    first_key,
     forced_after,
     tool_call_gbnf,
     trigger_patterns,
@@ -306,8 +307,9 @@ def test_another_key_between_the_name_and_the_arguments_is_read_at_the_close() -
 def test_the_forced_header_is_how_past_calls_render(fmt: ToolFormat) -> None:
     """What the engine jumps over at the start of a forced call: with one function, its whole
     head exactly as the conversation renders it afterwards (so the next turn's prefix matches),
-    up to the space the model's next token starts with; with several, the opening up to the
-    name; nothing where the format opens with a tag or the grammar waits for a trigger."""
+    through the first required key of its arguments, up to the space the model's next token
+    starts with; with several, the opening up to the name; nothing where the format opens with
+    a tag or the grammar waits for a trigger."""
     one = ToolConstraint(fmt, FUNCTIONS[:1], lazy=False, parallel=False)
     heads = call_heads(one)
     if fmt in (HERMES, MISTRAL):
@@ -315,8 +317,11 @@ def test_the_forced_header_is_how_past_calls_render(fmt: ToolFormat) -> None:
         return
     assert heads is not None
     header = forced_after(one, heads, "")
-    written = calls_text(fmt, [{"id": "c", "name": FUNCTIONS[0][0], "arguments": '{"days": 2}'}])
-    assert header and written.startswith(header + " {") and header.endswith(f'"{fmt.args_key}":')
+    arguments = '{"city": "Oslo", "days": 2}'
+    written = calls_text(fmt, [{"id": "c", "name": FUNCTIONS[0][0], "arguments": arguments}])
+    # up to the first required key, which the arguments' grammar opens with
+    assert header and written.startswith(header + ' "Oslo"')
+    assert header.endswith(f'"{fmt.args_key}": {{"city":')
     lazy = ToolConstraint(fmt, FUNCTIONS[:1], lazy=True, parallel=False)
     assert forced_after(lazy, heads, "") == ""
     several = ToolConstraint(fmt, FUNCTIONS, lazy=False, parallel=False)
@@ -330,14 +335,17 @@ def test_every_jump_is_the_text_the_call_renders_as(fmt: ToolFormat, lazy: bool)
     """Written out a character at a time, a call's reply is jumped over only where the
     grammar leaves no choice: what is forced is always the text that follows in the rendered
     call, never before a lazy grammar's marker, never part of a name another function shares,
-    and nothing once the head is written."""
+    and nothing once the head (through a first required key) is written."""
     functions = (*FUNCTIONS, ("get_time", "{}"), ("get", "{}"))
     constraint = ToolConstraint(fmt, functions, lazy=lazy, parallel=False)
     heads = call_heads(constraint)
     assert heads is not None
     for name in ("get_weather", "noop", "get"):
-        written = calls_text(fmt, [{"id": "c", "name": name, "arguments": "{}"}])
-        head_end = written.index(f'"{fmt.args_key}":') + len(fmt.args_key) + 3
+        arguments = '{"city": "Oslo", "days": 2}' if name == "get_weather" else "{}"
+        written = calls_text(fmt, [{"id": "c", "name": name, "arguments": arguments}])
+        head = heads[[f for f, _ in functions].index(name)]
+        assert written.startswith(head)
+        head_end = len(head)
         jumped = []
         for n in range(len(written) + 1):
             forced = forced_after(constraint, heads, written[:n])
@@ -391,3 +399,32 @@ def test_nothing_is_jumped_where_a_lazy_grammar_never_engaged(
     tokens, sampler = jump(vocab_model, heads, sampler, 100)
     sampler.free()
     assert tokens
+
+
+def test_the_first_required_key_is_the_one_the_grammar_opens_the_arguments_with(
+    vocab_model: LlamaCppModel,
+) -> None:
+    """llama.cpp's converter writes required properties first, in the order of `properties`:
+    the arguments' grammar takes that key right after `{` and refuses any other. Schemas that
+    are not a plain object with a required key force nothing."""
+    schema = {
+        "type": "object",
+        "properties": {"mode": {"type": "string"}, "path": {"type": "string"}},
+        "required": ["path", "mode"],
+    }
+    assert first_key(json.dumps(schema)) == "mode"
+    constraint = ToolConstraint(GENERIC, (("f", json.dumps(schema)),), lazy=False, parallel=False)
+    for key, ok in (("mode", True), ("path", False)):
+        sampler = build_sampler(vocab_model, SamplingParams(temperature=0, tools=constraint))
+        try:
+            text = '{"tool_calls": [{"name": "f", "arguments": {"' + key + '":'
+            assert _walk(vocab_model, sampler, text) is ok
+        finally:
+            sampler.free()
+    for other in (
+        {"type": "object", "properties": {"a": {}}},  # nothing required
+        {"anyOf": [schema]},
+        {"type": "object", "properties": {"a b": {}}, "required": ["a b"]},  # not a plain name
+        {"type": "array"},
+    ):
+        assert first_key(json.dumps(other)) is None

@@ -167,29 +167,48 @@ def _prefix_regex(pieces: list[str]) -> str:
 
 
 def call_heads(constraint: ToolConstraint) -> tuple[str, ...] | None:
-    """Each offered function's call up to its arguments, as past calls render (`json.dumps`
-    spacing, which the grammar's optional whitespace allows): the list opening, then
-    `{"name": "<name>", "<args key>":`. None for formats whose openings are tags (special
-    tokens in their models' vocabularies)."""
+    """Each offered function's call up to what the model chooses, as past calls render
+    (`json.dumps` spacing, which the grammar's optional whitespace allows): the list opening,
+    `{"name": "<name>", "<args key>":`, and where the arguments' schema forces it, the first
+    key (`first_key`). None for formats whose openings are tags (special tokens in their
+    models' vocabularies)."""
     fmt = constraint.format
     if fmt.call_open or any(
         piece not in ("{", "[", ":", ",") and piece[:1] != '"' for piece in fmt.list_open
     ):
         return None
     heads = []
-    for name, _ in constraint.functions:
-        pieces = [
-            *fmt.list_open,
-            "{",
-            '"name"',
-            ":",
-            json.dumps(name),
-            ",",
-            json.dumps(fmt.args_key),
-            ":",
-        ]
-        heads.append("".join(p + (" " if p in (":", ",") else "") for p in pieces).rstrip())
+    for name, schema_json in constraint.functions:
+        pieces = [*fmt.list_open, "{", '"name"', ":", json.dumps(name), ","]
+        pieces += [json.dumps(fmt.args_key), ":"]
+        head = "".join(p + (" " if p in (":", ",") else "") for p in pieces)
+        key = first_key(schema_json)
+        heads.append(head + "{" + json.dumps(key) + ":" if key else head.rstrip())
     return tuple(heads)
+
+
+_KEY = re.compile(r"[A-Za-z0-9_-]+")
+_NOT_AN_OBJECT_RULE = ("$ref", "oneOf", "anyOf", "allOf", "const", "enum", "not", "if")
+
+
+def first_key(schema_json: str) -> str | None:
+    """The key the arguments' grammar must open with: llama.cpp's converter writes an
+    object's required properties first, in the order of `properties`, so with any required
+    one the first is forced right after `{`. None where the schema is not a plain object with
+    a required property, or the key is not a plain name."""
+    try:
+        schema = json.loads(schema_json)
+    except ValueError:
+        return None
+    if not isinstance(schema, dict) or any(k in schema for k in _NOT_AN_OBJECT_RULE):
+        return None
+    properties, required = schema.get("properties"), schema.get("required")
+    if schema.get("type", "object") != "object" or not isinstance(properties, dict):
+        return None
+    if not isinstance(required, list):
+        return None
+    key = next((k for k in properties if k in required), None)
+    return key if isinstance(key, str) and _KEY.fullmatch(key) else None
 
 
 _WORD_END = re.compile(r"[A-Za-z0-9]+$")
