@@ -453,3 +453,29 @@ def test_call_heads_are_jumped_over_where_the_model_has_no_choice(
     # the opening's 10 tokens (required) or the 5 after the marker (auto), and the 4 after
     # the name, are not decoded one a step
     assert steps <= completion - (13 if choice == "required" else 8)
+
+
+def test_jumped_tokens_and_a_full_prefill_chunk_share_one_batch(smollm2_path: Path) -> None:
+    """A prefill chunk as large as the batch while a tool call jumps forward: the decoding
+    slot's several tokens count against the batch, so a step never lays out more tokens than
+    the batch holds (which wrote past llama.cpp's batch arrays and failed every request)."""
+    from edgebox.runtimes.tool_format import GENERIC, ToolConstraint
+
+    rt = LlamaCppRuntime(
+        smollm2_path,
+        name="smollm2-full-chunk",
+        config=EngineConfig(n_ctx=4096, parallel=2, n_threads=2, prefill_chunk=512),
+    )
+    try:
+        schema = '{"type":"object","properties":{"path":{"type":"string"}},"required":["path"]}'
+        names = ("read_file", "read_dir", "write_file")
+        tools = ToolConstraint(GENERIC, tuple((n, schema) for n in names), False, False)
+        prompt = rt.tokenize(rt.render_chat([{"role": "user", "content": "Read src/main.py."}]))
+        sampling = SamplingParams(temperature=0.0, tools=tools)
+        call, _ = submit(rt, GenerationRequest(prompt, sampling, max_tokens=24))
+        long, _ = submit(rt, GenerationRequest(prose_tokens(rt, 3000, "full"), GREEDY, 2))
+        assert long.wait().reason == "length", long.finish
+        assert call.wait().reason == "length", call.finish
+        assert rt.detokenize(call.ids).startswith('{"tool_calls": [{"name": "')
+    finally:
+        rt.close()

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgebox.runtimes.base import SamplingParams
+from edgebox.runtimes.base import SamplingError, SamplingParams
 from edgebox.runtimes.llamacpp.model import LlamaCppModel
 from edgebox.runtimes.llamacpp.sampling import Sampler, build_sampler
 
@@ -144,3 +144,78 @@ def test_a_truncated_draw_has_the_softmax_odds_of_the_tokens_it_keeps(
             twin.free()
     finally:
         sampler.free()
+
+
+def test_greedy_ties_and_non_finite_logits_under_a_grammar(model: LlamaCppModel) -> None:
+    """Ties among the best tokens the grammar allows go to the lowest id, as masking first
+    does (llama.cpp's greedy keeps the first highest), whether the row's argmax, the shortlist
+    or the mask finds them; a row with NaN or infinite logits draws a token the grammar allows
+    or fails the request, never a banned one (which would abort the process)."""
+    params = SamplingParams(temperature=0, json_schema=SCHEMA)
+    reference = build_sampler(model, params)
+    try:
+        allowed = np.flatnonzero(_allowed_mask(model, reference))
+        banned = np.flatnonzero(~_allowed_mask(model, reference))
+    finally:
+        reference.free()
+    low, high = int(allowed[0]), int(allowed[-1])
+    row = next(_rows(model, 1))
+    top = float(row.max())
+    cases = {}
+    for name, shortlist in (("argmax", 0), ("shortlist", 4), ("mask", 40)):
+        tied = row.copy()
+        tied[[low, high]] = top + 1
+        tied[banned[:shortlist]] = top + 2  # better than both, banned
+        cases[name] = tied
+    for name, tied in cases.items():
+        sampler = build_sampler(model, params)
+        try:
+            assert sampler.draw(tied) == low, name
+        finally:
+            sampler.free()
+    for bad in (math.nan, math.inf, -math.inf):
+        for where in (banned[:40], allowed[:3], np.arange(model.n_vocab)):
+            odd = row.copy()
+            odd[where] = bad
+            for temperature in (0.0, 0.8):
+                sampler = build_sampler(model, SamplingParams(temperature, json_schema=SCHEMA))
+                try:
+                    token = sampler.draw(odd)
+                except SamplingError:
+                    continue
+                finally:
+                    sampler.free()
+                assert token in set(allowed.tolist()), (bad, temperature)
+
+
+def test_a_sampled_draw_under_a_grammar_has_the_masked_odds_unless_truncated_first(
+    model: LlamaCppModel,
+) -> None:
+    """Rejection sampling without truncation draws from the masked distribution exactly
+    (p(t) / p(allowed)); with top-k the first draw is truncated before the grammar sees it (as
+    llama.cpp's server samples), which favours the allowed tokens among the unmasked best: the
+    odds the docs state, measured over seeded draws from the grammar's first state."""
+    reference = build_sampler(model, SamplingParams(temperature=0, json_schema=SCHEMA))
+    try:
+        mask = _allowed_mask(model, reference)
+    finally:
+        reference.free()
+    a, b = np.flatnonzero(mask)[:2]
+    c = int(np.flatnonzero(~mask)[0])
+    row = np.full(model.n_vocab, -30.0, np.float32)
+    row[[a, c, b]] = [0.0, 0.0, -0.5]
+    masked = 1 / (1 + math.exp(-0.5))  # A's odds among the allowed
+    n = 800
+    for top_k, expected in ((0, masked), (2, 0.5 + 0.5 * masked)):
+        hits = 0
+        for seed in range(n):
+            params = SamplingParams(temperature=1.0, top_k=top_k, seed=seed, json_schema=SCHEMA)
+            sampler = build_sampler(model, params)
+            try:
+                token = sampler.draw(row)
+            finally:
+                sampler.free()
+            assert token in (a, b)
+            hits += token == a
+        se = math.sqrt(expected * (1 - expected) / n)
+        assert abs(hits / n - expected) <= 4 * se, (top_k, hits / n, expected)

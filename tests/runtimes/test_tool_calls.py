@@ -368,6 +368,39 @@ def test_every_jump_is_the_text_the_call_renders_as(fmt: ToolFormat, lazy: bool)
     assert forced_after(constraint, heads, "Sure, here is") is None
 
 
+@pytest.mark.parametrize("fmt", [GENERIC, LLAMA3], ids=lambda f: f.name)
+def test_nothing_is_jumped_where_a_lazy_grammar_never_engaged(
+    vocab_model: LlamaCppModel, fmt: ToolFormat
+) -> None:
+    """A reply that spells the marker but not as the trigger takes it (more whitespace inside
+    it than a call allows, or a space inside a key) leaves the lazy grammar waiting: nothing
+    constrains what follows, so nothing may be forced there either (the text written out
+    would be the engine's, not the model's or the grammar's)."""
+    from edgebox.runtimes.llamacpp.jump_forward import CallHeads, jump
+
+    constraint = ToolConstraint(fmt, FUNCTIONS[:1], lazy=True, parallel=False)
+    key = fmt.marker[1]
+    for reply in ("{" + " " * 25 + key + ":", "{" + key[:3] + " " + key[3:] + ":"):
+        heads = CallHeads.of(constraint)
+        assert heads is not None
+        sampler = build_sampler(vocab_model, SamplingParams(temperature=0, tools=constraint))
+        assert _walk(vocab_model, sampler, reply)
+        heads.feed(reply.encode())
+        tokens, sampler = jump(vocab_model, heads, sampler, 100)
+        sampler.free()
+        assert tokens == [], (reply, vocab_model.detokenize(tokens))
+    # the marker as the trigger takes it: the head after it is jumped over
+    heads = CallHeads.of(constraint)
+    assert heads is not None
+    sampler = build_sampler(vocab_model, SamplingParams(temperature=0, tools=constraint))
+    reply = "{ \n" + key + ":"
+    assert _walk(vocab_model, sampler, reply)
+    heads.feed(reply.encode())
+    tokens, sampler = jump(vocab_model, heads, sampler, 100)
+    sampler.free()
+    assert tokens
+
+
 def test_the_first_required_key_is_the_one_the_grammar_opens_the_arguments_with(
     vocab_model: LlamaCppModel,
 ) -> None:

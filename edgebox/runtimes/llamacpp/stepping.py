@@ -99,15 +99,17 @@ class Stepping:
         self._metrics.step(n, time.monotonic() - t, n_sampled)
 
     def _plan(self) -> list[Part]:
-        """This step's parts: the next token of every decoding slot, then prompt chunks
-        (oldest request first) within the batch budget. Tokens enter `slot.cached` here."""
+        """This step's parts: the next tokens of every decoding slot (a sampled token and any
+        text jumped over after it; left for the next step where the batch is full), then prompt
+        chunks (oldest request first) within the batch budget. Tokens enter `slot.cached` here."""
         parts: list[Part] = []
+        room = self.n_batch  # in tokens: a decoding slot may carry jumped-over text too
         for slot in self._slots:
             job = slot.job
-            if job and not job.pending and job.next_tokens:
+            if job and not job.pending and job.next_tokens and len(job.next_tokens) <= room:
                 parts.append(Part(slot, len(slot.cached), job.next_tokens, logits=True))
+                room -= len(job.next_tokens)
                 job.next_tokens = []
-        room = self.n_batch - len(parts)
         budget = min(self.prefill_chunk, room) if parts else room
         waiting = sorted((s for s in self._slots if s.job and s.job.pending), key=_submitted)
         for slot in waiting:
@@ -253,7 +255,7 @@ class Stepping:
         """Jump forward over call text forced after the token just sampled (`jump_forward`):
         written out now, decoded with that token in the next step."""
         assert job.heads is not None
-        room = self.n_ctx_seq - 2 - len(slot.cached)
+        room = min(self.n_ctx_seq - 2 - len(slot.cached), self.n_batch - 1)
         if job.request.max_tokens is not None:
             room = min(room, job.request.max_tokens - job.generated)
         tokens, job.sampler = jump(self.model, job.heads, job.sampler, room)

@@ -221,7 +221,8 @@ def forced_after(constraint: ToolConstraint, heads: tuple[str, ...], reply: str)
     model's next token would start anyway, so the text tokenizes as it will in the next turn's
     prompt. Empty when nothing is forced yet (a lazy grammar before its marker, or the model's
     choice of name); None once the reply is past the heads or off them (no call at its start:
-    the formats here are anchored, or the call's head written)."""
+    the formats here are anchored, or the call's head written), or where it spells a lazy
+    grammar's marker in a way its trigger does not take (the grammar never engages)."""
     fmt = constraint.format
     typed = "".join(reply.split())
     live = [h for h in heads if "".join(h.split()).startswith(typed)]
@@ -232,6 +233,8 @@ def forced_after(constraint: ToolConstraint, heads: tuple[str, ...], reply: str)
             return None  # past the whitespace its trigger allows before a call
         if len(typed) < sum(len(p) for p in fmt.marker):
             return ""  # the model has not begun a call (its trigger has not fired)
+        if not re.match(_WS_RE + _WS_RE.join(re.escape(p) for p in fmt.marker), reply):
+            return None  # the marker, but not as the trigger takes it: the grammar waits
     rests = [_after_typed(head, len(typed)) for head in live]
     if reply[-1:].isspace():
         rests = [rest.lstrip() for rest in rests]
