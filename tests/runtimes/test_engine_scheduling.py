@@ -479,3 +479,47 @@ def test_jumped_tokens_and_a_full_prefill_chunk_share_one_batch(smollm2_path: Pa
         assert rt.detokenize(call.ids).startswith('{"tool_calls": [{"name": "')
     finally:
         rt.close()
+
+
+def test_a_reply_ends_with_its_last_call_without_a_step_for_the_end_token(
+    runtime: LlamaCppRuntime,
+) -> None:
+    """Once a forced call's grammar is complete nothing but the end of the reply may follow:
+    the request stops there, without decoding the call's last token to sample the end (one
+    step a call). Under `auto` (a lazy grammar allows anything before its trigger) it does
+    not, and the model's own end-of-generation token ends the reply."""
+    import json as _json
+
+    from edgebox.runtimes.tool_format import (
+        GENERIC,
+        ToolConstraint,
+        generic_instructions,
+        generic_messages,
+    )
+
+    schema = '{"type":"object","properties":{"path":{"type":"string","enum":["a.py"]}},"required":["path"]}'
+    offered = [{"name": "read_file", "parameters": _json.loads(schema)}]
+    ask = "Read a.py. Reply with only this JSON: " + _json.dumps(
+        {"tool_calls": [{"name": "read_file", "arguments": {"path": "a.py"}}]}
+    )
+    messages = generic_messages(
+        [{"role": "user", "content": ask}], generic_instructions(offered, "auto", False, None)
+    )
+    prompt = runtime.tokenize(runtime.render_chat(messages))
+    # the model this small does not start a call by itself under auto: its marker is favoured
+    marker = runtime.engine.model.tokenize('{"tool_calls":', add_special=False, parse_special=False)
+    for lazy, cached_after in ((False, -1), (True, 0)):
+        tools = ToolConstraint(GENERIC, (("read_file", schema),), lazy=lazy, parallel=False)
+        bias = tuple((t, 30.0) for t in marker) if lazy else ()
+        sampling = SamplingParams(temperature=0.0, tools=tools, logit_bias=bias)
+        timeline, _ = submit(runtime, GenerationRequest(prompt, sampling, max_tokens=60))
+        finish = timeline.wait()
+        text = runtime.detokenize(timeline.ids)
+        assert finish.reason == "stop", text
+        assert _json.loads(text)["tool_calls"][0]["arguments"] == {"path": "a.py"}
+        held = max(
+            (s.cached for s in runtime.engine._slots if s.cached[: len(prompt)] == prompt),
+            key=len,
+        )
+        # the slot holds the prompt and the reply but its last token, which was never decoded
+        assert len(held) == len(prompt) + len(timeline.ids) + cached_after

@@ -50,6 +50,7 @@ from edgebox.runtimes.llamacpp.slots import (
     common_prefix_len,
 )
 from edgebox.runtimes.llamacpp.stepping import Stepping
+from edgebox.runtimes.llamacpp.tool_grammar import ends_when_complete
 from edgebox.runtimes.prefix_blocks import BLOCK_TOKENS
 from edgebox.runtimes.text import StopMatcher
 
@@ -206,9 +207,12 @@ class LlamaCppEngine(Stepping, Healing, KVTransfer):
         opening (with one function, its whole head) is prefilled with the prompt in one step
         instead of decoded a token a step, and written out before the first sampled token.
         Not with logprobs (jumped-over text has none); no prefilled opening after an imported
-        snapshot (its logits follow the prompt alone)."""
+        snapshot (its logits follow the prompt alone). Where a complete call grammar allows
+        only the end of the reply, the reply ends with it (`SlotJob.end_token`)."""
         request = job.request
         tools = request.sampling.tools
+        if tools is not None and ends_when_complete(tools) and self.model.eog_tokens:
+            job.end_token = self.model.eog_tokens[0]
         if tools is None or request.sampling.logprobs is not None:
             return
         job.heads = CallHeads.of(tools)

@@ -37,6 +37,9 @@ class SlotJob(GenerationJob):
     # call's header): prefilled with the prompt, written out before the first sampled token.
     forced: list[int] = field(default_factory=list)
     heads: CallHeads | None = None  # the reply's start while it may be a call's head
+    # An end-of-generation token to ask the grammar about: once it allows it, nothing else
+    # may follow (`tool_grammar.ends_when_complete`) and the reply ends there.
+    end_token: int | None = None
     decoder: TokenTextDecoder = field(default_factory=TokenTextDecoder)
     # A trial of an uploaded KV snapshot: it must import, and its one decoded token must give
     # finite logits; it counts in no statistics.

@@ -241,6 +241,8 @@ class Stepping:
         limit = job.request.max_tokens
         if job.matcher.stopped:
             self._release(slot, "stop")
+        elif job.end_token is not None and job.sampler.allows(job.end_token):
+            self._release(slot, "stop")  # the calls are complete: only the end may follow
         elif (limit is not None and job.generated >= limit) or len(
             slot.cached
         ) + 1 >= self.n_ctx_seq:

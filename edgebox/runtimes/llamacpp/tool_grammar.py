@@ -262,3 +262,14 @@ def _after_typed(head: str, typed: int) -> str:
         if not ch.isspace():
             typed -= 1
     return ""
+
+
+def ends_when_complete(constraint: ToolConstraint) -> bool:
+    """Whether the call grammar, once complete, allows nothing but the end of the reply: an
+    eager grammar (a lazy one allows anything before its trigger) whose calls close a list, or
+    which holds one call. The reply then ends with its last call, with no step to sample the
+    end-of-generation token."""
+    fmt = constraint.format
+    return not constraint.lazy and (
+        bool(fmt.list_close) or not (constraint.parallel and fmt.parallel)
+    )
