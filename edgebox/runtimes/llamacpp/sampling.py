@@ -243,10 +243,11 @@ class Sampler:
         return True
 
     def clone(self) -> Sampler:
+        """A copy in the same state (grammar stacks, penalty history, the draw's generator),
+        with a candidate buffer of its own."""
+        chain = llama_cpp.llama_sampler_clone(self.chain)
         grammar = None if self.grammar is None else llama_cpp.llama_sampler_clone(self.grammar)
-        return Sampler(
-            llama_cpp.llama_sampler_clone(self.chain), grammar, self.argmax
-        )  # own buffer
+        return Sampler(chain, grammar, self.argmax)
 
     def free(self) -> None:
         for sampler in (self.chain, self.grammar):
