@@ -38,10 +38,7 @@ from edgebox.runtimes.llamacpp.kv_import import KVTransfer
 from edgebox.runtimes.llamacpp.kv_state import kv_layout, resolved_flash_attn
 from edgebox.runtimes.llamacpp.model import LlamaCppModel, captured_log
 from edgebox.runtimes.llamacpp.recovery import KV_INVALID, EngineHealth, Healing
-from edgebox.runtimes.llamacpp.sampling import (
-    build_sampler,
-    plain_greedy,
-)
+from edgebox.runtimes.llamacpp.sampling import build_sampler, plain_greedy
 from edgebox.runtimes.llamacpp.slots import (
     BatchArrays,
     Slot,

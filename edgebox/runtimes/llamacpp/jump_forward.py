@@ -65,7 +65,7 @@ def jump(
     text = heads.forced()
     if not text:
         return [], sampler
-    tokens = model.tokenize(text, add_special=False, parse_special=False)
+    tokens = _tokenize(model, text)
     if not tokens or len(tokens) >= room:
         return [], sampler
     if b"".join(model.piece(t) for t in tokens) != text.encode():

@@ -12,7 +12,13 @@ from typing import TYPE_CHECKING, Any
 import llama_cpp
 import numpy as np
 
-from edgebox.runtimes.base import FinishReason, KVSnapshot, SamplingError, TokenEvent
+from edgebox.runtimes.base import (
+    FinishReason,
+    KVSnapshot,
+    SamplingError,
+    TokenEvent,
+    TokenLogprob,
+)
 from edgebox.runtimes.jobs import JobMetrics
 from edgebox.runtimes.llamacpp.jump_forward import jump
 from edgebox.runtimes.llamacpp.kv_state import logits_finite
@@ -205,17 +211,28 @@ class Stepping:
         """Write out jumped-over text as generated tokens; False when a stop string in it
         ended the request."""
         for token in tokens:
-            job.generated += 1
-            self._metrics.generated += 1
-            piece = self.model.piece(token)
-            if job.heads is not None:
-                job.heads.feed(piece)
-            text = job.matcher.feed(job.decoder.feed(piece))
-            job.sink(TokenEvent(token_id=token, text=text))
+            self._hand_out(job, token)
             if job.matcher.stopped:
                 self._release(slot, "stop")
                 return False
         return True
+
+    def _hand_out(
+        self,
+        job: SlotJob,
+        token: int,
+        logprob: TokenLogprob | None = None,
+        top: tuple[TokenLogprob, ...] = (),
+    ) -> None:
+        """Count a generated token, read its text through the decoder and stop matcher (and
+        the call heads, while they follow the reply) and send it."""
+        job.generated += 1
+        self._metrics.generated += 1  # this thread is the only writer
+        piece = self.model.piece(token)
+        if job.heads is not None and not job.heads.done:
+            job.heads.feed(piece)
+        text = job.matcher.feed(job.decoder.feed(piece))
+        job.sink(TokenEvent(token_id=token, text=text, logprob=logprob, top_logprobs=top))
 
     def _emit(self, slot: Slot, token: int, row: np.ndarray | None) -> None:
         """Hand the sampled token to the request (with its log-probabilities when asked, read
@@ -233,11 +250,7 @@ class Stepping:
         if self.model.is_eog(token):
             self._release(slot, "stop")
             return
-        job.generated += 1
-        self._metrics.generated += 1  # this thread is the only writer
-        piece = self.model.piece(token)
-        text = job.matcher.feed(job.decoder.feed(piece))
-        job.sink(TokenEvent(token_id=token, text=text, logprob=logprob, top_logprobs=top))
+        self._hand_out(job, token, logprob, top)
         limit = job.request.max_tokens
         if job.matcher.stopped:
             self._release(slot, "stop")
@@ -250,7 +263,6 @@ class Stepping:
         else:
             job.next_tokens = [token]
             if job.heads is not None and not job.heads.done:
-                job.heads.feed(piece)
                 self._jump(slot, job)
 
     def _jump(self, slot: Slot, job: SlotJob) -> None:

@@ -148,11 +148,14 @@ def trigger_patterns(constraint: ToolConstraint) -> list[str]:
     """Regexes over the whole reply so far that say a call has just begun (lazy grammars):
     the marker, then any prefix of the canonical start of the first call."""
     fmt = constraint.format
-    start = [*fmt.list_open, *fmt.call_open, "{", '"name"', ":", '"']
-    head, tail = start[: len(fmt.marker)], start[len(fmt.marker) :]
+    start = [*fmt.list_open, *fmt.call_open, "{", '"name"', ":", '"']  # the marker first
     lead = _WS_RE if fmt.anchored else r"[\s\S]*?"
-    marker = _WS_RE.join(re.escape(p) for p in head)
-    return [f"^{lead}({marker}){_prefix_regex(tail)}$"]
+    return [f"^{lead}({_marker_regex(fmt)}){_prefix_regex(start[len(fmt.marker) :])}$"]
+
+
+def _marker_regex(fmt: ToolFormat) -> str:
+    """The format's marker with the whitespace the grammar allows between its pieces."""
+    return _WS_RE.join(re.escape(p) for p in fmt.marker)
 
 
 def _prefix_regex(pieces: list[str]) -> str:
@@ -233,7 +236,7 @@ def forced_after(constraint: ToolConstraint, heads: tuple[str, ...], reply: str)
             return None  # past the whitespace its trigger allows before a call
         if len(typed) < sum(len(p) for p in fmt.marker):
             return ""  # the model has not begun a call (its trigger has not fired)
-        if not re.match(_WS_RE + _WS_RE.join(re.escape(p) for p in fmt.marker), reply):
+        if not re.match(_WS_RE + _marker_regex(fmt), reply):
             return None  # the marker, but not as the trigger takes it: the grammar waits
     rests = [_after_typed(head, len(typed)) for head in live]
     if reply[-1:].isspace():
