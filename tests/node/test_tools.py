@@ -184,7 +184,7 @@ def test_auto_answers_in_text_or_with_a_valid_call(client: openai.OpenAI, seed: 
 
 def test_auto_again_from_the_kept_logits_calls_the_same(client: openai.OpenAI) -> None:
     """The same request again samples its first token from the logits the slot kept after the
-    prompt (`chain_token`, then llama_sampler_accept), not from a decode: the lazy grammar,
+    prompt (`Sampler.draw` on the kept row), not from a decode: the lazy grammar,
     whose anchored trigger starts at that first token, engages exactly as in the first run."""
     ask = [{"role": "user", "content": "Call get_weather for Paris, 3 days."}]
     first, again = (
