@@ -7,7 +7,9 @@ mode (`bench_engine.py`'s command helpers); the client is the `openai` SDK, stre
 that every measured token is JSON) and, for scale, the same request without the schema. Rounds
 take turns (edgebox, llama-server, next mode); per request the decode rate is (completion
 tokens - 1) ÷ (time from the first streamed content to the end), the client's clock; medians
-are reported with their ratio. Greedy, and sampled at temperature 0.7 with a seed.
+are reported with their ratio. Greedy, and sampled with a seed: a temperature alone (edgebox
+draws from the whole vocabulary, llama-server truncates to its default top-k 40 first), top-p
+alone, and llama-server's defaults sent to both (the same work on each side).
 
     python benchmarks/bench_structured.py --rounds 5 --tokens 128 --threads 2 --write
 """
@@ -40,6 +42,19 @@ ASK = "Write the weather forecast for Paris for each day of next week."
 MODES: dict[str, dict[str, Any]] = {
     "free text, greedy": {"temperature": 0},
     "free text, temperature 0.7, seed 1": {"temperature": 0.7, "seed": 1},
+    # top-p alone, as many clients send it (llama-server truncates to its top-k 40 first)
+    "free text, temperature 0.8, top_p 0.95, seed 1": {
+        "temperature": 0.8,
+        "top_p": 0.95,
+        "seed": 1,
+    },
+    # llama-server's own defaults, sent to both: the same work on each side
+    "free text, temperature 0.7, seed 1, top_k 40, top_p 0.95, min_p 0.05": {
+        "temperature": 0.7,
+        "seed": 1,
+        "top_p": 0.95,
+        "extra_body": {"top_k": 40, "min_p": 0.05},
+    },
     "json_schema, greedy": {
         "temperature": 0,
         "response_format": {"type": "json_schema", "json_schema": {"name": "week", "schema": WEEK}},

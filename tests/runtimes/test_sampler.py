@@ -4,16 +4,25 @@ vocabulary and a real JSON grammar against what masking first gives."""
 
 from __future__ import annotations
 
+import itertools
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import llama_cpp
 import numpy as np
 import pytest
 
 from edgebox.runtimes.base import SamplingError, SamplingParams
 from edgebox.runtimes.llamacpp.model import LlamaCppModel
-from edgebox.runtimes.llamacpp.sampling import Sampler, build_sampler
+from edgebox.runtimes.llamacpp.sampling import (
+    _CANDIDATE,
+    NUCLEUS_FIRST,
+    Sampler,
+    SoftmaxDraw,
+    _apply,
+    build_sampler,
+)
 
 SCHEMA = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}
 
@@ -219,3 +228,119 @@ def test_a_sampled_draw_under_a_grammar_has_the_masked_odds_unless_truncated_fir
             hits += token == a
         se = math.sqrt(expected * (1 - expected) / n)
         assert abs(hits / n - expected) <= 4 * se, (top_k, hits / n, expected)
+
+
+def _llama_cpp_kept(row: np.ndarray, top_k: int, top_p: float, min_p: float) -> set[int]:
+    """The tokens llama.cpp's own top-k, top-p and min-p samplers keep of `row`, in that
+    order (the reference `SoftmaxDraw` must match)."""
+    chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
+    try:
+        if top_k > 0:
+            llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_top_k(top_k))
+        if top_p < 1.0:
+            llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_top_p(top_p, 1))
+        if min_p > 0.0:
+            llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_min_p(min_p, 1))
+        candidates = np.empty(len(row), _CANDIDATE)
+        candidates["id"] = np.arange(len(row))
+        candidates["logit"] = row
+        array = _apply(chain, candidates)
+        return {int(array.data[i].id) for i in range(array.size)}
+    finally:
+        llama_cpp.llama_sampler_free(chain)
+
+
+def _softmax_mass(row: np.ndarray, kept: set[int], top_k: int) -> Callable[[int], float]:
+    """The softmax mass (over the top-k, or every token) of the kept tokens better than a
+    given one: where top-p's running sum stood before it."""
+    base = np.sort(row)[::-1][:top_k] if top_k else row
+    total = np.exp(base.astype(np.float64) - row.max()).sum()
+
+    def before(token: int) -> float:
+        better = [t for t in kept if row[t] > row[token]]
+        return float(np.exp(row[better].astype(np.float64) - row.max()).sum() / total)
+
+    return before
+
+
+def test_truncation_keeps_the_tokens_llama_cpps_samplers_keep(model: LlamaCppModel) -> None:
+    """Top-k, top-p and min-p, alone and together, over peaked and flat rows of the real
+    vocabulary's size: `SoftmaxDraw` keeps exactly the tokens llama.cpp's samplers keep —
+    top-p through its first sorted few and through its bins alike."""
+    rng = np.random.default_rng(5)
+    rows = {"flat": rng.standard_normal(model.n_vocab).astype(np.float32) * 0.5}
+    peaked = (rng.standard_normal(model.n_vocab) * 2).astype(np.float32)
+    peaked[rng.choice(model.n_vocab, 5, replace=False)] += np.array([12, 11, 10, 9, 8])
+    rows["peaked"] = peaked
+    binned = 0
+    for name, row in rows.items():
+        for top_k, top_p, min_p in itertools.product(
+            (0, 1, 40, 3000), (1.0, 0.5, 0.9, 0.999), (0.0, 0.05, 0.3)
+        ):
+            if (top_k, top_p, min_p) == (0, 1.0, 0.0):
+                continue
+            draw = SoftmaxDraw(
+                SamplingParams(temperature=0.7, top_k=top_k, top_p=top_p, min_p=min_p)
+            )
+            kept = draw._truncated(row, float(row.max()))
+            assert kept is not None
+            ours = set(kept.tolist())
+            assert len(ours) == len(kept)  # no token twice
+            theirs = _llama_cpp_kept(row, top_k, top_p, min_p)
+            case = (name, top_k, top_p, min_p, sorted(ours ^ theirs))
+            # llama.cpp sums float32 probabilities (~1e-5 off over 49k of them), edgebox in
+            # float64: they may part only at top-p's edge, where the sum reaches top_p
+            mass_before = _softmax_mass(row, ours | theirs, top_k)
+            for edge in ours ^ theirs:
+                assert abs(mass_before(edge) - top_p) < 1e-4, case
+            binned += top_k == 0 and top_p < 1.0 and len(ours) > NUCLEUS_FIRST
+    assert binned >= 3  # the bins were exercised, not only the first sorted few
+
+
+@pytest.mark.parametrize(
+    ("top_p", "min_p"), [(1.0, 0.0), (0.9, 0.0), (1.0, 0.02)], ids=["whole", "top_p", "min_p"]
+)
+def test_a_draw_has_the_softmax_odds_of_what_it_keeps(
+    model: LlamaCppModel, top_p: float, min_p: float
+) -> None:
+    """Seeded draws over a row with its likely tokens far apart (different blocks of the whole
+    vocabulary's draw) land on each kept token as often as softmax(logits / T) over the kept
+    says, within four standard errors; nothing outside is drawn; the same seed draws the
+    same tokens."""
+    rng = np.random.default_rng(13)
+    row = (rng.standard_normal(model.n_vocab) - 4).astype(np.float32)
+    likely = np.array([3, 700, 20_000, 41_000, model.n_vocab - 1])
+    row[likely] = np.array([6.0, 5.5, 5.0, 4.0, 3.0], np.float32)
+    params = SamplingParams(temperature=0.9, top_p=top_p, min_p=min_p, seed=4)
+    draw = SoftmaxDraw(params)
+    kept = draw._truncated(row, float(row.max()))
+    kept = np.arange(model.n_vocab) if kept is None else kept
+    odds = np.exp((row[kept].astype(np.float64) - row.max()) / params.temperature)
+    expected = dict(zip(kept.tolist(), odds / odds.sum(), strict=True))
+    n = 6000
+    drawn = np.array([draw.draw(row) for _ in range(n)])
+    assert set(drawn.tolist()) <= set(expected)
+    for token in likely:
+        p = expected.get(int(token), 0.0)
+        freq = float(np.mean(drawn == token))
+        assert abs(freq - p) <= 4 * math.sqrt(p * (1 - p) / n) + 1e-9, (token, freq, p)
+    again = SoftmaxDraw(params)
+    assert [again.draw(row) for _ in range(50)] == drawn[:50].tolist()
+
+
+def test_a_draw_never_lands_on_a_token_of_no_weight(model: LlamaCppModel) -> None:
+    """Masked tokens (-inf) in every block but a few allowed ones, at the start and end of
+    blocks and of the vocabulary: thousands of draws, every one allowed; a row with no finite
+    logit is an error."""
+    allowed = [0, 255, 256, 30_000, model.n_vocab - 1]
+    row = np.full(model.n_vocab, -np.inf, np.float32)
+    row[allowed] = np.array([0.0, -20.0, 1.0, 0.5, -60.0], np.float32)
+    for params in (
+        SamplingParams(temperature=1.0, seed=1),
+        SamplingParams(temperature=2.0, seed=2, top_p=0.999),
+        SamplingParams(temperature=0.05, seed=3, top_k=3),
+    ):
+        draw = SoftmaxDraw(params)
+        assert set(draw.draw(row) for _ in range(3000)) <= set(allowed)
+    with pytest.raises(SamplingError, match="selected no token"):
+        SoftmaxDraw(SamplingParams(temperature=1.0)).draw(np.full(8, -np.inf, np.float32))
