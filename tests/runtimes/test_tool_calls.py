@@ -396,6 +396,37 @@ def test_nothing_is_jumped_where_a_lazy_grammar_never_engaged(
     assert tokens
 
 
+@pytest.mark.parametrize("fmt", [HERMES, MISTRAL], ids=lambda f: f.name)
+def test_nothing_is_jumped_after_a_tag_the_trigger_does_not_take(
+    vocab_model: LlamaCppModel, fmt: ToolFormat
+) -> None:
+    """Formats whose calls may follow text: a marker the reply mentions in passing (a token
+    carries it on into `,`, so the trigger never sees it end the text) leaves the lazy grammar
+    waiting, and nothing is jumped over after it, however call-like what follows; the marker
+    written as a call begins, later in the same reply, is jumped after."""
+    from edgebox.runtimes.llamacpp.jump_forward import CallHeads, jump
+
+    constraint = ToolConstraint(fmt, FUNCTIONS[:1], lazy=True, parallel=True)
+    marker = fmt.marker[0]
+    heads = CallHeads.of(constraint)
+    sampler = build_sampler(vocab_model, SamplingParams(temperature=0, tools=constraint))
+    try:
+        for text in (f"See {marker}, then", ' {"name": "get_weather", "arguments": {"city":'):
+            assert _walk(vocab_model, sampler, text)
+            for token in vocab_model.tokenize(text, add_special=False):
+                heads.feed(vocab_model.piece(token))
+            tokens, sampler = jump(vocab_model, heads, sampler, 100)
+            assert tokens == [], vocab_model.detokenize(tokens)
+        opening = "".join((*fmt.list_open, *fmt.call_open))  # `][` is one token to SmolLM2
+        assert _walk(vocab_model, sampler, f" ok.\n{opening}")
+        for token in vocab_model.tokenize(f" ok.\n{opening}", add_special=False):
+            heads.feed(vocab_model.piece(token))
+        tokens, sampler = jump(vocab_model, heads, sampler, 100)
+        assert vocab_model.detokenize(tokens) == call_heads(constraint)[0][len(opening) :]
+    finally:
+        sampler.free()
+
+
 def test_the_first_required_key_is_the_one_the_grammar_opens_the_arguments_with(
     vocab_model: LlamaCppModel,
 ) -> None:

@@ -246,15 +246,16 @@ _WORD_END = re.compile(r"[A-Za-z0-9]+$")
 def forced_after(
     constraint: ToolConstraint, heads: tuple[str, ...], reply: str, *, engaged: bool = False
 ) -> str | None:
-    """The text the call grammar leaves no choice about after `reply` (the reply so far),
-    whitespace aside: the rest of the call's head common to every function still possible,
-    spaced as `heads` (`call_heads`). It ends at a word's end or before a space, where the
-    model's next token would start anyway, so the text tokenizes as it will in the next turn's
-    prompt. Empty when nothing is forced yet (a lazy grammar before its marker, or the model's
-    choice of name); None once the reply is past the heads or off them (no call at its start:
-    the formats here are anchored, or the call's head written), or where it spells a lazy
+    """The text the call grammar leaves no choice about after `reply` (the call's text so
+    far: the reply, or where calls may follow text, the reply from the marker on; for a later
+    call, the text after its gate), whitespace aside: the rest of the call's head common to
+    every function still possible, spaced as `heads` (`call_heads`, `later_heads`). It ends at
+    a word's end or before a space, where the model's next token would start anyway, so the
+    text tokenizes as it will in the next turn's prompt. Empty when nothing is forced yet (a
+    lazy grammar before its marker, or the model's choice of name); None once `reply` is past
+    the heads or off them (not a call, or the call's head written), or where it spells a lazy
     grammar's marker in a way its trigger does not take (the grammar never engages).
-    `engaged`: the grammar is past its trigger (a later call's head, `later_heads`)."""
+    `engaged`: the grammar is past its trigger (a later call's head)."""
     fmt = constraint.format
     typed = "".join(reply.split())
     live = [h for h in heads if "".join(h.split()).startswith(typed)]
