@@ -158,8 +158,9 @@ def calls_text(fmt: ToolFormat, calls: Sequence[Mapping[str, Any]]) -> str:
     objects = [
         json.dumps({"name": c["name"], fmt.args_key: _loads_or_keep(c["arguments"])}) for c in calls
     ]
-    if fmt is HERMES:
-        return "\n".join(f"<tool_call>\n{o}\n</tool_call>" for o in objects)
+    if fmt.call_open:  # each call in its tags (Hermes, Qwen)
+        opening, closing = "".join(fmt.call_open), "".join(fmt.call_close)
+        return "\n".join(f"{opening}\n{o}\n{closing}" for o in objects)
     if fmt is MISTRAL:
         return "[TOOL_CALLS][" + ", ".join(objects) + "]"
     if fmt is LLAMA3:

@@ -523,3 +523,135 @@ def test_a_reply_ends_with_its_last_call_without_a_step_for_the_end_token(
         )
         # the slot holds the prompt and the reply but its last token, which was never decoded
         assert len(held) == len(prompt) + len(timeline.ids) + cached_after
+
+
+def _steps_and_ids(
+    runtime: LlamaCppRuntime, prompt: list[int], sampling: SamplingParams, max_tokens: int = 60
+) -> tuple[list[int], int, FinishEvent]:
+    before = runtime.stats().steps_total
+    timeline, _ = submit(runtime, GenerationRequest(prompt, sampling, max_tokens=max_tokens))
+    finish = timeline.wait()
+    return timeline.ids, runtime.stats().steps_total - before, finish
+
+
+@pytest.mark.parametrize("n_functions", [1, 3])
+def test_a_tagged_call_is_jumped_over_from_its_opening_tag(
+    runtime: LlamaCppRuntime, n_functions: int
+) -> None:
+    """The Hermes format (`<tool_call>` … `</tool_call>`, plain text in SmolLM2's vocabulary)
+    under `required`: its opening tag and head are jumped over as the call renders — with one
+    function through the first key, with three up to the name and then the rest of the head —
+    and the reply is the one decoding every token gives (with logprobs, which never jump), in
+    fewer steps."""
+    import json as _json
+
+    from edgebox.runtimes.tool_format import HERMES, ToolConstraint, calls_text
+
+    schema = '{"type":"object","properties":{"path":{"type":"string"}},"required":["path"]}'
+    names = ("read_file", "read_dir", "write_file")[:n_functions]
+    tools = ToolConstraint(HERMES, tuple((n, schema) for n in names), lazy=False, parallel=False)
+
+    def call(path: str) -> str:
+        return calls_text(HERMES, [{"name": "read_file", "arguments": _json.dumps({"path": path})}])
+
+    messages = [
+        {"role": "user", "content": "Read a.py."},
+        {"role": "assistant", "content": call("a.py")},
+        {"role": "user", "content": "Read src/main.py."},
+    ]
+    prompt = runtime.tokenize(runtime.render_chat(messages))
+    ids, steps, finish = _steps_and_ids(
+        runtime, prompt, SamplingParams(temperature=0.0, tools=tools)
+    )
+    decoded, decoded_steps, _ = _steps_and_ids(
+        runtime, prompt, SamplingParams(temperature=0.0, tools=tools, logprobs=1)
+    )
+    assert runtime.detokenize(ids) == call("src/main.py")
+    assert ids == decoded and finish.completion_tokens == len(ids)
+    assert decoded_steps >= len(decoded) - 1
+    model = runtime.engine.model
+    head = '<tool_call>\n{"name": "read_file", "arguments": {"path":'
+    n_head = len(model.tokenize(head, add_special=False, parse_special=False))
+    # one function: the whole head is prefilled with the prompt; three: the opening up to the
+    # name, then the rest of the name and `", "arguments": {"path":` with one sampled token
+    assert steps <= len(ids) - n_head + (1 if n_functions == 1 else 4)
+
+
+def test_a_tag_the_vocabulary_holds_as_one_token_is_written_by_the_model(
+    runtime: LlamaCppRuntime,
+) -> None:
+    """A format whose tag is one control token of the vocabulary (as Mistral's `[TOOL_CALLS]`
+    is; here SmolLM2's `<filename>`): a jump never writes it as plain-text tokens. The
+    model samples the tag (favoured here) as its one token, and the head after it is jumped
+    over: the same reply as decoding every token, its first token the tag's, in fewer steps."""
+    import dataclasses
+
+    from edgebox.runtimes.tool_format import HERMES, ToolConstraint
+
+    tagged = dataclasses.replace(
+        HERMES,
+        name="tagged",
+        marker=("<filename>",),
+        call_open=("<filename>",),
+        call_close=("<file_sep>",),
+    )
+    model = runtime.engine.model
+    (tag,) = model.tokenize("<filename>", add_special=False, parse_special=True)
+    assert len(model.tokenize("<filename>", add_special=False, parse_special=False)) > 1
+    schema = '{"type":"object","properties":{"path":{"enum":["src/main.py","a.py"]}},"required":["path"]}'
+    tools = ToolConstraint(tagged, (("read_file", schema),), lazy=False, parallel=False)
+    prompt = runtime.tokenize(
+        runtime.render_chat([{"role": "user", "content": "Read src/main.py."}])
+    )
+    bias = ((tag, 30.0),)
+    ids, steps, _ = _steps_and_ids(
+        runtime, prompt, SamplingParams(temperature=0.0, tools=tools, logit_bias=bias)
+    )
+    decoded, decoded_steps, _ = _steps_and_ids(
+        runtime, prompt, SamplingParams(temperature=0.0, tools=tools, logit_bias=bias, logprobs=1)
+    )
+    assert ids[0] == decoded[0] == tag
+    head = model.tokenize('\n{"name": "read_file", "arguments": {"path":', add_special=False)
+    assert ids[1 : 1 + len(head)] == head  # jumped over right after the tag, as it renders
+    assert runtime.detokenize(ids).startswith('\n{"name": "read_file", "arguments": {"path": "')
+    assert steps <= len(ids) - len(head) + 1 < decoded_steps
+
+
+def test_the_later_calls_of_a_parallel_list_are_jumped_over(runtime: LlamaCppRuntime) -> None:
+    """Two calls of one function in the generic envelope: once the model writes the comma
+    that starts a second call, its whole head (` {"name": "read_file", "arguments": {"path":`)
+    is jumped over as the first call's was. The same reply as decoding every token, with the
+    second head's tokens not decoded one a step."""
+    import json as _json
+
+    from edgebox.runtimes.tool_format import (
+        GENERIC,
+        ToolConstraint,
+        generic_instructions,
+        generic_messages,
+    )
+
+    schema = '{"type":"object","properties":{"path":{"type":"string"}},"required":["path"]}'
+    tools = ToolConstraint(GENERIC, (("read_file", schema),), lazy=False, parallel=True)
+    offered = [{"name": "read_file", "parameters": _json.loads(schema)}]
+    calls = [{"name": "read_file", "arguments": {"path": p}} for p in ("a.py", "b.py")]
+    ask = "Read a.py and b.py. Reply with only this JSON: " + _json.dumps({"tool_calls": calls})
+    messages = generic_messages(
+        [{"role": "user", "content": ask}], generic_instructions(offered, "required", True, None)
+    )
+    prompt = runtime.tokenize(runtime.render_chat(messages))
+    ids, steps, finish = _steps_and_ids(
+        runtime, prompt, SamplingParams(temperature=0.0, tools=tools), 80
+    )
+    decoded, _, _ = _steps_and_ids(
+        runtime, prompt, SamplingParams(temperature=0.0, tools=tools, logprobs=1), 80
+    )
+    assert ids == decoded and finish.reason == "stop"
+    assert _json.loads(runtime.detokenize(ids)) == {"tool_calls": calls}
+    model = runtime.engine.model
+    first = '{"tool_calls": [{"name": "read_file", "arguments": {"path":'
+    later = ' {"name": "read_file", "arguments": {"path":'
+    n_first = len(model.tokenize(first, add_special=False, parse_special=False))
+    n_later = len(model.tokenize(later, add_special=False, parse_special=False))
+    assert n_later >= 8
+    assert steps <= len(ids) - n_first - n_later + 2

@@ -4,7 +4,9 @@ llama.cpp builds from them (checked token by token against SmolLM2's real vocabu
 from __future__ import annotations
 
 import ctypes
+import itertools
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -307,15 +309,11 @@ def test_another_key_between_the_name_and_the_arguments_is_read_at_the_close() -
 def test_the_forced_header_is_how_past_calls_render(fmt: ToolFormat) -> None:
     """What the engine jumps over at the start of a forced call: with one function, its whole
     head exactly as the conversation renders it afterwards (so the next turn's prefix matches),
-    through the first required key of its arguments, up to the space the model's next token
-    starts with; with several, the opening up to the name; nothing where the format opens with
-    a tag or the grammar waits for a trigger."""
+    its tags included, through the first required key of its arguments, up to the space the
+    model's next token starts with; with several, the opening up to the name; nothing where
+    the grammar waits for a trigger."""
     one = ToolConstraint(fmt, FUNCTIONS[:1], lazy=False, parallel=False)
     heads = call_heads(one)
-    if fmt in (HERMES, MISTRAL):
-        assert heads is None
-        return
-    assert heads is not None
     header = forced_after(one, heads, "")
     arguments = '{"city": "Oslo", "days": 2}'
     written = calls_text(fmt, [{"id": "c", "name": FUNCTIONS[0][0], "arguments": arguments}])
@@ -325,7 +323,7 @@ def test_the_forced_header_is_how_past_calls_render(fmt: ToolFormat) -> None:
     lazy = ToolConstraint(fmt, FUNCTIONS[:1], lazy=True, parallel=False)
     assert forced_after(lazy, heads, "") == ""
     several = ToolConstraint(fmt, FUNCTIONS, lazy=False, parallel=False)
-    opening = forced_after(several, call_heads(several) or (), "")
+    opening = forced_after(several, call_heads(several), "")
     assert opening and written.startswith(opening) and opening.endswith('"name": "')
 
 
@@ -339,7 +337,6 @@ def test_every_jump_is_the_text_the_call_renders_as(fmt: ToolFormat, lazy: bool)
     functions = (*FUNCTIONS, ("get_time", "{}"), ("get", "{}"))
     constraint = ToolConstraint(fmt, functions, lazy=lazy, parallel=False)
     heads = call_heads(constraint)
-    assert heads is not None
     for name in ("get_weather", "noop", "get"):
         arguments = '{"city": "Oslo", "days": 2}' if name == "get_weather" else "{}"
         written = calls_text(fmt, [{"id": "c", "name": name, "arguments": arguments}])
@@ -382,7 +379,6 @@ def test_nothing_is_jumped_where_a_lazy_grammar_never_engaged(
     key = fmt.marker[1]
     for reply in ("{" + " " * 25 + key + ":", "{" + key[:3] + " " + key[3:] + ":"):
         heads = CallHeads.of(constraint)
-        assert heads is not None
         sampler = build_sampler(vocab_model, SamplingParams(temperature=0, tools=constraint))
         assert _walk(vocab_model, sampler, reply)
         heads.feed(reply.encode())
@@ -391,7 +387,6 @@ def test_nothing_is_jumped_where_a_lazy_grammar_never_engaged(
         assert tokens == [], (reply, vocab_model.detokenize(tokens))
     # the marker as the trigger takes it: the head after it is jumped over
     heads = CallHeads.of(constraint)
-    assert heads is not None
     sampler = build_sampler(vocab_model, SamplingParams(temperature=0, tools=constraint))
     reply = "{ \n" + key + ":"
     assert _walk(vocab_model, sampler, reply)
@@ -399,6 +394,37 @@ def test_nothing_is_jumped_where_a_lazy_grammar_never_engaged(
     tokens, sampler = jump(vocab_model, heads, sampler, 100)
     sampler.free()
     assert tokens
+
+
+@pytest.mark.parametrize("fmt", [HERMES, MISTRAL], ids=lambda f: f.name)
+def test_nothing_is_jumped_after_a_tag_the_trigger_does_not_take(
+    vocab_model: LlamaCppModel, fmt: ToolFormat
+) -> None:
+    """Formats whose calls may follow text: a marker the reply mentions in passing (a token
+    carries it on into `,`, so the trigger never sees it end the text) leaves the lazy grammar
+    waiting, and nothing is jumped over after it, however call-like what follows; the marker
+    written as a call begins, later in the same reply, is jumped after."""
+    from edgebox.runtimes.llamacpp.jump_forward import CallHeads, jump
+
+    constraint = ToolConstraint(fmt, FUNCTIONS[:1], lazy=True, parallel=True)
+    marker = fmt.marker[0]
+    heads = CallHeads.of(constraint)
+    sampler = build_sampler(vocab_model, SamplingParams(temperature=0, tools=constraint))
+    try:
+        for text in (f"See {marker}, then", ' {"name": "get_weather", "arguments": {"city":'):
+            assert _walk(vocab_model, sampler, text)
+            for token in vocab_model.tokenize(text, add_special=False):
+                heads.feed(vocab_model.piece(token))
+            tokens, sampler = jump(vocab_model, heads, sampler, 100)
+            assert tokens == [], vocab_model.detokenize(tokens)
+        opening = "".join((*fmt.list_open, *fmt.call_open))  # `][` is one token to SmolLM2
+        assert _walk(vocab_model, sampler, f" ok.\n{opening}")
+        for token in vocab_model.tokenize(f" ok.\n{opening}", add_special=False):
+            heads.feed(vocab_model.piece(token))
+        tokens, sampler = jump(vocab_model, heads, sampler, 100)
+        assert vocab_model.detokenize(tokens) == call_heads(constraint)[0][len(opening) :]
+    finally:
+        sampler.free()
 
 
 def test_the_first_required_key_is_the_one_the_grammar_opens_the_arguments_with(
@@ -428,3 +454,95 @@ def test_the_first_required_key_is_the_one_the_grammar_opens_the_arguments_with(
         {"type": "array"},
     ):
         assert first_key(json.dumps(other)) is None
+
+
+PARALLEL_CASES = [
+    (name, lazy, parallel)
+    for name in sorted(FORMATS)
+    for lazy in (False, True)
+    for parallel in (False, True)
+    if parallel <= FORMATS[name].parallel
+]
+TRICKY_ARGUMENTS = '{"city": "Oslo, \\"}{\\\\ ] é", "days": 2}'  # brackets, escapes in a string
+
+
+def _head_spans(
+    constraint: ToolConstraint, written: str, start: int, names: list[str]
+) -> list[tuple[int, int]]:
+    """Where each call's head lies in `written`: the first's, then each later one's after the
+    text that starts it."""
+    from edgebox.runtimes.llamacpp.tool_grammar import later_heads
+
+    order = [f for f, _ in constraint.functions]
+    laters = (later_heads(constraint) or ("", ()))[1]
+    spans, at = [], start
+    for i, name in enumerate(names):
+        head = (call_heads(constraint) if i == 0 else laters)[order.index(name)]
+        at = written.index(head, at)
+        spans.append((at, at + len(head)))
+        at += len(head)
+    return spans
+
+
+def _jumps(constraint: ToolConstraint, written: str, tags: frozenset[str]) -> list[tuple[int, str]]:
+    """(where, what) `CallHeads` says is forced, `written` fed a character at a time; each is
+    the text that follows there."""
+    from edgebox.runtimes.llamacpp.jump_forward import CallHeads
+
+    heads = CallHeads.of(constraint, tags)
+    jumped = []
+    for n in range(len(written) + 1):
+        if n:
+            heads.feed(written[n - 1].encode())
+        forced = heads.forced()
+        assert written[n:].startswith(forced), (written[:n], forced)
+        if forced:
+            jumped.append((n, forced))
+    return jumped
+
+
+@pytest.mark.parametrize(
+    ("name", "lazy", "parallel"),
+    PARALLEL_CASES,
+    ids=[f"{n}-{'auto' if a else 'forced'}-{'list' if p else 'one'}" for n, a, p in PARALLEL_CASES],
+)
+def test_every_jump_in_a_reply_is_the_text_its_calls_render_as(
+    name: str, lazy: bool, parallel: bool
+) -> None:
+    """A reply of one or more calls written out a character at a time (after some text where
+    the format allows it): whatever `CallHeads` says is forced is the text that follows in the
+    rendered reply and lies within a call's head — the first call's from its opening tag or
+    list, each later call's from the text that starts it (`,`, or `</tool_call>` and a new
+    `<tool_call>`), which is jumped over too: with one function, the whole head through its
+    first key. Where the vocabulary holds a tag as one token, no jump holds any of it."""
+    fmt = FORMATS[name]
+    functions = (*FUNCTIONS, ("get_time", "{}"))
+    lead = "" if fmt.anchored or not lazy else 'Sure, "one" {moment} [1].\n'
+    orders = [["get_weather", "noop", "get_weather"], ["noop", "get_time"]]
+    tag_sets = [frozenset(), frozenset(p for p in (*fmt.marker, *fmt.call_close) if p[0] in "<[")]
+    for offered, tags in itertools.product((functions, functions[:1]), tag_sets):
+        constraint = ToolConstraint(fmt, offered, lazy=lazy, parallel=parallel)
+        for order in orders:
+            names = [n for n in order if n in dict(offered)] or [offered[0][0]]
+            names = names if parallel else names[:1]
+            calls = [
+                {"name": n, "arguments": TRICKY_ARGUMENTS if n == "get_weather" else "{}"}
+                for n in names
+            ]
+            written = lead + calls_text(fmt, calls)
+            spans = _head_spans(constraint, written, len(lead), names)
+            jumped = _jumps(constraint, written, tags)
+            tagged = [
+                (m.start(), m.end()) for t in tags for m in re.finditer(re.escape(t), written)
+            ]
+            for n, forced in jumped:
+                assert any(a <= n and n + len(forced) <= b for a, b in spans), (n, forced)
+                assert all(n + len(forced) <= a or b <= n for a, b in tagged), (n, forced)
+            if lazy:  # nothing before the marker has been written
+                marker_end = written.index("".join(fmt.marker)) + len("".join(fmt.marker))
+                assert all(n >= marker_end for n, _ in jumped), (names, jumped)
+            for a, b in spans:  # every call's head is jumped over
+                assert any(a <= n < b for n, _ in jumped), (names, written[a:b])
+            if len(offered) == 1:  # a later head whole, right after the text that starts it
+                for a, b in spans[1:]:
+                    assert (a, written[a:b]) in jumped, (names, written[a:b])

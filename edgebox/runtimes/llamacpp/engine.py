@@ -32,7 +32,7 @@ from edgebox.runtimes.base import (
     RuntimeStats,
 )
 from edgebox.runtimes.jobs import JobMetrics, JobQueue, request_timeout
-from edgebox.runtimes.llamacpp.jump_forward import CallHeads, jump
+from edgebox.runtimes.llamacpp.jump_forward import CallHeads, jump, tag_tokens
 from edgebox.runtimes.llamacpp.kv_format import StateLayout
 from edgebox.runtimes.llamacpp.kv_import import KVTransfer
 from edgebox.runtimes.llamacpp.kv_state import kv_layout, resolved_flash_attn
@@ -212,8 +212,8 @@ class LlamaCppEngine(Stepping, Healing, KVTransfer):
             job.end_token = self.model.eog_tokens[0]
         if tools is None or request.sampling.logprobs is not None:
             return
-        job.heads = CallHeads.of(tools)
-        if job.heads is None or request.kv is not None:
+        job.heads = CallHeads.of(tools, tag_tokens(self.model, tools.format))
+        if request.kv is not None:
             return
         room = self.n_ctx_seq - 1 - len(request.prompt_tokens)
         if request.max_tokens is not None:

@@ -1,60 +1,233 @@
 """Jump forward over a tool call's head: text the call grammar allows only one way is
 tokenized and decoded in one step instead of sampled a token a step.
 
-A forced call (`required`, or a named function) begins with its list opening and, with one
-function, its whole head (`{"tool_calls": [{"name": "read_file", "arguments":`), which the
-engine prefills with the prompt. Later in a reply: after a lazy grammar's marker (tool_choice
-auto), the rest of the head up to the name; once the name is told apart from the others,
-the rest of it and `", "arguments":`. Each jump is checked three ways before it is taken:
-its tokens spell the text exactly, the reply so far tokenizes the same with or without it
-(so the next turn's prompt, which tokenizes the whole reply, finds it in the prefix cache),
-and the request's grammar accepts every token (on a clone: a grammar that banned one
-would abort the process if it were accepted).
+A forced call (`required`, or a named function) begins with its opening (`{"tool_calls": [`,
+`<tool_call>`, `[TOOL_CALLS][`) and, with one function, its whole head (`{"tool_calls":
+[{"name": "read_file", "arguments": {"path":`), which the engine prefills with the prompt.
+Later in a reply: after a lazy grammar's marker (tool_choice auto), the rest of the head up
+to the name; once the name is told apart from the others, the rest of it and `", "arguments":`;
+in a list of calls, each later call's head once the model has written what starts it (`,`, or
+a new `<tool_call>`). A tag the vocabulary holds as one token (Qwen's `<tool_call>`, Mistral's
+`[TOOL_CALLS]`) is never jumped over: the model writes it as that token, and the jump starts
+after it. Each jump is checked three ways before it is taken: its tokens spell the text
+exactly, the reply so far tokenizes the same with or without it (so the next turn's prompt,
+which tokenizes the whole reply, finds it in the prefix cache), and the request's grammar
+accepts every token (on a clone: a grammar that banned one would abort the process if it were
+accepted).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
 
 from edgebox.runtimes.llamacpp.model import LlamaCppModel
 from edgebox.runtimes.llamacpp.sampling import Sampler
-from edgebox.runtimes.llamacpp.tool_grammar import call_heads, forced_after
-from edgebox.runtimes.tool_format import ToolConstraint
+from edgebox.runtimes.llamacpp.tool_grammar import (
+    call_heads,
+    engages,
+    forced_after,
+    head_written,
+    later_heads,
+)
+from edgebox.runtimes.tool_format import ToolConstraint, ToolFormat
+
+# What CallHeads is doing with the reply: waiting for a lazy grammar's marker (formats whose
+# calls may follow text), in a call's head, in its arguments, or between two calls.
+_WAIT, _HEAD, _ARGS, _GAP = range(4)
+_STRING_STOP = re.compile(rb'["\\]')
+_STRUCTURE = re.compile(rb'["{}\[\]]')
 
 
 @dataclass(eq=False)
 class CallHeads:
-    """A reply's start while it may still be a call's head (`tool_grammar.forced_after`);
-    `done` once it is past or off the heads, after which it costs nothing per token."""
+    """Follows a reply with tools for the heads of its calls (`tool_grammar.forced_after`):
+    the first call's, then, where several calls may follow each other, each later call's once
+    the model has written the text that starts it (`tool_grammar.later_heads`). Between heads
+    it follows only the JSON nesting of the call's arguments (strings skipped in C), to find
+    where the call ends; `done` once no head can follow, after which it costs nothing."""
 
     constraint: ToolConstraint
-    heads: tuple[str, ...]
-    reply: str = ""
+    heads: tuple[str, ...]  # the heads the current call may start with
+    later: tuple[str, tuple[str, ...]] | None = None
+    tags: frozenset[str] = frozenset()  # the format's tags this vocabulary holds as one token
+    reply: str = ""  # the current call's text while it may be a head
     done: bool = False
+    _mode: int = _HEAD
+    _forced: str = ""
+    _engaged: bool = False  # a later call's head: the grammar is past its trigger
+    _depth: int = 0
+    _in_string: bool = False
+    _escaped: bool = False
+    _gap: str = ""
+    _tail: bytes = b""
+    _context: list[bytes] = field(default_factory=list)
+    _tag_bytes: frozenset[bytes] = frozenset()
+
+    def __post_init__(self) -> None:
+        self._tag_bytes = frozenset(t.encode() for t in self.tags)
 
     @classmethod
-    def of(cls, constraint: ToolConstraint) -> CallHeads | None:
-        heads = call_heads(constraint)
-        return None if heads is None else cls(constraint, heads)
+    def of(cls, constraint: ToolConstraint, tags: frozenset[str] = frozenset()) -> CallHeads:
+        heads = cls(constraint, call_heads(constraint), later_heads(constraint), tags)
+        if constraint.lazy and not constraint.format.anchored:
+            heads._mode = _WAIT  # the call may follow text: from the marker on
+        else:
+            heads._forced = heads._cut(forced_after(constraint, heads.heads, "") or "")
+        return heads
 
     def feed(self, piece: bytes) -> None:
-        """The next token's bytes of the reply (a head is ASCII: anything else ends it)."""
+        """The next token's bytes of the reply (a tag this vocabulary holds as one token
+        written as its text)."""
         if self.done:
             return
-        try:
-            self.reply += piece.decode("ascii")
-        except UnicodeDecodeError:
-            self.done = True
+        if piece in self._tag_bytes:
+            self._context = []  # text after a tag token tokenizes on its own
+        else:
+            self._context.append(piece)
+        if self._mode == _WAIT:
+            self._wait(piece)
+        else:
+            self._follow(piece)
 
     def forced(self) -> str:
         """The text forced after the reply so far (empty for none yet)."""
-        if self.done:
-            return ""
-        text = forced_after(self.constraint, self.heads, self.reply)
-        if text is None:
+        return "" if self.done or self._mode != _HEAD else self._forced
+
+    def context(self) -> str:
+        """The reply since its last tag token: what the next turn's prompt tokenizes as one
+        stretch of text around a jump."""
+        return b"".join(self._context).decode("utf-8", errors="replace")
+
+    def _wait(self, piece: bytes) -> None:
+        marker = "".join(self.constraint.format.marker).encode()
+        text = self._tail + piece
+        at = text.rfind(marker)
+        if at < 0:
+            self._tail = text[max(0, len(text) - len(marker) + 1) :]
+            return
+        self._tail, self._mode, self.reply = b"", _HEAD, ""
+        self._depth, self._in_string, self._escaped = 0, False, False
+        self._follow(text[at:])
+
+    def _follow(self, piece: bytes) -> None:
+        at = 0
+        while at < len(piece) and not self.done:
+            if self._mode == _HEAD:
+                at = self._head(piece, at)
+            elif self._mode == _ARGS:
+                closed = self._scan(piece, at)
+                at = len(piece) if closed < 0 else self._closed(closed)
+            elif self._mode == _GAP:
+                at = self._between(piece, at)
+            else:
+                self._wait(piece[at:])
+                return
+
+    def _head(self, piece: bytes, at: int) -> int:
+        """Read a head's text from `at`; where the piece goes on past the call's end."""
+        closed = self._scan(piece, at)
+        self.reply += piece[at : len(piece) if closed < 0 else closed].decode("ascii", "replace")
+        text = None if closed >= 0 else self._forced_after()
+        if text is not None:
+            self._forced = self._cut(text)
+            return len(piece)
+        constraint = self.constraint
+        engaged = self._engaged or not constraint.lazy or engages(constraint, self.reply)
+        if engaged and head_written(self.heads, self.reply):
+            self._mode = _ARGS  # past the head: its arguments follow
+            return len(piece) if closed < 0 else self._closed(closed)
+        if constraint.lazy and not constraint.format.anchored and not self._engaged:
+            self._mode, rest = _WAIT, self.reply[1:]
+            self._wait(rest.encode())  # not a call after all: a marker may come later
+            return len(piece)
+        self.done = True
+        return len(piece)
+
+    def _forced_after(self) -> str | None:
+        return forced_after(self.constraint, self.heads, self.reply, engaged=self._engaged)
+
+    def _closed(self, at: int) -> int:
+        """The call's object closed just before `at`: another may follow, or nothing."""
+        if self.later is None:
             self.done = True
-            return ""
+        else:
+            self._mode, self._gap = _GAP, ""
+        return at
+
+    def _between(self, piece: bytes, at: int) -> int:
+        """Text between two calls: the gate that starts another, or the end of the calls."""
+        assert self.later is not None
+        gate, heads = self.later
+        for i in range(at, len(piece)):
+            if piece[i] in b" \t\n\r":
+                continue
+            self._gap += chr(piece[i])
+            if not gate.startswith(self._gap):
+                self.done = True  # the calls end here
+                return len(piece)
+            if len(self._gap) == len(gate):
+                self._mode, self.heads, self.reply, self._engaged = _HEAD, heads, "", True
+                self._forced = self._cut(self._forced_after() or "")
+                return i + 1
+        return len(piece)
+
+    def _scan(self, piece: bytes, at: int) -> int:
+        """Follow JSON nesting through `piece` from `at`: the index just past the bracket that
+        closes the current call's object, or -1. Strings are skipped with a regex search, so
+        a long argument string costs one search per token."""
+        level = self.constraint.format.call_level
+        while at < len(piece):
+            if self._escaped:
+                self._escaped, at = False, at + 1
+                continue
+            if self._in_string:
+                stop = _STRING_STOP.search(piece, at)
+                if stop is None:
+                    return -1
+                at = stop.end()
+                if piece[stop.start()] == 0x5C:  # a backslash: the next byte is escaped
+                    self._escaped = True
+                else:
+                    self._in_string = False
+                continue
+            mark = _STRUCTURE.search(piece, at)
+            if mark is None:
+                return -1
+            at, char = mark.end(), piece[mark.start()]
+            if char == 0x22:
+                self._in_string = True
+            elif char in (0x7B, 0x5B):
+                self._depth += 1
+            else:
+                self._depth -= 1
+                if self._depth == level:
+                    return at
+        return -1
+
+    def _cut(self, text: str) -> str:
+        """`text` up to the first tag this vocabulary holds as one token: the model writes
+        such a tag itself (as that token), never as the several plain-text tokens a jump
+        would write; nothing where the reply ends in part of one."""
+        for tag in self.tags:
+            if any(
+                self.reply.endswith(tag[:k]) and text.startswith(tag[k:])
+                for k in range(1, len(tag))
+            ):
+                return ""
+            at = text.find(tag)
+            text = text if at < 0 else text[:at]
         return text
+
+
+def tag_tokens(model: LlamaCppModel, fmt: ToolFormat) -> frozenset[str]:
+    """The format's tags (`<tool_call>`, `[TOOL_CALLS]`) that this vocabulary holds as one
+    token (an added or control token): its models write them as that token."""
+    pieces = {*fmt.marker, *fmt.list_open, *fmt.call_open, *fmt.call_close, *fmt.list_close}
+    tags = {p for p in pieces if p not in "{}[]:," and not p.startswith('"')}
+    return frozenset(
+        t for t in tags if len(model.tokenize(t, add_special=False, parse_special=True)) == 1
+    )
 
 
 def jump(
@@ -70,10 +243,8 @@ def jump(
         return [], sampler
     if b"".join(model.piece(t) for t in tokens) != text.encode():
         return [], sampler
-    if (
-        heads.reply
-        and _tokenize(model, heads.reply + text) != _tokenize(model, heads.reply) + tokens
-    ):
+    context = heads.context()
+    if context and _tokenize(model, context + text) != _tokenize(model, context) + tokens:
         return [], sampler  # a word boundary the tokenizer would draw elsewhere: not yet
     trial = sampler.clone()
     if not trial.accept_forced(tokens):

@@ -36,7 +36,7 @@ class SlotJob(GenerationJob):
     # Text the request's grammar leaves no choice about at the start of the reply (a forced
     # call's header): prefilled with the prompt, written out before the first sampled token.
     forced: list[int] = field(default_factory=list)
-    heads: CallHeads | None = None  # the reply's start while it may be a call's head
+    heads: CallHeads | None = None  # follows the reply while a call's head may still come
     # An end-of-generation token to ask the grammar about: once it allows it, nothing else
     # may follow (`tool_grammar.ends_when_complete`) and the reply ends there.
     end_token: int | None = None

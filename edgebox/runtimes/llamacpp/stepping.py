@@ -230,7 +230,8 @@ class Stepping:
         self._metrics.generated += 1  # this thread is the only writer
         piece = self.model.piece(token)
         if job.heads is not None and not job.heads.done:
-            job.heads.feed(piece)
+            # a control token renders to nothing; the grammar reads its text (a tag)
+            job.heads.feed(piece or self.model.token_text(token).encode())
         text = job.matcher.feed(job.decoder.feed(piece))
         job.sink(TokenEvent(token_id=token, text=text, logprob=logprob, top_logprobs=top))
 

@@ -22,7 +22,7 @@ from typing import Any
 from edgebox.runtimes.base import ToolSchemaError
 from edgebox.runtimes.grammar_limits import schema_problem
 from edgebox.runtimes.llamacpp.schema_gbnf import LiteralSafeConverter
-from edgebox.runtimes.tool_format import ToolConstraint, ToolFormat
+from edgebox.runtimes.tool_format import ToolConstraint, ToolFormat, calls_text
 
 WS_MAX = 20  # whitespace between the pieces of a call's markup, as llama.cpp's JSON grammar
 _WS_RULE = f"[ \\t\\n\\r]{{0,{WS_MAX}}}"
@@ -169,25 +169,51 @@ def _prefix_regex(pieces: list[str]) -> str:
     return out
 
 
-def call_heads(constraint: ToolConstraint) -> tuple[str, ...] | None:
-    """Each offered function's call up to what the model chooses, as past calls render
-    (`json.dumps` spacing, which the grammar's optional whitespace allows): the list opening,
-    `{"name": "<name>", "<args key>":`, and where the arguments' schema forces it, the first
-    key (`first_key`). None for formats whose openings are tags (special tokens in their
-    models' vocabularies)."""
+def call_heads(constraint: ToolConstraint) -> tuple[str, ...]:
+    """Each offered function's first call up to what the model chooses, exactly as past calls
+    render (`tool_format.calls_text`, whose spacing the grammar's optional whitespace allows):
+    the opening (its tags too: `<tool_call>`, `[TOOL_CALLS][`), `{"name": "<name>", "<args
+    key>":`, and where the arguments' schema forces it, the first key (`first_key`)."""
     fmt = constraint.format
-    if fmt.call_open or any(
-        piece not in ("{", "[", ":", ",") and piece[:1] != '"' for piece in fmt.list_open
-    ):
-        return None
     heads = []
     for name, schema_json in constraint.functions:
-        pieces = [*fmt.list_open, "{", '"name"', ":", json.dumps(name), ","]
-        pieces += [json.dumps(fmt.args_key), ":"]
-        head = "".join(p + (" " if p in (":", ",") else "") for p in pieces)
-        key = first_key(schema_json)
-        heads.append(head + "{" + json.dumps(key) + ":" if key else head.rstrip())
+        text = calls_text(fmt, [{"name": name, "arguments": "{}"}])
+        heads.append(_with_key(text[: _args_end(fmt, text, name)], schema_json))
     return tuple(heads)
+
+
+def later_heads(constraint: ToolConstraint) -> tuple[str, tuple[str, ...]] | None:
+    """Where a reply may hold several calls: the text after a call's object that says another
+    follows (its gate, whitespace left out: `,`, or `</tool_call><tool_call>`), and each
+    function's head after that gate as a second call renders (` {"name": …`, `\n{"name": …`).
+    None where the reply holds one call."""
+    fmt = constraint.format
+    if not (constraint.parallel and fmt.parallel):
+        return None
+    gate = "".join((*fmt.call_close, *fmt.separator, *fmt.call_open))
+    gate = "".join(gate.split())
+    first = {"name": "f", "arguments": "{}"}
+    first_text = calls_text(fmt, [first])
+    object_end = first_text.index("}}") + 2  # the first call's object, as both render it
+    heads = []
+    for name, schema_json in constraint.functions:
+        text = calls_text(fmt, [first, {"name": name, "arguments": "{}"}])
+        between = text[object_end : _args_end(fmt, text, name, object_end)]
+        heads.append(_with_key(_after_typed(between, len(gate)), schema_json))
+    return gate, tuple(heads)
+
+
+def _args_end(fmt: ToolFormat, text: str, name: str, start: int = 0) -> int:
+    """Where the arguments begin in a rendered call of `name` at or after `start`."""
+    after_name = text.index(json.dumps(name), start) + len(json.dumps(name))
+    key = json.dumps(fmt.args_key) + ": "
+    return text.index(key, after_name) + len(key)
+
+
+def _with_key(head: str, schema_json: str) -> str:
+    """A head through the arguments' first key where their schema forces one (`first_key`)."""
+    key = first_key(schema_json)
+    return head + "{" + json.dumps(key) + ":" if key else head.rstrip()
 
 
 _KEY = re.compile(r"[A-Za-z0-9_-]+")
@@ -217,26 +243,30 @@ def first_key(schema_json: str) -> str | None:
 _WORD_END = re.compile(r"[A-Za-z0-9]+$")
 
 
-def forced_after(constraint: ToolConstraint, heads: tuple[str, ...], reply: str) -> str | None:
-    """The text the call grammar leaves no choice about after `reply` (the reply so far),
-    whitespace aside: the rest of the call's head common to every function still possible,
-    spaced as `heads` (`call_heads`). It ends at a word's end or before a space, where the
-    model's next token would start anyway, so the text tokenizes as it will in the next turn's
-    prompt. Empty when nothing is forced yet (a lazy grammar before its marker, or the model's
-    choice of name); None once the reply is past the heads or off them (no call at its start:
-    the formats here are anchored, or the call's head written), or where it spells a lazy
-    grammar's marker in a way its trigger does not take (the grammar never engages)."""
+def forced_after(
+    constraint: ToolConstraint, heads: tuple[str, ...], reply: str, *, engaged: bool = False
+) -> str | None:
+    """The text the call grammar leaves no choice about after `reply` (the call's text so
+    far: the reply, or where calls may follow text, the reply from the marker on; for a later
+    call, the text after its gate), whitespace aside: the rest of the call's head common to
+    every function still possible, spaced as `heads` (`call_heads`, `later_heads`). It ends at
+    a word's end or before a space, where the model's next token would start anyway, so the
+    text tokenizes as it will in the next turn's prompt. Empty when nothing is forced yet (a
+    lazy grammar before its marker, or the model's choice of name); None once `reply` is past
+    the heads or off them (not a call, or the call's head written), or where it spells a lazy
+    grammar's marker in a way its trigger does not take (the grammar never engages).
+    `engaged`: the grammar is past its trigger (a later call's head)."""
     fmt = constraint.format
     typed = "".join(reply.split())
     live = [h for h in heads if "".join(h.split()).startswith(typed)]
     if not live:
         return None
-    if constraint.lazy:
+    if constraint.lazy and not engaged:
         if len(reply) - len(reply.lstrip()) > WS_MAX:
             return None  # past the whitespace its trigger allows before a call
         if len(typed) < sum(len(p) for p in fmt.marker):
             return ""  # the model has not begun a call (its trigger has not fired)
-        if not re.match(_WS_RE + _marker_regex(fmt), reply):
+        if not engages(constraint, reply):
             return None  # the marker, but not as the trigger takes it: the grammar waits
     rests = [_after_typed(head, len(typed)) for head in live]
     if reply[-1:].isspace():
@@ -255,6 +285,19 @@ def forced_after(constraint: ToolConstraint, heads: tuple[str, ...], reply: str)
         word = _WORD_END.search(forced)
         forced = forced[: word.start()] if word else forced
     return forced
+
+
+def engages(constraint: ToolConstraint, reply: str) -> bool:
+    """Whether a lazy grammar's trigger takes `reply` (from where a call may begin) as the
+    start of a call: its marker, with no more whitespace before and inside it than a call
+    allows."""
+    return re.match(_WS_RE + _marker_regex(constraint.format), reply) is not None
+
+
+def head_written(heads: tuple[str, ...], reply: str) -> bool:
+    """Whether `reply` holds one of `heads` whole (whitespace aside)."""
+    typed = "".join(reply.split())
+    return any(typed.startswith("".join(h.split())) for h in heads)
 
 
 def _after_typed(head: str, typed: int) -> str:
