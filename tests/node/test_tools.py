@@ -5,6 +5,7 @@ their schemas with `jsonschema`. The tiny model is no agent: these tests judge p
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -12,6 +13,7 @@ import jsonschema
 import openai
 import pytest
 
+from edgebox.runtimes.llamacpp.model import LlamaCppModel
 from tests.conftest import NodeProcess
 
 MODEL = "smollm2-135m"
@@ -182,10 +184,17 @@ def test_auto_answers_in_text_or_with_a_valid_call(client: openai.OpenAI, seed: 
         assert '"tool_calls"' not in (choice.message.content or "")
 
 
-def test_auto_again_from_the_kept_logits_calls_the_same(client: openai.OpenAI) -> None:
+def test_auto_again_from_the_kept_logits_calls_the_same(
+    client: openai.OpenAI, smollm2_path: Path
+) -> None:
     """The same request again samples its first token from the logits the slot kept after the
     prompt (`Sampler.draw` on the kept row), not from a decode: the lazy grammar,
     whose anchored trigger starts at that first token, engages exactly as in the first run."""
+    vocab = LlamaCppModel(smollm2_path, vocab_only=True)
+    try:  # the call's marker favoured, so that the model calls at a temperature
+        marker = vocab.tokenize('{"tool_calls":', add_special=False, parse_special=False)
+    finally:
+        vocab.close()
     ask = [{"role": "user", "content": "Call get_weather for Paris, 3 days."}]
     first, again = (
         client.chat.completions.create(
@@ -193,8 +202,9 @@ def test_auto_again_from_the_kept_logits_calls_the_same(client: openai.OpenAI) -
             messages=ask,  # type: ignore[arg-type]
             tools=TOOLS,  # type: ignore[arg-type]
             temperature=0.5,
-            seed=3,  # a seed that calls
+            seed=3,
             max_tokens=60,
+            logit_bias={str(token): 6 for token in marker},
         )
         for _ in range(2)
     )

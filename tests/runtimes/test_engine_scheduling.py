@@ -617,6 +617,62 @@ def test_a_tag_the_vocabulary_holds_as_one_token_is_written_by_the_model(
     assert steps <= len(ids) - len(head) + 1 < decoded_steps
 
 
+def _reply(
+    runtime: LlamaCppRuntime, prompt: list[int], sampling: SamplingParams, max_tokens: int
+) -> tuple[list[int], str]:
+    """A request's token ids and its text as the events carry it."""
+    ids: list[int] = []
+    texts: list[str] = []
+    done = threading.Event()
+
+    def sink(event: Event) -> None:
+        if isinstance(event, TokenEvent):
+            ids.append(event.token_id)
+        if isinstance(event, TokenEvent | FinishEvent):
+            texts.append(event.text)
+        if isinstance(event, FinishEvent):
+            done.set()
+
+    runtime.submit(GenerationRequest(prompt, sampling, max_tokens=max_tokens), sink)
+    assert done.wait(60)
+    return ids, "".join(texts)
+
+
+def test_a_tag_that_is_a_control_token_is_shown_where_the_call_parser_reads_it(
+    runtime: LlamaCppRuntime,
+) -> None:
+    """Control tokens render to nothing in output; a tool format's tag that is one (as
+    Mistral's `[TOOL_CALLS]` is; here SmolLM2's control token `<filename>`) is shown as its
+    text, so the call parser finds the call — with jumps and without (logprobs); the same
+    token in a reply without tools still renders to nothing."""
+    import dataclasses
+
+    from edgebox.runtimes.tool_format import MISTRAL, ToolConstraint
+    from edgebox.runtimes.tool_parse import CallStart, ToolCallParser
+
+    tagged = dataclasses.replace(
+        MISTRAL, name="tagged", marker=("<filename>",), list_open=("<filename>", "[")
+    )
+    model = runtime.engine.model
+    (tag,) = model.tokenize("<filename>", add_special=False, parse_special=True)
+    assert model.piece(tag) == b""  # a control token
+    schema = '{"type":"object","properties":{"path":{"enum":["src/main.py","a.py"]}},"required":["path"]}'
+    tools = ToolConstraint(tagged, (("read_file", schema),), lazy=False, parallel=False)
+    prompt = runtime.tokenize(
+        runtime.render_chat([{"role": "user", "content": "Read src/main.py."}])
+    )
+    bias = ((tag, 30.0),)
+    for extra in ({}, {"logprobs": 1}):
+        sampling = SamplingParams(temperature=0.0, tools=tools, logit_bias=bias, **extra)
+        ids, reply = _reply(runtime, prompt, sampling, 40)
+        assert ids[0] == tag and reply.startswith("<filename>"), reply
+        parser = ToolCallParser(tagged)
+        deltas = parser.feed(reply) + parser.finish()
+        assert [d.name for d in deltas if isinstance(d, CallStart)] == ["read_file"], reply
+    ids, reply = _reply(runtime, prompt, SamplingParams(temperature=0.0, logit_bias=bias), 3)
+    assert ids[0] == tag and "<filename>" not in reply
+
+
 def test_the_later_calls_of_a_parallel_list_are_jumped_over(runtime: LlamaCppRuntime) -> None:
     """Two calls of one function in the generic envelope: once the model writes the comma
     that starts a second call, its whole head (` {"name": "read_file", "arguments": {"path":`)

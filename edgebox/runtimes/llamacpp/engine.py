@@ -32,7 +32,7 @@ from edgebox.runtimes.base import (
     RuntimeStats,
 )
 from edgebox.runtimes.jobs import JobMetrics, JobQueue, request_timeout
-from edgebox.runtimes.llamacpp.jump_forward import CallHeads, jump, tag_tokens
+from edgebox.runtimes.llamacpp.jump_forward import CallHeads, jump, shown_tags, tag_tokens
 from edgebox.runtimes.llamacpp.kv_format import StateLayout
 from edgebox.runtimes.llamacpp.kv_import import KVTransfer
 from edgebox.runtimes.llamacpp.kv_state import kv_layout, resolved_flash_attn
@@ -205,9 +205,12 @@ class LlamaCppEngine(Stepping, Healing, KVTransfer):
         instead of decoded a token a step, and written out before the first sampled token.
         Not with logprobs (jumped-over text has none); no prefilled opening after an imported
         snapshot (its logits follow the prompt alone). Where a complete call grammar allows
-        only the end of the reply, the reply ends with it (`SlotJob.end_token`)."""
+        only the end of the reply, the reply ends with it (`SlotJob.end_token`); the format's
+        tags that are control tokens are shown as text (`SlotJob.shown`)."""
         request = job.request
         tools = request.sampling.tools
+        if tools is not None:
+            job.shown = shown_tags(self.model, tools.format)
         if tools is not None and ends_when_complete(tools) and self.model.eog_tokens:
             job.end_token = self.model.eog_tokens[0]
         if tools is None or request.sampling.logprobs is not None:

@@ -230,6 +230,14 @@ def tag_tokens(model: LlamaCppModel, fmt: ToolFormat) -> frozenset[str]:
     )
 
 
+def shown_tags(model: LlamaCppModel, fmt: ToolFormat) -> frozenset[int]:
+    """The format's tags this vocabulary holds as one control token (Mistral's
+    `[TOOL_CALLS]`): control tokens render to nothing in output, so these are shown as their
+    text, where the call parser looks for them (llama-server preserves such tokens too)."""
+    ids = (model.tokenize(t, add_special=False, parse_special=True) for t in tag_tokens(model, fmt))
+    return frozenset(t[0] for t in ids if not model.piece(t[0]))
+
+
 def jump(
     model: LlamaCppModel, heads: CallHeads, sampler: Sampler, room: int
 ) -> tuple[list[int], Sampler]:

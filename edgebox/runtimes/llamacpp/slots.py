@@ -40,6 +40,8 @@ class SlotJob(GenerationJob):
     # An end-of-generation token to ask the grammar about: once it allows it, nothing else
     # may follow (`tool_grammar.ends_when_complete`) and the reply ends there.
     end_token: int | None = None
+    # Control tokens the reply shows as their text: a tool format's tags (`shown_tags`).
+    shown: frozenset[int] = frozenset()
     decoder: TokenTextDecoder = field(default_factory=TokenTextDecoder)
     # A trial of an uploaded KV snapshot: it must import, and its one decoded token must give
     # finite logits; it counts in no statistics.

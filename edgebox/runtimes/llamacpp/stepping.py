@@ -229,6 +229,8 @@ class Stepping:
         job.generated += 1
         self._metrics.generated += 1  # this thread is the only writer
         piece = self.model.piece(token)
+        if not piece and token in job.shown:
+            piece = self.model.token_text(token).encode()
         if job.heads is not None and not job.heads.done:
             # a control token renders to nothing; the grammar reads its text (a tag)
             job.heads.feed(piece or self.model.token_text(token).encode())
