@@ -344,3 +344,18 @@ def test_a_draw_never_lands_on_a_token_of_no_weight(model: LlamaCppModel) -> Non
         assert set(draw.draw(row) for _ in range(3000)) <= set(allowed)
     with pytest.raises(SamplingError, match="selected no token"):
         SoftmaxDraw(SamplingParams(temperature=1.0)).draw(np.full(8, -np.inf, np.float32))
+
+
+def test_seed_minus_one_is_a_fresh_seed_as_in_llama_cpp(model: LlamaCppModel) -> None:
+    """llama.cpp's default seed (-1, 0xFFFFFFFF: what llama-server clients send for "random")
+    draws differently every request; any other seed draws the same tokens every time."""
+    row = (np.random.default_rng(2).standard_normal(model.n_vocab) * 0.5).astype(np.float32)
+
+    def drawn(seed: int | None) -> list[int]:
+        draw = SoftmaxDraw(SamplingParams(temperature=1.0, seed=seed))
+        return [draw.draw(row) for _ in range(20)]
+
+    for random_seed in (-1, 0xFFFFFFFF, None):
+        assert drawn(random_seed) != drawn(random_seed), random_seed
+    for seed in (0, 7, 0xFFFFFFFE, -2):
+        assert drawn(seed) == drawn(seed), seed

@@ -192,6 +192,8 @@ class SoftmaxDraw:
         self.scale = 1.0 / params.temperature
         self.top_k, self.top_p, self.min_p = params.top_k, params.top_p, params.min_p
         seed = None if params.seed is None else params.seed & 0xFFFFFFFF
+        if seed == llama_cpp.LLAMA_DEFAULT_SEED:  # -1: llama.cpp's "a fresh seed"
+            seed = None
         self.generator = np.random.default_rng(seed)
         self._weights = np.zeros(0, np.float32)
 
