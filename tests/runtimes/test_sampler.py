@@ -359,3 +359,23 @@ def test_seed_minus_one_is_a_fresh_seed_as_in_llama_cpp(model: LlamaCppModel) ->
         assert drawn(random_seed) != drawn(random_seed), random_seed
     for seed in (0, 7, 0xFFFFFFFE, -2):
         assert drawn(seed) == drawn(seed), seed
+
+
+def test_ties_at_top_ks_edge_keep_the_lowest_ids(model: LlamaCppModel) -> None:
+    """Logits with many equal values (rounded to a quarter nat, all equal, a few equal best
+    ones): where top-k's edge falls among equal logits, the lowest ids are kept, as greedy and
+    top-p break ties (llama.cpp's top-k leaves them to its sort: its partial sort keeps others
+    up to k = 128), so top_k 1 keeps the token greedy picks."""
+    rng = np.random.default_rng(9)
+    rounded = np.round(rng.standard_normal(model.n_vocab) * 8).astype(np.float32) / 4
+    few = np.full(model.n_vocab, -1.0, np.float32)
+    few[[3, 500, 30_000, model.n_vocab - 1]] = 2.0
+    rows = {"rounded": rounded, "equal": np.zeros(model.n_vocab, np.float32), "few": few}
+    for name, row in rows.items():
+        ranked = np.lexsort((np.arange(model.n_vocab), -row))  # best first; ties: lowest id
+        for top_k in (1, 2, 3, 40, 100, 1000):
+            draw = SoftmaxDraw(SamplingParams(temperature=0.7, top_k=top_k))
+            kept = draw._truncated(row, float(row.max()))
+            assert kept is not None
+            assert sorted(kept.tolist()) == sorted(ranked[:top_k].tolist()), (name, top_k)
+        assert SoftmaxDraw(SamplingParams(top_k=1, seed=1)).draw(row) == int(row.argmax())
