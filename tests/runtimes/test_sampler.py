@@ -379,3 +379,26 @@ def test_ties_at_top_ks_edge_keep_the_lowest_ids(model: LlamaCppModel) -> None:
             assert kept is not None
             assert sorted(kept.tolist()) == sorted(ranked[:top_k].tolist()), (name, top_k)
         assert SoftmaxDraw(SamplingParams(top_k=1, seed=1)).draw(row) == int(row.argmax())
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [{}, {"top_k": 1}, {"top_p": 1e-9}, {"min_p": 1.0}, {"temperature": 1e-5}],
+    ids=["whole", "top_k_1", "top_p_tiny", "min_p_1", "coldest"],
+)
+def test_ignore_eos_never_draws_an_end_token_when_sampling(
+    model: LlamaCppModel, extra: dict[str, float]
+) -> None:
+    """An end-of-generation token far the likeliest, banned by ignore_eos (the bias chain's
+    -inf): sampled draws, however truncated, land on the best allowed tokens, never on it."""
+    row = np.zeros(model.n_vocab, np.float32)
+    row[list(model.eog_tokens)] = 50.0
+    row[[11, 12]] = 3.0
+    params = SamplingParams(**{"temperature": 1.0, "seed": 1, "ignore_eos": True, **extra})
+    sampler = build_sampler(model, params)
+    try:
+        drawn = {sampler.draw(row) for _ in range(200)}
+    finally:
+        sampler.free()
+    assert not drawn & model.eog_set
+    assert drawn <= {11, 12} or not extra, drawn
