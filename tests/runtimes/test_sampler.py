@@ -402,3 +402,90 @@ def test_ignore_eos_never_draws_an_end_token_when_sampling(
         sampler.free()
     assert not drawn & model.eog_set
     assert drawn <= {11, 12} or not extra, drawn
+
+
+STRING = {"type": "object", "properties": {"s": {"type": "string"}}, "required": ["s"]}
+
+
+def _inside_a_string(model: LlamaCppModel, params: SamplingParams) -> tuple[Sampler, np.ndarray]:
+    """A sampler whose grammar is inside a JSON string (most tokens allowed, some not), and
+    which tokens it allows there."""
+    sampler = build_sampler(model, params)
+    opened = model.tokenize('{"s": "ab', add_special=False, parse_special=False)
+    assert sampler.accept_forced(opened)
+    return sampler, _allowed_mask(model, sampler)
+
+
+def test_a_refused_draw_is_drawn_again_with_the_masked_odds_without_a_mask(
+    model: LlamaCppModel,
+) -> None:
+    """Untruncated, a refused draw is settled by rejection (the shortlist's allowed tokens
+    and every token outside it proposed by weight, outside ones checked): the odds of two
+    allowed tokens in the shortlist and of the rest are the masked odds within four standard
+    errors, a banned token is never returned, and most draws need no mask (None)."""
+    params = SamplingParams(temperature=1.0, seed=9, json_schema=STRING)
+    sampler, allowed = _inside_a_string(model, params)
+    try:
+        assert sampler.softmax is not None
+        rng = np.random.default_rng(3)
+        row = (rng.standard_normal(model.n_vocab) * 0.5 - 4).astype(np.float32)
+        banned = np.flatnonzero(~allowed)[:20]
+        a1, a2 = np.flatnonzero(allowed)[[10, 20_000]]
+        row[banned], row[a1], row[a2] = 4.0, 3.5, 3.0
+        weights = np.where(allowed, np.exp(row.astype(np.float64) - row.max()), 0.0)
+        odds = weights / weights.sum()
+        n, drawn = 3000, []
+        for _ in range(n):
+            token = sampler.softmax.draw_allowed(row, sampler.allows)
+            if token is not None:
+                drawn.append(token)
+        assert len(drawn) > 0.9 * n  # settled without a mask
+        hits = np.array(drawn)
+        assert allowed[hits].all()
+        for token in (a1, a2):
+            p, freq = odds[token], float(np.mean(hits == token))
+            assert abs(freq - p) <= 4 * math.sqrt(p * (1 - p) / len(hits)), (token, freq, p)
+    finally:
+        sampler.free()
+
+
+def test_a_refused_truncated_draw_is_drawn_from_the_truncation_of_the_allowed(
+    model: LlamaCppModel,
+) -> None:
+    """With top-k, a refused draw is drawn from the k best allowed tokens (masking first,
+    then truncating) when the shortlist holds them: their softmax odds, nothing else; where
+    it does not (the k best allowed reach past it), or min-p's bar falls inside it, None."""
+    params = SamplingParams(temperature=0.8, top_k=5, seed=2, json_schema=STRING)
+    sampler, allowed = _inside_a_string(model, params)
+    try:
+        assert sampler.softmax is not None
+        row = np.full(model.n_vocab, -10.0, np.float32)
+        banned = np.flatnonzero(~allowed)[:10]
+        kept = np.flatnonzero(allowed)[[3, 99, 5000, 30_000, 40_000]]
+        row[banned] = 6.0
+        row[kept] = np.array([5.0, 4.5, 4.0, 3.0, 2.0], np.float32)
+        row[np.flatnonzero(allowed)[7]] = 1.0  # the sixth best allowed: cut by top-k
+        odds = np.exp((row[kept].astype(np.float64) - 5.0) / 0.8)
+        odds /= odds.sum()
+        n = 3000
+        hits = np.array([sampler.softmax.draw_allowed(row, sampler.allows) for _ in range(n)])
+        assert set(hits.tolist()) <= set(kept.tolist())
+        for token, p in zip(kept, odds, strict=True):
+            freq = float(np.mean(hits == token))
+            assert abs(freq - p) <= 4 * math.sqrt(p * (1 - p) / n) + 1e-9, (token, freq, p)
+        crowded = row.copy()  # 29 banned and 3 allowed fill the shortlist: top-k reaches past
+        crowded[np.flatnonzero(~allowed)[:29]] = 6.0
+        crowded[kept[3:]] = -10.0
+        assert sampler.softmax.draw_allowed(crowded, sampler.allows) is None
+    finally:
+        sampler.free()
+    row += np.random.default_rng(1).standard_normal(model.n_vocab).astype(np.float32) * 0.1
+    for min_p, settled in ((0.5, True), (1e-9, False)):  # bar 4.3: above the shortlist's floor
+        params = SamplingParams(temperature=0.8, min_p=min_p, json_schema=STRING)
+        sampler, allowed = _inside_a_string(model, params)
+        try:
+            assert sampler.softmax is not None
+            token = sampler.softmax.draw_allowed(row, sampler.allows)
+            assert (token is not None) == settled and (token is None or allowed[token])
+        finally:
+            sampler.free()

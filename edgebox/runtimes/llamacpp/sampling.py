@@ -10,6 +10,7 @@ import math
 import threading
 import weakref
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any
 
 import llama_cpp
@@ -34,6 +35,11 @@ MIN_TEMPERATURE = 1e-5
 GREEDY_SHORTLIST = 32
 # A draw over the whole vocabulary sums its weights in blocks of this many (`SoftmaxDraw`).
 DRAW_BLOCK = 256
+# A sampled draw the grammar refuses: how many best tokens are checked alone, and how many
+# draws from outside them are tried, before the grammar masks the vocabulary
+# (`SoftmaxDraw.draw_allowed`).
+SHORTLIST = 32
+REDRAWS = 8
 # Top-p first sorts this many best tokens; where they fall short of the mass, it sums the mass
 # in bins of logit depth (this many a nat, this many bins; deeper ones share the last).
 NUCLEUS_FIRST = 64
@@ -261,16 +267,77 @@ class SoftmaxDraw:
         return np.concatenate((np.flatnonzero(bins < b), edge if rest is None else rest))
 
     def _draw_all(self, logits: np.ndarray, peak: float) -> int:
+        blocks = self._weighed(logits, peak)
+        b = self._pick(blocks.sum(axis=1))
+        return b * DRAW_BLOCK + self._pick(blocks[b])
+
+    def _weighed(self, logits: np.ndarray, peak: float) -> np.ndarray:
+        """Every token's weight, exp((logit - peak) / T), in blocks of `DRAW_BLOCK` (a buffer
+        kept for the next draw; zeros past the end round it up to whole blocks)."""
         n = len(logits)
-        if len(self._weights) < n:  # zeros past the vocabulary round it up to whole blocks
-            self._weights = np.zeros(-(-n // DRAW_BLOCK) * DRAW_BLOCK, np.float32)
+        size = -(-n // DRAW_BLOCK) * DRAW_BLOCK
+        if len(self._weights) != size:
+            self._weights = np.zeros(size, np.float32)
         weights = self._weights
         np.subtract(logits, peak, out=weights[:n])
         np.multiply(weights[:n], self.scale, out=weights[:n])
         np.exp(weights[:n], out=weights[:n])
-        blocks = weights.reshape(-1, DRAW_BLOCK)
-        b = self._pick(blocks.sum(axis=1))
-        return b * DRAW_BLOCK + self._pick(blocks[b])
+        return weights.reshape(-1, DRAW_BLOCK)
+
+    def draw_allowed(self, logits: np.ndarray, allows: Callable[[int], bool]) -> int | None:
+        """A draw as `draw` makes it over only the tokens `allows` lets through, where the
+        best few settle it (`SHORTLIST`, or top-k's k up to four times that; each checked
+        alone: microseconds, against 5 to 11 ms for a grammar's mask of SmolLM2's
+        vocabulary); None where only a mask would.
+
+        Truncated, the draw is over the truncation of the allowed tokens (as masking first,
+        then truncating): settled where the shortlist holds top-k allowed tokens, or min-p's
+        bar is above every token outside it. Untruncated, by rejection: the allowed of the
+        shortlist and every token outside it are proposed by weight, an outside one checked
+        and, if refused, taken out (`REDRAWS` times at most) — exactly the masked odds."""
+        n = len(logits)
+        peak = float(logits.max())
+        if not math.isfinite(peak):
+            return None
+        size = max(SHORTLIST, min(self.top_k, 4 * SHORTLIST))  # room for top-k's allowed
+        top = _best(logits, peak, size) if n > size else np.arange(n)
+        allowed = top[[allows(int(t)) for t in top]]
+        if not len(allowed):
+            return None
+        values = logits[allowed]
+        if self.top_k > 0 or self.top_p < 1.0 or self.min_p > 0.0:
+            floor = float(logits[top].min())
+            bar = float(values.max()) + math.log(self.min_p) if self.min_p > 0.0 else -math.inf
+            settled = 0 < self.top_k <= len(allowed) or (self.top_p >= 1.0 and bar > floor)
+            return int(allowed[self.draw(values)]) if settled else None
+        return self._rejection(logits, peak, top, allowed, allows)
+
+    def _rejection(
+        self,
+        logits: np.ndarray,
+        peak: float,
+        top: np.ndarray,
+        allowed: np.ndarray,
+        allows: Callable[[int], bool],
+    ) -> int | None:
+        blocks = self._weighed(logits, peak)
+        weights = blocks.reshape(-1)
+        inside = weights[allowed].astype(np.float64)
+        weights[top] = 0.0  # the shortlist's refused are out; its allowed are `inside`
+        sums = blocks.sum(axis=1, dtype=np.float64)
+        for _ in range(REDRAWS):
+            total, outside = float(inside.sum()), float(sums.sum())
+            if total + outside <= 0.0:  # every weight underflowed
+                return None
+            if self.generator.random() * (total + outside) < total:
+                return int(allowed[self._pick(inside)])
+            b = self._pick(sums)
+            i = self._pick(blocks[b])
+            if allows(b * DRAW_BLOCK + i):
+                return b * DRAW_BLOCK + i
+            blocks[b, i] = 0.0
+            sums[b] = float(blocks[b].sum(dtype=np.float64))
+        return None
 
     def _pick(self, weights: np.ndarray) -> int:
         """An index drawn with odds in proportion to `weights` (at least one positive);
@@ -329,7 +396,12 @@ class Sampler:
         """The token drawn from a logits row, and the sampling told of it."""
         token = self._draw_from(row, masked=False)
         if self.grammar is not None and not self.allows(token):
-            best = self._best_allowed(row) if self.argmax else None
+            if self.argmax:
+                best = self._best_allowed(row)
+            elif self.softmax is not None and self.chain is None:
+                best = self.softmax.draw_allowed(row, self.allows)
+            else:
+                best = None
             token = self._draw_from(row, masked=True) if best is None else best
         self.accept(token)
         return token
