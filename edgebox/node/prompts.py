@@ -206,7 +206,8 @@ def sampling(
                 code="missing_required_parameter",
             )
         json_schema = fmt.json_schema.schema_
-    seed = None if body.seed is None else body.seed + choice
+    # -1 is llama.cpp's (and llama-server's) "a fresh seed": for every choice, not only the first
+    seed = None if body.seed is None or body.seed == -1 else body.seed + choice
     return SamplingParams(
         temperature=temperature if body.temperature is None else body.temperature,
         top_p=body.top_p,

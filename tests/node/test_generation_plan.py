@@ -37,6 +37,16 @@ def test_a_chat_plan_carries_limits_sampling_per_choice_and_the_stream_shape() -
     assert {(r.sampling.temperature, r.max_tokens, r.timeout) for r in requests} == {(0.5, 9, 30.0)}
 
 
+def test_seed_minus_one_leaves_every_choice_a_fresh_seed() -> None:
+    """llama.cpp's "random seed" (-1) with n > 1: no choice gets a fixed seed (-1 + 1 = 0
+    gave the second choice the same reply every time)."""
+    body = ChatCompletionRequest.model_validate(
+        {"model": "m", "messages": [{"role": "user", "content": "hi"}], "n": 3, "seed": -1}
+    )
+    plan = generation_plan(body, [PreparedPrompt([1, 2, 3], "hi")], arrived=5.0, timeout=30.0)
+    assert [r.sampling.seed for r in plan.requests()] == [None, None, None]
+
+
 def test_a_completion_plan_numbers_choices_prompt_major_and_echoes() -> None:
     body = CompletionRequest.model_validate(
         {"model": "m", "prompt": ["a", "b"], "n": 2, "echo": True, "max_tokens": 4}

@@ -242,6 +242,50 @@ def test_kv_snapshot_continues_exactly_in_another_engine(
         other.close()
 
 
+def test_a_forced_call_continues_the_same_after_a_kv_snapshot(
+    runtime: LlamaCppRuntime, smollm2_path: Path
+) -> None:
+    """Tools under `required`, greedy and seeded: the reply another engine generates from a KV
+    snapshot of the prompt (without its last token, or whole with the logits after it) is the
+    local reply token for token — its forced opening prefilled after the imported cells as it
+    is after a prompt prefilled here, never sampled in its place (the split reply then began
+    `{\n  "tool_calls"` and went on to other calls)."""
+    import json as _json
+
+    from edgebox.runtimes.tool_format import GENERIC, ToolConstraint
+
+    tools = ToolConstraint(
+        GENERIC, (("get_weather", _json.dumps(SCHEMA)), ("get_time", "{}")), False, True
+    )
+    prompt = runtime.tokenize(
+        runtime.render_chat(
+            [{"role": "user", "content": "Weather in Oslo for 3 days, and the time?"}]
+        )
+    )
+    snapshots = []
+    for tokens in (prompt[:-1], prompt):
+        exported, _ = submit(runtime, GenerationRequest(tokens, export_kv=True))
+        snapshots.append(exported.wait().kv)
+    other = LlamaCppRuntime(
+        smollm2_path, name="other", config=EngineConfig(n_ctx=2304, parallel=4, n_threads=2)
+    )
+    try:
+        for sampling in (
+            SamplingParams(temperature=0.0, tools=tools),
+            SamplingParams(temperature=0.8, seed=4, tools=tools),
+        ):
+            local, _ = submit(runtime, GenerationRequest(prompt, sampling, max_tokens=60))
+            local.wait()
+            assert runtime.detokenize(local.ids).startswith('{"tool_calls": [{"name": "')
+            for kv in snapshots:
+                split, _ = submit(other, GenerationRequest(prompt, sampling, max_tokens=60, kv=kv))
+                assert split.wait().cached_tokens == len(kv.tokens)
+                assert runtime.detokenize(split.ids) == runtime.detokenize(local.ids)
+                assert split.ids == local.ids
+    finally:
+        other.close()
+
+
 SCHEMA = {
     "type": "object",
     "properties": {"city": {"type": "string", "maxLength": 20}, "days": {"type": "integer"}},

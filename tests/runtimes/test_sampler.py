@@ -346,6 +346,64 @@ def test_a_draw_never_lands_on_a_token_of_no_weight(model: LlamaCppModel) -> Non
         SoftmaxDraw(SamplingParams(temperature=1.0)).draw(np.full(8, -np.inf, np.float32))
 
 
+def test_seed_minus_one_is_a_fresh_seed_as_in_llama_cpp(model: LlamaCppModel) -> None:
+    """llama.cpp's default seed (-1, 0xFFFFFFFF: what llama-server clients send for "random")
+    draws differently every request; any other seed draws the same tokens every time."""
+    row = (np.random.default_rng(2).standard_normal(model.n_vocab) * 0.5).astype(np.float32)
+
+    def drawn(seed: int | None) -> list[int]:
+        draw = SoftmaxDraw(SamplingParams(temperature=1.0, seed=seed))
+        return [draw.draw(row) for _ in range(20)]
+
+    for random_seed in (-1, 0xFFFFFFFF, None):
+        assert drawn(random_seed) != drawn(random_seed), random_seed
+    for seed in (0, 7, 0xFFFFFFFE, -2):
+        assert drawn(seed) == drawn(seed), seed
+
+
+def test_ties_at_top_ks_edge_keep_the_lowest_ids(model: LlamaCppModel) -> None:
+    """Logits with many equal values (rounded to a quarter nat, all equal, a few equal best
+    ones): where top-k's edge falls among equal logits, the lowest ids are kept, as greedy and
+    top-p break ties (llama.cpp's top-k leaves them to its sort: its partial sort keeps others
+    up to k = 128), so top_k 1 keeps the token greedy picks."""
+    rng = np.random.default_rng(9)
+    rounded = np.round(rng.standard_normal(model.n_vocab) * 8).astype(np.float32) / 4
+    few = np.full(model.n_vocab, -1.0, np.float32)
+    few[[3, 500, 30_000, model.n_vocab - 1]] = 2.0
+    rows = {"rounded": rounded, "equal": np.zeros(model.n_vocab, np.float32), "few": few}
+    for name, row in rows.items():
+        ranked = np.lexsort((np.arange(model.n_vocab), -row))  # best first; ties: lowest id
+        for top_k in (1, 2, 3, 40, 100, 1000):
+            draw = SoftmaxDraw(SamplingParams(temperature=0.7, top_k=top_k))
+            kept = draw._truncated(row, float(row.max()))
+            assert kept is not None
+            assert sorted(kept.tolist()) == sorted(ranked[:top_k].tolist()), (name, top_k)
+        assert SoftmaxDraw(SamplingParams(top_k=1, seed=1)).draw(row) == int(row.argmax())
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [{}, {"top_k": 1}, {"top_p": 1e-9}, {"min_p": 1.0}, {"temperature": 1e-5}],
+    ids=["whole", "top_k_1", "top_p_tiny", "min_p_1", "coldest"],
+)
+def test_ignore_eos_never_draws_an_end_token_when_sampling(
+    model: LlamaCppModel, extra: dict[str, float]
+) -> None:
+    """An end-of-generation token far the likeliest, banned by ignore_eos (the bias chain's
+    -inf): sampled draws, however truncated, land on the best allowed tokens, never on it."""
+    row = np.zeros(model.n_vocab, np.float32)
+    row[list(model.eog_tokens)] = 50.0
+    row[[11, 12]] = 3.0
+    params = SamplingParams(**{"temperature": 1.0, "seed": 1, "ignore_eos": True, **extra})
+    sampler = build_sampler(model, params)
+    try:
+        drawn = {sampler.draw(row) for _ in range(200)}
+    finally:
+        sampler.free()
+    assert not drawn & model.eog_set
+    assert drawn <= {11, 12} or not extra, drawn
+
+
 STRING = {"type": "object", "properties": {"s": {"type": "string"}}, "required": ["s"]}
 
 

@@ -546,3 +546,41 @@ def test_every_jump_in_a_reply_is_the_text_its_calls_render_as(
             if len(offered) == 1:  # a later head whole, right after the text that starts it
                 for a, b in spans[1:]:
                     assert (a, written[a:b]) in jumped, (names, written[a:b])
+
+
+@pytest.mark.parametrize("fmt", [GENERIC, HERMES], ids=lambda f: f.name)
+def test_a_jumps_tokenization_check_reads_a_bounded_tail_of_the_reply(
+    vocab_model: LlamaCppModel, fmt: ToolFormat
+) -> None:
+    """A long reply of many calls with long arguments (SmolLM2, whose tags are plain text):
+    the text a jump's tokenization is checked against (`CallHeads.context`) stays a bounded
+    tail of the reply, where the whole reply since its last tag would be re-tokenized at every
+    jump (tens of milliseconds each, with every slot waiting, by the fortieth call); and it
+    decides every jump as the whole reply does."""
+    from edgebox.runtimes.llamacpp.jump_forward import JUMP_CONTEXT, CallHeads, tag_tokens
+
+    schema = {"type": "object", "properties": {"text": {"type": "string"}}, "required": ["text"]}
+    constraint = ToolConstraint(fmt, (("write", json.dumps(schema)), ("noop", "{}")), True, True)
+    words = "lorem ipsum dolor, sit amet é " * 100
+    calls = [{"name": "write", "arguments": json.dumps({"text": words[i:]})} for i in range(12)]
+    written = ("Writing them now.\n" if not fmt.anchored else "") + calls_text(fmt, calls)
+    heads = CallHeads.of(constraint, tag_tokens(vocab_model, fmt))
+
+    def same(context: str, text: str) -> bool:
+        def tokens(t: str) -> list[int]:
+            return vocab_model.tokenize(t, add_special=False, parse_special=False)
+
+        return tokens(context + text) == tokens(context) + tokens(text)
+
+    reply, checked, longest = b"", 0, 0
+    for token in vocab_model.tokenize(written, add_special=False, parse_special=True):
+        piece = vocab_model.piece(token)
+        heads.feed(piece)
+        reply, longest = reply + piece, max(longest, len(piece))
+        assert len(heads.context().encode()) < JUMP_CONTEXT + longest
+        text = heads.forced()
+        if text:
+            whole = reply.decode("utf-8", errors="replace")
+            assert same(heads.context(), text) == same(whole, text), (whole[-80:], text)
+            checked += 1
+    assert len(reply) > 20 * JUMP_CONTEXT and checked >= len(calls)

@@ -203,8 +203,9 @@ class LlamaCppEngine(Stepping, Healing, KVTransfer):
         """Follow the reply for call heads to jump over (`jump_forward`); a forced call's
         opening (with one function, its whole head) is prefilled with the prompt in one step
         instead of decoded a token a step, and written out before the first sampled token.
-        Not with logprobs (jumped-over text has none); no prefilled opening after an imported
-        snapshot (its logits follow the prompt alone). Where a complete call grammar allows
+        Not with logprobs (jumped-over text has none). After an imported snapshot too: the
+        opening is decoded after its cells (its logits, which follow the prompt alone, then go
+        unused), so the reply is the one this engine gives. Where a complete call grammar allows
         only the end of the reply, the reply ends with it (`SlotJob.end_token`); the format's
         tags that are control tokens are shown as text (`SlotJob.shown`)."""
         request = job.request
@@ -216,8 +217,6 @@ class LlamaCppEngine(Stepping, Healing, KVTransfer):
         if tools is None or request.sampling.logprobs is not None:
             return
         job.heads = CallHeads.of(tools, tag_tokens(self.model, tools.format))
-        if request.kv is not None:
-            return
         room = self.n_ctx_seq - 1 - len(request.prompt_tokens)
         if request.max_tokens is not None:
             room = min(room, request.max_tokens)

@@ -19,6 +19,7 @@ accepted).
 from __future__ import annotations
 
 import re
+from collections import deque
 from dataclasses import dataclass, field
 
 from edgebox.runtimes.llamacpp.model import LlamaCppModel
@@ -37,6 +38,11 @@ from edgebox.runtimes.tool_format import ToolConstraint, ToolFormat
 _WAIT, _HEAD, _ARGS, _GAP = range(4)
 _STRING_STOP = re.compile(rb'["\\]')
 _STRUCTURE = re.compile(rb'["{}\[\]]')
+# The reply a jump's tokenization is checked against: at least its last this many bytes, from
+# a token's start (where the tokenizer splits the text differently with the jump, it does so
+# within a few words of it; the whole reply would be re-tokenized at every jump, milliseconds
+# each by a long reply's tenth call, with every slot waiting).
+JUMP_CONTEXT = 256
 
 
 @dataclass(eq=False)
@@ -61,7 +67,8 @@ class CallHeads:
     _escaped: bool = False
     _gap: str = ""
     _tail: bytes = b""
-    _context: list[bytes] = field(default_factory=list)
+    _context: deque[bytes] = field(default_factory=deque)
+    _context_bytes: int = 0
     _tag_bytes: frozenset[bytes] = frozenset()
 
     def __post_init__(self) -> None:
@@ -81,10 +88,7 @@ class CallHeads:
         written as its text)."""
         if self.done:
             return
-        if piece in self._tag_bytes:
-            self._context = []  # text after a tag token tokenizes on its own
-        else:
-            self._context.append(piece)
+        self._remember(piece)
         if self._mode == _WAIT:
             self._wait(piece)
         else:
@@ -95,9 +99,20 @@ class CallHeads:
         return "" if self.done or self._mode != _HEAD else self._forced
 
     def context(self) -> str:
-        """The reply since its last tag token: what the next turn's prompt tokenizes as one
-        stretch of text around a jump."""
+        """The reply since its last tag token, at most its last `JUMP_CONTEXT` bytes (from a
+        token's start) and the token before: the stretch of text the next turn's prompt
+        tokenizes around a jump."""
         return b"".join(self._context).decode("utf-8", errors="replace")
+
+    def _remember(self, piece: bytes) -> None:
+        if piece in self._tag_bytes:  # text after a tag token tokenizes on its own
+            self._context.clear()
+            self._context_bytes = 0
+            return
+        self._context.append(piece)
+        self._context_bytes += len(piece)
+        while self._context_bytes - len(self._context[0]) >= JUMP_CONTEXT:
+            self._context_bytes -= len(self._context.popleft())
 
     def _wait(self, piece: bytes) -> None:
         marker = "".join(self.constraint.format.marker).encode()

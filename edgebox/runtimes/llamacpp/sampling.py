@@ -161,14 +161,24 @@ def _token_ids(n_vocab: int) -> np.ndarray:
 
 
 def _best(values: np.ndarray, peak: float, k: int) -> np.ndarray:
-    """The indices of the `k` highest values (fewer than there are), in no order: among those
-    within a few nats of the peak where enough are (on real logits, dozens to hundreds of
-    49k), which a partial sort then orders a fraction of the cost of sorting them all."""
+    """The indices of the `k` highest values (fewer than there are), in no order; of equal
+    values at the edge, the lowest indices (as llama.cpp's top-k keeps them). Looked for among
+    those within a few nats of the peak where enough are (on real logits, dozens to hundreds
+    of 49k), which a partial sort then orders a fraction of the cost of sorting them all."""
+    near = _token_ids(len(values))
     for depth in BEST_DEPTHS:
-        near = np.flatnonzero(values >= peak - depth)
-        if len(near) >= k:
-            return near[np.argpartition(values[near], len(near) - k)[len(near) - k :]]
-    return np.argpartition(values, len(values) - k)[len(values) - k :]
+        within = np.flatnonzero(values >= peak - depth)
+        if len(within) >= k:
+            near = within
+            break
+    nearby = values[near]
+    chosen = np.argpartition(nearby, len(near) - k)[len(near) - k :]
+    edge = nearby[chosen].min()
+    if np.count_nonzero(nearby >= edge) == k:  # no tie across the edge
+        return near[chosen]
+    above = near[chosen[nearby[chosen] > edge]]
+    ties = near[np.flatnonzero(nearby == edge)]  # in increasing order
+    return np.concatenate((above, ties[: k - len(above)]))
 
 
 def _reaching(
@@ -199,6 +209,8 @@ class SoftmaxDraw:
         self.scale = 1.0 / params.temperature
         self.top_k, self.top_p, self.min_p = params.top_k, params.top_p, params.min_p
         seed = None if params.seed is None else params.seed & 0xFFFFFFFF
+        if seed == llama_cpp.LLAMA_DEFAULT_SEED:  # -1: llama.cpp's "a fresh seed"
+            seed = None
         self.generator = np.random.default_rng(seed)
         self._weights = np.zeros(0, np.float32)
 
