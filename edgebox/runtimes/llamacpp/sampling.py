@@ -162,7 +162,7 @@ def _token_ids(n_vocab: int) -> np.ndarray:
 
 def _best(values: np.ndarray, peak: float, k: int) -> np.ndarray:
     """The indices of the `k` highest values (fewer than there are), in no order; of equal
-    values at the edge, the lowest indices (as llama.cpp's top-k keeps them). Looked for among
+    values at the edge, the lowest indices (as greedy picks the lowest). Looked for among
     those within a few nats of the peak where enough are (on real logits, dozens to hundreds
     of 49k), which a partial sort then orders a fraction of the cost of sorting them all."""
     near = _token_ids(len(values))
