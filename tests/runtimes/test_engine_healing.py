@@ -120,19 +120,21 @@ def test_a_poisoned_sequence_fails_alone_and_the_engine_rebuilds(node: NodeProce
     assert story().choices[0].message.content == alone
 
 
-def test_logits_that_overflow_the_chain_fail_the_request_not_the_node(node: NodeProcess) -> None:
-    """Unchecked (the hook), a snapshot's logits of 3.4e38 reach the sampler chain: divided by
-    the temperature they overflow, the draw lands on a token the request's grammar bans, and
-    accepting it threw through llama.cpp's C API (the process aborted). Refused instead."""
+def test_logits_that_would_overflow_a_draw_never_take_the_node_down(node: NodeProcess) -> None:
+    """Unchecked (the hook), a snapshot's logits of 3.4e38 reach the sampler: llama.cpp's
+    chain divided them by the temperature, they overflowed, the draw landed on a token the
+    request's grammar bans, and accepting it threw through llama.cpp's C API (the process
+    aborted). The draw now subtracts the best logit before the temperature: nothing
+    overflows, every token weighs the same, and the reply is one the grammar allows."""
     prompt = "Lakes of the world, deepest first:"
     header, state, logits = split(export(node, {"model": MODEL, "prompt": prompt}))
     hostile = struct.pack("<f", 3.4e38) * (len(logits) // 4)
     accepted = upload(node, join(header, state, hostile))
     assert accepted.status_code == 201, accepted.text
-    failed = complete(node, accepted.json()["id"], prompt, temperature=0.5, response_format=SCHEMA)
+    reply = complete(node, accepted.json()["id"], prompt, temperature=0.5, response_format=SCHEMA)
     assert node.proc.poll() is None, node.log.read_text()[-2000:]
-    assert failed.status_code == 500, failed.text
-    assert "banned" in failed.json()["error"]["message"]
+    assert reply.status_code == 200, reply.text
+    assert reply.json()["choices"][0]["text"].startswith("{")  # the schema's object
     ok = httpx.post(
         node.base_url + "/completions",
         json={"model": MODEL, "prompt": prompt, "max_tokens": 4},
