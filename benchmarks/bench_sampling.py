@@ -1,4 +1,4 @@
-"""The cost of one sampled draw: llama.cpp's own samplers vs edgebox's (`sampling.SoftmaxDraw`),
+"""The cost of one sampled draw: llama.cpp's own samplers vs edgebox's (`softmax_draw.SoftmaxDraw`),
 on real logits rows, side by side in one run; and how often a grammar's mask is paid.
 
 Rows: SmolLM2 (by default) generates from a few prompts at temperature 0.8 through edgebox's

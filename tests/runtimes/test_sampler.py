@@ -15,14 +15,8 @@ import pytest
 
 from edgebox.runtimes.base import SamplingError, SamplingParams
 from edgebox.runtimes.llamacpp.model import LlamaCppModel
-from edgebox.runtimes.llamacpp.sampling import (
-    _CANDIDATE,
-    NUCLEUS_FIRST,
-    Sampler,
-    SoftmaxDraw,
-    _apply,
-    build_sampler,
-)
+from edgebox.runtimes.llamacpp.sampling import _CANDIDATE, Sampler, _apply, build_sampler
+from edgebox.runtimes.llamacpp.softmax_draw import NUCLEUS_FIRST, SoftmaxDraw
 
 SCHEMA = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}
 
