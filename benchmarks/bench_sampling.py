@@ -12,9 +12,10 @@ the cache (a loop over kept rows); in a serving engine every row is fresh from `
 and both sides cost more.
 
 Masks: a JSON-schema reply sampled at temperature 0.7 (`--json-requests` seeds, 128 tokens each),
-counting the draws the grammar refused and the masks of the whole vocabulary paid for them, with
+counting the draws the grammar refused and the masks of the vocabulary paid for them, with
 `SoftmaxDraw.draw_allowed` (a refused draw settled from the best tokens where that is exact) and
-without it (every refusal masked), alternating.
+without it (every refusal masked), and each mask along the token tree (`grammar_mask`) or
+checking every token, the four ways taking turns.
 
     python benchmarks/bench_sampling.py --write
 """
@@ -46,6 +47,7 @@ from edgebox.runtimes.base import FinishEvent, GenerationRequest, SamplingParams
 from edgebox.runtimes.llamacpp import (  # noqa: E402
     EngineConfig,
     LlamaCppRuntime,
+    grammar_mask,
     sampling,
 )
 
@@ -98,6 +100,7 @@ def generate(runtime: LlamaCppRuntime, request: GenerationRequest) -> None:
         if isinstance(event, FinishEvent):
             done.set()
 
+    runtime.prepare_sampling(request.sampling)  # as the node does, off its event loop
     runtime.submit(request, sink)
     if not done.wait(300):
         raise RuntimeError("generation did not finish")
@@ -118,7 +121,7 @@ class LlamaCppChain:
         add(chain, llama_cpp.llama_sampler_init_temp(params.temperature))
         add(chain, llama_cpp.llama_sampler_init_dist(params.seed or 0))
         self.chain = chain
-        self.candidates = np.empty(n_vocab, sampling._CANDIDATE)
+        self.candidates = np.empty(n_vocab, grammar_mask.CANDIDATE)
         self.ids = np.arange(n_vocab, dtype=np.int32)
 
     def draw(self, row: np.ndarray) -> int:
@@ -165,11 +168,12 @@ def draw_costs(runtime: LlamaCppRuntime, rows: np.ndarray, repeats: int) -> list
 
 
 def mask_counts(runtime: LlamaCppRuntime, requests: int) -> list[str]:
-    """Refused draws and masks paid on sampled JSON-schema replies, with and without settling
-    a refused draw from the best tokens."""
+    """Refused draws and masks paid on sampled JSON-schema replies: with and without settling
+    a refused draw from the best tokens, and masks along the token tree or over every token."""
     counts: dict[str, float] = {"refused": 0, "masked": 0, "mask_s": 0.0}
-    settling = {"on": True}
+    mode = {"settle": True, "tree": True}
     draw_from, draw_allowed = sampling.Sampler._draw_from, sampling.SoftmaxDraw.draw_allowed
+    tree_of = sampling.token_tree
 
     def counted_from(self: sampling.Sampler, row: np.ndarray, masked: bool) -> int:
         start = time.perf_counter()
@@ -181,34 +185,41 @@ def mask_counts(runtime: LlamaCppRuntime, requests: int) -> list[str]:
 
     def counted_allowed(self: sampling.SoftmaxDraw, row: np.ndarray, check: Any) -> int | None:
         counts["refused"] += 1
-        return draw_allowed(self, row, check) if settling["on"] else None
+        return draw_allowed(self, row, check) if mode["settle"] else None
+
+    def tree_or_not(model: Any, build: bool = False) -> Any:
+        return tree_of(model, build) if mode["tree"] or build else None
 
     sampling.Sampler._draw_from = counted_from  # type: ignore[method-assign]
     sampling.SoftmaxDraw.draw_allowed = counted_allowed  # type: ignore[method-assign,assignment]
+    sampling.token_tree = tree_or_not
     prompt = runtime.tokenize(runtime.render_chat([{"role": "user", "content": PROMPTS[0]}]))
-    results: dict[bool, list[tuple[float, float, float]]] = {True: [], False: []}
+    modes = [(True, True), (True, False), (False, True), (False, False)]
+    results: dict[tuple[bool, bool], list[tuple[float, float, float]]] = {m: [] for m in modes}
     try:
         for seed in range(requests):
-            for settle in (True, False):
-                settling["on"] = settle
+            for settle, tree in modes:
+                mode.update(settle=settle, tree=tree)
                 counts.update(refused=0, masked=0, mask_s=0.0)
                 params = SamplingParams(temperature=0.7, seed=seed, json_schema=WEEK)
                 generate(runtime, GenerationRequest(prompt, params, max_tokens=128))
-                results[settle].append((counts["refused"], counts["masked"], counts["mask_s"]))
+                results[settle, tree].append(
+                    (counts["refused"], counts["masked"], counts["mask_s"])
+                )
     finally:
         sampling.Sampler._draw_from = draw_from  # type: ignore[method-assign]
         sampling.SoftmaxDraw.draw_allowed = draw_allowed  # type: ignore[method-assign]
+        sampling.token_tree = tree_of
     lines = [
-        "| refused draws | settled from the best tokens | refused / masks / ms masking per reply |",
+        "| settled from the best tokens | mask | refused / masks / ms masking per reply |",
         "|---|---|---:|",
     ]
-    for settle, runs in results.items():
-        refused = sum(r[0] for r in runs) / len(runs)
-        masked = sum(r[1] for r in runs) / len(runs)
-        ms = sum(r[2] for r in runs) / len(runs) * 1e3
+    for (settle, tree), runs in results.items():
+        refused, masked, ms = (statistics.mean(r[i] for r in runs) for i in range(3))
         lines.append(
-            f"| JSON schema, t 0.7 | {'yes' if settle else 'no (every refusal masked)'} "
-            f"| {refused:.1f} / {masked:.1f} / {ms:.0f} |"
+            f"| {'yes' if settle else 'no (every refusal masked)'} "
+            f"| {'along the token tree' if tree else 'every token checked'} "
+            f"| {refused:.1f} / {masked:.1f} / {ms * 1e3:.0f} |"
         )
     return lines
 
@@ -228,7 +239,7 @@ def main() -> None:
     try:
         rows = collect_rows(runtime, args.rows)
         costs = draw_costs(runtime, rows, args.repeats)
-        masks = mask_counts(runtime, args.json_requests)
+        masks = mask_counts(runtime, args.json_requests) if args.json_requests > 0 else []
     finally:
         runtime.close()
     lines = [
@@ -242,11 +253,15 @@ def main() -> None:
         "",
         *costs,
         "",
-        f"Masks of the whole vocabulary on sampled JSON-schema replies (128 tokens, "
-        f"{args.json_requests} seeds, with and without settling alternating):",
-        "",
-        *masks,
     ]
+    if masks:
+        lines += [
+            "",
+            f"Masks of the vocabulary on sampled JSON-schema replies (128 tokens, "
+            f"{args.json_requests} seeds, the four ways taking turns):",
+            "",
+            *masks,
+        ]
     emit(lines, args.write)
 
 

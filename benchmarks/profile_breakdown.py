@@ -27,7 +27,7 @@ LOOP_KINDS = (
     ("metrics (TTFT/ITL histograms)", ("prometheus", "observe", "_count")),
     ("HTTP write (uvicorn/h11/socket)", ("h11", "uvicorn", "starlette", "transport", "_write")),
 )
-DETOKENIZE = ("TokenTextDecoder", "StopMatcher", "piece", "_token_bytes", "codecs")
+DETOKENIZE = ("TokenTextDecoder", "StopMatcher", "piece", "token_bytes", "codecs")
 HAND_OFF = ("call_soon_threadsafe", "_write_to_self", "Inbox.put", "sink", "LoopWaker.wake")
 
 

@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 
 from edgebox.runtimes.base import SamplingError, SamplingParams
+from edgebox.runtimes.llamacpp.grammar_mask import CANDIDATE, apply
 from edgebox.runtimes.llamacpp.model import LlamaCppModel
-from edgebox.runtimes.llamacpp.sampling import _CANDIDATE, Sampler, _apply, build_sampler
+from edgebox.runtimes.llamacpp.sampling import Sampler, build_sampler
 from edgebox.runtimes.llamacpp.softmax_draw import NUCLEUS_FIRST, SoftmaxDraw
 
 SCHEMA = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}
@@ -235,10 +236,10 @@ def _llama_cpp_kept(row: np.ndarray, top_k: int, top_p: float, min_p: float) -> 
             llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_top_p(top_p, 1))
         if min_p > 0.0:
             llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_min_p(min_p, 1))
-        candidates = np.empty(len(row), _CANDIDATE)
+        candidates = np.empty(len(row), CANDIDATE)
         candidates["id"] = np.arange(len(row))
         candidates["logit"] = row
-        array = _apply(chain, candidates)
+        array = apply(chain, candidates)
         return {int(array.data[i].id) for i in range(array.size)}
     finally:
         llama_cpp.llama_sampler_free(chain)

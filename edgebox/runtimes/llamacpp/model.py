@@ -164,7 +164,8 @@ class LlamaCppModel:
             raise BackendError("tokenization failed")
         return list(buf[:n])
 
-    def _token_bytes(self, token: int, special: bool) -> bytes:
+    def token_bytes(self, token: int, special: bool) -> bytes:
+        """The bytes of one token read from llama.cpp; `special`: control tokens as their text."""
         buf = ctypes.create_string_buffer(64)
         n = llama_cpp.llama_token_to_piece(self.vocab, token, buf, 64, 0, special)
         if n < 0:  # longer than 64 bytes: -n is the size needed
@@ -180,13 +181,13 @@ class LlamaCppModel:
         if 0 <= token < len(pieces):
             cached = pieces[token]
             if cached is None:
-                cached = pieces[token] = self._token_bytes(token, special=False)
+                cached = pieces[token] = self.token_bytes(token, special=False)
             return cached
-        return self._token_bytes(token, special=False)
+        return self.token_bytes(token, special=False)
 
     def token_text(self, token: int) -> str:
         """The token's own text, special tokens included (for templates and logprobs)."""
-        return self._token_bytes(token, special=True).decode("utf-8", errors="replace")
+        return self.token_bytes(token, special=True).decode("utf-8", errors="replace")
 
     def detokenize(self, tokens: Sequence[int]) -> str:
         return b"".join(self.piece(t) for t in tokens).decode("utf-8", errors="replace")

@@ -17,6 +17,13 @@ from llama_cpp.llama_grammar import JSON_GBNF
 
 from edgebox.runtimes.base import GrammarError, SamplingError, SamplingParams, TokenLogprob
 from edgebox.runtimes.grammar_limits import gbnf_problem, schema_problem
+from edgebox.runtimes.llamacpp.grammar_mask import (
+    CANDIDATE,
+    TokenTree,
+    apply,
+    references_tokens,
+    token_tree,
+)
 from edgebox.runtimes.llamacpp.model import LlamaCppModel
 from edgebox.runtimes.llamacpp.schema_gbnf import schema_json_gbnf
 from edgebox.runtimes.llamacpp.softmax_draw import SHORTLIST, SoftmaxDraw, token_ids
@@ -48,9 +55,13 @@ def build_sampler(model: LlamaCppModel, params: SamplingParams) -> Sampler:
             "ignore_eos",
         )
     grammar = _compiled(model).clone(gbnf, triggers_for(params)) if gbnf else None
+    tree = token_tree(model) if gbnf and not references_tokens(gbnf) else None
     greedy = params.temperature < MIN_TEMPERATURE
     return Sampler(
-        _adjusting_chain(model, params), grammar, None if greedy else SoftmaxDraw(params)
+        _adjusting_chain(model, params),
+        grammar,
+        None if greedy else SoftmaxDraw(params),
+        tree,
     )
 
 
@@ -125,18 +136,6 @@ def greedy_token(model: LlamaCppModel, row: np.ndarray, ban_eog: bool) -> int:
     return token
 
 
-_CANDIDATE = np.dtype([("id", "<i4"), ("logit", "<f4"), ("p", "<f4")])  # llama_token_data
-
-
-def _apply(chain: ctypes.c_void_p, candidates: np.ndarray) -> Any:
-    """The chain applied to `candidates` (a _CANDIDATE array, kept alive by the caller): the
-    llama_token_data_array it left, over the same memory."""
-    data = candidates.ctypes.data_as(ctypes.POINTER(llama_cpp.llama_token_data))
-    array = llama_cpp.llama_token_data_array(data, len(candidates), -1, False)
-    llama_cpp.llama_sampler_apply(chain, ctypes.byref(array))
-    return array
-
-
 class Sampler:
     """One sequence's sampling: the request's logit biases and penalties (a llama.cpp chain,
     if any), the draw (`SoftmaxDraw`, or greedy the highest logit) and, apart from them, the
@@ -147,15 +146,24 @@ class Sampler:
     comes first and the grammar checks only the token drawn (microseconds); only when it
     refuses that token is the vocabulary masked and the draw made again (rejection sampling,
     as llama.cpp's own server samples). Greedy, the result is the same token either way (the
-    highest logit the grammar allows); a seeded draw draws the same way every time.
+    highest logit the grammar allows); a seeded draw draws the same way every time. A mask
+    checks the tokens along the tree of their prefixes (`grammar_mask.TokenTree`, built for the
+    model by `prepare_grammar`): where JSON wants a quote or a brace, a few hundred checks.
 
     Never accepted: a token the grammar bans (llama.cpp's grammar then throws through its C
     API, which aborts the process)."""
 
-    def __init__(self, chain: Any | None, grammar: Any | None, softmax: SoftmaxDraw | None) -> None:
+    def __init__(
+        self,
+        chain: Any | None,
+        grammar: Any | None,
+        softmax: SoftmaxDraw | None,
+        tree: TokenTree | None = None,
+    ) -> None:
         self.chain = chain  # the biases and penalties
         self.grammar = grammar
         self.softmax = softmax  # None: greedy
+        self.tree = tree  # masks the grammar along token prefixes; None: token by token
         self._candidates: np.ndarray | None = None
 
     @property
@@ -167,7 +175,7 @@ class Sampler:
         """Every token as a candidate with its logit from `row`, in a buffer kept for the
         next draw (a fresh 49k-entry array costs seven times the two field writes)."""
         if self._candidates is None or len(self._candidates) != len(row):
-            self._candidates = np.empty(len(row), _CANDIDATE)
+            self._candidates = np.empty(len(row), CANDIDATE)
         candidates = self._candidates
         candidates["id"] = token_ids(len(row))
         candidates["logit"] = row
@@ -195,9 +203,12 @@ class Sampler:
         else:
             candidates = self._every_token(row)
             if masked and self.grammar is not None:
-                _apply(self.grammar, candidates)
+                if self.tree is not None:
+                    candidates["logit"][~self.tree.allowed(self.grammar)] = -math.inf
+                else:
+                    apply(self.grammar, candidates)
             if self.chain is not None:
-                _apply(self.chain, candidates)  # in place, in order
+                apply(self.chain, candidates)  # in place, in order
             logits, ids = candidates["logit"], candidates["id"]
         index = int(logits.argmax()) if self.softmax is None else self.softmax.draw(logits)
         # -inf is a grammar's ban (or ignore_eos's) and NaN an overflow (see above)
@@ -224,8 +235,8 @@ class Sampler:
         """Whether the grammar (if any) lets `token` through now."""
         if self.grammar is None:
             return True
-        one = np.array([(token, 0.0, 0.0)], _CANDIDATE)
-        array = _apply(self.grammar, one)
+        one = np.array([(token, 0.0, 0.0)], CANDIDATE)
+        array = apply(self.grammar, one)
         return bool(array.size == 1 and array.data[0].logit > -math.inf)
 
     def accept(self, token: int) -> None:
@@ -250,7 +261,7 @@ class Sampler:
         chain = None if self.chain is None else llama_cpp.llama_sampler_clone(self.chain)
         grammar = None if self.grammar is None else llama_cpp.llama_sampler_clone(self.grammar)
         softmax = None if self.softmax is None else self.softmax.clone()
-        return Sampler(chain, grammar, softmax)
+        return Sampler(chain, grammar, softmax, self.tree)
 
     def free(self) -> None:
         for sampler in (self.chain, self.grammar):
@@ -281,6 +292,8 @@ def prepare_grammar(model: LlamaCppModel, params: SamplingParams) -> None:
     gbnf = grammar_for(params)
     if gbnf:
         llama_cpp.llama_sampler_free(_compiled(model).clone(gbnf, triggers_for(params)))
+        if not references_tokens(gbnf):
+            token_tree(model, build=True)  # once per model, for the masks (`grammar_mask`)
 
 
 def grammar_for(params: SamplingParams) -> str | None:

@@ -1,0 +1,212 @@
+"""A grammar's mask checked along the tree of token prefixes (`grammar_mask.TokenTree`): at
+every state of real replies, on SmolLM2's and Gemma 3's real vocabularies and llama.cpp's real
+grammars, the same mask as checking every token; and never for a grammar with token rules,
+for which it would be wrong."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgebox.runtimes.base import SamplingParams
+from edgebox.runtimes.llamacpp.grammar_mask import (
+    TokenTree,
+    passes,
+    references_tokens,
+    token_tree,
+)
+from edgebox.runtimes.llamacpp.model import LlamaCppModel
+from edgebox.runtimes.llamacpp.sampling import build_sampler
+from edgebox.runtimes.tool_format import GENERIC, HERMES, MISTRAL, ToolConstraint, calls_text
+
+WEEK = {
+    "type": "object",
+    "properties": {
+        "days": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {"day": {"type": "string"}, "high": {"type": "number"}},
+                "required": ["day", "high"],
+            },
+        }
+    },
+    "required": ["days"],
+}
+# multi-byte text: accents, CJK, an emoji (split across byte tokens mid-character)
+WEEK_REPLY = json.dumps(
+    {"days": [{"day": "lundi é 東京 🌧 «x»", "high": -2.5}, {"day": 'say "hi"\n', "high": 21}]}
+)
+FUNCTIONS = (
+    ("get_weather", json.dumps({"type": "object", "properties": {"city": {"type": "string"}}})),
+    ("noop", '{"type":"object","properties":{}}'),
+)
+CALLS = [
+    {"name": "get_weather", "arguments": '{"city": "Zürich"}'},
+    {"name": "noop", "arguments": "{}"},
+]
+
+
+@pytest.fixture(scope="module")
+def model(smollm2_path: Path) -> Iterator[LlamaCppModel]:
+    m = LlamaCppModel(smollm2_path, vocab_only=True)
+    yield m
+    m.close()
+
+
+@pytest.fixture(scope="module")
+def tree(model: LlamaCppModel) -> TokenTree:
+    built = token_tree(model, build=True)
+    assert built is not None and token_tree(model) is built  # once per model
+    return built
+
+
+def _walk(model: LlamaCppModel, tree: TokenTree, params: SamplingParams, text: str) -> int:
+    """Walk `text` through the request's grammar; at every state the tree's mask must be the
+    one checking every token gives. Returns the states compared."""
+    sampler = build_sampler(model, params)
+    everything = np.arange(model.n_vocab, dtype=np.int32)
+    try:
+        tokens = model.tokenize(text, add_special=False, parse_special=False)
+        for index, token in enumerate(tokens):
+            want = passes(sampler.grammar, everything)
+            got = tree.allowed(sampler.grammar)
+            wrong = np.flatnonzero(want != got)
+            assert not len(wrong), f"state {index}: tokens {wrong[:5]} differ"
+            assert got[token], f"the reply's own token {index} is refused"
+            sampler.accept(token)
+        return len(tokens)
+    finally:
+        sampler.free()
+
+
+@pytest.mark.parametrize(
+    ("params", "text"),
+    [
+        (SamplingParams(temperature=0, json_schema=WEEK), WEEK_REPLY),
+        (SamplingParams(temperature=0, json_mode=True), '{"a": [1, 2.5e3, true, null], "b": {}}'),
+        (
+            SamplingParams(temperature=0, grammar='root ::= ("yes" | "no") " " [0-9]+ [é東]'),
+            "no 42東",
+        ),
+        *(
+            (
+                SamplingParams(temperature=0, tools=ToolConstraint(fmt, FUNCTIONS, False, True)),
+                calls_text(fmt, CALLS),
+            )
+            for fmt in (HERMES, MISTRAL, GENERIC)
+        ),
+        (  # tool_choice auto: free text until the call's tag, the tag, then the grammar
+            SamplingParams(temperature=0, tools=ToolConstraint(HERMES, FUNCTIONS, True, False)),
+            "Sure.\n" + calls_text(HERMES, CALLS[:1]),
+        ),
+    ],
+    ids=["json-schema", "json-mode", "gbnf", "hermes", "mistral", "generic", "hermes-auto"],
+)
+def test_the_trees_mask_is_the_whole_vocabularys_at_every_state(
+    model: LlamaCppModel, tree: TokenTree, params: SamplingParams, text: str
+) -> None:
+    assert _walk(model, tree, params, text) >= 5
+
+
+def test_on_gemmas_vocabulary_too(gemma_path: Path) -> None:
+    """Gemma 3: 262k tokens, SentencePiece pieces and byte tokens."""
+    gemma = LlamaCppModel(gemma_path, vocab_only=True)
+    try:
+        tree = token_tree(gemma, build=True)
+        assert tree is not None
+        assert _walk(gemma, tree, SamplingParams(temperature=0, json_schema=WEEK), WEEK_REPLY)
+    finally:
+        gemma.close()
+
+
+def test_a_narrow_state_checks_a_few_hundred_tokens_not_the_vocabulary(
+    model: LlamaCppModel, tree: TokenTree, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where JSON wants a key's quote, most of the vocabulary is never handed to the grammar."""
+    from edgebox.runtimes.llamacpp import grammar_mask
+
+    checked: list[int] = []
+    real = grammar_mask.passes
+
+    def counting(grammar: object, ids: np.ndarray) -> np.ndarray:
+        checked.append(len(ids))
+        return real(grammar, ids)
+
+    sampler = build_sampler(model, SamplingParams(temperature=0, json_schema=WEEK))
+    try:
+        for token in model.tokenize("{", add_special=False, parse_special=False):
+            sampler.accept(token)
+        monkeypatch.setattr(grammar_mask, "passes", counting)
+        allowed = tree.allowed(sampler.grammar)
+        assert 0 < np.count_nonzero(allowed) < 100
+        assert sum(checked) < model.n_vocab // 20, checked
+    finally:
+        sampler.free()
+
+
+def test_token_rules_are_seen_in_a_grammar() -> None:
+    assert references_tokens('root ::= <[12]> "a"')
+    assert references_tokens("root ::= !<think> x\nx ::= [a-z]")
+    assert references_tokens('root ::= "a" <|im_end|>')
+    assert not references_tokens('root ::= "<tool_call>" [<>] # a <comment>\n')
+    assert not references_tokens(r'root ::= "say \"<b>\"" [^\]<]')
+
+
+def test_a_grammar_with_token_rules_checks_every_token(
+    model: LlamaCppModel, tree: TokenTree
+) -> None:
+    """A token rule matches an id, not text: " hello" may be allowed while " " is not, so the
+    tree would refuse it. Such a grammar's sampler masks without the tree, and its mask is
+    then right."""
+    hello = model.tokenize(" hello", add_special=False, parse_special=False)
+    assert len(hello) == 1
+    params = SamplingParams(temperature=0, grammar=f'root ::= <[{hello[0]}]> " x"')
+    sampler = build_sampler(model, params)
+    try:
+        assert sampler.tree is None
+        everything = np.arange(model.n_vocab, dtype=np.int32)
+        assert np.flatnonzero(passes(sampler.grammar, everything)).tolist() == hello
+        assert not tree.allowed(sampler.grammar)[hello[0]]  # why the tree is not used
+        row = np.zeros(model.n_vocab, np.float32)
+        assert sampler.draw(row) == hello[0]  # masked: every other token is banned
+    finally:
+        sampler.free()
+
+
+@pytest.mark.parametrize("temperature", [0.0, 0.8])
+def test_a_masked_draw_is_the_same_with_the_tree_and_without(
+    model: LlamaCppModel, tree: TokenTree, temperature: float
+) -> None:
+    params = SamplingParams(temperature=temperature, seed=3, json_schema=WEEK)
+    with_tree = build_sampler(model, params)
+    without = build_sampler(model, params)
+    without.tree = None
+    rng = np.random.default_rng(5)
+    try:
+        assert with_tree.tree is tree
+        for token in model.tokenize('{"days": [', add_special=False, parse_special=False):
+            with_tree.accept(token)
+            without.accept(token)
+        for _ in range(20):
+            row = (rng.standard_normal(model.n_vocab) * 4).astype(np.float32)
+            drawn = with_tree._draw_from(row, masked=True)
+            assert drawn == without._draw_from(row, masked=True)
+            assert with_tree.allows(drawn)
+    finally:
+        with_tree.free()
+        without.free()
+
+
+def test_the_tree_links_each_token_to_the_longest_token_its_text_begins_with() -> None:
+    pieces = [b"", b"ab", b"a", b"\0x", b"abc", b"b", b"</s>", b"abd", b"ab"]
+    tree = TokenTree.build(pieces, eog=[6])
+    assert tree.apart.tolist() == [0, 3, 6]  # empty, NUL-first, end of generation
+    # the second "ab" (8) hangs under the first, and the longer ones under it
+    assert tree.parent.tolist() == [-1, 2, -1, -1, 8, -1, -1, 8, 1]
+    assert [level.tolist() for level in tree.levels] == [[2, 5], [1], [8], [4, 7]]
+    assert tree.deep.tolist() == [4, 7, 8] and tree.branch[[4, 7, 8]].tolist() == [1, 1, 1]
