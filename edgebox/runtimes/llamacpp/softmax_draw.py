@@ -21,9 +21,13 @@ DRAW_BLOCK = 256
 # which then tries this many draws from outside them).
 SHORTLIST = 32
 REDRAWS = 8
-# Top-p first sorts this many best tokens; where they fall short of the mass, it sums the mass
-# in bins of logit depth (this many a nat, this many bins; deeper ones share the last).
+# Top-p first sorts this many best tokens; where they fall short of the mass, the tokens this
+# many nats below the best, up to this many of them (flat rows of Gemma 3's 262k vocabulary
+# hold a nucleus of tens to a few thousand tokens); else it sums the mass in bins of logit depth
+# (this many a nat, this many bins; deeper ones share the last).
 NUCLEUS_FIRST = 64
+NUCLEUS_DEPTHS = (8.0, 12.0, 16.0)
+NUCLEUS_SORTED = 8192
 # The k best tokens are looked for first among those this many nats below the best (`_best`).
 BEST_DEPTHS = (8.0, 16.0)
 NUCLEUS_BINS_PER_NAT = 16
@@ -126,11 +130,27 @@ class SoftmaxDraw:
             best = _best(values, peak, NUCLEUS_FIRST)
             chosen = _reaching(best, values, mass, goal)
             if chosen is None:
+                chosen = self._near(values, peak, mass, goal)
+            if chosen is None:
                 chosen = self._binned(values, peak, mass, goal)
         else:
             chosen = _reaching(np.arange(len(values)), values, mass, goal)
             chosen = np.arange(len(values)) if chosen is None else chosen
         return chosen if kept is None else kept[chosen]
+
+    @staticmethod
+    def _near(values: np.ndarray, peak: float, mass: np.ndarray, goal: float) -> np.ndarray | None:
+        """The nucleus among the tokens a few nats below the best (`NUCLEUS_DEPTHS`), where
+        their mass reaches the goal (every token outside is worse than all of them) and they
+        are few enough to sort (`NUCLEUS_SORTED`); None otherwise."""
+        for depth in NUCLEUS_DEPTHS:
+            near = np.flatnonzero(values >= peak - depth)
+            if len(near) > NUCLEUS_SORTED:
+                return None
+            chosen = _reaching(near, values, mass, goal)
+            if chosen is not None:
+                return chosen
+        return None
 
     @staticmethod
     def _binned(values: np.ndarray, peak: float, mass: np.ndarray, goal: float) -> np.ndarray:
