@@ -210,3 +210,45 @@ def test_the_tree_links_each_token_to_the_longest_token_its_text_begins_with() -
     assert tree.parent.tolist() == [-1, 2, -1, -1, 8, -1, -1, 8, 1]
     assert [level.tolist() for level in tree.levels] == [[2, 5], [1], [8], [4, 7]]
     assert tree.deep.tolist() == [4, 7, 8] and tree.branch[[4, 7, 8]].tolist() == [1, 1, 1]
+
+
+def test_texts_that_are_not_utf8_up_to_a_cut_character_are_checked_alone() -> None:
+    """llama.cpp refuses the start of an overlong sequence (`\\xe0\\x80`: too few bits left
+    for a character of three bytes) but allows the whole where its rule allows the character it
+    decodes to, so such a text must not hang under its start; nor one that begins with a
+    continuation byte, which goes on a character the tokens before it began."""
+    pieces = [
+        b"\xe0",  # a character's first byte (ह's): its own root
+        b"\xe0\x80",  # overlong: apart
+        b"\xe0\x80\x81",  # U+0001 in three bytes: apart
+        b"\x80",  # a continuation byte: apart
+        b"\x80\x81",  # after a token ending in \xe0 this is U+0001 again: apart
+        b"\xe0\xa4",
+        b"\xe0\xa4\xb9",  # ह, whole
+        b"a\xc1\x81",  # "A" in two bytes after "a": apart
+        b"a",
+    ]
+    tree = TokenTree.build(pieces, eog=[])
+    assert tree.apart.tolist() == [1, 2, 3, 4, 7]
+    assert tree.parent[[0, 5, 6, 8]].tolist() == [-1, 0, 5, -1]
+
+
+def test_smollm2s_tokens_that_begin_inside_a_character_are_checked_alone(
+    model: LlamaCppModel, tree: TokenTree
+) -> None:
+    """SmolLM2's byte-level BPE holds tokens such as `\\x82\\xac` (the end of "€"); after a
+    token ending in `\\xe0` or `\\xf0` llama.cpp reads them on from that byte. At every such
+    state the masks agree."""
+    pieces = [model.token_bytes(t, special=True) for t in range(model.n_vocab)]
+    inside = [t for t, p in enumerate(pieces) if p and 0x80 <= p[0] < 0xC0]
+    assert len(inside) >= 64 + 10 and set(inside) <= set(tree.apart.tolist())
+    everything = np.arange(model.n_vocab, dtype=np.int32)
+    for lead in (b"\xe0", b"\xe2", b"\xf0"):
+        for gbnf in ("root ::= .*", r'root ::= ([^"\\\x7F\x00-\x1F] | [\u0100-\u01FF])*'):
+            sampler = build_sampler(model, SamplingParams(temperature=0, grammar=gbnf))
+            try:
+                sampler.accept(pieces.index(lead))
+                want = passes(sampler.grammar, everything)
+                assert np.array_equal(tree.allowed(sampler.grammar), want), (lead, gbnf)
+            finally:
+                sampler.free()
