@@ -18,7 +18,7 @@ not by its text (`references_tokens`), and then the whole vocabulary is checked.
 texts of valid UTF-8 (a character may be cut at the end): llama.cpp refuses an overlong
 sequence's start (`\xe0\x80`) but may allow it whole, and a text that begins with a
 continuation byte goes on a character the previous tokens began, which can make it such a
-sequence. Those tokens are checked alone (`TokenTree.apart`: ten of SmolLM2's, none of Gemma 3's).
+sequence. Those tokens are checked alone (`TokenTree.apart`: 74 of SmolLM2's, 77 of Gemma 3's).
 """
 
 from __future__ import annotations
