@@ -93,6 +93,13 @@ def _walk(model: LlamaCppModel, tree: TokenTree, params: SamplingParams, text: s
             SamplingParams(temperature=0, grammar='root ::= ("yes" | "no") " " [0-9]+ [é東]'),
             "no 42東",
         ),
+        (  # a negated class, a bounded repetition, alternatives, CJK and an emoji's bytes
+            SamplingParams(
+                temperature=0,
+                grammar=r'root ::= ("ab" | [^a-z\n]){2,12} "東京" [\U0001F300-\U0001FAFF]? "."',
+            ),
+            "X9ab«é»東京🌧.",
+        ),
         *(
             (
                 SamplingParams(temperature=0, tools=ToolConstraint(fmt, FUNCTIONS, False, True)),
@@ -105,7 +112,16 @@ def _walk(model: LlamaCppModel, tree: TokenTree, params: SamplingParams, text: s
             "Sure.\n" + calls_text(HERMES, CALLS[:1]),
         ),
     ],
-    ids=["json-schema", "json-mode", "gbnf", "hermes", "mistral", "generic", "hermes-auto"],
+    ids=[
+        "json-schema",
+        "json-mode",
+        "gbnf",
+        "gbnf-classes",
+        "hermes",
+        "mistral",
+        "generic",
+        "hermes-auto",
+    ],
 )
 def test_the_trees_mask_is_the_whole_vocabularys_at_every_state(
     model: LlamaCppModel, tree: TokenTree, params: SamplingParams, text: str

@@ -490,3 +490,26 @@ def test_a_refused_truncated_draw_is_drawn_from_the_truncation_of_the_allowed(
             assert (token is not None) == settled and (token is None or allowed[token])
         finally:
             sampler.free()
+
+
+def test_top_p_among_the_near_tokens_keeps_llama_cpps_nucleus_with_ties_and_bans(
+    model: LlamaCppModel,
+) -> None:
+    """Logits in steps of half a nat (hundreds of ties, some exactly at the depths the near
+    tokens are cut at, `NUCLEUS_DEPTHS`) and a third of the vocabulary banned (-inf, as a
+    grammar's mask leaves it): the nucleus holds as many tokens as llama.cpp's, of the same
+    logits (which of equal logits at the edge is kept is llama.cpp's sort's to choose)."""
+    rng = np.random.default_rng(11)
+    row = np.round(rng.standard_normal(model.n_vocab) * 7.0) / 2
+    row[rng.choice(model.n_vocab, model.n_vocab // 3, replace=False)] = -np.inf
+    row = row.astype(np.float32)
+    peak = float(row.max())
+    near = 0
+    for top_k, top_p in itertools.product((0, 3000), (0.3, 0.6, 0.9, 0.99)):
+        draw = SoftmaxDraw(SamplingParams(temperature=0.8, top_k=top_k, top_p=top_p))
+        kept = draw._truncated(row, peak)
+        assert kept is not None and np.isfinite(row[kept]).all()
+        theirs = np.array(sorted(_llama_cpp_kept(row, top_k, top_p, 0.0)))
+        assert np.array_equal(np.sort(row[kept]), np.sort(row[theirs])), (top_k, top_p)
+        near += top_k == 0 and NUCLEUS_FIRST < len(kept) <= NUCLEUS_SORTED
+    assert near >= 2
