@@ -284,10 +284,11 @@ def main() -> None:
     interval = (
         "" if args.stream_interval is None else f" --stream-interval {args.stream_interval:g}"
     )
+    model_flag = "" if args.model == "smollm2-135m" else f" --model {args.model}"
     lines = [
         f"### Engine speed ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})",
         "",
-        f"`python benchmarks/bench_engine.py --rounds {args.rounds} --threads {args.threads} "
+        f"`python benchmarks/bench_engine.py{model_flag} --rounds {args.rounds} --threads {args.threads} "
         f"--tokens {args.tokens} --repack {args.repack}{interval}` on {cpu_kind()}. "
         f"Model {model.alias} "
         f"({model.path.name}, {size / 1e6:.0f} MB); memory bandwidth {gbps:.1f} GB/s "

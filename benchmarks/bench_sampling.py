@@ -242,10 +242,11 @@ def main() -> None:
         masks = mask_counts(runtime, args.json_requests) if args.json_requests > 0 else []
     finally:
         runtime.close()
+    model_flag = "" if args.model == "smollm2-135m" else f" --model {args.model}"
     lines = [
         f"### Sampling: llama.cpp's samplers vs edgebox's ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})",
         "",
-        f"`python benchmarks/bench_sampling.py --rows {args.rows} --repeats {args.repeats} "
+        f"`python benchmarks/bench_sampling.py{model_flag} --rows {args.rows} --repeats {args.repeats} "
         f"--json-requests {args.json_requests}` on {cpu_kind()}. Model {model.alias} "
         f"({model.path.name}); "
         f"{len(rows)} real logits rows ({rows.shape[1]} tokens each), temperature 0.8, "

@@ -163,10 +163,11 @@ def main() -> None:
             proc.terminate()
             proc.wait(30)
     load_after = os.getloadavg()
+    model_flag = "" if args.model == "smollm2-135m" else f" --model {args.model}"
     lines = [
         f"### Structured output vs llama-server ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})",
         "",
-        f"`python benchmarks/bench_structured.py --rounds {args.rounds} --tokens {args.tokens} "
+        f"`python benchmarks/bench_structured.py{model_flag} --rounds {args.rounds} --tokens {args.tokens} "
         f"--threads {args.threads}` on {cpu_kind()}. Model {model.alias} ({model.path.name}); "
         f"{args.threads} threads, one slot, repacking {'on' if repack.enabled else 'off'} "
         f"({repack.status}) on both servers. Load average (1 min) {load_before[0]:.2f} before, "

@@ -529,8 +529,8 @@ def test_a_reply_ends_with_its_last_call_without_a_step_for_the_end_token(
     runtime: LlamaCppRuntime,
 ) -> None:
     """Once a forced call's grammar is complete nothing but the end of the reply may follow:
-    the request stops there, without decoding the call's last token to sample the end (one
-    step a call). Under `auto` (a lazy grammar allows anything before its trigger) it does
+    the request stops there, without decoding the call's last token (nor the tail jumped after
+    its arguments, `]}`) to sample the end (one step a call). Under `auto` (a lazy grammar allows anything before its trigger) it does
     not, and the model's own end-of-generation token ends the reply."""
     import json as _json
 
@@ -552,7 +552,7 @@ def test_a_reply_ends_with_its_last_call_without_a_step_for_the_end_token(
     prompt = runtime.tokenize(runtime.render_chat(messages))
     # the model this small does not start a call by itself under auto: its marker is favoured
     marker = runtime.engine.model.tokenize('{"tool_calls":', add_special=False, parse_special=False)
-    for lazy, cached_after in ((False, -1), (True, 0)):
+    for lazy in (False, True):
         tools = ToolConstraint(GENERIC, (("read_file", schema),), lazy=lazy, parallel=False)
         bias = tuple((t, 30.0) for t in marker) if lazy else ()
         sampling = SamplingParams(temperature=0.0, tools=tools, logit_bias=bias)
@@ -565,8 +565,13 @@ def test_a_reply_ends_with_its_last_call_without_a_step_for_the_end_token(
             (s.cached for s in runtime.engine._slots if s.cached[: len(prompt)] == prompt),
             key=len,
         )
-        # the slot holds the prompt and the reply but its last token, which was never decoded
-        assert len(held) == len(prompt) + len(timeline.ids) + cached_after
+        assert held == (prompt + timeline.ids)[: len(held)]
+        if lazy:  # the model's end token was sampled after the whole reply was decoded
+            assert len(held) == len(prompt) + len(timeline.ids)
+        else:  # never decoded: the reply's last sampled token and the call's tail after it
+            assert (
+                len(prompt) + len(timeline.ids) - 4 <= len(held) < len(prompt) + len(timeline.ids)
+            )
 
 
 def _steps_and_ids(
@@ -585,8 +590,8 @@ def test_a_tagged_call_is_jumped_over_from_its_opening_tag(
     """The Hermes format (`<tool_call>` … `</tool_call>`, plain text in SmolLM2's vocabulary)
     under `required`: its opening tag and head are jumped over as the call renders — with one
     function through the first key, with three up to the name and then the rest of the head —
-    and the reply is the one decoding every token gives (with logprobs, which never jump), in
-    fewer steps."""
+    and so is its tail once the arguments close; the reply is the one decoding every token
+    gives (with logprobs, which never jump), in fewer steps."""
     import json as _json
 
     from edgebox.runtimes.tool_format import HERMES, ToolConstraint, calls_text
@@ -616,9 +621,11 @@ def test_a_tagged_call_is_jumped_over_from_its_opening_tag(
     model = runtime.engine.model
     head = '<tool_call>\n{"name": "read_file", "arguments": {"path":'
     n_head = len(model.tokenize(head, add_special=False, parse_special=False))
+    n_tail = len(model.tokenize("}\n</tool_call>", add_special=False, parse_special=False))
     # one function: the whole head is prefilled with the prompt; three: the opening up to the
-    # name, then the rest of the name and `", "arguments": {"path":` with one sampled token
-    assert steps <= len(ids) - n_head + (1 if n_functions == 1 else 4)
+    # name, then the rest of the name and `", "arguments": {"path":` with one sampled token;
+    # and the call's tail after its arguments (`}\n</tool_call>`) with the token closing them
+    assert steps <= len(ids) - n_head - n_tail + (1 if n_functions == 1 else 4)
 
 
 def test_a_tag_the_vocabulary_holds_as_one_token_is_written_by_the_model(

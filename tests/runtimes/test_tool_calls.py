@@ -484,6 +484,25 @@ def _head_spans(
     return spans
 
 
+def _tail_spans(
+    constraint: ToolConstraint,
+    written: str,
+    heads: list[tuple[int, int]],
+    calls: list[dict[str, str]],
+) -> list[tuple[int, int]]:
+    """Where each call's tail lies in `written` (`call_tail`: from its arguments' end)."""
+    from edgebox.runtimes.llamacpp.tool_grammar import call_tail
+
+    tail = call_tail(constraint)
+    spans = []
+    for (start, _), call in zip(heads, calls, strict=True):
+        arguments = json.dumps(json.loads(call["arguments"]))
+        end = written.index(arguments, start) + len(arguments)
+        assert written[end:].startswith(tail)
+        spans.append((end, end + len(tail)))
+    return spans
+
+
 def _jumps(constraint: ToolConstraint, written: str, tags: frozenset[str]) -> list[tuple[int, str]]:
     """(where, what) `CallHeads` says is forced, `written` fed a character at a time; each is
     the text that follows there."""
@@ -514,7 +533,9 @@ def test_every_jump_in_a_reply_is_the_text_its_calls_render_as(
     rendered reply and lies within a call's head — the first call's from its opening tag or
     list, each later call's from the text that starts it (`,`, or `</tool_call>` and a new
     `<tool_call>`), which is jumped over too: with one function, the whole head through its
-    first key. Where the vocabulary holds a tag as one token, no jump holds any of it."""
+    first key — or within its tail (`}]}`, `}\n</tool_call>`; `}` where another call may
+    follow), jumped over from the arguments' end. Where the vocabulary holds a tag as one
+    token, no jump holds any of it."""
     fmt = FORMATS[name]
     functions = (*FUNCTIONS, ("get_time", "{}"))
     lead = "" if fmt.anchored or not lazy else 'Sure, "one" {moment} [1].\n'
@@ -531,12 +552,14 @@ def test_every_jump_in_a_reply_is_the_text_its_calls_render_as(
             ]
             written = lead + calls_text(fmt, calls)
             spans = _head_spans(constraint, written, len(lead), names)
+            tails = _tail_spans(constraint, written, spans, calls)
             jumped = _jumps(constraint, written, tags)
             tagged = [
                 (m.start(), m.end()) for t in tags for m in re.finditer(re.escape(t), written)
             ]
             for n, forced in jumped:
-                assert any(a <= n and n + len(forced) <= b for a, b in spans), (n, forced)
+                within = any(a <= n and n + len(forced) <= b for a, b in spans + tails)
+                assert within, (n, forced)
                 assert all(n + len(forced) <= a or b <= n for a, b in tagged), (n, forced)
             if lazy:  # nothing before the marker has been written
                 marker_end = written.index("".join(fmt.marker)) + len("".join(fmt.marker))
@@ -546,6 +569,10 @@ def test_every_jump_in_a_reply_is_the_text_its_calls_render_as(
             if len(offered) == 1:  # a later head whole, right after the text that starts it
                 for a, b in spans[1:]:
                     assert (a, written[a:b]) in jumped, (names, written[a:b])
+            for a, b in tails:  # every call's tail, from its arguments' end, up to a tag
+                expected = written[a:b]
+                expected = min((expected.split(t)[0] for t in tags), key=len, default=expected)
+                assert (a, expected) in jumped or not expected, (names, expected, jumped)
 
 
 @pytest.mark.parametrize("fmt", [GENERIC, HERMES], ids=lambda f: f.name)

@@ -26,6 +26,7 @@ from edgebox.runtimes.llamacpp.model import LlamaCppModel
 from edgebox.runtimes.llamacpp.sampling import Sampler
 from edgebox.runtimes.llamacpp.tool_grammar import (
     call_heads,
+    call_tail,
     engages,
     forced_after,
     head_written,
@@ -57,6 +58,7 @@ class CallHeads:
     heads: tuple[str, ...]  # the heads the current call may start with
     later: tuple[str, tuple[str, ...]] | None = None
     tags: frozenset[str] = frozenset()  # the format's tags this vocabulary holds as one token
+    tail: str = ""  # what follows a call's arguments in every reply (`call_tail`)
     reply: str = ""  # the current call's text while it may be a head
     done: bool = False
     _mode: int = _HEAD
@@ -65,6 +67,7 @@ class CallHeads:
     _depth: int = 0
     _in_string: bool = False
     _escaped: bool = False
+    _tail_seen: str | None = None  # written since the arguments closed, while it is the tail's
     _gap: str = ""
     _tail: bytes = b""
     _context: deque[bytes] = field(default_factory=deque)
@@ -76,7 +79,9 @@ class CallHeads:
 
     @classmethod
     def of(cls, constraint: ToolConstraint, tags: frozenset[str] = frozenset()) -> CallHeads:
-        heads = cls(constraint, call_heads(constraint), later_heads(constraint), tags)
+        heads = cls(
+            constraint, call_heads(constraint), later_heads(constraint), tags, call_tail(constraint)
+        )
         if constraint.lazy and not constraint.format.anchored:
             heads._mode = _WAIT  # the call may follow text: from the marker on
         else:
@@ -86,6 +91,8 @@ class CallHeads:
     def feed(self, piece: bytes) -> None:
         """The next token's bytes of the reply (a tag this vocabulary holds as one token
         written as its text)."""
+        if self._tail_seen is not None:
+            self._follow_tail(piece)
         if self.done:
             return
         self._remember(piece)
@@ -94,9 +101,23 @@ class CallHeads:
         else:
             self._follow(piece)
 
+    @property
+    def active(self) -> bool:
+        """Whether the reply is still followed: a head may come, or a call's tail is due."""
+        return not self.done or self._tail_seen is not None
+
     def forced(self) -> str:
-        """The text forced after the reply so far (empty for none yet)."""
+        """The text forced after the reply so far (empty for none yet): the rest of a head,
+        or of the text after a call's arguments."""
+        if self._tail_seen is not None:
+            return self._cut(self.tail[len(self._tail_seen) :], self._tail_seen)
         return "" if self.done or self._mode != _HEAD else self._forced
+
+    def _follow_tail(self, piece: bytes) -> None:
+        """Follow the text after a call's arguments while it is the tail's."""
+        assert self._tail_seen is not None
+        seen = self._tail_seen + piece.decode("utf-8", "replace")
+        self._tail_seen = seen if self.tail.startswith(seen) and seen != self.tail else None
 
     def context(self) -> str:
         """The reply since its last tag token, at most its last `JUMP_CONTEXT` bytes (from a
@@ -183,6 +204,7 @@ class CallHeads:
                 return len(piece)
             if len(self._gap) == len(gate):
                 self._mode, self.heads, self.reply, self._engaged = _HEAD, heads, "", True
+                self._tail_seen = None
                 self._forced = self._cut(self._forced_after() or "")
                 return i + 1
         return len(piece)
@@ -218,16 +240,20 @@ class CallHeads:
                 self._depth -= 1
                 if self._depth == level:
                     return at
+                if self._depth == level + 1:  # the arguments closed: the tail follows
+                    self._tail_seen = ""
+                    self._follow_tail(piece[at:])
         return -1
 
-    def _cut(self, text: str) -> str:
+    def _cut(self, text: str, written: str | None = None) -> str:
         """`text` up to the first tag this vocabulary holds as one token: the model writes
         such a tag itself (as that token), never as the several plain-text tokens a jump
-        would write; nothing where the reply ends in part of one."""
+        would write; nothing where what is `written` before it (the head so far) ends in part
+        of one."""
+        written = self.reply if written is None else written
         for tag in self.tags:
             if any(
-                self.reply.endswith(tag[:k]) and text.startswith(tag[k:])
-                for k in range(1, len(tag))
+                written.endswith(tag[:k]) and text.startswith(tag[k:]) for k in range(1, len(tag))
             ):
                 return ""
             at = text.find(tag)
@@ -272,7 +298,7 @@ def jump(
     trial = sampler.clone()
     if not trial.accept_forced(tokens):
         trial.free()
-        heads.done = True  # the grammar disagrees with the heads: no more jumps here
+        heads.done, heads._tail_seen = True, None  # the grammar disagrees: no more jumps here
         return [], sampler
     sampler.free()
     return tokens, trial

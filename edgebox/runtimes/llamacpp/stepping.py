@@ -231,7 +231,7 @@ class Stepping:
         piece = self.model.piece(token)
         if not piece and token in job.shown:
             piece = self.model.token_text(token).encode()
-        if job.heads is not None and not job.heads.done:
+        if job.heads is not None and job.heads.active:
             # a control token renders to nothing; the grammar reads its text (a tag)
             job.heads.feed(piece or self.model.token_text(token).encode())
         text = job.matcher.feed(job.decoder.feed(piece))
@@ -265,7 +265,7 @@ class Stepping:
             self._release(slot, "length")
         else:
             job.next_tokens = [token]
-            if job.heads is not None and not job.heads.done:
+            if job.heads is not None and job.heads.active:
                 self._jump(slot, job)
 
     def _jump(self, slot: Slot, job: SlotJob) -> None:
@@ -278,3 +278,5 @@ class Stepping:
         tokens, job.sampler = jump(self.model, job.heads, job.sampler, room)
         if tokens and self._write_forced(slot, job, tokens):
             job.next_tokens.extend(tokens)
+            if job.end_token is not None and job.sampler.allows(job.end_token):
+                self._release(slot, "stop")  # the jump completed the calls: nothing to decode

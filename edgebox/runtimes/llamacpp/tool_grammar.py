@@ -203,6 +203,22 @@ def later_heads(constraint: ToolConstraint) -> tuple[str, tuple[str, ...]] | Non
     return gate, tuple(heads)
 
 
+def call_tail(constraint: ToolConstraint) -> str:
+    """The text after a call's arguments that every reply writes, as past calls render: the
+    call's closing brace and, in a reply of one call, everything to its end (`}]}`,
+    `}\n</tool_call>`); where another call may follow, what that one and the end share."""
+    fmt = constraint.format
+    call = {"name": "f", "arguments": "{}"}
+    one = calls_text(fmt, [call])
+    after_args = one.index("{}") + 2
+    tail = one[after_args:]
+    if constraint.parallel and fmt.parallel:
+        two = calls_text(fmt, [call, call])[after_args:]
+        shared = (i for i, (a, b) in enumerate(zip(tail, two, strict=False)) if a != b)
+        tail = tail[: next(shared, min(len(tail), len(two)))]
+    return tail
+
+
 def _args_end(fmt: ToolFormat, text: str, name: str, start: int = 0) -> int:
     """Where the arguments begin in a rendered call of `name` at or after `start`."""
     after_name = text.index(json.dumps(name), start) + len(json.dumps(name))
