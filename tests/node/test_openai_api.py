@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from pathlib import Path
 
 import httpx
 import openai
 import pytest
 
 from edgebox.runtimes.llamacpp import EngineConfig, LlamaCppRuntime
-from tests.conftest import NodeProcess
+from tests.conftest import NodeProcess, start_node
 
 MODEL = "smollm2-135m"
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
@@ -134,7 +135,40 @@ def test_n_choices_are_numbered_and_counted(client: openai.OpenAI) -> None:
     assert reply.usage is not None and single.usage is not None
     assert reply.usage.prompt_tokens == single.usage.prompt_tokens  # the prompt is billed once
     assert reply.usage.completion_tokens <= 15
-    assert reply.choices[0].message.content == single.choices[0].message.content
+    # That choice i is the reply a request with seed + i gets is exact only with flash
+    # attention off (test_seeded_replies_do_not_depend_on_what_the_slots_held): this node
+    # leaves it `auto`, where a prompt's logits depend on how its cached prefix was batched.
+
+
+# Long enough that its prefill (the chat template's opening included) is one step of well over
+# 64 tokens: llama.cpp's CPU flash attention then takes its tiled F32 path, below 64 rows a
+# stream the F16-accumulating one, so the opening's KV cells differ from a short prompt's.
+LONG_TEXT = " ".join(f"Item {i} is a pebble on the long road to the sea." for i in range(16))
+
+
+def test_seeded_replies_do_not_depend_on_what_the_slots_held(tmp_path: Path) -> None:
+    """The same seed and prompt give the same reply whichever slot serves it and whatever
+    the slot held before (here: a long prompt sharing the template's opening), and choice i of
+    an n>1 request is the reply of seed + i. Exact with flash attention off; with it on, the
+    prefix the first choice reuses was computed by another kernel and the draws part."""
+    node = start_node(tmp_path, "--parallel", "4", "--ctx", "2048", "--flash-attn", "off")
+    try:
+        client = openai.OpenAI(base_url=node.base_url, api_key="unused", max_retries=0, timeout=60)
+        long = [{"role": "user", "content": LONG_TEXT}]
+        first = client.chat.completions.create(model=MODEL, messages=long, max_tokens=1)
+        assert first.usage is not None and first.usage.prompt_tokens > 128
+        reply = client.chat.completions.create(
+            model=MODEL, messages=QUESTION, max_tokens=8, n=3, seed=9
+        )
+        assert len({c.message.content for c in reply.choices}) > 1
+        # the last choice first: it lands on the slot the first choice had (least recently used)
+        for i, choice in reversed(list(enumerate(reply.choices))):
+            alone = client.chat.completions.create(
+                model=MODEL, messages=QUESTION, max_tokens=8, seed=9 + i
+            )
+            assert alone.choices[0].message.content == choice.message.content, i
+    finally:
+        assert node.stop() == 0, node.log.read_text()
 
 
 def test_json_object_and_json_schema_outputs_parse(client: openai.OpenAI) -> None:

@@ -176,7 +176,8 @@ class SoftmaxDraw:
             self._weights = np.zeros(size, np.float32)
         weights = self._weights
         np.subtract(logits, peak, out=weights[:n])
-        np.multiply(weights[:n], self.scale, out=weights[:n])
+        if self.scale != 1.0:  # temperature 1 (OpenAI's default): one pass less
+            np.multiply(weights[:n], self.scale, out=weights[:n])
         np.exp(weights[:n], out=weights[:n])
         return weights.reshape(-1, DRAW_BLOCK)
 
