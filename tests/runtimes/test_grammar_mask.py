@@ -268,3 +268,23 @@ def test_smollm2s_tokens_that_begin_inside_a_character_are_checked_alone(
                 assert np.array_equal(tree.allowed(sampler.grammar), want), (lead, gbnf)
             finally:
                 sampler.free()
+
+
+def test_trees_built_from_several_threads_are_one_per_model(
+    smollm2_path: Path, gemma_path: Path
+) -> None:
+    """Requests for two models prepared at once (the node's preparation threads): each model
+    gets one tree, the one every thread sees, of its own vocabulary."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    small = LlamaCppModel(smollm2_path, vocab_only=True)
+    gemma = LlamaCppModel(gemma_path, vocab_only=True)
+    try:
+        models = [small, gemma, small, gemma]
+        with ThreadPoolExecutor(4) as pool:
+            trees = list(pool.map(lambda m: token_tree(m, build=True), models))
+        assert trees[0] is trees[2] is token_tree(small) and trees[1] is trees[3]
+        assert [t.n_vocab for t in trees[:2] if t] == [small.n_vocab, gemma.n_vocab]
+    finally:
+        small.close()
+        gemma.close()
