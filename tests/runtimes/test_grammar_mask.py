@@ -288,3 +288,24 @@ def test_trees_built_from_several_threads_are_one_per_model(
     finally:
         small.close()
         gemma.close()
+
+
+@pytest.mark.parametrize("temperature", [0.0, 0.8])
+def test_a_mask_that_refused_every_token_is_an_error_not_a_banned_token(
+    model: LlamaCppModel, tree: TokenTree, temperature: float, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The tree only marks tokens the grammar passed, so it can refuse wrongly but never allow
+    wrongly; were it to refuse every token, the draw fails with SamplingError (the request
+    ends in an error) and no banned token reaches the grammar (which would abort)."""
+    from edgebox.runtimes.base import SamplingError
+
+    sampler = build_sampler(model, SamplingParams(temperature=temperature, json_mode=True))
+    try:
+        assert sampler.tree is tree
+        monkeypatch.setattr(
+            TokenTree, "allowed", lambda self, grammar: np.zeros(model.n_vocab, bool)
+        )
+        with pytest.raises(SamplingError):
+            sampler._draw_from(np.zeros(model.n_vocab, np.float32), masked=True)
+    finally:
+        sampler.free()
