@@ -93,6 +93,13 @@ def _walk(model: LlamaCppModel, tree: TokenTree, params: SamplingParams, text: s
             SamplingParams(temperature=0, grammar='root ::= ("yes" | "no") " " [0-9]+ [é東]'),
             "no 42東",
         ),
+        (  # a negated class, a bounded repetition, alternatives, CJK and an emoji's bytes
+            SamplingParams(
+                temperature=0,
+                grammar=r'root ::= ("ab" | [^a-z\n]){2,12} "東京" [\U0001F300-\U0001FAFF]? "."',
+            ),
+            "X9ab«é»東京🌧.",
+        ),
         *(
             (
                 SamplingParams(temperature=0, tools=ToolConstraint(fmt, FUNCTIONS, False, True)),
@@ -105,7 +112,16 @@ def _walk(model: LlamaCppModel, tree: TokenTree, params: SamplingParams, text: s
             "Sure.\n" + calls_text(HERMES, CALLS[:1]),
         ),
     ],
-    ids=["json-schema", "json-mode", "gbnf", "hermes", "mistral", "generic", "hermes-auto"],
+    ids=[
+        "json-schema",
+        "json-mode",
+        "gbnf",
+        "gbnf-classes",
+        "hermes",
+        "mistral",
+        "generic",
+        "hermes-auto",
+    ],
 )
 def test_the_trees_mask_is_the_whole_vocabularys_at_every_state(
     model: LlamaCppModel, tree: TokenTree, params: SamplingParams, text: str
@@ -210,3 +226,86 @@ def test_the_tree_links_each_token_to_the_longest_token_its_text_begins_with() -
     assert tree.parent.tolist() == [-1, 2, -1, -1, 8, -1, -1, 8, 1]
     assert [level.tolist() for level in tree.levels] == [[2, 5], [1], [8], [4, 7]]
     assert tree.deep.tolist() == [4, 7, 8] and tree.branch[[4, 7, 8]].tolist() == [1, 1, 1]
+
+
+def test_texts_that_are_not_utf8_up_to_a_cut_character_are_checked_alone() -> None:
+    """llama.cpp refuses the start of an overlong sequence (`\\xe0\\x80`: too few bits left
+    for a character of three bytes) but allows the whole where its rule allows the character it
+    decodes to, so such a text must not hang under its start; nor one that begins with a
+    continuation byte, which goes on a character the tokens before it began."""
+    pieces = [
+        b"\xe0",  # a character's first byte (ह's): its own root
+        b"\xe0\x80",  # overlong: apart
+        b"\xe0\x80\x81",  # U+0001 in three bytes: apart
+        b"\x80",  # a continuation byte: apart
+        b"\x80\x81",  # after a token ending in \xe0 this is U+0001 again: apart
+        b"\xe0\xa4",
+        b"\xe0\xa4\xb9",  # ह, whole
+        b"a\xc1\x81",  # "A" in two bytes after "a": apart
+        b"a",
+    ]
+    tree = TokenTree.build(pieces, eog=[])
+    assert tree.apart.tolist() == [1, 2, 3, 4, 7]
+    assert tree.parent[[0, 5, 6, 8]].tolist() == [-1, 0, 5, -1]
+
+
+def test_smollm2s_tokens_that_begin_inside_a_character_are_checked_alone(
+    model: LlamaCppModel, tree: TokenTree
+) -> None:
+    """SmolLM2's byte-level BPE holds tokens such as `\\x82\\xac` (the end of "€"); after a
+    token ending in `\\xe0` or `\\xf0` llama.cpp reads them on from that byte. At every such
+    state the masks agree."""
+    pieces = [model.token_bytes(t, special=True) for t in range(model.n_vocab)]
+    inside = [t for t, p in enumerate(pieces) if p and 0x80 <= p[0] < 0xC0]
+    assert len(inside) >= 64 + 10 and set(inside) <= set(tree.apart.tolist())
+    everything = np.arange(model.n_vocab, dtype=np.int32)
+    for lead in (b"\xe0", b"\xe2", b"\xf0"):
+        for gbnf in ("root ::= .*", r'root ::= ([^"\\\x7F\x00-\x1F] | [\u0100-\u01FF])*'):
+            sampler = build_sampler(model, SamplingParams(temperature=0, grammar=gbnf))
+            try:
+                sampler.accept(pieces.index(lead))
+                want = passes(sampler.grammar, everything)
+                assert np.array_equal(tree.allowed(sampler.grammar), want), (lead, gbnf)
+            finally:
+                sampler.free()
+
+
+def test_trees_built_from_several_threads_are_one_per_model(
+    smollm2_path: Path, gemma_path: Path
+) -> None:
+    """Requests for two models prepared at once (the node's preparation threads): each model
+    gets one tree, the one every thread sees, of its own vocabulary."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    small = LlamaCppModel(smollm2_path, vocab_only=True)
+    gemma = LlamaCppModel(gemma_path, vocab_only=True)
+    try:
+        models = [small, gemma, small, gemma]
+        with ThreadPoolExecutor(4) as pool:
+            trees = list(pool.map(lambda m: token_tree(m, build=True), models))
+        assert trees[0] is trees[2] is token_tree(small) and trees[1] is trees[3]
+        assert [t.n_vocab for t in trees[:2] if t] == [small.n_vocab, gemma.n_vocab]
+    finally:
+        small.close()
+        gemma.close()
+
+
+@pytest.mark.parametrize("temperature", [0.0, 0.8])
+def test_a_mask_that_refused_every_token_is_an_error_not_a_banned_token(
+    model: LlamaCppModel, tree: TokenTree, temperature: float, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The tree only marks tokens the grammar passed, so it can refuse wrongly but never allow
+    wrongly; were it to refuse every token, the draw fails with SamplingError (the request
+    ends in an error) and no banned token reaches the grammar (which would abort)."""
+    from edgebox.runtimes.base import SamplingError
+
+    sampler = build_sampler(model, SamplingParams(temperature=temperature, json_mode=True))
+    try:
+        assert sampler.tree is tree
+        monkeypatch.setattr(
+            TokenTree, "allowed", lambda self, grammar: np.zeros(model.n_vocab, bool)
+        )
+        with pytest.raises(SamplingError):
+            sampler._draw_from(np.zeros(model.n_vocab, np.float32), masked=True)
+    finally:
+        sampler.free()

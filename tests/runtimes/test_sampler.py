@@ -490,3 +490,33 @@ def test_a_refused_truncated_draw_is_drawn_from_the_truncation_of_the_allowed(
             assert (token is not None) == settled and (token is None or allowed[token])
         finally:
             sampler.free()
+
+
+def test_top_p_among_the_near_tokens_keeps_llama_cpps_nucleus_with_ties_and_bans(
+    model: LlamaCppModel,
+) -> None:
+    """Logits in steps of half a nat (hundreds of ties, some exactly at the depths the near
+    tokens are cut at, `NUCLEUS_DEPTHS`) and a third of the vocabulary banned (-inf, as a
+    grammar's mask leaves it): the nucleus holds the best logits as llama.cpp's does (which of
+    equal logits at the edge is kept is its sort's to choose), as many of them up to where
+    llama.cpp's float32 sums part from the exact one (under 1e-4 of the mass)."""
+    rng = np.random.default_rng(11)
+    row = np.round(rng.standard_normal(model.n_vocab) * 7.0) / 2
+    row[rng.choice(model.n_vocab, model.n_vocab // 3, replace=False)] = -np.inf
+    row = row.astype(np.float32)
+    peak = float(row.max())
+    near = 0
+    for top_k, top_p in itertools.product((0, 3000), (0.3, 0.6, 0.9, 0.99)):
+        draw = SoftmaxDraw(SamplingParams(temperature=0.8, top_k=top_k, top_p=top_p))
+        kept = draw._truncated(row, peak)
+        assert kept is not None and np.isfinite(row[kept]).all()
+        ours = np.sort(row[kept])[::-1]
+        theirs = np.sort(row[list(_llama_cpp_kept(row, top_k, top_p, 0.0))])[::-1]
+        shorter = min(len(ours), len(theirs))
+        assert np.array_equal(ours[:shorter], theirs[:shorter]), (top_k, top_p)
+        base = np.sort(row)[::-1][:top_k] if top_k else row
+        total = np.exp(base.astype(np.float64) - peak).sum()
+        apart = np.concatenate((ours[shorter:], theirs[shorter:])).astype(np.float64)
+        assert np.exp(apart - peak).sum() / total < 1e-4, (top_k, top_p, len(ours), len(theirs))
+        near += top_k == 0 and NUCLEUS_FIRST < len(kept) <= NUCLEUS_SORTED
+    assert near >= 2

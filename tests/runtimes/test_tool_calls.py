@@ -611,3 +611,29 @@ def test_a_jumps_tokenization_check_reads_a_bounded_tail_of_the_reply(
             assert same(heads.context(), text) == same(whole, text), (whole[-80:], text)
             checked += 1
     assert len(reply) > 20 * JUMP_CONTEXT and checked >= len(calls)
+
+
+@pytest.mark.parametrize("fmt", [GENERIC, HERMES, MISTRAL], ids=lambda f: f.name)
+@pytest.mark.parametrize("lazy", [False, True], ids=["required", "auto"])
+def test_a_tails_tokenization_check_reads_the_reply_up_to_its_last_token(
+    vocab_model: LlamaCppModel, fmt: ToolFormat, lazy: bool
+) -> None:
+    """A reply of one call written a token at a time, none jumped (SmolLM2: `}}` closes the
+    arguments and the call at once): while the rest of the call's tail is due after the call
+    closed, the text its jump's tokenization is checked against still ends where the reply
+    does, so the check decides as the whole reply would."""
+    from edgebox.runtimes.llamacpp.jump_forward import CallHeads, tag_tokens
+
+    constraint = ToolConstraint(fmt, FUNCTIONS, lazy, False)
+    lead = "Sure.\n" if lazy and not fmt.anchored else ""
+    written = lead + calls_text(fmt, [{"name": "noop", "arguments": '{"a": {}}'}])
+    heads = CallHeads.of(constraint, tag_tokens(vocab_model, fmt))
+    reply, due = b"", 0
+    for token in vocab_model.tokenize(written, add_special=False, parse_special=True):
+        piece = vocab_model.piece(token)
+        heads.feed(piece)
+        reply += piece
+        if heads.forced() and heads.done:  # the call closed, its tail not yet all written
+            assert reply.decode().endswith(heads.context()), (reply[-40:], heads.context())
+            due += 1
+    assert due >= (1 if fmt is not MISTRAL else 0)

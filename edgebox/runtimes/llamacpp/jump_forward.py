@@ -91,11 +91,13 @@ class CallHeads:
     def feed(self, piece: bytes) -> None:
         """The next token's bytes of the reply (a tag this vocabulary holds as one token
         written as its text)."""
+        if not self.active:
+            return
+        self._remember(piece)  # a tail's jump is checked against the reply up to here too
         if self._tail_seen is not None:
             self._follow_tail(piece)
         if self.done:
             return
-        self._remember(piece)
         if self._mode == _WAIT:
             self._wait(piece)
         else:
