@@ -25,11 +25,13 @@ MAX_SCHEMA_CHARS = 64 * 1024  # the schema as compact JSON
 MAX_SCHEMA_DEPTH = 32  # nested objects and arrays in the schema document
 MAX_SCHEMA_NODES = 4096  # keys and array items in the schema document, all levels
 
-# What llama.cpp's grammar parser reads as one symbol whose inside is not syntax: string
-# literals, character classes, comments (to CR or LF) and <token> references. Stripping them
+# What llama.cpp's grammar parser reads as text, not syntax: string literals, character
+# classes and comments (to CR or LF).
+GBNF_LITERALS = re.compile(r'"(?:\\.|[^"\\])*"|\[(?:\\.|[^\]\\])*\]|#[^\r\n]*', re.DOTALL)
+# ... and <token> references: each one symbol whose inside is not syntax. Stripping them
 # leaves only syntax; anything the parser would reject anyway may be over-counted, never
 # under-counted, so a grammar cannot hide nesting from this scan.
-_OPAQUE = re.compile(r'"(?:\\.|[^"\\])*"|\[(?:\\.|[^\]\\])*\]|#[^\r\n]*|<[^>]*>', re.DOTALL)
+_OPAQUE = re.compile(GBNF_LITERALS.pattern + r"|<[^>]*>", re.DOTALL)
 _REPEAT = re.compile(r"\{\s*(\d+)\s*(?:,\s*(\d*)\s*)?\}")
 
 

@@ -103,6 +103,10 @@ class CallHeads:
         else:
             self._follow(piece)
 
+    def stop(self) -> None:
+        """Follow the reply no further: no more jumps in it."""
+        self.done, self._tail_seen = True, None
+
     @property
     def active(self) -> bool:
         """Whether the reply is still followed: a head may come, or a call's tail is due."""
@@ -300,7 +304,7 @@ def jump(
     trial = sampler.clone()
     if not trial.accept_forced(tokens):
         trial.free()
-        heads.done, heads._tail_seen = True, None  # the grammar disagrees: no more jumps here
+        heads.stop()  # the grammar disagrees with the heads: no more jumps here
         return [], sampler
     sampler.free()
     return tokens, trial
