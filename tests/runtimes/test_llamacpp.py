@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,7 @@ from typing import Any
 import pytest
 
 from edgebox.runtimes.base import (
+    BackendError,
     ContextLengthError,
     Event,
     FinishEvent,
@@ -20,6 +22,8 @@ from edgebox.runtimes.base import (
     TokenEvent,
 )
 from edgebox.runtimes.llamacpp import EngineConfig, LlamaCppRuntime
+from edgebox.runtimes.llamacpp import engine as engine_module
+from edgebox.runtimes.llamacpp import runtime as runtime_module
 from edgebox.runtimes.llamacpp.sampling import plain_greedy
 
 
@@ -265,6 +269,64 @@ def test_json_schema_constrains_output(runtime: LlamaCppRuntime) -> None:
     )
     value = json.loads(text)
     assert isinstance(value["name"], str) and isinstance(value["age"], int)
+
+
+def test_unloading_waits_for_a_preparation_thread_left_running(
+    smollm2_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A request whose preparation outlived its deadline leaves the thread running (threads
+    cannot be stopped) and gives up its lease: unloading the model then must wait for that
+    thread, not free the vocabulary under it."""
+    rt = LlamaCppRuntime(
+        smollm2_path, name="s", config=EngineConfig(n_ctx=256, parallel=1, n_threads=1)
+    )
+    entered, release = threading.Event(), threading.Event()
+    real = runtime_module.prepare_grammar
+
+    def slow(model: Any, params: SamplingParams) -> None:
+        entered.set()
+        if release.wait(10):  # never released when the test fails: the model is gone
+            real(model, params)
+
+    monkeypatch.setattr(runtime_module, "prepare_grammar", slow)
+    outcome: list[str] = []
+
+    def prepare() -> None:
+        rt.prepare_sampling(SamplingParams(json_mode=True))
+        outcome.append("compiled")
+
+    worker = threading.Thread(target=prepare)
+    worker.start()
+    assert entered.wait(10)
+    closer = threading.Thread(target=rt.close)
+    closer.start()
+    closer.join(0.5)
+    assert closer.is_alive(), "the model was freed while a preparation thread held it"
+    release.set()
+    worker.join(30)
+    closer.join(30)
+    assert outcome == ["compiled"] and not closer.is_alive() and rt.model.ptr is None
+    with pytest.raises(BackendError, match="unloaded"):
+        rt.tokenize("hello")
+
+
+def test_closing_during_a_long_decode_leaves_the_memory_rather_than_freeing_it(
+    smollm2_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past CLOSE_WAIT_S the scheduler may still be inside llama_decode: the context and the
+    model must stay allocated (a leak at shutdown) instead of being freed under it."""
+    rt = LlamaCppRuntime(
+        smollm2_path, name="s", config=EngineConfig(n_ctx=2048, parallel=1, n_threads=1)
+    )
+    monkeypatch.setattr(engine_module, "CLOSE_WAIT_S", 0.01)
+    prompt = rt.tokenize("word " * 1900)
+    collector = Collector()
+    rt.submit(GenerationRequest(prompt, SamplingParams(temperature=0.0), max_tokens=64), collector)
+    time.sleep(0.3)  # inside the prompt's first 512-token chunk (~1 s on one thread)
+    rt.close()
+    assert rt.engine.ctx is not None and rt.model.ptr is not None
+    _, finish = collector.wait()  # the scheduler ends the request and leaves
+    assert finish.reason == "cancelled"
 
 
 def test_bad_grammar_and_overlong_prompt_are_refused(runtime: LlamaCppRuntime) -> None:

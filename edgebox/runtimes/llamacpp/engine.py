@@ -10,6 +10,7 @@ deadlines, cancellation and the counters are the shared job core's (`runtimes.jo
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -54,6 +55,9 @@ from edgebox.runtimes.text import StopMatcher
 # Test hook, never for serving: uploaded KV is neither validated nor checked after loading
 # (the behaviour before validation existed), so tests can reach the decode-failure path.
 UNCHECKED_KV_ENV = "EDGEBOX_TEST_UNCHECKED_KV"
+CLOSE_WAIT_S = 30.0  # for the scheduler to leave llama_decode when the engine closes
+
+log = logging.getLogger(__name__)
 
 FLASH_ATTN = {
     "auto": llama_cpp.LLAMA_FLASH_ATTN_TYPE_AUTO,
@@ -232,14 +236,21 @@ class LlamaCppEngine(Stepping, Healing, KVTransfer):
                 engine_rebuilds_total=self.health.rebuilds,
             )
 
-    def close(self) -> None:
+    def close(self) -> bool:
+        """Stop the scheduler and free the context; False, freeing nothing, when the scheduler
+        is still inside llama.cpp after CLOSE_WAIT_S (a long prefill on a slow box): leaking
+        the context beats freeing it under a running decode."""
         self._queue.close()
-        self._thread.join(timeout=30)
+        self._thread.join(timeout=CLOSE_WAIT_S)
         self._hasher.shutdown(wait=False, cancel_futures=True)
+        if self._thread.is_alive():
+            log.warning("the engine is still decoding after %g s; its memory is left", CLOSE_WAIT_S)
+            return False
         if self.ctx:
             llama_cpp.llama_batch_free(self._batch)
             llama_cpp.llama_free(self.ctx)
             self.ctx = None
+        return True
 
     # -- scheduler thread -----------------------------------------------------------------
 

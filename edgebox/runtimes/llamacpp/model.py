@@ -89,6 +89,8 @@ class LlamaCppModel:
         extra_buffers: bool = True,  # repacked/AMX CPU weights (`cpu_probe` says if they work)
     ):
         init_backend(verbose)
+        self._users = 0  # threads inside `in_use`; `close` waits for them
+        self._users_done = threading.Condition()
         self.path = Path(path)
         if not self.path.is_file():
             raise BackendError(f"model file not found: {self.path}")
@@ -215,10 +217,32 @@ class LlamaCppModel:
         head_dim = self.n_embd // max(1, llama_cpp.llama_model_n_head(self.ptr))
         return int(2 * self.n_layer * self.n_head_kv * head_dim * bytes_per_element)
 
+    @contextlib.contextmanager
+    def in_use(self) -> Iterator[None]:
+        """Hold the model open while the block runs: work on a preparation thread (tokenizing,
+        compiling a grammar, building its token tree) may outlive the request that started
+        it, whose deadline passed; unloading the model then waits for it instead of freeing
+        the vocabulary under it. Raises BackendError once the model is closed."""
+        with self._users_done:
+            if not self.ptr:
+                raise BackendError(f"{self.path.name} has been unloaded")
+            self._users += 1
+        try:
+            yield
+        finally:
+            with self._users_done:
+                self._users -= 1
+                self._users_done.notify_all()
+
     def close(self) -> None:
-        if getattr(self, "ptr", None):
-            llama_cpp.llama_model_free(self.ptr)
-            self.ptr = None
+        users_done = getattr(self, "_users_done", None)
+        if users_done is None:  # __init__ failed before the model was loaded
+            return
+        with users_done:
+            users_done.wait_for(lambda: self._users == 0)
+            ptr, self.ptr = getattr(self, "ptr", None), None
+        if ptr:
+            llama_cpp.llama_model_free(ptr)
 
     def __del__(self) -> None:
         self.close()

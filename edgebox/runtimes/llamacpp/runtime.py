@@ -180,7 +180,8 @@ class LlamaCppTokenizer:
         return True
 
     def tokenize(self, text: str, *, add_special: bool = True) -> list[int]:
-        return tokenize_prompt(self.model, text, add_special=add_special)
+        with self.model.in_use():
+            return tokenize_prompt(self.model, text, add_special=add_special)
 
     def render_chat(self, messages: Sequence[dict[str, Any]]) -> str:
         return self.template.render(messages)
@@ -245,11 +246,16 @@ class LlamaCppRuntime:
             chat=True, completions=True, grammar=True, logprobs=True, kv_export=True, batching=True
         )
 
+    # The methods below run on preparation threads, which a request can leave behind when
+    # its deadline passes: each holds the model open (`LlamaCppModel.in_use`).
+
     def tokenize(self, text: str, *, add_special: bool = True) -> list[int]:
-        return tokenize_text(self.model, self.controls, text, add_special=add_special)
+        with self.model.in_use():
+            return tokenize_text(self.model, self.controls, text, add_special=add_special)
 
     def detokenize(self, tokens: Sequence[int]) -> str:
-        return self.model.detokenize(tokens)
+        with self.model.in_use():
+            return self.model.detokenize(tokens)
 
     def render_chat(self, messages: Sequence[dict[str, Any]]) -> str:
         return self.template.render(messages)
@@ -258,12 +264,14 @@ class LlamaCppRuntime:
         self, messages: Sequence[dict[str, Any]], tools: Sequence[dict[str, Any]] | None = None
     ) -> tuple[list[int], str]:
         """Prompt tokens and text of a chat, message text never parsed as control tokens."""
-        return chat_tokens(self.model, self.template, self.controls, messages, tools)
+        with self.model.in_use():
+            return chat_tokens(self.model, self.template, self.controls, messages, tools)
 
     def prepare_sampling(self, params: SamplingParams) -> None:
         """Check and compile the request's grammar now (the caller's thread), so submitting
         it later does not parse it; raises GrammarError."""
-        prepare_grammar(self.model, params)
+        with self.model.in_use():
+            prepare_grammar(self.model, params)
 
     def submit(self, request: GenerationRequest, sink: EventSink) -> RequestHandle:
         return self.engine.submit(request, sink)
@@ -306,8 +314,9 @@ class LlamaCppRuntime:
         return self.engine.stats()
 
     def close(self) -> None:
-        self.engine.close()
-        self.model.close()
+        """Stop the engine and free the model, once no preparation thread holds it."""
+        if self.engine.close():
+            self.model.close()
 
 
 def describe(model: LlamaCppModel) -> str:
