@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-STREAMS = (1, 8)
+STREAMS = (1, 4, 8)
 PROMPT = "The history of the printing press in Europe begins"
 
 

@@ -69,15 +69,16 @@ def run(args: argparse.Namespace) -> dict[str, list[float]]:
     model = resolve_model(args.model)
     path = str(model.path)
     ports = {"edgebox": free_port(), "llama-server": free_port()}
-    cmds = {"edgebox": edgebox_cmd(path, ports["edgebox"], args.threads, False)}
+    repack = args.repack == "on"
+    cmds = {"edgebox": edgebox_cmd(path, ports["edgebox"], args.threads, repack)}
     binary = None if args.skip_llama_server else llama_server_binary()
     if binary:
         cmds["llama-server"] = llama_server_cmd(
-            binary, path, ports["llama-server"], args.threads, False
+            binary, path, ports["llama-server"], args.threads, repack
         )
     urls = {name: f"http://127.0.0.1:{ports[name]}" for name in cmds}
     procs = [start(cmd, urls[name] + "/v1/models") for name, cmd in cmds.items()]
-    ceiling = InProcess(model.path, args.threads, False, 8)
+    ceiling = InProcess(model.path, args.threads, repack, 8)
     out: dict[str, list[float]] = {}
     try:
         for r in range(args.rounds + 1):  # round 0 warms every side up and is not counted
@@ -104,9 +105,10 @@ def report(args: argparse.Namespace, out: dict[str, list[float]], load: tuple) -
     lines = [
         f"### Time to first token ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})",
         "",
-        f"`python benchmarks/bench_ttft.py --rounds {args.rounds} --threads {args.threads}` on "
+        f"`python benchmarks/bench_ttft.py --rounds {args.rounds} --threads {args.threads} "
+        f"--repack {args.repack}` on "
         f"{cpu_kind()}. Model {args.model}, ~500-token prompt, one-token streamed completion, "
-        f"repacking off, {args.rounds} rounds (sides alternate who goes first; {SETTLE_S} s "
+        f"repacking {args.repack}, {args.rounds} rounds (sides alternate who goes first; {SETTLE_S} s "
         f"settle before each), medians. Load average before {load[0]:.2f}, after "
         f"{os.getloadavg()[0]:.2f} (1 min).",
         "",
@@ -140,6 +142,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=12)
     parser.add_argument("--skip-llama-server", action="store_true")
+    parser.add_argument(
+        "--repack", choices=("on", "off"), default="off", help="weight repacking, all sides"
+    )
     parser.add_argument("--write", action="store_true", help="append to docs/benchmarks.md")
     args = parser.parse_args()
     load = os.getloadavg()

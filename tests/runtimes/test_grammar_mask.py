@@ -15,6 +15,7 @@ import pytest
 from edgebox.runtimes.base import SamplingParams
 from edgebox.runtimes.llamacpp.grammar_mask import (
     TokenTree,
+    linkable,
     passes,
     references_tokens,
     token_tree,
@@ -288,6 +289,77 @@ def test_trees_built_from_several_threads_are_one_per_model(
     finally:
         small.close()
         gemma.close()
+
+
+def test_a_models_tree_build_does_not_hold_up_another_models(
+    smollm2_path: Path, gemma_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two models on one node: the first grammar request for one waits for its own tree, not
+    for another model's build (~1 s for Gemma 3's 262k tokens)."""
+    import threading
+
+    from edgebox.runtimes.llamacpp import grammar_mask
+
+    small = LlamaCppModel(smollm2_path, vocab_only=True)
+    gemma = LlamaCppModel(gemma_path, vocab_only=True)
+    entered, release = threading.Event(), threading.Event()
+    build = TokenTree.build
+
+    def held(pieces: list[bytes], eog: tuple[int, ...]) -> TokenTree:
+        if len(pieces) == gemma.n_vocab:  # Gemma's build stays in progress
+            entered.set()
+            assert release.wait(60)
+        return build(pieces, eog)
+
+    monkeypatch.setattr(grammar_mask.TokenTree, "build", staticmethod(held))
+    slow = threading.Thread(target=token_tree, args=(gemma,), kwargs={"build": True})
+    other = threading.Thread(target=token_tree, args=(small,), kwargs={"build": True})
+    slow.start()
+    try:
+        assert entered.wait(30)
+        other.start()
+        other.join(20)  # while Gemma's build is held
+        assert not other.is_alive(), "SmolLM2's tree waited for Gemma's build"
+        tree = token_tree(small)
+        assert tree is not None and tree.n_vocab == small.n_vocab
+        assert token_tree(gemma) is None and slow.is_alive()
+    finally:
+        release.set()
+        slow.join(30)
+        other.join(30)
+        small.close()
+        gemma.close()
+
+
+def test_no_tree_is_built_from_an_unloaded_model(smollm2_path: Path) -> None:
+    """A preparation thread that outlived its request may ask for a tree after the model was
+    unloaded: an error, not a read of the freed vocabulary."""
+    from edgebox.runtimes.base import BackendError
+
+    model = LlamaCppModel(smollm2_path, vocab_only=True)
+    model.close()
+    with pytest.raises(BackendError, match="unloaded"):
+        token_tree(model, build=True)
+
+
+def test_linkable_reads_texts_as_an_incremental_utf8_decoder_does() -> None:
+    """The whole-text fast path and the incremental decoder agree on what is valid UTF-8 up to a
+    character cut at the end."""
+    import codecs
+
+    def slow(text: bytes) -> bool:
+        if not text or text[0] == 0 or 0x80 <= text[0] < 0xC0:
+            return False
+        try:
+            codecs.getincrementaldecoder("utf-8")().decode(text, final=False)
+        except UnicodeDecodeError:
+            return False
+        return True
+
+    samples = [b"a", b" hello", "é".encode(), "日本".encode(), "😀".encode()[:2], b"\xe0\x80"]
+    samples += [b"\xc1\x81", b"\xed\xa0\x80", b"a\xff", b"\xf4\x90", b"\x80", b"\x00a", b""]
+    samples += [bytes([b]) for b in range(256)] + [bytes([0xE2, b]) for b in range(256)]
+    assert [linkable(t) for t in samples] == [slow(t) for t in samples]
 
 
 @pytest.mark.parametrize("temperature", [0.0, 0.8])
