@@ -298,6 +298,27 @@ def test_truncation_keeps_the_tokens_llama_cpps_samplers_keep(model: LlamaCppMod
     assert binned >= 2 and near >= 2, (binned, near)
 
 
+def test_truncating_a_masked_row_keeps_what_llama_cpp_keeps_of_weight(model: LlamaCppModel) -> None:
+    """A row the grammar masked (a few tokens finite, the rest -inf) under top-k larger than the
+    finite few: llama.cpp keeps k tokens, the rest at -inf (never drawn, no mass); edgebox keeps
+    exactly the finite ones it keeps, with top-p and min-p on top, and draws only those."""
+    rng = np.random.default_rng(11)
+    for finite in (1, 3, 39, 40, 41, 500):
+        row = np.full(model.n_vocab, -np.inf, np.float32)
+        ids = rng.choice(model.n_vocab, finite, replace=False)
+        row[ids] = rng.standard_normal(finite).astype(np.float32) * 2
+        for top_k, top_p, min_p in itertools.product((40, 3000), (1.0, 0.9), (0.0, 0.05)):
+            draw = SoftmaxDraw(
+                SamplingParams(temperature=0.7, top_k=top_k, top_p=top_p, min_p=min_p, seed=2)
+            )
+            kept = draw._truncated(row, float(row.max()))
+            assert kept is not None
+            theirs = {t for t in _llama_cpp_kept(row, top_k, top_p, min_p) if row[t] > -np.inf}
+            case = (finite, top_k, top_p, min_p)
+            assert set(kept.tolist()) == theirs and len(kept) == len(theirs), case
+            assert all(row[draw.draw(row)] > -np.inf for _ in range(20)), case
+
+
 @pytest.mark.parametrize(
     ("top_p", "min_p"), [(1.0, 0.0), (0.9, 0.0), (1.0, 0.02)], ids=["whole", "top_p", "min_p"]
 )
