@@ -271,6 +271,50 @@ def test_json_schema_constrains_output(runtime: LlamaCppRuntime) -> None:
     assert isinstance(value["name"], str) and isinstance(value["age"], int)
 
 
+WEEK = {
+    "type": "object",
+    "properties": {
+        "days": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {"day": {"type": "string"}, "summary": {"type": "string"}},
+                "required": ["day", "summary"],
+            },
+            "minItems": 7,
+        }
+    },
+    "required": ["days"],
+}
+
+
+@pytest.mark.parametrize(
+    "sampling",
+    [
+        {"temperature": 0.7, "seed": 1, "top_k": 40},
+        {"temperature": 0.7, "seed": 1, "top_k": 40, "top_p": 0.95, "min_p": 0.05},
+        {"temperature": 1.2, "seed": 5},
+        {"temperature": 0.8, "seed": 2, "top_p": 0.9},
+    ],
+    ids=["top_k", "llama-server-defaults", "hot", "top_p"],
+)
+def test_sampled_json_schema_replies_run_to_their_length(
+    runtime: LlamaCppRuntime, sampling: dict[str, Any]
+) -> None:
+    """Sampled JSON under a schema, each refused draw redrawn among the grammar's allowed
+    tokens only (rows of a few to thousands of entries, one after another): every reply runs
+    to max_tokens or ends complete, each one a prefix of valid JSON text."""
+    import json
+
+    ask = "Write the weather forecast for Paris for each day of next week."
+    for _ in range(2):
+        text, finish = run(runtime, chat(runtime, ask, max_tokens=96, json_schema=WEEK, **sampling))
+        assert finish.reason in ("length", "stop"), finish
+        assert text.lstrip().startswith("{")
+        if finish.reason == "stop":
+            assert len(json.loads(text)["days"]) >= 7
+
+
 def test_unloading_waits_for_a_preparation_thread_left_running(
     smollm2_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -17,7 +17,12 @@ from edgebox.runtimes.base import SamplingError, SamplingParams
 from edgebox.runtimes.llamacpp.grammar_mask import CANDIDATE, apply
 from edgebox.runtimes.llamacpp.model import LlamaCppModel
 from edgebox.runtimes.llamacpp.sampling import Sampler, build_sampler
-from edgebox.runtimes.llamacpp.softmax_draw import NUCLEUS_FIRST, NUCLEUS_SORTED, SoftmaxDraw
+from edgebox.runtimes.llamacpp.softmax_draw import (
+    NUCLEUS_FIRST,
+    NUCLEUS_SORTED,
+    SHORTLIST,
+    SoftmaxDraw,
+)
 
 SCHEMA = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}
 
@@ -350,6 +355,16 @@ def test_a_draw_has_the_softmax_odds_of_what_it_keeps(
     assert [again.draw(row) for _ in range(50)] == drawn[:50].tolist()
 
 
+def test_draws_over_rows_of_different_lengths_stay_inside_each_row() -> None:
+    """One draw object, rows of the grammar's allowed tokens one after another (a few hundred,
+    then one, then a few): each draw lands inside its own row, whatever the last row left."""
+    draw = SoftmaxDraw(SamplingParams(temperature=1.0, seed=0))
+    rng = np.random.default_rng(3)
+    for n in (200, 1, 37, 256, 3, 255, 2) * 20:
+        row = rng.standard_normal(n).astype(np.float32)
+        assert 0 <= draw.draw(row) < n, n
+
+
 def test_a_draw_never_lands_on_a_token_of_no_weight(model: LlamaCppModel) -> None:
     """Masked tokens (-inf) in every block but a few allowed ones, at the start and end of
     blocks and of the vocabulary: thousands of draws, every one allowed; a row with no finite
@@ -471,6 +486,27 @@ def test_a_refused_draw_is_drawn_again_with_the_masked_odds_without_a_mask(
         sampler.free()
 
 
+def test_a_refused_draw_under_top_k_is_settled_without_a_mask_when_k_allowed_follow(
+    model: LlamaCppModel,
+) -> None:
+    """top_k 40 (llama-server's default), the best tokens refused: the shortlist has room for
+    40 allowed beside them, so the draw is settled from it (a mask inside a string costs ~10 ms
+    for SmolLM2's vocabulary, ~60 ms for Gemma 3's), and only ever lands on the 40 best
+    allowed."""
+    params = SamplingParams(temperature=0.8, top_k=40, seed=3, json_schema=STRING)
+    sampler, allowed = _inside_a_string(model, params)
+    try:
+        assert sampler.softmax is not None
+        row = np.full(model.n_vocab, -10.0, np.float32)
+        row[np.flatnonzero(~allowed)[:3]] = 6.0
+        best = np.flatnonzero(allowed)[:45]
+        row[best] = np.linspace(5.0, 1.0, len(best), dtype=np.float32)
+        drawn = {sampler.softmax.draw_allowed(row, sampler.allows) for _ in range(300)}
+        assert None not in drawn and drawn <= set(best[:40].tolist()) and len(drawn) > 10
+    finally:
+        sampler.free()
+
+
 def test_a_refused_truncated_draw_is_drawn_from_the_truncation_of_the_allowed(
     model: LlamaCppModel,
 ) -> None:
@@ -495,8 +531,10 @@ def test_a_refused_truncated_draw_is_drawn_from_the_truncation_of_the_allowed(
         for token, p in zip(kept, odds, strict=True):
             freq = float(np.mean(hits == token))
             assert abs(freq - p) <= 4 * math.sqrt(p * (1 - p) / n) + 1e-9, (token, freq, p)
-        crowded = row.copy()  # 29 banned and 3 allowed fill the shortlist: top-k reaches past
-        crowded[np.flatnonzero(~allowed)[:29]] = 6.0
+        # banned tokens and 3 allowed fill the shortlist (room for top-k's 5 beside SHORTLIST
+        # refused): the 5 best allowed reach past it
+        crowded = row.copy()
+        crowded[np.flatnonzero(~allowed)[: SHORTLIST + 5 - 3]] = 6.0
         crowded[kept[3:]] = -10.0
         assert sampler.softmax.draw_allowed(crowded, sampler.allows) is None
     finally:

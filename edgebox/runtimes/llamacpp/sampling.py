@@ -200,6 +200,15 @@ class Sampler:
         grammar's bans (-inf)."""
         if self.chain is None and not masked:
             logits, ids = row, None
+        elif self.chain is None:
+            # only the allowed tokens, in id order (ties still go to the lowest id): a draw
+            # over those instead of the whole vocabulary with the rest at -inf
+            ids = np.flatnonzero(self._allowed(row))
+            if not len(ids):
+                raise SamplingError(
+                    "the sampler selected no token: the grammar allows none", "logits"
+                )
+            logits = row[ids]
         else:
             candidates = self._every_token(row)
             if masked and self.grammar is not None:
@@ -207,14 +216,22 @@ class Sampler:
                     candidates["logit"][~self.tree.allowed(self.grammar)] = -math.inf
                 else:
                     apply(self.grammar, candidates)
-            if self.chain is not None:
-                apply(self.chain, candidates)  # in place, in order
+            apply(self.chain, candidates)  # in place, in order
             logits, ids = candidates["logit"], candidates["id"]
         index = int(logits.argmax()) if self.softmax is None else self.softmax.draw(logits)
         # -inf is a grammar's ban (or ignore_eos's) and NaN an overflow (see above)
         if not logits[index] > -math.inf:
             raise SamplingError("the sampler drew a token its grammar banned", "logits")
         return index if ids is None else int(ids[index])
+
+    def _allowed(self, row: np.ndarray) -> np.ndarray:
+        """The grammar's mask of the vocabulary (True: allowed), along the token tree where
+        there is one."""
+        if self.tree is not None:
+            return self.tree.allowed(self.grammar)
+        candidates = self._every_token(row)
+        apply(self.grammar, candidates)
+        return np.asarray(candidates["logit"] > -math.inf)
 
     def _best_allowed(self, row: np.ndarray) -> int | None:
         """Greedy, the row's best token refused: the highest logit the grammar allows among
