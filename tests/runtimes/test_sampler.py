@@ -507,6 +507,53 @@ def test_a_refused_draw_under_top_k_is_settled_without_a_mask_when_k_allowed_fol
         sampler.free()
 
 
+def test_top_p_of_a_refused_draw_is_settled_among_the_allowed_as_masking_first_keeps(
+    model: LlamaCppModel,
+) -> None:
+    """Top-p (with min-p, with a top-k larger than the allowed in the shortlist) after a refused
+    draw inside a string, most tokens allowed: where the shortlist's allowed settle the
+    nucleus, it keeps exactly what llama.cpp's samplers keep of the masked row (up to float32
+    rounding at top-p's edge); where they cannot (the allowed outside could move the edge),
+    None, and the vocabulary is masked. Peaked rows settle; flat ones do not."""
+    rng = np.random.default_rng(21)
+    settled = unsettled = 0
+    for (offset, spread), top_p, min_p, top_k in itertools.product(
+        ((-8.0, 1.0), (-8.0, 2.0), (0.0, 2.0)), (0.5, 0.9, 0.95, 0.99), (0.0, 0.05), (0, 200)
+    ):
+        params = SamplingParams(
+            temperature=0.8, top_p=top_p, min_p=min_p, top_k=top_k, seed=1, json_schema=STRING
+        )
+        sampler, allowed = _inside_a_string(model, params)
+        try:
+            assert sampler.softmax is not None
+            row = (rng.standard_normal(model.n_vocab) * spread + offset).astype(np.float32)
+            banned = rng.choice(np.flatnonzero(~allowed), 2, replace=False)
+            liked = rng.choice(np.flatnonzero(allowed), 6, replace=False)
+            row[banned] = np.array([14.0, 13.0], np.float32)  # the draw's best: refused
+            row[liked] = np.array([12.0, 11.5, 11.5, 10.0, 9.0, 8.0], np.float32)  # a tie
+            peak = float(row.max())
+            top = np.argsort(-row, kind="stable")[: SHORTLIST + min(top_k, 3 * SHORTLIST)]
+            floor = float(row[top].min())
+            ok = top[allowed[top]]
+            kept = sampler.softmax._allowed_nucleus(row, peak, top, ok, floor)
+            if kept is None:
+                unsettled += 1
+                continue
+            settled += 1
+            masked = np.where(allowed, row, -np.inf).astype(np.float32)
+            theirs = {
+                t for t in _llama_cpp_kept(masked, top_k, top_p, min_p) if masked[t] > -np.inf
+            }
+            ours = set(kept.tolist())
+            assert len(ours) == len(kept)
+            mass_before = _softmax_mass(masked, ours | theirs, top_k)
+            for edge in ours ^ theirs:
+                assert abs(mass_before(edge) - top_p) < 1e-4, (offset, spread, top_p, min_p, top_k)
+        finally:
+            sampler.free()
+    assert settled >= 24 and unsettled >= 4, (settled, unsettled)
+
+
 def test_a_refused_truncated_draw_is_drawn_from_the_truncation_of_the_allowed(
     model: LlamaCppModel,
 ) -> None:
