@@ -486,6 +486,25 @@ def test_a_refused_draw_is_drawn_again_with_the_masked_odds_without_a_mask(
         sampler.free()
 
 
+def test_ties_after_top_k_go_to_the_lowest_id_in_top_p_and_a_refused_draw() -> None:
+    """Two tokens tied for the best the draw may take: top_k 40 then a top-p that keeps one
+    token, and top_k 1 with the row's best refused (settled from the shortlist, without a
+    mask), keep the lower id, as greedy, the masked redraw and `_best` itself do, whatever
+    order the shortlist's partial sort left the tokens in."""
+    for trial in range(60):
+        rng = np.random.default_rng(trial)
+        row = rng.standard_normal(5000).astype(np.float32)
+        low, high = sorted(rng.choice(len(row), 2, replace=False).tolist())
+        row[[low, high]] = 8.0
+        nucleus = SoftmaxDraw(SamplingParams(temperature=0.7, top_k=40, top_p=0.3, seed=1))
+        kept = nucleus._truncated(row, 8.0)
+        assert kept is not None and kept.tolist() == [low], (trial, low, high)
+        refused = int(rng.choice(np.setdiff1d(np.arange(len(row)), [low, high])))
+        row[refused] = 10.0
+        one = SoftmaxDraw(SamplingParams(temperature=0.7, top_k=1, seed=1))
+        assert one.draw_allowed(row, lambda t, r=refused: t != r) == low, (trial, low, high)
+
+
 def test_a_refused_draw_under_top_k_is_settled_without_a_mask_when_k_allowed_follow(
     model: LlamaCppModel,
 ) -> None:
