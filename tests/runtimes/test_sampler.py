@@ -8,6 +8,7 @@ import itertools
 import math
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import llama_cpp
 import numpy as np
@@ -503,6 +504,47 @@ def test_ties_after_top_k_go_to_the_lowest_id_in_top_p_and_a_refused_draw() -> N
         row[refused] = 10.0
         one = SoftmaxDraw(SamplingParams(temperature=0.7, top_k=1, seed=1))
         assert one.draw_allowed(row, lambda t, r=refused: t != r) == low, (trial, low, high)
+
+
+def test_a_seeded_draw_does_not_depend_on_the_order_argpartition_leaves(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """numpy's partial sort leaves its partition in an order of its own, which differs between
+    CPUs (its AVX2/AVX-512 sorts against the baseline one): a seeded draw under top-k, top-p
+    and min-p, and a refused draw settled from the shortlist, are the same tokens whatever
+    that order is (here reversed and shuffled)."""
+    from edgebox.runtimes.llamacpp import softmax_draw
+
+    rng = np.random.default_rng(0)
+    rows = [(rng.standard_normal(49_152) * 2).astype(np.float32) for _ in range(4)]
+    params = [
+        SamplingParams(temperature=1.0, top_k=40, seed=7),
+        SamplingParams(temperature=0.8, top_k=40, top_p=0.95, min_p=0.05, seed=7),
+        SamplingParams(temperature=0.8, top_p=0.9, seed=7),
+    ]
+
+    def draws() -> list[int | None]:
+        out: list[int | None] = []
+        for p in params:
+            draw = SoftmaxDraw(p)
+            for row in rows:
+                refused = int(row.argmax())
+                out += [draw.draw(row) for _ in range(5)]
+                out.append(draw.draw_allowed(row, lambda t, r=refused: t != r))
+        return out
+
+    expected = draws()
+    real = np.argpartition
+    shuffle = np.random.default_rng(1)
+    for reorder in (lambda part: part[::-1], shuffle.permutation):
+
+        def other_cpu(a: np.ndarray, kth: int, reorder: Any = reorder) -> np.ndarray:
+            part = real(a, kth)
+            return np.concatenate((reorder(part[:kth]), reorder(part[kth:])))
+
+        monkeypatch.setattr(softmax_draw.np, "argpartition", other_cpu)
+        assert draws() == expected
+        monkeypatch.setattr(softmax_draw.np, "argpartition", real)
 
 
 def test_a_refused_draw_under_top_k_is_settled_without_a_mask_when_k_allowed_follow(
