@@ -8,6 +8,7 @@ import itertools
 import math
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import llama_cpp
 import numpy as np
@@ -484,6 +485,66 @@ def test_a_refused_draw_is_drawn_again_with_the_masked_odds_without_a_mask(
             assert abs(freq - p) <= 4 * math.sqrt(p * (1 - p) / len(hits)), (token, freq, p)
     finally:
         sampler.free()
+
+
+def test_ties_after_top_k_go_to_the_lowest_id_in_top_p_and_a_refused_draw() -> None:
+    """Two tokens tied for the best the draw may take: top_k 40 then a top-p that keeps one
+    token, and top_k 1 with the row's best refused (settled from the shortlist, without a
+    mask), keep the lower id, as greedy, the masked redraw and `_best` itself do, whatever
+    order the shortlist's partial sort left the tokens in."""
+    for trial in range(60):
+        rng = np.random.default_rng(trial)
+        row = rng.standard_normal(5000).astype(np.float32)
+        low, high = sorted(rng.choice(len(row), 2, replace=False).tolist())
+        row[[low, high]] = 8.0
+        nucleus = SoftmaxDraw(SamplingParams(temperature=0.7, top_k=40, top_p=0.3, seed=1))
+        kept = nucleus._truncated(row, 8.0)
+        assert kept is not None and kept.tolist() == [low], (trial, low, high)
+        refused = int(rng.choice(np.setdiff1d(np.arange(len(row)), [low, high])))
+        row[refused] = 10.0
+        one = SoftmaxDraw(SamplingParams(temperature=0.7, top_k=1, seed=1))
+        assert one.draw_allowed(row, lambda t, r=refused: t != r) == low, (trial, low, high)
+
+
+def test_a_seeded_draw_does_not_depend_on_the_order_argpartition_leaves(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """numpy's partial sort leaves its partition in an order of its own, which differs between
+    CPUs (its AVX2/AVX-512 sorts against the baseline one): a seeded draw under top-k, top-p
+    and min-p, and a refused draw settled from the shortlist, are the same tokens whatever
+    that order is (here reversed and shuffled)."""
+    from edgebox.runtimes.llamacpp import softmax_draw
+
+    rng = np.random.default_rng(0)
+    rows = [(rng.standard_normal(49_152) * 2).astype(np.float32) for _ in range(4)]
+    params = [
+        SamplingParams(temperature=1.0, top_k=40, seed=7),
+        SamplingParams(temperature=0.8, top_k=40, top_p=0.95, min_p=0.05, seed=7),
+        SamplingParams(temperature=0.8, top_p=0.9, seed=7),
+    ]
+
+    def draws() -> list[int | None]:
+        out: list[int | None] = []
+        for p in params:
+            draw = SoftmaxDraw(p)
+            for row in rows:
+                refused = int(row.argmax())
+                out += [draw.draw(row) for _ in range(5)]
+                out.append(draw.draw_allowed(row, lambda t, r=refused: t != r))
+        return out
+
+    expected = draws()
+    real = np.argpartition
+    shuffle = np.random.default_rng(1)
+    for reorder in (lambda part: part[::-1], shuffle.permutation):
+
+        def other_cpu(a: np.ndarray, kth: int, reorder: Any = reorder) -> np.ndarray:
+            part = real(a, kth)
+            return np.concatenate((reorder(part[:kth]), reorder(part[kth:])))
+
+        monkeypatch.setattr(softmax_draw.np, "argpartition", other_cpu)
+        assert draws() == expected
+        monkeypatch.setattr(softmax_draw.np, "argpartition", real)
 
 
 def test_a_refused_draw_under_top_k_is_settled_without_a_mask_when_k_allowed_follow(

@@ -40,7 +40,8 @@ def token_ids(n_vocab: int) -> np.ndarray:
 
 
 def _best(values: np.ndarray, peak: float, k: int) -> np.ndarray:
-    """The indices of the `k` highest values (fewer than there are), in no order; of equal
+    """The indices of the `k` highest values (fewer than there are), in increasing order (the
+    callers break ties by position: top-p after top-k, a refused draw's shortlist); of equal
     values at the edge, the lowest indices (as greedy picks the lowest). Looked for among
     those within a few nats of the peak where enough are (on real logits, dozens to hundreds
     of 49k), which a partial sort then orders a fraction of the cost of sorting them all.
@@ -63,10 +64,10 @@ def _best(values: np.ndarray, peak: float, k: int) -> np.ndarray:
     chosen = np.argpartition(nearby, len(near) - k)[len(near) - k :]
     edge = nearby[chosen].min()
     if np.count_nonzero(nearby >= edge) == k:  # no tie across the edge
-        return near[chosen]
-    above = near[chosen[nearby[chosen] > edge]]
-    ties = near[np.flatnonzero(nearby == edge)]  # in increasing order
-    return np.concatenate((above, ties[: k - len(above)]))
+        return near[np.sort(chosen)]
+    above = chosen[nearby[chosen] > edge]
+    ties = np.flatnonzero(nearby == edge)  # in increasing order
+    return near[np.sort(np.concatenate((above, ties[: k - len(above)])))]
 
 
 def _reaching(
