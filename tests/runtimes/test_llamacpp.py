@@ -346,6 +346,8 @@ def test_unloading_waits_for_a_preparation_thread_left_running(
     closer.start()
     closer.join(0.5)
     assert closer.is_alive(), "the model was freed while a preparation thread held it"
+    with pytest.raises(BackendError, match="unloaded"):  # no new work while it waits
+        rt.tokenize("hello")
     release.set()
     worker.join(30)
     closer.join(30)

@@ -91,6 +91,8 @@ class LlamaCppModel:
         init_backend(verbose)
         self._users = 0  # threads inside `in_use`; `close` waits for them
         self._users_done = threading.Condition()
+        self._closing = False  # `close` is waiting: no new users
+        self._held = threading.local()  # this thread's depth of `in_use` (nested ones pass)
         self.path = Path(path)
         if not self.path.is_file():
             raise BackendError(f"model file not found: {self.path}")
@@ -222,23 +224,30 @@ class LlamaCppModel:
         """Hold the model open while the block runs: work on a preparation thread (tokenizing,
         compiling a grammar, building its token tree) may outlive the request that started
         it, whose deadline passed; unloading the model then waits for it instead of freeing
-        the vocabulary under it. Raises BackendError once the model is closed."""
-        with self._users_done:
-            if not self.ptr:
-                raise BackendError(f"{self.path.name} has been unloaded")
-            self._users += 1
+        the vocabulary under it. Raises BackendError once the model is closed or closing
+        (a block nested in one this thread holds always passes)."""
+        depth = getattr(self._held, "depth", 0)
+        if not depth:
+            with self._users_done:
+                if self._closing or not self.ptr:
+                    raise BackendError(f"{self.path.name} has been unloaded")
+                self._users += 1
+        self._held.depth = depth + 1
         try:
             yield
         finally:
-            with self._users_done:
-                self._users -= 1
-                self._users_done.notify_all()
+            self._held.depth = depth
+            if not depth:
+                with self._users_done:
+                    self._users -= 1
+                    self._users_done.notify_all()
 
     def close(self) -> None:
         users_done = getattr(self, "_users_done", None)
         if users_done is None:  # __init__ failed before the model was loaded
             return
         with users_done:
+            self._closing = True  # new users are refused, so a stream of them cannot hold it off
             users_done.wait_for(lambda: self._users == 0)
             ptr, self.ptr = getattr(self, "ptr", None), None
         if ptr:
