@@ -93,7 +93,9 @@ class Cost:
         self.decode.extend(figures.decode)
 
 
-async def measure(servers: dict[str, tuple[int, str]], rounds: int) -> dict[tuple[str, bool], Cost]:
+async def measure(
+    servers: dict[str, tuple[int, str]], rounds: int, streams: int = 1
+) -> dict[tuple[str, bool], Cost]:
     costs: dict[tuple[str, bool], Cost] = {}
     clients = {
         name: httpx.AsyncClient(base_url=url, timeout=600) for name, (_, url) in servers.items()
@@ -111,10 +113,10 @@ async def measure(servers: dict[str, tuple[int, str]], rounds: int) -> dict[tupl
                     before = threads(pid)
                     for i in range(3):
                         tag = f"r{r}{name}{streamed}{i}"
-                        await measure_level(clients[name], 1, streamed, TOKENS, tag, figures)
+                        await measure_level(clients[name], streams, streamed, TOKENS, tag, figures)
                     after = threads(pid)
                     cost = costs.setdefault((name, streamed), Cost())
-                    cost.add(before, after, 3 * TOKENS, figures)
+                    cost.add(before, after, 3 * TOKENS * streams, figures)
     finally:
         for client in clients.values():
             await client.aclose()
@@ -127,6 +129,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--intervals", default="0,16", help="edgebox --stream-interval values (ms)")
+    parser.add_argument("--streams", type=int, default=1, help="concurrent requests per turn")
     parser.add_argument("--write", action="store_true", help="append to docs/benchmarks.md")
     args = parser.parse_args()
     path = str(resolve_model(args.model).path)
@@ -148,7 +151,7 @@ def main() -> None:
             proc = start(cmd, f"http://127.0.0.1:{port}/v1/models")
             procs.append(proc)
             servers[name] = (proc.pid, f"http://127.0.0.1:{port}/v1")
-        costs = asyncio.run(measure(servers, args.rounds))
+        costs = asyncio.run(measure(servers, args.rounds, args.streams))
     finally:
         for proc in procs:
             proc.terminate()
@@ -158,7 +161,8 @@ def main() -> None:
         f"### Thread cost per token ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})",
         "",
         f"`python benchmarks/bench_thread_cost.py --intervals {args.intervals} --rounds "
-        f"{args.rounds}` on {cpu_kind()}; {args.threads} threads, repacking off, one stream of "
+        f"{args.rounds} --streams {args.streams}` on {cpu_kind()}; {args.threads} threads, "
+        f"repacking off, {args.streams} concurrent stream(s) of "
         f"{TOKENS} tokens x 3 per server and round, medians of {args.rounds} rounds. Load average "
         f"before {load_before[0]:.2f}, after {os.getloadavg()[0]:.2f}.",
         "",

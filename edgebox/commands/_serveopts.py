@@ -204,7 +204,8 @@ StreamInterval = Annotated[
         max=1000,
         help="Streamed tokens go out at most once per this many milliseconds, those that came "
         "meanwhile together (the first token and the end at once; 0: every token on its own). "
-        "Fewer wake-ups per token leave the CPU to the model.",
+        "With several streams at once, this times their number, up to 50. Fewer wake-ups per "
+        "token leave the CPU to the model.",
     ),
 ]
 AllowPrivatePulls = Annotated[

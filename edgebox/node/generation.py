@@ -32,6 +32,11 @@ WAKER_IDLE_S = 1.0  # how often an idle waker checks whether its loop has closed
 # EventInbox): about one display frame, so nobody watching the text sees the difference.
 STREAM_INTERVAL_S = 0.016
 LAZY_BATCH = 32  # a non-streamed request's tokens wake the loop this many at a time
+# With several streamed requests the interval grows with their number, up to this (never below
+# the interval asked for): n streams then wake the loop and their clients about as often in all
+# as one does. At four streams, 16 ms each cost the node's other threads 306 µs of CPU per
+# token and 50 ms 111 µs, out of cores that run the model (benchmarks/bench_thread_cost.py).
+STREAM_INTERVAL_MAX_S = 0.05
 
 
 class LoopWaker:
@@ -45,6 +50,8 @@ class LoopWaker:
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
+        # the streamed inboxes with an interval the loop serves now (loop thread only)
+        self.streaming: weakref.WeakSet[EventInbox] = weakref.WeakSet()
         self._due: list[EventInbox] = []
         self._cond = threading.Condition()
         threading.Thread(target=self._run, name="loop-waker", daemon=True).start()
@@ -118,6 +125,18 @@ class EventInbox:
         self._hold_until = 0.0  # streamed tokens before this wait for the loop's own timer
         self._wake_scheduled = False
         self._waiter: asyncio.Future[None] | None = None
+        if self._interval:
+            self._waker.streaming.add(self)
+
+    def close(self) -> None:
+        """On the loop: the request is done; its interval no longer widens the others'."""
+        self._waker.streaming.discard(self)
+
+    def _spread(self) -> float:
+        """This batch's interval: the one asked for times the streamed requests the loop
+        serves, up to STREAM_INTERVAL_MAX_S (never below the one asked for)."""
+        wider = min(self._interval * len(self._waker.streaming), STREAM_INTERVAL_MAX_S)
+        return max(self._interval, wider)
 
     def put(self, index: int, event: Event) -> None:
         """Any thread."""
@@ -157,7 +176,7 @@ class EventInbox:
                     self._items.clear()
                     self._ready = self._urgent = False
                     if self._interval:
-                        self._hold_until = t + self._interval
+                        self._hold_until = t + self._spread()
                     return items
             waiter = self._waiter = self._loop.create_future()
             timer = self._loop.call_later(hold, _resolve, waiter) if hold > 0 else None
@@ -279,6 +298,8 @@ class ChoiceStreams:
     def cancel(self) -> None:
         for handle in self._handles:
             handle.cancel()
+        if self._inbox is not None:
+            self._inbox.close()
 
 
 async def one_write_per_batch(

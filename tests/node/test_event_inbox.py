@@ -11,7 +11,12 @@ from collections.abc import AsyncIterator
 import pytest
 
 from edgebox.node import generation
-from edgebox.node.generation import LAZY_BATCH, EventInbox, one_write_per_batch
+from edgebox.node.generation import (
+    LAZY_BATCH,
+    STREAM_INTERVAL_MAX_S,
+    EventInbox,
+    one_write_per_batch,
+)
 from edgebox.runtimes.base import FinishEvent, TokenEvent
 
 
@@ -119,6 +124,33 @@ def test_with_an_interval_a_token_after_a_quiet_spell_goes_at_once() -> None:
         batch = await asyncio.wait_for(waiting, 10)
         assert time.perf_counter() - started < 0.04
         assert [e[1].token_id for e in batch] == [1]  # type: ignore[attr-defined]
+
+    asyncio.run(main())
+
+
+def test_the_interval_widens_with_the_streams_the_loop_serves_up_to_a_cap() -> None:
+    """Four streamed requests at 16 ms each hand over at most every 50 ms (the cap), not 64;
+    two at 32 ms; one alone at 16 again once the others are done. Non-streamed requests do not
+    count. A held token waits for the widened interval."""
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        inboxes = [EventInbox(loop, eager=True, interval=0.016) for _ in range(4)]
+        EventInbox(loop, eager=False, interval=0.016)  # not streamed: not counted
+        assert inboxes[0]._spread() == pytest.approx(STREAM_INTERVAL_MAX_S)
+        first = inboxes[0]
+        first.put(0, token(0))
+        await asyncio.wait_for(first.batch(), 10)  # the first token at once
+        started = time.perf_counter()
+        first.put(0, token(1))
+        await asyncio.wait_for(first.batch(), 10)
+        assert time.perf_counter() - started >= STREAM_INTERVAL_MAX_S * 0.9
+        for inbox in inboxes[2:]:
+            inbox.close()
+        assert first._spread() == pytest.approx(0.032)
+        inboxes[1].close()
+        assert first._spread() == pytest.approx(0.016)
+        assert EventInbox(loop, eager=True, interval=0.2)._spread() == pytest.approx(0.2)
 
     asyncio.run(main())
 
