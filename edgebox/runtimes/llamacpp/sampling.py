@@ -210,12 +210,10 @@ class Sampler:
                 )
             logits = row[ids]
         else:
+            banned = ~self._allowed(row) if masked else None
             candidates = self._every_token(row)
-            if masked and self.grammar is not None:
-                if self.tree is not None:
-                    candidates["logit"][~self.tree.allowed(self.grammar)] = -math.inf
-                else:
-                    apply(self.grammar, candidates)
+            if banned is not None:
+                candidates["logit"][banned] = -math.inf
             apply(self.chain, candidates)  # in place, in order
             logits, ids = candidates["logit"], candidates["id"]
         index = int(logits.argmax()) if self.softmax is None else self.softmax.draw(logits)

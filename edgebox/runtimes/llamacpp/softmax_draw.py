@@ -246,17 +246,15 @@ class SoftmaxDraw:
         ~60 ms for Gemma 3's; this, one pass over the row."""
         if self.top_p >= 1.0:
             return None
-        values = logits[allowed]
-        best = allowed[np.lexsort((allowed, -values))]  # best first; ties: lowest id first
-        running = np.cumsum(np.exp(logits[best] - peak, dtype=np.float32), dtype=np.float64)
-        everything = float(np.exp(logits - peak, dtype=np.float32).sum(dtype=np.float64))
-        shortlisted = float(np.exp(logits[top] - peak, dtype=np.float32).sum(dtype=np.float64))
-        outside = max(0.0, everything - shortlisted)
-        goals = (self.top_p * float(running[-1]), self.top_p * (float(running[-1]) + outside))
-        first, last = (int(np.searchsorted(running, goal, side="left")) for goal in goals)
-        if first != last or last >= len(best) or not float(logits[best[last]]) > floor:
+        mass = np.exp(logits - peak, dtype=np.float32)
+        inside = float(mass[allowed].sum(dtype=np.float64))
+        outside = max(0.0, float(mass.sum(dtype=np.float64) - mass[top].sum(dtype=np.float64)))
+        fewest = _reaching(allowed, logits, mass, self.top_p * inside)
+        kept = _reaching(allowed, logits, mass, self.top_p * (inside + outside))
+        if fewest is None or kept is None or len(fewest) != len(kept):
             return None
-        kept = best[: last + 1]
+        if not float(logits[kept[-1]]) > floor:  # a token outside may tie with the last
+            return None
         if self.min_p > 0.0:
             kept = kept[logits[kept] >= float(logits[kept[0]]) + math.log(self.min_p)]
         return kept
