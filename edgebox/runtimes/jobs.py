@@ -86,6 +86,10 @@ def request_timeout(request: GenerationRequest, default: float | None) -> float 
 J = TypeVar("J", bound=Job)
 
 
+def _no_slot() -> int:
+    return 0
+
+
 def _one_second(waiting: int) -> float:
     return 1.0
 
@@ -93,8 +97,11 @@ def _one_second(waiting: int) -> float:
 class JobQueue(Generic[J]):
     """The bounded admission queue, and the condition its scheduler waits on.
 
-    `retry_after(waiting)` and `full_message(waiting)` say what a refused caller is told;
-    `cond` also guards whatever state the scheduler shares with callers (stats, slots)."""
+    `max_queue` bounds the jobs waiting for a slot: a job queued while a slot is free (its
+    consumer, set in `free`, has not taken it yet) is not waiting, so two requests that arrive
+    together at an idle one-slot runtime are both admitted. `retry_after(waiting)` and
+    `full_message(waiting)` say what a refused caller is told; `cond` also guards whatever
+    state the scheduler shares with callers (stats, slots)."""
 
     def __init__(
         self,
@@ -108,6 +115,7 @@ class JobQueue(Generic[J]):
         self.jobs: collections.deque[J] = collections.deque()
         self.cond = threading.Condition()
         self.closing = False
+        self.free: Callable[[], int] = _no_slot  # the consumer's free slots (under `cond`)
         self._retry_after = retry_after
         self._full_message = full_message or self._node_full
         self._closed_message = closed_message
@@ -120,7 +128,7 @@ class JobQueue(Generic[J]):
         with self.cond:
             if self.closing:
                 raise BackendError(self._closed_message)
-            waiting = len(self.jobs)
+            waiting = len(self.jobs) - self.free()
             if waiting >= self.max_queue:
                 raise QueueFullError(self._full_message(waiting), self._retry_after(waiting))
             self.jobs.append(job)
@@ -167,6 +175,7 @@ class Workers(Generic[J]):
     ) -> None:
         self.queue = queue
         self.running: list[J] = []
+        queue.free = lambda: n - len(self.running)
         self._run = run
         self._failed = failed
         self._threads = [

@@ -61,13 +61,14 @@ def generated_tokens(node: NodeProcess) -> float:
 
 
 def test_disconnect_mid_stream_frees_the_slot(one_slot_node: NodeProcess) -> None:
-    counting = ", ".join(str(i) for i in range(1, 30)) + ","  # greedy: never ends early
+    counting = ", ".join(str(i) for i in range(1, 30)) + ","
     body = {
         "model": MODEL,
         "prompt": counting,
         "max_tokens": 1000,
         "stream": True,
         "temperature": 0,
+        "ignore_eos": True,
     }
     before = generated_tokens(one_slot_node)
     with httpx.stream(
@@ -97,10 +98,16 @@ def test_disconnect_mid_stream_frees_the_slot(one_slot_node: NodeProcess) -> Non
 def test_queue_overflow_gets_429_with_retry_after(
     one_slot_node: NodeProcess, tmp_path: Path
 ) -> None:
-    counting = ", ".join(str(i) for i in range(1, 30)) + ","  # greedy: never ends early
+    counting = ", ".join(str(i) for i in range(1, 30)) + ","
     # Long enough that the running request is still decoding when the third one arrives, even
     # when a busy machine delays the second request's thread by seconds.
-    long = {"model": MODEL, "prompt": counting, "max_tokens": 600, "temperature": 0}
+    long = {
+        "model": MODEL,
+        "prompt": counting,
+        "max_tokens": 600,
+        "temperature": 0,
+        "ignore_eos": True,  # another CPU's greedy reply may end early
+    }
     results: list[int] = []
 
     def send() -> None:
@@ -148,7 +155,13 @@ def impatient_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodePro
 
 def test_request_timeout_gives_504_and_a_clear_stream_error(impatient_node: NodeProcess) -> None:
     counting = ", ".join(str(i) for i in range(1, 30)) + ","
-    long = {"model": MODEL, "prompt": counting, "max_tokens": 1500, "temperature": 0}
+    long = {
+        "model": MODEL,
+        "prompt": counting,
+        "max_tokens": 1500,
+        "temperature": 0,
+        "ignore_eos": True,
+    }
     started = time.monotonic()
     reply = httpx.post(impatient_node.base_url + "/completions", json=long, timeout=60)
     assert reply.status_code == 504, reply.text[:500]

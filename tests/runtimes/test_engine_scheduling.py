@@ -18,6 +18,7 @@ from edgebox.runtimes.base import (
     GenerationRequest,
     KVMismatchError,
     KVSnapshot,
+    QueueFullError,
     SamplingParams,
     TokenEvent,
 )
@@ -160,6 +161,28 @@ def test_request_timeout_ends_generation_and_queue_wait(smollm2_path: Path) -> N
         assert after.wait().reason == "length"
         stats = rt.stats()
         assert stats.running == 0 and stats.queued == 0
+    finally:
+        rt.close()
+
+
+def test_requests_arriving_together_at_a_free_slot_are_not_counted_as_waiting(
+    smollm2_path: Path,
+) -> None:
+    rt = LlamaCppRuntime(
+        smollm2_path,
+        name="smollm2",
+        config=EngineConfig(n_ctx=512, parallel=1, n_threads=2, max_queue=1),
+    )
+    try:
+        prompt = counting(rt)
+        # Holding the engine's lock keeps its scheduler from taking the first job before the
+        # second arrives: the first is about to run, only the second waits for the slot.
+        with rt.engine._cond:
+            first, _ = submit(rt, GenerationRequest(prompt, GREEDY, max_tokens=4))
+            second, _ = submit(rt, GenerationRequest(prompt, GREEDY, max_tokens=4))
+            with pytest.raises(QueueFullError):
+                submit(rt, GenerationRequest(prompt, GREEDY, max_tokens=4))
+        assert first.wait().reason == "length" and second.wait().reason == "length"
     finally:
         rt.close()
 

@@ -103,6 +103,22 @@ def test_a_full_queue_refuses_with_retry_after() -> None:
         tiny.close()
 
 
+def test_requests_arriving_together_at_an_idle_worker_are_not_counted_as_waiting() -> None:
+    model = resolve_model("all-minilm-l6-v2")
+    assert model.tokenizer is not None
+    tiny = OnnxEmbeddingRuntime(model.path, model.tokenizer, name="q", threads=1, max_queue=1)
+    try:
+        # Holding the queue's lock keeps the idle worker from taking the first request before
+        # the second arrives: the first is about to run, only the second waits.
+        with tiny._queue.cond:
+            first, second = tiny.embed(["first"]), tiny.embed(["second"])
+            with pytest.raises(QueueFullError):
+                tiny.embed(["one too many"])
+        assert first.result(timeout=30).prompt_tokens == second.result(timeout=30).prompt_tokens
+    finally:
+        tiny.close()
+
+
 def test_mean_pool_ignores_padding() -> None:
     batch = pad_batch([[1, 2, 3], [4]], [[0, 0, 0], [0]])
     assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]

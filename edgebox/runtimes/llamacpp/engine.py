@@ -128,6 +128,7 @@ class LlamaCppEngine(Stepping, Healing, KVTransfer):
         self._slots = [Slot(i) for i in range(config.parallel)]
         self._queue: JobQueue[SlotJob] = JobQueue(config.max_queue, retry_after=self._retry_after)
         self._cond = self._queue.cond  # guards the slots too (kv_import takes it)
+        self._queue.free = lambda: sum(1 for s in self._slots if s.job is None)
         self._metrics = JobMetrics(self._cond, steps=True)
         self.health = EngineHealth()
         # This engine's own KV layout, from a one-token state it exports on its thread when
