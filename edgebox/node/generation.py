@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import math
 import threading
 import weakref
 from collections.abc import AsyncIterator, Callable
@@ -106,8 +107,9 @@ class EventInbox:
     once per token. With an `interval`, tokens that come less than `interval` after the loop
     last took a batch wake nobody: the loop's own timer takes them when it is up, so at token
     rates above 1/interval the loop (and the client) wake once per interval, not per token —
-    on a box whose cores all run the model, each wake-up preempts a compute thread. The first
-    token and any event that is not a token (the finish, an error) go at once. Not streamed:
+    on a box whose cores all run the model, each wake-up preempts a compute thread. The
+    intervals of a loop's streams end on one grid (`_next_tick`), so they share wake-ups. The
+    first token and any event that is not a token (the finish, an error) go at once. Not streamed:
     nobody reads tokens before the end, so the loop is woken by a finish (or any other event
     that is not a token) or every LAZY_BATCH events."""
 
@@ -123,6 +125,7 @@ class EventInbox:
         self._ready = False  # the items are due to the loop
         self._urgent = False  # an item is not a token: due at once, whatever the interval
         self._hold_until = 0.0  # streamed tokens before this wait for the loop's own timer
+        self._tick = 0.0  # that timer's time on the loop's clock (`_next_tick`)
         self._wake_scheduled = False
         self._waiter: asyncio.Future[None] | None = None
         if self._interval:
@@ -137,6 +140,16 @@ class EventInbox:
         serves, up to STREAM_INTERVAL_MAX_S (never below the one asked for)."""
         wider = min(self._interval * len(self._waker.streaming), STREAM_INTERVAL_MAX_S)
         return max(self._interval, wider)
+
+    def _next_tick(self) -> float:
+        """On the loop: when the next batch is due, on the loop's clock. Ticks fall on one grid
+        per interval (multiples of it), so the streams a loop serves come due at the same
+        instant and one wake-up of the loop writes them all, where timers of their own would
+        wake it once per stream per interval; each stream still waits about an interval."""
+        spread = self._spread()
+        clock = self._loop.time()
+        tick = (math.floor(clock / spread) + 1) * spread
+        return tick + spread if tick - clock < spread / 2 else tick
 
     def put(self, index: int, event: Event) -> None:
         """Any thread."""
@@ -176,10 +189,12 @@ class EventInbox:
                     self._items.clear()
                     self._ready = self._urgent = False
                     if self._interval:
-                        self._hold_until = t + self._spread()
+                        self._tick = self._next_tick()
+                        self._hold_until = t + (self._tick - self._loop.time())
                     return items
             waiter = self._waiter = self._loop.create_future()
-            timer = self._loop.call_later(hold, _resolve, waiter) if hold > 0 else None
+            # at the tick itself (not `hold` from now), so the streams due then share one wake-up
+            timer = self._loop.call_at(self._tick, _resolve, waiter) if hold > 0 else None
             try:
                 await waiter
             finally:
