@@ -40,6 +40,14 @@ def auth() -> dict[str, str]:
     return {"Authorization": f"Bearer {KEY}"}
 
 
+def counting(max_tokens: int, **extra: object) -> dict[str, object]:
+    """A greedy completion that runs to `max_tokens` (ignore_eos: another CPU's greedy reply
+    may end early)."""
+    prompt = ", ".join(str(i) for i in range(1, 30)) + ","
+    body = {"model": MODEL, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0}
+    return {**body, "ignore_eos": True, **extra}
+
+
 def test_api_key_is_enforced_on_v1_only(one_slot_node: NodeProcess) -> None:
     client = openai.OpenAI(base_url=one_slot_node.base_url, api_key="wrong-key", max_retries=0)
     with pytest.raises(openai.AuthenticationError) as excinfo:
@@ -61,15 +69,7 @@ def generated_tokens(node: NodeProcess) -> float:
 
 
 def test_disconnect_mid_stream_frees_the_slot(one_slot_node: NodeProcess) -> None:
-    counting = ", ".join(str(i) for i in range(1, 30)) + ","
-    body = {
-        "model": MODEL,
-        "prompt": counting,
-        "max_tokens": 1000,
-        "stream": True,
-        "temperature": 0,
-        "ignore_eos": True,
-    }
+    body = counting(1000, stream=True)
     before = generated_tokens(one_slot_node)
     with httpx.stream(
         "POST", one_slot_node.base_url + "/completions", json=body, headers=auth(), timeout=60
@@ -98,16 +98,9 @@ def test_disconnect_mid_stream_frees_the_slot(one_slot_node: NodeProcess) -> Non
 def test_queue_overflow_gets_429_with_retry_after(
     one_slot_node: NodeProcess, tmp_path: Path
 ) -> None:
-    counting = ", ".join(str(i) for i in range(1, 30)) + ","
     # Long enough that the running request is still decoding when the third one arrives, even
     # when a busy machine delays the second request's thread by seconds.
-    long = {
-        "model": MODEL,
-        "prompt": counting,
-        "max_tokens": 600,
-        "temperature": 0,
-        "ignore_eos": True,  # another CPU's greedy reply may end early
-    }
+    long = counting(600)
     results: list[int] = []
 
     def send() -> None:
@@ -154,14 +147,7 @@ def impatient_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodePro
 
 
 def test_request_timeout_gives_504_and_a_clear_stream_error(impatient_node: NodeProcess) -> None:
-    counting = ", ".join(str(i) for i in range(1, 30)) + ","
-    long = {
-        "model": MODEL,
-        "prompt": counting,
-        "max_tokens": 1500,
-        "temperature": 0,
-        "ignore_eos": True,
-    }
+    long = counting(1500)
     started = time.monotonic()
     reply = httpx.post(impatient_node.base_url + "/completions", json=long, timeout=60)
     assert reply.status_code == 504, reply.text[:500]
