@@ -194,13 +194,21 @@ class EventInbox:
                     return items
             waiter = self._waiter = self._loop.create_future()
             # at the tick itself (not `hold` from now), so the streams due then share one wake-up
-            timer = self._loop.call_at(self._tick, _resolve, waiter) if hold > 0 else None
+            timer = self._loop.call_at(self._tick, self._tick_up, waiter) if hold > 0 else None
             try:
                 await waiter
             finally:
                 self._waiter = None
                 if timer is not None:
                     timer.cancel()
+
+    def _tick_up(self, waiter: asyncio.Future[None]) -> None:
+        """On the loop, its timer: the hold is over. The loop's clock need not agree with
+        `now()` to the last millisecond (uvloop's counts whole ones), and a batch that waited
+        for `_hold_until` by `now()` would spin on a tick already past until the clocks agree."""
+        with self._lock:
+            self._hold_until = min(self._hold_until, now())
+        _resolve(waiter)
 
 
 def _resolve(waiter: asyncio.Future[None] | None) -> None:

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from edgebox.api.conn_guard import guarded_loop_factory
 from edgebox.node import generation
 from edgebox.node.generation import (
     LAZY_BATCH,
@@ -202,6 +203,56 @@ def test_streams_whose_last_batches_were_apart_come_due_together() -> None:
         assert len({inbox._tick for inbox in inboxes}) == 1
 
     asyncio.run(main())
+
+
+def test_on_the_nodes_loop_a_held_stream_wakes_it_once_per_batch(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The node serves on uvloop where installed, whose clock counts whole milliseconds: the
+    timer at a tick may fire while `now()` says the hold has up to a millisecond to go. The
+    batch must go then, not wait again on a timer for that tick, already past (due at once),
+    spinning the loop until the clocks agree (~50-100 wake-ups per batch)."""
+    uvloop = pytest.importorskip("uvloop")
+    batches = 30
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        inbox = EventInbox(loop, eager=True, interval=0.016)
+        running = threading.Event()
+        running.set()
+
+        def engine() -> None:
+            i = 0
+            while running.is_set():
+                inbox.put(0, token(i))
+                i += 1
+                time.sleep(0.002)
+
+        waits = 0
+        create_future = loop.create_future
+
+        def counted() -> asyncio.Future[None]:
+            nonlocal waits
+            waits += 1
+            return create_future()
+
+        async def take() -> None:
+            for _ in range(batches):
+                await inbox.batch()
+
+        thread = threading.Thread(target=engine)
+        thread.start()
+        try:
+            monkeypatch.setattr(loop, "create_future", counted)  # a wait of batch() each
+            await take()
+        finally:
+            running.clear()
+            thread.join(10)
+        assert waits < batches * 2, waits
+
+    with asyncio.Runner(loop_factory=guarded_loop_factory(10.0)) as runner:
+        assert isinstance(runner.get_loop(), uvloop.Loop)
+        runner.run(asyncio.wait_for(main(), 30))
 
 
 def test_a_token_stamped_before_the_interval_ended_but_put_after_is_not_stranded(
