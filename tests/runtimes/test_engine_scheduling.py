@@ -24,7 +24,7 @@ from edgebox.runtimes.base import (
 )
 from edgebox.runtimes.llamacpp import EngineConfig, LlamaCppRuntime
 from edgebox.runtimes.llamacpp.runtime import auto_parallel
-from edgebox.runtimes.llamacpp.slots import Slot, choose_slot
+from edgebox.runtimes.llamacpp.slots import BatchArrays, Part, Slot, choose_slot, runs_with
 
 GREEDY = SamplingParams(temperature=0.0)
 CHUNK = 256
@@ -418,6 +418,79 @@ def test_a_slot_sharing_a_trivial_prefix_is_no_match() -> None:
     assert choose_slot([used, older, empty], prompt) is empty
     assert choose_slot([used, older], prompt) is older
     assert choose_slot([used, empty], [1, 2, 3, 4, 50, 7]) is used  # most of it: a match
+
+
+def test_a_new_sequence_takes_a_slot_next_to_the_busy_ones() -> None:
+    """llama.cpp decodes sequences together only where their ids run consecutively, so a
+    sequence no slot holds a prefix of goes next to the busy ones, even over an empty slot; it
+    fills a gap between two runs first. A prefix a slot holds still wins."""
+    cached = Slot(seq_id=1, cached=[9, 9, 9], last_used=9.0)
+    empty = Slot(seq_id=5)
+    prompt = list(range(100, 140))
+    assert choose_slot([cached, empty], prompt, busy=[0]) is cached
+    assert choose_slot([cached, empty], prompt) is empty  # nothing busy: the empty one
+    gap, edge = Slot(seq_id=2), Slot(seq_id=5)
+    assert choose_slot([edge, gap], prompt, busy=[0, 1, 3, 4]) is gap  # joins two runs
+    holder = Slot(seq_id=6, cached=prompt[:30], last_used=1.0)
+    assert choose_slot([cached, holder], prompt, busy=[0]) is holder
+    assert runs_with([0, 1, 6], 7) == 2 and runs_with([0, 2], 1) == 1 and runs_with([], 3) == 1
+
+
+def test_a_batch_lists_its_sequences_in_id_order() -> None:
+    """A step's parts (decode tokens first, then prompt chunks) go into the batch by sequence
+    id, so a prompt chunk between decoding sequences does not split their ubatch."""
+    import llama_cpp
+
+    batch = llama_cpp.llama_batch_init(16, 0, 1)
+    try:
+        arrays = BatchArrays(batch, 16)
+        slots = [Slot(seq_id=i) for i in range(4)]
+        parts = [
+            Part(slots[0], 10, [7], logits=True),
+            Part(slots[1], 12, [8], logits=True),
+            Part(slots[3], 11, [9], logits=True),
+            Part(slots[2], 0, [1, 2, 3], logits=True),
+        ]
+        rows = arrays.fill(parts)
+        assert [batch.seq_id[i][0] for i in range(batch.n_tokens)] == [0, 1, 2, 2, 2, 3]
+        assert [batch.token[i] for i in range(batch.n_tokens)] == [7, 8, 1, 2, 3, 9]
+        assert {part.slot.seq_id: row for part, row in rows} == {0: 0, 1: 1, 2: 4, 3: 5}
+    finally:
+        llama_cpp.llama_batch_free(batch)
+
+
+def test_concurrent_requests_run_on_consecutive_slots(smollm2_path: Path) -> None:
+    """With the slots' caches aged out of id order (two conversations came back), four new
+    requests at once take consecutive slots rather than the four least recently used."""
+    rt = LlamaCppRuntime(
+        smollm2_path,
+        name="smollm2",
+        config=EngineConfig(n_ctx=256, parallel=8, n_threads=2),
+    )
+    try:
+        prompts = [prose_tokens(rt, 40, f"conversation {i}") for i in range(8)]
+        for prompt in prompts:  # slots 0-7, in that order
+            submit(rt, GenerationRequest(prompt, GREEDY, 1))[0].wait()
+        for i in (1, 3):  # these two come back: the least recently used are now 0, 2, 4, 5
+            again = prompts[i] + prose_tokens(rt, 8, f"turn two {i}")
+            submit(rt, GenerationRequest(again, GREEDY, 1))[0].wait()
+        fresh = [prose_tokens(rt, 40, f"new request {i}") for i in range(4)]
+        with rt.engine._cond:  # all four are placed in one admission
+            long = SamplingParams(temperature=0.0, ignore_eos=True)
+            timelines = [submit(rt, GenerationRequest(p, long, 48))[0] for p in fresh]
+        deadline = time.monotonic() + 30
+        while True:
+            with rt.engine._cond:
+                busy = sorted(s.seq_id for s in rt.engine._slots if s.job is not None)
+            if len(busy) == 4:
+                break
+            assert time.monotonic() < deadline, busy
+            time.sleep(0.005)
+        assert busy == list(range(busy[0], busy[0] + 4)), busy
+        for timeline in timelines:
+            assert timeline.wait().reason == "length"
+    finally:
+        rt.close()
 
 
 def test_a_forced_call_header_is_prefilled_not_decoded(runtime: LlamaCppRuntime) -> None:

@@ -46,6 +46,7 @@ from edgebox.runtimes.llamacpp.slots import (
     SlotJob,
     choose_slot,
     common_prefix_len,
+    unshared_slot,
 )
 from edgebox.runtimes.llamacpp.stepping import Stepping
 from edgebox.runtimes.llamacpp.tool_grammar import ends_when_complete
@@ -310,10 +311,11 @@ class LlamaCppEngine(Stepping, Healing, KVTransfer):
 
     def _place(self, job: SlotJob, free: list[Slot]) -> None:
         prompt = [*job.request.prompt_tokens, *job.forced]
-        slot = choose_slot(free, prompt)
+        busy = [s.seq_id for s in self._slots if s.job is not None]
+        slot = choose_slot(free, prompt, busy)
         kv = job.request.kv
         if kv is not None and common_prefix_len(slot.cached, prompt) < len(kv.tokens):
-            slot = min(free, key=lambda s: s.last_used)  # keep the best cached prefixes
+            slot = unshared_slot(free, busy)  # keep the best cached prefixes
             if not self._import(slot, kv) and job.probe:
                 self._finish_job(job, "error", "llama.cpp refused the KV state", code=KV_INVALID)
                 return
