@@ -133,7 +133,8 @@ def runs_with(busy: Collection[int], seq_id: int) -> int:
     """How many runs of consecutive sequence ids the busy ones and `seq_id` make. llama.cpp
     decodes the sequences of a split KV cache (`kv_unified` off) together only where their ids
     run consecutively: each run is a ubatch of its own, the whole model's compute again. Four
-    streams on slots 0, 2, 4, 6 took 40 ms a step, on 0-3 26 ms (2-core EPYC)."""
+    streams on slots 0, 2, 4, 6 took 1.5 times as long a step as on 0-3 (2-core EPYC,
+    benchmarks/bench_slot_runs.py)."""
     ids = {*busy, seq_id}
     return sum(1 for i in ids if i - 1 not in ids)
 
