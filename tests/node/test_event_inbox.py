@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import itertools
 import threading
 import time
 import types
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
@@ -23,6 +25,30 @@ from edgebox.runtimes.base import FinishEvent, TokenEvent
 
 def token(i: int) -> TokenEvent:
     return TokenEvent(token_id=i, text=f"t{i}")
+
+
+@contextlib.contextmanager
+def feeding(inboxes: list[EventInbox], every: float) -> Iterator[None]:
+    """An engine thread putting a token in each inbox every `every` seconds while the block
+    runs."""
+    running = threading.Event()
+    running.set()
+
+    def engine() -> None:
+        for i in itertools.count(1):
+            if not running.is_set():
+                return
+            for inbox in inboxes:
+                inbox.put(0, token(i))
+            time.sleep(every)
+
+    thread = threading.Thread(target=engine)
+    thread.start()
+    try:
+        yield
+    finally:
+        running.clear()
+        thread.join(10)
 
 
 async def _collect(inbox: EventInbox, until: int) -> list[list[tuple[int, object, float]]]:
@@ -172,17 +198,6 @@ def test_streams_whose_last_batches_were_apart_come_due_together() -> None:
             inbox.put(0, token(0))
             await asyncio.wait_for(inbox.batch(), 10)
             await asyncio.sleep(0.01)
-        running = threading.Event()
-        running.set()
-
-        def engine() -> None:
-            i = 1
-            while running.is_set():
-                for inbox in inboxes:
-                    inbox.put(0, token(i))
-                i += 1
-                time.sleep(0.005)
-
         came: list[list[float]] = [[] for _ in inboxes]
         until = loop.time() + 0.4
 
@@ -191,13 +206,8 @@ def test_streams_whose_last_batches_were_apart_come_due_together() -> None:
                 await inboxes[n].batch()
                 came[n].append(loop.time())
 
-        thread = threading.Thread(target=engine)
-        thread.start()
-        try:
+        with feeding(inboxes, every=0.005):
             await asyncio.wait_for(asyncio.gather(*(take(n) for n in range(4))), 10)
-        finally:
-            running.clear()
-            thread.join(10)
         last = [times[-1] for times in came]
         assert max(last) - min(last) < 0.015, came
         assert len({inbox._tick for inbox in inboxes}) == 1
@@ -211,23 +221,18 @@ def test_on_the_nodes_loop_a_held_stream_wakes_it_once_per_batch(
     """The node serves on uvloop where installed, whose clock counts whole milliseconds: the
     timer at a tick may fire while `now()` says the hold has up to a millisecond to go. The
     batch must go then, not wait again on a timer for that tick, already past (due at once),
-    spinning the loop until the clocks agree (~50-100 wake-ups per batch)."""
-    uvloop = pytest.importorskip("uvloop")
+    spinning the loop until the clocks agree (~50-100 wake-ups per batch). `now()` runs 5 %
+    slow here, so every tick meets that case, not only those the clocks' phase hands it."""
+    import uvloop  # a dependency wherever the node runs on Linux or macOS
+
     batches = 30
+    real_now = generation.now
+    start = real_now()
+    monkeypatch.setattr(generation, "now", lambda: start + (real_now() - start) * 0.95)
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
         inbox = EventInbox(loop, eager=True, interval=0.016)
-        running = threading.Event()
-        running.set()
-
-        def engine() -> None:
-            i = 0
-            while running.is_set():
-                inbox.put(0, token(i))
-                i += 1
-                time.sleep(0.002)
-
         waits = 0
         create_future = loop.create_future
 
@@ -240,14 +245,9 @@ def test_on_the_nodes_loop_a_held_stream_wakes_it_once_per_batch(
             for _ in range(batches):
                 await inbox.batch()
 
-        thread = threading.Thread(target=engine)
-        thread.start()
-        try:
+        with feeding([inbox], every=0.002):
             monkeypatch.setattr(loop, "create_future", counted)  # a wait of batch() each
             await take()
-        finally:
-            running.clear()
-            thread.join(10)
         assert waits < batches * 2, waits
 
     with asyncio.Runner(loop_factory=guarded_loop_factory(10.0)) as runner:
