@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import threading
 import time
+import types
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,7 +25,14 @@ from edgebox.runtimes.base import (
 )
 from edgebox.runtimes.llamacpp import EngineConfig, LlamaCppRuntime
 from edgebox.runtimes.llamacpp.runtime import auto_parallel
-from edgebox.runtimes.llamacpp.slots import BatchArrays, Part, Slot, choose_slot, runs_with
+from edgebox.runtimes.llamacpp.slots import (
+    BatchArrays,
+    Part,
+    Slot,
+    choose_slot,
+    gap_move,
+    runs_with,
+)
 
 GREEDY = SamplingParams(temperature=0.0)
 CHUNK = 256
@@ -491,6 +499,70 @@ def test_concurrent_requests_run_on_consecutive_slots(smollm2_path: Path) -> Non
             assert timeline.wait().reason == "length"
     finally:
         rt.close()
+
+
+def _busy(seq_id: int, cells: int, *, given: bool = False) -> Slot:
+    """A slot decoding a request: only what `gap_move` reads of the job."""
+    job = types.SimpleNamespace(given_logits=object() if given else None, probe=False)
+    return Slot(seq_id=seq_id, cached=[7] * cells, job=job)  # type: ignore[arg-type]
+
+
+def test_a_split_run_is_joined_by_the_cheapest_exchange() -> None:
+    """Busy 0, 2, 3 with the ended request's cache in 1: of the exchanges that join them,
+    the one moving the fewest cells (a free slot's cache moves too); a sequence awaiting its
+    kept logits stays; one run is left as it is, and so are sequences too long to move."""
+    slots = [_busy(0, 50), Slot(1, cached=[5] * 44), _busy(2, 80), _busy(3, 90)]
+    slots += [Slot(i) for i in range(4, 8)]
+    assert gap_move(slots, 4096) == (slots[0], slots[4])  # 50 cells; 0 to 1 moves 94, 3 to 1 134
+    slots[0] = _busy(0, 500)
+    assert gap_move(slots, 4096) == (slots[3], slots[1])  # now 134 against 500
+    slots[3] = _busy(3, 90, given=True)
+    assert gap_move(slots, 4096) == (slots[0], slots[4])  # 3 stays: 0 goes after it
+    assert gap_move([_busy(0, 5, given=True), Slot(1), _busy(2, 5, given=True)], 4096) is None
+    assert gap_move([_busy(0, 5), _busy(1, 5), Slot(2), Slot(3, cached=[1])], 4096) is None
+    # a sliding-window model's saved state holds only the window: longer sequences stay
+    slots = [_busy(0, 600), Slot(1, cached=[5] * 44), _busy(2, 80), Slot(3, cached=[5] * 700)]
+    assert gap_move(slots, 512) == (slots[2], slots[1])
+    assert gap_move([*slots[:2], _busy(2, 513), slots[3]], 512) is None
+
+
+def test_a_run_split_by_an_ended_request_is_joined_again(smollm2_path: Path) -> None:
+    """Three streams on slots 0-2; the middle one ends first. The other two move back into one
+    run of consecutive slots (one ubatch a step, not two) and go on exactly as they run alone;
+    the ended request's cache is kept, in whichever slot it went to."""
+    long = SamplingParams(temperature=0.0, ignore_eos=True)
+    config = EngineConfig(n_ctx=256, parallel=8, n_threads=2)
+    rt = LlamaCppRuntime(smollm2_path, name="smollm2", config=config)
+    solo = LlamaCppRuntime(smollm2_path, name="solo", config=EngineConfig(n_ctx=256, parallel=1))
+    try:
+        prompts = [prose_tokens(rt, 40, f"stream {i}") for i in range(3)]
+        alone = {}
+        for i in (0, 2):
+            timeline, _ = submit(solo, GenerationRequest(prompts[i], long, 64))
+            timeline.wait()
+            alone[i] = timeline.ids
+        with rt.engine._cond:  # placed in one admission: slots 0, 1, 2
+            timelines = [
+                submit(rt, GenerationRequest(p, long, n))[0]
+                for p, n in zip(prompts, (64, 4, 64), strict=True)
+            ]
+        timelines[1].wait()
+        deadline = time.monotonic() + 30
+        while True:
+            with rt.engine._cond:
+                busy = sorted(s.seq_id for s in rt.engine._slots if s.job is not None)
+                kept = [s.seq_id for s in rt.engine._slots if s.cached[:40] == prompts[1]]
+            if len(busy) == 2 and busy[1] == busy[0] + 1:
+                break
+            assert len(busy) == 2 and time.monotonic() < deadline, busy  # still split
+            time.sleep(0.002)
+        assert len(kept) == 1 and kept[0] not in busy
+        for i in (0, 2):
+            assert timelines[i].wait().reason == "length"
+            assert timelines[i].ids == alone[i]
+    finally:
+        rt.close()
+        solo.close()
 
 
 def test_a_forced_call_header_is_prefilled_not_decoded(runtime: LlamaCppRuntime) -> None:

@@ -50,11 +50,7 @@ def kv_layout(
 
 
 def save_sequence(ctx: llama_cpp.llama_context_p, seq_id: int) -> bytes:
-    size = llama_cpp.llama_state_seq_get_size(ctx, seq_id)
-    buf = (ctypes.c_uint8 * size)()
-    written = llama_cpp.llama_state_seq_get_data(ctx, buf, size, seq_id)
-    if written == 0:
-        raise BackendError("llama.cpp could not export the sequence's KV state")
+    buf, written = _saved(ctx, seq_id)
     return ctypes.string_at(buf, written)
 
 
@@ -73,18 +69,63 @@ def load_sequence(
     their header claims); a cell at position INT32_MAX it cannot remove, so the caller checks.
     `check=False` (a test hook) loads and trusts whatever the bytes hold."""
     buf = (ctypes.c_uint8 * len(data)).from_buffer_copy(data)
+    return _load(ctx, memory, seq_id, buf, len(data), n_tokens, check=check)
+
+
+def _load(
+    ctx: llama_cpp.llama_context_p,
+    memory: llama_cpp.llama_memory_t,
+    seq_id: int,
+    buf: ctypes.Array[ctypes.c_uint8],
+    size: int,
+    n_tokens: int,
+    *,
+    check: bool = True,
+) -> bool:
     with captured_log():  # llama.cpp logs its own refusal; the caller reports it
-        read = llama_cpp.llama_state_seq_set_data(ctx, buf, len(data), seq_id)
+        read = llama_cpp.llama_state_seq_set_data(ctx, buf, size, seq_id)
     if not check:
-        return read == len(data)
+        return read == size
     if (
-        read == len(data)
+        read == size
         and llama_cpp.llama_memory_seq_pos_min(memory, seq_id) == 0
         and llama_cpp.llama_memory_seq_pos_max(memory, seq_id) == n_tokens - 1
     ):
         return True
     llama_cpp.llama_memory_seq_rm(memory, seq_id, -1, -1)
     return False
+
+
+def _saved(ctx: llama_cpp.llama_context_p, seq_id: int) -> tuple[ctypes.Array[ctypes.c_uint8], int]:
+    size = llama_cpp.llama_state_seq_get_size(ctx, seq_id)
+    buf = (ctypes.c_uint8 * size)()
+    written = llama_cpp.llama_state_seq_get_data(ctx, buf, size, seq_id)
+    if written == 0:
+        raise BackendError("llama.cpp could not save the sequence's KV state")
+    return buf, written
+
+
+def swap_sequences(
+    ctx: llama_cpp.llama_context_p,
+    memory: llama_cpp.llama_memory_t,
+    a: tuple[int, int],
+    b: tuple[int, int],
+) -> tuple[bool, bool]:
+    """Exchange the cells of two sequences, each given as (seq_id, the tokens it holds at
+    positions 0..n-1; 0 for none), through the saved-state format: bytes in proportion to the
+    cells used (a cross-stream `llama_memory_seq_cp` copies the whole stream, and only at the
+    next decode). Whether `a`'s cells moved to `b`, and whether `b`'s moved to `a`: `a`'s
+    are never lost (they stay where they were unless they moved); `b`'s may be."""
+    (a_id, a_n), (b_id, b_n) = a, b
+    a_state = _saved(ctx, a_id) if a_n else None
+    b_state = _saved(ctx, b_id) if b_n else None
+    llama_cpp.llama_memory_seq_rm(memory, b_id, -1, -1)
+    if a_state is not None and not _load(ctx, memory, b_id, *a_state, a_n):
+        return False, False
+    llama_cpp.llama_memory_seq_rm(memory, a_id, -1, -1)
+    if b_state is None:
+        return True, True
+    return True, _load(ctx, memory, a_id, *b_state, b_n)
 
 
 def reference_state(

@@ -126,6 +126,11 @@ class LlamaCppModel:
             self.n_embd = llama_cpp.llama_model_n_embd(ptr)
             self.n_params = llama_cpp.llama_model_n_params(ptr)
             self.size_bytes = llama_cpp.llama_model_size(ptr)
+            self.n_swa = llama_cpp.llama_model_n_swa(ptr)  # 0: no sliding-window layers
+            # a recurrent state is not a list of cells by position (Mamba, hybrids)
+            self.recurrent = bool(
+                llama_cpp.llama_model_is_recurrent(ptr) or llama_cpp.llama_model_is_hybrid(ptr)
+            )
             _ = self.eog_set  # read here, off the event loop (~90 ms for a 262k vocabulary)
         self.description = _read_str(llama_cpp.llama_model_desc, ptr)
         self.add_bos = bool(llama_cpp.llama_vocab_get_add_bos(self.vocab))

@@ -135,8 +135,50 @@ def runs_with(busy: Collection[int], seq_id: int) -> int:
     run consecutively: each run is a ubatch of its own, the whole model's compute again. Four
     streams on slots 0, 2, 4, 6 took 1.5 times as long a step as on 0-3 (2-core EPYC,
     benchmarks/bench_slot_runs.py)."""
-    ids = {*busy, seq_id}
+    return runs({*busy, seq_id})
+
+
+def runs(ids: Collection[int]) -> int:
+    """How many runs of consecutive numbers `ids` make."""
     return sum(1 for i in ids if i - 1 not in ids)
+
+
+def gap_move(slots: Sequence[Slot], max_cells: int) -> tuple[Slot, Slot] | None:
+    """A busy slot and a free one whose contents, exchanged, leave the busy sequences in
+    fewer runs of consecutive ids (`runs_with`): when a request in the middle of a run ends
+    and no new one takes its slot, the others would otherwise decode in two ubatches until
+    they end. Among such exchanges, the one moving the fewest cells (the free slot's cache
+    moves too: nothing is evicted). None when the busy slots are one run, or no exchange helps.
+    A request whose first token comes from kept logits (`SlotJob.given_logits`) stays put
+    until that token is drawn, a probe of an uploaded snapshot stays in its slot, and neither
+    slot may hold more than `max_cells` (what a saved state carries whole)."""
+    busy = [s for s in slots if s.job is not None]
+    ids = {s.seq_id for s in busy}
+    now = runs(ids)
+    if now <= 1:
+        return None
+    best: tuple[int, int, Slot, Slot] | None = None
+    for src in busy:
+        assert src.job is not None
+        if src.job.given_logits is not None or src.job.probe or len(src.cached) > max_cells:
+            continue
+        rest = ids - {src.seq_id}
+        for dst in slots:
+            if dst.job is not None or len(dst.cached) > max_cells:
+                continue
+            key = (runs_with(rest, dst.seq_id), len(src.cached) + len(dst.cached))
+            if key[0] < now and (best is None or key < best[:2]):
+                best = (*key, src, dst)
+    return None if best is None else (best[2], best[3])
+
+
+def swap_contents(a: Slot, b: Slot) -> None:
+    """Exchange everything two slots hold but their sequence ids (their cells were exchanged:
+    `kv_state.swap_sequences`)."""
+    for name in ("cached", "job", "last_used", "imported", "blocks", "prompt_logits"):
+        value = getattr(a, name)
+        setattr(a, name, getattr(b, name))
+        setattr(b, name, value)
 
 
 def common_prefix_len(a: Sequence[int], b: Sequence[int]) -> int:
