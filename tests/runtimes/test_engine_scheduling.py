@@ -565,6 +565,35 @@ def test_a_run_split_by_an_ended_request_is_joined_again(smollm2_path: Path) -> 
         solo.close()
 
 
+def test_a_request_taking_a_cached_slot_beside_the_busy_ones_evicts_the_oldest_cache(
+    smollm2_path: Path,
+) -> None:
+    """Conversations A then D leave their caches in slots 0 and 1; two streams run on 2 and
+    3. A new conversation takes slot 1, next to them, but the cache evicted is A's, the least
+    recently used: D's moves to slot 0, and D's next turn finds it there."""
+    long = SamplingParams(temperature=0.0, ignore_eos=True)
+    rt = LlamaCppRuntime(
+        smollm2_path, name="smollm2", config=EngineConfig(n_ctx=256, parallel=4, n_threads=2)
+    )
+    try:
+        a, d, b, c, f = (prose_tokens(rt, 40, f"conversation {x}") for x in "adbcf")
+        for prompt in (a, d):  # slots 0 and 1
+            submit(rt, GenerationRequest(prompt, GREEDY, 1))[0].wait()
+        with rt.engine._cond:  # slots 2 and 3
+            running = [submit(rt, GenerationRequest(p, long, 64))[0] for p in (b, c)]
+        new, _ = submit(rt, GenerationRequest(f, GREEDY, 1))
+        new.wait()
+        with rt.engine._cond:
+            held = {s.seq_id: s.cached[:40] for s in rt.engine._slots}
+        assert held[0] == d and held[1] == f, "D's cache was evicted, or F sat apart"
+        again, _ = submit(rt, GenerationRequest(d + prose_tokens(rt, 8, "turn two"), GREEDY, 1))
+        assert again.wait().cached_tokens >= 40
+        for timeline in running:
+            assert timeline.wait().reason == "length"
+    finally:
+        rt.close()
+
+
 def test_a_forced_call_header_is_prefilled_not_decoded(runtime: LlamaCppRuntime) -> None:
     """`required` with one function: the call's header, which the grammar allows only one way,
     goes into the prompt's step and comes out with the first sampled token (one decode step for

@@ -41,11 +41,13 @@ from edgebox.runtimes.llamacpp.model import LlamaCppModel, captured_log
 from edgebox.runtimes.llamacpp.recovery import KV_INVALID, EngineHealth, Healing
 from edgebox.runtimes.llamacpp.sampling import build_sampler, plain_greedy
 from edgebox.runtimes.llamacpp.slots import (
+    MIN_SHARED,
     BatchArrays,
     Slot,
     SlotJob,
     choose_slot,
     common_prefix_len,
+    evictee,
     gap_move,
     swap_contents,
     unshared_slot,
@@ -321,38 +323,55 @@ class LlamaCppEngine(Stepping, Healing, KVTransfer):
         """Where a request in the middle of a run of busy slots has ended and no new one took
         its slot, move a busy sequence into a free slot that joins the runs again (`gap_move`):
         each run of consecutive ids is a ubatch of its own. The free slot's cache moves the
-        other way; the cells go through llama.cpp's saved-state format (~1 ms per 300 cells of
-        SmolLM2 on a 2-core EPYC; a step's extra ubatch costs ~8 ms at four streams). Only this
-        thread changes the slots' jobs and touches the cells, so the copy runs outside the lock;
-        the slots exchange their contents under it."""
+        other way. ~1 ms per 300 cells of SmolLM2 on a 2-core EPYC, where a step's extra
+        ubatch costs ~7 ms at four streams (`benchmarks/bench_ended_streams.py`). Only this
+        thread changes the slots' jobs and touches the cells, so the copy runs outside the
+        lock; the slots exchange their contents under it."""
         move = gap_move(self._slots, self._move_cells)
-        if move is None:
+        if move is not None:
+            self._exchange(*move)
+
+    def _spare_cache(self, slot: Slot, free: list[Slot]) -> None:
+        """`slot`, chosen next to the busy ones for a request that shares none of its cache:
+        that cache moves into the slot the request would have taken otherwise (`evictee`: an
+        empty one, else the least recently used), whose cache goes instead; a conversation that
+        only ended a moment ago keeps its history."""
+        other = evictee(slot, free)
+        if other is not None and len(slot.cached) <= self._move_cells:
+            self._exchange(slot, other, keep_b=False)
+
+    def _exchange(self, a: Slot, b: Slot, *, keep_b: bool = True) -> None:
+        """Exchange the cells of two slots, then everything else they hold; with `keep_b`
+        False, `b`'s cache is dropped instead of moving to `a`. The cells go through llama.cpp's
+        saved-state format (`kv_state.swap_sequences`); `a`'s are never lost. Where llama.cpp
+        could not, `a` keeps what it holds and no sequence moves from then on."""
+        if self.ctx is None:  # a rebuild failed: the running requests fail this step
             return
-        src, dst = move
         t = time.perf_counter()
+        b_cells = len(b.cached) if keep_b else 0
         try:
             moved, kept = swap_sequences(
-                self.ctx, self.memory, (src.seq_id, len(src.cached)), (dst.seq_id, len(dst.cached))
+                self.ctx, self.memory, (a.seq_id, len(a.cached)), (b.seq_id, b_cells)
             )
         except BackendError as exc:  # nothing was changed
             moved, kept = False, True
-            log.warning("could not save sequence %d or %d: %s", src.seq_id, dst.seq_id, exc)
+            log.warning("could not save sequence %d or %d: %s", a.seq_id, b.seq_id, exc)
         with self._cond:
-            if not moved:  # the busy sequence is where it was; runs stay split from now on
-                log.warning("sequences stay in their slots: could not move %d", src.seq_id)
+            if not moved:  # runs stay split, caches are evicted, from now on
+                log.warning("sequences stay in their slots: could not move %d", a.seq_id)
                 self._move_cells = 0
                 if not kept:
-                    dst.clear()
+                    b.clear()
                 return
-            swap_contents(src, dst)
-            if not kept:
-                src.clear()
+            swap_contents(a, b)
+            if not kept or not keep_b:
+                a.clear()
         log.debug(
             "moved sequence %d to %d (%d cells, %d back) in %.1f ms",
-            src.seq_id,
-            dst.seq_id,
-            len(dst.cached),
-            len(src.cached),
+            a.seq_id,
+            b.seq_id,
+            len(b.cached),
+            len(a.cached),
             1000 * (time.perf_counter() - t),
         )
 
@@ -363,6 +382,7 @@ class LlamaCppEngine(Stepping, Healing, KVTransfer):
         kv = job.request.kv
         if kv is not None and common_prefix_len(slot.cached, prompt) < len(kv.tokens):
             slot = unshared_slot(free, busy)  # keep the best cached prefixes
+            self._spare_cache(slot, free)
             if not self._import(slot, kv) and job.probe:
                 self._finish_job(job, "error", "llama.cpp refused the KV state", code=KV_INVALID)
                 return
@@ -370,6 +390,8 @@ class LlamaCppEngine(Stepping, Healing, KVTransfer):
         # first sampled token in the same step as the rest of the prompt's last chunk; unless
         # the slot holds the whole prompt with the logits after it (the same prompt again, or
         # a snapshot of it with its logits).
+        elif common_prefix_len(slot.cached, prompt) < MIN_SHARED * len(prompt):
+            self._spare_cache(slot, free)
         given = slot.logits_after(prompt)
         keep = len(prompt) if given is not None else len(prompt) - 1
         keep = min(common_prefix_len(slot.cached, prompt), keep)

@@ -172,6 +172,17 @@ def gap_move(slots: Sequence[Slot], max_cells: int) -> tuple[Slot, Slot] | None:
     return None if best is None else (best[2], best[3])
 
 
+def evictee(slot: Slot, free: Sequence[Slot]) -> Slot | None:
+    """The free slot whose cache should go instead of `slot`'s, which a request sharing none
+    of it takes to sit next to the busy ones (`unshared_slot`): the one it would have taken
+    otherwise (an empty one, else the least recently used), where that is another slot
+    holding less (`slot` empty, or itself the least recently used: None)."""
+    other = min(free, key=lambda s: (bool(s.cached), s.last_used))
+    if other is slot or not slot.cached or (other.cached and other.last_used >= slot.last_used):
+        return None
+    return other
+
+
 def swap_contents(a: Slot, b: Slot) -> None:
     """Exchange everything two slots hold but their sequence ids (their cells were exchanged:
     `kv_state.swap_sequences`)."""
