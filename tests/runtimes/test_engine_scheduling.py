@@ -24,6 +24,7 @@ from edgebox.runtimes.base import (
     TokenEvent,
 )
 from edgebox.runtimes.llamacpp import EngineConfig, LlamaCppRuntime
+from edgebox.runtimes.llamacpp import engine as engine_module
 from edgebox.runtimes.llamacpp.runtime import auto_parallel
 from edgebox.runtimes.llamacpp.slots import (
     BatchArrays,
@@ -563,6 +564,44 @@ def test_a_run_split_by_an_ended_request_is_joined_again(smollm2_path: Path) -> 
     finally:
         rt.close()
         solo.close()
+
+
+def test_a_sequence_released_at_the_next_step_is_not_moved(
+    smollm2_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Streams on slots 0-2; as the middle one ends, the first is cancelled (its client gone
+    in the same step). The next step releases the first: moving its cells into slot 3 next to
+    the third would be a copy thrown away, and the third alone is one run already."""
+    moves: list[tuple[object, ...]] = []
+    real = engine_module.swap_sequences
+
+    def counted(*args: object) -> tuple[bool, bool]:
+        moves.append(args[2:])
+        return real(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(engine_module, "swap_sequences", counted)
+    long = SamplingParams(temperature=0.0, ignore_eos=True)
+    config = EngineConfig(n_ctx=256, parallel=4, n_threads=2)
+    rt = LlamaCppRuntime(smollm2_path, name="smollm2", config=config)
+    try:
+        prompts = [prose_tokens(rt, 40, f"stream {i}") for i in range(3)]
+        timelines = [Timeline() for _ in prompts]
+        handles: list[object] = []
+
+        def middle(event: Event) -> None:  # on the engine thread, in the step it ends
+            timelines[1](event)
+            if isinstance(event, FinishEvent):
+                handles[0].cancel()  # type: ignore[attr-defined]
+
+        with rt.engine._cond:  # placed in one admission: slots 0, 1, 2
+            for i, (p, n) in enumerate(zip(prompts, (64, 4, 64), strict=True)):
+                sink = middle if i == 1 else timelines[i]
+                handles.append(rt.submit(GenerationRequest(p, long, n), sink))
+        assert timelines[0].wait().reason == "cancelled"
+        assert timelines[2].wait().reason == "length"
+        assert moves == []
+    finally:
+        rt.close()
 
 
 def test_a_forced_call_header_is_prefilled_not_decoded(runtime: LlamaCppRuntime) -> None:

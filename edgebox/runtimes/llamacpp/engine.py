@@ -287,7 +287,6 @@ class LlamaCppEngine(Stepping, Healing, KVTransfer):
             try:
                 if self.ctx is None:
                     raise BackendError("the llama.cpp context could not be rebuilt")
-                self._close_gaps()
                 self._step()
             except Exception as exc:  # a failed step must not kill the engine thread
                 self._fail_running(exc)
@@ -324,7 +323,9 @@ class LlamaCppEngine(Stepping, Healing, KVTransfer):
         other way; the cells go through llama.cpp's saved-state format (~1 ms per 300 cells of
         SmolLM2 on a 2-core EPYC; a step's extra ubatch costs ~8 ms at four streams). Only this
         thread changes the slots' jobs and touches the cells, so the copy runs outside the lock;
-        the slots exchange their contents under it."""
+        the slots exchange their contents under it. `_step` calls it once the requests it ends
+        before decoding (cancelled, overdue, ended by kept logits) are released: none of them
+        is copied only to be dropped, and the runs are the ones the step decodes."""
         move = gap_move(self._slots, self._move_cells)
         if move is None:
             return
