@@ -34,6 +34,7 @@ from edgebox.runtimes.llamacpp.slots import (
     gap_move,
     runs_with,
 )
+from edgebox.runtimes.prefix_blocks import BLOCK_TOKENS, BlockChain
 
 GREEDY = SamplingParams(temperature=0.0)
 CHUNK = 256
@@ -602,6 +603,44 @@ def test_a_sequence_released_at_the_next_step_is_not_moved(
         assert moves == []
     finally:
         rt.close()
+
+
+def test_prefix_hashes_are_read_between_exchanges_not_during_one(
+    runtime: LlamaCppRuntime,
+) -> None:
+    """/health reads the slots' block hashes from another thread while the engine thread may
+    be exchanging two slots' contents a field at a time under its lock (`swap_contents`): an
+    imported slot's flag already gone and its hashes not yet must not reach /health (a
+    client's snapshot is never advertised), so it waits for the lock."""
+    engine = runtime.engine
+    secret = BlockChain()
+    secret.reset(list(range(100, 100 + 2 * BLOCK_TOKENS)))
+    slot = engine._slots[0]
+    out: list[dict[str, object]] = []
+    reader = threading.Thread(target=lambda: out.append(engine.prefix_cache()))
+    with engine._cond:
+        held = slot.imported, slot.blocks
+        slot.imported, slot.blocks = False, secret  # mid-exchange: flag moved, hashes not yet
+        reader.start()
+        reader.join(0.3)
+        waited = reader.is_alive()
+        slot.imported, slot.blocks = True, secret  # the exchange done
+    reader.join(10)
+    with engine._cond:
+        slot.imported, slot.blocks = held
+    assert waited and out
+    assert not set(secret.hashes) & set(out[0]["prefix_blocks"])  # type: ignore[arg-type]
+    # a released imported slot is cleared outside the lock: its hashes go before its flag
+    flags: list[bool] = []
+
+    class Watched(BlockChain):
+        def truncate(self, n_tokens: int) -> None:
+            flags.append(cleared.imported)
+            super().truncate(n_tokens)
+
+    cleared = Slot(0, cached=list(range(64)), imported=True, blocks=Watched())
+    cleared.clear()
+    assert flags == [True] and not cleared.imported
 
 
 def test_a_forced_call_header_is_prefilled_not_decoded(runtime: LlamaCppRuntime) -> None:

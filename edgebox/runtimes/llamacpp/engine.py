@@ -164,8 +164,11 @@ class LlamaCppEngine(Stepping, Healing, KVTransfer):
     def prefix_cache(self) -> dict[str, object]:
         """What /health tells routers about the prefixes the slots hold: chained block hashes
         (see `prefix_blocks`), shallow blocks of every slot before deeper ones, and the model
-        digest that says whose tokens they are. Hashes are kept as tokens enter the cache."""
-        chains = [list(s.blocks.hashes) for s in self._slots if not s.imported]
+        digest that says whose tokens they are. Hashes are kept as tokens enter the cache.
+        Read under the engine's lock, which two slots exchange their contents under a field
+        at a time (`swap_contents`): an imported slot's hashes must never show."""
+        with self._cond:
+            chains = [list(s.blocks.hashes) for s in self._slots if not s.imported]
         seen: dict[str, None] = {}
         for depth in range(max((len(c) for c in chains), default=0)):
             for c in chains:
