@@ -24,6 +24,7 @@ from edgebox.runtimes.base import (
     TokenEvent,
 )
 from edgebox.runtimes.llamacpp import EngineConfig, LlamaCppRuntime
+from edgebox.runtimes.llamacpp import engine as engine_module
 from edgebox.runtimes.llamacpp.runtime import auto_parallel
 from edgebox.runtimes.llamacpp.slots import (
     BatchArrays,
@@ -33,6 +34,7 @@ from edgebox.runtimes.llamacpp.slots import (
     gap_move,
     runs_with,
 )
+from edgebox.runtimes.prefix_blocks import BLOCK_TOKENS, BlockChain
 
 GREEDY = SamplingParams(temperature=0.0)
 CHUNK = 256
@@ -592,6 +594,82 @@ def test_a_request_taking_a_cached_slot_beside_the_busy_ones_evicts_the_oldest_c
             assert timeline.wait().reason == "length"
     finally:
         rt.close()
+
+
+def test_a_sequence_released_at_the_next_step_is_not_moved(
+    smollm2_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Streams on slots 0-2; as the middle one ends, the first is cancelled (its client gone
+    in the same step). The next step releases the first: moving its cells into slot 3 next to
+    the third would be a copy thrown away, and the third alone is one run already."""
+    moves: list[tuple[object, ...]] = []
+    real = engine_module.swap_sequences
+
+    def counted(*args: object) -> tuple[bool, bool]:
+        moves.append(args[2:])
+        return real(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(engine_module, "swap_sequences", counted)
+    long = SamplingParams(temperature=0.0, ignore_eos=True)
+    config = EngineConfig(n_ctx=256, parallel=4, n_threads=2)
+    rt = LlamaCppRuntime(smollm2_path, name="smollm2", config=config)
+    try:
+        prompts = [prose_tokens(rt, 40, f"stream {i}") for i in range(3)]
+        timelines = [Timeline() for _ in prompts]
+        handles: list[object] = []
+
+        def middle(event: Event) -> None:  # on the engine thread, in the step it ends
+            timelines[1](event)
+            if isinstance(event, FinishEvent):
+                handles[0].cancel()  # type: ignore[attr-defined]
+
+        with rt.engine._cond:  # placed in one admission: slots 0, 1, 2
+            for i, (p, n) in enumerate(zip(prompts, (64, 4, 64), strict=True)):
+                sink = middle if i == 1 else timelines[i]
+                handles.append(rt.submit(GenerationRequest(p, long, n), sink))
+        assert timelines[0].wait().reason == "cancelled"
+        assert timelines[2].wait().reason == "length"
+        assert moves == []
+    finally:
+        rt.close()
+
+
+def test_prefix_hashes_are_read_between_exchanges_not_during_one(
+    runtime: LlamaCppRuntime,
+) -> None:
+    """/health reads the slots' block hashes from another thread while the engine thread may
+    be exchanging two slots' contents a field at a time under its lock (`swap_contents`): an
+    imported slot's flag already gone and its hashes not yet must not reach /health (a
+    client's snapshot is never advertised), so it waits for the lock."""
+    engine = runtime.engine
+    secret = BlockChain()
+    secret.reset(list(range(100, 100 + 2 * BLOCK_TOKENS)))
+    slot = engine._slots[0]
+    out: list[dict[str, object]] = []
+    reader = threading.Thread(target=lambda: out.append(engine.prefix_cache()))
+    with engine._cond:
+        held = slot.imported, slot.blocks
+        slot.imported, slot.blocks = False, secret  # mid-exchange: flag moved, hashes not yet
+        reader.start()
+        reader.join(0.3)
+        waited = reader.is_alive()
+        slot.imported, slot.blocks = True, secret  # the exchange done
+    reader.join(10)
+    with engine._cond:
+        slot.imported, slot.blocks = held
+    assert waited and out
+    assert not set(secret.hashes) & set(out[0]["prefix_blocks"])  # type: ignore[arg-type]
+    # a released imported slot is cleared outside the lock: its hashes go before its flag
+    flags: list[bool] = []
+
+    class Watched(BlockChain):
+        def truncate(self, n_tokens: int) -> None:
+            flags.append(cleared.imported)
+            super().truncate(n_tokens)
+
+    cleared = Slot(0, cached=list(range(64)), imported=True, blocks=Watched())
+    cleared.clear()
+    assert flags == [True] and not cleared.imported
 
 
 def test_a_forced_call_header_is_prefilled_not_decoded(runtime: LlamaCppRuntime) -> None:

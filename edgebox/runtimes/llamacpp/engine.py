@@ -166,8 +166,11 @@ class LlamaCppEngine(Stepping, Healing, KVTransfer):
     def prefix_cache(self) -> dict[str, object]:
         """What /health tells routers about the prefixes the slots hold: chained block hashes
         (see `prefix_blocks`), shallow blocks of every slot before deeper ones, and the model
-        digest that says whose tokens they are. Hashes are kept as tokens enter the cache."""
-        chains = [list(s.blocks.hashes) for s in self._slots if not s.imported]
+        digest that says whose tokens they are. Hashes are kept as tokens enter the cache.
+        Read under the engine's lock, which two slots exchange their contents under a field
+        at a time (`swap_contents`): an imported slot's hashes must never show."""
+        with self._cond:
+            chains = [list(s.blocks.hashes) for s in self._slots if not s.imported]
         seen: dict[str, None] = {}
         for depth in range(max((len(c) for c in chains), default=0)):
             for c in chains:
@@ -289,7 +292,6 @@ class LlamaCppEngine(Stepping, Healing, KVTransfer):
             try:
                 if self.ctx is None:
                     raise BackendError("the llama.cpp context could not be rebuilt")
-                self._close_gaps()
                 self._step()
             except Exception as exc:  # a failed step must not kill the engine thread
                 self._fail_running(exc)
@@ -326,7 +328,9 @@ class LlamaCppEngine(Stepping, Healing, KVTransfer):
         other way. ~1 ms per 300 cells of SmolLM2 on a 2-core EPYC, where a step's extra
         ubatch costs ~7 ms at four streams (`benchmarks/bench_ended_streams.py`). Only this
         thread changes the slots' jobs and touches the cells, so the copy runs outside the
-        lock; the slots exchange their contents under it."""
+        lock; the slots exchange their contents under it. `_step` calls it once the requests it
+        ends before decoding (cancelled, overdue, ended by kept logits) are released: none of
+        them is copied only to be dropped, and the runs are the ones the step decodes."""
         move = gap_move(self._slots, self._move_cells)
         if move is not None:
             self._exchange(*move)

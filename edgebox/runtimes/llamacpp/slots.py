@@ -89,8 +89,8 @@ class Slot:
 
     def clear(self) -> None:
         self.cached = []
+        self.blocks.truncate(0)  # before `imported` goes: /health never sees imported hashes
         self.imported = False
-        self.blocks.truncate(0)
         self.prompt_logits = None
 
 

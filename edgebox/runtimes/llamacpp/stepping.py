@@ -65,6 +65,8 @@ class Stepping:
 
         def _export(self, slot: Slot, logits: np.ndarray) -> KVSnapshot: ...
 
+        def _close_gaps(self) -> None: ...
+
         def _release(
             self,
             slot: Slot,
@@ -85,6 +87,7 @@ class Stepping:
         for slot in self._slots:
             if slot.job is not None and slot.job.given_logits is not None:
                 self._sample_given(slot)
+        self._close_gaps()  # after this step's releases: a sequence they end is not moved
         parts = self._plan()
         if not parts:
             return
