@@ -33,6 +33,8 @@ from edgebox.runtimes.llamacpp.slots import (
     choose_slot,
     gap_move,
     runs_with,
+    swap_contents,
+    worth_moving,
 )
 from edgebox.runtimes.prefix_blocks import BLOCK_TOKENS, BlockChain
 
@@ -522,10 +524,40 @@ def test_a_split_run_is_joined_by_the_cheapest_exchange() -> None:
     assert gap_move(slots, 4096) == (slots[0], slots[4])  # 3 stays: 0 goes after it
     assert gap_move([_busy(0, 5, given=True), Slot(1), _busy(2, 5, given=True)], 4096) is None
     assert gap_move([_busy(0, 5), _busy(1, 5), Slot(2), Slot(3, cached=[1])], 4096) is None
+    # a gap of two slots closes in two moves, each bringing the runs closer
+    slots = [_busy(0, 5), _busy(1, 5), Slot(2), Slot(3), _busy(4, 5), _busy(5, 5)]
+    slots += [Slot(6), Slot(7)]
+    for _ in range(2):
+        move = gap_move(slots, 4096)
+        assert move is not None
+        swap_contents(*move)
+    busy = sorted(s.seq_id for s in slots if s.job is not None)
+    assert busy == list(range(busy[0], busy[0] + 4)), busy
+    assert gap_move(slots, 4096) is None
     # a sliding-window model's saved state holds only the window: longer sequences stay
     slots = [_busy(0, 600), Slot(1, cached=[5] * 44), _busy(2, 80), Slot(3, cached=[5] * 700)]
     assert gap_move(slots, 512) == (slots[2], slots[1])
     assert gap_move([*slots[:2], _busy(2, 513), slots[3]], 512) is None
+
+
+def test_a_move_must_cost_less_than_the_split_steps_it_saves() -> None:
+    """At 20 us a cell and 20 ms a step (a quarter of it saved a step): 8,000 cells move for
+    a reply with 64 or more tokens to go, not for one with 10 left; 100 cells move either way;
+    nothing moves before a decode step was timed."""
+
+    def busy(cells: int, max_tokens: int | None, generated: int) -> Slot:
+        request = types.SimpleNamespace(max_tokens=max_tokens)
+        job = types.SimpleNamespace(request=request, generated=generated)
+        return Slot(seq_id=0, cached=[7] * cells, job=job)  # type: ignore[arg-type]
+
+    free = Slot(seq_id=1)
+    assert worth_moving(busy(8000, None, 0), free, 20e-6, 0.02, 16384)
+    assert worth_moving(busy(8000, 300, 236), free, 20e-6, 0.02, 16384)
+    assert not worth_moving(busy(8000, 300, 290), free, 20e-6, 0.02, 16384)
+    assert not worth_moving(busy(8000, None, 0), free, 20e-6, 0.02, 8010)  # the context ends
+    assert worth_moving(busy(100, 300, 290), free, 20e-6, 0.02, 16384)
+    assert not worth_moving(busy(100, 300, 290), Slot(1, cached=[1] * 3000), 20e-6, 0.02, 16384)
+    assert not worth_moving(busy(100, None, 0), free, 20e-6, 0.0, 16384)
 
 
 def test_a_run_split_by_an_ended_request_is_joined_again(smollm2_path: Path) -> None:

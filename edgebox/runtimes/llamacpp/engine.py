@@ -51,6 +51,7 @@ from edgebox.runtimes.llamacpp.slots import (
     gap_move,
     swap_contents,
     unshared_slot,
+    worth_moving,
 )
 from edgebox.runtimes.llamacpp.stepping import Stepping
 from edgebox.runtimes.llamacpp.tool_grammar import ends_when_complete
@@ -70,6 +71,11 @@ FLASH_ATTN = {
     "off": llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED,
 }
 
+# A first guess at what moving a sequence's cells costs, per cell of both slots (a 2-core EPYC
+# took 4-17 us a cell for SmolLM2; larger models' cells hold more), until moves measure it;
+# those of at least this many cells do.
+MOVE_S_PER_CELL = 20e-6
+MOVE_SAMPLE_CELLS = 64
 MAX_REPORTED_BLOCKS = 1024  # per model in /health: 16 hex chars each
 # Prompt tokens one step may carry when no other sequence is decoding (llama.cpp's own default
 # batch): a 500-token prompt is one llama_decode, ~17 ms sooner than two of 256 on a 2-core
@@ -140,6 +146,7 @@ class LlamaCppEngine(Stepping, Healing, KVTransfer):
         # cells masked there), so a longer sequence would lose what a shorter prefix of it
         # needs; a recurrent state is not cells at all. 0: none moves.
         self._move_cells = 0 if model.recurrent else (model.n_swa or self.n_ctx_seq)
+        self._move_s_per_cell = MOVE_S_PER_CELL  # learned from each move (`_exchange`)
         self.health = EngineHealth()
         # This engine's own KV layout, from a one-token state it exports on its thread when
         # the first upload is checked: what a snapshot's every layer must match (kv_format).
@@ -332,7 +339,9 @@ class LlamaCppEngine(Stepping, Healing, KVTransfer):
         ends before decoding (cancelled, overdue, ended by kept logits) are released: none of
         them is copied only to be dropped, and the runs are the ones the step decodes."""
         move = gap_move(self._slots, self._move_cells)
-        if move is not None:
+        if move is not None and worth_moving(
+            *move, self._move_s_per_cell, self.decode_step_s, self.n_ctx_seq
+        ):
             self._exchange(*move)
 
     def _spare_cache(self, slot: Slot, free: list[Slot]) -> None:
@@ -360,6 +369,10 @@ class LlamaCppEngine(Stepping, Healing, KVTransfer):
         except BackendError as exc:  # nothing was changed
             moved, kept = False, True
             log.warning("could not save sequence %d or %d: %s", a.seq_id, b.seq_id, exc)
+        took = time.perf_counter() - t
+        cells = len(a.cached) + b_cells
+        if moved and cells >= MOVE_SAMPLE_CELLS:
+            self._move_s_per_cell += 0.5 * (took / cells - self._move_s_per_cell)
         with self._cond:
             if not moved:  # runs stay split, caches are evicted, from now on
                 log.warning("sequences stay in their slots: could not move %d", a.seq_id)
@@ -376,7 +389,7 @@ class LlamaCppEngine(Stepping, Healing, KVTransfer):
             b.seq_id,
             len(b.cached),
             len(a.cached),
-            1000 * (time.perf_counter() - t),
+            1000 * took,
         )
 
     def _place(self, job: SlotJob, free: list[Slot]) -> None:

@@ -144,32 +144,67 @@ def runs(ids: Collection[int]) -> int:
 
 
 def gap_move(slots: Sequence[Slot], max_cells: int) -> tuple[Slot, Slot] | None:
-    """A busy slot and a free one whose contents, exchanged, leave the busy sequences in
-    fewer runs of consecutive ids (`runs_with`): when a request in the middle of a run ends
+    """A busy slot and a free one whose contents, exchanged, bring the busy sequences closer
+    to one run of consecutive ids (`runs`; fewer runs, else fewer free ids between them, so a
+    gap of several slots closes in as many moves): when a request in the middle of a run ends
     and no new one takes its slot, the others would otherwise decode in two ubatches until
-    they end. Among such exchanges, the one moving the fewest cells (the free slot's cache
-    moves too: nothing is evicted). None when the busy slots are one run, or no exchange helps.
-    A request whose first token comes from kept logits (`SlotJob.given_logits`) stays put
-    until that token is drawn, a probe of an uploaded snapshot stays in its slot, and neither
-    slot may hold more than `max_cells` (what a saved state carries whole)."""
+    they end. Only a run's end moves, next to another busy slot. Among such exchanges, the
+    one moving the fewest cells (the free slot's cache moves too: nothing is evicted). None
+    when the busy slots are one run, or no exchange helps. A request whose first token comes
+    from kept logits (`SlotJob.given_logits`) stays put until that token is drawn, a probe of
+    an uploaded snapshot stays in its slot, and neither slot may hold more than `max_cells`
+    (what a saved state carries whole)."""
     busy = [s for s in slots if s.job is not None]
     ids = {s.seq_id for s in busy}
-    now = runs(ids)
-    if now <= 1:
+    now = (runs(ids), holes(ids))
+    if now[0] <= 1:
         return None
-    best: tuple[int, int, Slot, Slot] | None = None
+    best: tuple[int, int, int, Slot, Slot] | None = None
     for src in busy:
         assert src.job is not None
+        i = src.seq_id
+        if i - 1 in ids and i + 1 in ids:  # inside a run
+            continue
         if src.job.given_logits is not None or src.job.probe or len(src.cached) > max_cells:
             continue
-        rest = ids - {src.seq_id}
+        rest = ids - {i}
         for dst in slots:
+            j = dst.seq_id
             if dst.job is not None or len(dst.cached) > max_cells:
                 continue
-            key = (runs_with(rest, dst.seq_id), len(src.cached) + len(dst.cached))
-            if key[0] < now and (best is None or key < best[:2]):
+            if j - 1 not in rest and j + 1 not in rest:
+                continue
+            after = {*rest, j}
+            key = (runs(after), holes(after), len(src.cached) + len(dst.cached))
+            if key[:2] < now and (best is None or key < best[:3]):
                 best = (*key, src, dst)
-    return None if best is None else (best[2], best[3])
+    return None if best is None else (best[3], best[4])
+
+
+# A move's cost is weighed against the steps it saves (`worth_moving`): at most this many (a
+# reply's length is unknown until it ends), each a quarter of a decode step (a step in two
+# ubatches took 25.6 ms against 18.5 in one at four streams, `bench_ended_streams.py`).
+MOVE_HORIZON = 64
+SPLIT_SHARE = 0.25
+
+
+def worth_moving(src: Slot, dst: Slot, s_per_cell: float, step_s: float, n_ctx: int) -> bool:
+    """Whether exchanging `src` (busy) and `dst` costs less than the split steps it saves:
+    `s_per_cell` a move's seconds per cell (both slots'), `step_s` a decode step's seconds;
+    a request with few tokens left (its `max_tokens`, or the context) ends the split soon
+    enough by itself."""
+    job = src.job
+    assert job is not None
+    left = n_ctx - len(src.cached)
+    if job.request.max_tokens is not None:
+        left = min(left, job.request.max_tokens - job.generated)
+    cost = s_per_cell * (len(src.cached) + len(dst.cached))
+    return cost <= SPLIT_SHARE * step_s * min(left, MOVE_HORIZON)
+
+
+def holes(ids: Collection[int]) -> int:
+    """How many numbers between the least and the greatest of `ids` are not among them."""
+    return max(ids) - min(ids) + 1 - len(ids) if ids else 0
 
 
 def evictee(slot: Slot, free: Sequence[Slot]) -> Slot | None:

@@ -33,6 +33,7 @@ from edgebox.runtimes.llamacpp.slots import BatchArrays, Part, Slot, SlotJob
 _PREFILL_SAMPLE_TOKENS = 64
 _PREFILL_DOMINANCE = 8
 _PREFILL_EWMA = 0.3
+_DECODE_EWMA = 0.2
 
 
 def _submitted(slot: Slot) -> float:
@@ -58,6 +59,7 @@ class Stepping:
     _arrays: BatchArrays  # the llama_batch's arrays
     _slots: list[Slot]
     _metrics: JobMetrics
+    decode_step_s: float = 0.0  # an exponential average of steps that carry no prompt
 
     if TYPE_CHECKING:  # supplied by recovery.Healing, kv_import.KVTransfer and the engine
 
@@ -104,6 +106,10 @@ class Stepping:
             prefill_s = time.monotonic() - decode_started  # the decode alone: no sampling/export
             if prefill_s:
                 self._metrics.prefill_sample(n_prompt, prefill_s, _PREFILL_EWMA)
+        elif not n_prompt:  # what a step of decoding alone costs (moves are weighed by it)
+            self.decode_step_s += _DECODE_EWMA * (
+                time.monotonic() - decode_started - self.decode_step_s
+            )
         self._after_decode(rows)
         self._metrics.step(n, time.monotonic() - t, n_sampled)
 
