@@ -36,7 +36,12 @@ from edgebox.runtimes.jobs import JobMetrics, JobQueue, request_timeout
 from edgebox.runtimes.llamacpp.jump_forward import CallHeads, jump, shown_tags, tag_tokens
 from edgebox.runtimes.llamacpp.kv_format import StateLayout
 from edgebox.runtimes.llamacpp.kv_import import KVTransfer
-from edgebox.runtimes.llamacpp.kv_state import kv_layout, resolved_flash_attn, swap_sequences
+from edgebox.runtimes.llamacpp.kv_state import (
+    MoveBuffers,
+    kv_layout,
+    resolved_flash_attn,
+    swap_sequences,
+)
 from edgebox.runtimes.llamacpp.model import LlamaCppModel, captured_log
 from edgebox.runtimes.llamacpp.recovery import KV_INVALID, EngineHealth, Healing
 from edgebox.runtimes.llamacpp.sampling import build_sampler, plain_greedy
@@ -76,6 +81,7 @@ FLASH_ATTN = {
 # those of at least this many cells do.
 MOVE_S_PER_CELL = 20e-6
 MOVE_SAMPLE_CELLS = 64
+MOVE_BUFFER_BYTES = 64 << 20  # what each of the two buffers moves go through may keep
 MAX_REPORTED_BLOCKS = 1024  # per model in /health: 16 hex chars each
 # Prompt tokens one step may carry when no other sequence is decoding (llama.cpp's own default
 # batch): a 500-token prompt is one llama_decode, ~17 ms sooner than two of 256 on a 2-core
@@ -147,6 +153,7 @@ class LlamaCppEngine(Stepping, Healing, KVTransfer):
         # needs; a recurrent state is not cells at all. 0: none moves.
         self._move_cells = 0 if model.recurrent else (model.n_swa or self.n_ctx_seq)
         self._move_s_per_cell = MOVE_S_PER_CELL  # learned from each move (`_exchange`)
+        self._buffers = MoveBuffers(MOVE_BUFFER_BYTES)
         self.health = EngineHealth()
         # This engine's own KV layout, from a one-token state it exports on its thread when
         # the first upload is checked: what a snapshot's every layer must match (kv_format).
@@ -364,7 +371,7 @@ class LlamaCppEngine(Stepping, Healing, KVTransfer):
         b_cells = len(b.cached) if keep_b else 0
         try:
             moved, kept = swap_sequences(
-                self.ctx, self.memory, (a.seq_id, len(a.cached)), (b.seq_id, b_cells)
+                self.ctx, self.memory, (a.seq_id, len(a.cached)), (b.seq_id, b_cells), self._buffers
             )
         except BackendError as exc:  # nothing was changed
             moved, kept = False, True
