@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -26,15 +25,12 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from bench_engine import cpu_kind  # noqa: E402
 from bench_serve import emit  # noqa: E402
-from engine_rounds import story_prompt  # noqa: E402
+from engine_rounds import StreamStamps, story_prompt  # noqa: E402
 
 from edgebox.models import resolve_model  # noqa: E402
 from edgebox.runtimes.base import (  # noqa: E402
-    Event,
-    FinishEvent,
     GenerationRequest,
     SamplingParams,
-    TokenEvent,
 )
 from edgebox.runtimes.llamacpp import EngineConfig, LlamaCppRuntime  # noqa: E402
 
@@ -44,28 +40,16 @@ MODES = ("moved", "left split")
 
 def one_round(rt: LlamaCppRuntime, args: argparse.Namespace, tag: str) -> tuple[float, float]:
     """(median ms a step of the long streams after the short ones ended, round wall ms)."""
-    stamps: list[list[float]] = [[] for _ in range(STREAMS)]
-    done = [threading.Event() for _ in range(STREAMS)]
-
-    def sink(i: int):  # type: ignore[no-untyped-def]
-        def take(event: Event) -> None:
-            if isinstance(event, TokenEvent):
-                stamps[i].append(time.perf_counter())
-            elif isinstance(event, FinishEvent):
-                done[i].set()
-
-        return take
-
+    runs = StreamStamps(STREAMS)
+    stamps = runs.stamps
     greedy = SamplingParams(temperature=0.0, ignore_eos=True)
     started = time.perf_counter()
     with rt.engine._cond:  # one admission: slots 0-3 in submission order
         for i in range(STREAMS):
             prompt = rt.tokenize(story_prompt(tag, i))
             n = args.short if i in args.ends else args.tokens
-            rt.submit(GenerationRequest(prompt, greedy, max_tokens=n), sink(i))
-    for event in done:
-        if not event.wait(300):
-            raise RuntimeError("a stream did not finish")
+            rt.submit(GenerationRequest(prompt, greedy, max_tokens=n), runs.sink(i))
+    runs.wait()
     wall = 1000 * (time.perf_counter() - started)
     ended = max(stamps[i][-1] for i in args.ends)
     tails = []

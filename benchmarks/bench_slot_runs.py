@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -25,15 +24,12 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from bench_engine import cpu_kind  # noqa: E402
 from bench_serve import emit  # noqa: E402
-from engine_rounds import story_prompt  # noqa: E402
+from engine_rounds import StreamStamps, story_prompt  # noqa: E402
 
 from edgebox.models import resolve_model  # noqa: E402
 from edgebox.runtimes.base import (  # noqa: E402
-    Event,
-    FinishEvent,
     GenerationRequest,
     SamplingParams,
-    TokenEvent,
 )
 from edgebox.runtimes.llamacpp import EngineConfig, LlamaCppRuntime  # noqa: E402
 from edgebox.runtimes.llamacpp import engine as engine_module  # noqa: E402
@@ -44,26 +40,13 @@ LAYOUTS = {4: ((0, 1, 2, 3), (0, 1, 6, 7), (0, 2, 4, 6)), 2: ((0, 1), (0, 4))}
 
 def step_ms(rt: LlamaCppRuntime, streams: int, tokens: int, tag: str) -> float:
     """Median over the streams of the time per token after each stream's first."""
-    stamps: list[list[float]] = [[] for _ in range(streams)]
-    done = [threading.Event() for _ in range(streams)]
-
-    def sink(i: int):  # type: ignore[no-untyped-def]
-        def take(event: Event) -> None:
-            if isinstance(event, TokenEvent):
-                stamps[i].append(time.perf_counter())
-            elif isinstance(event, FinishEvent):
-                done[i].set()
-
-        return take
-
+    runs = StreamStamps(streams)
     greedy = SamplingParams(temperature=0.0, ignore_eos=True)
     for i in range(streams):
         prompt = rt.tokenize(story_prompt(tag, i))
-        rt.submit(GenerationRequest(prompt, greedy, max_tokens=tokens), sink(i))
-    for event in done:
-        if not event.wait(300):
-            raise RuntimeError("a stream did not finish")
-    return 1000 * statistics.median((s[-1] - s[0]) / (len(s) - 1) for s in stamps)
+        rt.submit(GenerationRequest(prompt, greedy, max_tokens=tokens), runs.sink(i))
+    runs.wait()
+    return 1000 * statistics.median((s[-1] - s[0]) / (len(s) - 1) for s in runs.stamps)
 
 
 def run(args: argparse.Namespace) -> dict[tuple[int, ...], list[float]]:

@@ -1,5 +1,6 @@
 """The measurements `bench_engine.py` takes: one level of concurrent completions against an
-OpenAI-compatible server, a long prompt's time to first token, and in-process llama-cpp-python."""
+OpenAI-compatible server, a long prompt's time to first token, and in-process llama-cpp-python;
+and the token times of streams an in-process engine runs (`StreamStamps`)."""
 
 from __future__ import annotations
 
@@ -7,8 +8,11 @@ import asyncio
 import json
 import math
 import sys
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import httpx
 
@@ -23,6 +27,30 @@ TOPICS = (
     "two rival chess players",
     "a map drawn by a child",
 )
+
+
+class StreamStamps:
+    """When each token of `n` in-process streams arrived: `sink(i)` is stream i's event sink."""
+
+    def __init__(self, n: int) -> None:
+        self.stamps: list[list[float]] = [[] for _ in range(n)]
+        self.done = [threading.Event() for _ in range(n)]
+
+    def sink(self, i: int) -> Callable[[Any], None]:
+        from edgebox.runtimes.base import FinishEvent, TokenEvent
+
+        def take(event: Any) -> None:
+            if isinstance(event, TokenEvent):
+                self.stamps[i].append(time.perf_counter())
+            elif isinstance(event, FinishEvent):
+                self.done[i].set()
+
+        return take
+
+    def wait(self, timeout: float = 300) -> None:
+        for event in self.done:
+            if not event.wait(timeout):
+                raise RuntimeError("a stream did not finish")
 
 
 @dataclass
