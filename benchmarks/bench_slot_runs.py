@@ -4,8 +4,9 @@ With the KV cache split per sequence (edgebox's `kv_unified = false`), llama.cpp
 sequences in one ubatch only where their ids come consecutively in batch order; every other run
 of ids is another ubatch, the whole model's compute again. Here an in-process engine (SmolLM2 by
 default, 8 slots) runs `--streams` greedy streams at once with the slots forced to each layout in
-turn (the engine's own choice, `slots.choose_slot`, is replaced for the benchmark only), round by
-round, and reports the median time per decode step (a stream's tokens after its first).
+turn (the engine's own choice, `slots.choose_slot`, is replaced and its moves between slots are
+off, for the benchmark only), round by round, and reports the median time per decode step (a
+stream's tokens after its first).
 
     python benchmarks/bench_slot_runs.py --rounds 4 --write
 """
@@ -62,6 +63,7 @@ def run(args: argparse.Namespace) -> dict[tuple[int, ...], list[float]]:
         name="m",
         config=EngineConfig(n_ctx=1024, parallel=8, n_threads=args.threads),
     )
+    rt.engine._move_cells = 0  # the layouts stay as forced (the engine would join the runs)
     results: dict[tuple[int, ...], list[float]] = {layout: [] for layout in layouts}
     try:
         step_ms(rt, args.streams, 16, "warm-up")
