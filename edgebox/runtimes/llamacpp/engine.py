@@ -339,8 +339,9 @@ class LlamaCppEngine(Stepping, Healing, KVTransfer):
         """Where a request in the middle of a run of busy slots has ended and no new one took
         its slot, move a busy sequence into a free slot that joins the runs again (`gap_move`):
         each run of consecutive ids is a ubatch of its own. The free slot's cache moves the
-        other way. ~1 ms per 300 cells of SmolLM2 on a 2-core EPYC, where a step's extra
-        ubatch costs ~7 ms at four streams (`benchmarks/bench_ended_streams.py`). Only this
+        other way. ~2 ms for 300 cells of SmolLM2 and ~10 ms for 2,000 on a 2-core EPYC, where
+        a step's extra ubatch costs ~7 ms at four streams (`benchmarks/bench_ended_streams.py`);
+        `worth_moving` weighs each move. Only this
         thread changes the slots' jobs and touches the cells, so the copy runs outside the
         lock; the slots exchange their contents under it. `_step` calls it once the requests it
         ends before decoding (cancelled, overdue, ended by kept logits) are released: none of
@@ -410,12 +411,12 @@ class LlamaCppEngine(Stepping, Healing, KVTransfer):
             if not self._import(slot, kv) and job.probe:
                 self._finish_job(job, "error", "llama.cpp refused the KV state", code=KV_INVALID)
                 return
+        elif common_prefix_len(slot.cached, prompt) < MIN_SHARED * len(prompt):
+            self._spare_cache(slot, free)
         # At least the prompt's last token is decoded (`keep` < len), its logits giving the
         # first sampled token in the same step as the rest of the prompt's last chunk; unless
         # the slot holds the whole prompt with the logits after it (the same prompt again, or
         # a snapshot of it with its logits).
-        elif common_prefix_len(slot.cached, prompt) < MIN_SHARED * len(prompt):
-            self._spare_cache(slot, free)
         given = slot.logits_after(prompt)
         keep = len(prompt) if given is not None else len(prompt) - 1
         keep = min(common_prefix_len(slot.cached, prompt), keep)
