@@ -4,7 +4,7 @@ Four greedy streams start together on slots 0-3; those named by `--ends` stop af
 tokens, the others run to `--tokens`. With the KV cache split per sequence, llama.cpp decodes
 sequences in one ubatch only where their ids run consecutively, so once slot 1 is free, 0 and
 2-3 take two ubatches a step. The engine moves a busy sequence into a free slot that joins them
-again (`LlamaCppEngine._close_gaps`); here it does, and then does not (`_move_cells = 0`), round
+again (`SlotMoves._close_gaps`); here it does, and then does not (`_move_cells = 0`), round
 by round with the order alternating, in one process. Reported: the median time per step of the
 long streams after the short ones ended, and each round's wall time.
 

@@ -24,7 +24,7 @@ from edgebox.runtimes.base import (
     TokenEvent,
 )
 from edgebox.runtimes.llamacpp import EngineConfig, LlamaCppRuntime
-from edgebox.runtimes.llamacpp import engine as engine_module
+from edgebox.runtimes.llamacpp import moves as moves_module
 from edgebox.runtimes.llamacpp.runtime import auto_parallel
 from edgebox.runtimes.llamacpp.slots import (
     BatchArrays,
@@ -635,13 +635,13 @@ def test_a_sequence_released_at_the_next_step_is_not_moved(
     in the same step). The next step releases the first: moving its cells into slot 3 next to
     the third would be a copy thrown away, and the third alone is one run already."""
     moves: list[tuple[object, ...]] = []
-    real = engine_module.swap_sequences
+    real = moves_module.swap_sequences
 
     def counted(*args: object) -> tuple[bool, bool]:
         moves.append(args[2:])
         return real(*args)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(engine_module, "swap_sequences", counted)
+    monkeypatch.setattr(moves_module, "swap_sequences", counted)
     long = SamplingParams(temperature=0.0, ignore_eos=True)
     config = EngineConfig(n_ctx=256, parallel=4, n_threads=2)
     rt = LlamaCppRuntime(smollm2_path, name="smollm2", config=config)

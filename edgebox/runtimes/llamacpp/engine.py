@@ -36,13 +36,9 @@ from edgebox.runtimes.jobs import JobMetrics, JobQueue, request_timeout
 from edgebox.runtimes.llamacpp.jump_forward import CallHeads, jump, shown_tags, tag_tokens
 from edgebox.runtimes.llamacpp.kv_format import StateLayout
 from edgebox.runtimes.llamacpp.kv_import import KVTransfer
-from edgebox.runtimes.llamacpp.kv_state import (
-    MoveBuffers,
-    kv_layout,
-    resolved_flash_attn,
-    swap_sequences,
-)
+from edgebox.runtimes.llamacpp.kv_state import kv_layout, resolved_flash_attn
 from edgebox.runtimes.llamacpp.model import LlamaCppModel, captured_log
+from edgebox.runtimes.llamacpp.moves import SlotMoves
 from edgebox.runtimes.llamacpp.recovery import KV_INVALID, EngineHealth, Healing
 from edgebox.runtimes.llamacpp.sampling import build_sampler, plain_greedy
 from edgebox.runtimes.llamacpp.slots import (
@@ -52,11 +48,7 @@ from edgebox.runtimes.llamacpp.slots import (
     SlotJob,
     choose_slot,
     common_prefix_len,
-    evictee,
-    gap_move,
-    swap_contents,
     unshared_slot,
-    worth_moving,
 )
 from edgebox.runtimes.llamacpp.stepping import Stepping
 from edgebox.runtimes.llamacpp.tool_grammar import ends_when_complete
@@ -76,12 +68,6 @@ FLASH_ATTN = {
     "off": llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED,
 }
 
-# A first guess at what moving a sequence's cells costs, per cell of both slots (a 2-core EPYC
-# took 4-17 us a cell for SmolLM2; larger models' cells hold more), until moves measure it;
-# those of at least this many cells do.
-MOVE_S_PER_CELL = 20e-6
-MOVE_SAMPLE_CELLS = 64
-MOVE_BUFFER_BYTES = 64 << 20  # what each of the two buffers moves go through may keep
 MAX_REPORTED_BLOCKS = 1024  # per model in /health: 16 hex chars each
 # Prompt tokens one step may carry when no other sequence is decoding (llama.cpp's own default
 # batch): a 500-token prompt is one llama_decode, ~17 ms sooner than two of 256 on a 2-core
@@ -124,7 +110,7 @@ def create_context(
     return ctx, params, log
 
 
-class LlamaCppEngine(Stepping, Healing, KVTransfer):
+class LlamaCppEngine(Stepping, Healing, KVTransfer, SlotMoves):
     def __init__(self, model: LlamaCppModel, config: EngineConfig) -> None:
         self.model = model
         self.config = config
@@ -147,13 +133,7 @@ class LlamaCppEngine(Stepping, Healing, KVTransfer):
         self._cond = self._queue.cond  # guards the slots too (kv_import takes it)
         self._queue.free = lambda: sum(1 for s in self._slots if s.job is None)
         self._metrics = JobMetrics(self._cond, steps=True)
-        # The most cells a busy sequence may hold to move between slots (`_close_gaps`): a
-        # saved state keeps only the window of sliding-window layers (llama.cpp drops the
-        # cells masked there), so a longer sequence would lose what a shorter prefix of it
-        # needs; a recurrent state is not cells at all. 0: none moves.
-        self._move_cells = 0 if model.recurrent else (model.n_swa or self.n_ctx_seq)
-        self._move_s_per_cell = MOVE_S_PER_CELL  # learned from each move (`_exchange`)
-        self._buffers = MoveBuffers(MOVE_BUFFER_BYTES)
+        self._init_moves()
         self.health = EngineHealth()
         # This engine's own KV layout, from a one-token state it exports on its thread when
         # the first upload is checked: what a snapshot's every layer must match (kv_format).
@@ -334,71 +314,6 @@ class LlamaCppEngine(Stepping, Healing, KVTransfer):
                 return
             jobs.popleft()
             self._place(job, free)
-
-    def _close_gaps(self) -> None:
-        """Where a request in the middle of a run of busy slots has ended and no new one took
-        its slot, move a busy sequence into a free slot that joins the runs again (`gap_move`):
-        each run of consecutive ids is a ubatch of its own. The free slot's cache moves the
-        other way. ~2 ms for 300 cells of SmolLM2 and ~10 ms for 2,000 on a 2-core EPYC, where
-        a step's extra ubatch costs ~7 ms at four streams (`benchmarks/bench_ended_streams.py`);
-        `worth_moving` weighs each move. Only this
-        thread changes the slots' jobs and touches the cells, so the copy runs outside the
-        lock; the slots exchange their contents under it. `_step` calls it once the requests it
-        ends before decoding (cancelled, overdue, ended by kept logits) are released: none of
-        them is copied only to be dropped, and the runs are the ones the step decodes."""
-        move = gap_move(self._slots, self._move_cells)
-        if move is not None and worth_moving(
-            *move, self._move_s_per_cell, self.decode_step_s, self.n_ctx_seq
-        ):
-            self._exchange(*move)
-
-    def _spare_cache(self, slot: Slot, free: list[Slot]) -> None:
-        """`slot`, chosen next to the busy ones for a request that shares none of its cache:
-        that cache moves into the slot the request would have taken otherwise (`evictee`: an
-        empty one, else the least recently used), whose cache goes instead; a conversation that
-        only ended a moment ago keeps its history."""
-        other = evictee(slot, free)
-        if other is not None and len(slot.cached) <= self._move_cells:
-            self._exchange(slot, other, keep_b=False)
-
-    def _exchange(self, a: Slot, b: Slot, *, keep_b: bool = True) -> None:
-        """Exchange the cells of two slots, then everything else they hold; with `keep_b`
-        False, `b`'s cache is dropped instead of moving to `a`. The cells go through llama.cpp's
-        saved-state format (`kv_state.swap_sequences`); `a`'s are never lost. Where llama.cpp
-        could not, `a` keeps what it holds and no sequence moves from then on."""
-        if self.ctx is None:  # a rebuild failed: the running requests fail this step
-            return
-        t = time.perf_counter()
-        b_cells = len(b.cached) if keep_b else 0
-        try:
-            moved, kept = swap_sequences(
-                self.ctx, self.memory, (a.seq_id, len(a.cached)), (b.seq_id, b_cells), self._buffers
-            )
-        except BackendError as exc:  # nothing was changed
-            moved, kept = False, True
-            log.warning("could not save sequence %d or %d: %s", a.seq_id, b.seq_id, exc)
-        took = time.perf_counter() - t
-        cells = len(a.cached) + b_cells
-        if moved and cells >= MOVE_SAMPLE_CELLS:
-            self._move_s_per_cell += 0.5 * (took / cells - self._move_s_per_cell)
-        with self._cond:
-            if not moved:  # runs stay split, caches are evicted, from now on
-                log.warning("sequences stay in their slots: could not move %d", a.seq_id)
-                self._move_cells = 0
-                if not kept:
-                    b.clear()
-                return
-            swap_contents(a, b)
-            if not kept or not keep_b:
-                a.clear()
-        log.debug(
-            "moved sequence %d to %d (%d cells, %d back) in %.1f ms",
-            a.seq_id,
-            b.seq_id,
-            len(b.cached),
-            len(a.cached),
-            1000 * took,
-        )
 
     def _place(self, job: SlotJob, free: list[Slot]) -> None:
         prompt = [*job.request.prompt_tokens, *job.forced]
